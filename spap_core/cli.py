@@ -1,0 +1,164 @@
+"""Command-line interface: `python -m spap_core prune|latency ...`. Parsing and printing only;
+the work is done by the library. Progress goes to stderr, the JSON result is stdout's last line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+from tqdm import tqdm
+
+from spap_core.data import calibration_windows, evaluation_windows, resolve_text
+from spap_core.errors import PruningCancelled, SourceUnavailableError, SpapInputError
+from spap_core.evaluate import perplexity
+from spap_core.latency import measure_latency
+from spap_core.methods.registry import METHODS, PruneSettings
+from spap_core.methods.altmin import AltMinSettings
+from spap_core.methods.problem import RefitSettings
+from spap_core.methods.spap import PenaltySettings
+from spap_core.models import DEFAULT_MODEL, load_model
+from spap_core.prune import prune_model
+from spap_core.runs import write_run
+from spap_core.shrink import save_pruned
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="'smollm2', a model directory, a .gguf file or a hub id")
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line (always the last line)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m spap_core", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prune = commands.add_parser("prune", help="prune a model and report perplexity before and after")
+    _add_model_args(prune)
+    prune.add_argument("--method", default="spap", choices=METHODS)
+    prune.add_argument("--sparsity", type=float, default=0.3, help="fraction of MLP channels removed per layer")
+    prune.add_argument("--calib-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
+    prune.add_argument("--nsamples", type=int, default=16, help="calibration windows")
+    prune.add_argument("--seqlen", type=int, default=512, help="calibration window length (tokens)")
+    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--eval-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
+    prune.add_argument("--eval-len", type=int, default=512, help="evaluation window length (tokens)")
+    prune.add_argument("--eval-windows", type=int, default=8, help="first W windows; 0 = the whole text")
+    prune.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    prune.add_argument("--out", default=None, help="save the pruned model (safetensors) and results.json here")
+    spap = prune.add_argument_group("SPAP penalty path")
+    defaults = PenaltySettings()
+    spap.add_argument("--iterations", "-K", type=int, default=defaults.iterations, help="K: ρ iterations")
+    spap.add_argument("--rho0", type=float, default=defaults.rho0, help="ρ⁽⁰⁾: initial penalty (relative to mean diag H)")
+    spap.add_argument("--tau", type=float, default=defaults.tau, help="τ > 1: penalty growth per iteration")
+    spap.add_argument("--balance", "-t", type=float, default=defaults.balance, help="t: weight of ‖Z_i‖ in the score")
+    spap.add_argument("--alpha", type=float, default=defaults.momentum, help="α: soft-mask step size")
+    refit = prune.add_argument_group("least-squares refit")
+    refit_defaults = RefitSettings()
+    refit.add_argument("--delta", type=float, default=refit_defaults.ridge, help="δ: ridge (relative to mean diag H)")
+    refit.add_argument("--prior", choices=["dense", "zero"], default=refit_defaults.prior,
+                       help="ridge pulls towards the dense weights or towards zero")
+    refit.add_argument("--no-bias", action="store_true", help="no down_proj bias compensation")
+    refit.add_argument("--precision", choices=["float32", "float64"], default=refit_defaults.precision)
+    altmin = prune.add_argument_group("alternating minimization (0 rounds = off)")
+    altmin_defaults = AltMinSettings()
+    altmin.add_argument("--altmin-rounds", type=int, default=altmin_defaults.rounds)
+    altmin.add_argument("--altmin-steps", type=int, default=altmin_defaults.steps)
+    altmin.add_argument("--altmin-lr", type=float, default=altmin_defaults.lr)
+    altmin.add_argument("--altmin-batch", type=int, default=altmin_defaults.batch_tokens, help="tokens per Adam step")
+
+    latency = commands.add_parser("latency", help="latency and memory of the dense model and a pruned one")
+    _add_model_args(latency)
+    latency.add_argument("--pruned", default=None, help="directory of a pruned model saved by `prune --out`")
+    latency.add_argument("--seqlen", type=int, default=512, help="prefill window length")
+    latency.add_argument("--decode-tokens", type=int, default=32)
+    latency.add_argument("--repeats", type=int, default=5)
+    latency.add_argument("--warmup", type=int, default=2)
+    return parser
+
+
+def prune_settings(args: argparse.Namespace) -> PruneSettings:
+    return PruneSettings(
+        method=args.method, sparsity=args.sparsity,
+        penalty=PenaltySettings(iterations=args.iterations, rho0=args.rho0, tau=args.tau,
+                                balance=args.balance, momentum=args.alpha),
+        refit=RefitSettings(ridge=args.delta, prior=args.prior, bias=not args.no_bias, precision=args.precision),
+        altmin=AltMinSettings(rounds=args.altmin_rounds, steps=args.altmin_steps, lr=args.altmin_lr,
+                              batch_tokens=args.altmin_batch),
+    )
+
+
+def run_prune(args: argparse.Namespace) -> dict:
+    settings = prune_settings(args)  # validate before the slow model load
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    calib_text = resolve_text(args.calib_file, "calibration", loaded.model, loaded.tokenizer)
+    eval_text = resolve_text(args.eval_file, "evaluation", loaded.model, loaded.tokenizer)
+    calibration = calibration_windows(loaded.tokenizer, calib_text, args.nsamples, args.seqlen, args.seed)
+    windows = evaluation_windows(loaded.tokenizer, eval_text, args.eval_len, args.eval_windows or None)
+    with tqdm(total=windows.shape[0], desc="dense perplexity", file=sys.stderr, unit="batch") as bar:
+        dense = perplexity(loaded.model, windows, on_batch=lambda i, n: bar.update(i - bar.n))
+    with tqdm(desc=f"{args.method} layers", file=sys.stderr, unit="layer") as bar:
+        def on_layer(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        started = time.perf_counter()
+        result = prune_model(loaded, calibration, settings, seed=args.seed, batch_size=args.batch_size,
+                             inplace=True, on_layer=on_layer)
+        prune_seconds = time.perf_counter() - started
+    with tqdm(total=windows.shape[0], desc="pruned perplexity", file=sys.stderr, unit="batch") as bar:
+        started = time.perf_counter()
+        pruned = perplexity(result.model, windows, on_batch=lambda i, n: bar.update(i - bar.n))
+        eval_seconds = time.perf_counter() - started
+    record = {
+        "method": args.method, "sparsity": args.sparsity, "ppl": pruned.perplexity, "ppl_dense": dense.perplexity,
+        "prune_seconds": prune_seconds, "eval_seconds": eval_seconds, "timings": result.timings,
+        "params_before": result.params_before, "params_after": result.params_after,
+        "eval_tokens": pruned.tokens, "eval_windows": pruned.windows, "eval_len": pruned.seqlen,
+        "eval_source": eval_text.label, "calib_source": calib_text.label,
+        "calib_synthetic": calib_text.synthetic, "calibration_tokens": result.calibration_tokens,
+        "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed,
+        "model": loaded.description, "device": str(loaded.device), "threads": torch.get_num_threads(),
+        "settings": asdict(settings),
+        "layer_objectives": [layer.objective for layer in result.layers],
+    }
+    if args.out:
+        save_pruned(result.model, loaded.tokenizer, args.out)
+        write_run(args.out, record, result)
+    return record
+
+
+def run_latency(args: argparse.Namespace) -> dict:
+    dense = load_model(args.model, device=args.device, dtype=args.dtype)
+    options = dict(seqlen=args.seqlen, decode_tokens=args.decode_tokens, repeats=args.repeats, warmup=args.warmup)
+    report = {"model": dense.description, "dense": measure_latency(dense.model, **options).to_dict()}
+    if args.pruned:
+        pruned = load_model(args.pruned, device=args.device, dtype=args.dtype).model
+        report["pruned"] = measure_latency(pruned, **options).to_dict()
+        d, p = report["dense"], report["pruned"]
+        report["ratios"] = {
+            "prefill_speedup": d["prefill_ms"]["median"] / p["prefill_ms"]["median"],
+            "decode_speedup": p["decode_tokens_per_s"]["median"] / d["decode_tokens_per_s"]["median"],
+            "theoretical_flops_ratio": d["linear_gflops_per_token"] / p["linear_gflops_per_token"],
+            "weight_memory_ratio": d["weight_mb"] / p["weight_mb"],
+            "theoretical_params_ratio": d["parameters"] / p["parameters"],
+        }
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = run_prune(args) if args.command == "prune" else run_latency(args)
+    except (SpapInputError, SourceUnavailableError, PruningCancelled) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, default=float))
+    else:
+        print(json.dumps(report, indent=2, default=float))
+    return 0

@@ -1,0 +1,13 @@
+"""Exceptions whose message is meant for the user (CLI and app show it verbatim)."""
+
+
+class SpapInputError(ValueError):
+    """A request that cannot be honoured as given: the message says what to change."""
+
+
+class SourceUnavailableError(RuntimeError):
+    """A model or text source could not be reached (hub offline, missing package, missing file)."""
+
+
+class PruningCancelled(RuntimeError):
+    """Raised inside a pruning run when its cancel flag is set; the run's partial state is dropped."""

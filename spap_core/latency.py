@@ -1,0 +1,138 @@
+"""Latency and memory of a model on the current device: prefill time for one window, decode
+throughput with a KV cache, parameter count, weight memory and peak memory, each timed after
+warm-up and reported as median with spread (min/max), so dense and pruned compare honestly."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Timing:
+    median: float
+    low: float
+    high: float
+    repeats: int
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    device: str
+    threads: int
+    seqlen: int
+    prefill_ms: Timing
+    decode_tokens_per_s: Timing
+    parameters: int
+    weight_mb: float
+    peak_memory_mb: float
+    peak_memory_kind: str
+    linear_gflops_per_token: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def linear_flops_per_token(model: nn.Module) -> float:
+    """2·in·out summed over every Linear layer (attention scores excluded: they do not change)."""
+    return float(sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear)))
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters (model.parameters() yields tied embeddings once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _summary(samples: list[float]) -> Timing:
+    return Timing(median=statistics.median(samples), low=min(samples), high=max(samples), repeats=len(samples))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _RssPeak:
+    """Samples the process's resident memory in a thread: CPU has no allocator peak counter."""
+
+    def __init__(self) -> None:
+        self.peak = self.baseline = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.002)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def _prefill_peak_mb(model: nn.Module, ids: torch.Tensor, device: torch.device) -> tuple[float, str]:
+    with torch.no_grad():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            model(input_ids=ids, use_cache=False)
+            _sync(device)
+            return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA peak allocated (weights + activations)"
+        if not os.path.exists("/proc/self/statm"):
+            return float("nan"), "unavailable on this OS"
+        with _RssPeak() as sampler:
+            model(input_ids=ids, use_cache=False)
+        return (sampler.peak - sampler.baseline) / 2**20, "CPU peak RSS growth during prefill (activations)"
+
+
+def measure_latency(model: nn.Module, seqlen: int = 512, decode_tokens: int = 32, repeats: int = 5,
+                    warmup: int = 2, vocab_size: int | None = None, seed: int = 0) -> LatencyReport:
+    """Time prefill of one `seqlen`-token window and greedy decoding of `decode_tokens` tokens."""
+    device = next(model.parameters()).device
+    vocab = vocab_size or model.config.vocab_size
+    ids = torch.randint(0, vocab, (1, seqlen), generator=torch.Generator().manual_seed(seed)).to(device)
+    prefill: list[float] = []
+    decode: list[float] = []
+    with torch.no_grad():
+        for attempt in range(warmup + repeats):
+            _sync(device)
+            started = time.perf_counter()
+            model(input_ids=ids, use_cache=False)
+            _sync(device)
+            if attempt >= warmup:
+                prefill.append((time.perf_counter() - started) * 1e3)
+        prompt = ids[:, : min(32, seqlen)]
+        for attempt in range(warmup + repeats):
+            out = model(input_ids=prompt, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            _sync(device)
+            started = time.perf_counter()
+            for _ in range(decode_tokens):
+                out = model(input_ids=token, past_key_values=cache, use_cache=True)
+                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            _sync(device)
+            if attempt >= warmup:
+                decode.append(decode_tokens / (time.perf_counter() - started))
+    peak, peak_kind = _prefill_peak_mb(model, ids, device)
+    return LatencyReport(
+        device=str(device), threads=torch.get_num_threads(), seqlen=seqlen,
+        prefill_ms=_summary(prefill), decode_tokens_per_s=_summary(decode),
+        parameters=sum(p.numel() for p in model.parameters()), weight_mb=weight_bytes(model) / 2**20,
+        peak_memory_mb=peak, peak_memory_kind=peak_kind,
+        linear_gflops_per_token=linear_flops_per_token(model) / 1e9,
+    )

@@ -1,0 +1,1 @@
+"""Pruning methods: SPAP (penalty path + refit + alternating minimization) and its baselines."""

@@ -1,0 +1,64 @@
+"""The baselines SPAP is compared with, on the same statistics and the same channel structure.
+
+magnitude-sp: ‖W_down[:,i]‖ (no data). Wanda-sp: ‖Z_i‖·Σ_j|W_down[j,i]|. FLAP (uniform):
+Var(Z_i)·‖W_down[:,i]‖² plus a bias that restores the pruned channels' mean output. FASP-like:
+Wanda-sp selection followed by a plain least-squares refit of the kept columns.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings, keep_from_pruned, lowest, objective, refit, scatter_columns
+
+
+def magnitude_scores(problem: LayerProblem) -> torch.Tensor:
+    return problem.dense_down.double().norm(dim=0)
+
+
+def wanda_scores(problem: LayerProblem) -> torch.Tensor:
+    return problem.activation_sq_norms.double().clamp_min(0).sqrt() * problem.dense_down.double().abs().sum(dim=0)
+
+
+def flap_scores(problem: LayerProblem) -> torch.Tensor:
+    means = problem.activation_means.double()
+    variance = (problem.activation_sq_norms.double() / problem.tokens - means.pow(2)).clamp_min(0)
+    return variance * problem.dense_down.double().pow(2).sum(dim=0)
+
+
+def _keep_dense_columns(problem: LayerProblem, scores: torch.Tensor, name: str,
+                        bias: torch.Tensor | None = None) -> LayerDecision:
+    keep = keep_from_pruned(problem.width, lowest(scores.cpu(), problem.n_prune))
+    down = problem.dense_down[:, keep.to(problem.dense_down.device)]
+    weights = torch.cat([down.double(), (bias if bias is not None else torch.zeros(down.shape[0])).double().reshape(-1, 1).to(down.device)], 1)
+    full = scatter_columns(problem, keep, weights, bias=True)
+    return LayerDecision(
+        keep=keep, down_weight=down.clone(), down_bias=bias,
+        scores={name: scores.float().cpu().numpy()}, objective=objective(problem, full),
+    )
+
+
+def magnitude(problem: LayerProblem) -> LayerDecision:
+    return _keep_dense_columns(problem, magnitude_scores(problem), "magnitude")
+
+
+def wanda_sp(problem: LayerProblem) -> LayerDecision:
+    return _keep_dense_columns(problem, wanda_scores(problem), "wanda-sp")
+
+
+def flap(problem: LayerProblem) -> LayerDecision:
+    scores = flap_scores(problem)
+    pruned = lowest(scores.cpu(), problem.n_prune).to(problem.dense_down.device)
+    bias = problem.dense_down[:, pruned].double() @ problem.activation_means.double()[pruned]
+    return _keep_dense_columns(problem, scores, "flap", bias=bias.to(problem.dense_down.dtype))
+
+
+FASP_REFIT = RefitSettings(ridge=0.01, prior="zero", bias=False)
+
+
+def fasp(problem: LayerProblem) -> LayerDecision:
+    scores = wanda_scores(problem)
+    keep = keep_from_pruned(problem.width, lowest(scores.cpu(), problem.n_prune))
+    decision = refit(problem, keep, FASP_REFIT)
+    decision.scores = {"wanda-sp": scores.float().cpu().numpy()}
+    return decision

@@ -1,0 +1,214 @@
+"""The layer-wise problem every method solves, built from captured statistics only.
+
+Per layer, with Z (n×p) the intermediate activations, Y (m×p) the dense MLP output and a constant
+feature appended (Z̃ = [Z; 1], so a bias on down_proj is one more column of W̃):
+
+    f(W̃) = ½‖W̃ Z̃ − Y‖² = ½ tr(W̃ H̃ W̃ᵀ) − tr(C W̃ᵀ) + ½‖Y‖²,   H̃ = Z̃ Z̃ᵀ,  C = Y Z̃ᵀ.
+
+So a method never needs the activations themselves, only H̃ ((n+1)²), C (m×(n+1)) and ‖Y‖².
+Ridge terms are scaled by h̄ = mean(diag H) so δ and ρ mean the same thing in every layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from spap_core.errors import SpapInputError
+
+
+@dataclass
+class LayerProblem:
+    """Sufficient statistics of one GLU MLP layer plus its dense down_proj weight."""
+
+    gram: torch.Tensor  # H̃, (n+1)×(n+1); last row/column belong to the constant feature
+    cross: torch.Tensor  # C = Y Z̃ᵀ, m×(n+1)
+    target_energy: float  # ‖Y‖²
+    dense_down: torch.Tensor  # W0, m×n
+    n_prune: int
+
+    @property
+    def width(self) -> int:
+        return self.dense_down.shape[1]
+
+    @property
+    def tokens(self) -> float:
+        return float(self.gram[-1, -1])
+
+    @property
+    def activation_sq_norms(self) -> torch.Tensor:
+        """‖Z[i,:]‖² for every channel."""
+        return torch.diagonal(self.gram)[:-1]
+
+    @property
+    def activation_means(self) -> torch.Tensor:
+        return self.gram[:-1, -1] / self.tokens
+
+    @property
+    def gram_scale(self) -> float:
+        """h̄ = mean(diag H): the unit in which ρ and δ are expressed."""
+        return float(self.activation_sq_norms.mean().clamp_min(1e-12))
+
+
+@dataclass
+class LayerDecision:
+    """What a method decided for one layer: kept channels and the new down_proj (and optionally
+    new gate/up rows from alternating minimization). `scores` holds each named channel metric."""
+
+    keep: torch.Tensor  # sorted indices of kept channels
+    down_weight: torch.Tensor  # m×|keep|
+    down_bias: torch.Tensor | None = None  # m
+    gate_weight: torch.Tensor | None = None  # |keep|×d
+    up_weight: torch.Tensor | None = None  # |keep|×d
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    objective: float | None = None
+
+
+def prune_count(width: int, sparsity: float) -> int:
+    """λ = round(sparsity · n), refusing requests that prune nothing or everything."""
+    if not isinstance(sparsity, (int, float)) or not np.isfinite(sparsity) or not 0.0 < sparsity < 1.0:
+        raise SpapInputError(f"Sparsity must be a number strictly between 0 and 1 (got {sparsity!r}).")
+    count = int(round(sparsity * width))
+    if count < 1 or count >= width:
+        raise SpapInputError(
+            f"Sparsity {sparsity:g} of {width} channels prunes {count}; it must prune between 1 and {width - 1}."
+        )
+    return count
+
+
+def keep_from_pruned(width: int, pruned: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones(width, dtype=torch.bool)
+    mask[pruned.cpu()] = False
+    return torch.nonzero(mask).flatten()
+
+
+def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the `count` smallest scores (stable: lower index first on ties)."""
+    return torch.argsort(scores, stable=True)[:count]
+
+
+def objective(problem: LayerProblem, weights: torch.Tensor) -> float:
+    """f(W̃) for a full-width W̃ (m×(n+1)); columns of pruned channels are simply zero."""
+    gram = problem.gram.to(weights.dtype)
+    cross = problem.cross.to(weights.dtype)
+    quad = torch.sum((weights @ gram) * weights)
+    lin = torch.sum(cross * weights)
+    return float(0.5 * quad - lin + 0.5 * problem.target_energy)
+
+
+def dense_with_bias_column(problem: LayerProblem, dtype: torch.dtype) -> torch.Tensor:
+    """W̃0 = [W0, 0]: the dense weights in the augmented coordinates."""
+    zeros = torch.zeros(problem.dense_down.shape[0], 1, dtype=dtype, device=problem.dense_down.device)
+    return torch.cat([problem.dense_down.to(dtype), zeros], dim=1)
+
+
+def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
+    """W = rhs · (gram + diag(diagonal))⁻¹ by Cholesky (symmetric positive definite by construction),
+    falling back to a pseudo-inverse solve if the factorisation fails (dead or duplicated channels)."""
+    system = gram + torch.diag(diagonal)
+    factor, info = torch.linalg.cholesky_ex(system)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs.T, factor).T
+    return torch.linalg.lstsq(system, rhs.T, driver="gelsd" if system.device.type == "cpu" else None).solution.T
+
+
+@dataclass(frozen=True)
+class RefitSettings:
+    """How kept down_proj columns are refitted by least squares.
+
+    ridge δ (relative to h̄) pulls the weights towards the dense ones (prior='dense') or towards zero
+    (prior='zero', plain ridge); bias=True adds a free bias that absorbs the pruned channels' mean.
+    """
+
+    ridge: float = 0.01
+    prior: str = "dense"
+    bias: bool = True
+    precision: str = "float64"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64 if self.precision == "float64" else torch.float32
+
+    def __post_init__(self) -> None:
+        if self.precision not in {"float32", "float64"}:
+            raise SpapInputError(f"Solver precision must be float32 or float64 (got {self.precision!r}).")
+        if not np.isfinite(self.ridge) or self.ridge < 0:
+            raise SpapInputError(f"The ridge δ must be ≥ 0 (got {self.ridge!r}).")
+        if self.prior not in {"dense", "zero"}:
+            raise SpapInputError(f"The refit prior must be 'dense' or 'zero' (got {self.prior!r}).")
+
+
+class RidgeSystem:
+    """The normal equations of  f(W̃) + ½Σ_i (penalty_i + δh̄)‖W̃_i − prior_i‖²  over a set of columns.
+
+    Built once per layer (indexing and casting H̃ is O(n²)); each solve then only changes the
+    diagonal. The bias column (last, when settings.bias) is never penalised nor pulled towards a
+    prior; without bias it is left out entirely.
+    """
+
+    def __init__(self, problem: LayerProblem, settings: RefitSettings, columns: torch.Tensor | None = None) -> None:
+        dtype = settings.dtype
+        width = problem.width
+        index = torch.arange(width) if columns is None else columns.cpu()
+        self.channels = len(index)
+        if settings.bias:
+            index = torch.cat([index, torch.tensor([width])])
+        index = index.to(problem.gram.device)
+        self.gram = problem.gram.to(dtype)[index][:, index]
+        self.cross = problem.cross.to(dtype)[:, index]
+        self.target_energy = problem.target_energy
+        scale = problem.gram_scale
+        self.base_diagonal = torch.full((len(index),), settings.ridge * scale, dtype=dtype, device=self.gram.device)
+        if settings.bias:
+            self.base_diagonal[-1] = 1e-9 * problem.tokens  # numerically free bias
+        self.rhs = self.cross
+        if settings.prior == "dense" and settings.ridge > 0:
+            self.rhs = self.cross + dense_with_bias_column(problem, dtype)[:, index] * (settings.ridge * scale)
+
+    def diagonal(self, penalty: torch.Tensor | None) -> torch.Tensor:
+        if penalty is None:
+            return self.base_diagonal
+        diagonal = self.base_diagonal.clone()
+        diagonal[: self.channels] += penalty.to(diagonal.dtype)
+        return diagonal
+
+    def solve(self, penalty: torch.Tensor | None = None) -> torch.Tensor:
+        """W̃ over the system's columns, penalty_i added to channel i's diagonal."""
+        return ridge_solve(self.gram, self.rhs, self.diagonal(penalty))
+
+    def objective(self, weights: torch.Tensor, penalty: torch.Tensor | None = None) -> float:
+        """f(W̃) of a solution of this system in O(mn): W̃H̃ = rhs − W̃·diag(d), hence
+        tr(W̃H̃W̃ᵀ) = tr(rhs W̃ᵀ) − Σ d_i‖W̃_i‖² (no n² product per ρ iteration)."""
+        quad = torch.sum(self.rhs * weights) - torch.sum(self.diagonal(penalty) * weights.pow(2).sum(dim=0))
+        return float(0.5 * quad - torch.sum(self.cross * weights) + 0.5 * self.target_energy)
+
+
+def augmented_solve(problem: LayerProblem, settings: RefitSettings, penalty: torch.Tensor | None,
+                    columns: torch.Tensor | None = None) -> torch.Tensor:
+    """Minimiser of f(W̃) + ½Σ_i (penalty_i + δh̄)‖W̃_i − prior_i‖² over `columns` (all when None)."""
+    return RidgeSystem(problem, settings, columns).solve(penalty)
+
+
+def scatter_columns(problem: LayerProblem, columns: torch.Tensor, weights: torch.Tensor, bias: bool) -> torch.Tensor:
+    """Full-width W̃ (m×(n+1)) with `weights` placed at `columns` (+ bias column) and zeros elsewhere."""
+    full = torch.zeros(problem.dense_down.shape[0], problem.width + 1, dtype=weights.dtype, device=weights.device)
+    full[:, columns.to(weights.device)] = weights[:, : len(columns)]
+    if bias:
+        full[:, -1] = weights[:, -1]
+    return full
+
+
+def refit(problem: LayerProblem, keep: torch.Tensor, settings: RefitSettings) -> LayerDecision:
+    """Least-squares refit of the kept down_proj columns (and bias): the shared final step of SPAP
+    and FASP, and the inner solve of the brute-force optimum used to check SPAP."""
+    system = RidgeSystem(problem, settings, columns=keep)
+    weights = system.solve()
+    out_dtype = problem.dense_down.dtype
+    return LayerDecision(
+        keep=keep,
+        down_weight=weights[:, : len(keep)].to(out_dtype),
+        down_bias=weights[:, -1].to(out_dtype) if settings.bias else None,
+        objective=system.objective(weights),
+    )

@@ -1,0 +1,112 @@
+"""SPAP's penalty path: relax s ∈ {0,1}ⁿ to the capped simplex, penalise (ρ/2)Σ s_i‖W[:,i]‖² and
+grow ρ until the relaxed solution is (nearly) feasible, then read off the binary mask.
+
+Each ρ iteration: (1) a soft-mask step towards the indicator of the λ lowest scores, (2) the exact
+W step, a ridge least-squares solve with penalty ρh̄·s_i on column i, (3) ρ ← τρ. The iterate is
+reported through `on_step` so callers (CLI progress, app plots) see s move from fractional to binary.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from spap_core.errors import PruningCancelled, SpapInputError
+from spap_core.methods.problem import (
+    LayerDecision,
+    LayerProblem,
+    RefitSettings,
+    RidgeSystem,
+    keep_from_pruned,
+    refit,
+)
+
+
+@dataclass(frozen=True)
+class PenaltySettings:
+    """Hyperparameters of the penalty path (names follow the paper)."""
+
+    iterations: int = 20  # K
+    rho0: float = 0.01  # ρ⁽⁰⁾, relative to h̄
+    tau: float = 1.5  # ρ growth per iteration
+    balance: float = 1.0  # t: exponent of the activation norm in the score
+    momentum: float = 0.3  # α: soft-mask step size
+
+    def __post_init__(self) -> None:
+        checks = [
+            (isinstance(self.iterations, int) and self.iterations >= 1, f"K must be an integer ≥ 1 (got {self.iterations!r})."),
+            (np.isfinite(self.rho0) and self.rho0 > 0, f"ρ⁽⁰⁾ must be > 0 (got {self.rho0!r})."),
+            (np.isfinite(self.tau) and self.tau > 1, f"τ must be > 1 so the penalty grows (got {self.tau!r})."),
+            (np.isfinite(self.balance) and self.balance >= 0, f"t must be ≥ 0 (got {self.balance!r})."),
+            (np.isfinite(self.momentum) and 0 < self.momentum <= 1, f"α must be in (0, 1] (got {self.momentum!r})."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SpapInputError(message)
+
+
+@dataclass
+class SpapStep:
+    """One ρ iteration of one layer, as recorded in the trace."""
+
+    layer: int
+    iteration: int  # 1..K
+    rho: float
+    soft_mask: np.ndarray  # s, values in [0, 1], 1 = pruned
+    scores: np.ndarray
+    objective: float  # ½‖WZ − Y‖² of the current (penalised) W
+    violation: float  # Σ s_i ‖W[:,i]‖²
+
+
+StepCallback = Callable[[SpapStep], None]
+
+
+def channel_scores(column_norms: torch.Tensor, activation_norms: torch.Tensor, balance: float) -> torch.Tensor:
+    """score_i = ‖W[:,i]‖ · ‖Z[i,:]‖ᵗ: low score = cheap to prune."""
+    return column_norms * activation_norms.pow(balance)
+
+
+def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: RefitSettings,
+               layer: int = 0, on_step: StepCallback | None = None,
+               cancel: threading.Event | None = None) -> LayerDecision:
+    """Run the penalty path on one layer and refit the kept columns."""
+    dtype = refit_settings.dtype
+    width, count = problem.width, problem.n_prune
+    scale = problem.gram_scale
+    activation_norms = problem.activation_sq_norms.to(dtype).clamp_min(0).sqrt()
+    # Start at the centre of the capped simplex {s ∈ [0,1]ⁿ : 1ᵀs = λ}; every momentum step then
+    # stays on it (a convex combination of two of its points).
+    soft_mask = torch.full((width,), count / width, dtype=dtype, device=problem.gram.device)
+    system = RidgeSystem(problem, refit_settings)
+    rho = penalty.rho0
+    scores = channel_scores(problem.dense_down.to(dtype).norm(dim=0), activation_norms, penalty.balance)
+    first_scores = scores
+    for iteration in range(1, penalty.iterations + 1):
+        if cancel is not None and cancel.is_set():
+            raise PruningCancelled(f"cancelled at layer {layer}, ρ iteration {iteration}")
+        target = torch.zeros_like(soft_mask)
+        target[torch.argsort(scores, stable=True)[:count]] = 1.0
+        soft_mask = (1 - penalty.momentum) * soft_mask + penalty.momentum * target
+        column_penalty = rho * scale * soft_mask
+        weights = system.solve(column_penalty)
+        if not torch.isfinite(weights).all():
+            raise FloatingPointError(f"non-finite weights at layer {layer}, ρ iteration {iteration}")
+        column_sq = weights[:, :width].pow(2).sum(dim=0)
+        scores = channel_scores(column_sq.sqrt(), activation_norms, penalty.balance)
+        if on_step is not None:
+            on_step(SpapStep(
+                layer=layer, iteration=iteration, rho=rho,
+                soft_mask=soft_mask.float().cpu().numpy(), scores=scores.float().cpu().numpy(),
+                objective=system.objective(weights, column_penalty), violation=float((soft_mask * column_sq).sum()),
+            ))
+        rho *= penalty.tau
+    # Binary read-out: prune the λ largest s, ties broken towards the lower score.
+    order = np.lexsort((scores.cpu().numpy(), -soft_mask.cpu().numpy()))
+    keep = keep_from_pruned(width, torch.from_numpy(order[:count].copy()))
+    decision = refit(problem, keep, refit_settings)
+    decision.scores = {"spap_first": first_scores.float().cpu().numpy(), "spap_last": scores.float().cpu().numpy()}
+    return decision

@@ -1,0 +1,90 @@
+"""Physical pruning: replace each GLU MLP's Linear layers by smaller ones, so the pruned model
+really holds fewer parameters and does fewer FLOPs, and saves in a format vanilla transformers loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from spap_core.errors import SpapInputError
+from spap_core.families import GluFamily
+from spap_core.methods.problem import LayerDecision
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+    out_features, in_features = weight.shape
+    layer = nn.Linear(in_features, out_features, bias=bias is not None,
+                      device=like.weight.device, dtype=like.weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+def shrink_mlp(mlp: nn.Module, decision: LayerDecision) -> None:
+    """Keep only decision.keep channels: rows of gate/up, columns of down (with new weights)."""
+    keep = decision.keep.to(mlp.down_proj.weight.device)
+    with torch.no_grad():
+        gate = decision.gate_weight if decision.gate_weight is not None else mlp.gate_proj.weight[keep]
+        up = decision.up_weight if decision.up_weight is not None else mlp.up_proj.weight[keep]
+        gate_bias = None if mlp.gate_proj.bias is None else mlp.gate_proj.bias[keep]
+        up_bias = None if mlp.up_proj.bias is None else mlp.up_proj.bias[keep]
+        down_bias = decision.down_bias
+        if mlp.down_proj.bias is not None:
+            down_bias = mlp.down_proj.bias + (0 if down_bias is None else down_bias.to(mlp.down_proj.bias))
+        mlp.gate_proj = _linear(gate, gate_bias, mlp.gate_proj)
+        mlp.up_proj = _linear(up, up_bias, mlp.up_proj)
+        mlp.down_proj = _linear(decision.down_weight, down_bias, mlp.down_proj)
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = len(keep)
+
+
+def supports_down_bias(model: PreTrainedModel) -> bool:
+    """Only configs with an `mlp_bias` switch (the Llama family) can store a down_proj bias in
+    their vanilla transformers class."""
+    return hasattr(model.config, "mlp_bias")
+
+
+def finalize_config(model: PreTrainedModel, family: GluFamily) -> None:
+    """Make config and modules agree after shrinking, so save_pretrained/from_pretrained round-trip.
+
+    A down_proj bias (FLAP, SPAP's bias compensation) needs `mlp_bias=True`, which makes vanilla
+    Llama create biases on gate/up too: zero ones are added so the checkpoint is complete.
+    """
+    mlps = [family.mlp(layer) for layer in family.decoder_layers(model)]
+    widths = {mlp.down_proj.in_features for mlp in mlps}
+    if len(widths) == 1:
+        model.config.intermediate_size = widths.pop()
+    else:
+        model.config.intermediate_size = [mlp.down_proj.in_features for mlp in mlps]
+    if any(mlp.down_proj.bias is not None for mlp in mlps):
+        if not supports_down_bias(model):
+            raise SpapInputError(
+                f"Model type '{family.model_type}' cannot store a down_proj bias in transformers; "
+                "turn bias compensation off (--no-bias) or use a method without it."
+            )
+        model.config.mlp_bias = True
+        for mlp in mlps:
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                proj = getattr(mlp, name)
+                if proj.bias is None:
+                    setattr(mlp, name, _linear(proj.weight, torch.zeros(proj.out_features, dtype=proj.weight.dtype,
+                                                                       device=proj.weight.device), proj))
+
+
+def save_pruned(model: PreTrainedModel, tokenizer, directory: str | Path) -> Path:
+    """save_pretrained as safetensors; refuses per-layer widths, which vanilla classes cannot load."""
+    if isinstance(model.config.intermediate_size, list):
+        raise SpapInputError(
+            "Layers have different MLP widths; vanilla transformers classes need one intermediate_size. "
+            "Use uniform sparsity to save a loadable model."
+        )
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path

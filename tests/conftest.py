@@ -1,0 +1,94 @@
+"""Shared fixtures: a tiny random Llama with a word-level tokenizer (fast, offline), the shared
+data folder (through $SPAP_DATA_DIR) and helpers that build layer problems from raw activations."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from spap_core.families import glu_family
+from spap_core.models import LoadedModel
+from spap_core.stats import GramAccumulator
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB_WORDS = [f"w{i}" for i in range(200)]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("SPAP_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = shared_data_dir()
+    if not (path / "wikitext-2" / "wiki.test.joined.txt").is_file():
+        pytest.fail(f"shared test data not found at {path}; set SPAP_DATA_DIR")
+    return path
+
+
+def word_text(n_words: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(VOCAB_WORDS) for _ in range(n_words))
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"[UNK]": 0, "[BOS]": 1, "[EOS]": 2, **{w: i + 3 for i, w in enumerate(VOCAB_WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]")
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(VOCAB_WORDS) + 3, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture()
+def tiny() -> LoadedModel:
+    model = tiny_llama()
+    return LoadedModel(model=model, tokenizer=tiny_tokenizer(), source="tiny", description="tiny random Llama",
+                       family=glu_family(model))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The tiny model saved as a local model directory (safetensors + tokenizer)."""
+    path = tmp_path_factory.mktemp("tiny_model")
+    tiny_llama().save_pretrained(path, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_files(tmp_path_factory) -> dict[str, Path]:
+    path = tmp_path_factory.mktemp("texts")
+    files = {"calib": path / "calib.txt", "eval": path / "eval.txt", "short": path / "short.txt"}
+    files["calib"].write_text(word_text(5000, seed=1))
+    files["eval"].write_text(word_text(3000, seed=2))
+    files["short"].write_text(word_text(20, seed=3))
+    return files
+
+
+def problem_from(activations: torch.Tensor, targets: torch.Tensor, dense_down: torch.Tensor, n_prune: int):
+    """LayerProblem from explicit activations (tokens × n) and targets (tokens × m)."""
+    stats = GramAccumulator()
+    stats.add(activations, targets)
+    return stats.problem(dense_down, n_prune)
+
+
+def random_problem(n: int, m: int = 6, tokens: int = 200, n_prune: int = 3, seed: int = 0, planted: int = 0):
+    """Random GLU-like layer; the first `planted` channels contribute nothing (zero down columns)."""
+    generator = torch.Generator().manual_seed(seed)
+    activations = torch.randn(tokens, n, generator=generator, dtype=torch.float64) * (1 + torch.rand(n, generator=generator, dtype=torch.float64))
+    dense_down = torch.randn(m, n, generator=generator, dtype=torch.float64)
+    dense_down[:, :planted] = 0
+    return problem_from(activations, activations @ dense_down.T, dense_down, n_prune)

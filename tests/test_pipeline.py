@@ -1,0 +1,139 @@
+"""The sequential pruning walk on a tiny random Llama: physical pruning equals masking, save and
+reload with vanilla transformers, the source model is untouched, traces and cancellation."""
+
+import copy
+import threading
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from spap_core.errors import PruningCancelled, SpapInputError
+from spap_core.families import glu_family
+from spap_core.methods.altmin import AltMinSettings
+from spap_core.methods.registry import METHODS, PruneSettings
+from spap_core.methods.spap import PenaltySettings
+from spap_core.prune import prune_model
+from spap_core.shrink import save_pruned
+
+CALIBRATION = torch.randint(3, 203, (6, 32), generator=torch.Generator().manual_seed(0))
+PROBE = torch.randint(3, 203, (2, 24), generator=torch.Generator().manual_seed(1))
+
+
+def masked_dense_copy(dense: nn.Module, pruned: nn.Module, keeps) -> nn.Module:
+    """The dense architecture with pruned channels zeroed and the pruned model's new weights
+    scattered back into place: what physical pruning must compute exactly."""
+    masked = copy.deepcopy(dense)
+    for layer, pruned_layer, keep in zip(masked.model.layers, pruned.model.layers, keeps):
+        keep = torch.as_tensor(keep)
+        mlp, small = layer.mlp, pruned_layer.mlp
+        width = mlp.down_proj.in_features
+        with torch.no_grad():
+            for name in ("gate_proj", "up_proj"):
+                weight = torch.zeros_like(getattr(mlp, name).weight)
+                weight[keep] = getattr(small, name).weight
+                getattr(mlp, name).weight.copy_(weight)
+            down = torch.zeros(mlp.down_proj.out_features, width)
+            down[:, keep] = small.down_proj.weight
+            mlp.down_proj = nn.Linear(width, down.shape[0], bias=small.down_proj.bias is not None)
+            mlp.down_proj.weight.copy_(down)
+            if small.down_proj.bias is not None:
+                mlp.down_proj.bias.copy_(small.down_proj.bias)
+    return masked
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_physical_pruning_matches_masked_dense_computation(tiny, method):
+    result = prune_model(tiny, CALIBRATION, PruneSettings(method=method, sparsity=0.25), batch_size=4)
+    for layer in result.model.model.layers:
+        assert layer.mlp.gate_proj.out_features == layer.mlp.up_proj.out_features == 96
+        assert layer.mlp.down_proj.in_features == 96
+    assert result.model.config.intermediate_size == 96
+    assert result.params_after < result.params_before
+    masked = masked_dense_copy(tiny.model, result.model, [r.keep for r in result.layers])
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(PROBE).logits, masked(PROBE).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_alternating_minimization_changes_gate_up_and_still_matches_masking(tiny):
+    settings = PruneSettings(sparsity=0.25, altmin=AltMinSettings(rounds=2, steps=3, lr=1e-3, batch_tokens=64))
+    result = prune_model(tiny, CALIBRATION, settings, batch_size=4)
+    keep = torch.as_tensor(result.layers[0].keep)
+    assert not torch.allclose(result.model.model.layers[0].mlp.gate_proj.weight, tiny.model.model.layers[0].mlp.gate_proj.weight[keep])
+    masked = masked_dense_copy(tiny.model, result.model, [r.keep for r in result.layers])
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(PROBE).logits, masked(PROBE).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_alternating_minimization_does_not_increase_layer_error(tiny):
+    base = prune_model(tiny, CALIBRATION, PruneSettings(sparsity=0.5), batch_size=4)
+    tuned = prune_model(tiny, CALIBRATION, PruneSettings(
+        sparsity=0.5, altmin=AltMinSettings(rounds=2, steps=20, lr=1e-3, batch_tokens=192)), batch_size=4)
+    assert tuned.layers[0].objective <= base.layers[0].objective * 1.0001
+
+
+@pytest.mark.parametrize("method", ["spap", "flap"])
+def test_saved_model_reloads_with_vanilla_transformers(tiny, tmp_path, method):
+    result = prune_model(tiny, CALIBRATION, PruneSettings(method=method, sparsity=0.5), batch_size=4)
+    save_pruned(result.model, tiny.tokenizer, tmp_path)
+    assert list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob("*.bin"))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.intermediate_size == 64
+    assert reloaded.model.layers[0].mlp.down_proj.bias is not None  # both methods compensate with a bias
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(PROBE).logits, result.model(PROBE).logits)
+
+
+def test_source_model_is_never_modified(tiny):
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    prune_model(tiny, CALIBRATION, PruneSettings(sparsity=0.3), batch_size=4)
+    after = tiny.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_trace_has_one_step_per_layer_and_rho_iteration(tiny):
+    steps, layers_done = [], []
+    result = prune_model(tiny, CALIBRATION, PruneSettings(sparsity=0.3, penalty=PenaltySettings(iterations=7)),
+                         on_step=steps.append, on_layer=lambda i, n: layers_done.append((i, n)), batch_size=4)
+    assert [(s.layer, s.iteration) for s in steps] == [(l, k) for l in range(2) for k in range(1, 8)]
+    assert len(result.trace) == 14 and layers_done == [(1, 2), (2, 2)]
+    rhos = [s.rho for s in steps[:7]]
+    assert rhos == pytest.approx([0.01 * 1.5**k for k in range(7)])
+
+
+def test_cancel_stops_within_one_rho_iteration(tiny):
+    cancel, steps = threading.Event(), []
+
+    def on_step(step):
+        steps.append(step)
+        if len(steps) == 3:
+            cancel.set()
+
+    with pytest.raises(PruningCancelled):
+        prune_model(tiny, CALIBRATION, PruneSettings(sparsity=0.3), on_step=on_step, cancel=cancel, batch_size=4)
+    assert len(steps) == 3
+
+
+def test_sequential_inputs_flow_through_pruned_layers(tiny):
+    """Layer 1's problem must be built on layer 0's pruned output: pruning layer 0 harder changes
+    layer 1's statistics, even with layer 1's own decision rule unchanged (magnitude ignores data,
+    so its layer-1 objective differs only through its inputs)."""
+    light = prune_model(tiny, CALIBRATION, PruneSettings(method="magnitude", sparsity=0.1), batch_size=4)
+    heavy = prune_model(tiny, CALIBRATION, PruneSettings(method="magnitude", sparsity=0.9), batch_size=4)
+    assert light.layers[0].dense_objective == pytest.approx(heavy.layers[0].dense_objective)
+    assert light.layers[1].dense_objective != pytest.approx(heavy.layers[1].dense_objective, rel=1e-6)
+
+
+def test_non_glu_model_is_refused_with_what_is_missing():
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(SpapInputError, match="GLU"):
+        glu_family(gpt2)
+
+
+def test_model_without_gate_proj_is_refused(tiny):
+    broken = copy.deepcopy(tiny.model)
+    del broken.model.layers[1].mlp.gate_proj
+    with pytest.raises(SpapInputError, match="layer 1.*gate_proj"):
+        glu_family(broken)

@@ -1,0 +1,110 @@
+"""The SPAP solver on small layer problems: closed form, feasibility, planted structure, brute force."""
+
+from itertools import combinations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_problem
+from spap_core.methods.problem import RefitSettings, augmented_solve, objective, refit, scatter_columns
+from spap_core.methods.spap import PenaltySettings, spap_layer
+
+
+def brute_force_optimum(problem, settings: RefitSettings) -> tuple[float, set]:
+    best = (np.inf, set())
+    for pruned in combinations(range(problem.width), problem.n_prune):
+        keep = torch.tensor([i for i in range(problem.width) if i not in pruned])
+        value = refit(problem, keep, settings).objective
+        if value < best[0]:
+            best = (value, set(pruned))
+    return best
+
+
+def pruned_set(decision, width: int) -> set:
+    return set(range(width)) - set(decision.keep.tolist())
+
+
+@pytest.mark.parametrize("bias,prior", [(True, "dense"), (False, "zero"), (True, "zero")])
+def test_closed_form_w_update_equals_direct_least_squares(bias, prior):
+    problem = random_problem(n=10, m=5, tokens=300, seed=3)
+    settings = RefitSettings(ridge=0.05, prior=prior, bias=bias)
+    soft_mask = torch.rand(10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rho, scale = 0.7, problem.gram_scale
+    solved = augmented_solve(problem, settings, penalty=rho * scale * soft_mask)
+
+    # The same minimisation written as one stacked least-squares problem over raw coordinates:
+    # ‖W̃Z̃ − Y‖² + Σ ρh̄s_i‖W_i‖² + δh̄‖W_i − prior_i‖², solved by lstsq on the normal equations'
+    # square root. Z̃ and Y are recovered from H̃ and C through a Cholesky factor.
+    width = 10 + int(bias)
+    gram = problem.gram[:width, :width] if bias else problem.gram[:10, :10]
+    if bias:
+        index = list(range(10)) + [10]
+        gram = problem.gram[index][:, index]
+        cross = problem.cross[:, index]
+    else:
+        cross = problem.cross[:, :10]
+    root = torch.linalg.cholesky(gram).T  # gram = rootᵀ root, plays the role of Z̃ᵀ
+    targets = torch.linalg.solve_triangular(root.T, cross.T, upper=False)  # root⁻ᵀ Cᵀ
+    penalty_rows = torch.diag(torch.sqrt(rho * scale * soft_mask))
+    ridge_rows = torch.eye(10, dtype=torch.float64) * np.sqrt(0.05 * scale)
+    prior = problem.dense_down.double() if prior == "dense" else torch.zeros_like(problem.dense_down.double())
+    blocks_a = [root, torch.cat([penalty_rows, torch.zeros(10, width - 10, dtype=torch.float64)], 1),
+                torch.cat([ridge_rows, torch.zeros(10, width - 10, dtype=torch.float64)], 1)]
+    blocks_b = [targets, torch.zeros(10, cross.shape[0], dtype=torch.float64), ridge_rows @ prior.T]
+    if bias:
+        blocks_a.append(torch.cat([torch.zeros(1, 10, dtype=torch.float64),
+                                   torch.full((1, 1), np.sqrt(1e-9 * problem.tokens), dtype=torch.float64)], 1))
+        blocks_b.append(torch.zeros(1, cross.shape[0], dtype=torch.float64))
+    direct = torch.linalg.lstsq(torch.cat(blocks_a), torch.cat(blocks_b)).solution.T
+    torch.testing.assert_close(solved, direct, rtol=1e-6, atol=1e-8)
+
+
+def test_constraint_violation_falls_and_mask_has_exactly_lambda_pruned():
+    problem = random_problem(n=40, m=12, tokens=400, n_prune=13, seed=5)
+    steps = []
+    decision = spap_layer(problem, PenaltySettings(iterations=25, rho0=0.01, tau=1.6), RefitSettings(),
+                          on_step=steps.append)
+    violations = [s.violation for s in steps]
+    assert violations[-1] < 1e-3 * violations[0]
+    assert violations[-1] < violations[len(violations) // 2] < violations[0]
+    assert len(decision.keep) == 40 - 13
+    assert len(set(decision.keep.tolist())) == len(decision.keep)
+    # s stays on the capped simplex: entries in [0, 1] summing to λ
+    for step in steps:
+        assert step.soft_mask.min() >= 0 and step.soft_mask.max() <= 1
+        assert step.soft_mask.sum() == pytest.approx(13, rel=1e-5)
+    assert [s.iteration for s in steps] == list(range(1, 26))
+
+
+def test_planted_dead_channels_are_found():
+    problem = random_problem(n=30, m=8, tokens=300, n_prune=6, planted=6, seed=7)
+    decision = spap_layer(problem, PenaltySettings(), RefitSettings())
+    assert pruned_set(decision, 30) == set(range(6))
+    assert decision.objective == pytest.approx(0.0, abs=1e-6 * problem.target_energy)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_spap_never_beats_brute_force_on_small_problems(seed):
+    settings = RefitSettings()
+    problem = random_problem(n=10, m=4, tokens=60, n_prune=4, seed=seed)
+    best, _ = brute_force_optimum(problem, settings)
+    decision = spap_layer(problem, PenaltySettings(), settings)
+    assert decision.objective >= best - 1e-9 * abs(best)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_spap_equals_brute_force_on_planted_problems(seed):
+    settings = RefitSettings()
+    problem = random_problem(n=12, m=5, tokens=80, n_prune=4, planted=4, seed=seed)
+    best, best_set = brute_force_optimum(problem, settings)
+    decision = spap_layer(problem, PenaltySettings(), settings)
+    assert pruned_set(decision, 12) == best_set == set(range(4))
+    assert decision.objective == pytest.approx(best, abs=1e-9 * problem.target_energy)
+
+
+def test_objective_of_dense_weights_is_zero_and_of_nothing_is_half_energy():
+    problem = random_problem(n=8, m=3, tokens=50, seed=2)
+    dense = scatter_columns(problem, torch.arange(8), torch.cat([problem.dense_down.double(), torch.zeros(3, 1, dtype=torch.float64)], 1), True)
+    assert objective(problem, dense) == pytest.approx(0.0, abs=1e-6 * problem.target_energy)
+    assert objective(problem, torch.zeros_like(dense)) == pytest.approx(0.5 * problem.target_energy)
