@@ -17,6 +17,7 @@ from torch import nn
 from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.methods.registry import PruneSettings, decide_layer
 from spap_core.methods.altmin import alternating_minimization
+from spap_core.methods.baselines import baseline_scores
 from spap_core.methods.problem import prune_count
 from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel
@@ -33,7 +34,7 @@ class LayerRecord:
     layer: int
     width: int
     keep: np.ndarray
-    scores: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]  # every baseline's metric plus the run's own (spap_first/spap_last)
     objective: float | None
     dense_objective: float  # ½‖Y‖²: the error of pruning everything, a scale for `objective`
 
@@ -190,7 +191,8 @@ def prune_model(
 
             started = time.perf_counter()
             records.append(LayerRecord(
-                layer=index, width=problem.width, keep=decision.keep.cpu().numpy(), scores=decision.scores,
+                layer=index, width=problem.width, keep=decision.keep.cpu().numpy(),
+                scores={**baseline_scores(problem), **decision.scores},
                 objective=decision.objective, dense_objective=0.5 * problem.target_energy,
             ))
             shrink_mlp(mlp, decision)

@@ -14,7 +14,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from spap_core.families import glu_family
 from spap_core.models import LoadedModel
-from spap_core.stats import GramAccumulator
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB_WORDS = [f"w{i}" for i in range(200)]
@@ -76,19 +75,3 @@ def text_files(tmp_path_factory) -> dict[str, Path]:
     files["eval"].write_text(word_text(3000, seed=2))
     files["short"].write_text(word_text(20, seed=3))
     return files
-
-
-def problem_from(activations: torch.Tensor, targets: torch.Tensor, dense_down: torch.Tensor, n_prune: int):
-    """LayerProblem from explicit activations (tokens × n) and targets (tokens × m)."""
-    stats = GramAccumulator()
-    stats.add(activations, targets)
-    return stats.problem(dense_down, n_prune)
-
-
-def random_problem(n: int, m: int = 6, tokens: int = 200, n_prune: int = 3, seed: int = 0, planted: int = 0):
-    """Random GLU-like layer; the first `planted` channels contribute nothing (zero down columns)."""
-    generator = torch.Generator().manual_seed(seed)
-    activations = torch.randn(tokens, n, generator=generator, dtype=torch.float64) * (1 + torch.rand(n, generator=generator, dtype=torch.float64))
-    dense_down = torch.randn(m, n, generator=generator, dtype=torch.float64)
-    dense_down[:, :planted] = 0
-    return problem_from(activations, activations @ dense_down.T, dense_down, n_prune)

@@ -1,24 +1,13 @@
 """The SPAP solver on small layer problems: closed form, feasibility, planted structure, brute force."""
 
-from itertools import combinations
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import random_problem
+from spap_core.methods.exact import brute_force_optimum
 from spap_core.methods.problem import RefitSettings, augmented_solve, objective, refit, scatter_columns
 from spap_core.methods.spap import PenaltySettings, spap_layer
-
-
-def brute_force_optimum(problem, settings: RefitSettings) -> tuple[float, set]:
-    best = (np.inf, set())
-    for pruned in combinations(range(problem.width), problem.n_prune):
-        keep = torch.tensor([i for i in range(problem.width) if i not in pruned])
-        value = refit(problem, keep, settings).objective
-        if value < best[0]:
-            best = (value, set(pruned))
-    return best
+from spap_core.toy import toy_problem
 
 
 def pruned_set(decision, width: int) -> set:
@@ -27,7 +16,7 @@ def pruned_set(decision, width: int) -> set:
 
 @pytest.mark.parametrize("bias,prior", [(True, "dense"), (False, "zero"), (True, "zero")])
 def test_closed_form_w_update_equals_direct_least_squares(bias, prior):
-    problem = random_problem(n=10, m=5, tokens=300, seed=3)
+    problem = toy_problem(width=10, outputs=5, tokens=300, seed=3)
     settings = RefitSettings(ridge=0.05, prior=prior, bias=bias)
     soft_mask = torch.rand(10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     rho, scale = 0.7, problem.gram_scale
@@ -61,7 +50,7 @@ def test_closed_form_w_update_equals_direct_least_squares(bias, prior):
 
 
 def test_constraint_violation_falls_and_mask_has_exactly_lambda_pruned():
-    problem = random_problem(n=40, m=12, tokens=400, n_prune=13, seed=5)
+    problem = toy_problem(width=40, outputs=12, tokens=400, n_prune=13, seed=5)
     steps = []
     decision = spap_layer(problem, PenaltySettings(iterations=25, rho0=0.01, tau=1.6), RefitSettings(),
                           on_step=steps.append)
@@ -78,7 +67,7 @@ def test_constraint_violation_falls_and_mask_has_exactly_lambda_pruned():
 
 
 def test_planted_dead_channels_are_found():
-    problem = random_problem(n=30, m=8, tokens=300, n_prune=6, planted=6, seed=7)
+    problem = toy_problem(width=30, outputs=8, tokens=300, n_prune=6, dead_channels=6, seed=7)
     decision = spap_layer(problem, PenaltySettings(), RefitSettings())
     assert pruned_set(decision, 30) == set(range(6))
     assert decision.objective == pytest.approx(0.0, abs=1e-6 * problem.target_energy)
@@ -87,8 +76,8 @@ def test_planted_dead_channels_are_found():
 @pytest.mark.parametrize("seed", range(6))
 def test_spap_never_beats_brute_force_on_small_problems(seed):
     settings = RefitSettings()
-    problem = random_problem(n=10, m=4, tokens=60, n_prune=4, seed=seed)
-    best, _ = brute_force_optimum(problem, settings)
+    problem = toy_problem(width=10, outputs=4, tokens=60, n_prune=4, seed=seed)
+    best = brute_force_optimum(problem, settings).objective
     decision = spap_layer(problem, PenaltySettings(), settings)
     assert decision.objective >= best - 1e-9 * abs(best)
 
@@ -96,15 +85,15 @@ def test_spap_never_beats_brute_force_on_small_problems(seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_spap_equals_brute_force_on_planted_problems(seed):
     settings = RefitSettings()
-    problem = random_problem(n=12, m=5, tokens=80, n_prune=4, planted=4, seed=seed)
-    best, best_set = brute_force_optimum(problem, settings)
+    problem = toy_problem(width=12, outputs=5, tokens=80, n_prune=4, dead_channels=4, seed=seed)
+    best = brute_force_optimum(problem, settings)
     decision = spap_layer(problem, PenaltySettings(), settings)
-    assert pruned_set(decision, 12) == best_set == set(range(4))
-    assert decision.objective == pytest.approx(best, abs=1e-9 * problem.target_energy)
+    assert pruned_set(decision, 12) == pruned_set(best, 12) == set(range(4))
+    assert decision.objective == pytest.approx(best.objective, abs=1e-9 * problem.target_energy)
 
 
 def test_objective_of_dense_weights_is_zero_and_of_nothing_is_half_energy():
-    problem = random_problem(n=8, m=3, tokens=50, seed=2)
+    problem = toy_problem(width=8, outputs=3, tokens=50, seed=2)
     dense = scatter_columns(problem, torch.arange(8), torch.cat([problem.dense_down.double(), torch.zeros(3, 1, dtype=torch.float64)], 1), True)
     assert objective(problem, dense) == pytest.approx(0.0, abs=1e-6 * problem.target_energy)
     assert objective(problem, torch.zeros_like(dense)) == pytest.approx(0.5 * problem.target_energy)

@@ -62,3 +62,11 @@ def fasp(problem: LayerProblem) -> LayerDecision:
     decision = refit(problem, keep, FASP_REFIT)
     decision.scores = {"wanda-sp": scores.float().cpu().numpy()}
     return decision
+
+
+BASELINE_SCORES = {"magnitude": magnitude_scores, "wanda-sp": wanda_scores, "flap": flap_scores}
+
+
+def baseline_scores(problem: LayerProblem) -> dict:
+    """Every baseline's channel metric for one layer (low = pruned first), for side-by-side plots."""
+    return {name: score(problem).float().cpu().numpy() for name, score in BASELINE_SCORES.items()}
