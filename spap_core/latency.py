@@ -4,6 +4,7 @@ warm-up and reported as median with spread (min/max), so dense and pruned compar
 
 from __future__ import annotations
 
+import inspect
 import os
 import statistics
 import threading
@@ -51,6 +52,11 @@ def weight_bytes(model: nn.Module) -> int:
 
 def _summary(samples: list[float]) -> Timing:
     return Timing(median=statistics.median(samples), low=min(samples), high=max(samples), repeats=len(samples))
+
+
+def _cache_keyword(model: nn.Module) -> str:
+    """transformers renamed `past_key_values` to `cache` in the forward signature (5.x)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _sync(device: torch.device) -> None:
@@ -108,6 +114,7 @@ def measure_latency(model: nn.Module, seqlen: int = 512, decode_tokens: int = 32
     ids = torch.randint(0, vocab, (1, seqlen), generator=torch.Generator().manual_seed(seed)).to(device)
     prefill: list[float] = []
     decode: list[float] = []
+    cache_keyword = _cache_keyword(model)
     with torch.no_grad():
         for attempt in range(warmup + repeats):
             _sync(device)
@@ -119,12 +126,12 @@ def measure_latency(model: nn.Module, seqlen: int = 512, decode_tokens: int = 32
         prompt = ids[:, : min(32, seqlen)]
         for attempt in range(warmup + repeats):
             out = model(input_ids=prompt, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            cache, token = getattr(out, cache_keyword), out.logits[:, -1:].argmax(-1)
             _sync(device)
             started = time.perf_counter()
             for _ in range(decode_tokens):
-                out = model(input_ids=token, past_key_values=cache, use_cache=True)
-                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                out = model(input_ids=token, use_cache=True, **{cache_keyword: cache})
+                cache, token = getattr(out, cache_keyword), out.logits[:, -1:].argmax(-1)
             _sync(device)
             if attempt >= warmup:
                 decode.append(decode_tokens / (time.perf_counter() - started))

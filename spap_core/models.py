@@ -117,7 +117,9 @@ def _load_pretrained(location: str | Path, device: torch.device, dtype: torch.dt
         model = AutoModelForCausalLM.from_pretrained(
             location, dtype=dtype, use_safetensors=True, trust_remote_code=False
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # loaders raise OSError, ValueError, SafetensorError, ... for bad input
         raise SpapInputError(f"Could not load a causal LM from {location}: {exc}") from exc
     return model.to(device).eval(), tokenizer
 

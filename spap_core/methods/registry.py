@@ -29,6 +29,8 @@ class PruneSettings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SpapInputError(f"Unknown method '{self.method}': choose one of {', '.join(METHODS)}.")
+        if not isinstance(self.sparsity, (int, float)) or not 0.0 < self.sparsity < 1.0:  # NaN fails too
+            raise SpapInputError(f"Sparsity must be a number strictly between 0 and 1 (got {self.sparsity!r}).")
 
 
 def decide_layer(problem: LayerProblem, settings: PruneSettings, layer: int,
