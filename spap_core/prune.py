@@ -105,6 +105,14 @@ def _call_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.T
     return out[0] if isinstance(out, tuple) else out
 
 
+def _pruned_mlp_output(mlp: nn.Module, decision, inputs: torch.Tensor, intermediate: torch.Tensor) -> torch.Tensor:
+    """The shrunk MLP's output. While gate/up are unchanged, its intermediate activations are the
+    dense ones at the kept channels, so only the (small) down projection needs computing."""
+    if decision.gate_weight is not None or decision.up_weight is not None:
+        return mlp(inputs)
+    return mlp.down_proj(intermediate[..., decision.keep.to(intermediate.device)])
+
+
 def prune_model(
     loaded: LoadedModel,
     calibration: torch.Tensor,
@@ -161,12 +169,13 @@ def prune_model(
                 captured["z"] = args[0]
 
             handles = [mlp.register_forward_hook(capture_mlp), mlp.down_proj.register_forward_pre_hook(capture_z)]
-            mlp_inputs, mlp_outputs, dense_outputs = [], [], []
+            mlp_inputs, intermediates, mlp_outputs, dense_outputs = [], [], [], []
             try:
                 for chunk in hidden:
                     dense_outputs.append(_call_layer(layer, chunk, layer_kwargs[index]))
                     stats.add(captured["z"], captured["y"])
                     mlp_inputs.append(captured["x"])
+                    intermediates.append(captured["z"])
                     mlp_outputs.append(captured["y"])
             finally:
                 for handle in handles:
@@ -198,8 +207,8 @@ def prune_model(
             shrink_mlp(mlp, decision)
             to_residual = family.mlp_output_to_residual(layer)
             hidden = [
-                out + to_residual(mlp(x)) - to_residual(y)
-                for out, x, y in zip(dense_outputs, mlp_inputs, mlp_outputs)
+                out + to_residual(_pruned_mlp_output(mlp, decision, x, z)) - to_residual(y)
+                for out, x, z, y in zip(dense_outputs, mlp_inputs, intermediates, mlp_outputs)
             ]
             timings["propagate"] += time.perf_counter() - started
             if on_layer is not None:

@@ -137,3 +137,19 @@ def test_model_without_gate_proj_is_refused(tiny):
     del broken.model.layers[1].mlp.gate_proj
     with pytest.raises(SpapInputError, match="layer 1.*gate_proj"):
         glu_family(broken)
+
+
+@pytest.mark.parametrize("method", ["spap", "flap"])
+def test_layer_statistics_come_from_the_pruned_models_own_activations(tiny, method):
+    """Layer 1's targets must be the dense MLP applied to what layer 1 really receives in the
+    pruned model (inputs propagated through pruned layer 0), bit for bit up to float error."""
+    result = prune_model(tiny, CALIBRATION, PruneSettings(method=method, sparsity=0.5), batch_size=4)
+    seen = {}
+    handle = result.model.model.layers[1].mlp.register_forward_hook(lambda m, args, out: seen.setdefault("x", args[0]))
+    with torch.no_grad():
+        result.model(CALIBRATION)
+    handle.remove()
+    dense_mlp = tiny.model.model.layers[1].mlp
+    with torch.no_grad():
+        energy = 0.5 * dense_mlp(seen["x"]).double().pow(2).sum().item()
+    assert result.layers[1].dense_objective == pytest.approx(energy, rel=1e-4)
