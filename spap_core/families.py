@@ -30,6 +30,9 @@ class GluFamily:
     def mlp(self, layer: nn.Module) -> nn.Module:
         return layer.mlp
 
+    def mlp_output_is_residual(self, layer: nn.Module) -> bool:
+        return getattr(layer, "post_feedforward_layernorm", None) is None
+
     def mlp_output_to_residual(self, layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """The map applied to the MLP output before it is added to the residual stream."""
         norm = getattr(layer, "post_feedforward_layernorm", None)

@@ -138,6 +138,11 @@ def prune_model(
             f"'{settings.method}' adds a down_proj bias, which model type '{family.model_type}' cannot "
             "store; turn bias compensation off (--no-bias) or choose another method."
         )
+    if settings.target_correction > 0 and not family.mlp_output_is_residual(layers[0]):
+        raise SpapInputError(
+            f"Error-correcting targets need the MLP output to enter the residual stream directly, which "
+            f"is not the case for model type '{family.model_type}'; set the target correction to 0."
+        )
     n_prune = [prune_count(family.mlp(layer).down_proj.in_features, settings.sparsity) for layer in layers]
     params_before = parameter_count(model)
     timings = {"capture": 0.0, "solve": 0.0, "altmin": 0.0, "propagate": 0.0}
@@ -153,6 +158,8 @@ def prune_model(
         started = time.perf_counter()
         chunks = [c.to(device) for c in calibration.split(batch_size)]
         hidden, layer_kwargs = _layer_inputs_and_kwargs(model, layers, chunks)
+        correcting = settings.method == "spap" and settings.target_correction > 0
+        dense_hidden = list(hidden) if correcting else []
         timings["capture"] += time.perf_counter() - started
         for index, layer in enumerate(layers):
             if cancel is not None and cancel.is_set():
@@ -168,15 +175,22 @@ def prune_model(
             def capture_z(_module, args):
                 captured["z"] = args[0]
 
+            if correcting:  # the dense model's own output of this layer, on the dense stream
+                dense_hidden = [_call_layer(layer, chunk, layer_kwargs[index]) for chunk in dense_hidden]
             handles = [mlp.register_forward_hook(capture_mlp), mlp.down_proj.register_forward_pre_hook(capture_z)]
-            mlp_inputs, intermediates, mlp_outputs, dense_outputs = [], [], [], []
+            mlp_inputs, intermediates, mlp_outputs, targets, dense_outputs = [], [], [], [], []
             try:
-                for chunk in hidden:
-                    dense_outputs.append(_call_layer(layer, chunk, layer_kwargs[index]))
-                    stats.add(captured["z"], captured["y"])
+                for chunk_index, chunk in enumerate(hidden):
+                    out = _call_layer(layer, chunk, layer_kwargs[index])
+                    target = captured["y"]
+                    if correcting:  # also undo part of the error the pruned stream has accumulated
+                        target = target + settings.target_correction * (dense_hidden[chunk_index] - out)
+                    stats.add(captured["z"], target)
+                    dense_outputs.append(out)
                     mlp_inputs.append(captured["x"])
                     intermediates.append(captured["z"])
                     mlp_outputs.append(captured["y"])
+                    targets.append(target)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -192,7 +206,7 @@ def prune_model(
                 started = time.perf_counter()
                 with torch.enable_grad():
                     decision = alternating_minimization(
-                        decision, torch.cat(mlp_inputs), torch.cat(mlp_outputs),
+                        decision, torch.cat(mlp_inputs), torch.cat(targets),
                         mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, mlp.act_fn,
                         settings.altmin, settings.refit, seed=seed + index, cancel=cancel,
                     )

@@ -25,12 +25,17 @@ class PruneSettings:
     penalty: PenaltySettings = field(default_factory=PenaltySettings)
     refit: RefitSettings = field(default_factory=RefitSettings)
     altmin: AltMinSettings = field(default_factory=AltMinSettings)
+    # SPAP only: β in Y* = Y + β·(dense-model layer output − pruned-stream layer output), so each
+    # layer also repairs the error that earlier pruned layers left in the residual stream.
+    target_correction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SpapInputError(f"Unknown method '{self.method}': choose one of {', '.join(METHODS)}.")
         if not isinstance(self.sparsity, (int, float)) or not 0.0 < self.sparsity < 1.0:  # NaN fails too
             raise SpapInputError(f"Sparsity must be a number strictly between 0 and 1 (got {self.sparsity!r}).")
+        if not isinstance(self.target_correction, (int, float)) or not 0.0 <= self.target_correction <= 1.0:
+            raise SpapInputError(f"The target correction β must be in [0, 1] (got {self.target_correction!r}).")
 
 
 def decide_layer(problem: LayerProblem, settings: PruneSettings, layer: int,
