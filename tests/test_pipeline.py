@@ -153,3 +153,18 @@ def test_layer_statistics_come_from_the_pruned_models_own_activations(tiny, meth
     with torch.no_grad():
         energy = 0.5 * dense_mlp(seen["x"]).double().pow(2).sum().item()
     assert result.layers[1].dense_objective == pytest.approx(energy, rel=1e-4)
+
+
+def test_error_correcting_targets_start_from_local_ones_and_then_differ(tiny):
+    """At layer 0 both streams are identical, so β changes nothing; from layer 1 on the targets
+    also carry the residual error left by pruned layer 0."""
+    local = prune_model(tiny, CALIBRATION, PruneSettings(sparsity=0.5), batch_size=4)
+    corrected = prune_model(tiny, CALIBRATION, PruneSettings(sparsity=0.5, target_correction=1.0), batch_size=4)
+    assert corrected.layers[0].dense_objective == pytest.approx(local.layers[0].dense_objective)
+    assert corrected.layers[1].dense_objective != pytest.approx(local.layers[1].dense_objective, rel=1e-6)
+
+
+@pytest.mark.parametrize("beta", [-0.1, 1.5, float("nan")])
+def test_target_correction_outside_unit_interval_is_refused(beta):
+    with pytest.raises(SpapInputError, match="β"):
+        PruneSettings(target_correction=beta)
