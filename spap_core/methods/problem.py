@@ -104,14 +104,28 @@ def dense_with_bias_column(problem: LayerProblem, dtype: torch.dtype) -> torch.T
     return torch.cat([problem.dense_down.to(dtype), zeros], dim=1)
 
 
-def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
-    """W = rhs · (gram + diag(diagonal))⁻¹ by Cholesky (symmetric positive definite by construction),
-    falling back to a pseudo-inverse solve if the factorisation fails (dead or duplicated channels)."""
+def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, diagonal: torch.Tensor,
+                with_inverse_diagonal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """W = rhs · A⁻¹ with A = gram + diag(diagonal), and optionally diag(A⁻¹).
+
+    Cholesky when A is positive definite (the usual case); otherwise (dead or duplicated channels
+    with no ridge) an eigen-decomposition pseudo-inverse, so a degenerate layer never crashes.
+    diag(A⁻¹) from the factor: A⁻¹ = L⁻ᵀL⁻¹, so its diagonal holds the column sums of (L⁻¹)².
+    """
     system = gram + torch.diag(diagonal)
     factor, info = torch.linalg.cholesky_ex(system)
     if int(info) == 0:
-        return torch.cholesky_solve(rhs.T, factor).T
-    return torch.linalg.lstsq(system, rhs.T, driver="gelsd" if system.device.type == "cpu" else None).solution.T
+        weights = torch.cholesky_solve(rhs.T, factor).T
+        if not with_inverse_diagonal:
+            return weights, None
+        identity = torch.eye(system.shape[0], dtype=system.dtype, device=system.device)
+        inverse_factor = torch.linalg.solve_triangular(factor, identity, upper=False)
+        return weights, inverse_factor.pow(2).sum(dim=0)
+    values, vectors = torch.linalg.eigh(system)
+    cutoff = values.abs().max().clamp_min(1e-30) * system.shape[0] * torch.finfo(system.dtype).eps
+    inverse_values = torch.where(values > cutoff, 1.0 / values, torch.zeros_like(values))
+    pseudo_inverse = (vectors * inverse_values) @ vectors.T
+    return rhs @ pseudo_inverse, torch.diagonal(pseudo_inverse).clone() if with_inverse_diagonal else None
 
 
 @dataclass(frozen=True)
@@ -176,7 +190,12 @@ class RidgeSystem:
 
     def solve(self, penalty: torch.Tensor | None = None) -> torch.Tensor:
         """W̃ over the system's columns, penalty_i added to channel i's diagonal."""
-        return ridge_solve(self.gram, self.rhs, self.diagonal(penalty))
+        return ridge_solve(self.gram, self.rhs, self.diagonal(penalty))[0]
+
+    def solve_with_inverse_diagonal(self, penalty: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """W̃ and diag(A⁻¹) over the channels: what the correlation-aware score needs."""
+        weights, inverse_diagonal = ridge_solve(self.gram, self.rhs, self.diagonal(penalty), with_inverse_diagonal=True)
+        return weights, inverse_diagonal[: self.channels]
 
     def objective(self, weights: torch.Tensor, penalty: torch.Tensor | None = None) -> float:
         """f(W̃) of a solution of this system in O(mn): W̃H̃ = rhs − W̃·diag(d), hence

@@ -8,6 +8,7 @@ reported through `on_step` so callers (CLI progress, app plots) see s move from 
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -35,9 +36,23 @@ class PenaltySettings:
     tau: float = 1.5  # ρ growth per iteration
     balance: float = 1.0  # t: exponent of the activation norm in the score
     momentum: float = 0.3  # α: soft-mask step size
+    # What "activation magnitude" means in the score: 'marginal' = ‖Z_i‖ (the paper's reading);
+    # 'partial' = 1/√[A⁻¹]_ii, channel i's magnitude after the other channels have explained what
+    # they can (equal to ‖Z_i‖ for uncorrelated channels; with t = 1 it ranks channels by the
+    # exact least-squares cost of dropping each one alone, as in optimal brain surgeon).
+    score: str = "marginal"
+    # s⁽⁰⁾: 'centre' = λ/n everywhere (on the capped simplex); 'zero' = no channel marked.
+    start: str = "centre"
+    # How many channels each s-step marks: 'fixed' = λ every iteration (the paper's reading);
+    # 'ramp' = ⌈λ·k/K⌉ at iteration k, so channels are removed in K blocks and each block is
+    # chosen after the W-step has compensated for the previous ones (a continuation in λ).
+    schedule: str = "fixed"
 
     def __post_init__(self) -> None:
         checks = [
+            (self.score in {"marginal", "partial"}, f"score must be 'marginal' or 'partial' (got {self.score!r})."),
+            (self.start in {"centre", "zero"}, f"start must be 'centre' or 'zero' (got {self.start!r})."),
+            (self.schedule in {"fixed", "ramp"}, f"schedule must be 'fixed' or 'ramp' (got {self.schedule!r})."),
             (isinstance(self.iterations, int) and self.iterations >= 1, f"K must be an integer ≥ 1 (got {self.iterations!r})."),
             (np.isfinite(self.rho0) and self.rho0 > 0, f"ρ⁽⁰⁾ must be > 0 (got {self.rho0!r})."),
             (np.isfinite(self.tau) and self.tau > 1, f"τ must be > 1 so the penalty grows (got {self.tau!r})."),
@@ -77,26 +92,37 @@ def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: 
     dtype = refit_settings.dtype
     width, count = problem.width, problem.n_prune
     scale = problem.gram_scale
-    activation_norms = problem.activation_sq_norms.to(dtype).clamp_min(0).sqrt()
-    # Start at the centre of the capped simplex {s ∈ [0,1]ⁿ : 1ᵀs = λ}; every momentum step then
-    # stays on it (a convex combination of two of its points).
-    soft_mask = torch.full((width,), count / width, dtype=dtype, device=problem.gram.device)
+    # Start at the centre of the capped simplex {s ∈ [0,1]ⁿ : 1ᵀs = λ}, so every momentum step
+    # stays on it (a convex combination of two of its points), or at s = 0 as the paper reads.
+    fill = count / width if penalty.start == "centre" else 0.0
+    soft_mask = torch.full((width,), fill, dtype=dtype, device=problem.gram.device)
     system = RidgeSystem(problem, refit_settings)
-    rho = penalty.rho0
-    scores = channel_scores(problem.dense_down.to(dtype).norm(dim=0), activation_norms, penalty.balance)
+    partial = penalty.score == "partial"
+
+    def solve_and_score(column_penalty: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if partial:
+            weights, inverse_diagonal = system.solve_with_inverse_diagonal(column_penalty)
+            magnitudes = inverse_diagonal.clamp_min(1e-30).rsqrt()
+        else:
+            weights = system.solve(column_penalty)
+            magnitudes = problem.activation_sq_norms.to(dtype).clamp_min(0).sqrt()
+        column_sq = weights[:, :width].pow(2).sum(dim=0)
+        return weights, column_sq, channel_scores(column_sq.sqrt(), magnitudes, penalty.balance)
+
+    _, _, scores = solve_and_score(None)
     first_scores = scores
+    rho = penalty.rho0
     for iteration in range(1, penalty.iterations + 1):
         if cancel is not None and cancel.is_set():
             raise PruningCancelled(f"cancelled at layer {layer}, ρ iteration {iteration}")
+        marked = count if penalty.schedule == "fixed" else math.ceil(count * iteration / penalty.iterations)
         target = torch.zeros_like(soft_mask)
-        target[torch.argsort(scores, stable=True)[:count]] = 1.0
+        target[torch.argsort(scores, stable=True)[:marked]] = 1.0
         soft_mask = (1 - penalty.momentum) * soft_mask + penalty.momentum * target
         column_penalty = rho * scale * soft_mask
-        weights = system.solve(column_penalty)
+        weights, column_sq, scores = solve_and_score(column_penalty)
         if not torch.isfinite(weights).all():
             raise FloatingPointError(f"non-finite weights at layer {layer}, ρ iteration {iteration}")
-        column_sq = weights[:, :width].pow(2).sum(dim=0)
-        scores = channel_scores(column_sq.sqrt(), activation_norms, penalty.balance)
         if on_step is not None:
             on_step(SpapStep(
                 layer=layer, iteration=iteration, rho=rho,
