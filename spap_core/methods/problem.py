@@ -136,10 +136,10 @@ class RefitSettings:
     (prior='zero', plain ridge); bias=True adds a free bias that absorbs the pruned channels' mean.
     """
 
-    ridge: float = 0.01
+    ridge: float = 0.05
     prior: str = "dense"
     bias: bool = True
-    precision: str = "float64"
+    precision: str = "float32"
 
     @property
     def dtype(self) -> torch.dtype:
