@@ -1,0 +1,33 @@
+"""SPAP Explorer: `streamlit run app.py`. The router only: the page list, the shared sidebar,
+and a last line of defence so no page ever shows a Python traceback."""
+
+import streamlit as st
+
+st.set_page_config(page_title="SPAP Explorer", page_icon="✂️", layout="wide")
+
+PAGES = {
+    "Set up and run": [
+        st.Page("pages/model_data.py", title="Model & data", icon=":material/memory:", default=True),
+        st.Page("pages/run_spap.py", title="Run SPAP", icon=":material/play_arrow:"),
+    ],
+    "Inspect the run": [
+        st.Page("pages/mask_evolution.py", title="Mask evolution", icon=":material/animation:"),
+        st.Page("pages/scores.py", title="Scores", icon=":material/bar_chart:"),
+        st.Page("pages/latency.py", title="Latency & memory", icon=":material/speed:"),
+    ],
+    "Compare and understand": [
+        st.Page("pages/perplexity_sweep.py", title="Perplexity vs sparsity", icon=":material/show_chart:"),
+        st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/tune:"),
+        st.Page("pages/how_spap_works.py", title="How SPAP works", icon=":material/school:"),
+    ],
+}
+
+page = st.navigation(PAGES)  # first, so the browser shows these pages while torch is still importing
+
+from pages._shared import render_sidebar, report_unexpected  # noqa: E402  (imports torch: seconds, once)
+
+try:
+    render_sidebar()
+    page.run()
+except Exception as exc:  # streamlit's own control flow (rerun, stop) is not an Exception
+    report_unexpected(exc, f"page {page.title}")

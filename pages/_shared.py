@@ -1,0 +1,445 @@
+"""UI pieces every page uses: the session's model and data choices, the cached model, the
+sidebar, background jobs with their live progress panel, and the result caches.
+
+Session state holds only this session's choices and results; the model (st.cache_resource) and
+the job queue are shared by all sessions and never mutated by a run.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import streamlit as st
+import torch
+
+from pages._experiments import DataSpec, RunOutcome, RunRequest, TextChoice
+from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES
+from spap_core.errors import SourceUnavailableError, SpapInputError
+from spap_core.hub import hub_unreachable_reason
+from spap_core.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
+from spap_core.methods.registry import PruneSettings
+from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
+from spap_core.presets import interactive_run_size
+
+LOG = logging.getLogger("spap_explorer")
+
+
+def _route_through_app() -> None:
+    """Streamlit quirk: a process whose first visitor opens a page URL (say /run_spap) before anyone
+    opened "/" runs that page file on its own as a legacy pages/ page, without app.py's router and
+    sidebar, and stays in that mode. Leaving the mode and rerunning sends the run through app.py,
+    whose st.navigation then opens the requested page. Runs on this module's first import, which is
+    where that first page run arrives."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_route_through_app()
+
+
+def report_unexpected(exc: Exception, where: str) -> None:
+    """A bug's one-line summary on the page instead of a traceback (which goes to the server log)."""
+    LOG.error("%s failed", where, exc_info=exc)
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    st.error(f"Something unexpected went wrong ({type(exc).__name__}: {first_line}). Try other settings; "
+             "the details are in the server log.", icon=":material/bug_report:")
+
+
+def guarded(function: Callable) -> Callable:
+    """For fragments: they rerun on their own, outside the page-level error handler in app.py."""
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:  # streamlit's rerun/stop are BaseExceptions and pass through
+            report_unexpected(exc, function.__name__)
+            return None
+
+    return run
+
+MODEL_ENV = "SPAP_APP_MODEL"  # default model source (tests point it at a tiny local model)
+CALIBRATION_FILE_ENV = "SPAP_APP_CALIB_FILE"
+EVALUATION_FILE_ENV = "SPAP_APP_EVAL_FILE"
+PROGRESS_REFRESH_S = 1.0
+QUEUE_REFRESH_S = 2.0
+
+PAGE_MODEL_DATA = "pages/model_data.py"
+PAGE_RUN = "pages/run_spap.py"
+
+
+# ------------------------------------------------------------------------- session choices
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    source: str
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+def session_id() -> str:
+    """A random id naming this browser session as the owner of its jobs."""
+    return st.session_state.setdefault("session_id", uuid.uuid4().hex[:12])
+
+
+def model_choice() -> ModelChoice:
+    return st.session_state.setdefault("model_choice", ModelChoice(source=os.environ.get(MODEL_ENV, DEFAULT_MODEL)))
+
+
+def target_device() -> torch.device:
+    """Where the chosen model runs (known before it is loaded, so defaults can depend on it)."""
+    try:
+        return resolve_device(model_choice().device)
+    except SpapInputError:
+        return torch.device("cpu")
+
+
+def _default_text_path(purpose: str, env_name: str) -> str:
+    if os.environ.get(env_name):
+        return os.environ[env_name]
+    data_dir = os.environ.get(DATA_DIR_ENV)
+    if data_dir and (Path(data_dir) / WIKITEXT_FILES[purpose]).is_file():
+        return str(Path(data_dir) / WIKITEXT_FILES[purpose])
+    return ""
+
+
+def _default_text_choice(purpose: str, env_name: str) -> TextChoice:
+    """A local file when one is configured, else WikiText-2 from the hub when it answers."""
+    path = _default_text_path(purpose, env_name)
+    if not path and hub_unreachable_reason() is None:
+        return TextChoice(kind="hub")
+    return TextChoice(kind="file", path=path)
+
+
+def data_spec() -> DataSpec:
+    """The session's data choice, defaulting to the interactive run size of the target device."""
+    if "data_spec" not in st.session_state:
+        size = interactive_run_size(target_device())
+        st.session_state["data_spec"] = DataSpec(
+            calibration=_default_text_choice("calibration", CALIBRATION_FILE_ENV),
+            evaluation=_default_text_choice("evaluation", EVALUATION_FILE_ENV),
+            nsamples=size.nsamples, seqlen=size.seqlen, eval_windows=size.eval_windows,
+            eval_len=size.eval_len, batch_size=size.batch_size,
+        )
+    return st.session_state["data_spec"]
+
+
+def run_request() -> RunRequest:
+    """Settings of the last run submitted on the Run SPAP page (defaults before the first), with
+    the current data: the base of sweeps and sensitivity scans."""
+    settings = st.session_state.get("prune_settings", PruneSettings())
+    return RunRequest(settings=settings, seed=st.session_state.get("run_seed", 0), data=data_spec())
+
+
+def run_size_note() -> str:
+    """Which interactive defaults apply and why (GPU sizes are much larger)."""
+    size = interactive_run_size(target_device())
+    where = "a GPU was found, so GPU defaults apply" if target_device().type == "cuda" else "running on the CPU"
+    return f"{size.label} ({where})."
+
+
+# ------------------------------------------------------------------------------------ model
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model (the first load of SmolLM2 dequantizes "
+                                                "its GGUF, about 40 s; later loads take a second)…")
+def _load_model_shared(source: str, device: str, dtype: str) -> LoadedModel:
+    """One copy per (source, device, dtype) for the whole process; runs prune copies of it."""
+    return load_model(source, device=device, dtype=dtype)
+
+
+def current_model() -> LoadedModel | None:
+    """The chosen model, or None after showing why it could not be loaded."""
+    choice = model_choice()
+    try:
+        return _load_model_shared(choice.source, choice.device, choice.dtype)
+    except (SpapInputError, SourceUnavailableError) as exc:
+        st.error(f"Model '{choice.source}' could not be loaded: {exc}")
+    return None
+
+
+def require_model() -> LoadedModel:
+    """The loaded model; otherwise point to the Model & data page and stop this page."""
+    loaded = current_model()
+    if loaded is None:
+        st.page_link(PAGE_MODEL_DATA, label="Choose another model on Model & data", icon=":material/arrow_back:")
+        st.stop()
+    return loaded
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"GPU ({torch.cuda.get_device_name(device)})"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+# ------------------------------------------------------------------------------------- jobs
+
+
+def _session_jobs() -> dict[str, Job]:
+    """This session's latest job of each kind."""
+    return st.session_state.setdefault("jobs", {})
+
+
+def latest_job(kind: str) -> Job | None:
+    return _session_jobs().get(kind)
+
+
+def submit_job(kind: str, label: str, function: Callable[[ProgressReporter, Any], Any]) -> None:
+    """Queue heavy work for this session; one job of each kind at a time, so a double click
+    never queues the same run twice. Reruns the app once queued, so the sidebar (drawn before the
+    page) shows the new job too."""
+    if _still_busy(kind):
+        return
+    _session_jobs()[kind] = shared_queue().submit(function, owner=session_id(), label=label, kind=kind)
+    st.rerun()
+
+
+def _still_busy(kind: str) -> bool:
+    """True (after saying so) while this session's previous `kind` job is queued or running."""
+    previous = latest_job(kind)
+    if previous is not None and not previous.status.finished:
+        st.warning(f"Your previous job ({previous.label}) is still {previous.status.value}: cancel it first.")
+        return True
+    return False
+
+
+def take_finished_result(kind: str) -> Any | None:
+    """The result of this session's latest `kind` job, handed over once when it has finished
+    (the job then forgets it, so a pruned model lives only in this session's state)."""
+    job = latest_job(kind)
+    taken = st.session_state.setdefault("taken_jobs", set())
+    if job is None or job.status is not JobStatus.DONE or job.id in taken:
+        return None
+    taken.add(job.id)
+    result, job.result = job.result, None
+    return result
+
+
+def progress_fraction(progress: JobProgress) -> float:
+    """Share of the work done, from layers, ρ iterations and sweep steps."""
+    within = 0.0
+    if progress.n_layers:
+        iteration = progress.iteration / progress.n_iterations if progress.n_iterations else 0.0
+        within = min(1.0, (max(progress.layer - 1, 0) + iteration) / progress.n_layers)
+    if progress.n_steps:
+        return min(1.0, (max(progress.step - 1, 0) + within) / progress.n_steps)
+    return within
+
+
+def progress_text(job: Job) -> str:
+    """"Pruning (spap) · layer 3 of 30 · ρ iteration 7 of 20 · run 2 of 9 · 12 s"."""
+    progress = job.progress
+    parts = [progress.phase[:1].upper() + progress.phase[1:]]
+    if progress.n_layers and progress.phase.startswith("pruning"):
+        parts.append(f"layer {progress.layer} of {progress.n_layers}")
+        if progress.n_iterations:
+            parts.append(f"ρ iteration {progress.iteration} of {progress.n_iterations}")
+    if progress.n_steps:
+        parts.append(f"run {progress.step} of {progress.n_steps}")
+    parts.append(f"{job.elapsed_s:.0f} s")
+    return " · ".join(parts)
+
+
+def queue_position_text(job: Job) -> str:
+    ahead = job.jobs_ahead
+    return f"Queued, {ahead} ahead" if ahead else "Queued, starting next"
+
+
+@guarded
+def _live_job_progress(job: Job) -> None:
+    if job.status.finished:
+        st.rerun()  # the whole page, so it shows the result
+    if job.status is JobStatus.QUEUED:
+        st.info(f"{job.label}: {queue_position_text(job)}. Other pages stay usable meanwhile.",
+                icon=":material/hourglass_top:")
+    else:
+        st.progress(progress_fraction(job.progress), text=f"{job.label}: {progress_text(job)}")
+    st.button("Cancel", key=f"cancel-{job.id}", on_click=shared_queue().cancel, args=(job,),
+              icon=":material/stop_circle:")
+
+
+def job_panel(kind: str) -> Job | None:
+    """This session's latest `kind` job: live progress with Cancel while it is queued or running
+    (a fragment re-drawn every second, so only this panel refreshes), its outcome afterwards."""
+    job = latest_job(kind)
+    if job is None:
+        return None
+    if not job.status.finished:
+        st.fragment(_live_job_progress, run_every=PROGRESS_REFRESH_S)(job)
+    elif job.status is JobStatus.FAILED:
+        st.error(job.error, icon=":material/error:")
+    elif job.status is JobStatus.CANCELLED:
+        st.warning(f"{job.label} was cancelled ({job.error}).", icon=":material/cancel:")
+    return job
+
+
+# ----------------------------------------------------------------------- cached result tables
+
+
+class _NotComputed(LookupError):
+    """Raised inside the cached function on a miss: exceptions are never cached, so the miss
+    stays a miss until the table is stored."""
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _stored_table(key: str, _table: pd.DataFrame | None = None) -> pd.DataFrame:
+    if _table is None:
+        raise _NotComputed(key)
+    return _table
+
+
+def cached_table(key: str) -> pd.DataFrame | None:
+    """A sweep/scan table computed earlier (in any session) for exactly this key."""
+    try:
+        return _stored_table(key)
+    except _NotComputed:
+        return None
+
+
+def request_table(kind: str, key: str, label: str, context: dict,
+                  compute: Callable[[ProgressReporter, Any], pd.DataFrame]) -> None:
+    """Show the table for `key` from the cache at once, or compute it as a background job.
+    `context` (shown with the table) is remembered with the key."""
+    cached = cached_table(key) is not None
+    if not cached and _still_busy(kind):
+        return
+    st.session_state[f"{kind}_request"] = {"key": key, **context}
+    if not cached:
+        submit_job(kind, label, lambda progress, cancel: (key, compute(progress, cancel)))
+
+
+def latest_table(kind: str) -> tuple[pd.DataFrame, dict] | None:
+    """The table this session last asked for, with its context, once it is available."""
+    finished = take_finished_result(kind)
+    if finished is not None:
+        key, table = finished
+        _stored_table(key, _table=table)
+    requested = st.session_state.get(f"{kind}_request")
+    if requested is None:
+        return None
+    table = cached_table(requested["key"])
+    return None if table is None else (table, requested)
+
+
+# ------------------------------------------------------------------------------ latest run
+
+
+def latest_outcome() -> RunOutcome | None:
+    """This session's latest finished run (a finished job is taken over here, on any page)."""
+    finished = take_finished_result("run")
+    if finished is not None:
+        st.session_state["latest_run"] = finished
+        st.session_state.setdefault("run_history", []).append(history_row(finished))
+    return st.session_state.get("latest_run")
+
+
+def require_outcome(need_trace: bool = False) -> RunOutcome:
+    """The latest run; otherwise say how to get one and stop this page."""
+    outcome = latest_outcome()
+    if outcome is None:
+        job = latest_job("run")
+        if job is not None and not job.status.finished:
+            st.info("Your run is still going; this page fills in when it has finished.")
+            job_panel("run")
+        else:
+            st.info("No run yet in this session: start one on Run SPAP.")
+        st.page_link(PAGE_RUN, label="Go to Run SPAP", icon=":material/play_arrow:")
+        st.stop()
+    if need_trace and not outcome.result.trace:
+        st.info("The latest run recorded no ρ iterations (not a SPAP run).")
+        st.stop()
+    return outcome
+
+
+def layer_picker(n_layers: int, key: str, container=st) -> int:
+    """A layer slider (a slider needs two values, so a one-layer model gets none)."""
+    if n_layers == 1:
+        container.caption("Layer 0 (the model has one layer)")
+        return 0
+    return container.slider("Layer", 0, n_layers - 1, 0, key=key)
+
+
+def history_row(outcome: RunOutcome) -> dict:
+    record = outcome.record
+    settings = outcome.request.settings
+    return {
+        "sparsity": settings.sparsity, "K": settings.penalty.iterations, "ρ⁽⁰⁾": settings.penalty.rho0,
+        "τ": settings.penalty.tau, "t": settings.penalty.balance, "α": settings.penalty.momentum,
+        "score": settings.penalty.score, "schedule": settings.penalty.schedule, "δ": settings.refit.ridge,
+        "β": settings.target_correction, "AM rounds": settings.altmin.rounds, "seed": outcome.request.seed,
+        "calibration tokens": record["calibration_tokens"], "ppl dense": record["ppl_dense"],
+        "ppl pruned": record["ppl"], "relative error": record["relative_error"],
+        "prune s": record["prune_seconds"],
+    }
+
+
+def settings_summary(request: RunRequest) -> str:
+    """One line with every setting a sweep or scan keeps fixed."""
+    settings = request.settings
+    penalty, refit, altmin = settings.penalty, settings.refit, settings.altmin
+    rounds = (f"{altmin.rounds} round{'s' if altmin.rounds > 1 else ''} × {altmin.steps} Adam steps, lr {altmin.lr:g}"
+              if altmin.rounds else "off")
+    return (f"sparsity {settings.sparsity:.0%}, K = {penalty.iterations}, ρ⁽⁰⁾ = {penalty.rho0:g}, τ = {penalty.tau:g}, "
+            f"t = {penalty.balance:g}, α = {penalty.momentum:g} ({penalty.score} score, {penalty.schedule} schedule, "
+            f"{penalty.start} start), δ = {refit.ridge:g} ({refit.prior} prior, bias {'on' if refit.bias else 'off'}, "
+            f"{refit.precision}), β = {settings.target_correction:g}, alternating minimization {rounds}; calibration "
+            f"{request.data.nsamples} × {request.data.seqlen} tokens of {request.data.calibration.label}, "
+            f"seed {request.seed}")
+
+
+def evaluation_budget(data: DataSpec) -> str:
+    """The evaluation token budget as the charts state it."""
+    windows = "all windows" if data.eval_windows == 0 else f"{data.eval_windows} windows"
+    return f"{windows} × {data.eval_len} tokens of {data.evaluation.label}"
+
+
+def evaluation_caption(record: dict) -> str:
+    """The protocol every perplexity is reported with (window length, windows, tokens, source)."""
+    return (f"Perplexity on {record['eval_windows']} windows × {record['eval_len']} tokens "
+            f"({record['eval_tokens']:,} predicted tokens) of {record['eval_source']}; calibration "
+            f"{record['nsamples']} × {record['seqlen']} tokens of {record['calib_source']}, seed {record['seed']}.")
+
+
+# -------------------------------------------------------------------------------- sidebar
+
+
+@guarded
+def _queue_summary() -> None:
+    queue = shared_queue()
+    active = queue.active()
+    if not active:
+        st.caption("Job queue: idle")
+    for job in active:
+        whose = "yours" if job.owner == session_id() else "another session"
+        if job.status is JobStatus.RUNNING:
+            st.caption(f"▶ {job.label} ({whose}) · {progress_text(job)}")
+        else:
+            st.caption(f"⏳ {job.label} ({whose}) · {queue_position_text(job).lower()}")
+
+
+def render_sidebar() -> None:
+    """Model, device and queue state on every page."""
+    with st.sidebar:
+        st.markdown("#### Model")
+        loaded = current_model()
+        if loaded is not None:
+            st.caption(loaded.description)
+            st.caption(f"Runs on {device_label(loaded.device)}")
+        reason = hub_unreachable_reason()
+        if reason is not None:
+            st.caption("Hugging Face hub: unreachable, so only local models and texts work.")
+        st.markdown("#### Jobs")
+        refresh = QUEUE_REFRESH_S if shared_queue().active() else None
+        st.fragment(_queue_summary, run_every=refresh)()

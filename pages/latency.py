@@ -1,0 +1,89 @@
+"""Latency & memory: the dense model and the latest run's pruned model timed on this device with
+identical inputs (median with min/max over repeats), next to the ratios theory predicts from
+linear-layer FLOPs and parameter counts."""
+
+from functools import partial
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from pages._experiments import LatencyOptions, compare_latency, model_key
+from pages._shared import device_label, job_panel, require_model, require_outcome, submit_job, take_finished_result
+from spap_core.presets import interactive_run_size
+
+COLORS = {"dense": "#8c8c8c", "pruned": "#1f77b4"}
+
+st.title("Latency & memory")
+loaded = require_model()
+outcome = require_outcome()
+if outcome.model_key != model_key(loaded):
+    st.warning("The latest run pruned a different model (or the same one on another device or precision) than "
+               "the one loaded now; load that model again on Model & data, or start a new run, to compare them.")
+    st.stop()
+st.caption(f"Measured on {device_label(loaded.device)}: the dense model against the latest run's pruned model "
+           f"({outcome.request.settings.sparsity:.0%} of MLP channels removed).")
+
+with st.form("latency_settings"):
+    columns = st.columns(4)
+    seqlen = columns[0].number_input("Prefill window (tokens)", 8, 8192,
+                                     min(256, interactive_run_size(loaded.device).eval_len), key="latency_seqlen")
+    decode_tokens = columns[1].number_input("Decoded tokens", 1, 512, 16, key="latency_decode")
+    repeats = columns[2].number_input("Repeats (timed)", 1, 50, 5, key="latency_repeats")
+    warmup = columns[3].number_input("Warm-up runs (not timed)", 0, 20, 1, key="latency_warmup")
+    submitted = st.form_submit_button("Measure", type="primary", icon=":material/timer:")
+if submitted:
+    options = LatencyOptions(seqlen=int(seqlen), decode_tokens=int(decode_tokens), repeats=int(repeats),
+                             warmup=int(warmup))
+    submit_job("latency", "Latency: dense vs pruned", partial(compare_latency, loaded, outcome, options))
+
+job_panel("latency")
+measured = take_finished_result("latency")
+if measured is not None:
+    st.session_state["latency"] = measured
+comparison = st.session_state.get("latency")
+if comparison is None:
+    st.info("Press Measure: both models are timed on the job queue, one after the other.")
+    st.stop()
+if comparison.run_finished_at != outcome.finished_at:
+    st.caption("These numbers belong to an earlier run; press Measure to time the latest one.")
+
+reports = {"dense": comparison.dense, "pruned": comparison.pruned}
+figure = make_subplots(rows=1, cols=4, subplot_titles=(
+    f"prefill of {comparison.options.seqlen} tokens (ms)", "decode (tokens/s)", "weights (MB)", "parameters (M)"))
+for name, report in reports.items():
+    timed = [(report.prefill_ms, 1), (report.decode_tokens_per_s, 2)]
+    for timing, column in timed:
+        figure.add_bar(x=[name], y=[timing.median], marker_color=COLORS[name], showlegend=False, row=1, col=column,
+                       error_y=dict(type="data", symmetric=False, array=[timing.high - timing.median],
+                                    arrayminus=[timing.median - timing.low]))
+    figure.add_bar(x=[name], y=[report.weight_mb], marker_color=COLORS[name], showlegend=False, row=1, col=3)
+    figure.add_bar(x=[name], y=[report.parameters / 1e6], marker_color=COLORS[name], showlegend=False, row=1, col=4)
+figure.update_layout(height=360, margin=dict(t=50, b=10, l=10, r=10))
+figure.update_annotations(font_size=12)
+st.plotly_chart(figure, width="stretch")
+st.caption(f"Bars: median of {comparison.options.repeats} timed repeats after {comparison.options.warmup} warm-up; "
+           f"error bars: fastest and slowest repeat. Decoding greedily generates {comparison.options.decode_tokens} "
+           f"tokens with a KV cache after a 32-token prompt. {comparison.dense.threads} CPU threads.")
+
+ratio_column, memory_column = st.columns([3, 2])
+ratios = comparison.ratios()
+with ratio_column:
+    table = pd.DataFrame({"ratio": list(ratios), "dense ÷ pruned": list(ratios.values()),
+                          "kind": ["measured" if "measured" in name else "theory" for name in ratios]})
+    figure = px.bar(table, x="dense ÷ pruned", y="ratio", color="kind", orientation="h", text_auto=".2f",
+                    title="Measured speed-ups next to the theoretical ratios")
+    figure.add_vline(x=1, line_dash="dot", line_color="gray")
+    figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10), yaxis_title="")
+    st.plotly_chart(figure, width="stretch")
+with memory_column:
+    st.markdown("**Memory and compute per token**")
+    st.dataframe(pd.DataFrame({
+        "linear MFLOPs / token": [f"{r.linear_gflops_per_token * 1e3:.4g}" for r in reports.values()],
+        "weights MB": [f"{r.weight_mb:.4g}" for r in reports.values()],
+        "peak memory MB": [f"{r.peak_memory_mb:.4g}" for r in reports.values()],
+    }, index=list(reports)), width="stretch")
+    st.caption(f"Peak memory: {comparison.dense.peak_memory_kind}. Linear FLOPs count every Linear layer "
+               "(attention scores do not change with pruning), so the theoretical speed-up is an upper bound "
+               "for compute-bound prefill; small models on CPUs are often bound by overheads instead.")

@@ -1,0 +1,75 @@
+"""Perplexity vs sparsity: SPAP and the baselines pruned at several sparsities, all on the same
+calibration and evaluation windows, with the dense model as the reference line. Sweeps run as
+background jobs and are cached, so coming back to the same sweep is instant."""
+
+from functools import partial
+
+import numpy as np
+import plotly.express as px
+import streamlit as st
+
+from pages._experiments import sweep_key, sweep_sparsities
+from pages._shared import (
+    evaluation_budget,
+    job_panel,
+    latest_table,
+    request_table,
+    require_model,
+    run_request,
+    settings_summary,
+)
+from spap_core.methods.registry import METHODS
+
+st.title("Perplexity vs sparsity")
+loaded = require_model()
+base = run_request()
+st.caption(f"Fixed for every point: {settings_summary(base)} (as last submitted on Run SPAP). "
+           f"Evaluation: {evaluation_budget(base.data)}.")
+
+with st.form("sweep_settings"):
+    method_column, sparsity_column, step_column = st.columns([2, 2, 1])
+    methods = method_column.multiselect("Methods", list(METHODS), default=["spap", "wanda-sp", "flap"],
+                                        key="sweep_methods",
+                                        help="fasp = Wanda-sp selection + least-squares refit; flap adds a bias.")
+    low, high = sparsity_column.slider("Sparsity range", 0.05, 0.9, (0.1, 0.5), 0.05, key="sweep_range")
+    step = step_column.selectbox("Step", [0.05, 0.1, 0.2], index=1, key="sweep_step")
+    submitted = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:")
+
+if submitted:
+    sparsities = [round(float(v), 4) for v in np.arange(low, high + 1e-9, step)]
+    if not methods:
+        st.error("Choose at least one method.")
+    else:
+        key = sweep_key(loaded, base, methods, sparsities)
+        label = f"Sweep: {len(methods)} methods × {len(sparsities)} sparsities"
+        request_table("sweep", key, label, {"budget": evaluation_budget(base.data)},
+                      partial(sweep_sparsities, loaded, base, methods, sparsities))
+
+job_panel("sweep")
+latest = latest_table("sweep")
+if latest is None:
+    st.info("Choose methods and a sparsity range, then run the sweep. Each point is one pruning run plus one "
+            "perplexity evaluation, so a sweep takes a while on a CPU; other pages stay usable meanwhile.")
+    st.stop()
+
+table, context = latest
+dense = float(table["dense_perplexity"].iloc[0])
+chart_column, table_column = st.columns([3, 2])
+with chart_column:
+    figure = px.line(table, x="sparsity", y="perplexity", color="method", markers=True, log_y=True,
+                     title=f"Perplexity vs sparsity ({int(table['eval_tokens'].iloc[0]):,} evaluation tokens)")
+    sparsities = sorted(table["sparsity"].unique())
+    # a trace, not add_hline: shapes on a log axis take log10 coordinates
+    figure.add_scatter(x=[sparsities[0], sparsities[-1]], y=[dense, dense], mode="lines", name=f"dense {dense:.2f}",
+                       line=dict(dash="dash", color="gray"))
+    figure.add_annotation(text=f"evaluation: {context['budget']}", xref="paper", yref="paper", x=0, y=-0.22,
+                          showarrow=False, font=dict(size=11))
+    figure.update_layout(height=440, margin=dict(t=50, b=70, l=10, r=10), xaxis_tickformat=".0%")
+    st.plotly_chart(figure, width="stretch")
+with table_column:
+    pivot = table.pivot_table(index="sparsity", columns="method", values="perplexity").round(2)
+    pivot.index = [f"{s:.0%}" for s in pivot.index]
+    st.markdown(f"**Perplexity** (dense: {dense:.2f})")
+    st.dataframe(pivot, width="stretch")
+    st.download_button("Sweep (.csv)", data=table.to_csv(index=False), file_name="spap-sweep.csv", mime="text/csv",
+                       on_click="ignore")

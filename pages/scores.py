@@ -1,0 +1,69 @@
+"""Scores: how SPAP's channel scores (first and last ρ iteration) and the baselines' metrics are
+distributed in a layer, where each metric's λ-threshold falls, and how far the channel sets they
+would prune overlap with the set SPAP actually pruned."""
+
+import numpy as np
+import plotly.express as px
+import streamlit as st
+
+from pages._analysis import jaccard_matrix, normalized_scores, score_threshold
+from pages._shared import layer_picker, require_outcome
+
+st.title("Scores")
+outcome = require_outcome()
+layers = outcome.result.layers
+st.caption("Low score = cheap to prune. spap_first/spap_last: SPAP's score ‖W[:,i]‖·‖Zᵢ‖ᵗ at the first and last "
+           "ρ iteration; magnitude, wanda-sp and flap: the baselines' metrics on the same calibration data. Each "
+           "metric is divided by its own λ-threshold (its λ-th lowest value), so every threshold sits at 0 on the "
+           "log axis and the metrics share one axis although their scales differ.")
+
+controls = st.columns([3, 2])
+layer = layer_picker(len(layers), "scores_layer", controls[0])
+chart = controls[1].radio("Chart", ["Histogram", "Violin", "ECDF"], horizontal=True, key="scores_chart")
+record = layers[layer]
+pruned_count = record.width - len(record.keep)
+table = normalized_scores(record)
+table["log10_relative"] = np.log10(table["relative_score"])
+axis = {"log10_relative": "log₁₀(score ÷ λ-threshold)", "metric": ""}
+
+distribution_column, threshold_column = st.columns([3, 1])
+with distribution_column:
+    title = f"Layer {layer}: {record.width} channels, λ = {pruned_count} pruned"
+    if chart == "Histogram":
+        figure = px.histogram(table, x="log10_relative", color="metric", facet_row="metric", nbins=60,
+                              labels=axis, title=title)
+        figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+        figure.update_yaxes(title_text="")
+        figure.add_vline(x=0, line_dash="dash", line_color="red")
+        height = 110 * table["metric"].nunique() + 80
+    elif chart == "Violin":
+        figure = px.violin(table, x="metric", y="log10_relative", color="metric", box=True, points=False,
+                           labels=axis, title=title)
+        figure.add_hline(y=0, line_dash="dash", line_color="red", annotation_text="λ-threshold")
+        height = 460
+    else:
+        figure = px.ecdf(table, x="log10_relative", color="metric", labels=axis, title=title)
+        figure.add_vline(x=0, line_dash="dash", line_color="red", annotation_text="λ-threshold")
+        figure.add_hline(y=pruned_count / record.width, line_dash="dot", line_color="gray",
+                         annotation_text="λ/n")
+        height = 460
+    figure.update_layout(height=height, margin=dict(t=50, b=10, l=10, r=10), showlegend=chart == "ECDF")
+    st.plotly_chart(figure, width="stretch")
+with threshold_column:
+    st.markdown("**λ-thresholds (raw scores)**")
+    thresholds = {metric: score_threshold(np.asarray(scores), pruned_count) for metric, scores in record.scores.items()}
+    st.dataframe({"metric": list(thresholds), "λ-th lowest": [f"{v:.4g}" for v in thresholds.values()]},
+                 hide_index=True, width="stretch")
+    st.caption("The red dashed line marks these values after normalisation.")
+
+st.subheader("Which channels would each method prune?")
+scope = st.radio("Overlap over", ["this layer", "all layers (mean)"], horizontal=True, key="scores_scope")
+overlap = jaccard_matrix([record] if scope == "this layer" else layers)
+overlap_column, note_column = st.columns([3, 2], gap="large")
+figure = px.imshow(overlap, text_auto=".2f", zmin=0, zmax=1, color_continuous_scale="Blues",
+                   labels={"color": "Jaccard"}, title="Jaccard overlap |A∩B| / |A∪B| of pruned channel sets")
+figure.update_layout(height=480, margin=dict(t=50, b=10, l=10, r=10))
+overlap_column.plotly_chart(figure, width="stretch")
+note_column.caption("Each metric's set is its λ lowest channels; \"SPAP (actual pruned set)\" is the complement of the "
+           "channels the run kept. spap_last usually matches it closely: SPAP reads its mask off the relaxed s, "
+           "whose last steps follow the last scores.")

@@ -1,0 +1,79 @@
+"""Sensitivity: vary one hyperparameter over a range with all others fixed and watch the relative
+reconstruction error (Σ layer objective ÷ Σ ½‖Y‖²) and the perplexity respond."""
+
+from functools import partial
+
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from pages._experiments import SCAN_PARAMETERS, scan_key, sensitivity_scan
+from pages._shared import (
+    evaluation_budget,
+    job_panel,
+    latest_table,
+    request_table,
+    require_model,
+    run_request,
+    settings_summary,
+)
+from spap_core.errors import SpapInputError
+
+st.title("Sensitivity")
+loaded = require_model()
+base = run_request()
+st.caption(f"Fixed: {settings_summary(base)} (as last submitted on Run SPAP). "
+           f"Evaluation: {evaluation_budget(base.data)}.")
+
+parameter_name = st.selectbox("Hyperparameter to vary", list(SCAN_PARAMETERS), key="scan_parameter")
+parameter = SCAN_PARAMETERS[parameter_name]
+with st.form("scan_settings"):
+    columns = st.columns(3)
+    step = 1.0 if parameter.integer else None
+    low = columns[0].number_input("From", value=float(parameter.low), step=step, format="%g", key=f"scan_low_{parameter_name}")
+    high = columns[1].number_input("To", value=float(parameter.high), step=step, format="%g", key=f"scan_high_{parameter_name}")
+    points = columns[2].slider("Values", 2, 10, 4, key="scan_points")
+    st.caption(f"Values are spaced {'logarithmically' if parameter.log_scale else 'evenly'}; each one is a full "
+               "pruning run plus a perplexity evaluation.")
+    submitted = st.form_submit_button("Run scan", type="primary", icon=":material/play_arrow:")
+
+if submitted:
+    if not low < high or (parameter.log_scale and low <= 0):
+        st.error("'From' must be below 'To'" + (" and above 0 (log spacing)." if parameter.log_scale else "."))
+    else:
+        values = parameter.values(low, high, points)
+        try:
+            key = scan_key(loaded, base, parameter_name, values)
+            for value in values:
+                parameter.apply(base, value)  # refuse invalid values now, not halfway through the scan
+        except SpapInputError as exc:
+            st.error(f"{parameter_name}: {exc}")
+        else:
+            request_table("scan", key, f"Scan of {parameter_name} ({len(values)} values)",
+                          {"parameter": parameter_name, "current": parameter.read(base)},
+                          partial(sensitivity_scan, loaded, base, parameter_name, values))
+
+job_panel("scan")
+latest = latest_table("scan")
+if latest is None:
+    st.info("Pick a hyperparameter and a range, then run the scan (a background job; other pages stay usable).")
+    st.stop()
+
+table, context = latest
+scanned = SCAN_PARAMETERS[context["parameter"]]
+figure = make_subplots(rows=1, cols=2, subplot_titles=("relative reconstruction error", "perplexity"))
+figure.add_trace(go.Scatter(x=table["value"], y=table["relative_error"], mode="lines+markers", showlegend=False),
+                 row=1, col=1)
+figure.add_trace(go.Scatter(x=table["value"], y=table["perplexity"], mode="lines+markers", showlegend=False),
+                 row=1, col=2)
+figure.add_hline(y=float(table["dense_perplexity"].iloc[0]), line_dash="dash", line_color="gray",
+                 annotation_text="dense", row=1, col=2)
+for column in (1, 2):
+    figure.add_vline(x=context["current"], line_dash="dot", line_color="red", row=1, col=column)
+    figure.update_xaxes(title_text=context["parameter"], type="log" if scanned.log_scale else "linear", row=1,
+                        col=column)
+figure.update_layout(height=400, margin=dict(t=50, b=10, l=10, r=10))
+st.plotly_chart(figure, width="stretch")
+st.caption(f"Red dotted line: the value in the Run SPAP settings. Perplexity on "
+           f"{int(table['eval_tokens'].iloc[0]):,} predicted tokens.")
+st.dataframe(table, hide_index=True, width="stretch")

@@ -1,0 +1,204 @@
+"""The app in a real browser: `streamlit run app.py` as a subprocess on the tiny model, every page
+opened in Debian's Chromium through Playwright, a text uploaded, a SPAP run, a sweep, a scan and a
+latency measurement driven to completion. Any `stException` element fails the test; a screenshot of
+each page is kept under test-artifacts/screenshots/ for a human to look at."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, tiny_llama, tiny_tokenizer, word_text
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(),
+                                reason="Debian's chromium is not installed (apt-get install -y chromium)")
+
+SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+STARTUP_GUARD_S = 120
+JOB_GUARD_MS = 300_000  # turns a hung job into a failure; never a performance threshold
+VIEWPORT = {"width": 1500, "height": 1000}
+NAV_TITLES = {"model_data": "Model & data", "run_spap": "Run SPAP", "mask_evolution": "Mask evolution",
+              "scores": "Scores", "latency": "Latency & memory", "perplexity_sweep": "Perplexity vs sparsity",
+              "sensitivity": "Sensitivity", "how_spap_works": "How SPAP works"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("browser")
+    tiny_llama().save_pretrained(folder / "tiny-llama", safe_serialization=True)
+    tiny_tokenizer().save_pretrained(folder / "tiny-llama")
+    (folder / "calibration.txt").write_text(word_text(5000, seed=1))
+    (folder / "eval-upload.txt").write_text(word_text(3000, seed=2))
+    return {"folder": folder, "model": folder / "tiny-llama", "calibration": folder / "calibration.txt",
+            "upload": folder / "eval-upload.txt"}
+
+
+@pytest.fixture(scope="module")
+def server(files) -> str:
+    """The app served on a free port; yields its base URL and stops it afterwards."""
+    port = free_port()
+    env = {**os.environ, "SPAP_APP_MODEL": str(files["model"]), "SPAP_APP_CALIB_FILE": str(files["calibration"]),
+           "SPAP_APP_EVAL_FILE": str(files["calibration"]), "SPAP_CACHE_DIR": str(files["folder"] / "cache"),
+           "HF_HUB_OFFLINE": "1"}
+    log_path = files["folder"] / "streamlit.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_GUARD_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"streamlit exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not become healthy:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser_page(server):
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(120_000)
+        yield page
+        browser.close()
+
+
+def settle(page) -> None:
+    """Wait until the app has drawn the page and no script run is in flight."""
+    page.wait_for_selector('[data-testid="stApp"]')
+    page.wait_for_timeout(500)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    page.wait_for_timeout(300)
+
+
+def assert_no_errors(page) -> None:
+    exceptions = page.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, exceptions.first.inner_text()
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def screenshot(page, name: str) -> None:
+    """The whole page: streamlit scrolls inside its main block, so the viewport is stretched to fit
+    it (which also makes lazily drawn elements render) before the picture is taken."""
+    height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(height, VIEWPORT["height"]), 8000)})
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"stSkeleton\"]').length === 0")
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    page.set_viewport_size(VIEWPORT)
+
+
+def go_to(page, page_key: str) -> None:
+    page.locator('[data-testid="stSidebarNavLink"]', has_text=NAV_TITLES[page_key]).click()
+    page.locator("h1", has_text=NAV_TITLES[page_key]).wait_for()
+    settle(page)
+    assert_no_errors(page)
+
+
+def slider_value(page, label: str) -> str:
+    return page.locator(f'[data-testid="stSlider"] input[type=range][aria-label="{label}"]').input_value()
+
+
+def test_shared_link_fills_in_the_run_form(browser_page, server):
+    page = browser_page
+    page.goto(f"{server}/run_spap?sparsity=0.4&K=12&am_rounds=1&am_steps=5")
+    settle(page)
+    assert_no_errors(page)
+    assert slider_value(page, "Sparsity") == "0.4"
+    assert slider_value(page, "K: ρ iterations") == "12"
+    assert slider_value(page, "Rounds") == "1"
+    screenshot(page, "00_run_spap_from_shared_link")
+
+
+def test_model_and_data_page_with_an_uploaded_text(browser_page, files):
+    page = browser_page
+    go_to(page, "model_data")
+    page.get_by_text("Upload a .txt").nth(1).click()  # the evaluation column's radio
+    settle(page)
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(files["upload"]))
+    page.get_by_text(files["upload"].name).first.wait_for()
+    page.get_by_role("button", name="Use this data").click()
+    settle(page)
+    page.get_by_text("Data updated").wait_for()
+    assert page.get_by_text(f"uploaded file {files['upload'].name}").count() >= 1
+    assert_no_errors(page)
+    screenshot(page, "01_model_data")
+
+
+def test_run_spap_to_completion(browser_page):
+    page = browser_page
+    go_to(page, "run_spap")
+    page.get_by_role("button", name="Run SPAP").click()
+    page.get_by_text("Latest result").wait_for(timeout=JOB_GUARD_MS)
+    settle(page)
+    assert_no_errors(page)
+    assert page.get_by_text("Perplexity, pruned").count() == 1
+    assert page.get_by_text("uploaded file").count() >= 1  # evaluated on the uploaded text
+    screenshot(page, "02_run_spap")
+
+
+def test_inspection_pages_show_the_run(browser_page):
+    page = browser_page
+    for number, page_key in ((3, "mask_evolution"), (4, "scores")):
+        go_to(page, page_key)
+        assert page.locator(".js-plotly-plot").count() >= 2
+        screenshot(page, f"0{number}_{page_key}")
+
+
+def test_background_jobs_of_the_other_pages_complete(browser_page):
+    page = browser_page
+    jobs = [("perplexity_sweep", "Run sweep", "Sweep (.csv)", 5), ("latency", "Measure", "Memory and compute", 6),
+            ("sensitivity", "Run scan", "Red dotted line", 8)]
+    for page_key, button, finished_text, number in jobs:
+        go_to(page, page_key)
+        page.get_by_role("button", name=button).click()
+        page.get_by_text(finished_text).first.wait_for(timeout=JOB_GUARD_MS)
+        settle(page)
+        assert_no_errors(page)
+        assert page.locator(".js-plotly-plot").count() >= 1
+        screenshot(page, f"0{number}_{page_key}")
+
+
+def test_how_spap_works_page(browser_page):
+    page = browser_page
+    go_to(page, "how_spap_works")
+    page.get_by_text("SPAP vs the exact optimum").wait_for()
+    assert page.locator(".js-plotly-plot").count() == 2
+    screenshot(page, "07_how_spap_works")
