@@ -157,7 +157,8 @@ def test_model_and_data_page_with_an_uploaded_text(browser_page, files):
     page.get_by_role("button", name="Use this data").click()
     settle(page)
     page.get_by_text("Data updated").wait_for()
-    assert page.get_by_text(f"uploaded file {files['upload'].name}").count() >= 1
+    # the summary re-renders after the confirmation: wait for it rather than sample it once
+    page.get_by_text(f"uploaded file {files['upload'].name}").first.wait_for()
     assert_no_errors(page)
     screenshot(page, "01_model_data")
 
