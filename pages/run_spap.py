@@ -63,7 +63,7 @@ with st.form("spap_settings"):
         st.markdown("**Channel selection**")
         balance = st.slider("t: score balance", 0.0, 3.0, penalty.balance, 0.1, key="t", bind=URL)
         st.caption("Score ‖W[:,i]‖·mᵢᵗ: how much the activation magnitude mᵢ counts.")
-        score = pick("Activation magnitude mᵢ", ["marginal", "partial"], penalty.score, "score")
+        score = pick("Magnitude mᵢ in the score", ["marginal", "partial"], penalty.score, "score")
         st.caption("marginal = ‖Zᵢ‖; partial = what channel i adds beyond the others (1/√[A⁻¹]ᵢᵢ).")
         schedule = pick("Marking schedule", ["fixed", "ramp"], penalty.schedule, "schedule")
         st.caption("fixed = mark λ channels every step; ramp = ⌈λk/K⌉ at step k, removed in blocks.")
