@@ -18,7 +18,7 @@ class RunSize:
     label: str
 
 
-CPU_RUN = RunSize(nsamples=8, seqlen=256, eval_windows=8, eval_len=256, batch_size=8,
+CPU_RUN = RunSize(nsamples=8, seqlen=256, eval_windows=8, eval_len=256, batch_size=4,
                   label="CPU defaults: 8 × 256 calibration tokens, 8 × 256 evaluation tokens")
 GPU_RUN = RunSize(nsamples=64, seqlen=512, eval_windows=0, eval_len=512, batch_size=16,
                   label="GPU defaults: 64 × 512 calibration tokens, the whole evaluation text")

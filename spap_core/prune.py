@@ -4,10 +4,11 @@ and its pruned output becomes the next layer's input. Only one layer's activatio
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -49,6 +50,14 @@ class PruneResult:
     params_before: int
     params_after: int
     calibration_tokens: int
+
+    @property
+    def relative_error(self) -> float:
+        """Σ layer objective ÷ Σ ½‖Y‖²: 0 = every layer reproduces its dense output, 1 = as bad as
+        dropping the MLP altogether. Comparable across models and calibration sizes."""
+        dense = sum(layer.dense_objective for layer in self.layers)
+        achieved = sum(layer.objective or 0.0 for layer in self.layers)
+        return achieved / dense if dense > 0 else float("nan")
 
 
 class _StopForward(Exception):
@@ -105,7 +114,48 @@ def _call_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.T
     return out[0] if isinstance(out, tuple) else out
 
 
-def _pruned_mlp_output(mlp: nn.Module, decision, inputs: torch.Tensor, intermediate: torch.Tensor) -> torch.Tensor:
+class _DownProjectionRecorder(nn.Module):
+    """Stands in for down_proj while a layer is captured: records its input (the intermediate
+    activations Z) and returns zeros, so the dense down projection is not computed at all."""
+
+    def __init__(self, down_proj: nn.Linear, mlp: nn.Module) -> None:
+        super().__init__()
+        self.down_proj = down_proj
+        self.intermediate: torch.Tensor | None = None  # of the latest call
+        self.mlp_input: torch.Tensor | None = None
+        self._handle = mlp.register_forward_pre_hook(self._record_mlp_input)
+
+    def _record_mlp_input(self, _module: nn.Module, args: tuple) -> None:
+        self.mlp_input = args[0]
+
+    def forward(self, intermediate: torch.Tensor) -> torch.Tensor:
+        self.intermediate = intermediate
+        return intermediate.new_zeros(*intermediate.shape[:-1], self.down_proj.out_features)
+
+    def zero_output(self) -> torch.Tensor:
+        weight = self.down_proj.weight
+        return torch.zeros(1, self.down_proj.out_features, dtype=weight.dtype, device=weight.device)
+
+    def dense(self, intermediate: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(intermediate)
+
+    def release(self) -> None:
+        self._handle.remove()
+
+
+@contextlib.contextmanager
+def _down_projection_recorded(mlp: nn.Module):
+    original = mlp.down_proj
+    recorder = _DownProjectionRecorder(original, mlp)
+    mlp.down_proj = recorder
+    try:
+        yield recorder
+    finally:
+        mlp.down_proj = original
+        recorder.release()
+
+
+def _pruned_mlp_output(mlp: nn.Module, decision, inputs: torch.Tensor | None, intermediate: torch.Tensor) -> torch.Tensor:
     """The shrunk MLP's output. While gate/up are unchanged, its intermediate activations are the
     dense ones at the kept channels, so only the (small) down projection needs computing."""
     if decision.gate_weight is not None or decision.up_weight is not None:
@@ -119,7 +169,7 @@ def prune_model(
     settings: PruneSettings,
     *,
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int = 4,
     inplace: bool = False,
     on_layer: LayerCallback | None = None,
     on_step: Callable[[SpapStep], None] | None = None,
@@ -167,33 +217,31 @@ def prune_model(
             mlp = family.mlp(layer)
             started = time.perf_counter()
             stats = GramAccumulator()
-            captured: dict[str, torch.Tensor] = {}
-
-            def capture_mlp(_module, args, output):
-                captured["x"], captured["y"] = args[0], output
-
-            def capture_z(_module, args):
-                captured["z"] = args[0]
-
+            to_residual = family.mlp_output_to_residual(layer)
             if correcting:  # the dense model's own output of this layer, on the dense stream
                 dense_hidden = [_call_layer(layer, chunk, layer_kwargs[index]) for chunk in dense_hidden]
-            handles = [mlp.register_forward_hook(capture_mlp), mlp.down_proj.register_forward_pre_hook(capture_z)]
-            mlp_inputs, intermediates, mlp_outputs, targets, dense_outputs = [], [], [], [], []
-            try:
+            # Explicit targets are only needed when they differ from W₀Z or when the gate/up
+            # weights are refitted on them; otherwise the dense down projection is never run.
+            explicit = correcting or (settings.method == "spap" and settings.altmin.rounds > 0)
+            mlp_inputs, intermediates, targets, residual_bases = [], [], [], []
+            with _down_projection_recorded(mlp) as recorded:
+                zero_contribution = to_residual(recorded.zero_output())
                 for chunk_index, chunk in enumerate(hidden):
-                    out = _call_layer(layer, chunk, layer_kwargs[index])
-                    target = captured["y"]
-                    if correcting:  # also undo part of the error the pruned stream has accumulated
-                        target = target + settings.target_correction * (dense_hidden[chunk_index] - out)
-                    stats.add(captured["z"], target)
-                    dense_outputs.append(out)
-                    mlp_inputs.append(captured["x"])
-                    intermediates.append(captured["z"])
-                    mlp_outputs.append(captured["y"])
-                    targets.append(target)
-            finally:
-                for handle in handles:
-                    handle.remove()
+                    # The layer's output with its MLP contributing nothing: the residual stream
+                    # every variant of this MLP's output is added to.
+                    base = _call_layer(layer, chunk, layer_kwargs[index]) - zero_contribution
+                    z = recorded.intermediate
+                    target = None
+                    if explicit:
+                        target = recorded.dense(z)
+                        if correcting:  # also undo part of the error the pruned stream has accumulated
+                            target = target + settings.target_correction * (
+                                dense_hidden[chunk_index] - (base + to_residual(target)))
+                        mlp_inputs.append(recorded.mlp_input)
+                        targets.append(target)
+                    stats.add(z, target)
+                    intermediates.append(z)
+                    residual_bases.append(base)
             timings["capture"] += time.perf_counter() - started
 
             started = time.perf_counter()
@@ -219,10 +267,9 @@ def prune_model(
                 objective=decision.objective, dense_objective=0.5 * problem.target_energy,
             ))
             shrink_mlp(mlp, decision)
-            to_residual = family.mlp_output_to_residual(layer)
             hidden = [
-                out + to_residual(_pruned_mlp_output(mlp, decision, x, z)) - to_residual(y)
-                for out, x, z, y in zip(dense_outputs, mlp_inputs, intermediates, mlp_outputs)
+                base + to_residual(_pruned_mlp_output(mlp, decision, x, z))
+                for base, x, z in zip(residual_bases, mlp_inputs or [None] * len(intermediates), intermediates)
             ]
             timings["propagate"] += time.perf_counter() - started
             if on_layer is not None:

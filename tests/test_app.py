@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import tiny_llama, tiny_tokenizer, word_text
 from spap_core.jobs import JobStatus, shared_queue
+from spap_core.methods.spap import PenaltySettings
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 SCRIPT_TIMEOUT_S = 120
@@ -308,7 +309,7 @@ def test_how_spap_works_compares_spap_with_the_exact_optimum(app_files):
     open_page(at, "how_spap_works")
     path = titled(at, "Relaxed mask s per channel")
     assert len({trace["legendgroup"] for trace in path["data"]}) == 8
-    assert all(len(array(trace["x"])) == 20 for trace in path["data"])
+    assert all(len(array(trace["x"])) == PenaltySettings().iterations for trace in path["data"])
     table = at.table[0].value
     assert list(table.index) == ["SPAP", "exact (every mask)"]
     at.slider(key="toy_lambda").set_value(5).run()

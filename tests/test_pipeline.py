@@ -100,7 +100,7 @@ def test_trace_has_one_step_per_layer_and_rho_iteration(tiny):
     assert [(s.layer, s.iteration) for s in steps] == [(l, k) for l in range(2) for k in range(1, 8)]
     assert len(result.trace) == 14 and layers_done == [(1, 2), (2, 2)]
     rhos = [s.rho for s in steps[:7]]
-    assert rhos == pytest.approx([0.01 * 1.5**k for k in range(7)])
+    assert rhos == pytest.approx([PenaltySettings().rho0 * PenaltySettings().tau**k for k in range(7)])
 
 
 def test_cancel_stops_within_one_rho_iteration(tiny):

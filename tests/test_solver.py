@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from spap_core.methods import problem as problem_module
 from spap_core.methods.exact import brute_force_optimum
-from spap_core.methods.problem import RefitSettings, augmented_solve, objective, refit, scatter_columns
+from spap_core.methods.problem import RefitSettings, RidgeSystem, augmented_solve, objective, scatter_columns
 from spap_core.methods.spap import PenaltySettings, spap_layer
 from spap_core.toy import toy_problem
 
@@ -51,21 +52,39 @@ def test_closed_form_w_update_equals_direct_least_squares(bias, prior):
     torch.testing.assert_close(solved, direct, rtol=1e-6, atol=1e-8)
 
 
-def test_constraint_violation_falls_and_mask_has_exactly_lambda_pruned():
+@pytest.mark.parametrize("start", ["zero", "centre"])
+def test_constraint_violation_falls_and_mask_has_exactly_lambda_pruned(start):
     problem = toy_problem(width=40, outputs=12, tokens=400, n_prune=13, seed=5)
     steps = []
-    decision = spap_layer(problem, PenaltySettings(iterations=25, rho0=0.01, tau=1.6), RefitSettings(),
-                          on_step=steps.append)
+    penalty = PenaltySettings(iterations=25, rho0=0.01, tau=1.6, start=start)
+    decision = spap_layer(problem, penalty, RefitSettings(), on_step=steps.append)
     violations = [s.violation for s in steps]
     assert violations[-1] < 1e-3 * violations[0]
     assert violations[-1] < violations[len(violations) // 2] < violations[0]
     assert len(decision.keep) == 40 - 13
     assert len(set(decision.keep.tolist())) == len(decision.keep)
-    # s stays on the capped simplex: entries in [0, 1] summing to λ
+    # s stays in [0, 1]; from the centre it sums to λ throughout, from zero it approaches λ
+    # geometrically: Σs = λ(1 − (1 − α)ᵏ)
     for step in steps:
         assert step.soft_mask.min() >= 0 and step.soft_mask.max() <= 1
-        assert step.soft_mask.sum() == pytest.approx(13, rel=1e-5)
+        reached = 1.0 if start == "centre" else 1 - (1 - penalty.momentum) ** step.iteration
+        assert step.soft_mask.sum() == pytest.approx(13 * reached, rel=1e-5)
     assert [s.iteration for s in steps] == list(range(1, 26))
+
+
+@pytest.mark.parametrize("with_inverse_diagonal", [False, True])
+def test_low_rank_update_equals_a_fresh_factorisation(with_inverse_diagonal, monkeypatch):
+    """The Woodbury path (penalty on few channels) must give the direct solve's answer."""
+    problem = toy_problem(width=50, outputs=9, tokens=600, n_prune=10, seed=3)
+    penalty = torch.zeros(50, dtype=torch.float64)
+    penalty[[1, 7, 8, 30, 44]] = torch.tensor([0.01, 3.0, 150.0, 1e4, 0.5], dtype=torch.float64)
+    answers = []
+    for fraction in (0.0, 1.0):  # never / always low-rank
+        monkeypatch.setattr(problem_module, "LOW_RANK_FRACTION", fraction)
+        system = RidgeSystem(problem, EXACT, low_rank_updates=True)
+        answers.append(system.solve_with_inverse_diagonal(penalty) if with_inverse_diagonal else (system.solve(penalty),))
+    for direct, low_rank in zip(*answers):
+        torch.testing.assert_close(low_rank, direct, rtol=1e-7, atol=1e-9)
 
 
 def test_planted_dead_channels_are_found():
