@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import tempfile
 import threading
 import time
@@ -28,14 +27,15 @@ import torch
 from spap_core.data import TextSource, calibration_windows, evaluation_windows, resolve_text, text_from_file
 from spap_core.errors import PruningCancelled
 from spap_core.evaluate import PerplexityResult, perplexity
+from spap_core.experiment import Experiment, run_experiment
 from spap_core.jobs import ProgressReporter
-from spap_core.latency import LatencyReport, measure_latency
+from spap_core.latency import LatencyReport, latency_ratios, measure_latency
 from spap_core.methods.exact import brute_force_optimum
 from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import PenaltySettings, SpapStep, spap_layer
 from spap_core.models import LoadedModel
-from spap_core.prune import PruneResult, prune_model
+from spap_core.prune import PruneResult
 from spap_core.shrink import save_pruned
 from spap_core.toy import toy_problem
 
@@ -208,19 +208,12 @@ class RunOutcome:
 
     @property
     def relative_error(self) -> float:
-        return relative_reconstruction_error(self.result)
+        return self.result.relative_error
 
 
-def relative_reconstruction_error(result: PruneResult) -> float:
-    """Σ layer objective / Σ ½‖Y‖²: 0 = every layer reproduces its dense output, 1 = as bad as
-    dropping the MLP altogether."""
-    dense = sum(layer.dense_objective for layer in result.layers)
-    achieved = sum(layer.objective or 0.0 for layer in result.layers)
-    return achieved / dense if dense > 0 else math.nan
-
-
-def _prune_with_progress(loaded: LoadedModel, calibration: torch.Tensor, request: RunRequest,
-                         progress: ProgressReporter, cancel: threading.Event) -> PruneResult:
+def _experiment_with_progress(loaded: LoadedModel, data: PreparedData, request: RunRequest, dense: PerplexityResult,
+                              progress: ProgressReporter, cancel: threading.Event) -> Experiment:
+    """run_experiment on a copy of the model, reporting layer i of L and ρ iteration k of K."""
     iterations = request.settings.penalty.iterations if request.settings.method == "spap" else 0
     n_layers = len(loaded.family.decoder_layers(loaded.model))
     progress.update(phase=f"pruning ({request.settings.method})", layer=1, n_layers=n_layers,
@@ -232,8 +225,9 @@ def _prune_with_progress(loaded: LoadedModel, calibration: torch.Tensor, request
     def on_step(step: SpapStep) -> None:
         progress.update(layer=step.layer + 1, iteration=step.iteration)
 
-    return prune_model(loaded, calibration, request.settings, seed=request.seed, batch_size=request.data.batch_size,
-                       inplace=False, on_layer=on_layer, on_step=on_step, cancel=cancel)
+    return run_experiment(loaded, data.calibration, data.evaluation, request.settings, seed=request.seed,
+                          batch_size=request.data.batch_size, dense=dense, on_layer=on_layer, on_step=on_step,
+                          on_pruned_batch=_batch_reporter(progress, "pruned perplexity"), cancel=cancel)
 
 
 def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressReporter,
@@ -244,29 +238,14 @@ def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressRepo
     started = time.perf_counter()
     dense, dense_cached = dense_perplexity(loaded, request.data, data.evaluation, progress, cancel)
     dense_seconds = 0.0 if dense_cached else time.perf_counter() - started
-    started = time.perf_counter()
-    result = _prune_with_progress(loaded, data.calibration, request, progress, cancel)
-    prune_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    pruned = perplexity(result.model, data.evaluation, on_batch=_batch_reporter(progress, "pruned perplexity"),
-                        cancel=cancel)
-    eval_seconds = time.perf_counter() - started
-    settings = request.settings
-    record = {
-        "method": settings.method, "sparsity": settings.sparsity, "ppl": pruned.perplexity,
-        "ppl_dense": dense.perplexity, "relative_error": relative_reconstruction_error(result),
-        "prune_seconds": prune_seconds, "eval_seconds": eval_seconds, "dense_eval_seconds": dense_seconds,
-        "dense_ppl_cached": dense_cached, "timings": result.timings,
-        "params_before": result.params_before, "params_after": result.params_after,
-        "eval_tokens": pruned.tokens, "eval_windows": pruned.windows, "eval_len": pruned.seqlen,
-        "eval_source": data.evaluation_source.label, "calib_source": data.calibration_source.label,
-        "calibration_tokens": result.calibration_tokens, "nsamples": request.data.nsamples,
-        "seqlen": request.data.seqlen, "seed": request.seed, "model": loaded.description,
-        "device": str(loaded.device), "threads": torch.get_num_threads(), "settings": asdict(settings),
-        "layer_objectives": [layer.objective for layer in result.layers],
-    }
-    return RunOutcome(request=request, model_key=model_key(loaded), tokenizer=loaded.tokenizer, result=result,
-                      dense=dense, pruned=pruned, record=record)
+    experiment = _experiment_with_progress(loaded, data, request, dense, progress, cancel)
+    record = experiment.record(
+        loaded, dense_eval_seconds=dense_seconds, dense_ppl_cached=dense_cached,
+        eval_source=data.evaluation_source.label, calib_source=data.calibration_source.label,
+        nsamples=request.data.nsamples, seqlen=request.data.seqlen, seed=request.seed,
+    )
+    return RunOutcome(request=request, model_key=model_key(loaded), tokenizer=loaded.tokenizer,
+                      result=experiment.result, dense=dense, pruned=experiment.pruned, record=record)
 
 
 def pruned_model_zip(outcome: RunOutcome) -> bytes:
@@ -295,13 +274,11 @@ def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: list[str], 
     for index, (method, sparsity) in enumerate(points, start=1):
         progress.update(step=index, n_steps=len(points))
         request = replace(base, settings=replace(base.settings, method=method, sparsity=sparsity))
-        result = _prune_with_progress(loaded, data.calibration, request, progress, cancel)
-        pruned = perplexity(result.model, data.evaluation, on_batch=_batch_reporter(progress, "perplexity"),
-                            cancel=cancel)
-        rows.append({"method": method, "sparsity": sparsity, "perplexity": pruned.perplexity,
-                     "dense_perplexity": dense.perplexity, "relative_error": relative_reconstruction_error(result),
-                     "params_after": result.params_after, "eval_tokens": pruned.tokens})
-        del result
+        experiment = _experiment_with_progress(loaded, data, request, dense, progress, cancel)
+        rows.append({"method": method, "sparsity": sparsity, "perplexity": experiment.pruned.perplexity,
+                     "dense_perplexity": dense.perplexity, "relative_error": experiment.result.relative_error,
+                     "params_after": experiment.result.params_after, "eval_tokens": experiment.pruned.tokens})
+        del experiment
     return pd.DataFrame(rows)
 
 
@@ -391,13 +368,11 @@ def sensitivity_scan(loaded: LoadedModel, base: RunRequest, parameter: str, valu
         progress.update(step=index, n_steps=len(values), phase="tokenizing calibration and evaluation text")
         data = prepare_data(loaded, request.data, request.seed)
         dense, _ = dense_perplexity(loaded, request.data, data.evaluation, progress, cancel)
-        result = _prune_with_progress(loaded, data.calibration, request, progress, cancel)
-        pruned = perplexity(result.model, data.evaluation, on_batch=_batch_reporter(progress, "perplexity"),
-                            cancel=cancel)
-        rows.append({"value": value, "relative_error": relative_reconstruction_error(result),
-                     "perplexity": pruned.perplexity, "dense_perplexity": dense.perplexity,
-                     "eval_tokens": pruned.tokens})
-        del result
+        experiment = _experiment_with_progress(loaded, data, request, dense, progress, cancel)
+        rows.append({"value": value, "relative_error": experiment.result.relative_error,
+                     "perplexity": experiment.pruned.perplexity, "dense_perplexity": dense.perplexity,
+                     "eval_tokens": experiment.pruned.tokens})
+        del experiment
     return pd.DataFrame(rows)
 
 
@@ -412,6 +387,15 @@ class LatencyOptions:
     warmup: int
 
 
+RATIO_LABELS = {
+    "prefill_speedup": "prefill speed-up (measured)",
+    "decode_speedup": "decode speed-up (measured)",
+    "theoretical_flops_ratio": "linear FLOPs ratio (theory)",
+    "theoretical_params_ratio": "parameter ratio (theory)",
+    "weight_memory_ratio": "weight memory ratio",
+}
+
+
 @dataclass(frozen=True)
 class LatencyComparison:
     run_finished_at: float  # identifies the run whose pruned model was measured
@@ -421,14 +405,8 @@ class LatencyComparison:
 
     def ratios(self) -> dict[str, float]:
         """Dense ÷ pruned (speed-ups and savings > 1 mean the pruned model is better)."""
-        d, p = self.dense, self.pruned
-        return {
-            "prefill speed-up (measured)": d.prefill_ms.median / p.prefill_ms.median,
-            "decode speed-up (measured)": p.decode_tokens_per_s.median / d.decode_tokens_per_s.median,
-            "linear FLOPs ratio (theory)": d.linear_gflops_per_token / p.linear_gflops_per_token,
-            "parameter ratio (theory)": d.parameters / p.parameters,
-            "weight memory ratio": d.weight_mb / p.weight_mb,
-        }
+        ratios = latency_ratios(self.dense, self.pruned)
+        return {label: ratios[key] for key, label in RATIO_LABELS.items()}
 
 
 def compare_latency(loaded: LoadedModel, outcome: RunOutcome, options: LatencyOptions,

@@ -23,9 +23,9 @@ from pages._shared import (
 )
 from spap_core.errors import SpapInputError
 from spap_core.methods.altmin import AltMinSettings
-from spap_core.methods.problem import RefitSettings
+from spap_core.methods.problem import PRECISIONS, PRIORS, RefitSettings
 from spap_core.methods.registry import PruneSettings
-from spap_core.methods.spap import PenaltySettings
+from spap_core.methods.spap import SCHEDULES, SCORES, STARTS, PenaltySettings
 
 URL = "query-params"  # every form widget is bound to a query parameter named by its key
 
@@ -39,9 +39,9 @@ defaults = PruneSettings()
 penalty, refit, altmin = defaults.penalty, defaults.refit, defaults.altmin
 
 
-def pick(label: str, options: list[str], default: str, key: str) -> str:
+def pick(label: str, options: tuple[str, ...], default: str, key: str) -> str:
     """A choice between named variants, bound to the URL like every other setting."""
-    return st.selectbox(label, options, index=options.index(default), key=key, bind=URL)
+    return st.selectbox(label, list(options), index=options.index(default), key=key, bind=URL)
 
 
 with st.form("spap_settings"):
@@ -63,21 +63,21 @@ with st.form("spap_settings"):
         st.markdown("**Channel selection**")
         balance = st.slider("t: score balance", 0.0, 3.0, penalty.balance, 0.1, key="t", bind=URL)
         st.caption("Score ‖W[:,i]‖·mᵢᵗ: how much the activation magnitude mᵢ counts.")
-        score = pick("Magnitude mᵢ in the score", ["marginal", "partial"], penalty.score, "score")
+        score = pick("Magnitude mᵢ in the score", SCORES, penalty.score, "score")
         st.caption("marginal = ‖Zᵢ‖; partial = what channel i adds beyond the others (1/√[A⁻¹]ᵢᵢ).")
-        schedule = pick("Marking schedule", ["fixed", "ramp"], penalty.schedule, "schedule")
+        schedule = pick("Marking schedule", SCHEDULES, penalty.schedule, "schedule")
         st.caption("fixed = mark λ channels every step; ramp = ⌈λk/K⌉ at step k, removed in blocks.")
-        start = pick("Start s⁽⁰⁾", ["centre", "zero"], penalty.start, "start")
-        st.caption("centre = λ/n everywhere (on the capped simplex); zero = nothing marked.")
+        start = pick("Start s⁽⁰⁾", STARTS, penalty.start, "start")
+        st.caption("zero = nothing marked (the paper); centre = λ/n everywhere (on the capped simplex).")
     with refit_column:
         st.markdown("**Refit and targets**")
         ridge = st.number_input("δ: ridge", 0.0, 100.0, refit.ridge, step=0.005, format="%g", key="delta", bind=URL)
         st.caption("δ·h̄ added to every solve, for stability (relative to mean diag H).")
-        prior = pick("Refit prior", ["dense", "zero"], refit.prior, "prior")
+        prior = pick("Refit prior", PRIORS, refit.prior, "prior")
         st.caption("The ridge pulls refitted weights towards the dense ones or towards zero.")
         bias = st.checkbox("Bias compensation", refit.bias, key="bias", bind=URL)
         st.caption("A down_proj bias absorbs the mean output of the pruned channels.")
-        precision = pick("Solver precision", ["float32", "float64"], refit.precision, "precision")
+        precision = pick("Solver precision", PRECISIONS, refit.precision, "precision")
         st.caption("float32 solves faster; float64 is safer on ill-conditioned layers.")
         correction = st.slider("β: target correction", 0.0, 1.0, defaults.target_correction, 0.05, key="beta",
                                bind=URL)

@@ -6,22 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from dataclasses import asdict
 
-import torch
 from tqdm import tqdm
 
 from spap_core.data import calibration_windows, evaluation_windows, resolve_text
 from spap_core.errors import PruningCancelled, SourceUnavailableError, SpapInputError
-from spap_core.evaluate import perplexity
-from spap_core.latency import measure_latency
+from spap_core.experiment import run_experiment
+from spap_core.latency import latency_ratios, measure_latency
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.altmin import AltMinSettings
-from spap_core.methods.problem import RefitSettings
-from spap_core.methods.spap import PenaltySettings
+from spap_core.methods.problem import PRECISIONS, PRIORS, RefitSettings
+from spap_core.methods.spap import SCHEDULES, SCORES, STARTS, PenaltySettings
 from spap_core.models import DEFAULT_MODEL, load_model
-from spap_core.prune import prune_model
 from spap_core.runs import write_run
 from spap_core.shrink import save_pruned
 
@@ -48,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
     prune.add_argument("--eval-len", type=int, default=512, help="evaluation window length (tokens)")
     prune.add_argument("--eval-windows", type=int, default=8, help="first W windows; 0 = the whole text")
-    prune.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    prune.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     prune.add_argument("--out", default=None, help="save the pruned model (safetensors) and results.json here")
     spap = prune.add_argument_group("SPAP penalty path")
     defaults = PenaltySettings()
@@ -57,13 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     spap.add_argument("--tau", type=float, default=defaults.tau, help="τ > 1: penalty growth per iteration")
     spap.add_argument("--balance", "-t", type=float, default=defaults.balance, help="t: weight of ‖Z_i‖ in the score")
     spap.add_argument("--alpha", type=float, default=defaults.momentum, help="α: soft-mask step size")
+    spap.add_argument("--score", choices=SCORES, default=defaults.score,
+                      help="activation magnitude in the score: ‖Z_i‖ (marginal) or beyond the other channels (partial)")
+    spap.add_argument("--start", choices=STARTS, default=defaults.start, help="s⁽⁰⁾: nothing marked, or λ/n everywhere")
+    spap.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
+                      help="mark λ channels every iteration (fixed) or ⌈λk/K⌉ at iteration k (ramp)")
+    settings_defaults = PruneSettings()
+    spap.add_argument("--target-correction", "--beta", type=float, default=settings_defaults.target_correction,
+                      help="β: also repair this fraction of the error earlier pruned layers left in the stream")
     refit = prune.add_argument_group("least-squares refit")
     refit_defaults = RefitSettings()
     refit.add_argument("--delta", type=float, default=refit_defaults.ridge, help="δ: ridge (relative to mean diag H)")
-    refit.add_argument("--prior", choices=["dense", "zero"], default=refit_defaults.prior,
+    refit.add_argument("--prior", choices=PRIORS, default=refit_defaults.prior,
                        help="ridge pulls towards the dense weights or towards zero")
     refit.add_argument("--no-bias", action="store_true", help="no down_proj bias compensation")
-    refit.add_argument("--precision", choices=["float32", "float64"], default=refit_defaults.precision)
+    refit.add_argument("--precision", choices=PRECISIONS, default=refit_defaults.precision)
     altmin = prune.add_argument_group("alternating minimization (0 rounds = off)")
     altmin_defaults = AltMinSettings()
     altmin.add_argument("--altmin-rounds", type=int, default=altmin_defaults.rounds)
@@ -83,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prune_settings(args: argparse.Namespace) -> PruneSettings:
     return PruneSettings(
-        method=args.method, sparsity=args.sparsity,
-        penalty=PenaltySettings(iterations=args.iterations, rho0=args.rho0, tau=args.tau,
-                                balance=args.balance, momentum=args.alpha),
+        method=args.method, sparsity=args.sparsity, target_correction=args.target_correction,
+        penalty=PenaltySettings(iterations=args.iterations, rho0=args.rho0, tau=args.tau, balance=args.balance,
+                                momentum=args.alpha, score=args.score, start=args.start, schedule=args.schedule),
         refit=RefitSettings(ridge=args.delta, prior=args.prior, bias=not args.no_bias, precision=args.precision),
         altmin=AltMinSettings(rounds=args.altmin_rounds, steps=args.altmin_steps, lr=args.altmin_lr,
                               batch_tokens=args.altmin_batch),
@@ -99,33 +103,23 @@ def run_prune(args: argparse.Namespace) -> dict:
     eval_text = resolve_text(args.eval_file, "evaluation", loaded.model, loaded.tokenizer)
     calibration = calibration_windows(loaded.tokenizer, calib_text, args.nsamples, args.seqlen, args.seed)
     windows = evaluation_windows(loaded.tokenizer, eval_text, args.eval_len, args.eval_windows or None)
-    with tqdm(total=windows.shape[0], desc="dense perplexity", file=sys.stderr, unit="batch") as bar:
-        dense = perplexity(loaded.model, windows, on_batch=lambda i, n: bar.update(i - bar.n))
-    with tqdm(desc=f"{args.method} layers", file=sys.stderr, unit="layer") as bar:
+    with tqdm(total=windows.shape[0], desc="dense perplexity", file=sys.stderr, unit="batch") as dense_bar, \
+            tqdm(desc=f"{args.method} layers", file=sys.stderr, unit="layer") as layer_bar, \
+            tqdm(total=windows.shape[0], desc="pruned perplexity", file=sys.stderr, unit="batch") as pruned_bar:
         def on_layer(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+            layer_bar.total = total
+            layer_bar.update(done - layer_bar.n)
 
-        started = time.perf_counter()
-        result = prune_model(loaded, calibration, settings, seed=args.seed, batch_size=args.batch_size,
-                             inplace=True, on_layer=on_layer)
-        prune_seconds = time.perf_counter() - started
-    with tqdm(total=windows.shape[0], desc="pruned perplexity", file=sys.stderr, unit="batch") as bar:
-        started = time.perf_counter()
-        pruned = perplexity(result.model, windows, on_batch=lambda i, n: bar.update(i - bar.n))
-        eval_seconds = time.perf_counter() - started
-    record = {
-        "method": args.method, "sparsity": args.sparsity, "ppl": pruned.perplexity, "ppl_dense": dense.perplexity,
-        "prune_seconds": prune_seconds, "eval_seconds": eval_seconds, "timings": result.timings,
-        "params_before": result.params_before, "params_after": result.params_after,
-        "eval_tokens": pruned.tokens, "eval_windows": pruned.windows, "eval_len": pruned.seqlen,
-        "eval_source": eval_text.label, "calib_source": calib_text.label,
-        "calib_synthetic": calib_text.synthetic, "calibration_tokens": result.calibration_tokens,
-        "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed,
-        "model": loaded.description, "device": str(loaded.device), "threads": torch.get_num_threads(),
-        "settings": asdict(settings),
-        "layer_objectives": [layer.objective for layer in result.layers],
-    }
+        experiment = run_experiment(
+            loaded, calibration, windows, settings, seed=args.seed, batch_size=args.batch_size, inplace=True,
+            on_layer=on_layer, on_dense_batch=lambda i, n: dense_bar.update(i - dense_bar.n),
+            on_pruned_batch=lambda i, n: pruned_bar.update(i - pruned_bar.n),
+        )
+    result = experiment.result
+    record = experiment.record(
+        loaded, eval_source=eval_text.label, calib_source=calib_text.label, calib_synthetic=calib_text.synthetic,
+        nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+    )
     if args.out:
         save_pruned(result.model, loaded.tokenizer, args.out)
         write_run(args.out, record, result)
@@ -135,18 +129,13 @@ def run_prune(args: argparse.Namespace) -> dict:
 def run_latency(args: argparse.Namespace) -> dict:
     dense = load_model(args.model, device=args.device, dtype=args.dtype)
     options = dict(seqlen=args.seqlen, decode_tokens=args.decode_tokens, repeats=args.repeats, warmup=args.warmup)
-    report = {"model": dense.description, "dense": measure_latency(dense.model, **options).to_dict()}
+    dense_report = measure_latency(dense.model, **options)
+    report = {"model": dense.description, "dense": dense_report.to_dict()}
     if args.pruned:
         pruned = load_model(args.pruned, device=args.device, dtype=args.dtype).model
-        report["pruned"] = measure_latency(pruned, **options).to_dict()
-        d, p = report["dense"], report["pruned"]
-        report["ratios"] = {
-            "prefill_speedup": d["prefill_ms"]["median"] / p["prefill_ms"]["median"],
-            "decode_speedup": p["decode_tokens_per_s"]["median"] / d["decode_tokens_per_s"]["median"],
-            "theoretical_flops_ratio": d["linear_gflops_per_token"] / p["linear_gflops_per_token"],
-            "weight_memory_ratio": d["weight_mb"] / p["weight_mb"],
-            "theoretical_params_ratio": d["parameters"] / p["parameters"],
-        }
+        pruned_report = measure_latency(pruned, **options)
+        report["pruned"] = pruned_report.to_dict()
+        report["ratios"] = latency_ratios(dense_report, pruned_report)
     return report
 
 

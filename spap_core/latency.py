@@ -143,3 +143,15 @@ def measure_latency(model: nn.Module, seqlen: int = 512, decode_tokens: int = 32
         peak_memory_mb=peak, peak_memory_kind=peak_kind,
         linear_gflops_per_token=linear_flops_per_token(model) / 1e9,
     )
+
+
+def latency_ratios(dense: LatencyReport, pruned: LatencyReport) -> dict[str, float]:
+    """Dense ÷ pruned, measured next to theoretical (> 1 means the pruned model is better). The
+    theoretical FLOPs ratio counts the Linear layers only: what structured pruning can change."""
+    return {
+        "prefill_speedup": dense.prefill_ms.median / pruned.prefill_ms.median,
+        "decode_speedup": pruned.decode_tokens_per_s.median / dense.decode_tokens_per_s.median,
+        "theoretical_flops_ratio": dense.linear_gflops_per_token / pruned.linear_gflops_per_token,
+        "weight_memory_ratio": dense.weight_mb / pruned.weight_mb,
+        "theoretical_params_ratio": dense.parameters / pruned.parameters,
+    }

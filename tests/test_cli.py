@@ -72,3 +72,16 @@ def test_module_entry_point_separates_progress_and_result(tiny_dir, text_files):
     assert run.returncode == 0, run.stderr
     assert PRUNE_KEYS <= last_json_line(run.stdout).keys()
     assert "layers" in run.stderr  # the progress bar
+
+
+def test_every_spap_setting_has_a_flag_that_reaches_the_run(tiny_dir, text_files, capsys):
+    flags = ["-K", "3", "--rho0", "0.02", "--tau", "2.0", "-t", "0.5", "--alpha", "0.6", "--score", "partial",
+             "--start", "centre", "--schedule", "ramp", "--beta", "0.25", "--delta", "0.1", "--prior", "zero",
+             "--precision", "float64", "--altmin-rounds", "1", "--altmin-steps", "2"]
+    assert main(prune_args(tiny_dir, text_files, *flags)) == 0
+    settings = last_json_line(capsys.readouterr().out)["settings"]
+    assert settings["penalty"] == {"iterations": 3, "rho0": 0.02, "tau": 2.0, "balance": 0.5, "momentum": 0.6,
+                                   "score": "partial", "start": "centre", "schedule": "ramp"}
+    assert settings["refit"] == {"ridge": 0.1, "prior": "zero", "bias": True, "precision": "float64"}
+    assert settings["target_correction"] == 0.25
+    assert settings["altmin"]["rounds"] == 1 and settings["altmin"]["steps"] == 2

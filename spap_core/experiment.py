@@ -1,0 +1,83 @@
+"""One pruning experiment: prune, then measure dense and pruned perplexity on the same windows.
+
+The CLI, the app's run and sweep jobs and the benchmarks all go through here, so a number shown in
+the browser and one printed by `python -m spap_core prune` come from the same code path and carry
+the same record fields.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from spap_core.evaluate import PerplexityResult, perplexity
+from spap_core.methods.registry import PruneSettings
+from spap_core.methods.spap import SpapStep
+from spap_core.models import LoadedModel
+from spap_core.prune import LayerCallback, PruneResult, prune_model
+
+BatchCallback = Callable[[int, int], None]
+
+
+@dataclass
+class Experiment:
+    result: PruneResult
+    dense: PerplexityResult
+    pruned: PerplexityResult
+    prune_seconds: float
+    eval_seconds: float
+    dense_seconds: float  # 0 when the dense perplexity was passed in (cached)
+
+    def record(self, loaded: LoadedModel, **context: object) -> dict:
+        """The JSON-able summary written with every run; `context` adds where the data came from."""
+        result = self.result
+        return {
+            "method": result.settings.method, "sparsity": result.settings.sparsity,
+            "ppl": self.pruned.perplexity, "ppl_dense": self.dense.perplexity,
+            "relative_error": result.relative_error,
+            "prune_seconds": self.prune_seconds, "eval_seconds": self.eval_seconds,
+            "dense_eval_seconds": self.dense_seconds, "timings": result.timings,
+            "params_before": result.params_before, "params_after": result.params_after,
+            "eval_tokens": self.pruned.tokens, "eval_windows": self.pruned.windows, "eval_len": self.pruned.seqlen,
+            "calibration_tokens": result.calibration_tokens,
+            "model": loaded.description, "device": str(loaded.device), "threads": torch.get_num_threads(),
+            "settings": asdict(result.settings),
+            "layer_objectives": [layer.objective for layer in result.layers],
+            **context,
+        }
+
+
+def run_experiment(
+    loaded: LoadedModel,
+    calibration: torch.Tensor,
+    evaluation: torch.Tensor,
+    settings: PruneSettings,
+    *,
+    seed: int = 0,
+    batch_size: int = 4,
+    dense: PerplexityResult | None = None,
+    inplace: bool = False,
+    on_layer: LayerCallback | None = None,
+    on_step: Callable[[SpapStep], None] | None = None,
+    on_dense_batch: BatchCallback | None = None,
+    on_pruned_batch: BatchCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> Experiment:
+    """Dense perplexity (unless given), pruning, pruned perplexity, each timed on its own."""
+    dense_seconds = 0.0
+    if dense is None:
+        started = time.perf_counter()
+        dense = perplexity(loaded.model, evaluation, on_batch=on_dense_batch, cancel=cancel)
+        dense_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    result = prune_model(loaded, calibration, settings, seed=seed, batch_size=batch_size, inplace=inplace,
+                         on_layer=on_layer, on_step=on_step, cancel=cancel)
+    prune_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    pruned = perplexity(result.model, evaluation, on_batch=on_pruned_batch, cancel=cancel)
+    return Experiment(result=result, dense=dense, pruned=pruned, prune_seconds=prune_seconds,
+                      eval_seconds=time.perf_counter() - started, dense_seconds=dense_seconds)
