@@ -13,6 +13,9 @@ import json
 import time
 from pathlib import Path
 
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
 from common import load_protocol
 from spap_core.evaluate import perplexity
 from spap_core.methods.registry import METHODS, PruneSettings
@@ -45,7 +48,29 @@ def main() -> None:
                          "timings": result.timings, "params_after": result.params_after})
             print(json.dumps(rows[-1]), flush=True)
             del result
+            write_outputs(Path(args.out), protocol, rows, vars(args))  # after every row: a cut run keeps its rows
+    print(Path(args.out).read_text())
 
+
+def gain_lines(rows: list[dict], names: list[str]) -> list[str]:
+    """Per sparsity and text: SPAP against the best baseline (negative % = SPAP lower, i.e. better)."""
+    lines = ["| sparsity | text | SPAP | best baseline | SPAP vs best baseline |", "| --- | --- | --- | --- | --- |"]
+    for sparsity in sorted({row["sparsity"] for row in rows}):
+        at = [row for row in rows if row["sparsity"] == sparsity]
+        spap = [row for row in at if row["method"] == "spap"]
+        baselines = [row for row in at if row["method"] != "spap"]
+        if not spap or not baselines:
+            continue
+        for name in names:
+            best = min(baselines, key=lambda row: row["ppl"][name])
+            ours = spap[0]["ppl"][name]
+            lines.append(f"| {sparsity:.2f} | {name} | {ours:.2f} | {best['method']} {best['ppl'][name]:.2f} | "
+                         f"{100 * (ours / best['ppl'][name] - 1):+.1f}% |")
+    return lines
+
+
+def write_outputs(out: Path, protocol, rows: list[dict], args: dict) -> None:
+    """Markdown table + SPAP-vs-best-baseline summary, the raw rows as JSON, and an HTML plot."""
     names = list(protocol.eval_sets)
     lines = ["# Perplexity by method and sparsity", "", protocol.description + " Default settings of each method.", "",
              "| method | sparsity | " + " | ".join(f"ppl {n}" for n in names) + " | prune s |",
@@ -54,12 +79,22 @@ def main() -> None:
     for row in rows:
         lines.append(f"| {row['method']} | {row['sparsity']:.2f} | "
                      + " | ".join(f"{row['ppl'][n]:.2f}" for n in names) + f" | {row['prune_seconds']:.1f} |")
-    out = Path(args.out)
+    lines += ["", "## SPAP against the best baseline", "", *gain_lines(rows, names)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"dense": protocol.dense_ppl, "rows": rows, "args": vars(args)},
-                                                   indent=2))
-    print(out.read_text())
+    out.with_suffix(".json").write_text(json.dumps({"dense": protocol.dense_ppl, "rows": rows, "args": args}, indent=2))
+    figure = make_subplots(rows=1, cols=len(names), subplot_titles=names)
+    for column, name in enumerate(names, start=1):
+        for method in dict.fromkeys(row["method"] for row in rows):
+            points = [row for row in rows if row["method"] == method]
+            figure.add_trace(go.Scatter(x=[r["sparsity"] for r in points], y=[r["ppl"][name] for r in points],
+                                        mode="lines+markers", name=method, legendgroup=method,
+                                        showlegend=column == 1), row=1, col=column)
+        figure.add_hline(y=protocol.dense_ppl[name], line_dash="dot", annotation_text="dense", row=1, col=column)
+    figure.update_yaxes(type="log", title_text="perplexity (log)")
+    figure.update_xaxes(title_text="MLP sparsity")
+    figure.update_layout(title=protocol.description, title_font_size=11)
+    figure.write_html(out.with_suffix(".html"), include_plotlyjs="cdn")
 
 
 if __name__ == "__main__":
