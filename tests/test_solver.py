@@ -132,12 +132,13 @@ def test_correlation_aware_ramp_gets_close_to_the_exact_optimum():
     """On correlated layers, the paper's reading (marginal scores, fixed λ) is often far from the
     optimum; partial scores with a ramp come much closer (measured here: mean ratio 1.06 vs 1.93)."""
     ratios = {"paper": [], "project": []}
+    settings = RefitSettings(precision="float64", ridge=0.05)  # measured at δ=0.05; larger δ pulls both towards W₀
     for seed in range(10):
         problem = toy_problem(width=12, outputs=5, tokens=200, n_prune=5, seed=seed, latent_rank=4)
-        best = brute_force_optimum(problem, EXACT).objective
+        best = brute_force_optimum(problem, settings).objective
         paper = PenaltySettings(score="marginal", schedule="fixed", start="zero")
         project = PenaltySettings(score="partial", schedule="ramp", start="zero")
-        ratios["paper"].append(spap_layer(problem, paper, EXACT).objective / best)
-        ratios["project"].append(spap_layer(problem, project, EXACT).objective / best)
+        ratios["paper"].append(spap_layer(problem, paper, settings).objective / best)
+        ratios["project"].append(spap_layer(problem, project, settings).objective / best)
     assert np.mean(ratios["project"]) < 1.1
     assert np.mean(ratios["project"]) < np.mean(ratios["paper"])
