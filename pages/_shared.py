@@ -385,6 +385,17 @@ def history_row(outcome: RunOutcome) -> dict:
     }
 
 
+def comparison_header(title: str, fixed_label: str) -> tuple[LoadedModel, RunRequest]:
+    """Title, model and the run request a sweep or scan starts from, with a caption saying what
+    every point keeps fixed (the settings last submitted on Run SPAP)."""
+    st.title(title)
+    loaded = require_model()
+    base = run_request()
+    st.caption(f"{fixed_label}: {settings_summary(base)} (as last submitted on Run SPAP). "
+               f"Evaluation: {evaluation_budget(base.data)}.")
+    return loaded, base
+
+
 def settings_summary(request: RunRequest) -> str:
     """One line with every setting a sweep or scan keeps fixed."""
     settings = request.settings

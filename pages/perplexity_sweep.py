@@ -10,21 +10,15 @@ import streamlit as st
 
 from pages._experiments import sweep_key, sweep_sparsities
 from pages._shared import (
+    comparison_header,
     evaluation_budget,
     job_panel,
     latest_table,
     request_table,
-    require_model,
-    run_request,
-    settings_summary,
 )
 from spap_core.methods.registry import METHODS
 
-st.title("Perplexity vs sparsity")
-loaded = require_model()
-base = run_request()
-st.caption(f"Fixed for every point: {settings_summary(base)} (as last submitted on Run SPAP). "
-           f"Evaluation: {evaluation_budget(base.data)}.")
+loaded, base = comparison_header("Perplexity vs sparsity", "Fixed for every point")
 
 with st.form("sweep_settings"):
     method_column, sparsity_column, step_column = st.columns([2, 2, 1])

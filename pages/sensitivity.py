@@ -9,21 +9,14 @@ from plotly.subplots import make_subplots
 
 from pages._experiments import SCAN_PARAMETERS, scan_key, sensitivity_scan
 from pages._shared import (
-    evaluation_budget,
+    comparison_header,
     job_panel,
     latest_table,
     request_table,
-    require_model,
-    run_request,
-    settings_summary,
 )
 from spap_core.errors import SpapInputError
 
-st.title("Sensitivity")
-loaded = require_model()
-base = run_request()
-st.caption(f"Fixed: {settings_summary(base)} (as last submitted on Run SPAP). "
-           f"Evaluation: {evaluation_budget(base.data)}.")
+loaded, base = comparison_header("Sensitivity", "Fixed")
 
 parameter_name = st.selectbox("Hyperparameter to vary", list(SCAN_PARAMETERS), key="scan_parameter")
 parameter = SCAN_PARAMETERS[parameter_name]

@@ -136,9 +136,6 @@ class _DownProjectionRecorder(nn.Module):
         weight = self.down_proj.weight
         return torch.zeros(1, self.down_proj.out_features, dtype=weight.dtype, device=weight.device)
 
-    def dense(self, intermediate: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(intermediate)
-
     def release(self) -> None:
         self._handle.remove()
 
@@ -233,7 +230,7 @@ def prune_model(
                     z = recorded.intermediate
                     target = None
                     if explicit:
-                        target = recorded.dense(z)
+                        target = recorded.down_proj(z)  # the dense output W₀Z
                         if correcting:  # also undo part of the error the pruned stream has accumulated
                             target = target + settings.target_correction * (
                                 dense_hidden[chunk_index] - (base + to_residual(target)))
