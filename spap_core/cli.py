@@ -10,7 +10,7 @@ import sys
 from tqdm import tqdm
 
 from spap_core.data import calibration_windows, evaluation_windows, resolve_text
-from spap_core.errors import PruningCancelled, SourceUnavailableError, SpapInputError
+from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.experiment import run_experiment
 from spap_core.latency import latency_ratios, measure_latency
 from spap_core.methods.registry import METHODS, PruneSettings
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = run_prune(args) if args.command == "prune" else run_latency(args)
-    except (SpapInputError, SourceUnavailableError, PruningCancelled) as exc:
+    except (SpapInputError, SourceUnavailableError, PruningCancelled, NumericalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from spap_core.access import confined
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason, require_hub
 
@@ -54,7 +55,7 @@ def decode_text_bytes(raw: bytes, label: str) -> TextSource:
 
 
 def text_from_file(path: str | Path) -> TextSource:
-    file = Path(path).expanduser()
+    file = confined(path, "text file")
     if not file.is_file():
         raise SpapInputError(f"Text file {file} does not exist.")
     return decode_text_bytes(file.read_bytes(), f"file {file}")

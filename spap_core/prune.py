@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spap_core.errors import PruningCancelled, SpapInputError
+from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.registry import PruneSettings, decide_layer
 from spap_core.methods.altmin import alternating_minimization
 from spap_core.methods.baselines import baseline_scores
@@ -243,6 +243,10 @@ def prune_model(
 
             started = time.perf_counter()
             problem = stats.problem(mlp.down_proj.weight, n_prune[index])
+            if not (torch.isfinite(problem.gram).all() and torch.isfinite(problem.cross).all()):
+                raise NumericalError(
+                    f"Pruning stopped: the calibration activations of layer {index} contain NaN or inf "
+                    "(the model itself overflows on this text; try float32 or another calibration text).")
             del stats
             decision = decide_layer(problem, settings, index, on_step=keep_step, cancel=cancel)
             timings["solve"] += time.perf_counter() - started

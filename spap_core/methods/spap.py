@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from spap_core.errors import PruningCancelled, SpapInputError
+from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.problem import (
     LayerDecision,
     LayerProblem,
@@ -132,7 +132,9 @@ def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: 
         column_penalty = rho * scale * soft_mask
         weights, column_sq, scores = solve_and_score(column_penalty)
         if not torch.isfinite(scores).all():  # a non-finite weight shows in its column's score
-            raise FloatingPointError(f"non-finite weights at layer {layer}, ρ iteration {iteration}")
+            raise NumericalError(
+                f"SPAP stopped: non-finite weights at layer {layer}, ρ iteration {iteration}. Try a larger δ, "
+                "float64 solves, or a smaller ρ⁽⁰⁾/τ.")
         if on_step is not None:
             on_step(SpapStep(
                 layer=layer, iteration=iteration, rho=rho,

@@ -1,0 +1,79 @@
+"""Serving safety and numerical faults: local paths confined to configured folders, and a run
+that meets NaN stops with a message saying where, instead of returning a broken model."""
+
+import os
+
+import pytest
+import torch
+
+from spap_core.access import ALLOWED_ROOTS_ENV
+from spap_core.data import text_from_file
+from spap_core.errors import NumericalError, SpapInputError
+from spap_core.jobs import user_message
+from spap_core.methods.problem import RefitSettings
+from spap_core.methods.registry import PruneSettings
+from spap_core.methods.spap import PenaltySettings, spap_layer
+from spap_core.models import load_model
+from spap_core.prune import prune_model
+from spap_core.toy import toy_problem
+
+
+@pytest.fixture()
+def confined_to(monkeypatch, tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, str(allowed))
+    return allowed
+
+
+def test_texts_outside_the_allowed_folders_are_refused(confined_to, tmp_path):
+    inside = confined_to / "calib.txt"
+    inside.write_text("some words " * 50)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("server secrets " * 50)
+    assert "some words" in text_from_file(inside).text
+    for path in (outside, confined_to / ".." / "secret.txt"):
+        with pytest.raises(SpapInputError, match="outside the folders this server allows"):
+            text_from_file(path)
+
+
+def test_a_symlink_cannot_lead_out_of_the_allowed_folders(confined_to, tmp_path):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("server secrets " * 50)
+    link = confined_to / "innocent.txt"
+    os.symlink(outside, link)
+    with pytest.raises(SpapInputError, match="outside the folders"):
+        text_from_file(link)
+
+
+def test_model_paths_outside_the_allowed_folders_are_refused(confined_to, tiny_dir, tmp_path):
+    with pytest.raises(SpapInputError, match="outside the folders"):
+        load_model(str(tiny_dir))
+    with pytest.raises(SpapInputError, match="outside the folders"):
+        load_model(str(tmp_path / "model.gguf"))
+
+
+def test_without_the_setting_every_path_is_allowed(monkeypatch, tmp_path):
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
+    text = tmp_path / "t.txt"
+    text.write_text("plain words " * 50)
+    assert "plain words" in text_from_file(text).text
+
+
+def test_nan_in_the_solver_stops_with_layer_and_iteration():
+    problem = toy_problem(width=16, outputs=4, tokens=100, n_prune=4, seed=0)
+    problem.cross[0, 3] = float("nan")
+    with pytest.raises(NumericalError, match=r"layer 5, ρ iteration 1") as caught:
+        spap_layer(problem, PenaltySettings(), RefitSettings(), layer=5)
+    assert user_message(caught.value) == str(caught.value)  # shown verbatim in the app
+
+
+def test_nan_activations_stop_the_run_naming_the_layer(tiny):
+    calibration = torch.randint(0, 200, (2, 16))
+    layer = tiny.family.decoder_layers(tiny.model)[1]
+    handle = tiny.family.mlp(layer).up_proj.register_forward_hook(lambda _m, _a, out: out * float("nan"))
+    try:
+        with pytest.raises(NumericalError, match="activations of layer 1 contain NaN"):
+            prune_model(tiny, calibration, PruneSettings(sparsity=0.25))
+    finally:
+        handle.remove()
