@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import math
 import tempfile
 import threading
 import time
@@ -36,6 +38,7 @@ from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import PenaltySettings, SpapStep, spap_layer
 from spap_core.models import LoadedModel
 from spap_core.prune import PruneResult
+from spap_core.runs import list_runs, new_run_directory, read_run, results_root, write_run
 from spap_core.shrink import save_pruned
 from spap_core.toy import toy_problem
 
@@ -70,6 +73,10 @@ class TextChoice:
             return f"file:{file.resolve()}:{stamp}"
         return f"{self.kind}:{self.digest}"
 
+    def to_dict(self) -> dict:
+        """What identifies the choice in a saved run (an uploaded text itself is not kept)."""
+        return {"kind": self.kind, "path": self.path, "digest": self.digest}
+
     def resolve(self, purpose: str) -> TextSource:
         """The text itself; raises SpapInputError/SourceUnavailableError with a user message."""
         if self.kind == "hub":
@@ -90,6 +97,16 @@ class DataSpec:
     eval_windows: int  # 0 = the whole evaluation text
     eval_len: int
     batch_size: int
+
+    def to_dict(self) -> dict:
+        return {"calibration": self.calibration.to_dict(), "evaluation": self.evaluation.to_dict(),
+                "nsamples": self.nsamples, "seqlen": self.seqlen, "eval_windows": self.eval_windows,
+                "eval_len": self.eval_len, "batch_size": self.batch_size}
+
+    @staticmethod
+    def from_dict(values: dict) -> DataSpec:
+        return DataSpec(**{**values, "calibration": TextChoice(**values["calibration"]),
+                           "evaluation": TextChoice(**values["evaluation"])})
 
     @property
     def evaluation_key(self) -> str:
@@ -195,7 +212,8 @@ def dense_perplexity(loaded: LoadedModel, data: DataSpec, windows: torch.Tensor,
 @dataclass
 class RunOutcome:
     """Everything a finished run shows and offers for download. Holds the pruned model, so a
-    session keeps only its latest outcome with the model attached."""
+    session keeps only its latest outcome with the model attached; a run reloaded from the
+    results folder has no model (result.model is None) and no tokenizer."""
 
     request: RunRequest
     model_key: str  # which loaded model was pruned (source, device, dtype)
@@ -205,10 +223,15 @@ class RunOutcome:
     pruned: PerplexityResult
     record: dict
     finished_at: float = field(default_factory=time.time)
+    saved_to: Path | None = None  # its folder under the results root
 
     @property
     def relative_error(self) -> float:
         return self.result.relative_error
+
+    @property
+    def has_model(self) -> bool:
+        return self.result.model is not None
 
 
 def _experiment_with_progress(loaded: LoadedModel, data: PreparedData, request: RunRequest, dense: PerplexityResult,
@@ -239,13 +262,44 @@ def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressRepo
     dense, dense_cached = dense_perplexity(loaded, request.data, data.evaluation, progress, cancel)
     dense_seconds = 0.0 if dense_cached else time.perf_counter() - started
     experiment = _experiment_with_progress(loaded, data, request, dense, progress, cancel)
+    finished_at = time.time()
     record = experiment.record(
         loaded, dense_eval_seconds=dense_seconds, dense_ppl_cached=dense_cached,
         eval_source=data.evaluation_source.label, calib_source=data.calibration_source.label,
         nsamples=request.data.nsamples, seqlen=request.data.seqlen, seed=request.seed,
+        model_key=model_key(loaded), data=request.data.to_dict(), finished_at=finished_at,
     )
+    # saved as it finishes: a crash or restart of the app loses at most the run in progress
+    saved_to = write_run(new_run_directory(results_root(), record), record, experiment.result)
     return RunOutcome(request=request, model_key=model_key(loaded), tokenizer=loaded.tokenizer,
-                      result=experiment.result, dense=dense, pruned=experiment.pruned, record=record)
+                      result=experiment.result, dense=dense, pruned=experiment.pruned, record=record,
+                      finished_at=finished_at, saved_to=saved_to)
+
+
+def _stored_perplexity(record: dict, key: str) -> PerplexityResult:
+    tokens = record["eval_tokens"]
+    return PerplexityResult(perplexity=record[key], nll=math.log(record[key]) * tokens, tokens=tokens,
+                            windows=record["eval_windows"], seqlen=record["eval_len"])
+
+
+def saved_runs() -> pd.DataFrame:
+    """The finished runs in the results folder, newest first (one row each, folder included)."""
+    rows = []
+    for folder in list_runs(results_root()):
+        record = json.loads((folder / "results.json").read_text())
+        rows.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("finished_at", 0))),
+                     "method": record["method"], "sparsity": record["sparsity"], "ppl dense": record["ppl_dense"],
+                     "ppl pruned": record["ppl"], "model": record["model"], "folder": str(folder)})
+    return pd.DataFrame(rows, columns=["finished", "method", "sparsity", "ppl dense", "ppl pruned", "model", "folder"])
+
+
+def load_saved_run(folder: str | Path) -> RunOutcome:
+    """A finished run as it was saved: every page but the model download and latency works on it."""
+    record, result = read_run(folder)
+    request = RunRequest(settings=result.settings, seed=record["seed"], data=DataSpec.from_dict(record["data"]))
+    return RunOutcome(request=request, model_key=record["model_key"], tokenizer=None, result=result,
+                      dense=_stored_perplexity(record, "ppl_dense"), pruned=_stored_perplexity(record, "ppl"),
+                      record=record, finished_at=record["finished_at"], saved_to=Path(folder))
 
 
 def pruned_model_zip(outcome: RunOutcome) -> bytes:

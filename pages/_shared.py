@@ -19,7 +19,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from pages._experiments import DataSpec, RunOutcome, RunRequest, TextChoice
+from pages._experiments import DataSpec, RunOutcome, RunRequest, TextChoice, load_saved_run, saved_runs
 from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason
@@ -27,6 +27,7 @@ from spap_core.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared
 from spap_core.methods.registry import PruneSettings
 from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
 from spap_core.presets import interactive_run_size
+from spap_core.runs import results_root
 
 LOG = logging.getLogger("spap_explorer")
 
@@ -343,6 +344,25 @@ def latest_outcome() -> RunOutcome | None:
         st.session_state["latest_run"] = finished
         st.session_state.setdefault("run_history", []).append(history_row(finished))
     return st.session_state.get("latest_run")
+
+
+def saved_runs_panel() -> None:
+    """Finished runs from the results folder (any session, before a restart too); loading one makes
+    it this session's latest run, so every inspection page shows it."""
+    runs = saved_runs()
+    with st.expander(f"Saved runs ({len(runs)}): every finished run is kept in {results_root()}"):
+        if runs.empty:
+            st.caption("None yet: runs are saved here as they finish.")
+            return
+        st.dataframe(runs.drop(columns="folder"), hide_index=True, width="stretch")
+        labels = {row["folder"]: f"{row['finished']} · {row['method']} at {row['sparsity']:.0%} · "
+                                 f"ppl {row['ppl pruned']:.2f}" for row in runs.to_dict("records")}
+        folder = st.selectbox("Run", list(labels), format_func=labels.get, key="saved_run")
+        if st.button("Load this run", icon=":material/history:"):
+            outcome = load_saved_run(folder)
+            st.session_state["latest_run"] = outcome
+            st.session_state.setdefault("run_history", []).append(history_row(outcome))
+            st.rerun()
 
 
 def require_outcome(need_trace: bool = False) -> RunOutcome:

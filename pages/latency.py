@@ -22,6 +22,10 @@ if outcome.model_key != model_key(loaded):
     st.warning("The latest run pruned a different model (or the same one on another device or precision) than "
                "the one loaded now; load that model again on Model & data, or start a new run, to compare them.")
     st.stop()
+if not outcome.has_model:
+    st.info("The latest run was reloaded from the results folder, which keeps its settings, metrics and trace "
+            "but not the pruned weights; run it again on Run SPAP to time the pruned model.")
+    st.stop()
 st.caption(f"Measured on {device_label(loaded.device)}: the dense model against the latest run's pruned model "
            f"({outcome.request.settings.sparsity:.0%} of MLP channels removed).")
 

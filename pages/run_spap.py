@@ -19,6 +19,7 @@ from pages._shared import (
     latest_outcome,
     require_model,
     run_size_note,
+    saved_runs_panel,
     submit_job,
 )
 from spap_core.errors import SpapInputError
@@ -124,6 +125,7 @@ if submitted:
         submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity", partial(run_pruning, loaded, request))
 
 job_panel("run")
+saved_runs_panel()
 outcome = latest_outcome()
 if outcome is None:
     st.stop()
@@ -160,9 +162,12 @@ with layer_column:
 
 st.markdown("**Downloads**")
 download_columns = st.columns(4)
-download_columns[0].download_button("Pruned model (.zip)", data=partial(pruned_model_zip, outcome),
-                                    file_name="spap-pruned-model.zip", mime="application/zip",
-                                    icon=":material/folder_zip:", on_click="ignore")
+if outcome.has_model:
+    download_columns[0].download_button("Pruned model (.zip)", data=partial(pruned_model_zip, outcome),
+                                        file_name="spap-pruned-model.zip", mime="application/zip",
+                                        icon=":material/folder_zip:", on_click="ignore")
+else:
+    download_columns[0].caption("Reloaded run: the pruned weights are not kept; run it again to download them.")
 download_columns[1].download_button("Metrics (.json)", data=json.dumps(record, indent=2, default=float),
                                     file_name="spap-metrics.json", mime="application/json", on_click="ignore")
 download_columns[2].download_button("ρ trace (.csv)", data=trace_table(outcome.result).to_csv(index=False),

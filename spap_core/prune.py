@@ -42,7 +42,7 @@ class LayerRecord:
 
 @dataclass
 class PruneResult:
-    model: nn.Module
+    model: nn.Module | None  # None for a run read back from disk: its weights are not kept there
     settings: PruneSettings
     layers: list[LayerRecord]
     trace: list[SpapStep]

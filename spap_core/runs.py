@@ -1,16 +1,26 @@
 """Run records on disk: results.json (settings, metrics, provenance), a per-iteration trace
-summary as CSV and the soft masks as a compressed array, next to the saved pruned model."""
+summary as CSV and the soft masks, kept channels and channel scores as compressed arrays. Written
+next to a saved pruned model by the CLI, and by the app as each run finishes, so a restart loses
+nothing but the run in progress; `read_run` gives back everything but the weights."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 
+from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SpapStep
-from spap_core.prune import PruneResult
+from spap_core.models import cache_root
+from spap_core.prune import LayerRecord, PruneResult
+
+RESULTS_DIR_ENV = "SPAP_RESULTS_DIR"
+ARRAYS_FILE = "trace_masks.npz"
 
 TRACE_COLUMNS = ("layer", "iteration", "rho", "objective", "violation", "mask_mean", "mask_binary_fraction")
 
@@ -40,15 +50,74 @@ def soft_mask_array(trace: list[SpapStep]) -> np.ndarray:
     return out
 
 
+def results_root() -> Path:
+    """Where the app keeps finished runs: $SPAP_RESULTS_DIR, else the cache folder's runs/."""
+    return Path(os.environ.get(RESULTS_DIR_ENV, cache_root() / "runs"))
+
+
+def new_run_directory(root: Path, record: dict) -> Path:
+    """A fresh, sortable folder name: time, method, sparsity and a random suffix (no collisions
+    between sessions finishing in the same second)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return root / f"{stamp}-{record['method']}-{record['sparsity']:.2f}-{uuid.uuid4().hex[:6]}"
+
+
 def write_run(directory: str | Path, record: dict, result: PruneResult) -> Path:
-    """Write results.json, trace.csv and trace_masks.npz into `directory`."""
+    """Write results.json, trace.csv and the arrays (soft masks, kept channels, scores per layer)."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "results.json").write_text(json.dumps(record, indent=2, default=float))
+    arrays = {"soft_masks": soft_mask_array(result.trace),
+              "layer_objectives": np.array([np.nan if l.objective is None else l.objective for l in result.layers]),
+              "dense_objectives": np.array([l.dense_objective for l in result.layers]),
+              "widths": np.array([l.width for l in result.layers])}
+    for layer in result.layers:
+        arrays[f"keep_layer{layer.layer}"] = layer.keep
+        arrays.update({f"score_layer{layer.layer}_{name}": np.asarray(score) for name, score in layer.scores.items()})
+    np.savez_compressed(path / ARRAYS_FILE, **arrays)
     with open(path / "trace.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=TRACE_COLUMNS)
         writer.writeheader()
         writer.writerows(trace_rows(result.trace))
-    kept = {f"keep_layer{layer.layer}": layer.keep for layer in result.layers}
-    np.savez_compressed(path / "trace_masks.npz", soft_masks=soft_mask_array(result.trace), **kept)
+    # results.json last: a folder with it is complete (list_runs ignores half-written ones)
+    (path / "results.json").write_text(json.dumps(record, indent=2, default=float))
     return path
+
+
+def list_runs(root: str | Path) -> list[Path]:
+    """Complete run folders under `root`, newest first."""
+    folder = Path(root)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if (p / "results.json").is_file()), key=lambda p: p.name, reverse=True)
+
+
+def read_run(directory: str | Path) -> tuple[dict, PruneResult]:
+    """The record and a PruneResult without weights (model=None): layers, scores and trace as
+    they were when the run finished."""
+    path = Path(directory)
+    record = json.loads((path / "results.json").read_text())
+    with np.load(path / ARRAYS_FILE) as stored:
+        arrays = dict(stored)
+    layers = []
+    for index, width in enumerate(arrays["widths"]):
+        prefix = f"score_layer{index}_"
+        objective = float(arrays["layer_objectives"][index])
+        layers.append(LayerRecord(
+            layer=index, width=int(width), keep=arrays[f"keep_layer{index}"],
+            scores={key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)},
+            objective=None if np.isnan(objective) else objective,
+            dense_objective=float(arrays["dense_objectives"][index]),
+        ))
+    with open(path / "trace.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    masks = arrays["soft_masks"]
+    layer_numbers = sorted({int(row["layer"]) for row in rows})
+    trace = [SpapStep(layer=int(row["layer"]), iteration=int(row["iteration"]), rho=float(row["rho"]),
+                      soft_mask=masks[layer_numbers.index(int(row["layer"])), int(row["iteration"]) - 1],
+                      scores=np.zeros(0, dtype=np.float32),  # per-step scores are not stored
+                      objective=float(row["objective"]), violation=float(row["violation"]))
+             for row in rows]
+    result = PruneResult(model=None, settings=PruneSettings.from_dict(record["settings"]), layers=layers,
+                         trace=trace, timings=record["timings"], params_before=record["params_before"],
+                         params_after=record["params_after"], calibration_tokens=record["calibration_tokens"])
+    return record, result

@@ -390,3 +390,25 @@ def test_two_sessions_run_side_by_side_without_touching_the_shared_model(app_fil
     shared = _load_model_shared(str(app_files["model"]), "auto", "auto").model
     for name, parameter in reference.state_dict().items():
         assert (shared.state_dict()[name] == parameter).all(), name
+
+
+def test_finished_runs_are_saved_and_a_new_session_can_reload_them(ran_app):
+    """Durability: the run is in the results folder as soon as it finishes; another session (as
+    after a restart or a refresh) lists it, loads it, and the inspection pages show it."""
+    outcome = ran_app.session_state["latest_run"]
+    assert outcome.saved_to is not None and (outcome.saved_to / "results.json").is_file()
+
+    at = start_app()
+    open_page(at, "run_spap")
+    at.selectbox(key="saved_run").set_value(str(outcome.saved_to)).run()
+    click(at, "Load this run")
+    assert_clean(at)
+    loaded = at.session_state["latest_run"]
+    assert not loaded.has_model and loaded.saved_to == outcome.saved_to
+    assert loaded.record["ppl"] == outcome.record["ppl"]
+    assert any(m.label == "Perplexity, pruned" and m.value == f"{outcome.record['ppl']:.2f}" for m in at.metric)
+    for page in ("mask_evolution", "scores"):
+        open_page(at, page)
+        assert figures(at)
+    open_page(at, "latency")
+    assert any("not the pruned weights" in info.value for info in at.info)

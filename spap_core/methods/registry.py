@@ -29,6 +29,15 @@ class PruneSettings:
     # layer also repairs the error that earlier pruned layers left in the residual stream.
     target_correction: float = 0.0
 
+    @staticmethod
+    def from_dict(values: dict) -> PruneSettings:
+        """The inverse of dataclasses.asdict, as stored in every run record (validated again)."""
+        return PruneSettings(
+            method=values["method"], sparsity=values["sparsity"], target_correction=values["target_correction"],
+            penalty=PenaltySettings(**values["penalty"]), refit=RefitSettings(**values["refit"]),
+            altmin=AltMinSettings(**values["altmin"]),
+        )
+
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SpapInputError(f"Unknown method '{self.method}': choose one of {', '.join(METHODS)}.")
