@@ -1,0 +1,82 @@
+"""Latency and memory of the dense model and SPAP-pruned ones on this device, with the measured
+ratios next to the theoretical ones (linear FLOPs and parameters).
+
+    SPAP_DATA_DIR=../shared/data python bench/latency.py --out docs/results/latency.md
+
+Which channels are pruned does not change the shapes, so a small calibration set suffices here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+
+from common import CALIB_FILE
+from spap_core.data import calibration_windows, text_from_file
+from spap_core.latency import latency_ratios, measure_latency
+from spap_core.methods.registry import PruneSettings
+from spap_core.models import load_model
+from spap_core.prune import prune_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.3, 0.5])
+    parser.add_argument("--seqlen", type=int, default=512, help="prefill window")
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    loaded = load_model(args.model)
+    calibration = calibration_windows(loaded.tokenizer, text_from_file(CALIB_FILE), 4, 128, 0)
+    options = dict(seqlen=args.seqlen, decode_tokens=args.decode_tokens, repeats=args.repeats, warmup=args.warmup)
+    dense = measure_latency(loaded.model, **options)
+    rows = []
+    for sparsity in args.sparsities:
+        pruned_model = prune_model(loaded, calibration, PruneSettings(sparsity=sparsity)).model
+        pruned = measure_latency(pruned_model, **options)
+        rows.append({"sparsity": sparsity, "pruned": pruned, "ratios": latency_ratios(dense, pruned)})
+        print(json.dumps(rows[-1]["ratios"]), flush=True)
+        del pruned_model
+
+    lines = ["# Latency and memory: dense vs SPAP-pruned", "",
+             f"Model: {loaded.description}. Device {dense.device}, {dense.threads} threads ({platform.machine()}). "
+             f"Prefill of one {args.seqlen}-token window; greedy decoding of {args.decode_tokens} tokens with a KV cache; "
+             f"median of {args.repeats} timed repeats after {args.warmup} warm-up runs (min–max in brackets).", "",
+             "| model | prefill ms | decode tokens/s | weights MB | parameters M | linear GFLOPs/token |",
+             "| --- | --- | --- | --- | --- | --- |"]
+
+    def row(label, report) -> str:
+        p, d = report.prefill_ms, report.decode_tokens_per_s
+        return (f"| {label} | {p.median:.1f} ({p.low:.1f}–{p.high:.1f}) | {d.median:.1f} ({d.low:.1f}–{d.high:.1f}) | "
+                f"{report.weight_mb:.1f} | {report.parameters / 1e6:.2f} | {report.linear_gflops_per_token:.3f} |")
+
+    lines.append(row("dense", dense))
+    for entry in rows:
+        lines.append(row(f"SPAP {entry['sparsity']:.0%}", entry["pruned"]))
+    lines += ["", "| sparsity | prefill speed-up | decode speed-up | FLOPs ratio (theory) | prefill ÷ theory | "
+              "weight memory ratio | parameter ratio (theory) | memory ÷ theory |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for entry in rows:
+        r = entry["ratios"]
+        lines.append(f"| {entry['sparsity']:.0%} | {r['prefill_speedup']:.3f} | {r['decode_speedup']:.3f} | "
+                     f"{r['theoretical_flops_ratio']:.3f} | {r['prefill_speedup'] / r['theoretical_flops_ratio']:.0%} | "
+                     f"{r['weight_memory_ratio']:.3f} | {r['theoretical_params_ratio']:.3f} | "
+                     f"{r['weight_memory_ratio'] / r['theoretical_params_ratio']:.0%} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    stored = [{**entry, "pruned": entry["pruned"].to_dict()} for entry in rows]
+    out.with_suffix(".json").write_text(json.dumps({"dense": dense.to_dict(), "rows": stored, "args": vars(args)},
+                                                   indent=2))
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()
