@@ -6,6 +6,7 @@ each page is kept under test-artifacts/screenshots/ for a human to look at."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import socket
 import subprocess
 import sys
@@ -203,3 +204,59 @@ def test_how_spap_works_page(browser_page):
     page.get_by_text("SPAP vs the exact optimum").wait_for()
     assert page.locator(".js-plotly-plot").count() == 2
     screenshot(page, "07_how_spap_works")
+
+
+def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, files):
+    """Three browser sessions start runs together: the later ones show as queued, all finish, each
+    shows the perplexity of the same run done alone, and a refresh keeps the finished runs."""
+    from playwright.sync_api import sync_playwright
+
+    from spap_core.data import calibration_windows, evaluation_windows, text_from_file
+    from spap_core.experiment import run_experiment
+    from spap_core.methods.altmin import AltMinSettings
+    from spap_core.methods.registry import PruneSettings
+    from spap_core.models import load_model
+    from spap_core.presets import CPU_RUN
+
+    sparsities = (0.2, 0.3, 0.4)
+    # alternating minimization makes each run last seconds even on the tiny model, so the queue shows
+    query = "K=4&am_rounds=3&am_steps=150"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        pages = [browser.new_context(viewport=VIEWPORT).new_page() for _ in sparsities]
+        # the server's first visit goes to "/" (a cold server whose first visitors all open a page
+        # URL at once is a known gap, see the README)
+        pages[0].goto(server)
+        settle(pages[0])
+        for page, sparsity in zip(pages, sparsities):
+            page.set_default_timeout(120_000)
+            page.goto(f"{server}/run_spap?sparsity={sparsity}&{query}")
+            settle(page)
+        for page in pages:
+            page.get_by_role("button", name="Run SPAP").click()
+        pages[-1].get_by_text("Queued").first.wait_for()
+        shown = []
+        for page in pages:
+            page.get_by_text("Latest result").wait_for(timeout=JOB_GUARD_MS)
+            settle(page)
+            assert_no_errors(page)
+            values = {label: page.locator('[data-testid="stMetric"]', has_text=label)
+                      .locator('[data-testid="stMetricValue"]').inner_text()
+                      for label in ("Perplexity, dense", "Perplexity, pruned")}
+            shown.append(values)
+        pages[0].reload()
+        settle(pages[0])
+        heading = pages[0].get_by_text("Saved runs (").first.inner_text()  # "Saved runs (N): ..."
+        assert int(heading.split("(", 1)[1].split(")", 1)[0]) >= len(sparsities)
+        browser.close()
+
+    loaded = load_model(str(files["model"]))
+    text = text_from_file(files["calibration"])
+    calibration = calibration_windows(loaded.tokenizer, text, CPU_RUN.nsamples, CPU_RUN.seqlen, 0)
+    evaluation = evaluation_windows(loaded.tokenizer, text, CPU_RUN.eval_len, CPU_RUN.eval_windows)
+    for sparsity, values in zip(sparsities, shown):
+        settings = PruneSettings(sparsity=sparsity, penalty=replace(PruneSettings().penalty, iterations=4),
+                                 altmin=AltMinSettings(rounds=3, steps=150))
+        alone = run_experiment(loaded, calibration, evaluation, settings, batch_size=CPU_RUN.batch_size)
+        assert values["Perplexity, dense"] == f"{alone.dense.perplexity:.2f}"
+        assert values["Perplexity, pruned"] == f"{alone.pruned.perplexity:.2f}"
