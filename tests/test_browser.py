@@ -88,16 +88,22 @@ def server(files) -> str:
 
 
 @pytest.fixture(scope="module")
-def browser_page(server):
+def browser(server):
+    """One Chromium for the module (Playwright's sync API allows one running instance per thread)."""
     from playwright.sync_api import sync_playwright
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport=VIEWPORT)
-        page.set_default_timeout(120_000)
-        yield page
-        browser.close()
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def browser_page(browser):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(120_000)
+    return page
 
 
 def settle(page) -> None:
@@ -206,11 +212,9 @@ def test_how_spap_works_page(browser_page):
     screenshot(page, "07_how_spap_works")
 
 
-def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, files):
+def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, files, browser):
     """Three browser sessions start runs together: the later ones show as queued, all finish, each
     shows the perplexity of the same run done alone, and a refresh keeps the finished runs."""
-    from playwright.sync_api import sync_playwright
-
     from spap_core.data import calibration_windows, evaluation_windows, text_from_file
     from spap_core.experiment import run_experiment
     from spap_core.methods.altmin import AltMinSettings
@@ -221,9 +225,9 @@ def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, 
     sparsities = (0.2, 0.3, 0.4)
     # alternating minimization makes each run last seconds even on the tiny model, so the queue shows
     query = "K=4&am_rounds=3&am_steps=150"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        pages = [browser.new_context(viewport=VIEWPORT).new_page() for _ in sparsities]
+    contexts = [browser.new_context(viewport=VIEWPORT) for _ in sparsities]  # separate sessions
+    try:
+        pages = [context.new_page() for context in contexts]
         # the server's first visit goes to "/" (a cold server whose first visitors all open a page
         # URL at once is a known gap, see the README)
         pages[0].goto(server)
@@ -248,7 +252,9 @@ def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, 
         settle(pages[0])
         heading = pages[0].get_by_text("Saved runs (").first.inner_text()  # "Saved runs (N): ..."
         assert int(heading.split("(", 1)[1].split(")", 1)[0]) >= len(sparsities)
-        browser.close()
+    finally:
+        for context in contexts:
+            context.close()
 
     loaded = load_model(str(files["model"]))
     text = text_from_file(files["calibration"])
