@@ -10,10 +10,12 @@ receive a progress reporter and a cancel event.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -118,6 +120,15 @@ def user_message(exc: BaseException) -> str:
     if len(first_line) > MAX_ERROR_CHARS:
         first_line = first_line[:MAX_ERROR_CHARS] + "…"
     return f"The job failed ({type(exc).__name__}{': ' + first_line if first_line else ''})."
+
+
+def _release_memory() -> None:
+    """After a job (an out-of-memory failure above all) the next one should start with what the
+    finished one held given back: the collector frees its reference cycles, and on CUDA the
+    allocator's cache returns to the device so other processes see the memory too."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class JobQueue:
@@ -227,8 +238,12 @@ class JobQueue:
             if isinstance(exc, PruningCancelled) or job.cancel_event.is_set():
                 return JobStatus.CANCELLED, None, user_message(exc)
             if not isinstance(exc, USER_FACING_ERRORS):
-                LOG.exception("job %s (%s) failed", job.id, job.label)
+                # the traceback as text: a log record holding the exception would keep the failed
+                # run's frames, and with them its tensors, alive in any handler that stores records
+                LOG.error("job %s (%s) failed\n%s", job.id, job.label, traceback.format_exc())
             return JobStatus.FAILED, None, user_message(exc)
+        finally:
+            _release_memory()
         return JobStatus.DONE, result, None
 
     def _number_waiting_jobs(self) -> None:

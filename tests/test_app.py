@@ -412,3 +412,26 @@ def test_finished_runs_are_saved_and_a_new_session_can_reload_them(ran_app):
         assert figures(at)
     open_page(at, "latency")
     assert any("not the pruned weights" in info.value for info in at.info)
+
+
+def test_out_of_memory_during_a_run_ends_it_with_advice_and_the_app_keeps_serving(app_files, monkeypatch):
+    from spap_core.jobs import OUT_OF_MEMORY_MESSAGE
+    from spap_core.stats import GramAccumulator
+
+    def exhausted(self, *args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 68719476736 bytes.")
+
+    at = start_app()
+    open_page(at, "run_spap")
+    with monkeypatch.context() as patch:
+        patch.setattr(GramAccumulator, "add", exhausted)  # the calibration statistics run out of memory
+        click(at, "Run SPAP")
+        job = session_job(at, "run")
+        assert shared_queue().wait(job, JOB_HANG_GUARD_S)
+    at.run()
+    assert job.status is JobStatus.FAILED and not at.exception
+    assert any(OUT_OF_MEMORY_MESSAGE in e.value for e in at.error)
+    click(at, "Run SPAP")  # with the memory back, the same session runs again
+    finish_job(at, "run")
+    assert at.session_state["latest_run"].pruned.perplexity > 0

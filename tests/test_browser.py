@@ -27,6 +27,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 STARTUP_GUARD_S = 120
 JOB_GUARD_MS = 300_000  # turns a hung job into a failure; never a performance threshold
+CANCEL_GUARD_MS = 60_000  # the worker checks for cancellation between solver steps
 VIEWPORT = {"width": 1500, "height": 1000}
 NAV_TITLES = {"model_data": "Model & data", "run_spap": "Run SPAP", "mask_evolution": "Mask evolution",
               "scores": "Scores", "latency": "Latency & memory", "perplexity_sweep": "Perplexity vs sparsity",
@@ -266,3 +267,51 @@ def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, 
         alone = run_experiment(loaded, calibration, evaluation, settings, batch_size=CPU_RUN.batch_size)
         assert values["Perplexity, dense"] == f"{alone.dense.perplexity:.2f}"
         assert values["Perplexity, pruned"] == f"{alone.pruned.perplexity:.2f}"
+
+
+def saved_run_count(page) -> int:
+    heading = page.get_by_text("Saved runs (").first.inner_text()  # "Saved runs (N): ..."
+    return int(heading.split("(", 1)[1].split(")", 1)[0])
+
+
+def test_cancel_ends_a_run_and_a_refresh_keeps_the_finished_runs(server, browser):
+    """Cancel ends a long run (the guard only turns a hang into a failure) and the next run works;
+    a refresh in the middle of a run keeps every finished run listed, and the run the old session
+    left behind still finishes and is saved."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        long_run = f"{server}/run_spap?sparsity=0.3&K=4&am_rounds=10&am_steps=200"
+        page.goto(long_run)
+        settle(page)
+        saved_before = saved_run_count(page)
+        page.get_by_role("button", name="Run SPAP").click()
+        page.get_by_role("button", name="Cancel").click()
+        page.get_by_text("was cancelled").wait_for(timeout=CANCEL_GUARD_MS)
+        assert_no_errors(page)
+
+        page.goto(f"{server}/run_spap?sparsity=0.3&K=4")
+        settle(page)
+        page.get_by_role("button", name="Run SPAP").click()
+        page.get_by_text("Latest result").wait_for(timeout=JOB_GUARD_MS)
+        settle(page)
+        assert_no_errors(page)
+        assert saved_run_count(page) == saved_before + 1  # the cancelled run is not saved
+
+        page.goto(f"{server}/run_spap?sparsity=0.4&K=4&am_rounds=3&am_steps=150")
+        settle(page)
+        page.get_by_role("button", name="Run SPAP").click()
+        page.get_by_role("button", name="Cancel").wait_for()
+        page.reload()
+        settle(page)
+        assert_no_errors(page)
+        assert saved_run_count(page) >= saved_before + 1  # + 2 once the left-behind run has finished
+        deadline = time.monotonic() + JOB_GUARD_MS / 1000
+        while saved_run_count(page) < saved_before + 2:
+            assert time.monotonic() < deadline, "the run left behind by the refresh never finished"
+            page.wait_for_timeout(1000)
+            page.reload()
+            settle(page)
+    finally:
+        context.close()

@@ -1,13 +1,15 @@
 """Every bad input gives a clear error naming what to change, never a crash or a hang."""
 
 import math
+import tomllib
 
 import pytest
 import torch
 
-from conftest import tiny_tokenizer, word_text
+from conftest import REPO, tiny_tokenizer, word_text
 from spap_core import hub
 from spap_core.data import (
+    MAX_TEXT_BYTES,
     calibration_windows,
     decode_text_bytes,
     evaluation_windows,
@@ -86,6 +88,14 @@ def test_empty_binary_and_non_utf8_texts_are_refused(tmp_path):
         decode_text_bytes("café".encode("latin-1"), "upload")
     with pytest.raises(SpapInputError, match="does not exist"):
         text_from_file(tmp_path / "missing.txt")
+
+
+def test_an_upload_over_the_size_limit_is_refused_before_decoding():
+    with pytest.raises(SpapInputError, match="the limit is 64 MiB"):
+        decode_text_bytes(b"a" * (MAX_TEXT_BYTES + 1), "uploaded file big.txt")
+    # streamlit refuses larger uploads in the browser already, and keeps the ones it accepts in memory
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] * 10**6 <= MAX_TEXT_BYTES
 
 
 def test_too_little_text_for_calibration_or_evaluation_is_refused():

@@ -2,6 +2,7 @@
 errors turned into one-line user messages, progress snapshots. Waits are event-based, never timed."""
 
 import threading
+import weakref
 
 import pytest
 import torch
@@ -135,6 +136,25 @@ def test_out_of_memory_suggests_smaller_settings():
     assert user_message(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory")) == OUT_OF_MEMORY_MESSAGE
     assert user_message(MemoryError()) == OUT_OF_MEMORY_MESSAGE
     assert "smaller" in OUT_OF_MEMORY_MESSAGE or "Lower" in OUT_OF_MEMORY_MESSAGE
+
+
+def test_out_of_memory_in_a_job_fails_it_frees_its_memory_and_the_worker_goes_on(queue):
+    held = []
+
+    def exhausts_memory(progress, cancel):
+        working_set = torch.ones(1024, 1024)
+        cycle = {"tensor": working_set}
+        cycle["self"] = cycle  # only the collector frees this
+        held.append(weakref.ref(working_set))
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 68719476736 bytes.")
+
+    job = queue.submit(exhausts_memory, owner="a", label="too big")
+    assert queue.wait(job, WAIT_S)
+    assert job.status is JobStatus.FAILED and job.error == OUT_OF_MEMORY_MESSAGE
+    assert held[0]() is None  # released, not kept alive by the traceback or the cycle
+    after = queue.submit(lambda p, c: "ok", owner="a", label="smaller")
+    assert queue.wait(after, WAIT_S) and after.result == "ok"
 
 
 def test_progress_updates_are_visible_while_running(queue):
