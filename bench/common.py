@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from spap_core.data import calibration_windows, evaluation_windows, text_from_fi
 from spap_core.evaluate import perplexity
 from spap_core.methods.registry import PruneSettings
 from spap_core.models import LoadedModel, load_model
+from spap_core.prune import prune_model
 
 DATA = Path(os.environ.get("SPAP_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CALIB_FILE = DATA / "wikitext-2" / "wiki.valid.tokens"
@@ -69,3 +71,14 @@ def parse_overrides(spec: str) -> dict[str, object]:
     """'penalty.iterations=10,refit.bias=false' → {'penalty.iterations': 10, 'refit.bias': False}."""
     pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
     return {key.strip(): parse_value(value.strip()) for key, value in pairs}
+
+
+def measure(protocol: Protocol, settings: PruneSettings, seed: int) -> dict:
+    """Prune with `settings`, then perplexity on every evaluation set, the summed layer error
+    relative to the dense output energy, and the time split."""
+    started = time.perf_counter()
+    result = prune_model(protocol.loaded, protocol.calibration, settings, seed=seed)
+    seconds = time.perf_counter() - started
+    ppl = {name: perplexity(result.model, windows).perplexity for name, windows in protocol.eval_sets.items()}
+    return {"ppl": ppl, "relative_error": result.relative_error, "prune_seconds": seconds,
+            "timings": result.timings}

@@ -13,6 +13,7 @@ import json
 import platform
 from pathlib import Path
 
+import plotly.graph_objects as go
 
 from common import CALIB_FILE
 from spap_core.data import calibration_windows, text_from_file
@@ -75,6 +76,15 @@ def main() -> None:
     stored = [{**entry, "pruned": entry["pruned"].to_dict()} for entry in rows]
     out.with_suffix(".json").write_text(json.dumps({"dense": dense.to_dict(), "rows": stored, "args": vars(args)},
                                                    indent=2))
+    labels = [f"{entry['sparsity']:.0%}" for entry in rows]
+    measures = {"prefill speed-up": "prefill_speedup", "decode speed-up": "decode_speedup",
+                "FLOPs ratio (theory)": "theoretical_flops_ratio", "weight memory ratio": "weight_memory_ratio",
+                "parameter ratio (theory)": "theoretical_params_ratio"}
+    figure = go.Figure([go.Bar(name=name, x=labels, y=[entry["ratios"][key] for entry in rows])
+                        for name, key in measures.items()])
+    figure.update_layout(barmode="group", xaxis_title="MLP sparsity", yaxis_title="dense ÷ pruned",
+                         title=lines[2], title_font_size=11)
+    figure.write_html(out.with_suffix(".html"), include_plotlyjs="cdn")
     print(out.read_text())
 
 

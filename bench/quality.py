@@ -4,6 +4,10 @@ perplexity are prepared once; each (method, sparsity) prunes a fresh copy of the
 
     SPAP_DATA_DIR=../shared/data python bench/quality.py --sparsities 0.3 --nsamples 16 \
         --eval-windows 8 --out docs/results/methods_at_30.md
+
+A run of all 25 pairs takes about 1.5 h on 2 CPU cores, so `--resume` keeps the rows of an earlier
+run's JSON (the protocol must match exactly, and the dense perplexity is checked again) and
+measures only the missing pairs; each row records when it was measured.
 """
 
 from __future__ import annotations
@@ -33,23 +37,46 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="Markdown file; a .json with the raw rows is written beside it")
+    parser.add_argument("--resume", action="store_true", help="keep the matching rows of --out's JSON")
     args = parser.parse_args()
 
     protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, args.eval)
+    kept = earlier_rows(Path(args.out).with_suffix(".json"), vars(args), protocol.dense_ppl) if args.resume else []
+    done = {(row["method"], row["sparsity"]) for row in kept}
     rows = []
     for sparsity in args.sparsities:
         for method in args.methods:
+            previous = [row for row in kept if (row["method"], row["sparsity"]) == (method, sparsity)]
+            if previous:
+                rows.append(previous[0])
+                continue
             started = time.perf_counter()
             result = prune_model(protocol.loaded, protocol.calibration, PruneSettings(method=method, sparsity=sparsity),
                                  seed=args.seed)
             seconds = time.perf_counter() - started
             ppl = {name: perplexity(result.model, w).perplexity for name, w in protocol.eval_sets.items()}
             rows.append({"method": method, "sparsity": sparsity, "ppl": ppl, "prune_seconds": seconds,
-                         "timings": result.timings, "params_after": result.params_after})
+                         "timings": result.timings, "params_after": result.params_after,
+                         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
             print(json.dumps(rows[-1]), flush=True)
             del result
             write_outputs(Path(args.out), protocol, rows, vars(args))  # after every row: a cut run keeps its rows
     print(Path(args.out).read_text())
+
+
+PROTOCOL_ARGS = ("model", "eval", "nsamples", "seqlen", "eval_windows", "seed")
+
+
+def earlier_rows(path: Path, args: dict, dense_ppl: dict[str, float]) -> list[dict]:
+    """The rows of an earlier run with the same protocol; refuses a different one rather than mix them."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    different = [key for key in PROTOCOL_ARGS if earlier["args"].get(key) != args[key]]
+    if different or any(abs(earlier["dense"][name] - value) > 1e-6 * value for name, value in dense_ppl.items()):
+        raise SystemExit(f"{path} was measured on another protocol ({', '.join(different) or 'dense perplexity'}); "
+                         "write to a new --out instead of --resume.")
+    return earlier["rows"]
 
 
 def gain_lines(rows: list[dict], names: list[str]) -> list[str]:

@@ -1,28 +1,43 @@
-"""Perplexity of named setting variants on one protocol: ablations and sensitivity sweeps.
+"""Perplexity of named setting variants on one protocol: the ablations of SPAP's parts.
 
 Each variant is `label:overrides`, e.g. `K=10:penalty.iterations=10` or
-`no bias:refit.bias=false`. The model and windows are prepared once. Example:
+`no bias:refit.bias=false`. The model and windows are prepared once. With no variants given, the
+standard ablation set runs. Example:
 
-    python bench/variants.py --out docs/results/ablations.md \
-        "default:" "no bias:refit.bias=false" "flap:method=flap"
+    SPAP_DATA_DIR=../shared/data python bench/variants.py --nsamples 16 --eval-windows 8 \\
+        --out docs/results/ablations.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from common import load_protocol, parse_overrides, with_overrides
-from spap_core.evaluate import perplexity
+import plotly.graph_objects as go
+
+from common import load_protocol, measure, parse_overrides, with_overrides
 from spap_core.methods.registry import PruneSettings
-from spap_core.prune import prune_model
+
+ABLATIONS = [
+    "SPAP (defaults):",
+    "one-shot selection (K=1, α=1):penalty.iterations=1,penalty.momentum=1.0",
+    "ramp schedule:penalty.schedule=ramp",
+    "score with the refit's error (partial):penalty.score=partial",
+    "score on centred activations:penalty.score=centred",
+    "no bias/mean compensation:refit.bias=false",
+    "plain least-squares refit (prior zero, δ=0.01):refit.prior=zero,refit.ridge=0.01",
+    "alternating minimization, 1 round:altmin.rounds=1",
+    "error-correcting targets β=0.5:target_correction=0.5",
+    "float64 solves:refit.precision=float64",
+    "FLAP (baseline):method=flap",
+    "FASP (baseline):method=fasp",
+]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variants", nargs="+", help="label:overrides")
+    parser.add_argument("variants", nargs="*", default=ABLATIONS, help="label:overrides")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--sparsity", type=float, default=0.3)
     parser.add_argument("--nsamples", type=int, default=32)
@@ -30,24 +45,17 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=32)
     parser.add_argument("--eval", nargs="+", default=["wikitext2"], choices=["wikitext2", "shakespeare"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--title", default="Variants")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--title", default="Ablations of SPAP")
+    parser.add_argument("--out", required=True, help="Markdown file; .json and .html are written beside it")
     args = parser.parse_args()
 
     protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, args.eval)
     rows = []
     for variant in args.variants:
-        label, _, spec = variant.partition(":")
+        label, _, spec = variant.rpartition(":")
         settings = with_overrides(PruneSettings(sparsity=args.sparsity), parse_overrides(spec))
-        started = time.perf_counter()
-        result = prune_model(protocol.loaded, protocol.calibration, settings, seed=args.seed)
-        seconds = time.perf_counter() - started
-        ppl = {name: perplexity(result.model, w).perplexity for name, w in protocol.eval_sets.items()}
-        error = sum(l.objective for l in result.layers) / sum(l.dense_objective for l in result.layers)
-        rows.append({"label": label, "overrides": spec, "ppl": ppl, "relative_error": error,
-                     "prune_seconds": seconds, "timings": result.timings})
+        rows.append({"label": label, "overrides": spec, **measure(protocol, settings, args.seed)})
         print(json.dumps(rows[-1]), flush=True)
-        del result
 
     names = list(protocol.eval_sets)
     lines = [f"# {args.title}", "", protocol.description + f" Sparsity {args.sparsity}.", "",
@@ -62,6 +70,13 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"dense": protocol.dense_ppl, "rows": rows, "args": vars(args)}, indent=2))
+    figure = go.Figure([go.Bar(name=name, y=[row["label"] for row in rows], x=[row["ppl"][name] for row in rows],
+                               orientation="h") for name in names])
+    for name in names:
+        figure.add_vline(x=protocol.dense_ppl[name], line_dash="dot", annotation_text=f"dense {name}")
+    figure.update_layout(title=f"{args.title}: {protocol.description} Sparsity {args.sparsity}.", title_font_size=11,
+                         xaxis_title="perplexity", yaxis_autorange="reversed", height=120 + 40 * len(rows))
+    figure.write_html(out.with_suffix(".html"), include_plotlyjs="cdn")
     print(out.read_text())
 
 

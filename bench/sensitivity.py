@@ -1,0 +1,107 @@
+"""Sensitivity of SPAP's final perplexity to each hyperparameter, one at a time around the defaults.
+
+    SPAP_DATA_DIR=../shared/data python bench/sensitivity.py --nsamples 16 --eval-windows 8 \\
+        --out docs/results/sensitivity.md
+
+Each `--grid` entry is `field=v1,v2,...` (a PruneSettings path as in variants.py); every other
+setting stays at its default, and the default point itself is measured once and shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from common import load_protocol, measure, parse_value, with_overrides
+from spap_core.methods.registry import PruneSettings
+
+GRID = [
+    "penalty.iterations=1,5,10,20",
+    "penalty.tau=1.5,2.25,4.0",
+    "penalty.balance=0.5,1.0,2.0",
+    "penalty.momentum=0.1,0.3,1.0",
+    "penalty.rho0=0.001,0.01,0.1",
+    "refit.ridge=0.01,0.05,0.1,0.2",
+]
+SYMBOLS = {"penalty.iterations": "K", "penalty.tau": "τ", "penalty.balance": "t", "penalty.momentum": "α",
+           "penalty.rho0": "ρ⁽⁰⁾", "refit.ridge": "δ"}
+
+
+def default_value(settings: PruneSettings, field: str):
+    group, _, name = field.rpartition(".")
+    return getattr(getattr(settings, group) if group else settings, name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", nargs="+", default=GRID, help="field=v1,v2,...")
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--sparsity", type=float, default=0.3)
+    parser.add_argument("--nsamples", type=int, default=16)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--eval-windows", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="Markdown file; .json and .html are written beside it")
+    args = parser.parse_args()
+
+    protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, ["wikitext2"])
+    defaults = PruneSettings(sparsity=args.sparsity)
+    baseline = measure(protocol, defaults, args.seed)
+    print(json.dumps({"default": baseline}), flush=True)
+    sweeps: dict[str, list[dict]] = {}
+    for entry in args.grid:
+        field, _, values = entry.partition("=")
+        points = []
+        for value in (parse_value(v) for v in values.split(",")):
+            if value == default_value(defaults, field):
+                points.append({"value": value, "default": True, **baseline})
+                continue
+            measured = measure(protocol, with_overrides(defaults, {field: value}), args.seed)
+            points.append({"value": value, "default": False, **measured})
+            print(json.dumps({field: value, **measured}), flush=True)
+        sweeps[field] = points
+
+    lines = ["# Sensitivity of SPAP to its hyperparameters", "",
+             protocol.description + f" Sparsity {args.sparsity}. One setting varied at a time; the rest at the "
+             "defaults (marked **bold**).", "",
+             "| setting | value | ppl wikitext2 | vs default | rel. layer error | prune s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    reference = baseline["ppl"]["wikitext2"]
+    for field, points in sweeps.items():
+        for point in points:
+            value = f"**{point['value']}**" if point["default"] else f"{point['value']}"
+            ppl = point["ppl"]["wikitext2"]
+            lines.append(f"| {SYMBOLS.get(field, field)} (`{field}`) | {value} | {ppl:.2f} | "
+                         f"{100 * (ppl / reference - 1):+.1f}% | {point['relative_error']:.4f} | "
+                         f"{point['prune_seconds']:.1f} |")
+    lines += ["", "Spread of the perplexity over each sweep (max − min):", ""]
+    for field, points in sweeps.items():
+        values = [p["ppl"]["wikitext2"] for p in points]
+        lines.append(f"- {SYMBOLS.get(field, field)}: {max(values) - min(values):.2f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"dense": protocol.dense_ppl, "default": baseline,
+                                                    "sweeps": sweeps, "args": vars(args)}, indent=2))
+    figure = make_subplots(rows=1, cols=len(sweeps), shared_yaxes=True,
+                           subplot_titles=[SYMBOLS.get(f, f) for f in sweeps])
+    for column, (field, points) in enumerate(sweeps.items(), start=1):
+        figure.add_trace(go.Scatter(x=[p["value"] for p in points], y=[p["ppl"]["wikitext2"] for p in points],
+                                    mode="lines+markers", name=SYMBOLS.get(field, field), showlegend=False),
+                         row=1, col=column)
+        figure.add_hline(y=reference, line_dash="dot", row=1, col=column)
+        if field in ("penalty.rho0", "refit.ridge"):
+            figure.update_xaxes(type="log", row=1, col=column)
+    figure.update_yaxes(title_text="perplexity (wikitext2)", row=1, col=1)
+    figure.update_layout(title=f"{protocol.description} Sparsity {args.sparsity}; dotted: defaults",
+                         title_font_size=11)
+    figure.write_html(out.with_suffix(".html"), include_plotlyjs="cdn")
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()
