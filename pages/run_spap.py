@@ -65,7 +65,8 @@ with st.form("spap_settings"):
         balance = st.slider("t: score balance", 0.0, 3.0, penalty.balance, 0.1, key="t", bind=URL)
         st.caption("Score ‖W[:,i]‖·mᵢᵗ: how much the activation magnitude mᵢ counts.")
         score = pick("Magnitude mᵢ in the score", SCORES, penalty.score, "score")
-        st.caption("marginal = ‖Zᵢ‖; partial = what channel i adds beyond the others (1/√[A⁻¹]ᵢᵢ).")
+        st.caption("marginal = ‖Zᵢ‖; centred = ‖Zᵢ − mean‖ (what the bias cannot absorb); partial = what channel i "
+                   "adds beyond the others (1/√[A⁻¹]ᵢᵢ).")
         schedule = pick("Marking schedule", SCHEDULES, penalty.schedule, "schedule")
         st.caption("fixed = mark λ channels every step; ramp = ⌈λk/K⌉ at step k, removed in blocks.")
         start = pick("Start s⁽⁰⁾", STARTS, penalty.start, "start")

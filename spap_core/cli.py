@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     spap.add_argument("--balance", "-t", type=float, default=defaults.balance, help="t: weight of ‖Z_i‖ in the score")
     spap.add_argument("--alpha", type=float, default=defaults.momentum, help="α: soft-mask step size")
     spap.add_argument("--score", choices=SCORES, default=defaults.score,
-                      help="activation magnitude in the score: ‖Z_i‖ (marginal) or beyond the other channels (partial)")
+                      help="activation magnitude in the score: ‖Z_i‖ (marginal), ‖Z_i − mean‖ (centred) or beyond the "
+                           "other channels (partial)")
     spap.add_argument("--start", choices=STARTS, default=defaults.start, help="s⁽⁰⁾: nothing marked, or λ/n everywhere")
     spap.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
                       help="mark λ channels every iteration (fixed) or ⌈λk/K⌉ at iteration k (ramp)")

@@ -94,6 +94,24 @@ def test_planted_dead_channels_are_found():
     assert decision.objective == pytest.approx(0.0, abs=1e-6 * problem.target_energy)
 
 
+def test_centred_score_prunes_a_constant_channel_the_bias_can_replace():
+    from spap_core.stats import GramAccumulator
+
+    generator = torch.Generator().manual_seed(3)
+    activations = torch.randn(400, 8, generator=generator, dtype=torch.float64)
+    activations[:, 0] = 5.0  # large but constant: once the bias absorbs it, nothing is lost
+    down = torch.randn(4, 8, generator=generator, dtype=torch.float64)
+    stats = GramAccumulator()
+    stats.add(activations, activations @ down.T)
+    problem = stats.problem(down, n_prune=1)
+    centred = spap_layer(problem, PenaltySettings(score="centred"), EXACT)
+    marginal = spap_layer(problem, PenaltySettings(score="marginal"), EXACT)
+    assert pruned_set(centred, 8) == {0} and 0 not in pruned_set(marginal, 8)
+    assert centred.objective == pytest.approx(0.0, abs=1e-6 * problem.target_energy)
+    without_bias = spap_layer(problem, PenaltySettings(score="centred"), RefitSettings(precision="float64", bias=False))
+    assert 0 not in pruned_set(without_bias, 8)  # no bias to absorb it: the score is the marginal one
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_spap_never_beats_brute_force_on_small_problems(seed):
     settings = EXACT

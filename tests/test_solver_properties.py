@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spap_core.methods.problem import RefitSettings
-from spap_core.methods.spap import PenaltySettings, spap_layer
+from spap_core.methods.spap import SCHEDULES, SCORES, STARTS, PenaltySettings, spap_layer
 from spap_core.stats import GramAccumulator
 from spap_core.toy import toy_problem
 
@@ -41,6 +41,9 @@ penalties = st.builds(
     tau=st.floats(1.01, 10),
     balance=st.floats(0, 4),
     momentum=st.floats(0.01, 1),
+    score=st.sampled_from(SCORES),
+    start=st.sampled_from(STARTS),
+    schedule=st.sampled_from(SCHEDULES),
 )
 refits = st.builds(RefitSettings, ridge=st.sampled_from([0.0, 1e-8, 1e-3, 0.01, 1.0, 100.0]),
                    prior=st.sampled_from(["dense", "zero"]), bias=st.booleans(),

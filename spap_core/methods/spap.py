@@ -27,7 +27,7 @@ from spap_core.methods.problem import (
 )
 
 
-SCORES = ("marginal", "partial")
+SCORES = ("marginal", "centred", "partial")
 STARTS = ("zero", "centre")
 SCHEDULES = ("fixed", "ramp")
 
@@ -47,7 +47,9 @@ class PenaltySettings:
     # What "activation magnitude" means in the score: 'marginal' = ‖Z_i‖ (the paper's reading);
     # 'partial' = 1/√[A⁻¹]_ii, channel i's magnitude after the other channels have explained what
     # they can (equal to ‖Z_i‖ for uncorrelated channels; with t = 1 it ranks channels by the
-    # exact least-squares cost of dropping each one alone, as in optimal brain surgeon).
+    # exact least-squares cost of dropping each one alone, as in optimal brain surgeon);
+    # 'centred' = ‖Z_i − mean(Z_i)‖, what is left of channel i once the refit's bias has absorbed
+    # its mean (FLAP's fluctuation; the same as 'marginal' when the bias is off).
     score: str = "marginal"
     # s⁽⁰⁾: 'zero' = no channel marked (the paper's reading; the penalty then stays on the few
     # channels ever marked, which makes each W-step a cheap low-rank update); 'centre' = λ/n
@@ -108,6 +110,10 @@ def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: 
     soft_mask = torch.full((width,), fill, dtype=dtype, device=problem.gram.device)
     system = RidgeSystem(problem, refit_settings, low_rank_updates=True)
     partial = penalty.score == "partial"
+    energy = problem.activation_sq_norms.to(dtype)
+    if penalty.score == "centred" and refit_settings.bias:
+        energy = energy - problem.tokens * problem.activation_means.to(dtype).pow(2)
+    activation_magnitudes = energy.clamp_min(0).sqrt()
 
     def solve_and_score(column_penalty: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if partial:
@@ -115,7 +121,7 @@ def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: 
             magnitudes = inverse_diagonal.clamp_min(1e-30).rsqrt()
         else:
             weights = system.solve(column_penalty)
-            magnitudes = problem.activation_sq_norms.to(dtype).clamp_min(0).sqrt()
+            magnitudes = activation_magnitudes
         column_sq = weights[:, :width].pow(2).sum(dim=0)
         return weights, column_sq, channel_scores(column_sq.sqrt(), magnitudes, penalty.balance)
 
