@@ -24,10 +24,12 @@ PAGES = {
 
 page = st.navigation(PAGES)  # first, so the browser shows these pages while torch is still importing
 
+from pages._routing import routed_page_run  # noqa: E402
 from pages._shared import render_sidebar, report_unexpected  # noqa: E402  (imports torch: seconds, once)
 
 try:
     render_sidebar()
-    page.run()
+    with routed_page_run():
+        page.run()
 except Exception as exc:  # streamlit's own control flow (rerun, stop) is not an Exception
     report_unexpected(exc, f"page {page.title}")

@@ -19,7 +19,14 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from pages._experiments import DataSpec, RunOutcome, RunRequest, TextChoice, load_saved_run, saved_runs
+from pages._experiments import (
+    DataSpec,
+    RunOutcome,
+    RunRequest,
+    TextChoice,
+    load_saved_run,
+    saved_runs,
+)
 from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason
@@ -30,22 +37,6 @@ from spap_core.presets import interactive_run_size
 from spap_core.runs import results_root
 
 LOG = logging.getLogger("spap_explorer")
-
-
-def _route_through_app() -> None:
-    """Streamlit quirk: a process whose first visitor opens a page URL (say /run_spap) before anyone
-    opened "/" runs that page file on its own as a legacy pages/ page, without app.py's router and
-    sidebar, and stays in that mode. Leaving the mode and rerunning sends the run through app.py,
-    whose st.navigation then opens the requested page. Runs on this module's first import, which is
-    where that first page run arrives."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
-_route_through_app()
 
 
 def report_unexpected(exc: Exception, where: str) -> None:

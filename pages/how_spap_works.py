@@ -6,8 +6,11 @@ import plotly.express as px
 import streamlit as st
 
 from pages._experiments import toy_demo
+from pages._routing import ensure_routed
 from spap_core.errors import SpapInputError
 from spap_core.methods.spap import PenaltySettings
+
+ensure_routed()
 
 TOY_WIDTH = 8
 CORRELATED_RANK = 2  # shared latent factors behind the channels when "correlated" is ticked

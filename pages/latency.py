@@ -10,8 +10,11 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages._experiments import LatencyOptions, compare_latency, model_key
+from pages._routing import ensure_routed
 from pages._shared import device_label, job_panel, require_model, require_outcome, submit_job, take_finished_result
 from spap_core.presets import interactive_run_size
+
+ensure_routed()
 
 COLORS = {"dense": "#8c8c8c", "pruned": "#1f77b4"}
 

@@ -8,7 +8,10 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages._analysis import display_channels, soft_masks, trace_table
+from pages._routing import ensure_routed
 from pages._shared import layer_picker, require_outcome
+
+ensure_routed()
 
 st.title("Mask evolution")
 outcome = require_outcome(need_trace=True)

@@ -9,6 +9,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages._experiments import sweep_key, sweep_sparsities
+from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
     evaluation_budget,
@@ -17,6 +18,8 @@ from pages._shared import (
     request_table,
 )
 from spap_core.methods.registry import METHODS
+
+ensure_routed()
 
 loaded, base = comparison_header("Perplexity vs sparsity", "Fixed for every point")
 

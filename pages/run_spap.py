@@ -12,6 +12,7 @@ import streamlit as st
 
 from pages._analysis import layer_table, trace_table
 from pages._experiments import RunRequest, pruned_model_zip, run_pruning
+from pages._routing import ensure_routed
 from pages._shared import (
     data_spec,
     evaluation_caption,
@@ -27,6 +28,8 @@ from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.problem import PRECISIONS, PRIORS, RefitSettings
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SCHEDULES, SCORES, STARTS, PenaltySettings
+
+ensure_routed()
 
 URL = "query-params"  # every form widget is bound to a query parameter named by its key
 

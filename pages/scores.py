@@ -7,7 +7,10 @@ import plotly.express as px
 import streamlit as st
 
 from pages._analysis import jaccard_matrix, normalized_scores, score_threshold
+from pages._routing import ensure_routed
 from pages._shared import layer_picker, require_outcome
+
+ensure_routed()
 
 st.title("Scores")
 outcome = require_outcome()

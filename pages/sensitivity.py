@@ -8,6 +8,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages._experiments import SCAN_PARAMETERS, scan_key, sensitivity_scan
+from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
     job_panel,
@@ -15,6 +16,8 @@ from pages._shared import (
     request_table,
 )
 from spap_core.errors import SpapInputError
+
+ensure_routed()
 
 loaded, base = comparison_header("Sensitivity", "Fixed")
 
