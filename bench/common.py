@@ -67,6 +67,12 @@ def with_overrides(settings: PruneSettings, overrides: dict[str, object]) -> Pru
     return settings
 
 
+def variant_settings(variant: str, sparsity: float) -> tuple[str, str, PruneSettings]:
+    """'label:overrides' → (label, overrides, the settings at `sparsity` with them applied)."""
+    label, _, spec = variant.rpartition(":")
+    return label, spec, with_overrides(PruneSettings(sparsity=sparsity), parse_overrides(spec))
+
+
 def parse_overrides(spec: str) -> dict[str, object]:
     """'penalty.iterations=10,refit.bias=false' → {'penalty.iterations': 10, 'refit.bias': False}."""
     pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
@@ -81,4 +87,4 @@ def measure(protocol: Protocol, settings: PruneSettings, seed: int) -> dict:
     seconds = time.perf_counter() - started
     ppl = {name: perplexity(result.model, windows).perplexity for name, windows in protocol.eval_sets.items()}
     return {"ppl": ppl, "relative_error": result.relative_error, "prune_seconds": seconds,
-            "timings": result.timings}
+            "timings": result.timings, "params_after": result.params_after}

@@ -20,10 +20,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from common import load_protocol
-from spap_core.evaluate import perplexity
+from common import load_protocol, measure
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.prune import prune_model
 
 
 def main() -> None:
@@ -42,7 +40,6 @@ def main() -> None:
 
     protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, args.eval)
     kept = earlier_rows(Path(args.out).with_suffix(".json"), vars(args), protocol.dense_ppl) if args.resume else []
-    done = {(row["method"], row["sparsity"]) for row in kept}
     rows = []
     for sparsity in args.sparsities:
         for method in args.methods:
@@ -50,16 +47,10 @@ def main() -> None:
             if previous:
                 rows.append(previous[0])
                 continue
-            started = time.perf_counter()
-            result = prune_model(protocol.loaded, protocol.calibration, PruneSettings(method=method, sparsity=sparsity),
-                                 seed=args.seed)
-            seconds = time.perf_counter() - started
-            ppl = {name: perplexity(result.model, w).perplexity for name, w in protocol.eval_sets.items()}
-            rows.append({"method": method, "sparsity": sparsity, "ppl": ppl, "prune_seconds": seconds,
-                         "timings": result.timings, "params_after": result.params_after,
+            measured = measure(protocol, PruneSettings(method=method, sparsity=sparsity), args.seed)
+            rows.append({"method": method, "sparsity": sparsity, **measured,
                          "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
             print(json.dumps(rows[-1]), flush=True)
-            del result
             write_outputs(Path(args.out), protocol, rows, vars(args))  # after every row: a cut run keeps its rows
     print(Path(args.out).read_text())
 

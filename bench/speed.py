@@ -20,10 +20,9 @@ from pathlib import Path
 import plotly.graph_objects as go
 import torch
 
-from common import CALIB_FILE, parse_overrides, with_overrides
+from common import CALIB_FILE, variant_settings
 from spap_core.data import calibration_windows, text_from_file
 from spap_core.evaluate import perplexity
-from spap_core.methods.registry import PruneSettings
 from spap_core.models import load_model
 from spap_core.prune import prune_model
 
@@ -51,8 +50,7 @@ def main() -> None:
         forward = time.perf_counter() - started
     rows = []
     for variant in args.variants:
-        label, _, spec = variant.rpartition(":")
-        settings = with_overrides(PruneSettings(sparsity=args.sparsity), parse_overrides(spec))
+        label, spec, settings = variant_settings(variant, args.sparsity)
         started = time.perf_counter()
         result = prune_model(loaded, calibration, settings, batch_size=args.batch_size)
         seconds = time.perf_counter() - started

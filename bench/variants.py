@@ -16,8 +16,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from common import load_protocol, measure, parse_overrides, with_overrides
-from spap_core.methods.registry import PruneSettings
+from common import load_protocol, measure, variant_settings
 
 ABLATIONS = [
     "SPAP (defaults):",
@@ -52,8 +51,7 @@ def main() -> None:
     protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, args.eval)
     rows = []
     for variant in args.variants:
-        label, _, spec = variant.rpartition(":")
-        settings = with_overrides(PruneSettings(sparsity=args.sparsity), parse_overrides(spec))
+        label, spec, settings = variant_settings(variant, args.sparsity)
         rows.append({"label": label, "overrides": spec, **measure(protocol, settings, args.seed)})
         print(json.dumps(rows[-1]), flush=True)
 

@@ -19,14 +19,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from pages._experiments import (
-    DataSpec,
-    RunOutcome,
-    RunRequest,
-    TextChoice,
-    load_saved_run,
-    saved_runs,
-)
+from pages._experiments import DataSpec, RunOutcome, RunRequest, TextChoice, load_saved_run, saved_runs
 from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason

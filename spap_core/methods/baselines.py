@@ -21,8 +21,7 @@ def wanda_scores(problem: LayerProblem) -> torch.Tensor:
 
 
 def flap_scores(problem: LayerProblem) -> torch.Tensor:
-    means = problem.activation_means.double()
-    variance = (problem.activation_sq_norms.double() / problem.tokens - means.pow(2)).clamp_min(0)
+    variance = (problem.centred_activation_sq_norms(torch.float64) / problem.tokens).clamp_min(0)
     return variance * problem.dense_down.double().pow(2).sum(dim=0)
 
 

@@ -46,6 +46,10 @@ class LayerProblem:
     def activation_means(self) -> torch.Tensor:
         return self.gram[:-1, -1] / self.tokens
 
+    def centred_activation_sq_norms(self, dtype: torch.dtype) -> torch.Tensor:
+        """‖Z[i,:] − mean‖² for every channel: what is left of a channel once a bias absorbs its mean."""
+        return self.activation_sq_norms.to(dtype) - self.tokens * self.activation_means.to(dtype).pow(2)
+
     @property
     def gram_scale(self) -> float:
         """h̄ = mean(diag H): the unit in which ρ and δ are expressed."""

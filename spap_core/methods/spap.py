@@ -110,9 +110,8 @@ def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: 
     soft_mask = torch.full((width,), fill, dtype=dtype, device=problem.gram.device)
     system = RidgeSystem(problem, refit_settings, low_rank_updates=True)
     partial = penalty.score == "partial"
-    energy = problem.activation_sq_norms.to(dtype)
-    if penalty.score == "centred" and refit_settings.bias:
-        energy = energy - problem.tokens * problem.activation_means.to(dtype).pow(2)
+    centred = penalty.score == "centred" and refit_settings.bias
+    energy = problem.centred_activation_sq_norms(dtype) if centred else problem.activation_sq_norms.to(dtype)
     activation_magnitudes = energy.clamp_min(0).sqrt()
 
     def solve_and_score(column_penalty: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
