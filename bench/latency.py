@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 
 from common import CALIB_FILE
 from spap_core.data import calibration_windows, text_from_file
-from spap_core.latency import latency_ratios, measure_latency
+from spap_core.latency import latency_ratios, measure_latencies
 from spap_core.methods.registry import PruneSettings
 from spap_core.models import load_model
 from spap_core.prune import prune_model
@@ -36,20 +36,19 @@ def main() -> None:
 
     loaded = load_model(args.model)
     calibration = calibration_windows(loaded.tokenizer, text_from_file(CALIB_FILE), 4, 128, 0)
-    options = dict(seqlen=args.seqlen, decode_tokens=args.decode_tokens, repeats=args.repeats, warmup=args.warmup)
-    dense = measure_latency(loaded.model, **options)
-    rows = []
-    for sparsity in args.sparsities:
-        pruned_model = prune_model(loaded, calibration, PruneSettings(sparsity=sparsity)).model
-        pruned = measure_latency(pruned_model, **options)
-        rows.append({"sparsity": sparsity, "pruned": pruned, "ratios": latency_ratios(dense, pruned)})
-        print(json.dumps(rows[-1]["ratios"]), flush=True)
-        del pruned_model
+    pruned_models = [prune_model(loaded, calibration, PruneSettings(sparsity=sparsity)).model
+                     for sparsity in args.sparsities]
+    dense, *pruned_reports = measure_latencies(
+        [loaded.model, *pruned_models], seqlen=args.seqlen, decode_tokens=args.decode_tokens,
+        repeats=args.repeats, warmup=args.warmup)
+    rows = [{"sparsity": sparsity, "pruned": pruned, "ratios": latency_ratios(dense, pruned)}
+            for sparsity, pruned in zip(args.sparsities, pruned_reports)]
 
     lines = ["# Latency and memory: dense vs SPAP-pruned", "",
              f"Model: {loaded.description}. Device {dense.device}, {dense.threads} threads ({platform.machine()}). "
              f"Prefill of one {args.seqlen}-token window; greedy decoding of {args.decode_tokens} tokens with a KV cache; "
-             f"median of {args.repeats} timed repeats after {args.warmup} warm-up runs (min–max in brackets).", "",
+             f"median of {args.repeats} timed rounds after {args.warmup} warm-up rounds (min–max in brackets); each round times "
+             "every model once, in rotating order, so that the machine's drift affects them alike.", "",
              "| model | prefill ms | decode tokens/s | weights MB | parameters M | linear GFLOPs/token |",
              "| --- | --- | --- | --- | --- | --- |"]
 

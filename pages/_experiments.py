@@ -27,11 +27,10 @@ import pandas as pd
 import torch
 
 from spap_core.data import TextSource, calibration_windows, evaluation_windows, resolve_text, text_from_file
-from spap_core.errors import PruningCancelled
 from spap_core.evaluate import PerplexityResult, perplexity
 from spap_core.experiment import Experiment, run_experiment
 from spap_core.jobs import ProgressReporter
-from spap_core.latency import LatencyReport, latency_ratios, measure_latency
+from spap_core.latency import LatencyReport, latency_ratios, measure_latencies
 from spap_core.methods.exact import brute_force_optimum
 from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings
 from spap_core.methods.registry import PruneSettings
@@ -465,15 +464,12 @@ class LatencyComparison:
 
 def compare_latency(loaded: LoadedModel, outcome: RunOutcome, options: LatencyOptions,
                     progress: ProgressReporter, cancel: threading.Event) -> LatencyComparison:
-    """Time the dense and the pruned model on the current device with identical inputs."""
-    kwargs = dict(seqlen=options.seqlen, decode_tokens=options.decode_tokens, repeats=options.repeats,
-                  warmup=options.warmup)
-    progress.update(phase="timing the dense model", step=1, n_steps=2)
-    dense = measure_latency(loaded.model, **kwargs)
-    if cancel.is_set():
-        raise PruningCancelled("latency measurement cancelled")
-    progress.update(phase="timing the pruned model", step=2, n_steps=2)
-    pruned = measure_latency(outcome.result.model, **kwargs)
+    """Time the dense and the pruned model on the current device with identical inputs, in
+    alternation so that both see the same machine load."""
+    progress.update(phase="timing the dense and the pruned model in turn")
+    dense, pruned = measure_latencies(
+        [loaded.model, outcome.result.model], seqlen=options.seqlen, decode_tokens=options.decode_tokens,
+        repeats=options.repeats, warmup=options.warmup, cancel=cancel)
     return LatencyComparison(run_finished_at=outcome.finished_at, options=options, dense=dense, pruned=pruned)
 
 

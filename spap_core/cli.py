@@ -12,7 +12,7 @@ from tqdm import tqdm
 from spap_core.data import calibration_windows, evaluation_windows, resolve_text
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.experiment import run_experiment
-from spap_core.latency import latency_ratios, measure_latency
+from spap_core.latency import latency_ratios, measure_latencies
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.problem import PRECISIONS, PRIORS, RefitSettings
@@ -129,14 +129,15 @@ def run_prune(args: argparse.Namespace) -> dict:
 
 def run_latency(args: argparse.Namespace) -> dict:
     dense = load_model(args.model, device=args.device, dtype=args.dtype)
-    options = dict(seqlen=args.seqlen, decode_tokens=args.decode_tokens, repeats=args.repeats, warmup=args.warmup)
-    dense_report = measure_latency(dense.model, **options)
-    report = {"model": dense.description, "dense": dense_report.to_dict()}
+    models = [dense.model]
     if args.pruned:
-        pruned = load_model(args.pruned, device=args.device, dtype=args.dtype).model
-        pruned_report = measure_latency(pruned, **options)
-        report["pruned"] = pruned_report.to_dict()
-        report["ratios"] = latency_ratios(dense_report, pruned_report)
+        models.append(load_model(args.pruned, device=args.device, dtype=args.dtype).model)
+    reports = measure_latencies(models, seqlen=args.seqlen, decode_tokens=args.decode_tokens, repeats=args.repeats,
+                                warmup=args.warmup)
+    report = {"model": dense.description, "dense": reports[0].to_dict()}
+    if args.pruned:
+        report["pruned"] = reports[1].to_dict()
+        report["ratios"] = latency_ratios(reports[0], reports[1])
     return report
 
 

@@ -1,6 +1,7 @@
 """Latency and memory of a model on the current device: prefill time for one window, decode
 throughput with a KV cache, parameter count, weight memory and peak memory, each timed after
-warm-up and reported as median with spread (min/max), so dense and pruned compare honestly."""
+warm-up and reported as median with spread (min/max). Models that are compared are timed in
+alternation, so dense and pruned see the same machine and compare honestly."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
+
+from spap_core.errors import PruningCancelled
 
 
 @dataclass(frozen=True)
@@ -106,43 +110,67 @@ def _prefill_peak_mb(model: nn.Module, ids: torch.Tensor, device: torch.device) 
         return (sampler.peak - sampler.baseline) / 2**20, "CPU peak RSS growth during prefill (activations)"
 
 
-def measure_latency(model: nn.Module, seqlen: int = 512, decode_tokens: int = 32, repeats: int = 5,
-                    warmup: int = 2, vocab_size: int | None = None, seed: int = 0) -> LatencyReport:
-    """Time prefill of one `seqlen`-token window and greedy decoding of `decode_tokens` tokens."""
-    device = next(model.parameters()).device
-    vocab = vocab_size or model.config.vocab_size
+def _timed_rounds(models: Sequence[nn.Module], timed: Callable[[nn.Module], float], repeats: int, warmup: int,
+                  cancel: threading.Event | None) -> list[list[float]]:
+    """Run `timed` on every model once per round, rotating which goes first, so that a drift in the
+    machine's speed (other tenants, clock boost, thermal state) hits every model alike instead of
+    whichever happened to be measured during the slow minute."""
+    samples: list[list[float]] = [[] for _ in models]
+    for attempt in range(warmup + repeats):
+        if cancel is not None and cancel.is_set():
+            raise PruningCancelled("latency measurement cancelled")
+        for offset in range(len(models)):
+            index = (attempt + offset) % len(models)
+            value = timed(models[index])
+            if attempt >= warmup:
+                samples[index].append(value)
+    return samples
+
+
+def measure_latencies(models: Sequence[nn.Module], seqlen: int = 512, decode_tokens: int = 32, repeats: int = 5,
+                      warmup: int = 2, vocab_size: int | None = None, seed: int = 0,
+                      cancel: threading.Event | None = None) -> list[LatencyReport]:
+    """Time prefill of one `seqlen`-token window and greedy decoding of `decode_tokens` tokens for each
+    model, alternating between the models round by round (see `_timed_rounds`); all models must share
+    the vocabulary and live on one device. Setting `cancel` stops between two timings."""
+    device = next(models[0].parameters()).device
+    vocab = vocab_size or models[0].config.vocab_size
     ids = torch.randint(0, vocab, (1, seqlen), generator=torch.Generator().manual_seed(seed)).to(device)
-    prefill: list[float] = []
-    decode: list[float] = []
-    cache_keyword = _cache_keyword(model)
-    with torch.no_grad():
-        for attempt in range(warmup + repeats):
-            _sync(device)
-            started = time.perf_counter()
-            model(input_ids=ids, use_cache=False)
-            _sync(device)
-            if attempt >= warmup:
-                prefill.append((time.perf_counter() - started) * 1e3)
-        prompt = ids[:, : min(32, seqlen)]
-        for attempt in range(warmup + repeats):
-            out = model(input_ids=prompt, use_cache=True)
+    prompt = ids[:, : min(32, seqlen)]
+
+    def prefill_ms(model: nn.Module) -> float:
+        _sync(device)
+        started = time.perf_counter()
+        model(input_ids=ids, use_cache=False)
+        _sync(device)
+        return (time.perf_counter() - started) * 1e3
+
+    def decode_tokens_per_s(model: nn.Module) -> float:
+        cache_keyword = _cache_keyword(model)
+        out = model(input_ids=prompt, use_cache=True)
+        cache, token = getattr(out, cache_keyword), out.logits[:, -1:].argmax(-1)
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(decode_tokens):
+            out = model(input_ids=token, use_cache=True, **{cache_keyword: cache})
             cache, token = getattr(out, cache_keyword), out.logits[:, -1:].argmax(-1)
-            _sync(device)
-            started = time.perf_counter()
-            for _ in range(decode_tokens):
-                out = model(input_ids=token, use_cache=True, **{cache_keyword: cache})
-                cache, token = getattr(out, cache_keyword), out.logits[:, -1:].argmax(-1)
-            _sync(device)
-            if attempt >= warmup:
-                decode.append(decode_tokens / (time.perf_counter() - started))
-    peak, peak_kind = _prefill_peak_mb(model, ids, device)
-    return LatencyReport(
-        device=str(device), threads=torch.get_num_threads(), seqlen=seqlen,
-        prefill_ms=_summary(prefill), decode_tokens_per_s=_summary(decode),
-        parameters=sum(p.numel() for p in model.parameters()), weight_mb=weight_bytes(model) / 2**20,
-        peak_memory_mb=peak, peak_memory_kind=peak_kind,
-        linear_gflops_per_token=linear_flops_per_token(model) / 1e9,
-    )
+        _sync(device)
+        return decode_tokens / (time.perf_counter() - started)
+
+    with torch.no_grad():
+        prefill = _timed_rounds(models, prefill_ms, repeats, warmup, cancel)
+        decode = _timed_rounds(models, decode_tokens_per_s, repeats, warmup, cancel)
+    reports = []
+    for model, prefill_samples, decode_samples in zip(models, prefill, decode):
+        peak, peak_kind = _prefill_peak_mb(model, ids, device)
+        reports.append(LatencyReport(
+            device=str(device), threads=torch.get_num_threads(), seqlen=seqlen,
+            prefill_ms=_summary(prefill_samples), decode_tokens_per_s=_summary(decode_samples),
+            parameters=sum(p.numel() for p in model.parameters()), weight_mb=weight_bytes(model) / 2**20,
+            peak_memory_mb=peak, peak_memory_kind=peak_kind,
+            linear_gflops_per_token=linear_flops_per_token(model) / 1e9,
+        ))
+    return reports
 
 
 def latency_ratios(dense: LatencyReport, pruned: LatencyReport) -> dict[str, float]:
