@@ -5,7 +5,8 @@ one perplexity pass of the pruned model over those tokens, for SPAP and a baseli
     SPAP_DATA_DIR=../shared/data python bench/speed.py --out docs/results/speed.md
 
 The dense forward is the full model (logits included) over the calibration windows, timed in the
-same process right before the pruning runs, so the ratio compares like with like on this machine.
+same process in every round right before that round's pruning runs, so each ratio compares like
+with like on this machine even when its speed drifts (a shared 2-core VM varies by ±15%).
 Variants are `label:overrides` as in variants.py.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -30,6 +32,24 @@ VARIANTS = ["SPAP:", "SPAP + alternating minimization (1 round):altmin.rounds=1"
 PHASES = ("capture", "solve", "altmin", "propagate")
 
 
+def dense_forward_seconds(loaded, calibration: torch.Tensor, batch_size: int) -> float:
+    with torch.no_grad():
+        started = time.perf_counter()
+        for chunk in calibration.split(batch_size):
+            loaded.model(input_ids=chunk.to(loaded.device), use_cache=False)
+        return time.perf_counter() - started
+
+
+def median_row(label: str, spec: str, runs: list[dict], forwards: list[float]) -> dict:
+    """Medians over the rounds; the ratio is taken within each round (the forward and the pruning
+    run next to each other), then its median and range are reported."""
+    ratios = [run["seconds"] / forward for run, forward in zip(runs, forwards)]
+    return {"label": label, "overrides": spec, "seconds": statistics.median(r["seconds"] for r in runs),
+            "ratio": statistics.median(ratios), "ratio_low": min(ratios), "ratio_high": max(ratios),
+            "timings": {phase: statistics.median(r["timings"][phase] for r in runs) for phase in PHASES},
+            "eval_seconds": statistics.median(r["eval_seconds"] for r in runs), "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variants", nargs="*", default=VARIANTS, help="label:overrides")
@@ -38,45 +58,50 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="each round times one dense forward, then every variant once")
     parser.add_argument("--out", required=True, help="Markdown file; .json and .html are written beside it")
     args = parser.parse_args()
 
     loaded = load_model(args.model)
     calibration = calibration_windows(loaded.tokenizer, text_from_file(CALIB_FILE), args.nsamples, args.seqlen, 0)
-    with torch.no_grad():
-        started = time.perf_counter()
-        for chunk in calibration.split(args.batch_size):
-            loaded.model(input_ids=chunk.to(loaded.device), use_cache=False)
-        forward = time.perf_counter() - started
-    rows = []
-    for variant in args.variants:
-        label, spec, settings = variant_settings(variant, args.sparsity)
-        started = time.perf_counter()
-        result = prune_model(loaded, calibration, settings, batch_size=args.batch_size)
-        seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        perplexity(result.model, calibration, batch_size=args.batch_size)
-        evaluation = time.perf_counter() - started
-        rows.append({"label": label, "overrides": spec, "seconds": seconds, "ratio": seconds / forward,
-                     "timings": result.timings, "eval_seconds": evaluation})
-        print(json.dumps(rows[-1]), flush=True)
-        del result
+    variants = [variant_settings(variant, args.sparsity) for variant in args.variants]
+    forwards: list[float] = []
+    runs: dict[str, list[dict]] = {label: [] for label, _, _ in variants}
+    for round_index in range(args.rounds):
+        forwards.append(dense_forward_seconds(loaded, calibration, args.batch_size))
+        for label, spec, settings in variants:
+            started = time.perf_counter()
+            result = prune_model(loaded, calibration, settings, batch_size=args.batch_size)
+            seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            perplexity(result.model, calibration, batch_size=args.batch_size)
+            runs[label].append({"seconds": seconds, "timings": result.timings,
+                                "eval_seconds": time.perf_counter() - started})
+            print(json.dumps({"round": round_index, "label": label, "forward": forwards[-1], **runs[label][-1]}),
+                  flush=True)
+            del result
+    forward = statistics.median(forwards)
+    rows = [median_row(label, spec, runs[label], forwards) for label, spec, _ in variants]
 
     lines = ["# Pruning time against one dense forward pass", "",
              f"Model: {loaded.description}. Calibration {args.nsamples} × {args.seqlen} tokens, batch {args.batch_size}, "
              f"sparsity {args.sparsity}. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-             f"device {loaded.device}. Dense forward over the calibration tokens: {forward:.1f} s. "
+             f"device {loaded.device}. {args.rounds} rounds, each timing one dense forward over the calibration tokens "
+             f"(full model, logits included) and then every variant once; medians over the rounds (dense forward "
+             f"{forward:.1f} s, {min(forwards):.1f}–{max(forwards):.1f}), the ratio is taken within each round. "
              "Solve includes the final refit; eval is one perplexity pass of the pruned model over the same tokens.", "",
-             "| variant | prune s | ÷ dense forward | capture s | solve s | altmin s | propagate s | eval s |",
+             "| variant | prune s | ÷ dense forward (range) | capture s | solve s | altmin s | propagate s | eval s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         t = row["timings"]
-        lines.append(f"| {row['label']} | {row['seconds']:.1f} | {row['ratio']:.2f} | {t['capture']:.1f} | "
-                     f"{t['solve']:.1f} | {t['altmin']:.1f} | {t['propagate']:.1f} | {row['eval_seconds']:.1f} |")
+        lines.append(f"| {row['label']} | {row['seconds']:.1f} | {row['ratio']:.2f} ({row['ratio_low']:.2f}–"
+                     f"{row['ratio_high']:.2f}) | {t['capture']:.1f} | {t['solve']:.1f} | {t['altmin']:.1f} | "
+                     f"{t['propagate']:.1f} | {row['eval_seconds']:.1f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"dense_forward_s": forward, "rows": rows, "args": vars(args)},
+    out.with_suffix(".json").write_text(json.dumps({"dense_forward_s": forward, "dense_forward_rounds_s": forwards, "rows": rows, "args": vars(args)},
                                                    indent=2))
     labels = [row["label"] for row in rows]
     figure = go.Figure([go.Bar(name=phase, y=labels, x=[row["timings"][phase] for row in rows], orientation="h")

@@ -68,6 +68,10 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _pass_through(hidden_states: torch.Tensor, *_args, **_kwargs) -> torch.Tensor:
+    return hidden_states
+
+
 def _layer_inputs_and_kwargs(model: nn.Module, layers: nn.ModuleList, chunks: list[torch.Tensor]):
     """Hidden states entering layer 0 for every chunk, and the keyword arguments (rotary
     embeddings, masks) each layer is called with. Those depend on positions only, so they are
@@ -79,12 +83,24 @@ def _layer_inputs_and_kwargs(model: nn.Module, layers: nn.ModuleList, chunks: li
             layer_kwargs[index] = {k: v for k, v in kwargs.items() if k not in {"hidden_states"}}
         return hook
 
+    def stop_after_last(_module, _args, _kwargs):
+        raise _StopForward
+
+    # The layers themselves are not needed for this pass: each returns its input unchanged, and
+    # the pass stops once the last layer has shown its arguments (no lm_head, no attention).
     handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles.append(layers[-1].register_forward_pre_hook(stop_after_last, with_kwargs=True))
+    for layer in layers:
+        layer.forward = _pass_through
     try:
         model.get_decoder()(input_ids=chunks[0][:1], use_cache=False)
+    except _StopForward:
+        pass
     finally:
         for handle in handles:
             handle.remove()
+        for layer in layers:
+            del layer.forward
     for kwargs in layer_kwargs:
         for key in ("past_key_values", "past_key_value", "cache"):
             if key in kwargs:
@@ -107,6 +123,12 @@ def _layer_inputs_and_kwargs(model: nn.Module, layers: nn.ModuleList, chunks: li
     finally:
         handle.remove()
     return inputs, layer_kwargs
+
+
+def _all_finite(*tensors: torch.Tensor) -> bool:
+    """A NaN or ±inf entry makes the sum non-finite; one reduction, where isfinite() would
+    allocate a boolean copy of the n² Gram."""
+    return all(torch.isfinite(tensor.sum()) for tensor in tensors)
 
 
 def _call_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -243,7 +265,7 @@ def prune_model(
 
             started = time.perf_counter()
             problem = stats.problem(mlp.down_proj.weight, n_prune[index])
-            if not (torch.isfinite(problem.gram).all() and torch.isfinite(problem.cross).all()):
+            if not _all_finite(problem.gram, problem.cross):
                 raise NumericalError(
                     f"Pruning stopped: the calibration activations of layer {index} contain NaN or inf "
                     "(the model itself overflows on this text; try float32 or another calibration text).")

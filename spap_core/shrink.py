@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 from transformers import PreTrainedModel
 
 from spap_core.errors import SpapInputError
@@ -16,7 +17,7 @@ from spap_core.methods.problem import LayerDecision
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
     out_features, in_features = weight.shape
-    layer = nn.Linear(in_features, out_features, bias=bias is not None,
+    layer = skip_init(nn.Linear, in_features, out_features, bias=bias is not None,  # no random init to overwrite
                       device=like.weight.device, dtype=like.weight.dtype)
     with torch.no_grad():
         layer.weight.copy_(weight)

@@ -50,8 +50,8 @@ class GramAccumulator:
         z = activations.reshape(-1, activations.shape[-1]).float()
         ones = torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)
         z = torch.cat([z, ones], dim=1)
-        gram = symmetric_gram(z).double()
-        self.gram = gram if self.gram is None else self.gram.add_(gram)
+        gram = symmetric_gram(z)
+        self.gram = gram.double() if self.gram is None else self.gram.add_(gram)  # summed in float64
         if targets is not None:
             y = targets.reshape(-1, targets.shape[-1]).float()
             cross = (y.T @ z).double()
@@ -62,10 +62,10 @@ class GramAccumulator:
         if self.gram is None:
             raise RuntimeError("no calibration tokens were accumulated for this layer")
         dense = dense_down.detach().float()
-        cross, target_energy = self.cross, self.target_energy
-        if not self.explicit_targets:
+        problem = LayerProblem(gram=self.gram, cross=self.cross, target_energy=self.target_energy,
+                               dense_down=dense, n_prune=n_prune)
+        if not self.explicit_targets:  # from the float32 Gram copy the solvers reuse
             width = dense.shape[1]
-            cross = (dense @ self.gram[:width].to(dense.dtype)).double()
-            target_energy = float(torch.sum(cross[:, :width] * dense.double()))
-        return LayerProblem(gram=self.gram, cross=cross, target_energy=target_energy,
-                            dense_down=dense, n_prune=n_prune)
+            problem.cross = (dense @ problem.gram_in(dense.dtype)[:width]).double()
+            problem.target_energy = float(torch.sum(problem.cross[:, :width] * dense.double()))
+        return problem

@@ -168,3 +168,42 @@ def test_error_correcting_targets_start_from_local_ones_and_then_differ(tiny):
 def test_target_correction_outside_unit_interval_is_refused(beta):
     with pytest.raises(SpapInputError, match="β"):
         PruneSettings(target_correction=beta)
+
+
+def tiny_family_model(model_type: str) -> nn.Module:
+    """Small random models of the other supported families; the sliding windows (8 < the 32
+    calibration tokens) make layers see different attention masks, which the walk must keep apart."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    shape = dict(vocab_size=203, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    if model_type == "gemma2":
+        return Gemma2ForCausalLM(Gemma2Config(**shape, head_dim=8, sliding_window=8)).eval()
+    if model_type == "mistral":
+        return MistralForCausalLM(MistralConfig(**shape, sliding_window=8)).eval()
+    return Qwen2ForCausalLM(Qwen2Config(**shape, use_sliding_window=True, sliding_window=8, max_window_layers=1,
+                                        layer_types=["full_attention", "sliding_attention", "full_attention"])).eval()
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "mistral", "gemma2"])
+def test_every_layer_is_fed_what_the_model_itself_feeds_it(tiny, model_type):
+    """The walk records each layer's keyword arguments (rotary embeddings, per-layer masks) in a
+    pass that skips the layers' work; every layer's statistics must still match the activations the
+    pruned model computes itself."""
+    from spap_core.models import LoadedModel
+
+    model = tiny_family_model(model_type)
+    loaded = LoadedModel(model=model, tokenizer=tiny.tokenizer, source=model_type, description=model_type,
+                         family=glu_family(model))
+    result = prune_model(loaded, CALIBRATION, PruneSettings(method="fasp", sparsity=0.5), batch_size=4)
+    for index in (1, 2):
+        seen = {}
+        handle = result.model.model.layers[index].mlp.register_forward_hook(
+            lambda m, args, out: seen.setdefault("x", args[0]))
+        with torch.no_grad():
+            result.model(CALIBRATION)
+        handle.remove()
+        with torch.no_grad():
+            energy = 0.5 * model.model.layers[index].mlp(seen["x"]).double().pow(2).sum().item()
+        assert result.layers[index].dense_objective == pytest.approx(energy, rel=1e-4), f"layer {index}"

@@ -74,17 +74,24 @@ def test_constraint_violation_falls_and_mask_has_exactly_lambda_pruned(start):
 
 @pytest.mark.parametrize("with_inverse_diagonal", [False, True])
 def test_low_rank_update_equals_a_fresh_factorisation(with_inverse_diagonal, monkeypatch):
-    """The Woodbury path (penalty on few channels) must give the direct solve's answer."""
+    """The Woodbury path (penalty on few channels) must give the direct solve's answer, also when
+    one system solves a sequence of penalties: growing on one support (its gathered blocks are
+    reused), then on another, then on the first again."""
     problem = toy_problem(width=50, outputs=9, tokens=600, n_prune=10, seed=3)
-    penalty = torch.zeros(50, dtype=torch.float64)
-    penalty[[1, 7, 8, 30, 44]] = torch.tensor([0.01, 3.0, 150.0, 1e4, 0.5], dtype=torch.float64)
+    first = torch.zeros(50, dtype=torch.float64)
+    first[[1, 7, 8, 30, 44]] = torch.tensor([0.01, 3.0, 150.0, 1e4, 0.5], dtype=torch.float64)
+    second = torch.zeros(50, dtype=torch.float64)
+    second[[2, 7, 49]] = torch.tensor([5.0, 0.2, 40.0], dtype=torch.float64)
+    penalties = [first, 7 * first, second, 0.5 * first]
     answers = []
     for fraction in (0.0, 1.0):  # never / always low-rank
         monkeypatch.setattr(problem_module, "LOW_RANK_FRACTION", fraction)
         system = RidgeSystem(problem, EXACT, low_rank_updates=True)
-        answers.append(system.solve_with_inverse_diagonal(penalty) if with_inverse_diagonal else (system.solve(penalty),))
-    for direct, low_rank in zip(*answers):
-        torch.testing.assert_close(low_rank, direct, rtol=1e-7, atol=1e-9)
+        answers.append([system.solve_with_inverse_diagonal(p) if with_inverse_diagonal else (system.solve(p),)
+                        for p in penalties])
+    for direct_answer, low_rank_answer in zip(*answers):
+        for direct, low_rank in zip(direct_answer, low_rank_answer):
+            torch.testing.assert_close(low_rank, direct, rtol=1e-7, atol=1e-9)
 
 
 def test_planted_dead_channels_are_found():

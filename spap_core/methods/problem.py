@@ -28,6 +28,16 @@ class LayerProblem:
     target_energy: float  # ‖Y‖²
     dense_down: torch.Tensor  # W0, m×n
     n_prune: int
+    _gram_copies: dict[torch.dtype, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+
+    def gram_in(self, dtype: torch.dtype) -> torch.Tensor:
+        """H̃ in the solver's precision, converted once per layer: the C product, the penalty
+        path's system and the final refit all read it (callers must not modify it in place)."""
+        if dtype == self.gram.dtype:
+            return self.gram
+        if dtype not in self._gram_copies:
+            self._gram_copies[dtype] = self.gram.to(dtype)
+        return self._gram_copies[dtype]
 
     @property
     def width(self) -> int:
@@ -195,7 +205,7 @@ class RidgeSystem:
             index = slice(0, len(index))
         else:
             index = index.to(problem.gram.device)
-        self.gram = problem.gram[index][:, index].to(dtype)
+        self.gram = problem.gram_in(dtype)[index][:, index]  # a view for a slice, a gathered copy otherwise
         self.cross = problem.cross[:, index].to(dtype)
         rows = self.gram.shape[0]
         self.target_energy = problem.target_energy
@@ -206,6 +216,7 @@ class RidgeSystem:
         self._base_definite: bool | None = None  # decided when a low-rank solve first needs B⁻¹
         self._base_inverse: torch.Tensor | None = None
         self._base_weights: torch.Tensor | None = None
+        self._support: tuple[torch.Tensor, ...] | None = None  # S, B⁻¹[S,:], B⁻¹[S,S], W_B[:,S]
         self.rhs = self.cross
         if settings.prior == "dense" and settings.ridge > 0:
             self.rhs = self.cross + dense_with_bias_column(problem, dtype)[:, index] * (settings.ridge * scale)
@@ -248,20 +259,29 @@ class RidgeSystem:
                 self._base_weights = self.rhs @ self._base_inverse
         return self._base_definite
 
+    def _support_blocks(self, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """B⁻¹[S,:], B⁻¹[S,S] and W_B[:,S], gathered once per support: along SPAP's path the
+        penalised set rarely changes while ρ grows, and the gathers cost as much as the small
+        factorisation."""
+        if self._support is None or not torch.equal(self._support[0], support):
+            rows = self._base_inverse[support]
+            self._support = (support, rows, rows[:, support], self._base_weights[:, support])
+        return self._support[1:]
+
     def _low_rank_solve(self, support: torch.Tensor, penalty: torch.Tensor,
                         with_inverse_diagonal: bool) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """Woodbury: with the penalty P on r channels S, (B + UPUᵀ)⁻¹ = B⁻¹ − B⁻¹U M⁻¹ UᵀB⁻¹ with
         M = P⁻¹ + B⁻¹[S,S], so W = W_B − W_B[:,S] M⁻¹ B⁻¹[S,:]: O(mrn + r³) instead of O(mn² + n³).
         None when M is numerically indefinite, so the caller falls back to the direct solve."""
-        inverse_rows = self._base_inverse[support]  # B⁻¹[S,:]
-        factor, info = torch.linalg.cholesky_ex(inverse_rows[:, support] + torch.diag(1.0 / penalty))
+        inverse_rows, inverse_block, base_weights_on_support = self._support_blocks(support)
+        factor, info = torch.linalg.cholesky_ex(inverse_block + torch.diag(1.0 / penalty))
         if int(info) != 0:
             return None
         if not with_inverse_diagonal:
-            coupling = cholesky_right_solve(factor, self._base_weights[:, support])  # W_B[:,S] M⁻¹
+            coupling = cholesky_right_solve(factor, base_weights_on_support)  # W_B[:,S] M⁻¹
             return torch.addmm(self._base_weights, coupling, inverse_rows, alpha=-1), None
         correction = cholesky_right_solve(factor, inverse_rows.T).T  # M⁻¹ B⁻¹[S,:]
-        weights = torch.addmm(self._base_weights, self._base_weights[:, support], correction, alpha=-1)
+        weights = torch.addmm(self._base_weights, base_weights_on_support, correction, alpha=-1)
         return weights, torch.diagonal(self._base_inverse) - (inverse_rows * correction).sum(dim=0)
 
     def objective(self, weights: torch.Tensor, penalty: torch.Tensor | None = None) -> float:
