@@ -443,7 +443,8 @@ class LatencyOptions:
 RATIO_LABELS = {
     "prefill_speedup": "prefill speed-up (measured)",
     "decode_speedup": "decode speed-up (measured)",
-    "theoretical_flops_ratio": "linear FLOPs ratio (theory)",
+    "theoretical_flops_ratio": "prefill FLOPs ratio (theory)",
+    "linear_flops_ratio": "linear-layer FLOPs ratio (theory)",
     "theoretical_params_ratio": "parameter ratio (theory)",
     "weight_memory_ratio": "weight memory ratio",
 }

@@ -88,9 +88,12 @@ with memory_column:
     st.markdown("**Memory and compute per token**")
     st.dataframe(pd.DataFrame({
         "linear MFLOPs / token": [f"{r.linear_gflops_per_token * 1e3:.4g}" for r in reports.values()],
+        "attention MFLOPs / token": [f"{r.attention_gflops_per_token * 1e3:.4g}" for r in reports.values()],
         "weights MB": [f"{r.weight_mb:.4g}" for r in reports.values()],
         "peak memory MB": [f"{r.peak_memory_mb:.4g}" for r in reports.values()],
     }, index=list(reports)), width="stretch")
     st.caption(f"Peak memory: {comparison.dense.peak_memory_kind}. Linear FLOPs count every Linear layer "
-               "(attention scores do not change with pruning), so the theoretical speed-up is an upper bound "
-               "for compute-bound prefill; small models on CPUs are often bound by overheads instead.")
+               "(what pruning shrinks); attention FLOPs are the QKᵀ and attention-value products against the "
+               "prefill context (Kaplan et al.'s 2·layers·context·d_attn), which pruning leaves as they are. "
+               "The prefill FLOPs ratio counts both: the speed-up a compute-bound prefill could reach. Small "
+               "models on CPUs are often bound by overheads instead.")

@@ -90,6 +90,7 @@ def _layer_inputs_and_kwargs(model: nn.Module, layers: nn.ModuleList, chunks: li
     # the pass stops once the last layer has shown its arguments (no lm_head, no attention).
     handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
     handles.append(layers[-1].register_forward_pre_hook(stop_after_last, with_kwargs=True))
+    own_forwards = [layer.__dict__.get("forward") for layer in layers]  # e.g. an accelerate wrapper
     for layer in layers:
         layer.forward = _pass_through
     try:
@@ -99,8 +100,11 @@ def _layer_inputs_and_kwargs(model: nn.Module, layers: nn.ModuleList, chunks: li
     finally:
         for handle in handles:
             handle.remove()
-        for layer in layers:
-            del layer.forward
+        for layer, own_forward in zip(layers, own_forwards):
+            if own_forward is None:
+                del layer.forward
+            else:
+                layer.forward = own_forward
     for kwargs in layer_kwargs:
         for key in ("past_key_values", "past_key_value", "cache"):
             if key in kwargs:

@@ -65,6 +65,7 @@ class GramAccumulator:
         problem = LayerProblem(gram=self.gram, cross=self.cross, target_energy=self.target_energy,
                                dense_down=dense, n_prune=n_prune)
         if not self.explicit_targets:  # from the float32 Gram copy the solvers reuse
+            problem.dense_fits_targets = True
             width = dense.shape[1]
             problem.cross = (dense @ problem.gram_in(dense.dtype)[:width]).double()
             problem.target_energy = float(torch.sum(problem.cross[:, :width] * dense.double()))

@@ -94,6 +94,32 @@ def test_low_rank_update_equals_a_fresh_factorisation(with_inverse_diagonal, mon
             torch.testing.assert_close(low_rank, direct, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_local_targets_start_the_path_at_the_dense_weights(bias):
+    """With Y = W₀Z (no explicit targets) and the ridge pulling towards W₀, the unpenalised solution
+    is W₀ itself; the solver takes it without a solve, and every penalised solve built on it must
+    equal a fresh factorisation of the same system."""
+    from spap_core.stats import GramAccumulator
+
+    generator = torch.Generator().manual_seed(5)
+    activations = torch.randn(300, 12, generator=generator, dtype=torch.float64) + 0.5
+    down = torch.randn(5, 12, generator=generator).double()  # exact in float32, as the layer keeps it
+    local, explicit = GramAccumulator(), GramAccumulator()
+    local.add(activations)
+    explicit.add(activations, activations @ down.T)
+    settings = RefitSettings(precision="float64", bias=bias)
+    penalty = torch.zeros(12, dtype=torch.float64)
+    penalty[[2, 9]] = torch.tensor([0.7, 40.0], dtype=torch.float64)
+    local_problem = local.problem(down, 2)
+    shortcut = RidgeSystem(local_problem, settings, low_rank_updates=True)
+    solved = RidgeSystem(explicit.problem(down, 2), settings, low_rank_updates=True)
+    expected = torch.cat([down, torch.zeros(5, 1, dtype=torch.float64)], 1)[:, : 12 + bias]
+    torch.testing.assert_close(shortcut.solve(), expected, rtol=0, atol=0)
+    # the statistics are float32 products (summed in float64): agreement to float32 accuracy
+    torch.testing.assert_close(solved.solve(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(shortcut.solve(penalty), solved.solve(penalty), rtol=1e-4, atol=1e-4)
+
+
 def test_planted_dead_channels_are_found():
     problem = toy_problem(width=30, outputs=8, tokens=300, n_prune=6, dead_channels=6, seed=7)
     decision = spap_layer(problem, PenaltySettings(), EXACT)

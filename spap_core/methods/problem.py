@@ -28,6 +28,9 @@ class LayerProblem:
     target_energy: float  # ‖Y‖²
     dense_down: torch.Tensor  # W0, m×n
     n_prune: int
+    # The targets are the dense layer's own output (Y = W₀Z, no explicit targets): then W̃₀ fits
+    # them exactly, and with a ridge towards W̃₀ it is the unpenalised solution, no solve needed.
+    dense_fits_targets: bool = False
     _gram_copies: dict[torch.dtype, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def gram_in(self, dtype: torch.dtype) -> torch.Tensor:
@@ -218,8 +221,12 @@ class RidgeSystem:
         self._base_weights: torch.Tensor | None = None
         self._support: tuple[torch.Tensor, ...] | None = None  # S, B⁻¹[S,:], B⁻¹[S,S], W_B[:,S]
         self.rhs = self.cross
+        self._known_base_weights: torch.Tensor | None = None
         if settings.prior == "dense" and settings.ridge > 0:
-            self.rhs = self.cross + dense_with_bias_column(problem, dtype)[:, index] * (settings.ridge * scale)
+            dense = dense_with_bias_column(problem, dtype)[:, index]
+            self.rhs = self.cross + dense * (settings.ridge * scale)
+            if problem.dense_fits_targets and columns is None:
+                self._known_base_weights = dense  # rhs = W̃₀B, so rhs·B⁻¹ = W̃₀
 
     def diagonal(self, penalty: torch.Tensor | None) -> torch.Tensor:
         if penalty is None:
@@ -256,7 +263,8 @@ class RidgeSystem:
             self._base_definite = int(info) == 0
             if self._base_definite:
                 self._base_inverse = torch.cholesky_inverse(factor)
-                self._base_weights = self.rhs @ self._base_inverse
+                self._base_weights = (self._known_base_weights if self._known_base_weights is not None
+                                      else self.rhs @ self._base_inverse)
         return self._base_definite
 
     def _support_blocks(self, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
