@@ -387,7 +387,7 @@ SCAN_PARAMETERS: dict[str, ScanParameter] = {
         ScanParameter("ρ⁽⁰⁾ (initial penalty)", lambda r: r.settings.penalty.rho0,
                       lambda r, v: _with_penalty(r, rho0=float(v)), 1e-4, 10.0, log_scale=True),
         ScanParameter("τ (penalty growth)", lambda r: r.settings.penalty.tau,
-                      lambda r, v: _with_penalty(r, tau=float(v)), 1.05, 3.0),
+                      lambda r, v: _with_penalty(r, tau=float(v)), 1.05, 8.0),
         ScanParameter("t (score balance)", lambda r: r.settings.penalty.balance,
                       lambda r, v: _with_penalty(r, balance=float(v)), 0.0, 2.0),
         ScanParameter("α (mask momentum)", lambda r: r.settings.penalty.momentum,

@@ -46,7 +46,7 @@ controls_column, mask_column, result_column = st.columns([1, 2.2, 1.5], gap="med
 with controls_column:
     defaults = PenaltySettings()
     rho0 = st.select_slider("ρ⁽⁰⁾: initial penalty", RHO0_CHOICES, value=defaults.rho0, key="toy_rho0")
-    tau = st.slider("τ: penalty growth", 1.05, 4.0, defaults.tau, 0.05, key="toy_tau")
+    tau = st.slider("τ: penalty growth", 1.05, 8.0, defaults.tau, 0.05, key="toy_tau")
     balance = st.slider("t: score balance", 0.0, 3.0, defaults.balance, 0.1, key="toy_t")
     momentum = st.slider("α: mask momentum", 0.05, 1.0, defaults.momentum, 0.05, key="toy_alpha")
     iterations = st.slider("K: ρ iterations", 1, 60, defaults.iterations, key="toy_K")

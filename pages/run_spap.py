@@ -59,7 +59,7 @@ with st.form("spap_settings"):
         rho0 = st.number_input("ρ⁽⁰⁾: initial penalty", 1e-6, 1e3, penalty.rho0, step=0.005, format="%g",
                                key="rho0", bind=URL)
         st.caption("First weight of the penalty Σ sᵢ‖W[:,i]‖², relative to mean diag H.")
-        tau = st.slider("τ: penalty growth", 1.05, 4.0, penalty.tau, 0.05, key="tau", bind=URL)
+        tau = st.slider("τ: penalty growth", 1.05, 8.0, penalty.tau, 0.05, key="tau", bind=URL)
         st.caption("ρ ← τ·ρ after every iteration (τ > 1 drives s to feasibility).")
         momentum = st.slider("α: mask momentum", 0.05, 1.0, penalty.momentum, 0.05, key="alpha", bind=URL)
         st.caption("Step of s towards the marked channels; 1 jumps straight to binary.")

@@ -56,7 +56,7 @@ def test_closed_form_w_update_equals_direct_least_squares(bias, prior):
 def test_constraint_violation_falls_and_mask_has_exactly_lambda_pruned(start):
     problem = toy_problem(width=40, outputs=12, tokens=400, n_prune=13, seed=5)
     steps = []
-    penalty = PenaltySettings(iterations=25, rho0=0.01, tau=1.6, start=start)
+    penalty = PenaltySettings(iterations=25, rho0=0.01, tau=1.6, momentum=0.3, start=start, schedule="fixed")
     decision = spap_layer(problem, penalty, RefitSettings(), on_step=steps.append)
     violations = [s.violation for s in steps]
     assert violations[-1] < 1e-3 * violations[0]

@@ -36,14 +36,15 @@ SCHEDULES = ("fixed", "ramp")
 class PenaltySettings:
     """Hyperparameters of the penalty path (names follow the paper)."""
 
-    # K and τ set the path ρ⁽⁰⁾, ρ⁽⁰⁾τ, …, ρ⁽⁰⁾τᴷ⁻¹; the final penalty ρ⁽⁰⁾τᴷ ≈ 33 h̄ makes the
-    # soft mask feasible. K = 10, τ = 2.25 reaches it in half the solves of K = 20, τ = 1.5 with
-    # identical masks on SmolLM2 (docs/spap-design.md).
-    iterations: int = 10  # K
+    # K and τ set the path ρ⁽⁰⁾, ρ⁽⁰⁾τ, …, ρ⁽⁰⁾τᴷ⁻¹; the final penalty ρ⁽⁰⁾τᴷ ≈ 31 h̄ makes the
+    # soft mask feasible. With the ramp, K is also the number of blocks channels are removed in:
+    # K = 5 (τ = 5, α = 0.5) gave the lowest perplexity on SmolLM2 of K = 3, 5, 8, 10, in half the
+    # solves of K = 10 (docs/spap-design.md).
+    iterations: int = 5  # K
     rho0: float = 0.01  # ρ⁽⁰⁾, relative to h̄
-    tau: float = 2.25  # ρ growth per iteration
+    tau: float = 5.0  # ρ growth per iteration
     balance: float = 1.0  # t: exponent of the activation norm in the score
-    momentum: float = 0.3  # α: soft-mask step size
+    momentum: float = 0.5  # α: soft-mask step size
     # What "activation magnitude" means in the score: 'marginal' = ‖Z_i‖ (the paper's reading);
     # 'partial' = 1/√[A⁻¹]_ii, channel i's magnitude after the other channels have explained what
     # they can (equal to ‖Z_i‖ for uncorrelated channels; with t = 1 it ranks channels by the
@@ -58,7 +59,7 @@ class PenaltySettings:
     # How many channels each s-step marks: 'fixed' = λ every iteration (the paper's reading);
     # 'ramp' = ⌈λ·k/K⌉ at iteration k, so channels are removed in K blocks and each block is
     # chosen after the W-step has compensated for the previous ones (a continuation in λ).
-    schedule: str = "fixed"
+    schedule: str = "ramp"
 
     def __post_init__(self) -> None:
         checks = [
