@@ -52,6 +52,7 @@ def main() -> None:
                          "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
             print(json.dumps(rows[-1]), flush=True)
             write_outputs(Path(args.out), protocol, rows, vars(args))  # after every row: a cut run keeps its rows
+    write_outputs(Path(args.out), protocol, rows, vars(args))  # with the kept rows after the last measured one
     print(Path(args.out).read_text())
 
 
