@@ -20,10 +20,10 @@ from common import load_protocol, measure, parse_value, with_overrides
 from spap_core.methods.registry import PruneSettings
 
 GRID = [
-    "penalty.iterations=1,5,10,20",
-    "penalty.tau=1.5,2.25,4.0",
+    "penalty.iterations=1,3,5,10",
+    "penalty.tau=2.25,5.0,8.0",
     "penalty.balance=0.5,1.0,2.0",
-    "penalty.momentum=0.1,0.3,1.0",
+    "penalty.momentum=0.3,0.5,1.0",
     "penalty.rho0=0.001,0.01,0.1",
     "refit.ridge=0.01,0.05,0.1,0.2",
 ]

@@ -21,7 +21,7 @@ from common import load_protocol, measure, variant_settings
 ABLATIONS = [
     "SPAP (defaults):",
     "one-shot selection (K=1, α=1):penalty.iterations=1,penalty.momentum=1.0",
-    "ramp schedule:penalty.schedule=ramp",
+    "fixed schedule, K=10, τ=2.25, α=0.3 (the paper's reading):penalty.schedule=fixed,penalty.iterations=10,penalty.tau=2.25,penalty.momentum=0.3",
     "score with the refit's error (partial):penalty.score=partial",
     "score on centred activations:penalty.score=centred",
     "no bias/mean compensation:refit.bias=false",
