@@ -8,7 +8,7 @@ import streamlit as st
 from pages._experiments import toy_demo
 from pages._routing import ensure_routed
 from spap_core.errors import SpapInputError
-from spap_core.methods.spap import PenaltySettings
+from spap_core.methods.spap import SCHEDULES, PenaltySettings
 
 ensure_routed()
 
@@ -53,7 +53,8 @@ with controls_column:
     n_prune = st.slider("λ: channels to prune", 1, TOY_WIDTH - 1, 3, key="toy_lambda")
     score = st.radio("Activation magnitude in the score", ["marginal", "partial"], horizontal=True, key="toy_score",
                      help="marginal = ‖Zᵢ‖; partial = what channel i adds beyond the others.")
-    schedule = st.radio("Marking schedule", ["fixed", "ramp"], horizontal=True, key="toy_schedule",
+    schedule = st.radio("Marking schedule", SCHEDULES, index=SCHEDULES.index(defaults.schedule), horizontal=True,
+                        key="toy_schedule",
                         help="fixed = λ channels marked every step; ramp = ⌈λk/K⌉ at step k.")
     correlated = st.checkbox("Correlated channels", key="toy_correlated",
                              help="Channels share a few latent factors, as in real MLPs; then a channel's own "
