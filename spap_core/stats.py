@@ -63,9 +63,8 @@ class GramAccumulator:
             raise RuntimeError("no calibration tokens were accumulated for this layer")
         dense = dense_down.detach().float()
         problem = LayerProblem(gram=self.gram, cross=self.cross, target_energy=self.target_energy,
-                               dense_down=dense, n_prune=n_prune)
-        if not self.explicit_targets:  # from the float32 Gram copy the solvers reuse
-            problem.dense_fits_targets = True
+                               dense_down=dense, n_prune=n_prune, dense_fits_targets=not self.explicit_targets)
+        if problem.dense_fits_targets:  # C and ‖Y‖² from the float32 Gram copy the solvers reuse
             width = dense.shape[1]
             problem.cross = (dense @ problem.gram_in(dense.dtype)[:width]).double()
             problem.target_energy = float(torch.sum(problem.cross[:, :width] * dense.double()))

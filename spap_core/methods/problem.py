@@ -221,12 +221,12 @@ class RidgeSystem:
         self._base_weights: torch.Tensor | None = None
         self._support: tuple[torch.Tensor, ...] | None = None  # S, B⁻¹[S,:], B⁻¹[S,S], W_B[:,S]
         self.rhs = self.cross
-        self._known_base_weights: torch.Tensor | None = None
+        self._dense_solution: torch.Tensor | None = None
         if settings.prior == "dense" and settings.ridge > 0:
             dense = dense_with_bias_column(problem, dtype)[:, index]
             self.rhs = self.cross + dense * (settings.ridge * scale)
             if problem.dense_fits_targets and columns is None:
-                self._known_base_weights = dense  # rhs = W̃₀B, so rhs·B⁻¹ = W̃₀
+                self._dense_solution = dense  # rhs = W̃₀B, so rhs·B⁻¹ = W̃₀
 
     def diagonal(self, penalty: torch.Tensor | None) -> torch.Tensor:
         if penalty is None:
@@ -263,7 +263,7 @@ class RidgeSystem:
             self._base_definite = int(info) == 0
             if self._base_definite:
                 self._base_inverse = torch.cholesky_inverse(factor)
-                self._base_weights = (self._known_base_weights if self._known_base_weights is not None
+                self._base_weights = (self._dense_solution if self._dense_solution is not None
                                       else self.rhs @ self._base_inverse)
         return self._base_definite
 
