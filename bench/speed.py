@@ -28,7 +28,8 @@ from spap_core.evaluate import perplexity
 from spap_core.models import load_model
 from spap_core.prune import prune_model
 
-VARIANTS = ["SPAP:", "SPAP + alternating minimization (1 round):altmin.rounds=1", "FLAP:method=flap"]
+VARIANTS = ["SPAP without alternating minimization:altmin.rounds=0", "SPAP (defaults, with alternating minimization):",
+            "FLAP:method=flap"]
 PHASES = ("capture", "solve", "altmin", "propagate")
 
 

@@ -24,9 +24,8 @@ from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason
 from spap_core.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
-from spap_core.methods.registry import PruneSettings
 from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
-from spap_core.presets import interactive_run_size
+from spap_core.presets import interactive_run_size, interactive_settings
 from spap_core.runs import results_root
 
 LOG = logging.getLogger("spap_explorer")
@@ -123,7 +122,7 @@ def data_spec() -> DataSpec:
 def run_request() -> RunRequest:
     """Settings of the last run submitted on the Run SPAP page (defaults before the first), with
     the current data: the base of sweeps and sensitivity scans."""
-    settings = st.session_state.get("prune_settings", PruneSettings())
+    settings = st.session_state.get("prune_settings") or interactive_settings(target_device())
     return RunRequest(settings=settings, seed=st.session_state.get("run_seed", 0), data=data_spec())
 
 

@@ -22,12 +22,14 @@ from pages._shared import (
     run_size_note,
     saved_runs_panel,
     submit_job,
+    target_device,
 )
 from spap_core.errors import SpapInputError
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.problem import PRECISIONS, PRIORS, RefitSettings
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SCHEDULES, SCORES, STARTS, PenaltySettings
+from spap_core.presets import interactive_settings
 
 ensure_routed()
 
@@ -39,7 +41,7 @@ spec = data_spec()
 st.caption(f"{run_size_note()} Data: calibration from {spec.calibration.label}, evaluation on "
            f"{spec.evaluation.label} (change both on Model & data).")
 
-defaults = PruneSettings()
+defaults = interactive_settings(target_device())
 penalty, refit, altmin = defaults.penalty, defaults.refit, defaults.altmin
 
 

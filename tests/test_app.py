@@ -172,6 +172,8 @@ def test_run_page_has_every_hyperparameter_in_the_form(app_files):
     assert at.slider(key="K").value == defaults.penalty.iterations
     assert at.number_input(key="delta").value == defaults.refit.ridge
     assert at.number_input(key="nsamples").value == 8  # the CPU preset
+    assert at.slider(key="am_rounds").value == 0 < defaults.altmin.rounds  # off in the CPU preset only
+    assert at.number_input(key="am_lr").value == defaults.altmin.lr
     assert len(at.caption) >= 22  # one explanation per setting
 
 
