@@ -39,6 +39,7 @@ class Experiment:
             "method": result.settings.method, "sparsity": result.settings.sparsity,
             "ppl": self.pruned.perplexity, "ppl_dense": self.dense.perplexity,
             "relative_error": result.relative_error,
+            "mean_layer_error": result.mean_layer_error,
             "prune_seconds": self.prune_seconds, "eval_seconds": self.eval_seconds,
             "dense_eval_seconds": self.dense_seconds, "timings": result.timings,
             "params_before": result.params_before, "params_after": result.params_after,

@@ -8,7 +8,7 @@ import contextlib
 import copy
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -19,7 +19,7 @@ from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.registry import PruneSettings, decide_layer
 from spap_core.methods.altmin import alternating_minimization
 from spap_core.methods.baselines import baseline_scores
-from spap_core.methods.problem import prune_count
+from spap_core.methods.problem import LayerDecision, LayerProblem, prune_count
 from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel
 from spap_core.shrink import finalize_config, shrink_mlp, supports_down_bias
@@ -38,6 +38,16 @@ class LayerRecord:
     scores: dict[str, np.ndarray]  # every baseline's metric plus the run's own (spap_first/spap_last)
     objective: float | None
     dense_objective: float  # ½‖Y‖²: the error of pruning everything, a scale for `objective`
+    # ‖W_down[:,i]‖ before ("dense") and after ("final": 0 for a pruned channel) the method, so a
+    # page can show how the kept columns compensate; empty for a run saved before they were kept.
+    down_column_norms: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def relative_error(self) -> float:
+        """objective ÷ ½‖Y‖²: 0 = the layer reproduces its dense output, 1 = as bad as no MLP."""
+        if self.objective is None or self.dense_objective <= 0:
+            return float("nan")
+        return self.objective / self.dense_objective
 
 
 @dataclass
@@ -52,12 +62,26 @@ class PruneResult:
     calibration_tokens: int
 
     @property
+    def mean_layer_error(self) -> float:
+        """Mean over layers of objective ÷ ½‖Y‖²: every layer counts alike, so it agrees with a
+        per-layer chart (the headline the app shows)."""
+        errors = [layer.relative_error for layer in self.layers if not np.isnan(layer.relative_error)]
+        return float(np.mean(errors)) if errors else float("nan")
+
+    @property
     def relative_error(self) -> float:
-        """Σ layer objective ÷ Σ ½‖Y‖²: 0 = every layer reproduces its dense output, 1 = as bad as
-        dropping the MLP altogether. Comparable across models and calibration sizes."""
+        """Σ layer objective ÷ Σ ½‖Y‖² (pooled): 0 = every layer reproduces its dense output, 1 = as
+        bad as dropping the MLP altogether. Layers with large outputs dominate it (in SmolLM2 three
+        layers do), which is why the app leads with `mean_layer_error`; the benchmarks' tables use this."""
         dense = sum(layer.dense_objective for layer in self.layers)
         achieved = sum(layer.objective or 0.0 for layer in self.layers)
         return achieved / dense if dense > 0 else float("nan")
+
+
+def _down_column_norms(problem: LayerProblem, decision: LayerDecision) -> dict[str, np.ndarray]:
+    final = torch.zeros(problem.width, dtype=torch.float32)
+    final[decision.keep.cpu()] = decision.down_weight.float().norm(dim=0).cpu()
+    return {"dense": problem.dense_down.float().norm(dim=0).cpu().numpy(), "final": final.numpy()}
 
 
 class _StopForward(Exception):
@@ -292,6 +316,7 @@ def prune_model(
                 layer=index, width=problem.width, keep=decision.keep.cpu().numpy(),
                 scores={**baseline_scores(problem), **decision.scores},
                 objective=decision.objective, dense_objective=0.5 * problem.target_energy,
+                down_column_norms=_down_column_norms(problem, decision),
             ))
             shrink_mlp(mlp, decision)
             hidden = [

@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -22,32 +23,61 @@ from spap_core.prune import LayerRecord, PruneResult
 RESULTS_DIR_ENV = "SPAP_RESULTS_DIR"
 ARRAYS_FILE = "trace_masks.npz"
 
-TRACE_COLUMNS = ("layer", "iteration", "rho", "objective", "violation", "mask_mean", "mask_binary_fraction")
+TRACE_COLUMNS = ("layer", "iteration", "rho", "objective", "violation", "marked", "n_prune", "mask_mean",
+                 "readout_gap")
+
+
+def readout(soft_mask: np.ndarray, n_prune: int) -> np.ndarray:
+    """The binary mask read off s: its λ largest entries (ties towards the lower index)."""
+    binary = np.zeros(len(soft_mask), dtype=np.float32)
+    binary[np.argsort(-soft_mask, kind="stable")[:n_prune]] = 1.0
+    return binary
+
+
+def readout_gap(soft_mask: np.ndarray, n_prune: int) -> float:
+    """Σ|s − b(s)| ÷ λ, b(s) the binary read-out of s: 0 when s is binary; it depends only on the
+    values of s, which α and the marking schedule decide (the data only decides which channel
+    gets which value)."""
+    if n_prune <= 0:
+        return float("nan")
+    return float(np.abs(soft_mask - readout(soft_mask, n_prune)).sum() / n_prune)
 
 
 def trace_rows(trace: list[SpapStep]) -> list[dict]:
-    """One row per (layer, ρ iteration); `mask_binary_fraction` = share of s within 1e-3 of 0 or 1."""
+    """One row per (layer, ρ iteration): ρ, the penalised objective and violation, how many
+    channels the s-step marked, and how far s is from its binary read-out."""
     return [
         {
             "layer": step.layer, "iteration": step.iteration, "rho": step.rho,
             "objective": step.objective, "violation": step.violation,
-            "mask_mean": float(step.soft_mask.mean()),
-            "mask_binary_fraction": float(np.mean((step.soft_mask < 1e-3) | (step.soft_mask > 1 - 1e-3))),
+            "marked": step.marked, "n_prune": step.n_prune, "mask_mean": float(step.soft_mask.mean()),
+            "readout_gap": readout_gap(step.soft_mask, step.n_prune),
         }
         for step in trace
     ]
 
 
-def soft_mask_array(trace: list[SpapStep]) -> np.ndarray:
-    """Soft masks as [layer, iteration, channel] (empty for methods without a trace)."""
-    if not trace:
+def _by_layer_and_iteration(trace: list[SpapStep], values: Callable[[SpapStep], np.ndarray]) -> np.ndarray:
+    """A per-step channel array as [layer, iteration, channel] (empty for methods without a trace,
+    or when no step carries the array)."""
+    if not trace or any(len(values(step)) == 0 for step in trace):
         return np.zeros((0, 0, 0), dtype=np.float32)
     layers = sorted({s.layer for s in trace})
     iterations = max(s.iteration for s in trace)
-    out = np.zeros((len(layers), iterations, len(trace[0].soft_mask)), dtype=np.float32)
+    out = np.zeros((len(layers), iterations, len(values(trace[0]))), dtype=np.float32)
     for step in trace:
-        out[layers.index(step.layer), step.iteration - 1] = step.soft_mask
+        out[layers.index(step.layer), step.iteration - 1] = values(step)
     return out
+
+
+def soft_mask_array(trace: list[SpapStep]) -> np.ndarray:
+    """Soft masks s as [layer, iteration, channel]."""
+    return _by_layer_and_iteration(trace, lambda step: step.soft_mask)
+
+
+def column_norm_array(trace: list[SpapStep]) -> np.ndarray:
+    """‖W[:,i]‖ of the penalised solution as [layer, iteration, channel] (empty if not recorded)."""
+    return _by_layer_and_iteration(trace, lambda step: step.column_norms)
 
 
 def results_root() -> Path:
@@ -66,13 +96,14 @@ def write_run(directory: str | Path, record: dict, result: PruneResult) -> Path:
     """Write results.json, trace.csv and the arrays (soft masks, kept channels, scores per layer)."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    arrays = {"soft_masks": soft_mask_array(result.trace),
+    arrays = {"soft_masks": soft_mask_array(result.trace), "column_norms": column_norm_array(result.trace),
               "layer_objectives": np.array([np.nan if l.objective is None else l.objective for l in result.layers]),
               "dense_objectives": np.array([l.dense_objective for l in result.layers]),
               "widths": np.array([l.width for l in result.layers])}
     for layer in result.layers:
         arrays[f"keep_layer{layer.layer}"] = layer.keep
         arrays.update({f"score_layer{layer.layer}_{name}": np.asarray(score) for name, score in layer.scores.items()})
+        arrays.update({f"down_norms_layer{layer.layer}_{name}": norms for name, norms in layer.down_column_norms.items()})
     np.savez_compressed(path / ARRAYS_FILE, **arrays)
     with open(path / "trace.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=TRACE_COLUMNS)
@@ -81,6 +112,10 @@ def write_run(directory: str | Path, record: dict, result: PruneResult) -> Path:
     # results.json last: a folder with it is complete (list_runs ignores half-written ones)
     (path / "results.json").write_text(json.dumps(record, indent=2, default=float))
     return path
+
+
+def _named_arrays(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
 
 
 def list_runs(root: str | Path) -> list[Path]:
@@ -100,23 +135,29 @@ def read_run(directory: str | Path) -> tuple[dict, PruneResult]:
         arrays = dict(stored)
     layers = []
     for index, width in enumerate(arrays["widths"]):
-        prefix = f"score_layer{index}_"
         objective = float(arrays["layer_objectives"][index])
         layers.append(LayerRecord(
             layer=index, width=int(width), keep=arrays[f"keep_layer{index}"],
-            scores={key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)},
+            scores=_named_arrays(arrays, f"score_layer{index}_"),
             objective=None if np.isnan(objective) else objective,
             dense_objective=float(arrays["dense_objectives"][index]),
+            down_column_norms=_named_arrays(arrays, f"down_norms_layer{index}_"),
         ))
     with open(path / "trace.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    masks = arrays["soft_masks"]
+    masks, norms = arrays["soft_masks"], arrays.get("column_norms", np.zeros((0, 0, 0), dtype=np.float32))
     layer_numbers = sorted({int(row["layer"]) for row in rows})
-    trace = [SpapStep(layer=int(row["layer"]), iteration=int(row["iteration"]), rho=float(row["rho"]),
-                      soft_mask=masks[layer_numbers.index(int(row["layer"])), int(row["iteration"]) - 1],
-                      scores=np.zeros(0, dtype=np.float32),  # per-step scores are not stored
-                      objective=float(row["objective"]), violation=float(row["violation"]))
-             for row in rows]
+    trace = []
+    for row in rows:
+        layer, iteration = layer_numbers.index(int(row["layer"])), int(row["iteration"]) - 1
+        n_prune = int(row.get("n_prune") or 0) or layers[int(row["layer"])].width - len(layers[int(row["layer"])].keep)
+        trace.append(SpapStep(
+            layer=int(row["layer"]), iteration=iteration + 1, rho=float(row["rho"]), soft_mask=masks[layer, iteration],
+            scores=np.zeros(0, dtype=np.float32),  # per-step scores are not stored
+            objective=float(row["objective"]), violation=float(row["violation"]),
+            column_norms=norms[layer, iteration] if norms.size else np.zeros(0, dtype=np.float32),
+            n_prune=n_prune, marked=int(row.get("marked") or 0),
+        ))
     result = PruneResult(model=None, settings=PruneSettings.from_dict(record["settings"]), layers=layers,
                          trace=trace, timings=record["timings"], params_before=record["params_before"],
                          params_after=record["params_after"], calibration_tokens=record["calibration_tokens"])

@@ -110,9 +110,9 @@ def objective(problem: LayerProblem, weights: torch.Tensor) -> float:
     """f(W̃) for a full-width W̃ (m×(n+1)); columns of pruned channels are simply zero."""
     gram = problem.gram.to(weights.dtype)
     cross = problem.cross.to(weights.dtype)
-    quad = torch.sum((weights @ gram) * weights)
-    lin = torch.sum(cross * weights)
-    return float(0.5 * quad - lin + 0.5 * problem.target_energy)
+    quad = torch.sum((weights @ gram) * weights, dtype=torch.float64)
+    lin = torch.sum(cross * weights, dtype=torch.float64)
+    return max(0.0, float(0.5 * quad - lin + 0.5 * problem.target_energy))  # a sum of squares: rounding below 0 is 0
 
 
 def dense_with_bias_column(problem: LayerProblem, dtype: torch.dtype) -> torch.Tensor:
@@ -294,9 +294,13 @@ class RidgeSystem:
 
     def objective(self, weights: torch.Tensor, penalty: torch.Tensor | None = None) -> float:
         """f(W̃) of a solution of this system in O(mn): W̃H̃ = rhs − W̃·diag(d), hence
-        tr(W̃H̃W̃ᵀ) = tr(rhs W̃ᵀ) − Σ d_i‖W̃_i‖² (no n² product per ρ iteration)."""
-        quad = torch.sum(self.rhs * weights) - torch.sum(self.diagonal(penalty) * weights.pow(2).sum(dim=0))
-        return float(0.5 * quad - torch.sum(self.cross * weights) + 0.5 * self.target_energy)
+        tr(W̃H̃W̃ᵀ) = tr(rhs W̃ᵀ) − Σ d_i‖W̃_i‖² (no n² product per ρ iteration). The terms are summed
+        in float64; f is a sum of squares, so what rounding leaves below zero on a near-exact fit is
+        reported as 0 (a negative error would be a wrong number on every plot)."""
+        quad = torch.sum(self.rhs * weights, dtype=torch.float64) - torch.sum(
+            self.diagonal(penalty) * weights.pow(2).sum(dim=0), dtype=torch.float64)
+        value = 0.5 * quad - torch.sum(self.cross * weights, dtype=torch.float64) + 0.5 * self.target_energy
+        return max(0.0, float(value))
 
 
 def augmented_solve(problem: LayerProblem, settings: RefitSettings, penalty: torch.Tensor | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -88,6 +88,11 @@ class SpapStep:
     scores: np.ndarray
     objective: float  # ½‖WZ − Y‖² of the current (penalised) W
     violation: float  # Σ s_i ‖W[:,i]‖²
+    # What ρ acts on: ‖W[:,i]‖ of the penalised solution, so a plot can show the marked columns
+    # shrinking and the others compensating (empty for a trace read back from an older run).
+    column_norms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    n_prune: int = 0  # λ of this layer: the binary read-out prunes the λ largest s
+    marked: int = 0  # channels the s-step moved towards 1 at this iteration (λ, or ⌈λk/K⌉ with the ramp)
 
 
 StepCallback = Callable[[SpapStep], None]
@@ -146,6 +151,7 @@ def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: 
                 layer=layer, iteration=iteration, rho=rho,
                 soft_mask=soft_mask.float().cpu().numpy(), scores=scores.float().cpu().numpy(),
                 objective=system.objective(weights, column_penalty), violation=float((soft_mask * column_sq).sum()),
+                column_norms=column_sq.sqrt().float().cpu().numpy(), n_prune=count, marked=marked,
             ))
         rho *= penalty.tau
     # Binary read-out: prune the λ largest s, ties broken towards the lower score.
