@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,10 +97,20 @@ def _dequantize_gguf_to_cache(gguf: Path) -> Path:
     model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained while this is set
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
-    model.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    # Written beside the target under a name of its own, then renamed: two processes converting at
+    # once (a test run next to the app) never share a half-written folder, and the second one to
+    # finish keeps the first one's copy.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+    try:
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        partial.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
