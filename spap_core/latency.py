@@ -74,7 +74,7 @@ def _summary(samples: list[float]) -> Timing:
     return Timing(median=statistics.median(samples), low=min(samples), high=max(samples), repeats=len(samples))
 
 
-def _cache_keyword(model: nn.Module) -> str:
+def cache_keyword(model: nn.Module) -> str:
     """transformers renamed `past_key_values` to `cache` in the forward signature (5.x)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -162,14 +162,14 @@ def measure_latencies(models: Sequence[nn.Module], seqlen: int = 512, decode_tok
         return (time.perf_counter() - started) * 1e3
 
     def decode_tokens_per_s(model: nn.Module) -> float:
-        cache_keyword = _cache_keyword(model)
+        keyword = cache_keyword(model)
         out = model(input_ids=prompt, use_cache=True)
-        cache, token = getattr(out, cache_keyword), out.logits[:, -1:].argmax(-1)
+        cache, token = getattr(out, keyword), out.logits[:, -1:].argmax(-1)
         _sync(device)
         started = time.perf_counter()
         for _ in range(decode_tokens):
-            out = model(input_ids=token, use_cache=True, **{cache_keyword: cache})
-            cache, token = getattr(out, cache_keyword), out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=token, use_cache=True, **{keyword: cache})
+            cache, token = getattr(out, keyword), out.logits[:, -1:].argmax(-1)
         _sync(device)
         return decode_tokens / (time.perf_counter() - started)
 

@@ -1,0 +1,125 @@
+"""Dense vs pruned text: the dense model and the latest run's pruned model answer the same prompt
+side by side, streamed token by token under the same sampling settings and seed, so what pruning
+costs can be read rather than inferred from a perplexity.
+
+Generation runs in the page's own script run rather than on the job queue: only the script run can
+stream into the page, and a few hundred tokens take seconds, not minutes. A rerun (Stop, or any
+other click) interrupts it; the text so far stays, because every step is kept in session state.
+"""
+
+import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
+from torch import nn
+
+from pages._routing import ensure_routed
+from pages._shared import device_label, require_model, require_outcome, require_pruned_model
+from spap_core.errors import NumericalError, SpapInputError
+from spap_core.families import GluFamily
+from spap_core.generate import (
+    MAX_NEW_TOKENS,
+    MAX_TEMPERATURE,
+    GenerationSettings,
+    SideBySide,
+    TextStream,
+    context_length,
+    encode_prompt,
+    generate_side_by_side,
+)
+
+ensure_routed()
+
+DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
+STATE_KEY = "dense_vs_pruned"  # the last generated pair, with what it was generated from
+CURSOR = " ▌"
+SEED_LIMIT = 2**32 - 1  # the widget's bound (the library takes up to 2^63 - 1, more than a browser holds exactly)
+STOP_REASONS = {"eos": "ended its answer", "length": "reached max new tokens", "cancelled": "was stopped",
+                None: "was interrupted"}
+
+
+def mlp_channels(model: nn.Module, family: GluFamily) -> int:
+    """Intermediate MLP channels over all layers (the pruned model's layers may differ in width)."""
+    return sum(family.mlp(layer).down_proj.in_features for layer in family.decoder_layers(model))
+
+
+def show_text(placeholder: DeltaGenerator, stream: TextStream) -> None:
+    """The text exactly as decoded (no Markdown), with a cursor while the model is still writing."""
+    placeholder.text(stream.text + ("" if stream.finished else CURSOR), width="stretch")
+
+
+def stream_summary(stream: TextStream) -> str:
+    return (f"{stream.tokens} tokens in {stream.seconds:.2f} s ({stream.tokens_per_s:.1f} tokens/s); "
+            f"it {STOP_REASONS[stream.stop]}")
+
+
+st.title("Dense vs pruned text")
+loaded = require_model()
+outcome = require_outcome()
+require_pruned_model(loaded, outcome, "to let the pruned model write")
+
+pruned_model = outcome.result.model
+removed = 1 - mlp_channels(pruned_model, loaded.family) / mlp_channels(loaded.model, loaded.family)
+st.caption(f"The dense model and the latest run's pruned model ({outcome.request.settings.method} at sparsity "
+           f"{outcome.request.settings.sparsity:.0%}) continue the same prompt on {device_label(loaded.device)}, one "
+           "token each in turn. Both use the same sampling settings, and each draws from its own random generator "
+           "seeded alike: identical models would write identical text, so every difference comes from the pruning.")
+
+with st.form("generation_settings"):
+    prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=100, key="generation_prompt")
+    columns = st.columns(4)
+    max_new_tokens = columns[0].number_input("Max new tokens", 1, MAX_NEW_TOKENS, 128, key="generation_max_new_tokens")
+    temperature = columns[1].number_input("Temperature (0 = greedy)", 0.0, MAX_TEMPERATURE, 0.7, step=0.1,
+                                          key="generation_temperature")
+    top_p = columns[2].number_input("Top-p", 0.0, 1.0, 0.9, step=0.05, key="generation_top_p")
+    seed = columns[3].number_input("Seed", 0, SEED_LIMIT, 0, key="generation_seed")
+    submitted = st.form_submit_button("Generate", type="primary", icon=":material/edit_note:")
+
+request = None
+if submitted:
+    try:
+        settings = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                                      top_p=float(top_p), seed=int(seed))
+        request = settings, encode_prompt(loaded.tokenizer, prompt, settings, context_length(loaded.model))
+    except SpapInputError as exc:  # the previous pair stays on show below
+        st.error(str(exc), icon=":material/error:")
+
+dense_column, pruned_column = st.columns(2)
+with dense_column.container(border=True):
+    st.markdown("**Dense model**")
+    dense_text = st.empty()
+with pruned_column.container(border=True):
+    st.markdown(f"**Pruned model ({removed:.0%} of MLP channels removed)**")
+    pruned_text = st.empty()
+
+if request is not None:
+    settings, encoded = request
+    record = {"prompt": prompt, "prompt_tokens": len(encoded.ids), "used_chat_template": encoded.used_chat_template,
+              "settings": settings, "run_finished_at": outcome.finished_at, "pair": None}
+    st.session_state[STATE_KEY] = record
+    stop_button = st.empty()
+    stop_button.button("Stop", icon=":material/stop_circle:", key="generation_stop")  # any rerun interrupts
+    try:
+        for pair in generate_side_by_side(loaded.model, pruned_model, loaded.tokenizer, encoded, settings):
+            record["pair"] = pair
+            show_text(dense_text, pair.dense)
+            show_text(pruned_text, pair.pruned)
+    except NumericalError as exc:
+        st.error(str(exc), icon=":material/error:")
+    stop_button.empty()
+
+record = st.session_state.get(STATE_KEY)
+if record is None or record["pair"] is None:
+    st.info("Press Generate: both models write their answer here, side by side.")
+    st.stop()
+pair: SideBySide = record["pair"]
+show_text(dense_text, pair.dense)
+show_text(pruned_text, pair.pruned)
+if record["run_finished_at"] != outcome.finished_at:
+    st.caption("These texts come from an earlier run's pruned model; press Generate for the latest one.")
+if record["prompt"] != prompt:
+    st.caption(f"Generated for an earlier prompt: “{record['prompt']}”.")
+template = ("wrapped in the tokenizer's chat template as a user turn" if record["used_chat_template"]
+            else "given as plain text (the tokenizer has no chat template)")
+st.caption(f"Dense: {stream_summary(pair.dense)}. Pruned: {stream_summary(pair.pruned)}. "
+           f"The prompt ({record['prompt_tokens']} tokens) was {template}; {record['settings'].describe()}. "
+           "Tokens/s count each model's own forward passes, prompt included, timed in alternation on the same "
+           "device during this generation.")
