@@ -7,12 +7,14 @@ st.set_page_config(page_title="SPAP Explorer", page_icon="✂️", layout="wide"
 
 PAGES = {
     "Set up and run": [
-        st.Page("pages/model_data.py", title="Model & data", icon=":material/memory:", default=True),
+        st.Page("pages/start_here.py", title="Start here", icon=":material/flag:", default=True),
+        st.Page("pages/model_data.py", title="Model & data", icon=":material/memory:"),
         st.Page("pages/run_spap.py", title="Run SPAP", icon=":material/play_arrow:"),
     ],
     "Inspect the run": [
         st.Page("pages/mask_evolution.py", title="Mask evolution", icon=":material/animation:"),
         st.Page("pages/scores.py", title="Scores", icon=":material/bar_chart:"),
+        st.Page("pages/dense_vs_pruned.py", title="Dense vs pruned text", icon=":material/chat:"),
         st.Page("pages/latency.py", title="Latency & memory", icon=":material/speed:"),
     ],
     "Compare and understand": [
@@ -25,9 +27,10 @@ PAGES = {
 page = st.navigation(PAGES)  # first, so the browser shows these pages while torch is still importing
 
 from pages._routing import routed_page_run  # noqa: E402
-from pages._shared import render_sidebar, report_unexpected  # noqa: E402  (imports torch: seconds, once)
+from pages._shared import open_shared_run, render_sidebar, report_unexpected  # noqa: E402  (imports torch)
 
 try:
+    open_shared_run()  # a ?run=NAME link: that saved run becomes this session's latest, on any page
     render_sidebar()
     with routed_page_run():
         page.run()

@@ -8,8 +8,9 @@ import pandas as pd
 from torch import nn
 
 from spap_core.families import GluFamily
+from spap_core.latency import Timing
 from spap_core.prune import LayerRecord, PruneResult
-from spap_core.runs import soft_mask_array, trace_rows
+from spap_core.runs import column_norm_array, soft_mask_array, trace_rows
 
 SPAP_PRUNED = "SPAP (actual pruned set)"
 SCORE_METRICS = ("magnitude", "wanda-sp", "flap", "spap_first", "spap_last")
@@ -43,8 +44,7 @@ def layer_table(result: PruneResult) -> pd.DataFrame:
     """One row per layer: width, channels kept and the layer's relative reconstruction error."""
     return pd.DataFrame([
         {"layer": r.layer, "width": r.width, "kept": len(r.keep), "pruned": r.width - len(r.keep),
-         "objective": r.objective, "dense_objective": r.dense_objective,
-         "relative_error": (r.objective or 0.0) / r.dense_objective if r.dense_objective > 0 else np.nan}
+         "objective": r.objective, "dense_objective": r.dense_objective, "relative_error": r.relative_error}
         for r in result.layers
     ])
 
@@ -52,6 +52,106 @@ def layer_table(result: PruneResult) -> pd.DataFrame:
 def soft_masks(result: PruneResult) -> np.ndarray:
     """[layer, iteration, channel] soft masks of a SPAP run (empty for baselines)."""
     return soft_mask_array(result.trace)
+
+
+def column_norms(result: PruneResult) -> np.ndarray:
+    """[layer, iteration, channel] ‖W[:,i]‖ along the penalty path (empty if the run did not keep them)."""
+    return column_norm_array(result.trace)
+
+
+def readout_masks(result: PruneResult) -> np.ndarray:
+    """[layer, channel] the binary mask each layer was read out to (1 = pruned): the run's own
+    decision, so the 'read-out' frame shows what was pruned, not a recomputation."""
+    masks = np.zeros((len(result.layers), result.layers[0].width), dtype=np.float32)
+    for index, record in enumerate(result.layers):
+        masks[index] = 1.0
+        masks[index, record.keep] = 0.0
+    return masks
+
+
+def mask_story(result: PruneResult, masks: np.ndarray) -> str:
+    """What the soft mask did in this run, in words computed from its own settings and values:
+    the start, the marking schedule, the values s ended with, and whether it ended binary."""
+    penalty = result.settings.penalty
+    n_layers, n_iterations, width = masks.shape
+    n_prune = width - len(result.layers[0].keep)
+    start = ("s⁽⁰⁾ = 0 (nothing marked)" if penalty.start == "zero"
+             else f"s⁽⁰⁾ = λ/n = {n_prune / width:.3g} everywhere")
+    if penalty.schedule == "ramp":
+        marking = f"iteration k marks the ⌈λk/K⌉ lowest-scored channels (λ = {n_prune} at k = K = {n_iterations})"
+    else:
+        marking = f"every iteration marks the λ = {n_prune} lowest-scored channels"
+    final = masks[:, -1, :]
+    values = np.unique(np.round(final, 3))
+    shown = ", ".join(f"{v:g}" for v in values[:8]) + (", …" if len(values) > 8 else "")
+    binary = bool(np.all((final < 1e-3) | (final > 1 - 1e-3)))
+    if binary:
+        ending = "At the last iteration s is binary, so the read-out simply takes it."
+    else:
+        below = int(np.mean([np.sum(np.sort(layer)[::-1][:n_prune] < 1 - 1e-3) for layer in final]).round())
+        short = (f"no channel's s reaches 1 (the largest is {final.max():.3g})" if below == n_prune else
+                 f"on average {below} of the λ = {n_prune} channels with the largest s sit below 1")
+        ending = (f"At the last iteration s is not binary: its values are {shown}, and {short}. The binary mask is "
+                  "read out as the λ largest s (the 'read-out' frame).")
+    return (f"Start: {start}. Each ρ iteration moves s a step α = {penalty.momentum:g} towards the marked channels; "
+            f"{marking}. {ending} The values s takes depend only on α and the schedule; the data decides which "
+            "channel gets which value, through the scores ‖W[:,i]‖·‖Zᵢ‖ᵗ of the penalised W.")
+
+
+def first_marked(masks: np.ndarray) -> np.ndarray:
+    """[layer, channel] the ρ iteration (1-based) at which s first became positive; 0 = never."""
+    positive = masks > 1e-6
+    first = positive.argmax(axis=1) + 1
+    return np.where(positive.any(axis=1), first, 0)
+
+
+def changed_mind_counts(masks: np.ndarray, readouts: np.ndarray) -> np.ndarray:
+    """Per layer: channels that were marked at some iteration but were kept in the end."""
+    return ((masks > 1e-6).any(axis=1) & (readouts < 0.5)).sum(axis=1)
+
+
+def marked_share_of_final(masks: np.ndarray, readouts: np.ndarray) -> np.ndarray:
+    """[layer, iteration]: the share of the finally pruned channels already marked (s > 0)."""
+    pruned = readouts > 0.5
+    return ((masks > 1e-6) & pruned[:, None, :]).sum(axis=2) / np.maximum(pruned.sum(axis=1, keepdims=True), 1)
+
+
+def norm_paths(result: PruneResult, layer: int) -> pd.DataFrame | None:
+    """Median ‖W[:,i]‖ ÷ ‖W₀[:,i]‖ per ρ iteration for groups of channels of one layer: the finally
+    pruned ones by the iteration they were first marked, the channels marked but kept, and the
+    channels never marked. None when the run did not record column norms."""
+    norms = column_norms(result)
+    record = result.layers[layer]
+    dense = record.down_column_norms.get("dense")
+    if norms.size == 0 or dense is None:
+        return None
+    masks = soft_masks(result)[layer]
+    readouts = readout_masks(result)[layer]
+    first = first_marked(masks[None])[0]
+    relative = norms[layer] / np.maximum(dense, 1e-12)  # [iteration, channel]
+    rhos = [step.rho for step in result.trace if step.layer == record.layer]
+    groups = {}
+    for channel in range(record.width):
+        if readouts[channel] > 0.5:
+            groups.setdefault(f"pruned, marked from iteration {first[channel]}", []).append(channel)
+        elif first[channel] > 0:
+            groups.setdefault("marked, then kept", []).append(channel)
+        else:
+            groups.setdefault("never marked (kept)", []).append(channel)
+    rows = [{"group": name, "channels": len(members), "iteration": k + 1, "rho": rhos[k],
+             "relative_norm": float(np.median(relative[k, members])), "s": float(np.median(masks[k, members]))}
+            for name, members in sorted(groups.items()) for k in range(relative.shape[0])]
+    return pd.DataFrame(rows)
+
+
+def final_norms(record: LayerRecord) -> pd.DataFrame | None:
+    """‖W[:,i]‖ ÷ ‖W₀[:,i]‖ after the read-out and refit (0 for pruned channels), per channel."""
+    dense, final = record.down_column_norms.get("dense"), record.down_column_norms.get("final")
+    if dense is None or final is None:
+        return None
+    pruned = pruned_channels(record)
+    return pd.DataFrame({"channel": np.arange(record.width), "relative_norm": final / np.maximum(dense, 1e-12),
+                         "status": ["pruned" if c in pruned else "kept" for c in range(record.width)]})
 
 
 def display_channels(final_mask: np.ndarray, max_channels: int, sort_by_mask: bool) -> np.ndarray:
@@ -114,3 +214,28 @@ def jaccard_matrix(records: list[LayerRecord]) -> pd.DataFrame:
                 union = sets[a] | sets[b]
                 total[i, j] += len(sets[a] & sets[b]) / len(union) if union else 1.0
     return pd.DataFrame(total / len(records), index=names, columns=names)
+
+
+def readable_range(values: np.ndarray, min_relative_span: float = 0.05) -> tuple[list[float], str]:
+    """A y-axis range at least `min_relative_span` of the values' mean wide, and a note of their
+    spread: a 0.5 % change drawn across the whole axis would look like a cliff."""
+    values = np.asarray(values, dtype=np.float64)
+    low, high, centre = float(values.min()), float(values.max()), float(values.mean())
+    spread = (high - low) / abs(centre) if centre else float("inf")
+    half = max(high - low, min_relative_span * abs(centre)) / 2 * 1.1
+    middle = (high + low) / 2
+    return [middle - half, middle + half], f"spread {spread:.1%} of the mean"
+
+
+def speedup_verdict(what: str, dense: Timing, pruned: Timing, unit: str, lower_is_faster: bool) -> tuple[bool, str]:
+    """Whether a measured speed-up means anything: only when the fastest-to-slowest ranges of the
+    two models do not overlap. Returns (conclusive, a sentence saying so with the ranges)."""
+    ranges = (f"dense {dense.low:.4g}–{dense.high:.4g} {unit}, pruned {pruned.low:.4g}–{pruned.high:.4g} {unit}, "
+              f"{dense.repeats} repeats each")
+    overlap = dense.low <= pruned.high and pruned.low <= dense.high
+    if overlap:
+        return False, (f"{what}: inconclusive — the two models' ranges overlap ({ranges}), so this measurement cannot "
+                       "tell which one is faster.")
+    pruned_faster = (pruned.high < dense.low) if lower_is_faster else (pruned.low > dense.high)
+    return True, (f"{what}: the pruned model is {'faster' if pruned_faster else 'slower'} in every repeat "
+                  f"({ranges}).")

@@ -225,10 +225,6 @@ class RunOutcome:
     saved_to: Path | None = None  # its folder under the results root
 
     @property
-    def relative_error(self) -> float:
-        return self.result.relative_error
-
-    @property
     def has_model(self) -> bool:
         return self.result.model is not None
 
@@ -253,8 +249,9 @@ def _experiment_with_progress(loaded: LoadedModel, data: PreparedData, request: 
 
 
 def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressReporter,
-                cancel: threading.Event) -> RunOutcome:
-    """Prune a copy of the model and evaluate dense and pruned perplexity on the same windows."""
+                cancel: threading.Event, owner: str = "") -> RunOutcome:
+    """Prune a copy of the model and evaluate dense and pruned perplexity on the same windows.
+    `owner` (the browser session) is saved with the run, so each session lists its own runs."""
     progress.update(phase="tokenizing calibration and evaluation text")
     data = prepare_data(loaded, request.data, request.seed)
     started = time.perf_counter()
@@ -266,7 +263,7 @@ def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressRepo
         loaded, dense_eval_seconds=dense_seconds, dense_ppl_cached=dense_cached,
         eval_source=data.evaluation_source.label, calib_source=data.calibration_source.label,
         nsamples=request.data.nsamples, seqlen=request.data.seqlen, seed=request.seed,
-        model_key=model_key(loaded), data=request.data.to_dict(), finished_at=finished_at,
+        model_key=model_key(loaded), data=request.data.to_dict(), finished_at=finished_at, owner=owner,
     )
     # saved as it finishes: a crash or restart of the app loses at most the run in progress
     saved_to = write_run(new_run_directory(results_root(), record), record, experiment.result)
@@ -281,15 +278,27 @@ def _stored_perplexity(record: dict, key: str) -> PerplexityResult:
                             windows=record["eval_windows"], seqlen=record["eval_len"])
 
 
-def saved_runs() -> pd.DataFrame:
-    """The finished runs in the results folder, newest first (one row each, folder included)."""
+def saved_runs(owner: str | None = None) -> pd.DataFrame:
+    """The finished runs in the results folder, newest first, one row each with its folder name
+    (`run`); only those `owner` made when given."""
     rows = []
     for folder in list_runs(results_root()):
         record = json.loads((folder / "results.json").read_text())
+        if owner is not None and record.get("owner") != owner:
+            continue
         rows.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("finished_at", 0))),
                      "method": record["method"], "sparsity": record["sparsity"], "ppl dense": record["ppl_dense"],
-                     "ppl pruned": record["ppl"], "model": record["model"], "folder": str(folder)})
-    return pd.DataFrame(rows, columns=["finished", "method", "sparsity", "ppl dense", "ppl pruned", "model", "folder"])
+                     "ppl pruned": record["ppl"], "model": record["model"], "run": folder.name,
+                     "finished_at": record.get("finished_at", 0)})
+    columns = ["finished", "method", "sparsity", "ppl dense", "ppl pruned", "model", "run", "finished_at"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values("finished_at", ascending=False, kind="stable").drop(columns="finished_at")
+
+
+def saved_run_folder(name: str) -> Path | None:
+    """The results folder of the saved run called `name`, or None: only a name listed in the
+    results root is accepted, so a shared link can never point the app at another path."""
+    return next((folder for folder in list_runs(results_root()) if folder.name == name), None)
 
 
 def load_saved_run(folder: str | Path) -> RunOutcome:
@@ -329,7 +338,7 @@ def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: list[str], 
         request = replace(base, settings=replace(base.settings, method=method, sparsity=sparsity))
         experiment = _experiment_with_progress(loaded, data, request, dense, progress, cancel)
         rows.append({"method": method, "sparsity": sparsity, "perplexity": experiment.pruned.perplexity,
-                     "dense_perplexity": dense.perplexity, "relative_error": experiment.result.relative_error,
+                     "dense_perplexity": dense.perplexity, "mean_layer_error": experiment.result.mean_layer_error,
                      "params_after": experiment.result.params_after, "eval_tokens": experiment.pruned.tokens})
         del experiment
     return pd.DataFrame(rows)
@@ -353,6 +362,7 @@ class ScanParameter:
     high: float
     integer: bool = False
     log_scale: bool = False
+    summary_key: str = ""  # the item of the settings summary this parameter sets (left out while it varies)
 
     def values(self, low: float, high: float, points: int) -> list[float]:
         grid = np.geomspace(low, high, points) if self.log_scale else np.linspace(low, high, points)
@@ -381,25 +391,26 @@ SCAN_PARAMETERS: dict[str, ScanParameter] = {
     parameter.label: parameter
     for parameter in [
         ScanParameter("sparsity", lambda r: r.settings.sparsity,
-                      lambda r, v: _with_settings(r, sparsity=float(v)), 0.1, 0.6),
+                      lambda r, v: _with_settings(r, sparsity=float(v)), 0.1, 0.6, summary_key="sparsity"),
         ScanParameter("K (ρ iterations)", lambda r: r.settings.penalty.iterations,
-                      lambda r, v: _with_penalty(r, iterations=int(v)), 1, 40, integer=True),
+                      lambda r, v: _with_penalty(r, iterations=int(v)), 1, 40, integer=True, summary_key="K"),
         ScanParameter("ρ⁽⁰⁾ (initial penalty)", lambda r: r.settings.penalty.rho0,
-                      lambda r, v: _with_penalty(r, rho0=float(v)), 1e-4, 10.0, log_scale=True),
+                      lambda r, v: _with_penalty(r, rho0=float(v)), 1e-4, 10.0, log_scale=True, summary_key="rho0"),
         ScanParameter("τ (penalty growth)", lambda r: r.settings.penalty.tau,
-                      lambda r, v: _with_penalty(r, tau=float(v)), 1.05, 8.0),
+                      lambda r, v: _with_penalty(r, tau=float(v)), 1.05, 8.0, summary_key="tau"),
         ScanParameter("t (score balance)", lambda r: r.settings.penalty.balance,
-                      lambda r, v: _with_penalty(r, balance=float(v)), 0.0, 2.0),
+                      lambda r, v: _with_penalty(r, balance=float(v)), 0.0, 2.0, summary_key="t"),
         ScanParameter("α (mask momentum)", lambda r: r.settings.penalty.momentum,
-                      lambda r, v: _with_penalty(r, momentum=float(v)), 0.05, 1.0),
+                      lambda r, v: _with_penalty(r, momentum=float(v)), 0.05, 1.0, summary_key="alpha"),
         ScanParameter("δ (ridge)", lambda r: r.settings.refit.ridge,
-                      lambda r, v: _with_refit(r, ridge=float(v)), 1e-3, 1.0, log_scale=True),
+                      lambda r, v: _with_refit(r, ridge=float(v)), 1e-3, 1.0, log_scale=True, summary_key="delta"),
         ScanParameter("β (target correction)", lambda r: r.settings.target_correction,
-                      lambda r, v: _with_settings(r, target_correction=float(v)), 0.0, 1.0),
+                      lambda r, v: _with_settings(r, target_correction=float(v)), 0.0, 1.0, summary_key="beta"),
         ScanParameter("alternating-minimization rounds", lambda r: r.settings.altmin.rounds,
-                      lambda r, v: _with_altmin(r, rounds=int(v)), 0, 4, integer=True),
+                      lambda r, v: _with_altmin(r, rounds=int(v)), 0, 4, integer=True, summary_key="altmin"),
         ScanParameter("calibration samples", lambda r: r.data.nsamples,
-                      lambda r, v: replace(r, data=replace(r.data, nsamples=int(v))), 2, 32, integer=True),
+                      lambda r, v: replace(r, data=replace(r.data, nsamples=int(v))), 2, 32, integer=True,
+                      summary_key="calibration"),
     ]
 }
 
@@ -412,8 +423,7 @@ def scan_key(loaded: LoadedModel, base: RunRequest, parameter: str, values: list
 
 def sensitivity_scan(loaded: LoadedModel, base: RunRequest, parameter: str, values: list[float],
                      progress: ProgressReporter, cancel: threading.Event) -> pd.DataFrame:
-    """Vary one hyperparameter (others as in `base`): relative reconstruction error and perplexity
-    per value. Invalid values are refused before any work starts (SpapInputError)."""
+    """Vary one hyperparameter (others as in `base`): mean layer error and perplexity per value. Invalid values are refused before any work starts (SpapInputError)."""
     scan = SCAN_PARAMETERS[parameter]
     requests = [scan.apply(base, value) for value in values]  # dataclass checks run here
     rows = []
@@ -422,7 +432,7 @@ def sensitivity_scan(loaded: LoadedModel, base: RunRequest, parameter: str, valu
         data = prepare_data(loaded, request.data, request.seed)
         dense, _ = dense_perplexity(loaded, request.data, data.evaluation, progress, cancel)
         experiment = _experiment_with_progress(loaded, data, request, dense, progress, cancel)
-        rows.append({"value": value, "relative_error": experiment.result.relative_error,
+        rows.append({"value": value, "mean_layer_error": experiment.result.mean_layer_error,
                      "perplexity": experiment.pruned.perplexity, "dense_perplexity": dense.perplexity,
                      "eval_tokens": experiment.pruned.tokens})
         del experiment

@@ -19,14 +19,22 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from pages._experiments import DataSpec, RunOutcome, RunRequest, TextChoice, load_saved_run, saved_runs
+from pages._experiments import (
+    DataSpec,
+    RunOutcome,
+    RunRequest,
+    TextChoice,
+    load_saved_run,
+    model_key,
+    saved_run_folder,
+    saved_runs,
+)
 from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason
 from spap_core.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
 from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
 from spap_core.presets import interactive_run_size, interactive_settings
-from spap_core.runs import results_root
 
 LOG = logging.getLogger("spap_explorer")
 
@@ -58,6 +66,7 @@ EVALUATION_FILE_ENV = "SPAP_APP_EVAL_FILE"
 PROGRESS_REFRESH_S = 1.0
 QUEUE_REFRESH_S = 2.0
 
+SHARED_RUN_PARAM = "run"  # ?run=NAME opens a saved run's results
 PAGE_MODEL_DATA = "pages/model_data.py"
 PAGE_RUN = "pages/run_spap.py"
 
@@ -324,27 +333,48 @@ def latest_outcome() -> RunOutcome | None:
     """This session's latest finished run (a finished job is taken over here, on any page)."""
     finished = take_finished_result("run")
     if finished is not None:
-        st.session_state["latest_run"] = finished
-        st.session_state.setdefault("run_history", []).append(history_row(finished))
+        _adopt_run(finished)
     return st.session_state.get("latest_run")
 
 
+def _adopt_run(outcome: RunOutcome) -> None:
+    st.session_state["latest_run"] = outcome
+    st.session_state.setdefault("run_history", []).append(history_row(outcome))
+
+
+def open_shared_run() -> None:
+    """A link with ?run=NAME opens that saved run's results (once per session and name). Only a
+    name listed in the results folder is accepted; anything else is named and ignored."""
+    name = st.query_params.get(SHARED_RUN_PARAM)
+    if not name or st.session_state.get("opened_shared_run") == name:
+        return
+    st.session_state["opened_shared_run"] = name
+    folder = saved_run_folder(name)
+    if folder is None:
+        st.warning(f"The link asks for the saved run '{name[:80]}', which this server does not have; "
+                   "it was ignored.", icon=":material/link_off:")
+        return
+    _adopt_run(load_saved_run(folder))
+
+
 def saved_runs_panel() -> None:
-    """Finished runs from the results folder (any session, before a restart too); loading one makes
-    it this session's latest run, so every inspection page shows it."""
-    runs = saved_runs()
-    with st.expander(f"Saved runs ({len(runs)}): every finished run is kept in {results_root()}"):
+    """This session's finished runs (or every session's, when asked), newest first; loading one
+    makes it the session's latest run, so every inspection page shows it."""
+    everyone = st.session_state.get("saved_runs_everyone", False)
+    runs = saved_runs(owner=None if everyone else session_id())
+    whose = "every session" if everyone else "this browser session"
+    with st.expander(f"Saved runs ({len(runs)} of {whose}): kept on the server as they finish"):
+        st.toggle("Show the runs of every session", key="saved_runs_everyone")
         if runs.empty:
-            st.caption("None yet: runs are saved here as they finish.")
+            st.caption("None yet: runs are saved as they finish.")
             return
-        st.dataframe(runs.drop(columns="folder"), hide_index=True, width="stretch")
-        labels = {row["folder"]: f"{row['finished']} · {row['method']} at {row['sparsity']:.0%} · "
-                                 f"ppl {row['ppl pruned']:.2f}" for row in runs.to_dict("records")}
-        folder = st.selectbox("Run", list(labels), format_func=labels.get, key="saved_run")
-        if st.button("Load this run", icon=":material/history:"):
-            outcome = load_saved_run(folder)
-            st.session_state["latest_run"] = outcome
-            st.session_state.setdefault("run_history", []).append(history_row(outcome))
+        st.dataframe(runs, hide_index=True, width="stretch")
+        labels = {row["run"]: f"{row['finished']} · {row['method']} at {row['sparsity']:.0%} · "
+                              f"ppl {row['ppl pruned']:.2f}" for row in runs.to_dict("records")}
+        name = st.selectbox("Run", list(labels), format_func=labels.get, index=None, placeholder="Choose a run",
+                            key="saved_run")
+        if st.button("Load this run", icon=":material/history:", disabled=name is None):
+            _adopt_run(load_saved_run(saved_run_folder(name)))
             st.rerun()
 
 
@@ -366,6 +396,19 @@ def require_outcome(need_trace: bool = False) -> RunOutcome:
     return outcome
 
 
+def require_pruned_model(loaded: LoadedModel, outcome: RunOutcome, purpose: str) -> None:
+    """Stop the page (after saying why) unless the latest run holds a pruned copy of the loaded
+    model: pages that run both models side by side need the pair to differ only by the pruning."""
+    if outcome.model_key != model_key(loaded):
+        st.warning("The latest run pruned a different model (or the same one on another device or precision) than "
+                   "the one loaded now; load that model again on Model & data, or start a new run, to compare them.")
+        st.stop()
+    if not outcome.has_model:
+        st.info("The latest run was reloaded from the results folder, which keeps its settings, metrics and trace "
+                f"but not the pruned weights; run it again on Run SPAP {purpose}.")
+        st.stop()
+
+
 def layer_picker(n_layers: int, key: str, container=st) -> int:
     """A layer slider (a slider needs two values, so a one-layer model gets none)."""
     if n_layers == 1:
@@ -383,34 +426,71 @@ def history_row(outcome: RunOutcome) -> dict:
         "score": settings.penalty.score, "schedule": settings.penalty.schedule, "δ": settings.refit.ridge,
         "β": settings.target_correction, "AM rounds": settings.altmin.rounds, "seed": outcome.request.seed,
         "calibration tokens": record["calibration_tokens"], "ppl dense": record["ppl_dense"],
-        "ppl pruned": record["ppl"], "relative error": record["relative_error"],
+        "ppl pruned": record["ppl"], "mean layer error": mean_layer_error(outcome),
         "prune s": record["prune_seconds"],
     }
 
 
-def comparison_header(title: str, fixed_label: str) -> tuple[LoadedModel, RunRequest]:
-    """Title, model and the run request a sweep or scan starts from, with a caption saying what
-    every point keeps fixed (the settings last submitted on Run SPAP)."""
+def comparison_header(title: str) -> tuple[LoadedModel, RunRequest]:
+    """Title, model and the run request a sweep or scan starts from (the settings last submitted
+    on Run SPAP)."""
     st.title(title)
-    loaded = require_model()
-    base = run_request()
-    st.caption(f"{fixed_label}: {settings_summary(base)} (as last submitted on Run SPAP). "
+    return require_model(), run_request()
+
+
+def fixed_settings_caption(base: RunRequest, varied: set[str], what: str) -> None:
+    """What every point of a sweep or scan keeps fixed: the summary without the `varied` items, so
+    the caption never claims a value for what the chart varies."""
+    st.caption(f"Fixed for every {what}: {settings_summary(base, omit=varied)} (as last submitted on Run SPAP). "
                f"Evaluation: {evaluation_budget(base.data)}.")
-    return loaded, base
 
 
-def settings_summary(request: RunRequest) -> str:
-    """One line with every setting a sweep or scan keeps fixed."""
+def settings_items(request: RunRequest) -> dict[str, str]:
+    """Every setting of a run as a short phrase, keyed as ScanParameter.summary_key names them."""
     settings = request.settings
     penalty, refit, altmin = settings.penalty, settings.refit, settings.altmin
     rounds = (f"{altmin.rounds} round{'s' if altmin.rounds > 1 else ''} × {altmin.steps} Adam steps, lr {altmin.lr:g}"
               if altmin.rounds else "off")
-    return (f"sparsity {settings.sparsity:.0%}, K = {penalty.iterations}, ρ⁽⁰⁾ = {penalty.rho0:g}, τ = {penalty.tau:g}, "
-            f"t = {penalty.balance:g}, α = {penalty.momentum:g} ({penalty.score} score, {penalty.schedule} schedule, "
-            f"{penalty.start} start), δ = {refit.ridge:g} ({refit.prior} prior, bias {'on' if refit.bias else 'off'}, "
-            f"{refit.precision}), β = {settings.target_correction:g}, alternating minimization {rounds}; calibration "
-            f"{request.data.nsamples} × {request.data.seqlen} tokens of {request.data.calibration.label}, "
-            f"seed {request.seed}")
+    return {
+        "method": f"method {settings.method}",
+        "sparsity": f"sparsity {settings.sparsity:.0%}",
+        "K": f"K = {penalty.iterations}", "rho0": f"ρ⁽⁰⁾ = {penalty.rho0:g}", "tau": f"τ = {penalty.tau:g}",
+        "t": f"t = {penalty.balance:g}", "alpha": f"α = {penalty.momentum:g}",
+        "variants": f"{penalty.score} score, {penalty.schedule} schedule, {penalty.start} start",
+        "delta": f"δ = {refit.ridge:g}",
+        "refit": f"{refit.prior} prior, bias {'on' if refit.bias else 'off'}, {refit.precision}",
+        "beta": f"β = {settings.target_correction:g}",
+        "altmin": f"alternating minimization {rounds}",
+        "calibration": (f"calibration {request.data.nsamples} × {request.data.seqlen} tokens of "
+                        f"{request.data.calibration.label}"),
+        "seed": f"seed {request.seed}",
+    }
+
+
+def settings_summary(request: RunRequest, omit: set[str] = frozenset()) -> str:
+    """One line with every setting except those in `omit`."""
+    return ", ".join(text for key, text in settings_items(request).items() if key not in omit)
+
+
+def sweep_time_estimate(points: int, outcome: RunOutcome | None) -> str:
+    """A rough duration for a sweep of `points` runs, from the latest run's own timings (pruning
+    plus perplexity; a baseline prunes faster than SPAP, so this errs long)."""
+    if points == 0:
+        return "Nothing to run: choose at least one method."
+    if outcome is None:
+        return (f"{points} runs (methods × sparsities), each a pruning run plus a perplexity evaluation; start one "
+                "run on Run SPAP first for a time estimate.")
+    each = outcome.record["prune_seconds"] + outcome.record["eval_seconds"]
+    total = points * each
+    rough = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
+    return (f"{points} runs (methods × sparsities): about {rough}, at {each:.0f} s per run as your latest run took "
+            "(pruning + perplexity; baselines prune faster). Other pages stay usable meanwhile.")
+
+
+def mean_layer_error(outcome: RunOutcome) -> float:
+    """The headline layer error: mean over layers of objective ÷ ½‖Y‖² (runs saved before it was
+    recorded get it from their layers)."""
+    return outcome.record.get("mean_layer_error", outcome.result.mean_layer_error)
 
 
 def evaluation_budget(data: DataSpec) -> str:
@@ -437,8 +517,8 @@ def _queue_summary() -> None:
         st.caption("Job queue: idle")
     for job in active:
         whose = "yours" if job.owner == session_id() else "another session"
-        if job.status is JobStatus.RUNNING:
-            st.caption(f"▶ {job.label} ({whose}) · {progress_text(job)}")
+        if job.status is JobStatus.RUNNING:  # the page's own panel shows its layer and ρ iteration
+            st.caption(f"▶ {job.label} ({whose}) · running, {job.elapsed_s:.0f} s")
         else:
             st.caption(f"⏳ {job.label} ({whose}) · {queue_position_text(job).lower()}")
 

@@ -9,9 +9,18 @@ import plotly.express as px
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pages._experiments import LatencyOptions, compare_latency, model_key
+from pages._analysis import speedup_verdict
+from pages._experiments import RATIO_LABELS, LatencyOptions, compare_latency
 from pages._routing import ensure_routed
-from pages._shared import device_label, job_panel, require_model, require_outcome, submit_job, take_finished_result
+from pages._shared import (
+    device_label,
+    job_panel,
+    require_model,
+    require_outcome,
+    require_pruned_model,
+    submit_job,
+    take_finished_result,
+)
 from spap_core.presets import interactive_run_size
 
 ensure_routed()
@@ -21,14 +30,7 @@ COLORS = {"dense": "#8c8c8c", "pruned": "#1f77b4"}
 st.title("Latency & memory")
 loaded = require_model()
 outcome = require_outcome()
-if outcome.model_key != model_key(loaded):
-    st.warning("The latest run pruned a different model (or the same one on another device or precision) than "
-               "the one loaded now; load that model again on Model & data, or start a new run, to compare them.")
-    st.stop()
-if not outcome.has_model:
-    st.info("The latest run was reloaded from the results folder, which keeps its settings, metrics and trace "
-            "but not the pruned weights; run it again on Run SPAP to time the pruned model.")
-    st.stop()
+require_pruned_model(loaded, outcome, "to time the pruned model")
 st.caption(f"Measured on {device_label(loaded.device)}: the dense model against the latest run's pruned model "
            f"({outcome.request.settings.sparsity:.0%} of MLP channels removed).")
 
@@ -74,12 +76,28 @@ st.caption(f"Bars: median of {comparison.options.repeats} timed repeats after {c
            f"error bars: fastest and slowest repeat. Decoding greedily generates {comparison.options.decode_tokens} "
            f"tokens with a KV cache after a 32-token prompt. {comparison.dense.threads} CPU threads.")
 
+verdicts = [
+    speedup_verdict("Prefill", comparison.dense.prefill_ms, comparison.pruned.prefill_ms, "ms", lower_is_faster=True),
+    speedup_verdict("Decode", comparison.dense.decode_tokens_per_s, comparison.pruned.decode_tokens_per_s,
+                    "tokens/s", lower_is_faster=False),
+]
+for conclusive, sentence in verdicts:
+    (st.success if conclusive else st.warning)(sentence, icon=":material/timer:" if conclusive else ":material/help:")
+if not all(conclusive for conclusive, _ in verdicts):
+    st.caption("For a conclusive measurement: more repeats (15 or more), a longer prefill window, and a quiet "
+               "machine — nothing else on the job queue or the CPU while it runs; or, outside the app, "
+               "`python bench/latency.py --repeats 21`, which times the models in alternation over many rounds.")
+
 ratio_column, memory_column = st.columns([3, 2])
 ratios = comparison.ratios()
+inconclusive = {RATIO_LABELS["prefill_speedup"]: not verdicts[0][0], RATIO_LABELS["decode_speedup"]: not verdicts[1][0]}
 with ratio_column:
     table = pd.DataFrame({"ratio": list(ratios), "dense ÷ pruned": list(ratios.values()),
-                          "kind": ["measured" if "measured" in name else "theory" for name in ratios]})
+                          "kind": ["measured, inconclusive" if inconclusive.get(name) else
+                                   "measured" if "measured" in name else "theory" for name in ratios]})
     figure = px.bar(table, x="dense ÷ pruned", y="ratio", color="kind", orientation="h", text_auto=".2f",
+                    color_discrete_map={"measured": "#1f77b4", "measured, inconclusive": "#c7c7c7",
+                                        "theory": "#ff7f0e"},
                     title="Measured speed-ups next to the theoretical ratios")
     figure.add_vline(x=1, line_dash="dot", line_color="gray")
     figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10), yaxis_title="")

@@ -1,5 +1,6 @@
-"""Mask evolution: how SPAP's relaxed mask s moves from fractional to binary as ρ grows, for one
-layer (heatmap, animation, ρ/objective/violation beside it) and for all layers at once."""
+"""Mask evolution: how SPAP's relaxed mask s moves across the ρ iterations, what the growing ρ
+does to the down_proj columns, and the binary mask read out at the end — for one layer and for
+all layers. Every sentence on the page is computed from the run it describes."""
 
 import numpy as np
 import pandas as pd
@@ -7,20 +8,34 @@ import plotly.express as px
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pages._analysis import display_channels, soft_masks, trace_table
+from pages._analysis import (
+    changed_mind_counts,
+    display_channels,
+    final_norms,
+    marked_share_of_final,
+    mask_story,
+    norm_paths,
+    readout_masks,
+    soft_masks,
+    trace_table,
+)
 from pages._routing import ensure_routed
 from pages._shared import layer_picker, require_outcome
 
 ensure_routed()
 
+READOUT = "read-out"
+POWER_TICKS = dict(exponentformat="power", showexponent="all")  # 10⁻², not "10m"
+
 st.title("Mask evolution")
 outcome = require_outcome(need_trace=True)
-masks = soft_masks(outcome.result)  # [layer, iteration, channel]
-trace = trace_table(outcome.result)
+result = outcome.result
+masks = soft_masks(result)  # [layer, iteration, channel]
+readouts = readout_masks(result)  # [layer, channel], 1 = pruned
+trace = trace_table(result)
 n_layers, n_iterations, width = masks.shape
 st.caption(f"Soft mask s (1 = pruned) of the latest run: {n_layers} layers × {n_iterations} ρ iterations × "
-           f"{width} channels. Each iteration moves s a step α towards the λ lowest-scored channels while the "
-           "penalty ρ grows, so s starts fractional (λ/n everywhere) and ends near 0/1.")
+           f"{width} channels. " + mask_story(result, masks))
 
 controls = st.columns([2, 2, 1])
 layer = layer_picker(n_layers, "mask_layer", controls[0])
@@ -29,67 +44,142 @@ max_channels = controls[1].slider("Channels drawn (evenly spaced, to keep the pa
 sort_by_mask = controls[2].checkbox("Sort channels by final s", True, key="mask_sort",
                                     help="Pruned channels gather on the right; unsorted keeps channel order.")
 
-layer_masks = masks[layer]  # [iteration, channel]
-channels = display_channels(layer_masks[-1], max_channels, sort_by_mask)
+# Each layer's frames: s after every ρ iteration, then the binary read-out as a frame of its own.
+with_readout = np.concatenate([masks, readouts[:, None, :]], axis=1)  # [layer, iteration + 1, channel]
+frame_labels = [str(k) for k in range(1, n_iterations + 1)] + [READOUT]
+layer_frames = with_readout[layer]
+channels = display_channels(layer_frames[-2], max_channels, sort_by_mask)
 axis_title = "channel rank by final s" if sort_by_mask else "channel"
 layer_trace = trace[trace["layer"] == layer]
 layer_tick = max(1, n_layers // 10)
 
 heatmap_column, path_column = st.columns([3, 2])
 with heatmap_column:
-    figure = px.imshow(layer_masks[:, channels], zmin=0, zmax=1, aspect="auto", color_continuous_scale="Viridis",
-                       labels={"x": axis_title, "y": "ρ iteration", "color": "s"},
-                       y=np.arange(1, n_iterations + 1), title=f"Layer {layer}: s over ρ iterations")
+    figure = px.imshow(layer_frames[:, channels], zmin=0, zmax=1, aspect="auto", color_continuous_scale="Viridis",
+                       labels={"x": axis_title, "y": "ρ iteration", "color": "s"}, y=frame_labels,
+                       title=f"Layer {layer}: s over ρ iterations, then the binary read-out")
     figure.update_layout(height=440, margin=dict(t=50, b=10, l=10, r=10))
     st.plotly_chart(figure, width="stretch")
 with path_column:
     figure = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                           subplot_titles=("penalty ρ", "objective ½‖WZ−Y‖²", "violation Σ sᵢ‖W[:,i]‖²",
-                                           "share of s within 1e-3 of 0 or 1"))
-    for row, column in enumerate(["rho", "objective", "violation", "mask_binary_fraction"], start=1):
+                           subplot_titles=("penalty ρ (× mean diag H)", "objective ½‖WZ−Y‖²",
+                                           "violation Σ sᵢ‖W[:,i]‖²", "distance of s from its read-out"))
+    for row, column in enumerate(["rho", "objective", "violation", "readout_gap"], start=1):
         figure.add_scatter(x=layer_trace["iteration"], y=layer_trace[column], mode="lines+markers", name=column,
                            row=row, col=1, showlegend=False)
-    figure.update_yaxes(type="log", row=1, col=1)
-    figure.update_yaxes(range=[0, 1.05], row=4, col=1)
-    figure.update_xaxes(title_text="ρ iteration", row=4, col=1)
+    figure.update_yaxes(type="log", row=1, col=1, **POWER_TICKS)
+    figure.update_yaxes(rangemode="tozero", row=4, col=1)
+    figure.update_xaxes(title_text="ρ iteration", dtick=1, row=4, col=1)
     figure.update_layout(height=440, margin=dict(t=30, b=10, l=10, r=10))
     figure.update_annotations(font_size=12)
     st.plotly_chart(figure, width="stretch")
+violation = layer_trace["violation"].to_numpy()
+trend = "rises" if violation[-1] > violation[0] else "falls"
+st.caption(f"Distance of s from its read-out: Σ|s − b(s)| ÷ λ, with b(s) the λ largest s set to 1 (0 = s is "
+           f"binary); in this layer it goes from {layer_trace['readout_gap'].iloc[0]:.2f} to "
+           f"{layer_trace['readout_gap'].iloc[-1]:.2f}. The violation {trend} here "
+           f"({violation[0]:.3g} → {violation[-1]:.3g}): it weighs each ‖W[:,i]‖² by sᵢ, and s keeps growing on "
+           "the marked channels while ρ shrinks their columns.")
+
+st.subheader("What ρ does: it acts on W, not on s")
+paths = norm_paths(result, layer)
+if paths is None:
+    st.info("This run was saved before column norms were recorded; run it again to see what ρ does to W.")
+else:
+    norm_column, mask_column, readout_column = st.columns([2, 2, 1.3])
+    figure = px.line(paths, x="rho", y="relative_norm", color="group", markers=True, log_x=True,
+                     labels={"rho": "ρ (× mean diag H)", "relative_norm": "median ‖W[:,i]‖ ÷ ‖W₀[:,i]‖", "group": ""},
+                     title=f"Layer {layer}: down_proj column norms as ρ grows")
+    figure.add_hline(y=1, line_dash="dot", line_color="gray")
+    figure.update_xaxes(**POWER_TICKS)
+    figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
+    norm_column.plotly_chart(figure, width="stretch")
+    figure = px.line(paths, x="rho", y="s", color="group", markers=True, log_x=True, range_y=[-0.03, 1.03],
+                     labels={"rho": "ρ (× mean diag H)", "s": "median s", "group": ""},
+                     title=f"Layer {layer}: s of the same groups")
+    figure.update_xaxes(**POWER_TICKS)
+    figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), showlegend=False)
+    mask_column.plotly_chart(figure, width="stretch")
+    after = final_norms(result.layers[layer])
+    figure = px.strip(after, x="status", y="relative_norm", color="status",
+                      color_discrete_map={"pruned": "#d62728", "kept": "#1f77b4"},
+                      labels={"relative_norm": "‖W[:,i]‖ ÷ ‖W₀[:,i]‖", "status": ""},
+                      title="Read-out and refit")
+    figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), showlegend=False)
+    readout_column.plotly_chart(figure, width="stretch")
+    last = paths[paths["iteration"] == paths["iteration"].max()]
+    pruned_last = last[last["group"].str.startswith("pruned")]
+    longest = pruned_last.loc[pruned_last["group"].map(lambda g: int(g.rsplit(" ", 1)[-1])).idxmin()]
+    kept = after[after["status"] == "kept"]["relative_norm"]
+    st.caption(
+        f"At the last ρ = {last['rho'].iloc[0]:.3g}, the channels marked from iteration "
+        f"{longest['group'].rsplit(' ', 1)[-1]} keep a median {longest['relative_norm']:.0%} of their dense column "
+        "norm: the penalty (ρ/2)·Σ sᵢ‖W[:,i]‖² shrinks the marked columns and the unmarked ones take over what they "
+        f"carried. The read-out then removes the λ channels with the largest s (norm 0) and refits the others: the "
+        f"kept columns end at a median {kept.median():.0%} of their dense norm (range {kept.min():.0%}–"
+        f"{kept.max():.0%}). ρ changes which channels are marked next only through W, via the scores.")
 
 st.subheader("Animation")
 bars_column, all_layers_column = st.columns(2)
+n_frames = len(frame_labels)
 with bars_column:
-    frames = pd.DataFrame({"iteration": np.repeat(np.arange(1, n_iterations + 1), len(channels)),
-                           "position": np.tile(np.arange(len(channels)), n_iterations),
-                           "s": layer_masks[:, channels].reshape(-1)})
-    figure = px.bar(frames, x="position", y="s", animation_frame="iteration", range_y=[0, 1],
-                    labels={"position": axis_title}, title=f"Layer {layer}: s per channel, one frame per ρ iteration")
+    frames = pd.DataFrame({"frame": np.repeat(frame_labels, len(channels)),
+                           "position": np.tile(np.arange(len(channels)), n_frames),
+                           "s": layer_frames[:, channels].reshape(-1)})
+    figure = px.bar(frames, x="position", y="s", animation_frame="frame", range_y=[0, 1],
+                    labels={"position": axis_title, "frame": "ρ iteration"},
+                    title=f"Layer {layer}: s per channel, one frame per ρ iteration, then the read-out")
     figure.update_traces(marker_line_width=0)
     figure.update_layout(height=420, margin=dict(t=50, b=10, l=10, r=10), bargap=0)
     st.plotly_chart(figure, width="stretch")
 with all_layers_column:
-    per_layer = np.stack([masks[i][:, display_channels(masks[i, -1], max_channels, sort_by_mask)]
-                          for i in range(n_layers)], axis=1)  # [iteration, layer, channel]
+    per_layer = np.stack([with_readout[i][:, display_channels(masks[i, -1], max_channels, sort_by_mask)]
+                          for i in range(n_layers)], axis=1)  # [frame, layer, channel]
     figure = px.imshow(per_layer, animation_frame=0, zmin=0, zmax=1, aspect="auto", color_continuous_scale="Viridis",
                        labels={"animation_frame": "ρ iteration", "x": axis_title, "y": "layer", "color": "s"},
-                       title="All layers: s, one frame per ρ iteration")
-    for step in figure.layout.sliders[0].steps:  # frames are numbered from 0; ρ iterations from 1
-        step.label = str(int(step.label) + 1)
+                       title="All layers: s, one frame per ρ iteration, then the read-out")
+    for step, label in zip(figure.layout.sliders[0].steps, frame_labels):  # frames are numbered from 0
+        step.label = label
     figure.update_layout(height=420, margin=dict(t=50, b=10, l=10, r=10))
     figure.update_yaxes(dtick=layer_tick)
     st.plotly_chart(figure, width="stretch")
 
 st.subheader("All layers")
-final_column, binary_column = st.columns(2)
-with final_column:
-    figure = px.imshow(per_layer[-1], zmin=0, zmax=1, aspect="auto", color_continuous_scale="Viridis",
-                       labels={"x": axis_title, "y": "layer", "color": "s"}, title="Final s per layer")
+gap = trace.pivot(index="iteration", columns="layer", values="readout_gap")
+identical = bool(np.allclose(gap.to_numpy(), gap.iloc[:, [0]].to_numpy(), atol=1e-6))
+gap_column, share_column, mind_column = st.columns(3)
+with gap_column:
+    if identical:
+        figure = px.line(x=gap.index, y=gap.iloc[:, 0], markers=True,
+                         labels={"x": "ρ iteration", "y": "Σ|s − b(s)| ÷ λ"},
+                         title=f"Distance of s from its read-out: the same in all {n_layers} layers")
+    else:
+        long = trace[["layer", "iteration", "readout_gap"]]
+        figure = px.line(long, x="iteration", y="readout_gap", color="layer",
+                         labels={"readout_gap": "Σ|s − b(s)| ÷ λ", "iteration": "ρ iteration"},
+                         title="Distance of s from its read-out, per layer")
+    figure.update_yaxes(rangemode="tozero")
+    figure.update_xaxes(dtick=1)
     figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10))
-    figure.update_yaxes(dtick=layer_tick)
     st.plotly_chart(figure, width="stretch")
-with binary_column:
-    figure = px.line(trace, x="iteration", y="mask_binary_fraction", color="layer", range_y=[0, 1.05],
-                     labels={"mask_binary_fraction": "share of s within 1e-3 of 0 or 1", "iteration": "ρ iteration"},
-                     title="From fractional to binary, per layer")
+    st.caption("One line: every layer's s takes the same values, because α and the schedule alone set them; the "
+               "layers differ only in which channels get which value (right)." if identical else
+               "The layers differ: with this start and schedule the values s takes depend on the data.")
+with share_column:
+    share = marked_share_of_final(masks, readouts)
+    figure = px.imshow(share.T, zmin=0, zmax=1, aspect="auto", color_continuous_scale="Blues",
+                       x=np.arange(n_layers), y=np.arange(1, n_iterations + 1),
+                       labels={"x": "layer", "y": "ρ iteration", "color": "share"},
+                       title="Share of the finally pruned channels already marked")
     figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10))
     st.plotly_chart(figure, width="stretch")
+with mind_column:
+    changed = changed_mind_counts(masks, readouts)
+    figure = px.bar(x=np.arange(n_layers), y=changed, labels={"x": "layer", "y": "channels"},
+                    title="Channels marked at some iteration, kept in the end")
+    figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10))
+    st.plotly_chart(figure, width="stretch")
+    st.caption(f"{int(changed.sum())} channels over all layers (per layer {int(changed.min())}–{int(changed.max())}) "
+               "changed the path's mind: marked early, their columns shrank, then others scored lower and the "
+               "read-out kept them." if changed.sum() else
+               "No channel changed the path's mind: every channel ever marked was pruned in the end.")

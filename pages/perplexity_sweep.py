@@ -13,27 +13,30 @@ from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
     evaluation_budget,
+    fixed_settings_caption,
     job_panel,
+    latest_outcome,
     latest_table,
     request_table,
+    sweep_time_estimate,
 )
 from spap_core.methods.registry import METHODS
 
 ensure_routed()
 
-loaded, base = comparison_header("Perplexity vs sparsity", "Fixed for every point")
+loaded, base = comparison_header("Perplexity vs sparsity")
+fixed_settings_caption(base, {"method", "sparsity"}, "point (the penalty, refit and alternating-minimization "
+                                                     "settings apply to SPAP's points; each baseline has its own rule)")
 
-with st.form("sweep_settings"):
-    method_column, sparsity_column, step_column = st.columns([2, 2, 1])
-    methods = method_column.multiselect("Methods", list(METHODS), default=["spap", "wanda-sp", "flap"],
-                                        key="sweep_methods",
-                                        help="fasp = Wanda-sp selection + least-squares refit; flap adds a bias.")
-    low, high = sparsity_column.slider("Sparsity range", 0.05, 0.9, (0.1, 0.5), 0.05, key="sweep_range")
-    step = step_column.selectbox("Step", [0.05, 0.1, 0.2], index=1, key="sweep_step")
-    submitted = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:")
-
-if submitted:
-    sparsities = [round(float(v), 4) for v in np.arange(low, high + 1e-9, step)]
+# No form: the time estimate follows the choices as they are made, before anything starts.
+method_column, sparsity_column, step_column = st.columns([2, 2, 1])
+methods = method_column.multiselect("Methods", list(METHODS), default=["spap", "flap"], key="sweep_methods",
+                                    help="fasp = Wanda-sp selection + least-squares refit; flap adds a bias.")
+low, high = sparsity_column.slider("Sparsity range", 0.05, 0.9, (0.1, 0.5), 0.05, key="sweep_range")
+step = step_column.selectbox("Step", [0.05, 0.1, 0.2], index=2, key="sweep_step")
+sparsities = [round(float(v), 4) for v in np.arange(low, high + 1e-9, step)]
+st.caption(sweep_time_estimate(len(methods) * len(sparsities), latest_outcome()))
+if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
     if not methods:
         st.error("Choose at least one method.")
     else:

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.express as px
 import streamlit as st
 
-from pages._analysis import jaccard_matrix, normalized_scores, score_threshold
+from pages._analysis import SPAP_PRUNED, jaccard_matrix, normalized_scores, score_threshold
 from pages._routing import ensure_routed
 from pages._shared import layer_picker, require_outcome
 
@@ -68,5 +68,15 @@ figure = px.imshow(overlap, text_auto=".2f", zmin=0, zmax=1, color_continuous_sc
 figure.update_layout(height=480, margin=dict(t=50, b=10, l=10, r=10))
 overlap_column.plotly_chart(figure, width="stretch")
 note_column.caption("Each metric's set is its λ lowest channels; \"SPAP (actual pruned set)\" is the complement of the "
-           "channels the run kept. spap_last usually matches it closely: SPAP reads its mask off the relaxed s, "
-           "whose last steps follow the last scores.")
+                    "channels the run kept.")
+if "spap_first" in record.scores:
+    everywhere = jaccard_matrix(layers)
+    first_vs_final = everywhere.loc["spap_first", SPAP_PRUNED]
+    last_vs_final = everywhere.loc["spap_last", SPAP_PRUNED]
+    note_column.markdown(
+        f"**In this run**, the channels SPAP pruned overlap the λ lowest of its *first* ranking by "
+        f"{first_vs_final:.0%} and of its *last* ranking by {last_vs_final:.0%} (Jaccard, mean over "
+        f"{len(layers)} layers). "
+        + ("The penalty path mostly confirms the ranking it started from."
+           if first_vs_final >= 0.8 else
+           "The penalty path moved well away from the ranking it started from."))

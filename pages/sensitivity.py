@@ -1,5 +1,5 @@
-"""Sensitivity: vary one hyperparameter over a range with all others fixed and watch the relative
-reconstruction error (Σ layer objective ÷ Σ ½‖Y‖²) and the perplexity respond."""
+"""Sensitivity: vary one hyperparameter over a range with all others fixed and watch the mean
+layer error (mean over layers of objective ÷ ½‖Y‖²) and the perplexity respond."""
 
 from functools import partial
 
@@ -7,10 +7,12 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from pages._analysis import readable_range
 from pages._experiments import SCAN_PARAMETERS, scan_key, sensitivity_scan
 from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
+    fixed_settings_caption,
     job_panel,
     latest_table,
     request_table,
@@ -19,10 +21,11 @@ from spap_core.errors import SpapInputError
 
 ensure_routed()
 
-loaded, base = comparison_header("Sensitivity", "Fixed")
+loaded, base = comparison_header("Sensitivity")
 
 parameter_name = st.selectbox("Hyperparameter to vary", list(SCAN_PARAMETERS), key="scan_parameter")
 parameter = SCAN_PARAMETERS[parameter_name]
+fixed_settings_caption(base, {parameter.summary_key, "method"}, "value")
 with st.form("scan_settings"):
     columns = st.columns(3)
     step = 1.0 if parameter.integer else None
@@ -57,19 +60,24 @@ if latest is None:
 
 table, context = latest
 scanned = SCAN_PARAMETERS[context["parameter"]]
-figure = make_subplots(rows=1, cols=2, subplot_titles=("relative reconstruction error", "perplexity"))
-figure.add_trace(go.Scatter(x=table["value"], y=table["relative_error"], mode="lines+markers", showlegend=False),
+error_range, error_spread = readable_range(table["mean_layer_error"])
+ppl_range, ppl_spread = readable_range(table["perplexity"])
+figure = make_subplots(rows=1, cols=2, subplot_titles=(f"mean layer error ({error_spread})",
+                                                       f"perplexity ({ppl_spread})"))
+figure.add_trace(go.Scatter(x=table["value"], y=table["mean_layer_error"], mode="lines+markers", showlegend=False),
                  row=1, col=1)
 figure.add_trace(go.Scatter(x=table["value"], y=table["perplexity"], mode="lines+markers", showlegend=False),
                  row=1, col=2)
-figure.add_hline(y=float(table["dense_perplexity"].iloc[0]), line_dash="dash", line_color="gray",
-                 annotation_text="dense", row=1, col=2)
+figure.update_yaxes(range=error_range, exponentformat="power", row=1, col=1)
+figure.update_yaxes(range=ppl_range, row=1, col=2)
 for column in (1, 2):
     figure.add_vline(x=context["current"], line_dash="dot", line_color="red", row=1, col=column)
     figure.update_xaxes(title_text=context["parameter"], type="log" if scanned.log_scale else "linear", row=1,
-                        col=column)
+                        col=column, exponentformat="power")
 figure.update_layout(height=400, margin=dict(t=50, b=10, l=10, r=10))
 st.plotly_chart(figure, width="stretch")
-st.caption(f"Red dotted line: the value in the Run SPAP settings. Perplexity on "
-           f"{int(table['eval_tokens'].iloc[0]):,} predicted tokens.")
+dense = float(table["dense_perplexity"].iloc[0])
+st.caption(f"Red dotted line: the value in the Run SPAP settings. Each axis spans at least 5% of its mean, so "
+           f"small differences look small. Mean layer error: mean over layers of objective ÷ ½‖Y‖². Perplexity on "
+           f"{int(table['eval_tokens'].iloc[0]):,} predicted tokens; the dense model's is {dense:.2f}.")
 st.dataframe(table, hide_index=True, width="stretch")

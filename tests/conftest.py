@@ -75,3 +75,25 @@ def text_files(tmp_path_factory) -> dict[str, Path]:
     files["eval"].write_text(word_text(3000, seed=2))
     files["short"].write_text(word_text(20, seed=3))
     return files
+
+
+@pytest.fixture(scope="module")
+def app_files(tmp_path_factory):
+    """A tiny model directory and calibration/evaluation texts, wired in through the app's
+    environment variables for one test module (its own cache and results folders)."""
+    folder = tmp_path_factory.mktemp("app")
+    model_dir = folder / "tiny-llama"
+    tiny_llama().save_pretrained(model_dir, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(model_dir)
+    calibration, evaluation = folder / "calibration.txt", folder / "evaluation.txt"
+    calibration.write_text(word_text(5000, seed=1))
+    evaluation.write_text(word_text(3000, seed=2))
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SPAP_APP_MODEL", str(model_dir))
+    patch.setenv("SPAP_APP_CALIB_FILE", str(calibration))
+    patch.setenv("SPAP_APP_EVAL_FILE", str(evaluation))
+    patch.setenv("SPAP_CACHE_DIR", str(folder / "cache"))
+    patch.setenv("SPAP_RESULTS_DIR", str(folder / "runs"))
+    patch.setenv("HF_HUB_OFFLINE", "1")  # the hub check answers at once, and says "unreachable"
+    yield {"model": model_dir, "calibration": calibration, "evaluation": evaluation}
+    patch.undo()

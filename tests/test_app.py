@@ -8,97 +8,28 @@ turns a hang into a failure.
 
 from __future__ import annotations
 
-import base64
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import tiny_llama, tiny_tokenizer, word_text
+from app_harness import (
+    APP,
+    JOB_HANG_GUARD_S,
+    SCRIPT_TIMEOUT_S,
+    array,
+    assert_clean,
+    click,
+    figures,
+    finish_job,
+    open_page,
+    run_spap,
+    session_job,
+    start_app,
+    titled,
+)
+from conftest import tiny_llama
 from spap_core.jobs import JobStatus, shared_queue
 from spap_core.methods.spap import PenaltySettings
-
-APP = Path(__file__).resolve().parents[1] / "app.py"
-SCRIPT_TIMEOUT_S = 120
-JOB_HANG_GUARD_S = 600
-
-
-@pytest.fixture(scope="module")
-def app_files(tmp_path_factory):
-    """A tiny model directory and calibration/evaluation texts, wired in through the app's env vars."""
-    folder = tmp_path_factory.mktemp("app")
-    model_dir = folder / "tiny-llama"
-    tiny_llama().save_pretrained(model_dir, safe_serialization=True)
-    tiny_tokenizer().save_pretrained(model_dir)
-    calibration, evaluation = folder / "calibration.txt", folder / "evaluation.txt"
-    calibration.write_text(word_text(5000, seed=1))
-    evaluation.write_text(word_text(3000, seed=2))
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SPAP_APP_MODEL", str(model_dir))
-    patch.setenv("SPAP_APP_CALIB_FILE", str(calibration))
-    patch.setenv("SPAP_APP_EVAL_FILE", str(evaluation))
-    patch.setenv("SPAP_CACHE_DIR", str(folder / "cache"))
-    patch.setenv("HF_HUB_OFFLINE", "1")  # the hub check answers at once, and says "unreachable"
-    yield {"model": model_dir, "calibration": calibration, "evaluation": evaluation}
-    patch.undo()
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def start_app() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=SCRIPT_TIMEOUT_S)
-    at.run()
-    assert_clean(at)
-    return at
-
-
-def open_page(at: AppTest, name: str) -> None:
-    at.switch_page(f"pages/{name}.py")
-    at.run()
-    assert_clean(at)
-
-
-def click(at: AppTest, label: str) -> None:
-    next(button for button in at.button if button.label == label).click()
-    at.run()
-
-
-def session_job(at: AppTest, kind: str):
-    return at.session_state["jobs"][kind]
-
-
-def finish_job(at: AppTest, kind: str) -> None:
-    """Wait for this session's `kind` job on the queue, then redraw the page with its result."""
-    job = session_job(at, kind)
-    assert shared_queue().wait(job, JOB_HANG_GUARD_S), f"{job.label} hung"
-    assert job.status is JobStatus.DONE, job.error
-    at.run()
-    assert_clean(at)
-
-
-def figures(at: AppTest) -> list[dict]:
-    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
-
-
-def array(value) -> np.ndarray:
-    """A figure array from its JSON: a plain list, or plotly's typed array {dtype, bdata, shape}."""
-    if isinstance(value, dict):
-        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
-        shape = value.get("shape")
-        return flat.reshape([int(n) for n in str(shape).split(",")]) if shape else flat
-    return np.asarray(value)
-
-
-def titled(at: AppTest, start: str) -> dict:
-    matches = [f for f in figures(at) if f["layout"].get("title", {}).get("text", "").startswith(start)]
-    assert matches, f"no chart titled {start!r}"
-    return matches[0]
-
 
 RUN_ITERATIONS = 6
 
@@ -106,18 +37,24 @@ RUN_ITERATIONS = 6
 @pytest.fixture(scope="module")
 def ran_app(app_files) -> AppTest:
     """One session that has finished a SPAP run at 25 % sparsity with K = 6."""
-    at = start_app()
-    open_page(at, "run_spap")
-    at.slider(key="sparsity").set_value(0.25)
-    at.slider(key="K").set_value(RUN_ITERATIONS)
-    click(at, "Run SPAP")
-    assert_clean(at)
-    finish_job(at, "run")
-    return at
+    return run_spap(0.25, RUN_ITERATIONS)
+
+
+def test_start_page_proposes_the_lesson_path(app_files):
+    at = start_app()  # the default page
+    assert at.title[0].value == "SPAP Explorer"
+    links = [link.label for link in at.get("page_link")]
+    assert links[:5] == ["1. How SPAP works", "2. Run SPAP", "3. Mask evolution", "4. Scores",
+                         "5. Perplexity vs sparsity"]
+    assert any("No run yet" in c.value for c in at.caption)
+    # AppTest keeps the router's sidebar only on the default page, so it is checked here
+    assert any("tiny-llama" in c.value for c in at.sidebar.caption)
+    assert any("Job queue" in c.value for c in at.sidebar.caption)
 
 
 def test_model_and_data_page_shows_the_model_and_data_choices(app_files):
-    at = start_app()  # the default page
+    at = start_app()
+    open_page(at, "model_data")
     assert at.title[0].value == "Model & data"
     assert any("hub is unreachable" in w.value for w in at.warning)
     metrics = {m.label: m.value for m in at.metric}
@@ -127,12 +64,11 @@ def test_model_and_data_page_shows_the_model_and_data_choices(app_files):
     assert {r.label for r in at.radio} >= {"Model source", "Calibration text", "Evaluation text"}
     assert {b.label for b in at.button} >= {"Load model", "Use this data"}
     assert str(app_files["calibration"]) in [t.value for t in at.text_input]
-    assert any("tiny-llama" in c.value for c in at.sidebar.caption)
-    assert any("Job queue" in c.value for c in at.sidebar.caption)
 
 
 def test_model_and_data_page_refuses_bad_input_with_a_clear_message(app_files, tmp_path):
     at = start_app()
+    open_page(at, "model_data")
     at.text_input(key="calibration_path").set_value(str(tmp_path / "missing.txt"))
     click(at, "Use this data")
     assert not at.exception
@@ -187,8 +123,13 @@ def test_run_completes_and_shows_results_downloads_and_share_link(ran_app):
     assert "sparsity=0.25" in at.code[0].value and f"K={RUN_ITERATIONS}" in at.code[0].value
     history = at.dataframe[0].value
     assert len(history) == 1 and history["sparsity"].iloc[0] == 0.25
-    assert titled(at, "Relative reconstruction error per layer")["data"][0]["type"] == "bar"
+    per_layer = titled(at, "Relative reconstruction error per layer")
+    assert per_layer["data"][0]["type"] == "bar"
     outcome = at.session_state["latest_run"]
+    # the headline is the mean of the bars drawn beside it, and says so
+    headline = next(m for m in at.metric if m.label == "Mean layer error")
+    assert float(headline.value) == pytest.approx(np.mean(array(per_layer["data"][0]["y"])), abs=1e-4)
+    assert "Mean over layers" in headline.help
     assert outcome.result.params_after < outcome.result.params_before
     assert len(outcome.result.trace) == 2 * RUN_ITERATIONS
 
@@ -210,15 +151,23 @@ def test_pruned_model_download_is_a_loadable_zip(ran_app, tmp_path):
 def test_mask_evolution_page_plots_the_soft_mask_per_iteration(ran_app):
     at = ran_app
     open_page(at, "mask_evolution")
+    outcome = at.session_state["latest_run"]
     heatmap = titled(at, "Layer 0: s over ρ iterations")
-    assert array(heatmap["data"][0]["z"]).shape == (RUN_ITERATIONS, 128)
-    assert len(titled(at, "Layer 0: s per channel")["frames"]) == RUN_ITERATIONS
+    z = array(heatmap["data"][0]["z"])
+    assert z.shape == (RUN_ITERATIONS + 1, 128)  # every ρ iteration, then the binary read-out
+    assert list(heatmap["data"][0]["y"])[-1] == "read-out"
+    assert set(np.unique(z[-1])) == {0.0, 1.0} and z[-1].sum() == 128 - len(outcome.result.layers[0].keep)
+    assert len(titled(at, "Layer 0: s per channel")["frames"]) == RUN_ITERATIONS + 1
     animated = titled(at, "All layers")
-    assert len(animated["frames"]) == RUN_ITERATIONS
-    assert [step["label"] for step in animated["layout"]["sliders"][0]["steps"]][:2] == ["1", "2"]
-    binary = titled(at, "From fractional to binary")
-    assert len(binary["data"]) == 2  # one line per layer
-    assert len(titled(at, "Final s per layer")["data"]) == 1
+    assert len(animated["frames"]) == RUN_ITERATIONS + 1
+    labels = [step["label"] for step in animated["layout"]["sliders"][0]["steps"]]
+    assert labels[:2] == ["1", "2"] and labels[-1] == "read-out"
+    norms = titled(at, "Layer 0: down_proj column norms as ρ grows")
+    assert norms["layout"]["xaxis"]["type"] == "log"
+    rhos = [step.rho for step in outcome.result.trace if step.layer == 0]
+    assert all(np.allclose(array(trace["x"]), rhos) for trace in norms["data"] if trace.get("mode") != "lines")
+    titled(at, "Distance of s from its read-out")
+    titled(at, "Channels marked at some iteration, kept in the end")
     at.slider(key="mask_layer").set_value(1).run()
     assert_clean(at)
     titled(at, "Layer 1: s over ρ iterations")
@@ -255,7 +204,10 @@ def test_latency_page_measures_dense_and_pruned(ran_app):
     timed = [trace for trace in bars["data"] if "error_y" in trace]
     assert len(timed) == 4 and all(trace["error_y"]["symmetric"] is False for trace in timed)
     ratios = titled(at, "Measured speed-ups")
-    assert {trace["name"] for trace in ratios["data"]} == {"measured", "theory"}
+    names = {trace["name"] for trace in ratios["data"]}
+    assert "theory" in names and names & {"measured", "measured, inconclusive"}
+    verdicts = [a.value for a in [*at.success, *at.warning] if a.value.startswith(("Prefill", "Decode"))]
+    assert len(verdicts) == 2  # each measured speed-up says whether it is conclusive
 
 
 def test_sweep_runs_as_a_job_and_is_cached(ran_app):
@@ -402,7 +354,12 @@ def test_finished_runs_are_saved_and_a_new_session_can_reload_them(ran_app):
 
     at = start_app()
     open_page(at, "run_spap")
-    at.selectbox(key="saved_run").set_value(str(outcome.saved_to)).run()
+    assert not [box for box in at.selectbox if box.key == "saved_run"]  # another session's runs are not listed
+    assert any("None yet" in c.value for c in at.caption)
+    at.toggle(key="saved_runs_everyone").set_value(True).run()
+    choice = at.selectbox(key="saved_run")
+    assert choice.value is None  # nothing preselected
+    choice.set_value(outcome.saved_to.name).run()
     click(at, "Load this run")
     assert_clean(at)
     loaded = at.session_state["latest_run"]
@@ -437,3 +394,37 @@ def test_out_of_memory_during_a_run_ends_it_with_advice_and_the_app_keeps_servin
     click(at, "Run SPAP")  # with the memory back, the same session runs again
     finish_job(at, "run")
     assert at.session_state["latest_run"].pruned.perplexity > 0
+
+
+def test_a_results_link_opens_a_saved_run_and_a_bogus_one_is_named(ran_app):
+    outcome = ran_app.session_state["latest_run"]
+    open_page(ran_app, "run_spap")
+    link = next(code.value for code in ran_app.code if "?run=" in code.value)
+    assert link.endswith(f"?run={outcome.saved_to.name}")
+    at = AppTest.from_file(str(APP), default_timeout=SCRIPT_TIMEOUT_S)
+    at.query_params["run"] = outcome.saved_to.name
+    at.run()
+    assert_clean(at)
+    opened = at.session_state["latest_run"]
+    assert opened.saved_to == outcome.saved_to and opened.record["ppl"] == outcome.record["ppl"]
+    bogus = AppTest.from_file(str(APP), default_timeout=SCRIPT_TIMEOUT_S)
+    bogus.query_params["run"] = "../../etc"
+    bogus.run()
+    assert not bogus.exception
+    assert any("does not have" in w.value for w in bogus.warning)
+    assert "latest_run" not in bogus.session_state
+
+
+def test_fixed_settings_captions_never_name_what_varies(ran_app):
+    at = ran_app
+    open_page(at, "perplexity_sweep")
+    fixed = next(c.value for c in at.caption if c.value.startswith("Fixed for every point"))
+    assert "sparsity" not in fixed.split(":", 1)[1].split("(as last")[0] and "K = " in fixed
+    assert any("runs (methods × sparsities): about" in c.value for c in at.caption)  # a time estimate
+    open_page(at, "sensitivity")
+    for parameter, absent in (("ρ⁽⁰⁾ (initial penalty)", "ρ⁽⁰⁾ ="), ("sparsity", "sparsity "),
+                              ("τ (penalty growth)", "τ =")):
+        at.selectbox(key="scan_parameter").set_value(parameter).run()
+        fixed = next(c.value for c in at.caption if c.value.startswith("Fixed for every value"))
+        assert absent not in fixed, (parameter, fixed)
+        assert "α = " in fixed

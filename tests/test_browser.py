@@ -31,8 +31,9 @@ STARTUP_GUARD_S = 120
 JOB_GUARD_MS = 300_000  # turns a hung job into a failure; never a performance threshold
 CANCEL_GUARD_MS = 60_000  # the worker checks for cancellation between solver steps
 VIEWPORT = {"width": 1500, "height": 1000}
-NAV_TITLES = {"model_data": "Model & data", "run_spap": "Run SPAP", "mask_evolution": "Mask evolution",
-              "scores": "Scores", "latency": "Latency & memory", "perplexity_sweep": "Perplexity vs sparsity",
+NAV_TITLES = {"start_here": "Start here", "model_data": "Model & data", "run_spap": "Run SPAP",
+              "mask_evolution": "Mask evolution", "scores": "Scores", "dense_vs_pruned": "Dense vs pruned text",
+              "latency": "Latency & memory", "perplexity_sweep": "Perplexity vs sparsity",
               "sensitivity": "Sensitivity", "how_spap_works": "How SPAP works"}
 
 
@@ -164,6 +165,18 @@ def test_shared_link_fills_in_the_run_form(browser_page, server):
     screenshot(page, "00_run_spap_from_shared_link")
 
 
+def test_start_page_leads_into_the_lesson_path(browser_page, server):
+    page = browser_page
+    page.goto(server)
+    settle(page)
+    page.locator("h1", has_text="SPAP Explorer").wait_for()
+    assert_no_errors(page)
+    page.get_by_role("link", name="1. How SPAP works").click()
+    page.locator("h1", has_text="How SPAP works").wait_for()
+    settle(page)
+    assert_no_errors(page)
+
+
 def test_model_and_data_page_with_an_uploaded_text(browser_page, files):
     page = browser_page
     go_to(page, "model_data")
@@ -254,10 +267,10 @@ def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, 
                       .locator('[data-testid="stMetricValue"]').inner_text()
                       for label in ("Perplexity, dense", "Perplexity, pruned")}
             shown.append(values)
-        pages[0].reload()
+        pages[0].reload()  # a new session: the finished runs are listed under every session's runs
         settle(pages[0])
-        heading = pages[0].get_by_text("Saved runs (").first.inner_text()  # "Saved runs (N): ..."
-        assert int(heading.split("(", 1)[1].split(")", 1)[0]) >= len(sparsities)
+        assert saved_run_count(pages[0]) == 0
+        assert saved_run_count(pages[0], every_session=True) >= len(sparsities)
     finally:
         for context in contexts:
             context.close()
@@ -274,9 +287,17 @@ def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, 
         assert values["Perplexity, pruned"] == f"{alone.pruned.perplexity:.2f}"
 
 
-def saved_run_count(page) -> int:
-    heading = page.get_by_text("Saved runs (").first.inner_text()  # "Saved runs (N): ..."
-    return int(heading.split("(", 1)[1].split(")", 1)[0])
+def saved_run_count(page, every_session: bool = False) -> int:
+    """The count in "Saved runs (N of this browser session): …", or of every session's runs (the
+    toggle is switched on first; a fresh page load starts with it off)."""
+    heading = page.get_by_text("Saved runs (").first
+    if every_session and "every session)" not in heading.inner_text():
+        heading.click()
+        page.get_by_text("Show the runs of every session").click()
+        page.get_by_text("of every session)").first.wait_for()
+        settle(page)
+    text = page.get_by_text("Saved runs (").first.inner_text()
+    return int(text.split("(", 1)[1].split()[0])
 
 
 def test_cancel_ends_a_run_and_a_refresh_keeps_the_finished_runs(server, browser):
@@ -306,14 +327,15 @@ def test_cancel_ends_a_run_and_a_refresh_keeps_the_finished_runs(server, browser
 
         page.goto(f"{server}/run_spap?sparsity=0.4&K=4&am_rounds=3&am_steps=150")
         settle(page)
+        everyone_before = saved_run_count(page, every_session=True)
         page.get_by_role("button", name="Run SPAP").click()
         page.get_by_role("button", name="Cancel").wait_for()
-        page.reload()
+        page.reload()  # a new session, which lists the earlier runs under every session's runs
         settle(page)
         assert_no_errors(page)
-        assert saved_run_count(page) >= saved_before + 1  # + 2 once the left-behind run has finished
+        assert saved_run_count(page, every_session=True) >= everyone_before  # + 1 once the left-behind run ends
         deadline = time.monotonic() + JOB_GUARD_MS / 1000
-        while saved_run_count(page) < saved_before + 2:
+        while saved_run_count(page, every_session=True) < everyone_before + 1:
             assert time.monotonic() < deadline, "the run left behind by the refresh never finished"
             page.wait_for_timeout(1000)
             page.reload()

@@ -1,0 +1,51 @@
+"""Start here: what SPAP is in three lines, and a path through the app a class can follow."""
+
+import streamlit as st
+
+from pages._routing import ensure_routed
+from pages._shared import current_model, device_label, latest_outcome, run_size_note
+
+ensure_routed()
+
+LESSON_PATH = [
+    ("pages/how_spap_works.py", "How SPAP works", ":material/school:",
+     "the penalty method on a toy layer of 8 channels, checked against the exact optimum (no model needed)."),
+    ("pages/run_spap.py", "Run SPAP", ":material/play_arrow:",
+     "prune the model's MLPs at the sparsity you choose, with live progress."),
+    ("pages/mask_evolution.py", "Mask evolution", ":material/animation:",
+     "how the soft mask s moves across the ρ iterations, and what ρ does to W."),
+    ("pages/scores.py", "Scores", ":material/bar_chart:",
+     "which channels each criterion would prune, and how far they agree."),
+    ("pages/perplexity_sweep.py", "Perplexity vs sparsity", ":material/show_chart:",
+     "SPAP against its baselines at several sparsities."),
+    ("pages/dense_vs_pruned.py", "Dense vs pruned text", ":material/chat:",
+     "the same prompt answered by the dense and the pruned model, side by side."),
+]
+
+st.title("SPAP Explorer")
+st.markdown(
+    "**SPAP** prunes whole channels of a language model's MLPs, layer by layer. For each layer it looks for the "
+    "channels whose removal the remaining ones can best make up for, by solving a least-squares problem with a "
+    "penalty that grows over a few iterations. The model that comes out is physically smaller and faster, and "
+    "`transformers` loads it as it is."
+)
+
+st.subheader("A path through the app")
+for number, (page, title, icon, what) in enumerate(LESSON_PATH, start=1):
+    link_column, text_column = st.columns([1, 3], vertical_alignment="center")
+    link_column.page_link(page, label=f"{number}. {title}", icon=icon)
+    text_column.caption(what)
+
+st.subheader("Where things stand")
+loaded = current_model()
+if loaded is not None:
+    st.caption(f"Model: {loaded.description}, on {device_label(loaded.device)}. Run size: {run_size_note()} "
+               "Change the model or the texts on Model & data.")
+outcome = latest_outcome()
+if outcome is None:
+    st.caption("No run yet in this session: step 2 starts one.")
+else:
+    record = outcome.record
+    st.caption(f"Latest run: {record['method']} at {record['sparsity']:.0%} sparsity, perplexity "
+               f"{record['ppl_dense']:.2f} → {record['ppl']:.2f}.")
+st.page_link("pages/model_data.py", label="Model & data", icon=":material/memory:")

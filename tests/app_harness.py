@@ -1,0 +1,86 @@
+"""Driving the Streamlit app through streamlit's AppTest: start a session, open pages, click,
+await background jobs through the job queue itself (an event, not a timer; the bound on each wait
+only turns a hang into a failure) and read the plotly figures a page drew. The `app_files` fixture
+in conftest.py points the app at a tiny model and texts made of its vocabulary."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from spap_core.jobs import JobStatus, shared_queue
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+SCRIPT_TIMEOUT_S = 120
+JOB_HANG_GUARD_S = 600
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def start_app() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=SCRIPT_TIMEOUT_S)
+    at.run()
+    assert_clean(at)
+    return at
+
+
+def open_page(at: AppTest, name: str) -> None:
+    at.switch_page(f"pages/{name}.py")
+    at.run()
+    assert_clean(at)
+
+
+def click(at: AppTest, label: str) -> None:
+    next(button for button in at.button if button.label == label).click()
+    at.run()
+
+
+def session_job(at: AppTest, kind: str):
+    return at.session_state["jobs"][kind]
+
+
+def finish_job(at: AppTest, kind: str) -> None:
+    """Wait for this session's `kind` job on the queue, then redraw the page with its result."""
+    job = session_job(at, kind)
+    assert shared_queue().wait(job, JOB_HANG_GUARD_S), f"{job.label} hung"
+    assert job.status is JobStatus.DONE, job.error
+    at.run()
+    assert_clean(at)
+
+
+def run_spap(sparsity: float, iterations: int) -> AppTest:
+    """A new session that has finished a SPAP run from the Run SPAP page."""
+    at = start_app()
+    open_page(at, "run_spap")
+    at.slider(key="sparsity").set_value(sparsity)
+    at.slider(key="K").set_value(iterations)
+    click(at, "Run SPAP")
+    assert_clean(at)
+    finish_job(at, "run")
+    return at
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def array(value) -> np.ndarray:
+    """A figure array from its JSON: a plain list, or plotly's typed array {dtype, bdata, shape}."""
+    if isinstance(value, dict):
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        return flat.reshape([int(n) for n in str(shape).split(",")]) if shape else flat
+    return np.asarray(value)
+
+
+def titled(at: AppTest, start: str) -> dict:
+    matches = [f for f in figures(at) if f["layout"].get("title", {}).get("text", "").startswith(start)]
+    assert matches, f"no chart titled {start!r}"
+    return matches[0]

@@ -1,0 +1,119 @@
+"""The words the app puts next to its charts are computed from the data they describe: each test
+builds the data in a way that makes a claim true or false and checks the sentence follows."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from pages._analysis import (
+    changed_mind_counts,
+    final_norms,
+    marked_share_of_final,
+    mask_story,
+    norm_paths,
+    readable_range,
+    readout_masks,
+    soft_masks,
+    speedup_verdict,
+)
+from spap_core.latency import Timing
+from spap_core.methods.altmin import AltMinSettings
+from spap_core.methods.registry import PruneSettings
+from spap_core.prune import prune_model
+from spap_core.runs import readout_gap
+
+NO_ALTMIN = AltMinSettings(rounds=0)
+
+
+def run(tiny, **penalty_changes):
+    torch.manual_seed(0)
+    calibration = torch.randint(3, 200, (4, 48))
+    settings = PruneSettings(sparsity=0.25, altmin=NO_ALTMIN)
+    settings = replace(settings, penalty=replace(settings.penalty, **penalty_changes))
+    return prune_model(tiny, calibration, settings)
+
+
+def ends_binary(masks: np.ndarray) -> bool:
+    final = masks[:, -1]
+    return bool(np.all((final < 1e-3) | (final > 1 - 1e-3)))
+
+
+def test_the_story_of_the_default_path_says_s_does_not_end_binary(tiny):
+    result = run(tiny)  # ramp schedule, s⁽⁰⁾ = 0, α = 0.5
+    masks = soft_masks(result)
+    assert not ends_binary(masks)
+    story = mask_story(result, masks)
+    assert "s⁽⁰⁾ = 0" in story and "⌈λk/K⌉" in story
+    assert "is not binary" in story and "read out as the λ largest s" in story
+    assert "is binary" not in story.replace("is not binary", "")
+    # the values it names are the values s has
+    named = story.split("its values are ", 1)[1].split(", and", 1)[0]
+    assert np.allclose(sorted(float(v) for v in named.split(", ")), np.unique(np.round(masks[:, -1], 3)), atol=1e-6)
+
+
+def test_the_story_says_binary_only_when_s_is_binary(tiny):
+    result = run(tiny, schedule="fixed", momentum=1.0)  # every step jumps to the λ marks
+    masks = soft_masks(result)
+    assert ends_binary(masks)
+    story = mask_story(result, masks)
+    assert "s is binary" in story and "not binary" not in story
+    assert "every iteration marks the λ" in story
+
+
+def test_the_story_names_the_centre_start(tiny):
+    result = run(tiny, start="centre")
+    story = mask_story(result, soft_masks(result))
+    assert "λ/n = 0.25 everywhere" in story and "s⁽⁰⁾ = 0 " not in story
+
+
+def test_readout_gap_is_zero_exactly_for_a_binary_mask():
+    assert readout_gap(np.array([1.0, 0.0, 1.0, 0.0]), 2) == 0.0
+    assert readout_gap(np.array([0.5, 0.0, 0.5, 0.0]), 2) == pytest.approx(0.5)  # (½ + ½) short of 1, ÷ λ
+    assert readout_gap(np.array([0.5, 0.5, 0.5, 0.5]), 2) == pytest.approx(1.0)  # and ½ + ½ off 0
+
+
+def test_readout_frames_and_channel_groups_match_the_run(tiny):
+    result = run(tiny)
+    masks, readouts = soft_masks(result), readout_masks(result)
+    for layer, record in enumerate(result.layers):
+        assert set(np.flatnonzero(readouts[layer] == 0)) == set(record.keep.tolist())
+    share = marked_share_of_final(masks, readouts)
+    assert np.all(np.diff(share, axis=1) >= 0) and np.allclose(share[:, -1], 1.0)  # ramp: all marked by k = K
+    assert changed_mind_counts(masks, readouts).shape == (len(result.layers),)
+    paths = norm_paths(result, 0)
+    assert paths is not None and set(paths["iteration"]) == set(range(1, masks.shape[1] + 1))
+    rhos = sorted({step.rho for step in result.trace if step.layer == 0})
+    assert sorted(paths["rho"].unique()) == pytest.approx(rhos)
+    # the ρ growth shrinks the columns marked from the first iteration on
+    first = paths[paths["group"] == "pruned, marked from iteration 1"].sort_values("iteration")
+    assert first["relative_norm"].iloc[-1] < first["relative_norm"].iloc[0] < 1.0 + 1e-6
+    after = final_norms(result.layers[0])
+    assert (after[after["status"] == "pruned"]["relative_norm"] == 0).all()
+    assert (after[after["status"] == "kept"]["relative_norm"] > 0).all()
+
+
+def test_an_axis_spans_at_least_five_percent_of_its_mean():
+    values = np.array([811e-6, 812e-6, 815e-6])  # a 0.5 % spread
+    (low, high), note = readable_range(values)
+    assert (high - low) >= 0.05 * values.mean() and low < values.min() and high > values.max()
+    assert note == "spread 0.5% of the mean"
+    wide = np.array([10.0, 20.0])
+    (low, high), _ = readable_range(wide)
+    assert low < 10 and high > 20 and (high - low) < 12  # a real spread is kept, with a margin
+
+
+def test_latency_says_inconclusive_when_the_ranges_overlap():
+    dense = Timing(median=5.0, low=2.0, high=10.0, repeats=5)
+    pruned = Timing(median=5.7, low=3.0, high=9.0, repeats=5)
+    conclusive, sentence = speedup_verdict("Prefill", dense, pruned, "ms", lower_is_faster=True)
+    assert not conclusive and "inconclusive" in sentence and "2–10 ms" in sentence
+    faster = Timing(median=1.0, low=0.9, high=1.1, repeats=5)
+    conclusive, sentence = speedup_verdict("Prefill", dense, faster, "ms", lower_is_faster=True)
+    assert conclusive and "faster in every repeat" in sentence
+    conclusive, sentence = speedup_verdict("Decode", Timing(10, 9, 11, 5), Timing(20, 19, 21, 5), "tokens/s",
+                                           lower_is_faster=False)
+    assert conclusive and "faster" in sentence
