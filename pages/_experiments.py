@@ -1,6 +1,6 @@
 """The app's experiments as plain functions: a pruning run (prune + dense/pruned perplexity, the
 CLI's `prune` flow), perplexity-vs-sparsity sweeps, one-hyperparameter sensitivity scans, latency
-comparisons and the toy problem of the teaching page.
+comparisons.
 
 Why here and not in a page: these functions run on the job queue's worker thread, which must make
 no streamlit calls, and the tests call them directly. They only sequence spap_core functions; no
@@ -31,15 +31,12 @@ from spap_core.evaluate import PerplexityResult, perplexity
 from spap_core.experiment import Experiment, run_experiment
 from spap_core.jobs import ProgressReporter
 from spap_core.latency import LatencyReport, latency_ratios, measure_latencies
-from spap_core.methods.exact import brute_force_optimum
-from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings
 from spap_core.methods.registry import PruneSettings
-from spap_core.methods.spap import PenaltySettings, SpapStep, spap_layer
+from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel
 from spap_core.prune import PruneResult
 from spap_core.runs import list_runs, new_run_directory, read_run, results_root, write_run
 from spap_core.shrink import save_pruned
-from spap_core.toy import toy_problem
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -482,28 +479,3 @@ def compare_latency(loaded: LoadedModel, outcome: RunOutcome, options: LatencyOp
         [loaded.model, outcome.result.model], seqlen=options.seqlen, decode_tokens=options.decode_tokens,
         repeats=options.repeats, warmup=options.warmup, cancel=cancel)
     return LatencyComparison(run_finished_at=outcome.finished_at, options=options, dense=dense, pruned=pruned)
-
-
-# ------------------------------------------------------------------------------- toy problem
-
-
-@dataclass(frozen=True)
-class ToyOutcome:
-    problem: LayerProblem
-    steps: list[SpapStep]
-    spap: LayerDecision
-    exact: LayerDecision
-
-    def pruned(self, decision: LayerDecision) -> list[int]:
-        keep = set(decision.keep.tolist())
-        return [i for i in range(self.problem.width) if i not in keep]
-
-
-def toy_demo(penalty: PenaltySettings, n_prune: int, seed: int, width: int = 8, latent_rank: int = 0) -> ToyOutcome:
-    """SPAP's penalty path on a small random layer (correlated channels when latent_rank > 0),
-    next to the exact optimum by enumeration (same refit, so the objectives compare like for like)."""
-    problem = toy_problem(width=width, n_prune=n_prune, seed=seed, latent_rank=latent_rank)
-    refit_settings = RefitSettings()
-    steps: list[SpapStep] = []
-    decision = spap_layer(problem, penalty, refit_settings, on_step=steps.append)
-    return ToyOutcome(problem=problem, steps=steps, spap=decision, exact=brute_force_optimum(problem, refit_settings))

@@ -1,23 +1,146 @@
 """How SPAP works: the penalty path on a toy layer of 8 channels, small enough that the exact
-optimum can be found by trying every mask, so SPAP's answer can be checked against it."""
+optimum can be found by trying every mask, so SPAP's answer can be checked against it.
 
+A lesson for a projector: s against ρ next to what ρ does to W, the binary read-out as a panel of
+its own, one-click scenarios. Every sentence about the run comes from spap_core.toy, computed from
+the run it describes; this file is layout only."""
+
+import math
+
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
+from plotly.subplots import make_subplots
 
-from pages._experiments import toy_demo
 from pages._routing import ensure_routed
 from spap_core.errors import SpapInputError
-from spap_core.methods.spap import SCHEDULES, PenaltySettings
+from spap_core.methods.spap import SCHEDULES
+from spap_core.toy import (
+    BALANCE_RANGE,
+    ITERATIONS_RANGE,
+    MOMENTUM_RANGE,
+    N_PRUNE_RANGE,
+    RHO0_CHOICES,
+    SCENARIOS,
+    SEED_RANGE,
+    TAU_RANGE,
+    TOY_SCORES,
+    ToyOutcome,
+    ToySettings,
+    advice,
+    algorithm_text,
+    mask_caption,
+    norm_caption,
+    objective_caption,
+    readout_caption,
+    run_toy,
+    verdict,
+)
 
 ensure_routed()
 
-TOY_WIDTH = 8
-CORRELATED_RANK = 2  # shared latent factors behind the channels when "correlated" is ticked
-RHO0_CHOICES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]
+# ToySettings field → widget key (the keys are the page's interface: the scenarios and the tests set them)
+WIDGET_KEYS = {"rho0": "toy_rho0", "tau": "toy_tau", "balance": "toy_t", "momentum": "toy_alpha",
+               "iterations": "toy_K", "n_prune": "toy_lambda", "score": "toy_score", "schedule": "toy_schedule",
+               "correlated": "toy_correlated", "seed": "toy_seed"}
+POWER_TICKS = dict(exponentformat="power", showexponent="all")  # 10⁻², not "10m"
+MAX_RHO_TICKS = 8
+RHO_AXIS = "ρ (× mean diag H), log scale"
+CHANNEL_COLORS = px.colors.qualitative.Plotly  # one colour per channel
+DASHES = {"SPAP & exact": "solid", "SPAP": "dash", "exact": "dot", "neither": "solid"}
+NORM_BARS = (("dense W₀", "#9ecae1"), ("end of the path", "#4292c6"), ("after the refit", "#08306b"))
+LAYOUT = dict(margin=dict(t=70, b=10, l=10, r=10), font=dict(size=14))  # readable on a projector
+
+
+def apply_scenario(settings: ToySettings) -> None:
+    """A scenario button's callback: it runs before the rerun draws the widgets, so they show the
+    scenario's values (a widget's state cannot be set once it is drawn)."""
+    for name, key in WIDGET_KEYS.items():
+        st.session_state[key] = getattr(settings, name)
+
+
+def rho_axes(figure, rhos: np.ndarray) -> None:
+    """Log axes that show the value of ρ as powers of ten: one label per decade (fewer when the
+    path spans dozens), and plotly's own ticks when it spans less than a decade and a half."""
+    decades = float(np.log10(rhos.max() / rhos.min()))
+    spacing = dict(dtick=max(1, math.ceil(decades / MAX_RHO_TICKS))) if decades >= 1.5 else {}
+    figure.update_xaxes(type="log", **POWER_TICKS, **spacing)
+
+
+def path_figure(outcome: ToyOutcome):
+    """s against ρ next to ‖W[:,i]‖ ÷ ‖W₀[:,i]‖ against ρ, one legend group per channel (same colour
+    in both panels; thick = pruned by someone, dashed = SPAP only, dotted = the exact optimum only)."""
+    spap, exact = set(outcome.spap_pruned), set(outcome.exact_pruned)
+    figure = make_subplots(rows=1, cols=2, horizontal_spacing=0.08,
+                           subplot_titles=("s (1 = pruned)", "‖W[:,i]‖ ÷ ‖W₀[:,i]‖ (1 = dense)"))
+    iterations = np.arange(1, len(outcome.steps) + 1)
+    for channel in range(outcome.width):
+        who = " & ".join(name for name, chosen in (("SPAP", spap), ("exact", exact)) if channel in chosen) or "neither"
+        name = f"{channel}: kept" if who == "neither" else f"{channel}: pruned by {who}"
+        line = dict(color=CHANNEL_COLORS[channel % len(CHANNEL_COLORS)], dash=DASHES[who],
+                    width=1.5 if who == "neither" else 3)
+        for column, values in ((1, outcome.soft_masks[:, channel]), (2, outcome.relative_norms[:, channel])):
+            figure.add_scatter(x=outcome.rhos, y=values, customdata=iterations, mode="lines+markers", name=name,
+                               legendgroup=str(channel), showlegend=column == 1, line=line, row=1, col=column,
+                               hovertemplate=f"channel {channel}<br>iteration %{{customdata}}, ρ = %{{x:.3g}}"
+                                             "<br>%{y:.3g}<extra></extra>")
+    figure.add_hline(y=1, line_dash="dot", line_color="gray", row=1, col=2)
+    rho_axes(figure, outcome.rhos)
+    figure.update_xaxes(title_text=RHO_AXIS)
+    figure.update_yaxes(range=[-0.03, 1.03], row=1, col=1)
+    figure.update_yaxes(rangemode="tozero", row=1, col=2)
+    figure.update_layout(title="Relaxed mask s per channel (left) and what ρ does to W (right), as ρ grows",
+                         height=520, legend=dict(title="channel"), **LAYOUT)
+    return figure
+
+
+def readout_figure(outcome: ToyOutcome):
+    """The binary read-out as its own panel: the last s per channel with the λ largest marked,
+    then the column norms dense → end of the path → after the refit (pruned = 0)."""
+    channels = [str(c) for c in range(outcome.width)]
+    pruned = set(outcome.spap_pruned)
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.16,
+                           subplot_titles=("last s", "‖W[:,i]‖"))
+    figure.add_bar(x=channels, y=outcome.soft_masks[-1], row=1, col=1, showlegend=False,
+                   marker_color=["#d62728" if c in pruned else "#7f7f7f" for c in range(outcome.width)],
+                   text=["pruned" if c in pruned else "kept" for c in range(outcome.width)], textposition="outside",
+                   hovertemplate="channel %{x}: s = %{y:.4g}<extra></extra>")
+    for (name, color), norms in zip(NORM_BARS, (outcome.dense_column_norms, outcome.column_norms[-1],
+                                                outcome.refit_column_norms(outcome.spap))):
+        figure.add_bar(x=channels, y=norms, name=name, marker_color=color, row=2, col=1)
+    figure.update_yaxes(range=[0, 1.3], row=1, col=1)
+    figure.update_xaxes(title_text="channel", row=2, col=1)
+    figure.update_layout(title=f"Binary read-out: the λ = {outcome.n_prune} largest s are pruned", height=480,
+                         barmode="group", legend=dict(orientation="h", y=-0.22), **LAYOUT)
+    return figure
+
+
+def objective_figure(outcome: ToyOutcome):
+    """Objective and violation against ρ on linear axes (a log axis drops a line that touches 0),
+    with the refits of SPAP's mask and of the exact optimum as the level the objective heads for."""
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.16,
+                           subplot_titles=("objective ½‖WZ−Y‖² of the penalised W", "violation Σ sᵢ‖W[:,i]‖²"))
+    figure.add_scatter(x=outcome.rhos, y=outcome.objectives, mode="lines+markers", name="objective", row=1, col=1)
+    for name, level, dash in (("SPAP's refit", outcome.spap.objective, "dash"),
+                              ("exact optimum", outcome.exact.objective, "dot"),
+                              ("all channels kept", outcome.dense_objective, "dashdot")):
+        figure.add_scatter(x=outcome.rhos[[0, -1]], y=[level, level], mode="lines", name=name,
+                           line=dict(dash=dash, color="black" if name == "exact optimum" else "gray"), row=1, col=1)
+    figure.add_scatter(x=outcome.rhos, y=outcome.violations, mode="lines+markers", name="violation", row=2, col=1)
+    rho_axes(figure, outcome.rhos)
+    figure.update_xaxes(title_text=RHO_AXIS, row=2, col=1)
+    figure.update_yaxes(rangemode="tozero")
+    figure.update_layout(title="Objective and violation as ρ grows", height=480,
+                         legend=dict(orientation="h", y=-0.22), **LAYOUT)
+    return figure
+
+
+for field_name, widget_key in WIDGET_KEYS.items():  # defaults without value=, so scenarios can set them
+    st.session_state.setdefault(widget_key, getattr(ToySettings(), field_name))
 
 st.title("How SPAP works")
-problem_column, penalty_column = st.columns(2, gap="large")
+problem_column, path_column = st.columns(2, gap="large")
 problem_column.markdown(
     r"""
 Pruning channel $i$ of a GLU MLP removes row $i$ of gate/up and column $i$ of $W_{\text{down}}$. Per layer,
@@ -25,84 +148,75 @@ with activations $Z$ and dense output $Y$, SPAP solves
 
 $$\min_{W,s}\ \tfrac12\lVert WZ-Y\rVert_F^2\quad\text{s.t.}\quad W\,\mathrm{diag}(s)=0,\ \ \mathbf 1^\top s=\lambda,\ \ s\in\{0,1\}^n$$
 
-where $s_i = 1$ means "pruned". **Relaxation theorem:** allowing $s\in[0,1]^n$ loses nothing. A feasible
+where $s_i = 1$ means "pruned". **Relaxation theorem:** allowing $s\in[0,1]^n$ loses nothing: a feasible
 relaxed $s$ has at least $\lambda$ non-zero entries and each forces a zero column of $W$, so a binary mask with
-the same objective can be read off any relaxed optimum.
-"""
-)
-penalty_column.markdown(
-    r"""
-**Penalty idea:** instead of the hard constraint $W\,\mathrm{diag}(s)=0$, add
-$\tfrac{\rho}{2}\sum_i s_i\lVert W_{:,i}\rVert^2$ to the objective and grow $\rho\leftarrow\tau\rho$ every
-iteration. Each iteration moves $s$ a step $\alpha$ towards the $\lambda$ channels with the lowest score
-$\lVert W_{:,i}\rVert\cdot\lVert Z_i\rVert^t$, then re-solves $W$ in closed form with the penalty. As $\rho$
-grows, columns with large $s_i$ are driven to zero and $s$ becomes binary; the kept columns are finally refitted
-by least squares. Below, a random layer of 8 channels is small enough to try every mask, so SPAP's answer can be
-checked against the exact optimum.
+the same objective can be read off any relaxed optimum. **Penalty idea:** replace $W\,\mathrm{diag}(s)=0$ by
+the penalty $\tfrac{\rho}{2}\sum_i s_i\lVert W_{:,i}\rVert^2$ and grow $\rho$. Below, a random layer of 8
+channels is small enough to try every mask, so SPAP's answer is checked against the exact optimum.
 """
 )
 
-controls_column, mask_column, result_column = st.columns([1, 2.2, 1.5], gap="medium")
+st.markdown("**Scenarios** — one click sets every slider:")
+for column, scenario in zip(st.columns(len(SCENARIOS)), SCENARIOS):
+    column.button(scenario.name, on_click=apply_scenario, args=(scenario.settings,), width="stretch",
+                  key=f"toy_scenario_{scenario.name}")
+story_slot = st.container()  # right under the buttons, filled once the run is known
+
+controls_column, path_chart_column = st.columns([1, 4], gap="medium")
 with controls_column:
-    defaults = PenaltySettings()
-    rho0 = st.select_slider("ρ⁽⁰⁾: initial penalty", RHO0_CHOICES, value=defaults.rho0, key="toy_rho0")
-    tau = st.slider("τ: penalty growth", 1.05, 8.0, defaults.tau, 0.05, key="toy_tau")
-    balance = st.slider("t: score balance", 0.0, 3.0, defaults.balance, 0.1, key="toy_t")
-    momentum = st.slider("α: mask momentum", 0.05, 1.0, defaults.momentum, 0.05, key="toy_alpha")
-    iterations = st.slider("K: ρ iterations", 1, 60, defaults.iterations, key="toy_K")
-    n_prune = st.slider("λ: channels to prune", 1, TOY_WIDTH - 1, 3, key="toy_lambda")
-    score = st.radio("Activation magnitude in the score", ["marginal", "partial"], horizontal=True, key="toy_score",
+    rho0 = st.select_slider("ρ⁽⁰⁾: initial penalty", RHO0_CHOICES, key="toy_rho0",
+                            help="The first iteration's penalty on W, in units of mean diag H.")
+    tau = st.slider("τ: penalty growth", *TAU_RANGE, step=0.05, key="toy_tau",
+                    help="ρ is multiplied by τ after every iteration.")
+    balance = st.slider("t: score balance", *BALANCE_RANGE, step=0.1, key="toy_t",
+                        help="Exponent of the activation magnitude in the score ‖W[:,i]‖·magnitudeᵗ.")
+    momentum = st.slider("α: mask momentum", *MOMENTUM_RANGE, step=0.05, key="toy_alpha",
+                         help="Each iteration moves s this fraction of the way to the marked channels.")
+    iterations = st.slider("K: ρ iterations", *ITERATIONS_RANGE, key="toy_K")
+    n_prune = st.slider("λ: channels to prune", *N_PRUNE_RANGE, key="toy_lambda")
+    score = st.radio("Activation magnitude in the score", TOY_SCORES, horizontal=True, key="toy_score",
                      help="marginal = ‖Zᵢ‖; partial = what channel i adds beyond the others.")
-    schedule = st.radio("Marking schedule", SCHEDULES, index=SCHEDULES.index(defaults.schedule), horizontal=True,
-                        key="toy_schedule",
-                        help="fixed = λ channels marked every step; ramp = ⌈λk/K⌉ at step k.")
+    schedule = st.radio("Marking schedule", SCHEDULES, horizontal=True, key="toy_schedule",
+                        help="fixed = λ channels marked every iteration; ramp = ⌈λk/K⌉ at iteration k.")
     correlated = st.checkbox("Correlated channels", key="toy_correlated",
                              help="Channels share a few latent factors, as in real MLPs; then a channel's own "
                                   "magnitude says little about what the others cannot replace.")
-    seed = st.number_input("Seed of the random layer", 0, 10_000, 0, key="toy_seed")
+    seed = st.number_input("Seed of the random layer", *SEED_RANGE, key="toy_seed")
 
+settings = ToySettings(rho0=float(rho0), tau=float(tau), balance=float(balance), momentum=float(momentum),
+                       iterations=int(iterations), n_prune=int(n_prune), score=score, schedule=schedule,
+                       correlated=bool(correlated), seed=int(seed))
 try:
-    penalty = PenaltySettings(iterations=int(iterations), rho0=float(rho0), tau=float(tau), balance=float(balance),
-                              momentum=float(momentum), score=score, schedule=schedule)
+    outcome = run_toy(settings)
 except SpapInputError as exc:
     st.error(str(exc))
     st.stop()
-demo = toy_demo(penalty, n_prune=int(n_prune), seed=int(seed), width=TOY_WIDTH,
-                latent_rank=CORRELATED_RANK if correlated else 0)
-spap_pruned, exact_pruned = demo.pruned(demo.spap), demo.pruned(demo.exact)
 
-path = pd.DataFrame([
-    {"iteration": step.iteration, "channel": str(channel), "s": float(step.soft_mask[channel]),
-     "ρ": step.rho, "objective": step.objective, "violation": step.violation}
-    for step in demo.steps for channel in range(TOY_WIDTH)
-])
-path["pruned by"] = path["channel"].map(lambda c: " & ".join(
-    name for name, chosen in (("SPAP", spap_pruned), ("exact", exact_pruned)) if int(c) in chosen) or "neither")
+path_column.markdown(algorithm_text(settings))
+active = next((scenario for scenario in SCENARIOS if scenario.settings == settings), None)
+story = active.story(outcome) if active is not None else None
+if story is not None:
+    story_slot.info(f"**{active.name}.** {story}", icon=":material/school:")
 
-with mask_column:
-    figure = px.line(path, x="iteration", y="s", color="channel", line_dash="pruned by", markers=True,
-                     range_y=[-0.03, 1.03], title="Relaxed mask s per channel as ρ grows (1 = pruned)",
-                     labels={"iteration": "ρ iteration"})
-    figure.update_layout(height=520, margin=dict(t=50, b=10, l=10, r=10))
-    st.plotly_chart(figure, width="stretch")
+with path_chart_column:
+    st.plotly_chart(path_figure(outcome), width="stretch")
+    st.caption(mask_caption(outcome) + " " + norm_caption(outcome))
+
+readout_column, objective_column, result_column = st.columns([2, 2, 1.3], gap="medium")
+with readout_column:
+    st.plotly_chart(readout_figure(outcome), width="stretch")
+    st.caption(readout_caption(outcome))
+with objective_column:
+    st.plotly_chart(objective_figure(outcome), width="stretch")
+    st.caption(objective_caption(outcome))
 with result_column:
-    gap = demo.spap.objective - demo.exact.objective
     st.markdown("**SPAP vs the exact optimum**")
     st.table(pd.DataFrame({
-        "pruned": [str(spap_pruned), str(exact_pruned)],
-        "objective": [f"{demo.spap.objective:.4g}", f"{demo.exact.objective:.4g}"],
+        "pruned": [", ".join(map(str, outcome.spap_pruned)), ", ".join(map(str, outcome.exact_pruned))],
+        "objective": [f"{outcome.spap.objective:.4g}", f"{outcome.exact.objective:.4g}"],
     }, index=["SPAP", "exact (every mask)"]))
-    if spap_pruned == exact_pruned:
-        st.success("SPAP found the optimal mask.", icon=":material/check_circle:")
+    if outcome.spap_is_optimal:
+        st.success(verdict(outcome), icon=":material/check_circle:")
     else:
-        st.warning(f"SPAP's mask is not optimal here: its objective is {gap:.4g} higher "
-                   f"({gap / max(demo.exact.objective, 1e-12):.1%}). Try the partial score with the ramp, "
-                   "or other ρ⁽⁰⁾, τ, t or α.")
-    per_step = path.drop_duplicates("iteration")
-    figure = px.line(per_step, x="iteration", y=["objective", "violation"], log_y=True, markers=True,
-                     title="Objective and violation",
-                     labels={"value": "", "iteration": "ρ iteration", "variable": ""})
-    figure.update_layout(height=280, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.3))
-    st.plotly_chart(figure, width="stretch")
-    st.caption("Objective: ½‖WZ−Y‖² of the penalised solution. Violation: Σ sᵢ‖W[:,i]‖², which the growing ρ "
-               "drives to zero.")
+        st.warning(verdict(outcome))
+        st.info(advice(outcome))

@@ -213,6 +213,18 @@ def test_inspection_pages_show_the_run(browser_page):
         screenshot(page, f"0{number}_{page_key}")
 
 
+def test_dense_and_pruned_models_write_side_by_side(browser_page):
+    page = browser_page
+    go_to(page, "dense_vs_pruned")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("tokens/s").first.wait_for(timeout=JOB_GUARD_MS)
+    settle(page)
+    assert_no_errors(page)
+    answers = page.locator('[data-testid="stText"]')
+    assert answers.count() == 2 and all(answers.nth(i).inner_text().strip() for i in range(2))
+    screenshot(page, "05_dense_vs_pruned")
+
+
 def test_background_jobs_of_the_other_pages_complete(browser_page):
     page = browser_page
     jobs = [("perplexity_sweep", "Run sweep", "Sweep (.csv)", 5), ("latency", "Measure", "Memory and compute", 6),
@@ -231,7 +243,11 @@ def test_how_spap_works_page(browser_page):
     page = browser_page
     go_to(page, "how_spap_works")
     page.get_by_text("SPAP vs the exact optimum").wait_for()
-    assert page.locator(".js-plotly-plot").count() == 2
+    assert page.locator(".js-plotly-plot").count() == 3  # the path against ρ, the read-out, objective/violation
+    page.get_by_role("button", name="SPAP misses it (correlated channels)").click()
+    settle(page)
+    assert_no_errors(page)
+    page.get_by_text("not optimal here").wait_for()
     screenshot(page, "07_how_spap_works")
 
 
