@@ -247,7 +247,7 @@ def test_how_spap_works_page(browser_page):
     page.get_by_role("button", name="SPAP misses it (correlated channels)").click()
     settle(page)
     assert_no_errors(page)
-    page.get_by_text("not optimal here").wait_for()
+    page.get_by_text("not optimal here").first.wait_for()
     screenshot(page, "07_how_spap_works")
 
 
