@@ -1,0 +1,129 @@
+"""Screenshots of every page after the default run, as a new user sees them: starts `streamlit run
+app.py` on the default model, clicks through the app in Debian's Chromium and writes one PNG per
+page into docs/screenshots/.
+
+    SPAP_DATA_DIR=../shared/data python scripts/screenshots.py [--out docs/screenshots]
+
+It runs the app's own defaults (Run SPAP, the default sweep, a latency measurement, a short
+sensitivity scan and a generation), so on 2 CPU cores it takes several minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import Page, sync_playwright
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+VIEWPORT = {"width": 1500, "height": 1000}
+JOB_LIMIT_MS = 1_800_000  # a guard against a hung job, not a performance target
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_healthy(base: str, process: subprocess.Popen, limit_s: float = 180) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"streamlit exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    sys.exit("streamlit did not become healthy")
+
+
+def settle(page: Page) -> None:
+    page.wait_for_selector('[data-testid="stApp"]')
+    page.wait_for_timeout(800)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=JOB_LIMIT_MS)
+    page.wait_for_timeout(500)
+
+
+def shoot(page: Page, out: Path, name: str) -> None:
+    """The whole page: the viewport is stretched to the main block's height first."""
+    height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(height, VIEWPORT["height"]), 8000)})
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(out / f"{name}.png"))
+    page.set_viewport_size(VIEWPORT)
+    print(f"wrote {out / name}.png", flush=True)
+
+
+def go_to(page: Page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
+    page.locator("h1", has_text=title).wait_for()
+    settle(page)
+
+
+def run_job(page: Page, button: str, finished_text: str) -> None:
+    page.get_by_role("button", name=button).click()
+    page.get_by_text(finished_text).first.wait_for(timeout=JOB_LIMIT_MS)
+    settle(page)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                                "--server.address", "127.0.0.1"], cwd=REPO, env=dict(os.environ))
+    try:
+        wait_healthy(base, process)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(300_000)
+            page.goto(base)
+            settle(page)
+            page.get_by_text("SPAP Explorer").first.wait_for()
+            shoot(page, args.out, "00_start_here")
+            go_to(page, "Model & data")
+            shoot(page, args.out, "01_model_data")
+            go_to(page, "Run SPAP")
+            run_job(page, "Run SPAP", "Latest result")
+            shoot(page, args.out, "02_run_spap")
+            go_to(page, "Mask evolution")
+            shoot(page, args.out, "03_mask_evolution")
+            go_to(page, "Scores")
+            shoot(page, args.out, "04_scores")
+            go_to(page, "Dense vs pruned text")
+            run_job(page, "Generate", "tokens/s")
+            shoot(page, args.out, "05_dense_vs_pruned")
+            go_to(page, "Perplexity vs sparsity")
+            run_job(page, "Run sweep", "Sweep (.csv)")
+            shoot(page, args.out, "06_perplexity_sweep")
+            go_to(page, "Latency & memory")
+            run_job(page, "Measure", "Memory and compute")
+            shoot(page, args.out, "07_latency")
+            go_to(page, "Sensitivity")
+            page.locator('[data-testid="stSlider"] input[aria-label="Values"]').first.wait_for()
+            run_job(page, "Run scan", "Red dotted line")
+            shoot(page, args.out, "08_sensitivity")
+            go_to(page, "How SPAP works")
+            shoot(page, args.out, "09_how_spap_works")
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
