@@ -19,22 +19,14 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from pages._experiments import (
-    DataSpec,
-    RunOutcome,
-    RunRequest,
-    TextChoice,
-    load_saved_run,
-    model_key,
-    saved_run_folder,
-    saved_runs,
-)
 from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason
-from spap_core.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
 from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
-from spap_core.presets import interactive_run_size, interactive_settings
+from spap_service.data import DataSpec, TextChoice, model_key
+from spap_service.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
+from spap_service.presets import interactive_run_size, interactive_settings
+from spap_service.runs import RunOutcome, RunRequest, load_saved_run, saved_run_folder, saved_runs
 
 LOG = logging.getLogger("spap_explorer")
 

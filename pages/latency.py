@@ -9,8 +9,6 @@ import plotly.express as px
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pages._analysis import speedup_verdict
-from pages._experiments import RATIO_LABELS, LatencyOptions, compare_latency
 from pages._routing import ensure_routed
 from pages._shared import (
     device_label,
@@ -21,7 +19,9 @@ from pages._shared import (
     submit_job,
     take_finished_result,
 )
-from spap_core.presets import interactive_run_size
+from spap_service.analysis import speedup_verdict
+from spap_service.comparisons import RATIO_LABELS, LatencyOptions, compare_latency
+from spap_service.presets import interactive_run_size
 
 ensure_routed()
 

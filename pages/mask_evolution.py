@@ -8,7 +8,9 @@ import plotly.express as px
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pages._analysis import (
+from pages._routing import ensure_routed
+from pages._shared import layer_picker, require_outcome
+from spap_service.analysis import (
     changed_mind_counts,
     display_channels,
     final_norms,
@@ -19,8 +21,6 @@ from pages._analysis import (
     soft_masks,
     trace_table,
 )
-from pages._routing import ensure_routed
-from pages._shared import layer_picker, require_outcome
 
 ensure_routed()
 

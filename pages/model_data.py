@@ -9,14 +9,14 @@ import plotly.express as px
 import streamlit as st
 import torch
 
-from pages._analysis import mlp_widths, parameter_split
-from pages._experiments import DataSpec, TextChoice
 from pages._routing import ensure_routed
 from pages._shared import ModelChoice, current_model, data_spec, device_label, model_choice, run_size_note
 from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES, decode_text_bytes, text_from_file
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason, require_hub
 from spap_core.models import DEFAULT_MODEL
+from spap_service.analysis import mlp_widths, parameter_split
+from spap_service.data import DataSpec, TextChoice
 
 ensure_routed()
 

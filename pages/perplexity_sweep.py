@@ -8,7 +8,6 @@ import numpy as np
 import plotly.express as px
 import streamlit as st
 
-from pages._experiments import sweep_key, sweep_sparsities
 from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
@@ -21,6 +20,7 @@ from pages._shared import (
     sweep_time_estimate,
 )
 from spap_core.methods.registry import METHODS
+from spap_service.comparisons import sweep_key, sweep_sparsities
 
 ensure_routed()
 

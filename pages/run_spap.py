@@ -10,8 +10,6 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._analysis import layer_table, trace_table
-from pages._experiments import RunRequest, pruned_model_zip, run_pruning
 from pages._routing import ensure_routed
 from pages._shared import (
     SHARED_RUN_PARAM,
@@ -32,7 +30,9 @@ from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.problem import PRECISIONS, PRIORS, RefitSettings
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SCHEDULES, SCORES, STARTS, PenaltySettings
-from spap_core.presets import interactive_settings
+from spap_service.analysis import layer_table, trace_table
+from spap_service.presets import interactive_settings
+from spap_service.runs import RunRequest, pruned_model_zip, run_pruning
 
 ensure_routed()
 

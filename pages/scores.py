@@ -6,9 +6,9 @@ import numpy as np
 import plotly.express as px
 import streamlit as st
 
-from pages._analysis import SPAP_PRUNED, jaccard_matrix, normalized_scores, score_threshold
 from pages._routing import ensure_routed
 from pages._shared import layer_picker, require_outcome
+from spap_service.analysis import SPAP_PRUNED, jaccard_matrix, normalized_scores, score_threshold
 
 ensure_routed()
 

@@ -7,8 +7,6 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pages._analysis import readable_range
-from pages._experiments import SCAN_PARAMETERS, scan_key, sensitivity_scan
 from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
@@ -18,6 +16,8 @@ from pages._shared import (
     request_table,
 )
 from spap_core.errors import SpapInputError
+from spap_service.analysis import readable_range
+from spap_service.comparisons import SCAN_PARAMETERS, scan_key, sensitivity_scan
 
 ensure_routed()
 

@@ -13,9 +13,9 @@ from spap_core.data import calibration_windows, evaluation_windows, resolve_text
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.experiment import run_experiment
 from spap_core.latency import latency_ratios, measure_latencies
-from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.problem import PRECISIONS, PRIORS, RefitSettings
+from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.spap import SCHEDULES, SCORES, STARTS, PenaltySettings
 from spap_core.models import DEFAULT_MODEL, load_model
 from spap_core.runs import write_run

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
-from spap_core.methods.registry import PruneSettings, decide_layer
 from spap_core.methods.altmin import alternating_minimization
 from spap_core.methods.baselines import baseline_scores
 from spap_core.methods.problem import LayerDecision, LayerProblem, prune_count
+from spap_core.methods.registry import PruneSettings, decide_layer
 from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel
 from spap_core.shrink import finalize_config, shrink_mlp, supports_down_bias

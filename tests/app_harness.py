@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from spap_core.jobs import JobStatus, shared_queue
+from spap_service.jobs import JobStatus, shared_queue
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 SCRIPT_TIMEOUT_S = 120

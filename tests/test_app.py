@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from app_harness import (
     APP,
     JOB_HANG_GUARD_S,
@@ -28,8 +26,10 @@ from app_harness import (
     titled,
 )
 from conftest import tiny_llama
-from spap_core.jobs import JobStatus, shared_queue
+from streamlit.testing.v1 import AppTest
+
 from spap_core.methods.spap import PenaltySettings
+from spap_service.jobs import JobStatus, shared_queue
 
 RUN_ITERATIONS = 6
 
@@ -137,8 +137,8 @@ def test_run_completes_and_shows_results_downloads_and_share_link(ran_app):
 def test_pruned_model_download_is_a_loadable_zip(ran_app, tmp_path):
     import zipfile
 
-    from pages._experiments import pruned_model_zip
     from spap_core.models import load_model
+    from spap_service.runs import pruned_model_zip
 
     archive = tmp_path / "pruned.zip"
     archive.write_bytes(pruned_model_zip(ran_app.session_state["latest_run"]))
@@ -374,8 +374,8 @@ def test_finished_runs_are_saved_and_a_new_session_can_reload_them(ran_app):
 
 
 def test_out_of_memory_during_a_run_ends_it_with_advice_and_the_app_keeps_serving(app_files, monkeypatch):
-    from spap_core.jobs import OUT_OF_MEMORY_MESSAGE
     from spap_core.stats import GramAccumulator
+    from spap_service.jobs import OUT_OF_MEMORY_MESSAGE
 
     def exhausted(self, *args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "

@@ -6,18 +6,17 @@ each page is kept under test-artifacts/screenshots/ for a human to look at."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, tiny_llama, tiny_tokenizer, word_text
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -259,7 +258,7 @@ def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, 
     from spap_core.methods.altmin import AltMinSettings
     from spap_core.methods.registry import PruneSettings
     from spap_core.models import load_model
-    from spap_core.presets import CPU_RUN
+    from spap_service.presets import CPU_RUN
 
     sparsities = (0.2, 0.3, 0.4)
     # alternating minimization makes each run last seconds even on the tiny model, so the queue shows

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spap_core.errors import PruningCancelled, SourceUnavailableError, SpapInputError
-from spap_core.jobs import OUT_OF_MEMORY_MESSAGE, JobQueue, JobStatus, shared_queue, user_message
+from spap_service.jobs import OUT_OF_MEMORY_MESSAGE, JobQueue, JobStatus, shared_queue, user_message
 
 WAIT_S = 30  # generous upper bound for a wait that normally ends in milliseconds
 

@@ -173,7 +173,14 @@ def test_target_correction_outside_unit_interval_is_refused(beta):
 def tiny_family_model(model_type: str) -> nn.Module:
     """Small random models of the other supported families; the sliding windows (8 < the 32
     calibration tokens) make layers see different attention masks, which the walk must keep apart."""
-    from transformers import Gemma2Config, Gemma2ForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     shape = dict(vocab_size=203, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=64)

@@ -9,13 +9,13 @@ import torch
 from spap_core.access import ALLOWED_ROOTS_ENV
 from spap_core.data import text_from_file
 from spap_core.errors import NumericalError, SpapInputError
-from spap_core.jobs import user_message
 from spap_core.methods.problem import RefitSettings
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import PenaltySettings, spap_layer
 from spap_core.models import load_model
 from spap_core.prune import prune_model
 from spap_core.toy import toy_problem
+from spap_service.jobs import user_message
 
 
 @pytest.fixture()

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pages._analysis import (
+from spap_core.latency import Timing
+from spap_core.methods.altmin import AltMinSettings
+from spap_core.methods.registry import PruneSettings
+from spap_core.prune import prune_model
+from spap_core.runs import readout_gap
+from spap_service.analysis import (
     changed_mind_counts,
     final_norms,
     marked_share_of_final,
@@ -20,11 +25,6 @@ from pages._analysis import (
     soft_masks,
     speedup_verdict,
 )
-from spap_core.latency import Timing
-from spap_core.methods.altmin import AltMinSettings
-from spap_core.methods.registry import PruneSettings
-from spap_core.prune import prune_model
-from spap_core.runs import readout_gap
 
 NO_ALTMIN = AltMinSettings(rounds=0)
 

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import torch
 
-from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings, keep_from_pruned, lowest, objective, refit, scatter_columns
+from spap_core.methods.problem import (
+    LayerDecision,
+    LayerProblem,
+    RefitSettings,
+    keep_from_pruned,
+    lowest,
+    objective,
+    refit,
+    scatter_columns,
+)
 
 
 def magnitude_scores(problem: LayerProblem) -> torch.Tensor:

@@ -26,7 +26,6 @@ from spap_core.methods.problem import (
     refit,
 )
 
-
 SCORES = ("marginal", "centred", "partial")
 STARTS = ("zero", "centre")
 SCHEDULES = ("fixed", "ramp")

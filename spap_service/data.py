@@ -1,0 +1,167 @@
+"""What a run is calibrated and evaluated on: the text choices (a local file, WikiText-2 from the
+hub, an upload), their sizes, and the token windows and dense perplexities every job reuses (kept in
+small thread-safe caches, because the worker thread cannot use streamlit's)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from spap_core.data import TextSource, calibration_windows, evaluation_windows, resolve_text, text_from_file
+from spap_core.evaluate import PerplexityResult, perplexity
+from spap_core.models import LoadedModel
+from spap_service.jobs import ProgressReporter
+
+
+@dataclass(frozen=True)
+class TextChoice:
+    """Where a text comes from: a local file, WikiText-2 from the hub, or an uploaded file (kept
+    in memory; `digest` identifies it in cache keys so its text is never hashed twice)."""
+
+    kind: str  # "file" | "hub" | "upload"
+    path: str = ""
+    uploaded: TextSource | None = field(default=None, compare=False, repr=False)
+    digest: str = ""
+
+    @staticmethod
+    def from_upload(source: TextSource) -> TextChoice:
+        digest = hashlib.sha256(source.text.encode()).hexdigest()[:16]
+        return TextChoice(kind="upload", path=source.label, uploaded=source, digest=digest)
+
+    @property
+    def label(self) -> str:
+        return {"file": f"file {self.path}", "hub": "WikiText-2 (hub)", "upload": self.path}[self.kind]
+
+    @property
+    def cache_key(self) -> str:
+        if self.kind == "file":
+            file = Path(self.path).expanduser()
+            stamp = file.stat().st_mtime_ns if file.is_file() else 0
+            return f"file:{file.resolve()}:{stamp}"
+        return f"{self.kind}:{self.digest}"
+
+    def to_dict(self) -> dict:
+        """What identifies the choice in a saved run (an uploaded text itself is not kept)."""
+        return {"kind": self.kind, "path": self.path, "digest": self.digest}
+
+    def resolve(self, purpose: str) -> TextSource:
+        """The text itself; raises SpapInputError/SourceUnavailableError with a user message."""
+        if self.kind == "hub":
+            return resolve_text("wikitext2", purpose)
+        if self.kind == "upload" and self.uploaded is not None:
+            return self.uploaded
+        return text_from_file(self.path)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Calibration and evaluation data of a run and their sizes (what every result is reported with)."""
+
+    calibration: TextChoice
+    evaluation: TextChoice
+    nsamples: int
+    seqlen: int
+    eval_windows: int  # 0 = the whole evaluation text
+    eval_len: int
+    batch_size: int
+
+    def to_dict(self) -> dict:
+        return {"calibration": self.calibration.to_dict(), "evaluation": self.evaluation.to_dict(),
+                "nsamples": self.nsamples, "seqlen": self.seqlen, "eval_windows": self.eval_windows,
+                "eval_len": self.eval_len, "batch_size": self.batch_size}
+
+    @staticmethod
+    def from_dict(values: dict) -> DataSpec:
+        return DataSpec(**{**values, "calibration": TextChoice(**values["calibration"]),
+                           "evaluation": TextChoice(**values["evaluation"])})
+
+    @property
+    def evaluation_key(self) -> str:
+        return f"{self.evaluation.cache_key}|{self.eval_len}|{self.eval_windows}"
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.calibration.cache_key}|{self.nsamples}x{self.seqlen}|{self.evaluation_key}"
+
+
+
+class _BoundedCache:
+    """A small thread-safe LRU map: dense perplexities and token windows are reused across the
+    jobs of every session (the worker thread cannot use st.cache_data)."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            return None
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._max_entries:
+                self._items.popitem(last=False)
+
+
+_dense_perplexities = _BoundedCache(max_entries=32)
+_token_windows = _BoundedCache(max_entries=16)
+
+
+def model_key(loaded: LoadedModel) -> str:
+    """Identifies a loaded model in caches and results: source, device and dtype."""
+    return f"{loaded.source}|{loaded.device}|{next(loaded.model.parameters()).dtype}"
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    calibration_source: TextSource
+    evaluation_source: TextSource
+    calibration: torch.Tensor  # [N, L] token ids
+    evaluation: torch.Tensor  # [W, L] token ids
+
+
+def prepare_data(loaded: LoadedModel, data: DataSpec, seed: int) -> PreparedData:
+    """Token windows for calibration and evaluation (memoised: tokenizing WikiText takes seconds)."""
+    key = (model_key(loaded), data.cache_key, seed)
+    cached = _token_windows.get(key)
+    if cached is not None:
+        return cached
+    calibration_source = data.calibration.resolve("calibration")
+    evaluation_source = data.evaluation.resolve("evaluation")
+    prepared = PreparedData(
+        calibration_source=calibration_source,
+        evaluation_source=evaluation_source,
+        calibration=calibration_windows(loaded.tokenizer, calibration_source, data.nsamples, data.seqlen, seed),
+        evaluation=evaluation_windows(loaded.tokenizer, evaluation_source, data.eval_len, data.eval_windows or None),
+    )
+    _token_windows.put(key, prepared)
+    return prepared
+
+
+def batch_reporter(progress: ProgressReporter, what: str) -> Callable[[int, int], None]:
+    return lambda done, total: progress.update(phase=f"{what}: batch {done} of {total}")
+
+
+def dense_perplexity(loaded: LoadedModel, data: DataSpec, windows: torch.Tensor, progress: ProgressReporter,
+                     cancel: threading.Event) -> tuple[PerplexityResult, bool]:
+    """Perplexity of the unpruned model, computed once per model and evaluation set.
+    Returns (result, whether it came from the cache)."""
+    key = (model_key(loaded), data.evaluation_key)
+    cached = _dense_perplexities.get(key)
+    if cached is not None:
+        return cached, True
+    result = perplexity(loaded.model, windows, on_batch=batch_reporter(progress, "dense perplexity"), cancel=cancel)
+    _dense_perplexities.put(key, result)
+    return result, False

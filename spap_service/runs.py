@@ -1,0 +1,157 @@
+"""One pruning run as the app makes it: the request, the outcome with its pruned model, the run
+records saved as each run finishes, and the saved runs a session can list, open and download.
+
+These functions run on the job queue's worker thread, so they make no streamlit calls; they only
+sequence spap_core functions."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from spap_core.evaluate import PerplexityResult
+from spap_core.experiment import Experiment, run_experiment
+from spap_core.methods.registry import PruneSettings
+from spap_core.methods.spap import SpapStep
+from spap_core.models import LoadedModel
+from spap_core.prune import PruneResult
+from spap_core.runs import list_runs, new_run_directory, read_run, results_root, write_run
+from spap_core.shrink import save_pruned
+from spap_service.data import DataSpec, PreparedData, batch_reporter, dense_perplexity, model_key, prepare_data
+from spap_service.jobs import ProgressReporter
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One pruning run: method and hyperparameters, calibration seed and data."""
+
+    settings: PruneSettings
+    seed: int
+    data: DataSpec
+
+    @property
+    def cache_key(self) -> str:
+        return f"{asdict(self.settings)}|seed={self.seed}|{self.data.cache_key}"
+
+
+@dataclass
+class RunOutcome:
+    """Everything a finished run shows and offers for download. Holds the pruned model, so a
+    session keeps only its latest outcome with the model attached; a run reloaded from the
+    results folder has no model (result.model is None) and no tokenizer."""
+
+    request: RunRequest
+    model_key: str  # which loaded model was pruned (source, device, dtype)
+    tokenizer: Any = field(repr=False)  # saved with the pruned model
+    result: PruneResult
+    dense: PerplexityResult
+    pruned: PerplexityResult
+    record: dict
+    finished_at: float = field(default_factory=time.time)
+    saved_to: Path | None = None  # its folder under the results root
+
+    @property
+    def has_model(self) -> bool:
+        return self.result.model is not None
+
+
+def experiment_with_progress(loaded: LoadedModel, data: PreparedData, request: RunRequest, dense: PerplexityResult,
+                              progress: ProgressReporter, cancel: threading.Event) -> Experiment:
+    """run_experiment on a copy of the model, reporting layer i of L and ρ iteration k of K."""
+    iterations = request.settings.penalty.iterations if request.settings.method == "spap" else 0
+    n_layers = len(loaded.family.decoder_layers(loaded.model))
+    progress.update(phase=f"pruning ({request.settings.method})", layer=1, n_layers=n_layers,
+                    iteration=0, n_iterations=iterations)
+
+    def on_layer(done: int, total: int) -> None:
+        progress.update(layer=min(done + 1, total), n_layers=total, iteration=0 if done < total else iterations)
+
+    def on_step(step: SpapStep) -> None:
+        progress.update(layer=step.layer + 1, iteration=step.iteration)
+
+    return run_experiment(loaded, data.calibration, data.evaluation, request.settings, seed=request.seed,
+                          batch_size=request.data.batch_size, dense=dense, on_layer=on_layer, on_step=on_step,
+                          on_pruned_batch=batch_reporter(progress, "pruned perplexity"), cancel=cancel)
+
+
+def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressReporter,
+                cancel: threading.Event, owner: str = "") -> RunOutcome:
+    """Prune a copy of the model and evaluate dense and pruned perplexity on the same windows.
+    `owner` (the browser session) is saved with the run, so each session lists its own runs."""
+    progress.update(phase="tokenizing calibration and evaluation text")
+    data = prepare_data(loaded, request.data, request.seed)
+    started = time.perf_counter()
+    dense, dense_cached = dense_perplexity(loaded, request.data, data.evaluation, progress, cancel)
+    dense_seconds = 0.0 if dense_cached else time.perf_counter() - started
+    experiment = experiment_with_progress(loaded, data, request, dense, progress, cancel)
+    finished_at = time.time()
+    record = experiment.record(
+        loaded, dense_eval_seconds=dense_seconds, dense_ppl_cached=dense_cached,
+        eval_source=data.evaluation_source.label, calib_source=data.calibration_source.label,
+        nsamples=request.data.nsamples, seqlen=request.data.seqlen, seed=request.seed,
+        model_key=model_key(loaded), data=request.data.to_dict(), finished_at=finished_at, owner=owner,
+    )
+    # saved as it finishes: a crash or restart of the app loses at most the run in progress
+    saved_to = write_run(new_run_directory(results_root(), record), record, experiment.result)
+    return RunOutcome(request=request, model_key=model_key(loaded), tokenizer=loaded.tokenizer,
+                      result=experiment.result, dense=dense, pruned=experiment.pruned, record=record,
+                      finished_at=finished_at, saved_to=saved_to)
+
+
+def _stored_perplexity(record: dict, key: str) -> PerplexityResult:
+    tokens = record["eval_tokens"]
+    return PerplexityResult(perplexity=record[key], nll=math.log(record[key]) * tokens, tokens=tokens,
+                            windows=record["eval_windows"], seqlen=record["eval_len"])
+
+
+def saved_runs(owner: str | None = None) -> pd.DataFrame:
+    """The finished runs in the results folder, newest first, one row each with its folder name
+    (`run`); only those `owner` made when given."""
+    rows = []
+    for folder in list_runs(results_root()):
+        record = json.loads((folder / "results.json").read_text())
+        if owner is not None and record.get("owner") != owner:
+            continue
+        rows.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("finished_at", 0))),
+                     "method": record["method"], "sparsity": record["sparsity"], "ppl dense": record["ppl_dense"],
+                     "ppl pruned": record["ppl"], "model": record["model"], "run": folder.name,
+                     "finished_at": record.get("finished_at", 0)})
+    columns = ["finished", "method", "sparsity", "ppl dense", "ppl pruned", "model", "run", "finished_at"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values("finished_at", ascending=False, kind="stable").drop(columns="finished_at")
+
+
+def saved_run_folder(name: str) -> Path | None:
+    """The results folder of the saved run called `name`, or None: only a name listed in the
+    results root is accepted, so a shared link can never point the app at another path."""
+    return next((folder for folder in list_runs(results_root()) if folder.name == name), None)
+
+
+def load_saved_run(folder: str | Path) -> RunOutcome:
+    """A finished run as it was saved: every page but the model download and latency works on it."""
+    record, result = read_run(folder)
+    request = RunRequest(settings=result.settings, seed=record["seed"], data=DataSpec.from_dict(record["data"]))
+    return RunOutcome(request=request, model_key=record["model_key"], tokenizer=None, result=result,
+                      dense=_stored_perplexity(record, "ppl_dense"), pruned=_stored_perplexity(record, "ppl"),
+                      record=record, finished_at=record["finished_at"], saved_to=Path(folder))
+
+
+def pruned_model_zip(outcome: RunOutcome) -> bytes:
+    """The pruned model as save_pruned writes it (safetensors + tokenizer + config), zipped."""
+    with tempfile.TemporaryDirectory(prefix="spap-pruned-") as folder:
+        save_pruned(outcome.result.model, outcome.tokenizer, folder)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(Path(folder).iterdir()):
+                archive.write(file, arcname=f"pruned-model/{file.name}")
+        return buffer.getvalue()
