@@ -12,6 +12,7 @@ from pages._routing import ensure_routed
 from pages._shared import layer_picker, require_outcome
 from spap_service.analysis import (
     changed_mind_counts,
+    course,
     display_channels,
     final_norms,
     marked_share_of_final,
@@ -26,6 +27,7 @@ ensure_routed()
 
 READOUT = "read-out"
 POWER_TICKS = dict(exponentformat="power", showexponent="all")  # 10⁻², not "10m"
+DECADES = dict(dtick=1, **POWER_TICKS)  # one label per power of ten on a log axis
 
 st.title("Mask evolution")
 outcome = require_outcome(need_trace=True)
@@ -58,6 +60,7 @@ with heatmap_column:
     figure = px.imshow(layer_frames[:, channels], zmin=0, zmax=1, aspect="auto", color_continuous_scale="Viridis",
                        labels={"x": axis_title, "y": "ρ iteration", "color": "s"}, y=frame_labels,
                        title=f"Layer {layer}: s over ρ iterations, then the binary read-out")
+    figure.update_yaxes(type="category")
     figure.update_layout(height=440, margin=dict(t=50, b=10, l=10, r=10))
     st.plotly_chart(figure, width="stretch")
 with path_column:
@@ -67,19 +70,16 @@ with path_column:
     for row, column in enumerate(["rho", "objective", "violation", "readout_gap"], start=1):
         figure.add_scatter(x=layer_trace["iteration"], y=layer_trace[column], mode="lines+markers", name=column,
                            row=row, col=1, showlegend=False)
-    figure.update_yaxes(type="log", row=1, col=1, **POWER_TICKS)
+    figure.update_yaxes(type="log", row=1, col=1, **DECADES)
     figure.update_yaxes(rangemode="tozero", row=4, col=1)
     figure.update_xaxes(title_text="ρ iteration", dtick=1, row=4, col=1)
     figure.update_layout(height=440, margin=dict(t=30, b=10, l=10, r=10))
     figure.update_annotations(font_size=12)
     st.plotly_chart(figure, width="stretch")
-violation = layer_trace["violation"].to_numpy()
-trend = "rises" if violation[-1] > violation[0] else "falls"
 st.caption(f"Distance of s from its read-out: Σ|s − b(s)| ÷ λ, with b(s) the λ largest s set to 1 (0 = s is "
            f"binary); in this layer it goes from {layer_trace['readout_gap'].iloc[0]:.2f} to "
-           f"{layer_trace['readout_gap'].iloc[-1]:.2f}. The violation {trend} here "
-           f"({violation[0]:.3g} → {violation[-1]:.3g}): it weighs each ‖W[:,i]‖² by sᵢ, and s keeps growing on "
-           "the marked channels while ρ shrinks their columns.")
+           f"{layer_trace['readout_gap'].iloc[-1]:.2f}. The violation {course(layer_trace['violation'].to_numpy())}: "
+           "it weighs each ‖W[:,i]‖² by sᵢ, and s keeps growing on the marked channels while ρ shrinks their columns.")
 
 st.subheader("What ρ does: it acts on W, not on s")
 paths = norm_paths(result, layer)
@@ -91,21 +91,21 @@ else:
                      labels={"rho": "ρ (× mean diag H)", "relative_norm": "median ‖W[:,i]‖ ÷ ‖W₀[:,i]‖", "group": ""},
                      title=f"Layer {layer}: down_proj column norms as ρ grows")
     figure.add_hline(y=1, line_dash="dot", line_color="gray")
-    figure.update_xaxes(**POWER_TICKS)
-    figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
+    figure.update_xaxes(**DECADES)
+    figure.update_layout(height=460, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.3))
     norm_column.plotly_chart(figure, width="stretch")
     figure = px.line(paths, x="rho", y="s", color="group", markers=True, log_x=True, range_y=[-0.03, 1.03],
                      labels={"rho": "ρ (× mean diag H)", "s": "median s", "group": ""},
                      title=f"Layer {layer}: s of the same groups")
-    figure.update_xaxes(**POWER_TICKS)
-    figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), showlegend=False)
+    figure.update_xaxes(**DECADES)
+    figure.update_layout(height=460, margin=dict(t=50, b=10, l=10, r=10), showlegend=False)
     mask_column.plotly_chart(figure, width="stretch")
     after = final_norms(result.layers[layer])
     figure = px.strip(after, x="status", y="relative_norm", color="status",
                       color_discrete_map={"pruned": "#d62728", "kept": "#1f77b4"},
                       labels={"relative_norm": "‖W[:,i]‖ ÷ ‖W₀[:,i]‖", "status": ""},
                       title="Read-out and refit")
-    figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), showlegend=False)
+    figure.update_layout(height=460, margin=dict(t=50, b=10, l=10, r=10), showlegend=False)
     readout_column.plotly_chart(figure, width="stretch")
     last = paths[paths["iteration"] == paths["iteration"].max()]
     pruned_last = last[last["group"].str.startswith("pruned")]
@@ -152,7 +152,7 @@ with gap_column:
     if identical:
         figure = px.line(x=gap.index, y=gap.iloc[:, 0], markers=True,
                          labels={"x": "ρ iteration", "y": "Σ|s − b(s)| ÷ λ"},
-                         title=f"Distance of s from its read-out: the same in all {n_layers} layers")
+                         title=f"Distance of s from its read-out:<br>the same in all {n_layers} layers")
     else:
         long = trace[["layer", "iteration", "readout_gap"]]
         figure = px.line(long, x="iteration", y="readout_gap", color="layer",
@@ -170,16 +170,21 @@ with share_column:
     figure = px.imshow(share.T, zmin=0, zmax=1, aspect="auto", color_continuous_scale="Blues",
                        x=np.arange(n_layers), y=np.arange(1, n_iterations + 1),
                        labels={"x": "layer", "y": "ρ iteration", "color": "share"},
-                       title="Share of the finally pruned channels already marked")
+                       title="Share of the finally pruned channels<br>already marked")
     figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10))
     st.plotly_chart(figure, width="stretch")
 with mind_column:
     changed = changed_mind_counts(masks, readouts)
-    figure = px.bar(x=np.arange(n_layers), y=changed, labels={"x": "layer", "y": "channels"},
-                    title="Channels marked at some iteration, kept in the end")
-    figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10))
-    st.plotly_chart(figure, width="stretch")
-    st.caption(f"{int(changed.sum())} channels over all layers (per layer {int(changed.min())}–{int(changed.max())}) "
-               "changed the path's mind: marked early, their columns shrank, then others scored lower and the "
-               "read-out kept them." if changed.sum() else
-               "No channel changed the path's mind: every channel ever marked was pruned in the end.")
+    if changed.sum() == 0:
+        st.markdown("**Channels marked at some iteration, kept in the end**")
+        st.info("None, in any layer: every channel the path ever marked was pruned in the end. A marked channel's "
+                "column shrinks under the penalty, which lowers its score further, so the path rarely changes its "
+                "mind (How SPAP works has a toy layer where it does).", icon=":material/info:")
+    else:
+        figure = px.bar(x=np.arange(n_layers), y=changed, labels={"x": "layer", "y": "channels"},
+                        title="Channels marked at some iteration,<br>kept in the end")
+        figure.update_layout(height=380, margin=dict(t=60, b=10, l=10, r=10))
+        st.plotly_chart(figure, width="stretch")
+        st.caption(f"{int(changed.sum())} channels over all layers (per layer {int(changed.min())}–"
+                   f"{int(changed.max())}) changed the path's mind: marked early, their columns shrank, then others "
+                   "scored lower and the read-out kept them.")

@@ -98,6 +98,16 @@ def mask_story(result: PruneResult, masks: np.ndarray) -> str:
             "channel gets which value, through the scores ‖W[:,i]‖·‖Zᵢ‖ᵗ of the penalised W.")
 
 
+def course(values: np.ndarray) -> str:
+    """How a series went, in words: 'rises (a → b)', 'falls (…)', or 'first rises to p (iteration k),
+    then falls (…)' when it peaks in between."""
+    first, last, peak = float(values[0]), float(values[-1]), int(np.argmax(values))
+    span = f"({first:.3g} → {last:.3g})"
+    if 0 < peak < len(values) - 1 and values[peak] > max(first, last):
+        return f"first rises to {float(values[peak]):.3g} (iteration {peak + 1}), then falls {span}"
+    return f"{'rises' if last > first else 'falls' if last < first else 'stays'} {span}"
+
+
 def first_marked(masks: np.ndarray) -> np.ndarray:
     """[layer, channel] the ρ iteration (1-based) at which s first became positive; 0 = never."""
     positive = masks > 1e-6

@@ -16,6 +16,7 @@ from spap_core.prune import prune_model
 from spap_core.runs import readout_gap
 from spap_service.analysis import (
     changed_mind_counts,
+    course,
     final_norms,
     marked_share_of_final,
     mask_story,
@@ -94,6 +95,12 @@ def test_readout_frames_and_channel_groups_match_the_run(tiny):
     after = final_norms(result.layers[0])
     assert (after[after["status"] == "pruned"]["relative_norm"] == 0).all()
     assert (after[after["status"] == "kept"]["relative_norm"] > 0).all()
+
+
+def test_course_names_a_peak_in_between():
+    assert course(np.array([1.0, 5.0, 2.0])) == "first rises to 5 (iteration 2), then falls (1 → 2)"
+    assert course(np.array([3.0, 2.0, 1.0])) == "falls (3 → 1)"
+    assert course(np.array([1.0, 2.0, 3.0])) == "rises (1 → 3)"
 
 
 def test_an_axis_spans_at_least_five_percent_of_its_mean():
