@@ -1,26 +1,43 @@
 """What every benchmark shares: one model load, fixed token windows, settings overrides written
-as `penalty.iterations=10`, and a Markdown header that records machine and protocol."""
+with the parameter keys of the CLI and the share link (`K=10,bias=false`), the experiment code of
+the CLI and the app, and a Markdown header that records machine and protocol."""
 
 from __future__ import annotations
 
 import os
 import platform
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from spap_core.data import calibration_windows, evaluation_windows, text_from_file
-from spap_core.evaluate import perplexity
+from spap_core.data import (
+    DATA_DIR_ENV,
+    TextSource,
+    calibration_windows,
+    evaluation_windows,
+    resolve_text,
+    text_from_file,
+)
+from spap_core.evaluate import PerplexityResult, perplexity
+from spap_core.experiment import run_experiment
 from spap_core.methods.registry import PruneSettings
 from spap_core.models import LoadedModel, load_model
-from spap_core.prune import prune_model
+from spap_core.parameters import with_values
 
-DATA = Path(os.environ.get("SPAP_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-CALIB_FILE = DATA / "wikitext-2" / "wiki.valid.tokens"
-EVAL_FILES = {"wikitext2": DATA / "wikitext-2" / "wiki.test.joined.txt",
-              "shakespeare": DATA / "tinyshakespeare" / "input.txt"}
+# Shakespeare is the out-of-domain text; it has no library default, so it is read from the data folder.
+SHAKESPEARE_FILE = Path(os.environ.get(DATA_DIR_ENV, Path(__file__).resolve().parents[2] / "shared" / "data"),
+                        "tinyshakespeare", "input.txt")
+
+
+def calibration_text() -> TextSource:
+    """The calibration text every benchmark uses: the library's default (spap_core.data), the one
+    the CLI and the app use too."""
+    return resolve_text(None, "calibration")
+
+
+def evaluation_text(name: str) -> TextSource:
+    return resolve_text(None, "evaluation") if name == "wikitext2" else text_from_file(SHAKESPEARE_FILE)
 
 
 @dataclass
@@ -28,63 +45,63 @@ class Protocol:
     loaded: LoadedModel
     calibration: torch.Tensor
     eval_sets: dict[str, torch.Tensor]
-    dense_ppl: dict[str, float]
+    dense: dict[str, PerplexityResult]
     description: str
+
+    @property
+    def dense_ppl(self) -> dict[str, float]:
+        return {name: result.perplexity for name, result in self.dense.items()}
 
 
 def load_protocol(model: str, nsamples: int, seqlen: int, eval_windows: int, seed: int,
                   eval_names: list[str]) -> Protocol:
     loaded = load_model(model)
-    calibration = calibration_windows(loaded.tokenizer, text_from_file(CALIB_FILE), nsamples, seqlen, seed)
-    eval_sets = {name: evaluation_windows(loaded.tokenizer, text_from_file(EVAL_FILES[name]), seqlen, eval_windows)
-                 for name in eval_names}
-    dense = {name: perplexity(loaded.model, windows).perplexity for name, windows in eval_sets.items()}
+    calibration_source = calibration_text()
+    calibration = calibration_windows(loaded.tokenizer, calibration_source, nsamples, seqlen, seed)
+    sources = {name: evaluation_text(name) for name in eval_names}
+    eval_sets = {name: evaluation_windows(loaded.tokenizer, source, seqlen, eval_windows)
+                 for name, source in sources.items()}
+    dense = {name: perplexity(loaded.model, windows) for name, windows in eval_sets.items()}
     description = (
-        f"Model: {loaded.description}. Calibration: {nsamples} × {seqlen} tokens of {CALIB_FILE.name}, seed {seed}. "
-        f"Evaluation: first {eval_windows} × {seqlen}-token windows of " + ", ".join(EVAL_FILES[n].name for n in eval_names)
+        f"Model: {loaded.description}. Calibration: {nsamples} × {seqlen} tokens of "
+        f"{Path(calibration_source.label.removeprefix('file ')).name}, seed {seed}. "
+        f"Evaluation: first {eval_windows} × {seqlen}-token windows of "
+        + ", ".join(Path(source.label.removeprefix("file ")).name for source in sources.values())
         + f". Machine: {platform.machine()} CPU, {torch.get_num_threads()} torch threads, device {loaded.device}."
     )
     return Protocol(loaded, calibration, eval_sets, dense, description)
 
 
-def parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+def parse_overrides(spec: str) -> dict[str, str]:
+    """'K=10,bias=false' → {'K': '10', 'bias': 'false'}: the keys of spap_core.parameters (the
+    CLI's and the share link's names), plus `method`."""
+    pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
+    return {key.strip(): value.strip() for key, value in pairs}
 
 
-def with_overrides(settings: PruneSettings, overrides: dict[str, object]) -> PruneSettings:
-    """Apply `group.field=value` (or `field=value` on PruneSettings itself) overrides."""
-    for key, value in overrides.items():
-        group, _, name = key.rpartition(".")
-        if group:
-            settings = replace(settings, **{group: replace(getattr(settings, group), **{name: value})})
-        else:
-            settings = replace(settings, **{name: value})
-    return settings
+def settings_with(overrides: dict[str, object], sparsity: float, base: PruneSettings | None = None) -> PruneSettings:
+    """The settings at `sparsity` (from `base`, else each method's defaults) with the overrides
+    applied through the parameter declarations, which parse and check each value."""
+    values = dict(overrides)
+    method = str(values.pop("method", base.method if base else "spap"))
+    settings = base.for_method(method) if base else PruneSettings(method=method)
+    return with_values(replace(settings, sparsity=sparsity), values)
 
 
 def variant_settings(variant: str, sparsity: float) -> tuple[str, str, PruneSettings]:
     """'label:overrides' → (label, overrides, the settings at `sparsity` with them applied)."""
     label, _, spec = variant.rpartition(":")
-    return label, spec, with_overrides(PruneSettings(sparsity=sparsity), parse_overrides(spec))
-
-
-def parse_overrides(spec: str) -> dict[str, object]:
-    """'penalty.iterations=10,refit.bias=false' → {'penalty.iterations': 10, 'refit.bias': False}."""
-    pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
-    return {key.strip(): parse_value(value.strip()) for key, value in pairs}
+    return label, spec, settings_with(parse_overrides(spec), sparsity)
 
 
 def measure(protocol: Protocol, settings: PruneSettings, seed: int) -> dict:
-    """Prune with `settings`, then perplexity on every evaluation set, the summed layer error
-    relative to the dense output energy, and the time split."""
-    started = time.perf_counter()
-    result = prune_model(protocol.loaded, protocol.calibration, settings, seed=seed)
-    seconds = time.perf_counter() - started
-    ppl = {name: perplexity(result.model, windows).perplexity for name, windows in protocol.eval_sets.items()}
-    return {"ppl": ppl, "relative_error": result.relative_error, "prune_seconds": seconds,
-            "timings": result.timings, "params_after": result.params_after}
+    """Prune through the experiment code the CLI and the app use (dense perplexity of the first
+    evaluation set taken from the protocol), then perplexity on every other evaluation set; the
+    layer error relative to the dense output energy, and the time split."""
+    names = list(protocol.eval_sets)
+    experiment = run_experiment(protocol.loaded, protocol.calibration, protocol.eval_sets[names[0]], settings,
+                                seed=seed, dense=protocol.dense[names[0]])
+    ppl = {names[0]: experiment.pruned.perplexity}
+    ppl.update({name: perplexity(experiment.result.model, protocol.eval_sets[name]).perplexity for name in names[1:]})
+    return {"ppl": ppl, "relative_error": experiment.result.relative_error, "prune_seconds": experiment.prune_seconds,
+            "timings": experiment.result.timings, "params_after": experiment.result.params_after}

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from common import CALIB_FILE
-from spap_core.data import calibration_windows, text_from_file
+from common import calibration_text
+from spap_core.data import calibration_windows
 from spap_core.latency import latency_ratios, measure_latencies
 from spap_core.methods.registry import PruneSettings
 from spap_core.models import load_model
@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = load_model(args.model)
-    calibration = calibration_windows(loaded.tokenizer, text_from_file(CALIB_FILE), 4, 128, 0)
+    calibration = calibration_windows(loaded.tokenizer, calibration_text(), 4, 128, 0)
     pruned_models = [prune_model(loaded, calibration, PruneSettings(sparsity=sparsity)).model
                      for sparsity in args.sparsities]
     dense, *pruned_reports = measure_latencies(

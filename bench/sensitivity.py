@@ -3,7 +3,7 @@
     SPAP_DATA_DIR=../shared/data python bench/sensitivity.py --nsamples 16 --eval-windows 8 \\
         --out docs/results/sensitivity.md
 
-Each `--grid` entry is `field=v1,v2,...` (a PruneSettings path as in variants.py); every other
+Each `--grid` entry is `key=v1,v2,...` (a parameter key as in variants.py); every other
 setting stays at its default, and the default point itself is measured once and shared.
 Alternating minimization is off throughout (`--base`): it refits gate/up after the path has chosen
 the mask, and off it isolates the path's hyperparameters at a fifth of the time per point.
@@ -18,52 +18,40 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from common import load_protocol, measure, parse_overrides, parse_value, with_overrides
-from spap_core.methods.registry import PruneSettings
+from common import load_protocol, measure, parse_overrides, settings_with
+from spap_core.parameters import parameter
 
-GRID = [
-    "penalty.iterations=1,3,5,10",
-    "penalty.tau=2.25,5.0,8.0",
-    "penalty.balance=0.5,1.0,2.0",
-    "penalty.momentum=0.3,0.5,1.0",
-    "penalty.rho0=0.001,0.01,0.1",
-    "refit.ridge=0.01,0.05,0.1,0.2",
-]
-SYMBOLS = {"penalty.iterations": "K", "penalty.tau": "τ", "penalty.balance": "t", "penalty.momentum": "α",
-           "penalty.rho0": "ρ⁽⁰⁾", "refit.ridge": "δ"}
-
-
-def default_value(settings: PruneSettings, field: str):
-    group, _, name = field.rpartition(".")
-    return getattr(getattr(settings, group) if group else settings, name)
+GRID = ["K=1,3,5,10", "tau=2.25,5.0,8.0", "t=0.5,1.0,2.0", "alpha=0.3,0.5,1.0", "rho0=0.001,0.01,0.1",
+        "delta=0.01,0.05,0.1,0.2"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", nargs="+", default=GRID, help="field=v1,v2,...")
+    parser.add_argument("--grid", nargs="+", default=GRID, help="key=v1,v2,...")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--sparsity", type=float, default=0.3)
     parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--base", default="altmin.rounds=0", help="overrides of the defaults every point shares")
+    parser.add_argument("--base", default="am_rounds=0", help="overrides of the defaults every point shares")
     parser.add_argument("--out", required=True, help="Markdown file; .json and .html are written beside it")
     args = parser.parse_args()
 
     protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, ["wikitext2"])
-    defaults = with_overrides(PruneSettings(sparsity=args.sparsity), parse_overrides(args.base))
+    defaults = settings_with(parse_overrides(args.base), args.sparsity)
     baseline = measure(protocol, defaults, args.seed)
     print(json.dumps({"default": baseline}), flush=True)
     sweeps: dict[str, list[dict]] = {}
     for entry in args.grid:
         field, _, values = entry.partition("=")
         points = []
-        for value in (parse_value(v) for v in values.split(",")):
-            if value == default_value(defaults, field):
+        swept = parameter(field)
+        for value in (swept.coerce(v) for v in values.split(",")):
+            if value == swept.read(defaults):
                 points.append({"value": value, "default": True, **baseline})
                 continue
-            measured = measure(protocol, with_overrides(defaults, {field: value}), args.seed)
+            measured = measure(protocol, swept.apply(defaults, value), args.seed)
             points.append({"value": value, "default": False, **measured})
             print(json.dumps({field: value, **measured}), flush=True)
         sweeps[field] = points
@@ -78,23 +66,23 @@ def main() -> None:
         for point in points:
             value = f"**{point['value']}**" if point["default"] else f"{point['value']}"
             ppl = point["ppl"]["wikitext2"]
-            lines.append(f"| {SYMBOLS.get(field, field)} (`{field}`) | {value} | {ppl:.2f} | "
+            lines.append(f"| {parameter(field).symbol} (`{field}`) | {value} | {ppl:.2f} | "
                          f"{100 * (ppl / reference - 1):+.1f}% | {point['relative_error']:.4f} | "
                          f"{point['prune_seconds']:.1f} |")
     lines += ["", "Spread of the perplexity over each sweep (max − min):", ""]
     for field, points in sweeps.items():
         values = [p["ppl"]["wikitext2"] for p in points]
-        lines.append(f"- {SYMBOLS.get(field, field)}: {max(values) - min(values):.2f}")
+        lines.append(f"- {parameter(field).symbol}: {max(values) - min(values):.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"dense": protocol.dense_ppl, "default": baseline,
                                                     "sweeps": sweeps, "args": vars(args)}, indent=2))
     figure = make_subplots(rows=1, cols=len(sweeps), shared_yaxes=True,
-                           subplot_titles=[SYMBOLS.get(f, f) for f in sweeps])
+                           subplot_titles=[parameter(f).symbol for f in sweeps])
     for column, (field, points) in enumerate(sweeps.items(), start=1):
         figure.add_trace(go.Scatter(x=[p["value"] for p in points], y=[p["ppl"]["wikitext2"] for p in points],
-                                    mode="lines+markers", name=SYMBOLS.get(field, field), showlegend=False),
+                                    mode="lines+markers", name=parameter(field).symbol, showlegend=False),
                          row=1, col=column)
         figure.add_hline(y=reference, line_dash="dot", row=1, col=column)
         if field in ("penalty.rho0", "refit.ridge"):

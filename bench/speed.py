@@ -22,13 +22,13 @@ from pathlib import Path
 import plotly.graph_objects as go
 import torch
 
-from common import CALIB_FILE, variant_settings
-from spap_core.data import calibration_windows, text_from_file
+from common import calibration_text, variant_settings
+from spap_core.data import calibration_windows
 from spap_core.evaluate import perplexity
 from spap_core.models import load_model
 from spap_core.prune import prune_model
 
-VARIANTS = ["SPAP without alternating minimization:altmin.rounds=0", "SPAP (defaults, with alternating minimization):",
+VARIANTS = ["SPAP without alternating minimization:am_rounds=0", "SPAP (defaults, with alternating minimization):",
             "FLAP:method=flap"]
 PHASES = ("capture", "solve", "altmin", "propagate")
 
@@ -65,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = load_model(args.model)
-    calibration = calibration_windows(loaded.tokenizer, text_from_file(CALIB_FILE), args.nsamples, args.seqlen, 0)
+    calibration = calibration_windows(loaded.tokenizer, calibration_text(), args.nsamples, args.seqlen, 0)
     variants = [variant_settings(variant, args.sparsity) for variant in args.variants]
     forwards: list[float] = []
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in variants}

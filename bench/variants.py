@@ -1,7 +1,7 @@
 """Perplexity of named setting variants on one protocol: the ablations of SPAP's parts.
 
-Each variant is `label:overrides`, e.g. `K=10:penalty.iterations=10` or
-`no bias:refit.bias=false`. The model and windows are prepared once. With no variants given, the
+Each variant is `label:overrides` with the parameter keys of the CLI and the share link
+(spap_core.parameters), e.g. `K=10:K=10` or `no bias:bias=false`, and `method=flap` for a baseline. The model and windows are prepared once. With no variants given, the
 standard ablation set runs. Example:
 
     SPAP_DATA_DIR=../shared/data python bench/variants.py --nsamples 16 --eval-windows 8 \\
@@ -22,13 +22,13 @@ from common import load_protocol, measure, variant_settings
 # are ablated with it off, against the "without AM" row, so each is measured on its own.
 ABLATIONS = [
     "SPAP (defaults: 2 rounds × 10 Adam steps of AM, lr 1e-3):",
-    "without alternating minimization:altmin.rounds=0",
-    "AM 1 round:altmin.rounds=1",
-    "no AM, one-shot selection (K=1, α=1):altmin.rounds=0,penalty.iterations=1,penalty.momentum=1.0",
-    "no AM, fixed schedule, K=10, τ=2.25, α=0.3 (the paper's reading):altmin.rounds=0,penalty.schedule=fixed,penalty.iterations=10,penalty.tau=2.25,penalty.momentum=0.3",
-    "no AM, no bias/mean compensation:altmin.rounds=0,refit.bias=false",
-    "no AM, plain least-squares refit (prior zero, δ=0.01):altmin.rounds=0,refit.prior=zero,refit.ridge=0.01",
-    "no AM, error-correcting targets β=0.5:altmin.rounds=0,target_correction=0.5",
+    "without alternating minimization:am_rounds=0",
+    "AM 1 round:am_rounds=1",
+    "no AM, one-shot selection (K=1, α=1):am_rounds=0,K=1,alpha=1.0",
+    "no AM, fixed schedule, K=10, τ=2.25, α=0.3 (the paper's reading):am_rounds=0,schedule=fixed,K=10,tau=2.25,alpha=0.3",
+    "no AM, no bias/mean compensation:am_rounds=0,bias=false",
+    "no AM, plain least-squares refit (prior zero, δ=0.01):am_rounds=0,prior=zero,delta=0.01",
+    "no AM, error-correcting targets β=0.5:am_rounds=0,beta=0.5",
     "FLAP (baseline):method=flap",
     "FASP (baseline):method=fasp",
 ]

@@ -12,17 +12,17 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 import streamlit as st
 import torch
 
-from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES
+from spap_core.data import HUB_SPEC, default_text_spec
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason
 from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
+from spap_core.parameters import describe, parameter, settings_values
 from spap_service.data import DataSpec, TextChoice, model_key
 from spap_service.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
 from spap_service.presets import interactive_run_size, interactive_settings
@@ -53,8 +53,6 @@ def guarded(function: Callable) -> Callable:
     return run
 
 MODEL_ENV = "SPAP_APP_MODEL"  # default model source (tests point it at a tiny local model)
-CALIBRATION_FILE_ENV = "SPAP_APP_CALIB_FILE"
-EVALUATION_FILE_ENV = "SPAP_APP_EVAL_FILE"
 PROGRESS_REFRESH_S = 1.0
 QUEUE_REFRESH_S = 2.0
 
@@ -90,21 +88,12 @@ def target_device() -> torch.device:
         return torch.device("cpu")
 
 
-def _default_text_path(purpose: str, env_name: str) -> str:
-    if os.environ.get(env_name):
-        return os.environ[env_name]
-    data_dir = os.environ.get(DATA_DIR_ENV)
-    if data_dir and (Path(data_dir) / WIKITEXT_FILES[purpose]).is_file():
-        return str(Path(data_dir) / WIKITEXT_FILES[purpose])
-    return ""
-
-
-def _default_text_choice(purpose: str, env_name: str) -> TextChoice:
-    """A local file when one is configured, else WikiText-2 from the hub when it answers."""
-    path = _default_text_path(purpose, env_name)
-    if not path and hub_unreachable_reason() is None:
+def _default_text_choice(purpose: str) -> TextChoice:
+    """The library's default text (spap_core.data.default_text_spec), as the Model & data page's choice."""
+    spec = default_text_spec(purpose)
+    if spec == HUB_SPEC:
         return TextChoice(kind="hub")
-    return TextChoice(kind="file", path=path)
+    return TextChoice(kind="file", path=spec or "")
 
 
 def data_spec() -> DataSpec:
@@ -112,8 +101,8 @@ def data_spec() -> DataSpec:
     if "data_spec" not in st.session_state:
         size = interactive_run_size(target_device())
         st.session_state["data_spec"] = DataSpec(
-            calibration=_default_text_choice("calibration", CALIBRATION_FILE_ENV),
-            evaluation=_default_text_choice("evaluation", EVALUATION_FILE_ENV),
+            calibration=_default_text_choice("calibration"),
+            evaluation=_default_text_choice("evaluation"),
             nsamples=size.nsamples, seqlen=size.seqlen, eval_windows=size.eval_windows,
             eval_len=size.eval_len, batch_size=size.batch_size,
         )
@@ -410,16 +399,15 @@ def layer_picker(n_layers: int, key: str, container=st) -> int:
 
 
 def history_row(outcome: RunOutcome) -> dict:
+    """One row of the session's run table: every hyperparameter the run's method has, then its metrics."""
     record = outcome.record
-    settings = outcome.request.settings
+    values = settings_values(outcome.request.settings)
     return {
-        "sparsity": settings.sparsity, "K": settings.penalty.iterations, "ρ⁽⁰⁾": settings.penalty.rho0,
-        "τ": settings.penalty.tau, "t": settings.penalty.balance, "α": settings.penalty.momentum,
-        "score": settings.penalty.score, "schedule": settings.penalty.schedule, "δ": settings.refit.ridge,
-        "β": settings.target_correction, "AM rounds": settings.altmin.rounds, "seed": outcome.request.seed,
-        "calibration tokens": record["calibration_tokens"], "ppl dense": record["ppl_dense"],
-        "ppl pruned": record["ppl"], "mean layer error": mean_layer_error(outcome),
-        "prune s": record["prune_seconds"],
+        "method": outcome.request.settings.method,
+        **{parameter(key).symbol: value for key, value in values.items()},
+        "seed": outcome.request.seed, "calibration tokens": record["calibration_tokens"],
+        "ppl dense": record["ppl_dense"], "ppl pruned": record["ppl"],
+        "mean layer error": mean_layer_error(outcome), "prune s": record["prune_seconds"],
     }
 
 
@@ -437,31 +425,15 @@ def fixed_settings_caption(base: RunRequest, varied: set[str], what: str) -> Non
                f"Evaluation: {evaluation_budget(base.data)}.")
 
 
-def settings_items(request: RunRequest) -> dict[str, str]:
-    """Every setting of a run as a short phrase, keyed as ScanParameter.summary_key names them."""
-    settings = request.settings
-    penalty, refit, altmin = settings.penalty, settings.refit, settings.altmin
-    rounds = (f"{altmin.rounds} round{'s' if altmin.rounds > 1 else ''} × {altmin.steps} Adam steps, lr {altmin.lr:g}"
-              if altmin.rounds else "off")
-    return {
-        "method": f"method {settings.method}",
-        "sparsity": f"sparsity {settings.sparsity:.0%}",
-        "K": f"K = {penalty.iterations}", "rho0": f"ρ⁽⁰⁾ = {penalty.rho0:g}", "tau": f"τ = {penalty.tau:g}",
-        "t": f"t = {penalty.balance:g}", "alpha": f"α = {penalty.momentum:g}",
-        "variants": f"{penalty.score} score, {penalty.schedule} schedule, {penalty.start} start",
-        "delta": f"δ = {refit.ridge:g}",
-        "refit": f"{refit.prior} prior, bias {'on' if refit.bias else 'off'}, {refit.precision}",
-        "beta": f"β = {settings.target_correction:g}",
-        "altmin": f"alternating minimization {rounds}",
-        "calibration": (f"calibration {request.data.nsamples} × {request.data.seqlen} tokens of "
-                        f"{request.data.calibration.label}"),
-        "seed": f"seed {request.seed}",
-    }
-
-
 def settings_summary(request: RunRequest, omit: set[str] = frozenset()) -> str:
-    """One line with every setting except those in `omit`."""
-    return ", ".join(text for key, text in settings_items(request).items() if key not in omit)
+    """One line with every setting of the request except the parameter keys in `omit`."""
+    parts = [describe(request.settings, omit)]
+    if "nsamples" not in omit:
+        parts.append(f"calibration {request.data.nsamples} × {request.data.seqlen} tokens of "
+                     f"{request.data.calibration.label}")
+    if "seed" not in omit:
+        parts.append(f"seed {request.seed}")
+    return ", ".join(part for part in parts if part)
 
 
 def sweep_time_estimate(points: int, outcome: RunOutcome | None) -> str:

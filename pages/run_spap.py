@@ -25,18 +25,23 @@ from pages._shared import (
     submit_job,
     target_device,
 )
+from pages._widgets import parameter_widget
 from spap_core.errors import SpapInputError
-from spap_core.methods.altmin import AltMinSettings
-from spap_core.methods.problem import PRECISIONS, PRIORS, RefitSettings
 from spap_core.methods.registry import PruneSettings
-from spap_core.methods.spap import SCHEDULES, SCORES, STARTS, PenaltySettings
+from spap_core.parameters import (
+    GROUPS,
+    PARAMETERS,
+    SETTINGS_PARAMETERS,
+    Parameter,
+    parameter,
+    settings_values,
+    with_values,
+)
 from spap_service.analysis import layer_table, trace_table
 from spap_service.presets import interactive_settings
 from spap_service.runs import RunRequest, pruned_model_zip, run_pruning
 
 ensure_routed()
-
-URL = "query-params"  # every form widget is bound to a query parameter named by its key
 
 st.title("Run SPAP")
 loaded = require_model()
@@ -45,100 +50,39 @@ st.caption(f"{run_size_note()} Data: calibration from {spec.calibration.label}, 
            f"{spec.evaluation.label} (change both on Model & data).")
 
 defaults = interactive_settings(target_device())
-penalty, refit, altmin = defaults.penalty, defaults.refit, defaults.altmin
+calibration_defaults = {"nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed": 0}
 
 
-def pick(label: str, options: tuple[str, ...], default: str, key: str) -> str:
-    """A choice between named variants, bound to the URL like every other setting."""
-    return st.selectbox(label, list(options), index=options.index(default), key=key, bind=URL)
+def default_of(declared: Parameter):
+    return declared.read(defaults) if declared.path else calibration_defaults[declared.key]
 
 
 with st.form("spap_settings"):
+    values = {}
     # What a class varies first; everything else waits in the expander below.
-    lead_columns = st.columns(4, gap="medium")
-    with lead_columns[0]:
-        sparsity = st.slider("Sparsity", 0.05, 0.95, defaults.sparsity, 0.05, key="sparsity", bind=URL)
-        st.caption("Fraction λ/n of MLP channels removed from every layer (uniform).")
-    with lead_columns[1]:
-        iterations = st.slider("K: ρ iterations", 1, 60, penalty.iterations, key="K", bind=URL)
-        st.caption("How many times s steps and ρ grows; with the ramp, the blocks channels are marked in.")
-    with lead_columns[2]:
-        tau = st.slider("τ: penalty growth", 1.05, 8.0, penalty.tau, 0.05, key="tau", bind=URL)
-        st.caption("ρ ← τ·ρ after every iteration: how hard the marked columns of W are pushed to zero.")
-    with lead_columns[3]:
-        momentum = st.slider("α: mask momentum", 0.05, 1.0, penalty.momentum, 0.05, key="alpha", bind=URL)
-        st.caption("Step of s towards the marked channels; 1 jumps straight to the marks.")
-    with st.expander("More settings: penalty start, channel selection, refit, alternating minimization, calibration"):
-        penalty_column, selection_column, refit_column, altmin_column, calibration_column = st.columns(5, gap="medium")
-        with penalty_column:
-            st.markdown("**Penalty path**")
-            rho0 = st.number_input("ρ⁽⁰⁾: initial penalty", 1e-6, 1e3, penalty.rho0, step=0.005, format="%g",
-                                   key="rho0", bind=URL)
-            st.caption("First weight of the penalty Σ sᵢ‖W[:,i]‖², relative to mean diag H.")
-            start = pick("Start s⁽⁰⁾", STARTS, penalty.start, "start")
-            st.caption("zero = nothing marked (the paper); centre = λ/n everywhere (on the capped simplex).")
-        with selection_column:
-            st.markdown("**Channel selection**")
-            balance = st.slider("t: score balance", 0.0, 3.0, penalty.balance, 0.1, key="t", bind=URL)
-            st.caption("Score ‖W[:,i]‖·mᵢᵗ: how much the activation magnitude mᵢ counts.")
-            score = pick("Magnitude mᵢ in the score", SCORES, penalty.score, "score")
-            st.caption("marginal = ‖Zᵢ‖; centred = ‖Zᵢ − mean‖ (what the bias cannot absorb); partial = what "
-                       "channel i adds beyond the others (1/√[A⁻¹]ᵢᵢ).")
-            schedule = pick("Marking schedule", SCHEDULES, penalty.schedule, "schedule")
-            st.caption("fixed = mark λ channels every step; ramp = ⌈λk/K⌉ at step k, removed in blocks.")
-        with refit_column:
-            st.markdown("**Refit and targets**")
-            ridge = st.number_input("δ: ridge", 0.0, 100.0, refit.ridge, step=0.005, format="%g", key="delta",
-                                    bind=URL)
-            st.caption("δ·h̄ added to every solve, for stability (relative to mean diag H).")
-            prior = pick("Refit prior", PRIORS, refit.prior, "prior")
-            st.caption("The ridge pulls refitted weights towards the dense ones or towards zero.")
-            bias = st.checkbox("Bias compensation", refit.bias, key="bias", bind=URL)
-            st.caption("A down_proj bias absorbs the mean output of the pruned channels.")
-            precision = pick("Solver precision", PRECISIONS, refit.precision, "precision")
-            st.caption("float32 solves faster; float64 is safer on ill-conditioned layers.")
-            correction = st.slider("β: target correction", 0.0, 1.0, defaults.target_correction, 0.05, key="beta",
-                                   bind=URL)
-            st.caption("Each layer also repairs β of the error earlier pruned layers left in the stream.")
-        with altmin_column:
-            st.markdown("**Alternating minimization**")
-            rounds = st.slider("Rounds", 0, 10, altmin.rounds, key="am_rounds", bind=URL)
-            st.caption("0 = off. Each round: Adam on gate/up, then an exact down_proj refit.")
-            steps = st.slider("Adam steps per round", 1, 200, altmin.steps, key="am_steps", bind=URL)
-            st.caption("Gradient steps on gate_proj and up_proj in every round.")
-            learning_rate = st.number_input("Step size (lr)", 1e-7, 1.0, altmin.lr, step=1e-5, format="%g",
-                                            key="am_lr", bind=URL)
-            st.caption("Adam learning rate for gate/up.")
-            batch_tokens = st.number_input("Tokens per Adam step", 16, 65536, altmin.batch_tokens, key="am_batch",
-                                           bind=URL)
-            st.caption("Calibration tokens sampled for each gradient step.")
-        with calibration_column:
-            st.markdown("**Calibration**")
-            nsamples = st.number_input("Samples", 1, 1024, spec.nsamples, key="nsamples", bind=URL)
-            st.caption("Random windows of the calibration text.")
-            seqlen = st.number_input("Tokens per sample", 8, 8192, spec.seqlen, key="seqlen", bind=URL)
-            st.caption("Length of each window; samples × tokens = calibration tokens.")
-            seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="seed", bind=URL)
-            st.caption("Chooses the calibration windows (and the Adam batches).")
+    lead = [p for p in PARAMETERS if p.lead]
+    for column, declared in zip(st.columns(len(lead), gap="medium"), lead):
+        with column:
+            values[declared.key] = parameter_widget(declared, default_of(declared))
+    rest = [group for group in GROUPS if any(p.group == group and not p.lead for p in PARAMETERS)]
+    with st.expander("More settings: " + ", ".join(GROUPS[group].lower() for group in rest)):
+        for column, group in zip(st.columns(len(rest), gap="medium"), rest):
+            with column:
+                st.markdown(f"**{GROUPS[group]}**")
+                for declared in PARAMETERS:
+                    if declared.group == group and not declared.lead:
+                        values[declared.key] = parameter_widget(declared, default_of(declared))
     submitted = st.form_submit_button("Run SPAP", type="primary", icon=":material/play_arrow:")
 
 if submitted:
     try:
-        settings = PruneSettings(
-            method="spap", sparsity=float(sparsity), target_correction=float(correction),
-            penalty=PenaltySettings(iterations=int(iterations), rho0=float(rho0), tau=float(tau),
-                                    balance=float(balance), momentum=float(momentum), score=score,
-                                    schedule=schedule, start=start),
-            refit=RefitSettings(ridge=float(ridge), prior=prior, bias=bool(bias), precision=precision),
-            altmin=AltMinSettings(rounds=int(rounds), steps=int(steps), lr=float(learning_rate),
-                                  batch_tokens=int(batch_tokens)),
-        )
+        settings = with_values(PruneSettings(method="spap"), {p.key: values[p.key] for p in SETTINGS_PARAMETERS})
     except SpapInputError as exc:
         st.error(str(exc))
     else:
-        spec = replace(spec, nsamples=int(nsamples), seqlen=int(seqlen))
-        st.session_state.update(data_spec=spec, prune_settings=settings, run_seed=int(seed))
-        request = RunRequest(settings=settings, seed=int(seed), data=spec)
+        spec = replace(spec, nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"]))
+        st.session_state.update(data_spec=spec, prune_settings=settings, run_seed=int(values["seed"]))
+        request = RunRequest(settings=settings, seed=int(values["seed"]), data=spec)
         submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity",
                    partial(run_pruning, loaded, request, owner=session_id()))
 
@@ -196,22 +140,15 @@ download_columns[2].download_button("ρ trace (.csv)", data=trace_table(outcome.
 download_columns[3].download_button("Layers (.csv)", data=layers.to_csv(index=False), file_name="spap-layers.csv",
                                     mime="text/csv", on_click="ignore")
 
-settings = outcome.request.settings
-shared = {
-    "sparsity": settings.sparsity, "K": settings.penalty.iterations, "rho0": settings.penalty.rho0,
-    "tau": settings.penalty.tau, "alpha": settings.penalty.momentum, "t": settings.penalty.balance,
-    "score": settings.penalty.score, "schedule": settings.penalty.schedule, "start": settings.penalty.start,
-    "delta": settings.refit.ridge, "prior": settings.refit.prior, "bias": str(settings.refit.bias).lower(),
-    "precision": settings.refit.precision, "beta": settings.target_correction,
-    "am_rounds": settings.altmin.rounds, "am_steps": settings.altmin.steps, "am_lr": settings.altmin.lr,
-    "am_batch": settings.altmin.batch_tokens, "nsamples": outcome.request.data.nsamples,
-    "seqlen": outcome.request.data.seqlen, "seed": outcome.request.seed,
-}
+shared = {**{key: parameter(key).format(value) if isinstance(value, bool) else value
+              for key, value in settings_values(outcome.request.settings).items()},
+          "nsamples": outcome.request.data.nsamples, "seqlen": outcome.request.data.seqlen,
+          "seed": outcome.request.seed}
 st.markdown("**Share these settings**: this link opens this page with the form filled in as for this run.")
 st.code(f"{st.context.url or ''}?{urlencode(shared)}", language=None, wrap_lines=True)
 if outcome.saved_to is not None:
-    st.markdown("**Share these results**: this link opens this run's saved results (every page but the model "
-                "download and latency works on them).")
+    st.markdown("**Share these results**: this link opens this run's saved results (every page but those that need "
+                "the pruned weights: the model download, latency and dense vs pruned text).")
     st.code(f"{st.context.url or ''}?{urlencode({SHARED_RUN_PARAM: outcome.saved_to.name})}", language=None,
             wrap_lines=True)
 

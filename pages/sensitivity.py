@@ -17,40 +17,41 @@ from pages._shared import (
 )
 from spap_core.errors import SpapInputError
 from spap_service.analysis import readable_range
-from spap_service.comparisons import SCAN_PARAMETERS, scan_key, sensitivity_scan
+from spap_service.comparisons import SCAN_PARAMETERS, request_value, request_with, scan_key, sensitivity_scan
 
 ensure_routed()
 
 loaded, base = comparison_header("Sensitivity")
 
-parameter_name = st.selectbox("Hyperparameter to vary", list(SCAN_PARAMETERS), key="scan_parameter")
-parameter = SCAN_PARAMETERS[parameter_name]
-fixed_settings_caption(base, {parameter.summary_key, "method"}, "value")
+key = st.selectbox("Hyperparameter to vary", list(SCAN_PARAMETERS), key="scan_parameter",
+                   format_func=lambda k: f"{SCAN_PARAMETERS[k].label} — {SCAN_PARAMETERS[k].help}")
+scanned = SCAN_PARAMETERS[key]
+fixed_settings_caption(base, {key, "method"}, "value")
 with st.form("scan_settings"):
     columns = st.columns(3)
-    step = 1.0 if parameter.integer else None
-    low = columns[0].number_input("From", value=float(parameter.low), step=step, format="%g", key=f"scan_low_{parameter_name}")
-    high = columns[1].number_input("To", value=float(parameter.high), step=step, format="%g", key=f"scan_high_{parameter_name}")
+    step = 1.0 if scanned.kind is int else None
+    low = columns[0].number_input("From", value=float(scanned.sweep[0]), step=step, format="%g", key=f"scan_low_{key}")
+    high = columns[1].number_input("To", value=float(scanned.sweep[1]), step=step, format="%g", key=f"scan_high_{key}")
     points = columns[2].slider("Values", 2, 10, 4, key="scan_points")
-    st.caption(f"Values are spaced {'logarithmically' if parameter.log_scale else 'evenly'}; each one is a full "
+    st.caption(f"Values are spaced {'logarithmically' if scanned.log_scale else 'evenly'}; each one is a full "
                "pruning run plus a perplexity evaluation.")
     submitted = st.form_submit_button("Run scan", type="primary", icon=":material/play_arrow:")
 
 if submitted:
-    if not low < high or (parameter.log_scale and low <= 0):
-        st.error("'From' must be below 'To'" + (" and above 0 (log spacing)." if parameter.log_scale else "."))
+    if not low < high or (scanned.log_scale and low <= 0):
+        st.error("'From' must be below 'To'" + (" and above 0 (log spacing)." if scanned.log_scale else "."))
     else:
-        values = parameter.values(low, high, points)
+        values = scanned.sweep_values(low, high, points)
         try:
-            key = scan_key(loaded, base, parameter_name, values)
+            table_key = scan_key(loaded, base, key, values)
             for value in values:
-                parameter.apply(base, value)  # refuse invalid values now, not halfway through the scan
+                request_with(base, scanned, value)  # refuse invalid values now, not halfway through the scan
         except SpapInputError as exc:
-            st.error(f"{parameter_name}: {exc}")
+            st.error(f"{scanned.label}: {exc}")
         else:
-            request_table("scan", key, f"Scan of {parameter_name} ({len(values)} values)",
-                          {"parameter": parameter_name, "current": parameter.read(base)},
-                          partial(sensitivity_scan, loaded, base, parameter_name, values))
+            request_table("scan", table_key, f"Scan of {scanned.label} ({len(values)} values)",
+                          {"parameter": key, "current": request_value(base, scanned)},
+                          partial(sensitivity_scan, loaded, base, key, values))
 
 job_panel("scan")
 latest = latest_table("scan")
@@ -60,6 +61,7 @@ if latest is None:
 
 table, context = latest
 scanned = SCAN_PARAMETERS[context["parameter"]]
+axis_title = scanned.label
 error_range, error_spread = readable_range(table["mean_layer_error"])
 ppl_range, ppl_spread = readable_range(table["perplexity"])
 figure = make_subplots(rows=1, cols=2, subplot_titles=(f"mean layer error ({error_spread})",
@@ -72,7 +74,7 @@ figure.update_yaxes(range=error_range, exponentformat="power", row=1, col=1)
 figure.update_yaxes(range=ppl_range, row=1, col=2)
 for column in (1, 2):
     figure.add_vline(x=context["current"], line_dash="dot", line_color="red", row=1, col=column)
-    figure.update_xaxes(title_text=context["parameter"], type="log" if scanned.log_scale else "linear", row=1,
+    figure.update_xaxes(title_text=axis_title, type="log" if scanned.log_scale else "linear", row=1,
                         col=column, exponentformat="power")
 figure.update_layout(height=400, margin=dict(t=50, b=10, l=10, r=10))
 st.plotly_chart(figure, width="stretch")

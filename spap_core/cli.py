@@ -13,11 +13,9 @@ from spap_core.data import calibration_windows, evaluation_windows, resolve_text
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.experiment import run_experiment
 from spap_core.latency import latency_ratios, measure_latencies
-from spap_core.methods.altmin import AltMinSettings
-from spap_core.methods.problem import PRECISIONS, PRIORS, RefitSettings
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.methods.spap import SCHEDULES, SCORES, STARTS, PenaltySettings
 from spap_core.models import DEFAULT_MODEL, load_model
+from spap_core.parameters import GROUPS, PARAMETERS, SETTINGS_PARAMETERS, with_values
 from spap_core.runs import write_run
 from spap_core.shrink import save_pruned
 
@@ -35,47 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="prune a model and report perplexity before and after")
     _add_model_args(prune)
-    prune.add_argument("--method", default="spap", choices=METHODS)
-    prune.add_argument("--sparsity", type=float, default=0.3, help="fraction of MLP channels removed per layer")
+    prune.add_argument("--method", default="spap", choices=list(METHODS),
+                       help="; ".join(f"{name}: {method.description}" for name, method in METHODS.items()))
     prune.add_argument("--calib-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
-    prune.add_argument("--nsamples", type=int, default=16, help="calibration windows")
-    prune.add_argument("--seqlen", type=int, default=512, help="calibration window length (tokens)")
-    prune.add_argument("--seed", type=int, default=0)
     prune.add_argument("--eval-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
     prune.add_argument("--eval-len", type=int, default=512, help="evaluation window length (tokens)")
     prune.add_argument("--eval-windows", type=int, default=8, help="first W windows; 0 = the whole text")
     prune.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     prune.add_argument("--out", default=None, help="save the pruned model (safetensors) and results.json here")
-    spap = prune.add_argument_group("SPAP penalty path")
-    defaults = PenaltySettings()
-    spap.add_argument("--iterations", "-K", type=int, default=defaults.iterations, help="K: ρ iterations")
-    spap.add_argument("--rho0", type=float, default=defaults.rho0, help="ρ⁽⁰⁾: initial penalty (relative to mean diag H)")
-    spap.add_argument("--tau", type=float, default=defaults.tau, help="τ > 1: penalty growth per iteration")
-    spap.add_argument("--balance", "-t", type=float, default=defaults.balance, help="t: weight of ‖Z_i‖ in the score")
-    spap.add_argument("--alpha", type=float, default=defaults.momentum, help="α: soft-mask step size")
-    spap.add_argument("--score", choices=SCORES, default=defaults.score,
-                      help="activation magnitude in the score: ‖Z_i‖ (marginal), ‖Z_i − mean‖ (centred) or beyond the "
-                           "other channels (partial)")
-    spap.add_argument("--start", choices=STARTS, default=defaults.start, help="s⁽⁰⁾: nothing marked, or λ/n everywhere")
-    spap.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
-                      help="mark λ channels every iteration (fixed) or ⌈λk/K⌉ at iteration k (ramp)")
-    settings_defaults = PruneSettings()
-    spap.add_argument("--target-correction", "--beta", type=float, default=settings_defaults.target_correction,
-                      help="β: also repair this fraction of the error earlier pruned layers left in the stream")
-    refit = prune.add_argument_group("least-squares refit")
-    refit_defaults = RefitSettings()
-    refit.add_argument("--delta", type=float, default=refit_defaults.ridge, help="δ: ridge (relative to mean diag H)")
-    refit.add_argument("--prior", choices=PRIORS, default=refit_defaults.prior,
-                       help="ridge pulls towards the dense weights or towards zero")
-    refit.add_argument("--no-bias", action="store_true", help="no down_proj bias compensation")
-    refit.add_argument("--precision", choices=PRECISIONS, default=refit_defaults.precision)
-    altmin = prune.add_argument_group("alternating minimization (0 rounds = off)")
-    altmin_defaults = AltMinSettings()
-    altmin.add_argument("--altmin-rounds", type=int, default=altmin_defaults.rounds)
-    altmin.add_argument("--altmin-steps", type=int, default=altmin_defaults.steps)
-    altmin.add_argument("--altmin-lr", type=float, default=altmin_defaults.lr)
-    altmin.add_argument("--altmin-batch", type=int, default=altmin_defaults.batch_tokens, help="tokens per Adam step")
-
+    _add_parameter_args(prune)
     latency = commands.add_parser("latency", help="latency and memory of the dense model and a pruned one")
     _add_model_args(latency)
     latency.add_argument("--pruned", default=None, help="directory of a pruned model saved by `prune --out`")
@@ -86,15 +52,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CLI_DEFAULTS = {"nsamples": 16, "seqlen": 512, "seed": 0}  # the CLI's calibration size (the app's is smaller)
+
+
+def _add_parameter_args(parser: argparse.ArgumentParser) -> None:
+    """One flag per declared hyperparameter (spap_core.parameters), in its group, with the
+    settings' own default; SPAP's flags apply to --method spap."""
+    defaults = PruneSettings()
+    groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
+    for parameter in PARAMETERS:
+        default = parameter.read(defaults) if parameter.path else CLI_DEFAULTS[parameter.key]
+        options: dict = {"dest": parameter.key, "default": default, "help": parameter.help}
+        if parameter.kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = parameter.kind
+            if parameter.choices:
+                options["choices"] = parameter.choices
+        groups[parameter.group].add_argument(*parameter.flags, **options)
+
+
 def prune_settings(args: argparse.Namespace) -> PruneSettings:
-    return PruneSettings(
-        method=args.method, sparsity=args.sparsity, target_correction=args.target_correction,
-        penalty=PenaltySettings(iterations=args.iterations, rho0=args.rho0, tau=args.tau, balance=args.balance,
-                                momentum=args.alpha, score=args.score, start=args.start, schedule=args.schedule),
-        refit=RefitSettings(ridge=args.delta, prior=args.prior, bias=not args.no_bias, precision=args.precision),
-        altmin=AltMinSettings(rounds=args.altmin_rounds, steps=args.altmin_steps, lr=args.altmin_lr,
-                              batch_tokens=args.altmin_batch),
-    )
+    """The settings the flags describe; SPAP's hyperparameters only reach SPAP."""
+    settings = PruneSettings(method=args.method, sparsity=args.sparsity)
+    values = {p.key: getattr(args, p.key) for p in SETTINGS_PARAMETERS if p.key != "sparsity"}
+    return with_values(settings, values) if args.method == "spap" else settings
 
 
 def run_prune(args: argparse.Namespace) -> dict:

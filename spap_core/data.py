@@ -19,6 +19,8 @@ from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason, require_hub
 
 DATA_DIR_ENV = "SPAP_DATA_DIR"
+TEXT_FILE_ENVS = {"calibration": "SPAP_CALIB_FILE", "evaluation": "SPAP_EVAL_FILE"}
+HUB_SPEC = "wikitext2"
 WIKITEXT_FILES = {"calibration": "wikitext-2/wiki.valid.tokens", "evaluation": "wikitext-2/wiki.test.joined.txt"}
 WIKITEXT_HUB_SPLITS = {"calibration": "train", "evaluation": "test"}
 MAX_TEXT_BYTES = 64 * 1024 * 1024
@@ -91,30 +93,42 @@ def text_sampled_from_model(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     return TextSource(text="\n\n".join(chunks), label="model-generated text (no real data found)", synthetic=True)
 
 
+def default_text_spec(purpose: str) -> str | None:
+    """Where the default text of `purpose` comes from, in the one order the CLI, the app and the
+    benchmarks share: a file named in $SPAP_CALIB_FILE / $SPAP_EVAL_FILE, then the WikiText-2 file
+    under $SPAP_DATA_DIR (local, so runs are fast and reproducible), then WikiText-2 from the hub when
+    it answers ('wikitext2'); None when there is none of these."""
+    if purpose not in WIKITEXT_FILES:
+        raise ValueError(f"purpose must be one of {sorted(WIKITEXT_FILES)}")
+    if os.environ.get(TEXT_FILE_ENVS[purpose]):
+        return os.environ[TEXT_FILE_ENVS[purpose]]
+    data_dir = os.environ.get(DATA_DIR_ENV)
+    if data_dir and (Path(data_dir) / WIKITEXT_FILES[purpose]).is_file():
+        return str(Path(data_dir) / WIKITEXT_FILES[purpose])
+    if hub_unreachable_reason() is None:
+        return HUB_SPEC
+    return None
+
+
 def resolve_text(spec: str | None, purpose: str, model: PreTrainedModel | None = None,
                  tokenizer: PreTrainedTokenizerBase | None = None, min_tokens: int = 4096) -> TextSource:
     """Turn a user's text spec into text.
 
-    spec: a file path, 'wikitext2' / 'wikitext2:<split>' (hub), or None/'default': WikiText-2 from
-    the hub when reachable, else the folder in $SPAP_DATA_DIR, else text sampled from the model.
+    spec: a file path, 'wikitext2' / 'wikitext2:<split>' (hub), or None/'default': the default of
+    `default_text_spec`, else (with a model) text sampled from the model, labelled as such.
     """
-    if purpose not in WIKITEXT_FILES:
-        raise ValueError(f"purpose must be one of {sorted(WIKITEXT_FILES)}")
-    if spec and spec.startswith("wikitext2"):
+    if not spec or spec == "default":
+        spec = default_text_spec(purpose)
+    if spec is None:
+        if model is None or tokenizer is None:
+            raise SourceUnavailableError(
+                f"No {purpose} text: the hub is unreachable and ${DATA_DIR_ENV} is not set; give a text file."
+            )
+        return text_sampled_from_model(model, tokenizer, min_tokens)
+    if spec.startswith(HUB_SPEC):
         split = spec.partition(":")[2] or WIKITEXT_HUB_SPLITS[purpose]
         return text_from_wikitext_hub(split)
-    if spec and spec != "default":
-        return text_from_file(spec)
-    if hub_unreachable_reason() is None:
-        return text_from_wikitext_hub(WIKITEXT_HUB_SPLITS[purpose])
-    data_dir = os.environ.get(DATA_DIR_ENV)
-    if data_dir and (Path(data_dir) / WIKITEXT_FILES[purpose]).is_file():
-        return text_from_file(Path(data_dir) / WIKITEXT_FILES[purpose])
-    if model is None or tokenizer is None:
-        raise SourceUnavailableError(
-            f"No {purpose} text: the hub is unreachable and ${DATA_DIR_ENV} is not set; give a text file."
-        )
-    return text_sampled_from_model(model, tokenizer, min_tokens)
+    return text_from_file(spec)
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:

@@ -68,17 +68,18 @@ def run_experiment(
     on_pruned_batch: BatchCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> Experiment:
-    """Dense perplexity (unless given), pruning, pruned perplexity, each timed on its own."""
+    """Dense perplexity (unless given), pruning, pruned perplexity, each timed on its own; every
+    forward pass (calibration and evaluation) takes `batch_size` windows at a time."""
     dense_seconds = 0.0
     if dense is None:
         started = time.perf_counter()
-        dense = perplexity(loaded.model, evaluation, on_batch=on_dense_batch, cancel=cancel)
+        dense = perplexity(loaded.model, evaluation, batch_size=batch_size, on_batch=on_dense_batch, cancel=cancel)
         dense_seconds = time.perf_counter() - started
     started = time.perf_counter()
     result = prune_model(loaded, calibration, settings, seed=seed, batch_size=batch_size, inplace=inplace,
                          on_layer=on_layer, on_step=on_step, cancel=cancel)
     prune_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    pruned = perplexity(result.model, evaluation, on_batch=on_pruned_batch, cancel=cancel)
+    pruned = perplexity(result.model, evaluation, batch_size=batch_size, on_batch=on_pruned_batch, cancel=cancel)
     return Experiment(result=result, dense=dense, pruned=pruned, prune_seconds=prune_seconds,
                       eval_seconds=time.perf_counter() - started, dense_seconds=dense_seconds)

@@ -19,7 +19,7 @@ from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.altmin import alternating_minimization
 from spap_core.methods.baselines import baseline_scores
 from spap_core.methods.problem import LayerDecision, LayerProblem, prune_count
-from spap_core.methods.registry import PruneSettings, decide_layer
+from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel
 from spap_core.shrink import finalize_config, shrink_mlp, supports_down_bias
@@ -225,17 +225,18 @@ def prune_model(
     """Prune `loaded.model` (a deep copy unless inplace) with the given settings on calibration
     token windows [N, L]. on_layer(i, L) fires after each layer; on_step per SPAP ρ iteration;
     setting `cancel` stops the run within one ρ iteration (PruningCancelled)."""
+    method, options = settings.implementation, settings.options
     model = loaded.model if inplace else copy.deepcopy(loaded.model)
     family = loaded.family
     layers = family.decoder_layers(model)
     device = next(model.parameters()).device
-    uses_bias = settings.method == "flap" or (settings.method == "spap" and settings.refit.bias)
-    if uses_bias and not supports_down_bias(model):
+    if method.adds_down_bias(options) and not supports_down_bias(model):
         raise SpapInputError(
             f"'{settings.method}' adds a down_proj bias, which model type '{family.model_type}' cannot "
             "store; turn bias compensation off (--no-bias) or choose another method."
         )
-    if settings.target_correction > 0 and not family.mlp_output_is_residual(layers[0]):
+    correction, recovery = method.target_correction(options), method.recovery(options)
+    if correction > 0 and not family.mlp_output_is_residual(layers[0]):
         raise SpapInputError(
             f"Error-correcting targets need the MLP output to enter the residual stream directly, which "
             f"is not the case for model type '{family.model_type}'; set the target correction to 0."
@@ -255,7 +256,7 @@ def prune_model(
         started = time.perf_counter()
         chunks = [c.to(device) for c in calibration.split(batch_size)]
         hidden, layer_kwargs = _layer_inputs_and_kwargs(model, layers, chunks)
-        correcting = settings.method == "spap" and settings.target_correction > 0
+        correcting = correction > 0
         dense_hidden = list(hidden) if correcting else []
         timings["capture"] += time.perf_counter() - started
         for index, layer in enumerate(layers):
@@ -269,7 +270,7 @@ def prune_model(
                 dense_hidden = [_call_layer(layer, chunk, layer_kwargs[index]) for chunk in dense_hidden]
             # Explicit targets are only needed when they differ from W₀Z or when the gate/up
             # weights are refitted on them; otherwise the dense down projection is never run.
-            explicit = correcting or (settings.method == "spap" and settings.altmin.rounds > 0)
+            explicit = correcting or recovery is not None
             mlp_inputs, intermediates, targets, residual_bases = [], [], [], []
             with _down_projection_recorded(mlp) as recorded:
                 zero_contribution = to_residual(recorded.zero_output())
@@ -282,7 +283,7 @@ def prune_model(
                     if explicit:
                         target = recorded.down_proj(z)  # the dense output W₀Z
                         if correcting:  # also undo part of the error the pruned stream has accumulated
-                            target = target + settings.target_correction * (
+                            target = target + correction * (
                                 dense_hidden[chunk_index] - (base + to_residual(target)))
                         mlp_inputs.append(recorded.mlp_input)
                         targets.append(target)
@@ -298,16 +299,16 @@ def prune_model(
                     f"Pruning stopped: the calibration activations of layer {index} contain NaN or inf "
                     "(the model itself overflows on this text; try float32 or another calibration text).")
             del stats
-            decision = decide_layer(problem, settings, index, on_step=keep_step, cancel=cancel)
+            decision = method.decide(problem, options, index, on_step=keep_step, cancel=cancel)
             timings["solve"] += time.perf_counter() - started
 
-            if settings.method == "spap" and settings.altmin.rounds > 0:
+            if recovery is not None:
                 started = time.perf_counter()
                 with torch.enable_grad():
                     decision = alternating_minimization(
                         decision, torch.cat(mlp_inputs), torch.cat(targets),
                         mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, mlp.act_fn,
-                        settings.altmin, settings.refit, seed=seed + index, cancel=cancel,
+                        recovery.altmin, recovery.refit, seed=seed + index, cancel=cancel,
                     )
                 timings["altmin"] += time.perf_counter() - started
 

@@ -72,7 +72,7 @@ def readout_masks(result: PruneResult) -> np.ndarray:
 def mask_story(result: PruneResult, masks: np.ndarray) -> str:
     """What the soft mask did in this run, in words computed from its own settings and values:
     the start, the marking schedule, the values s ended with, and whether it ended binary."""
-    penalty = result.settings.penalty
+    penalty = result.settings.options.penalty  # a run with a trace is a SPAP run
     n_layers, n_iterations, width = masks.shape
     n_prune = width - len(result.layers[0].keep)
     start = ("s⁽⁰⁾ = 0 (nothing marked)" if penalty.start == "zero"

@@ -162,6 +162,7 @@ def dense_perplexity(loaded: LoadedModel, data: DataSpec, windows: torch.Tensor,
     cached = _dense_perplexities.get(key)
     if cached is not None:
         return cached, True
-    result = perplexity(loaded.model, windows, on_batch=batch_reporter(progress, "dense perplexity"), cancel=cancel)
+    result = perplexity(loaded.model, windows, batch_size=data.batch_size,
+                        on_batch=batch_reporter(progress, "dense perplexity"), cancel=cancel)
     _dense_perplexities.put(key, result)
     return result, False

@@ -3,12 +3,12 @@ about a minute on a 2-core CPU; larger on a GPU, where the same minute buys far 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
 from spap_core.methods.altmin import AltMinSettings
-from spap_core.methods.registry import PruneSettings
+from spap_core.methods.registry import PruneSettings, with_options
 
 
 @dataclass(frozen=True)
@@ -38,4 +38,4 @@ def interactive_run_size(device: torch.device) -> RunSize:
 
 def interactive_settings(device: torch.device) -> PruneSettings:
     """The library's default settings with the run size's alternating minimization."""
-    return replace(PruneSettings(), altmin=interactive_run_size(device).altmin)
+    return with_options(PruneSettings(), altmin=interactive_run_size(device).altmin)

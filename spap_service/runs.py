@@ -68,7 +68,7 @@ class RunOutcome:
 def experiment_with_progress(loaded: LoadedModel, data: PreparedData, request: RunRequest, dense: PerplexityResult,
                               progress: ProgressReporter, cancel: threading.Event) -> Experiment:
     """run_experiment on a copy of the model, reporting layer i of L and ρ iteration k of K."""
-    iterations = request.settings.penalty.iterations if request.settings.method == "spap" else 0
+    iterations = request.settings.implementation.trace_length(request.settings.options)
     n_layers = len(loaded.family.decoder_layers(loaded.model))
     progress.update(phase=f"pruning ({request.settings.method})", layer=1, n_layers=n_layers,
                     iteration=0, n_iterations=iterations)

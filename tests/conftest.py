@@ -90,8 +90,8 @@ def app_files(tmp_path_factory):
     evaluation.write_text(word_text(3000, seed=2))
     patch = pytest.MonkeyPatch()
     patch.setenv("SPAP_APP_MODEL", str(model_dir))
-    patch.setenv("SPAP_APP_CALIB_FILE", str(calibration))
-    patch.setenv("SPAP_APP_EVAL_FILE", str(evaluation))
+    patch.setenv("SPAP_CALIB_FILE", str(calibration))
+    patch.setenv("SPAP_EVAL_FILE", str(evaluation))
     patch.setenv("SPAP_CACHE_DIR", str(folder / "cache"))
     patch.setenv("SPAP_RESULTS_DIR", str(folder / "runs"))
     patch.setenv("HF_HUB_OFFLINE", "1")  # the hub check answers at once, and says "unreachable"

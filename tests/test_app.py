@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
 from app_harness import (
     APP,
     JOB_HANG_GUARD_S,
@@ -26,8 +29,7 @@ from app_harness import (
     titled,
 )
 from conftest import tiny_llama
-from streamlit.testing.v1 import AppTest
-
+from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import PenaltySettings
 from spap_service.analysis import changed_mind_counts, readout_masks, soft_masks
 from spap_service.jobs import JobStatus, shared_queue
@@ -90,28 +92,24 @@ def test_model_and_data_page_refuses_bad_input_with_a_clear_message(app_files, t
     assert any("could not be loaded" in e.value for e in at.error)
 
 
-def test_run_page_has_every_hyperparameter_in_the_form(app_files):
-    from spap_core.methods.registry import PruneSettings
+def test_run_page_has_every_declared_hyperparameter_with_its_default(app_files):
+    from spap_core.parameters import PARAMETERS
+    from spap_service.presets import CPU_RUN, interactive_settings
 
-    defaults = PruneSettings()
     at = start_app()
     open_page(at, "run_spap")
-    for key in ("sparsity", "K", "tau", "t", "alpha", "beta", "am_rounds", "am_steps"):
-        assert at.slider(key=key) is not None
-    for key in ("rho0", "delta", "am_lr", "am_batch", "nsamples", "seqlen", "seed"):
-        assert at.number_input(key=key) is not None
-    assert at.selectbox(key="prior").value == defaults.refit.prior
-    assert at.selectbox(key="precision").value == defaults.refit.precision
-    assert at.selectbox(key="score").value == defaults.penalty.score
-    assert at.selectbox(key="schedule").value == defaults.penalty.schedule
-    assert at.selectbox(key="start").value == defaults.penalty.start
-    assert at.checkbox(key="bias").value is defaults.refit.bias
-    assert at.slider(key="K").value == defaults.penalty.iterations
-    assert at.number_input(key="delta").value == defaults.refit.ridge
-    assert at.number_input(key="nsamples").value == 8  # the CPU preset
-    assert at.slider(key="am_rounds").value == 0 < defaults.altmin.rounds  # off in the CPU preset only
-    assert at.number_input(key="am_lr").value == defaults.altmin.lr
-    assert len(at.caption) >= 22  # one explanation per setting
+    defaults = interactive_settings(torch.device("cpu"))
+    widgets = {w.key: w for kind in ("slider", "number_input", "selectbox", "checkbox")
+               for w in at.get(kind) if w.key}
+    for declared in PARAMETERS:
+        expected = (declared.read(defaults) if declared.path else
+                    {"nsamples": CPU_RUN.nsamples, "seqlen": CPU_RUN.seqlen, "seed": 0}[declared.key])
+        assert declared.key in widgets, f"no widget for {declared.key}"
+        assert widgets[declared.key].value == pytest.approx(expected) if isinstance(expected, float) else \
+            widgets[declared.key].value == expected, declared.key
+    assert widgets["am_rounds"].value == 0 < PruneSettings().options.altmin.rounds  # off in the CPU preset only
+    captions = {c.value for c in at.caption}
+    assert all(declared.help in captions for declared in PARAMETERS)  # each explained where it is set
 
 
 def test_run_completes_and_shows_results_downloads_and_share_link(ran_app):
@@ -244,7 +242,7 @@ def test_sweep_runs_as_a_job_and_is_cached(ran_app):
 def test_sensitivity_scan_plots_error_and_perplexity(ran_app):
     at = ran_app
     open_page(at, "sensitivity")
-    at.selectbox(key="scan_parameter").set_value("α (mask momentum)").run()
+    at.selectbox(key="scan_parameter").set_value("alpha").run()
     at.slider(key="scan_points").set_value(2)
     click(at, "Run scan")
     finish_job(at, "scan")
@@ -256,8 +254,8 @@ def test_sensitivity_scan_plots_error_and_perplexity(ran_app):
 def test_sensitivity_refuses_an_invalid_range(ran_app):
     at = ran_app
     open_page(at, "sensitivity")
-    at.selectbox(key="scan_parameter").set_value("τ (penalty growth)").run()
-    at.number_input(key="scan_low_τ (penalty growth)").set_value(0.5)
+    at.selectbox(key="scan_parameter").set_value("tau").run()
+    at.number_input(key="scan_low_tau").set_value(0.5)
     click(at, "Run scan")
     assert not at.exception
     assert any("τ must be > 1" in e.value for e in at.error)
@@ -427,8 +425,7 @@ def test_fixed_settings_captions_never_name_what_varies(ran_app):
     assert "sparsity" not in fixed.split(":", 1)[1].split("(as last")[0] and "K = " in fixed
     assert any("runs (methods × sparsities): about" in c.value for c in at.caption)  # a time estimate
     open_page(at, "sensitivity")
-    for parameter, absent in (("ρ⁽⁰⁾ (initial penalty)", "ρ⁽⁰⁾ ="), ("sparsity", "sparsity "),
-                              ("τ (penalty growth)", "τ =")):
+    for parameter, absent in (("rho0", "ρ⁽⁰⁾ ="), ("sparsity", "sparsity "), ("tau", "τ =")):
         at.selectbox(key="scan_parameter").set_value(parameter).run()
         fixed = next(c.value for c in at.caption if c.value.startswith("Fixed for every value"))
         assert absent not in fixed, (parameter, fixed)

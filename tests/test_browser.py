@@ -13,10 +13,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO, tiny_llama, tiny_tokenizer, word_text
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -57,8 +57,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
 def serving(files: dict[str, Path]) -> Iterator[str]:
     """`streamlit run app.py` on a free port; yields its base URL and stops it afterwards."""
     port = free_port()
-    env = {**os.environ, "SPAP_APP_MODEL": str(files["model"]), "SPAP_APP_CALIB_FILE": str(files["calibration"]),
-           "SPAP_APP_EVAL_FILE": str(files["calibration"]), "SPAP_CACHE_DIR": str(files["folder"] / "cache"),
+    env = {**os.environ, "SPAP_APP_MODEL": str(files["model"]), "SPAP_CALIB_FILE": str(files["calibration"]),
+           "SPAP_EVAL_FILE": str(files["calibration"]), "SPAP_CACHE_DIR": str(files["folder"] / "cache"),
            "HF_HUB_OFFLINE": "1"}
     log_path = files["folder"] / f"streamlit-{port}.log"
     with open(log_path, "w") as log:
@@ -255,9 +255,9 @@ def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, 
     shows the perplexity of the same run done alone, and a refresh keeps the finished runs."""
     from spap_core.data import calibration_windows, evaluation_windows, text_from_file
     from spap_core.experiment import run_experiment
-    from spap_core.methods.altmin import AltMinSettings
     from spap_core.methods.registry import PruneSettings
     from spap_core.models import load_model
+    from spap_core.parameters import with_values
     from spap_service.presets import CPU_RUN
 
     sparsities = (0.2, 0.3, 0.4)
@@ -295,8 +295,7 @@ def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, 
     calibration = calibration_windows(loaded.tokenizer, text, CPU_RUN.nsamples, CPU_RUN.seqlen, 0)
     evaluation = evaluation_windows(loaded.tokenizer, text, CPU_RUN.eval_len, CPU_RUN.eval_windows)
     for sparsity, values in zip(sparsities, shown):
-        settings = PruneSettings(sparsity=sparsity, penalty=replace(PruneSettings().penalty, iterations=4),
-                                 altmin=AltMinSettings(rounds=3, steps=150))
+        settings = with_values(PruneSettings(sparsity=sparsity), {"K": 4, "am_rounds": 3, "am_steps": 150})
         alone = run_experiment(loaded, calibration, evaluation, settings, batch_size=CPU_RUN.batch_size)
         assert values["Perplexity, dense"] == f"{alone.dense.perplexity:.2f}"
         assert values["Perplexity, pruned"] == f"{alone.pruned.perplexity:.2f}"

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 from transformers import AutoModelForCausalLM
 
+from conftest import REPO
 from spap_core.cli import main
 
 PRUNE_KEYS = {"method", "sparsity", "ppl", "ppl_dense", "prune_seconds", "params_before", "params_after", "eval_tokens"}
@@ -79,7 +79,7 @@ def test_every_spap_setting_has_a_flag_that_reaches_the_run(tiny_dir, text_files
              "--start", "centre", "--schedule", "ramp", "--beta", "0.25", "--delta", "0.1", "--prior", "zero",
              "--precision", "float64", "--altmin-rounds", "1", "--altmin-steps", "2"]
     assert main(prune_args(tiny_dir, text_files, *flags)) == 0
-    settings = last_json_line(capsys.readouterr().out)["settings"]
+    settings = last_json_line(capsys.readouterr().out)["settings"]["options"]
     assert settings["penalty"] == {"iterations": 3, "rho0": 0.02, "tau": 2.0, "balance": 0.5, "momentum": 0.6,
                                    "score": "partial", "start": "centre", "schedule": "ramp"}
     assert settings["refit"] == {"ridge": 0.1, "prior": "zero", "bias": True, "precision": "float64"}

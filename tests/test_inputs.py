@@ -5,8 +5,8 @@ import tomllib
 
 import pytest
 import torch
-from conftest import REPO, tiny_tokenizer, word_text
 
+from conftest import REPO, tiny_tokenizer, word_text
 from spap_core import hub
 from spap_core.data import (
     MAX_TEXT_BYTES,

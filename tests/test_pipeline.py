@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.families import glu_family
 from spap_core.methods.altmin import AltMinSettings
-from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.methods.spap import PenaltySettings
+from spap_core.methods.registry import METHODS, PruneSettings, with_options
+from spap_core.methods.spap import PenaltySettings, SpapSettings
 from spap_core.prune import prune_model
 from spap_core.shrink import save_pruned
 
@@ -57,7 +57,7 @@ def test_physical_pruning_matches_masked_dense_computation(tiny, method):
 
 
 def test_alternating_minimization_changes_gate_up_and_still_matches_masking(tiny):
-    settings = PruneSettings(sparsity=0.25, altmin=AltMinSettings(rounds=2, steps=3, lr=1e-3, batch_tokens=64))
+    settings = with_options(PruneSettings(sparsity=0.25), altmin=AltMinSettings(rounds=2, steps=3, lr=1e-3, batch_tokens=64))
     result = prune_model(tiny, CALIBRATION, settings, batch_size=4)
     keep = torch.as_tensor(result.layers[0].keep)
     assert not torch.allclose(result.model.model.layers[0].mlp.gate_proj.weight, tiny.model.model.layers[0].mlp.gate_proj.weight[keep])
@@ -67,9 +67,10 @@ def test_alternating_minimization_changes_gate_up_and_still_matches_masking(tiny
 
 
 def test_alternating_minimization_does_not_increase_layer_error(tiny):
-    base = prune_model(tiny, CALIBRATION, PruneSettings(sparsity=0.5, altmin=AltMinSettings(rounds=0)), batch_size=4)
-    tuned = prune_model(tiny, CALIBRATION, PruneSettings(
-        sparsity=0.5, altmin=AltMinSettings(rounds=2, steps=20, lr=1e-3, batch_tokens=192)), batch_size=4)
+    base = prune_model(tiny, CALIBRATION, with_options(PruneSettings(sparsity=0.5), altmin=AltMinSettings(rounds=0)),
+                       batch_size=4)
+    tuned = prune_model(tiny, CALIBRATION, with_options(
+        PruneSettings(sparsity=0.5), altmin=AltMinSettings(rounds=2, steps=20, lr=1e-3, batch_tokens=192)), batch_size=4)
     assert tuned.layers[0].objective <= base.layers[0].objective * 1.0001
 
 
@@ -95,7 +96,7 @@ def test_source_model_is_never_modified(tiny):
 
 def test_trace_has_one_step_per_layer_and_rho_iteration(tiny):
     steps, layers_done = [], []
-    result = prune_model(tiny, CALIBRATION, PruneSettings(sparsity=0.3, penalty=PenaltySettings(iterations=7)),
+    result = prune_model(tiny, CALIBRATION, with_options(PruneSettings(sparsity=0.3), penalty=PenaltySettings(iterations=7)),
                          on_step=steps.append, on_layer=lambda i, n: layers_done.append((i, n)), batch_size=4)
     assert [(s.layer, s.iteration) for s in steps] == [(l, k) for l in range(2) for k in range(1, 8)]
     assert len(result.trace) == 14 and layers_done == [(1, 2), (2, 2)]
@@ -159,7 +160,7 @@ def test_error_correcting_targets_start_from_local_ones_and_then_differ(tiny):
     """At layer 0 both streams are identical, so β changes nothing; from layer 1 on the targets
     also carry the residual error left by pruned layer 0."""
     local = prune_model(tiny, CALIBRATION, PruneSettings(sparsity=0.5), batch_size=4)
-    corrected = prune_model(tiny, CALIBRATION, PruneSettings(sparsity=0.5, target_correction=1.0), batch_size=4)
+    corrected = prune_model(tiny, CALIBRATION, with_options(PruneSettings(sparsity=0.5), target_correction=1.0), batch_size=4)
     assert corrected.layers[0].dense_objective == pytest.approx(local.layers[0].dense_objective)
     assert corrected.layers[1].dense_objective != pytest.approx(local.layers[1].dense_objective, rel=1e-6)
 
@@ -167,7 +168,7 @@ def test_error_correcting_targets_start_from_local_ones_and_then_differ(tiny):
 @pytest.mark.parametrize("beta", [-0.1, 1.5, float("nan")])
 def test_target_correction_outside_unit_interval_is_refused(beta):
     with pytest.raises(SpapInputError, match="β"):
-        PruneSettings(target_correction=beta)
+        SpapSettings(target_correction=beta)
 
 
 def tiny_family_model(model_type: str) -> nn.Module:

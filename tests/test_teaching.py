@@ -11,7 +11,7 @@ import torch
 
 from spap_core.latency import Timing
 from spap_core.methods.altmin import AltMinSettings
-from spap_core.methods.registry import PruneSettings
+from spap_core.methods.registry import PruneSettings, with_options
 from spap_core.prune import prune_model
 from spap_core.runs import readout_gap
 from spap_service.analysis import (
@@ -33,8 +33,8 @@ NO_ALTMIN = AltMinSettings(rounds=0)
 def run(tiny, **penalty_changes):
     torch.manual_seed(0)
     calibration = torch.randint(3, 200, (4, 48))
-    settings = PruneSettings(sparsity=0.25, altmin=NO_ALTMIN)
-    settings = replace(settings, penalty=replace(settings.penalty, **penalty_changes))
+    settings = with_options(PruneSettings(sparsity=0.25), altmin=NO_ALTMIN)
+    settings = with_options(settings, penalty=replace(settings.options.penalty, **penalty_changes))
     return prune_model(tiny, calibration, settings)
 
 

@@ -14,9 +14,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from app_harness import array, assert_clean, open_page, start_app, titled
 from streamlit.testing.v1 import AppTest
 
+from app_harness import array, assert_clean, open_page, start_app, titled
 from spap_core.methods.problem import RefitSettings, refit
 from spap_core.toy import (
     BALANCE_RANGE,

@@ -7,8 +7,12 @@ Wanda-sp selection followed by a plain least-squares refit of the kept columns.
 
 from __future__ import annotations
 
+import threading
+from typing import Any, Callable
+
 import torch
 
+from spap_core.methods.base import PruningMethod
 from spap_core.methods.problem import (
     LayerDecision,
     LayerProblem,
@@ -78,3 +82,40 @@ BASELINE_SCORES = {"magnitude": magnitude_scores, "wanda-sp": wanda_scores, "fla
 def baseline_scores(problem: LayerProblem) -> dict:
     """Every baseline's channel metric for one layer (low = pruned first), for side-by-side plots."""
     return {name: score(problem).float().cpu().numpy() for name, score in BASELINE_SCORES.items()}
+
+
+class _Baseline(PruningMethod):
+    """A baseline: a fixed rule on the layer's statistics, no hyperparameters, no trace."""
+
+    rule: Callable[[LayerProblem], LayerDecision]
+
+    def decide(self, problem: LayerProblem, settings: Any, layer: int, on_step: Callable | None = None,
+               cancel: threading.Event | None = None) -> LayerDecision:
+        return type(self).rule(problem)
+
+
+class Magnitude(_Baseline):
+    name = "magnitude"
+    description = "‖W_down[:,i]‖, no data, no compensation"
+    rule = staticmethod(magnitude)
+
+
+class WandaSp(_Baseline):
+    name = "wanda-sp"
+    description = "‖Zᵢ‖·Σⱼ|W_down[j,i]|, no compensation"
+    rule = staticmethod(wanda_sp)
+
+
+class Flap(_Baseline):
+    name = "flap"
+    description = "Var(Zᵢ)·‖W_down[:,i]‖² with a bias restoring the pruned channels' mean"
+    rule = staticmethod(flap)
+
+    def adds_down_bias(self, settings: Any) -> bool:
+        return True
+
+
+class Fasp(_Baseline):
+    name = "fasp"
+    description = "Wanda-sp selection + least-squares refit of the kept columns"
+    rule = staticmethod(fasp)

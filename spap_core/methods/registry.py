@@ -1,54 +1,88 @@
-"""Registry of pruning methods. Every method maps one layer's statistics to a LayerDecision, so
-the pipeline, the CLI and the app treat SPAP and the baselines alike."""
+"""The pruning methods by name, and the settings of one pruning run. Adding a method is one module
+with a PruningMethod subclass plus one line in METHODS; the pipeline, the CLI and the app find it
+here and ask it for its capabilities."""
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import Any
 
 from spap_core.errors import SpapInputError
-from spap_core.methods.altmin import AltMinSettings
-from spap_core.methods.baselines import fasp, flap, magnitude, wanda_sp
-from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings
-from spap_core.methods.spap import PenaltySettings, StepCallback, spap_layer
+from spap_core.methods.base import PruningMethod
+from spap_core.methods.baselines import Fasp, Flap, Magnitude, WandaSp
+from spap_core.methods.spap import Spap
 
-BASELINES = {"magnitude": magnitude, "wanda-sp": wanda_sp, "flap": flap, "fasp": fasp}
-METHODS = ("spap", *BASELINES)
+METHODS: dict[str, PruningMethod] = {method.name: method for method in (
+    Spap(),
+    Magnitude(),
+    WandaSp(),
+    Flap(),
+    Fasp(),
+)}
+
+
+def pruning_method(name: str) -> PruningMethod:
+    if name not in METHODS:
+        raise SpapInputError(f"Unknown method '{name}': choose one of {', '.join(METHODS)}.")
+    return METHODS[name]
 
 
 @dataclass(frozen=True)
 class PruneSettings:
-    """Everything that decides a pruning result (recorded with every run for reproducibility)."""
+    """Everything that decides a pruning result (recorded with every run for reproducibility):
+    the method, the sparsity, and the method's own settings (`options`, its defaults when None)."""
 
     method: str = "spap"
     sparsity: float = 0.3
-    penalty: PenaltySettings = field(default_factory=PenaltySettings)
-    refit: RefitSettings = field(default_factory=RefitSettings)
-    altmin: AltMinSettings = field(default_factory=AltMinSettings)
-    # SPAP only: β in Y* = Y + β·(dense-model layer output − pruned-stream layer output), so each
-    # layer also repairs the error that earlier pruned layers left in the residual stream.
-    target_correction: float = 0.0
+    options: Any = None
+
+    def __post_init__(self) -> None:
+        implementation = pruning_method(self.method)
+        if not isinstance(self.sparsity, (int, float)) or not 0.0 < self.sparsity < 1.0:  # NaN fails too
+            raise SpapInputError(f"Sparsity must be a number strictly between 0 and 1 (got {self.sparsity!r}).")
+        if self.options is None:
+            object.__setattr__(self, "options", implementation.default_settings())
+        elif not isinstance(self.options, implementation.settings_type):
+            raise SpapInputError(f"Method '{self.method}' takes {implementation.settings_type.__name__}, "
+                                 f"not {type(self.options).__name__}.")
+
+    @property
+    def implementation(self) -> PruningMethod:
+        return METHODS[self.method]
+
+    def for_method(self, method: str) -> PruneSettings:
+        """The same sparsity with another method: its options stay when the method does, else that
+        method's defaults (a sweep compares each method at its own defaults)."""
+        if method == self.method:
+            return self
+        return PruneSettings(method=method, sparsity=self.sparsity)
 
     @staticmethod
     def from_dict(values: dict) -> PruneSettings:
-        """The inverse of dataclasses.asdict, as stored in every run record (validated again)."""
-        return PruneSettings(
-            method=values["method"], sparsity=values["sparsity"], target_correction=values["target_correction"],
-            penalty=PenaltySettings(**values["penalty"]), refit=RefitSettings(**values["refit"]),
-            altmin=AltMinSettings(**values["altmin"]),
-        )
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise SpapInputError(f"Unknown method '{self.method}': choose one of {', '.join(METHODS)}.")
-        if not isinstance(self.sparsity, (int, float)) or not 0.0 < self.sparsity < 1.0:  # NaN fails too
-            raise SpapInputError(f"Sparsity must be a number strictly between 0 and 1 (got {self.sparsity!r}).")
-        if not isinstance(self.target_correction, (int, float)) or not 0.0 <= self.target_correction <= 1.0:
-            raise SpapInputError(f"The target correction β must be in [0, 1] (got {self.target_correction!r}).")
+        """The inverse of dataclasses.asdict, as stored in every run record (validated again).
+        Records written before methods had their own settings kept SPAP's fields at the top level."""
+        if "options" not in values:
+            legacy = {key: values[key] for key in ("penalty", "refit", "altmin", "target_correction") if key in values}
+            values = {"method": values["method"], "sparsity": values["sparsity"],
+                      "options": legacy if values["method"] == "spap" else {}}
+        implementation = pruning_method(values["method"])
+        options = _from_dict(implementation.settings_type, values.get("options") or {})
+        return PruneSettings(method=values["method"], sparsity=values["sparsity"], options=options)
 
 
-def decide_layer(problem: LayerProblem, settings: PruneSettings, layer: int,
-                 on_step: StepCallback | None = None, cancel: threading.Event | None = None) -> LayerDecision:
-    if settings.method == "spap":
-        return spap_layer(problem, settings.penalty, settings.refit, layer=layer, on_step=on_step, cancel=cancel)
-    return BASELINES[settings.method](problem)
+def _from_dict(cls: type, values: dict) -> Any:
+    """A (nested) frozen dataclass from its asdict form."""
+    hints = typing.get_type_hints(cls)
+    arguments = {}
+    for item in fields(cls):
+        if item.name not in values:
+            continue
+        value = values[item.name]
+        arguments[item.name] = _from_dict(hints[item.name], value) if is_dataclass(hints[item.name]) else value
+    return cls(**arguments)
+
+
+def with_options(settings: PruneSettings, **changes: Any) -> PruneSettings:
+    """`settings` with fields of its method's options changed."""
+    return replace(settings, options=replace(settings.options, **changes))

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
+from spap_core.methods.altmin import AltMinSettings
+from spap_core.methods.base import PruningMethod, Recovery
 from spap_core.methods.problem import (
     LayerDecision,
     LayerProblem,
@@ -159,3 +161,42 @@ def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: 
     decision = refit(problem, keep, refit_settings)
     decision.scores = {"spap_first": first_scores.float().cpu().numpy(), "spap_last": scores.float().cpu().numpy()}
     return decision
+
+
+@dataclass(frozen=True)
+class SpapSettings:
+    """Everything SPAP decides with: the penalty path, the refit of the kept columns, the
+    alternating minimization after it, and the target correction."""
+
+    penalty: PenaltySettings = field(default_factory=PenaltySettings)
+    refit: RefitSettings = field(default_factory=RefitSettings)
+    altmin: AltMinSettings = field(default_factory=AltMinSettings)
+    # β in Y* = Y + β·(dense-model layer output − pruned-stream layer output), so each layer also
+    # repairs the error that earlier pruned layers left in the residual stream.
+    target_correction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target_correction, (int, float)) or not 0.0 <= self.target_correction <= 1.0:
+            raise SpapInputError(f"The target correction β must be in [0, 1] (got {self.target_correction!r}).")
+
+
+class Spap(PruningMethod):
+    name = "spap"
+    description = "penalty path over a relaxed mask, ridge refit towards the dense weights with a bias, alternating minimization"
+    settings_type = SpapSettings
+
+    def trace_length(self, settings: SpapSettings) -> int:
+        return settings.penalty.iterations
+
+    def adds_down_bias(self, settings: SpapSettings) -> bool:
+        return settings.refit.bias
+
+    def target_correction(self, settings: SpapSettings) -> float:
+        return settings.target_correction
+
+    def recovery(self, settings: SpapSettings) -> Recovery | None:
+        return Recovery(settings.altmin, settings.refit) if settings.altmin.rounds > 0 else None
+
+    def decide(self, problem: LayerProblem, settings: SpapSettings, layer: int,
+               on_step: StepCallback | None = None, cancel: threading.Event | None = None) -> LayerDecision:
+        return spap_layer(problem, settings.penalty, settings.refit, layer=layer, on_step=on_step, cancel=cancel)

@@ -1,0 +1,35 @@
+"""Form widgets generated from the hyperparameter declarations (spap_core.parameters): one widget
+per parameter, keyed and bound to the URL by its key, so the Run form, its share link and the
+settings summary can never disagree about a name, a range or a default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from spap_core.parameters import Parameter
+
+URL = "query-params"  # a widget bound to the query parameter named by its key makes a setting shareable
+
+
+def parameter_widget(parameter: Parameter, default: Any) -> Any:
+    """The widget that fits the parameter (checkbox, select box, slider or number box) with its
+    caption; returns the chosen value."""
+    key, label = parameter.key, parameter.label
+    if parameter.kind is bool:
+        value = st.checkbox(label, bool(default), key=key, bind=URL)
+    elif parameter.choices:
+        value = st.selectbox(label, list(parameter.choices), index=parameter.choices.index(default), key=key,
+                             bind=URL)
+    elif parameter.slider:
+        number = parameter.kind
+        value = st.slider(label, number(parameter.low), number(parameter.high), number(default),
+                          number(parameter.step), key=key, bind=URL)
+    elif parameter.kind is int:
+        value = st.number_input(label, int(parameter.low), int(parameter.high), int(default), key=key, bind=URL)
+    else:
+        value = st.number_input(label, float(parameter.low), float(parameter.high), float(default),
+                                step=float(parameter.step), format="%g", key=key, bind=URL)
+    st.caption(parameter.help)
+    return value

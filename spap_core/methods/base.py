@@ -1,0 +1,62 @@
+"""What a pruning method is to the pipeline: an object with its own settings type and declared
+capabilities, which decides one layer from that layer's statistics. The sequential walk asks a
+method what it needs (explicit targets, a down_proj bias, a recovery step) instead of testing its
+name, so a new method is one module plus one registry line."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+from spap_core.methods.altmin import AltMinSettings
+from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """The settings of a method that has no hyperparameters."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A weight update after the channels are chosen: alternating minimization of gate/up with an
+    exact down_proj refit (needs the layer's inputs and targets kept during the capture)."""
+
+    altmin: AltMinSettings
+    refit: RefitSettings
+
+
+class PruningMethod(ABC):
+    """One pruning method. Subclasses set `name`, `settings_type` and `description`, override the
+    capabilities that differ from the defaults below, and implement `decide`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]  # one line for help texts
+    settings_type: ClassVar[type] = NoSettings
+
+    def default_settings(self) -> Any:
+        return self.settings_type()
+
+    def trace_length(self, settings: Any) -> int:
+        """How many steps per layer it reports through on_step (SPAP: its ρ iterations); 0 = none."""
+        return 0
+
+    def adds_down_bias(self, settings: Any) -> bool:
+        """Whether its decisions carry a down_proj bias (the model family must be able to store one)."""
+        return False
+
+    def target_correction(self, settings: Any) -> float:
+        """β of Y* = Y + β·(dense-stream output − pruned-stream output); 0 = local targets only."""
+        return 0.0
+
+    def recovery(self, settings: Any) -> Recovery | None:
+        """The weight update after the decision, if any."""
+        return None
+
+    @abstractmethod
+    def decide(self, problem: LayerProblem, settings: Any, layer: int,
+               on_step: Callable[[Any], None] | None = None,
+               cancel: threading.Event | None = None) -> LayerDecision:
+        """Which channels of this layer to keep, and the new down_proj (and bias)."""

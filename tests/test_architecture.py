@@ -1,0 +1,145 @@
+"""One place for each idea: methods are objects the pipeline asks for capabilities, every
+hyperparameter is declared once and the CLI, the form's share link, the summary and the bench
+parser follow the declaration, and every entry point resolves default data in one order."""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from conftest import REPO, word_text
+from spap_core.cli import build_parser, prune_settings
+from spap_core.data import default_text_spec
+from spap_core.errors import SpapInputError
+from spap_core.methods.base import PruningMethod
+from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings, keep_from_pruned, lowest, refit
+from spap_core.methods.registry import METHODS, PruneSettings
+from spap_core.parameters import PARAMETERS, SETTINGS_PARAMETERS, describe, parameter, settings_values, with_values
+from spap_core.prune import prune_model
+
+CALIBRATION = torch.randint(3, 200, (4, 32), generator=torch.Generator().manual_seed(0))
+
+
+def test_the_pipeline_never_tests_a_method_name():
+    """prune.py asks the method object; no `settings.method ==` or a method's name string in it."""
+    source = (REPO / "spap_core" / "prune.py").read_text()
+    tree = ast.parse(source)
+    names = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    assert not names & set(METHODS), names & set(METHODS)
+    assert "settings.method ==" not in source
+
+
+def test_a_new_method_is_one_class_and_one_registry_entry(tiny, monkeypatch):
+    class LowestIndex(PruningMethod):
+        """Prunes the channels of lowest index (a deliberately naive rule) with a plain refit."""
+
+        name = "lowest-index"
+        description = "test method"
+
+        def decide(self, problem: LayerProblem, settings, layer, on_step=None, cancel=None) -> LayerDecision:
+            keep = keep_from_pruned(problem.width, lowest(torch.arange(problem.width, dtype=torch.float64),
+                                                          problem.n_prune))
+            return refit(problem, keep, RefitSettings(bias=False))
+
+    monkeypatch.setitem(METHODS, "lowest-index", LowestIndex())
+    result = prune_model(tiny, CALIBRATION, PruneSettings(method="lowest-index", sparsity=0.25), batch_size=4)
+    assert all(record.keep.min() == 32 for record in result.layers)  # channels 0..31 of 128 pruned
+    assert not result.trace
+
+
+def test_method_settings_travel_with_the_method_and_old_records_still_load():
+    flap = PruneSettings(method="flap", sparsity=0.4)
+    assert type(flap.options).__name__ == "NoSettings" and not hasattr(flap.options, "penalty")
+    assert PruneSettings.from_dict(json.loads(json.dumps(asdict(flap)))) == flap
+    spap = with_values(PruneSettings(), {"K": 7, "bias": False})
+    assert PruneSettings.from_dict(json.loads(json.dumps(asdict(spap)))) == spap
+    legacy = {"method": "spap", "sparsity": 0.3, "target_correction": 0.0,
+              "penalty": asdict(spap.options.penalty), "refit": asdict(spap.options.refit),
+              "altmin": asdict(spap.options.altmin)}
+    assert PruneSettings.from_dict(legacy) == spap
+    with pytest.raises(SpapInputError, match="takes SpapSettings"):
+        PruneSettings(method="spap", options=flap.options)
+
+
+def test_every_declared_parameter_is_a_cli_flag_with_the_settings_default():
+    args = build_parser().parse_args(["prune"])
+    defaults = PruneSettings()
+    for declared in SETTINGS_PARAMETERS:
+        assert getattr(args, declared.key) == declared.read(defaults), declared.key
+    assert prune_settings(args) == defaults
+    args = build_parser().parse_args(["prune", "-K", "9", "--no-bias", "--delta", "0.2", "--schedule", "fixed"])
+    assert prune_settings(args) == with_values(defaults, {"K": 9, "bias": False, "delta": 0.2, "schedule": "fixed"})
+    baseline = build_parser().parse_args(["prune", "--method", "flap", "-K", "9"])
+    assert prune_settings(baseline) == PruneSettings(method="flap")  # SPAP's flags reach SPAP only
+
+
+def test_values_from_links_and_bench_overrides_are_parsed_and_checked():
+    settings = with_values(PruneSettings(), {"K": "12", "bias": "false", "alpha": "0.25", "score": "partial"})
+    assert settings_values(settings)["K"] == 12 and settings.options.refit.bias is False
+    assert settings.options.penalty.momentum == 0.25 and settings.options.penalty.score == "partial"
+    for key, value, message in (("K", "2.5", "whole number"), ("tau", "0.5", "τ must be > 1"),
+                                ("score", "bogus", "score must be one of"), ("bias", "maybe", "true or false"),
+                                ("nope", "1", "Unknown hyperparameter")):
+        with pytest.raises(SpapInputError, match=message):
+            with_values(PruneSettings(), {key: value})
+
+
+def test_the_summary_names_every_value_but_the_omitted_ones():
+    settings = with_values(PruneSettings(), {"K": 7})
+    line = describe(settings)
+    assert "K = 7" in line and "sparsity 30%" in line and "δ = 0.1" in line
+    assert "K = " not in describe(settings, omit={"K"}) and "sparsity" not in describe(settings, omit={"sparsity"})
+    assert describe(PruneSettings(method="flap")) == "method flap, sparsity 30%"
+    assert {p.key for p in PARAMETERS} >= {"sparsity", "K", "tau", "alpha", "rho0", "delta", "nsamples"}
+    assert parameter("K").symbol == "K" and parameter("delta").log_scale
+
+
+def test_one_default_data_order_for_every_entry_point(monkeypatch, tmp_path):
+    """A configured file, then the local data folder, then the hub: the local copy wins even where
+    the hub answers, so the CLI, the app and the benchmarks calibrate on the same text."""
+    import spap_core.data as data
+    from pages._shared import _default_text_choice
+
+    (tmp_path / "wikitext-2").mkdir()
+    for name in ("wiki.valid.tokens", "wiki.test.joined.txt"):
+        (tmp_path / "wikitext-2" / name).write_text(word_text(200))
+    for variable in ("SPAP_CALIB_FILE", "SPAP_EVAL_FILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(data, "hub_unreachable_reason", lambda: None)  # the hub answers
+    monkeypatch.setenv("SPAP_DATA_DIR", str(tmp_path))
+    local = str(tmp_path / "wikitext-2" / "wiki.valid.tokens")
+    assert default_text_spec("calibration") == local
+    assert _default_text_choice("calibration").path == local
+    chosen = tmp_path / "mine.txt"
+    chosen.write_text(word_text(200))
+    monkeypatch.setenv("SPAP_CALIB_FILE", str(chosen))
+    assert default_text_spec("calibration") == str(chosen) == _default_text_choice("calibration").path
+    monkeypatch.delenv("SPAP_CALIB_FILE")
+    monkeypatch.delenv("SPAP_DATA_DIR")
+    assert default_text_spec("calibration") == "wikitext2" and _default_text_choice("calibration").kind == "hub"
+
+
+def test_the_benchmarks_parse_overrides_with_the_same_keys(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from common import parse_overrides, settings_with
+
+    settings = settings_with(parse_overrides("am_rounds=0,K=1,alpha=1.0"), 0.4)
+    assert settings == with_values(PruneSettings(sparsity=0.4), {"am_rounds": 0, "K": 1, "alpha": 1.0})
+    assert settings_with(parse_overrides("method=flap"), 0.3) == PruneSettings(method="flap")
+    with pytest.raises(SpapInputError):
+        settings_with(parse_overrides("penalty.iterations=3"), 0.3)  # the old dotted paths are refused
+
+
+def test_service_layer_and_core_never_import_streamlit():
+    for package in ("spap_core", "spap_service"):
+        for module in (REPO / package).rglob("*.py"):
+            tree = ast.parse(module.read_text())
+            imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                        for alias in node.names}
+            imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                         if isinstance(node, ast.ImportFrom)}
+            assert "streamlit" not in imported and "pages" not in imported, module
