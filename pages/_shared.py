@@ -10,19 +10,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import uuid
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import pandas as pd
 import streamlit as st
 import torch
 
+from pages._state import ModelChoice, TableRequest, collect_finished_jobs, session
 from spap_core.data import HUB_SPEC, default_text_spec
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason
 from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
 from spap_core.parameters import describe, parameter, settings_values
+from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.data import DataSpec, TextChoice, model_key
 from spap_service.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
 from spap_service.presets import interactive_run_size, interactive_settings
@@ -64,20 +64,12 @@ PAGE_RUN = "pages/run_spap.py"
 # ------------------------------------------------------------------------- session choices
 
 
-@dataclass(frozen=True)
-class ModelChoice:
-    source: str
-    device: str = "auto"
-    dtype: str = "auto"
-
-
 def session_id() -> str:
-    """A random id naming this browser session as the owner of its jobs."""
-    return st.session_state.setdefault("session_id", uuid.uuid4().hex[:12])
+    return session().session_id
 
 
 def model_choice() -> ModelChoice:
-    return st.session_state.setdefault("model_choice", ModelChoice(source=os.environ.get(MODEL_ENV, DEFAULT_MODEL)))
+    return session().model_choice(ModelChoice(source=os.environ.get(MODEL_ENV, DEFAULT_MODEL)))
 
 
 def target_device() -> torch.device:
@@ -98,22 +90,23 @@ def _default_text_choice(purpose: str) -> TextChoice:
 
 def data_spec() -> DataSpec:
     """The session's data choice, defaulting to the interactive run size of the target device."""
-    if "data_spec" not in st.session_state:
+    state = session()
+    if state.data_spec is None:
         size = interactive_run_size(target_device())
-        st.session_state["data_spec"] = DataSpec(
-            calibration=_default_text_choice("calibration"),
-            evaluation=_default_text_choice("evaluation"),
+        state.data_spec = DataSpec(
+            calibration=_default_text_choice("calibration"), evaluation=_default_text_choice("evaluation"),
             nsamples=size.nsamples, seqlen=size.seqlen, eval_windows=size.eval_windows,
             eval_len=size.eval_len, batch_size=size.batch_size,
         )
-    return st.session_state["data_spec"]
+    return state.data_spec
 
 
 def run_request() -> RunRequest:
     """Settings of the last run submitted on the Run SPAP page (defaults before the first), with
     the current data: the base of sweeps and sensitivity scans."""
-    settings = st.session_state.get("prune_settings") or interactive_settings(target_device())
-    return RunRequest(settings=settings, seed=st.session_state.get("run_seed", 0), data=data_spec())
+    state = session()
+    settings = state.prune_settings or interactive_settings(target_device())
+    return RunRequest(settings=settings, seed=state.run_seed, data=data_spec())
 
 
 def run_size_note() -> str:
@@ -161,13 +154,8 @@ def device_label(device: torch.device) -> str:
 # ------------------------------------------------------------------------------------- jobs
 
 
-def _session_jobs() -> dict[str, Job]:
-    """This session's latest job of each kind."""
-    return st.session_state.setdefault("jobs", {})
-
-
 def latest_job(kind: str) -> Job | None:
-    return _session_jobs().get(kind)
+    return session().jobs.get(kind)
 
 
 def submit_job(kind: str, label: str, function: Callable[[ProgressReporter, Any], Any]) -> None:
@@ -176,7 +164,7 @@ def submit_job(kind: str, label: str, function: Callable[[ProgressReporter, Any]
     page) shows the new job too."""
     if _still_busy(kind):
         return
-    _session_jobs()[kind] = shared_queue().submit(function, owner=session_id(), label=label, kind=kind)
+    session().jobs[kind] = shared_queue().submit(function, owner=session_id(), label=label, kind=kind)
     st.rerun()
 
 
@@ -187,18 +175,6 @@ def _still_busy(kind: str) -> bool:
         st.warning(f"Your previous job ({previous.label}) is still {previous.status.value}: cancel it first.")
         return True
     return False
-
-
-def take_finished_result(kind: str) -> Any | None:
-    """The result of this session's latest `kind` job, handed over once when it has finished
-    (the job then forgets it, so a pruned model lives only in this session's state)."""
-    job = latest_job(kind)
-    taken = st.session_state.setdefault("taken_jobs", set())
-    if job is None or job.status is not JobStatus.DONE or job.id in taken:
-        return None
-    taken.add(job.id)
-    result, job.result = job.result, None
-    return result
 
 
 def progress_fraction(progress: JobProgress) -> float:
@@ -262,49 +238,29 @@ def job_panel(kind: str) -> Job | None:
 # ----------------------------------------------------------------------- cached result tables
 
 
-class _NotComputed(LookupError):
-    """Raised inside the cached function on a miss: exceptions are never cached, so the miss
-    stays a miss until the table is stored."""
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def _stored_table(key: str, _table: pd.DataFrame | None = None) -> pd.DataFrame:
-    if _table is None:
-        raise _NotComputed(key)
-    return _table
-
-
-def cached_table(key: str) -> pd.DataFrame | None:
-    """A sweep/scan table computed earlier (in any session) for exactly this key."""
-    try:
-        return _stored_table(key)
-    except _NotComputed:
-        return None
-
-
 def request_table(kind: str, key: str, label: str, context: dict,
                   compute: Callable[[ProgressReporter, Any], pd.DataFrame]) -> None:
-    """Show the table for `key` from the cache at once, or compute it as a background job.
+    """Show the table for `key` from the shared cache at once, or compute it as a background job.
     `context` (shown with the table) is remembered with the key."""
-    cached = cached_table(key) is not None
+    cached = RESULT_TABLES.get(key) is not None
     if not cached and _still_busy(kind):
         return
-    st.session_state[f"{kind}_request"] = {"key": key, **context}
+    session().table_requests[kind] = TableRequest(key, context)
     if not cached:
         submit_job(kind, label, lambda progress, cancel: (key, compute(progress, cancel)))
 
 
 def latest_table(kind: str) -> tuple[pd.DataFrame, dict] | None:
     """The table this session last asked for, with its context, once it is available."""
-    finished = take_finished_result(kind)
-    if finished is not None:
-        key, table = finished
-        _stored_table(key, _table=table)
-    requested = st.session_state.get(f"{kind}_request")
-    if requested is None:
-        return None
-    table = cached_table(requested["key"])
-    return None if table is None else (table, requested)
+    collect_finished_jobs(_adopt_run)
+    requested = session().table_requests.get(kind)
+    table = None if requested is None else RESULT_TABLES.get(requested.key)
+    return None if table is None else (table, requested.context)
+
+
+def latest_latency() -> LatencyComparison | None:
+    collect_finished_jobs(_adopt_run)
+    return session().latency
 
 
 # ------------------------------------------------------------------------------ latest run
@@ -312,24 +268,22 @@ def latest_table(kind: str) -> tuple[pd.DataFrame, dict] | None:
 
 def latest_outcome() -> RunOutcome | None:
     """This session's latest finished run (a finished job is taken over here, on any page)."""
-    finished = take_finished_result("run")
-    if finished is not None:
-        _adopt_run(finished)
-    return st.session_state.get("latest_run")
+    collect_finished_jobs(_adopt_run)
+    return session().latest_run
 
 
 def _adopt_run(outcome: RunOutcome) -> None:
-    st.session_state["latest_run"] = outcome
-    st.session_state.setdefault("run_history", []).append(history_row(outcome))
+    session().adopt_run(outcome, history_row(outcome))
 
 
 def open_shared_run() -> None:
     """A link with ?run=NAME opens that saved run's results (once per session and name). Only a
     name listed in the results folder is accepted; anything else is named and ignored."""
     name = st.query_params.get(SHARED_RUN_PARAM)
-    if not name or st.session_state.get("opened_shared_run") == name:
+    state = session()
+    if not name or state.opened_shared_run == name:
         return
-    st.session_state["opened_shared_run"] = name
+    state.opened_shared_run = name
     folder = saved_run_folder(name)
     if folder is None:
         st.warning(f"The link asks for the saved run '{name[:80]}', which this server does not have; "
@@ -341,7 +295,7 @@ def open_shared_run() -> None:
 def saved_runs_panel() -> None:
     """This session's finished runs (or every session's, when asked), newest first; loading one
     makes it the session's latest run, so every inspection page shows it."""
-    everyone = st.session_state.get("saved_runs_everyone", False)
+    everyone = st.session_state.get("saved_runs_everyone", False)  # the toggle's own widget state
     runs = saved_runs(owner=None if everyone else session_id())
     whose = "every session" if everyone else "this browser session"
     with st.expander(f"Saved runs ({len(runs)} of {whose}): kept on the server as they finish"):

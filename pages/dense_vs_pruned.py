@@ -13,6 +13,7 @@ from torch import nn
 
 from pages._routing import ensure_routed
 from pages._shared import device_label, require_model, require_outcome, require_pruned_model
+from pages._state import session
 from spap_core.errors import NumericalError, SpapInputError
 from spap_core.families import GluFamily
 from spap_core.generate import (
@@ -29,7 +30,6 @@ from spap_core.generate import (
 ensure_routed()
 
 DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
-STATE_KEY = "dense_vs_pruned"  # the last generated pair, with what it was generated from
 CURSOR = " ▌"
 SEED_LIMIT = 2**32 - 1  # the widget's bound (the library takes up to 2^63 - 1, more than a browser holds exactly)
 STOP_REASONS = {"eos": "ended its answer", "length": "reached max new tokens", "cancelled": "was stopped",
@@ -94,7 +94,7 @@ if request is not None:
     settings, encoded = request
     record = {"prompt": prompt, "prompt_tokens": len(encoded.ids), "used_chat_template": encoded.used_chat_template,
               "settings": settings, "run_finished_at": outcome.finished_at, "pair": None}
-    st.session_state[STATE_KEY] = record
+    session().generation = record
     stop_button = st.empty()
     stop_button.button("Stop", icon=":material/stop_circle:", key="generation_stop")  # any rerun interrupts
     try:
@@ -106,7 +106,7 @@ if request is not None:
         st.error(str(exc), icon=":material/error:")
     stop_button.empty()
 
-record = st.session_state.get(STATE_KEY)
+record = session().generation
 if record is None or record["pair"] is None:
     st.info("Press Generate: both models write their answer here, side by side.")
     st.stop()

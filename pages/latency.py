@@ -13,11 +13,11 @@ from pages._routing import ensure_routed
 from pages._shared import (
     device_label,
     job_panel,
+    latest_latency,
     require_model,
     require_outcome,
     require_pruned_model,
     submit_job,
-    take_finished_result,
 )
 from spap_service.analysis import speedup_verdict
 from spap_service.comparisons import RATIO_LABELS, LatencyOptions, compare_latency
@@ -48,10 +48,7 @@ if submitted:
     submit_job("latency", "Latency: dense vs pruned", partial(compare_latency, loaded, outcome, options))
 
 job_panel("latency")
-measured = take_finished_result("latency")
-if measured is not None:
-    st.session_state["latency"] = measured
-comparison = st.session_state.get("latency")
+comparison = latest_latency()
 if comparison is None:
     st.info("Press Measure: both models are timed on the job queue, one after the other.")
     st.stop()

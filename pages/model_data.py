@@ -10,7 +10,8 @@ import streamlit as st
 import torch
 
 from pages._routing import ensure_routed
-from pages._shared import ModelChoice, current_model, data_spec, device_label, model_choice, run_size_note
+from pages._shared import current_model, data_spec, device_label, model_choice, run_size_note
+from pages._state import ModelChoice, session
 from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES, decode_text_bytes, text_from_file
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason, require_hub
@@ -68,7 +69,7 @@ with st.container(border=True):
         if not source.strip():
             st.error("Give a model directory, a .gguf file or a hub id first.")
         else:
-            st.session_state["model_choice"] = ModelChoice(source=source.strip(), device=device, dtype=dtype)
+            session().choose_model(ModelChoice(source=source.strip(), device=device, dtype=dtype))
             st.rerun()  # the sidebar (drawn before this page) loads and shows the new model
 
 loaded = current_model()
@@ -170,7 +171,7 @@ with st.container(border=True):
         except (SpapInputError, SourceUnavailableError) as exc:
             st.error(str(exc))
         else:
-            st.session_state["data_spec"] = spec
+            session().data_spec = spec
             st.success("Data updated: the next run uses it.")
 
 evaluation_budget = "the whole text" if spec.eval_windows == 0 else (

@@ -25,6 +25,7 @@ from pages._shared import (
     submit_job,
     target_device,
 )
+from pages._state import session
 from pages._widgets import parameter_widget
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
@@ -81,7 +82,8 @@ if submitted:
         st.error(str(exc))
     else:
         spec = replace(spec, nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"]))
-        st.session_state.update(data_spec=spec, prune_settings=settings, run_seed=int(values["seed"]))
+        state = session()
+        state.data_spec, state.prune_settings, state.run_seed = spec, settings, int(values["seed"])
         request = RunRequest(settings=settings, seed=int(values["seed"]), data=spec)
         submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity",
                    partial(run_pruning, loaded, request, owner=session_id()))
@@ -153,4 +155,4 @@ if outcome.saved_to is not None:
             wrap_lines=True)
 
 st.markdown("**Runs in this session**")
-st.dataframe(pd.DataFrame(st.session_state.get("run_history", [])), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(session().run_history), hide_index=True, width="stretch")

@@ -12,6 +12,7 @@ import pandas as pd
 from spap_core.latency import LatencyReport, latency_ratios, measure_latencies
 from spap_core.models import LoadedModel
 from spap_core.parameters import SCANNED, Parameter
+from spap_service.cache import BoundedCache
 from spap_service.data import dense_perplexity, model_key, prepare_data
 from spap_service.jobs import ProgressReporter
 from spap_service.runs import RunOutcome, RunRequest, experiment_with_progress
@@ -42,6 +43,10 @@ def sweep_key(loaded: LoadedModel, base: RunRequest, methods: list[str], sparsit
     neutral = replace(base, settings=replace(base.settings.for_method("spap"), sparsity=0.5))
     return f"sweep|{model_key(loaded)}|{neutral.cache_key}|{sorted(methods)}|{sorted(sparsities)}"
 
+
+# Finished sweep and scan tables by their key (model, data, every setting): coming back to the same
+# sweep, in any session, shows it at once.
+RESULT_TABLES = BoundedCache(max_entries=64)
 
 SCAN_PARAMETERS: dict[str, Parameter] = {parameter.key: parameter for parameter in SCANNED}
 

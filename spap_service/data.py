@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from spap_core.data import TextSource, calibration_windows, evaluation_windows, resolve_text, text_from_file
 from spap_core.evaluate import PerplexityResult, perplexity
 from spap_core.models import LoadedModel
+from spap_service.cache import BoundedCache
 from spap_service.jobs import ProgressReporter
 
 
@@ -91,32 +91,8 @@ class DataSpec:
 
 
 
-class _BoundedCache:
-    """A small thread-safe LRU map: dense perplexities and token windows are reused across the
-    jobs of every session (the worker thread cannot use st.cache_data)."""
-
-    def __init__(self, max_entries: int) -> None:
-        self._items: OrderedDict[Any, Any] = OrderedDict()
-        self._max_entries = max_entries
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any | None:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            return None
-
-    def put(self, key: Any, value: Any) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._max_entries:
-                self._items.popitem(last=False)
-
-
-_dense_perplexities = _BoundedCache(max_entries=32)
-_token_windows = _BoundedCache(max_entries=16)
+_dense_perplexities = BoundedCache(max_entries=32)
+_token_windows = BoundedCache(max_entries=16)
 
 
 def model_key(loaded: LoadedModel) -> str:

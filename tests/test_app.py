@@ -298,18 +298,29 @@ def test_queued_and_running_runs_can_be_cancelled(app_files):
         release.set()
         shared_queue().wait(blocker, JOB_HANG_GUARD_S)
 
-    at.slider(key="am_rounds").set_value(10)
-    at.slider(key="am_steps").set_value(200)
-    at.slider(key="K").set_value(60)
-    click(at, "Run SPAP")
-    job = session_job(at, "run")
-    assert not job.status.finished
-    at.button(key=f"cancel-{job.id}").click().run()
-    assert shared_queue().wait(job, JOB_HANG_GUARD_S)
+    # A running run: it waits at its first ρ iteration until the Cancel click has been made, so
+    # the click always lands while it runs, and the run must end cancelled, not done.
+    import spap_core.methods.spap as spap_module
+
+    clicked, original = threading.Event(), spap_module.spap_layer
+
+    def held_at_first_layer(*args, **kwargs):
+        assert clicked.wait(JOB_HANG_GUARD_S)
+        return original(*args, **kwargs)
+
+    spap_module_patch = pytest.MonkeyPatch()
+    spap_module_patch.setattr(spap_module, "spap_layer", held_at_first_layer)
+    try:
+        click(at, "Run SPAP")
+        job = session_job(at, "run")
+        at.button(key=f"cancel-{job.id}").click().run()
+        clicked.set()
+        assert shared_queue().wait(job, JOB_HANG_GUARD_S)
+    finally:
+        spap_module_patch.undo()
     at.run()
-    assert job.status in (JobStatus.CANCELLED, JobStatus.DONE)  # DONE only if it finished before the click
-    if job.status is JobStatus.CANCELLED:
-        assert any("cancelled" in w.value for w in at.warning)
+    assert job.status is JobStatus.CANCELLED, job.status
+    assert any("cancelled" in w.value for w in at.warning)
     assert not at.exception
 
 
