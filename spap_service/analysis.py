@@ -13,7 +13,6 @@ from spap_core.prune import LayerRecord, PruneResult
 from spap_core.runs import column_norm_array, soft_mask_array, trace_rows
 
 SPAP_PRUNED = "SPAP (actual pruned set)"
-SCORE_METRICS = ("magnitude", "wanda-sp", "flap", "spap_first", "spap_last")
 
 
 def parameter_split(model: nn.Module) -> dict[str, int]:
@@ -192,9 +191,7 @@ def normalized_scores(record: LayerRecord) -> pd.DataFrame:
     threshold puts every metric's cut at 1, so differently scaled metrics share one axis."""
     count = record.width - len(record.keep)
     frames = []
-    for metric in SCORE_METRICS:
-        if metric not in record.scores:
-            continue
+    for metric in record.scores:  # every baseline's metric and the run's own, as the walk recorded them
         scores = np.asarray(record.scores[metric], dtype=np.float64)
         threshold = max(score_threshold(scores, count), 1e-30)
         frames.append(pd.DataFrame({
@@ -208,7 +205,7 @@ def pruned_sets(record: LayerRecord) -> dict[str, set[int]]:
     """Each metric's λ lowest channels, plus the set SPAP actually pruned (complement of keep)."""
     count = record.width - len(record.keep)
     sets = {metric: lowest_channels(np.asarray(record.scores[metric]), count)
-            for metric in SCORE_METRICS if metric in record.scores}
+            for metric in record.scores}
     sets[SPAP_PRUNED] = pruned_channels(record)
     return sets
 
