@@ -19,6 +19,7 @@ import torch
 from pages._state import ModelChoice, TableRequest, collect_finished_jobs, session
 from spap_core.data import HUB_SPEC, default_text_spec
 from spap_core.errors import SourceUnavailableError, SpapInputError
+from spap_core.experiment import plan_run
 from spap_core.hub import hub_unreachable_reason
 from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
 from spap_core.parameters import describe, parameter, settings_values
@@ -156,6 +157,23 @@ def device_label(device: torch.device) -> str:
 
 def latest_job(kind: str) -> Job | None:
     return session().jobs.get(kind)
+
+
+def refused_before_queueing(loaded: LoadedModel, requests: list[RunRequest]) -> bool:
+    """True (after showing why) when a run of these requests would be refused for a reason its
+    settings, its data sizes or the model's config decide; shows what the runs will change (a
+    family that cannot store a bias) otherwise. Nothing heavy runs here."""
+    notes: list[str] = []
+    for request in requests:
+        try:
+            _, adjusted = plan_run(loaded, request.settings, (request.data.seqlen, request.data.eval_len))
+        except SpapInputError as exc:
+            st.error(str(exc), icon=":material/block:")
+            return True
+        notes += [note for note in adjusted if note not in notes]
+    for note in notes:
+        st.info(note, icon=":material/info:")
+    return False
 
 
 def submit_job(kind: str, label: str, function: Callable[[ProgressReporter, Any], Any]) -> None:

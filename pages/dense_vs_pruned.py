@@ -22,10 +22,10 @@ from spap_core.generate import (
     GenerationSettings,
     SideBySide,
     TextStream,
-    context_length,
     encode_prompt,
     generate_side_by_side,
 )
+from spap_core.models import context_length
 
 ensure_routed()
 

@@ -2,6 +2,7 @@
 calibration and evaluation windows, with the dense model as the reference line. Sweeps run as
 background jobs and are cached, so coming back to the same sweep is instant."""
 
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -16,6 +17,7 @@ from pages._shared import (
     job_panel,
     latest_outcome,
     latest_table,
+    refused_before_queueing,
     request_table,
     sweep_time_estimate,
 )
@@ -37,9 +39,11 @@ step = step_column.selectbox("Step", [0.05, 0.1, 0.2], index=2, key="sweep_step"
 sparsities = [round(float(v), 4) for v in np.arange(low, high + 1e-9, step)]
 st.caption(sweep_time_estimate(len(methods) * len(sparsities), latest_outcome()))
 if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
+    points = [replace(base, settings=replace(base.settings.for_method(method), sparsity=sparsity))
+              for method in methods for sparsity in sparsities]
     if not methods:
         st.error("Choose at least one method.")
-    else:
+    elif not refused_before_queueing(loaded, points):
         key = sweep_key(loaded, base, methods, sparsities)
         label = f"Sweep: {len(methods)} methods × {len(sparsities)} sparsities"
         request_table("sweep", key, label, {"budget": evaluation_budget(base.data)},

@@ -17,6 +17,7 @@ from pages._shared import (
     evaluation_caption,
     job_panel,
     latest_outcome,
+    refused_before_queueing,
     mean_layer_error,
     require_model,
     run_size_note,
@@ -85,8 +86,9 @@ if submitted:
         state = session()
         state.data_spec, state.prune_settings, state.run_seed = spec, settings, int(values["seed"])
         request = RunRequest(settings=settings, seed=int(values["seed"]), data=spec)
-        submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity",
-                   partial(run_pruning, loaded, request, owner=session_id()))
+        if not refused_before_queueing(loaded, [request]):
+            submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity",
+                       partial(run_pruning, loaded, request, owner=session_id()))
 
 job_panel("run")
 saved_runs_panel()
@@ -109,6 +111,8 @@ metrics[3].metric("Mean layer error", f"{layer_error:.4f}",
                        "0 = every layer reproduces its dense MLP output, 1 = as bad as dropping the MLP.")
 metrics[4].metric("Pruning time", f"{record['prune_seconds']:.1f} s")
 st.caption(evaluation_caption(record) + (" Dense perplexity came from the cache." if record["dense_ppl_cached"] else ""))
+for note in record.get("adjustments", []):
+    st.info(f"This run: {note}", icon=":material/info:")
 
 timing_column, layer_column = st.columns(2)
 with timing_column:

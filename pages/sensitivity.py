@@ -13,6 +13,7 @@ from pages._shared import (
     fixed_settings_caption,
     job_panel,
     latest_table,
+    refused_before_queueing,
     request_table,
 )
 from spap_core.errors import SpapInputError
@@ -44,14 +45,16 @@ if submitted:
         values = scanned.sweep_values(low, high, points)
         try:
             table_key = scan_key(loaded, base, key, values)
-            for value in values:
-                request_with(base, scanned, value)  # refuse invalid values now, not halfway through the scan
+            # refuse invalid values now, not halfway through the scan
+            requests = [request_with(base, scanned, value) for value in values]
+            refused = refused_before_queueing(loaded, requests)
         except SpapInputError as exc:
             st.error(f"{scanned.label}: {exc}")
         else:
-            request_table("scan", table_key, f"Scan of {scanned.label} ({len(values)} values)",
-                          {"parameter": key, "current": request_value(base, scanned)},
-                          partial(sensitivity_scan, loaded, base, key, values))
+            if not refused:
+                request_table("scan", table_key, f"Scan of {scanned.label} ({len(values)} values)",
+                              {"parameter": key, "current": request_value(base, scanned)},
+                              partial(sensitivity_scan, loaded, base, key, values))
 
 job_panel("scan")
 latest = latest_table("scan")

@@ -11,10 +11,10 @@ from tqdm import tqdm
 
 from spap_core.data import calibration_windows, evaluation_windows, resolve_text
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
-from spap_core.experiment import run_experiment
+from spap_core.experiment import plan_run, run_experiment
 from spap_core.latency import latency_ratios, measure_latencies
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.models import DEFAULT_MODEL, load_model
+from spap_core.models import DEFAULT_MODEL, load_model, resolve_device
 from spap_core.parameters import GROUPS, PARAMETERS, SETTINGS_PARAMETERS, with_values
 from spap_core.runs import write_run
 from spap_core.shrink import save_pruned
@@ -81,7 +81,12 @@ def prune_settings(args: argparse.Namespace) -> PruneSettings:
 
 def run_prune(args: argparse.Namespace) -> dict:
     settings = prune_settings(args)  # validate before the slow model load
+    resolve_device(args.device)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    # every refusal that the model's config decides, before any text is read or forward pass run
+    _, adjustments = plan_run(loaded, settings, (args.seqlen, args.eval_len))
+    for note in adjustments:
+        print(f"note: {note}", file=sys.stderr)
     calib_text = resolve_text(args.calib_file, "calibration", loaded.model, loaded.tokenizer)
     eval_text = resolve_text(args.eval_file, "evaluation", loaded.model, loaded.tokenizer)
     calibration = calibration_windows(loaded.tokenizer, calib_text, args.nsamples, args.seqlen, args.seed)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
 
 import torch
 
+from spap_core.errors import SpapInputError
 from spap_core.evaluate import PerplexityResult, perplexity
-from spap_core.methods.registry import PruneSettings
+from spap_core.methods.problem import prune_count
+from spap_core.methods.registry import PruneSettings, settings_for_family
 from spap_core.methods.spap import SpapStep
-from spap_core.models import LoadedModel
+from spap_core.models import LoadedModel, context_length
 from spap_core.prune import LayerCallback, PruneResult, prune_model
 
 BatchCallback = Callable[[int, int], None]
@@ -31,6 +33,7 @@ class Experiment:
     prune_seconds: float
     eval_seconds: float
     dense_seconds: float  # 0 when the dense perplexity was passed in (cached)
+    adjustments: list[str] = field(default_factory=list)  # what plan_run changed, in words
 
     def record(self, loaded: LoadedModel, **context: object) -> dict:
         """The JSON-able summary written with every run; `context` adds where the data came from."""
@@ -48,8 +51,30 @@ class Experiment:
             "model": loaded.description, "device": str(loaded.device), "threads": torch.get_num_threads(),
             "settings": asdict(result.settings),
             "layer_objectives": [layer.objective for layer in result.layers],
+            "adjustments": self.adjustments,
             **context,
         }
+
+
+def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Iterable[int]) -> tuple[PruneSettings, list[str]]:
+    """Every refusal that depends only on the arguments, the model's config and the method, and
+    the settings the run will use (with a note for each change), before any forward pass: the CLI
+    calls it right after loading the model, the app before it queues a job, run_experiment first."""
+    positions = context_length(loaded.model)
+    for length in window_lengths:
+        if positions is not None and length > positions:
+            raise SpapInputError(f"Windows of {length} tokens are longer than the model's {positions} positions; "
+                                 f"use at most {positions} tokens per window.")
+    family = loaded.family
+    layers = family.decoder_layers(loaded.model)
+    for layer in layers:
+        prune_count(family.mlp(layer).down_proj.in_features, settings.sparsity)
+    method = settings.implementation
+    if method.target_correction(settings.options) > 0 and not family.mlp_output_is_residual(layers[0]):
+        raise SpapInputError(
+            f"Error-correcting targets need the MLP output to enter the residual stream directly, which is not "
+            f"the case for model type '{family.model_type}'; set the target correction to 0.")
+    return settings_for_family(settings, family)
 
 
 def run_experiment(
@@ -69,7 +94,9 @@ def run_experiment(
     cancel: threading.Event | None = None,
 ) -> Experiment:
     """Dense perplexity (unless given), pruning, pruned perplexity, each timed on its own; every
-    forward pass (calibration and evaluation) takes `batch_size` windows at a time."""
+    forward pass (calibration and evaluation) takes `batch_size` windows at a time. The settings
+    first go through plan_run, so a refusal comes before any forward pass."""
+    settings, adjustments = plan_run(loaded, settings, (calibration.shape[-1], evaluation.shape[-1]))
     dense_seconds = 0.0
     if dense is None:
         started = time.perf_counter()
@@ -82,4 +109,4 @@ def run_experiment(
     started = time.perf_counter()
     pruned = perplexity(result.model, evaluation, batch_size=batch_size, on_batch=on_pruned_batch, cancel=cancel)
     return Experiment(result=result, dense=dense, pruned=pruned, prune_seconds=prune_seconds,
-                      eval_seconds=time.perf_counter() - started, dense_seconds=dense_seconds)
+                      eval_seconds=time.perf_counter() - started, dense_seconds=dense_seconds, adjustments=adjustments)

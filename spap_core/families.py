@@ -23,6 +23,9 @@ class GluFamily:
     """How to reach and read the GLU MLPs of one loaded model."""
 
     model_type: str
+    # Whether the family's vanilla transformers class can store a down_proj bias (configs with an
+    # `mlp_bias` switch: the Llama family). Elsewhere a method that adds one runs its no-bias variant.
+    stores_down_bias: bool = False
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_decoder().layers
@@ -70,4 +73,4 @@ def glu_family(model: nn.Module) -> GluFamily:
                 f"Model type '{model_type}': {', '.join(not_linear)} in layer {index} are not plain "
                 "Linear layers (quantized?); load the model in floating point."
             )
-    return GluFamily(model_type=model_type)
+    return GluFamily(model_type=model_type, stores_down_bias=hasattr(model.config, "mlp_bias"))

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from spap_core.errors import NumericalError, SpapInputError
 from spap_core.latency import cache_keyword
+from spap_core.models import context_length
 
 MAX_NEW_TOKENS = 512
 MIN_TEMPERATURE = 0.01  # below it sampling is greedy in all but name, and logits ÷ T can overflow
@@ -79,12 +80,6 @@ class EncodedPrompt:
 
     ids: tuple[int, ...]
     used_chat_template: bool
-
-
-def context_length(model: nn.Module) -> int | None:
-    """How many positions the model can attend over (None when its config does not say)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(config, "max_position_embeddings", None)
 
 
 def _check_fits(prompt_tokens: int, settings: GenerationSettings, context: int | None) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from spap_core.access import confined
@@ -45,11 +46,23 @@ def cache_root() -> Path:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device for 'auto', 'cpu', 'cuda' or 'cuda:N', refused in one line when it does
+    not exist here (before any model is loaded)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SpapInputError("CUDA was requested but no GPU is visible to torch; use --device cpu.")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SpapInputError(f"Unknown device '{device}': use auto, cpu, cuda or cuda:N.") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise SpapInputError(f"Device '{device}' is not supported: use auto, cpu, cuda or cuda:N.")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpapInputError("CUDA was requested but no GPU is visible to torch; use --device cpu.")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise SpapInputError(f"Device '{device}' does not exist: this machine has {torch.cuda.device_count()} "
+                                 "GPU(s), cuda:0 to cuda:" + str(torch.cuda.device_count() - 1) + ".")
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -170,3 +183,8 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
     family = glu_family(model)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, description=description, family=family)
 
+
+def context_length(model: nn.Module) -> int | None:
+    """How many positions the model can attend over (None when its config does not say)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(config, "max_position_embeddings", None)

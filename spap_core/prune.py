@@ -22,7 +22,7 @@ from spap_core.methods.problem import LayerDecision, LayerProblem, prune_count
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel
-from spap_core.shrink import finalize_config, shrink_mlp, supports_down_bias
+from spap_core.shrink import finalize_config, shrink_mlp
 from spap_core.stats import GramAccumulator
 
 LayerCallback = Callable[[int, int], None]
@@ -230,10 +230,11 @@ def prune_model(
     family = loaded.family
     layers = family.decoder_layers(model)
     device = next(model.parameters()).device
-    if method.adds_down_bias(options) and not supports_down_bias(model):
+    if method.adds_down_bias(options) and not family.stores_down_bias:
         raise SpapInputError(
             f"'{settings.method}' adds a down_proj bias, which model type '{family.model_type}' cannot "
-            "store; turn bias compensation off (--no-bias) or choose another method."
+            "store; run it through run_experiment (which picks the no-bias variant) or turn bias compensation off "
+            "(--no-bias)."
         )
     correction, recovery = method.target_correction(options), method.recovery(options)
     if correction > 0 and not family.mlp_output_is_residual(layers[0]):

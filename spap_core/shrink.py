@@ -44,12 +44,6 @@ def shrink_mlp(mlp: nn.Module, decision: LayerDecision) -> None:
         mlp.intermediate_size = len(keep)
 
 
-def supports_down_bias(model: PreTrainedModel) -> bool:
-    """Only configs with an `mlp_bias` switch (the Llama family) can store a down_proj bias in
-    their vanilla transformers class."""
-    return hasattr(model.config, "mlp_bias")
-
-
 def finalize_config(model: PreTrainedModel, family: GluFamily) -> None:
     """Make config and modules agree after shrinking, so save_pretrained/from_pretrained round-trip.
 
@@ -63,7 +57,7 @@ def finalize_config(model: PreTrainedModel, family: GluFamily) -> None:
     else:
         model.config.intermediate_size = [mlp.down_proj.in_features for mlp in mlps]
     if any(mlp.down_proj.bias is not None for mlp in mlps):
-        if not supports_down_bias(model):
+        if not family.stores_down_bias:
             raise SpapInputError(
                 f"Model type '{family.model_type}' cannot store a down_proj bias in transformers; "
                 "turn bias compensation off (--no-bias) or use a method without it."

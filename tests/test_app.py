@@ -324,11 +324,21 @@ def test_queued_and_running_runs_can_be_cancelled(app_files):
     assert not at.exception
 
 
+def test_a_window_longer_than_the_model_is_refused_before_a_job_is_queued(app_files):
+    at = start_app()
+    open_page(at, "run_spap")
+    at.number_input(key="seqlen").set_value(4096)
+    click(at, "Run SPAP")
+    assert not at.exception
+    assert any("longer than the model's 256 positions" in e.value for e in at.error)
+    assert "run" not in at.session_state["jobs"]  # nothing was queued
+
+
 def test_failed_run_shows_the_library_message(app_files):
     at = start_app()
     open_page(at, "run_spap")
     at.number_input(key="nsamples").set_value(1024)
-    at.number_input(key="seqlen").set_value(4096)
+    at.number_input(key="seqlen").set_value(256)  # more windows than the text holds: found when it is read
     click(at, "Run SPAP")
     job = session_job(at, "run")
     assert shared_queue().wait(job, JOB_HANG_GUARD_S)

@@ -29,12 +29,11 @@ from spap_core.generate import (
     EncodedPrompt,
     GenerationSettings,
     SideBySide,
-    context_length,
     encode_prompt,
     generate_side_by_side,
 )
 from spap_core.methods.registry import PruneSettings
-from spap_core.models import LoadedModel
+from spap_core.models import LoadedModel, context_length
 from spap_core.prune import prune_model
 
 PROMPT = word_text(8, seed=5)

@@ -47,6 +47,11 @@ class PruningMethod(ABC):
         """Whether its decisions carry a down_proj bias (the model family must be able to store one)."""
         return False
 
+    def without_down_bias(self, settings: Any) -> Any:
+        """The settings of its documented variant without a down_proj bias, for families that cannot
+        store one (only called when `adds_down_bias` is true)."""
+        raise NotImplementedError(f"{self.name} has no variant without a down_proj bias")
+
     def target_correction(self, settings: Any) -> float:
         """β of Y* = Y + β·(dense-stream output − pruned-stream output); 0 = local targets only."""
         return 0.0

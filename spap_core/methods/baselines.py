@@ -8,6 +8,7 @@ Wanda-sp selection followed by a plain least-squares refit of the kept columns.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -58,11 +59,14 @@ def wanda_sp(problem: LayerProblem) -> LayerDecision:
     return _keep_dense_columns(problem, wanda_scores(problem), "wanda-sp")
 
 
-def flap(problem: LayerProblem) -> LayerDecision:
+def flap(problem: LayerProblem, bias: bool = True) -> LayerDecision:
+    """FLAP's selection; with `bias`, the down_proj bias that restores the pruned channels' mean."""
     scores = flap_scores(problem)
+    if not bias:
+        return _keep_dense_columns(problem, scores, "flap")
     pruned = lowest(scores.cpu(), problem.n_prune).to(problem.dense_down.device)
-    bias = problem.dense_down[:, pruned].double() @ problem.activation_means.double()[pruned]
-    return _keep_dense_columns(problem, scores, "flap", bias=bias.to(problem.dense_down.dtype))
+    mean_output = problem.dense_down[:, pruned].double() @ problem.activation_means.double()[pruned]
+    return _keep_dense_columns(problem, scores, "flap", bias=mean_output.to(problem.dense_down.dtype))
 
 
 FASP_REFIT = RefitSettings(ridge=0.01, prior="zero", bias=False)
@@ -106,13 +110,25 @@ class WandaSp(_Baseline):
     rule = staticmethod(wanda_sp)
 
 
-class Flap(_Baseline):
+@dataclass(frozen=True)
+class FlapSettings:
+    bias: bool = True  # the mean-restoring down_proj bias; off only where the family cannot store it
+
+
+class Flap(PruningMethod):
     name = "flap"
     description = "Var(Zᵢ)·‖W_down[:,i]‖² with a bias restoring the pruned channels' mean"
-    rule = staticmethod(flap)
+    settings_type = FlapSettings
 
-    def adds_down_bias(self, settings: Any) -> bool:
-        return True
+    def adds_down_bias(self, settings: FlapSettings) -> bool:
+        return settings.bias
+
+    def without_down_bias(self, settings: FlapSettings) -> FlapSettings:
+        return FlapSettings(bias=False)
+
+    def decide(self, problem: LayerProblem, settings: FlapSettings, layer: int, on_step: Callable | None = None,
+               cancel: threading.Event | None = None) -> LayerDecision:
+        return flap(problem, bias=settings.bias)
 
 
 class Fasp(_Baseline):

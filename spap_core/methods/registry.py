@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
 from spap_core.errors import SpapInputError
+from spap_core.families import GluFamily
 from spap_core.methods.base import PruningMethod
 from spap_core.methods.baselines import Fasp, Flap, Magnitude, WandaSp
 from spap_core.methods.spap import Spap
@@ -69,6 +70,20 @@ class PruneSettings:
         implementation = pruning_method(values["method"])
         options = _from_dict(implementation.settings_type, values.get("options") or {})
         return PruneSettings(method=values["method"], sparsity=values["sparsity"], options=options)
+
+
+def settings_for_family(settings: PruneSettings, family: GluFamily) -> tuple[PruneSettings, list[str]]:
+    """The settings a run on this family uses, and a note for each change: a method that adds a
+    down_proj bias runs its no-bias variant where the family's transformers class cannot store one,
+    so what is saved and reloaded is exactly what was evaluated. Decided from the config alone,
+    before any forward pass."""
+    method = settings.implementation
+    if not method.adds_down_bias(settings.options) or family.stores_down_bias:
+        return settings, []
+    adapted = replace(settings, options=method.without_down_bias(settings.options))
+    return adapted, [f"{settings.method} runs without its down_proj bias (bias compensation off): model type "
+                     f"'{family.model_type}' cannot store a down_proj bias in its transformers class, and the saved "
+                     "model must be the one evaluated."]
 
 
 def _from_dict(cls: type, values: dict) -> Any:

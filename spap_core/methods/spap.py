@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -190,6 +190,9 @@ class Spap(PruningMethod):
 
     def adds_down_bias(self, settings: SpapSettings) -> bool:
         return settings.refit.bias
+
+    def without_down_bias(self, settings: SpapSettings) -> SpapSettings:
+        return replace(settings, refit=replace(settings.refit, bias=False))
 
     def target_correction(self, settings: SpapSettings) -> float:
         return settings.target_correction
