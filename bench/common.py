@@ -54,8 +54,8 @@ class Protocol:
 
 
 def load_protocol(model: str, nsamples: int, seqlen: int, eval_windows: int, seed: int,
-                  eval_names: list[str]) -> Protocol:
-    loaded = load_model(model)
+                  eval_names: list[str], dtype: str = "auto") -> Protocol:
+    loaded = load_model(model, dtype=dtype)
     calibration_source = calibration_text()
     calibration = calibration_windows(loaded.tokenizer, calibration_source, nsamples, seqlen, seed)
     sources = {name: evaluation_text(name) for name in eval_names}
@@ -67,7 +67,8 @@ def load_protocol(model: str, nsamples: int, seqlen: int, eval_windows: int, see
         f"{Path(calibration_source.label.removeprefix('file ')).name}, seed {seed}. "
         f"Evaluation: first {eval_windows} × {seqlen}-token windows of "
         + ", ".join(Path(source.label.removeprefix("file ")).name for source in sources.values())
-        + f". Machine: {platform.machine()} CPU, {torch.get_num_threads()} torch threads, device {loaded.device}."
+        + f". Machine: {platform.machine()} CPU, {torch.get_num_threads()} torch threads, device {loaded.device}, "
+        f"weights in {next(loaded.model.parameters()).dtype}."
     )
     return Protocol(loaded, calibration, eval_sets, dense, description)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -133,3 +134,32 @@ def test_a_model_without_a_glu_mlp_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "'gpt2'" in errors[0] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_prune_on_float_statistics_and_keep_their_dtype(tiny, dtype, tmp_path):
+    from conftest import tiny_llama
+
+    reference = tiny_llama()
+    half = LoadedModel(model=tiny_llama().to(dtype), tokenizer=tiny.tokenizer, source="tiny", description="tiny",
+                       family=glu_family(reference))
+    full = LoadedModel(model=reference, tokenizer=tiny.tokenizer, source="tiny", description="tiny",
+                       family=glu_family(reference))
+    calibration = torch.randint(3, 200, (4, 32), generator=torch.Generator().manual_seed(0))
+    evaluation = torch.randint(3, 200, (2, 32), generator=torch.Generator().manual_seed(1))
+    half_run = run_experiment(half, calibration, evaluation, PruneSettings(sparsity=0.25), batch_size=4)
+    full_run = run_experiment(full, calibration, evaluation, PruneSettings(sparsity=0.25), batch_size=4)
+    assert {p.dtype for p in half_run.result.model.parameters()} == {dtype}  # stored in the model's dtype
+    kept = [set(layer.keep.tolist()) for layer in half_run.result.layers]
+    reference_kept = [set(layer.keep.tolist()) for layer in full_run.result.layers]
+    overlap = np.mean([len(a & b) / len(a | b) for a, b in zip(kept, reference_kept)])
+    assert overlap > 0.8  # half-precision activations shift a few borderline channels, not the selection
+    assert half_run.pruned.perplexity == pytest.approx(full_run.pruned.perplexity, rel=0.02)
+    save_pruned(half_run.result.model, tiny.tokenizer, tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert next(reloaded.parameters()).dtype == dtype
+    saved = half_run.result.model.state_dict()
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in reloaded.state_dict().items())  # bit for bit
+    with torch.no_grad():  # the forward passes differ by rounding only (buffers such as rotary frequencies)
+        torch.testing.assert_close(reloaded(evaluation).logits.float(), half_run.result.model(evaluation).logits.float(),
+                                   rtol=2e-2, atol=2e-2)
