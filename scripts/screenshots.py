@@ -79,6 +79,7 @@ def run_job(page: Page, button: str, finished_text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
+    parser.add_argument("--run-only", action="store_true", help="only the default run on Run SPAP (the GPU check)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -100,6 +101,8 @@ def main() -> None:
             go_to(page, "Run SPAP")
             run_job(page, "Run SPAP", "Latest result")
             shoot(page, args.out, "02_run_spap")
+            if args.run_only:
+                return
             go_to(page, "Mask evolution")
             shoot(page, args.out, "03_mask_evolution")
             go_to(page, "Scores")

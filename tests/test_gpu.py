@@ -1,0 +1,54 @@
+"""What only a CUDA machine can check: pruning, evaluation, saving and generation with the model on
+the GPU, in its half precision, agree with the same work on the CPU. Skipped where no GPU is
+visible (CI, the development machines); scripts/gpu_check.sh runs them on a GPU machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_llama, tiny_tokenizer
+from spap_core.experiment import run_experiment
+from spap_core.families import glu_family
+from spap_core.generate import GenerationSettings, encode_prompt, generate_side_by_side
+from spap_core.methods.registry import PruneSettings
+from spap_core.models import LoadedModel
+from spap_core.shrink import save_pruned
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+
+CALIBRATION = torch.randint(3, 200, (8, 64), generator=torch.Generator().manual_seed(0))
+EVALUATION = torch.randint(3, 200, (4, 64), generator=torch.Generator().manual_seed(1))
+
+
+def loaded_on(device: str, dtype: torch.dtype) -> LoadedModel:
+    model = tiny_llama().to(device=device, dtype=dtype)
+    return LoadedModel(model=model, tokenizer=tiny_tokenizer(), source="tiny", description="tiny",
+                       family=glu_family(model))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_default_spap_on_the_gpu_matches_the_cpu_run(dtype, tmp_path):
+    gpu = run_experiment(loaded_on("cuda", dtype), CALIBRATION.cuda(), EVALUATION.cuda(), PruneSettings(), batch_size=4)
+    cpu = run_experiment(loaded_on("cpu", torch.float32), CALIBRATION, EVALUATION, PruneSettings(), batch_size=4)
+    assert {p.device.type for p in gpu.result.model.parameters()} == {"cuda"}
+    assert {p.dtype for p in gpu.result.model.parameters()} == {dtype}
+    overlap = [len(set(a.keep.tolist()) & set(b.keep.tolist())) / len(a.keep)
+               for a, b in zip(gpu.result.layers, cpu.result.layers)]
+    assert min(overlap) > 0.9
+    assert gpu.pruned.perplexity == pytest.approx(cpu.pruned.perplexity, rel=0.02 if dtype == torch.float32 else 0.05)
+    save_pruned(gpu.result.model, tiny_tokenizer(), tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).to("cuda").eval()
+    saved = gpu.result.model.state_dict()
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in reloaded.state_dict().items())
+
+
+def test_generation_side_by_side_on_the_gpu():
+    dense = loaded_on("cuda", torch.bfloat16)
+    pruned = run_experiment(dense, CALIBRATION.cuda(), EVALUATION.cuda(), PruneSettings(method="fasp"),
+                            batch_size=4).result.model
+    settings = GenerationSettings(max_new_tokens=8, temperature=0)
+    prompt = encode_prompt(dense.tokenizer, "w1 w2 w3", settings, context=256)
+    last = list(generate_side_by_side(dense.model, pruned, dense.tokenizer, prompt, settings))[-1]
+    assert last.finished and last.dense.tokens and last.pruned.tokens
