@@ -26,6 +26,7 @@ from spap_core.parameters import describe, parameter, settings_values
 from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.data import DataSpec, TextChoice, model_key
 from spap_service.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
+from spap_service.limits import server_limits
 from spap_service.presets import interactive_run_size, interactive_settings
 from spap_service.runs import RunOutcome, RunRequest, load_saved_run, saved_run_folder, saved_runs
 
@@ -164,8 +165,10 @@ def refused_before_queueing(loaded: LoadedModel, requests: list[RunRequest]) -> 
     settings, its data sizes or the model's config decide; shows what the runs will change (a
     family that cannot store a bias) otherwise. Nothing heavy runs here."""
     notes: list[str] = []
+    limits = server_limits()
     for request in requests:
         try:
+            limits.check(request.data.nsamples, request.data.seqlen, request.data.eval_windows, request.data.eval_len)
             _, adjusted = plan_run(loaded, request.settings, (request.data.seqlen, request.data.eval_len))
         except SpapInputError as exc:
             st.error(str(exc), icon=":material/block:")
@@ -180,10 +183,23 @@ def submit_job(kind: str, label: str, function: Callable[[ProgressReporter, Any]
     """Queue heavy work for this session; one job of each kind at a time, so a double click
     never queues the same run twice. Reruns the app once queued, so the sidebar (drawn before the
     page) shows the new job too."""
-    if _still_busy(kind):
+    if _still_busy(kind) or _over_session_limit():
         return
     session().jobs[kind] = shared_queue().submit(function, owner=session_id(), label=label, kind=kind)
     st.rerun()
+
+
+def _over_session_limit() -> bool:
+    """True (after saying so) when this session already has as many jobs queued or running as the
+    server allows one session, so one user cannot fill the shared queue."""
+    limit = server_limits().max_jobs_per_session
+    active = [job for job in session().jobs.values() if not job.status.finished]
+    if limit and len(active) >= limit:
+        st.warning(f"This server runs at most {limit} job{'s' if limit > 1 else ''} per browser session at a time, and "
+                   f"{len(active)} of "
+                   "yours are queued or running: wait for one to finish or cancel it.", icon=":material/block:")
+        return True
+    return False
 
 
 def _still_busy(kind: str) -> bool:
@@ -313,11 +329,16 @@ def open_shared_run() -> None:
 def saved_runs_panel() -> None:
     """This session's finished runs (or every session's, when asked), newest first; loading one
     makes it the session's latest run, so every inspection page shows it."""
-    everyone = st.session_state.get("saved_runs_everyone", False)  # the toggle's own widget state
+    shared = server_limits().share_runs
+    everyone = shared and st.session_state.get("saved_runs_everyone", False)  # the toggle's own widget state
     runs = saved_runs(owner=None if everyone else session_id())
     whose = "every session" if everyone else "this browser session"
     with st.expander(f"Saved runs ({len(runs)} of {whose}): kept on the server as they finish"):
-        st.toggle("Show the runs of every session", key="saved_runs_everyone")
+        if shared:
+            st.toggle("Show the runs of every session", key="saved_runs_everyone")
+        else:
+            st.caption("This server keeps each session's runs to itself (a page refresh starts a new session); a "
+                       "results link from Run SPAP still opens a run anywhere.")
         if runs.empty:
             st.caption("None yet: runs are saved as they finish.")
             return

@@ -8,7 +8,9 @@ from typing import Any
 
 import streamlit as st
 
-from spap_core.parameters import Parameter
+from spap_core.errors import SpapInputError
+from spap_core.methods.registry import PruneSettings
+from spap_core.parameters import BY_KEY, Parameter
 
 URL = "query-params"  # a widget bound to the query parameter named by its key makes a setting shareable
 
@@ -33,3 +35,25 @@ def parameter_widget(parameter: Parameter, default: Any) -> Any:
                                 step=float(parameter.step), format="%g", key=key, bind=URL)
     st.caption(parameter.help)
     return value
+
+
+def ignored_url_parameters(params: dict[str, str], known: set[str]) -> list[str]:
+    """Which query parameters a link carried that the form cannot take, each with the reason:
+    Streamlit drops an invalid bound value silently, so this says what was ignored and why."""
+    problems = []
+    for key, raw in params.items():
+        if key in known:
+            continue
+        if key not in BY_KEY:
+            problems.append(f"`{key}`: not a setting of this page")
+            continue
+        declared = BY_KEY[key]
+        try:
+            value = declared.coerce(raw)
+            if declared.low is not None and not declared.low <= value <= declared.high:
+                raise SpapInputError(f"{declared.symbol} must be between {declared.low:g} and {declared.high:g} here")
+            if declared.path:
+                declared.apply(PruneSettings(), value)
+        except SpapInputError as exc:
+            problems.append(f"`{key}={raw[:40]}`: {str(exc).rstrip('.')}")
+    return problems

@@ -17,8 +17,8 @@ from pages._shared import (
     evaluation_caption,
     job_panel,
     latest_outcome,
-    refused_before_queueing,
     mean_layer_error,
+    refused_before_queueing,
     require_model,
     run_size_note,
     saved_runs_panel,
@@ -27,7 +27,7 @@ from pages._shared import (
     target_device,
 )
 from pages._state import session
-from pages._widgets import parameter_widget
+from pages._widgets import ignored_url_parameters, parameter_widget
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
 from spap_core.parameters import (
@@ -40,6 +40,7 @@ from spap_core.parameters import (
     with_values,
 )
 from spap_service.analysis import layer_table, trace_table
+from spap_service.limits import server_limits
 from spap_service.presets import interactive_settings
 from spap_service.runs import RunRequest, pruned_model_zip, run_pruning
 
@@ -50,6 +51,8 @@ loaded = require_model()
 spec = data_spec()
 st.caption(f"{run_size_note()} Data: calibration from {spec.calibration.label}, evaluation on "
            f"{spec.evaluation.label} (change both on Model & data).")
+if (limits_text := server_limits().describe()) is not None:
+    st.caption(limits_text)
 
 defaults = interactive_settings(target_device())
 calibration_defaults = {"nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed": 0}
@@ -58,6 +61,11 @@ calibration_defaults = {"nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed"
 def default_of(declared: Parameter):
     return declared.read(defaults) if declared.path else calibration_defaults[declared.key]
 
+
+ignored = ignored_url_parameters(dict(st.query_params), known={SHARED_RUN_PARAM})
+if ignored:
+    st.warning("This link's settings were partly ignored; the form shows the defaults for these: "
+               + "; ".join(ignored) + ".", icon=":material/link_off:")
 
 with st.form("spap_settings"):
     values = {}

@@ -451,3 +451,15 @@ def test_fixed_settings_captions_never_name_what_varies(ran_app):
         fixed = next(c.value for c in at.caption if c.value.startswith("Fixed for every value"))
         assert absent not in fixed, (parameter, fixed)
         assert "α = " in fixed
+
+
+def test_a_link_with_settings_the_form_cannot_take_says_which_were_ignored_and_why(app_files):
+    at = AppTest.from_file(str(APP), default_timeout=SCRIPT_TIMEOUT_S)
+    at.query_params.update({"sparsity": "5", "K": "-3", "score": "bogus", "foo": "1", "tau": "2.5"})
+    at.switch_page("pages/run_spap.py")
+    at.run()
+    assert not at.exception
+    warning = next(w.value for w in at.warning if "partly ignored" in w.value)
+    assert "`sparsity=5`" in warning and "`K=-3`" in warning and "`score=bogus`" in warning and "`foo`" in warning
+    assert "tau" not in warning  # a valid one is taken
+    assert at.slider(key="tau").value == 2.5 and at.slider(key="K").value == PenaltySettings().iterations

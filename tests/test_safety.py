@@ -114,3 +114,51 @@ def test_a_path_too_long_never_locks_the_app(app_files, tmp_path):
     assert any("path is too long" in e.value for e in at.error)
     at.switch_page("pages/how_spap_works.py").run()  # every other page still draws
     assert not at.exception and at.title[0].value == "How SPAP works"
+
+
+def test_a_public_demo_has_limits_it_states_and_enforces(monkeypatch, tmp_path):
+    from spap_service.limits import server_limits
+
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
+    assert server_limits().describe() is None and server_limits().share_runs
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, str(tmp_path))
+    limits = server_limits()
+    assert limits.public_demo and not limits.share_runs
+    assert "16,384 calibration tokens per run" in limits.describe() and "2 queued or running jobs" in limits.describe()
+    limits.check(32, 512, 32, 512)  # the issue protocol fits
+    with pytest.raises(SpapInputError, match="more than this server allows"):
+        limits.check(1024, 8192, 8, 256)  # what a shared link could pre-fill
+    with pytest.raises(SpapInputError, match="whole evaluation text"):
+        limits.check(8, 256, 0, 256)
+    monkeypatch.setenv("SPAP_MAX_CALIBRATION_TOKENS", "0")  # 0 lifts a limit
+    server_limits().check(1024, 8192, 8, 256)
+
+
+def test_the_app_refuses_a_run_over_the_limit_and_a_job_over_the_session_cap(app_files, monkeypatch):
+    import threading
+
+    import spap_core.methods.spap as spap_module
+    from app_harness import JOB_HANG_GUARD_S, click, open_page, session_job, start_app
+    from spap_service.jobs import shared_queue
+
+    monkeypatch.setenv("SPAP_MAX_CALIBRATION_TOKENS", "1000")
+    monkeypatch.setenv("SPAP_MAX_JOBS_PER_SESSION", "1")
+    at = start_app()
+    open_page(at, "run_spap")
+    assert any("at most 1,000 calibration tokens per run" in c.value for c in at.caption)  # stated on screen
+    click(at, "Run SPAP")  # 8 × 256 = 2,048 tokens
+    assert any("more than this server allows" in e.value for e in at.error) and "run" not in at.session_state["jobs"]
+
+    at.number_input(key="seqlen").set_value(64)  # 8 × 64 = 512 tokens: allowed
+    release, original = threading.Event(), spap_module.spap_layer
+    monkeypatch.setattr(spap_module, "spap_layer", lambda *a, **k: (release.wait(JOB_HANG_GUARD_S), original(*a, **k))[1])
+    try:
+        click(at, "Run SPAP")
+        running = session_job(at, "run")
+        open_page(at, "perplexity_sweep")
+        click(at, "Run sweep")
+        assert any("at most 1 job per browser session" in w.value for w in at.warning)
+        assert "sweep" not in at.session_state["jobs"]
+    finally:
+        release.set()
+        shared_queue().wait(running, JOB_HANG_GUARD_S)

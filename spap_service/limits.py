@@ -1,0 +1,70 @@
+"""How much work one request and one browser session may ask of the server. A public demo
+(SPAP_ALLOWED_ROOTS set) gets strict defaults; each limit can be set by its environment variable
+(0 = no limit), and the pages show the limits that apply."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from spap_core.access import allowed_roots
+from spap_core.errors import SpapInputError
+
+MAX_CALIBRATION_TOKENS_ENV = "SPAP_MAX_CALIBRATION_TOKENS"
+MAX_EVALUATION_TOKENS_ENV = "SPAP_MAX_EVALUATION_TOKENS"
+MAX_JOBS_PER_SESSION_ENV = "SPAP_MAX_JOBS_PER_SESSION"
+SHARE_RUNS_ENV = "SPAP_SHARE_RUNS"
+# A public demo's defaults: a run about four times the CPU preset, two jobs queued per session.
+DEMO_DEFAULTS = {MAX_CALIBRATION_TOKENS_ENV: 32 * 512, MAX_EVALUATION_TOKENS_ENV: 32 * 512, MAX_JOBS_PER_SESSION_ENV: 2}
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    public_demo: bool
+    max_calibration_tokens: int | None
+    max_evaluation_tokens: int | None
+    max_jobs_per_session: int | None
+    share_runs: bool  # whether a session may list other sessions' saved runs
+
+    def check(self, nsamples: int, seqlen: int, eval_windows: int, eval_len: int) -> None:
+        """Refuse a run larger than the server allows, before it is queued."""
+        if self.max_calibration_tokens and nsamples * seqlen > self.max_calibration_tokens:
+            raise SpapInputError(f"{nsamples} × {seqlen} = {nsamples * seqlen:,} calibration tokens is more than this "
+                                 f"server allows per run ({self.max_calibration_tokens:,}); use fewer samples or "
+                                 "shorter windows.")
+        if self.max_evaluation_tokens and (eval_windows == 0 or eval_windows * eval_len > self.max_evaluation_tokens):
+            asked = "the whole evaluation text" if eval_windows == 0 else f"{eval_windows * eval_len:,} evaluation tokens"
+            raise SpapInputError(f"{asked[0].upper()}{asked[1:]} is more than this server allows per run "
+                                 f"({self.max_evaluation_tokens:,} tokens); evaluate fewer windows.")
+
+    def describe(self) -> str | None:
+        """The limits in one sentence, or None when there are none."""
+        parts = []
+        if self.max_calibration_tokens:
+            parts.append(f"{self.max_calibration_tokens:,} calibration tokens per run")
+        if self.max_evaluation_tokens:
+            parts.append(f"{self.max_evaluation_tokens:,} evaluation tokens per run")
+        if self.max_jobs_per_session:
+            parts.append(f"{self.max_jobs_per_session} queued or running jobs per browser session")
+        if not parts:
+            return None
+        return "This server allows at most " + ", ".join(parts) + "."
+
+
+def _limit(name: str, demo: bool) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None:
+        return DEMO_DEFAULTS[name] if demo else None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SpapInputError(f"${name} must be a whole number (got {raw!r}).") from None
+    return value if value > 0 else None
+
+
+def server_limits() -> ServerLimits:
+    demo = allowed_roots() is not None
+    share = os.environ.get(SHARE_RUNS_ENV, "0" if demo else "1").lower() in {"1", "true", "yes"}
+    return ServerLimits(public_demo=demo, max_calibration_tokens=_limit(MAX_CALIBRATION_TOKENS_ENV, demo),
+                        max_evaluation_tokens=_limit(MAX_EVALUATION_TOKENS_ENV, demo),
+                        max_jobs_per_session=_limit(MAX_JOBS_PER_SESSION_ENV, demo), share_runs=share)
