@@ -169,7 +169,9 @@ def refused_before_queueing(loaded: LoadedModel, requests: list[RunRequest]) -> 
     for request in requests:
         try:
             limits.check(request.data.nsamples, request.data.seqlen, request.data.eval_windows, request.data.eval_len)
-            _, adjusted = plan_run(loaded, request.settings, (request.data.seqlen, request.data.eval_len))
+            _, adjusted = plan_run(loaded, request.settings, (request.data.seqlen, request.data.eval_len),
+                                   calibration_tokens=request.data.nsamples * request.data.seqlen,
+                                   batch_size=request.data.batch_size)
         except SpapInputError as exc:
             st.error(str(exc), icon=":material/block:")
             return True

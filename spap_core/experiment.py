@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from spap_core.budget import check_fits
 from spap_core.errors import SpapInputError
 from spap_core.evaluate import PerplexityResult, perplexity
 from spap_core.methods.problem import prune_count
@@ -56,10 +57,14 @@ class Experiment:
         }
 
 
-def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Iterable[int]) -> tuple[PruneSettings, list[str]]:
+def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Iterable[int],
+             calibration_tokens: int | None = None, batch_size: int = 4,
+             copies_model: bool = True) -> tuple[PruneSettings, list[str]]:
     """Every refusal that depends only on the arguments, the model's config and the method, and
     the settings the run will use (with a note for each change), before any forward pass: the CLI
-    calls it right after loading the model, the app before it queues a job, run_experiment first."""
+    calls it right after loading the model, the app before it queues a job, run_experiment first.
+    With `calibration_tokens`, a run that cannot fit in the device's free memory is refused too."""
+    window_lengths = tuple(window_lengths)
     positions = context_length(loaded.model)
     for length in window_lengths:
         if positions is not None and length > positions:
@@ -74,6 +79,9 @@ def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Itera
         raise SpapInputError(
             f"Error-correcting targets need the MLP output to enter the residual stream directly, which is not "
             f"the case for model type '{family.model_type}'; set the target correction to 0.")
+    if calibration_tokens is not None:
+        explicit = method.recovery(settings.options) is not None or method.target_correction(settings.options) > 0
+        check_fits(loaded, calibration_tokens, batch_size, max(window_lengths, default=0), explicit, copies_model)
     return settings_for_family(settings, family)
 
 
@@ -96,7 +104,9 @@ def run_experiment(
     """Dense perplexity (unless given), pruning, pruned perplexity, each timed on its own; every
     forward pass (calibration and evaluation) takes `batch_size` windows at a time. The settings
     first go through plan_run, so a refusal comes before any forward pass."""
-    settings, adjustments = plan_run(loaded, settings, (calibration.shape[-1], evaluation.shape[-1]))
+    settings, adjustments = plan_run(loaded, settings, (calibration.shape[-1], evaluation.shape[-1]),
+                                     calibration_tokens=calibration.numel(), batch_size=batch_size,
+                                     copies_model=not inplace)
     dense_seconds = 0.0
     if dense is None:
         started = time.perf_counter()

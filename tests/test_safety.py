@@ -162,3 +162,18 @@ def test_the_app_refuses_a_run_over_the_limit_and_a_job_over_the_session_cap(app
     finally:
         release.set()
         shared_queue().wait(running, JOB_HANG_GUARD_S)
+
+
+def test_a_run_that_cannot_fit_in_free_memory_is_refused_before_any_work(tiny, monkeypatch):
+    import spap_core.budget as budget
+    from spap_core.experiment import plan_run
+
+    settings = PruneSettings()
+    needed = budget.run_bytes(tiny, 8 * 64, 4, 64, explicit_targets=True, copies_model=True)
+    monkeypatch.setattr(budget, "free_bytes", lambda device: needed * 10)
+    plan_run(tiny, settings, (64, 64), calibration_tokens=8 * 64)  # fits
+    monkeypatch.setattr(budget, "free_bytes", lambda device: needed)  # fits only without headroom: refused
+    with pytest.raises(SpapInputError, match=r"needs about .* GiB .* free: use fewer samples"):
+        plan_run(tiny, settings, (64, 64), calibration_tokens=8 * 64)
+    # what a shared link could ask of a real machine: 1024 × 8192 tokens of the tiny model alone
+    assert budget.run_bytes(tiny, 1024 * 8192, 4, 256, True, False) > 8 * 2**30

@@ -1,0 +1,52 @@
+"""Whether a run fits the machine, estimated from the model's shapes before any work: the largest
+buffers of the sequential walk and of the evaluation, against the memory free on the model's
+device. A run that cannot fit is refused in one line instead of swapping for an hour."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from spap_core.errors import SpapInputError
+from spap_core.models import LoadedModel
+
+FLOAT_BYTES = 4
+FREE_SHARE = 0.8  # leave room for the allocator, the interpreter and the rest of the machine
+
+
+def run_bytes(loaded: LoadedModel, calibration_tokens: int, batch_size: int, eval_len: int, explicit_targets: bool,
+              copies_model: bool) -> int:
+    """The walk keeps, for every calibration token, the layer's input, the residual base and the MLP
+    intermediate (and the MLP input and target when a recovery step or corrected targets need them),
+    plus one layer's Gram matrix in float64 and float32; the evaluation holds one batch of logits."""
+    config = loaded.model.config.get_text_config() if hasattr(loaded.model.config, "get_text_config") \
+        else loaded.model.config
+    family = loaded.family
+    width = max(family.mlp(layer).down_proj.in_features for layer in family.decoder_layers(loaded.model))
+    hidden, vocab = config.hidden_size, config.vocab_size
+    per_token = (2 * hidden + width + (2 * hidden if explicit_targets else 0)) * FLOAT_BYTES
+    gram = (width + 1) ** 2 * (8 + 4)
+    logits = batch_size * eval_len * vocab * FLOAT_BYTES
+    model = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) if copies_model else 0
+    return calibration_tokens * per_token + gram + logits + model
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free on the device now (None where it cannot be read)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(loaded: LoadedModel, calibration_tokens: int, batch_size: int, eval_len: int, explicit_targets: bool,
+               copies_model: bool) -> None:
+    needed = run_bytes(loaded, calibration_tokens, batch_size, eval_len, explicit_targets, copies_model)
+    free = free_bytes(loaded.device)
+    if free is not None and needed > FREE_SHARE * free:
+        raise SpapInputError(
+            f"This run needs about {needed / 2**30:.1f} GiB on {loaded.device} for {calibration_tokens:,} calibration "
+            f"tokens, and {free / 2**30:.1f} GiB is free: use fewer samples or shorter windows.")
