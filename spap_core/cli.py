@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
 
+from spap_core.access import checked_path
 from spap_core.data import calibration_windows, evaluation_windows, resolve_text
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.experiment import plan_run, run_experiment
@@ -16,8 +20,27 @@ from spap_core.latency import latency_ratios, measure_latencies
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.models import DEFAULT_MODEL, load_model, resolve_device
 from spap_core.parameters import GROUPS, PARAMETERS, SETTINGS_PARAMETERS, with_values
-from spap_core.runs import write_run
+from spap_core.prune import PruneResult
+from spap_core.runs import staged_directory, write_run
 from spap_core.shrink import save_pruned
+
+EXIT_BAD_INPUT = 2
+EXIT_NOT_SAVED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_CODES = (f"exit codes: 0 done; {EXIT_BAD_INPUT} refused (one 'error:' line); {EXIT_NOT_SAVED} "
+              f"pruned but --out could not be saved; {EXIT_INTERRUPTED} interrupted (Ctrl-C).")
+USER_ERRORS = (SpapInputError, SourceUnavailableError, PruningCancelled, NumericalError)
+
+# (lowest, highest) of every numeric flag, checked before the model loads: windows need 8 tokens
+# (the data layer's minimum), and the seed must fit the random generators.
+NUMBER_BOUNDS: dict[str, dict[str, tuple[int, int | None]]] = {
+    "prune": {"batch_size": (1, None), "nsamples": (1, None), "seqlen": (8, None), "eval_len": (8, None),
+              "eval_windows": (0, None), "seed": (0, 2**31 - 1)},
+    "latency": {"seqlen": (2, None), "decode_tokens": (1, None), "repeats": (1, None), "warmup": (0, None)},
+}
+# path flags (destinations) and what their messages call them; --out has its own check
+PATH_FLAGS = {"prune": {"model": "model", "calib_file": "calibration text", "eval_file": "evaluation text"},
+              "latency": {"model": "model", "pruned": "pruned model"}}
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -28,10 +51,11 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m spap_core", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m spap_core", description=__doc__, epilog=EXIT_CODES)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    prune = commands.add_parser("prune", help="prune a model and report perplexity before and after")
+    prune = commands.add_parser("prune", help="prune a model and report perplexity before and after",
+                                epilog=EXIT_CODES)
     _add_model_args(prune)
     prune.add_argument("--method", default="spap", choices=list(METHODS),
                        help="; ".join(f"{name}: {method.description}" for name, method in METHODS.items()))
@@ -40,9 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval-len", type=int, default=512, help="evaluation window length (tokens)")
     prune.add_argument("--eval-windows", type=int, default=8, help="first W windows; 0 = the whole text")
     prune.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
-    prune.add_argument("--out", default=None, help="save the pruned model (safetensors) and results.json here")
+    prune.add_argument("--out", default=None,
+                       help="save the pruned model (safetensors), results.json and the trace in this new or empty "
+                            "folder, written beside it and renamed into place once complete; if saving fails, the "
+                            f"result is still printed, with save_error, and the exit code is {EXIT_NOT_SAVED}")
+    prune.add_argument("--overwrite", action="store_true",
+                       help="let --out replace a non-empty folder; the old one is deleted only once the new one is "
+                            "complete")
     _add_parameter_args(prune)
-    latency = commands.add_parser("latency", help="latency and memory of the dense model and a pruned one")
+    latency = commands.add_parser("latency", help="latency and memory of the dense model and a pruned one",
+                                  epilog=EXIT_CODES)
     _add_model_args(latency)
     latency.add_argument("--pruned", default=None, help="directory of a pruned model saved by `prune --out`")
     latency.add_argument("--seqlen", type=int, default=512, help="prefill window length")
@@ -72,6 +103,46 @@ def _add_parameter_args(parser: argparse.ArgumentParser) -> None:
         groups[parameter.group].add_argument(*parameter.flags, **options)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every refusal the arguments alone decide, made before the slow model load: a number out of
+    range (which would otherwise fail deep in torch, or after minutes of work), a path the OS
+    cannot even look up, an --out whose contents saving would clobber."""
+    for dest, (low, high) in NUMBER_BOUNDS[args.command].items():
+        _check_number(dest, getattr(args, dest), low, high)
+    for dest, what in PATH_FLAGS[args.command].items():
+        if (path := getattr(args, dest)) is not None:
+            checked_path(path, what)
+    if args.command == "prune" and args.out is not None:
+        _check_out(args)
+
+
+def _check_number(dest: str, value: int, low: int, high: int | None) -> None:
+    """Refuse `value` outside [low, high] (high None: no upper bound), naming the flag as typed."""
+    flag = "--" + dest.replace("_", "-")
+    if high is None and value < low:
+        raise SpapInputError(f"{flag} must be at least {low} (got {value}).")
+    if high is not None and not low <= value <= high:
+        raise SpapInputError(f"{flag} must be between {low} and {high} (got {value}).")
+
+
+def _out_path(args: argparse.Namespace) -> Path:
+    """--out as the check and the save both see it (~ expanded; a name the OS cannot take refused)."""
+    return checked_path(args.out, "output folder")
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse an --out that saving would mix with or destroy: a file, a non-empty folder (unless
+    --overwrite), or the current folder or one holding it (renaming cannot replace those)."""
+    out, shown = _out_path(args), args.out[:80]
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise SpapInputError(f"--out '{shown}' is the current folder or holds it; choose a new folder.")
+    if os.path.lexists(out) and not out.is_dir():
+        raise SpapInputError(f"--out '{shown}' exists and is not a folder; choose a new folder.")
+    if out.is_dir() and not args.overwrite and any(out.iterdir()):
+        raise SpapInputError(f"--out folder '{shown}' is not empty; choose a new or empty folder, or pass "
+                             "--overwrite to replace it.")
+
+
 def prune_settings(args: argparse.Namespace) -> PruneSettings:
     """The settings the flags describe; SPAP's hyperparameters only reach SPAP."""
     settings = PruneSettings(method=args.method, sparsity=args.sparsity)
@@ -84,7 +155,9 @@ def run_prune(args: argparse.Namespace) -> dict:
     resolve_device(args.device)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     # every refusal that the model's config decides, before any text is read or forward pass run
-    _, adjustments = plan_run(loaded, settings, (args.seqlen, args.eval_len))
+    _, adjustments = plan_run(loaded, settings, (args.seqlen, args.eval_len),
+                              calibration_tokens=args.nsamples * args.seqlen, batch_size=args.batch_size,
+                              copies_model=False)  # the CLI prunes in place
     for note in adjustments:
         print(f"note: {note}", file=sys.stderr)
     calib_text = resolve_text(args.calib_file, "calibration", loaded.model, loaded.tokenizer)
@@ -108,10 +181,26 @@ def run_prune(args: argparse.Namespace) -> dict:
         loaded, eval_source=eval_text.label, calib_source=calib_text.label, calib_synthetic=calib_text.synthetic,
         nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
     )
-    if args.out:
-        save_pruned(result.model, loaded.tokenizer, args.out)
-        write_run(args.out, record, result)
+    if args.out is not None:
+        save_error = save_run(_out_path(args), args.overwrite, loaded.tokenizer, record, result)
+        if save_error:
+            record["save_error"] = save_error
     return record
+
+
+def save_run(out: Path, overwrite: bool, tokenizer: PreTrainedTokenizerBase, record: dict,
+             result: PruneResult) -> str | None:
+    """Save the pruned model and the run record in `out`, whole or not at all (staged_directory),
+    and return why it failed (None when saved), so the result that took the run to compute is
+    still reported. Any exception counts: a full disk comes as safetensors' own error type, a
+    model with per-layer widths as a refusal, not only as OSError."""
+    try:
+        with staged_directory(out, replace=overwrite) as staging:
+            save_pruned(result.model, tokenizer, staging)
+            write_run(staging, record, result)
+    except Exception as exc:  # reported to the user, with the result kept
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
 
 
 def run_latency(args: argparse.Namespace) -> dict:
@@ -128,15 +217,34 @@ def run_latency(args: argparse.Namespace) -> dict:
     return report
 
 
+def _os_error_message(exc: OSError) -> str:
+    """An OS refusal (too long a name, no permission) in one line, naming at most 80 characters
+    of the path."""
+    if exc.filename is None:
+        return str(exc)
+    return f"{exc.strerror or exc}: {str(exc.filename)[:80]}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code is the one EXIT_CODES documents, and every failure a user
+    can cause (bad input, an OS refusal, Ctrl-C, a failed save) ends in one line on stderr rather
+    than a traceback."""
     args = build_parser().parse_args(argv)
     try:
+        check_args(args)
         report = run_prune(args) if args.command == "prune" else run_latency(args)
-    except (SpapInputError, SourceUnavailableError, PruningCancelled, NumericalError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report, default=float))
-    else:
-        print(json.dumps(report, indent=2, default=float))
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"error: {_os_error_message(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: stopped by Ctrl-C before the end; no output folder was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(json.dumps(report, indent=None if args.json else 2, default=float))
+    if "save_error" in report:
+        print(f"error: could not save the pruned model in '{args.out[:80]}': {report['save_error']}",
+              file=sys.stderr)
+        return EXIT_NOT_SAVED
     return 0

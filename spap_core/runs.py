@@ -8,10 +8,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -112,6 +114,50 @@ def write_run(directory: str | Path, record: dict, result: PruneResult) -> Path:
     # results.json last: a folder with it is complete (list_runs ignores half-written ones)
     (path / "results.json").write_text(json.dumps(record, indent=2, default=float))
     return path
+
+
+@contextmanager
+def staged_directory(target: str | Path, replace: bool = False) -> Iterator[Path]:
+    """A fresh hidden folder beside `target` (same parent, so the same file system) to write a
+    whole output into; when the block ends it becomes `target` in one rename, and when the block
+    raises, Ctrl-C included, it is deleted. So `target` is never half written, nor a mix of an
+    old save and a new one. With `replace`, an existing `target` is kept until the new folder is
+    complete (see _move_into_place); without it, renaming onto a non-empty folder fails."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = _hidden_sibling(target, "")
+    staging.mkdir()
+    try:
+        yield staging
+        _move_into_place(staging, target, replace)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _hidden_sibling(target: Path, tag: str) -> Path:
+    """'.<name>.<tag><random>' next to `target`: hidden, unique, and short enough for the OS even
+    when the name itself is near its 255-character limit."""
+    return target.parent / f".{target.name[:200]}.{tag}{uuid.uuid4().hex[:8]}"
+
+
+def _move_into_place(staging: Path, target: Path, replace: bool) -> None:
+    """Rename `staging` to `target`. An existing `target` (with `replace`) is first moved aside,
+    put back if the rename fails, and deleted only once the new folder is in place."""
+    if not (replace and os.path.lexists(target)):
+        os.rename(staging, target)  # POSIX: replaces an empty folder, refuses a non-empty one
+        return
+    aside = _hidden_sibling(target, "old-")
+    os.rename(target, aside)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    if aside.is_symlink():  # `target` was a link to a folder: drop the link, not what it points to
+        aside.unlink()
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _named_arrays(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
