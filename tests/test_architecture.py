@@ -52,9 +52,12 @@ def test_a_new_method_is_one_class_and_one_registry_entry(tiny, monkeypatch):
 
 
 def test_method_settings_travel_with_the_method_and_old_records_still_load():
+    fasp = PruneSettings(method="fasp", sparsity=0.4)
+    assert type(fasp.options).__name__ == "NoSettings" and not hasattr(fasp.options, "refit")
     flap = PruneSettings(method="flap", sparsity=0.4)
-    assert type(flap.options).__name__ == "NoSettings" and not hasattr(flap.options, "penalty")
-    assert PruneSettings.from_dict(json.loads(json.dumps(asdict(flap)))) == flap
+    assert asdict(flap.options) == {"bias": True} and not hasattr(flap.options, "penalty")
+    for settings in (fasp, flap):
+        assert PruneSettings.from_dict(json.loads(json.dumps(asdict(settings)))) == settings
     spap = with_values(PruneSettings(), {"K": 7, "bias": False})
     assert PruneSettings.from_dict(json.loads(json.dumps(asdict(spap)))) == spap
     legacy = {"method": "spap", "sparsity": 0.3, "target_correction": 0.0,
@@ -62,7 +65,7 @@ def test_method_settings_travel_with_the_method_and_old_records_still_load():
               "altmin": asdict(spap.options.altmin)}
     assert PruneSettings.from_dict(legacy) == spap
     with pytest.raises(SpapInputError, match="takes SpapSettings"):
-        PruneSettings(method="spap", options=flap.options)
+        PruneSettings(method="spap", options=fasp.options)
 
 
 def test_every_declared_parameter_is_a_cli_flag_with_the_settings_default():
