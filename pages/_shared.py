@@ -71,7 +71,10 @@ def session_id() -> str:
 
 
 def model_choice() -> ModelChoice:
-    return session().model_choice(ModelChoice(source=os.environ.get(MODEL_ENV, DEFAULT_MODEL)))
+    state = session()
+    if state.model is None:
+        state.model = ModelChoice(source=os.environ.get(MODEL_ENV, DEFAULT_MODEL))
+    return state.model
 
 
 def target_device() -> torch.device:

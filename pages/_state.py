@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
 import streamlit as st
 
@@ -16,6 +16,9 @@ from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.data import DataSpec
 from spap_service.jobs import Job, JobStatus
 from spap_service.runs import RunOutcome
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -35,103 +38,43 @@ class TableRequest:
     context: dict = field(default_factory=dict)
 
 
+class Stored(Generic[T]):
+    """One session-state entry as a typed attribute: reading it gives the stored value (made by
+    `factory` on first use, else `default`), assigning it stores a new one."""
+
+    def __init__(self, key: str, default: T | None = None, factory: Callable[[], T] | None = None) -> None:
+        self.key, self.default, self.factory = key, default, factory
+
+    def __get__(self, instance: Any, owner: type) -> T:
+        if self.factory is not None and self.key not in st.session_state:
+            st.session_state[self.key] = self.factory()
+        return st.session_state.get(self.key, self.default)
+
+    def __set__(self, instance: Any, value: T) -> None:
+        st.session_state[self.key] = value
+
+
 class SessionState:
-    """Typed access to st.session_state (the keys are the attribute names)."""
+    """Typed access to st.session_state: every key the pages keep is one attribute here."""
 
-    def _get(self, name: str, default: Any = None) -> Any:
-        return st.session_state.get(name, default)
-
-    def _setdefault(self, name: str, factory: Callable[[], Any]) -> Any:
-        if name not in st.session_state:
-            st.session_state[name] = factory()
-        return st.session_state[name]
-
-    @property
-    def session_id(self) -> str:
-        """A random id naming this browser session as the owner of its jobs and saved runs."""
-        return self._setdefault("session_id", lambda: uuid.uuid4().hex[:12])
-
-    def model_choice(self, default: ModelChoice) -> ModelChoice:
-        return self._setdefault("model_choice", lambda: default)
-
-    def choose_model(self, choice: ModelChoice) -> None:
-        st.session_state["model_choice"] = choice
-
-    @property
-    def jobs(self) -> dict[str, Job]:
-        """This session's latest job of each kind."""
-        return self._setdefault("jobs", dict)
-
-    @property
-    def taken_jobs(self) -> set[str]:
-        return self._setdefault("taken_jobs", set)
-
-    @property
-    def data_spec(self) -> DataSpec | None:
-        return self._get("data_spec")
-
-    @data_spec.setter
-    def data_spec(self, spec: DataSpec) -> None:
-        st.session_state["data_spec"] = spec
-
-    @property
-    def prune_settings(self) -> PruneSettings | None:
-        """The settings last submitted on Run SPAP: the base of sweeps and scans."""
-        return self._get("prune_settings")
-
-    @prune_settings.setter
-    def prune_settings(self, settings: PruneSettings) -> None:
-        st.session_state["prune_settings"] = settings
-
-    @property
-    def run_seed(self) -> int:
-        return self._get("run_seed", 0)
-
-    @run_seed.setter
-    def run_seed(self, seed: int) -> None:
-        st.session_state["run_seed"] = seed
-
-    @property
-    def latest_run(self) -> RunOutcome | None:
-        return self._get("latest_run")
-
-    @property
-    def run_history(self) -> list[dict]:
-        return self._setdefault("run_history", list)
+    session_id: Stored[str] = Stored("session_id", factory=lambda: uuid.uuid4().hex[:12])  # owner of jobs and runs
+    model: Stored[ModelChoice | None] = Stored("model_choice")
+    jobs: Stored[dict[str, Job]] = Stored("jobs", factory=dict)  # this session's latest job of each kind
+    taken_jobs: Stored[set[str]] = Stored("taken_jobs", factory=set)
+    data_spec: Stored[DataSpec | None] = Stored("data_spec")
+    prune_settings: Stored[PruneSettings | None] = Stored("prune_settings")  # last submitted on Run SPAP
+    run_seed: Stored[int] = Stored("run_seed", default=0)
+    latest_run: Stored[RunOutcome | None] = Stored("latest_run")
+    run_history: Stored[list[dict]] = Stored("run_history", factory=list)
+    latency: Stored[LatencyComparison | None] = Stored("latency")
+    generation: Stored[dict | None] = Stored("dense_vs_pruned")  # the last text pair and what made it
+    table_requests: Stored[dict[str, TableRequest]] = Stored("table_requests", factory=dict)
+    opened_shared_run: Stored[str | None] = Stored("opened_shared_run")
 
     def adopt_run(self, outcome: RunOutcome, history_row: dict) -> None:
         """Make `outcome` this session's latest run (a finished job or a saved run it opened)."""
-        st.session_state["latest_run"] = outcome
+        self.latest_run = outcome
         self.run_history.append(history_row)
-
-    @property
-    def latency(self) -> LatencyComparison | None:
-        return self._get("latency")
-
-    @latency.setter
-    def latency(self, comparison: LatencyComparison) -> None:
-        st.session_state["latency"] = comparison
-
-    @property
-    def generation(self) -> dict | None:
-        """The last dense-vs-pruned text pair, with the prompt and settings it came from."""
-        return self._get("dense_vs_pruned")
-
-    @generation.setter
-    def generation(self, record: dict) -> None:
-        st.session_state["dense_vs_pruned"] = record
-
-    @property
-    def table_requests(self) -> dict[str, TableRequest]:
-        return self._setdefault("table_requests", dict)
-
-    @property
-    def opened_shared_run(self) -> str | None:
-        return self._get("opened_shared_run")
-
-    @opened_shared_run.setter
-    def opened_shared_run(self, name: str) -> None:
-        st.session_state["opened_shared_run"] = name
 
 
 def session() -> SessionState:

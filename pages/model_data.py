@@ -74,7 +74,7 @@ with st.container(border=True):
         if not source.strip():
             st.error("Give a model directory, a .gguf file or a hub id first.")
         else:
-            session().choose_model(ModelChoice(source=source.strip(), device=device, dtype=dtype))
+            session().model = ModelChoice(source=source.strip(), device=device, dtype=dtype)
             st.rerun()  # the sidebar (drawn before this page) loads and shows the new model
 
 loaded = current_model()

@@ -25,6 +25,15 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 VIEWPORT = {"width": 1500, "height": 1000}
 JOB_LIMIT_MS = 1_800_000  # a guard against a hung job, not a performance target
+# Every page after the start page, in order: its title, the job it runs (button, text that shows the
+# job has finished; None for a page that shows the latest run) and its screenshot's name.
+PAGES = [("Model & data", None, "01_model_data"), ("Run SPAP", ("Run SPAP", "Latest result"), "02_run_spap"),
+         ("Mask evolution", None, "03_mask_evolution"), ("Scores", None, "04_scores"),
+         ("Dense vs pruned text", ("Generate", "tokens/s"), "05_dense_vs_pruned"),
+         ("Perplexity vs sparsity", ("Run sweep", "Sweep (.csv)"), "06_perplexity_sweep"),
+         ("Latency & memory", ("Measure", "Memory and compute"), "07_latency"),
+         ("Sensitivity", ("Run scan", "Red dotted line"), "08_sensitivity"),
+         ("How SPAP works", None, "09_how_spap_works")]
 
 
 def free_port() -> int:
@@ -96,32 +105,13 @@ def main() -> None:
             settle(page)
             page.get_by_text("SPAP Explorer").first.wait_for()
             shoot(page, args.out, "00_start_here")
-            go_to(page, "Model & data")
-            shoot(page, args.out, "01_model_data")
-            go_to(page, "Run SPAP")
-            run_job(page, "Run SPAP", "Latest result")
-            shoot(page, args.out, "02_run_spap")
-            if args.run_only:
-                return
-            go_to(page, "Mask evolution")
-            shoot(page, args.out, "03_mask_evolution")
-            go_to(page, "Scores")
-            shoot(page, args.out, "04_scores")
-            go_to(page, "Dense vs pruned text")
-            run_job(page, "Generate", "tokens/s")
-            shoot(page, args.out, "05_dense_vs_pruned")
-            go_to(page, "Perplexity vs sparsity")
-            run_job(page, "Run sweep", "Sweep (.csv)")
-            shoot(page, args.out, "06_perplexity_sweep")
-            go_to(page, "Latency & memory")
-            run_job(page, "Measure", "Memory and compute")
-            shoot(page, args.out, "07_latency")
-            go_to(page, "Sensitivity")
-            page.locator('[data-testid="stSlider"] input[aria-label="Values"]').first.wait_for()
-            run_job(page, "Run scan", "Red dotted line")
-            shoot(page, args.out, "08_sensitivity")
-            go_to(page, "How SPAP works")
-            shoot(page, args.out, "09_how_spap_works")
+            for title, job, name in PAGES:
+                go_to(page, title)
+                if job is not None:
+                    run_job(page, *job)
+                shoot(page, args.out, name)
+                if args.run_only and title == "Run SPAP":
+                    return
             browser.close()
     finally:
         process.terminate()

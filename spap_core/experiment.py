@@ -17,11 +17,10 @@ import torch
 from spap_core.budget import check_fits
 from spap_core.errors import SpapInputError
 from spap_core.evaluate import PerplexityResult, perplexity
-from spap_core.methods.problem import prune_count
 from spap_core.methods.registry import PruneSettings, settings_for_family
 from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel, context_length
-from spap_core.prune import LayerCallback, PruneResult, prune_model
+from spap_core.prune import LayerCallback, PruneResult, prune_counts, prune_model
 
 BatchCallback = Callable[[int, int], None]
 
@@ -70,19 +69,13 @@ def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Itera
         if positions is not None and length > positions:
             raise SpapInputError(f"Windows of {length} tokens are longer than the model's {positions} positions; "
                                  f"use at most {positions} tokens per window.")
-    family = loaded.family
-    layers = family.decoder_layers(loaded.model)
-    for layer in layers:
-        prune_count(family.mlp(layer).down_proj.in_features, settings.sparsity)
-    method = settings.implementation
-    if method.target_correction(settings.options) > 0 and not family.mlp_output_is_residual(layers[0]):
-        raise SpapInputError(
-            f"Error-correcting targets need the MLP output to enter the residual stream directly, which is not "
-            f"the case for model type '{family.model_type}'; set the target correction to 0.")
+    settings, adjustments = settings_for_family(settings, loaded.family)
+    prune_counts(loaded, settings)
     if calibration_tokens is not None:
-        explicit = method.recovery(settings.options) is not None or method.target_correction(settings.options) > 0
+        method, options = settings.implementation, settings.options
+        explicit = method.recovery(options) is not None or method.target_correction(options) > 0
         check_fits(loaded, calibration_tokens, batch_size, max(window_lengths, default=0), explicit, copies_model)
-    return settings_for_family(settings, family)
+    return settings, adjustments
 
 
 def run_experiment(

@@ -84,6 +84,26 @@ def _down_column_norms(problem: LayerProblem, decision: LayerDecision) -> dict[s
     return {"dense": problem.dense_down.float().norm(dim=0).cpu().numpy(), "final": final.numpy()}
 
 
+def prune_counts(loaded: LoadedModel, settings: PruneSettings) -> list[int]:
+    """λ for every layer, after the refusals that the model's config decides for these settings
+    (a bias the family cannot store, corrected targets it cannot take, a sparsity that prunes
+    nothing or everything): the walk and plan_run share them, before any forward pass."""
+    family, method, options = loaded.family, settings.implementation, settings.options
+    layers = family.decoder_layers(loaded.model)
+    if method.adds_down_bias(options) and not family.stores_down_bias:
+        raise SpapInputError(
+            f"'{settings.method}' adds a down_proj bias, which model type '{family.model_type}' cannot "
+            "store; run it through run_experiment (which picks the no-bias variant) or turn bias compensation off "
+            "(--no-bias)."
+        )
+    if method.target_correction(options) > 0 and not family.mlp_output_is_residual(layers[0]):
+        raise SpapInputError(
+            f"Error-correcting targets need the MLP output to enter the residual stream directly, which "
+            f"is not the case for model type '{family.model_type}'; set the target correction to 0."
+        )
+    return [prune_count(family.mlp(layer).down_proj.in_features, settings.sparsity) for layer in layers]
+
+
 class _StopForward(Exception):
     pass
 
@@ -225,24 +245,13 @@ def prune_model(
     """Prune `loaded.model` (a deep copy unless inplace) with the given settings on calibration
     token windows [N, L]. on_layer(i, L) fires after each layer; on_step per SPAP ρ iteration;
     setting `cancel` stops the run within one ρ iteration (PruningCancelled)."""
+    n_prune = prune_counts(loaded, settings)  # refusals first, before the copy
     method, options = settings.implementation, settings.options
+    correction, recovery = method.target_correction(options), method.recovery(options)
     model = loaded.model if inplace else copy.deepcopy(loaded.model)
     family = loaded.family
     layers = family.decoder_layers(model)
     device = next(model.parameters()).device
-    if method.adds_down_bias(options) and not family.stores_down_bias:
-        raise SpapInputError(
-            f"'{settings.method}' adds a down_proj bias, which model type '{family.model_type}' cannot "
-            "store; run it through run_experiment (which picks the no-bias variant) or turn bias compensation off "
-            "(--no-bias)."
-        )
-    correction, recovery = method.target_correction(options), method.recovery(options)
-    if correction > 0 and not family.mlp_output_is_residual(layers[0]):
-        raise SpapInputError(
-            f"Error-correcting targets need the MLP output to enter the residual stream directly, which "
-            f"is not the case for model type '{family.model_type}'; set the target correction to 0."
-        )
-    n_prune = [prune_count(family.mlp(layer).down_proj.in_features, settings.sparsity) for layer in layers]
     params_before = parameter_count(model)
     timings = {"capture": 0.0, "solve": 0.0, "altmin": 0.0, "propagate": 0.0}
     records: list[LayerRecord] = []
