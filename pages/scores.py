@@ -16,7 +16,8 @@ st.title("Scores")
 outcome = require_outcome()
 layers = outcome.result.layers
 st.caption("Low score = cheap to prune. spap_first/spap_last: SPAP's score ‖W[:,i]‖·‖Zᵢ‖ᵗ before its first ρ "
-           "iteration (the unpenalised W) and after its last; magnitude, wanda-sp and flap: the baselines' metrics on the same calibration data. Each "
+           "iteration (the unpenalised W) and after its last; magnitude, wanda-sp and flap: the baselines' metrics "
+           "on the same calibration data. Each "
            "metric is divided by its own λ-threshold (its λ-th lowest value), so every threshold sits at 0 on the "
            "log axis and the metrics share one axis although their scales differ.")
 
