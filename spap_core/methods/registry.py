@@ -12,6 +12,7 @@ from spap_core.errors import SpapInputError
 from spap_core.families import GluFamily
 from spap_core.methods.base import PruningMethod
 from spap_core.methods.baselines import Fasp, Flap, Magnitude, WandaSp
+from spap_core.methods.obs import StructuredObs
 from spap_core.methods.spap import Spap
 
 METHODS: dict[str, PruningMethod] = {method.name: method for method in (
@@ -20,6 +21,7 @@ METHODS: dict[str, PruningMethod] = {method.name: method for method in (
     WandaSp(),
     Flap(),
     Fasp(),
+    StructuredObs(),
 )}
 
 
