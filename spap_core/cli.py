@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tqdm import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spap_core.access import checked_path
 from spap_core.data import calibration_windows, evaluation_windows, resolve_text
@@ -18,11 +18,14 @@ from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailable
 from spap_core.experiment import plan_run, run_experiment
 from spap_core.latency import latency_ratios, measure_latencies
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.models import DEFAULT_MODEL, load_model, resolve_device
+from spap_core.models import DEFAULT_MODEL, Placement, load_model, resolve_device
+from spap_core.offload import DEVICE_MAP_STRATEGIES, LAYERS_ON_DISK
 from spap_core.parameters import GROUPS, PARAMETERS, SETTINGS_PARAMETERS, with_values
 from spap_core.prune import PruneResult
 from spap_core.runs import staged_directory, write_run
 from spap_core.shrink import save_pruned
+from spap_core.zeroshot import (STANDARD, STANDARD_TASKS, check_tasks, comparison_rows, format_comparison,
+                                parse_tasks, zeroshot_accuracy)
 
 EXIT_BAD_INPUT = 2
 EXIT_NOT_SAVED = 3
@@ -39,7 +42,8 @@ NUMBER_BOUNDS: dict[str, dict[str, tuple[int, int | None]]] = {
     "latency": {"seqlen": (2, None), "decode_tokens": (1, None), "repeats": (1, None), "warmup": (0, None)},
 }
 # path flags (destinations) and what their messages call them; --out has its own check
-PATH_FLAGS = {"prune": {"model": "model", "calib_file": "calibration text", "eval_file": "evaluation text"},
+PATH_FLAGS = {"prune": {"model": "model", "calib_file": "calibration text", "eval_file": "evaluation text",
+                        "zeroshot_tasks_dir": "zero-shot task folder", "offload_folder": "offload folder"},
               "latency": {"model": "model", "pruned": "pruned model"}}
 
 
@@ -71,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--overwrite", action="store_true",
                        help="let --out replace a non-empty folder; the old one is deleted only once the new one is "
                             "complete")
+    _add_placement_args(prune)
     _add_parameter_args(prune)
+    _add_zeroshot_args(prune)
     latency = commands.add_parser("latency", help="latency and memory of the dense model and a pruned one",
                                   epilog=EXIT_CODES)
     _add_model_args(latency)
@@ -103,6 +109,42 @@ def _add_parameter_args(parser: argparse.ArgumentParser) -> None:
         groups[parameter.group].add_argument(*parameter.flags, **options)
 
 
+def _add_placement_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "models bigger than memory: accelerate places the weights, the walk prunes one decoder layer at a time "
+        "on --device, in place (dense perplexity first)")
+    group.add_argument("--low-memory", action="store_true",
+                       help="every decoder layer stays on disk and is loaded one at a time (= --device-map disk)")
+    group.add_argument("--device-map", default=None, metavar="MAP",
+                       help=f"{', '.join(DEVICE_MAP_STRATEGIES)} (accelerate's strategies, with --max-memory), "
+                            f"'{LAYERS_ON_DISK}' (every decoder layer on disk), or a .json file of module name → "
+                            "device (0, 'cuda:1', 'cpu', 'disk'); decoder layers must stay whole")
+    group.add_argument("--max-memory", default=None, metavar="BUDGET",
+                       help="per-device budget for the strategies, e.g. '0=20GiB,1=20GiB,cpu=60GiB'")
+    group.add_argument("--offload-folder", default=None, metavar="DIR",
+                       help="where disk-offloaded and pruned layers are written (default: a temporary folder "
+                            "under the cache, removed at exit)")
+
+
+def placement(args: argparse.Namespace) -> Placement:
+    """The weights' placement the flags ask for, refused in one line before anything loads."""
+    if args.low_memory and args.device_map not in (None, LAYERS_ON_DISK):
+        raise SpapInputError(f"--low-memory means --device-map {LAYERS_ON_DISK}; give one of the two.")
+    device_map = LAYERS_ON_DISK if args.low_memory else args.device_map
+    return Placement.parse(device_map, args.max_memory, args.offload_folder)
+
+
+def _add_zeroshot_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("zero-shot accuracy (lm-eval-harness), of the dense and the pruned model")
+    group.add_argument("--zeroshot", default=None, metavar="TASKS",
+                       help=f"lm-eval tasks separated by commas; '{STANDARD}' = {', '.join(STANDARD_TASKS)} (their "
+                            "data come from the Hugging Face hub)")
+    group.add_argument("--zeroshot-limit", type=int, default=None, metavar="N",
+                       help="only each task's first N examples (quick checks; papers use every example)")
+    group.add_argument("--zeroshot-tasks-dir", default=None, metavar="DIR",
+                       help="a folder of lm-eval task YAML files: its tasks can be named in --zeroshot")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Every refusal the arguments alone decide, made before the slow model load: a number out of
     range (which would otherwise fail deep in torch, or after minutes of work), a path the OS
@@ -114,6 +156,21 @@ def check_args(args: argparse.Namespace) -> None:
             checked_path(path, what)
     if args.command == "prune" and args.out is not None:
         _check_out(args)
+    if args.command == "prune":
+        _check_zeroshot(args)
+        placement(args)
+
+
+def _check_zeroshot(args: argparse.Namespace) -> None:
+    """The zero-shot flags, and the hub for the tasks that need it, before the model loads: an
+    offline machine is told at once, not after the pruning."""
+    if args.zeroshot is None:
+        if args.zeroshot_limit is not None or args.zeroshot_tasks_dir is not None:
+            raise SpapInputError("--zeroshot-limit and --zeroshot-tasks-dir apply to --zeroshot TASKS; add it.")
+        return
+    if args.zeroshot_limit is not None:
+        _check_number("zeroshot_limit", args.zeroshot_limit, 1, None)
+    check_tasks(parse_tasks(args.zeroshot), _zeroshot_paths(args))
 
 
 def _check_number(dest: str, value: int, low: int, high: int | None) -> None:
@@ -143,6 +200,19 @@ def _check_out(args: argparse.Namespace) -> None:
                              "--overwrite to replace it.")
 
 
+def _zeroshot_paths(args: argparse.Namespace) -> list[str]:
+    return [] if args.zeroshot_tasks_dir is None else [args.zeroshot_tasks_dir]
+
+
+def _zeroshot(args: argparse.Namespace, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+              which: str) -> dict[str, dict]:
+    """Zero-shot accuracy of the `which` model on the --zeroshot tasks (progress on stderr)."""
+    tasks = parse_tasks(args.zeroshot)
+    print(f"zero-shot accuracy of the {which} model: {', '.join(tasks)}", file=sys.stderr)
+    return zeroshot_accuracy(model, tokenizer, tasks, limit=args.zeroshot_limit, batch_size=args.batch_size,
+                             task_paths=_zeroshot_paths(args))
+
+
 def prune_settings(args: argparse.Namespace) -> PruneSettings:
     """The settings the flags describe; SPAP's hyperparameters only reach SPAP."""
     settings = PruneSettings(method=args.method, sparsity=args.sparsity)
@@ -153,7 +223,7 @@ def prune_settings(args: argparse.Namespace) -> PruneSettings:
 def run_prune(args: argparse.Namespace) -> dict:
     settings = prune_settings(args)  # validate before the slow model load
     resolve_device(args.device)
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement(args))
     # every refusal that the model's config decides, before any text is read or forward pass run
     _, adjustments = plan_run(loaded, settings, (args.seqlen, args.eval_len),
                               calibration_tokens=args.nsamples * args.seqlen, batch_size=args.batch_size,
@@ -164,6 +234,8 @@ def run_prune(args: argparse.Namespace) -> dict:
     eval_text = resolve_text(args.eval_file, "evaluation", loaded.model, loaded.tokenizer)
     calibration = calibration_windows(loaded.tokenizer, calib_text, args.nsamples, args.seqlen, args.seed)
     windows = evaluation_windows(loaded.tokenizer, eval_text, args.eval_len, args.eval_windows or None)
+    # before the walk, which prunes this very model in place
+    zeroshot_dense = _zeroshot(args, loaded.model, loaded.tokenizer, "dense") if args.zeroshot else None
     with tqdm(total=windows.shape[0], desc="dense perplexity", file=sys.stderr, unit="batch") as dense_bar, \
             tqdm(desc=f"{args.method} layers", file=sys.stderr, unit="layer") as layer_bar, \
             tqdm(total=windows.shape[0], desc="pruned perplexity", file=sys.stderr, unit="batch") as pruned_bar:
@@ -181,6 +253,10 @@ def run_prune(args: argparse.Namespace) -> dict:
         loaded, eval_source=eval_text.label, calib_source=calib_text.label, calib_synthetic=calib_text.synthetic,
         nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
     )
+    if zeroshot_dense is not None:
+        zeroshot_pruned = _zeroshot(args, result.model, loaded.tokenizer, "pruned")
+        record["zeroshot"] = {"dense": zeroshot_dense, "pruned": zeroshot_pruned}
+        print(format_comparison(comparison_rows(zeroshot_dense, zeroshot_pruned)), file=sys.stderr)
     if args.out is not None:
         save_error = save_run(_out_path(args), args.overwrite, loaded.tokenizer, record, result)
         if save_error:

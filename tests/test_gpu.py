@@ -52,3 +52,27 @@ def test_generation_side_by_side_on_the_gpu():
     prompt = encode_prompt(dense.tokenizer, "w1 w2 w3", settings, context=256)
     last = list(generate_side_by_side(dense.model, pruned, dense.tokenizer, prompt, settings))[-1]
     assert last.finished and last.dense.tokens and last.pruned.tokens
+
+
+def test_layers_offloaded_to_cpu_and_disk_are_pruned_on_the_gpu_like_a_model_on_the_gpu(tmp_path):
+    """The multi-place path of --device-map: layers resident on the GPU, offloaded to CPU memory and
+    to disk, each pruned on the GPU, give the in-GPU-memory result and save loadable."""
+    import json
+
+    from spap_core.models import Placement, load_model
+
+    path = tmp_path / "tiny"
+    tiny_llama().save_pretrained(path, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(path)
+    device_map = {"model.embed_tokens": 0, "model.norm": 0, "model.rotary_emb": 0, "lm_head": 0,
+                  "model.layers.0": "cpu", "model.layers.1": "disk"}
+    (tmp_path / "map.json").write_text(json.dumps(device_map))
+    placed = load_model(str(path), device="cuda", dtype="float32",
+                        placement=Placement.parse(str(tmp_path / "map.json"), None, str(tmp_path / "offload")))
+    offloaded = run_experiment(placed, CALIBRATION, EVALUATION, PruneSettings(), batch_size=4, inplace=True)
+    in_memory = run_experiment(load_model(str(path), device="cuda", dtype="float32"), CALIBRATION, EVALUATION,
+                               PruneSettings(), batch_size=4, inplace=True)
+    assert offloaded.pruned.perplexity == pytest.approx(in_memory.pruned.perplexity, rel=1e-4)
+    save_pruned(placed.model, placed.tokenizer, tmp_path / "pruned")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    assert sum(p.numel() for p in reloaded.parameters()) == offloaded.result.params_after
