@@ -16,6 +16,7 @@ PAGES = {
         st.Page("pages/scores.py", title="Scores", icon=":material/bar_chart:"),
         st.Page("pages/dense_vs_pruned.py", title="Dense vs pruned text", icon=":material/chat:"),
         st.Page("pages/latency.py", title="Latency & memory", icon=":material/speed:"),
+        st.Page("pages/zeroshot.py", title="Zero-shot accuracy", icon=":material/quiz:"),
     ],
     "Compare and understand": [
         st.Page("pages/perplexity_sweep.py", title="Perplexity vs sparsity", icon=":material/show_chart:"),
