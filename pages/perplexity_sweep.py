@@ -21,6 +21,7 @@ from pages._shared import (
     request_table,
     sweep_time_estimate,
 )
+from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import METHODS
 from spap_service.comparisons import sweep_key, sweep_sparsities
 
@@ -37,6 +38,13 @@ methods = method_column.multiselect("Methods", list(METHODS), default=["spap", "
 low, high = sparsity_column.slider("Sparsity range", 0.05, 0.9, (0.1, 0.5), 0.05, key="sweep_range")
 step = step_column.selectbox("Step", [0.05, 0.1, 0.2], index=2, key="sweep_step")
 sparsities = [round(float(v), 4) for v in np.arange(low, high + 1e-9, step)]
+reconstruction = st.radio(
+    "Weight update after each method's selection", RECONSTRUCTIONS, horizontal=True, key="sweep_reconstruction",
+    help=f"{OWN}: each method's own (SPAP: refit + alternating minimization; FASP: least squares; FLAP: a mean "
+         f"bias; magnitude and Wanda-sp: none). {REFIT}: SPAP's refit for every method (ridge towards the dense "
+         f"weights, bias). {REFIT_ALTMIN}: that plus SPAP's alternating minimization. With the same update for "
+         "all, the curves compare the selections alone.")
+base = replace(base, settings=replace(base.settings, reconstruction=Reconstruction.named(reconstruction)))
 st.caption(sweep_time_estimate(len(methods) * len(sparsities), latest_outcome()))
 if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
     points = [replace(base, settings=replace(base.settings.for_method(method), sparsity=sparsity))
@@ -61,7 +69,8 @@ dense = float(table["dense_perplexity"].iloc[0])
 chart_column, table_column = st.columns([3, 2])
 with chart_column:
     figure = px.line(table, x="sparsity", y="perplexity", color="method", markers=True, log_y=True,
-                     title=f"Perplexity vs sparsity ({int(table['eval_tokens'].iloc[0]):,} evaluation tokens)")
+                     title=f"Perplexity vs sparsity ({int(table['eval_tokens'].iloc[0]):,} evaluation tokens; "
+                           f"weight update: {table['reconstruction'].iloc[0]})")
     sparsities = sorted(table["sparsity"].unique())
     # a trace, not add_hline: shapes on a log axis take log10 coordinates
     figure.add_scatter(x=[sparsities[0], sparsities[-1]], y=[dense, dense], mode="lines", name=f"dense {dense:.2f}",

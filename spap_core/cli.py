@@ -17,6 +17,7 @@ from spap_core.data import calibration_windows, evaluation_windows, resolve_text
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.experiment import plan_run, run_experiment
 from spap_core.latency import latency_ratios, measure_latencies
+from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.models import DEFAULT_MODEL, Placement, load_model, resolve_device
 from spap_core.offload import DEVICE_MAP_STRATEGIES, LAYERS_ON_DISK
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(prune)
     prune.add_argument("--method", default="spap", choices=list(METHODS),
                        help="; ".join(f"{name}: {method.description}" for name, method in METHODS.items()))
+    prune.add_argument("--reconstruction", default=OWN, choices=RECONSTRUCTIONS,
+                       help=f"the weight update after the selection: '{OWN}' = the method's own; '{REFIT}' = SPAP's "
+                            f"refit (ridge towards the dense weights, bias); '{REFIT_ALTMIN}' = that plus SPAP's "
+                            "alternating minimization; compares selections with the same reconstruction")
     prune.add_argument("--calib-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
     prune.add_argument("--eval-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
     prune.add_argument("--eval-len", type=int, default=512, help="evaluation window length (tokens)")
@@ -215,7 +220,8 @@ def _zeroshot(args: argparse.Namespace, model: PreTrainedModel, tokenizer: PreTr
 
 def prune_settings(args: argparse.Namespace) -> PruneSettings:
     """The settings the flags describe; SPAP's hyperparameters only reach SPAP."""
-    settings = PruneSettings(method=args.method, sparsity=args.sparsity)
+    settings = PruneSettings(method=args.method, sparsity=args.sparsity,
+                             reconstruction=Reconstruction.named(args.reconstruction))
     values = {p.key: getattr(args, p.key) for p in SETTINGS_PARAMETERS if p.key != "sparsity"}
     return with_values(settings, values) if args.method == "spap" else settings
 

@@ -17,6 +17,7 @@ import torch
 from spap_core.budget import check_fits
 from spap_core.errors import SpapInputError
 from spap_core.evaluate import PerplexityResult, perplexity
+from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import PruneSettings, settings_for_family
 from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel, context_length
@@ -40,6 +41,7 @@ class Experiment:
         result = self.result
         return {
             "method": result.settings.method, "sparsity": result.settings.sparsity,
+            "reconstruction": reconstruction_name(result.settings.reconstruction),
             "ppl": self.pruned.perplexity, "ppl_dense": self.dense.perplexity,
             "relative_error": result.relative_error,
             "mean_layer_error": result.mean_layer_error,
@@ -72,8 +74,7 @@ def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Itera
     settings, adjustments = settings_for_family(settings, loaded.family)
     prune_counts(loaded, settings)
     if calibration_tokens is not None:
-        method, options = settings.implementation, settings.options
-        explicit = method.recovery(options) is not None or method.target_correction(options) > 0
+        explicit = settings.recovery is not None or settings.implementation.target_correction(settings.options) > 0
         check_fits(loaded, calibration_tokens, batch_size, max(window_lengths, default=0), explicit, copies_model)
     return settings, adjustments
 

@@ -91,7 +91,7 @@ def prune_counts(loaded: LoadedModel, settings: PruneSettings) -> list[int]:
     nothing or everything): the walk and plan_run share them, before any forward pass."""
     family, method, options = loaded.family, settings.implementation, settings.options
     layers = family.decoder_layers(loaded.model)
-    if method.adds_down_bias(options) and not family.stores_down_bias:
+    if settings.adds_down_bias and not family.stores_down_bias:
         raise SpapInputError(
             f"'{settings.method}' adds a down_proj bias, which model type '{family.model_type}' cannot "
             "store; run it through run_experiment (which picks the no-bias variant) or turn bias compensation off "
@@ -248,7 +248,7 @@ def prune_model(
     setting `cancel` stops the run within one ρ iteration (PruningCancelled)."""
     n_prune = prune_counts(loaded, settings)  # refusals first, before the copy
     method, options = settings.implementation, settings.options
-    correction, recovery = method.target_correction(options), method.recovery(options)
+    correction, recovery = method.target_correction(options), settings.recovery
     if not inplace and is_dispatched(loaded.model):
         raise SpapInputError("A model placed with a device map (offloaded layers) is pruned in place; a copy "
                              "would need the memory the map avoids.")
@@ -319,6 +319,8 @@ def prune_model(
                         "(the model itself overflows on this text; try float32 or another calibration text).")
                 del stats
                 decision = method.decide(problem, options, index, on_step=keep_step, cancel=cancel)
+                if settings.reconstruction is not None:
+                    decision = settings.reconstruction.apply(problem, decision)
                 timings["solve"] += time.perf_counter() - started
 
                 if recovery is not None:

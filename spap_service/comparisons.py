@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from spap_core.latency import LatencyReport, latency_ratios, measure_latencies
+from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.models import LoadedModel
 from spap_core.parameters import SCANNED, Parameter
 from spap_service.cache import BoundedCache
@@ -32,6 +33,7 @@ def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: list[str], 
         request = replace(base, settings=replace(base.settings.for_method(method), sparsity=sparsity))
         experiment = experiment_with_progress(loaded, data, request, dense, progress, cancel)
         rows.append({"method": method, "sparsity": sparsity, "perplexity": experiment.pruned.perplexity,
+                     "reconstruction": reconstruction_name(request.settings.reconstruction),
                      "dense_perplexity": dense.perplexity, "mean_layer_error": experiment.result.mean_layer_error,
                      "params_after": experiment.result.params_after, "eval_tokens": experiment.pruned.tokens})
         del experiment

@@ -10,9 +10,10 @@ from typing import Any
 
 from spap_core.errors import SpapInputError
 from spap_core.families import GluFamily
-from spap_core.methods.base import PruningMethod
+from spap_core.methods.base import PruningMethod, Recovery
 from spap_core.methods.baselines import Fasp, Flap, Magnitude, WandaSp
 from spap_core.methods.obs import StructuredObs
+from spap_core.methods.reconstruction import Reconstruction
 from spap_core.methods.spap import Spap
 
 METHODS: dict[str, PruningMethod] = {method.name: method for method in (
@@ -34,11 +35,14 @@ def pruning_method(name: str) -> PruningMethod:
 @dataclass(frozen=True)
 class PruneSettings:
     """Everything that decides a pruning result (recorded with every run for reproducibility):
-    the method, the sparsity, and the method's own settings (`options`, its defaults when None)."""
+    the method, the sparsity, the method's own settings (`options`, its defaults when None), and
+    the weight update after the selection (`reconstruction`: None = the method's own, else SPAP's
+    refit, optionally with alternating minimization, so selections compare on equal terms)."""
 
     method: str = "spap"
     sparsity: float = 0.3
     options: Any = None
+    reconstruction: Reconstruction | None = None
 
     def __post_init__(self) -> None:
         implementation = pruning_method(self.method)
@@ -49,17 +53,39 @@ class PruneSettings:
         elif not isinstance(self.options, implementation.settings_type):
             raise SpapInputError(f"Method '{self.method}' takes {implementation.settings_type.__name__}, "
                                  f"not {type(self.options).__name__}.")
+        if self.reconstruction is not None and not isinstance(self.reconstruction, Reconstruction):
+            raise SpapInputError(f"reconstruction must be a Reconstruction or None (got {self.reconstruction!r}).")
 
     @property
     def implementation(self) -> PruningMethod:
         return METHODS[self.method]
 
+    @property
+    def adds_down_bias(self) -> bool:
+        """Whether the decisions carry a down_proj bias (from the reconstruction, when there is one)."""
+        if self.reconstruction is not None:
+            return self.reconstruction.bias
+        return self.implementation.adds_down_bias(self.options)
+
+    @property
+    def recovery(self) -> Recovery | None:
+        """The update of gate/up after the decision: the reconstruction's, else the method's own."""
+        if self.reconstruction is not None:
+            return self.reconstruction.recovery
+        return self.implementation.recovery(self.options)
+
+    def without_down_bias(self) -> PruneSettings:
+        """The documented variant that stores no down_proj bias (only when `adds_down_bias`)."""
+        if self.reconstruction is not None:
+            return replace(self, reconstruction=replace(self.reconstruction, bias=False))
+        return replace(self, options=self.implementation.without_down_bias(self.options))
+
     def for_method(self, method: str) -> PruneSettings:
-        """The same sparsity with another method: its options stay when the method does, else that
-        method's defaults (a sweep compares each method at its own defaults)."""
+        """The same sparsity and reconstruction with another method: its options stay when the
+        method does, else that method's defaults (a sweep compares each method at its own defaults)."""
         if method == self.method:
             return self
-        return PruneSettings(method=method, sparsity=self.sparsity)
+        return PruneSettings(method=method, sparsity=self.sparsity, reconstruction=self.reconstruction)
 
     @staticmethod
     def from_dict(values: dict) -> PruneSettings:
@@ -71,7 +97,9 @@ class PruneSettings:
                       "options": legacy if values["method"] == "spap" else {}}
         implementation = pruning_method(values["method"])
         options = _from_dict(implementation.settings_type, values.get("options") or {})
-        return PruneSettings(method=values["method"], sparsity=values["sparsity"], options=options)
+        reconstruction = values.get("reconstruction")
+        return PruneSettings(method=values["method"], sparsity=values["sparsity"], options=options,
+                             reconstruction=None if reconstruction is None else _from_dict(Reconstruction, reconstruction))
 
 
 def settings_for_family(settings: PruneSettings, family: GluFamily) -> tuple[PruneSettings, list[str]]:
@@ -79,11 +107,9 @@ def settings_for_family(settings: PruneSettings, family: GluFamily) -> tuple[Pru
     down_proj bias runs its no-bias variant where the family's transformers class cannot store one,
     so what is saved and reloaded is exactly what was evaluated. Decided from the config alone,
     before any forward pass."""
-    method = settings.implementation
-    if not method.adds_down_bias(settings.options) or family.stores_down_bias:
+    if not settings.adds_down_bias or family.stores_down_bias:
         return settings, []
-    adapted = replace(settings, options=method.without_down_bias(settings.options))
-    return adapted, [f"{settings.method} runs without its down_proj bias (bias compensation off): model type "
+    return settings.without_down_bias(), [f"{settings.method} runs without its down_proj bias (bias compensation off): model type "
                      f"'{family.model_type}' cannot store a down_proj bias in its transformers class, and the saved "
                      "model must be the one evaluated."]
 
