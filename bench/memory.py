@@ -40,11 +40,13 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--nsamples", type=int, default=4)
     parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--method", default="spap")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     python = sys.executable
-    prune = [python, "-m", "spap_core", "prune", "--model", args.model, "--device", "cpu", "--nsamples",
+    prune = [python, "-m", "spap_core", "prune", "--model", args.model, "--method", args.method, "--device", "cpu",
+             "--nsamples",
              str(args.nsamples), "--seqlen", str(args.seqlen), "--eval-len", str(args.seqlen), "--eval-windows", "2",
              "--batch-size", "1", "--json"]
     # one window per forward pass in both modes: the calibration chunks change the float rounding, and
@@ -67,7 +69,7 @@ def main() -> None:
          "ppl": ppl["low"]},
     ]
     lines = ["# Peak memory of a prune", "",
-             f"Model {args.model}, weights {weights / 2**20:.0f} MiB (float32). Machine: {platform.machine()} CPU. Peak "
+             f"Model {args.model}, weights {weights / 2**20:.0f} MiB (float32), method {args.method}. Machine: {platform.machine()} CPU. Peak "
              "resident set size of each child process, as the kernel reports it; the last column leaves out the "
              "first row, the fixed cost of the interpreter and the libraries.", "",
              "| mode | peak RSS (MiB) | ÷ weight bytes | above the imports, ÷ weight bytes | pruned ppl |",

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spap_core.access import checked_path
+from spap_core.allocation import ALLOCATIONS, GLOBAL, UNIFORM
 from spap_core.data import calibration_windows, evaluation_windows, resolve_text
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.experiment import plan_run, run_experiment
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"the weight update after the selection: '{OWN}' = the method's own; '{REFIT}' = SPAP's "
                             f"refit (ridge towards the dense weights, bias); '{REFIT_ALTMIN}' = that plus SPAP's "
                             "alternating minimization; compares selections with the same reconstruction")
+    prune.add_argument("--allocation", default=UNIFORM, choices=ALLOCATIONS,
+                       help=f"'{UNIFORM}': every layer prunes the same share; '{GLOBAL}': one budget over all layers, "
+                            "spent on the channels whose Var(Zᵢ)·‖W_down[:,i]‖² in the dense model is the lowest share of "
+                            "their layer's, same parameter count; saved padded to the widest layer")
     prune.add_argument("--calib-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
     prune.add_argument("--eval-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
     prune.add_argument("--eval-len", type=int, default=512, help="evaluation window length (tokens)")
@@ -221,7 +226,7 @@ def _zeroshot(args: argparse.Namespace, model: PreTrainedModel, tokenizer: PreTr
 def prune_settings(args: argparse.Namespace) -> PruneSettings:
     """The settings the flags describe; SPAP's hyperparameters only reach SPAP."""
     settings = PruneSettings(method=args.method, sparsity=args.sparsity,
-                             reconstruction=Reconstruction.named(args.reconstruction))
+                             reconstruction=Reconstruction.named(args.reconstruction), allocation=args.allocation)
     values = {p.key: getattr(args, p.key) for p in SETTINGS_PARAMETERS if p.key != "sparsity"}
     return with_values(settings, values) if args.method == "spap" else settings
 

@@ -42,6 +42,8 @@ class Experiment:
         return {
             "method": result.settings.method, "sparsity": result.settings.sparsity,
             "reconstruction": reconstruction_name(result.settings.reconstruction),
+            "allocation": result.settings.allocation,
+            "layer_widths": [len(layer.keep) for layer in result.layers],
             "ppl": self.pruned.perplexity, "ppl_dense": self.dense.perplexity,
             "relative_error": result.relative_error,
             "mean_layer_error": result.mean_layer_error,

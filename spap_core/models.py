@@ -21,6 +21,7 @@ from spap_core.access import checked_path, confined
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.families import GluFamily, glu_family
 from spap_core.hub import require_hub
+from spap_core.shrink import remove_padding
 from spap_core.offload import (
     LAYERS_ON_DISK,
     check_device_map,
@@ -269,6 +270,7 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
         description = f"hub model {source}"
     model, tokenizer, offload_folder = _load_pretrained(location, target_device, target_dtype, placement)
     family = glu_family(model)
+    remove_padding(model, family)  # a model saved with per-layer widths (a global allocation)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, description=description, family=family,
                        offload_folder=offload_folder)
 

@@ -190,6 +190,16 @@ def materialized(layer: nn.Module, layer_name: str, store: OffloadStore,
     release_freed_memory()
 
 
+def real_weight(linear: nn.Linear) -> torch.Tensor:
+    """A Linear's weight, read from its offload hook's weights map when it is offloaded (meta)."""
+    if linear.weight.device.type != "meta":
+        return linear.weight.detach()
+    hook = getattr(linear, "_hf_hook", None)
+    if hook is None or getattr(hook, "weights_map", None) is None:
+        raise SpapInputError("An offloaded weight has no hook to load it from; load the model again.")
+    return hook.weights_map["weight"]
+
+
 def max_layer_bytes(layers: nn.ModuleList) -> int:
     """The bytes of the largest decoder layer (parameters on the meta device count too)."""
     return max(sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers)

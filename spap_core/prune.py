@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spap_core.allocation import GLOBAL, dense_channel_scores, global_counts
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.altmin import alternating_minimization
 from spap_core.methods.baselines import baseline_scores
@@ -22,7 +23,7 @@ from spap_core.methods.problem import LayerDecision, LayerProblem, prune_count
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel
-from spap_core.offload import OffloadStore, is_dispatched, materialized, move_to
+from spap_core.offload import OffloadStore, is_dispatched, materialized, move_to, real_weight
 from spap_core.shrink import finalize_config, shrink_mlp
 from spap_core.stats import GramAccumulator
 
@@ -174,6 +175,17 @@ def _layer_inputs_and_kwargs(model: nn.Module, layers: nn.ModuleList, chunks: li
     return inputs, layer_kwargs
 
 
+def _dense_channel_scores(family, layers: nn.ModuleList, hidden: list[torch.Tensor],
+                          layer_kwargs: list[dict]) -> list[np.ndarray]:
+    """Every channel's score on the dense model (spap_core.allocation), from one pass of the
+    calibration windows through the layers; offloaded layers run through their own hooks."""
+    def run_layer(layer: nn.Module, index: int, chunks: list[torch.Tensor]):
+        outputs = [_call_layer(layer, chunk, layer_kwargs[index]) for chunk in chunks]
+        return outputs, real_weight(family.mlp(layer).down_proj)
+
+    return dense_channel_scores(layers, [family.mlp(layer) for layer in layers], hidden, run_layer)
+
+
 def _all_finite(*tensors: torch.Tensor) -> bool:
     """A NaN or ±inf entry makes the sum non-finite; one reduction, where isfinite() would
     allocate a boolean copy of the n² Gram."""
@@ -271,6 +283,8 @@ def prune_model(
         started = time.perf_counter()
         chunks = [c.to(device) for c in calibration.split(batch_size)]
         hidden, layer_kwargs = _layer_inputs_and_kwargs(model, layers, chunks)
+        if settings.allocation == GLOBAL:
+            n_prune = global_counts(_dense_channel_scores(family, layers, hidden, layer_kwargs), settings.sparsity)
         correcting = correction > 0
         dense_hidden = list(hidden) if correcting else []
         timings["capture"] += time.perf_counter() - started

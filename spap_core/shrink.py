@@ -13,11 +13,12 @@ from transformers import PreTrainedModel
 
 from spap_core.errors import SpapInputError
 from spap_core.offload import is_dispatched
-from spap_core.families import GluFamily
+from spap_core.families import GluFamily, glu_family
 from spap_core.methods.problem import LayerDecision
 
 
 OFFLOADED_SHARD_SIZE = "1GB"
+LAYER_WIDTHS_KEY = "spap_layer_widths"  # config entry of a model with per-layer MLP widths
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
@@ -61,14 +62,16 @@ def shrink_mlp(mlp: nn.Module, decision: LayerDecision) -> None:
 
 def finalize_config(model: PreTrainedModel, family: GluFamily) -> None:
     """Make the config agree with the shrunk modules, so save_pretrained/from_pretrained round-trip:
-    the widths, and `mlp_bias` where a method (FLAP, SPAP's bias compensation) added a down_proj bias.
+    the widths (per-layer ones under `spap_layer_widths`, with the widest as intermediate_size),
+    and `mlp_bias` where a method (FLAP, SPAP's bias compensation) added a down_proj bias.
     Reads module attributes only, so it works when the layers' weights are offloaded."""
     mlps = [family.mlp(layer) for layer in family.decoder_layers(model)]
-    widths = {mlp.down_proj.in_features for mlp in mlps}
-    if len(widths) == 1:
-        model.config.intermediate_size = widths.pop()
-    else:
-        model.config.intermediate_size = [mlp.down_proj.in_features for mlp in mlps]
+    widths = [mlp.down_proj.in_features for mlp in mlps]
+    model.config.intermediate_size = max(widths)  # one int: transformers' configs refuse a list
+    if len(set(widths)) > 1:
+        setattr(model.config, LAYER_WIDTHS_KEY, widths)
+    elif hasattr(model.config, LAYER_WIDTHS_KEY):
+        delattr(model.config, LAYER_WIDTHS_KEY)
     if any(mlp.down_proj.bias is not None for mlp in mlps):
         if not family.stores_down_bias:
             raise SpapInputError(
@@ -79,15 +82,20 @@ def finalize_config(model: PreTrainedModel, family: GluFamily) -> None:
 
 
 def save_pruned(model: PreTrainedModel, tokenizer, directory: str | Path) -> Path:
-    """save_pretrained as safetensors; refuses per-layer widths, which vanilla classes cannot load."""
-    if isinstance(model.config.intermediate_size, list):
-        raise SpapInputError(
-            "Layers have different MLP widths; vanilla transformers classes need one intermediate_size. "
-            "Use uniform sparsity to save a loadable model."
-        )
+    """save_pretrained as safetensors. Per-layer widths (a global allocation) are saved padded with
+    zero channels to the widest layer, because vanilla transformers classes take one
+    intermediate_size: a zero gate/up row and a zero down_proj column add exactly nothing, so vanilla
+    `from_pretrained` gives the same outputs, and `spap_core.models.load_model` removes the padding
+    again (the widths are kept in the config under `spap_layer_widths`)."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    if is_dispatched(model):
+    widths = getattr(model.config, LAYER_WIDTHS_KEY, None)
+    if widths is not None:
+        if is_dispatched(model):
+            raise SpapInputError("A model with per-layer MLP widths is saved padded from memory; an offloaded one "
+                                 "cannot be (prune it with uniform allocation, or without --device-map).")
+        _save_padded(model, glu_family(model), widths, path)
+    elif is_dispatched(model):
         # Offloaded weights are read back shard by shard: small shards keep that within memory
         # (the warning that says so assumes transformers' 50 GB default).
         with warnings.catch_warnings():
@@ -97,3 +105,33 @@ def save_pruned(model: PreTrainedModel, tokenizer, directory: str | Path) -> Pat
         model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def _save_padded(model: PreTrainedModel, family: GluFamily, widths: list[int], path: Path) -> None:
+    width = max(widths)
+    names = {id(module): name for name, module in model.named_modules()}
+    state = dict(model.state_dict())
+    for mlp in (family.mlp(layer) for layer in family.decoder_layers(model)):
+        prefix = names[id(mlp)]
+        missing = width - mlp.down_proj.in_features
+        for projection in ("gate_proj", "up_proj"):
+            for kind in ("weight", "bias"):
+                key = f"{prefix}.{projection}.{kind}"
+                if key in state:  # rows of the intermediate channels
+                    state[key] = torch.nn.functional.pad(state[key], (0, 0) * (state[key].dim() - 1) + (0, missing))
+        state[f"{prefix}.down_proj.weight"] = torch.nn.functional.pad(state[f"{prefix}.down_proj.weight"], (0, missing))
+    model.save_pretrained(path, safe_serialization=True, state_dict=state)  # the config says max and widths
+
+
+def remove_padding(model: PreTrainedModel, family: GluFamily) -> None:
+    """Shrink every MLP of a model saved by `save_pruned` with per-layer widths back to its width
+    (its padding channels are the last ones, and zero); the config keeps the widths, so a save
+    pads again."""
+    widths = getattr(model.config, LAYER_WIDTHS_KEY, None)
+    if widths is None:
+        return
+    if is_dispatched(model):
+        raise SpapInputError("This model was saved with per-layer MLP widths (padded); load it without --device-map.")
+    for mlp, width in zip((family.mlp(layer) for layer in family.decoder_layers(model)), widths):
+        keep = torch.arange(width, device=mlp.down_proj.weight.device)
+        shrink_mlp(mlp, LayerDecision(keep=keep, down_weight=mlp.down_proj.weight[:, keep]))

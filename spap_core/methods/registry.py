@@ -8,6 +8,7 @@ import typing
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
+from spap_core.allocation import UNIFORM, check_allocation
 from spap_core.errors import SpapInputError
 from spap_core.families import GluFamily
 from spap_core.methods.base import PruningMethod, Recovery
@@ -35,14 +36,18 @@ def pruning_method(name: str) -> PruningMethod:
 @dataclass(frozen=True)
 class PruneSettings:
     """Everything that decides a pruning result (recorded with every run for reproducibility):
-    the method, the sparsity, the method's own settings (`options`, its defaults when None), and
-    the weight update after the selection (`reconstruction`: None = the method's own, else SPAP's
-    refit, optionally with alternating minimization, so selections compare on equal terms)."""
+    the method, the sparsity, the method's own settings (`options`, its defaults when None), the
+    weight update after the selection (`reconstruction`: None = the method's own, else SPAP's
+    refit, optionally with alternating minimization, so selections compare on equal terms), and how
+    the sparsity is spread over the layers (`allocation`)."""
 
     method: str = "spap"
     sparsity: float = 0.3
     options: Any = None
     reconstruction: Reconstruction | None = None
+    # "uniform": every layer prunes the same share; "global": one budget over all layers, spent where
+    # the dense model's channel scores are lowest (spap_core.allocation), same total parameter count
+    allocation: str = UNIFORM
 
     def __post_init__(self) -> None:
         implementation = pruning_method(self.method)
@@ -53,6 +58,7 @@ class PruneSettings:
         elif not isinstance(self.options, implementation.settings_type):
             raise SpapInputError(f"Method '{self.method}' takes {implementation.settings_type.__name__}, "
                                  f"not {type(self.options).__name__}.")
+        check_allocation(self.allocation)
         if self.reconstruction is not None and not isinstance(self.reconstruction, Reconstruction):
             raise SpapInputError(f"reconstruction must be a Reconstruction or None (got {self.reconstruction!r}).")
 
@@ -85,7 +91,8 @@ class PruneSettings:
         method does, else that method's defaults (a sweep compares each method at its own defaults)."""
         if method == self.method:
             return self
-        return PruneSettings(method=method, sparsity=self.sparsity, reconstruction=self.reconstruction)
+        return PruneSettings(method=method, sparsity=self.sparsity, reconstruction=self.reconstruction,
+                             allocation=self.allocation)
 
     @staticmethod
     def from_dict(values: dict) -> PruneSettings:
@@ -99,7 +106,8 @@ class PruneSettings:
         options = _from_dict(implementation.settings_type, values.get("options") or {})
         reconstruction = values.get("reconstruction")
         return PruneSettings(method=values["method"], sparsity=values["sparsity"], options=options,
-                             reconstruction=None if reconstruction is None else _from_dict(Reconstruction, reconstruction))
+                             reconstruction=None if reconstruction is None else _from_dict(Reconstruction, reconstruction),
+                             allocation=values.get("allocation", UNIFORM))
 
 
 def settings_for_family(settings: PruneSettings, family: GluFamily) -> tuple[PruneSettings, list[str]]:
