@@ -2,6 +2,8 @@
 (`python -m spap_core prune ...`), whose peak resident set size the kernel reports when it ends.
 
     SPAP_DATA_DIR=../shared/data PYTHONPATH=. python bench/memory.py --out docs/results/memory.md
+    SPAP_DATA_DIR=../shared/data PYTHONPATH=. python bench/memory.py --random-llama /tmp/big-random \
+        --method flap --out docs/results/memory-1.8g-random.md
 
 The first rows only import the libraries, then also load the model, so the table separates what
 the interpreter, torch and transformers cost (a fixed amount, large next to a 135M model and
@@ -35,15 +37,36 @@ def peak_rss_of(command: list[str]) -> tuple[int, str]:
     return after * 1024, done.stdout
 
 
+def write_random_llama(folder: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from spap_core.models import load_model
+
+    tokenizer = load_model("smollm2", device="cpu").tokenizer
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=1536, intermediate_size=4096, num_hidden_layers=16,
+                         num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--nsamples", type=int, default=4)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--method", default="spap")
+    parser.add_argument("--random-llama", default=None, metavar="DIR",
+                        help="first write a random 16-layer Llama of 1.8 GiB (SmolLM2's tokenizer) to DIR and measure "
+                             "that: how the ratios change once the libraries' fixed cost is small next to the weights")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
+    if args.random_llama:
+        write_random_llama(Path(args.random_llama))
+        args.model = args.random_llama
     python = sys.executable
     prune = [python, "-m", "spap_core", "prune", "--model", args.model, "--method", args.method, "--device", "cpu",
              "--nsamples",
