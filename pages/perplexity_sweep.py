@@ -21,6 +21,7 @@ from pages._shared import (
     request_table,
     sweep_time_estimate,
 )
+from spap_core.allocation import ALLOCATIONS, GLOBAL, UNIFORM
 from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import METHODS
 from spap_service.comparisons import sweep_key, sweep_sparsities
@@ -44,7 +45,13 @@ reconstruction = st.radio(
          f"bias; magnitude and Wanda-sp: none). {REFIT}: SPAP's refit for every method (ridge towards the dense "
          f"weights, bias). {REFIT_ALTMIN}: that plus SPAP's alternating minimization. With the same update for "
          "all, the curves compare the selections alone.")
-base = replace(base, settings=replace(base.settings, reconstruction=Reconstruction.named(reconstruction)))
+allocation = st.radio(
+    "Sparsity per layer", ALLOCATIONS, horizontal=True, key="sweep_allocation",
+    help=f"{UNIFORM}: every layer prunes the same share. {GLOBAL}: one budget for the model (the same parameter "
+         "count), spent on the channels that carry the smallest share of their layer's output energy in the dense "
+         "model, so layers end with different widths.")
+base = replace(base, settings=replace(base.settings, reconstruction=Reconstruction.named(reconstruction),
+                                      allocation=allocation))
 st.caption(sweep_time_estimate(len(methods) * len(sparsities), latest_outcome()))
 if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
     points = [replace(base, settings=replace(base.settings.for_method(method), sparsity=sparsity))
@@ -70,7 +77,8 @@ chart_column, table_column = st.columns([3, 2])
 with chart_column:
     figure = px.line(table, x="sparsity", y="perplexity", color="method", markers=True, log_y=True,
                      title=f"Perplexity vs sparsity ({int(table['eval_tokens'].iloc[0]):,} evaluation tokens; "
-                           f"weight update: {table['reconstruction'].iloc[0]})")
+                           f"weight update: {table['reconstruction'].iloc[0]}; "
+                           f"{table['allocation'].iloc[0]} allocation)")
     sparsities = sorted(table["sparsity"].unique())
     # a trace, not add_hline: shapes on a log axis take log10 coordinates
     figure.add_scatter(x=[sparsities[0], sparsities[-1]], y=[dense, dense], mode="lines", name=f"dense {dense:.2f}",

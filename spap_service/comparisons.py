@@ -34,6 +34,7 @@ def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: list[str], 
         experiment = experiment_with_progress(loaded, data, request, dense, progress, cancel)
         rows.append({"method": method, "sparsity": sparsity, "perplexity": experiment.pruned.perplexity,
                      "reconstruction": reconstruction_name(request.settings.reconstruction),
+                     "allocation": request.settings.allocation,
                      "dense_perplexity": dense.perplexity, "mean_layer_error": experiment.result.mean_layer_error,
                      "params_after": experiment.result.params_after, "eval_tokens": experiment.pruned.tokens})
         del experiment

@@ -239,17 +239,18 @@ def test_sweep_runs_as_a_job_and_is_cached(ran_app):
     assert "weight update: own" in titled(at, "Perplexity vs sparsity")["layout"]["title"]["text"]
 
 
-def test_a_sweep_with_spaps_refit_for_every_method_says_so(ran_app):
+def test_a_sweep_with_spaps_refit_and_a_global_allocation_says_so(ran_app):
     at = ran_app
     open_page(at, "perplexity_sweep")
     at.multiselect(key="sweep_methods").set_value(["magnitude"])
     at.slider(key="sweep_range").set_value((0.2, 0.3))
     at.selectbox(key="sweep_step").set_value(0.1)
     at.radio(key="sweep_reconstruction").set_value("refit").run()
+    at.radio(key="sweep_allocation").set_value("global").run()
     click(at, "Run sweep")
     finish_job(at, "sweep")
     chart = titled(at, "Perplexity vs sparsity")
-    assert "weight update: refit" in chart["layout"]["title"]["text"]
+    assert "weight update: refit; global allocation" in chart["layout"]["title"]["text"]
     refitted = [trace for trace in chart["data"] if trace["name"] == "magnitude"][0]
     assert len(array(refitted["x"])) == 2
 
