@@ -15,6 +15,8 @@ evaluates and saves (`save_pretrained` reads offloaded weights back through the 
 from __future__ import annotations
 
 import contextlib
+import shutil
+import weakref
 import json
 import tempfile
 from pathlib import Path
@@ -137,7 +139,8 @@ def _layer_device(layer: nn.Module, fallback: torch.device) -> torch.device:
 
 class OffloadStore:
     """Where pruned offloaded layers are written: files in `folder` (accelerate's .dat format,
-    read back one tensor at a time) when given, else CPU tensors."""
+    read back one tensor at a time) when given, else CPU tensors. The files are removed with the
+    layer, so a user's --offload-folder keeps only what accelerate itself put there."""
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
@@ -150,6 +153,7 @@ class OffloadStore:
             return OffloadedWeightsLoader(state_dict=state)
         target = Path(tempfile.mkdtemp(prefix=f"{layer_name}.pruned-", dir=self.folder))
         offload_state_dict(str(target), state)
+        weakref.finalize(layer, shutil.rmtree, target, True)  # the files live as long as the layer
         return OffloadedWeightsLoader(save_folder=str(target))
 
 
