@@ -53,6 +53,20 @@ class Protocol:
         return {name: result.perplexity for name, result in self.dense.items()}
 
 
+def add_protocol_args(parser, sparsities: list[float], texts: list[str]) -> None:
+    """The flags of a perplexity table's protocol (the issue protocol by default), and its output
+    with --resume: quality.py and matched.py write tables over the same protocol."""
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--sparsities", nargs="+", type=float, default=sparsities)
+    parser.add_argument("--eval", nargs="+", default=texts, choices=["wikitext2", "shakespeare"])
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--eval-windows", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="Markdown file; a .json with the raw rows is written beside it")
+    parser.add_argument("--resume", action="store_true", help="keep the matching rows of --out's JSON")
+
+
 def load_protocol(model: str, nsamples: int, seqlen: int, eval_windows: int, seed: int,
                   eval_names: list[str], dtype: str = "auto") -> Protocol:
     loaded = load_model(model, dtype=dtype)

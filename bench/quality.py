@@ -20,22 +20,14 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from common import load_protocol, measure
+from common import add_protocol_args, load_protocol, measure
 from spap_core.methods.registry import METHODS, PruneSettings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.5])
-    parser.add_argument("--eval", nargs="+", default=["wikitext2"], choices=["wikitext2", "shakespeare"])
-    parser.add_argument("--nsamples", type=int, default=32)
-    parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--eval-windows", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="Markdown file; a .json with the raw rows is written beside it")
-    parser.add_argument("--resume", action="store_true", help="keep the matching rows of --out's JSON")
+    add_protocol_args(parser, sparsities=[0.1, 0.2, 0.3, 0.4, 0.5], texts=["wikitext2"])
     args = parser.parse_args()
 
     protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, args.eval)
