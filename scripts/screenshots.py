@@ -33,7 +33,8 @@ PAGES = [("Model & data", None, "01_model_data"), ("Run SPAP", ("Run SPAP", "Lat
          ("Perplexity vs sparsity", ("Run sweep", "Sweep (.csv)"), "06_perplexity_sweep"),
          ("Latency & memory", ("Measure", "Memory and compute"), "07_latency"),
          ("Sensitivity", ("Run scan", "Red dotted line"), "08_sensitivity"),
-         ("How SPAP works", None, "09_how_spap_works")]
+         ("How SPAP works", None, "09_how_spap_works"),
+         ("Zero-shot accuracy", None, "10_zeroshot")]  # offline here: it shows why it cannot run
 
 
 def free_port() -> int:

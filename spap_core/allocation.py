@@ -21,8 +21,12 @@ from spap_core.methods.problem import prune_count
 UNIFORM = "uniform"
 GLOBAL = "global"
 ALLOCATIONS = (UNIFORM, GLOBAL)
-# No layer loses more than this share of its channels under a global budget: a layer emptied of its
-# MLP would leave its attention's output unprocessed, a failure no channel score foresees.
+# A layer's sparsity stays within this distance of the target (as OWL bounds its layer-wise
+# sparsities): unbounded, the energy shares emptied SmolLM2's layers 2, 11 and 28 (whose output a few
+# loud channels dominate) down to the 90% cap, and SPAP at 40% went from 66.8 to 93.4 perplexity.
+MAX_DEVIATION = 0.1
+# Nor does any layer lose more than this share of its channels: a layer emptied of its MLP would
+# leave its attention's output unprocessed, a failure no channel score foresees.
 MAX_LAYER_SPARSITY = 0.9
 
 
@@ -35,23 +39,24 @@ def uniform_counts(widths: list[int], sparsity: float) -> list[int]:
     return [prune_count(width, sparsity) for width in widths]
 
 
-def global_counts(channel_scores: list[np.ndarray], sparsity: float,
+def global_counts(channel_scores: list[np.ndarray], sparsity: float, max_deviation: float = MAX_DEVIATION,
                   max_layer_sparsity: float = MAX_LAYER_SPARSITY) -> list[int]:
     """λ per layer from per-channel scores (low = cheap to prune): the Σ uniform λ lowest shares of
-    their layer's total over all layers, each layer pruning at least 1 and at most
-    ⌊max_layer_sparsity·n⌋ channels."""
+    their layer's total over all layers, each layer's sparsity within `max_deviation` of the target,
+    pruning at least 1 and at most ⌊max_layer_sparsity·n⌋ channels."""
     widths = [len(scores) for scores in channel_scores]
     budget = sum(uniform_counts(widths, sparsity))
-    caps = [max(1, int(np.floor(max_layer_sparsity * width))) for width in widths]
-    if budget > sum(caps):
-        raise SpapInputError(f"Sparsity {sparsity:g} needs more channels than {max_layer_sparsity:.0%} of every layer.")
+    floors = [max(1, int(np.ceil((sparsity - max_deviation) * width))) for width in widths]
+    caps = [max(1, int(np.floor(min(sparsity + max_deviation, max_layer_sparsity) * width))) for width in widths]
+    if not sum(floors) <= budget <= sum(caps):
+        raise SpapInputError(f"Sparsity {sparsity:g} cannot be spread within ±{max_deviation:g} per layer and at most "
+                             f"{max_layer_sparsity:.0%} of any layer.")
     shares = [scores / max(float(scores.sum()), 1e-300) for scores in channel_scores]
-    counts = [1] * len(widths)  # every layer prunes at least one channel, as under uniform sparsity
-    remaining = budget - len(widths)
-    # the candidates beyond each layer's first pruned channel, cheapest first, within the caps
+    counts = list(floors)  # every layer prunes at least its floor (and one channel)
+    # the candidates beyond each layer's floor, cheapest first, up to its cap
     candidates = sorted((float(value), layer) for layer, values in enumerate(shares)
-                        for value in np.sort(values)[1:caps[layer]])
-    for _, layer in candidates[:remaining]:
+                        for value in np.sort(values)[floors[layer]:caps[layer]])
+    for _, layer in candidates[:budget - sum(floors)]:
         counts[layer] += 1
     return counts
 

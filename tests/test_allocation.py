@@ -28,22 +28,24 @@ def test_the_global_budget_is_the_uniform_one_and_layers_are_compared_on_their_o
     base = rng.lognormal(size=100)
     # the same channels at a thousand times the output scale (a later layer): as shares of their
     # layer's total they are equally cheap, so the two layers prune alike
-    counts = global_counts([base, 1000 * base], 0.3)
+    counts = global_counts([base, 1000 * base], 0.3, max_deviation=1.0)
     assert sum(counts) == sum(uniform_counts([100, 100], 0.3)) == 60 and counts[0] == counts[1]
     # a layer whose channels are mostly silent next to a few loud ones gives up more of them than
     # one whose channels are all alike (FLAP's z-score would do the opposite: 43 against 17)
     alike = rng.uniform(0.9, 1.1, 100)
     few_loud = np.concatenate([rng.uniform(0.0, 0.1, 95), np.full(5, 100.0)])
-    counts = global_counts([alike, few_loud], 0.3)
+    counts = global_counts([alike, few_loud], 0.3, max_deviation=1.0)
     assert sum(counts) == 60 and counts[1] > counts[0]
+    # by default no layer strays more than 0.1 from the target sparsity
+    assert global_counts([alike, few_loud], 0.3) == [20, 40]
 
 
 def test_no_layer_loses_more_than_the_cap_and_every_layer_prunes_one():
     scores = [np.zeros(10), np.arange(10.0), np.arange(10.0) * 100]
-    counts = global_counts(scores, 0.5, max_layer_sparsity=0.6)
+    counts = global_counts(scores, 0.5, max_deviation=1.0, max_layer_sparsity=0.6)
     assert sum(counts) == 15 and all(1 <= count <= 6 for count in counts)
-    with pytest.raises(SpapInputError, match="more channels than"):
-        global_counts(scores, 0.9, max_layer_sparsity=0.5)
+    with pytest.raises(SpapInputError, match="cannot be spread"):
+        global_counts(scores, 0.9, max_deviation=1.0, max_layer_sparsity=0.5)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
