@@ -24,13 +24,12 @@ from pages._shared import (
 from spap_core.allocation import ALLOCATIONS, GLOBAL, UNIFORM
 from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import METHODS
+from spap_service.analysis import weight_update_note
 from spap_service.comparisons import sweep_key, sweep_sparsities
 
 ensure_routed()
 
 loaded, base = comparison_header("Perplexity vs sparsity")
-fixed_settings_caption(base, {"method", "sparsity"}, "point (the penalty, refit and alternating-minimization "
-                                                     "settings apply to SPAP's points; each baseline has its own rule)")
 
 # No form: the time estimate follows the choices as they are made, before anything starts.
 method_column, sparsity_column, step_column = st.columns([2, 2, 1])
@@ -52,6 +51,7 @@ allocation = st.radio(
          "model, so layers end with different widths.")
 base = replace(base, settings=replace(base.settings, reconstruction=Reconstruction.named(reconstruction),
                                       allocation=allocation))
+fixed_settings_caption(base, {"method", "sparsity"}, f"point ({weight_update_note(base.settings.reconstruction)})")
 st.caption(sweep_time_estimate(len(methods) * len(sparsities), latest_outcome()))
 if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
     points = [replace(base, settings=replace(base.settings.for_method(method), sparsity=sparsity))

@@ -211,4 +211,8 @@ def describe(settings: PruneSettings, omit: frozenset[str] | set[str] = frozense
         value = p.read(settings)
         parts.append(f"{p.symbol} {p.format(value)}" if p.kind in (str, bool) or p.key == "sparsity"
                      else f"{p.symbol} = {p.format(value)}")
+    if settings.reconstruction is not None and "reconstruction" not in omit:
+        parts.append(f"weight update {settings.reconstruction.name}")
+    if settings.allocation != "uniform" and "allocation" not in omit:
+        parts.append(f"{settings.allocation} allocation")
     return ", ".join(parts)

@@ -9,6 +9,7 @@ from torch import nn
 
 from spap_core.families import GluFamily
 from spap_core.latency import Timing
+from spap_core.methods.reconstruction import Reconstruction
 from spap_core.prune import LayerRecord, PruneResult
 from spap_core.runs import column_norm_array, soft_mask_array, trace_rows
 
@@ -246,3 +247,16 @@ def speedup_verdict(what: str, dense: Timing, pruned: Timing, unit: str, lower_i
     pruned_faster = (pruned.high < dense.low) if lower_is_faster else (pruned.low > dense.high)
     return True, (f"{what}: the pruned model is {'faster' if pruned_faster else 'slower'} in every repeat "
                   f"({ranges}).")
+
+
+def weight_update_note(reconstruction: Reconstruction | None) -> str:
+    """What a sweep's points do after their selection, for the caption of settings kept fixed."""
+    if reconstruction is None:
+        return ("the penalty, refit and alternating-minimization settings apply to SPAP's points; each baseline "
+                "has its own rule")
+    refit = reconstruction.refit_settings
+    towards = "the dense weights" if refit.prior == "dense" else "zero"
+    note = (f"the penalty settings apply to SPAP's points; then every method's kept channels get SPAP's default "
+            f"refit (δ = {refit.ridge:g} h̄ towards {towards}{', with a bias' if refit.bias else ', no bias'})")
+    return note + (" and its default alternating minimization" if reconstruction.altmin
+                   else ", without alternating minimization")

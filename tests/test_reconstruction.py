@@ -86,3 +86,17 @@ def test_the_cli_runs_a_baseline_with_spaps_refit_and_says_so(tiny_dir, text_fil
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--reconstruction", "bogus"])
     assert exit_info.value.code == 2
+
+
+def test_the_sweep_caption_says_what_every_point_does_after_its_selection():
+    from spap_core.parameters import describe
+    from spap_service.analysis import weight_update_note
+
+    assert "each baseline has its own rule" in weight_update_note(None)
+    refit = weight_update_note(REFIT)
+    assert "δ = 0.1 h̄ towards the dense weights, with a bias" in refit and "without alternating" in refit
+    assert weight_update_note(REFIT_ALTMIN).endswith("and its default alternating minimization")
+    assert "no bias" in weight_update_note(Reconstruction(bias=False))
+    summary = describe(PruneSettings(method="flap", reconstruction=REFIT_ALTMIN, allocation="global"))
+    assert "weight update refit+altmin" in summary and "global allocation" in summary
+    assert "weight update" not in describe(PruneSettings())
