@@ -32,7 +32,7 @@ CANCEL_GUARD_MS = 60_000  # the worker checks for cancellation between solver st
 VIEWPORT = {"width": 1500, "height": 1000}
 NAV_TITLES = {"start_here": "Start here", "model_data": "Model & data", "run_spap": "Run SPAP",
               "mask_evolution": "Mask evolution", "scores": "Scores", "dense_vs_pruned": "Dense vs pruned text",
-              "latency": "Latency & memory", "perplexity_sweep": "Perplexity vs sparsity",
+              "latency": "Latency & memory", "zeroshot": "Zero-shot accuracy", "perplexity_sweep": "Perplexity vs sparsity",
               "sensitivity": "Sensitivity", "how_spap_works": "How SPAP works"}
 
 
