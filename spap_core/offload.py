@@ -48,10 +48,12 @@ def execution_device(model: nn.Module) -> torch.device:
     if not is_dispatched(model):
         return next(model.parameters()).device
     devices = [device for device in model.hf_device_map.values() if device not in OFFLOADED]
-    if not devices:
-        return torch.device("cpu")
-    first = devices[0]
-    return torch.device(f"cuda:{first}" if isinstance(first, int) else first)
+    return _as_device(devices[0]) if devices else torch.device("cpu")
+
+
+def _as_device(device: int | str | torch.device) -> torch.device:
+    """accelerate names a GPU by its index; torch wants 'cuda:N'."""
+    return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
 
 
 def layers_on_disk_map(model: nn.Module, layers_name: str, device: torch.device) -> dict[str, str]:
@@ -124,8 +126,8 @@ def move_to(values: dict, device: torch.device) -> dict:
     return send_to_device(values, device)
 
 
-def _hooked(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, sub) for name, sub in module.named_modules() if hasattr(sub, "_hf_hook")]
+def _hooked(module: nn.Module) -> list[nn.Module]:
+    return [sub for sub in module.modules() if hasattr(sub, "_hf_hook")]
 
 
 def _layer_device(layer: nn.Module, fallback: torch.device) -> torch.device:
@@ -134,7 +136,7 @@ def _layer_device(layer: nn.Module, fallback: torch.device) -> torch.device:
     if device is None:
         real = [t.device for t in layer.parameters() if t.device.type != "meta"]
         return real[0] if real else fallback
-    return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    return _as_device(device)
 
 
 class OffloadStore:
@@ -175,7 +177,7 @@ def materialized(layer: nn.Module, layer_name: str, store: OffloadStore,
     device = _layer_device(layer, fallback)
     layer_hook = getattr(layer, "_hf_hook", None)
     offloaded = False
-    for _, module in hooks:
+    for module in hooks:
         hook = module._hf_hook
         if not getattr(hook, "offload", False):
             continue
