@@ -193,7 +193,7 @@ def materialized(layer: nn.Module, layer_name: str, store: OffloadStore,
                                                    place_submodules=True, skip_keys=skip_keys))
     elif layer_hook is not None:
         add_hook_to_module(layer, layer_hook)
-    release_freed_memory()
+    release_freed_memory(collect_cycles=True)
 
 
 def real_weight(linear: nn.Linear) -> torch.Tensor:
