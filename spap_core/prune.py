@@ -235,12 +235,20 @@ def _down_projection_recorded(mlp: nn.Module):
         recorder.release()
 
 
-def _pruned_mlp_output(mlp: nn.Module, decision, inputs: torch.Tensor | None, intermediate: torch.Tensor) -> torch.Tensor:
-    """The shrunk MLP's output. While gate/up are unchanged, its intermediate activations are the
-    dense ones at the kept channels, so only the (small) down projection needs computing."""
-    if decision.gate_weight is not None or decision.up_weight is not None:
-        return mlp(inputs)
-    return mlp.down_proj(intermediate[..., decision.keep.to(intermediate.device)])
+def _pruned_mlp_outputs(mlp: nn.Module, decision: LayerDecision, inputs: list[torch.Tensor],
+                        intermediates: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The shrunk MLP's output on each calibration chunk. Its intermediate activations are the
+    dense ones at the kept channels while gate/up are unchanged, or the ones the recovery computed
+    for its last refit; either way only the (small) down projection needs computing."""
+    if decision.kept_intermediates is not None:
+        sizes = [z[..., 0].numel() for z in intermediates]
+        kept = [h.reshape(*z.shape[:-1], -1)
+                for h, z in zip(decision.kept_intermediates.split(sizes), intermediates)]
+    elif decision.gate_weight is not None or decision.up_weight is not None:
+        return [mlp(x) for x in inputs]
+    else:
+        kept = [z[..., decision.keep.to(z.device)] for z in intermediates]
+    return [mlp.down_proj(h) for h in kept]
 
 
 def prune_model(
@@ -301,9 +309,9 @@ def prune_model(
                 to_residual = family.mlp_output_to_residual(layer)
                 if correcting:  # the dense model's own output of this layer, on the dense stream
                     dense_hidden = [_call_layer(layer, chunk, kwargs) for chunk in dense_hidden]
-                # Explicit targets are only needed when they differ from W₀Z or when the gate/up
-                # weights are refitted on them; otherwise the dense down projection is never run.
-                explicit = correcting or recovery is not None
+                # Explicit targets are only needed when they differ from W₀Z; otherwise the
+                # statistics follow from the Gram alone and the dense down projection is never run
+                # during the capture.
                 mlp_inputs, intermediates, targets, residual_bases = [], [], [], []
                 with _down_projection_recorded(mlp) as recorded:
                     zero_contribution = to_residual(recorded.zero_output())
@@ -313,13 +321,12 @@ def prune_model(
                         base = _call_layer(layer, chunk, kwargs) - zero_contribution
                         z = recorded.intermediate
                         target = None
-                        if explicit:
-                            target = recorded.down_proj(z)  # the dense output W₀Z
-                            if correcting:  # also undo part of the error the pruned stream has accumulated
-                                target = target + correction * (
-                                    dense_hidden[chunk_index] - (base + to_residual(target)))
-                            mlp_inputs.append(recorded.mlp_input)
+                        if correcting:  # W₀Z, plus part of the error the pruned stream has accumulated
+                            target = recorded.down_proj(z)
+                            target = target + correction * (dense_hidden[chunk_index] - (base + to_residual(target)))
                             targets.append(target)
+                        if recovery is not None:
+                            mlp_inputs.append(recorded.mlp_input)
                         stats.add(z, target)
                         intermediates.append(z)
                         residual_bases.append(base)
@@ -339,9 +346,12 @@ def prune_model(
 
                 if recovery is not None:
                     started = time.perf_counter()
+                    # Without corrected targets the recovery fits the dense output W₀Z, computed
+                    # once here for the tokens it samples and for its refit.
+                    recovery_targets = torch.cat(targets) if correcting else mlp.down_proj(torch.cat(intermediates))
                     with torch.enable_grad():
                         decision = alternating_minimization(
-                            decision, torch.cat(mlp_inputs), torch.cat(targets),
+                            decision, torch.cat(mlp_inputs), recovery_targets,
                             mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, mlp.act_fn,
                             recovery.altmin, recovery.refit, seed=seed + index, cancel=cancel,
                         )
@@ -355,10 +365,8 @@ def prune_model(
                     down_column_norms=_down_column_norms(problem, decision),
                 ))
                 shrink_mlp(mlp, decision)
-                hidden = [
-                    base + to_residual(_pruned_mlp_output(mlp, decision, x, z))
-                    for base, x, z in zip(residual_bases, mlp_inputs or [None] * len(intermediates), intermediates)
-                ]
+                hidden = [base + to_residual(output) for base, output in
+                          zip(residual_bases, _pruned_mlp_outputs(mlp, decision, mlp_inputs, intermediates))]
                 timings["propagate"] += time.perf_counter() - started
             if on_layer is not None:
                 on_layer(index + 1, len(layers))

@@ -19,14 +19,15 @@ class RunSize:
     eval_len: int
     batch_size: int
     label: str
-    # Alternating minimization of the app's default run: on a CPU the library default (2 rounds of
-    # 2048-token Adam steps) would add ~110 s to this run size, so it starts off there.
+    # Alternating minimization of the app's default run: on a CPU the library default (40 Adam
+    # steps of 256 tokens and an exact refit per layer) triples this run size's pruning time
+    # (10 s → 30 s for SmolLM2 at 30%, docs/spap-design.md), so it starts off there.
     altmin: AltMinSettings = field(default_factory=AltMinSettings)
 
 
 CPU_RUN = RunSize(nsamples=8, seqlen=256, eval_windows=8, eval_len=256, batch_size=4,
                   label="CPU defaults: 8 × 256 calibration tokens, 8 × 256 evaluation tokens, alternating "
-                        "minimization off (2 rounds would add about two minutes)",
+                        "minimization off (on, it would triple the pruning time)",
                   altmin=AltMinSettings(rounds=0))
 GPU_RUN = RunSize(nsamples=64, seqlen=512, eval_windows=0, eval_len=512, batch_size=16,
                   label="GPU defaults: 64 × 512 calibration tokens, the whole evaluation text")

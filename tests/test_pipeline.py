@@ -143,7 +143,9 @@ def test_model_without_gate_proj_is_refused(tiny):
 @pytest.mark.parametrize("method", ["spap", "flap"])
 def test_layer_statistics_come_from_the_pruned_models_own_activations(tiny, method):
     """Layer 1's targets must be the dense MLP applied to what layer 1 really receives in the
-    pruned model (inputs propagated through pruned layer 0), bit for bit up to float error."""
+    pruned model (inputs propagated through pruned layer 0), bit for bit up to float error. SPAP's
+    default recovery changes gate/up, so its walk propagates through the activations of the
+    recovery's last refit: this checks them against the model's own forward too."""
     result = prune_model(tiny, CALIBRATION, PruneSettings(method=method, sparsity=0.5), batch_size=4)
     seen = {}
     handle = result.model.model.layers[1].mlp.register_forward_hook(lambda m, args, out: seen.setdefault("x", args[0]))

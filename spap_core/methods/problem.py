@@ -81,6 +81,10 @@ class LayerDecision:
     up_weight: torch.Tensor | None = None  # |keep|×d
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     objective: float | None = None
+    # tokens × |keep|: the kept channels' activations on the calibration tokens after gate/up
+    # changed, when the recovery already computed them exactly as the model will (float32), so
+    # the walk propagates through the down projection alone instead of recomputing gate/up.
+    kept_intermediates: torch.Tensor | None = field(default=None, repr=False)
 
 
 def prune_count(width: int, sparsity: float) -> int:
