@@ -135,6 +135,10 @@ def test_the_benchmarks_parse_overrides_with_the_same_keys(monkeypatch):
     assert settings_with(parse_overrides("method=flap"), 0.3) == PruneSettings(method="flap")
     with pytest.raises(SpapInputError):
         settings_with(parse_overrides("penalty.iterations=3"), 0.3)  # the old dotted paths are refused
+    assert settings_with(parse_overrides("allocation=global,method=flap"), 0.4) == PruneSettings(
+        method="flap", sparsity=0.4, allocation="global")
+    with pytest.raises(SpapInputError):
+        settings_with(parse_overrides("allocation=owl"), 0.4)
 
 
 def test_service_layer_and_core_never_import_streamlit():
