@@ -4,10 +4,12 @@ the CLI and the app, and a Markdown header that records machine and protocol."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -85,6 +87,32 @@ def load_protocol(model: str, nsamples: int, seqlen: int, eval_windows: int, see
         f"weights in {next(loaded.model.parameters()).dtype}."
     )
     return Protocol(loaded, calibration, eval_sets, dense, description)
+
+
+def recovery_record(settings: PruneSettings) -> dict | None:
+    """The alternating minimization a run ran (None: none), as a table row records it."""
+    return asdict(settings.recovery.altmin) if settings.recovery is not None else None
+
+
+def rows_of_current_recovery(rows: list[dict], settings_of: Callable[[dict], PruneSettings]) -> list[dict]:
+    """The rows of an earlier run that today's settings would reproduce: a row records the
+    recovery it ran, and a row without that record (before 2026-11-30) counts as current only if
+    its settings run none. The others are measured again by --resume."""
+    kept = []
+    for row in rows:
+        today = recovery_record(settings_of(row))
+        recorded = row.get("altmin", None if today is None else "unrecorded")
+        if recorded == today:
+            kept.append(row)
+    return kept
+
+
+def recovery_description(rows: list[dict]) -> str:
+    """The alternating minimization the rows of a table ran, from the rows themselves."""
+    used = {json.dumps(row["altmin"], sort_keys=True) for row in rows if row.get("altmin")}
+    described = [f"{a['rounds']} × {a['steps']} Adam steps of {a['batch_tokens']} tokens, lr {a['lr']:g}"
+                 for a in map(json.loads, sorted(used))]
+    return "; ".join(described) or "none in these rows"
 
 
 def parse_overrides(spec: str) -> dict[str, str]:

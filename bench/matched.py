@@ -8,7 +8,8 @@ selection) from what its refit and Adam steps recover, which any selection can g
 
 Pairs that are the same run by construction are measured once: FASP's selection is Wanda-sp's (so
 only its own update is run), and SPAP's own update is its refit plus alternating minimization.
-Rows are written after each run; `--resume` keeps those of an earlier run of the same protocol.
+Rows are written after each run; `--resume` keeps those of an earlier run of the same protocol,
+except rows whose alternating minimization differs from today's default (they are measured again).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from common import add_protocol_args, load_protocol, measure
+from common import add_protocol_args, load_protocol, measure, recovery_description, recovery_record, rows_of_current_recovery
 from quality import earlier_rows
 from spap_core.methods.reconstruction import OWN, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import PruneSettings
@@ -43,18 +44,24 @@ def main() -> None:
     protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, args.eval)
     out = Path(args.out)
     rows = earlier_rows(out.with_suffix(".json"), vars(args), protocol.dense_ppl) if args.resume else []
+    rows = rows_of_current_recovery(rows, lambda row: settings_of(row["method"], row["reconstruction"], row["sparsity"]))
     for sparsity in args.sparsities:
         for method, name in pairs():
             if any((row["method"], row["reconstruction"], row["sparsity"]) == (method, name, sparsity) for row in rows):
                 continue
-            settings = PruneSettings(method=method, sparsity=sparsity, reconstruction=Reconstruction.named(name))
+            settings = settings_of(method, name, sparsity)
             rows.append({"method": method, "reconstruction": name, "sparsity": sparsity,
+                         "altmin": recovery_record(settings),
                          **measure(protocol, settings, args.seed),
                          "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
             print(json.dumps(rows[-1]), flush=True)
             write_outputs(out, protocol, rows, vars(args))
     write_outputs(out, protocol, rows, vars(args))
     print(out.read_text())
+
+
+def settings_of(method: str, reconstruction: str, sparsity: float) -> PruneSettings:
+    return PruneSettings(method=method, sparsity=sparsity, reconstruction=Reconstruction.named(reconstruction))
 
 
 def ppl_of(rows: list[dict], method: str, name: str, sparsity: float, text: str) -> float | None:
@@ -87,8 +94,8 @@ def write_outputs(out: Path, protocol, rows: list[dict], args: dict) -> None:
              f"Reconstructions: `{OWN}` = the method's own update (SPAP's own is its refit + alternating minimization, "
              f"FASP's a plain least-squares refit, FLAP's a mean bias, magnitude's and Wanda-sp's none); `{REFIT}` = "
              f"SPAP's refit (ridge δ = 0.1 h̄ towards the dense weights, free bias); `{REFIT_ALTMIN}` = that plus "
-             "SPAP's default alternating minimization. FASP's selection is Wanda-sp's, so its refit columns are "
-             "Wanda-sp's.", ""]
+             f"SPAP's alternating minimization ({recovery_description(rows)}). FASP's selection is Wanda-sp's, so its "
+             "refit columns are Wanda-sp's.", ""]
     for sparsity in sorted({row["sparsity"] for row in rows}):
         for text in texts:
             lines += [f"## Sparsity {sparsity:.2f}, {text} (dense {protocol.dense_ppl[text]:.2f})", "",

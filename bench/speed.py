@@ -29,6 +29,7 @@ from spap_core.models import load_model
 from spap_core.prune import prune_model
 
 VARIANTS = ["SPAP without alternating minimization:am_rounds=0", "SPAP (defaults, with alternating minimization):",
+            "SPAP, the former recovery (2 × 10 Adam steps of 2048 tokens):am_rounds=2,am_steps=10,am_batch=2048",
             "FLAP:method=flap"]
 PHASES = ("capture", "solve", "altmin", "propagate")
 

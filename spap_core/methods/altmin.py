@@ -26,9 +26,9 @@ REFIT_CHUNK = 4096
 class AltMinSettings:
     # On by default: one round of 40 Adam steps of 256 tokens at lr 1e-3. What the recovery gains
     # grows with the number of steps, not with the tokens per step (Adam moves each weight by about
-    # lr per step), so this keeps most of the gain of the former default (2 rounds × 10 steps of
-    # 2048 tokens, 2.1% off the perplexity at 30%) at about a fifth of its cost; the numbers are
-    # in docs/spap-design.md. lr 1e-4 (the step size of the reference runs) barely moved the
+    # lr per step), so this keeps 87% of the gain of the former default (2 rounds × 10 steps of
+    # 2048 tokens, 2.1% off the perplexity at 30%) at 38% of its time; the numbers are in
+    # docs/spap-design.md ("Cheaper recovery"). lr 1e-4 (the step size of the reference runs) barely moved the
     # weights. 0 rounds switches it off.
     rounds: int = 1
     steps: int = 40  # Adam steps on gate/up per round
