@@ -150,3 +150,20 @@ def test_service_layer_and_core_never_import_streamlit():
             imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
                          if isinstance(node, ast.ImportFrom)}
             assert "streamlit" not in imported and "pages" not in imported, module
+
+
+def test_benchmark_resume_measures_again_the_rows_of_another_recovery(monkeypatch):
+    """A table's rows record the alternating minimization they ran; --resume keeps a row only
+    where today's settings would run the same one (rows from before the record: only without one)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from common import recovery_description, recovery_record, rows_of_current_recovery
+
+    today = recovery_record(PruneSettings())
+    former = {"rounds": 2, "steps": 10, "lr": 0.001, "batch_tokens": 2048}
+    rows = [{"method": "spap"}, {"method": "flap"}, {"method": "spap", "altmin": former},
+            {"method": "spap", "altmin": today}, {"method": "flap", "altmin": None}]
+    kept = rows_of_current_recovery(rows, lambda row: PruneSettings(method=row["method"]))
+    assert kept == [{"method": "flap"}, {"method": "spap", "altmin": today}, {"method": "flap", "altmin": None}]
+    assert set(recovery_description(rows).split("; ")) == {"1 × 40 Adam steps of 256 tokens, lr 0.001",
+                                                           "2 × 10 Adam steps of 2048 tokens, lr 0.001"}
+    assert recovery_description([{"method": "flap", "altmin": None}]) == "none in these rows"
