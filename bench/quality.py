@@ -60,7 +60,9 @@ def earlier_rows(path: Path, args: dict, dense_ppl: dict[str, float]) -> list[di
         return []
     earlier = json.loads(path.read_text())
     different = [key for key in PROTOCOL_ARGS if earlier["args"].get(key) != args[key]]
-    if different or any(abs(earlier["dense"][name] - value) > 1e-6 * value for name, value in dense_ppl.items()):
+    # The dense perplexity checks that model and windows are the same; a change of the evaluation's
+    # batching moves it by float rounding only (~1e-5 relative), far below the tables' two decimals.
+    if different or any(abs(earlier["dense"][name] - value) > 1e-4 * value for name, value in dense_ppl.items()):
         raise SystemExit(f"{path} was measured on another protocol ({', '.join(different) or 'dense perplexity'}); "
                          "write to a new --out instead of --resume.")
     return earlier["rows"]
