@@ -27,7 +27,7 @@ class AltMinSettings:
     # On by default: one round of 40 Adam steps of 256 tokens at lr 1e-3. What the recovery gains
     # grows with the number of steps, not with the tokens per step (Adam moves each weight by about
     # lr per step), so this keeps 87% of the gain of the former default (2 rounds × 10 steps of
-    # 2048 tokens, 2.1% off the perplexity at 30%) at 38% of its time; the numbers are in
+    # 2048 tokens, 2.1% off the perplexity at 30%) at 40% of its time; the numbers are in
     # docs/spap-design.md ("Cheaper recovery"). lr 1e-4 (the step size of the reference runs) barely moved the
     # weights. 0 rounds switches it off.
     rounds: int = 1
