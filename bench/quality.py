@@ -46,12 +46,19 @@ def main() -> None:
             rows.append({"method": method, "sparsity": sparsity, "altmin": recovery_record(settings), **measured,
                          "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
             print(json.dumps(rows[-1]), flush=True)
-            write_outputs(Path(args.out), protocol, rows, vars(args))  # after every row: a cut run keeps its rows
-    write_outputs(Path(args.out), protocol, rows, vars(args))  # with the kept rows after the last measured one
+            # after every row, with the kept rows not reached yet: a cut run loses nothing
+            write_outputs(Path(args.out), protocol, rows + unreached(kept, rows), vars(args))
+    write_outputs(Path(args.out), protocol, rows + unreached(kept, rows), vars(args))  # rows outside this run's grid stay
     print(Path(args.out).read_text())
 
 
 PROTOCOL_ARGS = ("model", "eval", "nsamples", "seqlen", "eval_windows", "seed")
+
+
+def unreached(kept: list[dict], rows: list[dict]) -> list[dict]:
+    """The kept rows of an earlier run whose (method, sparsity) this run has not reached yet."""
+    done = {(row["method"], row["sparsity"]) for row in rows}
+    return [row for row in kept if (row["method"], row["sparsity"]) not in done]
 
 
 def earlier_rows(path: Path, args: dict, dense_ppl: dict[str, float]) -> list[dict]:

@@ -167,3 +167,12 @@ def test_benchmark_resume_measures_again_the_rows_of_another_recovery(monkeypatc
     assert set(recovery_description(rows).split("; ")) == {"1 × 40 Adam steps of 256 tokens, lr 0.001",
                                                            "2 × 10 Adam steps of 2048 tokens, lr 0.001"}
     assert recovery_description([{"method": "flap", "altmin": None}]) == "none in these rows"
+
+
+def test_a_cut_or_narrower_quality_run_keeps_the_earlier_rows_it_did_not_reach(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from quality import unreached
+
+    kept = [{"method": "flap", "sparsity": 0.1}, {"method": "fasp", "sparsity": 0.5}]
+    rows = [{"method": "flap", "sparsity": 0.1, "new": True}]
+    assert unreached(kept, rows) == [{"method": "fasp", "sparsity": 0.5}]
