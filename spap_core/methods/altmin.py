@@ -53,15 +53,16 @@ def _intermediates(inputs: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
 
 def _refit_down(inputs: torch.Tensor, targets: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
                 dense_down_kept: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor],
-                refit_settings: RefitSettings) -> tuple[LayerDecision, torch.Tensor]:
-    """The exact down_proj refit given the current gate/up, and the activations it was fitted on."""
+                refit_settings: RefitSettings) -> tuple[LayerDecision, list[torch.Tensor]]:
+    """The exact down_proj refit given the current gate/up, and the activations it was fitted on
+    (in chunks: only the last round's are ever joined)."""
     stats = GramAccumulator()
     chunks = []
     for start in range(0, inputs.shape[0], REFIT_CHUNK):
         chunks.append(_intermediates(inputs[start : start + REFIT_CHUNK], gate, up, activation))
         stats.add(chunks[-1], targets[start : start + REFIT_CHUNK])
     problem = stats.problem(dense_down_kept, n_prune=0)
-    return refit(problem, torch.arange(dense_down_kept.shape[1]), refit_settings), torch.cat(chunks)
+    return refit(problem, torch.arange(dense_down_kept.shape[1]), refit_settings), chunks
 
 
 def alternating_minimization(
@@ -98,7 +99,8 @@ def alternating_minimization(
             prediction = _intermediates(x[rows], gate, up, activation) @ down.T
             if bias is not None:
                 prediction = prediction + bias.float()
-            loss = (prediction - y[rows]).pow(2).sum() / y[rows].pow(2).sum().clamp_min(1e-12)
+            target = y[rows]
+            loss = (prediction - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -111,5 +113,5 @@ def alternating_minimization(
         down_bias=None if bias is None else bias.to(out_dtype),
         gate_weight=gate.detach().to(out_dtype), up_weight=up.detach().to(out_dtype),
         scores=decision.scores, objective=updated.objective,
-        kept_intermediates=activations if out_dtype == torch.float32 else None,
+        kept_intermediates=torch.cat(activations) if out_dtype == torch.float32 else None,
     )
