@@ -125,7 +125,7 @@ def parse_overrides(spec: str) -> dict[str, str]:
 def settings_with(overrides: dict[str, object], sparsity: float, base: PruneSettings | None = None) -> PruneSettings:
     """The settings at `sparsity` (from `base`, else each method's defaults) with the overrides
     applied through the parameter declarations, which parse and check each value; `method` and
-    `allocation` (uniform or global) choose the run's method and its spread over the layers."""
+    `allocation` (spap_core.allocation.ALLOCATIONS) choose the run's method and its spread over the layers."""
     values = dict(overrides)
     method = str(values.pop("method", base.method if base else "spap"))
     settings = base.for_method(method) if base else PruneSettings(method=method)

@@ -21,7 +21,8 @@ from pages._shared import (
     request_table,
     sweep_time_estimate,
 )
-from spap_core.allocation import ALLOCATIONS, GLOBAL, UNIFORM
+from spap_core.allocation import ALLOCATIONS
+from spap_core.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
 from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import METHODS
 from spap_service.analysis import weight_update_note
@@ -46,9 +47,7 @@ reconstruction = st.radio(
          "all, the curves compare the selections alone.")
 allocation = st.radio(
     "Sparsity per layer", ALLOCATIONS, horizontal=True, key="sweep_allocation",
-    help=f"{UNIFORM}: every layer prunes the same share. {GLOBAL}: one budget for the model (the same parameter "
-         "count), spent on the channels that carry the smallest share of their layer's output energy in the dense "
-         "model, so layers end with different widths.")
+    help=" ".join(f"{name}: {description}." for name, description in ALLOCATION_DESCRIPTIONS.items()))
 base = replace(base, settings=replace(base.settings, reconstruction=Reconstruction.named(reconstruction),
                                       allocation=allocation))
 fixed_settings_caption(base, {"method", "sparsity"}, f"point ({weight_update_note(base.settings.reconstruction)})")

@@ -13,7 +13,8 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spap_core.access import checked_path
-from spap_core.allocation import ALLOCATIONS, GLOBAL, UNIFORM
+from spap_core.allocation import ALLOCATIONS, UNIFORM
+from spap_core.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
 from spap_core.data import calibration_windows, evaluation_windows, resolve_text
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.experiment import plan_run, run_experiment
@@ -70,9 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                             f"refit (ridge towards the dense weights, bias); '{REFIT_ALTMIN}' = that plus SPAP's "
                             "alternating minimization; compares selections with the same reconstruction")
     prune.add_argument("--allocation", default=UNIFORM, choices=ALLOCATIONS,
-                       help=f"'{UNIFORM}': every layer prunes the same share; '{GLOBAL}': one budget over all layers, "
-                            "spent on the channels whose Var(Zᵢ)·‖W_down[:,i]‖² in the dense model is the lowest share of "
-                            "their layer's, same parameter count; saved padded to the widest layer")
+                       help="; ".join(f"'{name}': {description}" for name, description in ALLOCATION_DESCRIPTIONS.items())
+                            + "; a model with per-layer widths is saved padded to the widest layer")
     prune.add_argument("--calib-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
     prune.add_argument("--eval-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
     prune.add_argument("--eval-len", type=int, default=512, help="evaluation window length (tokens)")

@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from spap_core.allocation import FISHER
 from spap_core.budget import check_fits
 from spap_core.errors import SpapInputError
 from spap_core.evaluate import PerplexityResult, perplexity
@@ -77,7 +78,9 @@ def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Itera
     prune_counts(loaded, settings)
     if calibration_tokens is not None:
         explicit = settings.recovery is not None or settings.implementation.target_correction(settings.options) > 0
-        check_fits(loaded, calibration_tokens, batch_size, max(window_lengths, default=0), explicit, copies_model)
+        longest = max(window_lengths, default=0)
+        fisher_window = longest if settings.allocation == FISHER else 0
+        check_fits(loaded, calibration_tokens, batch_size, longest, explicit, copies_model, fisher_window)
     return settings, adjustments
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spap_core.allocation import GLOBAL, dense_channel_scores, global_counts
+from spap_core.allocation import FISHER, GLOBAL, dense_channel_scores, fisher_counts, global_counts
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.altmin import alternating_minimization
 from spap_core.methods.baselines import baseline_scores
@@ -24,6 +24,7 @@ from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel
 from spap_core.offload import OffloadStore, is_dispatched, materialized, move_to, real_weight
+from spap_core.sensitivity import channel_fisher
 from spap_core.shrink import finalize_config, shrink_mlp
 from spap_core.stats import GramAccumulator
 
@@ -89,7 +90,8 @@ def _down_column_norms(problem: LayerProblem, decision: LayerDecision) -> dict[s
 def prune_counts(loaded: LoadedModel, settings: PruneSettings) -> list[int]:
     """λ for every layer, after the refusals that the model's config decides for these settings
     (a bias the family cannot store, corrected targets it cannot take, a sparsity that prunes
-    nothing or everything): the walk and plan_run share them, before any forward pass."""
+    nothing or everything, a Fisher allocation an offloaded model cannot backpropagate through):
+    the walk and plan_run share them, before any forward pass."""
     family, method, options = loaded.family, settings.implementation, settings.options
     layers = family.decoder_layers(loaded.model)
     if settings.adds_down_bias and not family.stores_down_bias:
@@ -103,6 +105,9 @@ def prune_counts(loaded: LoadedModel, settings: PruneSettings) -> list[int]:
             f"Error-correcting targets need the MLP output to enter the residual stream directly, which "
             f"is not the case for model type '{family.model_type}'; set the target correction to 0."
         )
+    if settings.allocation == FISHER and is_dispatched(loaded.model):
+        raise SpapInputError("The Fisher allocation backpropagates through the whole model, which an offloaded "
+                             "model cannot hold; choose the 'global' allocation (or 'uniform') for it.")
     return [prune_count(family.mlp(layer).down_proj.in_features, settings.sparsity) for layer in layers]
 
 
@@ -293,6 +298,9 @@ def prune_model(
         hidden, layer_kwargs = _layer_inputs_and_kwargs(model, layers, chunks)
         if settings.allocation == GLOBAL:
             n_prune = global_counts(_dense_channel_scores(family, layers, hidden, layer_kwargs), settings.sparsity)
+        elif settings.allocation == FISHER:
+            sensitivity = channel_fisher(model, [family.mlp(layer).down_proj for layer in layers], calibration, cancel)
+            n_prune = fisher_counts(sensitivity, settings.sparsity)
         correcting = correction > 0
         dense_hidden = list(hidden) if correcting else []
         timings["capture"] += time.perf_counter() - started

@@ -1,19 +1,24 @@
-"""Non-uniform sparsity: one budget for the whole model, spent where the dense model's channel
-scores are lowest, with the parameter count of uniform sparsity; the model with per-layer widths is
+"""Non-uniform sparsity: one budget for the whole model, spread by the dense model's outlier
+channels (global) or spent on its least loss-sensitive channels (fisher), with the parameter count
+of uniform sparsity; the model with per-layer widths is
 physically smaller, saves padded so that vanilla transformers loads it with the same outputs, and
 comes back unpadded through load_model."""
 
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from spap_core.allocation import global_counts, uniform_counts
+from conftest import tiny_llama
+from spap_core import sensitivity
+from spap_core.allocation import fisher_counts, global_counts, uniform_counts
 from spap_core.cli import main
+from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.models import load_model
 from spap_core.prune import prune_model
@@ -45,10 +50,51 @@ def test_every_layer_stays_within_the_deviation_and_the_total_is_exact():
             assert 1 <= count <= width - 1 and abs(count / width - sparsity) <= 0.08 + 2 / width
 
 
+def test_the_fisher_budget_is_the_uniform_one_spent_on_the_least_informative_channels_of_any_layer():
+    rng = np.random.default_rng(2)
+    informative = rng.uniform(10, 11, 100)
+    mostly_idle = np.concatenate([rng.uniform(0, 1, 60), rng.uniform(10, 11, 40)])
+    # all 60 channels of the budget are idle ones of layer 1, but every layer prunes at least one
+    assert fisher_counts([informative, mostly_idle], 0.3) == [1, 59]
+    # a layer keeps at least 10% of its channels, however idle: the rest of the budget goes elsewhere
+    assert fisher_counts([informative, rng.uniform(0, 1, 100)], 0.5) == [10, 90]
+    with pytest.raises(SpapInputError, match="at least 10%"):
+        fisher_counts([informative, mostly_idle], 0.95)
+    with pytest.raises(SpapInputError, match="at least 10%"):
+        PruneSettings(sparsity=0.95, allocation="fisher")
+
+
+def test_the_fisher_of_a_channel_is_the_sum_over_windows_of_its_squared_loss_gradient(monkeypatch):
+    """Masking channel i by mᵢ scales down_proj's column i, so ∂L/∂mᵢ = Σ_r W[r,i]·∂L/∂W[r,i]: the
+    check uses the ordinary weight gradient, not the masks. Only the first FISHER_WINDOWS count."""
+    monkeypatch.setattr(sensitivity, "FISHER_WINDOWS", 2)
+    model = tiny_llama()
+    downs = [layer.mlp.down_proj for layer in model.model.layers]
+    fisher = sensitivity.channel_fisher(model, downs, CALIBRATION[:3])
+    assert not any(down._forward_pre_hooks for down in downs), "the masks are removed again"
+
+    expected = [torch.zeros(down.in_features, dtype=torch.float64) for down in downs]
+    for window in CALIBRATION[:2]:
+        model.zero_grad()
+        model(input_ids=window[None], labels=window[None]).loss.backward()
+        for total, down in zip(expected, downs):
+            total += (down.weight.detach() * down.weight.grad).sum(dim=0).double().pow(2)
+    for measured, reference in zip(fisher, expected):
+        np.testing.assert_allclose(measured, reference.numpy(), rtol=1e-4, atol=1e-12 * float(reference.max()))
+
+
+def test_a_fisher_allocation_can_be_cancelled_while_it_measures(tiny):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(PruningCancelled, match="sensitivity"):
+        prune_model(tiny, CALIBRATION, PruneSettings(sparsity=0.4, allocation="fisher"), cancel=cancel)
+
+
+@pytest.mark.parametrize("allocation", ["global", "fisher"])
 @pytest.mark.parametrize("method", list(METHODS))
-def test_every_method_prunes_with_a_global_allocation_to_the_same_parameter_count(tiny, method):
+def test_every_method_prunes_with_a_global_allocation_to_the_same_parameter_count(tiny, method, allocation):
     uniform = prune_model(tiny, CALIBRATION, PruneSettings(method=method, sparsity=0.4), batch_size=4)
-    allocated = prune_model(tiny, CALIBRATION, PruneSettings(method=method, sparsity=0.4, allocation="global"),
+    allocated = prune_model(tiny, CALIBRATION, PruneSettings(method=method, sparsity=0.4, allocation=allocation),
                             batch_size=4)
     widths = [len(layer.keep) for layer in allocated.layers]
     assert sum(widths) == sum(len(layer.keep) for layer in uniform.layers)
@@ -80,11 +126,13 @@ def test_per_layer_widths_save_padded_reload_in_vanilla_transformers_and_unpadde
     assert sum(p.numel() for p in reloaded.model.parameters()) == result.params_after
 
 
-def test_the_cli_prunes_with_a_global_allocation_and_records_the_widths(tiny_dir, text_files, tmp_path, capsys):
-    assert main(["prune", "--model", str(tiny_dir), "--device", "cpu", "--method", "wanda-sp", "--allocation", "global",
+@pytest.mark.parametrize("allocation", ["global", "fisher"])
+def test_the_cli_prunes_with_a_global_allocation_and_records_the_widths(tiny_dir, text_files, tmp_path, capsys,
+                                                                         allocation):
+    assert main(["prune", "--model", str(tiny_dir), "--device", "cpu", "--method", "wanda-sp", "--allocation", allocation,
                  "--calib-file", str(text_files["calib"]), "--eval-file", str(text_files["eval"]), "--nsamples", "4",
                  "--seqlen", "32", "--eval-len", "32", "--eval-windows", "2", "--out", str(tmp_path / "out"),
                  "--json"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert record["allocation"] == "global" and len(record["layer_widths"]) == 2
+    assert record["allocation"] == allocation and len(record["layer_widths"]) == 2
     assert (tmp_path / "out" / "config.json").is_file()

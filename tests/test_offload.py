@@ -103,6 +103,12 @@ def test_an_offloaded_model_is_only_pruned_in_place(four_layer_dir, windows):
         prune_model(loaded, windows[0], PruneSettings(), inplace=False)
 
 
+def test_an_offloaded_model_refuses_the_fisher_allocation_and_names_the_one_it_can_take(four_layer_dir, windows):
+    loaded = load_model(str(four_layer_dir), device="cpu", placement=Placement("disk"))
+    with pytest.raises(SpapInputError, match="offloaded.*'global'"):
+        prune_model(loaded, windows[0], PruneSettings(allocation="fisher"), inplace=True)
+
+
 @pytest.mark.parametrize(("device_map", "max_memory", "message"), [
     ({"model.layers.0.mlp": "disk"}, None, "splitting decoder layer 'model.layers.0'"),
     ("auto", {"cpu": "1KiB"}, "less than one decoder layer"),

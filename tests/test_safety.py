@@ -177,3 +177,16 @@ def test_a_run_that_cannot_fit_in_free_memory_is_refused_before_any_work(tiny, m
         plan_run(tiny, settings, (64, 64), calibration_tokens=8 * 64)
     # what a shared link could ask of a real machine: 1024 × 8192 tokens of the tiny model alone
     assert budget.run_bytes(tiny, 1024 * 8192, 4, 256, True, False) > 8 * 2**30
+
+
+def test_a_fisher_allocation_counts_its_backward_pass_in_the_memory_check(tiny, monkeypatch):
+    import spap_core.budget as budget
+    from spap_core.experiment import plan_run
+
+    walk = budget.run_bytes(tiny, 8 * 64, 4, 64, explicit_targets=True, copies_model=True)
+    with_backward = budget.run_bytes(tiny, 8 * 64, 4, 64, explicit_targets=True, copies_model=True, fisher_window=64)
+    assert with_backward > 1.1 * walk
+    monkeypatch.setattr(budget, "free_bytes", lambda device: 1.3 * walk)  # the walk fits with its headroom
+    plan_run(tiny, PruneSettings(), (64, 64), calibration_tokens=8 * 64)
+    with pytest.raises(SpapInputError, match="needs about"):
+        plan_run(tiny, PruneSettings(allocation="fisher"), (64, 64), calibration_tokens=8 * 64)

@@ -45,8 +45,7 @@ class PruneSettings:
     sparsity: float = 0.3
     options: Any = None
     reconstruction: Reconstruction | None = None
-    # "uniform": every layer prunes the same share; "global": one budget over all layers, spent where
-    # the dense model's channel scores are lowest (spap_core.allocation), same total parameter count
+    # how the sparsity is spread over the layers: spap_core.allocation.DESCRIPTIONS
     allocation: str = UNIFORM
 
     def __post_init__(self) -> None:
@@ -58,7 +57,7 @@ class PruneSettings:
         elif not isinstance(self.options, implementation.settings_type):
             raise SpapInputError(f"Method '{self.method}' takes {implementation.settings_type.__name__}, "
                                  f"not {type(self.options).__name__}.")
-        check_allocation(self.allocation)
+        check_allocation(self.allocation, self.sparsity)
         if self.reconstruction is not None and not isinstance(self.reconstruction, Reconstruction):
             raise SpapInputError(f"reconstruction must be a Reconstruction or None (got {self.reconstruction!r}).")
 
