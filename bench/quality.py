@@ -98,12 +98,15 @@ def write_outputs(out: Path, protocol, rows: list[dict], args: dict) -> None:
     lines = ["# Perplexity by method and sparsity", "",
              protocol.description + " Default settings of each method; SPAP's alternating minimization: "
              + recovery_description([row for row in rows if row["method"] == "spap"]) + ".", "",
-             "| method | sparsity | " + " | ".join(f"ppl {n}" for n in names) + " | prune s |",
-             "| --- | --- | " + " | ".join("---" for _ in names) + " | --- |",
-             "| dense | 0 | " + " | ".join(f"{protocol.dense_ppl[n]:.2f}" for n in names) + " | |"]
+             "Rows kept by --resume keep the time they were measured: prune times compare only between rows of one "
+             "session (rows from before 2026-11-29 carry no time).", "",
+             "| method | sparsity | " + " | ".join(f"ppl {n}" for n in names) + " | prune s | measured |",
+             "| --- | --- | " + " | ".join("---" for _ in names) + " | --- | --- |",
+             "| dense | 0 | " + " | ".join(f"{protocol.dense_ppl[n]:.2f}" for n in names) + " | | |"]
     for row in rows:
         lines.append(f"| {row['method']} | {row['sparsity']:.2f} | "
-                     + " | ".join(f"{row['ppl'][n]:.2f}" for n in names) + f" | {row['prune_seconds']:.1f} |")
+                     + " | ".join(f"{row['ppl'][n]:.2f}" for n in names)
+                     + f" | {row['prune_seconds']:.1f} | {row.get('measured_at', '–')} |")
     lines += ["", "## SPAP against the best baseline", "", *gain_lines(rows, names)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
