@@ -13,6 +13,7 @@ with one window's activations: an offloaded model is refused before any work
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,8 +21,8 @@ from torch import nn
 
 from spap_core.errors import PruningCancelled
 
-# The windows the Fisher is summed over. Measured on SmolLM2 at 40% (docs/spap-design.md): 8 windows
-# of 512 tokens already give the allocation; each costs a forward and a backward pass.
+# The windows the Fisher is summed over: the allocation measured in docs/spap-design.md used 8 windows
+# of 512 tokens; more were not tried (each costs a forward and a backward pass).
 FISHER_WINDOWS = 8
 
 
@@ -53,7 +54,7 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _masked_input(mask: torch.Tensor):
+def _masked_input(mask: torch.Tensor) -> Callable[[nn.Module, tuple], tuple]:
     def hook(_module: nn.Module, args: tuple) -> tuple:
         return (args[0] * mask.to(args[0].dtype),) + tuple(args[1:])
 
