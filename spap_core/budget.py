@@ -9,7 +9,7 @@ import os
 import torch
 
 from spap_core.errors import SpapInputError
-from spap_core.models import LoadedModel
+from spap_core.models import LoadedModel, text_config
 
 FLOAT_BYTES = 4
 FREE_SHARE = 0.8  # leave room for the allocator, the interpreter and the rest of the machine
@@ -22,7 +22,7 @@ def run_bytes(loaded: LoadedModel, calibration_tokens: int, batch_size: int, eva
     plus one layer's Gram matrix in float64 and float32; the evaluation holds one batch of logits.
     A Fisher allocation first backpropagates one window of `fisher_window` tokens through the whole
     model while the calibration inputs are held (_fisher_bytes)."""
-    config = _text_config(loaded)
+    config = text_config(loaded.model)
     family = loaded.family
     width = max(family.mlp(layer).down_proj.in_features for layer in family.decoder_layers(loaded.model))
     hidden, vocab = config.hidden_size, config.vocab_size
@@ -37,15 +37,10 @@ def _fisher_bytes(loaded: LoadedModel, width: int, window: int) -> int:
     """What autograd keeps for one window's backward pass: per token and layer about 16 hidden-size
     vectors, 4 of the MLP width and one attention row per head, plus five copies of the logits.
     On SmolLM2 at 512 tokens this gives 1650 MiB; the measured peak was 1615 MiB."""
-    config = _text_config(loaded)
+    config = text_config(loaded.model)
     per_token_and_layer = 16 * config.hidden_size + 4 * width + config.num_attention_heads * window
     layers = len(loaded.family.decoder_layers(loaded.model))
     return window * (layers * per_token_and_layer + 5 * config.vocab_size) * FLOAT_BYTES
-
-
-def _text_config(loaded: LoadedModel):
-    config = loaded.model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def free_bytes(device: torch.device) -> int | None:

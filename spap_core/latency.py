@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from spap_core.errors import PruningCancelled
+from spap_core.models import text_config
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def attention_flops_per_token(model: nn.Module, seqlen: int) -> float:
     products of a token against a `seqlen`-token context. Pruning the MLPs leaves it unchanged, but
     it is work the forward pass does, so a FLOPs ratio without it would promise more than pruning
     can deliver."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model)
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return 2.0 * config.num_hidden_layers * seqlen * heads * head_dim

@@ -275,7 +275,11 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
                        offload_folder=offload_folder)
 
 
+def text_config(model: nn.Module):
+    """The config of the language model itself: a multimodal config (Gemma 3) nests it."""
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
 def context_length(model: nn.Module) -> int | None:
     """How many positions the model can attend over (None when its config does not say)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(config, "max_position_embeddings", None)
+    return getattr(text_config(model), "max_position_embeddings", None)

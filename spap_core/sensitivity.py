@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from spap_core.errors import PruningCancelled
+from spap_core.offload import execution_device
 
 # The windows the Fisher is summed over: the allocation measured in docs/spap-design.md used 8 windows
 # of 512 tokens; more were not tried (each costs a forward and a backward pass).
@@ -31,10 +32,10 @@ def channel_fisher(model: nn.Module, down_projections: list[nn.Module], windows:
     """Fᵢ for every intermediate channel of every layer (one float64 array per down_proj), from the
     first FISHER_WINDOWS calibration windows [N, L], one window per backward pass: the empirical
     Fisher sums squared per-sample gradients, and a batch would square their sum instead."""
-    masks = [torch.ones(down.in_features, device=_device_of(down), requires_grad=True) for down in down_projections]
+    masks = [torch.ones(down.in_features, device=down.weight.device, requires_grad=True) for down in down_projections]
     handles = [down.register_forward_pre_hook(_masked_input(mask)) for down, mask in zip(down_projections, masks)]
     fisher = [torch.zeros(mask.shape, dtype=torch.float64, device=mask.device) for mask in masks]
-    device = model.get_input_embeddings().weight.device
+    device = execution_device(model)
     try:
         with torch.enable_grad():
             for window in windows[:FISHER_WINDOWS]:
@@ -48,10 +49,6 @@ def channel_fisher(model: nn.Module, down_projections: list[nn.Module], windows:
         for handle in handles:
             handle.remove()
     return [total.cpu().numpy() for total in fisher]
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def _masked_input(mask: torch.Tensor) -> Callable[[nn.Module, tuple], tuple]:
