@@ -22,6 +22,7 @@ from spap_core.data import (
     text_from_file,
 )
 from spap_core.evaluate import PerplexityResult, perplexity
+from spap_core.methods.altmin import AltMinSettings, adam_step_dtype
 from spap_core.experiment import run_experiment
 from spap_core.methods.registry import PruneSettings
 from spap_core.models import LoadedModel, load_model
@@ -110,9 +111,18 @@ def rows_of_current_recovery(rows: list[dict], settings_of: Callable[[dict], Pru
 def recovery_description(rows: list[dict]) -> str:
     """The alternating minimization the rows of a table ran, from the rows themselves."""
     used = {json.dumps(row["altmin"], sort_keys=True) for row in rows if row.get("altmin")}
-    described = [f"{a['rounds']} × {a['steps']} Adam steps of {a['batch_tokens']} tokens, lr {a['lr']:g}"
+    described = [f"{a['rounds']} × {a['steps']} Adam steps of {a['batch_tokens']} tokens, lr {a['lr']:g}, "
+                 + _step_products(a.get("precision", AltMinSettings.RECORD_DEFAULTS["precision"]))
                  for a in map(json.loads, sorted(used))]
     return "; ".join(described) or "none in these rows"
+
+
+def _step_products(precision: str) -> str:
+    if precision == "float32":
+        return "float32 products"
+    native = adam_step_dtype(torch.device("cpu")) == torch.bfloat16
+    return (f"{precision} products (bfloat16 where the CPU multiplies it natively, "
+            + ("as this one does)" if native else "which this one does not: float32)"))
 
 
 def parse_overrides(spec: str) -> dict[str, str]:
