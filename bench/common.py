@@ -85,7 +85,7 @@ def load_protocol(model: str, nsamples: int, seqlen: int, eval_windows: int, see
         f"Evaluation: first {eval_windows} × {seqlen}-token windows of "
         + ", ".join(Path(source.label.removeprefix("file ")).name for source in sources.values())
         + f". Machine: {platform.machine()} CPU, {torch.get_num_threads()} torch threads, device {loaded.device}, "
-        f"weights in {next(loaded.model.parameters()).dtype}."
+        f"weights in {next(loaded.model.parameters()).dtype}, {adam_products(loaded.device)}."
     )
     return Protocol(loaded, calibration, eval_sets, dense, description)
 
@@ -112,17 +112,15 @@ def recovery_description(rows: list[dict]) -> str:
     """The alternating minimization the rows of a table ran, from the rows themselves."""
     used = {json.dumps(row["altmin"], sort_keys=True) for row in rows if row.get("altmin")}
     described = [f"{a['rounds']} × {a['steps']} Adam steps of {a['batch_tokens']} tokens, lr {a['lr']:g}, "
-                 + _step_products(a.get("precision", AltMinSettings.RECORD_DEFAULTS["precision"]))
+                 f"{a.get('precision', AltMinSettings.RECORD_DEFAULTS['precision'])} products"
                  for a in map(json.loads, sorted(used))]
     return "; ".join(described) or "none in these rows"
 
 
-def _step_products(precision: str) -> str:
-    if precision == "float32":
-        return "float32 products"
-    native = adam_step_dtype(torch.device("cpu")) == torch.bfloat16
-    return (f"{precision} products (bfloat16 where the CPU multiplies it natively, "
-            + ("as this one does)" if native else "which this one does not: float32)"))
+def adam_products(device: torch.device) -> str:
+    """What precision 'auto' of the recovery's Adam products is on this machine: part of the
+    machine's description in every table, since it differs between CPUs."""
+    return f"Adam products under 'auto' in {str(adam_step_dtype(device)).removeprefix('torch.')}"
 
 
 def parse_overrides(spec: str) -> dict[str, str]:

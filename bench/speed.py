@@ -22,10 +22,9 @@ from pathlib import Path
 import plotly.graph_objects as go
 import torch
 
-from common import calibration_text, variant_settings
+from common import adam_products, calibration_text, variant_settings
 from spap_core.data import calibration_windows
 from spap_core.evaluate import perplexity
-from spap_core.methods.altmin import adam_step_dtype
 from spap_core.models import load_model
 from spap_core.prune import prune_model
 
@@ -95,8 +94,7 @@ def main() -> None:
              f"(full model, logits included) and then every variant once; medians over the rounds (dense forward "
              f"{forward:.1f} s, {min(forwards):.1f}–{max(forwards):.1f}), the ratio is taken within each round. "
              "Solve includes the final refit; eval is one perplexity pass of the pruned model over the same tokens. "
-             f"The Adam steps' products under precision 'auto' are in {str(adam_step_dtype(loaded.device)).removeprefix('torch.')} "
-             "on this machine.", "",
+             f"{adam_products(loaded.device)}.", "",
              "| variant | prune s | ÷ dense forward (range) | capture s | solve s | altmin s | propagate s | eval s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:

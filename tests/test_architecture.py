@@ -172,12 +172,9 @@ def test_benchmark_resume_measures_again_the_rows_of_another_recovery(monkeypatc
             {"method": "flap", "altmin": None}]
     kept = rows_of_current_recovery(rows, lambda row: PruneSettings(method=row["method"]))
     assert kept == [{"method": "flap"}, {"method": "spap", "altmin": today}, {"method": "flap", "altmin": None}]
-    described = recovery_description(rows).split("; ")
-    assert len(described) == 3
-    assert "2 × 10 Adam steps of 2048 tokens, lr 0.001, float32 products" in described
-    assert "1 × 40 Adam steps of 256 tokens, lr 0.001, float32 products" in described
-    assert any(line.startswith("1 × 40 Adam steps of 256 tokens, lr 0.001, auto products (bfloat16 where")
-               for line in described)
+    assert set(recovery_description(rows).split("; ")) == {"2 × 10 Adam steps of 2048 tokens, lr 0.001, float32 products",
+                                                           "1 × 40 Adam steps of 256 tokens, lr 0.001, float32 products",
+                                                           "1 × 40 Adam steps of 256 tokens, lr 0.001, auto products"}
     assert recovery_description([{"method": "flap", "altmin": None}]) == "none in these rows"
 
 
