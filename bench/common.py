@@ -22,8 +22,8 @@ from spap_core.data import (
     text_from_file,
 )
 from spap_core.evaluate import PerplexityResult, perplexity
-from spap_core.methods.altmin import AltMinSettings, adam_step_dtype
 from spap_core.experiment import run_experiment
+from spap_core.methods.altmin import AltMinSettings, adam_step_dtype
 from spap_core.methods.registry import PruneSettings
 from spap_core.models import LoadedModel, load_model
 from spap_core.parameters import with_values

@@ -85,6 +85,9 @@ def test_bfloat16_adam_steps_reach_the_layer_error_of_float32_steps(tiny, monkey
         monkeypatch.setattr(altmin, "adam_step_dtype", lambda _device, dtype=dtype: dtype)
         errors[dtype] = [layer.objective for layer in prune_model(tiny, CALIBRATION, settings, batch_size=4).layers]
     assert errors[torch.bfloat16] != errors[torch.float32]  # the bfloat16 products did run
+    # precision 'float32' keeps float32 products even where bfloat16 would be chosen
+    forced = with_options(settings, altmin=AltMinSettings(rounds=1, steps=20, lr=1e-3, batch_tokens=64, precision="float32"))
+    assert [layer.objective for layer in prune_model(tiny, CALIBRATION, forced, batch_size=4).layers] == errors[torch.float32]
     for index, base in enumerate(without.layers):
         gain32 = base.objective - errors[torch.float32][index]
         gain16 = base.objective - errors[torch.bfloat16][index]
