@@ -103,17 +103,22 @@ def rows_of_current_recovery(rows: list[dict], settings_of: Callable[[dict], Pru
     for row in rows:
         today = recovery_record(settings_of(row))
         recorded = row.get("altmin", None if today is None else "unrecorded")
-        if recorded == today:
+        if _complete(recorded) == today:
             kept.append(row)
     return kept
 
 
+def _complete(recorded: dict | str | None) -> dict | str | None:
+    """A recorded recovery with the fields it predates at their defaults, which are what it ran (a
+    field is only ever added with the old behaviour as its default)."""
+    return asdict(AltMinSettings(**recorded)) if isinstance(recorded, dict) else recorded
+
+
 def recovery_description(rows: list[dict]) -> str:
     """The alternating minimization the rows of a table ran, from the rows themselves."""
-    used = {json.dumps(row["altmin"], sort_keys=True) for row in rows if row.get("altmin")}
+    used = {json.dumps(_complete(row["altmin"]), sort_keys=True) for row in rows if row.get("altmin")}
     described = [f"{a['rounds']} × {a['steps']} Adam steps of {a['batch_tokens']} tokens, lr {a['lr']:g}, "
-                 f"{a.get('precision', AltMinSettings.RECORD_DEFAULTS['precision'])} products"
-                 for a in map(json.loads, sorted(used))]
+                 f"{a['precision']} products" for a in map(json.loads, sorted(used))]
     return "; ".join(described) or "none in these rows"
 
 

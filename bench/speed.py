@@ -29,7 +29,7 @@ from spap_core.models import load_model
 from spap_core.prune import prune_model
 
 VARIANTS = ["SPAP without alternating minimization:am_rounds=0", "SPAP (defaults, with alternating minimization):",
-            "SPAP, the same recovery with float32 Adam products:am_precision=float32",
+            "SPAP, the same recovery with bfloat16 Adam products where native:am_precision=auto",
             "SPAP, the recovery's floor (1 Adam step, its exact refit):am_steps=1",
             "FLAP:method=flap"]
 PHASES = ("capture", "solve", "altmin", "propagate")

@@ -21,9 +21,8 @@ from common import load_protocol, measure, variant_settings
 # Alternating minimization (AM) is part of the defaults; the parts of the penalty path and refit
 # are ablated with it off, against the "without AM" row, so each is measured on its own.
 ABLATIONS = [
-    "SPAP (defaults: 1 round × 40 Adam steps of 256 tokens of AM, lr 1e-3, auto products):",
-    "AM with float32 products:am_precision=float32",
-    "former AM default, 2 rounds × 10 steps of 2048 tokens (float32 products then):am_rounds=2,am_steps=10,am_batch=2048,am_precision=float32",
+    "SPAP (defaults: 1 round × 40 Adam steps of 256 tokens of AM, lr 1e-3):",
+    "former AM default, 2 rounds × 10 steps of 2048 tokens:am_rounds=2,am_steps=10,am_batch=2048",
     "without alternating minimization:am_rounds=0",
     "AM 2 rounds:am_rounds=2",
     "no AM, one-shot selection (K=1, α=1):am_rounds=0,K=1,alpha=1.0",

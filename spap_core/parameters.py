@@ -163,8 +163,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("am_batch", "AM batch", "Tokens per Adam step", "Calibration tokens sampled for each gradient step.",
               int, "altmin", ("--altmin-batch",), path="options.altmin.batch_tokens", low=16, high=65536, step=1),
     Parameter("am_precision", "AM products", "Precision of the Adam steps",
-              "auto = bfloat16 products where the hardware multiplies them natively (CUDA, AVX512-BF16 or AMX CPUs), "
-              "float32 elsewhere. The weights, Adam's state and the down_proj refit stay float32.",
+              "float32 = the same result on every machine. auto = bfloat16 products where the hardware multiplies "
+              "them natively (CUDA, AVX512-BF16 or AMX CPUs): faster, but the result then depends on the machine. "
+              "The weights, Adam's state and the down_proj refit stay float32 either way.",
               str, "altmin", ("--altmin-precision",), path="options.altmin.precision", choices=STEP_PRECISIONS),
     Parameter("nsamples", "samples", "Samples", "Random windows of the calibration text.",
               int, "calibration", ("--nsamples",), low=1, high=1024, step=1, sweep=(2, 32)),

@@ -64,11 +64,10 @@ def test_method_settings_travel_with_the_method_and_old_records_still_load():
               "penalty": asdict(spap.options.penalty), "refit": asdict(spap.options.refit),
               "altmin": asdict(spap.options.altmin)}
     assert PruneSettings.from_dict(legacy) == spap
-    # a record from before the Adam steps' precision existed ran them in float32, and says so
+    # a record from before the Adam steps' precision existed ran them in float32, today's default
     before_precision = asdict(spap)
     del before_precision["options"]["altmin"]["precision"]
-    assert spap.options.altmin.precision == "auto"
-    assert PruneSettings.from_dict(before_precision).options.altmin.precision == "float32"
+    assert PruneSettings.from_dict(before_precision) == spap and spap.options.altmin.precision == "float32"
     with pytest.raises(SpapInputError, match="takes SpapSettings"):
         PruneSettings(method="spap", options=fasp.options)
 
@@ -165,13 +164,15 @@ def test_benchmark_resume_measures_again_the_rows_of_another_recovery(monkeypatc
 
     today = recovery_record(PruneSettings())
     former = {"rounds": 2, "steps": 10, "lr": 0.001, "batch_tokens": 2048}
-    # today's steps, recorded before their precision was (they ran in float32)
-    float32_steps = {"rounds": 1, "steps": 40, "lr": 0.001, "batch_tokens": 256}
+    # today's steps, recorded before their precision was: they ran in float32, today's default
+    before_precision = {"rounds": 1, "steps": 40, "lr": 0.001, "batch_tokens": 256}
+    bfloat16_steps = {**today, "precision": "auto"}
     rows = [{"method": "spap"}, {"method": "flap"}, {"method": "spap", "altmin": former},
-            {"method": "spap", "altmin": float32_steps}, {"method": "spap", "altmin": today},
-            {"method": "flap", "altmin": None}]
+            {"method": "spap", "altmin": before_precision}, {"method": "spap", "altmin": bfloat16_steps},
+            {"method": "spap", "altmin": today}, {"method": "flap", "altmin": None}]
     kept = rows_of_current_recovery(rows, lambda row: PruneSettings(method=row["method"]))
-    assert kept == [{"method": "flap"}, {"method": "spap", "altmin": today}, {"method": "flap", "altmin": None}]
+    assert kept == [{"method": "flap"}, {"method": "spap", "altmin": before_precision},
+                    {"method": "spap", "altmin": today}, {"method": "flap", "altmin": None}]
     assert set(recovery_description(rows).split("; ")) == {"2 × 10 Adam steps of 2048 tokens, lr 0.001, float32 products",
                                                            "1 × 40 Adam steps of 256 tokens, lr 0.001, float32 products",
                                                            "1 × 40 Adam steps of 256 tokens, lr 0.001, auto products"}

@@ -76,18 +76,20 @@ def test_alternating_minimization_does_not_increase_layer_error(tiny):
 
 
 def test_bfloat16_adam_steps_reach_the_layer_error_of_float32_steps(tiny, monkeypatch):
-    """The steps' products in bfloat16 (where the CPU multiplies it natively) must buy the same
-    recovery as float32 ones: the gain over no recovery agrees to a few percent in every layer."""
-    settings = with_options(PruneSettings(sparsity=0.5), altmin=AltMinSettings(rounds=1, steps=20, lr=1e-3, batch_tokens=64))
+    """The steps' products in bfloat16 (precision 'auto' where the CPU multiplies it natively) must
+    buy the same recovery as float32 ones: the gain over no recovery agrees to a few percent in
+    every layer."""
+    steps = dict(rounds=1, steps=20, lr=1e-3, batch_tokens=64)
+    settings = with_options(PruneSettings(sparsity=0.5), altmin=AltMinSettings(**steps, precision="auto"))
     without = prune_model(tiny, CALIBRATION, with_options(settings, altmin=AltMinSettings(rounds=0)), batch_size=4)
     errors = {}
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16):  # what 'auto' picks on a machine without, and with, native bfloat16
         monkeypatch.setattr(altmin, "adam_step_dtype", lambda _device, dtype=dtype: dtype)
         errors[dtype] = [layer.objective for layer in prune_model(tiny, CALIBRATION, settings, batch_size=4).layers]
     assert errors[torch.bfloat16] != errors[torch.float32]  # the bfloat16 products did run
-    # precision 'float32' keeps float32 products even where bfloat16 would be chosen
-    forced = with_options(settings, altmin=AltMinSettings(rounds=1, steps=20, lr=1e-3, batch_tokens=64, precision="float32"))
-    assert [layer.objective for layer in prune_model(tiny, CALIBRATION, forced, batch_size=4).layers] == errors[torch.float32]
+    # the default, 'float32', keeps float32 products even where 'auto' would choose bfloat16
+    default = with_options(settings, altmin=AltMinSettings(**steps))
+    assert [layer.objective for layer in prune_model(tiny, CALIBRATION, default, batch_size=4).layers] == errors[torch.float32]
     for index, base in enumerate(without.layers):
         gain32 = base.objective - errors[torch.float32][index]
         gain16 = base.objective - errors[torch.bfloat16][index]

@@ -122,10 +122,9 @@ def settings_for_family(settings: PruneSettings, family: GluFamily) -> tuple[Pru
 
 
 def _from_dict(cls: type, values: dict) -> Any:
-    """A (nested) frozen dataclass from its asdict form; a field the record predates takes the
-    value the run really used (the class's RECORD_DEFAULTS) where that differs from today's default."""
+    """A (nested) frozen dataclass from its asdict form."""
     hints = typing.get_type_hints(cls)
-    arguments = dict(getattr(cls, "RECORD_DEFAULTS", {}))
+    arguments = {}
     for item in fields(cls):
         if item.name not in values:
             continue
