@@ -37,7 +37,7 @@ class AltMinSettings:
     steps: int = 40  # Adam steps on gate/up per round
     lr: float = 1e-3
     batch_tokens: int = 256
-    # 'auto' took 28% off the recovery's time on the development VM for the same WikiText-2
+    # 'auto' took 19–28% off the recovery's time on the development VM for the same WikiText-2
     # perplexity, but 0.2–0.5% more on Shakespeare (up to 3.5% with the Fisher allocation), and its
     # results depend on the CPU; so it is a choice, not the default (docs/spap-design.md).
     precision: str = "float32"
