@@ -25,11 +25,14 @@ from torch import nn
 
 from spap_core.errors import SpapInputError
 from spap_core.methods.problem import prune_count
+from spap_core.sensitivity import FISHER_WINDOWS
 
 UNIFORM = "uniform"
 GLOBAL = "global"
 FISHER = "fisher"
 ALLOCATIONS = (UNIFORM, GLOBAL, FISHER)
+# The Fisher allocation leaves every layer at least 10% of its channels.
+MAX_LAYER_SPARSITY = 0.9
 # What each allocation does, in the words the CLI's help and the app's controls use.
 DESCRIPTIONS = {
     UNIFORM: "every layer prunes the same share (the paper's setting)",
@@ -37,15 +40,13 @@ DESCRIPTIONS = {
             "outlier channels in the dense model prunes less, each layer within ±0.1 of the target",
     FISHER: "one budget for the model (the parameter count of uniform), spent on the channels whose removal "
             "raises the dense model's calibration loss least (empirical Fisher of a channel mask, from a "
-            "backward pass per calibration window, at most 8); each layer keeps at least "
-            "10% of its channels",
+            f"backward pass per calibration window, at most {FISHER_WINDOWS}); each layer keeps at least "
+            f"{1 - MAX_LAYER_SPARSITY:.0%} of its channels",
 }
 # A layer's sparsity stays within this distance of the target (OWL's λ is 0.08).
 MAX_DEVIATION = 0.1
 # A channel is an outlier when it carries more than this many times its layer's mean score (OWL's M is 5).
 OUTLIER_FACTOR = 5.0
-# The Fisher allocation leaves every layer at least 10% of its channels.
-MAX_LAYER_SPARSITY = 0.9
 
 
 def check_allocation(allocation: str, sparsity: float) -> None:

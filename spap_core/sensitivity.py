@@ -22,8 +22,9 @@ from torch import nn
 from spap_core.errors import PruningCancelled
 from spap_core.offload import execution_device
 
-# The windows the Fisher is summed over: the allocation measured in docs/spap-design.md used 8 windows
-# of 512 tokens; more were not tried (each costs a forward and a backward pass).
+# The windows the Fisher is summed over. With 8 windows of 512 tokens the allocation was the best
+# measured; all 32 calibration windows allocated worse (48.37 against 47.73 at 40%, docs/spap-design.md)
+# for 24 more forward and backward passes.
 FISHER_WINDOWS = 8
 
 
