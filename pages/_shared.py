@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
@@ -18,7 +19,7 @@ import torch
 
 from pages._state import ModelChoice, TableRequest, collect_finished_jobs, session
 from spap_core.data import HUB_SPEC, default_text_spec
-from spap_core.errors import SourceUnavailableError, SpapInputError
+from spap_core.errors import SourceUnavailableError, SpapInputError, UnreadableRunError
 from spap_core.experiment import plan_run
 from spap_core.hub import hub_unreachable_reason
 from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
@@ -328,7 +329,10 @@ def open_shared_run() -> None:
         st.warning(f"The link asks for the saved run '{name[:80]}', which this server does not have; "
                    "it was ignored.", icon=":material/link_off:")
         return
-    _adopt_run(load_saved_run(folder))
+    try:
+        _adopt_run(load_saved_run(folder))
+    except UnreadableRunError as exc:
+        st.warning(f"The link's saved run cannot be opened: {exc}", icon=":material/link_off:")
 
 
 def saved_runs_panel() -> None:
@@ -336,7 +340,8 @@ def saved_runs_panel() -> None:
     makes it the session's latest run, so every inspection page shows it."""
     shared = server_limits().share_runs
     everyone = shared and st.session_state.get("saved_runs_everyone", False)  # the toggle's own widget state
-    runs = saved_runs(owner=None if everyone else session_id())
+    saved = saved_runs(owner=None if everyone else session_id())
+    runs = saved.table
     whose = "every session" if everyone else "this browser session"
     with st.expander(f"Saved runs ({len(runs)} of {whose}): kept on the server as they finish"):
         if shared:
@@ -344,6 +349,9 @@ def saved_runs_panel() -> None:
         else:
             st.caption("This server keeps each session's runs to itself (a page refresh starts a new session); a "
                        "results link from Run SPAP still opens a run anywhere.")
+        for fault in saved.unreadable:  # named by its folder and file only: the server's paths stay its own
+            st.caption(f":warning: Skipped the saved run {Path(fault.file).parent.name}, which cannot be read: "
+                       f"{Path(fault.file).name}: {fault.fault}")
         if runs.empty:
             st.caption("None yet: runs are saved as they finish.")
             return
@@ -353,8 +361,15 @@ def saved_runs_panel() -> None:
         name = st.selectbox("Run", list(labels), format_func=labels.get, index=None, placeholder="Choose a run",
                             key="saved_run")
         if st.button("Load this run", icon=":material/history:", disabled=name is None):
-            _adopt_run(load_saved_run(saved_run_folder(name)))
-            st.rerun()
+            folder = saved_run_folder(name)
+            try:
+                if folder is None:
+                    raise UnreadableRunError(name, "no longer in the results folder.")
+                _adopt_run(load_saved_run(folder))
+            except UnreadableRunError as exc:
+                st.error(f"This run cannot be opened: {exc}")
+            else:
+                st.rerun()
 
 
 def require_outcome(need_trace: bool = False) -> RunOutcome:

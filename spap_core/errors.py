@@ -16,3 +16,12 @@ class PruningCancelled(RuntimeError):
 class NumericalError(ArithmeticError):
     """A run produced non-finite numbers; the message says at which layer (and ρ iteration) and
     what to change, and the run stops rather than return a silently wrong model."""
+
+
+class UnreadableRunError(SpapInputError):
+    """A saved run folder that cannot be shown: a file missing, corrupt, or holding values no run
+    produces (a non-finite perplexity). The message names the file and the fault, in one line."""
+
+    def __init__(self, file: object, fault: str) -> None:
+        super().__init__(f"{file}: {fault}")
+        self.file, self.fault = file, fault

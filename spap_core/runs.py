@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import time
 import uuid
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
+from spap_core.errors import UnreadableRunError
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SpapStep
 from spap_core.models import cache_root
@@ -172,13 +175,76 @@ def list_runs(root: str | Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if (p / "results.json").is_file()), key=lambda p: p.name, reverse=True)
 
 
+# The fields of results.json that readers rely on, with their JSON types; a float must be finite.
+RECORD_FIELDS: dict[str, type] = {
+    "method": str, "sparsity": float, "ppl": float, "ppl_dense": float, "params_before": int, "params_after": int,
+    "calibration_tokens": int, "eval_tokens": int, "eval_windows": int, "eval_len": int, "settings": dict,
+    "timings": dict,
+}
+MAX_RECORD_BYTES = 16 * 2**20
+
+
+def read_record(directory: str | Path) -> dict:
+    """results.json of a run folder, checked: a JSON object with every field a reader relies on,
+    of its type, every metric finite (a NaN perplexity is no result). Raises UnreadableRunError."""
+    file = Path(directory) / "results.json"
+    with record_faults(file):
+        if file.stat().st_size > MAX_RECORD_BYTES:
+            raise UnreadableRunError(file, f"larger than {MAX_RECORD_BYTES // 2**20} MiB, not a run record.")
+        record = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(record, dict):
+        raise UnreadableRunError(file, "not a JSON object.")
+    for key, kind in RECORD_FIELDS.items():
+        if key not in record:
+            raise UnreadableRunError(file, f"no '{key}'.")
+        value = record[key]
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UnreadableRunError(file, f"'{key}' is {json.dumps(value)[:40]}, not a finite number.")
+        elif isinstance(value, bool) or not isinstance(value, kind):
+            raise UnreadableRunError(file, f"'{key}' is {json.dumps(value)[:40]}, not a JSON {kind.__name__}.")
+    for key in ("ppl", "ppl_dense"):
+        if record[key] < 1:
+            raise UnreadableRunError(file, f"'{key}' is {record[key]:g}; a perplexity is at least 1.")
+    return record
+
+
+@contextmanager
+def record_faults(file: str | Path) -> Iterator[None]:
+    """Any fault reading `file` (missing, unreadable, corrupt, a field absent or of the wrong type)
+    as one UnreadableRunError naming the file."""
+    try:
+        yield
+    except UnreadableRunError:
+        raise
+    except FileNotFoundError:
+        raise UnreadableRunError(file, "missing.") from None
+    except KeyError as exc:
+        raise UnreadableRunError(file, f"no {exc.args[0]!r}.") from None
+    except (OSError, ValueError, TypeError, IndexError, EOFError, zipfile.BadZipFile, csv.Error) as exc:
+        fault = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise UnreadableRunError(file, f"{fault}.") from None
+
+
 def read_run(directory: str | Path) -> tuple[dict, PruneResult]:
     """The record and a PruneResult without weights (model=None): layers, scores and trace as
-    they were when the run finished."""
+    they were when the run finished. Raises UnreadableRunError, naming the file and the fault."""
     path = Path(directory)
-    record = json.loads((path / "results.json").read_text())
-    with np.load(path / ARRAYS_FILE) as stored:
+    record = read_record(path)
+    with record_faults(path / "results.json"):
+        settings = PruneSettings.from_dict(record["settings"])
+    with record_faults(path / ARRAYS_FILE), np.load(path / ARRAYS_FILE, allow_pickle=False) as stored:
         arrays = dict(stored)
+        layers = _stored_layers(arrays)
+    with record_faults(path / "trace.csv"), open(path / "trace.csv", newline="") as f:
+        trace = _stored_trace(list(csv.DictReader(f)), arrays, layers)
+    result = PruneResult(model=None, settings=settings, layers=layers, trace=trace, timings=record["timings"],
+                         params_before=record["params_before"], params_after=record["params_after"],
+                         calibration_tokens=record["calibration_tokens"])
+    return record, result
+
+
+def _stored_layers(arrays: dict[str, np.ndarray]) -> list[LayerRecord]:
     layers = []
     for index, width in enumerate(arrays["widths"]):
         objective = float(arrays["layer_objectives"][index])
@@ -189,8 +255,10 @@ def read_run(directory: str | Path) -> tuple[dict, PruneResult]:
             dense_objective=float(arrays["dense_objectives"][index]),
             down_column_norms=_named_arrays(arrays, f"down_norms_layer{index}_"),
         ))
-    with open(path / "trace.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    return layers
+
+
+def _stored_trace(rows: list[dict], arrays: dict[str, np.ndarray], layers: list[LayerRecord]) -> list[SpapStep]:
     masks, norms = arrays["soft_masks"], arrays.get("column_norms", np.zeros((0, 0, 0), dtype=np.float32))
     layer_numbers = sorted({int(row["layer"]) for row in rows})
     trace = []
@@ -204,7 +272,4 @@ def read_run(directory: str | Path) -> tuple[dict, PruneResult]:
             column_norms=norms[layer, iteration] if norms.size else np.zeros(0, dtype=np.float32),
             n_prune=n_prune, marked=int(row.get("marked") or 0),
         ))
-    result = PruneResult(model=None, settings=PruneSettings.from_dict(record["settings"]), layers=layers,
-                         trace=trace, timings=record["timings"], params_before=record["params_before"],
-                         params_after=record["params_after"], calibration_tokens=record["calibration_tokens"])
-    return record, result
+    return trace

@@ -7,7 +7,6 @@ sequence spap_core functions."""
 from __future__ import annotations
 
 import io
-import json
 import math
 import tempfile
 import threading
@@ -25,7 +24,8 @@ from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel
 from spap_core.prune import PruneResult
-from spap_core.runs import list_runs, new_run_directory, read_run, results_root, write_run
+from spap_core.errors import UnreadableRunError
+from spap_core.runs import list_runs, new_run_directory, read_record, read_run, record_faults, results_root, write_run
 from spap_core.shrink import save_pruned
 from spap_service.data import DataSpec, PreparedData, batch_reporter, dense_perplexity, model_key, prepare_data
 from spap_service.jobs import ProgressReporter
@@ -114,21 +114,37 @@ def _stored_perplexity(record: dict, key: str) -> PerplexityResult:
                             windows=record["eval_windows"], seqlen=record["eval_len"])
 
 
-def saved_runs(owner: str | None = None) -> pd.DataFrame:
+@dataclass(frozen=True)
+class SavedRuns:
+    """The readable saved runs as a table, and the fault of each run folder that could not be read
+    (skipped, so one corrupt record never hides the others)."""
+
+    table: pd.DataFrame
+    unreadable: list[UnreadableRunError]
+
+
+def saved_runs(owner: str | None = None) -> SavedRuns:
     """The finished runs in the results folder, newest first, one row each with its folder name
     (`run`); only those `owner` made when given."""
-    rows = []
+    rows, unreadable = [], []
     for folder in list_runs(results_root()):
-        record = json.loads((folder / "results.json").read_text())
+        try:
+            record = read_record(folder)
+        except UnreadableRunError as exc:
+            unreadable.append(exc)
+            continue
         if owner is not None and record.get("owner") != owner:
             continue
-        rows.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("finished_at", 0))),
+        finished_at = record.get("finished_at", 0)
+        finished_at = finished_at if isinstance(finished_at, (int, float)) and math.isfinite(finished_at) else 0
+        rows.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(finished_at)),
                      "method": record["method"], "sparsity": record["sparsity"], "ppl dense": record["ppl_dense"],
-                     "ppl pruned": record["ppl"], "model": record["model"], "run": folder.name,
-                     "finished_at": record.get("finished_at", 0)})
+                     "ppl pruned": record["ppl"], "model": str(record.get("model", "")), "run": folder.name,
+                     "finished_at": finished_at})
     columns = ["finished", "method", "sparsity", "ppl dense", "ppl pruned", "model", "run", "finished_at"]
     table = pd.DataFrame(rows, columns=columns)
-    return table.sort_values("finished_at", ascending=False, kind="stable").drop(columns="finished_at")
+    return SavedRuns(table.sort_values("finished_at", ascending=False, kind="stable").drop(columns="finished_at"),
+                     unreadable)
 
 
 def saved_run_folder(name: str) -> Path | None:
@@ -140,10 +156,11 @@ def saved_run_folder(name: str) -> Path | None:
 def load_saved_run(folder: str | Path) -> RunOutcome:
     """A finished run as it was saved: every page but the model download and latency works on it."""
     record, result = read_run(folder)
-    request = RunRequest(settings=result.settings, seed=record["seed"], data=DataSpec.from_dict(record["data"]))
-    return RunOutcome(request=request, model_key=record["model_key"], tokenizer=None, result=result,
-                      dense=_stored_perplexity(record, "ppl_dense"), pruned=_stored_perplexity(record, "ppl"),
-                      record=record, finished_at=record["finished_at"], saved_to=Path(folder))
+    with record_faults(Path(folder) / "results.json"):  # the fields only the app's runs carry
+        request = RunRequest(settings=result.settings, seed=int(record["seed"]), data=DataSpec.from_dict(record["data"]))
+        return RunOutcome(request=request, model_key=str(record["model_key"]), tokenizer=None, result=result,
+                          dense=_stored_perplexity(record, "ppl_dense"), pruned=_stored_perplexity(record, "ppl"),
+                          record=record, finished_at=float(record["finished_at"]), saved_to=Path(folder))
 
 
 def pruned_model_zip(outcome: RunOutcome) -> bytes:
