@@ -1,10 +1,13 @@
 """Which local files a request may read. A public demo sets SPAP_ALLOWED_ROOTS (folders separated
 by the OS path separator) so users can only point the app at models and texts under those folders;
-unset, every path is allowed (the CLI on one's own machine)."""
+unset, every path is allowed (the CLI on one's own machine). Every path the CLI and the app read
+(models, texts, device maps, offload and task folders) goes through `confined` first, and nothing
+outside the roots is even looked at: a refusal never tells whether something exists there."""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from spap_core.errors import SpapInputError
@@ -43,7 +46,7 @@ def confined(path: str | Path, what: str) -> Path:
     if not _inside(real, roots):
         raise SpapInputError(
             f"The {what} {file} is outside the folders this server allows ({', '.join(map(str, roots))}); "
-            "choose a file there, upload a text instead, or use the default model."
+            "choose one there."
         )
     if real.is_dir():
         for entry in real.rglob("*"):
@@ -56,3 +59,44 @@ def confined(path: str | Path, what: str) -> Path:
 
 def _inside(real: Path, roots: list[Path]) -> bool:
     return any(real == root or root in real.parents for root in roots)
+
+
+def may_inspect(path: str | Path) -> bool:
+    """Whether the server may look at `path` at all (ask whether it exists): always without roots,
+    else only inside them."""
+    roots = allowed_roots()
+    return roots is None or _inside(Path(path).expanduser().resolve(), roots)
+
+
+# What a path that is not a regular file is, for the message that refuses it.
+FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def readable_file(path: str | Path, what: str, max_bytes: int) -> Path:
+    """The path of a file that may be read whole: confined, a regular file, at most `max_bytes`.
+    Decided from its metadata (stat), never by opening it: opening a FIFO blocks, and /dev/zero
+    never ends. Read it with `read_limited`, which stops one byte past the limit even if it grew."""
+    file = confined(path, what)
+    try:
+        info = os.stat(file)
+    except (FileNotFoundError, NotADirectoryError):
+        raise SpapInputError(f"The {what} {file} does not exist.") from None
+    except OSError as exc:
+        raise SpapInputError(f"The {what} {file} cannot be read: {exc.strerror or exc}.") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in FILE_KINDS if test(info.st_mode)), "not a regular file")
+        raise SpapInputError(f"The {what} {file} is {kind}, not a regular file.")
+    if info.st_size > max_bytes:
+        raise SpapInputError(f"The {what} {file} is {_size(info.st_size)}; the limit is {_size(max_bytes)}.")
+    return file
+
+
+def read_limited(file: Path, max_bytes: int) -> bytes:
+    """At most max_bytes + 1 bytes of `file` (so a file that grew past the limit is still caught)."""
+    with open(file, "rb") as handle:
+        return handle.read(max_bytes + 1)
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.0f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.0f} KiB"

@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from spap_core.access import confined
+from spap_core.access import read_limited, readable_file
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason, require_hub
 from spap_core.memory import release_freed_memory
@@ -25,6 +25,7 @@ HUB_SPEC = "wikitext2"
 WIKITEXT_FILES = {"calibration": "wikitext-2/wiki.valid.tokens", "evaluation": "wikitext-2/wiki.test.joined.txt"}
 WIKITEXT_HUB_SPLITS = {"calibration": "train", "evaluation": "test"}
 MAX_TEXT_BYTES = 64 * 1024 * 1024
+SAMPLED_TEXT_TOKENS = 4096  # how much text the model writes when there is no real text
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def text_from_string(text: str, label: str = "uploaded text") -> TextSource:
 def decode_text_bytes(raw: bytes, label: str) -> TextSource:
     """Decode uploaded or read bytes as UTF-8 text, refusing binaries with a clear message."""
     if len(raw) > MAX_TEXT_BYTES:
-        raise SpapInputError(f"The {label} is {len(raw) / 2**20:.0f} MiB; the limit is {MAX_TEXT_BYTES // 2**20} MiB.")
+        raise SpapInputError(f"The {label} is larger than the limit of {MAX_TEXT_BYTES // 2**20} MiB.")
     if b"\x00" in raw[:65536]:
         raise SpapInputError(f"The {label} contains NUL bytes: it looks binary, not plain text.")
     try:
@@ -58,10 +59,10 @@ def decode_text_bytes(raw: bytes, label: str) -> TextSource:
 
 
 def text_from_file(path: str | Path) -> TextSource:
-    file = confined(path, "text file")
-    if not file.is_file():
-        raise SpapInputError(f"Text file {file} does not exist.")
-    return decode_text_bytes(file.read_bytes(), f"file {file}")
+    """A text file's text, refused with the true reason (outside the roots, missing, a folder, a
+    FIFO or device, too big, binary, not UTF-8) and never read past the size limit."""
+    file = readable_file(path, "text file", MAX_TEXT_BYTES)
+    return decode_text_bytes(read_limited(file, MAX_TEXT_BYTES), f"file {file}")
 
 
 def text_from_wikitext_hub(split: str) -> TextSource:
@@ -111,25 +112,36 @@ def default_text_spec(purpose: str) -> str | None:
     return None
 
 
-def resolve_text(spec: str | None, purpose: str, model: PreTrainedModel | None = None,
-                 tokenizer: PreTrainedTokenizerBase | None = None, min_tokens: int = 4096) -> TextSource:
-    """Turn a user's text spec into text.
+def text_without_model(spec: str | None, purpose: str) -> TextSource | None:
+    """The text a user's spec names, read before any model loads (a bad file is refused before
+    the slow load); None when there is no real text and it must be sampled from the model.
 
     spec: a file path, 'wikitext2' / 'wikitext2:<split>' (hub), or None/'default': the default of
-    `default_text_spec`, else (with a model) text sampled from the model, labelled as such.
+    `default_text_spec`.
     """
     if not spec or spec == "default":
         spec = default_text_spec(purpose)
     if spec is None:
-        if model is None or tokenizer is None:
-            raise SourceUnavailableError(
-                f"No {purpose} text: the hub is unreachable and ${DATA_DIR_ENV} is not set; give a text file."
-            )
-        return text_sampled_from_model(model, tokenizer, min_tokens)
+        return None
     if spec.startswith(HUB_SPEC):
         split = spec.partition(":")[2] or WIKITEXT_HUB_SPLITS[purpose]
         return text_from_wikitext_hub(split)
     return text_from_file(spec)
+
+
+def resolve_text(spec: str | None, purpose: str, model: PreTrainedModel | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None,
+                 min_tokens: int = SAMPLED_TEXT_TOKENS) -> TextSource:
+    """Turn a user's text spec into text: `text_without_model`, else (with a model) text sampled
+    from the model, labelled as such."""
+    source = text_without_model(spec, purpose)
+    if source is not None:
+        return source
+    if model is None or tokenizer is None:
+        raise SourceUnavailableError(
+            f"No {purpose} text: the hub is unreachable and ${DATA_DIR_ENV} is not set; give a text file."
+        )
+    return text_sampled_from_model(model, tokenizer, min_tokens)
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:

@@ -91,7 +91,7 @@ def test_empty_binary_and_non_utf8_texts_are_refused(tmp_path):
 
 
 def test_an_upload_over_the_size_limit_is_refused_before_decoding():
-    with pytest.raises(SpapInputError, match="the limit is 64 MiB"):
+    with pytest.raises(SpapInputError, match="larger than the limit of 64 MiB"):
         decode_text_bytes(b"a" * (MAX_TEXT_BYTES + 1), "uploaded file big.txt")
     # streamlit refuses larger uploads in the browser already, and keeps the ones it accepts in memory
     config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
@@ -180,3 +180,54 @@ def test_truncated_safetensors_is_refused(tiny_dir, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(SpapInputError, match="Could not load"):
         load_model(str(broken))
+
+
+def _special_text_path(kind: str, tmp_path):
+    """A path that is no plain text file, made for the test."""
+    import os
+
+    if kind == "folder":
+        (tmp_path / "a-folder").mkdir()
+        return tmp_path / "a-folder"
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "a-fifo")  # opening it for reading would block until a writer comes
+        return tmp_path / "a-fifo"
+    if kind == "device":
+        return "/dev/zero"  # never ends
+    if kind == "too big":
+        with open(tmp_path / "big.txt", "wb") as handle:  # sparse: 65 MiB that take no disk
+            handle.truncate(MAX_TEXT_BYTES + 2**20)
+        return tmp_path / "big.txt"
+    (tmp_path / "latin1.txt").write_bytes("café ".encode("latin-1") * 100)
+    return tmp_path / "latin1.txt"
+
+
+@pytest.mark.parametrize(("kind", "reason"), [
+    ("folder", "is a folder, not a regular file"),
+    ("fifo", "is a named pipe (FIFO), not a regular file"),
+    ("device", "is a character device, not a regular file"),
+    ("too big", "is 65 MiB; the limit is 64 MiB"),
+    ("not utf-8", "is not UTF-8 text"),
+])
+@pytest.mark.parametrize("flag", ["--calib-file", "--eval-file"])
+def test_a_text_file_is_checked_before_the_model_loads_with_the_true_reason(tiny_dir, text_files, tmp_path,
+                                                                           monkeypatch, capsys, kind, reason, flag):
+    import builtins
+
+    import spap_core.cli as cli
+
+    path = str(_special_text_path(kind, tmp_path))
+    real_open = builtins.open
+
+    def open_small_files_only(file, mode="r", *args, **kwargs):
+        if str(file) == path and kind in ("fifo", "device", "too big", "folder"):
+            raise AssertionError(f"{file} was opened")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_small_files_only)
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model loaded before the text was checked"))
+    argv = ["prune", "--model", str(tiny_dir), "--calib-file", str(text_files["calib"]),
+            "--eval-file", str(text_files["eval"]), flag, path]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and reason in err[0] and "does not exist" not in err[0], err
