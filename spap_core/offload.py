@@ -15,16 +15,17 @@ evaluates and saves (`save_pretrained` reads offloaded weights back through the 
 from __future__ import annotations
 
 import contextlib
-import shutil
-import weakref
 import json
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
+from spap_core.access import read_limited, readable_file
 from spap_core.errors import SpapInputError
 from spap_core.memory import release_freed_memory
 
@@ -33,8 +34,6 @@ from spap_core.memory import release_freed_memory
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 LAYERS_ON_DISK = "disk"
 OFFLOADED = ("cpu", "disk")
-
-
 
 
 def is_dispatched(model: nn.Module) -> bool:
@@ -48,63 +47,125 @@ def execution_device(model: nn.Module) -> torch.device:
     if not is_dispatched(model):
         return next(model.parameters()).device
     devices = [device for device in model.hf_device_map.values() if device not in OFFLOADED]
-    return _as_device(devices[0]) if devices else torch.device("cpu")
+    return as_device(devices[0]) if devices else torch.device("cpu")
 
 
-def _as_device(device: int | str | torch.device) -> torch.device:
+def as_device(device: int | str | torch.device) -> torch.device:
     """accelerate names a GPU by its index; torch wants 'cuda:N'."""
     return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
 
 
 def layers_on_disk_map(model: nn.Module, layers_name: str, device: torch.device) -> dict[str, str]:
     """The low-memory device map: every decoder layer on disk, every other module (embeddings,
-    final norm, head; tied weights so stay together) on `device`. Modules on the path to the
-    layer list are split into their children; accelerate wants the map to cover every weight."""
-    device_map: dict[str, str] = {}
+    final norm, head; tied weights so stay together) on `device`. accelerate wants the map to
+    cover every weight, so the modules on the path to the layer list are split into their children."""
+    layer_names = {f"{layers_name}.{index}" for index in range(len(model.get_submodule(layers_name)))}
+    return {name: "disk" if name in layer_names else placed
+            for name, placed in _split_to_layers(model, "", str(device), layers_name).items()}
 
-    def place(prefix: str, module: nn.Module) -> None:
-        for name, child in module.named_children():
-            full = f"{prefix}{name}"
-            if full == layers_name:
-                device_map.update({f"{full}.{index}": "disk" for index in range(len(child))})
-            elif layers_name.startswith(full + "."):
-                place(full + ".", child)
-            else:
-                device_map[full] = str(device)
 
-    place("", model)
-    return device_map
+MAX_DEVICE_MAP_BYTES = 2**20
 
 
 def read_device_map(spec: str) -> str | dict:
-    """A strategy name, "disk", or the map in a JSON file ({"module name": device, ...})."""
+    """A strategy name, "disk", or the map in a JSON file ({"module name": device, ...}), read
+    only once the file is known to lie inside the allowed roots and to be a small regular file.
+    What the map says is checked against the model by check_device_map."""
     if spec in DEVICE_MAP_STRATEGIES or spec == LAYERS_ON_DISK:
         return spec
-    path = Path(spec).expanduser()
-    if path.suffix != ".json":
+    if Path(spec).suffix != ".json":
         raise SpapInputError(f"--device-map '{spec[:80]}' is neither one of {', '.join(DEVICE_MAP_STRATEGIES)}, "
                              f"'{LAYERS_ON_DISK}', nor a .json file mapping module names to devices.")
+    file = readable_file(spec, "device map", MAX_DEVICE_MAP_BYTES)
     try:
-        device_map = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SpapInputError(f"Could not read the device map {path}: {exc}") from None
+        device_map = json.loads(read_limited(file, MAX_DEVICE_MAP_BYTES).decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise SpapInputError(f"The device map {file} is not a JSON file: {exc}.") from None
     if not isinstance(device_map, dict) or not all(isinstance(key, str) for key in device_map):
-        raise SpapInputError(f"The device map {path} must be a JSON object from module names to devices.")
+        raise SpapInputError(f"The device map {file} must be a JSON object from module names to devices.")
     return device_map
 
 
-def check_device_map(device_map: dict, layer_names: list[str]) -> None:
-    """Refuse maps the layer-wise walk cannot follow: a device that does not exist, or a decoder
-    layer split over several devices (a layer is materialised whole on one device)."""
+def _check_device(name: str, device: object) -> None:
+    """A device as accelerate's maps name one: a GPU index, 'cuda', 'cuda:N', 'cpu' or 'disk';
+    a GPU must exist here."""
     from spap_core.models import resolve_device  # models imports this module
 
+    if device in OFFLOADED:
+        return
+    is_index = isinstance(device, int) and not isinstance(device, bool) and device >= 0
+    if not (is_index or isinstance(device, str) and device.split(":")[0] == "cuda"):
+        raise SpapInputError(f"The device map gives {_shown(name)} the device {json.dumps(device)[:40]}; a device is a "
+                             "GPU index (0, 1, ...), 'cuda:N', 'cpu' or 'disk'.")
+    resolve_device(f"cuda:{device}" if is_index else device)
+
+
+def check_device_map(device_map: dict, model: nn.Module, layers_name: str) -> dict:
+    """The map as the layer-wise walk can follow it, or one line saying why not: every device is
+    one accelerate takes and this machine has, every key names a module of the model ("" = the
+    whole model), no key lies inside another, every weight is placed, and no decoder layer is
+    split over devices (a layer is materialised whole on one
+    device). A key that holds several decoder layers ("", "model", "model.layers") is split into
+    its children down to the layers, each on the key's device."""
+    modules = dict(model.named_modules())
+    layers = modules[layers_name]
+    layer_names = [f"{layers_name}.{index}" for index in range(len(layers))]
+    if not device_map:
+        raise SpapInputError('The device map is empty; name a device for every module ("" = the whole model).')
     for name, device in device_map.items():
-        if device not in OFFLOADED:
-            resolve_device(f"cuda:{device}" if isinstance(device, int) else str(device))
+        _check_device(name, device)
+        if name not in modules:
+            raise SpapInputError(f"The device map names '{name[:80]}', which is not a module of this model "
+                                 f"(its top-level modules: {', '.join(n for n, _ in model.named_children())}).")
+        inner = next((other for other in device_map if other != name and _contains(name, other)), None)
+        if inner is not None:
+            raise SpapInputError(f"The device map places both {_shown(name)} and '{inner}', which lies inside it; "
+                                 "give each weight one device (entries must not contain one another).")
         for layer in layer_names:
-            if name.startswith(layer + "."):
+            if _contains(layer, name) and name != layer:
                 raise SpapInputError(f"The device map places '{name}' on its own, splitting decoder layer '{layer}'; "
                                      "the layer-wise walk needs each decoder layer whole on one device (or on disk).")
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})  # placed with the weight they are tied to
+    unplaced = [name for name, _ in model.named_parameters()
+                if name not in tied and not any(_contains(key, name) for key in device_map)]
+    if unplaced:
+        raise SpapInputError(f"The device map places no device for {', '.join(unplaced[:3])}"
+                             f"{' and more' if len(unplaced) > 3 else ''}; it must cover every weight.")
+    split: dict = {}
+    for name, device in device_map.items():
+        split.update(_split_to_layers(model, name, device, layers_name))
+    return split
+
+
+def _shown(name: str) -> str:
+    return f"'{name[:80]}'" if name else '"" (the whole model)'
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """Whether module (or weight) `inner` lies inside module `outer` ('' holds everything)."""
+    return outer == "" or inner == outer or inner.startswith(outer + ".")
+
+
+def _split_to_layers(model: nn.Module, name: str, device: object, layers_name: str) -> dict:
+    """{name: device}, or, when `name` holds the decoder layers, its children's entries down to
+    one entry per layer (accelerate then hooks each layer, which the walk materialises)."""
+    if not _contains(name, layers_name):
+        return {name: device}
+    module = model.get_submodule(name)
+    if name == layers_name:
+        return {f"{name}.{index}": device for index in range(len(module))}
+    prefix = f"{name}." if name else ""
+    entries: dict = {}
+    for child, _ in module.named_children():
+        entries.update(_split_to_layers(model, prefix + child, device, layers_name))
+    return entries
+
+
+def single_device(device_map: dict) -> object | None:
+    """The one device of a map that puts the whole model on one device other than disk (transformers
+    then loads it without dispatching), else None."""
+    devices = set(device_map.values())
+    return next(iter(devices)) if len(devices) == 1 and "disk" not in devices else None
 
 
 def parse_max_memory(spec: str) -> dict[int | str, str]:
@@ -136,7 +197,7 @@ def _layer_device(layer: nn.Module, fallback: torch.device) -> torch.device:
     if device is None:
         real = [t.device for t in layer.parameters() if t.device.type != "meta"]
         return real[0] if real else fallback
-    return _as_device(device)
+    return as_device(device)
 
 
 class OffloadStore:

@@ -116,7 +116,16 @@ class _StopForward(Exception):
 
 
 def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """The model's parameters, each tied weight counted once: accelerate's hooks replace an
+    offloaded weight by a tensor of its own, so a tied head would otherwise count twice."""
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {}) if _ties_weights(model) else set()
+    return sum(p.numel() for name, p in model.named_parameters() if name not in tied)
+
+
+def _ties_weights(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return bool(getattr(text, "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False))
 
 
 def _pass_through(hidden_states: torch.Tensor, *_args, **_kwargs) -> torch.Tensor:

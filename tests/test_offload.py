@@ -148,3 +148,78 @@ def test_the_cli_low_memory_mode_prunes_saves_and_reports_like_the_default(four_
     assert low["params_after"] == default["params_after"]
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert sum(p.numel() for p in reloaded.parameters()) == default["params_after"]
+
+
+def _prune_with_map(four_layer_dir, text_files, tmp_path, device_map, *extra) -> list[str]:
+    map_file = tmp_path / "map.json"
+    map_file.write_text(json.dumps(device_map))
+    return ["prune", "--model", str(four_layer_dir), "--calib-file", str(text_files["calib"]),
+            "--eval-file", str(text_files["eval"]), "--nsamples", "4", "--seqlen", "32", "--eval-len", "32",
+            "--eval-windows", "2", "-K", "2", "--device-map", str(map_file), "--json", *extra]
+
+
+@pytest.mark.parametrize("device_map", [
+    {"": "cpu"},  # one device: transformers loads it without dispatching (no hf_device_map)
+    {"model": "cpu"},  # the tied head needs no entry of its own
+    {"": "disk"},  # the whole model offloaded: split into its modules, each layer on its own
+    {"model.embed_tokens": "disk", "model.layers": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu",
+     "lm_head": "disk"},  # the tied embedding and head on disk: accelerate unties them
+])
+def test_any_map_accelerate_accepts_prunes_saves_and_counts_like_the_model_in_memory(
+        four_layer_dir, text_files, tmp_path, capsys, device_map):
+    plain = _prune_with_map(four_layer_dir, text_files, tmp_path, device_map)
+    plain = plain[:plain.index("--device-map")] + plain[plain.index("--device-map") + 2:]
+    assert main(plain) == 0
+    expected = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = tmp_path / "pruned"
+    assert main(_prune_with_map(four_layer_dir, text_files, tmp_path, device_map, "--out", str(out))) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    record = json.loads(captured.out.strip().splitlines()[-1])
+    assert math.isclose(record["ppl"], expected["ppl"], rel_tol=1e-5)
+    assert (record["params_before"], record["params_after"]) == (expected["params_before"], expected["params_after"])
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert sum(p.numel() for p in reloaded.parameters()) == record["params_after"]
+
+
+@pytest.mark.parametrize(("device_map", "message"), [
+    ({}, "The device map is empty"),
+    ({"nonexistent": "cpu"}, "names 'nonexistent', which is not a module of this model"),
+    ({"model": "cpu"} | {"model.layers.1": "disk"}, "places both 'model' and 'model.layers.1'"),
+    ({"": "cpu", "model.layers.1": "disk"}, 'places both "" (the whole model) and'),
+    ({"model.embed_tokens": "cpu", "lm_head": "cpu"}, "places no device for model.layers.0"),
+    ({"": "meta"}, 'gives "" (the whole model) the device "meta"'),
+    ({"": True}, "the device true; a device is a GPU index"),
+    ({"": -1}, "the device -1; a device is a GPU index"),
+    ({"": None}, "the device null"),
+    ({"": "cuda:0"}, "no GPU is visible") if not torch.cuda.is_available() else ({"": "cuda:99"}, "does not exist"),
+    ({"": "cpu", "--offload-folder": "x"}, "--max-memory and --offload-folder have nothing to place"),
+    ({"": "cpu"}, "the device map puts the whole model on cpu, but --device asks for cuda")
+    if torch.cuda.is_available() else ({"": 0}, "no GPU is visible"),
+])
+def test_a_map_the_walk_cannot_follow_is_one_line_before_any_weight_loads(four_layer_dir, text_files, tmp_path,
+                                                                          capsys, monkeypatch, device_map, message):
+    def no_load(*_args, **_kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_load)
+    extra = ["--device", "cuda"] if "--device asks" in message else []
+    if "--offload-folder" in device_map:  # a flag in the table's row, not an entry of the map
+        extra += ["--offload-folder", str(tmp_path / device_map["--offload-folder"])]
+        device_map = {name: device for name, device in device_map.items() if name != "--offload-folder"}
+    assert main(_prune_with_map(four_layer_dir, text_files, tmp_path, device_map, *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message.lower() in err[0].lower(), err
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"[1, 2]", "must be a JSON object from module names to devices"),
+    (b"{not json", "is not a JSON file"),
+    (b"\xff\xfe{}", "is not a JSON file"),
+])
+def test_a_device_map_file_that_is_no_map_is_one_line(four_layer_dir, tmp_path, capsys, content, message):
+    map_file = tmp_path / "map.json"
+    map_file.write_bytes(content)
+    assert main(["prune", "--model", str(four_layer_dir), "--device-map", str(map_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

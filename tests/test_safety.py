@@ -190,3 +190,57 @@ def test_a_fisher_allocation_counts_its_backward_pass_in_the_memory_check(tiny, 
     plan_run(tiny, PruneSettings(), (64, 64), calibration_tokens=8 * 64)
     with pytest.raises(SpapInputError, match="needs about"):
         plan_run(tiny, PruneSettings(allocation="fisher"), (64, 64), calibration_tokens=8 * 64)
+
+
+# Every path flag of the CLI, and how to point it at `path`.
+PATH_FLAG_ARGUMENTS = {
+    "--model": lambda path: ["--model", path],
+    "--calib-file": lambda path: ["--calib-file", path],
+    "--eval-file": lambda path: ["--eval-file", path],
+    "--device-map": lambda path: ["--device-map", path],
+    "--offload-folder": lambda path: ["--device-map", "disk", "--offload-folder", path],
+    "--zeroshot-tasks-dir": lambda path: ["--zeroshot", "mytask", "--zeroshot-tasks-dir", path],
+    "latency --model": lambda path: ["--model", path],
+    "latency --pruned": lambda path: ["--pruned", path],
+}
+
+
+@pytest.mark.parametrize("flag", list(PATH_FLAG_ARGUMENTS))
+def test_every_path_the_cli_reads_is_confined_before_anything_is_read(confined_to, tmp_path, tiny_dir, flag,
+                                                                     monkeypatch, capsys):
+    """Outside the allowed roots, an existing path (with content) and a missing one get the same
+    one-line refusal, and nothing outside is opened: the message never tells what exists there."""
+    import builtins
+    import io
+    import shutil
+
+    import spap_core.cli as cli
+
+    model = confined_to / "model"
+    shutil.copytree(tiny_dir, model)
+    (confined_to / "calib.txt").write_text("w1 w2 " * 3000)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    existing = outside / ("map.json" if flag == "--device-map" else "thing.txt")
+    existing.write_text('{"": "cpu"}')
+    if flag.endswith(("--model", "--pruned", "--offload-folder", "--zeroshot-tasks-dir")):
+        existing = outside / "folder"
+        shutil.copytree(tiny_dir, existing)
+    missing = outside / existing.name.replace("thing", "nothing").replace("folder", "no-folder").replace("map", "nomap")
+    opened = []
+    for module in (builtins, io):
+        real_open = module.open
+        monkeypatch.setattr(module, "open", lambda file, *a, _real=real_open, **k: (opened.append(str(file)),
+                                                                                    _real(file, *a, **k))[1])
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    command = ["latency", "--model", str(model)] if flag.startswith("latency") else [
+        "prune", "--model", str(model), "--calib-file", str(confined_to / "calib.txt"),
+        "--eval-file", str(confined_to / "calib.txt")]
+    lines = []
+    for path in (existing, missing):
+        assert cli.main([*command, *PATH_FLAG_ARGUMENTS[flag](str(path))]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "outside the folders this server allows" in err[0], err
+        lines.append(err[0].replace(str(path), "PATH"))
+    assert lines[0] == lines[1]
+    assert not [name for name in opened if name.startswith(str(outside))]
