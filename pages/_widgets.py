@@ -37,6 +37,13 @@ def parameter_widget(parameter: Parameter, default: Any) -> Any:
     return value
 
 
+def bounded_number(parameter: Parameter, default: int, key: str, label: str | None = None, container: Any = st) -> int:
+    """A whole-number box (not bound to the URL) whose range is the parameter's declared one, the
+    same the CLI and the share link enforce."""
+    return container.number_input(label or parameter.label, int(parameter.low), int(parameter.high), int(default),
+                                  key=key)
+
+
 def ignored_url_parameters(params: dict[str, str], known: set[str]) -> list[str]:
     """Which query parameters a link carried that the form cannot take, each with the reason:
     Streamlit drops an invalid bound value silently, so this says what was ignored and why."""
@@ -49,9 +56,7 @@ def ignored_url_parameters(params: dict[str, str], known: set[str]) -> list[str]
             continue
         declared = BY_KEY[key]
         try:
-            value = declared.coerce(raw)
-            if declared.low is not None and not declared.low <= value <= declared.high:
-                raise SpapInputError(f"{declared.symbol} must be between {declared.low:g} and {declared.high:g} here")
+            value = declared.coerce(raw)  # with the declared range
             if declared.path:
                 declared.apply(PruneSettings(), value)
         except SpapInputError as exc:

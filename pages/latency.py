@@ -19,6 +19,8 @@ from pages._shared import (
     require_pruned_model,
     submit_job,
 )
+from pages._widgets import bounded_number
+from spap_core.parameters import LATENCY_PARAMETERS
 from spap_service.analysis import speedup_verdict
 from spap_service.comparisons import RATIO_LABELS, LatencyOptions, compare_latency
 from spap_service.presets import interactive_run_size
@@ -36,11 +38,11 @@ st.caption(f"Measured on {device_label(loaded.device)}: the dense model against 
 
 with st.form("latency_settings"):
     columns = st.columns(4)
-    seqlen = columns[0].number_input("Prefill window (tokens)", 8, 8192,
-                                     min(256, interactive_run_size(loaded.device).eval_len), key="latency_seqlen")
-    decode_tokens = columns[1].number_input("Decoded tokens", 1, 512, 16, key="latency_decode")
-    repeats = columns[2].number_input("Repeats (timed)", 1, 50, 5, key="latency_repeats")
-    warmup = columns[3].number_input("Warm-up runs (not timed)", 0, 20, 1, key="latency_warmup")
+    defaults = {"prefill_tokens": min(256, interactive_run_size(loaded.device).eval_len), "decode_tokens": 16,
+                "repeats": 5, "warmup": 1}
+    seqlen, decode_tokens, repeats, warmup = (
+        bounded_number(declared, defaults[declared.key], f"latency_{declared.key}", container=column)
+        for declared, column in zip(LATENCY_PARAMETERS, columns))
     submitted = st.form_submit_button("Measure", type="primary", icon=":material/timer:")
 if submitted:
     options = LatencyOptions(seqlen=int(seqlen), decode_tokens=int(decode_tokens), repeats=int(repeats),

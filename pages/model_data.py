@@ -12,10 +12,12 @@ import torch
 from pages._routing import ensure_routed
 from pages._shared import current_model, data_spec, device_label, model_choice, run_size_note
 from pages._state import ModelChoice, session
+from pages._widgets import bounded_number
 from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES, decode_text_bytes, text_from_file
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason, require_hub
 from spap_core.models import DEFAULT_MODEL
+from spap_core.parameters import BY_KEY, DATA_PARAMETERS
 from spap_service.analysis import mlp_widths, parameter_split
 from spap_service.data import DataSpec, TextChoice
 
@@ -155,19 +157,19 @@ def _checked_upload(upload, current: TextChoice) -> TextChoice:
 
 st.subheader("Data")
 spec = data_spec()
+DATA = {declared.key: declared for declared in DATA_PARAMETERS}
 with st.container(border=True):
     calibration_column, evaluation_column = st.columns(2)
     with calibration_column:
         make_calibration = text_source_inputs("calibration", spec.calibration)
-        nsamples = st.number_input("Calibration samples (random windows)", 1, 1024, spec.nsamples, key="data_nsamples")
-        seqlen = st.number_input("Tokens per calibration sample", 8, 8192, spec.seqlen, key="data_seqlen")
+        nsamples = bounded_number(BY_KEY["nsamples"], spec.nsamples, "data_nsamples",
+                                  label="Calibration samples (random windows)")
+        seqlen = bounded_number(BY_KEY["seqlen"], spec.seqlen, "data_seqlen", label="Tokens per calibration sample")
     with evaluation_column:
         make_evaluation = text_source_inputs("evaluation", spec.evaluation)
-        eval_windows = st.number_input("Evaluation windows (first W; 0 = the whole text)", 0, 100_000,
-                                       spec.eval_windows, key="data_eval_windows")
-        eval_len = st.number_input("Tokens per evaluation window", 8, 8192, spec.eval_len, key="data_eval_len")
-    batch_size = st.number_input("Windows per forward pass (lower it if memory runs out)", 1, 256, spec.batch_size,
-                                 key="data_batch_size")
+        eval_windows = bounded_number(DATA["eval_windows"], spec.eval_windows, "data_eval_windows")
+        eval_len = bounded_number(DATA["eval_len"], spec.eval_len, "data_eval_len")
+    batch_size = bounded_number(DATA["batch_size"], spec.batch_size, "data_batch_size")
     if st.button("Use this data", icon=":material/check:", type="primary"):
         try:
             spec = DataSpec(calibration=make_calibration(), evaluation=make_evaluation(), nsamples=int(nsamples),

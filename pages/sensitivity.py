@@ -31,8 +31,9 @@ fixed_settings_caption(base, {key, "method"}, "value")
 with st.form("scan_settings"):
     columns = st.columns(3)
     step = 1.0 if scanned.kind is int else None
-    low = columns[0].number_input("From", value=float(scanned.sweep[0]), step=step, format="%g", key=f"scan_low_{key}")
-    high = columns[1].number_input("To", value=float(scanned.sweep[1]), step=step, format="%g", key=f"scan_high_{key}")
+    bounds = {"min_value": float(scanned.low), "max_value": float(scanned.high), "step": step, "format": "%g"}
+    low = columns[0].number_input("From", value=float(scanned.sweep[0]), key=f"scan_low_{key}", **bounds)
+    high = columns[1].number_input("To", value=float(scanned.sweep[1]), key=f"scan_high_{key}", **bounds)
     points = columns[2].slider("Values", 2, 10, 4, key="scan_points")
     st.caption(f"Values are spaced {'logarithmically' if scanned.log_scale else 'evenly'}; each one is a full "
                "pruning run plus a perplexity evaluation.")

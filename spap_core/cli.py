@@ -4,10 +4,14 @@ the work is done by the library. Progress goes to stderr, the JSON result is std
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Iterator
 
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -15,15 +19,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from spap_core.access import checked_path
 from spap_core.allocation import ALLOCATIONS, UNIFORM
 from spap_core.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
-from spap_core.data import calibration_windows, evaluation_windows, resolve_text
+from spap_core.data import (SAMPLED_TEXT_TOKENS, calibration_windows, evaluation_windows, text_sampled_from_model,
+                            text_without_model)
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.experiment import plan_run, run_experiment
 from spap_core.latency import latency_ratios, measure_latencies
 from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.models import DEFAULT_MODEL, Placement, load_model, resolve_device
+from spap_core.models import DEFAULT_MODEL, Placement, load_model, model_source, resolve_device
 from spap_core.offload import DEVICE_MAP_STRATEGIES, LAYERS_ON_DISK
-from spap_core.parameters import GROUPS, PARAMETERS, SETTINGS_PARAMETERS, with_values
+from spap_core.parameters import (DATA_PARAMETERS, GROUPS, LATENCY_PARAMETERS, PARAMETERS, SETTINGS_PARAMETERS,
+                                  Parameter, with_values)
 from spap_core.prune import PruneResult
 from spap_core.runs import staged_directory, write_run
 from spap_core.shrink import save_pruned
@@ -32,22 +38,27 @@ from spap_core.zeroshot import (STANDARD, STANDARD_TASKS, check_tasks, compariso
 
 EXIT_BAD_INPUT = 2
 EXIT_NOT_SAVED = 3
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+# Stopped by Ctrl-C (SIGINT), `kill`/`docker stop`/systemd (SIGTERM) or a closed terminal (SIGHUP):
+# 128 + the signal's number, what shells report.
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 EXIT_CODES = (f"exit codes: 0 done; {EXIT_BAD_INPUT} refused (one 'error:' line); {EXIT_NOT_SAVED} "
-              f"pruned but --out could not be saved; {EXIT_INTERRUPTED} interrupted (Ctrl-C).")
+              "pruned but --out could not be saved; "
+              + ", ".join(f"{128 + signum} stopped by {name}" for signum, name in STOP_SIGNALS.items()) + ".")
 USER_ERRORS = (SpapInputError, SourceUnavailableError, PruningCancelled, NumericalError)
 
-# (lowest, highest) of every numeric flag, checked before the model loads: windows need 8 tokens
-# (the data layer's minimum), and the seed must fit the random generators.
-NUMBER_BOUNDS: dict[str, dict[str, tuple[int, int | None]]] = {
-    "prune": {"batch_size": (1, None), "nsamples": (1, None), "seqlen": (8, None), "eval_len": (8, None),
-              "eval_windows": (0, None), "seed": (0, 2**31 - 1)},
-    "latency": {"seqlen": (2, None), "decode_tokens": (1, None), "repeats": (1, None), "warmup": (0, None)},
-}
-# path flags (destinations) and what their messages call them; --out has its own check
-PATH_FLAGS = {"prune": {"model": "model", "calib_file": "calibration text", "eval_file": "evaluation text",
+# path flags (destinations) and what their messages call them; models are checked by
+# models.model_source, --out has its own check
+PATH_FLAGS = {"prune": {"calib_file": "calibration text", "eval_file": "evaluation text",
                         "zeroshot_tasks_dir": "zero-shot task folder", "offload_folder": "offload folder"},
-              "latency": {"model": "model", "pruned": "pruned model"}}
+              "latency": {}}
+MODEL_FLAGS = {"prune": ("model",), "latency": ("model", "pruned")}
+
+
+def literal(text: str) -> str:
+    """Help text as argparse must receive it: argparse expands '%' as a format code ("%(default)s"),
+    so a '%' of the text itself ('10%' in a description) is doubled; every help line built from
+    data goes through here."""
+    return text.replace("%", "%%")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -65,19 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EXIT_CODES)
     _add_model_args(prune)
     prune.add_argument("--method", default="spap", choices=list(METHODS),
-                       help="; ".join(f"{name}: {method.description}" for name, method in METHODS.items()))
+                       help=literal("; ".join(f"{name}: {method.description}" for name, method in METHODS.items())))
     prune.add_argument("--reconstruction", default=OWN, choices=RECONSTRUCTIONS,
                        help=f"the weight update after the selection: '{OWN}' = the method's own; '{REFIT}' = SPAP's "
                             f"refit (ridge towards the dense weights, bias); '{REFIT_ALTMIN}' = that plus SPAP's "
                             "alternating minimization; compares selections with the same reconstruction")
     prune.add_argument("--allocation", default=UNIFORM, choices=ALLOCATIONS,
-                       help="; ".join(f"'{name}': {description}" for name, description in ALLOCATION_DESCRIPTIONS.items())
-                            + "; a model with per-layer widths is saved padded to the widest layer")
+                       help=literal("; ".join(f"'{name}': {description}"
+                                              for name, description in ALLOCATION_DESCRIPTIONS.items())
+                                    + "; a model with per-layer widths is saved padded to the widest layer"))
     prune.add_argument("--calib-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
     prune.add_argument("--eval-file", default=None, help="text file; 'wikitext2[:split]' for the hub; default: auto")
-    prune.add_argument("--eval-len", type=int, default=512, help="evaluation window length (tokens)")
-    prune.add_argument("--eval-windows", type=int, default=8, help="first W windows; 0 = the whole text")
-    prune.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     prune.add_argument("--out", default=None,
                        help="save the pruned model (safetensors), results.json and the trace in this new or empty "
                             "folder, written beside it and renamed into place once complete; if saving fails, the "
@@ -86,36 +95,40 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let --out replace a non-empty folder; the old one is deleted only once the new one is "
                             "complete")
     _add_placement_args(prune)
-    _add_parameter_args(prune)
+    _add_parameter_args(prune, COMMAND_PARAMETERS["prune"])
     _add_zeroshot_args(prune)
     latency = commands.add_parser("latency", help="latency and memory of the dense model and a pruned one",
                                   epilog=EXIT_CODES)
     _add_model_args(latency)
     latency.add_argument("--pruned", default=None, help="directory of a pruned model saved by `prune --out`")
-    latency.add_argument("--seqlen", type=int, default=512, help="prefill window length")
-    latency.add_argument("--decode-tokens", type=int, default=32)
-    latency.add_argument("--repeats", type=int, default=5)
-    latency.add_argument("--warmup", type=int, default=2)
+    _add_parameter_args(latency, COMMAND_PARAMETERS["latency"])
     return parser
 
 
-CLI_DEFAULTS = {"nsamples": 16, "seqlen": 512, "seed": 0}  # the CLI's calibration size (the app's is smaller)
+# The CLI's own defaults of the declared parameters that no settings type holds: its calibration
+# size (the app's is smaller), its evaluation and its latency measurement.
+CLI_DEFAULTS = {"nsamples": 16, "seqlen": 512, "seed": 0, "eval_len": 512, "eval_windows": 8, "batch_size": 4,
+                "prefill_tokens": 512, "decode_tokens": 32, "repeats": 5, "warmup": 2}
+COMMAND_PARAMETERS = {"prune": PARAMETERS + DATA_PARAMETERS, "latency": LATENCY_PARAMETERS}
 
 
-def _add_parameter_args(parser: argparse.ArgumentParser) -> None:
-    """One flag per declared hyperparameter (spap_core.parameters), in its group, with the
-    settings' own default; SPAP's flags apply to --method spap."""
+def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Parameter, ...]) -> None:
+    """One flag per declared parameter (spap_core.parameters), in its group, with the settings'
+    own default (or the CLI's, for those no settings type holds); SPAP's flags apply to --method
+    spap. The declared range is checked in check_args, before the model loads."""
     defaults = PruneSettings()
-    groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
-    for parameter in PARAMETERS:
+    groups = {name: parser.add_argument_group(GROUPS[name]) for name in dict.fromkeys(p.group for p in parameters)}
+    for parameter in parameters:
         default = parameter.read(defaults) if parameter.path else CLI_DEFAULTS[parameter.key]
-        options: dict = {"dest": parameter.key, "default": default, "help": parameter.help}
+        options: dict = {"dest": parameter.key, "default": default, "help": literal(parameter.help)}
         if parameter.kind is bool:
             options["action"] = argparse.BooleanOptionalAction
+        elif parameter.choices:
+            options.update(type=parameter.kind, choices=parameter.choices)
         else:
-            options["type"] = parameter.kind
-            if parameter.choices:
-                options["choices"] = parameter.choices
+            options.update(type=parameter.kind, metavar=parameter.flags[0].lstrip("-").replace("-", "_").upper())
+            if parameter.low is not None:
+                options["help"] += literal(f" Between {parameter.bounds_text}.")
         groups[parameter.group].add_argument(*parameter.flags, **options)
 
 
@@ -147,8 +160,8 @@ def placement(args: argparse.Namespace) -> Placement:
 def _add_zeroshot_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("zero-shot accuracy (lm-eval-harness), of the dense and the pruned model")
     group.add_argument("--zeroshot", default=None, metavar="TASKS",
-                       help=f"lm-eval tasks separated by commas; '{STANDARD}' = {', '.join(STANDARD_TASKS)} (their "
-                            "data come from the Hugging Face hub)")
+                       help=literal(f"lm-eval tasks separated by commas; '{STANDARD}' = {', '.join(STANDARD_TASKS)} "
+                                    "(their data come from the Hugging Face hub)"))
     group.add_argument("--zeroshot-limit", type=int, default=None, metavar="N",
                        help="only each task's first N examples (quick checks; papers use every example)")
     group.add_argument("--zeroshot-tasks-dir", default=None, metavar="DIR",
@@ -159,8 +172,12 @@ def check_args(args: argparse.Namespace) -> None:
     """Every refusal the arguments alone decide, made before the slow model load: a number out of
     range (which would otherwise fail deep in torch, or after minutes of work), a path the OS
     cannot even look up, an --out whose contents saving would clobber."""
-    for dest, (low, high) in NUMBER_BOUNDS[args.command].items():
-        _check_number(dest, getattr(args, dest), low, high)
+    for declared in COMMAND_PARAMETERS[args.command]:
+        if declared.kind in (int, float):
+            declared.check(getattr(args, declared.key), declared.flag_name)
+    for dest in MODEL_FLAGS[args.command]:
+        if (source := getattr(args, dest)) is not None:
+            model_source(source)
     for dest, what in PATH_FLAGS[args.command].items():
         if (path := getattr(args, dest)) is not None:
             checked_path(path, what)
@@ -234,6 +251,9 @@ def prune_settings(args: argparse.Namespace) -> PruneSettings:
 def run_prune(args: argparse.Namespace) -> dict:
     settings = prune_settings(args)  # validate before the slow model load
     resolve_device(args.device)
+    # a text file that is missing, no regular file, too big or not UTF-8 is refused before the load
+    calib_text = text_without_model(args.calib_file, "calibration")
+    eval_text = text_without_model(args.eval_file, "evaluation")
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement(args))
     # every refusal that the model's config decides, before any text is read or forward pass run
     _, adjustments = plan_run(loaded, settings, (args.seqlen, args.eval_len),
@@ -241,8 +261,8 @@ def run_prune(args: argparse.Namespace) -> dict:
                               copies_model=False)  # the CLI prunes in place
     for note in adjustments:
         print(f"note: {note}", file=sys.stderr)
-    calib_text = resolve_text(args.calib_file, "calibration", loaded.model, loaded.tokenizer)
-    eval_text = resolve_text(args.eval_file, "evaluation", loaded.model, loaded.tokenizer)
+    calib_text = calib_text or text_sampled_from_model(loaded.model, loaded.tokenizer, SAMPLED_TEXT_TOKENS)
+    eval_text = eval_text or text_sampled_from_model(loaded.model, loaded.tokenizer, SAMPLED_TEXT_TOKENS)
     calibration = calibration_windows(loaded.tokenizer, calib_text, args.nsamples, args.seqlen, args.seed)
     windows = evaluation_windows(loaded.tokenizer, eval_text, args.eval_len, args.eval_windows or None)
     # before the walk, which prunes this very model in place
@@ -295,7 +315,7 @@ def run_latency(args: argparse.Namespace) -> dict:
     models = [dense.model]
     if args.pruned:
         models.append(load_model(args.pruned, device=args.device, dtype=args.dtype).model)
-    reports = measure_latencies(models, seqlen=args.seqlen, decode_tokens=args.decode_tokens, repeats=args.repeats,
+    reports = measure_latencies(models, seqlen=args.prefill_tokens, decode_tokens=args.decode_tokens, repeats=args.repeats,
                                 warmup=args.warmup)
     report = {"model": dense.description, "dense": reports[0].to_dict()}
     if args.pruned:
@@ -312,23 +332,58 @@ def _os_error_message(exc: OSError) -> str:
     return f"{exc.strerror or exc}: {str(exc.filename)[:80]}"
 
 
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, as Ctrl-C raises KeyboardInterrupt: so every
+    cleanup that Ctrl-C runs (the staging folder of --out is deleted) runs for them too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """For the block, SIGTERM and SIGHUP raise StopSignal; a second one while the first is being
+    cleaned up is ignored, so the cleanup finishes. Signal handlers only exist in the main thread;
+    elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = [signum for signum in STOP_SIGNALS if signum != signal.SIGINT]
+
+    def stop(signum: int, _frame: object) -> None:
+        for other in caught:
+            signal.signal(other, signal.SIG_IGN)
+        raise StopSignal(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in caught}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit code is the one EXIT_CODES documents, and every failure a user
-    can cause (bad input, an OS refusal, Ctrl-C, a failed save) ends in one line on stderr rather
-    than a traceback."""
+    can cause (bad input, an OS refusal, Ctrl-C or a stop signal, a failed save) ends in one line
+    on stderr rather than a traceback."""
     args = build_parser().parse_args(argv)
     try:
-        check_args(args)
-        report = run_prune(args) if args.command == "prune" else run_latency(args)
+        with signals_as_interrupts():
+            check_args(args)
+            report = run_prune(args) if args.command == "prune" else run_latency(args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:
         print(f"error: {_os_error_message(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted: stopped by Ctrl-C before the end; no output folder was written.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, StopSignal) else signal.SIGINT
+        print(f"interrupted: stopped by {STOP_SIGNALS[signum]} before the end; no output folder was written.",
+              file=sys.stderr)
+        return 128 + signum
     print(json.dumps(report, indent=None if args.json else 2, default=float))
     if "save_error" in report:
         print(f"error: could not save the pruned model in '{args.out[:80]}': {report['save_error']}",

@@ -59,7 +59,10 @@ def glu_family(model: nn.Module) -> GluFamily:
     for index, layer in enumerate(layers):
         mlp = getattr(layer, "mlp", None)
         if mlp is None:
-            raise SpapInputError(f"Model type '{model_type}': decoder layer {index} has no 'mlp'.")
+            raise SpapInputError(
+                f"Model type '{model_type}' is not supported: its decoder layers ({type(layer).__name__}) have no "
+                "GLU MLP module ('mlp' with gate_proj/up_proj/down_proj). SPAP Explorer prunes the MLP channels of "
+                "Llama, Qwen2/3, Mistral and Gemma models.")
         missing = [name for name in (*GLU_PROJECTIONS, "act_fn") if not hasattr(mlp, name)]
         if missing:
             raise SpapInputError(
@@ -73,4 +76,8 @@ def glu_family(model: nn.Module) -> GluFamily:
                 f"Model type '{model_type}': {', '.join(not_linear)} in layer {index} are not plain "
                 "Linear layers (quantized?); load the model in floating point."
             )
+        if mlp.down_proj.in_features < 2:
+            raise SpapInputError(
+                f"Model type '{model_type}': layer {index}'s MLP has {mlp.down_proj.in_features} intermediate "
+                "channel; structured pruning needs at least 2 (one to remove, one to keep).")
     return GluFamily(model_type=model_type, stores_down_bias=hasattr(model.config, "mlp_bias"))

@@ -29,6 +29,8 @@ GROUPS = {
     "refit": "Refit and targets",
     "altmin": "Alternating minimization",
     "calibration": "Calibration",
+    "evaluation": "Evaluation",
+    "latency": "Latency measurement",
 }
 
 
@@ -47,7 +49,7 @@ class Parameter:
     flags: tuple[str, ...]  # the CLI's flags
     path: str = ""
     choices: tuple[str, ...] = ()
-    low: float | None = None  # the form's range (the settings' own checks are the real bounds)
+    low: float | None = None  # the range every consumer enforces: CLI, form, share link, benches
     high: float | None = None
     step: float | None = None
     slider: bool = False  # a slider in the form (else a number box, a select box or a checkbox)
@@ -85,8 +87,29 @@ class Parameter:
         if self.kind is int:
             if not math.isfinite(number) or number != int(number):
                 raise SpapInputError(f"{self.symbol} must be a whole number (got {value!r}).")
-            return int(number)
-        return number
+            number = int(number)
+        return self.check(number)
+
+    def check(self, value: float, name: str | None = None) -> float:
+        """`value` if it lies in the declared range, else one line naming the parameter (as `name`,
+        e.g. the CLI flag typed, or its symbol) and the range; NaN is never in range."""
+        if self.low is not None and not self.low <= value <= self.high:
+            raise SpapInputError(f"{name or self.symbol} must be between {self.bounds_text} "
+                                 f"(got {self.shown(value)}).")
+        return value
+
+    @property
+    def bounds_text(self) -> str:
+        return f"{self.shown(self.low)} and {self.shown(self.high)}"
+
+    def shown(self, number: float) -> str:
+        """A bound or a value as typed: whole numbers in full (2147483647, not 2.14748e+09)."""
+        return str(int(number)) if self.kind is int and float(number).is_integer() else f"{number:g}"
+
+    @property
+    def flag_name(self) -> str:
+        """How the CLI's messages name it: '--iterations (-K)'."""
+        return self.flags[0] + (f" ({', '.join(self.flags[1:])})" if len(self.flags) > 1 else "")
 
     def format(self, value: Any) -> str:
         if self.key == "sparsity":
@@ -174,6 +197,28 @@ PARAMETERS: tuple[Parameter, ...] = (
               int, "calibration", ("--seqlen",), low=8, high=8192, step=1),
     Parameter("seed", "seed", "Seed", "Chooses the calibration windows (and the Adam batches).",
               int, "calibration", ("--seed",), low=0, high=2**31 - 1, step=1),
+)
+# Sizes of the evaluation and of a latency measurement: not settings of the pruning (so neither
+# on the Run form nor in its share link), but bounded the same way wherever they are typed: the
+# CLI's flags and the Model & data and Latency pages read their ranges from here.
+DATA_PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("eval_len", "evaluation window", "Tokens per evaluation window", "Evaluation window length (tokens).",
+              int, "evaluation", ("--eval-len",), low=8, high=8192, step=1),
+    Parameter("eval_windows", "evaluation windows", "Evaluation windows (first W; 0 = the whole text)",
+              "First W windows of the evaluation text; 0 = the whole text.",
+              int, "evaluation", ("--eval-windows",), low=0, high=100_000, step=1),
+    Parameter("batch_size", "batch", "Windows per forward pass (lower it if memory runs out)",
+              "Windows per forward pass.", int, "evaluation", ("--batch-size",), low=1, high=256, step=1),
+)
+LATENCY_PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("prefill_tokens", "prefill window", "Prefill window (tokens)", "Prefill window length (tokens).",
+              int, "latency", ("--seqlen",), low=8, high=8192, step=1),
+    Parameter("decode_tokens", "decoded tokens", "Decoded tokens", "Tokens generated one at a time.",
+              int, "latency", ("--decode-tokens",), low=1, high=512, step=1),
+    Parameter("repeats", "repeats", "Repeats (timed)", "Timed repetitions of each measurement.",
+              int, "latency", ("--repeats",), low=1, high=50, step=1),
+    Parameter("warmup", "warm-up runs", "Warm-up runs (not timed)", "Untimed runs before the timed ones.",
+              int, "latency", ("--warmup",), low=0, high=20, step=1),
 )
 BY_KEY = {parameter.key: parameter for parameter in PARAMETERS}
 SETTINGS_PARAMETERS = tuple(p for p in PARAMETERS if p.path)

@@ -8,6 +8,8 @@ turns a hang into a failure.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,7 @@ from app_harness import (
 from conftest import tiny_llama
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import PenaltySettings
+from spap_core.parameters import BY_KEY
 from spap_service.analysis import changed_mind_counts, readout_masks, soft_masks
 from spap_service.jobs import JobStatus, shared_queue
 
@@ -197,8 +200,8 @@ def test_scores_page_shows_distributions_thresholds_and_overlaps(ran_app):
 def test_latency_page_measures_dense_and_pruned(ran_app):
     at = ran_app
     open_page(at, "latency")
-    at.number_input(key="latency_seqlen").set_value(16)
-    at.number_input(key="latency_decode").set_value(2)
+    at.number_input(key="latency_prefill_tokens").set_value(16)
+    at.number_input(key="latency_decode_tokens").set_value(2)
     at.number_input(key="latency_repeats").set_value(2)
     at.number_input(key="latency_warmup").set_value(0)
     click(at, "Measure")
@@ -271,10 +274,13 @@ def test_sensitivity_refuses_an_invalid_range(ran_app):
     at = ran_app
     open_page(at, "sensitivity")
     at.selectbox(key="scan_parameter").set_value("tau").run()
-    at.number_input(key="scan_low_tau").set_value(0.5)
+    low, high = at.number_input(key="scan_low_tau"), at.number_input(key="scan_high_tau")
+    assert (low.min, low.max) == (high.min, high.max) == (BY_KEY["tau"].low, BY_KEY["tau"].high)  # τ > 1 only
+    low.set_value(5.0)
+    high.set_value(2.0)
     click(at, "Run scan")
     assert not at.exception
-    assert any("τ must be > 1" in e.value for e in at.error)
+    assert any("'From' must be below 'To'" in e.value for e in at.error)
 
 
 def test_how_spap_works_compares_spap_with_the_exact_optimum(app_files):
@@ -479,3 +485,52 @@ def test_a_link_with_settings_the_form_cannot_take_says_which_were_ignored_and_w
     assert "`sparsity=5`" in warning and "`K=-3`" in warning and "`score=bogus`" in warning and "`foo`" in warning
     assert "tau" not in warning  # a valid one is taken
     assert at.slider(key="tau").value == 2.5 and at.slider(key="K").value == PenaltySettings().iterations
+
+
+def test_every_numeric_widget_has_the_range_the_cli_and_the_share_link_enforce(ran_app):
+    """One declaration, three consumers: the Run form, Model & data and Latency pages draw their
+    number widgets with the declared range (the CLI's bounds: tests/test_cli_robustness.py), and a
+    link with a value past it is named as ignored."""
+    from spap_core.parameters import BY_KEY, DATA_PARAMETERS, LATENCY_PARAMETERS, PARAMETERS
+
+    def ranges(at):
+        return {w.key: (w.min, w.max) for kind in ("slider", "number_input") for w in at.get(kind) if w.key}
+
+    at = ran_app
+    open_page(at, "run_spap")
+    drawn = ranges(at)
+    for declared in PARAMETERS:
+        if declared.kind in (int, float):
+            assert drawn[declared.key] == pytest.approx((declared.low, declared.high)), declared.key
+    open_page(at, "model_data")
+    drawn = ranges(at)
+    for declared in (BY_KEY["nsamples"], BY_KEY["seqlen"], *DATA_PARAMETERS):
+        assert drawn[f"data_{declared.key}"] == (declared.low, declared.high), declared.key
+    open_page(at, "latency")
+    drawn = ranges(at)
+    for declared in LATENCY_PARAMETERS:
+        assert drawn[f"latency_{declared.key}"] == (declared.low, declared.high), declared.key
+
+    linked = AppTest.from_file(str(APP), default_timeout=SCRIPT_TIMEOUT_S)
+    linked.query_params["K"] = "10000"
+    linked.switch_page("pages/run_spap.py").run()
+    assert not linked.exception
+    assert any("`K=10000`: K must be between 1 and 60" in w.value for w in linked.warning)
+
+
+def test_a_saved_run_that_cannot_be_read_is_skipped_with_its_reason_and_the_others_stay_listed(ran_app):
+    outcome = ran_app.session_state["latest_run"]
+    corrupt = outcome.saved_to.parent / "20200101-000000-spap-0.30-broken"
+    corrupt.mkdir()
+    (corrupt / "results.json").write_text('{"method": "spap", "ppl": NaN')
+    try:
+        open_page(ran_app, "run_spap")
+        assert_clean(ran_app)
+        assert any(f"Skipped the saved run {corrupt.name}, which cannot be read: results.json:" in c.value
+                   and str(corrupt.parent) not in c.value for c in ran_app.caption)
+        assert ran_app.selectbox(key="saved_run").options == [  # the readable run is still listed
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(outcome.record['finished_at']))} · spap at "
+            f"{outcome.record['sparsity']:.0%} · ppl {outcome.record['ppl']:.2f}"]
+    finally:
+        import shutil
+        shutil.rmtree(corrupt)

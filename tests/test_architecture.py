@@ -88,7 +88,7 @@ def test_values_from_links_and_bench_overrides_are_parsed_and_checked():
     settings = with_values(PruneSettings(), {"K": "12", "bias": "false", "alpha": "0.25", "score": "partial"})
     assert settings_values(settings)["K"] == 12 and settings.options.refit.bias is False
     assert settings.options.penalty.momentum == 0.25 and settings.options.penalty.score == "partial"
-    for key, value, message in (("K", "2.5", "whole number"), ("tau", "0.5", "τ must be > 1"),
+    for key, value, message in (("K", "2.5", "whole number"), ("tau", "0.5", "τ must be between 1.05 and 8"),
                                 ("score", "bogus", "score must be one of"), ("bias", "maybe", "true or false"),
                                 ("nope", "1", "Unknown hyperparameter")):
         with pytest.raises(SpapInputError, match=message):

@@ -1,10 +1,16 @@
-"""Hostile or careless use of the CLI: bad numbers and impossible paths are refused in one line
-before the model loads, --out is written whole or not at all (never mixed with an old save), a
-failed save still reports the result (exit 3), and Ctrl-C ends in one line (exit 130)."""
+"""Hostile or careless use of the CLI: every help renders, bad numbers (past the one declared
+range) and impossible paths are refused in one line before the model loads, --out is written whole
+or not at all (never mixed with an old save), a failed save still reports the result (exit 3), and
+Ctrl-C, SIGTERM and SIGHUP end in one line (exit 130, 143, 129) with no staging folder left."""
 
+import argparse
 import errno
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +20,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 import spap_core.cli as cli
 from spap_core.cli import main
 from spap_core.runs import staged_directory
+from conftest import REPO
 from test_cli import last_json_line, prune_args
 
 LONG_NAME = "x" * 300  # over the 255 characters a file name may have
@@ -68,14 +75,16 @@ def no_model_load(monkeypatch):
 
 
 @pytest.mark.parametrize("flag, value, expected", [
-    ("--batch-size", "0", "--batch-size must be at least 1 (got 0)"),
-    ("--nsamples", "-5", "--nsamples must be at least 1 (got -5)"),
-    ("--seqlen", "-1", "--seqlen must be at least 8 (got -1)"),
-    ("--eval-len", "1", "--eval-len must be at least 8 (got 1)"),
-    ("--eval-windows", "-1", "--eval-windows must be at least 0 (got -1)"),
+    ("--batch-size", "0", "--batch-size must be between 1 and 256 (got 0)"),
+    ("--nsamples", "-5", "--nsamples must be between 1 and 1024 (got -5)"),
+    ("--seqlen", "-1", "--seqlen must be between 8 and 8192 (got -1)"),
+    ("--eval-len", "1", "--eval-len must be between 8 and 8192 (got 1)"),
+    ("--eval-windows", "-1", "--eval-windows must be between 0 and 100000 (got -1)"),
     ("--seed", str(2**64), "--seed must be between 0 and 2147483647"),
-    ("--sparsity", "0", "Sparsity must be a number strictly between 0 and 1"),
-    ("--sparsity", "nan", "Sparsity must be a number strictly between 0 and 1"),
+    ("--sparsity", "0", "--sparsity must be between 0.05 and 0.95 (got 0)"),
+    ("--sparsity", "nan", "--sparsity must be between 0.05 and 0.95 (got nan)"),
+    ("-K", "10000", "--iterations (-K) must be between 1 and 60 (got 10000)"),
+    ("--rho0", "inf", "--rho0 must be between 1e-06 and 1000 (got inf)"),
 ])
 def test_prune_numbers_are_checked_before_the_model_loads(no_model_load, tiny_dir, text_files, capsys, flag, value,
                                                           expected):
@@ -87,7 +96,7 @@ def test_prune_numbers_are_checked_before_the_model_loads(no_model_load, tiny_di
                                          ("--decode-tokens", "0")])
 def test_latency_numbers_are_checked_before_the_model_loads(no_model_load, tiny_dir, capsys, flag, value):
     assert run(["latency", "--model", str(tiny_dir), flag, value, "--json"]) == 2
-    assert f"{flag} must be at least" in only_error_line(capsys.readouterr().err)
+    assert f"{flag} must be between" in only_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("command, flag", [("prune", "--model"), ("prune", "--calib-file"), ("prune", "--eval-file"),
@@ -232,3 +241,101 @@ def test_a_failed_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
             (staging / "config.json").write_text("{}")
     assert_old_save_intact(out)
     assert_nothing_left_beside(out, {"pruned"})
+
+
+# ------------------------------------------------------------------ help, bounds and stop signals
+
+
+def subcommands() -> list[str]:
+    action = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return list(action.choices)
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in ["prune", "latency"])])
+def test_every_help_renders(command, capsys):
+    assert sorted(subcommands()) == ["latency", "prune"]  # a new subcommand joins the list above
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, "--help"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m spap_core") and "exit codes" in out
+
+
+def test_a_help_line_with_a_percent_sign_is_shown_as_written():
+    from spap_core.allocation import DESCRIPTIONS, FISHER
+
+    action = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    shown = " ".join(action.choices["prune"].format_help().split())
+    assert "%" in DESCRIPTIONS[FISHER] and " ".join(DESCRIPTIONS[FISHER].split()) in shown
+
+
+def numeric_flags(command: str):
+    return [p for p in cli.COMMAND_PARAMETERS[command] if p.kind in (int, float)]
+
+
+@pytest.mark.parametrize("command", ["prune", "latency"])
+def test_every_numeric_flag_takes_its_declared_bounds_and_refuses_past_them(no_model_load, tiny_dir, command,
+                                                                           capsys):
+    """The same range as the form and the share link (tests/test_app.py checks those), from the
+    one declaration: both ends accepted, one step past either end refused in one line."""
+    base = ["prune", "--model", str(tiny_dir)] if command == "prune" else ["latency", "--model", str(tiny_dir)]
+    for declared in numeric_flags(command):
+        step = 1 if declared.kind is int else declared.step
+        for value in (declared.low, declared.high):
+            cli.check_args(cli.build_parser().parse_args([*base, f"{declared.flags[0]}={value!r}"]))
+        for value in (declared.low - step, declared.high + step):
+            assert run([*base, f"{declared.flags[0]}={value!r}"]) == 2, declared.key
+            line = only_error_line(capsys.readouterr().err)
+            assert f"{declared.flag_name} must be between {declared.bounds_text}" in line
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_while_saving_is_one_line_its_exit_code_and_no_staging_folder(
+        tiny_dir, text_files, tmp_path, monkeypatch, capsys, signum):
+    out = tmp_path / "pruned"
+    real = cli.save_pruned
+    seen = []
+
+    def save_then_signal(model, tokenizer, staging):
+        real(model, tokenizer, staging)
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        os.kill(os.getpid(), signum)  # handled at once, in this (the main) thread
+        raise AssertionError("the signal did not stop the save")
+
+    monkeypatch.setattr(cli, "save_pruned", save_then_signal)
+    assert run(fast_prune(tiny_dir, text_files, "--out", str(out))) == 128 + signum
+    assert seen and seen[0][0].startswith(".pruned.")  # the staging folder existed when the signal came
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not error_lines(err)
+    assert err.strip().splitlines()[-1] == (f"interrupted: stopped by {signal.Signals(signum).name} before the end; "
+                                            "no output folder was written.")
+    assert_nothing_left_beside(out, set())
+    assert signal.getsignal(signum) is signal.SIG_DFL  # the handler is removed again
+
+
+def test_sigterm_stops_the_real_command_and_removes_its_staging_folder(tiny_dir, text_files, tmp_path):
+    """The same through `python -m spap_core`, as `kill` sends it: the save is slowed down so the
+    signal arrives while the staging folder exists."""
+    out = tmp_path / "pruned"
+    script = tmp_path / "slow_save.py"
+    script.write_text(
+        "import sys, time\n"
+        "import spap_core.cli as cli\n"
+        "real = cli.save_pruned\n"
+        "def slow(*args, **kwargs):\n"
+        "    real(*args, **kwargs)\n"
+        "    time.sleep(120)\n"
+        "cli.save_pruned = slow\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n")
+    process = subprocess.Popen([sys.executable, str(script), *fast_prune(tiny_dir, text_files, "--out", str(out))],
+                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any((p / "config.json").is_file() for p in tmp_path.glob(".pruned.*")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted: stopped by SIGTERM")
+    assert_nothing_left_beside(out, {"slow_save.py"})

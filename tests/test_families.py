@@ -87,6 +87,7 @@ def test_the_cli_runs_the_no_bias_variant_on_a_family_without_one_and_says_so(ti
     # transformers picks a family's own tokenizer class for a saved folder, so the model comes in
     # through the loader with the tiny word-level tokenizer instead of from a folder
     monkeypatch.setattr(spap_core.cli, "load_model", lambda *args, **kwargs: loaded_family("qwen2", tiny.tokenizer))
+    monkeypatch.setattr(spap_core.cli, "model_source", lambda source: ("hub", source))
     out = tmp_path / "pruned"
     assert main(["prune", "--model", "qwen2", "--calib-file", str(text_files["calib"]), "--nsamples", "4",
                  "--seqlen", "32", "--eval-file", str(text_files["eval"]), "--eval-len", "32", "--eval-windows", "2",
@@ -102,7 +103,7 @@ def test_the_cli_runs_the_no_bias_variant_on_a_family_without_one_and_says_so(ti
 @pytest.mark.parametrize("flags, message", [
     (["--seqlen", "300"], "longer than the model's 256 positions"),
     (["--eval-len", "1000"], "longer than the model's 256 positions"),
-    (["--sparsity", "0.001"], "it must prune between 1"),
+    (["--sparsity", "0.001"], "--sparsity must be between 0.05 and 0.95"),
     (["--device", "bogus"], "Unknown device 'bogus'"),
     (["--device", "cuda"], "no GPU is visible"),
 ])
@@ -163,3 +164,34 @@ def test_half_precision_models_prune_on_float_statistics_and_keep_their_dtype(ti
     with torch.no_grad():  # the forward passes differ by rounding only (buffers such as rotary frequencies)
         torch.testing.assert_close(reloaded(evaluation).logits.float(), half_run.result.model(evaluation).logits.float(),
                                    rtol=2e-2, atol=2e-2)
+
+
+def _tiny_opt():
+    from transformers import OPTConfig, OPTForCausalLM
+
+    return OPTForCausalLM(OPTConfig(num_hidden_layers=1, hidden_size=32, ffn_dim=64, num_attention_heads=2,
+                                    vocab_size=203, word_embed_proj_dim=32))
+
+
+def _llama_with_one_channel():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=1,
+                                        num_attention_heads=2, vocab_size=203))
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (_tiny_opt, "Model type 'opt' is not supported: its decoder layers (OPTDecoderLayer) have no GLU MLP module"),
+    (_llama_with_one_channel, "layer 0's MLP has 1 intermediate channel; structured pruning needs at least 2"),
+])
+def test_a_model_that_cannot_be_pruned_says_why_in_one_line(tmp_path, capsys, build, message):
+    from conftest import tiny_tokenizer
+    from spap_core.cli import main
+
+    build().save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    capsys.readouterr()
+    assert main(["prune", "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
