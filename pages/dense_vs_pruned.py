@@ -9,13 +9,11 @@ other click) interrupts it; the text so far stays, because every step is kept in
 
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
-from torch import nn
 
 from pages._routing import ensure_routed
 from pages._shared import device_label, require_model, require_outcome, require_pruned_model
 from pages._state import session
 from spap_core.errors import NumericalError, SpapInputError
-from spap_core.families import GluFamily
 from spap_core.generate import (
     MAX_NEW_TOKENS,
     MAX_TEMPERATURE,
@@ -26,6 +24,7 @@ from spap_core.generate import (
     generate_side_by_side,
 )
 from spap_core.models import context_length
+from spap_service.analysis import mlp_widths
 
 ensure_routed()
 
@@ -34,11 +33,6 @@ CURSOR = " ▌"
 SEED_LIMIT = 2**32 - 1  # the widget's bound (the library takes up to 2^63 - 1, more than a browser holds exactly)
 STOP_REASONS = {"eos": "ended its answer", "length": "reached max new tokens", "cancelled": "was stopped",
                 None: "was interrupted"}
-
-
-def mlp_channels(model: nn.Module, family: GluFamily) -> int:
-    """Intermediate MLP channels over all layers (the pruned model's layers may differ in width)."""
-    return sum(family.mlp(layer).down_proj.in_features for layer in family.decoder_layers(model))
 
 
 def show_text(placeholder: DeltaGenerator, stream: TextStream) -> None:
@@ -57,7 +51,7 @@ outcome = require_outcome()
 require_pruned_model(loaded, outcome, "to let the pruned model write")
 
 pruned_model = outcome.result.model
-removed = 1 - mlp_channels(pruned_model, loaded.family) / mlp_channels(loaded.model, loaded.family)
+removed = 1 - sum(mlp_widths(pruned_model, loaded.family)) / sum(mlp_widths(loaded.model, loaded.family))
 st.caption(f"The dense model and the latest run's pruned model ({outcome.request.settings.method} at sparsity "
            f"{outcome.request.settings.sparsity:.0%}) continue the same prompt on {device_label(loaded.device)}, one "
            "token each in turn. Both use the same sampling settings, and each draws from its own random generator "

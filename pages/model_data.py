@@ -83,11 +83,12 @@ loaded = current_model()
 if loaded is not None:
     widths = mlp_widths(loaded.model, loaded.family)
     config = loaded.model.config
-    split = parameter_split(loaded.model)
+    split = parameter_split(loaded.model, loaded.family)
     total = sum(split.values())
     st.markdown(f"**{loaded.description}** · runs on **{device_label(loaded.device)}** · "
                 f"{next(loaded.model.parameters()).dtype}")
-    st.caption(run_size_note())
+    st.caption(f"MLP of every layer: {loaded.family.kind}. Pruning removes intermediate channels: a row of each "
+               "input projection and a column of the output projection. " + run_size_note())
     metric_columns = st.columns(4)
     metric_columns[0].metric("Decoder layers", len(widths))
     metric_columns[1].metric("MLP width", f"{min(widths)}" if len(set(widths)) == 1 else f"{min(widths)}–{max(widths)}")
@@ -102,7 +103,7 @@ if loaded is not None:
         st.plotly_chart(figure, width="stretch")
     with width_column:
         figure = px.bar(x=list(range(len(widths))), y=widths, labels={"x": "layer", "y": "MLP channels"},
-                        title=f"MLP width per layer ({loaded.family.model_type}, GLU)")
+                        title=f"MLP width per layer ({loaded.family.model_type})")
         figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
         figure.update_xaxes(dtick=max(1, len(widths) // 10))
         st.plotly_chart(figure, width="stretch")

@@ -106,20 +106,20 @@ def fisher_counts(channel_fisher: list[np.ndarray], sparsity: float) -> list[int
     return [int(count) for count in np.maximum(taken, 1)]
 
 
-def dense_channel_scores(layers: nn.ModuleList, mlps: list[nn.Module], hidden: list[torch.Tensor],
+def dense_channel_scores(layers: nn.ModuleList, output_projections: list[nn.Module], hidden: list[torch.Tensor],
                          run_layer) -> list[np.ndarray]:
-    """Var(Zᵢ)·‖W_down[:,i]‖² of every channel of every layer on the dense model, from one forward
+    """Var(Zᵢ)·‖W_out[:,i]‖² of every channel of every layer on the dense model, from one forward
     pass of the calibration windows through the layers (`run_layer(layer, index, hidden)` runs one
-    layer on every chunk and returns its outputs and its down_proj weight)."""
+    layer on every chunk and returns its outputs and its output-projection weight, out × in)."""
     scores = []
-    for index, (layer, mlp) in enumerate(zip(layers, mlps)):
+    for index, (layer, projection) in enumerate(zip(layers, output_projections)):
         sums: list[torch.Tensor] = []
 
         def record(_module, args, sums=sums):
             z = args[0].reshape(-1, args[0].shape[-1]).double()
             sums.append(torch.stack([z.sum(dim=0), z.pow(2).sum(dim=0), torch.full_like(z[0], z.shape[0])]))
 
-        handle = mlp.down_proj.register_forward_pre_hook(record)
+        handle = projection.register_forward_pre_hook(record)
         try:
             hidden, down_weight = run_layer(layer, index, hidden)
         finally:

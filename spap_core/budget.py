@@ -9,7 +9,8 @@ import os
 import torch
 
 from spap_core.errors import SpapInputError
-from spap_core.models import LoadedModel, text_config
+from spap_core.adapters import text_config
+from spap_core.models import LoadedModel
 
 FLOAT_BYTES = 4
 FREE_SHARE = 0.8  # leave room for the allocator, the interpreter and the rest of the machine
@@ -24,7 +25,7 @@ def run_bytes(loaded: LoadedModel, calibration_tokens: int, batch_size: int, eva
     model while the calibration inputs are held (_fisher_bytes)."""
     config = text_config(loaded.model)
     family = loaded.family
-    width = max(family.mlp(layer).down_proj.in_features for layer in family.decoder_layers(loaded.model))
+    width = max(family.width(layer) for layer in family.decoder_layers(loaded.model))
     hidden, vocab = config.hidden_size, config.vocab_size
     per_token = (2 * hidden + width + (2 * hidden if explicit_targets else 0)) * FLOAT_BYTES
     gram = (width + 1) ** 2 * (8 + 4)

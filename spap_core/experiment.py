@@ -20,7 +20,7 @@ from spap_core.errors import SpapInputError
 from spap_core.evaluate import PerplexityResult, perplexity
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import PruneSettings, settings_for_family
-from spap_core.methods.spap import SpapStep
+from spap_core.methods.base import MethodStep
 from spap_core.models import LoadedModel, context_length
 from spap_core.prune import LayerCallback, PruneResult, prune_counts, prune_model
 
@@ -95,7 +95,7 @@ def run_experiment(
     dense: PerplexityResult | None = None,
     inplace: bool = False,
     on_layer: LayerCallback | None = None,
-    on_step: Callable[[SpapStep], None] | None = None,
+    on_step: Callable[[MethodStep], None] | None = None,
     on_dense_batch: BatchCallback | None = None,
     on_pruned_batch: BatchCallback | None = None,
     cancel: threading.Event | None = None,

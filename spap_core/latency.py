@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from spap_core.errors import PruningCancelled
-from spap_core.models import text_config
+from spap_core.adapters import text_config
+from spap_core.adapters.base import is_projection, projection_shape
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,9 @@ class LatencyReport:
 
 
 def linear_flops_per_token(model: nn.Module) -> float:
-    """2·in·out summed over every Linear layer: the part of the work that pruning shrinks."""
-    return float(sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear)))
+    """2·in·out summed over every projection (Linear, and GPT-2's Conv1D): the part of the work that
+    pruning shrinks."""
+    return float(sum(2 * out * inp for out, inp in (projection_shape(m) for m in model.modules() if is_projection(m))))
 
 
 def attention_flops_per_token(model: nn.Module, seqlen: int) -> float:

@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from spap_core.access import checked_path, confined, may_inspect
 from spap_core.errors import SourceUnavailableError, SpapInputError
-from spap_core.families import GluFamily, glu_family
+from spap_core.adapters import ModelAdapter, model_adapter, text_config
 from spap_core.hub import require_hub
 from spap_core.shrink import remove_padding
 from spap_core.offload import (
@@ -47,7 +47,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     source: str
     description: str
-    family: GluFamily
+    family: ModelAdapter  # the adapter of the model's family: where its MLPs are and what they can store
     # Where pruned layers of a disk-offloaded model are written (None: not offloaded to disk).
     offload_folder: Path | None = None
 
@@ -189,7 +189,7 @@ def _dispatch_arguments(location: str | Path, device: torch.device, dtype: torch
     """from_pretrained's device_map/max_memory/offload_folder, after the refusals the skeleton
     decides: a non-GLU model, a layer split over devices, a budget that cannot hold one layer."""
     skeleton = _skeleton(location, dtype)
-    family = glu_family(skeleton)
+    family = model_adapter(skeleton)
     layers = family.decoder_layers(skeleton)
     prefix = next(name for name, module in skeleton.named_modules() if module is layers)
     device_map = placement.device_map
@@ -314,15 +314,10 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
         description = f"hub model {where}"
     model, tokenizer, offload_folder = _load_pretrained(location, target_device, target_dtype, placement,
                                                         device_is_explicit=device != "auto")
-    family = glu_family(model)
+    family = model_adapter(model)
     remove_padding(model, family)  # a model saved with per-layer widths (a global allocation)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source.strip(), description=description, family=family,
                        offload_folder=offload_folder)
-
-
-def text_config(model: nn.Module):
-    """The config of the language model itself: a multimodal config (Gemma 3) nests it."""
-    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
 
 
 def context_length(model: nn.Module) -> int | None:

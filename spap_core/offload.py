@@ -257,14 +257,15 @@ def materialized(layer: nn.Module, layer_name: str, store: OffloadStore,
     release_freed_memory(collect_cycles=True)
 
 
-def real_weight(linear: nn.Linear) -> torch.Tensor:
-    """A Linear's weight, read from its offload hook's weights map when it is offloaded (meta)."""
-    if linear.weight.device.type != "meta":
-        return linear.weight.detach()
-    hook = getattr(linear, "_hf_hook", None)
+def real_tensor(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """A module's parameter, read from its offload hook's weights map when it is offloaded (meta)."""
+    tensor = getattr(module, name)
+    if tensor.device.type != "meta":
+        return tensor.detach()
+    hook = getattr(module, "_hf_hook", None)
     if hook is None or getattr(hook, "weights_map", None) is None:
         raise SpapInputError("An offloaded weight has no hook to load it from; load the model again.")
-    return hook.weights_map["weight"]
+    return hook.weights_map[name]
 
 
 def max_layer_bytes(layers: nn.ModuleList) -> int:

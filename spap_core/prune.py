@@ -1,6 +1,8 @@
 """The sequential pruning walk: layer by layer, calibration activations flow through the layers
-already pruned, each layer's statistics are accumulated, a method decides, the layer is shrunk,
-and its pruned output becomes the next layer's input. Only one layer's activations live at a time."""
+already pruned, and each layer goes through the same five steps: capture (its statistics), decide
+(the method), reconstruct and recover (the optional weight updates), propagate (shrink it, and its
+pruned output becomes the next layer's input). Only one layer's activations live at a time. The
+family's adapter says where the MLP is; the method says what it needs."""
 
 from __future__ import annotations
 
@@ -9,26 +11,30 @@ import copy
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
+from transformers import Cache
 
+from spap_core.adapters import ModelAdapter
+from spap_core.adapters.base import projection_shape, projection_weight
 from spap_core.allocation import FISHER, GLOBAL, dense_channel_scores, fisher_counts, global_counts
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.altmin import alternating_minimization
+from spap_core.methods.base import MethodStep, Recovery
 from spap_core.methods.baselines import baseline_scores
 from spap_core.methods.problem import LayerDecision, LayerProblem, prune_count
 from spap_core.methods.registry import PruneSettings
-from spap_core.methods.spap import SpapStep
 from spap_core.models import LoadedModel
-from spap_core.offload import OffloadStore, is_dispatched, materialized, move_to, real_weight
+from spap_core.offload import OffloadStore, is_dispatched, materialized, move_to
 from spap_core.sensitivity import channel_fisher
 from spap_core.shrink import finalize_config, shrink_mlp
 from spap_core.stats import GramAccumulator
 
 LayerCallback = Callable[[int, int], None]
+StepCallback = Callable[[MethodStep], None]
 
 
 @dataclass
@@ -58,7 +64,7 @@ class PruneResult:
     model: nn.Module | None  # None for a run read back from disk: its weights are not kept there
     settings: PruneSettings
     layers: list[LayerRecord]
-    trace: list[SpapStep]
+    trace: list[MethodStep]  # the method's own step records (SPAP: one per ρ iteration)
     timings: dict[str, float]
     params_before: int
     params_after: int
@@ -79,12 +85,6 @@ class PruneResult:
         dense = sum(layer.dense_objective for layer in self.layers)
         achieved = sum(layer.objective or 0.0 for layer in self.layers)
         return achieved / dense if dense > 0 else float("nan")
-
-
-def _down_column_norms(problem: LayerProblem, decision: LayerDecision) -> dict[str, np.ndarray]:
-    final = torch.zeros(problem.width, dtype=torch.float32)
-    final[decision.keep.cpu()] = decision.down_weight.float().norm(dim=0).cpu()
-    return {"dense": problem.dense_down.float().norm(dim=0).cpu().numpy(), "final": final.numpy()}
 
 
 def prune_counts(loaded: LoadedModel, settings: PruneSettings) -> list[int]:
@@ -108,11 +108,7 @@ def prune_counts(loaded: LoadedModel, settings: PruneSettings) -> list[int]:
     if settings.allocation == FISHER and is_dispatched(loaded.model):
         raise SpapInputError("The Fisher allocation backpropagates through the whole model, which an offloaded "
                              "model cannot hold; choose the 'global' allocation (or 'uniform') for it.")
-    return [prune_count(family.mlp(layer).down_proj.in_features, settings.sparsity) for layer in layers]
-
-
-class _StopForward(Exception):
-    pass
+    return [prune_count(family.width(layer), settings.sparsity) for layer in layers]
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -128,19 +124,214 @@ def _ties_weights(model: nn.Module) -> bool:
     return bool(getattr(text, "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False))
 
 
+# ---------------------------------------------------------------------------------- the walk
+
+
+def prune_model(
+    loaded: LoadedModel,
+    calibration: torch.Tensor,
+    settings: PruneSettings,
+    *,
+    seed: int = 0,
+    batch_size: int = 4,
+    inplace: bool = False,
+    on_layer: LayerCallback | None = None,
+    on_step: StepCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> PruneResult:
+    """Prune `loaded.model` (a deep copy unless inplace) with the given settings on calibration
+    token windows [N, L]. on_layer(i, L) fires after each layer; on_step per step the method
+    reports (SPAP: per ρ iteration); setting `cancel` stops the run within one step (PruningCancelled)."""
+    n_prune = prune_counts(loaded, settings)  # refusals first, before the copy
+    if not inplace and is_dispatched(loaded.model):
+        raise SpapInputError("A model placed with a device map (offloaded layers) is pruned in place; a copy "
+                             "would need the memory the map avoids.")
+    model = loaded.model if inplace else copy.deepcopy(loaded.model)
+    walk = _Walk(loaded.family, settings, seed, cancel, on_step)
+    layers = loaded.family.decoder_layers(model)
+    params_before = parameter_count(model)
+    store = OffloadStore(loaded.offload_folder)
+    with torch.no_grad():
+        streams, n_prune = walk.start(model, layers, calibration, batch_size, loaded.device, n_prune)
+        for index, layer in enumerate(layers):
+            if cancel is not None and cancel.is_set():
+                raise PruningCancelled(f"cancelled before layer {index}")
+            with materialized(layer, f"layer{index}", store, loaded.device) as layer_device:
+                streams = walk.layer(index, layer, streams.to(layer_device), n_prune[index])
+            if on_layer is not None:
+                on_layer(index + 1, len(layers))
+    finalize_config(model, loaded.family)
+    return PruneResult(model=model, settings=settings, layers=walk.records, trace=walk.trace, timings=walk.timings,
+                       params_before=params_before, params_after=parameter_count(model),
+                       calibration_tokens=int(calibration.numel()))
+
+
+@dataclass
+class _Streams:
+    """The calibration chunks entering the next layer on the pruned model (`hidden`) and, for
+    corrected targets, on the dense model (`dense`), with the positional and keyword arguments each
+    layer is called with (rotary embeddings, masks)."""
+
+    hidden: list[torch.Tensor]
+    dense: list[torch.Tensor]
+    layer_arguments: list[tuple[tuple, dict]]
+
+    def to(self, device: torch.device) -> _Streams:
+        return _Streams([c.to(device) for c in self.hidden], [c.to(device) for c in self.dense],
+                        self.layer_arguments)
+
+
+@dataclass
+class _Capture:
+    """One layer's capture: its statistics and what the later steps need per calibration chunk."""
+
+    stats: GramAccumulator
+    intermediates: list[torch.Tensor]  # Z, the output projection's input
+    residual_bases: list[torch.Tensor]  # the layer's output with its MLP contributing nothing
+    mlp_inputs: list[torch.Tensor]  # only for a recovery step
+    targets: list[torch.Tensor]  # only for corrected targets
+
+
+class _Walk:
+    """The per-layer steps of one pruning run, with their timings, records and trace."""
+
+    def __init__(self, family: ModelAdapter, settings: PruneSettings, seed: int, cancel: threading.Event | None,
+                 on_step: StepCallback | None) -> None:
+        self.family, self.settings, self.seed, self.cancel, self.on_step = family, settings, seed, cancel, on_step
+        self.method, self.options = settings.implementation, settings.options
+        self.correction = self.method.target_correction(self.options)
+        self.recovery: Recovery | None = settings.recovery
+        self.timings = {"capture": 0.0, "solve": 0.0, "altmin": 0.0, "propagate": 0.0}
+        self.records: list[LayerRecord] = []
+        self.trace: list[MethodStep] = []
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.timings[phase] += time.perf_counter() - started
+
+    def _keep_step(self, step: MethodStep) -> None:
+        self.trace.append(step)
+        if self.on_step is not None:
+            self.on_step(step)
+
+    def start(self, model: nn.Module, layers: nn.ModuleList, calibration: torch.Tensor, batch_size: int,
+              device: torch.device, n_prune: list[int]) -> tuple[_Streams, list[int]]:
+        """The inputs of layer 0, and λ per layer once the allocation has spread the budget."""
+        with self._timed("capture"):
+            chunks = [c.to(device) for c in calibration.split(batch_size)]
+            hidden, arguments = _layer_inputs_and_arguments(self.family.decoder(model), layers, chunks)
+            if self.settings.allocation == GLOBAL:
+                scores = _dense_channel_scores(self.family, layers, hidden, arguments)
+                n_prune = global_counts(scores, self.settings.sparsity)
+            elif self.settings.allocation == FISHER:
+                outputs = [self.family.output_projection(layer) for layer in layers]
+                n_prune = fisher_counts(channel_fisher(model, outputs, calibration, self.cancel), self.settings.sparsity)
+        return _Streams(hidden, list(hidden) if self.correction > 0 else [], arguments), n_prune
+
+    def layer(self, index: int, layer: nn.Module, streams: _Streams, n_prune: int) -> _Streams:
+        """capture → decide → reconstruct → recover → propagate, for one (materialised) layer."""
+        args, kwargs = move_to(streams.layer_arguments[index], streams.hidden[0].device)
+        with self._timed("capture"):
+            if self.correction > 0:  # the dense model's own output of this layer, on the dense stream
+                streams.dense = [_call_layer(layer, chunk, args, kwargs) for chunk in streams.dense]
+            capture = self._capture(layer, streams, args, kwargs)
+        with self._timed("solve"):
+            problem = self._problem(index, layer, capture, n_prune)
+            decision = self.method.decide(problem, self.options, index, on_step=self._keep_step, cancel=self.cancel)
+            if self.settings.reconstruction is not None:
+                decision = self.settings.reconstruction.apply(problem, decision)
+        if self.recovery is not None:
+            with self._timed("altmin"):
+                decision = self._recover(index, layer, capture, decision)
+        with self._timed("propagate"):
+            self.records.append(_layer_record(index, problem, decision))
+            shrink_mlp(self.family, layer, decision)
+            to_residual = self.family.mlp_output_to_residual(layer)
+            outputs = _pruned_mlp_outputs(self.family, layer, decision, capture)
+            # (OPT's layer flattens the tokens before its MLP: outputs come back in the stream's shape)
+            streams.hidden = [base + to_residual(output.reshape(base.shape))
+                              for base, output in zip(capture.residual_bases, outputs)]
+        return streams
+
+    def _capture(self, layer: nn.Module, streams: _Streams, args: tuple, kwargs: dict) -> _Capture:
+        """Run the layer on every chunk with its output projection recording Z instead of computing
+        (so the dense output is never computed unless targets differ from W₀Z): the statistics, and
+        the residual stream every variant of this MLP's output is added to."""
+        capture = _Capture(GramAccumulator(), [], [], [], [])
+        to_residual = self.family.mlp_output_to_residual(layer)
+        native_bias = self.family.mlp_weights(layer).output_bias
+        with _output_recorded(self.family, layer) as recorded:
+            zero_contribution = to_residual(recorded.zero_output())
+            for chunk_index, chunk in enumerate(streams.hidden):
+                base = _call_layer(layer, chunk, args, kwargs) - zero_contribution
+                z = recorded.intermediate
+                target = None
+                if self.correction > 0:  # W₀Z, plus part of the error the pruned stream has accumulated
+                    full = recorded.output_projection(z)
+                    stream = base + to_residual(full.reshape(base.shape))
+                    target = full + self.correction * (streams.dense[chunk_index] - stream).reshape(full.shape)
+                    if native_bias is not None:  # the problem's targets leave out the family's own bias
+                        target = target - native_bias
+                    capture.targets.append(target)
+                if self.recovery is not None:
+                    capture.mlp_inputs.append(recorded.mlp_input)
+                capture.stats.add(z, target)
+                capture.intermediates.append(z)
+                capture.residual_bases.append(base)
+        return capture
+
+    def _problem(self, index: int, layer: nn.Module, capture: _Capture, n_prune: int) -> LayerProblem:
+        problem = capture.stats.problem(self.family.mlp_weights(layer).output, n_prune)
+        if not _all_finite(problem.gram, problem.cross):
+            raise NumericalError(
+                f"Pruning stopped: the calibration activations of layer {index} contain NaN or inf "
+                "(the model itself overflows on this text; try float32 or another calibration text).")
+        capture.stats = None  # the Gram lives on in the problem; the accumulator's copy can go
+        return problem
+
+    def _recover(self, index: int, layer: nn.Module, capture: _Capture, decision: LayerDecision) -> LayerDecision:
+        """Alternating minimization of the kept weights. Without corrected targets it fits the dense
+        output W₀Z, computed once here for the tokens it samples and for its refit."""
+        dense = self.family.mlp_weights(layer)
+        if self.correction > 0:
+            targets = torch.cat(capture.targets)
+        else:
+            targets = self.family.output_projection(layer)(torch.cat(capture.intermediates))
+            if dense.output_bias is not None:
+                targets = targets - dense.output_bias
+        with torch.enable_grad():
+            return alternating_minimization(
+                decision, torch.cat(capture.mlp_inputs), targets, dense, self.family.mlp_function(layer),
+                self.recovery.altmin, self.recovery.refit, seed=self.seed + index, cancel=self.cancel)
+
+
+# ---------------------------------------------------------------------------------- the steps' parts
+
+
+class _StopForward(Exception):
+    pass
+
+
 def _pass_through(hidden_states: torch.Tensor, *_args, **_kwargs) -> torch.Tensor:
     return hidden_states
 
 
-def _layer_inputs_and_kwargs(model: nn.Module, layers: nn.ModuleList, chunks: list[torch.Tensor]):
-    """Hidden states entering layer 0 for every chunk, and the keyword arguments (rotary
-    embeddings, masks) each layer is called with. Those depend on positions only, so they are
-    recorded once on a single window and broadcast over any batch size."""
-    layer_kwargs: list[dict] = [{} for _ in layers]
+def _without_cache(value):
+    return None if isinstance(value, Cache) else value
+
+
+def _layer_inputs_and_arguments(decoder: nn.Module, layers: nn.ModuleList, chunks: list[torch.Tensor]):
+    """Hidden states entering layer 0 for every chunk, and the positional and keyword arguments
+    (rotary embeddings, masks) each layer is called with. Those depend on positions only, so they
+    are recorded once on a single window and broadcast over any batch size."""
+    arguments: list[tuple[tuple, dict]] = [((), {}) for _ in layers]
 
     def record(index):
-        def hook(_module, _args, kwargs):
-            layer_kwargs[index] = {k: v for k, v in kwargs.items() if k not in {"hidden_states"}}
+        def hook(_module, args, kwargs):
+            arguments[index] = (tuple(_without_cache(a) for a in args[1:]),
+                                {k: _without_cache(v) for k, v in kwargs.items() if k != "hidden_states"})
         return hook
 
     def stop_after_last(_module, _args, _kwargs):
@@ -154,7 +345,7 @@ def _layer_inputs_and_kwargs(model: nn.Module, layers: nn.ModuleList, chunks: li
     for layer in layers:
         layer.forward = _pass_through
     try:
-        model.get_decoder()(input_ids=chunks[0][:1], use_cache=False)
+        decoder(input_ids=chunks[0][:1], use_cache=False)
     except _StopForward:
         pass
     finally:
@@ -165,8 +356,8 @@ def _layer_inputs_and_kwargs(model: nn.Module, layers: nn.ModuleList, chunks: li
                 del layer.forward
             else:
                 layer.forward = own_forward
-    for kwargs in layer_kwargs:
-        for key in ("past_key_values", "past_key_value", "cache"):
+    for _, kwargs in arguments:
+        for key in ("past_key_values", "past_key_value", "cache", "layer_past"):
             if key in kwargs:
                 kwargs[key] = None
         kwargs["use_cache"] = False
@@ -181,23 +372,24 @@ def _layer_inputs_and_kwargs(model: nn.Module, layers: nn.ModuleList, chunks: li
     try:
         for chunk in chunks:
             try:
-                model.get_decoder()(input_ids=chunk, use_cache=False)
+                decoder(input_ids=chunk, use_cache=False)
             except _StopForward:
                 pass
     finally:
         handle.remove()
-    return inputs, layer_kwargs
+    return inputs, arguments
 
 
-def _dense_channel_scores(family, layers: nn.ModuleList, hidden: list[torch.Tensor],
-                          layer_kwargs: list[dict]) -> list[np.ndarray]:
+def _dense_channel_scores(family: ModelAdapter, layers: nn.ModuleList, hidden: list[torch.Tensor],
+                          arguments: list[tuple[tuple, dict]]) -> list[np.ndarray]:
     """Every channel's score on the dense model (spap_core.allocation), from one pass of the
     calibration windows through the layers; offloaded layers run through their own hooks."""
     def run_layer(layer: nn.Module, index: int, chunks: list[torch.Tensor]):
-        outputs = [_call_layer(layer, chunk, layer_kwargs[index]) for chunk in chunks]
-        return outputs, real_weight(family.mlp(layer).down_proj)
+        args, kwargs = arguments[index]
+        outputs = [_call_layer(layer, chunk, args, kwargs) for chunk in chunks]
+        return outputs, projection_weight(family.output_projection(layer))
 
-    return dense_channel_scores(layers, [family.mlp(layer) for layer in layers], hidden, run_layer)
+    return dense_channel_scores(layers, [family.output_projection(layer) for layer in layers], hidden, run_layer)
 
 
 def _all_finite(*tensors: torch.Tensor) -> bool:
@@ -206,190 +398,75 @@ def _all_finite(*tensors: torch.Tensor) -> bool:
     return all(torch.isfinite(tensor.sum()) for tensor in tensors)
 
 
-def _call_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    out = layer(hidden, **kwargs)
+def _call_layer(layer: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    out = layer(hidden, *args, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
-class _DownProjectionRecorder(nn.Module):
-    """Stands in for down_proj while a layer is captured: records its input (the intermediate
-    activations Z) and returns zeros, so the dense down projection is not computed at all."""
+class _OutputRecorder(nn.Module):
+    """Stands in for the output projection while a layer is captured: records its input (the
+    intermediate activations Z) and returns zeros, so the dense output projection is not computed
+    at all. The MLP's input is recorded from the first input projection."""
 
-    def __init__(self, down_proj: nn.Linear, mlp: nn.Module) -> None:
+    def __init__(self, output_projection: nn.Module, first_input: nn.Module) -> None:
         super().__init__()
-        self.down_proj = down_proj
+        self.output_projection = output_projection
+        self.out_features = projection_shape(output_projection)[0]
         self.intermediate: torch.Tensor | None = None  # of the latest call
         self.mlp_input: torch.Tensor | None = None
-        self._handle = mlp.register_forward_pre_hook(self._record_mlp_input)
+        self._handle = first_input.register_forward_pre_hook(self._record_mlp_input)
 
     def _record_mlp_input(self, _module: nn.Module, args: tuple) -> None:
         self.mlp_input = args[0]
 
     def forward(self, intermediate: torch.Tensor) -> torch.Tensor:
         self.intermediate = intermediate
-        return intermediate.new_zeros(*intermediate.shape[:-1], self.down_proj.out_features)
+        return intermediate.new_zeros(*intermediate.shape[:-1], self.out_features)
 
     def zero_output(self) -> torch.Tensor:
-        weight = self.down_proj.weight
-        return torch.zeros(1, self.down_proj.out_features, dtype=weight.dtype, device=weight.device)
+        weight = self.output_projection.weight
+        return torch.zeros(1, self.out_features, dtype=weight.dtype, device=weight.device)
 
     def release(self) -> None:
         self._handle.remove()
 
 
 @contextlib.contextmanager
-def _down_projection_recorded(mlp: nn.Module):
-    original = mlp.down_proj
-    recorder = _DownProjectionRecorder(original, mlp)
-    mlp.down_proj = recorder
+def _output_recorded(family: ModelAdapter, layer: nn.Module) -> Iterator[_OutputRecorder]:
+    original = family.output_projection(layer)
+    recorder = _OutputRecorder(original, family.input_projections(layer)[0])
+    family.set_output_projection(layer, recorder)
     try:
         yield recorder
     finally:
-        mlp.down_proj = original
+        family.set_output_projection(layer, original)
         recorder.release()
 
 
-def _pruned_mlp_outputs(mlp: nn.Module, decision: LayerDecision, inputs: list[torch.Tensor],
-                        intermediates: list[torch.Tensor]) -> list[torch.Tensor]:
+def _layer_record(index: int, problem: LayerProblem, decision: LayerDecision) -> LayerRecord:
+    final = torch.zeros(problem.width, dtype=torch.float32)
+    final[decision.keep.cpu()] = decision.down_weight.float().norm(dim=0).cpu()
+    return LayerRecord(
+        layer=index, width=problem.width, keep=decision.keep.cpu().numpy(),
+        scores={**baseline_scores(problem), **decision.scores},
+        objective=decision.objective, dense_objective=0.5 * problem.target_energy,
+        down_column_norms={"dense": problem.dense_down.float().norm(dim=0).cpu().numpy(), "final": final.numpy()},
+    )
+
+
+def _pruned_mlp_outputs(family: ModelAdapter, layer: nn.Module, decision: LayerDecision,
+                        capture: _Capture) -> list[torch.Tensor]:
     """The shrunk MLP's output on each calibration chunk. Its intermediate activations are the
-    dense ones at the kept channels while gate/up are unchanged, or the ones the recovery computed
-    for its last refit; either way only the (small) down projection needs computing."""
+    dense ones at the kept channels while the input projections are unchanged, or the ones the
+    recovery computed for its last refit; either way only the (small) output projection needs
+    computing."""
+    output = family.output_projection(layer)
+    intermediates = capture.intermediates
     if decision.kept_intermediates is not None:
         sizes = [z[..., 0].numel() for z in intermediates]
-        kept = [h.reshape(*z.shape[:-1], -1)
-                for h, z in zip(decision.kept_intermediates.split(sizes), intermediates)]
-    elif decision.gate_weight is not None or decision.up_weight is not None:
-        return [mlp(x) for x in inputs]
+        kept = [h.reshape(*z.shape[:-1], -1) for h, z in zip(decision.kept_intermediates.split(sizes), intermediates)]
+    elif decision.input_weights is not None:
+        return [output(family.intermediate(layer, x)) for x in capture.mlp_inputs]
     else:
         kept = [z[..., decision.keep.to(z.device)] for z in intermediates]
-    return [mlp.down_proj(h) for h in kept]
-
-
-def prune_model(
-    loaded: LoadedModel,
-    calibration: torch.Tensor,
-    settings: PruneSettings,
-    *,
-    seed: int = 0,
-    batch_size: int = 4,
-    inplace: bool = False,
-    on_layer: LayerCallback | None = None,
-    on_step: Callable[[SpapStep], None] | None = None,
-    cancel: threading.Event | None = None,
-) -> PruneResult:
-    """Prune `loaded.model` (a deep copy unless inplace) with the given settings on calibration
-    token windows [N, L]. on_layer(i, L) fires after each layer; on_step per SPAP ρ iteration;
-    setting `cancel` stops the run within one ρ iteration (PruningCancelled)."""
-    n_prune = prune_counts(loaded, settings)  # refusals first, before the copy
-    method, options = settings.implementation, settings.options
-    correction, recovery = method.target_correction(options), settings.recovery
-    if not inplace and is_dispatched(loaded.model):
-        raise SpapInputError("A model placed with a device map (offloaded layers) is pruned in place; a copy "
-                             "would need the memory the map avoids.")
-    model = loaded.model if inplace else copy.deepcopy(loaded.model)
-    family = loaded.family
-    layers = family.decoder_layers(model)
-    device = loaded.device
-    store = OffloadStore(loaded.offload_folder)
-    params_before = parameter_count(model)
-    timings = {"capture": 0.0, "solve": 0.0, "altmin": 0.0, "propagate": 0.0}
-    records: list[LayerRecord] = []
-    trace: list[SpapStep] = []
-
-    def keep_step(step: SpapStep) -> None:
-        trace.append(step)
-        if on_step is not None:
-            on_step(step)
-
-    with torch.no_grad():
-        started = time.perf_counter()
-        chunks = [c.to(device) for c in calibration.split(batch_size)]
-        hidden, layer_kwargs = _layer_inputs_and_kwargs(model, layers, chunks)
-        if settings.allocation == GLOBAL:
-            n_prune = global_counts(_dense_channel_scores(family, layers, hidden, layer_kwargs), settings.sparsity)
-        elif settings.allocation == FISHER:
-            sensitivity = channel_fisher(model, [family.mlp(layer).down_proj for layer in layers], calibration, cancel)
-            n_prune = fisher_counts(sensitivity, settings.sparsity)
-        correcting = correction > 0
-        dense_hidden = list(hidden) if correcting else []
-        timings["capture"] += time.perf_counter() - started
-        for index, layer in enumerate(layers):
-            if cancel is not None and cancel.is_set():
-                raise PruningCancelled(f"cancelled before layer {index}")
-            with materialized(layer, f"layer{index}", store, device) as layer_device:
-                hidden = [chunk.to(layer_device) for chunk in hidden]
-                dense_hidden = [chunk.to(layer_device) for chunk in dense_hidden]
-                kwargs = move_to(layer_kwargs[index], layer_device)
-                mlp = family.mlp(layer)
-                started = time.perf_counter()
-                stats = GramAccumulator()
-                to_residual = family.mlp_output_to_residual(layer)
-                if correcting:  # the dense model's own output of this layer, on the dense stream
-                    dense_hidden = [_call_layer(layer, chunk, kwargs) for chunk in dense_hidden]
-                # Explicit targets are only needed when they differ from W₀Z; otherwise the
-                # statistics follow from the Gram alone and the dense down projection is never run
-                # during the capture.
-                mlp_inputs, intermediates, targets, residual_bases = [], [], [], []
-                with _down_projection_recorded(mlp) as recorded:
-                    zero_contribution = to_residual(recorded.zero_output())
-                    for chunk_index, chunk in enumerate(hidden):
-                        # The layer's output with its MLP contributing nothing: the residual stream
-                        # every variant of this MLP's output is added to.
-                        base = _call_layer(layer, chunk, kwargs) - zero_contribution
-                        z = recorded.intermediate
-                        target = None
-                        if correcting:  # W₀Z, plus part of the error the pruned stream has accumulated
-                            target = recorded.down_proj(z)
-                            target = target + correction * (dense_hidden[chunk_index] - (base + to_residual(target)))
-                            targets.append(target)
-                        if recovery is not None:
-                            mlp_inputs.append(recorded.mlp_input)
-                        stats.add(z, target)
-                        intermediates.append(z)
-                        residual_bases.append(base)
-                timings["capture"] += time.perf_counter() - started
-
-                started = time.perf_counter()
-                problem = stats.problem(mlp.down_proj.weight, n_prune[index])
-                if not _all_finite(problem.gram, problem.cross):
-                    raise NumericalError(
-                        f"Pruning stopped: the calibration activations of layer {index} contain NaN or inf "
-                        "(the model itself overflows on this text; try float32 or another calibration text).")
-                del stats
-                decision = method.decide(problem, options, index, on_step=keep_step, cancel=cancel)
-                if settings.reconstruction is not None:
-                    decision = settings.reconstruction.apply(problem, decision)
-                timings["solve"] += time.perf_counter() - started
-
-                if recovery is not None:
-                    started = time.perf_counter()
-                    # Without corrected targets the recovery fits the dense output W₀Z, computed
-                    # once here for the tokens it samples and for its refit.
-                    recovery_targets = torch.cat(targets) if correcting else mlp.down_proj(torch.cat(intermediates))
-                    with torch.enable_grad():
-                        decision = alternating_minimization(
-                            decision, torch.cat(mlp_inputs), recovery_targets,
-                            mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, mlp.act_fn,
-                            recovery.altmin, recovery.refit, seed=seed + index, cancel=cancel,
-                        )
-                    timings["altmin"] += time.perf_counter() - started
-
-                started = time.perf_counter()
-                records.append(LayerRecord(
-                    layer=index, width=problem.width, keep=decision.keep.cpu().numpy(),
-                    scores={**baseline_scores(problem), **decision.scores},
-                    objective=decision.objective, dense_objective=0.5 * problem.target_energy,
-                    down_column_norms=_down_column_norms(problem, decision),
-                ))
-                shrink_mlp(mlp, decision)
-                hidden = [base + to_residual(output) for base, output in
-                          zip(residual_bases, _pruned_mlp_outputs(mlp, decision, mlp_inputs, intermediates))]
-                timings["propagate"] += time.perf_counter() - started
-            if on_layer is not None:
-                on_layer(index + 1, len(layers))
-    finalize_config(model, family)
-    return PruneResult(
-        model=model, settings=settings, layers=records, trace=trace, timings=timings,
-        params_before=params_before, params_after=parameter_count(model),
-        calibration_tokens=int(calibration.numel()),
-    )
+    return [output(h) for h in kept]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spap_core.adapters.base import projection_shape
 from spap_core.errors import PruningCancelled
 from spap_core.offload import execution_device
 
@@ -28,13 +29,15 @@ from spap_core.offload import execution_device
 FISHER_WINDOWS = 8
 
 
-def channel_fisher(model: nn.Module, down_projections: list[nn.Module], windows: torch.Tensor,
+def channel_fisher(model: nn.Module, output_projections: list[nn.Module], windows: torch.Tensor,
                    cancel: threading.Event | None = None) -> list[np.ndarray]:
-    """Fᵢ for every intermediate channel of every layer (one float64 array per down_proj), from the
-    first FISHER_WINDOWS calibration windows [N, L], one window per backward pass: the empirical
-    Fisher sums squared per-sample gradients, and a batch would square their sum instead."""
-    masks = [torch.ones(down.in_features, device=down.weight.device, requires_grad=True) for down in down_projections]
-    handles = [down.register_forward_pre_hook(_masked_input(mask)) for down, mask in zip(down_projections, masks)]
+    """Fᵢ for every intermediate channel of every layer (one float64 array per MLP output
+    projection), from the first FISHER_WINDOWS calibration windows [N, L], one window per backward
+    pass: the empirical Fisher sums squared per-sample gradients, and a batch would square their sum
+    instead."""
+    masks = [torch.ones(projection_shape(out)[1], device=out.weight.device, requires_grad=True)
+             for out in output_projections]
+    handles = [out.register_forward_pre_hook(_masked_input(mask)) for out, mask in zip(output_projections, masks)]
     fisher = [torch.zeros(mask.shape, dtype=torch.float64, device=mask.device) for mask in masks]
     device = execution_device(model)
     try:

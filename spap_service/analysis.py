@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from spap_core.families import GluFamily
+from spap_core.adapters import ModelAdapter
 from spap_core.latency import Timing
 from spap_core.methods.reconstruction import Reconstruction
 from spap_core.prune import LayerRecord, PruneResult
@@ -16,23 +16,22 @@ from spap_core.runs import column_norm_array, soft_mask_array, trace_rows
 SPAP_PRUNED = "SPAP (actual pruned set)"
 
 
-def parameter_split(model: nn.Module) -> dict[str, int]:
-    """Parameters by role: attention, MLP, embeddings (tied input/output counted once), norms."""
+def parameter_split(model: nn.Module, family: ModelAdapter) -> dict[str, int]:
+    """Parameters by role: attention, MLP (as the family's adapter places them), embeddings (token
+    and position embeddings and the head; a tied head counted once), norms and the rest."""
+    layers = family.decoder_layers(model)
+    role = {id(p): "MLP" for layer in layers for module in family.mlp_modules(layer) for p in module.parameters()}
+    role.update({id(p): "attention" for layer in layers for p in family.attention(layer).parameters()})
+    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)] + [model.get_output_embeddings()]
+    role.update({id(p): "embeddings" for module in embeddings if module is not None for p in module.parameters()})
     split = {"attention": 0, "MLP": 0, "embeddings": 0, "norms and other": 0}
-    for name, parameter in model.named_parameters():  # yields a tied weight once
-        if ".mlp." in name:
-            split["MLP"] += parameter.numel()
-        elif ".self_attn." in name:
-            split["attention"] += parameter.numel()
-        elif "embed" in name or "lm_head" in name:
-            split["embeddings"] += parameter.numel()
-        else:
-            split["norms and other"] += parameter.numel()
+    for parameter in model.parameters():  # yields a tied weight once
+        split[role.get(id(parameter), "norms and other")] += parameter.numel()
     return split
 
 
-def mlp_widths(model: nn.Module, family: GluFamily) -> list[int]:
-    return [family.mlp(layer).down_proj.in_features for layer in family.decoder_layers(model)]
+def mlp_widths(model: nn.Module, family: ModelAdapter) -> list[int]:
+    return [family.width(layer) for layer in family.decoder_layers(model)]
 
 
 def trace_table(result: PruneResult) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import pandas as pd
 from spap_core.evaluate import PerplexityResult
 from spap_core.experiment import Experiment, run_experiment
 from spap_core.methods.registry import PruneSettings
-from spap_core.methods.spap import SpapStep
+from spap_core.methods.base import MethodStep
 from spap_core.models import LoadedModel
 from spap_core.prune import PruneResult
 from spap_core.errors import UnreadableRunError
@@ -76,7 +76,7 @@ def experiment_with_progress(loaded: LoadedModel, data: PreparedData, request: R
     def on_layer(done: int, total: int) -> None:
         progress.update(layer=min(done + 1, total), n_layers=total, iteration=0 if done < total else iterations)
 
-    def on_step(step: SpapStep) -> None:
+    def on_step(step: MethodStep) -> None:
         progress.update(layer=step.layer + 1, iteration=step.iteration)
 
     return run_experiment(loaded, data.calibration, data.evaluation, request.settings, seed=request.seed,

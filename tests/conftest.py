@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from spap_core.families import glu_family
+from spap_core.adapters import model_adapter
 from spap_core.models import LoadedModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
 def tiny() -> LoadedModel:
     model = tiny_llama()
     return LoadedModel(model=model, tokenizer=tiny_tokenizer(), source="tiny", description="tiny random Llama",
-                       family=glu_family(model))
+                       family=model_adapter(model))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from spap_core.errors import SpapInputError
 from spap_core.experiment import run_experiment
-from spap_core.families import glu_family
+from spap_core.adapters import model_adapter
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.models import LoadedModel
 from spap_core.shrink import save_pruned
@@ -46,7 +46,7 @@ def family_model(model_type: str) -> nn.Module:
 def loaded_family(model_type: str, tokenizer) -> LoadedModel:
     model = family_model(model_type)
     return LoadedModel(model=model, tokenizer=tokenizer, source=model_type, description=model_type,
-                       family=glu_family(model))
+                       family=model_adapter(model))
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -69,14 +69,6 @@ def test_default_settings_prune_save_and_reload_on_every_family(tiny, model_type
         torch.testing.assert_close(logits, pruned(EVALUATION).logits, rtol=1e-4, atol=1e-4)
     reloaded_nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 203).float(), EVALUATION[:, 1:].reshape(-1))
     assert experiment.pruned.perplexity == pytest.approx(float(torch.exp(reloaded_nll)), rel=1e-3)  # saved = evaluated
-
-
-def test_a_fused_gate_up_projection_is_refused_by_name():
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    model = Phi3ForCausalLM(Phi3Config(**SHAPE, pad_token_id=0, bos_token_id=1, eos_token_id=2)).eval()
-    with pytest.raises(SpapInputError, match="'phi3'.*not a GLU model|'phi3'.*gate_up"):
-        glu_family(model)
 
 
 def test_the_cli_runs_the_no_bias_variant_on_a_family_without_one_and_says_so(tiny, text_files, tmp_path, capsys,
@@ -125,27 +117,15 @@ def test_refusals_that_the_config_decides_come_before_any_forward_pass(tiny_dir,
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in err
 
 
-def test_a_model_without_a_glu_mlp_is_refused_in_one_line(tmp_path, capsys):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from spap_core.cli import main
-
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)).save_pretrained(tmp_path)
-    assert main(["prune", "--model", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "'gpt2'" in errors[0] and "Traceback" not in err
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_models_prune_on_float_statistics_and_keep_their_dtype(tiny, dtype, tmp_path):
     from conftest import tiny_llama
 
     reference = tiny_llama()
     half = LoadedModel(model=tiny_llama().to(dtype), tokenizer=tiny.tokenizer, source="tiny", description="tiny",
-                       family=glu_family(reference))
+                       family=model_adapter(reference))
     full = LoadedModel(model=reference, tokenizer=tiny.tokenizer, source="tiny", description="tiny",
-                       family=glu_family(reference))
+                       family=model_adapter(reference))
     calibration = torch.randint(3, 200, (4, 32), generator=torch.Generator().manual_seed(0))
     evaluation = torch.randint(3, 200, (2, 32), generator=torch.Generator().manual_seed(1))
     half_run = run_experiment(half, calibration, evaluation, PruneSettings(sparsity=0.25), batch_size=4)
@@ -166,11 +146,17 @@ def test_half_precision_models_prune_on_float_statistics_and_keep_their_dtype(ti
                                    rtol=2e-2, atol=2e-2)
 
 
-def _tiny_opt():
+def _tiny_bloom():
+    from transformers import BloomConfig, BloomForCausalLM
+
+    return BloomForCausalLM(BloomConfig(n_layer=1, hidden_size=32, n_head=2, vocab_size=203))
+
+
+def _post_norm_opt():
     from transformers import OPTConfig, OPTForCausalLM
 
     return OPTForCausalLM(OPTConfig(num_hidden_layers=1, hidden_size=32, ffn_dim=64, num_attention_heads=2,
-                                    vocab_size=203, word_embed_proj_dim=32))
+                                    vocab_size=203, word_embed_proj_dim=32, do_layer_norm_before=False))
 
 
 def _llama_with_one_channel():
@@ -181,7 +167,8 @@ def _llama_with_one_channel():
 
 
 @pytest.mark.parametrize(("build", "message"), [
-    (_tiny_opt, "Model type 'opt' is not supported: its decoder layers (OPTDecoderLayer) have no GLU MLP module"),
+    (_tiny_bloom, "Model type 'bloom' is not supported: SPAP Explorer prunes the MLP channels of Llama"),
+    (_post_norm_opt, "normalises after the residual addition (do_layer_norm_before=False, as opt-350m does)"),
     (_llama_with_one_channel, "layer 0's MLP has 1 intermediate channel; structured pruning needs at least 2"),
 ])
 def test_a_model_that_cannot_be_pruned_says_why_in_one_line(tmp_path, capsys, build, message):

@@ -24,7 +24,7 @@ from transformers import PretrainedConfig
 from app_harness import assert_clean, click, run_spap, start_app
 from conftest import tiny_llama, tiny_tokenizer, word_text
 from spap_core.errors import NumericalError, SpapInputError
-from spap_core.families import glu_family
+from spap_core.adapters import model_adapter
 from spap_core.generate import (
     EncodedPrompt,
     GenerationSettings,
@@ -73,7 +73,7 @@ def greedy(max_new_tokens: int) -> GenerationSettings:
 def test_dense_and_pruned_models_both_write_text_step_by_step():
     dense = lively_llama()
     loaded = LoadedModel(model=dense, tokenizer=tiny_tokenizer(), source="tiny", description="tiny",
-                         family=glu_family(dense))
+                         family=model_adapter(dense))
     pruned = prune_model(loaded, CALIBRATION, PruneSettings(method="magnitude", sparsity=0.3)).model
     assert pruned.model.layers[0].mlp.down_proj.in_features < dense.model.layers[0].mlp.down_proj.in_features
     steps = run(dense, pruned, GenerationSettings(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=3))

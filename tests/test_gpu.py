@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import tiny_llama, tiny_tokenizer
 from spap_core.experiment import run_experiment
-from spap_core.families import glu_family
+from spap_core.adapters import model_adapter
 from spap_core.generate import GenerationSettings, encode_prompt, generate_side_by_side
 from spap_core.methods.registry import PruneSettings
 from spap_core.models import LoadedModel
@@ -25,7 +25,7 @@ EVALUATION = torch.randint(3, 200, (4, 64), generator=torch.Generator().manual_s
 def loaded_on(device: str, dtype: torch.dtype) -> LoadedModel:
     model = tiny_llama().to(device=device, dtype=dtype)
     return LoadedModel(model=model, tokenizer=tiny_tokenizer(), source="tiny", description="tiny",
-                       family=glu_family(model))
+                       family=model_adapter(model))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

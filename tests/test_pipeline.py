@@ -7,10 +7,10 @@ import threading
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 
 from spap_core.errors import PruningCancelled, SpapInputError
-from spap_core.families import glu_family
+from spap_core.adapters import model_adapter
 from spap_core.methods import altmin
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import METHODS, PruneSettings, with_options
@@ -157,17 +157,19 @@ def test_sequential_inputs_flow_through_pruned_layers(tiny):
     assert light.layers[1].dense_objective != pytest.approx(heavy.layers[1].dense_objective, rel=1e-6)
 
 
-def test_non_glu_model_is_refused_with_what_is_missing():
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
-    with pytest.raises(SpapInputError, match="GLU"):
-        glu_family(gpt2)
+def test_a_family_without_an_adapter_is_refused_naming_the_supported_ones():
+    from transformers import BloomConfig, BloomForCausalLM
+
+    bloom = BloomForCausalLM(BloomConfig(n_layer=1, hidden_size=32, n_head=2, vocab_size=50))
+    with pytest.raises(SpapInputError, match="'bloom' is not supported.*Llama.*OPT.*GPT-2.*Phi-3"):
+        model_adapter(bloom)
 
 
 def test_model_without_gate_proj_is_refused(tiny):
     broken = copy.deepcopy(tiny.model)
     del broken.model.layers[1].mlp.gate_proj
     with pytest.raises(SpapInputError, match="layer 1.*gate_proj"):
-        glu_family(broken)
+        model_adapter(broken)
 
 
 @pytest.mark.parametrize("method", ["spap", "flap"])
@@ -235,7 +237,7 @@ def test_every_layer_is_fed_what_the_model_itself_feeds_it(tiny, model_type):
 
     model = tiny_family_model(model_type)
     loaded = LoadedModel(model=model, tokenizer=tiny.tokenizer, source=model_type, description=model_type,
-                         family=glu_family(model))
+                         family=model_adapter(model))
     result = prune_model(loaded, CALIBRATION, PruneSettings(method="fasp", sparsity=0.5), batch_size=4)
     for index in (1, 2):
         seen = {}

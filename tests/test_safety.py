@@ -71,7 +71,7 @@ def test_nan_in_the_solver_stops_with_layer_and_iteration():
 def test_nan_activations_stop_the_run_naming_the_layer(tiny):
     calibration = torch.randint(0, 200, (2, 16))
     layer = tiny.family.decoder_layers(tiny.model)[1]
-    handle = tiny.family.mlp(layer).up_proj.register_forward_hook(lambda _m, _a, out: out * float("nan"))
+    handle = layer.mlp.up_proj.register_forward_hook(lambda _m, _a, out: out * float("nan"))
     try:
         with pytest.raises(NumericalError, match="activations of layer 1 contain NaN"):
             prune_model(tiny, calibration, PruneSettings(sparsity=0.25))

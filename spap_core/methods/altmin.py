@@ -1,19 +1,19 @@
-"""Alternating minimization of one GLU MLP with its mask fixed.
+"""Alternating minimization of one MLP with its mask fixed.
 
-down_proj enters the output linearly, so it gets its exact ridge least-squares refit given the
-intermediate activations; gate_proj and up_proj sit inside the nonlinearity, so they get a few
-Adam steps on the layer's output error. Rounds alternate the two.
+The output projection (down_proj, fc2) enters the output linearly, so it gets its exact ridge
+least-squares refit given the intermediate activations; the input projections (gate_proj and
+up_proj of a GLU, fc1 of a plain MLP) sit inside the nonlinearity, so they get a few Adam steps on
+the layer's output error (their biases, where the family has them, stay). Rounds alternate the two.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 import torch
 
+from spap_core.adapters import MlpFunction, MlpWeights
 from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.methods.problem import LayerDecision, RefitSettings, refit
 from spap_core.stats import GramAccumulator
@@ -70,20 +70,15 @@ def adam_step_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _intermediates(inputs: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
-                   activation: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    return activation(inputs @ gate.T) * (inputs @ up.T)
-
-
-def _refit_down(inputs: torch.Tensor, targets: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
-                dense_down_kept: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor],
+def _refit_down(inputs: torch.Tensor, targets: torch.Tensor, weights: list[torch.Tensor],
+                biases: tuple[torch.Tensor | None, ...], dense_down_kept: torch.Tensor, function: MlpFunction,
                 refit_settings: RefitSettings) -> tuple[LayerDecision, list[torch.Tensor]]:
-    """The exact down_proj refit given the current gate/up, and the activations it was fitted on
-    (in chunks: only the last round's are ever joined)."""
+    """The exact output-projection refit given the current input weights, and the activations it
+    was fitted on (in chunks: only the last round's are ever joined)."""
     stats = GramAccumulator()
     chunks = []
     for start in range(0, inputs.shape[0], REFIT_CHUNK):
-        chunks.append(_intermediates(inputs[start : start + REFIT_CHUNK], gate, up, activation))
+        chunks.append(function(inputs[start : start + REFIT_CHUNK], weights, biases))
         stats.add(chunks[-1], targets[start : start + REFIT_CHUNK])
     problem = stats.problem(dense_down_kept, n_prune=0)
     return refit(problem, torch.arange(dense_down_kept.shape[1]), refit_settings), chunks
@@ -93,27 +88,26 @@ def alternating_minimization(
     decision: LayerDecision,
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    gate_full: torch.Tensor,
-    up_full: torch.Tensor,
-    dense_down: torch.Tensor,
-    activation: Callable[[torch.Tensor], torch.Tensor],
+    dense: MlpWeights,
+    function: MlpFunction,
     settings: AltMinSettings,
     refit_settings: RefitSettings,
     seed: int = 0,
     cancel: threading.Event | None = None,
 ) -> LayerDecision:
-    """Improve a decision's kept gate/up/down weights. inputs: tokens × d (MLP inputs), targets:
-    tokens × m (what the MLP should output). The mask (decision.keep) never changes."""
+    """Improve a decision's kept input and output weights. inputs: tokens × d (MLP inputs),
+    targets: tokens × m (what the MLP should output, without the family's own output bias);
+    `dense` holds the layer's dense weights. The mask (decision.keep) never changes."""
     if settings.rounds == 0:
         return decision
-    keep = decision.keep.to(gate_full.device)
-    gate = gate_full[keep].detach().float().clone().requires_grad_(True)
-    up = up_full[keep].detach().float().clone().requires_grad_(True)
+    kept = dense.kept(decision.keep)
+    weights = [w.detach().float().clone().requires_grad_(True) for w in kept.inputs]
+    biases = tuple(None if b is None else b.detach().float() for b in kept.input_biases)
     down, bias = decision.down_weight.float(), decision.down_bias
     x = inputs.reshape(-1, inputs.shape[-1]).float()
     y = targets.reshape(-1, targets.shape[-1]).float()
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    optimizer = torch.optim.Adam([gate, up], lr=settings.lr)
+    optimizer = torch.optim.Adam(weights, lr=settings.lr)
     step_dtype = adam_step_dtype(x.device) if settings.precision == "auto" else torch.float32
     for _ in range(settings.rounds):
         for _ in range(settings.steps):
@@ -122,7 +116,7 @@ def alternating_minimization(
             rows = torch.randint(0, x.shape[0], (min(settings.batch_tokens, x.shape[0]),), generator=generator)
             rows = rows.to(x.device)
             with torch.autocast(x.device.type, dtype=step_dtype, enabled=step_dtype != torch.float32):
-                prediction = (_intermediates(x[rows], gate, up, activation) @ down.T).float()
+                prediction = (function(x[rows], weights, biases) @ down.T).float()
             if bias is not None:
                 prediction = prediction + bias.float()
             target = y[rows]
@@ -131,13 +125,13 @@ def alternating_minimization(
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            updated, activations = _refit_down(x, y, gate, up, dense_down[:, keep], activation, refit_settings)
+            updated, activations = _refit_down(x, y, weights, biases, kept.output, function, refit_settings)
             down, bias = updated.down_weight.float(), updated.down_bias
-    out_dtype = gate_full.dtype
+    out_dtype = dense.output.dtype
     return LayerDecision(
         keep=decision.keep, down_weight=down.to(out_dtype),
         down_bias=None if bias is None else bias.to(out_dtype),
-        gate_weight=gate.detach().to(out_dtype), up_weight=up.detach().to(out_dtype),
+        input_weights=tuple(w.detach().to(out_dtype) for w in weights),
         scores=decision.scores, objective=updated.objective,
         kept_intermediates=torch.cat(activations) if out_dtype == torch.float32 else None,
     )

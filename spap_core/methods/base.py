@@ -14,6 +14,16 @@ from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings
 
 
+@dataclass
+class MethodStep:
+    """One step a method reports while it decides a layer (SPAP: one ρ iteration, with what it
+    computed). The walk keeps them in order as the run's trace and passes each to the caller's
+    progress callback; a method subclasses this with its own fields."""
+
+    layer: int
+    iteration: int  # 1..trace_length
+
+
 @dataclass(frozen=True)
 class NoSettings:
     """The settings of a method that has no hyperparameters."""
@@ -40,7 +50,7 @@ class PruningMethod(ABC):
         return self.settings_type()
 
     def trace_length(self, settings: Any) -> int:
-        """How many steps per layer it reports through on_step (SPAP: its ρ iterations); 0 = none."""
+        """How many MethodSteps per layer it reports through on_step (SPAP: its ρ iterations); 0 = none."""
         return 0
 
     def adds_down_bias(self, settings: Any) -> bool:

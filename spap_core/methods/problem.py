@@ -21,7 +21,7 @@ from spap_core.errors import SpapInputError
 
 @dataclass
 class LayerProblem:
-    """Sufficient statistics of one GLU MLP layer plus its dense down_proj weight."""
+    """Sufficient statistics of one MLP layer plus its dense output-projection (down_proj) weight."""
 
     gram: torch.Tensor  # H̃, (n+1)×(n+1); last row/column belong to the constant feature
     cross: torch.Tensor  # C = Y Z̃ᵀ, m×(n+1)
@@ -71,14 +71,15 @@ class LayerProblem:
 
 @dataclass
 class LayerDecision:
-    """What a method decided for one layer: kept channels and the new down_proj (and optionally
-    new gate/up rows from alternating minimization). `scores` holds each named channel metric."""
+    """What a method decided for one layer: kept channels and the new output projection (and
+    optionally new rows of the input projections from alternating minimization). `down_bias` is
+    what the method adds to the output bias (a family's own bias, OPT's fc2 say, stays under it).
+    `scores` holds each named channel metric."""
 
     keep: torch.Tensor  # sorted indices of kept channels
     down_weight: torch.Tensor  # m×|keep|
     down_bias: torch.Tensor | None = None  # m
-    gate_weight: torch.Tensor | None = None  # |keep|×d
-    up_weight: torch.Tensor | None = None  # |keep|×d
+    input_weights: tuple[torch.Tensor, ...] | None = None  # |keep|×d each: (gate, up) of a GLU, (fc1,) otherwise
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     objective: float | None = None
     # tokens × |keep|: the kept channels' activations on the calibration tokens after gate/up

@@ -10,7 +10,7 @@ from typing import Any
 
 from spap_core.allocation import UNIFORM, check_allocation
 from spap_core.errors import SpapInputError
-from spap_core.families import GluFamily
+from spap_core.adapters import ModelAdapter
 from spap_core.methods.base import PruningMethod, Recovery
 from spap_core.methods.baselines import Fasp, Flap, Magnitude, WandaSp
 from spap_core.methods.obs import StructuredObs
@@ -109,7 +109,7 @@ class PruneSettings:
                              allocation=values.get("allocation", UNIFORM))
 
 
-def settings_for_family(settings: PruneSettings, family: GluFamily) -> tuple[PruneSettings, list[str]]:
+def settings_for_family(settings: PruneSettings, family: ModelAdapter) -> tuple[PruneSettings, list[str]]:
     """The settings a run on this family uses, and a note for each change: a method that adds a
     down_proj bias runs its no-bias variant where the family's transformers class cannot store one,
     so what is saved and reloaded is exactly what was evaluated. Decided from the config alone,

@@ -18,7 +18,7 @@ import torch
 
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.altmin import AltMinSettings
-from spap_core.methods.base import PruningMethod, Recovery
+from spap_core.methods.base import MethodStep, PruningMethod, Recovery
 from spap_core.methods.problem import (
     LayerDecision,
     LayerProblem,
@@ -79,11 +79,9 @@ class PenaltySettings:
 
 
 @dataclass
-class SpapStep:
-    """One ρ iteration of one layer, as recorded in the trace."""
+class SpapStep(MethodStep):
+    """One ρ iteration of one layer (iteration 1..K), as recorded in the trace."""
 
-    layer: int
-    iteration: int  # 1..K
     rho: float
     soft_mask: np.ndarray  # s, values in [0, 1], 1 = pruned
     scores: np.ndarray

@@ -1,0 +1,245 @@
+"""What the pipeline needs to know of a model family, asked of one adapter object (in the manner of
+SliceGPT's ModelAdapter): where the decoder layers are, the MLP's input projections, its activation
+and output projection, whether the family's transformers class can store an output bias, and how
+the MLP output reaches the residual stream. Nothing outside the adapters names a projection.
+
+Every MLP the field prunes computes Z = act(W_in x + b_in) (plain: OPT, GPT-2, GPT-NeoX, Phi) or
+Z = act(W_gate x + b_gate) ⊙ (W_up x + b_up) (GLU: Llama, Qwen, Mistral, Gemma, Phi-3), then
+W_out Z + b_out. Pruning intermediate channel i removes row i of every input projection (and its
+bias entry) and column i of the output projection, so the layer problem over Z is the same for all
+of them. The adapters give those weights in one orientation, `MlpWeights` (rows of an input
+weight = channels; columns of the output weight = channels), whatever the modules store: GPT-2's
+Conv1D keeps them transposed, Phi-3 fuses gate and up into one `gate_up_proj`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from spap_core.errors import SpapInputError
+from spap_core.offload import real_tensor
+
+Activation = Callable[[torch.Tensor], torch.Tensor]
+PROJECTIONS = (nn.Linear, Conv1D)  # the modules an MLP's projections are made of
+
+
+def text_config(model: nn.Module):
+    """The config of the language model itself: a multimodal config (Gemma 3) nests it."""
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
+def is_projection(module: nn.Module) -> bool:
+    return isinstance(module, PROJECTIONS)
+
+
+def projection_shape(module: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of a Linear or a Conv1D."""
+    if isinstance(module, Conv1D):
+        return module.nf, module.nx
+    return module.out_features, module.in_features
+
+
+def projection_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as out × in (a Conv1D stores it in × out), read from the offload hook when the
+    module's own weight is on the meta device."""
+    weight = real_tensor(module, "weight")
+    return weight.T if isinstance(module, Conv1D) else weight
+
+
+def projection_bias(module: nn.Module) -> torch.Tensor | None:
+    return None if module.bias is None else real_tensor(module, "bias")
+
+
+def projection_like(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """A module of `module`'s kind, device and dtype holding `weight` (out × in) and `bias`; a
+    Conv1D always has a bias (zero when none is given), as transformers' GPT-2 expects."""
+    out_features, in_features = weight.shape
+    like = real_tensor(module, "weight")
+    factory = {"device": like.device, "dtype": like.dtype}
+    with torch.no_grad():
+        if isinstance(module, Conv1D):
+            layer = Conv1D(out_features, in_features).to(**factory)
+            layer.weight.copy_(weight.T)
+            layer.bias.copy_(torch.zeros(out_features, **factory) if bias is None else bias)
+            return layer
+        layer = torch.nn.utils.skip_init(nn.Linear, in_features, out_features, bias=bias is not None, **factory)
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+        return layer
+
+
+@dataclass(frozen=True)
+class MlpWeights:
+    """One MLP's weights, channel-aligned: `inputs` are n × d (GLU: gate then up), `output` is m × n."""
+
+    inputs: tuple[torch.Tensor, ...]
+    input_biases: tuple[torch.Tensor | None, ...]
+    output: torch.Tensor
+    output_bias: torch.Tensor | None
+
+    @property
+    def width(self) -> int:
+        return self.output.shape[1]
+
+    def kept(self, keep: torch.Tensor) -> MlpWeights:
+        """Only the channels `keep` (sorted indices)."""
+        keep = keep.to(self.output.device)
+        return replace(self, inputs=tuple(w[keep] for w in self.inputs),
+                       input_biases=tuple(None if b is None else b[keep] for b in self.input_biases),
+                       output=self.output[:, keep])
+
+    def padded(self, width: int) -> MlpWeights:
+        """Zero channels appended up to `width`: a zero output column adds exactly nothing."""
+        missing = width - self.width
+        pad = torch.nn.functional.pad
+        return replace(self, inputs=tuple(pad(w, (0, 0, 0, missing)) for w in self.inputs),
+                       input_biases=tuple(None if b is None else pad(b, (0, missing)) for b in self.input_biases),
+                       output=pad(self.output, (0, missing)))
+
+
+@dataclass(frozen=True)
+class MlpFunction:
+    """Z from the MLP input x: act(W₀x + b₀) ⊙ (W₁x + b₁) for a GLU, act(W₀x + b₀) otherwise. The
+    recovery steps differentiate through it with the kept input weights."""
+
+    activation: Activation
+    glu: bool
+
+    def __call__(self, x: torch.Tensor, inputs: tuple[torch.Tensor, ...],
+                 biases: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+        pre = [x @ w.T if b is None else x @ w.T + b for w, b in zip(inputs, biases)]
+        return self.activation(pre[0]) * pre[1] if self.glu else self.activation(pre[0])
+
+
+class ModelAdapter(ABC):
+    """One model family. Subclasses name the modules; the channel-aligned weights, the shrink and
+    the config update follow from those names. `model_types` are the transformers model types it
+    takes (the split-GLU adapter also takes any model shaped like Llama)."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    families: ClassVar[str]  # how messages name the families it takes: "Llama, Qwen2/3, Mistral"
+    glu: ClassVar[bool]
+    kind: ClassVar[str]  # how the MLP is described on screen: "GLU (gate_proj ⊙ up_proj → down_proj)"
+    width_key: ClassVar[str] = "intermediate_size"  # the config field that holds the MLP width
+
+    def __init__(self, model: nn.Module) -> None:
+        self.config = text_config(model)
+        self.model_type: str = getattr(self.config, "model_type", "unknown")
+
+    # ------------------------------------------------------------------ where the modules are
+    def decoder(self, model: nn.Module) -> nn.Module:
+        """The module that embeds input_ids and runs the decoder layers."""
+        return model.get_decoder()
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        return self.decoder(model).layers
+
+    @abstractmethod
+    def mlp_parent(self, layer: nn.Module) -> nn.Module:
+        """The module holding the MLP's projections (the MLP module, or the layer itself in OPT)."""
+
+    input_names: ClassVar[tuple[str, ...]]  # attributes of mlp_parent: the input projections, in order
+    output_name: ClassVar[str]  # attribute of mlp_parent: the output projection
+
+    @abstractmethod
+    def activation(self, layer: nn.Module) -> Activation:
+        """The MLP's activation function (applied to the gate in a GLU)."""
+
+    @abstractmethod
+    def attention(self, layer: nn.Module) -> nn.Module:
+        """The layer's attention module (its parameters are not pruned here)."""
+
+    def input_projections(self, layer: nn.Module) -> list[nn.Module]:
+        parent = self.mlp_parent(layer)
+        return [getattr(parent, name) for name in self.input_names]
+
+    def output_projection(self, layer: nn.Module) -> nn.Module:
+        return getattr(self.mlp_parent(layer), self.output_name)
+
+    def set_output_projection(self, layer: nn.Module, module: nn.Module) -> None:
+        """Swap the output projection (the capture puts a recorder there for a while)."""
+        setattr(self.mlp_parent(layer), self.output_name, module)
+
+    def mlp_modules(self, layer: nn.Module) -> list[nn.Module]:
+        return [*self.input_projections(layer), self.output_projection(layer)]
+
+    def width(self, layer: nn.Module) -> int:
+        """The number of intermediate channels."""
+        return projection_shape(self.output_projection(layer))[1]
+
+    # ------------------------------------------------------------------ the weights, channel-aligned
+    def mlp_weights(self, layer: nn.Module) -> MlpWeights:
+        inputs = self.input_projections(layer)
+        output = self.output_projection(layer)
+        return MlpWeights(inputs=tuple(projection_weight(m) for m in inputs),
+                          input_biases=tuple(projection_bias(m) for m in inputs),
+                          output=projection_weight(output), output_bias=projection_bias(output))
+
+    def set_mlp_weights(self, layer: nn.Module, weights: MlpWeights) -> None:
+        """Replace the projections by modules of the new width holding `weights`."""
+        parent = self.mlp_parent(layer)
+        for name, weight, bias in zip(self.input_names, weights.inputs, weights.input_biases):
+            setattr(parent, name, projection_like(getattr(parent, name), weight, bias))
+        setattr(parent, self.output_name, projection_like(getattr(parent, self.output_name), weights.output,
+                                                          weights.output_bias))
+        if hasattr(parent, "intermediate_size"):
+            parent.intermediate_size = weights.width
+
+    def mlp_function(self, layer: nn.Module) -> MlpFunction:
+        return MlpFunction(self.activation(layer), self.glu)
+
+    def intermediate(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Z of the layer's MLP for its input x, through the modules themselves (as the model runs them)."""
+        pre = [module(x) for module in self.input_projections(layer)]
+        activation = self.activation(layer)
+        return activation(pre[0]) * pre[1] if self.glu else activation(pre[0])
+
+    # ------------------------------------------------------------------ how the output is used
+    def mlp_output_to_residual(self, layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The map applied to the MLP output before it is added to the residual stream."""
+        return lambda y: y
+
+    def mlp_output_is_residual(self, layer: nn.Module) -> bool:
+        return True
+
+    @property
+    def stores_down_bias(self) -> bool:
+        """Whether the family's transformers class can store an output-projection bias, so a method's
+        bias compensation can be saved (elsewhere it runs its no-bias variant)."""
+        return False
+
+    def record_widths(self, config, width: int, output_bias: bool) -> None:
+        """Write the (widest) MLP width into the config, and switch the output bias on where the
+        config decides whether the class creates one."""
+        setattr(config, self.width_key, width)
+        if output_bias and not self.stores_down_bias:
+            raise SpapInputError(f"Model type '{self.model_type}' cannot store an output-projection (down_proj) "
+                                 "bias in transformers; turn bias compensation off (--no-bias) or use a method "
+                                 "without it.")
+
+    # ------------------------------------------------------------------ checks
+    def validate(self, model: nn.Module) -> None:
+        """Refuse, naming what is missing, a model this adapter cannot prune."""
+        for index, layer in enumerate(self.decoder_layers(model)):
+            names = [*self.input_names, self.output_name]
+            parent = self.mlp_parent(layer)
+            missing = [name for name in names if not hasattr(parent, name)]
+            if missing:
+                raise SpapInputError(f"Model type '{self.model_type}': layer {index}'s MLP "
+                                     f"({type(parent).__name__}) lacks {', '.join(missing)}.")
+            not_plain = [name for name in names if not is_projection(getattr(parent, name))]
+            if not_plain:
+                raise SpapInputError(
+                    f"Model type '{self.model_type}': {', '.join(not_plain)} in layer {index} are not plain "
+                    "Linear layers (quantized?); load the model in floating point.")
+            if self.width(layer) < 2:
+                raise SpapInputError(
+                    f"Model type '{self.model_type}': layer {index}'s MLP has {self.width(layer)} intermediate "
+                    "channel; structured pruning needs at least 2 (one to remove, one to keep).")

@@ -1,0 +1,34 @@
+"""GPT-2: `transformer.h[i].mlp` with `c_fc` → `act` → `c_proj`, both transformers' Conv1D (weights
+stored in × out, always with a bias); the width is the config's `n_inner`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from spap_core.adapters.base import Activation, ModelAdapter
+
+
+class Gpt2Adapter(ModelAdapter):
+    model_types = ("gpt2",)
+    families = "GPT-2"
+    glu = False
+    kind = "plain: act(c_fc·x) → c_proj"
+    width_key = "n_inner"
+    input_names = ("c_fc",)
+    output_name = "c_proj"
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        return self.decoder(model).h
+
+    def mlp_parent(self, layer: nn.Module) -> nn.Module:
+        return layer.mlp
+
+    def activation(self, layer: nn.Module) -> Activation:
+        return layer.mlp.act
+
+    def attention(self, layer: nn.Module) -> nn.Module:
+        return layer.attn
+
+    @property
+    def stores_down_bias(self) -> bool:
+        return True

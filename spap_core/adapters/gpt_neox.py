@@ -1,0 +1,31 @@
+"""GPT-NeoX (Pythia): `mlp.dense_h_to_4h` → `act` → `mlp.dense_4h_to_h`, with biases. With the
+parallel residual (Pythia's default) attention and MLP both read the layer input and their outputs
+are added to it; either way the MLP output enters the residual stream unchanged."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from spap_core.adapters.base import Activation, ModelAdapter
+
+
+class GptNeoXAdapter(ModelAdapter):
+    model_types = ("gpt_neox",)
+    families = "GPT-NeoX/Pythia"
+    glu = False
+    kind = "plain: act(dense_h_to_4h·x) → dense_4h_to_h"
+    input_names = ("dense_h_to_4h",)
+    output_name = "dense_4h_to_h"
+
+    def mlp_parent(self, layer: nn.Module) -> nn.Module:
+        return layer.mlp
+
+    def activation(self, layer: nn.Module) -> Activation:
+        return layer.mlp.act
+
+    def attention(self, layer: nn.Module) -> nn.Module:
+        return layer.attention
+
+    @property
+    def stores_down_bias(self) -> bool:
+        return True

@@ -1,0 +1,57 @@
+"""Llama and the families shaped like it (Qwen2/3, Mistral, and any model whose decoder layers hold
+`mlp.gate_proj`, `mlp.up_proj`, `mlp.down_proj` and `mlp.act_fn`): a split GLU MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from spap_core.adapters.base import Activation, MlpWeights, ModelAdapter
+
+
+class LlamaAdapter(ModelAdapter):
+    model_types = ("llama", "qwen2", "qwen3", "mistral")
+    families = "Llama, Qwen2/3, Mistral"
+    glu = True
+    kind = "GLU: act(gate_proj·x) ⊙ up_proj·x → down_proj"
+    input_names = ("gate_proj", "up_proj")
+    output_name = "down_proj"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """Whether a model of another type is shaped like Llama (so this adapter can take it)."""
+        try:
+            layers = model.get_decoder().layers
+        except AttributeError:
+            return False
+        return all(all(hasattr(getattr(layer, "mlp", None), name) for name in (*cls.input_names, cls.output_name,
+                                                                               "act_fn"))
+                   for layer in layers)
+
+    def mlp_parent(self, layer: nn.Module) -> nn.Module:
+        return layer.mlp
+
+    def activation(self, layer: nn.Module) -> Activation:
+        return layer.mlp.act_fn
+
+    def attention(self, layer: nn.Module) -> nn.Module:
+        return layer.self_attn
+
+    @property
+    def stores_down_bias(self) -> bool:
+        """Configs with an `mlp_bias` switch (the Llama family) create a down_proj bias when it is on."""
+        return hasattr(self.config, "mlp_bias")
+
+    def set_mlp_weights(self, layer: nn.Module, weights: MlpWeights) -> None:
+        # `mlp_bias=True` gives gate/up biases too: zero ones keep the checkpoint complete.
+        if weights.output_bias is not None:
+            weights = MlpWeights(
+                inputs=weights.inputs, output=weights.output, output_bias=weights.output_bias,
+                input_biases=tuple(torch.zeros(len(w), dtype=w.dtype, device=w.device) if b is None else b
+                                   for w, b in zip(weights.inputs, weights.input_biases)))
+        super().set_mlp_weights(layer, weights)
+
+    def record_widths(self, config, width: int, output_bias: bool) -> None:
+        super().record_widths(config, width, output_bias)
+        if output_bias:
+            config.mlp_bias = True

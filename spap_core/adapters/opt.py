@@ -1,0 +1,42 @@
+"""OPT: a plain ReLU MLP held by the decoder layer itself (`fc1` → `activation_fn` → `fc2`, with
+biases unless `enable_bias` is off). Only the pre-norm models: in post-norm OPT (opt-350m,
+`do_layer_norm_before=False`) the MLP output is normalised together with the residual stream, so it
+cannot be refitted on its own."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from spap_core.adapters.base import Activation, ModelAdapter
+from spap_core.errors import SpapInputError
+
+
+class OptAdapter(ModelAdapter):
+    model_types = ("opt",)
+    families = "OPT"
+    glu = False
+    kind = "plain: act(fc1·x) → fc2"
+    width_key = "ffn_dim"
+    input_names = ("fc1",)
+    output_name = "fc2"
+
+    def mlp_parent(self, layer: nn.Module) -> nn.Module:
+        return layer
+
+    def activation(self, layer: nn.Module) -> Activation:
+        return layer.activation_fn
+
+    def attention(self, layer: nn.Module) -> nn.Module:
+        return layer.self_attn
+
+    @property
+    def stores_down_bias(self) -> bool:
+        return bool(getattr(self.config, "enable_bias", True))
+
+    def validate(self, model: nn.Module) -> None:
+        if not getattr(self.config, "do_layer_norm_before", True):
+            raise SpapInputError(
+                "This OPT model normalises after the residual addition (do_layer_norm_before=False, as "
+                "opt-350m does): its MLP output is normalised together with the residual stream, so the layer "
+                "problem has no fixed target. Pre-norm OPT models (opt-125m, 1.3b and larger) are supported.")
+        super().validate(model)
