@@ -44,21 +44,25 @@ def bounded_number(parameter: Parameter, default: int, key: str, label: str | No
                                   key=key)
 
 
-def ignored_url_parameters(params: dict[str, str], known: set[str]) -> list[str]:
-    """Which query parameters a link carried that the form cannot take, each with the reason:
-    Streamlit drops an invalid bound value silently, so this says what was ignored and why."""
+def ignored_url_parameters(params: dict[str, str], known: set[str], form: tuple[Parameter, ...]) -> list[str]:
+    """Which query parameters a link carried that the page's `form` cannot take, each with the
+    reason: Streamlit drops an invalid bound value silently, and a key of another method's setting
+    has no widget here, so this says what was ignored and why."""
+    on_form = {declared.key for declared in form}
     problems = []
     for key, raw in params.items():
         if key in known:
             continue
-        if key not in BY_KEY:
-            problems.append(f"`{key}`: not a setting of this page")
+        if key not in on_form:
+            owner = BY_KEY[key].method if key in BY_KEY else None
+            problems.append(f"`{key}`: " + (f"a setting of method {owner}, not of this page" if owner
+                                            else "not a setting of this page"))
             continue
         declared = BY_KEY[key]
         try:
             value = declared.coerce(raw)  # with the declared range
             if declared.path:
-                declared.apply(PruneSettings(), value)
+                declared.apply(PruneSettings(method=declared.method or "spap"), value)
         except SpapInputError as exc:
             problems.append(f"`{key}={raw[:40]}`: {str(exc).rstrip('.')}")
     return problems

@@ -24,6 +24,7 @@ from spap_core.toy import (
     RHO0_CHOICES,
     SCENARIOS,
     SEED_RANGE,
+    SPAP_DECLARED,
     TAU_RANGE,
     TOY_SCORES,
     ToyOutcome,
@@ -166,11 +167,11 @@ controls_column, path_chart_column = st.columns([1, 4], gap="medium")
 with controls_column:
     rho0 = st.select_slider("ρ⁽⁰⁾: initial penalty", RHO0_CHOICES, key="toy_rho0",
                             help="The first iteration's penalty on W, in units of mean diag H.")
-    tau = st.slider("τ: penalty growth", *TAU_RANGE, step=0.05, key="toy_tau",
+    tau = st.slider("τ: penalty growth", *TAU_RANGE, step=SPAP_DECLARED["tau"].step, key="toy_tau",
                     help="ρ is multiplied by τ after every iteration.")
-    balance = st.slider("t: score balance", *BALANCE_RANGE, step=0.1, key="toy_t",
+    balance = st.slider("t: score balance", *BALANCE_RANGE, step=SPAP_DECLARED["t"].step, key="toy_t",
                         help="Exponent of the activation magnitude in the score ‖W[:,i]‖·magnitudeᵗ.")
-    momentum = st.slider("α: mask momentum", *MOMENTUM_RANGE, step=0.05, key="toy_alpha",
+    momentum = st.slider("α: mask momentum", *MOMENTUM_RANGE, step=SPAP_DECLARED["alpha"].step, key="toy_alpha",
                          help="Each iteration moves s this fraction of the way to the marked channels.")
     iterations = st.slider("K: ρ iterations", *ITERATIONS_RANGE, key="toy_K")
     n_prune = st.slider("λ: channels to prune", *N_PRUNE_RANGE, key="toy_lambda")

@@ -24,9 +24,12 @@ from pages._shared import (
 from spap_core.allocation import ALLOCATIONS
 from spap_core.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
 from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
-from spap_core.methods.registry import METHODS
+from pages._widgets import parameter_widget
+from spap_core.errors import SpapInputError
+from spap_core.methods.registry import METHODS, PruneSettings
+from spap_core.parameters import method_parameters
 from spap_service.analysis import weight_update_note
-from spap_service.comparisons import sweep_key, sweep_sparsities
+from spap_service.comparisons import method_settings, sweep_key, sweep_sparsities
 
 ensure_routed()
 
@@ -50,18 +53,35 @@ allocation = st.radio(
     help=" ".join(f"{name}: {description}." for name, description in ALLOCATION_DESCRIPTIONS.items()))
 base = replace(base, settings=replace(base.settings, reconstruction=Reconstruction.named(reconstruction),
                                       allocation=allocation))
+# The baselines' own settings (SPAP's are those last submitted on Run SPAP), one widget each,
+# generated from the declarations and bound to the URL by their keys.
+with_settings = [method for method in methods if method != base.settings.method and METHODS[method].parameters]
+values = {}
+if with_settings:
+    with st.expander("Settings of " + ", ".join(with_settings)):
+        for column, method in zip(st.columns(len(with_settings)), with_settings):
+            with column:
+                st.markdown(f"**{method}**")
+                for declared in method_parameters(method):
+                    if declared.method == method:
+                        values[declared.key] = parameter_widget(declared, declared.read(PruneSettings(method=method)))
+try:
+    settings = {method: method_settings(base.settings, method, values) for method in methods}
+except SpapInputError as exc:
+    st.error(str(exc))
+    st.stop()
 fixed_settings_caption(base, {"method", "sparsity"}, f"point ({weight_update_note(base.settings.reconstruction)})")
 st.caption(sweep_time_estimate(len(methods) * len(sparsities), latest_outcome()))
 if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
-    points = [replace(base, settings=replace(base.settings.for_method(method), sparsity=sparsity))
+    points = [replace(base, settings=replace(settings[method], sparsity=sparsity))
               for method in methods for sparsity in sparsities]
     if not methods:
         st.error("Choose at least one method.")
     elif not refused_before_queueing(loaded, points):
-        key = sweep_key(loaded, base, methods, sparsities)
+        key = sweep_key(loaded, base, settings, sparsities)
         label = f"Sweep: {len(methods)} methods × {len(sparsities)} sparsities"
         request_table("sweep", key, label, {"budget": evaluation_budget(base.data)},
-                      partial(sweep_sparsities, loaded, base, methods, sparsities))
+                      partial(sweep_sparsities, loaded, base, settings, sparsities))
 
 job_panel("sweep")
 latest = latest_table("sweep")

@@ -30,15 +30,7 @@ from pages._state import session
 from pages._widgets import ignored_url_parameters, parameter_widget
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
-from spap_core.parameters import (
-    GROUPS,
-    PARAMETERS,
-    SETTINGS_PARAMETERS,
-    Parameter,
-    parameter,
-    settings_values,
-    with_values,
-)
+from spap_core.parameters import GROUPS, Parameter, method_parameters, parameter, settings_values, with_values
 from spap_service.analysis import layer_table, trace_table
 from spap_service.limits import server_limits
 from spap_service.presets import interactive_settings
@@ -62,7 +54,8 @@ def default_of(declared: Parameter):
     return declared.read(defaults) if declared.path else calibration_defaults[declared.key]
 
 
-ignored = ignored_url_parameters(dict(st.query_params), known={SHARED_RUN_PARAM})
+FORM = method_parameters("spap")  # the run's own settings, SPAP's, the calibration's
+ignored = ignored_url_parameters(dict(st.query_params), known={SHARED_RUN_PARAM}, form=FORM)
 if ignored:
     st.warning("This link's settings were partly ignored; the form shows the defaults for these: "
                + "; ".join(ignored) + ".", icon=":material/link_off:")
@@ -70,23 +63,23 @@ if ignored:
 with st.form("spap_settings"):
     values = {}
     # What a class varies first; everything else waits in the expander below.
-    lead = [p for p in PARAMETERS if p.lead]
+    lead = [p for p in FORM if p.lead]
     for column, declared in zip(st.columns(len(lead), gap="medium"), lead):
         with column:
             values[declared.key] = parameter_widget(declared, default_of(declared))
-    rest = [group for group in GROUPS if any(p.group == group and not p.lead for p in PARAMETERS)]
+    rest = [group for group in GROUPS if any(p.group == group and not p.lead for p in FORM)]
     with st.expander("More settings: " + ", ".join(GROUPS[group].lower() for group in rest)):
         for column, group in zip(st.columns(len(rest), gap="medium"), rest):
             with column:
                 st.markdown(f"**{GROUPS[group]}**")
-                for declared in PARAMETERS:
+                for declared in FORM:
                     if declared.group == group and not declared.lead:
                         values[declared.key] = parameter_widget(declared, default_of(declared))
     submitted = st.form_submit_button("Run SPAP", type="primary", icon=":material/play_arrow:")
 
 if submitted:
     try:
-        settings = with_values(PruneSettings(method="spap"), {p.key: values[p.key] for p in SETTINGS_PARAMETERS})
+        settings = with_values(PruneSettings(method="spap"), {p.key: values[p.key] for p in FORM if p.path})
     except SpapInputError as exc:
         st.error(str(exc))
     else:

@@ -28,8 +28,7 @@ from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.models import DEFAULT_MODEL, Placement, load_model, model_source, resolve_device
 from spap_core.offload import DEVICE_MAP_STRATEGIES, LAYERS_ON_DISK
-from spap_core.parameters import (DATA_PARAMETERS, GROUPS, LATENCY_PARAMETERS, PARAMETERS, SETTINGS_PARAMETERS,
-                                  Parameter, with_values)
+from spap_core.parameters import DATA_PARAMETERS, GROUPS, LATENCY_PARAMETERS, PARAMETERS, Parameter, with_values
 from spap_core.prune import PruneResult
 from spap_core.runs import staged_directory, write_run
 from spap_core.shrink import save_pruned
@@ -114,13 +113,19 @@ COMMAND_PARAMETERS = {"prune": PARAMETERS + DATA_PARAMETERS, "latency": LATENCY_
 
 def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Parameter, ...]) -> None:
     """One flag per declared parameter (spap_core.parameters), in its group, with the settings'
-    own default (or the CLI's, for those no settings type holds); SPAP's flags apply to --method
-    spap. The declared range is checked in check_args, before the model loads."""
-    defaults = PruneSettings()
-    groups = {name: parser.add_argument_group(GROUPS[name]) for name in dict.fromkeys(p.group for p in parameters)}
+    own default (or the CLI's, for those no settings type holds). A method's own flags are absent
+    from the namespace unless given (their default is its settings'), so a flag of another method
+    than --method is refused instead of dropped (check_args). The declared range is checked there
+    too, before the model loads."""
+    groups = {name: parser.add_argument_group(_group_title(name, parameters))
+              for name in dict.fromkeys(p.group for p in parameters)}
     for parameter in parameters:
-        default = parameter.read(defaults) if parameter.path else CLI_DEFAULTS[parameter.key]
-        options: dict = {"dest": parameter.key, "default": default, "help": literal(parameter.help)}
+        options: dict = {"dest": parameter.key, "help": literal(parameter.help)}
+        if parameter.method is None:
+            options["default"] = parameter.read(PruneSettings()) if parameter.path else CLI_DEFAULTS[parameter.key]
+        else:
+            default = parameter.read(PruneSettings(method=parameter.method))
+            options.update(default=argparse.SUPPRESS, help=options["help"] + literal(f" Default: {parameter.format(default)}."))
         if parameter.kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif parameter.choices:
@@ -130,6 +135,12 @@ def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Param
             if parameter.low is not None:
                 options["help"] += literal(f" Between {parameter.bounds_text}.")
         groups[parameter.group].add_argument(*parameter.flags, **options)
+
+
+def _group_title(group: str, parameters: tuple[Parameter, ...]) -> str:
+    """The group's title, naming the method its flags belong to."""
+    methods = {p.method for p in parameters if p.group == group}
+    return GROUPS[group] + (f" (--method {methods.pop()})" if methods != {None} and len(methods) == 1 else "")
 
 
 def _add_placement_args(parser: argparse.ArgumentParser) -> None:
@@ -172,8 +183,10 @@ def check_args(args: argparse.Namespace) -> None:
     """Every refusal the arguments alone decide, made before the slow model load: a number out of
     range (which would otherwise fail deep in torch, or after minutes of work), a path the OS
     cannot even look up, an --out whose contents saving would clobber."""
+    if args.command == "prune":
+        _check_method_flags(args)
     for declared in COMMAND_PARAMETERS[args.command]:
-        if declared.kind in (int, float):
+        if declared.kind in (int, float) and hasattr(args, declared.key):
             declared.check(getattr(args, declared.key), declared.flag_name)
     for dest in MODEL_FLAGS[args.command]:
         if (source := getattr(args, dest)) is not None:
@@ -241,11 +254,26 @@ def _zeroshot(args: argparse.Namespace, model: PreTrainedModel, tokenizer: PreTr
 
 
 def prune_settings(args: argparse.Namespace) -> PruneSettings:
-    """The settings the flags describe; SPAP's hyperparameters only reach SPAP."""
+    """The settings the flags describe: the method's own flags given, over its defaults."""
     settings = PruneSettings(method=args.method, sparsity=args.sparsity,
                              reconstruction=Reconstruction.named(args.reconstruction), allocation=args.allocation)
-    values = {p.key: getattr(args, p.key) for p in SETTINGS_PARAMETERS if p.key != "sparsity"}
-    return with_values(settings, values) if args.method == "spap" else settings
+    return with_values(settings, {p.key: getattr(args, p.key) for p in _given_method_flags(args)})
+
+
+def _given_method_flags(args: argparse.Namespace) -> list[Parameter]:
+    return [p for p in PARAMETERS if p.method is not None and hasattr(args, p.key)]
+
+
+def _check_method_flags(args: argparse.Namespace) -> None:
+    """Refuse a method's flag that the run would not use: one of another method than --method, or
+    one of the method's own weight update while --reconstruction replaces that update."""
+    for declared in _given_method_flags(args):
+        if declared.method != args.method:
+            raise SpapInputError(f"{declared.flag_name} is a setting of --method {declared.method}, not of "
+                                 f"{args.method}: drop it, or choose --method {declared.method}.")
+        if declared.own_update and args.reconstruction != OWN:
+            raise SpapInputError(f"{declared.flag_name} sets {args.method}'s own weight update, which "
+                                 f"--reconstruction {args.reconstruction} replaces: drop one of the two.")
 
 
 def run_prune(args: argparse.Namespace) -> dict:

@@ -18,7 +18,7 @@ import torch
 
 from spap_core.methods.exact import brute_force_optimum
 from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings, refit
-from spap_core.methods.spap import PenaltySettings, SpapStep, spap_layer
+from spap_core.methods.spap import PenaltySettings, Spap, SpapStep, spap_layer
 from spap_core.stats import GramAccumulator
 
 
@@ -55,12 +55,21 @@ CORRELATED_RANK = 2  # shared latent factors behind the channels when "correlate
 TOY_NOISE = 0.3
 TOY_REFIT = RefitSettings(precision="float64")  # the extremes of the sliders reach ρ ≈ 10⁵⁴ h̄
 
-# The page's slider ranges, here so the tests can run the toy at every extreme the page allows.
-RHO0_CHOICES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
-TAU_RANGE = (1.05, 8.0)
-BALANCE_RANGE = (0.0, 3.0)
-MOMENTUM_RANGE = (0.05, 1.0)
-ITERATIONS_RANGE = (1, 60)
+# The page's slider ranges, here so the tests can run the toy at every extreme the page allows. The
+# ranges of SPAP's own hyperparameters are their declarations' (the Run form's and the CLI's too).
+SPAP_DECLARED = {declared.key: declared for declared in Spap.parameters}
+
+
+def _declared_range(key: str) -> tuple:
+    declared = SPAP_DECLARED[key]
+    return declared.kind(declared.low), declared.kind(declared.high)
+
+
+RHO0_CHOICES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)  # a log grid inside ρ⁽⁰⁾'s range
+TAU_RANGE = _declared_range("tau")
+BALANCE_RANGE = _declared_range("t")
+MOMENTUM_RANGE = _declared_range("alpha")
+ITERATIONS_RANGE = _declared_range("K")
 N_PRUNE_RANGE = (1, TOY_WIDTH - 1)
 SEED_RANGE = (0, 10_000)
 TOY_SCORES = ("marginal", "partial")

@@ -4,7 +4,7 @@ sensitivity scans and dense-vs-pruned latency, each a plain function the job que
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -12,17 +12,27 @@ import pandas as pd
 from spap_core.latency import LatencyReport, latency_ratios, measure_latencies
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.models import LoadedModel
-from spap_core.parameters import SCANNED, Parameter
+from spap_core.methods.registry import PruneSettings
+from spap_core.parameters import BY_KEY, SCANNED, Parameter, describe, with_values
 from spap_service.cache import BoundedCache
 from spap_service.data import dense_perplexity, model_key, prepare_data
 from spap_service.jobs import ProgressReporter
 from spap_service.runs import RunOutcome, RunRequest, experiment_with_progress
 
 
-def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: list[str], sparsities: list[float],
-                     progress: ProgressReporter, cancel: threading.Event) -> pd.DataFrame:
-    """Perplexity of every method at every sparsity, all on the same calibration and evaluation
-    windows as `base`. One row per (method, sparsity); pruned models are dropped at once."""
+def method_settings(base: PruneSettings, method: str, values: dict[str, Any]) -> PruneSettings:
+    """The settings one method of a sweep runs with: the base's sparsity, reconstruction and
+    allocation, the method's own options (the base's when it is the base's method, else its
+    defaults), with the `values` of its own declared parameters applied (others are not its own)."""
+    own = {key: value for key, value in values.items() if key in BY_KEY and BY_KEY[key].method == method}
+    return with_values(base.for_method(method), own)
+
+
+def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: dict[str, PruneSettings],
+                     sparsities: list[float], progress: ProgressReporter, cancel: threading.Event) -> pd.DataFrame:
+    """Perplexity of every method (with its settings) at every sparsity, all on the same calibration
+    and evaluation windows as `base`. One row per (method, sparsity), with the settings it ran with;
+    pruned models are dropped at once."""
     progress.update(phase="tokenizing calibration and evaluation text")
     data = prepare_data(loaded, base.data, base.seed)
     dense, _ = dense_perplexity(loaded, base.data, data.evaluation, progress, cancel)
@@ -30,9 +40,10 @@ def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: list[str], 
     points = [(method, sparsity) for method in methods for sparsity in sparsities]
     for index, (method, sparsity) in enumerate(points, start=1):
         progress.update(step=index, n_steps=len(points))
-        request = replace(base, settings=replace(base.settings.for_method(method), sparsity=sparsity))
+        request = replace(base, settings=replace(methods[method], sparsity=sparsity))
         experiment = experiment_with_progress(loaded, data, request, dense, progress, cancel)
         rows.append({"method": method, "sparsity": sparsity, "perplexity": experiment.pruned.perplexity,
+                     "settings": describe(request.settings, omit={"method", "sparsity"}),
                      "reconstruction": reconstruction_name(request.settings.reconstruction),
                      "allocation": request.settings.allocation,
                      "dense_perplexity": dense.perplexity, "mean_layer_error": experiment.result.mean_layer_error,
@@ -41,10 +52,10 @@ def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: list[str], 
     return pd.DataFrame(rows)
 
 
-def sweep_key(loaded: LoadedModel, base: RunRequest, methods: list[str], sparsities: list[float]) -> str:
-    """Identifies a sweep's table: model, data and every setting except the swept method/sparsity."""
-    neutral = replace(base, settings=replace(base.settings.for_method("spap"), sparsity=0.5))
-    return f"sweep|{model_key(loaded)}|{neutral.cache_key}|{sorted(methods)}|{sorted(sparsities)}"
+def sweep_key(loaded: LoadedModel, base: RunRequest, methods: dict[str, PruneSettings], sparsities: list[float]) -> str:
+    """Identifies a sweep's table: model, data and every method's settings but the swept sparsity."""
+    settings = sorted(f"{method}:{asdict(replace(options, sparsity=0.5))}" for method, options in methods.items())
+    return f"sweep|{model_key(loaded)}|{base.data.cache_key}|seed={base.seed}|{settings}|{sorted(sparsities)}"
 
 
 # Finished sweep and scan tables by their key (model, data, every setting): coming back to the same

@@ -96,7 +96,7 @@ def test_model_and_data_page_refuses_bad_input_with_a_clear_message(app_files, t
 
 
 def test_run_page_has_every_declared_hyperparameter_with_its_default(app_files):
-    from spap_core.parameters import PARAMETERS
+    from spap_core.parameters import method_parameters
     from spap_service.presets import CPU_RUN, interactive_settings
 
     at = start_app()
@@ -104,7 +104,7 @@ def test_run_page_has_every_declared_hyperparameter_with_its_default(app_files):
     defaults = interactive_settings(torch.device("cpu"))
     widgets = {w.key: w for kind in ("slider", "number_input", "selectbox", "checkbox")
                for w in at.get(kind) if w.key}
-    for declared in PARAMETERS:
+    for declared in method_parameters("spap"):
         expected = (declared.read(defaults) if declared.path else
                     {"nsamples": CPU_RUN.nsamples, "seqlen": CPU_RUN.seqlen, "seed": 0}[declared.key])
         assert declared.key in widgets, f"no widget for {declared.key}"
@@ -112,7 +112,9 @@ def test_run_page_has_every_declared_hyperparameter_with_its_default(app_files):
             widgets[declared.key].value == expected, declared.key
     assert widgets["am_rounds"].value == 0 < PruneSettings().options.altmin.rounds  # off in the CPU preset only
     captions = {c.value for c in at.caption}
-    assert all(declared.help in captions for declared in PARAMETERS)  # each explained where it is set
+    assert all(declared.help in captions for declared in method_parameters("spap"))  # each explained where it is set
+    assert not {w.key for kind in ("slider", "number_input", "selectbox", "checkbox") for w in at.get(kind)} & {
+        "obs_block", "obs_damping", "obs_bias", "flap_bias"}  # other methods' settings are on the sweep page
 
 
 def test_run_completes_and_shows_results_downloads_and_share_link(ran_app):
@@ -491,7 +493,7 @@ def test_every_numeric_widget_has_the_range_the_cli_and_the_share_link_enforce(r
     """One declaration, three consumers: the Run form, Model & data and Latency pages draw their
     number widgets with the declared range (the CLI's bounds: tests/test_cli_robustness.py), and a
     link with a value past it is named as ignored."""
-    from spap_core.parameters import BY_KEY, DATA_PARAMETERS, LATENCY_PARAMETERS, PARAMETERS
+    from spap_core.parameters import BY_KEY, DATA_PARAMETERS, LATENCY_PARAMETERS, method_parameters
 
     def ranges(at):
         return {w.key: (w.min, w.max) for kind in ("slider", "number_input") for w in at.get(kind) if w.key}
@@ -499,7 +501,7 @@ def test_every_numeric_widget_has_the_range_the_cli_and_the_share_link_enforce(r
     at = ran_app
     open_page(at, "run_spap")
     drawn = ranges(at)
-    for declared in PARAMETERS:
+    for declared in method_parameters("spap"):
         if declared.kind in (int, float):
             assert drawn[declared.key] == pytest.approx((declared.low, declared.high)), declared.key
     open_page(at, "model_data")
@@ -534,3 +536,28 @@ def test_a_saved_run_that_cannot_be_read_is_skipped_with_its_reason_and_the_othe
     finally:
         import shutil
         shutil.rmtree(corrupt)
+
+
+def test_a_baselines_own_settings_are_widgets_on_the_sweep_page_and_reach_its_runs(ran_app):
+    """OBS's block and damping and FLAP's bias come from their declarations, like SPAP's on Run
+    SPAP: a widget each with the declared range and default, their values run and are in the table."""
+    from spap_core.parameters import BY_KEY
+
+    at = ran_app
+    open_page(at, "perplexity_sweep")
+    at.multiselect(key="sweep_methods").set_value(["obs", "flap"]).run()
+    block, damping = at.number_input(key="obs_block"), at.number_input(key="obs_damping")
+    assert (block.min, block.max, block.value) == (BY_KEY["obs_block"].low, BY_KEY["obs_block"].high, 1)
+    assert (damping.min, damping.max) == (BY_KEY["obs_damping"].low, BY_KEY["obs_damping"].high)
+    assert at.checkbox(key="flap_bias").value is True and at.checkbox(key="obs_bias").value is True
+    block.set_value(8)
+    at.checkbox(key="flap_bias").set_value(False)
+    at.slider(key="sweep_range").set_value((0.3, 0.3))
+    click(at, "Run sweep")
+    finish_job(at, "sweep")
+    from spap_service.comparisons import RESULT_TABLES
+
+    table = RESULT_TABLES.get(at.session_state["table_requests"]["sweep"].key)
+    settings = dict(zip(table["method"], table["settings"]))  # exported with the CSV
+    assert "OBS block = 8" in settings["obs"] and "γ = 0.01" in settings["obs"]
+    assert "FLAP bias false" in settings["flap"] and "OBS" not in settings["flap"]

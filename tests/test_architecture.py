@@ -16,6 +16,8 @@ from spap_core.cli import build_parser, prune_settings
 from spap_core.data import default_text_spec
 from spap_core.errors import SpapInputError
 from spap_core.methods.base import PruningMethod
+from spap_core.methods.baselines import FlapSettings
+from spap_core.methods.obs import ObsSettings
 from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings, keep_from_pruned, lowest, refit
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.parameters import PARAMETERS, SETTINGS_PARAMETERS, describe, parameter, settings_values, with_values
@@ -73,15 +75,40 @@ def test_method_settings_travel_with_the_method_and_old_records_still_load():
 
 
 def test_every_declared_parameter_is_a_cli_flag_with_the_settings_default():
-    args = build_parser().parse_args(["prune"])
+    """Every method's own parameters are flags of `prune`: absent, the method's defaults; given,
+    their value; the default is in the help."""
+    for name in METHODS:
+        args = build_parser().parse_args(["prune", "--method", name])
+        assert prune_settings(args) == PruneSettings(method=name)
     defaults = PruneSettings()
-    for declared in SETTINGS_PARAMETERS:
-        assert getattr(args, declared.key) == declared.read(defaults), declared.key
-    assert prune_settings(args) == defaults
     args = build_parser().parse_args(["prune", "-K", "9", "--no-bias", "--delta", "0.2", "--schedule", "fixed"])
     assert prune_settings(args) == with_values(defaults, {"K": 9, "bias": False, "delta": 0.2, "schedule": "fixed"})
-    baseline = build_parser().parse_args(["prune", "--method", "flap", "-K", "9"])
-    assert prune_settings(baseline) == PruneSettings(method="flap")  # SPAP's flags reach SPAP only
+    obs = build_parser().parse_args(["prune", "--method", "obs", "--obs-block", "4", "--obs-damping", "0.1",
+                                     "--no-obs-bias"])
+    assert prune_settings(obs).options == ObsSettings(block=4, damping=0.1, bias=False)
+    flap = build_parser().parse_args(["prune", "--method", "flap", "--no-flap-bias"])
+    assert prune_settings(flap).options == FlapSettings(bias=False)
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["prune"].format_help().split())
+    for declared in SETTINGS_PARAMETERS:
+        if declared.method is not None:
+            default = declared.format(declared.read(PruneSettings(method=declared.method)))
+            assert f"Default: {default}." in help_text, declared.key
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--method", "flap", "-K", "9"], "--iterations (-K) is a setting of --method spap, not of flap"),
+    (["--method", "spap", "--obs-block", "4"], "--obs-block is a setting of --method obs, not of spap"),
+    (["--method", "obs", "--no-flap-bias"], "--flap-bias is a setting of --method flap, not of obs"),
+    (["--method", "fasp", "--no-bias"], "--bias is a setting of --method spap, not of fasp"),
+    (["--reconstruction", "refit", "--altmin-steps", "10"],
+     "--altmin-steps sets spap's own weight update, which --reconstruction refit replaces"),
+])
+def test_a_flag_the_run_would_not_use_is_refused_in_one_line(argv, message, capsys, tiny_dir):
+    from spap_core.cli import main
+
+    assert main(["prune", "--model", str(tiny_dir), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
 def test_values_from_links_and_bench_overrides_are_parsed_and_checked():
@@ -100,7 +127,9 @@ def test_the_summary_names_every_value_but_the_omitted_ones():
     line = describe(settings)
     assert "K = 7" in line and "sparsity 30%" in line and "δ = 0.1" in line
     assert "K = " not in describe(settings, omit={"K"}) and "sparsity" not in describe(settings, omit={"sparsity"})
-    assert describe(PruneSettings(method="flap")) == "method flap, sparsity 30%"
+    assert describe(PruneSettings(method="flap")) == "method flap, sparsity 30%, FLAP bias true"
+    assert describe(PruneSettings(method="obs")) == "method obs, sparsity 30%, OBS block = 1, γ = 0.01, OBS bias true"
+    assert describe(PruneSettings(method="fasp")) == "method fasp, sparsity 30%"
     assert {p.key for p in PARAMETERS} >= {"sparsity", "K", "tau", "alpha", "rho0", "delta", "nsamples"}
     assert parameter("K").symbol == "K" and parameter("delta").log_scale
 

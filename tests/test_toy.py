@@ -304,3 +304,12 @@ def test_page_survives_the_slider_extremes(page):
     objective = titled(page, "Objective and violation")
     line = next(t for t in objective["data"] if t.get("name") == "objective")
     assert len(array(line["y"])) == ITERATIONS_RANGE[1] and np.all(array(line["y"]) > 1.0)
+
+
+def test_the_toy_sliders_take_their_ranges_from_spaps_declarations():
+    from spap_core.parameters import BY_KEY
+
+    for key, declared_range in (("tau", TAU_RANGE), ("t", BALANCE_RANGE), ("alpha", MOMENTUM_RANGE),
+                                ("K", ITERATIONS_RANGE)):
+        assert declared_range == (BY_KEY[key].low, BY_KEY[key].high), key
+    assert all(BY_KEY["rho0"].low <= rho0 <= BY_KEY["rho0"].high for rho0 in RHO0_CHOICES)

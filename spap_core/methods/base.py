@@ -12,6 +12,7 @@ from typing import Any, Callable, ClassVar
 
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings
+from spap_core.schema import Parameter
 
 
 @dataclass
@@ -39,12 +40,16 @@ class Recovery:
 
 
 class PruningMethod(ABC):
-    """One pruning method. Subclasses set `name`, `settings_type` and `description`, override the
-    capabilities that differ from the defaults below, and implement `decide`."""
+    """One pruning method. Subclasses set `name`, `description`, and (with hyperparameters)
+    `settings_type` and `parameters`, override the capabilities that differ from the defaults
+    below, and implement `decide`."""
 
     name: ClassVar[str]
     description: ClassVar[str]  # one line for help texts
     settings_type: ClassVar[type] = NoSettings
+    # Its hyperparameters, each with a path into `settings_type`: the CLI's flags, the app's
+    # widgets and the share-link keys are generated from them (spap_core.parameters collects them).
+    parameters: ClassVar[tuple[Parameter, ...]] = ()
 
     def default_settings(self) -> Any:
         return self.settings_type()

@@ -24,6 +24,7 @@ from spap_core.methods.problem import (
     refit,
     scatter_columns,
 )
+from spap_core.schema import Parameter
 
 
 def magnitude_scores(problem: LayerProblem) -> torch.Tensor:
@@ -119,6 +120,11 @@ class Flap(PruningMethod):
     name = "flap"
     description = "Var(Zᵢ)·‖W_down[:,i]‖² with a bias restoring the pruned channels' mean"
     settings_type = FlapSettings
+    parameters = (
+        Parameter("flap_bias", "FLAP bias", "Bias compensation",
+                  "The output-projection bias that restores the pruned channels' mean output (FLAP's compensation).",
+                  bool, "flap", ("--flap-bias",), path="bias"),
+    )
 
     def adds_down_bias(self, settings: FlapSettings) -> bool:
         return settings.bias

@@ -22,6 +22,7 @@ from torch.nn.functional import pad
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.base import PruningMethod
 from spap_core.methods.problem import LayerDecision, LayerProblem, keep_from_pruned, objective
+from spap_core.schema import Parameter
 
 # The bias column's damping, as in RidgeSystem: numerically free, so the bias absorbs the mean of
 # what is removed and the final weights equal the ridge refit of the kept columns exactly.
@@ -152,6 +153,19 @@ class StructuredObs(PruningMethod):
     name = "obs"
     description = "greedy structured optimal brain surgeon: remove the channel of least exact least-squares cost, update the rest"
     settings_type = ObsSettings
+    parameters = (
+        Parameter("obs_block", "OBS block", "Channels per cost evaluation",
+                  "1 = the pure greedy (every cost recomputed after each removal); a larger block removes that many "
+                  "from one set of costs (each with its exact update): fewer passes, a slightly coarser choice.",
+                  int, "obs", ("--obs-block",), path="block", low=1, high=512, step=1),
+        Parameter("obs_damping", "γ", "γ: damping",
+                  "γ·h̄ added to every channel's diagonal so H stays invertible; the final weights are the ridge refit "
+                  "of the kept columns with it (least squares as γ → 0).",
+                  float, "obs", ("--obs-damping",), path="damping", low=1e-6, high=10.0, step=0.001, log_scale=True),
+        Parameter("obs_bias", "OBS bias", "Free output bias",
+                  "A free output-projection bias absorbs the mean of what is removed.",
+                  bool, "obs", ("--obs-bias",), path="bias"),
+    )
 
     def adds_down_bias(self, settings: ObsSettings) -> bool:
         return settings.bias

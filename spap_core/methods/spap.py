@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
-from spap_core.methods.altmin import AltMinSettings
+from spap_core.methods.altmin import STEP_PRECISIONS, AltMinSettings
 from spap_core.methods.base import MethodStep, PruningMethod, Recovery
 from spap_core.methods.problem import (
+    PRECISIONS,
+    PRIORS,
     LayerDecision,
     LayerProblem,
     RefitSettings,
@@ -27,6 +29,7 @@ from spap_core.methods.problem import (
     keep_from_pruned,
     refit,
 )
+from spap_core.schema import Parameter
 
 SCORES = ("marginal", "centred", "partial")
 STARTS = ("zero", "centre")
@@ -182,6 +185,64 @@ class Spap(PruningMethod):
     name = "spap"
     description = "penalty path over a relaxed mask, ridge refit towards the dense weights with a bias, alternating minimization"
     settings_type = SpapSettings
+    parameters = (
+        Parameter("K", "K", "K: ρ iterations",
+                  "How many times s steps and ρ grows; with the ramp, the blocks channels are marked in.",
+                  int, "penalty", ("--iterations", "-K"), path="penalty.iterations", low=1, high=60, step=1,
+                  slider=True, sweep=(1, 40), lead=True),
+        Parameter("tau", "τ", "τ: penalty growth",
+                  "ρ ← τ·ρ after every iteration: how hard the marked columns of W are pushed to zero.",
+                  float, "penalty", ("--tau",), path="penalty.tau", low=1.05, high=8.0, step=0.05, slider=True,
+                  sweep=(1.05, 8.0), lead=True),
+        Parameter("alpha", "α", "α: mask momentum", "Step of s towards the marked channels; 1 jumps straight to the marks.",
+                  float, "penalty", ("--alpha",), path="penalty.momentum", low=0.05, high=1.0, step=0.05,
+                  slider=True, sweep=(0.05, 1.0), lead=True),
+        Parameter("rho0", "ρ⁽⁰⁾", "ρ⁽⁰⁾: initial penalty",
+                  "First weight of the penalty Σ sᵢ‖W[:,i]‖², relative to mean diag H.",
+                  float, "penalty", ("--rho0",), path="penalty.rho0", low=1e-6, high=1e3, step=0.005,
+                  log_scale=True, sweep=(1e-4, 10.0)),
+        Parameter("start", "start", "Start s⁽⁰⁾", "zero = nothing marked (the paper); centre = λ/n everywhere.",
+                  str, "penalty", ("--start",), path="penalty.start", choices=STARTS),
+        Parameter("t", "t", "t: score balance", "Score ‖W[:,i]‖·mᵢᵗ: how much the activation magnitude mᵢ counts.",
+                  float, "selection", ("--balance", "-t"), path="penalty.balance", low=0.0, high=3.0, step=0.1,
+                  slider=True, sweep=(0.0, 2.0)),
+        Parameter("score", "score", "Magnitude mᵢ in the score",
+                  "marginal = ‖Zᵢ‖; centred = ‖Zᵢ − mean‖ (what the bias cannot absorb); partial = what channel i adds "
+                  "beyond the others (1/√[A⁻¹]ᵢᵢ).",
+                  str, "selection", ("--score",), path="penalty.score", choices=SCORES),
+        Parameter("schedule", "schedule", "Marking schedule",
+                  "fixed = mark λ channels every step; ramp = ⌈λk/K⌉ at step k, removed in blocks.",
+                  str, "selection", ("--schedule",), path="penalty.schedule", choices=SCHEDULES),
+        Parameter("delta", "δ", "δ: ridge", "δ·h̄ added to every solve, for stability (relative to mean diag H).",
+                  float, "refit", ("--delta",), path="refit.ridge", low=0.0, high=100.0, step=0.005,
+                  log_scale=True, sweep=(1e-3, 1.0)),
+        Parameter("prior", "prior", "Refit prior", "The ridge pulls refitted weights towards the dense ones or towards zero.",
+                  str, "refit", ("--prior",), path="refit.prior", choices=PRIORS),
+        Parameter("bias", "bias", "Bias compensation", "An output-projection bias (down_proj, fc2) absorbs the mean output of the pruned channels.",
+                  bool, "refit", ("--bias",), path="refit.bias"),
+        Parameter("precision", "precision", "Solver precision",
+                  "float32 solves faster; float64 is safer on ill-conditioned layers.",
+                  str, "refit", ("--precision",), path="refit.precision", choices=PRECISIONS),
+        Parameter("beta", "β", "β: target correction",
+                  "Each layer also repairs β of the error earlier pruned layers left in the stream.",
+                  float, "refit", ("--target-correction", "--beta"), path="target_correction", low=0.0, high=1.0,
+                  step=0.05, slider=True, sweep=(0.0, 1.0)),
+        Parameter("am_rounds", "AM rounds", "Rounds", "0 = off. Each round: Adam on the input projections (gate/up, fc1), then an exact refit of the output projection.",
+                  int, "altmin", ("--altmin-rounds",), path="altmin.rounds", low=0, high=10, step=1, slider=True,
+                  sweep=(0, 4), own_update=True),
+        Parameter("am_steps", "AM steps", "Adam steps per round", "Gradient steps on the input projections (gate_proj and up_proj, or fc1) in every round.",
+                  int, "altmin", ("--altmin-steps",), path="altmin.steps", low=1, high=200, step=1, slider=True, own_update=True),
+        Parameter("am_lr", "AM lr", "Step size (lr)", "Adam learning rate for gate/up.",
+                  float, "altmin", ("--altmin-lr",), path="altmin.lr", low=1e-7, high=1.0, step=1e-5,
+                  log_scale=True, own_update=True),
+        Parameter("am_batch", "AM batch", "Tokens per Adam step", "Calibration tokens sampled for each gradient step.",
+                  int, "altmin", ("--altmin-batch",), path="altmin.batch_tokens", low=16, high=65536, step=1, own_update=True),
+        Parameter("am_precision", "AM products", "Precision of the Adam steps",
+                  "float32 = the same result on every machine. auto = bfloat16 products where the hardware multiplies "
+                  "them natively (CUDA, AVX512-BF16 or AMX CPUs): faster, but the result then depends on the machine. "
+                  "The weights, Adam's state and the output-projection refit stay float32 either way.",
+                  str, "altmin", ("--altmin-precision",), path="altmin.precision", choices=STEP_PRECISIONS, own_update=True),
+    )
 
     def trace_length(self, settings: SpapSettings) -> int:
         return settings.penalty.iterations
