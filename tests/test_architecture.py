@@ -215,3 +215,33 @@ def test_a_cut_or_narrower_quality_run_keeps_the_earlier_rows_it_did_not_reach(m
     kept = [{"method": "flap", "sparsity": 0.1}, {"method": "fasp", "sparsity": 0.5}]
     rows = [{"method": "flap", "sparsity": 0.1, "new": True}]
     assert unreached(kept, rows) == [{"method": "fasp", "sparsity": 0.5}]
+
+
+PROJECTION_NAMES = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "c_fc", "c_proj",
+                    "dense_h_to_4h", "dense_4h_to_h", "mlp", "act_fn", "activation_fn"}
+
+
+def test_nothing_outside_the_adapters_names_a_projection():
+    """Family knowledge lives in spap_core/adapters: no other module of the library, the service or
+    the pages reaches a model's modules by name (attribute or string)."""
+    offenders = []
+    for folder in ("spap_core", "spap_service", "pages"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            if "adapters" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                named = (node.attr if isinstance(node, ast.Attribute) else
+                         node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None)
+                if named in PROJECTION_NAMES:
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {named}")
+    assert not offenders, offenders
+
+
+def test_the_walk_is_a_few_short_generic_steps():
+    """prune.py reads as one story: no function over 60 lines, and the trace it keeps is the
+    method's step record, not SPAP's."""
+    tree = ast.parse((REPO / "spap_core" / "prune.py").read_text())
+    lengths = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree)
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    assert max(lengths.values()) <= 60, lengths
+    assert "SpapStep" not in (REPO / "spap_core" / "prune.py").read_text()

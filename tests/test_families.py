@@ -1,11 +1,15 @@
 """Every family the README names, with every method at its default settings (SPAP's alternating
-minimization included): prune, save, reload with plain transformers, and get the logits of the
-in-memory pruned model. Where a family cannot store a down_proj bias, the method's no-bias variant
-is chosen before any work and named; a family the adapter cannot handle is refused by name."""
+minimization included): prune, save, reload with plain transformers, and get the parameter count
+and the logits of the in-memory pruned model. Where a family cannot store an output-projection
+bias, the method's no-bias variant is chosen before any work and named; where it has a native one
+(OPT's fc2, GPT-2's c_proj, GPT-NeoX's dense_4h_to_h, Phi's fc2) the method's compensation goes
+into it. Per-layer widths, disk offload and the CLI on the families added after Llama; a family
+the adapter cannot handle is refused by name."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,33 +17,59 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from conftest import tiny_tokenizer
+from spap_core.adapters import model_adapter, text_config
 from spap_core.errors import SpapInputError
 from spap_core.experiment import run_experiment
-from spap_core.adapters import model_adapter
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.models import LoadedModel
-from spap_core.shrink import save_pruned
+from spap_core.models import LoadedModel, Placement, load_model
+from spap_core.prune import prune_model
+from spap_core.shrink import LAYER_WIDTHS_KEY, save_pruned
 
-CALIBRATION = torch.randint(3, 203, (4, 32), generator=torch.Generator().manual_seed(0))
-EVALUATION = torch.randint(3, 203, (2, 32), generator=torch.Generator().manual_seed(1))
-SHAPE = dict(vocab_size=203, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+VOCAB = 203  # the word-level tiny tokenizer: [UNK], [BOS], [EOS] and 200 words
+CALIBRATION = torch.randint(3, VOCAB, (4, 32), generator=torch.Generator().manual_seed(0))
+EVALUATION = torch.randint(3, VOCAB, (2, 32), generator=torch.Generator().manual_seed(1))
+SHAPE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64)
-FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text")
+WIDTH = 64
+TOKEN_IDS = dict(bos_token_id=1, eos_token_id=2)  # the tiny tokenizer's [BOS] and [EOS]
+_NEOX = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=WIDTH, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=64, **TOKEN_IDS)
+# id → (config class, model class, config arguments); the ids are transformers model types, except
+# the GPT-NeoX variant with a sequential residual (Pythia's default is the parallel one)
+_BUILDS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {**SHAPE}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {**SHAPE}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {**SHAPE, "head_dim": 8}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {**SHAPE, "sliding_window": 16}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {**SHAPE, "head_dim": 8, "sliding_window": 16}),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", {**SHAPE, "head_dim": 8, "sliding_window": 16}),
+    "opt": ("OPTConfig", "OPTForCausalLM", dict(vocab_size=VOCAB, hidden_size=32, ffn_dim=WIDTH, num_hidden_layers=2,
+                                                num_attention_heads=4, word_embed_proj_dim=32,
+                                                max_position_embeddings=64, pad_token_id=0, **TOKEN_IDS)),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(vocab_size=VOCAB, n_embd=32, n_inner=WIDTH, n_layer=2, n_head=4,
+                                                   n_positions=64, **TOKEN_IDS)),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {**_NEOX, "use_parallel_residual": True}),
+    "gpt_neox_sequential": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {**_NEOX, "use_parallel_residual": False}),
+    "phi": ("PhiConfig", "PhiForCausalLM", {**SHAPE, **TOKEN_IDS}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {**SHAPE, "pad_token_id": 0, **TOKEN_IDS}),
+}
+FAMILIES = tuple(_BUILDS)
+NEW_FAMILIES = ("opt", "gpt2", "gpt_neox", "gpt_neox_sequential", "phi", "phi3")
+NATIVE_BIAS_FAMILIES = ("opt", "gpt2", "gpt_neox", "gpt_neox_sequential", "phi")  # an output bias of their own
+NO_BIAS_FAMILIES = ("qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3")  # whose class cannot hold one
+BIAS_METHODS = ("spap", "flap", "obs")  # the methods whose defaults add an output bias
+TOKENIZER = tiny_tokenizer()
 
 
 def family_model(model_type: str) -> nn.Module:
-    """A tiny random model of one family, built from its config (no download)."""
+    """A tiny random model of one family (2 layers, hidden 32, MLP width 64), built from its
+    config (no download)."""
     import transformers
 
-    classes = {"llama": ("LlamaConfig", "LlamaForCausalLM", {}),
-               "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
-               "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 8}),
-               "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 16}),
-               "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 8, "sliding_window": 16}),
-               "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 8, "sliding_window": 16})}
-    config_name, model_name, extra = classes[model_type]
+    config_name, model_name, arguments = _BUILDS[model_type]
     torch.manual_seed(0)
-    config = getattr(transformers, config_name)(**SHAPE, **extra)
+    config = getattr(transformers, config_name)(**arguments)
     return getattr(transformers, model_name)(config).eval()
 
 
@@ -49,26 +79,211 @@ def loaded_family(model_type: str, tokenizer) -> LoadedModel:
                        family=model_adapter(model))
 
 
+def saved_family(model_type: str, folder) -> str:
+    """The tiny model saved as a local model folder with the tiny tokenizer next to it."""
+    family_model(model_type).save_pretrained(folder, safe_serialization=True)
+    TOKENIZER.save_pretrained(folder)
+    return str(folder)
+
+
+def logits(model: nn.Module, ids: torch.Tensor = EVALUATION) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def output_biases(model: nn.Module) -> list[torch.Tensor | None]:
+    family = model_adapter(model)
+    return [family.mlp_weights(layer).output_bias for layer in family.decoder_layers(model)]
+
+
+def parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_the_family_table_matches_the_adapters():
+    """The expectations below are written down per family, not read from the adapter under test:
+    check once that each tiny model really is of its family, with its own width field."""
+    width_keys = {"opt": "ffn_dim", "gpt2": "n_inner"}
+    for model_type in FAMILIES:
+        loaded = loaded_family(model_type, TOKENIZER)
+        family, config = loaded.family, text_config(loaded.model)
+        assert config.model_type == model_type.removesuffix("_sequential")
+        assert family.width_key == width_keys.get(model_type, "intermediate_size")
+        assert getattr(config, family.width_key) == WIDTH
+        assert [family.width(layer) for layer in family.decoder_layers(loaded.model)] == [WIDTH, WIDTH]
+        assert family.stores_down_bias == (model_type not in NO_BIAS_FAMILIES), model_type
+        native = [bias is not None for bias in output_biases(loaded.model)]
+        assert native == [model_type in NATIVE_BIAS_FAMILIES] * 2, model_type
+    assert [name for name, method in METHODS.items() if PruneSettings(method=name).adds_down_bias] == list(BIAS_METHODS)
+    assert family_model("gpt_neox").config.use_parallel_residual
+    assert not family_model("gpt_neox_sequential").config.use_parallel_residual
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("model_type", FAMILIES)
-def test_default_settings_prune_save_and_reload_on_every_family(tiny, model_type, method, tmp_path):
-    loaded = loaded_family(model_type, tiny.tokenizer)
-    settings = PruneSettings(method=method, sparsity=0.25)
+def test_every_method_at_its_defaults_prunes_saves_and_reloads_on_every_family(model_type, method, tmp_path):
+    loaded = loaded_family(model_type, TOKENIZER)
+    dense_biases = output_biases(loaded.model)
+    settings = PruneSettings(method=method)  # the defaults: 30% of every layer, the method's own options
     experiment = run_experiment(loaded, CALIBRATION, EVALUATION, settings, batch_size=4)
-    pruned = experiment.result.model
-    assert pruned.config.intermediate_size == 48
-    if settings.implementation.adds_down_bias(settings.options) and not loaded.family.stores_down_bias:
-        assert not experiment.result.settings.implementation.adds_down_bias(experiment.result.settings.options)
-        assert any("cannot store a down_proj bias" in note for note in experiment.adjustments)
+    pruned, family = experiment.result.model, loaded.family
+    kept = WIDTH - round(settings.sparsity * WIDTH)
+    assert [family.width(layer) for layer in family.decoder_layers(pruned)] == [kept, kept]
+    assert getattr(text_config(pruned), family.width_key) == kept
+    if method in BIAS_METHODS and model_type in NO_BIAS_FAMILIES:
+        assert experiment.result.settings == settings.without_down_bias()
+        assert not experiment.result.settings.adds_down_bias
+        assert len(experiment.adjustments) == 1
+        assert f"model type '{model_type}' cannot store a down_proj bias" in experiment.adjustments[0]
     else:
-        assert experiment.result.settings == settings and not experiment.adjustments
-    save_pruned(pruned, tiny.tokenizer, tmp_path)
+        assert experiment.result.settings == settings and experiment.adjustments == []
+
+    save_pruned(pruned, TOKENIZER, tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is type(pruned)
+    assert parameters(reloaded) == experiment.result.params_after < experiment.result.params_before
+    reloaded_logits = logits(reloaded)
+    torch.testing.assert_close(reloaded_logits, logits(pruned), rtol=1e-5, atol=1e-6)
+    nll = torch.nn.functional.cross_entropy(reloaded_logits[:, :-1].reshape(-1, VOCAB).float(),
+                                            EVALUATION[:, 1:].reshape(-1))
+    assert experiment.pruned.perplexity == pytest.approx(math.exp(float(nll)), rel=1e-5)  # saved = evaluated
+
+    saved_biases = output_biases(reloaded)
+    if model_type in NATIVE_BIAS_FAMILIES:  # the compensation went into the native bias
+        for dense, saved in zip(dense_biases, saved_biases):
+            assert saved is not None
+            assert torch.equal(saved, dense) != (method in BIAS_METHODS), "bias compensation missing or spurious"
+    else:
+        has_bias = method in BIAS_METHODS and model_type not in NO_BIAS_FAMILIES  # Llama through mlp_bias
+        assert [bias is not None for bias in saved_biases] == [has_bias, has_bias]
+
+
+@pytest.mark.parametrize("method", [name for name in METHODS if name not in BIAS_METHODS])
+@pytest.mark.parametrize("model_type", NATIVE_BIAS_FAMILIES)
+def test_a_native_output_bias_is_kept_as_it_is_by_methods_that_add_none(model_type, method, tmp_path):
+    """Magnitude, Wanda-sp and FASP leave the output bias alone: pruning channels must not drop or
+    change the family's own bias."""
+    loaded = loaded_family(model_type, TOKENIZER)
+    result = prune_model(loaded, CALIBRATION, PruneSettings(method=method), batch_size=4)
+    save_pruned(result.model, TOKENIZER, tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    for dense, saved in zip(output_biases(loaded.model), output_biases(reloaded)):
+        assert torch.equal(saved, dense)
+
+
+def _with_loud_channels(loaded: LoadedModel) -> LoadedModel:
+    """Three channels of layer 0 at 50× their output scale, so a global allocation gives the two
+    layers different widths."""
+    family = loaded.family
+    layer = family.decoder_layers(loaded.model)[0]
+    weights = family.mlp_weights(layer)
+    output = weights.output.detach().clone()
+    output[:, :3] *= 50
     with torch.no_grad():
-        logits = reloaded(EVALUATION).logits
-        torch.testing.assert_close(logits, pruned(EVALUATION).logits, rtol=1e-4, atol=1e-4)
-    reloaded_nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 203).float(), EVALUATION[:, 1:].reshape(-1))
-    assert experiment.pruned.perplexity == pytest.approx(float(torch.exp(reloaded_nll)), rel=1e-3)  # saved = evaluated
+        family.set_mlp_weights(layer, type(weights)(inputs=weights.inputs, input_biases=weights.input_biases,
+                                                    output=output, output_bias=weights.output_bias))
+    return loaded
+
+
+@pytest.mark.parametrize("allocation", ["global", "fisher"])
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_per_layer_widths_save_padded_reload_in_plain_transformers_and_unpadded_in_load_model(
+        model_type, allocation, tmp_path):
+    loaded = _with_loud_channels(loaded_family(model_type, TOKENIZER))
+    experiment = run_experiment(loaded, CALIBRATION, EVALUATION,
+                                PruneSettings(method="flap", sparsity=0.4, allocation=allocation), batch_size=4)
+    result, family = experiment.result, loaded.family
+    widths = [len(layer.keep) for layer in result.layers]
+    assert len(set(widths)) > 1, "the layers should get different widths"
+    assert sum(widths) == 2 * (WIDTH - round(0.4 * WIDTH))  # the uniform budget, spread
+    assert [family.width(layer) for layer in family.decoder_layers(result.model)] == widths
+
+    save_pruned(result.model, TOKENIZER, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config[family.width_key] == max(widths) and config[LAYER_WIDTHS_KEY] == widths
+    expected = logits(result.model)
+    vanilla = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(logits(vanilla), expected, rtol=1e-5, atol=1e-6)
+    reloaded = load_model(str(tmp_path), device="cpu")
+    assert [family.width(layer) for layer in family.decoder_layers(reloaded.model)] == widths
+    assert parameters(reloaded.model) == result.params_after
+    torch.testing.assert_close(logits(reloaded.model), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["spap", "flap"])
+@pytest.mark.parametrize("model_type", NEW_FAMILIES)
+def test_a_disk_offloaded_model_prunes_exactly_like_the_model_in_memory(model_type, method, tmp_path, monkeypatch):
+    """--low-memory on the new families: every decoder layer on disk, pruned one at a time through
+    the offload hooks (SPAP's recovery and FLAP's bias included), saved and reloaded."""
+    monkeypatch.setenv("SPAP_CACHE_DIR", str(tmp_path / "cache"))  # the offload folders
+    folder = saved_family(model_type, tmp_path / "dense")
+    settings = PruneSettings(method=method, sparsity=0.4)
+    in_memory = run_experiment(load_model(folder, device="cpu"), CALIBRATION, EVALUATION, settings, inplace=True)
+    offloaded_model = load_model(folder, device="cpu", placement=Placement("disk"))
+    assert offloaded_model.offload_folder is not None
+    offloaded = run_experiment(offloaded_model, CALIBRATION, EVALUATION, settings, inplace=True)
+
+    assert offloaded.adjustments == in_memory.adjustments
+    assert offloaded.dense.perplexity == pytest.approx(in_memory.dense.perplexity, rel=1e-6)
+    assert offloaded.pruned.perplexity == pytest.approx(in_memory.pruned.perplexity, rel=1e-6)
+    assert offloaded.result.params_after == in_memory.result.params_after < in_memory.result.params_before
+    family = offloaded_model.family
+    layers = family.decoder_layers(offloaded_model.model)
+    assert all(family.output_projection(layer).weight.device.type == "meta" for layer in layers)  # back on disk
+    save_pruned(offloaded_model.model, offloaded_model.tokenizer, tmp_path / "pruned")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    assert parameters(reloaded) == in_memory.result.params_after
+    torch.testing.assert_close(logits(reloaded), logits(in_memory.result.model), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", NEW_FAMILIES)
+def test_an_offloaded_model_takes_the_global_allocation_but_refuses_fisher_and_a_padded_save(
+        model_type, tmp_path, monkeypatch):
+    """Per-layer widths with --low-memory: the global allocation prunes as in memory, the Fisher
+    one (a backward pass through the whole model) and the padded save are refused in one line."""
+    monkeypatch.setenv("SPAP_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "dense"
+    saved = _with_loud_channels(loaded_family(model_type, TOKENIZER))
+    saved.model.save_pretrained(folder, safe_serialization=True)
+    TOKENIZER.save_pretrained(folder)
+    settings = PruneSettings(method="flap", sparsity=0.4, allocation="global")
+    in_memory = run_experiment(load_model(str(folder), device="cpu"), CALIBRATION, EVALUATION, settings, inplace=True)
+    offloaded_model = load_model(str(folder), device="cpu", placement=Placement("disk"))
+    with pytest.raises(SpapInputError, match="offloaded.*'global'"):
+        run_experiment(offloaded_model, CALIBRATION, EVALUATION, PruneSettings(allocation="fisher"), inplace=True)
+    offloaded = run_experiment(offloaded_model, CALIBRATION, EVALUATION, settings, inplace=True)
+    widths = [len(layer.keep) for layer in offloaded.result.layers]
+    assert len(set(widths)) > 1 and widths == [len(layer.keep) for layer in in_memory.result.layers]
+    assert offloaded.pruned.perplexity == pytest.approx(in_memory.pruned.perplexity, rel=1e-6)
+    with pytest.raises(SpapInputError, match="per-layer MLP widths is saved padded from memory"):
+        save_pruned(offloaded_model.model, TOKENIZER, tmp_path / "pruned")
+
+
+@pytest.mark.parametrize("flags", [[], ["--allocation", "global"], ["--low-memory"]], ids=["uniform", "global",
+                                                                                            "low-memory"])
+@pytest.mark.parametrize("model_type", ["gpt2", "opt"])
+def test_the_cli_prunes_a_model_folder_of_a_new_family_and_saves_what_it_reports(model_type, flags, text_files,
+                                                                                 tmp_path, capsys, monkeypatch):
+    from spap_core.cli import main
+
+    monkeypatch.setenv("SPAP_CACHE_DIR", str(tmp_path / "cache"))
+    folder = saved_family(model_type, tmp_path / "dense")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", folder, "--device", "cpu", "--calib-file", str(text_files["calib"]),
+                 "--nsamples", "4", "--seqlen", "32", "--eval-file", str(text_files["eval"]), "--eval-len", "32",
+                 "--eval-windows", "2", *flags, "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "note:" not in captured.err  # nothing to adjust: bias is native
+    record = json.loads(captured.out.strip().splitlines()[-1])
+    assert record["settings"]["options"]["refit"]["bias"] is True and record["adjustments"] == []
+    assert record["params_after"] < record["params_before"]
+    reloaded = load_model(str(out), device="cpu")  # unpadded: the per-layer widths come back
+    assert reloaded.family.model_type == model_type
+    assert [reloaded.family.width(layer) for layer in reloaded.family.decoder_layers(reloaded.model)] \
+        == record["layer_widths"]
+    assert parameters(reloaded.model) == record["params_after"]
+    if "--allocation" not in flags:  # uniform: plain transformers reads the same model
+        assert parameters(AutoModelForCausalLM.from_pretrained(out)) == record["params_after"]
 
 
 def test_the_cli_runs_the_no_bias_variant_on_a_family_without_one_and_says_so(tiny, text_files, tmp_path, capsys,
@@ -172,7 +387,6 @@ def _llama_with_one_channel():
     (_llama_with_one_channel, "layer 0's MLP has 1 intermediate channel; structured pruning needs at least 2"),
 ])
 def test_a_model_that_cannot_be_pruned_says_why_in_one_line(tmp_path, capsys, build, message):
-    from conftest import tiny_tokenizer
     from spap_core.cli import main
 
     build().save_pretrained(tmp_path)
