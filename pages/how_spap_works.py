@@ -144,7 +144,8 @@ st.title("How SPAP works")
 problem_column, path_column = st.columns(2, gap="large")
 problem_column.markdown(
     r"""
-Pruning channel $i$ of a GLU MLP removes row $i$ of gate/up and column $i$ of $W_{\text{down}}$. Per layer,
+Pruning channel $i$ of an MLP removes row $i$ of its input projections (gate and up of a GLU, fc1 of a plain
+MLP) and column $i$ of its output projection $W$ (down_proj, fc2). Per layer,
 with activations $Z$ and dense output $Y$, SPAP solves
 
 $$\min_{W,s}\ \tfrac12\lVert WZ-Y\rVert_F^2\quad\text{s.t.}\quad W\,\mathrm{diag}(s)=0,\ \ \mathbf 1^\top s=\lambda,\ \ s\in\{0,1\}^n$$

@@ -1,5 +1,5 @@
 """Mask evolution: how SPAP's relaxed mask s moves across the ρ iterations, what the growing ρ
-does to the down_proj columns, and the binary mask read out at the end — for one layer and for
+does to the output projection's columns, and the binary mask read out at the end — for one layer and for
 all layers. Every sentence on the page is computed from the run it describes."""
 
 import numpy as np
@@ -89,7 +89,7 @@ else:
     norm_column, mask_column, readout_column = st.columns([2, 2, 1.3])
     figure = px.line(paths, x="rho", y="relative_norm", color="group", markers=True, log_x=True,
                      labels={"rho": "ρ (× mean diag H)", "relative_norm": "median ‖W[:,i]‖ ÷ ‖W₀[:,i]‖", "group": ""},
-                     title=f"Layer {layer}: down_proj column norms as ρ grows")
+                     title=f"Layer {layer}: column norms of W (the output projection) as ρ grows")
     figure.add_hline(y=1, line_dash="dot", line_color="gray")
     figure.update_xaxes(**DECADES)
     figure.update_layout(height=460, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.3))

@@ -166,7 +166,7 @@ def test_mask_evolution_page_plots_the_soft_mask_per_iteration(ran_app):
     assert len(animated["frames"]) == RUN_ITERATIONS + 1
     labels = [step["label"] for step in animated["layout"]["sliders"][0]["steps"]]
     assert labels[:2] == ["1", "2"] and labels[-1] == "read-out"
-    norms = titled(at, "Layer 0: down_proj column norms as ρ grows")
+    norms = titled(at, "Layer 0: column norms of W (the output projection) as ρ grows")
     assert norms["layout"]["xaxis"]["type"] == "log"
     rhos = [step.rho for step in outcome.result.trace if step.layer == 0]
     assert all(np.allclose(array(trace["x"]), rhos) for trace in norms["data"] if trace.get("mode") != "lines")

@@ -377,3 +377,41 @@ def test_first_visitors_of_a_cold_server_all_get_the_full_app(files, browser):
         finally:
             for context in contexts:
                 context.close()
+
+
+def test_a_gpt2_model_runs_the_default_spap_run_and_every_page_renders(files, browser):
+    """A family of the adapters beyond Llama's, end to end in the browser: a tiny GPT-2 folder (plain
+    MLP, Conv1D projections, a native c_proj bias) is the app's model; the default SPAP run finishes
+    and every page draws without an error."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = files["folder"] / "tiny-gpt2"
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_inner=128, vocab_size=203, n_positions=256,
+                        bos_token_id=1, eos_token_id=2)
+    GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(folder)
+    with serving({**files, "model": folder}) as base:
+        context = browser.new_context(viewport=VIEWPORT)
+        try:
+            page = context.new_page()
+            page.set_default_timeout(120_000)
+            page.goto(f"{base}/model_data")
+            page.locator("h1", has_text=NAV_TITLES["model_data"]).wait_for()
+            settle(page)
+            assert_no_errors(page)
+            page.get_by_text("plain: act(c_fc·x) → c_proj").first.wait_for()
+            go_to(page, "run_spap")
+            page.get_by_role("button", name="Run SPAP").click()
+            page.get_by_text("Latest result").wait_for(timeout=JOB_GUARD_MS)
+            settle(page)
+            assert_no_errors(page)
+            screenshot(page, "gpt2_run_spap")
+            for key in NAV_TITLES:
+                if key != "start_here":  # its heading is the app's name, opened below
+                    go_to(page, key)
+            page.locator('[data-testid="stSidebarNavLink"]', has_text=NAV_TITLES["start_here"]).click()
+            page.locator("h1", has_text="SPAP Explorer").wait_for()
+            settle(page)
+            assert_no_errors(page)
+        finally:
+            context.close()
