@@ -12,7 +12,6 @@ from pages._routing import ensure_routed
 from pages._shared import layer_picker, require_outcome
 from spap_service.analysis import (
     changed_mind_counts,
-    course,
     display_channels,
     final_norms,
     marked_share_of_final,
@@ -21,6 +20,7 @@ from spap_service.analysis import (
     readout_masks,
     soft_masks,
     trace_table,
+    violation_sentence,
 )
 
 ensure_routed()
@@ -78,8 +78,7 @@ with path_column:
     st.plotly_chart(figure, width="stretch")
 st.caption(f"Distance of s from its read-out: Σ|s − b(s)| ÷ λ, with b(s) the λ largest s set to 1 (0 = s is "
            f"binary); in this layer it goes from {layer_trace['readout_gap'].iloc[0]:.2f} to "
-           f"{layer_trace['readout_gap'].iloc[-1]:.2f}. The violation {course(layer_trace['violation'].to_numpy())}: "
-           "it weighs each ‖W[:,i]‖² by sᵢ, and s keeps growing on the marked channels while ρ shrinks their columns.")
+           f"{layer_trace['readout_gap'].iloc[-1]:.2f}. {violation_sentence(layer_trace['violation'].to_numpy())}")
 
 st.subheader("What ρ does: it acts on W, not on s")
 paths = norm_paths(result, layer)

@@ -250,6 +250,23 @@ def trend(values: np.ndarray, rel_tol: float = 1e-9) -> str:
     return "rises" if last > first else "falls"
 
 
+def course(values: np.ndarray, rel_tol: float = 1e-9) -> str:
+    """How a series went, in words, every number the value at the step it names: 'rises from a to
+    b', 'falls from a to b', 'stays at a', or 'rises from a to p (iteration k), then falls to b'
+    when it peaks in between."""
+    first, last, peak = float(values[0]), float(values[-1]), int(np.argmax(values))
+    if 0 < peak < len(values) - 1 and float(values[peak]) > max(first, last):
+        return (f"rises from {first:.3g} to {float(values[peak]):.3g} (iteration {peak + 1}), "
+                f"then falls to {last:.3g}")
+    direction = trend(values, rel_tol)
+    return f"stays at {last:.3g}" if direction == "stays" else f"{direction} from {first:.3g} to {last:.3g}"
+
+
+def peaks(values: np.ndarray) -> bool:
+    peak = int(np.argmax(values))
+    return 0 < peak < len(values) - 1 and float(values[peak]) > max(float(values[0]), float(values[-1]))
+
+
 def changed_mind(outcome: ToyOutcome) -> dict[int, tuple[int, int]]:
     """Channels the path marked, then did not mark at a later iteration, and the read-out keeps:
     channel → (iteration first marked, first later iteration it was not marked)."""
@@ -321,8 +338,10 @@ def algorithm_text(settings: ToySettings) -> str:
         f"**The path with these settings.** Start at {start_text}. Each of the $K={penalty.iterations}$ iterations: "
         f"(1) {schedule}; the score is $\\lVert W_{{:,i}}\\rVert\\cdot {magnitude}^{{t}}$, $t={penalty.balance:g}$. "
         f"(2) $s\\leftarrow(1-\\alpha)s+\\alpha\\,\\mathbf 1_{{\\text{{marked}}}}$ with $\\alpha={alpha:g}$, {values}. "
-        r"(3) $W$ is solved in closed form with the penalty $\tfrac{\rho}{2}\bar h\sum_i s_i\lVert W_{:,i}\rVert^2$: "
-        "it pulls the marked columns towards 0 while the others compensate. "
+        r"(3) $W$ is solved in closed form with the penalty $\tfrac{\rho}{2}\bar h\sum_i s_i\lVert W_{:,i}\rVert^2$, "
+        r"where $\bar h$ is the mean of $\mathrm{diag}\,H$ ($H = ZZ^\top$, so $\bar h$ is the average "
+        r"$\lVert Z_i\rVert^2$): it makes $\rho$ a pure number, the same in every layer. The penalty "
+        "pulls the marked columns towards 0 while the others compensate. "
         f"(4) $\\rho\\leftarrow\\tau\\rho$, from $\\rho^{{(0)}}={penalty.rho0:g}$ with $\\tau={penalty.tau:g}$. "
         r"**$\rho$ acts on $W$, never on $s$.** At the end the binary mask is read out as the "
         f"$\\lambda={count}$ largest $s$, and the kept columns are refitted by least squares."
@@ -339,7 +358,8 @@ def mask_caption(outcome: ToyOutcome) -> str:
     else:
         ending = (f"it does not end binary: its last values are {shown}, and the binary mask is read out as the "
                   f"λ = {outcome.n_prune} largest s (the read-out panel below)")
-    sentences = [f"s starts at {outcome.start:.3g} for every channel; {ending}."]
+    sentences = [f"Before the first iteration s⁽⁰⁾ = {outcome.start:.3g} for every channel (not drawn: the chart's "
+                 f"first point is s after iteration 1, at ρ = ρ⁽⁰⁾); {ending}."]
     for channel, (first, dropped) in changed_mind(outcome).items():
         sentences.append(f"Channel {channel} was marked at iteration {first} but not at iteration {dropped}, and "
                          f"ends at s = {final[channel]:.3g}: the path changed its mind and keeps it.")
@@ -372,7 +392,8 @@ def norm_caption(outcome: ToyOutcome) -> str:
     else:
         effect = (f"the pruned channels' columns still have {shrink} of their dense norm: ρ stayed too small to "
                   "push them towards 0, so here it is the read-out and refit that remove them")
-    return (f"By the last ρ = {float(outcome.rhos[-1]):.3g} h̄, {effect}; the kept columns moved by up to "
+    return (f"By the last ρ = {float(outcome.rhos[-1]):.3g} h̄ (h̄ = mean of diag H, the average ‖Zᵢ‖²), {effect}; "
+            "the kept columns moved by up to "
             f"{float(np.max(np.abs(relative[kept] - 1))):.0%} to compensate.")
 
 
@@ -386,18 +407,17 @@ def objective_caption(outcome: ToyOutcome) -> str:
     if len(objectives) == 1:
         return (f"Objective ½‖WZ−Y‖² of the penalised W after the single iteration (K = 1): {objectives[0]:.4g}; "
                 f"{levels}. {violation}: {violations[0]:.3g}.")
-    direction = trend(violations)
-    peak = int(np.argmax(violations))
-    course = (f"first rises to {violations[peak]:.3g} (iteration {peak + 1}), then falls"
-              if direction == "falls" and 0 < peak < len(violations) - 1 else direction)
+    direction = "peaks" if peaks(violations) else trend(violations)
     why = {"rises": ": s grows on the marked channels faster than ρ shrinks their columns",
-           "falls": ": ρ shrinks the marked columns faster than s grows on them", "stays": ""}[direction]
+           "falls": ": ρ shrinks the marked columns faster than s grows on them",
+           "peaks": ": first s grows on the marked channels faster than ρ shrinks their columns, then ρ wins",
+           "stays": ""}[direction]
     # printed to 4 digits, a change below 0.1% would read "rises from 10.26 to 10.26"
     objective_trend = trend(objectives, rel_tol=1e-3)
     objective_course = (f"stays at about {objectives[-1]:.4g}" if objective_trend == "stays"
                         else f"{objective_trend} from {objectives[0]:.4g} to {objectives[-1]:.4g}")
-    return (f"Objective ½‖WZ−Y‖² of the penalised W: {objective_course}; {levels}. {violation}: it {course} "
-            f"({violations[0]:.3g} → {violations[-1]:.3g}){why}.")
+    return (f"Objective ½‖WZ−Y‖² of the penalised W: {objective_course}; {levels}. {violation}: it "
+            f"{course(violations)}{why}.")
 
 
 def verdict(outcome: ToyOutcome) -> str:

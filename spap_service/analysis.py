@@ -12,6 +12,7 @@ from spap_core.latency import Timing
 from spap_core.methods.reconstruction import Reconstruction
 from spap_core.prune import LayerRecord, PruneResult
 from spap_core.runs import column_norm_array, soft_mask_array, trace_rows
+from spap_core.toy import course, peaks, trend
 
 SPAP_PRUNED = "SPAP (actual pruned set)"
 
@@ -97,14 +98,18 @@ def mask_story(result: PruneResult, masks: np.ndarray) -> str:
             "channel gets which value, through the scores ‖W[:,i]‖·‖Zᵢ‖ᵗ of the penalised W.")
 
 
-def course(values: np.ndarray) -> str:
-    """How a series went, in words: 'rises (a → b)', 'falls (…)', or 'first rises to p (iteration k),
-    then falls (…)' when it peaks in between."""
-    first, last, peak = float(values[0]), float(values[-1]), int(np.argmax(values))
-    span = f"({first:.3g} → {last:.3g})"
-    if 0 < peak < len(values) - 1 and values[peak] > max(first, last):
-        return f"first rises to {float(values[peak]):.3g} (iteration {peak + 1}), then falls {span}"
-    return f"{'rises' if last > first else 'falls' if last < first else 'stays'} {span}"
+def violation_sentence(violations: np.ndarray) -> str:
+    """The violation's course over the ρ iterations of one layer, and why, from the data: with one
+    iteration there is no course to speak of."""
+    if len(violations) == 1:
+        return (f"The violation after the single ρ iteration (K = 1) is {float(violations[0]):.3g}: s took one step "
+                "towards the marked channels and ρ acted once.")
+    direction = "peaks" if peaks(violations) else trend(violations)
+    why = {"rises": "s grows on the marked channels faster than ρ shrinks their columns",
+           "falls": "ρ shrinks the marked channels' columns faster than s grows on them",
+           "peaks": "first s grows on the marked channels faster than ρ shrinks their columns, then ρ wins",
+           "stays": "s and ρ balance"}[direction]
+    return f"The violation {course(violations)}: it weighs each ‖W[:,i]‖² by sᵢ, and {why}."
 
 
 def first_marked(masks: np.ndarray) -> np.ndarray:

@@ -14,9 +14,9 @@ from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import PruneSettings, with_options
 from spap_core.prune import prune_model
 from spap_core.runs import readout_gap
+from spap_core.toy import course
 from spap_service.analysis import (
     changed_mind_counts,
-    course,
     final_norms,
     marked_share_of_final,
     mask_story,
@@ -25,6 +25,7 @@ from spap_service.analysis import (
     readout_masks,
     soft_masks,
     speedup_verdict,
+    violation_sentence,
 )
 
 NO_ALTMIN = AltMinSettings(rounds=0)
@@ -97,10 +98,32 @@ def test_readout_frames_and_channel_groups_match_the_run(tiny):
     assert (after[after["status"] == "kept"]["relative_norm"] > 0).all()
 
 
-def test_course_names_a_peak_in_between():
-    assert course(np.array([1.0, 5.0, 2.0])) == "first rises to 5 (iteration 2), then falls (1 → 2)"
-    assert course(np.array([3.0, 2.0, 1.0])) == "falls (3 → 1)"
-    assert course(np.array([1.0, 2.0, 3.0])) == "rises (1 → 3)"
+def test_course_names_a_peak_in_between_and_each_number_where_it_was():
+    """The fall is quoted from the peak, not from the first value (which the old caption did)."""
+    assert course(np.array([1.67, 2.97, 0.066])) == "rises from 1.67 to 2.97 (iteration 2), then falls to 0.066"
+    assert course(np.array([3.0, 2.0, 1.0])) == "falls from 3 to 1"
+    assert course(np.array([1.0, 2.0, 3.0])) == "rises from 1 to 3"
+    assert course(np.array([2.0, 2.0])) == "stays at 2"
+
+
+def test_the_violation_sentence_says_only_what_the_iterations_show():
+    single = violation_sentence(np.array([0.4]))
+    assert "single ρ iteration (K = 1)" in single and "keeps growing" not in single and "rises" not in single
+    assert "ρ shrinks the marked channels' columns faster" in violation_sentence(np.array([3.0, 1.0]))
+    assert "then ρ wins" in violation_sentence(np.array([1.0, 3.0, 0.5]))
+
+
+def test_mask_evolution_with_one_iteration_says_so(app_files):
+    from app_harness import click, finish_job, open_page, start_app
+
+    at = start_app()
+    open_page(at, "run_spap")
+    at.slider(key="K").set_value(1)
+    click(at, "Run SPAP")
+    finish_job(at, "run")
+    open_page(at, "mask_evolution")
+    captions = " ".join(c.value for c in at.caption)
+    assert "single ρ iteration (K = 1)" in captions and "keeps growing" not in captions
 
 
 def test_an_axis_spans_at_least_five_percent_of_its_mean():

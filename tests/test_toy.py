@@ -35,6 +35,7 @@ from spap_core.toy import (
     mask_caption,
     norm_caption,
     objective_caption,
+    peaks,
     readout_caption,
     run_toy,
 )
@@ -176,10 +177,17 @@ def test_captions_agree_with_the_data(settings):
     said = text.split("Violation")[1]
     if len(violations) == 1:
         assert "rises" not in said and "falls" not in said and "single iteration" in text
+    elif peaks(violations):  # each number quoted at the iteration that reached it
+        peak = int(np.argmax(violations))
+        assert (f"it rises from {violations[0]:.3g} to {violations[peak]:.3g} (iteration {peak + 1}), then falls to "
+                f"{violations[-1]:.3g}") in said
     elif violations[-1] > violations[0]:
-        assert "it rises" in said and "falls" not in said
+        assert f"it rises from {violations[0]:.3g} to {violations[-1]:.3g}" in said and "falls" not in said
     else:
-        assert "falls" in said and "it rises (" not in said
+        assert f"it falls from {violations[0]:.3g} to {violations[-1]:.3g}" in said and "rises" not in said
+    caption = mask_caption(outcome)
+    assert f"s⁽⁰⁾ = {outcome.start:.3g} for every channel (not drawn" in caption
+    assert "h̄ (h̄ = mean of diag H" in norm_caption(outcome)
     relative = outcome.column_norms[-1] / outcome.dense_column_norms
     shrunk = relative[list(outcome.spap_pruned)]
     assert ("most of the way to 0" in norm_caption(outcome)) == bool(shrunk.max() < 0.5)
@@ -194,7 +202,7 @@ def test_violation_rises_with_a_small_penalty_and_the_caption_says_so():
     """The case the old page got wrong: with ρ⁽⁰⁾ = 10⁻⁴ and τ = 1.05 the violation rises."""
     outcome = run_toy(ToySettings(rho0=1e-4, tau=1.05))
     assert outcome.steps[-1].violation > outcome.steps[0].violation
-    assert "it rises (" in objective_caption(outcome)
+    assert "it rises from " in objective_caption(outcome)
     assert "ρ stayed too small" in norm_caption(outcome)
 
 
@@ -313,3 +321,8 @@ def test_the_toy_sliders_take_their_ranges_from_spaps_declarations():
                                 ("K", ITERATIONS_RANGE)):
         assert declared_range == (BY_KEY[key].low, BY_KEY[key].high), key
     assert all(BY_KEY["rho0"].low <= rho0 <= BY_KEY["rho0"].high for rho0 in RHO0_CHOICES)
+
+
+def test_the_algorithm_text_defines_h_bar_where_the_page_uses_it():
+    text = algorithm_text(ToySettings())
+    assert r"\bar h" in text and r"mean of $\mathrm{diag}\,H$" in text
