@@ -196,6 +196,10 @@ def check_args(args: argparse.Namespace) -> None:
             checked_path(path, what)
     if args.command == "prune" and args.out is not None:
         _check_out(args)
+        if args.allocation != UNIFORM and (args.low_memory or args.device_map is not None):
+            raise SpapInputError(f"--allocation {args.allocation} gives the layers different widths, which are saved "
+                                 "padded from memory, and an offloaded model cannot be: drop --out, or prune with "
+                                 "--allocation uniform (or without --low-memory/--device-map).")
     if args.command == "prune":
         _check_zeroshot(args)
         placement(args)

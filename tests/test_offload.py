@@ -223,3 +223,14 @@ def test_a_device_map_file_that_is_no_map_is_one_line(four_layer_dir, tmp_path, 
     assert main(["prune", "--model", str(four_layer_dir), "--device-map", str(map_file)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_a_padded_save_an_offloaded_model_cannot_make_is_refused_before_any_work(four_layer_dir, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import spap_core.cli as cli
+
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    assert main(["prune", "--model", str(four_layer_dir), "--low-memory", "--allocation", "global",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an offloaded model cannot be" in err[0]
