@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,19 +18,21 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from pages._state import ModelChoice, TableRequest, collect_finished_jobs, session
+from pages._state import ModelChoice, TableRequest, collect_finished_jobs, remember_browser, session
 from spap_core.data import HUB_SPEC, default_text_spec
 from spap_core.errors import SourceUnavailableError, SpapInputError, UnreadableRunError
 from spap_core.experiment import plan_run
 from spap_core.hub import hub_unreachable_reason
 from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
 from spap_core.parameters import describe, parameter, settings_values
+from spap_service.analysis import run_label, with_subtitle
 from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.data import DataSpec, TextChoice, model_key
 from spap_service.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
 from spap_service.limits import server_limits
 from spap_service.presets import interactive_run_size, interactive_settings
 from spap_service.runs import RunOutcome, RunRequest, load_saved_run, saved_run_folder, saved_runs
+from spap_service.sessions import browser_sessions
 
 LOG = logging.getLogger("spap_explorer")
 
@@ -290,6 +293,27 @@ def request_table(kind: str, key: str, label: str, context: dict,
         submit_job(kind, label, lambda progress, cancel: (key, compute(progress, cancel)))
 
 
+def restore_form(kind: str) -> None:
+    """On a fresh visit of a sweep or scan page (Streamlit forgets a page's widgets when another
+    page is shown), put back the choices of the table the page will show, so the form beside the
+    chart says what made it."""
+    requested = session().table_requests.get(kind)
+    for key, value in ({} if requested is None else requested.context.get("form", {})).items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def form_state(keys: list[str]) -> dict:
+    """The current values of the widgets `keys` (what restore_form puts back with the table)."""
+    return {key: st.session_state[key] for key in keys if key in st.session_state}
+
+
+def shown_table_differs(kind: str, key: str) -> bool:
+    """Whether the table the page shows was made by other choices than the form's now."""
+    requested = session().table_requests.get(kind)
+    return requested is not None and requested.key != key
+
+
 def latest_table(kind: str) -> tuple[pd.DataFrame, dict] | None:
     """The table this session last asked for, with its context, once it is available."""
     collect_finished_jobs(_adopt_run)
@@ -316,6 +340,39 @@ def _adopt_run(outcome: RunOutcome) -> None:
     session().adopt_run(outcome, history_row(outcome))
 
 
+def _open_run(outcome: RunOutcome) -> None:
+    """A saved run opened (a results link, Load): the latest run, and the settings the Run form
+    shows next, so the form never claims other settings than the result beside it."""
+    _adopt_run(outcome)
+    session().pending_form = form_values(outcome.request)
+
+
+def form_values(request: RunRequest) -> dict:
+    """The Run form's values of a run: its settings, calibration size and seed, by key."""
+    return {**settings_values(request.settings), "nsamples": request.data.nsamples, "seqlen": request.data.seqlen,
+            "seed": request.seed}
+
+
+def reference_request() -> RunRequest:
+    """The run the app's defaults would make: what a result's label names differences from."""
+    size = interactive_run_size(target_device())
+    data = replace(data_spec(), nsamples=size.nsamples, seqlen=size.seqlen)
+    return RunRequest(settings=interactive_settings(target_device()), seed=0, data=data)
+
+
+def result_label(outcome: RunOutcome) -> str:
+    """'spap at 30% · K = 10, δ = 0.2': the run's method, sparsity and what differs from the defaults."""
+    return run_label(outcome.request, reference_request())
+
+
+def result_chart(figure: Any, label: str, container: Any = st) -> None:
+    """A chart of one run, its title naming the run underneath (the label of `result_label`)."""
+    title = figure.layout.title.text
+    figure.update_layout(title_text=with_subtitle(title, label) if title else label,
+                         margin_t=max(figure.layout.margin.t or 0, 80))
+    container.plotly_chart(figure, width="stretch")
+
+
 def open_shared_run() -> None:
     """A link with ?run=NAME opens that saved run's results (once per session and name). Only a
     name listed in the results folder is accepted; anything else is named and ignored."""
@@ -330,7 +387,7 @@ def open_shared_run() -> None:
                    "it was ignored.", icon=":material/link_off:")
         return
     try:
-        _adopt_run(load_saved_run(folder))
+        _open_run(load_saved_run(folder))
     except UnreadableRunError as exc:
         st.warning(f"The link's saved run cannot be opened: {exc}", icon=":material/link_off:")
 
@@ -342,13 +399,14 @@ def saved_runs_panel() -> None:
     everyone = shared and st.session_state.get("saved_runs_everyone", False)  # the toggle's own widget state
     saved = saved_runs(owner=None if everyone else session_id())
     runs = saved.table
-    whose = "every session" if everyone else "this browser session"
+    whose = "every session" if everyone else "this browser"
     with st.expander(f"Saved runs ({len(runs)} of {whose}): kept on the server as they finish"):
         if shared:
             st.toggle("Show the runs of every session", key="saved_runs_everyone")
         else:
-            st.caption("This server keeps each session's runs to itself (a page refresh starts a new session); a "
-                       "results link from Run SPAP still opens a run anywhere.")
+            st.caption("This server keeps each browser's runs to itself; a results link from Run SPAP still opens a "
+                       "run anywhere.")
+        st.caption(browser_sessions().describe())
         for fault in saved.unreadable:  # named by its folder and file only: the server's paths stay its own
             st.caption(f":warning: Skipped the saved run {Path(fault.file).parent.name}, which cannot be read: "
                        f"{Path(fault.file).name}: {fault.fault}")
@@ -365,7 +423,7 @@ def saved_runs_panel() -> None:
             try:
                 if folder is None:
                     raise UnreadableRunError(name, "no longer in the results folder.")
-                _adopt_run(load_saved_run(folder))
+                _open_run(load_saved_run(folder))
             except UnreadableRunError as exc:
                 st.error(f"This run cannot be opened: {exc}")
             else:
@@ -514,3 +572,4 @@ def render_sidebar() -> None:
         st.markdown("#### Jobs")
         refresh = QUEUE_REFRESH_S if shared_queue().active() else None
         st.fragment(_queue_summary, run_every=refresh)()
+        remember_browser()

@@ -1,11 +1,16 @@
 """This browser session's state, typed. Every key the pages keep between script runs is a property
 here, so no page spells a session-state key, and a finished job's result reaches the pages one way:
 `collect_finished_jobs` hands each result to its kind's place (the latest run, the latest latency
-comparison, the shared table cache) exactly once, whichever page is open when the job ends."""
+comparison, the shared table cache) exactly once, whichever page is open when the job ends.
+
+The values are kept on the server by the browser's id (a cookie, spap_service.sessions), so a reload
+of the page reattaches to them; st.session_state holds a copy for the current page load (where
+AppTest reads them). Without cookies (AppTest, a browser that refuses them) the id lives as long as
+the page load, as before."""
 
 from __future__ import annotations
 
-import uuid
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
 
@@ -16,6 +21,12 @@ from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.data import DataSpec
 from spap_service.jobs import Job, JobStatus
 from spap_service.runs import RunOutcome
+from spap_service.sessions import browser_sessions, is_session_id, new_session_id
+
+SESSION_COOKIE = "spap_session"
+ID_KEY = "browser_session_id"
+COOKIE_SET_KEY = "browser_session_cookie_set"
+COOKIE_DAYS = 30
 
 
 T = TypeVar("T")
@@ -38,26 +49,54 @@ class TableRequest:
     context: dict = field(default_factory=dict)
 
 
+def browser_session_id() -> str:
+    """This browser's id: the session cookie's when the browser sent one, else a new one that
+    `remember_browser` asks the browser to keep."""
+    cookie = st.context.cookies.get(SESSION_COOKIE)
+    if is_session_id(cookie):
+        st.session_state[ID_KEY] = cookie
+    elif not is_session_id(st.session_state.get(ID_KEY)):
+        st.session_state[ID_KEY] = new_session_id()
+    return st.session_state[ID_KEY]
+
+
+def remember_browser() -> None:
+    """Ask the browser, once per page load, to keep its id in a cookie (path /, SameSite=Lax), so
+    the next load of any page, a reload included, comes back to the same kept state."""
+    session_id = browser_session_id()
+    if st.context.cookies.get(SESSION_COOKIE) == session_id or st.session_state.get(COOKIE_SET_KEY):
+        return
+    st.session_state[COOKIE_SET_KEY] = True
+    cookie = f"{SESSION_COOKIE}={session_id}; path=/; max-age={COOKIE_DAYS * 86400}; SameSite=Lax"
+    st.html(f"<script>document.cookie = {json.dumps(cookie)};</script>", unsafe_allow_javascript=True)
+
+
 class Stored(Generic[T]):
-    """One session-state entry as a typed attribute: reading it gives the stored value (made by
-    `factory` on first use, else `default`), assigning it stores a new one."""
+    """One kept value as a typed attribute: reading it gives the kept value (made by `factory` on
+    first use, else `default`), assigning it keeps a new one. The server's registry of browser
+    sessions holds it; st.session_state mirrors it for the page load."""
 
     def __init__(self, key: str, default: T | None = None, factory: Callable[[], T] | None = None) -> None:
         self.key, self.default, self.factory = key, default, factory
 
     def __get__(self, instance: Any, owner: type) -> T:
-        if self.factory is not None and self.key not in st.session_state:
-            st.session_state[self.key] = self.factory()
-        return st.session_state.get(self.key, self.default)
+        kept = browser_sessions().state(browser_session_id())
+        if self.key in kept:
+            st.session_state[self.key] = kept[self.key]
+        elif self.key in st.session_state:  # set on this page load only (a test's direct write)
+            kept[self.key] = st.session_state[self.key]
+        elif self.factory is not None:
+            kept[self.key] = st.session_state[self.key] = self.factory()
+        return kept.get(self.key, self.default)
 
     def __set__(self, instance: Any, value: T) -> None:
+        browser_sessions().state(browser_session_id())[self.key] = value
         st.session_state[self.key] = value
 
 
 class SessionState:
     """Typed access to st.session_state: every key the pages keep is one attribute here."""
 
-    session_id: Stored[str] = Stored("session_id", factory=lambda: uuid.uuid4().hex[:12])  # owner of jobs and runs
     model: Stored[ModelChoice | None] = Stored("model_choice")
     jobs: Stored[dict[str, Job]] = Stored("jobs", factory=dict)  # this session's latest job of each kind
     taken_jobs: Stored[set[str]] = Stored("taken_jobs", factory=set)
@@ -70,6 +109,13 @@ class SessionState:
     generation: Stored[dict | None] = Stored("dense_vs_pruned")  # the last text pair and what made it
     table_requests: Stored[dict[str, TableRequest]] = Stored("table_requests", factory=dict)
     opened_shared_run: Stored[str | None] = Stored("opened_shared_run")
+    # A run opened from a link or the saved runs: its settings, for the Run form to show next.
+    pending_form: Stored[dict | None] = Stored("pending_form")
+
+    @property
+    def session_id(self) -> str:
+        """The owner of this browser's jobs and saved runs."""
+        return browser_session_id()
 
     def adopt_run(self, outcome: RunOutcome, history_row: dict) -> None:
         """Make `outcome` this session's latest run (a finished job or a saved run it opened)."""

@@ -17,24 +17,44 @@ URL = "query-params"  # a widget bound to the query parameter named by its key m
 
 def parameter_widget(parameter: Parameter, default: Any) -> Any:
     """The widget that fits the parameter (checkbox, select box, slider or number box) with its
-    caption; returns the chosen value."""
+    caption; returns the chosen value. A value already in the session state (a loaded run's, put
+    there by `fill_form`) wins over `default`, which is then not passed at all: Streamlit warns
+    when a widget gets both."""
     key, label = parameter.key, parameter.label
+    preset = key in st.session_state
     if parameter.kind is bool:
-        value = st.checkbox(label, bool(default), key=key, bind=URL)
+        value = st.checkbox(label, False if preset else bool(default), key=key, bind=URL)
     elif parameter.choices:
-        value = st.selectbox(label, list(parameter.choices), index=parameter.choices.index(default), key=key,
-                             bind=URL)
+        index = 0 if preset else parameter.choices.index(default)
+        value = st.selectbox(label, list(parameter.choices), index=index, key=key, bind=URL)
     elif parameter.slider:
         number = parameter.kind
-        value = st.slider(label, number(parameter.low), number(parameter.high), number(default),
+        value = st.slider(label, number(parameter.low), number(parameter.high), None if preset else number(default),
                           number(parameter.step), key=key, bind=URL)
     elif parameter.kind is int:
-        value = st.number_input(label, int(parameter.low), int(parameter.high), int(default), key=key, bind=URL)
+        value = st.number_input(label, int(parameter.low), int(parameter.high), "min" if preset else int(default),
+                                key=key, bind=URL)
     else:
-        value = st.number_input(label, float(parameter.low), float(parameter.high), float(default),
-                                step=float(parameter.step), format="%g", key=key, bind=URL)
+        value = st.number_input(label, float(parameter.low), float(parameter.high),
+                                "min" if preset else float(default), step=float(parameter.step), format="%g", key=key,
+                                bind=URL)
     st.caption(parameter.help)
     return value
+
+
+def unless_preset(key: str, default: Any, neutral: Any = None) -> Any:
+    """A widget's default, or `neutral` (what Streamlit takes for "no default": None, or index 0)
+    when its key already holds a value (restored with the chart it belongs to): a widget given both
+    makes Streamlit warn, and the kept value wins anyway."""
+    return neutral if key in st.session_state else default
+
+
+def fill_form(values: dict[str, Any], form: tuple[Parameter, ...]) -> None:
+    """Put `values` (a run's settings by key) into the form's widgets before they are drawn, so the
+    form shows the run it came with (a results link, a loaded saved run)."""
+    for declared in form:
+        if declared.key in values:
+            st.session_state[declared.key] = values[declared.key]
 
 
 def bounded_number(parameter: Parameter, default: int, key: str, label: str | None = None, container: Any = st) -> int:

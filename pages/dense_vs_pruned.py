@@ -57,7 +57,7 @@ st.caption(f"The dense model and the latest run's pruned model ({outcome.request
            "token each in turn. Both use the same sampling settings, and each draws from its own random generator "
            "seeded alike: identical models would write identical text, so every difference comes from the pruning.")
 
-with st.form("generation_settings"):
+with st.form("generation_settings", enter_to_submit=False):
     prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=100, key="generation_prompt")
     columns = st.columns(4)
     max_new_tokens = columns[0].number_input("Max new tokens", 1, MAX_NEW_TOKENS, 128, key="generation_max_new_tokens")

@@ -17,6 +17,8 @@ from pages._shared import (
     require_model,
     require_outcome,
     require_pruned_model,
+    result_chart,
+    result_label,
     submit_job,
 )
 from pages._widgets import bounded_number
@@ -32,11 +34,12 @@ COLORS = {"dense": "#8c8c8c", "pruned": "#1f77b4"}
 st.title("Latency & memory")
 loaded = require_model()
 outcome = require_outcome()
+label = result_label(outcome)
 require_pruned_model(loaded, outcome, "to time the pruned model")
 st.caption(f"Measured on {device_label(loaded.device)}: the dense model against the latest run's pruned model "
            f"({outcome.request.settings.sparsity:.0%} of MLP channels removed).")
 
-with st.form("latency_settings"):
+with st.form("latency_settings", enter_to_submit=False):
     columns = st.columns(4)
     defaults = {"prefill_tokens": min(256, interactive_run_size(loaded.device).eval_len), "decode_tokens": 16,
                 "repeats": 5, "warmup": 1}
@@ -47,7 +50,7 @@ with st.form("latency_settings"):
 if submitted:
     options = LatencyOptions(seqlen=int(seqlen), decode_tokens=int(decode_tokens), repeats=int(repeats),
                              warmup=int(warmup))
-    submit_job("latency", "Latency: dense vs pruned", partial(compare_latency, loaded, outcome, options))
+    submit_job("latency", "Latency: dense vs pruned", partial(compare_latency, loaded, outcome, options, label))
 
 job_panel("latency")
 comparison = latest_latency()
@@ -56,6 +59,7 @@ if comparison is None:
     st.stop()
 if comparison.run_finished_at != outcome.finished_at:
     st.caption("These numbers belong to an earlier run; press Measure to time the latest one.")
+label = comparison.run_label  # the charts name the run that was measured
 
 reports = {"dense": comparison.dense, "pruned": comparison.pruned}
 figure = make_subplots(rows=1, cols=4, subplot_titles=(
@@ -70,7 +74,7 @@ for name, report in reports.items():
     figure.add_bar(x=[name], y=[report.parameters / 1e6], marker_color=COLORS[name], showlegend=False, row=1, col=4)
 figure.update_layout(height=360, margin=dict(t=50, b=10, l=10, r=10))
 figure.update_annotations(font_size=12)
-st.plotly_chart(figure, width="stretch")
+result_chart(figure, label)
 st.caption(f"Bars: median of {comparison.options.repeats} timed repeats after {comparison.options.warmup} warm-up; "
            f"error bars: fastest and slowest repeat. Decoding greedily generates {comparison.options.decode_tokens} "
            f"tokens with a KV cache after a 32-token prompt. {comparison.dense.threads} CPU threads.")
@@ -100,7 +104,7 @@ with ratio_column:
                     title="Measured speed-ups next to the theoretical ratios")
     figure.add_vline(x=1, line_dash="dot", line_color="gray")
     figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10), yaxis_title="")
-    st.plotly_chart(figure, width="stretch")
+    result_chart(figure, label)
 with memory_column:
     st.markdown("**Memory and compute per token**")
     st.dataframe(pd.DataFrame({

@@ -9,7 +9,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages._routing import ensure_routed
-from pages._shared import layer_picker, require_outcome
+from pages._shared import layer_picker, require_outcome, result_chart, result_label
 from spap_service.analysis import (
     changed_mind_counts,
     display_channels,
@@ -31,6 +31,7 @@ DECADES = dict(dtick=1, **POWER_TICKS)  # one label per power of ten on a log ax
 
 st.title("Mask evolution")
 outcome = require_outcome(need_trace=True)
+label = result_label(outcome)
 result = outcome.result
 masks = soft_masks(result)  # [layer, iteration, channel]
 readouts = readout_masks(result)  # [layer, channel], 1 = pruned
@@ -62,7 +63,7 @@ with heatmap_column:
                        title=f"Layer {layer}: s over ρ iterations, then the binary read-out")
     figure.update_yaxes(type="category")
     figure.update_layout(height=440, margin=dict(t=50, b=10, l=10, r=10))
-    st.plotly_chart(figure, width="stretch")
+    result_chart(figure, label)
 with path_column:
     figure = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                            subplot_titles=("penalty ρ (× mean diag H)", "objective ½‖WZ−Y‖²",
@@ -75,7 +76,7 @@ with path_column:
     figure.update_xaxes(title_text="ρ iteration", dtick=1, row=4, col=1)
     figure.update_layout(height=440, margin=dict(t=30, b=10, l=10, r=10))
     figure.update_annotations(font_size=12)
-    st.plotly_chart(figure, width="stretch")
+    result_chart(figure, label)
 st.caption(f"Distance of s from its read-out: Σ|s − b(s)| ÷ λ, with b(s) the λ largest s set to 1 (0 = s is "
            f"binary); in this layer it goes from {layer_trace['readout_gap'].iloc[0]:.2f} to "
            f"{layer_trace['readout_gap'].iloc[-1]:.2f}. {violation_sentence(layer_trace['violation'].to_numpy())}")
@@ -92,20 +93,20 @@ else:
     figure.add_hline(y=1, line_dash="dot", line_color="gray")
     figure.update_xaxes(**DECADES)
     figure.update_layout(height=460, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.3))
-    norm_column.plotly_chart(figure, width="stretch")
+    result_chart(figure, label, norm_column)
     figure = px.line(paths, x="rho", y="s", color="group", markers=True, log_x=True, range_y=[-0.03, 1.03],
                      labels={"rho": "ρ (× mean diag H)", "s": "median s", "group": ""},
                      title=f"Layer {layer}: s of the same groups")
     figure.update_xaxes(**DECADES)
     figure.update_layout(height=460, margin=dict(t=50, b=10, l=10, r=10), showlegend=False)
-    mask_column.plotly_chart(figure, width="stretch")
+    result_chart(figure, label, mask_column)
     after = final_norms(result.layers[layer])
     figure = px.strip(after, x="status", y="relative_norm", color="status",
                       color_discrete_map={"pruned": "#d62728", "kept": "#1f77b4"},
                       labels={"relative_norm": "‖W[:,i]‖ ÷ ‖W₀[:,i]‖", "status": ""},
                       title="Read-out and refit")
     figure.update_layout(height=460, margin=dict(t=50, b=10, l=10, r=10), showlegend=False)
-    readout_column.plotly_chart(figure, width="stretch")
+    result_chart(figure, label, readout_column)
     last = paths[paths["iteration"] == paths["iteration"].max()]
     pruned_last = last[last["group"].str.startswith("pruned")]
     longest = pruned_last.loc[pruned_last["group"].map(lambda g: int(g.rsplit(" ", 1)[-1])).idxmin()]
@@ -130,18 +131,18 @@ with bars_column:
                     title=f"Layer {layer}: s per channel, one frame per ρ iteration, then the read-out")
     figure.update_traces(marker_line_width=0)
     figure.update_layout(height=420, margin=dict(t=50, b=10, l=10, r=10), bargap=0)
-    st.plotly_chart(figure, width="stretch")
+    result_chart(figure, label)
 with all_layers_column:
     per_layer = np.stack([with_readout[i][:, display_channels(masks[i, -1], max_channels, sort_by_mask)]
                           for i in range(n_layers)], axis=1)  # [frame, layer, channel]
     figure = px.imshow(per_layer, animation_frame=0, zmin=0, zmax=1, aspect="auto", color_continuous_scale="Viridis",
                        labels={"animation_frame": "ρ iteration", "x": axis_title, "y": "layer", "color": "s"},
                        title="All layers: s, one frame per ρ iteration, then the read-out")
-    for step, label in zip(figure.layout.sliders[0].steps, frame_labels):  # frames are numbered from 0
-        step.label = label
+    for step, frame_label in zip(figure.layout.sliders[0].steps, frame_labels):  # frames are numbered from 0
+        step.label = frame_label
     figure.update_layout(height=420, margin=dict(t=50, b=10, l=10, r=10))
     figure.update_yaxes(dtick=layer_tick)
-    st.plotly_chart(figure, width="stretch")
+    result_chart(figure, label)
 
 st.subheader("All layers")
 gap = trace.pivot(index="iteration", columns="layer", values="readout_gap")
@@ -160,7 +161,7 @@ with gap_column:
     figure.update_yaxes(rangemode="tozero")
     figure.update_xaxes(dtick=1)
     figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10))
-    st.plotly_chart(figure, width="stretch")
+    result_chart(figure, label)
     st.caption("One line: every layer's s takes the same values, because α and the schedule alone set them; the "
                "layers differ only in which channels get which value (right)." if identical else
                "The layers differ: with this start and schedule the values s takes depend on the data.")
@@ -171,7 +172,7 @@ with share_column:
                        labels={"x": "layer", "y": "ρ iteration", "color": "share"},
                        title="Share of the finally pruned channels<br>already marked")
     figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10))
-    st.plotly_chart(figure, width="stretch")
+    result_chart(figure, label)
 with mind_column:
     changed = changed_mind_counts(masks, readouts)
     if changed.sum() == 0:
@@ -183,7 +184,7 @@ with mind_column:
         figure = px.bar(x=np.arange(n_layers), y=changed, labels={"x": "layer", "y": "channels"},
                         title="Channels marked at some iteration,<br>kept in the end")
         figure.update_layout(height=380, margin=dict(t=60, b=10, l=10, r=10))
-        st.plotly_chart(figure, width="stretch")
+        result_chart(figure, label)
         st.caption(f"{int(changed.sum())} channels over all layers (per layer {int(changed.min())}–"
                    f"{int(changed.max())}) changed the path's mind: marked early, their columns shrank, then others "
                    "scored lower and the read-out kept them.")

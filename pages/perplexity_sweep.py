@@ -12,6 +12,7 @@ import streamlit as st
 from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
+    form_state,
     evaluation_budget,
     fixed_settings_caption,
     job_panel,
@@ -19,12 +20,14 @@ from pages._shared import (
     latest_table,
     refused_before_queueing,
     request_table,
+    restore_form,
+    shown_table_differs,
     sweep_time_estimate,
 )
 from spap_core.allocation import ALLOCATIONS
 from spap_core.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
 from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
-from pages._widgets import parameter_widget
+from pages._widgets import parameter_widget, unless_preset
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.parameters import method_parameters
@@ -33,14 +36,19 @@ from spap_service.comparisons import method_settings, sweep_key, sweep_sparsitie
 
 ensure_routed()
 
+STEPS = [0.05, 0.1, 0.2]
+
 loaded, base = comparison_header("Perplexity vs sparsity")
+restore_form("sweep")  # the choices of the sweep shown below, when the page is opened again
 
 # No form: the time estimate follows the choices as they are made, before anything starts.
 method_column, sparsity_column, step_column = st.columns([2, 2, 1])
-methods = method_column.multiselect("Methods", list(METHODS), default=["spap", "flap"], key="sweep_methods",
+methods = method_column.multiselect("Methods", list(METHODS), default=unless_preset("sweep_methods", ["spap", "flap"]),
+                                    key="sweep_methods",
                                     help="fasp = Wanda-sp selection + least-squares refit; flap adds a bias.")
-low, high = sparsity_column.slider("Sparsity range", 0.05, 0.9, (0.1, 0.5), 0.05, key="sweep_range")
-step = step_column.selectbox("Step", [0.05, 0.1, 0.2], index=2, key="sweep_step")
+low, high = sparsity_column.slider("Sparsity range", 0.05, 0.9, unless_preset("sweep_range", (0.1, 0.5)), 0.05,
+                                   key="sweep_range")
+step = step_column.selectbox("Step", STEPS, index=unless_preset("sweep_step", STEPS.index(0.2), 0), key="sweep_step")
 sparsities = [round(float(v), 4) for v in np.arange(low, high + 1e-9, step)]
 reconstruction = st.radio(
     "Weight update after each method's selection", RECONSTRUCTIONS, horizontal=True, key="sweep_reconstruction",
@@ -71,6 +79,7 @@ except SpapInputError as exc:
     st.error(str(exc))
     st.stop()
 fixed_settings_caption(base, {"method", "sparsity"}, f"point ({weight_update_note(base.settings.reconstruction)})")
+key = sweep_key(loaded, base, settings, sparsities)
 st.caption(sweep_time_estimate(len(methods) * len(sparsities), latest_outcome()))
 if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
     points = [replace(base, settings=replace(settings[method], sparsity=sparsity))
@@ -78,9 +87,10 @@ if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
     if not methods:
         st.error("Choose at least one method.")
     elif not refused_before_queueing(loaded, points):
-        key = sweep_key(loaded, base, settings, sparsities)
         label = f"Sweep: {len(methods)} methods × {len(sparsities)} sparsities"
-        request_table("sweep", key, label, {"budget": evaluation_budget(base.data)},
+        form = form_state(["sweep_methods", "sweep_range", "sweep_step", "sweep_reconstruction", "sweep_allocation",
+                           *values])
+        request_table("sweep", key, label, {"budget": evaluation_budget(base.data), "form": form},
                       partial(sweep_sparsities, loaded, base, settings, sparsities))
 
 job_panel("sweep")
@@ -91,6 +101,9 @@ if latest is None:
     st.stop()
 
 table, context = latest
+if shown_table_differs("sweep", key):
+    st.caption(":material/info: The chart shows the sweep last run, made with other choices than the ones above; "
+               "press Run sweep for these.")
 dense = float(table["dense_perplexity"].iloc[0])
 chart_column, table_column = st.columns([3, 2])
 with chart_column:
@@ -111,5 +124,9 @@ with table_column:
     pivot.index = [f"{s:.0%}" for s in pivot.index]
     st.markdown(f"**Perplexity** (dense: {dense:.2f})")
     st.dataframe(pivot, width="stretch")
-    st.download_button("Sweep (.csv)", data=table.to_csv(index=False), file_name="spap-sweep.csv", mime="text/csv",
-                       on_click="ignore")
+    shown = sorted(table["sparsity"].unique())
+    st.download_button("Sweep (.csv)", data=table.to_csv(index=False), mime="text/csv", on_click="ignore",
+                       file_name=f"spap-sweep-{'-'.join(dict.fromkeys(table['method']))}-{shown[0]:.2f}-{shown[-1]:.2f}.csv")
+    curves = table.drop_duplicates("method")[["method", "settings"]]
+    st.caption("Each curve's settings (also in the CSV): " + "; ".join(
+        f"**{row.method}**: {row.settings or 'its defaults'}" for row in curves.itertuples()))

@@ -15,11 +15,14 @@ from pages._shared import (
     SHARED_RUN_PARAM,
     data_spec,
     evaluation_caption,
+    form_values,
     job_panel,
     latest_outcome,
     mean_layer_error,
     refused_before_queueing,
     require_model,
+    result_chart,
+    result_label,
     run_size_note,
     saved_runs_panel,
     session_id,
@@ -27,10 +30,10 @@ from pages._shared import (
     target_device,
 )
 from pages._state import session
-from pages._widgets import ignored_url_parameters, parameter_widget
+from pages._widgets import fill_form, ignored_url_parameters, parameter_widget
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
-from spap_core.parameters import GROUPS, Parameter, method_parameters, parameter, settings_values, with_values
+from spap_core.parameters import GROUPS, Parameter, method_parameters, parameter, with_values
 from spap_service.analysis import layer_table, trace_table
 from spap_service.limits import server_limits
 from spap_service.presets import interactive_settings
@@ -55,12 +58,16 @@ def default_of(declared: Parameter):
 
 
 FORM = method_parameters("spap")  # the run's own settings, SPAP's, the calibration's
+state = session()
+if state.pending_form is not None:  # a run opened from a link or the saved runs: the form shows its settings
+    fill_form(state.pending_form, FORM)
+    state.pending_form = None
 ignored = ignored_url_parameters(dict(st.query_params), known={SHARED_RUN_PARAM}, form=FORM)
 if ignored:
     st.warning("This link's settings were partly ignored; the form shows the defaults for these: "
                + "; ".join(ignored) + ".", icon=":material/link_off:")
 
-with st.form("spap_settings"):
+with st.form("spap_settings", enter_to_submit=False):  # Enter in a number box must not start a job
     values = {}
     # What a class varies first; everything else waits in the expander below.
     lead = [p for p in FORM if p.lead]
@@ -84,7 +91,6 @@ if submitted:
         st.error(str(exc))
     else:
         spec = replace(spec, nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"]))
-        state = session()
         state.data_spec, state.prune_settings, state.run_seed = spec, settings, int(values["seed"])
         request = RunRequest(settings=settings, seed=int(values["seed"]), data=spec)
         if not refused_before_queueing(loaded, [request]):
@@ -98,7 +104,8 @@ if outcome is None:
     st.stop()
 
 record = outcome.record
-st.subheader("Latest result")
+label = result_label(outcome)
+st.subheader(f"Latest result: {label}")
 metrics = st.columns(5)
 metrics[0].metric("Perplexity, dense", f"{record['ppl_dense']:.2f}")
 metrics[1].metric("Perplexity, pruned", f"{record['ppl']:.2f}", delta=f"{record['ppl'] - record['ppl_dense']:+.2f}",
@@ -119,38 +126,39 @@ timing_column, layer_column = st.columns(2)
 with timing_column:
     timings = {**{f"prune: {k}": v for k, v in record["timings"].items()},
                "pruned perplexity": record["eval_seconds"], "dense perplexity": record["dense_eval_seconds"]}
-    figure = px.bar(x=list(timings.values()), y=list(timings), orientation="h", title="Where the time went",
-                    labels={"x": "seconds", "y": ""})
+    figure = px.bar(x=list(timings.values()), y=list(timings), orientation="h",
+                    title="Where the time went", labels={"x": "seconds", "y": ""})
     figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
-    st.plotly_chart(figure, width="stretch")
+    result_chart(figure, label)
 with layer_column:
     layers = layer_table(outcome.result)
-    figure = px.bar(layers, x="layer", y="relative_error", title="Relative reconstruction error per layer",
+    figure = px.bar(layers, x="layer", y="relative_error",
+                    title="Relative reconstruction error per layer",
                     labels={"relative_error": "objective ÷ ½‖Y‖²"})
     figure.add_hline(y=layer_error, line_dash="dash", line_color="gray", annotation_text=f"mean {layer_error:.4f}")
     figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
     figure.update_xaxes(dtick=max(1, len(layers) // 10))
-    st.plotly_chart(figure, width="stretch")
+    result_chart(figure, label)
 
-st.markdown("**Downloads**")
+st.markdown(f"**Downloads** (named after the run: `{outcome.file_stem}-…`)")
 download_columns = st.columns(4)
 if outcome.has_model:
     download_columns[0].download_button("Pruned model (.zip)", data=partial(pruned_model_zip, outcome),
-                                        file_name="spap-pruned-model.zip", mime="application/zip",
+                                        file_name=f"{outcome.file_stem}-model.zip", mime="application/zip",
                                         icon=":material/folder_zip:", on_click="ignore")
 else:
     download_columns[0].caption("Reloaded run: the pruned weights are not kept; run it again to download them.")
 download_columns[1].download_button("Metrics (.json)", data=json.dumps(record, indent=2, default=float),
-                                    file_name="spap-metrics.json", mime="application/json", on_click="ignore")
+                                    file_name=f"{outcome.file_stem}-metrics.json", mime="application/json",
+                                    on_click="ignore")
 download_columns[2].download_button("ρ trace (.csv)", data=trace_table(outcome.result).to_csv(index=False),
-                                    file_name="spap-trace.csv", mime="text/csv", on_click="ignore")
-download_columns[3].download_button("Layers (.csv)", data=layers.to_csv(index=False), file_name="spap-layers.csv",
+                                    file_name=f"{outcome.file_stem}-trace.csv", mime="text/csv", on_click="ignore")
+download_columns[3].download_button("Layers (.csv)", data=layers.to_csv(index=False),
+                                    file_name=f"{outcome.file_stem}-layers.csv",
                                     mime="text/csv", on_click="ignore")
 
-shared = {**{key: parameter(key).format(value) if isinstance(value, bool) else value
-              for key, value in settings_values(outcome.request.settings).items()},
-          "nsamples": outcome.request.data.nsamples, "seqlen": outcome.request.data.seqlen,
-          "seed": outcome.request.seed}
+shared = {key: parameter(key).format(value) if isinstance(value, bool) else value
+          for key, value in form_values(outcome.request).items()}
 st.markdown("**Share these settings**: this link opens this page with the form filled in as for this run.")
 st.code(f"{st.context.url or ''}?{urlencode(shared)}", language=None, wrap_lines=True)
 if outcome.saved_to is not None:

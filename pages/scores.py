@@ -7,13 +7,14 @@ import plotly.express as px
 import streamlit as st
 
 from pages._routing import ensure_routed
-from pages._shared import layer_picker, require_outcome
+from pages._shared import layer_picker, require_outcome, result_chart, result_label
 from spap_service.analysis import SPAP_PRUNED, jaccard_matrix, normalized_scores, score_threshold
 
 ensure_routed()
 
 st.title("Scores")
 outcome = require_outcome()
+label = result_label(outcome)
 layers = outcome.result.layers
 st.caption("Low score = cheap to prune. spap_first/spap_last: SPAP's score ‖W[:,i]‖·‖Zᵢ‖ᵗ before its first ρ "
            "iteration (the unpenalised W) and after its last; magnitude, wanda-sp and flap: the baselines' metrics "
@@ -52,7 +53,7 @@ with distribution_column:
                          annotation_text="λ/n")
         height = 460
     figure.update_layout(height=height, margin=dict(t=50, b=10, l=10, r=10), showlegend=chart == "ECDF")
-    st.plotly_chart(figure, width="stretch")
+    result_chart(figure, label)
 with threshold_column:
     st.markdown("**λ-thresholds (raw scores)**")
     thresholds = {metric: score_threshold(np.asarray(scores), pruned_count) for metric, scores in record.scores.items()}
@@ -67,7 +68,7 @@ overlap_column, note_column = st.columns([3, 2], gap="large")
 figure = px.imshow(overlap, text_auto=".2f", zmin=0, zmax=1, color_continuous_scale="Blues",
                    labels={"color": "Jaccard"}, title="Jaccard overlap |A∩B| / |A∪B| of pruned channel sets")
 figure.update_layout(height=480, margin=dict(t=50, b=10, l=10, r=10))
-overlap_column.plotly_chart(figure, width="stretch")
+result_chart(figure, label, overlap_column)
 note_column.caption("Each metric's set is its λ lowest channels; \"SPAP (actual pruned set)\" is the complement of the "
                     "channels the run kept.")
 if "spap_first" in record.scores:

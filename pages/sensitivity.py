@@ -11,11 +11,15 @@ from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
     fixed_settings_caption,
+    form_state,
     job_panel,
     latest_table,
     refused_before_queueing,
     request_table,
+    restore_form,
+    shown_table_differs,
 )
+from pages._widgets import unless_preset
 from spap_core.errors import SpapInputError
 from spap_service.analysis import readable_range
 from spap_service.comparisons import SCAN_PARAMETERS, request_value, request_with, scan_key, sensitivity_scan
@@ -23,27 +27,36 @@ from spap_service.comparisons import SCAN_PARAMETERS, request_value, request_wit
 ensure_routed()
 
 loaded, base = comparison_header("Sensitivity")
+restore_form("scan")  # the choices of the scan shown below, when the page is opened again
 
 key = st.selectbox("Hyperparameter to vary", list(SCAN_PARAMETERS), key="scan_parameter",
                    format_func=lambda k: f"{SCAN_PARAMETERS[k].label} — {SCAN_PARAMETERS[k].help}")
 scanned = SCAN_PARAMETERS[key]
 fixed_settings_caption(base, {key, "method"}, "value")
-with st.form("scan_settings"):
+with st.form("scan_settings", enter_to_submit=False):
     columns = st.columns(3)
     step = 1.0 if scanned.kind is int else None
     bounds = {"min_value": float(scanned.low), "max_value": float(scanned.high), "step": step, "format": "%g"}
-    low = columns[0].number_input("From", value=float(scanned.sweep[0]), key=f"scan_low_{key}", **bounds)
-    high = columns[1].number_input("To", value=float(scanned.sweep[1]), key=f"scan_high_{key}", **bounds)
-    points = columns[2].slider("Values", 2, 10, 4, key="scan_points")
-    st.caption(f"Values are spaced {'logarithmically' if scanned.log_scale else 'evenly'}; each one is a full "
-               "pruning run plus a perplexity evaluation.")
+    low_key, high_key = f"scan_low_{key}", f"scan_high_{key}"
+    low = columns[0].number_input("From", value=unless_preset(low_key, float(scanned.sweep[0]), "min"), key=low_key,
+                                  **bounds)
+    high = columns[1].number_input("To", value=unless_preset(high_key, float(scanned.sweep[1]), "min"), key=high_key,
+                                   **bounds)
+    points = columns[2].slider("Points", 2, 10, unless_preset("scan_points", 4), key="scan_points",
+                               help="How many values to space over the range; an integer parameter takes each whole "
+                                    "value once, so it may get fewer.")
     submitted = st.form_submit_button("Run scan", type="primary", icon=":material/play_arrow:")
+valid_range = low < high and not (scanned.log_scale and low <= 0)
+values = scanned.sweep_values(low, high, points) if valid_range else []
+if valid_range:  # the values the form holds, as the scan will run them (a form's values change on submit)
+    st.caption(f"{len(values)} values, spaced {'logarithmically' if scanned.log_scale else 'evenly'}: "
+               f"{', '.join(scanned.format(value) for value in values)}; each one is a full pruning run plus a "
+               "perplexity evaluation.")
 
 if submitted:
-    if not low < high or (scanned.log_scale and low <= 0):
+    if not valid_range:
         st.error("'From' must be below 'To'" + (" and above 0 (log spacing)." if scanned.log_scale else "."))
     else:
-        values = scanned.sweep_values(low, high, points)
         try:
             table_key = scan_key(loaded, base, key, values)
             # refuse invalid values now, not halfway through the scan
@@ -54,7 +67,8 @@ if submitted:
         else:
             if not refused:
                 request_table("scan", table_key, f"Scan of {scanned.label} ({len(values)} values)",
-                              {"parameter": key, "current": request_value(base, scanned)},
+                              {"parameter": key, "current": request_value(base, scanned),
+                               "form": form_state(["scan_parameter", low_key, high_key, "scan_points"])},
                               partial(sensitivity_scan, loaded, base, key, values))
 
 job_panel("scan")
@@ -64,6 +78,13 @@ if latest is None:
     st.stop()
 
 table, context = latest
+try:
+    current_key = scan_key(loaded, base, key, values) if valid_range else None
+except SpapInputError:  # said above, when the scan was asked for
+    current_key = None
+if current_key is None or shown_table_differs("scan", current_key):
+    st.caption(":material/info: The chart shows the scan last run, made with other choices than the ones above; "
+               "press Run scan for these.")
 scanned = SCAN_PARAMETERS[context["parameter"]]
 axis_title = scanned.label
 error_range, error_spread = readable_range(table["mean_layer_error"])
@@ -80,10 +101,15 @@ for column in (1, 2):
     figure.add_vline(x=context["current"], line_dash="dot", line_color="red", row=1, col=column)
     figure.update_xaxes(title_text=axis_title, type="log" if scanned.log_scale else "linear", row=1,
                         col=column, exponentformat="power")
-figure.update_layout(height=400, margin=dict(t=50, b=10, l=10, r=10))
+figure.update_layout(height=400, margin=dict(t=90, b=10, l=10, r=10),
+                     title_text=f"Scan of {scanned.label}: {len(table)} values<br><sup>fixed: "
+                                f"{table['settings'].iloc[0]}</sup>")
 st.plotly_chart(figure, width="stretch")
 dense = float(table["dense_perplexity"].iloc[0])
 st.caption(f"Red dotted line: the value in the Run SPAP settings. Each axis spans at least 5% of its mean, so "
            f"small differences look small. Mean layer error: mean over layers of objective ÷ ½‖Y‖². Perplexity on "
            f"{int(table['eval_tokens'].iloc[0]):,} predicted tokens; the dense model's is {dense:.2f}.")
 st.dataframe(table, hide_index=True, width="stretch")
+st.download_button("Scan (.csv)", data=table.to_csv(index=False), mime="text/csv", on_click="ignore",
+                   file_name=f"spap-scan-{scanned.key}-{scanned.format(table['value'].min())}-"
+                             f"{scanned.format(table['value'].max())}.csv")

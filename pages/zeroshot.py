@@ -17,6 +17,8 @@ from pages._shared import (
     request_table,
     require_model,
     require_pruned_model,
+    result_chart,
+    result_label,
 )
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.zeroshot import STANDARD_TASKS
@@ -68,7 +70,7 @@ st.caption(f"Dense model against the latest run's pruned model ({outcome.request
 if st.button("Evaluate", type="primary", icon=":material/quiz:", disabled=blocker is not None):
     label = f"Zero-shot: {len(tasks)} task{'s' if len(tasks) > 1 else ''}, dense and pruned"
     request_table("zeroshot", zeroshot_key(loaded, outcome, tasks, limit, folder), label,
-                  {"run_finished_at": outcome.finished_at},
+                  {"run_finished_at": outcome.finished_at, "run_label": result_label(outcome)},
                   partial(compare_zeroshot, loaded, outcome, tasks, limit, folder))
 
 job_panel("zeroshot")
@@ -85,7 +87,7 @@ bars = table.melt(id_vars=["task", "metric"], value_vars=["dense", "pruned"], va
 figure = px.bar(bars, x="task", y="accuracy", color="model", barmode="group", facet_col="metric",
                 color_discrete_map=COLORS, title="Zero-shot accuracy: dense vs pruned")
 figure.update_layout(height=400, margin=dict(t=60, b=10, l=10, r=10), yaxis_tickformat=".0%")
-st.plotly_chart(figure, width="stretch")
+result_chart(figure, context.get("run_label", "the run these numbers were measured on"))
 st.dataframe(table.style.format({"dense": "{:.1%}", "pruned": "{:.1%}", "change": "{:+.1%}"}), hide_index=True,
              width="stretch")
 st.caption("change: pruned − dense, in accuracy points; n: examples per task (the mean row: over all tasks). "

@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from spap_core.errors import SpapInputError
+from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.schema import GROUPS, Parameter
 
 __all__ = ["BY_KEY", "CALIBRATION_PARAMETERS", "DATA_PARAMETERS", "GROUPS", "LATENCY_PARAMETERS", "PARAMETERS",
-           "SCANNED", "SETTINGS_PARAMETERS", "Parameter", "describe", "method_parameters", "parameter",
+           "SCANNED", "SETTINGS_PARAMETERS", "Parameter", "changed", "describe", "method_parameters", "parameter",
            "settings_values", "with_values"]
 
 SPARSITY = Parameter("sparsity", "sparsity", "Sparsity", "Fraction λ/n of MLP channels removed from every layer (uniform).",
@@ -93,15 +94,29 @@ def _of_settings(settings: PruneSettings) -> tuple[Parameter, ...]:
     return tuple(p for p in SETTINGS_PARAMETERS if p.method in (None, settings.method))
 
 
+def changed(settings: PruneSettings, reference: PruneSettings,
+            omit: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """The phrases of `settings`' parameters whose values differ from `reference`'s (a reference of
+    another method counts as that method's defaults), then its weight update and allocation when
+    they differ: what a label must say so a result can be told from one made at the defaults."""
+    if reference.method != settings.method:
+        reference = PruneSettings(method=settings.method, sparsity=reference.sparsity)
+    parts = [p.phrase(p.read(settings)) for p in _of_settings(settings)
+             if p.key not in omit and p.read(settings) != p.read(reference)]
+    if settings.reconstruction != reference.reconstruction and "reconstruction" not in omit:
+        parts.append(f"weight update {reconstruction_name(settings.reconstruction)}")
+    if settings.allocation != reference.allocation and "allocation" not in omit:
+        parts.append(f"{settings.allocation} allocation")
+    return parts
+
+
 def describe(settings: PruneSettings, omit: frozenset[str] | set[str] = frozenset()) -> str:
     """One line with the method and every parameter value it has, except the keys in `omit`."""
     parts = [] if "method" in omit else [f"method {settings.method}"]
     for p in _of_settings(settings):
         if p.key in omit:
             continue
-        value = p.read(settings)
-        parts.append(f"{p.symbol} {p.format(value)}" if p.kind in (str, bool) or p.key == "sparsity"
-                     else f"{p.symbol} = {p.format(value)}")
+        parts.append(p.phrase(p.read(settings)))
     if settings.reconstruction is not None and "reconstruction" not in omit:
         parts.append(f"weight update {settings.reconstruction.name}")
     if settings.allocation != "uniform" and "allocation" not in omit:

@@ -129,6 +129,11 @@ class Parameter:
             return f"{value:.0%}"
         return f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
 
+    def phrase(self, value: Any) -> str:
+        """How the summary writes it with a value: 'K = 10', 'sparsity 30%', 'score partial'."""
+        shown = self.format(value)
+        return f"{self.symbol} {shown}" if self.kind in (str, bool) or self.key == "sparsity" else f"{self.symbol} = {shown}"
+
     def sweep_values(self, low: float, high: float, points: int) -> list:
         """`points` values from low to high, geometric for log-scale parameters, whole for integers."""
         grid = np.geomspace(low, high, points) if self.log_scale else np.linspace(low, high, points)

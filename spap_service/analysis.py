@@ -11,8 +11,10 @@ from spap_core.adapters import ModelAdapter
 from spap_core.latency import Timing
 from spap_core.methods.reconstruction import Reconstruction
 from spap_core.prune import LayerRecord, PruneResult
+from spap_core.parameters import changed
 from spap_core.runs import column_norm_array, soft_mask_array, trace_rows
 from spap_core.toy import course, peaks, trend
+from spap_service.runs import RunRequest
 
 SPAP_PRUNED = "SPAP (actual pruned set)"
 
@@ -33,6 +35,23 @@ def parameter_split(model: nn.Module, family: ModelAdapter) -> dict[str, int]:
 
 def mlp_widths(model: nn.Module, family: ModelAdapter) -> list[int]:
     return [family.width(layer) for layer in family.decoder_layers(model)]
+
+
+def run_label(request: RunRequest, reference: RunRequest) -> str:
+    """What made a run, in one line: its method and sparsity, then every setting that differs from
+    `reference` (the app's defaults), the calibration size and the seed included."""
+    settings, data = request.settings, request.data
+    parts = changed(settings, reference.settings, omit={"sparsity"})
+    if (data.nsamples, data.seqlen) != (reference.data.nsamples, reference.data.seqlen):
+        parts.append(f"calibration {data.nsamples} × {data.seqlen}")
+    if request.seed != reference.seed:
+        parts.append(f"seed {request.seed}")
+    return f"{settings.method} at {settings.sparsity:.0%} · " + (", ".join(parts) if parts else "default settings")
+
+
+def with_subtitle(title: str, subtitle: str) -> str:
+    """A chart title with the run it shows underneath, in the smaller type plotly uses for <sup>."""
+    return f"{title}<br><sup>{subtitle}</sup>"
 
 
 def trace_table(result: PruneResult) -> pd.DataFrame:

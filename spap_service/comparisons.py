@@ -101,7 +101,9 @@ def sensitivity_scan(loaded: LoadedModel, base: RunRequest, parameter: str, valu
         experiment = experiment_with_progress(loaded, data, request, dense, progress, cancel)
         rows.append({"value": value, "mean_layer_error": experiment.result.mean_layer_error,
                      "perplexity": experiment.pruned.perplexity, "dense_perplexity": dense.perplexity,
-                     "eval_tokens": experiment.pruned.tokens})
+                     "eval_tokens": experiment.pruned.tokens,
+                     "settings": describe(request.settings, omit={parameter}),
+                     "calibration": f"{request.data.nsamples} × {request.data.seqlen}, seed {request.seed}"})
         del experiment
     return pd.DataFrame(rows)
 
@@ -133,6 +135,7 @@ class LatencyComparison:
     options: LatencyOptions
     dense: LatencyReport
     pruned: LatencyReport
+    run_label: str = ""  # what made that run, as its result view names it
 
     def ratios(self) -> dict[str, float]:
         """Dense ÷ pruned (speed-ups and savings > 1 mean the pruned model is better)."""
@@ -140,7 +143,7 @@ class LatencyComparison:
         return {label: ratios[key] for key, label in RATIO_LABELS.items()}
 
 
-def compare_latency(loaded: LoadedModel, outcome: RunOutcome, options: LatencyOptions,
+def compare_latency(loaded: LoadedModel, outcome: RunOutcome, options: LatencyOptions, run_label: str,
                     progress: ProgressReporter, cancel: threading.Event) -> LatencyComparison:
     """Time the dense and the pruned model on the current device with identical inputs, in
     alternation so that both see the same machine load."""
@@ -148,4 +151,5 @@ def compare_latency(loaded: LoadedModel, outcome: RunOutcome, options: LatencyOp
     dense, pruned = measure_latencies(
         [loaded.model, outcome.result.model], seqlen=options.seqlen, decode_tokens=options.decode_tokens,
         repeats=options.repeats, warmup=options.warmup, cancel=cancel)
-    return LatencyComparison(run_finished_at=outcome.finished_at, options=options, dense=dense, pruned=pruned)
+    return LatencyComparison(run_finished_at=outcome.finished_at, options=options, dense=dense, pruned=pruned,
+                             run_label=run_label)

@@ -64,6 +64,14 @@ class RunOutcome:
     def has_model(self) -> bool:
         return self.result.model is not None
 
+    @property
+    def file_stem(self) -> str:
+        """What its downloads are named after: its saved folder (time, method, sparsity, a random
+        suffix; the name a results link carries), else its method and sparsity."""
+        if self.saved_to is not None:
+            return f"spap-run-{self.saved_to.name}"
+        return f"spap-run-{self.request.settings.method}-{self.request.settings.sparsity:.2f}"
+
 
 def experiment_with_progress(loaded: LoadedModel, data: PreparedData, request: RunRequest, dense: PerplexityResult,
                               progress: ProgressReporter, cancel: threading.Event) -> Experiment:

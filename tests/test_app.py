@@ -561,3 +561,75 @@ def test_a_baselines_own_settings_are_widgets_on_the_sweep_page_and_reach_its_ru
     settings = dict(zip(table["method"], table["settings"]))  # exported with the CSV
     assert "OBS block = 8" in settings["obs"] and "γ = 0.01" in settings["obs"]
     assert "FLAP bias false" in settings["flap"] and "OBS" not in settings["flap"]
+
+
+def test_every_result_names_the_run_that_made_it(ran_app):
+    """The latest result, each chart of it and its downloads name the method, the sparsity and the
+    settings that differ from the defaults (here K)."""
+    at = ran_app
+    open_page(at, "run_spap")
+    label = f"spap at 25% · K = {RUN_ITERATIONS}"
+    assert any(header.value.startswith(f"Latest result: {label}") for header in at.subheader)
+    for page in ("run_spap", "mask_evolution", "scores"):
+        open_page(at, page)
+        titles = [figure["layout"]["title"]["text"] for figure in figures(at) if figure["layout"].get("title")]
+        assert titles and all(label in title for title in titles), (page, titles)
+    outcome = at.session_state["latest_run"]
+    assert outcome.file_stem == f"spap-run-{outcome.saved_to.name}"
+
+
+def test_a_results_link_fills_the_form_with_the_runs_settings(ran_app):
+    outcome = ran_app.session_state["latest_run"]
+    at = AppTest.from_file(str(APP), default_timeout=SCRIPT_TIMEOUT_S)
+    at.query_params["run"] = outcome.saved_to.name
+    at.switch_page("pages/run_spap.py").run()
+    assert_clean(at)
+    assert at.slider(key="sparsity").value == pytest.approx(0.25) and at.slider(key="K").value == RUN_ITERATIONS
+    assert not at.warning or all("created with a default value" not in w.value for w in at.warning)
+
+
+def test_every_form_ignores_enter(app_files):
+    """Enter in a number box of a form would submit it and start a job: every form turns that off."""
+    import ast
+
+    for path in sorted((APP.parent / "pages").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "form":
+                keywords = {k.arg: k.value for k in node.keywords}
+                assert "enter_to_submit" in keywords and keywords["enter_to_submit"].value is False, path.name
+
+
+def test_the_sweep_form_comes_back_with_the_sweep_it_shows(ran_app):
+    at = ran_app
+    open_page(at, "perplexity_sweep")
+    at.multiselect(key="sweep_methods").set_value(["spap", "magnitude"])
+    at.slider(key="sweep_range").set_value((0.2, 0.4))
+    at.selectbox(key="sweep_step").set_value(0.2)
+    click(at, "Run sweep")
+    finish_job(at, "sweep")
+    open_page(at, "scores")
+    open_page(at, "perplexity_sweep")  # Streamlit forgot the widgets; the form is the chart's again
+    assert at.multiselect(key="sweep_methods").value == ["spap", "magnitude"]
+    assert tuple(at.slider(key="sweep_range").value) == pytest.approx((0.2, 0.4))
+    chart = titled(at, "Perplexity vs sparsity")
+    assert {trace["name"] for trace in chart["data"] if not trace["name"].startswith("dense")} == {"spap", "magnitude"}
+    assert not any("other choices than the ones above" in c.value for c in at.caption)
+    at.multiselect(key="sweep_methods").set_value(["spap"]).run()
+    assert any("other choices than the ones above" in c.value for c in at.caption)  # said, not hidden
+
+
+def test_the_scan_form_says_how_many_values_its_chart_shows(ran_app):
+    at = ran_app
+    open_page(at, "sensitivity")
+    at.selectbox(key="scan_parameter").set_value("K").run()
+    at.number_input(key="scan_low_K").set_value(2)
+    at.number_input(key="scan_high_K").set_value(4)
+    at.slider(key="scan_points").set_value(4)  # only 3 whole values lie in 2–4
+    click(at, "Run scan")
+    finish_job(at, "scan")
+    open_page(at, "scores")
+    open_page(at, "sensitivity")
+    chart = titled(at, "Scan of")
+    shown = len(array(chart["data"][0]["x"]))
+    assert shown == 3 and any(c.value.startswith(f"{shown} values, spaced evenly: 2, 3, 4") for c in at.caption)
+    assert at.number_input(key="scan_low_K").value == 2 and at.slider(key="scan_points").value == 4

@@ -282,9 +282,11 @@ def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, 
                       .locator('[data-testid="stMetricValue"]').inner_text()
                       for label in ("Perplexity, dense", "Perplexity, pruned")}
             shown.append(values)
-        pages[0].reload()  # a new session: the finished runs are listed under every session's runs
+        pages[0].reload()  # the same browser: its run and its result are still there
         settle(pages[0])
-        assert saved_run_count(pages[0]) == 0
+        pages[0].get_by_text("Latest result: spap at 20%").wait_for()
+        assert pages[0].get_by_role("button", name="Pruned model (.zip)").count() == 1  # the weights are still kept
+        assert saved_run_count(pages[0]) == 1
         assert saved_run_count(pages[0], every_session=True) >= len(sparsities)
     finally:
         for context in contexts:
@@ -316,8 +318,8 @@ def saved_run_count(page, every_session: bool = False) -> int:
 
 def test_cancel_ends_a_run_and_a_refresh_keeps_the_finished_runs(server, browser):
     """Cancel ends a long run (the guard only turns a hang into a failure) and the next run works;
-    a refresh in the middle of a run keeps every finished run listed, and the run the old session
-    left behind still finishes and is saved."""
+    a reload in the middle of a run reattaches to it (progress and Cancel), and its result appears
+    in the reloaded page and among this browser's saved runs."""
     context = browser.new_context(viewport=VIEWPORT)
     try:
         page = context.new_page()
@@ -341,19 +343,21 @@ def test_cancel_ends_a_run_and_a_refresh_keeps_the_finished_runs(server, browser
 
         page.goto(f"{server}/run_spap?sparsity=0.4&K=4&am_rounds=3&am_steps=150")
         settle(page)
-        everyone_before = saved_run_count(page, every_session=True)
+        mine_before = saved_run_count(page)
         page.get_by_role("button", name="Run SPAP").click()
         page.get_by_role("button", name="Cancel").wait_for()
-        page.reload()  # a new session, which lists the earlier runs under every session's runs
+        page.reload()  # the same browser: the running job is this page's again
+        page.locator('[data-testid="stApp"]').wait_for()
+        page.get_by_role("button", name="Cancel").wait_for()
+        assert page.get_by_text("(yours)").count() >= 1 and page.get_by_text("(another session)").count() == 0
+        page.get_by_text("Latest result: spap at 40%").wait_for(timeout=JOB_GUARD_MS)  # this run's, not the last one's
         settle(page)
         assert_no_errors(page)
-        assert saved_run_count(page, every_session=True) >= everyone_before  # + 1 once the left-behind run ends
-        deadline = time.monotonic() + JOB_GUARD_MS / 1000
-        while saved_run_count(page, every_session=True) < everyone_before + 1:
-            assert time.monotonic() < deadline, "the run left behind by the refresh never finished"
-            page.wait_for_timeout(1000)
-            page.reload()
-            settle(page)
+        assert saved_run_count(page) == mine_before + 1
+        with page.expect_download() as download:  # named after the run
+            page.get_by_role("button", name="Metrics (.json)").click()
+        assert download.value.suggested_filename.startswith("spap-run-") and "spap-0.40" in \
+            download.value.suggested_filename
     finally:
         context.close()
 
