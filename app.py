@@ -20,6 +20,7 @@ PAGES = {
     ],
     "Compare and understand": [
         st.Page("pages/perplexity_sweep.py", title="Perplexity vs sparsity", icon=":material/show_chart:"),
+        st.Page("pages/compare_runs.py", title="Compare runs", icon=":material/compare_arrows:"),
         st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/tune:"),
         st.Page("pages/how_spap_works.py", title="How SPAP works", icon=":material/school:"),
     ],

@@ -633,3 +633,24 @@ def test_the_scan_form_says_how_many_values_its_chart_shows(ran_app):
     shown = len(array(chart["data"][0]["x"]))
     assert shown == 3 and any(c.value.startswith(f"{shown} values, spaced evenly: 2, 3, 4") for c in at.caption)
     assert at.number_input(key="scan_low_K").value == 2 and at.slider(key="scan_points").value == 4
+
+
+def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(app_files):
+    """Two runs of one browser that differ in sparsity and K: the page lists both, leads with their
+    metrics, marks exactly the settings that differ, and draws per-layer errors, the agreement of
+    their pruned channels and a perplexity point per run."""
+    at = run_spap(0.25, 3)
+    at.slider(key="sparsity").set_value(0.5)
+    at.slider(key="K").set_value(4)
+    click(at, "Run SPAP")
+    finish_job(at, "run")
+    open_page(at, "compare_runs")
+    assert at.multiselect(key="compare_runs").value and len(at.multiselect(key="compare_runs").value) == 2
+    metrics, settings = (frame.value for frame in at.dataframe[:2])
+    assert list(metrics.index)[0] == "perplexity, pruned"  # what a comparison is about comes first
+    assert any("differ in 2 of" in c.value for c in at.caption)
+    assert set(settings.index[:2]) == {"sparsity", "K"}  # the differing settings are listed first
+    titles = [figure["layout"]["title"]["text"] for figure in figures(at)]
+    assert "Relative reconstruction error per layer" in titles and "Agreement of the pruned channels per layer" in titles
+    curve = titled(at, "Runs that agree in every setting but the sparsity")
+    assert sum(len(array(trace["x"])) for trace in curve["data"]) == 2  # K differs too: two curves of one point

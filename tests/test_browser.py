@@ -33,7 +33,7 @@ VIEWPORT = {"width": 1500, "height": 1000}
 NAV_TITLES = {"start_here": "Start here", "model_data": "Model & data", "run_spap": "Run SPAP",
               "mask_evolution": "Mask evolution", "scores": "Scores", "dense_vs_pruned": "Dense vs pruned text",
               "latency": "Latency & memory", "zeroshot": "Zero-shot accuracy", "perplexity_sweep": "Perplexity vs sparsity",
-              "sensitivity": "Sensitivity", "how_spap_works": "How SPAP works"}
+              "compare_runs": "Compare runs", "sensitivity": "Sensitivity", "how_spap_works": "How SPAP works"}
 
 
 def free_port() -> int:

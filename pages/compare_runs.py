@@ -1,0 +1,97 @@
+"""Compare runs: two or more saved runs side by side, metrics first, then the settings with the
+ones that differ marked, the per-layer errors, how much their pruned channels agree, and perplexity
+against sparsity for runs that differ only in their sparsity."""
+
+import plotly.express as px
+import streamlit as st
+
+from pages._routing import ensure_routed
+from pages._shared import PAGE_RUN, session_id
+from spap_core.errors import UnreadableRunError
+from spap_service.compare import (
+    layer_errors,
+    metrics_table,
+    pruned_map,
+    pruned_overlap,
+    run_names,
+    settings_table,
+    sparsity_curves,
+)
+from spap_service.limits import server_limits
+from spap_service.runs import load_saved_run, saved_run_folder, saved_runs
+
+ensure_routed()
+
+DIFFERS = "background-color: #fff3cd; font-weight: 600"  # the settings rows in which the runs differ
+
+st.title("Compare runs")
+shared = server_limits().share_runs
+everyone = shared and st.toggle("Runs of every session", key="compare_everyone")
+listed = saved_runs(owner=None if everyone else session_id())
+for fault in listed.unreadable:
+    st.caption(f":warning: Skipped a saved run that cannot be read: {fault.fault}")
+runs = listed.table
+if len(runs) < 2:
+    st.info(f"{len(runs)} saved run{'' if len(runs) == 1 else 's'} {'on this server' if everyone else 'of this browser'}: "
+            "comparing needs at least two. Every finished run on Run SPAP is saved.")
+    st.page_link(PAGE_RUN, label="Go to Run SPAP", icon=":material/play_arrow:")
+    st.stop()
+labels = {row["run"]: f"{row['finished']} · {row['method']} at {row['sparsity']:.0%} · ppl {row['ppl pruned']:.2f}"
+          for row in runs.to_dict("records")}
+chosen = st.multiselect("Runs to compare", list(labels), default=list(labels)[:2], format_func=labels.get,
+                        key="compare_runs", help="The newest first; two or more.")
+if len(chosen) < 2:
+    st.info("Choose at least two runs.")
+    st.stop()
+folders = [saved_run_folder(name) for name in chosen]
+if None in folders:
+    st.error("A chosen run is no longer in the results folder; choose again.")
+    st.stop()
+try:
+    outcomes = [load_saved_run(folder) for folder in folders]
+except UnreadableRunError as exc:
+    st.error(f"A chosen run cannot be opened: {exc}")
+    st.stop()
+names = run_names(outcomes)
+
+st.subheader("Metrics")
+st.dataframe(metrics_table(outcomes).style.format("{:.4g}"), width="stretch")
+
+st.subheader("Settings")
+settings = settings_table(outcomes)
+differing = settings[settings["differs"]].drop(columns="differs")
+st.caption(f"The runs differ in {len(differing)} of {len(settings)} settings (highlighted, and listed first).")
+ordered = settings.sort_values("differs", ascending=False, kind="stable")
+st.dataframe(ordered.drop(columns="differs").style.apply(
+    lambda row: [DIFFERS if ordered.loc[row.name, "differs"] else ""] * len(row), axis=1), width="stretch")
+
+error_column, overlap_column = st.columns(2)
+with error_column:
+    figure = px.line(layer_errors(outcomes), x="layer", y="relative_error", color="run", markers=True,
+                     title="Relative reconstruction error per layer", labels={"relative_error": "objective ÷ ½‖Y‖²"})
+    figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
+    st.plotly_chart(figure, width="stretch")
+with overlap_column:
+    overlap = pruned_overlap(outcomes)
+    if overlap.empty:
+        st.info("These runs pruned models of different widths: their channels do not correspond.")
+    else:
+        figure = px.line(overlap, x="layer", y="jaccard", color="pair", markers=True, range_y=[0, 1.05],
+                         title="Agreement of the pruned channels per layer", labels={"jaccard": "Jaccard |A∩B| / |A∪B|"})
+        figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
+        st.plotly_chart(figure, width="stretch")
+
+st.subheader("Pruned channels")
+for column, name, outcome in zip(st.columns(len(outcomes)), names, outcomes):
+    figure = px.imshow(pruned_map(outcome), zmin=0, zmax=1, aspect="auto", color_continuous_scale="Reds",
+                       labels={"x": "channel (evenly spaced)", "y": "layer", "color": "pruned"}, title=name)
+    figure.update_layout(height=300, margin=dict(t=40, b=10, l=10, r=10), coloraxis_showscale=False)
+    column.plotly_chart(figure, width="stretch")
+
+st.subheader("Perplexity against sparsity")
+curves = sparsity_curves(outcomes)
+figure = px.line(curves, x="sparsity", y="perplexity", color="curve", markers=True, hover_data=["run"],
+                 title="Runs that agree in every setting but the sparsity form one curve")
+figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), xaxis_tickformat=".0%")
+st.plotly_chart(figure, width="stretch")
+st.caption("; ".join(f"**{curve}**: runs {', '.join(group['run'].str[0])}" for curve, group in curves.groupby("curve")))

@@ -1,0 +1,103 @@
+"""The tables the Compare runs page draws from two or more saved runs: metrics first, then every
+setting with the ones that differ marked, per-layer errors, how much the pruned channel sets of the
+runs agree, and perplexity against sparsity for runs that differ only in their sparsity."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pandas as pd
+
+from spap_core.methods.reconstruction import reconstruction_name
+from spap_core.parameters import BY_KEY, settings_values
+from spap_service.analysis import pruned_channels
+from spap_service.runs import RunOutcome
+
+METRICS = ("perplexity, pruned", "perplexity, dense", "mean layer error", "parameters (M)", "pruning time (s)")
+
+
+def run_names(outcomes: list[RunOutcome]) -> list[str]:
+    """A short, unique name per run for columns and legends: 'A 07:12 spap 30%'."""
+    letters = (chr(ord("A") + index) for index in itertools.count())
+    return [f"{letter} {time.strftime('%H:%M', time.localtime(outcome.finished_at))} "
+            f"{outcome.request.settings.method} {outcome.request.settings.sparsity:.0%}"
+            for letter, outcome in zip(letters, outcomes)]
+
+
+def metrics_table(outcomes: list[RunOutcome]) -> pd.DataFrame:
+    """One column per run, one row per headline metric."""
+    columns = {}
+    for name, outcome in zip(run_names(outcomes), outcomes):
+        record = outcome.record
+        columns[name] = [record["ppl"], record["ppl_dense"], record.get("mean_layer_error", np.nan),
+                         record["params_after"] / 1e6, record.get("prune_seconds", np.nan)]
+    return pd.DataFrame(columns, index=list(METRICS))
+
+
+def settings_table(outcomes: list[RunOutcome]) -> pd.DataFrame:
+    """One column per run, one row per setting (every method's parameters, the weight update,
+    the allocation, the calibration and evaluation data), and a last column saying whether the
+    runs differ in it. A setting a run's method does not have reads '–'."""
+    rows: dict[str, list[str]] = {}
+    for index, outcome in enumerate(outcomes):
+        request, values = outcome.request, settings_values(outcome.request.settings)
+        shown = {"method": request.settings.method,
+                 **{BY_KEY[key].symbol: BY_KEY[key].format(value) for key, value in values.items()},
+                 "weight update": reconstruction_name(request.settings.reconstruction),
+                 "allocation": request.settings.allocation,
+                 "calibration": f"{request.data.nsamples} × {request.data.seqlen} of {request.data.calibration.label}",
+                 "seed": str(request.seed),
+                 "evaluation": f"{outcome.record['eval_windows']} × {outcome.record['eval_len']} of "
+                               f"{outcome.record['eval_source']}",
+                 "model": str(outcome.record.get("model", "?"))}
+        for key, value in shown.items():
+            rows.setdefault(key, ["–"] * len(outcomes))[index] = value
+    table = pd.DataFrame(rows, index=run_names(outcomes)).T
+    table["differs"] = table.nunique(axis=1) > 1
+    return table
+
+
+def layer_errors(outcomes: list[RunOutcome]) -> pd.DataFrame:
+    """Long table: run, layer, relative error (objective ÷ ½‖Y‖²)."""
+    return pd.DataFrame([{"run": name, "layer": layer.layer, "relative_error": layer.relative_error}
+                         for name, outcome in zip(run_names(outcomes), outcomes) for layer in outcome.result.layers])
+
+
+def pruned_overlap(outcomes: list[RunOutcome]) -> pd.DataFrame:
+    """Long table: for each pair of runs and each layer both pruned, the Jaccard overlap |A∩B| / |A∪B|
+    of their pruned channel sets (1 = the same channels)."""
+    names, rows = run_names(outcomes), []
+    for (name_a, a), (name_b, b) in itertools.combinations(zip(names, outcomes), 2):
+        for layer_a, layer_b in zip(a.result.layers, b.result.layers):
+            if layer_a.width != layer_b.width:
+                continue  # another model: no channel corresponds
+            pruned_a, pruned_b = pruned_channels(layer_a), pruned_channels(layer_b)
+            union = pruned_a | pruned_b
+            rows.append({"pair": f"{name_a[0]}–{name_b[0]}", "layer": layer_a.layer,
+                         "jaccard": len(pruned_a & pruned_b) / len(union) if union else 1.0})
+    return pd.DataFrame(rows, columns=["pair", "layer", "jaccard"])
+
+
+def pruned_map(outcome: RunOutcome, max_channels: int = 256) -> np.ndarray:
+    """[layer, channel] 1 where the run pruned the channel (evenly spaced channels when wider)."""
+    widths = [layer.width for layer in outcome.result.layers]
+    shown = np.linspace(0, min(widths) - 1, min(max_channels, min(widths))).round().astype(int)
+    grid = np.zeros((len(widths), len(shown)))
+    for row, layer in enumerate(outcome.result.layers):
+        pruned = np.zeros(layer.width)
+        pruned[sorted(pruned_channels(layer))] = 1
+        grid[row] = pruned[shown]
+    return grid
+
+
+def sparsity_curves(outcomes: list[RunOutcome]) -> pd.DataFrame:
+    """Perplexity against sparsity, one curve per group of runs that agree in every setting but the
+    sparsity (a single run is a curve of one point)."""
+    settings = settings_table(outcomes).drop(index=["sparsity"], errors="ignore").drop(columns="differs")
+    groups = {name: " · ".join(settings[name].tolist()) for name in settings.columns}
+    curve_of = {key: f"curve {index + 1}" for index, key in enumerate(dict.fromkeys(groups.values()))}
+    return pd.DataFrame([{"curve": curve_of[groups[name]], "run": name, "sparsity": outcome.request.settings.sparsity,
+                          "perplexity": outcome.record["ppl"]}
+                         for name, outcome in zip(run_names(outcomes), outcomes)]).sort_values(["curve", "sparsity"])
