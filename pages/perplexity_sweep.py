@@ -31,7 +31,8 @@ from pages._widgets import parameter_widget, unless_preset
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.parameters import method_parameters
-from spap_service.analysis import weight_update_note
+from spap_service.analysis import weight_update_note, with_subtitle
+from spap_service.compare import reference_curves
 from spap_service.comparisons import method_settings, sweep_key, sweep_sparsities
 
 ensure_routed()
@@ -95,9 +96,31 @@ if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
 
 job_panel("sweep")
 latest = latest_table("sweep")
+reference = reference_curves(loaded.source)
+
+
+def reference_section() -> None:
+    """The committed benchmark's curves for this model, labelled as such: what a lesson can show
+    at once, before (or instead of) a live sweep."""
+    figure = px.line(reference.table, x="sparsity", y="perplexity", color="method", facet_col="text", markers=True,
+                     log_y=True, title=with_subtitle("Reference curves (precomputed, not this session's data)",
+                                                     f"{loaded.description}"))
+    span = [reference.table["sparsity"].min(), reference.table["sparsity"].max()]
+    for column, text in enumerate(reference.table["text"].unique(), start=1):  # a trace: shapes on log axes misplace
+        figure.add_scatter(x=span, y=[reference.dense[text]] * 2, mode="lines", row=1, col=column,
+                           name=f"dense {reference.dense[text]:.2f} ({text})", line=dict(dash="dash", color="gray"))
+    figure.update_layout(height=420, margin=dict(t=90, b=10, l=10, r=10), xaxis_tickformat=".0%")
+    st.plotly_chart(figure, width="stretch")
+    st.caption(f"Protocol: {reference.protocol}. A live sweep here uses this session's smaller data, so its numbers "
+               "are higher; the order of the methods is what to compare.")
+
+
 if latest is None:
     st.info("Choose methods and a sparsity range, then run the sweep. Each point is one pruning run plus one "
-            "perplexity evaluation, so a sweep takes a while on a CPU; other pages stay usable meanwhile.")
+            "perplexity evaluation, so a sweep takes a while on a CPU; other pages stay usable meanwhile."
+            + (" Meanwhile, the reference curves below were measured in advance on this model." if reference else ""))
+    if reference is not None:
+        reference_section()
     st.stop()
 
 table, context = latest
@@ -130,3 +153,7 @@ with table_column:
     curves = table.drop_duplicates("method")[["method", "settings"]]
     st.caption("Each curve's settings (also in the CSV): " + "; ".join(
         f"**{row.method}**: {row.settings or 'its defaults'}" for row in curves.itertuples()))
+
+if reference is not None:
+    with st.expander("Reference curves, precomputed on this model with a larger protocol"):
+        reference_section()

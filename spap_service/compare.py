@@ -1,11 +1,15 @@
 """The tables the Compare runs page draws from two or more saved runs: metrics first, then every
 setting with the ones that differ marked, per-layer errors, how much the pruned channel sets of the
-runs agree, and perplexity against sparsity for runs that differ only in their sparsity."""
+runs agree, and perplexity against sparsity for runs that differ only in their sparsity. And the
+committed benchmark's curves, which the sweep page shows as a reference before any live sweep."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -101,3 +105,35 @@ def sparsity_curves(outcomes: list[RunOutcome]) -> pd.DataFrame:
     return pd.DataFrame([{"curve": curve_of[groups[name]], "run": name, "sparsity": outcome.request.settings.sparsity,
                           "perplexity": outcome.record["ppl"]}
                          for name, outcome in zip(run_names(outcomes), outcomes)]).sort_values(["curve", "sparsity"])
+
+
+REFERENCE_TABLE = Path(__file__).resolve().parents[1] / "docs" / "results" / "quality.json"
+
+
+@dataclass(frozen=True)
+class ReferenceCurves:
+    """Perplexity against sparsity of every method, measured by bench/quality.py on a fixed protocol
+    (far larger than an interactive run), with that protocol in words."""
+
+    table: pd.DataFrame  # method, sparsity, text, perplexity
+    dense: dict[str, float]
+    protocol: str
+
+
+def reference_curves(model_source: str, path: Path = REFERENCE_TABLE) -> ReferenceCurves | None:
+    """The committed benchmark table's curves when it was measured on `model_source`, else None
+    (another model's numbers would say nothing about this one)."""
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    args = stored["args"]
+    if args.get("model") != model_source:
+        return None
+    rows = [{"method": row["method"], "sparsity": row["sparsity"], "text": text, "perplexity": value}
+            for row in stored["rows"] for text, value in row["ppl"].items()]
+    measured = sorted(row["measured_at"] for row in stored["rows"] if row.get("measured_at"))
+    when = f", measured {measured[0][:10]} to {measured[-1][:10]}" if measured else ""
+    protocol = (f"precomputed by bench/quality.py (docs/results/quality.md): {args['nsamples']} × {args['seqlen']} "
+                f"calibration tokens of WikiText-2's validation split (seed {args['seed']}), the first {args['eval_windows']} × "
+                f"{args['seqlen']}-token windows of each text, every method at its own defaults{when}")
+    return ReferenceCurves(pd.DataFrame(rows), stored["dense"], protocol)

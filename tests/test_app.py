@@ -31,7 +31,7 @@ from app_harness import (
     titled,
 )
 from conftest import tiny_llama
-from spap_core.methods.registry import PruneSettings
+from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.spap import PenaltySettings
 from spap_core.parameters import BY_KEY
 from spap_service.analysis import changed_mind_counts, readout_masks, soft_masks
@@ -654,3 +654,19 @@ def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(a
     assert "Relative reconstruction error per layer" in titles and "Agreement of the pruned channels per layer" in titles
     curve = titled(at, "Runs that agree in every setting but the sparsity")
     assert sum(len(array(trace["x"])) for trace in curve["data"]) == 2  # K differs too: two curves of one point
+
+
+def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labelled_as_such(app_files,
+                                                                                             monkeypatch):
+    import spap_service.compare as compare
+
+    committed = compare.reference_curves("smollm2")
+    assert committed is not None and compare.reference_curves(str(app_files["model"])) is None  # that model's only
+    assert set(committed.table["method"]) == set(METHODS) and "32 × 512" in committed.protocol
+    monkeypatch.setattr(compare, "reference_curves", lambda source: committed)  # as if the app ran SmolLM2
+    at = start_app()
+    open_page(at, "perplexity_sweep")
+    chart = titled(at, "Reference curves (precomputed, not this session's data)")
+    methods = {trace["name"] for trace in chart["data"] if not trace["name"].startswith("dense")}
+    assert methods == set(METHODS)
+    assert any(c.value.startswith("Protocol: precomputed by bench/quality.py") for c in at.caption)
