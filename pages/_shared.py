@@ -27,7 +27,8 @@ from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_dev
 from spap_core.parameters import describe, parameter, settings_values
 from spap_service.analysis import run_label, with_subtitle
 from spap_service.comparisons import RESULT_TABLES, LatencyComparison
-from spap_service.data import DataSpec, TextChoice, model_key
+from spap_service.estimates import duration, many_runs_seconds, model_speed
+from spap_service.data import DataSpec, TextChoice, dense_perplexity_known, model_key
 from spap_service.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
 from spap_service.limits import server_limits
 from spap_service.presets import interactive_run_size, interactive_settings
@@ -188,13 +189,15 @@ def refused_before_queueing(loaded: LoadedModel, requests: list[RunRequest]) -> 
     return False
 
 
-def submit_job(kind: str, label: str, function: Callable[[ProgressReporter, Any], Any]) -> None:
+def submit_job(kind: str, label: str, function: Callable[[ProgressReporter, Any], Any],
+               estimate_s: float | None = None) -> None:
     """Queue heavy work for this session; one job of each kind at a time, so a double click
     never queues the same run twice. Reruns the app once queued, so the sidebar (drawn before the
-    page) shows the new job too."""
+    page) shows the new job too. `estimate_s`, said before it started, is shown next to its time."""
     if _still_busy(kind) or _over_session_limit():
         return
-    session().jobs[kind] = shared_queue().submit(function, owner=session_id(), label=label, kind=kind)
+    session().jobs[kind] = shared_queue().submit(function, owner=session_id(), label=label, kind=kind,
+                                                 estimate_s=estimate_s)
     st.rerun()
 
 
@@ -241,7 +244,7 @@ def progress_text(job: Job) -> str:
             parts.append(f"ρ iteration {progress.iteration} of {progress.n_iterations}")
     if progress.n_steps:
         parts.append(f"run {progress.step} of {progress.n_steps}")
-    parts.append(f"{job.elapsed_s:.0f} s")
+    parts.append(f"{job.elapsed_s:.0f} s" + ("" if job.estimate_s is None else f" of {duration(job.estimate_s)}"))
     return " · ".join(parts)
 
 
@@ -275,6 +278,8 @@ def job_panel(kind: str) -> Job | None:
         st.error(job.error, icon=":material/error:")
     elif job.status is JobStatus.CANCELLED:
         st.warning(f"{job.label} was cancelled ({job.error}).", icon=":material/cancel:")
+    elif job.estimate_s is not None:
+        st.caption(f"{job.label} took {job.elapsed_s:.0f} s; estimated beforehand: {duration(job.estimate_s)}.")
     return job
 
 
@@ -282,7 +287,7 @@ def job_panel(kind: str) -> Job | None:
 
 
 def request_table(kind: str, key: str, label: str, context: dict,
-                  compute: Callable[[ProgressReporter, Any], pd.DataFrame]) -> None:
+                  compute: Callable[[ProgressReporter, Any], pd.DataFrame], estimate_s: float | None = None) -> None:
     """Show the table for `key` from the shared cache at once, or compute it as a background job.
     `context` (shown with the table) is remembered with the key."""
     cached = RESULT_TABLES.get(key) is not None
@@ -290,7 +295,7 @@ def request_table(kind: str, key: str, label: str, context: dict,
         return
     session().table_requests[kind] = TableRequest(key, context)
     if not cached:
-        submit_job(kind, label, lambda progress, cancel: (key, compute(progress, cancel)))
+        submit_job(kind, label, lambda progress, cancel: (key, compute(progress, cancel)), estimate_s)
 
 
 def restore_form(kind: str) -> None:
@@ -507,19 +512,23 @@ def settings_summary(request: RunRequest, omit: set[str] = frozenset()) -> str:
     return ", ".join(part for part in parts if part)
 
 
-def sweep_time_estimate(points: int, outcome: RunOutcome | None) -> str:
-    """A rough duration for a sweep of `points` runs, from the latest run's own timings (pruning
-    plus perplexity; a baseline prunes faster than SPAP, so this errs long)."""
-    if points == 0:
-        return "Nothing to run: choose at least one method."
-    if outcome is None:
-        return (f"{points} runs (methods × sparsities), each a pruning run plus a perplexity evaluation; start one "
-                "run on Run SPAP first for a time estimate.")
-    each = outcome.record["prune_seconds"] + outcome.record["eval_seconds"]
-    total = points * each
-    rough = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
-    return (f"{points} runs (methods × sparsities): about {rough}, at {each:.0f} s per run as your latest run took "
-            "(pruning + perplexity; baselines prune faster). Other pages stay usable meanwhile.")
+def time_estimate(loaded: LoadedModel, requests: list[RunRequest]) -> float | None:
+    """Seconds the runs of `requests` should take here (spap_service.estimates); None when the
+    model cannot be timed (then nothing is claimed)."""
+    if not requests:
+        return 0.0
+    try:
+        speed = model_speed(loaded)
+    except (RuntimeError, ValueError):  # a model that does not run on random ids says so when it runs
+        return None
+    return many_runs_seconds(speed, requests, dense_perplexity_known(loaded, requests[0].data))
+
+
+def estimate_caption(what: str, seconds: float | None) -> str:
+    if seconds is None:
+        return f"{what}: no time estimate for this model."
+    return (f"{what}: {duration(seconds)} on this machine, estimated from this model's measured speed; the time it "
+            "took is shown next to the result.")
 
 
 def mean_layer_error(outcome: RunOutcome) -> float:

@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 from pages._routing import ensure_routed
 from pages._shared import (
     device_label,
+    estimate_caption,
     job_panel,
     latest_latency,
     require_model,
@@ -25,6 +26,7 @@ from pages._widgets import bounded_number
 from spap_core.parameters import LATENCY_PARAMETERS
 from spap_service.analysis import speedup_verdict
 from spap_service.comparisons import RATIO_LABELS, LatencyOptions, compare_latency
+from spap_service.estimates import latency_seconds, model_speed
 from spap_service.presets import interactive_run_size
 
 ensure_routed()
@@ -47,10 +49,13 @@ with st.form("latency_settings", enter_to_submit=False):
         bounded_number(declared, defaults[declared.key], f"latency_{declared.key}", container=column)
         for declared, column in zip(LATENCY_PARAMETERS, columns))
     submitted = st.form_submit_button("Measure", type="primary", icon=":material/timer:")
+estimate = latency_seconds(model_speed(loaded), int(seqlen), int(decode_tokens), int(repeats), int(warmup))
+st.caption(estimate_caption("This measurement", estimate))
 if submitted:
     options = LatencyOptions(seqlen=int(seqlen), decode_tokens=int(decode_tokens), repeats=int(repeats),
                              warmup=int(warmup))
-    submit_job("latency", "Latency: dense vs pruned", partial(compare_latency, loaded, outcome, options, label))
+    submit_job("latency", "Latency: dense vs pruned", partial(compare_latency, loaded, outcome, options, label),
+               estimate)
 
 job_panel("latency")
 comparison = latest_latency()

@@ -12,22 +12,22 @@ import streamlit as st
 from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
-    form_state,
+    estimate_caption,
     evaluation_budget,
     fixed_settings_caption,
+    form_state,
     job_panel,
-    latest_outcome,
     latest_table,
     refused_before_queueing,
     request_table,
     restore_form,
     shown_table_differs,
-    sweep_time_estimate,
+    time_estimate,
 )
+from pages._widgets import parameter_widget, unless_preset
 from spap_core.allocation import ALLOCATIONS
 from spap_core.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
 from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
-from pages._widgets import parameter_widget, unless_preset
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.parameters import method_parameters
@@ -81,10 +81,12 @@ except SpapInputError as exc:
     st.stop()
 fixed_settings_caption(base, {"method", "sparsity"}, f"point ({weight_update_note(base.settings.reconstruction)})")
 key = sweep_key(loaded, base, settings, sparsities)
-st.caption(sweep_time_estimate(len(methods) * len(sparsities), latest_outcome()))
+points = [replace(base, settings=replace(settings[method], sparsity=sparsity))
+          for method in methods for sparsity in sparsities]
+estimate = time_estimate(loaded, points)
+st.caption(estimate_caption(f"{len(points)} runs (methods × sparsities)", estimate) if points
+           else "Nothing to run: choose at least one method.")
 if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
-    points = [replace(base, settings=replace(settings[method], sparsity=sparsity))
-              for method in methods for sparsity in sparsities]
     if not methods:
         st.error("Choose at least one method.")
     elif not refused_before_queueing(loaded, points):
@@ -92,7 +94,7 @@ if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
         form = form_state(["sweep_methods", "sweep_range", "sweep_step", "sweep_reconstruction", "sweep_allocation",
                            *values])
         request_table("sweep", key, label, {"budget": evaluation_budget(base.data), "form": form},
-                      partial(sweep_sparsities, loaded, base, settings, sparsities))
+                      partial(sweep_sparsities, loaded, base, settings, sparsities), estimate)
 
 job_panel("sweep")
 latest = latest_table("sweep")

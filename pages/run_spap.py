@@ -14,6 +14,7 @@ from pages._routing import ensure_routed
 from pages._shared import (
     SHARED_RUN_PARAM,
     data_spec,
+    estimate_caption,
     evaluation_caption,
     form_values,
     job_panel,
@@ -28,6 +29,7 @@ from pages._shared import (
     session_id,
     submit_job,
     target_device,
+    time_estimate,
 )
 from pages._state import session
 from pages._widgets import fill_form, ignored_url_parameters, parameter_widget
@@ -84,18 +86,23 @@ with st.form("spap_settings", enter_to_submit=False):  # Enter in a number box m
                         values[declared.key] = parameter_widget(declared, default_of(declared))
     submitted = st.form_submit_button("Run SPAP", type="primary", icon=":material/play_arrow:")
 
-if submitted:
-    try:
-        settings = with_values(PruneSettings(method="spap"), {p.key: values[p.key] for p in FORM if p.path})
-    except SpapInputError as exc:
+try:
+    settings = with_values(PruneSettings(method="spap"), {p.key: values[p.key] for p in FORM if p.path})
+except SpapInputError as exc:
+    settings = None
+    if submitted:
         st.error(str(exc))
-    else:
-        spec = replace(spec, nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"]))
-        state.data_spec, state.prune_settings, state.run_seed = spec, settings, int(values["seed"])
-        request = RunRequest(settings=settings, seed=int(values["seed"]), data=spec)
+if settings is not None:
+    request = RunRequest(settings=settings, seed=int(values["seed"]),
+                         data=replace(spec, nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"])))
+    estimate = time_estimate(loaded, [request])
+    # a form's values change when it is submitted: the estimate is for the settings shown as last submitted
+    st.caption(estimate_caption("This run", estimate))
+    if submitted:
+        state.data_spec, state.prune_settings, state.run_seed = request.data, settings, request.seed
         if not refused_before_queueing(loaded, [request]):
             submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity",
-                       partial(run_pruning, loaded, request, owner=session_id()))
+                       partial(run_pruning, loaded, request, owner=session_id()), estimate)
 
 job_panel("run")
 saved_runs_panel()

@@ -10,6 +10,7 @@ from plotly.subplots import make_subplots
 from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
+    estimate_caption,
     fixed_settings_caption,
     form_state,
     job_panel,
@@ -18,6 +19,7 @@ from pages._shared import (
     request_table,
     restore_form,
     shown_table_differs,
+    time_estimate,
 )
 from pages._widgets import unless_preset
 from spap_core.errors import SpapInputError
@@ -48,10 +50,16 @@ with st.form("scan_settings", enter_to_submit=False):
     submitted = st.form_submit_button("Run scan", type="primary", icon=":material/play_arrow:")
 valid_range = low < high and not (scanned.log_scale and low <= 0)
 values = scanned.sweep_values(low, high, points) if valid_range else []
+estimate = None
 if valid_range:  # the values the form holds, as the scan will run them (a form's values change on submit)
     st.caption(f"{len(values)} values, spaced {'logarithmically' if scanned.log_scale else 'evenly'}: "
                f"{', '.join(scanned.format(value) for value in values)}; each one is a full pruning run plus a "
                "perplexity evaluation.")
+    try:
+        estimate = time_estimate(loaded, [request_with(base, scanned, value) for value in values])
+        st.caption(estimate_caption("This scan", estimate))
+    except SpapInputError:  # refused with its reason when the scan is asked for
+        pass
 
 if submitted:
     if not valid_range:
@@ -69,7 +77,7 @@ if submitted:
                 request_table("scan", table_key, f"Scan of {scanned.label} ({len(values)} values)",
                               {"parameter": key, "current": request_value(base, scanned),
                                "form": form_state(["scan_parameter", low_key, high_key, "scan_points"])},
-                              partial(sensitivity_scan, loaded, base, key, values))
+                              partial(sensitivity_scan, loaded, base, key, values), estimate)
 
 job_panel("scan")
 latest = latest_table("scan")

@@ -133,6 +133,11 @@ def batch_reporter(progress: ProgressReporter, what: str) -> Callable[[int, int]
     return lambda done, total: progress.update(phase=f"{what}: batch {done} of {total}")
 
 
+def dense_perplexity_known(loaded: LoadedModel, data: DataSpec) -> bool:
+    """Whether the dense perplexity of this model on this evaluation set is cached (a run then skips it)."""
+    return _dense_perplexities.get((model_key(loaded), data.evaluation_key)) is not None
+
+
 def dense_perplexity(loaded: LoadedModel, data: DataSpec, windows: torch.Tensor, progress: ProgressReporter,
                      cancel: threading.Event) -> tuple[PerplexityResult, bool]:
     """Perplexity of the unpruned model, computed once per model and evaluation set.

@@ -92,6 +92,7 @@ class Job:
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
     result: Any = field(default=None, repr=False)
     error: str | None = None
+    estimate_s: float | None = None  # what the page expected it to take, said before it started
     submitted_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -147,12 +148,14 @@ class JobQueue:
         self._worker: threading.Thread | None = None
         self._stopping = False
 
-    def submit(self, function: JobFunction, *, owner: str, label: str, kind: str = "job") -> Job:
+    def submit(self, function: JobFunction, *, owner: str, label: str, kind: str = "job",
+               estimate_s: float | None = None) -> Job:
         """Queue `function(progress, cancel)`; it runs after every job submitted before it."""
         with self._condition:
             if self._stopping:
                 raise RuntimeError("the job queue is shut down")
-            job = Job(id=f"job-{next(self._ids)}", owner=owner, label=label, kind=kind, function=function)
+            job = Job(id=f"job-{next(self._ids)}", owner=owner, label=label, kind=kind, function=function,
+                      estimate_s=estimate_s)
             self._waiting.append(job)
             self._number_waiting_jobs()
             if self._worker is None:

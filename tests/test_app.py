@@ -35,6 +35,7 @@ from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.spap import PenaltySettings
 from spap_core.parameters import BY_KEY
 from spap_service.analysis import changed_mind_counts, readout_masks, soft_masks
+from spap_service.estimates import duration
 from spap_service.jobs import JobStatus, shared_queue
 
 RUN_ITERATIONS = 6
@@ -670,3 +671,22 @@ def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labe
     methods = {trace["name"] for trace in chart["data"] if not trace["name"].startswith("dense")}
     assert methods == set(METHODS)
     assert any(c.value.startswith("Protocol: precomputed by bench/quality.py") for c in at.caption)
+
+
+def test_every_job_says_how_long_it_should_take_and_then_how_long_it_took(app_files):
+    at = start_app()
+    open_page(at, "run_spap")
+    before = next(c.value for c in at.caption if c.value.startswith("This run: about "))
+    assert "on this machine" in before
+    click(at, "Run SPAP")
+    finish_job(at, "run")
+    job = session_job(at, "run")
+    assert job.estimate_s is not None and job.estimate_s > 0
+    assert any(c.value == f"{job.label} took {job.elapsed_s:.0f} s; estimated beforehand: "
+                          f"{duration(job.estimate_s)}." for c in at.caption)
+    open_page(at, "latency")
+    assert any(c.value.startswith("This measurement: about ") for c in at.caption)
+    open_page(at, "sensitivity")
+    assert any(c.value.startswith("This scan: about ") for c in at.caption)
+    open_page(at, "perplexity_sweep")
+    assert any(c.value.startswith("6 runs (methods × sparsities): about ") for c in at.caption)  # 2 methods × 3

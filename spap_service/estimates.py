@@ -1,0 +1,105 @@
+"""How long a run, a sweep, a scan or a latency measurement will take, said before it starts: the
+model's forward throughput is measured once on this machine (a fraction of a second), and the work
+of each job is counted in dense forward passes over its tokens, with the ratios docs/results/speed.md
+measured for SmolLM2 on the development VM. The pages show the estimate before the job and the
+measured time next to it afterwards, so a wrong estimate is seen, not hidden."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from spap_core.models import LoadedModel
+from spap_service.cache import BoundedCache
+from spap_service.data import model_key
+from spap_service.runs import RunRequest
+
+# One pruning run in dense forward passes over its calibration tokens (docs/results/speed.md,
+# SmolLM2, 16 × 512): SPAP without recovery 1.67, FLAP 1.32; the other baselines are one-shot rules
+# like FLAP's (magnitude, Wanda-sp) or add one refit (FASP) or a greedy solve (OBS) and were not
+# timed, so they get FLAP's ratio, which the post-run comparison shows the error of.
+PRUNE_PASSES = {"spap": 1.67}
+BASELINE_PASSES = 1.32
+# A round of alternating minimization: its exact refit over every calibration token (0.82 passes,
+# the recovery's floor in speed.md) plus its Adam steps, whose cost does not depend on the calibration
+# size: each of their tokens costs about 0.6 of a forward token (fitted to SmolLM2's CPU run with the
+# recovery on, 8 × 256 calibration tokens: 26.9 s measured, 27.3 s estimated; docs/spap-design.md).
+REFIT_PASSES = 0.82
+FORWARD_TOKENS_PER_ADAM_TOKEN = 0.6
+OVERHEAD_S = 1.0  # tokenizing the texts and cutting the windows
+PROBE_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class ModelSpeed:
+    """What one forward pass costs this model on this machine now."""
+
+    tokens_per_s: float  # full forward (logits included) on windows of PROBE_TOKENS tokens
+    step_s: float  # one forward of a single token: about one decoding step
+
+
+_speeds = BoundedCache(max_entries=8)
+
+
+def model_speed(loaded: LoadedModel) -> ModelSpeed:
+    """Measured on first use per model (a warm-up and one timed pass of 2 × 128 tokens, then a few
+    single-token passes), then kept."""
+    key = model_key(loaded)
+    if (known := _speeds.get(key)) is not None:
+        return known
+    vocab = loaded.model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (2, PROBE_TOKENS), generator=torch.Generator().manual_seed(0)).to(loaded.device)
+    with torch.no_grad():
+        loaded.model(input_ids=ids[:1, :16])
+        started = time.perf_counter()
+        loaded.model(input_ids=ids)
+        tokens_per_s = ids.numel() / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for index in range(4):
+            loaded.model(input_ids=ids[:1, index : index + 1])
+        step_s = (time.perf_counter() - started) / 4
+    speed = ModelSpeed(tokens_per_s, step_s)
+    _speeds.put(key, speed)
+    return speed
+
+
+def run_seconds(speed: ModelSpeed, request: RunRequest, dense_cached: bool = False,
+                eval_tokens: int | None = None) -> float:
+    """One run: pruning (in dense passes over its calibration tokens) plus the pruned model's
+    perplexity and, unless cached, the dense model's. `eval_tokens` when the evaluation is the
+    whole text (eval_windows 0), whose length the request does not say."""
+    settings, data = request.settings, request.data
+    calibration = data.nsamples * data.seqlen
+    forward_tokens = PRUNE_PASSES.get(settings.method, BASELINE_PASSES) * calibration
+    if (recovery := settings.recovery) is not None:
+        adam_tokens = recovery.altmin.steps * recovery.altmin.batch_tokens
+        forward_tokens += recovery.altmin.rounds * (REFIT_PASSES * calibration
+                                                    + FORWARD_TOKENS_PER_ADAM_TOKEN * adam_tokens)
+    evaluated = eval_tokens if data.eval_windows == 0 and eval_tokens else data.eval_windows * data.eval_len
+    forward_tokens += (1 if dense_cached else 2) * evaluated
+    return OVERHEAD_S + forward_tokens / speed.tokens_per_s
+
+
+def many_runs_seconds(speed: ModelSpeed, requests: list[RunRequest], dense_cached: bool = False) -> float:
+    """A sweep's or a scan's runs, one after another; they share the dense perplexity where their
+    evaluation data are the same."""
+    seen: set[str] = set()
+    total = 0.0
+    for request in requests:
+        total += run_seconds(speed, request, dense_cached or request.data.evaluation_key in seen)
+        seen.add(request.data.evaluation_key)
+    return total
+
+
+def latency_seconds(speed: ModelSpeed, prefill_tokens: int, decode_tokens: int, repeats: int, warmup: int) -> float:
+    """Both models, each timed `warmup + repeats` times on a prefill and a greedy decode (the
+    pruned model counted as fast as the dense one: the estimate errs long)."""
+    one = prefill_tokens / speed.tokens_per_s + decode_tokens * speed.step_s
+    return 2 * (warmup + repeats) * one
+
+
+def duration(seconds: float) -> str:
+    """'about 40 s', 'about 3 min'."""
+    return f"about {seconds / 60:.0f} min" if seconds >= 90 else f"about {max(1, round(seconds)):.0f} s"

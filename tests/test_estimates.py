@@ -1,0 +1,48 @@
+"""Time estimates count a job's work in dense forward passes at the model's measured speed: the
+recovery, the calibration size, a cached dense perplexity and a sweep's shared evaluation move them
+as the work does."""
+
+from dataclasses import replace
+
+import pytest
+
+from spap_core.methods.altmin import AltMinSettings
+from spap_core.methods.registry import PruneSettings, with_options
+from spap_service.data import DataSpec, TextChoice
+from spap_service.estimates import ModelSpeed, duration, latency_seconds, many_runs_seconds, model_speed, run_seconds
+from spap_service.runs import RunRequest
+
+SPEED = ModelSpeed(tokens_per_s=1000.0, step_s=0.01)
+TEXT = TextChoice(kind="file", path="x.txt")
+DATA = DataSpec(calibration=TEXT, evaluation=TEXT, nsamples=8, seqlen=250, eval_windows=4, eval_len=250, batch_size=4)
+
+
+def request(settings: PruneSettings, data: DataSpec = DATA) -> RunRequest:
+    return RunRequest(settings=settings, seed=0, data=data)
+
+
+def test_a_run_costs_its_pruning_passes_and_two_evaluations():
+    without = with_options(PruneSettings(), altmin=AltMinSettings(rounds=0))
+    seconds = run_seconds(SPEED, request(without))
+    assert seconds == pytest.approx(1.0 + (1.67 * 2000 + 2 * 1000) / 1000)
+    assert run_seconds(SPEED, request(without), dense_cached=True) == pytest.approx(seconds - 1.0)
+    assert run_seconds(SPEED, request(PruneSettings())) > seconds  # the default recovery adds passes
+    assert run_seconds(SPEED, request(without, replace(DATA, nsamples=16))) > seconds
+    assert run_seconds(SPEED, request(PruneSettings(method="flap"))) < seconds
+
+
+def test_a_sweep_evaluates_the_dense_model_once():
+    runs = [request(PruneSettings(method="flap", sparsity=s)) for s in (0.2, 0.3, 0.4)]
+    assert many_runs_seconds(SPEED, runs) == pytest.approx(3 * run_seconds(SPEED, runs[0]) - 2 * 1.0)
+
+
+def test_latency_times_both_models_every_repeat():
+    assert latency_seconds(SPEED, 100, 10, repeats=3, warmup=1) == pytest.approx(2 * 4 * (0.1 + 0.1))
+    assert duration(42.4) == "about 42 s" and duration(600) == "about 10 min"
+
+
+def test_the_speed_is_measured_once_per_model(tiny, monkeypatch):
+    first = model_speed(tiny)
+    assert first.tokens_per_s > 0 and first.step_s > 0
+    monkeypatch.setattr(tiny.model, "forward", lambda *a, **k: pytest.fail("measured again"))
+    assert model_speed(tiny) is first
