@@ -38,7 +38,7 @@ from spap_core.methods.registry import PruneSettings
 from spap_core.parameters import GROUPS, Parameter, method_parameters, parameter, with_values
 from spap_service.analysis import layer_table, trace_table
 from spap_service.limits import server_limits
-from spap_service.presets import interactive_settings
+from spap_service.presets import CLASS_DEMO, interactive_settings
 from spap_service.runs import RunRequest, pruned_model_zip, run_pruning
 
 ensure_routed()
@@ -50,7 +50,6 @@ st.caption(f"{run_size_note()} Data: calibration from {spec.calibration.label}, 
            f"{spec.evaluation.label} (change both on Model & data).")
 if (limits_text := server_limits().describe()) is not None:
     st.caption(limits_text)
-
 defaults = interactive_settings(target_device())
 calibration_defaults = {"nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed": 0}
 
@@ -61,7 +60,12 @@ def default_of(declared: Parameter):
 
 FORM = method_parameters("spap")  # the run's own settings, SPAP's, the calibration's
 state = session()
-if state.pending_form is not None:  # a run opened from a link or the saved runs: the form shows its settings
+preset_column, why_column = st.columns([1, 4], vertical_alignment="center")
+if preset_column.button(f"Use the {CLASS_DEMO.name.lower()} preset", icon=":material/school:"):
+    state.pending_form = {**{declared.key: default_of(declared) for declared in FORM}, **CLASS_DEMO.values}
+    st.rerun()
+why_column.caption(CLASS_DEMO.why)
+if state.pending_form is not None:  # a run opened from a link or the saved runs, or a preset: the form shows it
     fill_form(state.pending_form, FORM)
     state.pending_form = None
 ignored = ignored_url_parameters(dict(st.query_params), known={SHARED_RUN_PARAM}, form=FORM)

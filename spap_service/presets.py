@@ -40,3 +40,24 @@ def interactive_run_size(device: torch.device) -> RunSize:
 def interactive_settings(device: torch.device) -> PruneSettings:
     """The library's default settings with the run size's alternating minimization."""
     return with_options(PruneSettings(), altmin=interactive_run_size(device).altmin)
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """Run-form values for a lesson, chosen from measured runs (docs/spap-design.md, "A class demo")."""
+
+    name: str
+    values: dict  # parameter keys of the Run form (settings and calibration) and their values
+    why: str
+
+
+# Measured on SmolLM2 on the development VM (2 cores), whole app run with the dense perplexity
+# included: today's CPU preset (30%, 8 × 256, no recovery) takes 15–17 s but perplexity goes 40 → 76
+# and the pruned model loops ("you are your place you are your place …"); 20% with 16 × 256
+# calibration tokens and the recovery on takes 38 s, perplexity 40 → 56, and its answers stay
+# readable. 10–15% read better still but show less; 32 × 256 took 50 s, too close to a minute.
+CLASS_DEMO = DemoPreset(
+    name="Class demo",
+    values={"sparsity": 0.2, "am_rounds": 1, "nsamples": 16, "seqlen": 256},
+    why="20% of the MLP channels, 16 × 256 calibration tokens, alternating minimization on: about 40 s on 2 CPU "
+        "cores for SmolLM2 (perplexity 40 → 56 on the default texts), and the pruned model's text stays readable.")

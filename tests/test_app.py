@@ -690,3 +690,17 @@ def test_every_job_says_how_long_it_should_take_and_then_how_long_it_took(app_fi
     assert any(c.value.startswith("This scan: about ") for c in at.caption)
     open_page(at, "perplexity_sweep")
     assert any(c.value.startswith("6 runs (methods × sparsities): about ") for c in at.caption)  # 2 methods × 3
+
+
+def test_the_class_demo_preset_fills_the_form_with_its_measured_settings(app_files):
+    from spap_service.presets import CLASS_DEMO
+
+    at = start_app()
+    open_page(at, "run_spap")
+    click(at, "Use the class demo preset")
+    assert_clean(at)
+    assert at.slider(key="sparsity").value == pytest.approx(CLASS_DEMO.values["sparsity"])
+    assert at.slider(key="am_rounds").value == CLASS_DEMO.values["am_rounds"]
+    assert at.number_input(key="nsamples").value == CLASS_DEMO.values["nsamples"]
+    assert at.slider(key="K").value == PenaltySettings().iterations  # the rest stays at the defaults
+    assert any(CLASS_DEMO.why == c.value for c in at.caption)
