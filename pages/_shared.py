@@ -18,6 +18,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
+from pages._charts import presentation_style
 from pages._state import ModelChoice, TableRequest, collect_finished_jobs, remember_browser, session
 from spap_core.data import HUB_SPEC, default_text_spec
 from spap_core.errors import SourceUnavailableError, SpapInputError, UnreadableRunError
@@ -25,7 +26,7 @@ from spap_core.experiment import plan_run
 from spap_core.hub import hub_unreachable_reason
 from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
 from spap_core.parameters import describe, parameter, settings_values
-from spap_service.analysis import run_label, with_subtitle
+from spap_service.analysis import run_label
 from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.estimates import duration, many_runs_seconds, model_speed
 from spap_service.data import DataSpec, TextChoice, dense_perplexity_known, model_key
@@ -370,14 +371,6 @@ def result_label(outcome: RunOutcome) -> str:
     return run_label(outcome.request, reference_request())
 
 
-def result_chart(figure: Any, label: str, container: Any = st) -> None:
-    """A chart of one run, its title naming the run underneath (the label of `result_label`)."""
-    title = figure.layout.title.text
-    figure.update_layout(title_text=with_subtitle(title, label) if title else label,
-                         margin_t=max(figure.layout.margin.t or 0, 80))
-    container.plotly_chart(figure, width="stretch")
-
-
 def open_shared_run() -> None:
     """A link with ?run=NAME opens that saved run's results (once per session and name). Only a
     name listed in the results folder is accepted; anything else is named and ignored."""
@@ -568,8 +561,12 @@ def _queue_summary() -> None:
 
 
 def render_sidebar() -> None:
-    """Model, device and queue state on every page."""
+    """Model, device and queue state on every page, and the presentation switch."""
     with st.sidebar:
+        state = session()
+        state.presentation = st.toggle("Presentation mode", value=state.presentation,
+                                       help="Larger fonts in text and charts, for a projector; the sidebar folds away "
+                                            "with the « at its top.")
         st.markdown("#### Model")
         loaded = current_model()
         if loaded is not None:
@@ -582,3 +579,4 @@ def render_sidebar() -> None:
         refresh = QUEUE_REFRESH_S if shared_queue().active() else None
         st.fragment(_queue_summary, run_every=refresh)()
         remember_browser()
+    presentation_style()

@@ -111,6 +111,7 @@ class SessionState:
     opened_shared_run: Stored[str | None] = Stored("opened_shared_run")
     # A run opened from a link or the saved runs: its settings, for the Run form to show next.
     pending_form: Stored[dict | None] = Stored("pending_form")
+    presentation: Stored[bool] = Stored("presentation_mode", default=False)  # large fonts for a projector
 
     @property
     def session_id(self) -> str:

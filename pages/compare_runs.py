@@ -5,6 +5,7 @@ against sparsity for runs that differ only in their sparsity."""
 import plotly.express as px
 import streamlit as st
 
+from pages._charts import chart_columns, show_chart
 from pages._routing import ensure_routed
 from pages._shared import PAGE_RUN, session_id
 from spap_core.errors import UnreadableRunError
@@ -70,7 +71,7 @@ with error_column:
     figure = px.line(layer_errors(outcomes), x="layer", y="relative_error", color="run", markers=True,
                      title="Relative reconstruction error per layer", labels={"relative_error": "objective ÷ ½‖Y‖²"})
     figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
-    st.plotly_chart(figure, width="stretch")
+    show_chart(figure)
 with overlap_column:
     overlap = pruned_overlap(outcomes)
     if overlap.empty:
@@ -79,19 +80,19 @@ with overlap_column:
         figure = px.line(overlap, x="layer", y="jaccard", color="pair", markers=True, range_y=[0, 1.05],
                          title="Agreement of the pruned channels per layer", labels={"jaccard": "Jaccard |A∩B| / |A∪B|"})
         figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
-        st.plotly_chart(figure, width="stretch")
+        show_chart(figure)
 
 st.subheader("Pruned channels")
-for column, name, outcome in zip(st.columns(len(outcomes)), names, outcomes):
+for column, name, outcome in zip(chart_columns(len(outcomes)), names, outcomes):
     figure = px.imshow(pruned_map(outcome), zmin=0, zmax=1, aspect="auto", color_continuous_scale="Reds",
                        labels={"x": "channel (evenly spaced)", "y": "layer", "color": "pruned"}, title=name)
     figure.update_layout(height=300, margin=dict(t=40, b=10, l=10, r=10), coloraxis_showscale=False)
-    column.plotly_chart(figure, width="stretch")
+    show_chart(figure, column)
 
 st.subheader("Perplexity against sparsity")
 curves = sparsity_curves(outcomes)
 figure = px.line(curves, x="sparsity", y="perplexity", color="curve", markers=True, hover_data=["run"],
                  title="Runs that agree in every setting but the sparsity form one curve")
 figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), xaxis_tickformat=".0%")
-st.plotly_chart(figure, width="stretch")
+show_chart(figure)
 st.caption("; ".join(f"**{curve}**: runs {', '.join(group['run'].str[0])}" for curve, group in curves.groupby("curve")))

@@ -13,6 +13,7 @@ import plotly.express as px
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from pages._charts import show_chart
 from pages._routing import ensure_routed
 from spap_core.errors import SpapInputError
 from spap_core.methods.spap import SCHEDULES
@@ -201,22 +202,25 @@ if story is not None:
     story_slot.info(f"**{active.name}.** {story}", icon=":material/school:")
 
 with path_chart_column:
-    st.plotly_chart(path_figure(outcome), width="stretch")
+    show_chart(path_figure(outcome))
     st.caption(mask_caption(outcome) + " " + norm_caption(outcome))
 
-readout_column, objective_column, result_column = st.columns([2, 2, 1.3], gap="medium")
+readout_column, objective_column = st.columns(2, gap="medium")
 with readout_column:
-    st.plotly_chart(readout_figure(outcome), width="stretch")
+    show_chart(readout_figure(outcome))
     st.caption(readout_caption(outcome))
 with objective_column:
-    st.plotly_chart(objective_figure(outcome), width="stretch")
+    show_chart(objective_figure(outcome))
     st.caption(objective_caption(outcome))
-with result_column:
+# the verdict gets a row of its own: in a narrow third column its words broke mid-word on a projector
+table_column, verdict_column = st.columns([2, 3], gap="medium", vertical_alignment="center")
+with table_column:
     st.markdown("**SPAP vs the exact optimum**")
     st.table(pd.DataFrame({
         "pruned": [", ".join(map(str, outcome.spap_pruned)), ", ".join(map(str, outcome.exact_pruned))],
         "objective": [f"{outcome.spap.objective:.4g}", f"{outcome.exact.objective:.4g}"],
     }, index=["SPAP", "exact (every mask)"]))
+with verdict_column:
     if outcome.spap_is_optimal:
         st.success(verdict(outcome), icon=":material/check_circle:")
     else:

@@ -9,6 +9,7 @@ import plotly.express as px
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from pages._charts import chart_columns, panel_grid, show_chart
 from pages._routing import ensure_routed
 from pages._shared import (
     device_label,
@@ -18,7 +19,6 @@ from pages._shared import (
     require_model,
     require_outcome,
     require_pruned_model,
-    result_chart,
     result_label,
     submit_job,
 )
@@ -67,19 +67,19 @@ if comparison.run_finished_at != outcome.finished_at:
 label = comparison.run_label  # the charts name the run that was measured
 
 reports = {"dense": comparison.dense, "pruned": comparison.pruned}
-figure = make_subplots(rows=1, cols=4, subplot_titles=(
+rows, columns = panel_grid(4)
+figure = make_subplots(rows=rows, cols=columns, horizontal_spacing=0.1, vertical_spacing=0.2, subplot_titles=(
     f"prefill of {comparison.options.seqlen} tokens (ms)", "decode (tokens/s)", "weights (MB)", "parameters (M)"))
+cells = [(index // columns + 1, index % columns + 1) for index in range(4)]
 for name, report in reports.items():
-    timed = [(report.prefill_ms, 1), (report.decode_tokens_per_s, 2)]
-    for timing, column in timed:
-        figure.add_bar(x=[name], y=[timing.median], marker_color=COLORS[name], showlegend=False, row=1, col=column,
+    for timing, (row, column) in ((report.prefill_ms, cells[0]), (report.decode_tokens_per_s, cells[1])):
+        figure.add_bar(x=[name], y=[timing.median], marker_color=COLORS[name], showlegend=False, row=row, col=column,
                        error_y=dict(type="data", symmetric=False, array=[timing.high - timing.median],
                                     arrayminus=[timing.median - timing.low]))
-    figure.add_bar(x=[name], y=[report.weight_mb], marker_color=COLORS[name], showlegend=False, row=1, col=3)
-    figure.add_bar(x=[name], y=[report.parameters / 1e6], marker_color=COLORS[name], showlegend=False, row=1, col=4)
-figure.update_layout(height=360, margin=dict(t=50, b=10, l=10, r=10))
-figure.update_annotations(font_size=12)
-result_chart(figure, label)
+    for value, (row, column) in ((report.weight_mb, cells[2]), (report.parameters / 1e6, cells[3])):
+        figure.add_bar(x=[name], y=[value], marker_color=COLORS[name], showlegend=False, row=row, col=column)
+figure.update_layout(height=360 * rows, margin=dict(t=50, b=10, l=10, r=10))
+show_chart(figure, subtitle=label)
 st.caption(f"Bars: median of {comparison.options.repeats} timed repeats after {comparison.options.warmup} warm-up; "
            f"error bars: fastest and slowest repeat. Decoding greedily generates {comparison.options.decode_tokens} "
            f"tokens with a KV cache after a 32-token prompt. {comparison.dense.threads} CPU threads.")
@@ -96,7 +96,7 @@ if not all(conclusive for conclusive, _ in verdicts):
                "machine — nothing else on the job queue or the CPU while it runs; or, outside the app, "
                "`python bench/latency.py --repeats 21`, which times the models in alternation over many rounds.")
 
-ratio_column, memory_column = st.columns([3, 2])
+ratio_column, memory_column = chart_columns([3, 2], stack_from=2)
 ratios = comparison.ratios()
 inconclusive = {RATIO_LABELS["prefill_speedup"]: not verdicts[0][0], RATIO_LABELS["decode_speedup"]: not verdicts[1][0]}
 with ratio_column:
@@ -109,15 +109,14 @@ with ratio_column:
                     title="Measured speed-ups next to the theoretical ratios")
     figure.add_vline(x=1, line_dash="dot", line_color="gray")
     figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10), yaxis_title="")
-    result_chart(figure, label)
+    show_chart(figure, subtitle=label)
 with memory_column:
     st.markdown("**Memory and compute per token**")
-    st.dataframe(pd.DataFrame({
-        "linear MFLOPs / token": [f"{r.linear_gflops_per_token * 1e3:.4g}" for r in reports.values()],
-        "attention MFLOPs / token": [f"{r.attention_gflops_per_token * 1e3:.4g}" for r in reports.values()],
-        "weights MB": [f"{r.weight_mb:.4g}" for r in reports.values()],
-        "peak memory MB": [f"{r.peak_memory_mb:.4g}" for r in reports.values()],
-    }, index=list(reports)), width="stretch")
+    # quantities as rows: two narrow columns fit beside the chart where four wide ones were cut off
+    st.dataframe(pd.DataFrame({name: [f"{r.linear_gflops_per_token * 1e3:.4g}", f"{r.attention_gflops_per_token * 1e3:.4g}",
+                                      f"{r.weight_mb:.4g}", f"{r.peak_memory_mb:.4g}"] for name, r in reports.items()},
+                              index=["linear MFLOPs / token", "attention MFLOPs / token", "weights MB",
+                                     "peak memory MB"]), width="stretch")
     st.caption(f"Peak memory: {comparison.dense.peak_memory_kind}. Linear FLOPs count every Linear layer "
                "(what pruning shrinks); attention FLOPs are the QKᵀ and attention-value products against the "
                "prefill context (Kaplan et al.'s 2·layers·context·d_attn), which pruning leaves as they are. "

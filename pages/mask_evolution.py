@@ -8,8 +8,9 @@ import plotly.express as px
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from pages._charts import chart_columns, show_chart
 from pages._routing import ensure_routed
-from pages._shared import layer_picker, require_outcome, result_chart, result_label
+from pages._shared import layer_picker, require_outcome, result_label
 from spap_service.analysis import (
     changed_mind_counts,
     display_channels,
@@ -40,12 +41,13 @@ n_layers, n_iterations, width = masks.shape
 st.caption(f"Soft mask s (1 = pruned) of the latest run: {n_layers} layers × {n_iterations} ρ iterations × "
            f"{width} channels. " + mask_story(result, masks))
 
-controls = st.columns([2, 2, 1])
+controls = st.columns([3, 3, 2])  # room for the checkbox label on a projector
 layer = layer_picker(n_layers, "mask_layer", controls[0])
 max_channels = controls[1].slider("Channels drawn (evenly spaced, to keep the page light)", 32, 256,
                                   min(128, width), 32, key="mask_channels")
-sort_by_mask = controls[2].checkbox("Sort channels by final s", True, key="mask_sort",
-                                    help="Pruned channels gather on the right; unsorted keeps channel order.")
+sort_by_mask = controls[2].checkbox("Sort by final s", True, key="mask_sort",
+                                    help="Channels sorted by their final s: the pruned ones gather on the right; "
+                                         "unsorted keeps channel order.")
 
 # Each layer's frames: s after every ρ iteration, then the binary read-out as a frame of its own.
 with_readout = np.concatenate([masks, readouts[:, None, :]], axis=1)  # [layer, iteration + 1, channel]
@@ -63,21 +65,22 @@ with heatmap_column:
                        title=f"Layer {layer}: s over ρ iterations, then the binary read-out")
     figure.update_yaxes(type="category")
     figure.update_layout(height=440, margin=dict(t=50, b=10, l=10, r=10))
-    result_chart(figure, label)
+    show_chart(figure, subtitle=label)
 with path_column:
-    figure = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                           subplot_titles=("penalty ρ (× mean diag H)", "objective ½‖WZ−Y‖²",
-                                           "violation Σ sᵢ‖W[:,i]‖²", "distance of s from its read-out"))
+    # short panel titles: the column is narrow on a projector (h̄ is defined in the caption below)
+    figure = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                           subplot_titles=("penalty ρ ÷ h̄", "objective ½‖WZ−Y‖²", "violation Σ sᵢ‖W[:,i]‖²",
+                                           "distance of s from read-out"))
     for row, column in enumerate(["rho", "objective", "violation", "readout_gap"], start=1):
         figure.add_scatter(x=layer_trace["iteration"], y=layer_trace[column], mode="lines+markers", name=column,
                            row=row, col=1, showlegend=False)
     figure.update_yaxes(type="log", row=1, col=1, **DECADES)
     figure.update_yaxes(rangemode="tozero", row=4, col=1)
     figure.update_xaxes(title_text="ρ iteration", dtick=1, row=4, col=1)
-    figure.update_layout(height=440, margin=dict(t=30, b=10, l=10, r=10))
-    figure.update_annotations(font_size=12)
-    result_chart(figure, label)
-st.caption(f"Distance of s from its read-out: Σ|s − b(s)| ÷ λ, with b(s) the λ largest s set to 1 (0 = s is "
+    figure.update_layout(height=480, margin=dict(t=30, b=10, l=10, r=10))
+    show_chart(figure, subtitle=label)
+st.caption(f"ρ is measured in h̄, the mean of diag H (H = ZZᵀ, so h̄ is the average ‖Zᵢ‖²). "
+           f"Distance of s from its read-out: Σ|s − b(s)| ÷ λ, with b(s) the λ largest s set to 1 (0 = s is "
            f"binary); in this layer it goes from {layer_trace['readout_gap'].iloc[0]:.2f} to "
            f"{layer_trace['readout_gap'].iloc[-1]:.2f}. {violation_sentence(layer_trace['violation'].to_numpy())}")
 
@@ -86,27 +89,27 @@ paths = norm_paths(result, layer)
 if paths is None:
     st.info("This run was saved before column norms were recorded; run it again to see what ρ does to W.")
 else:
-    norm_column, mask_column, readout_column = st.columns([2, 2, 1.3])
+    norm_column, mask_column, readout_column = chart_columns([2, 2, 1.3])
     figure = px.line(paths, x="rho", y="relative_norm", color="group", markers=True, log_x=True,
                      labels={"rho": "ρ (× mean diag H)", "relative_norm": "median ‖W[:,i]‖ ÷ ‖W₀[:,i]‖", "group": ""},
                      title=f"Layer {layer}: column norms of W (the output projection) as ρ grows")
     figure.add_hline(y=1, line_dash="dot", line_color="gray")
     figure.update_xaxes(**DECADES)
     figure.update_layout(height=460, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.3))
-    result_chart(figure, label, norm_column)
+    show_chart(figure, norm_column, subtitle=label)
     figure = px.line(paths, x="rho", y="s", color="group", markers=True, log_x=True, range_y=[-0.03, 1.03],
                      labels={"rho": "ρ (× mean diag H)", "s": "median s", "group": ""},
                      title=f"Layer {layer}: s of the same groups")
     figure.update_xaxes(**DECADES)
     figure.update_layout(height=460, margin=dict(t=50, b=10, l=10, r=10), showlegend=False)
-    result_chart(figure, label, mask_column)
+    show_chart(figure, mask_column, subtitle=label)
     after = final_norms(result.layers[layer])
     figure = px.strip(after, x="status", y="relative_norm", color="status",
                       color_discrete_map={"pruned": "#d62728", "kept": "#1f77b4"},
                       labels={"relative_norm": "‖W[:,i]‖ ÷ ‖W₀[:,i]‖", "status": ""},
                       title="Read-out and refit")
     figure.update_layout(height=460, margin=dict(t=50, b=10, l=10, r=10), showlegend=False)
-    result_chart(figure, label, readout_column)
+    show_chart(figure, readout_column, subtitle=label)
     last = paths[paths["iteration"] == paths["iteration"].max()]
     pruned_last = last[last["group"].str.startswith("pruned")]
     longest = pruned_last.loc[pruned_last["group"].map(lambda g: int(g.rsplit(" ", 1)[-1])).idxmin()]
@@ -131,7 +134,7 @@ with bars_column:
                     title=f"Layer {layer}: s per channel, one frame per ρ iteration, then the read-out")
     figure.update_traces(marker_line_width=0)
     figure.update_layout(height=420, margin=dict(t=50, b=10, l=10, r=10), bargap=0)
-    result_chart(figure, label)
+    show_chart(figure, subtitle=label)
 with all_layers_column:
     per_layer = np.stack([with_readout[i][:, display_channels(masks[i, -1], max_channels, sort_by_mask)]
                           for i in range(n_layers)], axis=1)  # [frame, layer, channel]
@@ -142,12 +145,12 @@ with all_layers_column:
         step.label = frame_label
     figure.update_layout(height=420, margin=dict(t=50, b=10, l=10, r=10))
     figure.update_yaxes(dtick=layer_tick)
-    result_chart(figure, label)
+    show_chart(figure, subtitle=label)
 
 st.subheader("All layers")
 gap = trace.pivot(index="iteration", columns="layer", values="readout_gap")
 identical = bool(np.allclose(gap.to_numpy(), gap.iloc[:, [0]].to_numpy(), atol=1e-6))
-gap_column, share_column, mind_column = st.columns(3)
+gap_column, share_column, mind_column = chart_columns(3)
 with gap_column:
     if identical:
         figure = px.line(x=gap.index, y=gap.iloc[:, 0], markers=True,
@@ -161,7 +164,7 @@ with gap_column:
     figure.update_yaxes(rangemode="tozero")
     figure.update_xaxes(dtick=1)
     figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10))
-    result_chart(figure, label)
+    show_chart(figure, subtitle=label)
     st.caption("One line: every layer's s takes the same values, because α and the schedule alone set them; the "
                "layers differ only in which channels get which value (right)." if identical else
                "The layers differ: with this start and schedule the values s takes depend on the data.")
@@ -172,7 +175,7 @@ with share_column:
                        labels={"x": "layer", "y": "ρ iteration", "color": "share"},
                        title="Share of the finally pruned channels<br>already marked")
     figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10))
-    result_chart(figure, label)
+    show_chart(figure, subtitle=label)
 with mind_column:
     changed = changed_mind_counts(masks, readouts)
     if changed.sum() == 0:
@@ -184,7 +187,7 @@ with mind_column:
         figure = px.bar(x=np.arange(n_layers), y=changed, labels={"x": "layer", "y": "channels"},
                         title="Channels marked at some iteration,<br>kept in the end")
         figure.update_layout(height=380, margin=dict(t=60, b=10, l=10, r=10))
-        result_chart(figure, label)
+        show_chart(figure, subtitle=label)
         st.caption(f"{int(changed.sum())} channels over all layers (per layer {int(changed.min())}–"
                    f"{int(changed.max())}) changed the path's mind: marked early, their columns shrank, then others "
                    "scored lower and the read-out kept them.")

@@ -9,6 +9,7 @@ import plotly.express as px
 import streamlit as st
 import torch
 
+from pages._charts import show_chart
 from pages._routing import ensure_routed
 from pages._shared import current_model, data_spec, device_label, model_choice, run_size_note
 from pages._state import ModelChoice, session
@@ -100,13 +101,13 @@ if loaded is not None:
         figure = px.pie(split_table, names="part", values="parameters", hole=0.45,
                         title="Parameter split (only the MLP is pruned)")
         figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
-        st.plotly_chart(figure, width="stretch")
+        show_chart(figure)
     with width_column:
         figure = px.bar(x=list(range(len(widths))), y=widths, labels={"x": "layer", "y": "MLP channels"},
                         title=f"MLP width per layer ({loaded.family.model_type})")
         figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
         figure.update_xaxes(dtick=max(1, len(widths) // 10))
-        st.plotly_chart(figure, width="stretch")
+        show_chart(figure)
 
 
 # ------------------------------------------------------------------------------------- data

@@ -9,6 +9,7 @@ import numpy as np
 import plotly.express as px
 import streamlit as st
 
+from pages._charts import show_chart
 from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
@@ -112,7 +113,7 @@ def reference_section() -> None:
         figure.add_scatter(x=span, y=[reference.dense[text]] * 2, mode="lines", row=1, col=column,
                            name=f"dense {reference.dense[text]:.2f} ({text})", line=dict(dash="dash", color="gray"))
     figure.update_layout(height=420, margin=dict(t=90, b=10, l=10, r=10), xaxis_tickformat=".0%")
-    st.plotly_chart(figure, width="stretch")
+    show_chart(figure)
     st.caption(f"Protocol: {reference.protocol}. A live sweep here uses this session's smaller data, so its numbers "
                "are higher; the order of the methods is what to compare.")
 
@@ -143,7 +144,7 @@ with chart_column:
     figure.add_annotation(text=f"evaluation: {context['budget']}", xref="paper", yref="paper", x=0, y=-0.22,
                           showarrow=False, font=dict(size=11))
     figure.update_layout(height=460, margin=dict(t=70, b=70, l=10, r=10), xaxis_tickformat=".0%")
-    st.plotly_chart(figure, width="stretch")
+    show_chart(figure)
 with table_column:
     pivot = table.pivot_table(index="sparsity", columns="method", values="perplexity").round(2)
     pivot.index = [f"{s:.0%}" for s in pivot.index]

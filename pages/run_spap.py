@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from pages._charts import show_chart
 from pages._routing import ensure_routed
 from pages._shared import (
     SHARED_RUN_PARAM,
@@ -22,7 +23,6 @@ from pages._shared import (
     mean_layer_error,
     refused_before_queueing,
     require_model,
-    result_chart,
     result_label,
     run_size_note,
     saved_runs_panel,
@@ -60,8 +60,8 @@ def default_of(declared: Parameter):
 
 FORM = method_parameters("spap")  # the run's own settings, SPAP's, the calibration's
 state = session()
-preset_column, why_column = st.columns([1, 4], vertical_alignment="center")
-if preset_column.button(f"Use the {CLASS_DEMO.name.lower()} preset", icon=":material/school:"):
+preset_column, why_column = st.columns([2, 5], vertical_alignment="center")
+if preset_column.button(f"{CLASS_DEMO.name} preset", icon=":material/school:", help="Fill the form with it."):
     state.pending_form = {**{declared.key: default_of(declared) for declared in FORM}, **CLASS_DEMO.values}
     st.rerun()
 why_column.caption(CLASS_DEMO.why)
@@ -140,7 +140,7 @@ with timing_column:
     figure = px.bar(x=list(timings.values()), y=list(timings), orientation="h",
                     title="Where the time went", labels={"x": "seconds", "y": ""})
     figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
-    result_chart(figure, label)
+    show_chart(figure, subtitle=label)
 with layer_column:
     layers = layer_table(outcome.result)
     figure = px.bar(layers, x="layer", y="relative_error",
@@ -149,7 +149,7 @@ with layer_column:
     figure.add_hline(y=layer_error, line_dash="dash", line_color="gray", annotation_text=f"mean {layer_error:.4f}")
     figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
     figure.update_xaxes(dtick=max(1, len(layers) // 10))
-    result_chart(figure, label)
+    show_chart(figure, subtitle=label)
 
 st.markdown(f"**Downloads** (named after the run: `{outcome.file_stem}-…`)")
 download_columns = st.columns(4)

@@ -6,8 +6,9 @@ import numpy as np
 import plotly.express as px
 import streamlit as st
 
+from pages._charts import show_chart
 from pages._routing import ensure_routed
-from pages._shared import layer_picker, require_outcome, result_chart, result_label
+from pages._shared import layer_picker, require_outcome, result_label
 from spap_service.analysis import SPAP_PRUNED, jaccard_matrix, normalized_scores, score_threshold
 
 ensure_routed()
@@ -31,7 +32,7 @@ table = normalized_scores(record)
 table["log10_relative"] = np.log10(table["relative_score"])
 axis = {"log10_relative": "log₁₀(score ÷ λ-threshold)", "metric": ""}
 
-distribution_column, threshold_column = st.columns([3, 1])
+distribution_column, threshold_column = st.columns([5, 2])  # the table's two columns fit on a projector
 with distribution_column:
     title = f"Layer {layer}: {record.width} channels, λ = {pruned_count} pruned"
     if chart == "Histogram":
@@ -53,7 +54,7 @@ with distribution_column:
                          annotation_text="λ/n")
         height = 460
     figure.update_layout(height=height, margin=dict(t=50, b=10, l=10, r=10), showlegend=chart == "ECDF")
-    result_chart(figure, label)
+    show_chart(figure, subtitle=label)
 with threshold_column:
     st.markdown("**λ-thresholds (raw scores)**")
     thresholds = {metric: score_threshold(np.asarray(scores), pruned_count) for metric, scores in record.scores.items()}
@@ -68,7 +69,7 @@ overlap_column, note_column = st.columns([3, 2], gap="large")
 figure = px.imshow(overlap, text_auto=".2f", zmin=0, zmax=1, color_continuous_scale="Blues",
                    labels={"color": "Jaccard"}, title="Jaccard overlap |A∩B| / |A∪B| of pruned channel sets")
 figure.update_layout(height=480, margin=dict(t=50, b=10, l=10, r=10))
-result_chart(figure, label, overlap_column)
+show_chart(figure, overlap_column, subtitle=label)
 note_column.caption("Each metric's set is its λ lowest channels; \"SPAP (actual pruned set)\" is the complement of the "
                     "channels the run kept.")
 if "spap_first" in record.scores:

@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from pages._charts import show_chart
 from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
@@ -112,7 +113,7 @@ for column in (1, 2):
 figure.update_layout(height=400, margin=dict(t=90, b=10, l=10, r=10),
                      title_text=f"Scan of {scanned.label}: {len(table)} values<br><sup>fixed: "
                                 f"{table['settings'].iloc[0]}</sup>")
-st.plotly_chart(figure, width="stretch")
+show_chart(figure)
 dense = float(table["dense_perplexity"].iloc[0])
 st.caption(f"Red dotted line: the value in the Run SPAP settings. Each axis spans at least 5% of its mean, so "
            f"small differences look small. Mean layer error: mean over layers of objective ÷ ½‖Y‖². Perplexity on "

@@ -8,6 +8,7 @@ from functools import partial
 import plotly.express as px
 import streamlit as st
 
+from pages._charts import show_chart
 from pages._routing import ensure_routed
 from pages._shared import (
     PAGE_RUN,
@@ -17,7 +18,6 @@ from pages._shared import (
     request_table,
     require_model,
     require_pruned_model,
-    result_chart,
     result_label,
 )
 from spap_core.errors import SourceUnavailableError, SpapInputError
@@ -87,7 +87,7 @@ bars = table.melt(id_vars=["task", "metric"], value_vars=["dense", "pruned"], va
 figure = px.bar(bars, x="task", y="accuracy", color="model", barmode="group", facet_col="metric",
                 color_discrete_map=COLORS, title="Zero-shot accuracy: dense vs pruned")
 figure.update_layout(height=400, margin=dict(t=60, b=10, l=10, r=10), yaxis_tickformat=".0%")
-result_chart(figure, context.get("run_label", "the run these numbers were measured on"))
+show_chart(figure, subtitle=context.get("run_label", "the run these numbers were measured on"))
 st.dataframe(table.style.format({"dense": "{:.1%}", "pruned": "{:.1%}", "change": "{:+.1%}"}), hide_index=True,
              width="stretch")
 st.caption("change: pruned − dense, in accuracy points; n: examples per task (the mean row: over all tasks). "

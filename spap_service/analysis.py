@@ -166,7 +166,7 @@ def norm_paths(result: PruneResult, layer: int) -> pd.DataFrame | None:
     groups = {}
     for channel in range(record.width):
         if readouts[channel] > 0.5:
-            groups.setdefault(f"pruned, marked from iteration {first[channel]}", []).append(channel)
+            groups.setdefault(f"pruned, marked from k = {first[channel]}", []).append(channel)
         elif first[channel] > 0:
             groups.setdefault("marked, then kept", []).append(channel)
         else:

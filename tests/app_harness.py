@@ -42,6 +42,15 @@ def click(at: AppTest, label: str) -> None:
     at.run()
 
 
+def keep(at: AppTest, key: str, value) -> None:
+    """Set a value the session keeps (pages/_state.Stored) as a page would: in the server's registry
+    of browser sessions, which outlives the page load, and in the page load's session state."""
+    from spap_service.sessions import browser_sessions
+
+    browser_sessions().state(at.session_state["browser_session_id"])[key] = value
+    at.session_state[key] = value
+
+
 def session_job(at: AppTest, kind: str):
     return at.session_state["jobs"][kind]
 
@@ -80,7 +89,14 @@ def array(value) -> np.ndarray:
     return np.asarray(value)
 
 
+def chart_title(figure: dict) -> str:
+    """The title a chart is shown with (pages/_charts.py draws it above the chart, and keeps it in
+    the figure's metadata), with its subtitle after a space."""
+    meta = figure["layout"].get("meta", {})
+    return " ".join(part for part in (meta.get("title", ""), meta.get("subtitle", "")) if part)
+
+
 def titled(at: AppTest, start: str) -> dict:
-    matches = [f for f in figures(at) if f["layout"].get("title", {}).get("text", "").startswith(start)]
+    matches = [f for f in figures(at) if chart_title(f).startswith(start)]
     assert matches, f"no chart titled {start!r}"
     return matches[0]

@@ -21,6 +21,7 @@ from app_harness import (
     SCRIPT_TIMEOUT_S,
     array,
     assert_clean,
+    chart_title,
     click,
     figures,
     finish_job,
@@ -242,7 +243,7 @@ def test_sweep_runs_as_a_job_and_is_cached(ran_app):
     at.selectbox(key="sweep_step").set_value(0.2)
     click(at, "Run sweep")
     assert session_job(at, "sweep") is first_job  # served from the cache, no new job
-    assert "weight update: own" in titled(at, "Perplexity vs sparsity")["layout"]["title"]["text"]
+    assert "weight update: own" in chart_title(titled(at, "Perplexity vs sparsity"))
 
 
 def test_a_sweep_with_spaps_refit_and_a_global_allocation_says_so(ran_app):
@@ -256,7 +257,7 @@ def test_a_sweep_with_spaps_refit_and_a_global_allocation_says_so(ran_app):
     click(at, "Run sweep")
     finish_job(at, "sweep")
     chart = titled(at, "Perplexity vs sparsity")
-    assert "weight update: refit; global allocation" in chart["layout"]["title"]["text"]
+    assert "weight update: refit; global allocation" in chart_title(chart)
     refitted = [trace for trace in chart["data"] if trace["name"] == "magnitude"][0]
     assert len(array(refitted["x"])) == 2
 
@@ -573,7 +574,7 @@ def test_every_result_names_the_run_that_made_it(ran_app):
     assert any(header.value.startswith(f"Latest result: {label}") for header in at.subheader)
     for page in ("run_spap", "mask_evolution", "scores"):
         open_page(at, page)
-        titles = [figure["layout"]["title"]["text"] for figure in figures(at) if figure["layout"].get("title")]
+        titles = [chart_title(figure) for figure in figures(at)]
         assert titles and all(label in title for title in titles), (page, titles)
     outcome = at.session_state["latest_run"]
     assert outcome.file_stem == f"spap-run-{outcome.saved_to.name}"
@@ -651,7 +652,7 @@ def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(a
     assert list(metrics.index)[0] == "perplexity, pruned"  # what a comparison is about comes first
     assert any("differ in 2 of" in c.value for c in at.caption)
     assert set(settings.index[:2]) == {"sparsity", "K"}  # the differing settings are listed first
-    titles = [figure["layout"]["title"]["text"] for figure in figures(at)]
+    titles = [chart_title(figure) for figure in figures(at)]
     assert "Relative reconstruction error per layer" in titles and "Agreement of the pruned channels per layer" in titles
     curve = titled(at, "Runs that agree in every setting but the sparsity")
     assert sum(len(array(trace["x"])) for trace in curve["data"]) == 2  # K differs too: two curves of one point
@@ -697,7 +698,7 @@ def test_the_class_demo_preset_fills_the_form_with_its_measured_settings(app_fil
 
     at = start_app()
     open_page(at, "run_spap")
-    click(at, "Use the class demo preset")
+    click(at, "Class demo preset")
     assert_clean(at)
     assert at.slider(key="sparsity").value == pytest.approx(CLASS_DEMO.values["sparsity"])
     assert at.slider(key="am_rounds").value == CLASS_DEMO.values["am_rounds"]

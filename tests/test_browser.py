@@ -419,3 +419,63 @@ def test_a_gpt2_model_runs_the_default_spap_run_and_every_page_renders(files, br
             assert_no_errors(page)
         finally:
             context.close()
+
+
+PROJECTOR = {"width": 853, "height": 480}  # a 1280 × 720 screen at 150% zoom, in CSS pixels
+LAYOUT_CHECK = """() => {
+  const problems = [];
+  for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+    const box = plot.getBoundingClientRect();
+    const texts = [...plot.querySelectorAll('.annotation-text, .g-xtitle text, .g-ytitle text, .legendtext')]
+      .map(t => [t.textContent, t.getBoundingClientRect()]).filter(([, r]) => r.width > 0);
+    for (const [text, r] of texts)
+      if (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1 || r.bottom > box.bottom + 1)
+        problems.push('cut off: ' + text.slice(0, 60));
+    for (let i = 0; i < texts.length; i++) for (let j = i + 1; j < texts.length; j++) {
+      const [a, b] = [texts[i][1], texts[j][1]];
+      if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1)
+        problems.push('overlap: ' + texts[i][0].slice(0, 40) + ' / ' + texts[j][0].slice(0, 40));
+    }
+  }
+  return problems;
+}"""
+
+
+def test_every_page_holds_on_a_projector_in_both_modes(server, browser):
+    """At 1280 × 720 and 150% zoom, after a run and a latency measurement: on every page no chart's
+    subplot, axis or legend text is cut off by its chart or overlaps another, with normal fonts and
+    in presentation mode (whose larger fonts reach the charts too); the sidebar folds away."""
+    context = browser.new_context(viewport=PROJECTOR, device_scale_factor=1.5)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(f"{server}/run_spap?sparsity=0.3&K=5")
+        settle(page)
+        page.get_by_role("button", name="Run SPAP").click()
+        page.get_by_text("Latest result: spap at 30%").wait_for(timeout=JOB_GUARD_MS)
+        go_to(page, "latency")
+        page.get_by_role("button", name="Measure").click()
+        page.get_by_text("Measured speed-ups").first.wait_for(timeout=JOB_GUARD_MS)
+        for mode in ("normal", "presentation"):
+            if mode == "presentation":
+                page.get_by_text("Presentation mode").click()
+                settle(page)
+            for key in NAV_TITLES:
+                page.goto(f"{server}/{'' if key == 'start_here' else key}")
+                settle(page)
+                assert_no_errors(page)
+                height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+                page.set_viewport_size({"width": PROJECTOR["width"], "height": min(max(height, 480), 8000)})
+                page.wait_for_timeout(800)  # every chart drawn at the final width
+                assert page.evaluate(LAYOUT_CHECK) == [], (mode, key)
+                if mode == "presentation":
+                    page.screenshot(path=str(SCREENSHOTS / f"projector_{key}.png"))
+                page.set_viewport_size(PROJECTOR)
+        font = page.evaluate("getComputedStyle(document.querySelector('[data-testid=\"stCaptionContainer\"] p'))"
+                             ".fontSize")
+        assert float(font.removesuffix("px")) >= 16  # presentation mode's captions
+        page.locator('[data-testid="stSidebar"]').hover()  # the fold button shows on hover
+        page.get_by_label("Collapse sidebar").click()
+        page.locator('[data-testid="stSidebar"][data-collapsed="true"]').wait_for(state="attached")
+    finally:
+        context.close()

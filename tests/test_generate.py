@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from torch import nn
 from transformers import PretrainedConfig
 
-from app_harness import assert_clean, click, run_spap, start_app
+from app_harness import assert_clean, click, keep, run_spap, start_app
 from conftest import tiny_llama, tiny_tokenizer, word_text
 from spap_core.errors import NumericalError, SpapInputError
 from spap_core.adapters import model_adapter
@@ -274,7 +274,7 @@ def open_generation_page(at: AppTest) -> None:
 def session_with_run(ran_app: AppTest) -> AppTest:
     """A new session whose latest run is ran_app's, on the generation page with its default widgets."""
     at = start_app()
-    at.session_state["latest_run"] = ran_app.session_state["latest_run"]
+    keep(at, "latest_run", ran_app.session_state["latest_run"])
     open_generation_page(at)
     return at
 
@@ -326,10 +326,10 @@ def test_page_without_a_run_points_to_run_spap(app_files):
 def test_page_refuses_a_run_of_another_model_and_a_run_without_weights(ran_app):
     outcome = ran_app.session_state["latest_run"]
     at = start_app()
-    at.session_state["latest_run"] = dataclasses.replace(outcome, model_key="another model|cpu|torch.float32")
+    keep(at, "latest_run", dataclasses.replace(outcome, model_key="another model|cpu|torch.float32"))
     open_generation_page(at)
     assert any("pruned a different model" in w.value for w in at.warning) and not at.text
     reloaded = dataclasses.replace(outcome, result=dataclasses.replace(outcome.result, model=None))
-    at.session_state["latest_run"] = reloaded
+    keep(at, "latest_run", reloaded)
     at.run()
     assert any("not the pruned weights" in info.value for info in at.info) and not at.text

@@ -91,7 +91,7 @@ def test_readout_frames_and_channel_groups_match_the_run(tiny):
     rhos = sorted({step.rho for step in result.trace if step.layer == 0})
     assert sorted(paths["rho"].unique()) == pytest.approx(rhos)
     # the ρ growth shrinks the columns marked from the first iteration on
-    first = paths[paths["group"] == "pruned, marked from iteration 1"].sort_values("iteration")
+    first = paths[paths["group"] == "pruned, marked from k = 1"].sort_values("iteration")
     assert first["relative_norm"].iloc[-1] < first["relative_norm"].iloc[0] < 1.0 + 1e-6
     after = final_norms(result.layers[0])
     assert (after[after["status"] == "pruned"]["relative_norm"] == 0).all()
