@@ -44,12 +44,21 @@ def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: dict[str, P
         experiment = experiment_with_progress(loaded, data, request, dense, progress, cancel)
         rows.append({"method": method, "sparsity": sparsity, "perplexity": experiment.pruned.perplexity,
                      "settings": describe(request.settings, omit={"method", "sparsity"}),
+                     **data_columns(request),
                      "reconstruction": reconstruction_name(request.settings.reconstruction),
                      "allocation": request.settings.allocation,
                      "dense_perplexity": dense.perplexity, "mean_layer_error": experiment.result.mean_layer_error,
                      "params_after": experiment.result.params_after, "eval_tokens": experiment.pruned.tokens})
         del experiment
     return pd.DataFrame(rows)
+
+
+def data_columns(request: RunRequest) -> dict[str, str]:
+    """The data a sweep's or a scan's row was measured on, as its CSV carries them."""
+    data = request.data
+    evaluation = "the whole text" if data.eval_windows == 0 else f"{data.eval_windows} × {data.eval_len}"
+    return {"calibration": f"{data.nsamples} × {data.seqlen} tokens of {data.calibration.label}, seed {request.seed}",
+            "evaluation": f"{evaluation} tokens of {data.evaluation.label}"}
 
 
 def sweep_key(loaded: LoadedModel, base: RunRequest, methods: dict[str, PruneSettings], sparsities: list[float]) -> str:
@@ -102,8 +111,7 @@ def sensitivity_scan(loaded: LoadedModel, base: RunRequest, parameter: str, valu
         rows.append({"value": value, "mean_layer_error": experiment.result.mean_layer_error,
                      "perplexity": experiment.pruned.perplexity, "dense_perplexity": dense.perplexity,
                      "eval_tokens": experiment.pruned.tokens,
-                     "settings": describe(request.settings, omit={parameter}),
-                     "calibration": f"{request.data.nsamples} × {request.data.seqlen}, seed {request.seed}"})
+                     "settings": describe(request.settings, omit={parameter}), **data_columns(request)})
         del experiment
     return pd.DataFrame(rows)
 

@@ -220,14 +220,19 @@ def test_latency_page_measures_dense_and_pruned(ran_app):
     assert len(verdicts) == 2  # each measured speed-up says whether it is conclusive
 
 
-def test_sweep_runs_as_a_job_and_is_cached(ran_app):
-    at = ran_app
+def run_sweep(at: AppTest, methods: list[str], sparsities: tuple[float, float], step: float) -> None:
+    """Run a sweep from the Perplexity vs sparsity page and wait for its table."""
     open_page(at, "perplexity_sweep")
-    at.multiselect(key="sweep_methods").set_value(["spap", "magnitude"])
-    at.slider(key="sweep_range").set_value((0.2, 0.4))
-    at.selectbox(key="sweep_step").set_value(0.2)
+    at.multiselect(key="sweep_methods").set_value(methods)
+    at.slider(key="sweep_range").set_value(sparsities)
+    at.selectbox(key="sweep_step").set_value(step)
     click(at, "Run sweep")
     finish_job(at, "sweep")
+
+
+def test_sweep_runs_as_a_job_and_is_cached(ran_app):
+    at = ran_app
+    run_sweep(at, ["spap", "magnitude"], (0.2, 0.4), 0.2)
     chart = titled(at, "Perplexity vs sparsity")
     methods = [trace for trace in chart["data"] if not trace["name"].startswith("dense")]
     assert {trace["name"] for trace in methods} == {"spap", "magnitude"}
@@ -603,12 +608,7 @@ def test_every_form_ignores_enter(app_files):
 
 def test_the_sweep_form_comes_back_with_the_sweep_it_shows(ran_app):
     at = ran_app
-    open_page(at, "perplexity_sweep")
-    at.multiselect(key="sweep_methods").set_value(["spap", "magnitude"])
-    at.slider(key="sweep_range").set_value((0.2, 0.4))
-    at.selectbox(key="sweep_step").set_value(0.2)
-    click(at, "Run sweep")
-    finish_job(at, "sweep")
+    run_sweep(at, ["spap", "magnitude"], (0.2, 0.4), 0.2)
     open_page(at, "scores")
     open_page(at, "perplexity_sweep")  # Streamlit forgot the widgets; the form is the chart's again
     assert at.multiselect(key="sweep_methods").value == ["spap", "magnitude"]

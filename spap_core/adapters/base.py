@@ -14,7 +14,6 @@ Conv1D keeps them transposed, Phi-3 fuses gate and up into one `gate_up_proj`.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar
 
@@ -118,16 +117,27 @@ class MlpFunction:
         return self.activation(pre[0]) * pre[1] if self.glu else self.activation(pre[0])
 
 
-class ModelAdapter(ABC):
+class ModelAdapter:
     """One model family. Subclasses name the modules; the channel-aligned weights, the shrink and
     the config update follow from those names. `model_types` are the transformers model types it
-    takes (the split-GLU adapter also takes any model shaped like Llama)."""
+    takes (the Llama adapter also takes any model shaped like Llama). A family whose modules sit
+    otherwise than by name (Phi-3's fused projection) overrides the methods that read them."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
     families: ClassVar[str]  # how messages name the families it takes: "Llama, Qwen2/3, Mistral"
     glu: ClassVar[bool]
     kind: ClassVar[str]  # how the MLP is described on screen: "GLU (gate_proj ⊙ up_proj → down_proj)"
     width_key: ClassVar[str] = "intermediate_size"  # the config field that holds the MLP width
+    # Where the modules are: the layer's attribute holding the MLP ("" = the layer itself, as in
+    # OPT), the MLP's projections and activation, and the layer's attention.
+    mlp_name: ClassVar[str] = "mlp"
+    input_names: ClassVar[tuple[str, ...]]  # the input projections, in order (GLU: gate, then up)
+    output_name: ClassVar[str]
+    activation_name: ClassVar[str]
+    attention_name: ClassVar[str] = "self_attn"
+    # Whether every output projection of the family has a bias of its own (OPT, GPT-2, GPT-NeoX,
+    # Phi): a method's bias compensation then goes into it.
+    native_output_bias: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module) -> None:
         self.config = text_config(model)
@@ -141,20 +151,17 @@ class ModelAdapter(ABC):
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return self.decoder(model).layers
 
-    @abstractmethod
     def mlp_parent(self, layer: nn.Module) -> nn.Module:
         """The module holding the MLP's projections (the MLP module, or the layer itself in OPT)."""
+        return getattr(layer, self.mlp_name) if self.mlp_name else layer
 
-    input_names: ClassVar[tuple[str, ...]]  # attributes of mlp_parent: the input projections, in order
-    output_name: ClassVar[str]  # attribute of mlp_parent: the output projection
-
-    @abstractmethod
     def activation(self, layer: nn.Module) -> Activation:
         """The MLP's activation function (applied to the gate in a GLU)."""
+        return getattr(self.mlp_parent(layer), self.activation_name)
 
-    @abstractmethod
     def attention(self, layer: nn.Module) -> nn.Module:
         """The layer's attention module (its parameters are not pruned here)."""
+        return getattr(layer, self.attention_name)
 
     def input_projections(self, layer: nn.Module) -> list[nn.Module]:
         parent = self.mlp_parent(layer)
@@ -213,7 +220,7 @@ class ModelAdapter(ABC):
     def stores_down_bias(self) -> bool:
         """Whether the family's transformers class can store an output-projection bias, so a method's
         bias compensation can be saved (elsewhere it runs its no-bias variant)."""
-        return False
+        return self.native_output_bias
 
     def record_widths(self, config, width: int, output_bias: bool) -> None:
         """Write the (widest) MLP width into the config, and switch the output bias on where the
@@ -228,13 +235,13 @@ class ModelAdapter(ABC):
     def validate(self, model: nn.Module) -> None:
         """Refuse, naming what is missing, a model this adapter cannot prune."""
         for index, layer in enumerate(self.decoder_layers(model)):
-            names = [*self.input_names, self.output_name]
+            names = [*self.input_names, self.output_name, self.activation_name]
             parent = self.mlp_parent(layer)
             missing = [name for name in names if not hasattr(parent, name)]
             if missing:
                 raise SpapInputError(f"Model type '{self.model_type}': layer {index}'s MLP "
                                      f"({type(parent).__name__}) lacks {', '.join(missing)}.")
-            not_plain = [name for name in names if not is_projection(getattr(parent, name))]
+            not_plain = [name for name in names[:-1] if not is_projection(getattr(parent, name))]
             if not_plain:
                 raise SpapInputError(
                     f"Model type '{self.model_type}': {', '.join(not_plain)} in layer {index} are not plain "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from spap_core.adapters.base import Activation, ModelAdapter
+from spap_core.adapters.base import ModelAdapter
 
 
 class Gpt2Adapter(ModelAdapter):
@@ -16,19 +16,9 @@ class Gpt2Adapter(ModelAdapter):
     width_key = "n_inner"
     input_names = ("c_fc",)
     output_name = "c_proj"
+    activation_name = "act"
+    attention_name = "attn"
+    native_output_bias = True
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return self.decoder(model).h
-
-    def mlp_parent(self, layer: nn.Module) -> nn.Module:
-        return layer.mlp
-
-    def activation(self, layer: nn.Module) -> Activation:
-        return layer.mlp.act
-
-    def attention(self, layer: nn.Module) -> nn.Module:
-        return layer.attn
-
-    @property
-    def stores_down_bias(self) -> bool:
-        return True

@@ -4,9 +4,7 @@ are added to it; either way the MLP output enters the residual stream unchanged.
 
 from __future__ import annotations
 
-from torch import nn
-
-from spap_core.adapters.base import Activation, ModelAdapter
+from spap_core.adapters.base import ModelAdapter
 
 
 class GptNeoXAdapter(ModelAdapter):
@@ -16,16 +14,6 @@ class GptNeoXAdapter(ModelAdapter):
     kind = "plain: act(dense_h_to_4h·x) → dense_4h_to_h"
     input_names = ("dense_h_to_4h",)
     output_name = "dense_4h_to_h"
-
-    def mlp_parent(self, layer: nn.Module) -> nn.Module:
-        return layer.mlp
-
-    def activation(self, layer: nn.Module) -> Activation:
-        return layer.mlp.act
-
-    def attention(self, layer: nn.Module) -> nn.Module:
-        return layer.attention
-
-    @property
-    def stores_down_bias(self) -> bool:
-        return True
+    activation_name = "act"
+    attention_name = "attention"
+    native_output_bias = True

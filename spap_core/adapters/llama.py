@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spap_core.adapters.base import Activation, MlpWeights, ModelAdapter
+from spap_core.adapters.base import MlpWeights, ModelAdapter
 
 
 class LlamaAdapter(ModelAdapter):
@@ -16,6 +16,7 @@ class LlamaAdapter(ModelAdapter):
     kind = "GLU: act(gate_proj·x) ⊙ up_proj·x → down_proj"
     input_names = ("gate_proj", "up_proj")
     output_name = "down_proj"
+    activation_name = "act_fn"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -24,18 +25,8 @@ class LlamaAdapter(ModelAdapter):
             layers = model.get_decoder().layers
         except AttributeError:
             return False
-        return all(all(hasattr(getattr(layer, "mlp", None), name) for name in (*cls.input_names, cls.output_name,
-                                                                               "act_fn"))
-                   for layer in layers)
-
-    def mlp_parent(self, layer: nn.Module) -> nn.Module:
-        return layer.mlp
-
-    def activation(self, layer: nn.Module) -> Activation:
-        return layer.mlp.act_fn
-
-    def attention(self, layer: nn.Module) -> nn.Module:
-        return layer.self_attn
+        names = (*cls.input_names, cls.output_name, cls.activation_name)
+        return all(all(hasattr(getattr(layer, cls.mlp_name, None), name) for name in names) for layer in layers)
 
     @property
     def stores_down_bias(self) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from spap_core.adapters.base import Activation, ModelAdapter
+from spap_core.adapters.base import ModelAdapter
 from spap_core.errors import SpapInputError
 
 
@@ -17,17 +17,10 @@ class OptAdapter(ModelAdapter):
     glu = False
     kind = "plain: act(fc1·x) → fc2"
     width_key = "ffn_dim"
+    mlp_name = ""  # fc1, fc2 and the activation sit on the decoder layer itself
     input_names = ("fc1",)
     output_name = "fc2"
-
-    def mlp_parent(self, layer: nn.Module) -> nn.Module:
-        return layer
-
-    def activation(self, layer: nn.Module) -> Activation:
-        return layer.activation_fn
-
-    def attention(self, layer: nn.Module) -> nn.Module:
-        return layer.self_attn
+    activation_name = "activation_fn"
 
     @property
     def stores_down_bias(self) -> bool:

@@ -3,9 +3,7 @@ in parallel on the same normalised input and both outputs are added to the resid
 
 from __future__ import annotations
 
-from torch import nn
-
-from spap_core.adapters.base import Activation, ModelAdapter
+from spap_core.adapters.base import ModelAdapter
 
 
 class PhiAdapter(ModelAdapter):
@@ -15,16 +13,5 @@ class PhiAdapter(ModelAdapter):
     kind = "plain: act(fc1·x) → fc2"
     input_names = ("fc1",)
     output_name = "fc2"
-
-    def mlp_parent(self, layer: nn.Module) -> nn.Module:
-        return layer.mlp
-
-    def activation(self, layer: nn.Module) -> Activation:
-        return layer.mlp.activation_fn
-
-    def attention(self, layer: nn.Module) -> nn.Module:
-        return layer.self_attn
-
-    @property
-    def stores_down_bias(self) -> bool:
-        return True
+    activation_name = "activation_fn"
+    native_output_bias = True

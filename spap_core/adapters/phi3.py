@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spap_core.adapters.base import (Activation, MlpWeights, ModelAdapter, projection_like, projection_weight,
-                                     projection_bias)
+from spap_core.adapters.base import MlpWeights, ModelAdapter, projection_bias, projection_like, projection_weight
 
 
 class Phi3Adapter(ModelAdapter):
@@ -18,15 +17,7 @@ class Phi3Adapter(ModelAdapter):
     kind = "fused GLU: gate_up_proj (act(gate) ⊙ up) → down_proj"
     input_names = ("gate_up_proj",)
     output_name = "down_proj"
-
-    def mlp_parent(self, layer: nn.Module) -> nn.Module:
-        return layer.mlp
-
-    def activation(self, layer: nn.Module) -> Activation:
-        return layer.mlp.activation_fn
-
-    def attention(self, layer: nn.Module) -> nn.Module:
-        return layer.self_attn
+    activation_name = "activation_fn"
 
     def mlp_weights(self, layer: nn.Module) -> MlpWeights:
         fused, down = layer.mlp.gate_up_proj, layer.mlp.down_proj
