@@ -34,7 +34,8 @@ PAGES = [("Model & data", None, "01_model_data"), ("Run SPAP", ("Run SPAP", "Lat
          ("Latency & memory", ("Measure", "Memory and compute"), "07_latency"),
          ("Sensitivity", ("Run scan", "Red dotted line"), "08_sensitivity"),
          ("How SPAP works", None, "09_how_spap_works"),
-         ("Zero-shot accuracy", None, "10_zeroshot")]  # offline here: it shows why it cannot run
+         ("Zero-shot accuracy", None, "10_zeroshot"),  # offline here: it shows why it cannot run
+         ("Compare runs", None, "11_compare_runs")]  # the class demo run against the default one
 
 
 def free_port() -> int:
@@ -106,10 +107,22 @@ def main() -> None:
             settle(page)
             page.get_by_text("SPAP Explorer").first.wait_for()
             shoot(page, args.out, "00_start_here")
+            if not args.run_only:  # another browser's class demo run, for Compare runs to set beside the default
+                other = browser.new_context(viewport=VIEWPORT).new_page()
+                other.set_default_timeout(300_000)
+                other.goto(f"{base}/run_spap")
+                settle(other)
+                other.get_by_role("button", name="Class demo preset").click()
+                settle(other)
+                run_job(other, "Run SPAP", "Latest result: spap at 20%")
+                other.context.close()
             for title, job, name in PAGES:
                 go_to(page, title)
                 if job is not None:
                     run_job(page, *job)
+                if title == "Compare runs":
+                    page.get_by_text("Runs of every session").click()  # the class demo run is another browser's
+                    settle(page)
                 shoot(page, args.out, name)
                 if args.run_only and title == "Run SPAP":
                     return
