@@ -56,11 +56,15 @@ def show_chart(figure: Any, container: Any = st, subtitle: str | None = None) ->
     line = LINE_CHARACTERS[large]
     figure.update_layout(title_text=None, meta={"title": main, "subtitle": subtitle})
     right_labels, top_lines = False, 0
-    for annotation in figure.layout.annotations:  # make_subplots' titles (and facet labels)
-        if annotation.text and annotation.yref == "paper" and annotation.showarrow is False:
+    for annotation in figure.layout.annotations:  # make_subplots' titles, facet labels
+        if not annotation.text or annotation.yref != "paper" or annotation.showarrow is not False:
+            continue
+        facet_row = annotation.textangle == 90  # outside the plot on the right
+        title = annotation.y is not None and annotation.yanchor == "bottom"  # above its panel
+        if facet_row or title:
             annotation.text = wrapped(annotation.text, line)
-            right_labels |= annotation.textangle == 90  # facet_row labels, outside the plot on the right
-            if annotation.y is not None and annotation.y >= 0.99:  # a top-row title, above the plot area
+            right_labels |= facet_row
+            if title and annotation.y >= 0.99:  # a top-row title, above the plot area
                 top_lines = max(top_lines, annotation.text.count("<br>") + 1)
     x_lines = 0
     for axis in figure.select_xaxes():

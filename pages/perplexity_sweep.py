@@ -136,13 +136,11 @@ with chart_column:
     figure = px.line(table, x="sparsity", y="perplexity", color="method", markers=True, log_y=True,
                      title=f"Perplexity vs sparsity ({int(table['eval_tokens'].iloc[0]):,} evaluation tokens)<br>"
                            f"<sup>weight update: {table['reconstruction'].iloc[0]}; "
-                           f"{table['allocation'].iloc[0]} allocation</sup>")
+                           f"{table['allocation'].iloc[0]} allocation; evaluation: {context['budget']}</sup>")
     sparsities = sorted(table["sparsity"].unique())
     # a trace, not add_hline: shapes on a log axis take log10 coordinates
     figure.add_scatter(x=[sparsities[0], sparsities[-1]], y=[dense, dense], mode="lines", name=f"dense {dense:.2f}",
                        line=dict(dash="dash", color="gray"))
-    figure.add_annotation(text=f"evaluation: {context['budget']}", xref="paper", yref="paper", x=0, y=-0.22,
-                          showarrow=False, font=dict(size=11))
     figure.update_layout(height=460, margin=dict(t=70, b=70, l=10, r=10), xaxis_tickformat=".0%")
     show_chart(figure)
 with table_column:
