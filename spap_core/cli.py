@@ -375,13 +375,15 @@ class StopSignal(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """For the block, SIGTERM and SIGHUP raise StopSignal; a second one while the first is being
-    cleaned up is ignored, so the cleanup finishes. Signal handlers only exist in the main thread;
+    """For the block, SIGTERM and SIGHUP raise StopSignal (unless they are ignored, as nohup ignores
+    SIGHUP); a second one while the first is being cleaned up is ignored, so the cleanup finishes. Signal handlers only exist in the main thread;
     elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught = [signum for signum in STOP_SIGNALS if signum != signal.SIGINT]
+    # A signal ignored when the program started stays ignored (nohup's SIGHUP).
+    caught = [signum for signum in STOP_SIGNALS
+              if signum != signal.SIGINT and signal.getsignal(signum) is not signal.SIG_IGN]
 
     def stop(signum: int, _frame: object) -> None:
         for other in caught:

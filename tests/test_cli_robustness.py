@@ -304,14 +304,34 @@ def test_a_stop_signal_while_saving_is_one_line_its_exit_code_and_no_staging_fol
         raise AssertionError("the signal did not stop the save")
 
     monkeypatch.setattr(cli, "save_pruned", save_then_signal)
-    assert run(fast_prune(tiny_dir, text_files, "--out", str(out))) == 128 + signum
+    before = signal.signal(signum, signal.SIG_DFL)  # as in a terminal, also when the tests run under nohup
+    try:
+        code = run(fast_prune(tiny_dir, text_files, "--out", str(out)))
+        restored = signal.getsignal(signum)
+    finally:
+        signal.signal(signum, before)
+    assert code == 128 + signum
     assert seen and seen[0][0].startswith(".pruned.")  # the staging folder existed when the signal came
     err = capsys.readouterr().err
     assert "Traceback" not in err and not error_lines(err)
     assert err.strip().splitlines()[-1] == (f"interrupted: stopped by {signal.Signals(signum).name} before the end; "
                                             "no output folder was written.")
     assert_nothing_left_beside(out, set())
-    assert signal.getsignal(signum) is signal.SIG_DFL  # the handler is removed again
+    assert restored is signal.SIG_DFL  # the handler is removed again
+
+
+def test_a_signal_ignored_at_the_start_stays_ignored(tiny_dir, text_files, tmp_path):
+    """Under nohup SIGHUP is ignored: a run started so is not stopped by a closed terminal."""
+    out = tmp_path / "pruned"
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with cli.signals_as_interrupts():
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert run(fast_prune(tiny_dir, text_files, "--out", str(out))) == 0
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert (out / "results.json").is_file()
 
 
 def test_sigterm_stops_the_real_command_and_removes_its_staging_folder(tiny_dir, text_files, tmp_path):
