@@ -259,7 +259,7 @@ def _zeroshot(args: argparse.Namespace, model: PreTrainedModel, tokenizer: PreTr
 
 def prune_settings(args: argparse.Namespace) -> PruneSettings:
     """The settings the flags describe: the method's own flags given, over its defaults."""
-    settings = PruneSettings(method=args.method, sparsity=args.sparsity,
+    settings = PruneSettings(method=args.method, sparsity=args.sparsity, head_sparsity=args.head_sparsity,
                              reconstruction=Reconstruction.named(args.reconstruction), allocation=args.allocation)
     return with_values(settings, {p.key: getattr(args, p.key) for p in _given_method_flags(args)})
 

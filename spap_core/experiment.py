@@ -22,7 +22,7 @@ from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import PruneSettings, settings_for_family
 from spap_core.methods.base import MethodStep
 from spap_core.models import LoadedModel, context_length
-from spap_core.prune import LayerCallback, PruneResult, prune_counts, prune_model
+from spap_core.prune import LayerCallback, PruneResult, head_layout, prune_counts, prune_model
 
 BatchCallback = Callable[[int, int], None]
 
@@ -56,6 +56,9 @@ class Experiment:
             "model": loaded.description, "device": str(loaded.device), "threads": torch.get_num_threads(),
             "settings": asdict(result.settings),
             "layer_objectives": [layer.objective for layer in result.layers],
+            "heads": None if result.heads is None else {
+                "layout": asdict(result.heads.layout), "head_dim": result.heads.head_dim,
+                "layer_objectives": [layer.objective for layer in result.heads.layers]},
             "adjustments": self.adjustments,
             **context,
         }
@@ -76,6 +79,11 @@ def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Itera
                                  f"use at most {positions} tokens per window.")
     settings, adjustments = settings_for_family(settings, loaded.family)
     prune_counts(loaded, settings)
+    layout = head_layout(loaded, settings)
+    if layout is not None and abs(layout.removed - settings.head_sparsity * layout.heads) > 1e-9:
+        adjustments.append(f"Head sparsity {settings.head_sparsity:.0%} removes {layout.removed} of {layout.heads} heads "
+                           f"({layout.removed / layout.heads:.0%}) from every layer, the nearest layout the model's "
+                           f"attention can hold ({layout.describe()}).")
     if calibration_tokens is not None:
         explicit = settings.recovery is not None or settings.implementation.target_correction(settings.options) > 0
         longest = max(window_lengths, default=0)

@@ -22,6 +22,11 @@ __all__ = ["BY_KEY", "CALIBRATION_PARAMETERS", "DATA_PARAMETERS", "GROUPS", "LAT
 SPARSITY = Parameter("sparsity", "sparsity", "Sparsity", "Fraction λ/n of MLP channels removed from every layer (uniform).",
                      float, "run", ("--sparsity",), path="sparsity", low=0.05, high=0.95, step=0.05, slider=True,
                      sweep=(0.1, 0.6), lead=True)
+HEAD_SPARSITY = Parameter(
+    "head_sparsity", "head sparsity", "Head sparsity",
+    "Share of every layer's attention heads removed too (0 = heads untouched), rounded to the nearest layout the "
+    "model's grouped-query attention can hold: the same KV groups × query heads in every layer.",
+    float, "run", ("--head-sparsity",), path="head_sparsity", low=0.0, high=0.9, step=0.05, slider=True, lead=True)
 CALIBRATION_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("nsamples", "samples", "Samples", "Random windows of the calibration text.",
               int, "calibration", ("--nsamples",), low=1, high=1024, step=1, sweep=(2, 32)),
@@ -33,6 +38,7 @@ CALIBRATION_PARAMETERS: tuple[Parameter, ...] = (
 )
 PARAMETERS: tuple[Parameter, ...] = (
     SPARSITY,
+    HEAD_SPARSITY,
     *(declared.for_method(name) for name, method in METHODS.items() for declared in method.parameters),
     *CALIBRATION_PARAMETERS,
 )

@@ -2,7 +2,11 @@
 already pruned, and each layer goes through the same five steps: capture (its statistics), decide
 (the method), reconstruct and recover (the optional weight updates), propagate (shrink it, and its
 pruned output becomes the next layer's input). Only one layer's activations live at a time. The
-family's adapter says where the MLP is; the method says what it needs."""
+family's adapter says where the MLP is; the method says what it needs.
+
+With a head sparsity, each layer's attention goes first through capture, decide, reconstruct and
+shrink on the same method (its units the heads, blocks of the output projection's input), so the
+MLP's statistics are then captured on the output of the pruned attention."""
 
 from __future__ import annotations
 
@@ -25,12 +29,13 @@ from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.altmin import alternating_minimization
 from spap_core.methods.base import MethodStep, Recovery
 from spap_core.methods.baselines import baseline_scores
+from spap_core.methods.layout import HeadLayout
 from spap_core.methods.problem import LayerDecision, LayerProblem, prune_count
-from spap_core.methods.registry import PruneSettings
+from spap_core.methods.registry import PruneSettings, head_settings
 from spap_core.models import LoadedModel
 from spap_core.offload import OffloadStore, is_dispatched, materialized, move_to
 from spap_core.sensitivity import channel_fisher
-from spap_core.shrink import finalize_config, shrink_mlp
+from spap_core.shrink import finalize_config, shrink_attention, shrink_mlp
 from spap_core.stats import GramAccumulator
 
 LayerCallback = Callable[[int, int], None]
@@ -60,6 +65,17 @@ class LayerRecord:
 
 
 @dataclass
+class HeadPruning:
+    """The heads side of a run: the layout every layer keeps, and per layer what the method decided
+    (a LayerRecord over heads: width = heads, keep = kept heads) and, for SPAP, its trace."""
+
+    layout: HeadLayout
+    head_dim: int
+    layers: list[LayerRecord] = field(default_factory=list)
+    trace: list[MethodStep] = field(default_factory=list)
+
+
+@dataclass
 class PruneResult:
     model: nn.Module | None  # None for a run read back from disk: its weights are not kept there
     settings: PruneSettings
@@ -69,6 +85,7 @@ class PruneResult:
     params_before: int
     params_after: int
     calibration_tokens: int
+    heads: HeadPruning | None = None  # None: the attention was not pruned
 
     @property
     def mean_layer_error(self) -> float:
@@ -108,7 +125,28 @@ def prune_counts(loaded: LoadedModel, settings: PruneSettings) -> list[int]:
     if settings.allocation == FISHER and is_dispatched(loaded.model):
         raise SpapInputError("The Fisher allocation backpropagates through the whole model, which an offloaded "
                              "model cannot hold; choose the 'global' allocation (or 'uniform') for it.")
+    head_layout(loaded, settings)
     return [prune_count(family.width(layer), settings.sparsity) for layer in layers]
+
+
+def head_layout(loaded: LoadedModel, settings: PruneSettings) -> HeadLayout | None:
+    """The heads every layer keeps (None: heads untouched), after the refusals of a head sparsity
+    that this family, method or run cannot use."""
+    if settings.head_sparsity == 0:
+        return None
+    family = loaded.family
+    heads, kv_heads, head_dim = family.head_shape(loaded.model)
+    refusal = settings.implementation.head_refusal(settings.options)
+    if refusal is not None:
+        raise SpapInputError(f"Attention heads with {settings.method}: {refusal}.")
+    if settings.implementation.target_correction(settings.options) > 0:
+        raise SpapInputError("Error-correcting targets (β > 0) are built for the MLP's output; set the target "
+                             "correction to 0 to prune attention heads.")
+    if is_dispatched(loaded.model):
+        raise SpapInputError("Attention heads of an offloaded model (a device map) are not pruned; load it without "
+                             "--device-map, or set the head sparsity to 0.")
+    return HeadLayout.for_sparsity(heads, kv_heads, settings.head_sparsity,
+                                   lambda layout: family.takes_heads(layout.kept, layout.kv_kept, head_dim))
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -147,7 +185,9 @@ def prune_model(
         raise SpapInputError("A model placed with a device map (offloaded layers) is pruned in place; a copy "
                              "would need the memory the map avoids.")
     model = loaded.model if inplace else copy.deepcopy(loaded.model)
-    walk = _Walk(loaded.family, settings, seed, cancel, on_step)
+    layout = head_layout(loaded, settings)
+    heads = None if layout is None else HeadPruning(layout, loaded.family.head_shape(loaded.model)[2])
+    walk = _Walk(loaded.family, settings, seed, cancel, on_step, heads)
     layers = loaded.family.decoder_layers(model)
     params_before = parameter_count(model)
     store = OffloadStore(loaded.offload_folder)
@@ -163,7 +203,7 @@ def prune_model(
     finalize_config(model, loaded.family)
     return PruneResult(model=model, settings=settings, layers=walk.records, trace=walk.trace, timings=walk.timings,
                        params_before=params_before, params_after=parameter_count(model),
-                       calibration_tokens=int(calibration.numel()))
+                       calibration_tokens=int(calibration.numel()), heads=heads)
 
 
 @dataclass
@@ -196,7 +236,7 @@ class _Walk:
     """The per-layer steps of one pruning run, with their timings, records and trace."""
 
     def __init__(self, family: ModelAdapter, settings: PruneSettings, seed: int, cancel: threading.Event | None,
-                 on_step: StepCallback | None) -> None:
+                 on_step: StepCallback | None, heads: HeadPruning | None = None) -> None:
         self.family, self.settings, self.seed, self.cancel, self.on_step = family, settings, seed, cancel, on_step
         self.method, self.options = settings.implementation, settings.options
         self.correction = self.method.target_correction(self.options)
@@ -204,6 +244,10 @@ class _Walk:
         self.timings = {"capture": 0.0, "solve": 0.0, "altmin": 0.0, "propagate": 0.0}
         self.records: list[LayerRecord] = []
         self.trace: list[MethodStep] = []
+        self.heads = heads
+        if heads is not None:
+            self.timings["heads"] = 0.0
+            self.head_settings = head_settings(settings, family)
 
     @contextlib.contextmanager
     def _timed(self, phase: str) -> Iterator[None]:
@@ -213,6 +257,11 @@ class _Walk:
 
     def _keep_step(self, step: MethodStep) -> None:
         self.trace.append(step)
+        if self.on_step is not None:
+            self.on_step(step)
+
+    def _keep_head_step(self, step: MethodStep) -> None:
+        self.heads.trace.append(step)
         if self.on_step is not None:
             self.on_step(step)
 
@@ -233,6 +282,9 @@ class _Walk:
     def layer(self, index: int, layer: nn.Module, streams: _Streams, n_prune: int) -> _Streams:
         """capture → decide → reconstruct → recover → propagate, for one (materialised) layer."""
         args, kwargs = move_to(streams.layer_arguments[index], streams.hidden[0].device)
+        if self.heads is not None:
+            with self._timed("heads"):
+                self._prune_heads(index, layer, streams, args, kwargs)
         with self._timed("capture"):
             if self.correction > 0:  # the dense model's own output of this layer, on the dense stream
                 streams.dense = [_call_layer(layer, chunk, args, kwargs) for chunk in streams.dense]
@@ -254,6 +306,31 @@ class _Walk:
             streams.hidden = [base + to_residual(output.reshape(base.shape))
                               for base, output in zip(capture.residual_bases, outputs)]
         return streams
+
+    def _prune_heads(self, index: int, layer: nn.Module, streams: _Streams, args: tuple, kwargs: dict) -> None:
+        """capture → decide → reconstruct → shrink for the layer's attention heads: the input of its
+        output projection is recorded (the forward stops there), and the problem's targets are the
+        dense attention output on the pruned stream, as the MLP's are."""
+        stats = GramAccumulator()
+        with _attention_recorded(self.family, layer) as recorded:
+            for chunk in streams.hidden:
+                try:
+                    _call_layer(layer, chunk, args, kwargs)
+                except _StopForward:
+                    pass
+                stats.add(recorded.intermediate)
+        layout, settings = self.heads.layout, self.head_settings
+        problem = stats.problem(self.family.attention_weights(layer).output, layout.removed,
+                                group_size=self.heads.head_dim, layout=layout)
+        if not _all_finite(problem.gram, problem.cross):
+            raise NumericalError(f"Pruning stopped: the attention activations of layer {index} contain NaN or inf "
+                                 "(the model itself overflows on this text; try float32 or another calibration text).")
+        decision = settings.implementation.decide(problem, settings.options, index, on_step=self._keep_head_step,
+                                                  cancel=self.cancel)
+        if settings.reconstruction is not None:
+            decision = settings.reconstruction.apply(problem, decision)
+        self.heads.layers.append(_layer_record(index, problem, decision))
+        shrink_attention(self.family, layer, problem, decision)
 
     def _capture(self, layer: nn.Module, streams: _Streams, args: tuple, kwargs: dict) -> _Capture:
         """Run the layer on every chunk with its output projection recording Z instead of computing
@@ -431,6 +508,28 @@ class _OutputRecorder(nn.Module):
         self._handle.remove()
 
 
+class _AttentionRecorder(nn.Module):
+    """Stands in for the attention's output projection while its heads are captured: records the
+    heads' concatenated outputs and stops the layer's forward there."""
+
+    intermediate: torch.Tensor | None = None
+
+    def forward(self, intermediate: torch.Tensor) -> torch.Tensor:
+        self.intermediate = intermediate
+        raise _StopForward
+
+
+@contextlib.contextmanager
+def _attention_recorded(family: ModelAdapter, layer: nn.Module) -> Iterator[_AttentionRecorder]:
+    original = family.attention_output_projection(layer)
+    recorder = _AttentionRecorder()
+    family.set_attention_output_projection(layer, recorder)
+    try:
+        yield recorder
+    finally:
+        family.set_attention_output_projection(layer, original)
+
+
 @contextlib.contextmanager
 def _output_recorded(family: ModelAdapter, layer: nn.Module) -> Iterator[_OutputRecorder]:
     original = family.output_projection(layer)
@@ -444,13 +543,15 @@ def _output_recorded(family: ModelAdapter, layer: nn.Module) -> Iterator[_Output
 
 
 def _layer_record(index: int, problem: LayerProblem, decision: LayerDecision) -> LayerRecord:
-    final = torch.zeros(problem.width, dtype=torch.float32)
-    final[decision.keep.cpu()] = decision.down_weight.float().norm(dim=0).cpu()
+    """Per unit (channel or head): kept ones, scores, and the output projection's norms."""
+    final = torch.zeros(problem.dense_down.shape[0], problem.width, dtype=torch.float32)
+    final[:, decision.keep.cpu()] = decision.down_weight.float().cpu()
     return LayerRecord(
-        layer=index, width=problem.width, keep=decision.keep.cpu().numpy(),
+        layer=index, width=problem.units, keep=problem.kept_units(decision.keep.cpu()).numpy(),
         scores={**baseline_scores(problem), **decision.scores},
         objective=decision.objective, dense_objective=0.5 * problem.target_energy,
-        down_column_norms={"dense": problem.dense_down.float().norm(dim=0).cpu().numpy(), "final": final.numpy()},
+        down_column_norms={"dense": problem.unit_norms(problem.dense_down.float()).cpu().numpy(),
+                           "final": problem.unit_norms(final).numpy()},
     )
 
 

@@ -23,7 +23,8 @@ from spap_core.errors import UnreadableRunError
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SpapStep
 from spap_core.models import cache_root
-from spap_core.prune import LayerRecord, PruneResult
+from spap_core.methods.layout import HeadLayout
+from spap_core.prune import HeadPruning, LayerRecord, PruneResult
 
 RESULTS_DIR_ENV = "SPAP_RESULTS_DIR"
 ARRAYS_FILE = "trace_masks.npz"
@@ -97,26 +98,42 @@ def new_run_directory(root: Path, record: dict) -> Path:
     return root / f"{stamp}-{record['method']}-{record['sparsity']:.2f}-{uuid.uuid4().hex[:6]}"
 
 
+HEADS_PREFIX = "heads_"  # the arrays and the trace file of the attention heads carry it
+
+
 def write_run(directory: str | Path, record: dict, result: PruneResult) -> Path:
-    """Write results.json, trace.csv and the arrays (soft masks, kept channels, scores per layer)."""
+    """Write results.json, trace.csv and the arrays (soft masks, kept channels, scores per layer);
+    for a run that pruned heads too, the same for its heads under HEADS_PREFIX (the record holds
+    their layout: Experiment.record)."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    arrays = {"soft_masks": soft_mask_array(result.trace), "column_norms": column_norm_array(result.trace),
-              "layer_objectives": np.array([np.nan if l.objective is None else l.objective for l in result.layers]),
-              "dense_objectives": np.array([l.dense_objective for l in result.layers]),
-              "widths": np.array([l.width for l in result.layers])}
-    for layer in result.layers:
-        arrays[f"keep_layer{layer.layer}"] = layer.keep
-        arrays.update({f"score_layer{layer.layer}_{name}": np.asarray(score) for name, score in layer.scores.items()})
-        arrays.update({f"down_norms_layer{layer.layer}_{name}": norms for name, norms in layer.down_column_norms.items()})
+    arrays = _part_arrays("", result.layers, result.trace)
+    parts = [("", result.trace)]
+    if result.heads is not None:
+        arrays.update(_part_arrays(HEADS_PREFIX, result.heads.layers, result.heads.trace))
+        parts.append((HEADS_PREFIX, result.heads.trace))
     np.savez_compressed(path / ARRAYS_FILE, **arrays)
-    with open(path / "trace.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TRACE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(trace_rows(result.trace))
+    for prefix, trace in parts:
+        with open(path / f"{prefix}trace.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=TRACE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(trace_rows(trace))
     # results.json last: a folder with it is complete (list_runs ignores half-written ones)
     (path / "results.json").write_text(json.dumps(record, indent=2, default=float))
     return path
+
+
+def _part_arrays(prefix: str, layers: list[LayerRecord], trace: list[SpapStep]) -> dict[str, np.ndarray]:
+    """The arrays of one part of a run (the MLP channels, or the heads under HEADS_PREFIX)."""
+    arrays = {"soft_masks": soft_mask_array(trace), "column_norms": column_norm_array(trace),
+              "layer_objectives": np.array([np.nan if l.objective is None else l.objective for l in layers]),
+              "dense_objectives": np.array([l.dense_objective for l in layers]),
+              "widths": np.array([l.width for l in layers])}
+    for layer in layers:
+        arrays[f"keep_layer{layer.layer}"] = layer.keep
+        arrays.update({f"score_layer{layer.layer}_{name}": np.asarray(score) for name, score in layer.scores.items()})
+        arrays.update({f"down_norms_layer{layer.layer}_{name}": norms for name, norms in layer.down_column_norms.items()})
+    return {prefix + key: value for key, value in arrays.items()}
 
 
 @contextmanager
@@ -235,13 +252,26 @@ def read_run(directory: str | Path) -> tuple[dict, PruneResult]:
         settings = PruneSettings.from_dict(record["settings"])
     with record_faults(path / ARRAYS_FILE), np.load(path / ARRAYS_FILE, allow_pickle=False) as stored:
         arrays = dict(stored)
-        layers = _stored_layers(arrays)
-    with record_faults(path / "trace.csv"), open(path / "trace.csv", newline="") as f:
-        trace = _stored_trace(list(csv.DictReader(f)), arrays, layers)
+    layers, trace = _stored_part(path, arrays, "")
+    heads = None
+    if record.get("heads") is not None:
+        with record_faults(path / "results.json"):
+            layout = HeadLayout(**record["heads"]["layout"])
+            head_dim = int(record["heads"]["head_dim"])
+        heads = HeadPruning(layout, head_dim, *_stored_part(path, arrays, HEADS_PREFIX))
     result = PruneResult(model=None, settings=settings, layers=layers, trace=trace, timings=record["timings"],
                          params_before=record["params_before"], params_after=record["params_after"],
-                         calibration_tokens=record["calibration_tokens"])
+                         calibration_tokens=record["calibration_tokens"], heads=heads)
     return record, result
+
+
+def _stored_part(path: Path, arrays: dict[str, np.ndarray], prefix: str) -> tuple[list[LayerRecord], list[SpapStep]]:
+    with record_faults(path / ARRAYS_FILE):
+        part = _named_arrays(arrays, prefix) if prefix else arrays
+        layers = _stored_layers(part)
+    with record_faults(path / f"{prefix}trace.csv"), open(path / f"{prefix}trace.csv", newline="") as f:
+        trace = _stored_trace(list(csv.DictReader(f)), part, layers)
+    return layers, trace
 
 
 def _stored_layers(arrays: dict[str, np.ndarray]) -> list[LayerRecord]:

@@ -5,6 +5,7 @@ family's adapter says which modules those are and how their weights are laid out
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from transformers import PreTrainedModel
 
 from spap_core.adapters import ModelAdapter, model_adapter, text_config
 from spap_core.errors import SpapInputError
-from spap_core.methods.problem import LayerDecision
+from spap_core.methods.problem import LayerDecision, LayerProblem
 from spap_core.offload import is_dispatched
 
 OFFLOADED_SHARD_SIZE = "1GB"
@@ -34,6 +35,20 @@ def shrink_mlp(family: ModelAdapter, layer: torch.nn.Module, decision: LayerDeci
                                                  output=decision.down_weight, output_bias=bias))
 
 
+def shrink_attention(family: ModelAdapter, layer: torch.nn.Module, problem: LayerProblem,
+                     decision: LayerDecision) -> None:
+    """Keep only the decided heads: their query rows, the key and value rows of the KV groups that
+    still serve one, and the decision's output columns and bias (added to a native one, as Phi's)."""
+    dense = family.attention_weights(layer)
+    kept = dense.kept(problem.kept_units(decision.keep.cpu()))
+    bias = decision.down_bias
+    if dense.output_bias is not None:
+        bias = dense.output_bias + (0 if bias is None else bias.to(dense.output_bias))
+    with torch.no_grad():
+        family.set_attention_weights(layer, replace(kept, output=decision.down_weight.to(kept.output),
+                                                    output_bias=bias))
+
+
 def finalize_config(model: PreTrainedModel, family: ModelAdapter) -> None:
     """Make the config agree with the shrunk modules, so save_pretrained/from_pretrained round-trip:
     the widths (per-layer ones under `spap_layer_widths`, with the widest as the family's width
@@ -48,6 +63,12 @@ def finalize_config(model: PreTrainedModel, family: ModelAdapter) -> None:
         delattr(model.config, LAYER_WIDTHS_KEY)
     output_bias = any(family.output_projection(layer).bias is not None for layer in layers)
     family.record_widths(text_config(model), max(widths), output_bias)  # one int: configs refuse a list
+    if family.head_refusal is None:
+        heads = {(*family.head_counts(layer), family.head_dim(layer)) for layer in layers}
+        if len(heads) != 1:  # the walk keeps one layout in every layer: anything else is a bug
+            raise RuntimeError(f"layers with different head counts after pruning: {sorted(heads)}")
+        attention_bias = any(family.attention_output_projection(layer).bias is not None for layer in layers)
+        family.record_heads(text_config(model), *heads.pop(), attention_bias)
 
 
 def save_pruned(model: PreTrainedModel, tokenizer, directory: str | Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from spap_core.methods.layout import HeadLayout
 from spap_core.methods.problem import LayerProblem
 
 # Column blocks of the Gram product: only the upper block triangle is multiplied and mirrored,
@@ -58,12 +59,16 @@ class GramAccumulator:
             self.cross = cross if self.cross is None else self.cross.add_(cross)
             self.target_energy += float(y.double().pow(2).sum())
 
-    def problem(self, dense_down: torch.Tensor, n_prune: int) -> LayerProblem:
+    def problem(self, dense_down: torch.Tensor, n_prune: int, group_size: int = 1,
+                layout: HeadLayout | None = None) -> LayerProblem:
+        """The layer problem of pruning `n_prune` units (channels, or heads of `group_size` columns
+        within `layout`) from the output projection `dense_down`."""
         if self.gram is None:
             raise RuntimeError("no calibration tokens were accumulated for this layer")
         dense = dense_down.detach().float()
         problem = LayerProblem(gram=self.gram, cross=self.cross, target_energy=self.target_energy,
-                               dense_down=dense, n_prune=n_prune, dense_fits_targets=not self.explicit_targets)
+                               dense_down=dense, n_prune=n_prune, dense_fits_targets=not self.explicit_targets,
+                               group_size=group_size, layout=layout)
         if problem.dense_fits_targets:  # C and ‖Y‖² from the float32 Gram copy the solvers reuse
             width = dense.shape[1]
             problem.cross = (dense @ problem.gram_in(dense.dtype)[:width]).double()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from dataclasses import asdict
 
 import pytest
@@ -43,8 +44,7 @@ def test_a_new_method_is_one_class_and_one_registry_entry(tiny, monkeypatch):
         description = "test method"
 
         def decide(self, problem: LayerProblem, settings, layer, on_step=None, cancel=None) -> LayerDecision:
-            keep = keep_from_pruned(problem.width, lowest(torch.arange(problem.width, dtype=torch.float64),
-                                                          problem.n_prune))
+            keep = keep_from_pruned(problem.width, lowest(problem, torch.arange(problem.width, dtype=torch.float64)))
             return refit(problem, keep, RefitSettings(bias=False))
 
     monkeypatch.setitem(METHODS, "lowest-index", LowestIndex())
@@ -126,10 +126,11 @@ def test_the_summary_names_every_value_but_the_omitted_ones():
     settings = with_values(PruneSettings(), {"K": 7})
     line = describe(settings)
     assert "K = 7" in line and "sparsity 30%" in line and "δ = 0.1" in line
-    assert "K = " not in describe(settings, omit={"K"}) and "sparsity" not in describe(settings, omit={"sparsity"})
-    assert describe(PruneSettings(method="flap")) == "method flap, sparsity 30%, FLAP bias true"
-    assert describe(PruneSettings(method="obs")) == "method obs, sparsity 30%, OBS block = 1, γ = 0.01, OBS bias true"
-    assert describe(PruneSettings(method="fasp")) == "method fasp, sparsity 30%"
+    assert "K = " not in describe(settings, omit={"K"}) and not re.search(r"(?<!head )sparsity", describe(settings, omit={"sparsity"}))
+    assert describe(PruneSettings(method="flap")) == "method flap, sparsity 30%, head sparsity 0%, FLAP bias true"
+    assert describe(PruneSettings(method="obs")) == ("method obs, sparsity 30%, head sparsity 0%, OBS block = 1, "
+                                                     "γ = 0.01, OBS bias true")
+    assert describe(PruneSettings(method="fasp")) == "method fasp, sparsity 30%, head sparsity 0%"
     assert {p.key for p in PARAMETERS} >= {"sparsity", "K", "tau", "alpha", "rho0", "delta", "nsamples"}
     assert parameter("K").symbol == "K" and parameter("delta").log_scale
 

@@ -10,10 +10,17 @@ bias entry) and column i of the output projection, so the layer problem over Z i
 of them. The adapters give those weights in one orientation, `MlpWeights` (rows of an input
 weight = channels; columns of the output weight = channels), whatever the modules store: GPT-2's
 Conv1D keeps them transposed, Phi-3 fuses gate and up into one `gate_up_proj`.
+
+Attention heads are pruned the same way: the output projection's input is the concatenation of the
+heads' outputs, so a head is a block of `head_dim` of its columns, and removing it removes its rows
+of the query projection (and, with its whole KV group, the key and value rows). `AttentionWeights`
+holds them in that orientation. Families whose transformers class derives head_dim from the hidden
+size (OPT, GPT-2, GPT-NeoX) cannot hold fewer heads and say so (`head_refusal`).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar
 
@@ -104,6 +111,45 @@ class MlpWeights:
 
 
 @dataclass(frozen=True)
+class AttentionWeights:
+    """One attention's projections, head-aligned: query rows are `heads` blocks of `head_dim`, key
+    and value rows `kv_heads` blocks, output columns `heads` blocks (every tensor out × in)."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    output: torch.Tensor
+    biases: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]  # query, key, value
+    output_bias: torch.Tensor | None
+    head_dim: int
+
+    @property
+    def heads(self) -> int:
+        return self.query.shape[0] // self.head_dim
+
+    @property
+    def kv_heads(self) -> int:
+        return self.key.shape[0] // self.head_dim
+
+    def _rows(self, units: torch.Tensor) -> torch.Tensor:
+        offsets = torch.arange(self.head_dim, device=units.device)
+        return (units.reshape(-1, 1) * self.head_dim + offsets).flatten().to(self.query.device)
+
+    def kept(self, heads: torch.Tensor) -> AttentionWeights:
+        """Only the query heads `heads` (sorted, grouped as the layout keeps them) and the KV heads
+        that serve them."""
+        heads = heads.cpu()
+        groups = torch.unique(heads // (self.heads // self.kv_heads))
+        query_rows, kv_rows = self._rows(heads), self._rows(groups)
+        query_bias, key_bias, value_bias = self.biases
+        return replace(self, query=self.query[query_rows], key=self.key[kv_rows], value=self.value[kv_rows],
+                       output=self.output[:, query_rows],
+                       biases=(None if query_bias is None else query_bias[query_rows],
+                               None if key_bias is None else key_bias[kv_rows],
+                               None if value_bias is None else value_bias[kv_rows]))
+
+
+@dataclass(frozen=True)
 class MlpFunction:
     """Z from the MLP input x: act(W₀x + b₀) ⊙ (W₁x + b₁) for a GLU, act(W₀x + b₀) otherwise. The
     recovery steps differentiate through it with the kept input weights."""
@@ -138,6 +184,12 @@ class ModelAdapter:
     # Whether every output projection of the family has a bias of its own (OPT, GPT-2, GPT-NeoX,
     # Phi): a method's bias compensation then goes into it.
     native_output_bias: ClassVar[bool] = False
+    # The attention's projections, by name in the attention module; `head_refusal` says why the
+    # family's heads cannot be pruned (None: they can).
+    attention_input_names: ClassVar[tuple[str, str, str]] = ("q_proj", "k_proj", "v_proj")
+    attention_output_name: ClassVar[str] = "o_proj"
+    native_attention_bias: ClassVar[bool] = False  # the attention output projection has a bias of its own
+    head_refusal: ClassVar[str | None] = None
 
     def __init__(self, model: nn.Module) -> None:
         self.config = text_config(model)
@@ -208,6 +260,69 @@ class ModelAdapter:
         activation = self.activation(layer)
         return activation(pre[0]) * pre[1] if self.glu else activation(pre[0])
 
+    # ------------------------------------------------------------------ attention heads
+    def attention_output_projection(self, layer: nn.Module) -> nn.Module:
+        return getattr(self.attention(layer), self.attention_output_name)
+
+    def set_attention_output_projection(self, layer: nn.Module, module: nn.Module) -> None:
+        """Swap the attention's output projection (the capture puts a recorder there for a while)."""
+        setattr(self.attention(layer), self.attention_output_name, module)
+
+    def head_dim(self, layer: nn.Module) -> int:
+        return int(self.attention(layer).head_dim)
+
+    def head_counts(self, layer: nn.Module) -> tuple[int, int]:
+        """(query heads, KV heads) of the layer as its modules hold them (from shapes only, so an
+        offloaded layer is not read)."""
+        attention, head_dim = self.attention(layer), self.head_dim(layer)
+        query, key = (projection_shape(getattr(attention, name))[0] for name in self.attention_input_names[:2])
+        return query // head_dim, key // head_dim
+
+    def attention_weights(self, layer: nn.Module) -> AttentionWeights:
+        attention = self.attention(layer)
+        inputs = [getattr(attention, name) for name in self.attention_input_names]
+        output = getattr(attention, self.attention_output_name)
+        query, key, value = (projection_weight(module) for module in inputs)
+        return AttentionWeights(query=query, key=key, value=value, output=projection_weight(output),
+                                biases=tuple(projection_bias(module) for module in inputs),
+                                output_bias=projection_bias(output), head_dim=self.head_dim(layer))
+
+    def set_attention_weights(self, layer: nn.Module, weights: AttentionWeights) -> None:
+        """Replace the projections by modules holding `weights`, and tell the attention how its KV
+        heads are now shared (transformers reads that from the module)."""
+        attention = self.attention(layer)
+        for name, weight, bias in zip(self.attention_input_names, (weights.query, weights.key, weights.value),
+                                      weights.biases):
+            setattr(attention, name, projection_like(getattr(attention, name), weight, bias))
+        setattr(attention, self.attention_output_name,
+                projection_like(getattr(attention, self.attention_output_name), weights.output, weights.output_bias))
+        attention.num_key_value_groups = weights.heads // weights.kv_heads
+
+    @property
+    def stores_attention_bias(self) -> bool:
+        """Whether the family's class can store a bias on the attention's output projection."""
+        return self.native_attention_bias
+
+    def takes_heads(self, heads: int, kv_heads: int, head_dim: int) -> bool:
+        """Whether the family's config class accepts these head counts (its own validation decides:
+        Llama's and Gemma's want hidden_size divisible by num_attention_heads, even with head_dim set)."""
+        config = copy.deepcopy(self.config)
+        config.num_attention_heads, config.num_key_value_heads, config.head_dim = heads, kv_heads, head_dim
+        try:
+            if hasattr(config, "validate"):
+                config.validate()
+        except Exception:  # noqa: BLE001 - any refusal of the class's validators means "not these counts"
+            return False
+        return True
+
+    def record_heads(self, config, heads: int, kv_heads: int, head_dim: int, output_bias: bool) -> None:
+        """Write the head counts (and head_dim, which the classes would otherwise derive from the
+        hidden size) into the config; refuse an output bias the class cannot create."""
+        config.num_attention_heads, config.num_key_value_heads, config.head_dim = heads, kv_heads, head_dim
+        if output_bias and not self.stores_attention_bias:
+            raise SpapInputError(f"Model type '{self.model_type}' cannot store an attention output-projection bias "
+                                 "in transformers; turn bias compensation off (--no-bias).")
+
     # ------------------------------------------------------------------ how the output is used
     def mlp_output_to_residual(self, layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """The map applied to the MLP output before it is added to the residual stream."""
@@ -230,6 +345,27 @@ class ModelAdapter:
             raise SpapInputError(f"Model type '{self.model_type}' cannot store an output-projection (down_proj) "
                                  "bias in transformers; turn bias compensation off (--no-bias) or use a method "
                                  "without it.")
+
+    def head_shape(self, model: nn.Module) -> tuple[int, int, int]:
+        """(query heads, KV heads, head_dim), the same in every layer; refuses, naming the reason,
+        a model whose heads cannot be pruned."""
+        if self.head_refusal is not None:
+            raise SpapInputError(f"Model type '{self.model_type}': attention heads cannot be pruned, as {self.head_refusal}; "
+                                 "prune its MLP channels only (head sparsity 0).")
+        shapes = set()
+        for index, layer in enumerate(self.decoder_layers(model)):
+            attention = self.attention(layer)
+            names = [*self.attention_input_names, self.attention_output_name]
+            missing = [name for name in names if not is_projection(getattr(attention, name, None))]
+            if missing or not hasattr(attention, "head_dim"):
+                raise SpapInputError(f"Model type '{self.model_type}': layer {index}'s attention "
+                                     f"({type(attention).__name__}) has no plain {', '.join(missing) or 'head_dim'}; "
+                                     "its heads cannot be pruned.")
+            shapes.add((*self.head_counts(layer), self.head_dim(layer)))
+        if len(shapes) != 1:
+            raise SpapInputError(f"Model type '{self.model_type}': its layers hold different head counts "
+                                 f"({sorted(shapes)}); heads are pruned only where every layer has the same.")
+        return shapes.pop()
 
     # ------------------------------------------------------------------ checks
     def validate(self, model: nn.Module) -> None:

@@ -17,6 +17,8 @@ class Gpt2Adapter(ModelAdapter):
     input_names = ("c_fc",)
     output_name = "c_proj"
     activation_name = "act"
+    head_refusal = ("its transformers class derives head_dim from hidden_size ÷ num_attention_heads, so a layer "
+                    "cannot hold fewer heads of the same size")
     attention_name = "attn"
     native_output_bias = True
 

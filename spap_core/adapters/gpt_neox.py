@@ -15,5 +15,7 @@ class GptNeoXAdapter(ModelAdapter):
     input_names = ("dense_h_to_4h",)
     output_name = "dense_4h_to_h"
     activation_name = "act"
+    head_refusal = ("its transformers class derives head_dim from hidden_size ÷ num_attention_heads, so a layer "
+                    "cannot hold fewer heads of the same size")
     attention_name = "attention"
     native_output_bias = True

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
-from spap_core.adapters.base import MlpWeights, ModelAdapter
+from spap_core.adapters.base import AttentionWeights, MlpWeights, ModelAdapter
 
 
 class LlamaAdapter(ModelAdapter):
@@ -46,3 +48,22 @@ class LlamaAdapter(ModelAdapter):
         super().record_widths(config, width, output_bias)
         if output_bias:
             config.mlp_bias = True
+
+    @property
+    def stores_attention_bias(self) -> bool:
+        """Configs with an `attention_bias` switch (Llama, Qwen3, Gemma 2/3) create an o_proj bias when
+        it is on (Qwen2's class never does; Mistral's has no biases)."""
+        return hasattr(self.config, "attention_bias")
+
+    def set_attention_weights(self, layer: nn.Module, weights: AttentionWeights) -> None:
+        # `attention_bias=True` gives q/k/v biases too: zero ones keep the checkpoint complete.
+        if weights.output_bias is not None:
+            weights = replace(weights, biases=tuple(
+                torch.zeros(len(w), dtype=w.dtype, device=w.device) if b is None else b
+                for w, b in zip((weights.query, weights.key, weights.value), weights.biases)))
+        super().set_attention_weights(layer, weights)
+
+    def record_heads(self, config, heads: int, kv_heads: int, head_dim: int, output_bias: bool) -> None:
+        super().record_heads(config, heads, kv_heads, head_dim, output_bias)
+        if output_bias:
+            config.attention_bias = True

@@ -21,6 +21,8 @@ class OptAdapter(ModelAdapter):
     input_names = ("fc1",)
     output_name = "fc2"
     activation_name = "activation_fn"
+    head_refusal = ("its transformers class derives head_dim from hidden_size ÷ num_attention_heads, so a layer "
+                    "cannot hold fewer heads of the same size")
 
     @property
     def stores_down_bias(self) -> bool:

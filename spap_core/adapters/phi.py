@@ -15,3 +15,5 @@ class PhiAdapter(ModelAdapter):
     output_name = "fc2"
     activation_name = "activation_fn"
     native_output_bias = True
+    attention_output_name = "dense"
+    native_attention_bias = True

@@ -18,6 +18,8 @@ class Phi3Adapter(ModelAdapter):
     input_names = ("gate_up_proj",)
     output_name = "down_proj"
     activation_name = "activation_fn"
+    head_refusal = ("its attention reads the head count from the model's shared config at every forward pass, so "
+                    "one layer cannot hold fewer heads while the walk still runs the others at full width")
 
     def mlp_weights(self, layer: nn.Module) -> MlpWeights:
         fused, down = layer.mlp.gate_up_proj, layer.mlp.down_proj

@@ -71,6 +71,10 @@ class PruningMethod(ABC):
         """β of Y* = Y + β·(dense-stream output − pruned-stream output); 0 = local targets only."""
         return 0.0
 
+    def head_refusal(self, settings: Any) -> str | None:
+        """Why these settings cannot prune attention heads (None: they can)."""
+        return None
+
     def recovery(self, settings: Any) -> Recovery | None:
         """The weight update after the decision, if any."""
         return None

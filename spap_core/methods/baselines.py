@@ -3,6 +3,10 @@
 magnitude-sp: ‖W_down[:,i]‖ (no data). Wanda-sp: ‖Z_i‖·Σ_j|W_down[j,i]|. FLAP (uniform):
 Var(Z_i)·‖W_down[:,i]‖² plus a bias that restores the pruned channels' mean output. FASP-like:
 Wanda-sp selection followed by a plain least-squares refit of the kept columns.
+
+On attention heads (a head is a block of the output projection's input columns) each score is
+summed over the head's columns, as FLAP scores its heads, and magnitude takes the block's
+Frobenius norm; the head layout decides which of the low-scored heads may go.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from spap_core.methods.problem import (
     LayerDecision,
     LayerProblem,
     RefitSettings,
-    keep_from_pruned,
     lowest,
     objective,
     refit,
@@ -28,21 +31,22 @@ from spap_core.schema import Parameter
 
 
 def magnitude_scores(problem: LayerProblem) -> torch.Tensor:
-    return problem.dense_down.double().norm(dim=0)
+    return problem.unit_norms(problem.dense_down.double())
 
 
 def wanda_scores(problem: LayerProblem) -> torch.Tensor:
-    return problem.activation_sq_norms.double().clamp_min(0).sqrt() * problem.dense_down.double().abs().sum(dim=0)
+    columns = problem.activation_sq_norms.double().clamp_min(0).sqrt() * problem.dense_down.double().abs().sum(dim=0)
+    return problem.unit_sums(columns)
 
 
 def flap_scores(problem: LayerProblem) -> torch.Tensor:
     variance = (problem.centred_activation_sq_norms(torch.float64) / problem.tokens).clamp_min(0)
-    return variance * problem.dense_down.double().pow(2).sum(dim=0)
+    return problem.unit_sums(variance * problem.dense_down.double().pow(2).sum(dim=0))
 
 
 def _keep_dense_columns(problem: LayerProblem, scores: torch.Tensor, name: str,
                         bias: torch.Tensor | None = None) -> LayerDecision:
-    keep = keep_from_pruned(problem.width, lowest(scores.cpu(), problem.n_prune))
+    keep = problem.keep_columns(lowest(problem, scores))
     down = problem.dense_down[:, keep.to(problem.dense_down.device)]
     weights = torch.cat([down.double(), (bias if bias is not None else torch.zeros(down.shape[0])).double().reshape(-1, 1).to(down.device)], 1)
     full = scatter_columns(problem, keep, weights, bias=True)
@@ -65,7 +69,7 @@ def flap(problem: LayerProblem, bias: bool = True) -> LayerDecision:
     scores = flap_scores(problem)
     if not bias:
         return _keep_dense_columns(problem, scores, "flap")
-    pruned = lowest(scores.cpu(), problem.n_prune).to(problem.dense_down.device)
+    pruned = problem.columns(lowest(problem, scores)).to(problem.dense_down.device)
     mean_output = problem.dense_down[:, pruned].double() @ problem.activation_means.double()[pruned]
     return _keep_dense_columns(problem, scores, "flap", bias=mean_output.to(problem.dense_down.dtype))
 
@@ -75,7 +79,7 @@ FASP_REFIT = RefitSettings(ridge=0.01, prior="zero", bias=False)
 
 def fasp(problem: LayerProblem) -> LayerDecision:
     scores = wanda_scores(problem)
-    keep = keep_from_pruned(problem.width, lowest(scores.cpu(), problem.n_prune))
+    keep = problem.keep_columns(lowest(problem, scores))
     decision = refit(problem, keep, FASP_REFIT)
     decision.scores = {"wanda-sp": scores.float().cpu().numpy()}
     return decision

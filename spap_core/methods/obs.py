@@ -7,6 +7,10 @@ channels, the cheapest way to force column i to zero from a minimiser W̃ raises
 H⁻¹ of the remaining columns is H⁻¹ − H⁻¹[:,i]H⁻¹[i,:]/H⁻¹[i,i]. So one inverse, downdated channel
 by channel, ranks every candidate by its exact cost after the previous removals: the greedy choice
 that SPAP's penalty path and the single-shot scores (Wanda-sp, FLAP) are compared against.
+
+On attention heads the unit is a head's block B of columns: forcing it to zero costs
+½ tr(W̃[:,B] ([H⁻¹]_BB)⁻¹ W̃[:,B]ᵀ), and removing its columns one after another with the rank-1
+updates above lands exactly on the minimiser without B, so only the cost changes with the unit.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from torch.nn.functional import pad
 
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.base import PruningMethod
-from spap_core.methods.problem import LayerDecision, LayerProblem, keep_from_pruned, objective
+from spap_core.methods.problem import LayerDecision, LayerProblem, cholesky_right_solve, objective
 from spap_core.schema import Parameter
 
 # The bias column's damping, as in RidgeSystem: numerically free, so the bias absorbs the mean of
@@ -72,13 +76,23 @@ def damped_solution(problem: LayerProblem, settings: ObsSettings) -> tuple[torch
     return weights, inverse
 
 
-def removal_costs(weights: torch.Tensor, inverse: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
-    """2× the rise of f when each channel is removed with the optimal update of the others:
-    ‖W̃[:,i]‖²/[H⁻¹]ᵢᵢ; infinite for channels already removed (their row of H⁻¹ is zero)."""
-    width = len(removed)
-    diagonal = torch.diagonal(inverse)[:width].clamp_min(torch.finfo(inverse.dtype).tiny)
-    costs = weights[:, :width].pow(2).sum(dim=0) / diagonal
-    return costs.masked_fill(removed, math.inf)
+def removal_costs(problem: LayerProblem, weights: torch.Tensor, inverse: torch.Tensor,
+                  removed: torch.Tensor) -> torch.Tensor:
+    """2× the rise of f when each unit is removed with the optimal update of the others: for a
+    channel ‖W̃[:,i]‖²/[H⁻¹]ᵢᵢ, for a head tr(W̃_B ([H⁻¹]_BB)⁻¹ W̃_Bᵀ); infinite for units already
+    removed (their rows of H⁻¹ are zero)."""
+    size, width = problem.group_size, problem.width
+    if size == 1:
+        diagonal = torch.diagonal(inverse)[:width].clamp_min(torch.finfo(inverse.dtype).tiny)
+        costs = weights[:, :width].pow(2).sum(dim=0) / diagonal
+        return costs.masked_fill(removed, math.inf)
+    costs = torch.full((problem.units,), math.inf, dtype=inverse.dtype, device=inverse.device)
+    for unit in torch.nonzero(~removed).flatten().tolist():
+        block = slice(unit * size, (unit + 1) * size)
+        factor, info = torch.linalg.cholesky_ex(inverse[block, block])
+        if int(info) == 0:
+            costs[unit] = cholesky_right_solve(factor, weights[:, block]).mul(weights[:, block]).sum()
+    return costs
 
 
 def remove_block(weights: torch.Tensor, inverse: torch.Tensor, chosen: torch.Tensor) -> None:
@@ -112,24 +126,26 @@ def obs_layer(problem: LayerProblem, settings: ObsSettings, layer: int = 0,
     scores["obs"] is each channel's position in the removal order (1 = removed first); the kept
     channels follow, by their final cost, so its λ lowest are the pruned set.
     """
-    width = problem.width
+    units = problem.units
     weights, inverse = damped_solution(problem, settings)
-    removed = torch.zeros(width, dtype=torch.bool, device=weights.device)
-    order = torch.zeros(width, dtype=torch.float64, device=weights.device)
+    removed = torch.zeros(units, dtype=torch.bool, device=weights.device)
+    order = torch.zeros(units, dtype=torch.float64, device=weights.device)
     done = 0
     while done < problem.n_prune:
         if cancel is not None and cancel.is_set():
             raise PruningCancelled(f"cancelled at layer {layer}, OBS block {done // settings.block + 1}")
         size = min(settings.block, problem.n_prune - done)
-        chosen = torch.argsort(removal_costs(weights, inverse, removed), stable=True)[:size]
-        remove_block(weights, inverse, chosen)
+        costs = removal_costs(problem, weights, inverse, removed)
+        chosen = problem.removal(torch.argsort(costs.cpu(), stable=True), size,
+                                 already=torch.nonzero(removed.cpu()).flatten()).to(weights.device)
+        remove_block(weights, inverse, problem.columns(chosen))
         removed[chosen] = True
         order[chosen] = torch.arange(done + 1, done + size + 1, dtype=order.dtype, device=order.device)
         done += size
     if not torch.isfinite(weights).all():
         raise NumericalError(f"OBS stopped: non-finite weights at layer {layer}; try a larger damping γ.")
-    kept_order = torch.argsort(removal_costs(weights, inverse, removed), stable=True)[: width - done]
-    order[kept_order] = torch.arange(done + 1, width + 1, dtype=order.dtype, device=order.device)
+    kept_order = torch.argsort(removal_costs(problem, weights, inverse, removed), stable=True)[: units - done]
+    order[kept_order] = torch.arange(done + 1, units + 1, dtype=order.dtype, device=order.device)
     return _decision(problem, settings, weights, removed, order)
 
 
@@ -137,7 +153,7 @@ def _decision(problem: LayerProblem, settings: ObsSettings, weights: torch.Tenso
               order: torch.Tensor) -> LayerDecision:
     """The removed columns of `weights` are exactly zero, so it already is the full-width W̃ (once
     a zero bias column is appended without bias) that the objective is measured on."""
-    keep = keep_from_pruned(problem.width, torch.nonzero(removed).flatten())
+    keep = problem.keep_columns(torch.nonzero(removed.cpu()).flatten())
     kept = keep.to(weights.device)
     out_dtype = problem.dense_down.dtype
     return LayerDecision(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from spap_core.errors import SpapInputError
+from spap_core.methods.layout import HeadLayout
 
 
 @dataclass
@@ -31,6 +32,11 @@ class LayerProblem:
     # The targets are the dense layer's own output (Y = W₀Z, no explicit targets): then W̃₀ fits
     # them exactly, and with a ridge towards W̃₀ it is the unpenalised solution, no solve needed.
     dense_fits_targets: bool = False
+    # The units a method removes: `group_size` consecutive columns each (1: an MLP channel;
+    # head_dim: an attention head, one block of the output projection's input), `n_prune` of
+    # them, and for heads the layout the kept ones must form (None: any set of units).
+    group_size: int = 1
+    layout: HeadLayout | None = None
     _gram_copies: dict[torch.dtype, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def gram_in(self, dtype: torch.dtype) -> torch.Tensor:
@@ -45,6 +51,48 @@ class LayerProblem:
     @property
     def width(self) -> int:
         return self.dense_down.shape[1]
+
+    @property
+    def units(self) -> int:
+        """Channels, or heads."""
+        return self.width // self.group_size
+
+    def unit_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """A per-column quantity summed over each unit's columns (the columns themselves for channels)."""
+        return values if self.group_size == 1 else values.reshape(self.units, self.group_size).sum(dim=1)
+
+    def unit_norms(self, matrix: torch.Tensor) -> torch.Tensor:
+        """‖M[:, unit]‖ (Frobenius over a head's columns) for every unit."""
+        return matrix.norm(dim=0) if self.group_size == 1 else self.unit_sums(matrix.pow(2).sum(dim=0)).sqrt()
+
+    def per_column(self, values: torch.Tensor) -> torch.Tensor:
+        """A per-unit quantity repeated on each of its columns (a head's penalty on its block)."""
+        return values if self.group_size == 1 else values.repeat_interleave(self.group_size)
+
+    def columns(self, units: torch.Tensor) -> torch.Tensor:
+        """The column indices of `units` (sorted units give sorted columns)."""
+        if self.group_size == 1:
+            return units
+        offsets = torch.arange(self.group_size, device=units.device)
+        return (units.reshape(-1, 1) * self.group_size + offsets).flatten()
+
+    def removal(self, priority: torch.Tensor, count: int | None = None,
+                already: torch.Tensor | None = None) -> torch.Tensor:
+        """The first `count` (default λ) units of `priority`, skipping what the head layout cannot
+        lose (for channels: simply the first `count` not in `already`)."""
+        count = self.n_prune if count is None else count
+        if self.layout is None:
+            return priority[:count] if already is None else priority[~torch.isin(priority, already)][:count]
+        chosen = self.layout.removal(priority.tolist(), count, () if already is None else already.tolist())
+        return torch.tensor(chosen, dtype=torch.long)
+
+    def keep_columns(self, pruned_units: torch.Tensor) -> torch.Tensor:
+        """The sorted columns of every unit not in `pruned_units`."""
+        return self.columns(keep_from_pruned(self.units, pruned_units))
+
+    def kept_units(self, keep_columns: torch.Tensor) -> torch.Tensor:
+        """The units whose columns `keep_columns` holds (the inverse of keep_columns)."""
+        return keep_columns if self.group_size == 1 else keep_columns[:: self.group_size] // self.group_size
 
     @property
     def tokens(self) -> float:
@@ -106,9 +154,10 @@ def keep_from_pruned(width: int, pruned: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(mask).flatten()
 
 
-def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the `count` smallest scores (stable: lower index first on ties)."""
-    return torch.argsort(scores, stable=True)[:count]
+def lowest(problem: LayerProblem, scores: torch.Tensor, count: int | None = None) -> torch.Tensor:
+    """The `count` (default λ) units of smallest score that the layout allows (stable: lower index
+    first on ties)."""
+    return problem.removal(torch.argsort(scores.cpu(), stable=True), count)
 
 
 def objective(problem: LayerProblem, weights: torch.Tensor) -> float:

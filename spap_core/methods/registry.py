@@ -44,6 +44,9 @@ class PruneSettings:
     method: str = "spap"
     sparsity: float = 0.3
     options: Any = None
+    # Share of every layer's attention heads removed too (0: heads untouched), rounded to the
+    # nearest layout the family's class can load (spap_core.methods.layout).
+    head_sparsity: float = 0.0
     reconstruction: Reconstruction | None = None
     # how the sparsity is spread over the layers: spap_core.allocation.DESCRIPTIONS
     allocation: str = UNIFORM
@@ -57,6 +60,10 @@ class PruneSettings:
         elif not isinstance(self.options, implementation.settings_type):
             raise SpapInputError(f"Method '{self.method}' takes {implementation.settings_type.__name__}, "
                                  f"not {type(self.options).__name__}.")
+        if (not isinstance(self.head_sparsity, (int, float)) or isinstance(self.head_sparsity, bool)
+                or not 0.0 <= self.head_sparsity < 1.0):
+            raise SpapInputError(f"Head sparsity must be a number from 0 (heads untouched) up to, not including, 1 "
+                                 f"(got {self.head_sparsity!r}).")
         check_allocation(self.allocation, self.sparsity)
         if self.reconstruction is not None and not isinstance(self.reconstruction, Reconstruction):
             raise SpapInputError(f"reconstruction must be a Reconstruction or None (got {self.reconstruction!r}).")
@@ -91,7 +98,7 @@ class PruneSettings:
         if method == self.method:
             return self
         return PruneSettings(method=method, sparsity=self.sparsity, reconstruction=self.reconstruction,
-                             allocation=self.allocation)
+                             allocation=self.allocation, head_sparsity=self.head_sparsity)
 
     @staticmethod
     def from_dict(values: dict) -> PruneSettings:
@@ -106,19 +113,32 @@ class PruneSettings:
         reconstruction = values.get("reconstruction")
         return PruneSettings(method=values["method"], sparsity=values["sparsity"], options=options,
                              reconstruction=None if reconstruction is None else _from_dict(Reconstruction, reconstruction),
-                             allocation=values.get("allocation", UNIFORM))
+                             allocation=values.get("allocation", UNIFORM), head_sparsity=values.get("head_sparsity", 0.0))
 
 
 def settings_for_family(settings: PruneSettings, family: ModelAdapter) -> tuple[PruneSettings, list[str]]:
     """The settings a run on this family uses, and a note for each change: a method that adds a
     down_proj bias runs its no-bias variant where the family's transformers class cannot store one,
     so what is saved and reloaded is exactly what was evaluated. Decided from the config alone,
-    before any forward pass."""
-    if not settings.adds_down_bias or family.stores_down_bias:
-        return settings, []
-    return settings.without_down_bias(), [f"{settings.method} runs without its down_proj bias (bias compensation off): model type "
-                     f"'{family.model_type}' cannot store a down_proj bias in its transformers class, and the saved "
-                     "model must be the one evaluated."]
+    before any forward pass. (The same holds for the heads' output bias: head_settings.)"""
+    if settings.adds_down_bias and not family.stores_down_bias:
+        return settings.without_down_bias(), [
+            f"{settings.method} runs without its down_proj bias (bias compensation off): model type "
+            f"'{family.model_type}' cannot store a down_proj bias in its transformers class, and the saved model "
+            "must be the one evaluated."]
+    if settings.head_sparsity > 0 and settings.adds_down_bias and not family.stores_attention_bias:
+        return settings, [f"{settings.method} prunes the attention heads without its output bias: model type "
+                          f"'{family.model_type}' cannot store an attention output-projection bias in its "
+                          "transformers class, and the saved model must be the one evaluated."]
+    return settings, []
+
+
+def head_settings(settings: PruneSettings, family: ModelAdapter) -> PruneSettings:
+    """The settings the head step runs with: without an output bias where the family's attention
+    cannot store one (settings_for_family notes it)."""
+    if settings.adds_down_bias and not family.stores_attention_bias:
+        return settings.without_down_bias()
+    return settings
 
 
 def _from_dict(cls: type, values: dict) -> Any:

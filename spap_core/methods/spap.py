@@ -26,7 +26,7 @@ from spap_core.methods.problem import (
     LayerProblem,
     RefitSettings,
     RidgeSystem,
-    keep_from_pruned,
+    lowest,
     refit,
 )
 from spap_core.schema import Parameter
@@ -108,19 +108,24 @@ def channel_scores(column_norms: torch.Tensor, activation_norms: torch.Tensor, b
 def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: RefitSettings,
                layer: int = 0, on_step: StepCallback | None = None,
                cancel: threading.Event | None = None) -> LayerDecision:
-    """Run the penalty path on one layer and refit the kept columns."""
+    """Run the penalty path on one layer and refit the kept columns. On attention heads s has one
+    entry per head and its penalty (ρ/2)·s_h·‖W[:, block h]‖² acts on the head's whole block of
+    columns (a group penalty); scores and the read-out are per head, within the head layout."""
     dtype = refit_settings.dtype
-    width, count = problem.width, problem.n_prune
+    units, count = problem.units, problem.n_prune
     scale = problem.gram_scale
     # Start at the centre of the capped simplex {s ∈ [0,1]ⁿ : 1ᵀs = λ}, so every momentum step
     # stays on it (a convex combination of two of its points), or at s = 0 as the paper reads.
-    fill = count / width if penalty.start == "centre" else 0.0
-    soft_mask = torch.full((width,), fill, dtype=dtype, device=problem.gram.device)
+    fill = count / units if penalty.start == "centre" else 0.0
+    soft_mask = torch.full((units,), fill, dtype=dtype, device=problem.gram.device)
     system = RidgeSystem(problem, refit_settings, low_rank_updates=True)
     partial = penalty.score == "partial"
+    if partial and problem.group_size > 1:
+        raise SpapInputError("The 'partial' score is defined per channel; score attention heads by 'marginal' or "
+                             "'centred'.")
     centred = penalty.score == "centred" and refit_settings.bias
     energy = problem.centred_activation_sq_norms(dtype) if centred else problem.activation_sq_norms.to(dtype)
-    activation_magnitudes = energy.clamp_min(0).sqrt()
+    activation_magnitudes = problem.unit_sums(energy.clamp_min(0)).sqrt()
 
     def solve_and_score(column_penalty: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if partial:
@@ -129,8 +134,8 @@ def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: 
         else:
             weights = system.solve(column_penalty)
             magnitudes = activation_magnitudes
-        column_sq = weights[:, :width].pow(2).sum(dim=0)
-        return weights, column_sq, channel_scores(column_sq.sqrt(), magnitudes, penalty.balance)
+        unit_sq = problem.unit_sums(weights[:, :problem.width].pow(2).sum(dim=0))
+        return weights, unit_sq, channel_scores(unit_sq.sqrt(), magnitudes, penalty.balance)
 
     _, _, scores = solve_and_score(None)
     first_scores = scores
@@ -140,10 +145,10 @@ def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: 
             raise PruningCancelled(f"cancelled at layer {layer}, ρ iteration {iteration}")
         marked = count if penalty.schedule == "fixed" else math.ceil(count * iteration / penalty.iterations)
         target = torch.zeros_like(soft_mask)
-        target[torch.argsort(scores, stable=True)[:marked]] = 1.0
+        target[lowest(problem, scores, marked).to(target.device)] = 1.0
         soft_mask = (1 - penalty.momentum) * soft_mask + penalty.momentum * target
-        column_penalty = rho * scale * soft_mask
-        weights, column_sq, scores = solve_and_score(column_penalty)
+        column_penalty = problem.per_column(rho * scale * soft_mask)
+        weights, unit_sq, scores = solve_and_score(column_penalty)
         if not torch.isfinite(scores).all():  # a non-finite weight shows in its column's score
             raise NumericalError(
                 f"SPAP stopped: non-finite weights at layer {layer}, ρ iteration {iteration}. Try a larger δ, "
@@ -152,13 +157,13 @@ def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: 
             on_step(SpapStep(
                 layer=layer, iteration=iteration, rho=rho,
                 soft_mask=soft_mask.float().cpu().numpy(), scores=scores.float().cpu().numpy(),
-                objective=system.objective(weights, column_penalty), violation=float((soft_mask * column_sq).sum()),
-                column_norms=column_sq.sqrt().float().cpu().numpy(), n_prune=count, marked=marked,
+                objective=system.objective(weights, column_penalty), violation=float((soft_mask * unit_sq).sum()),
+                column_norms=unit_sq.sqrt().float().cpu().numpy(), n_prune=count, marked=marked,
             ))
         rho *= penalty.tau
     # Binary read-out: prune the λ largest s, ties broken towards the lower score.
     order = np.lexsort((scores.cpu().numpy(), -soft_mask.cpu().numpy()))
-    keep = keep_from_pruned(width, torch.from_numpy(order[:count].copy()))
+    keep = problem.keep_columns(problem.removal(torch.from_numpy(order.copy())))
     decision = refit(problem, keep, refit_settings)
     decision.scores = {"spap_first": first_scores.float().cpu().numpy(), "spap_last": scores.float().cpu().numpy()}
     return decision
@@ -255,6 +260,11 @@ class Spap(PruningMethod):
 
     def target_correction(self, settings: SpapSettings) -> float:
         return settings.target_correction
+
+    def head_refusal(self, settings: SpapSettings) -> str | None:
+        if settings.penalty.score == "partial":
+            return "the 'partial' score is defined per channel; score attention heads by 'marginal' or 'centred' (--score)"
+        return None
 
     def recovery(self, settings: SpapSettings) -> Recovery | None:
         return Recovery(settings.altmin, settings.refit) if settings.altmin.rounds > 0 else None
