@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +33,7 @@ from spap_core.parameters import DATA_PARAMETERS, GROUPS, LATENCY_PARAMETERS, PA
 from spap_core.prune import PruneResult
 from spap_core.runs import staged_directory, write_run
 from spap_core.shrink import save_pruned
+from spap_core.split import split_budget
 from spap_core.zeroshot import (STANDARD, STANDARD_TASKS, check_tasks, comparison_rows, format_comparison,
                                 parse_tasks, zeroshot_accuracy)
 
@@ -93,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--overwrite", action="store_true",
                        help="let --out replace a non-empty folder; the old one is deleted only once the new one is "
                             "complete")
+    prune.add_argument("--param-sparsity", type=float, default=None, metavar="SHARE",
+                       help="remove this share of the decoder layers' parameters, split between MLP channels and "
+                            "attention heads where the summed layer errors on the dense model are smallest (one "
+                            "forward pass); "
+                            "with --head-sparsity the heads are fixed (0 = untouched) and the MLP fills the rest; "
+                            "replaces --sparsity")
     _add_placement_args(prune)
     _add_parameter_args(prune, COMMAND_PARAMETERS["prune"])
     _add_zeroshot_args(prune)
@@ -121,7 +129,10 @@ def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Param
               for name in dict.fromkeys(p.group for p in parameters)}
     for parameter in parameters:
         options: dict = {"dest": parameter.key, "help": literal(parameter.help)}
-        if parameter.method is None:
+        if parameter.group == "run":  # None = not given (prune_settings fills the default), so
+            options["default"] = None  # --param-sparsity can tell a given sparsity from the default
+            options["help"] += literal(f" Default: {parameter.format(parameter.read(PruneSettings()))}.")
+        elif parameter.method is None:
             options["default"] = parameter.read(PruneSettings()) if parameter.path else CLI_DEFAULTS[parameter.key]
         else:
             default = parameter.read(PruneSettings(method=parameter.method))
@@ -185,8 +196,15 @@ def check_args(args: argparse.Namespace) -> None:
     cannot even look up, an --out whose contents saving would clobber."""
     if args.command == "prune":
         _check_method_flags(args)
+        if args.param_sparsity is not None:
+            if args.sparsity is not None:
+                raise SpapInputError("--param-sparsity decides the MLP sparsity itself: drop --sparsity (or drop "
+                                     "--param-sparsity to set the sparsities directly).")
+            if not 0.0 < args.param_sparsity < 1.0:
+                raise SpapInputError(f"--param-sparsity must be a share strictly between 0 and 1 "
+                                     f"(got {args.param_sparsity:g}).")
     for declared in COMMAND_PARAMETERS[args.command]:
-        if declared.kind in (int, float) and hasattr(args, declared.key):
+        if declared.kind in (int, float) and getattr(args, declared.key, None) is not None:
             declared.check(getattr(args, declared.key), declared.flag_name)
     for dest in MODEL_FLAGS[args.command]:
         if (source := getattr(args, dest)) is not None:
@@ -258,8 +276,12 @@ def _zeroshot(args: argparse.Namespace, model: PreTrainedModel, tokenizer: PreTr
 
 
 def prune_settings(args: argparse.Namespace) -> PruneSettings:
-    """The settings the flags describe: the method's own flags given, over its defaults."""
-    settings = PruneSettings(method=args.method, sparsity=args.sparsity, head_sparsity=args.head_sparsity,
+    """The settings the flags describe: the method's own flags given, over its defaults. With
+    --param-sparsity the budget stands in for the MLP sparsity until split_budget decides it."""
+    defaults = PruneSettings()
+    sparsity = args.param_sparsity if args.param_sparsity is not None else args.sparsity
+    settings = PruneSettings(method=args.method, sparsity=defaults.sparsity if sparsity is None else sparsity,
+                             head_sparsity=defaults.head_sparsity if args.head_sparsity is None else args.head_sparsity,
                              reconstruction=Reconstruction.named(args.reconstruction), allocation=args.allocation)
     return with_values(settings, {p.key: getattr(args, p.key) for p in _given_method_flags(args)})
 
@@ -297,6 +319,13 @@ def run_prune(args: argparse.Namespace) -> dict:
     eval_text = eval_text or text_sampled_from_model(loaded.model, loaded.tokenizer, SAMPLED_TEXT_TOKENS)
     calibration = calibration_windows(loaded.tokenizer, calib_text, args.nsamples, args.seqlen, args.seed)
     windows = evaluation_windows(loaded.tokenizer, eval_text, args.eval_len, args.eval_windows or None)
+    split = None
+    if args.param_sparsity is not None:
+        split = split_budget(loaded, calibration, args.param_sparsity, args.head_sparsity, args.batch_size)
+        settings = replace(settings, sparsity=split.sparsity, head_sparsity=split.head_sparsity)
+        print(f"note: {split.describe()}", file=sys.stderr)
+        plan_run(loaded, settings, (args.seqlen, args.eval_len), calibration_tokens=args.nsamples * args.seqlen,
+                 batch_size=args.batch_size, copies_model=False)
     # before the walk, which prunes this very model in place
     zeroshot_dense = _zeroshot(args, loaded.model, loaded.tokenizer, "dense") if args.zeroshot else None
     with tqdm(total=windows.shape[0], desc="dense perplexity", file=sys.stderr, unit="batch") as dense_bar, \
@@ -316,6 +345,9 @@ def run_prune(args: argparse.Namespace) -> dict:
         loaded, eval_source=eval_text.label, calib_source=calib_text.label, calib_synthetic=calib_text.synthetic,
         nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
     )
+    if split is not None:
+        record["budget"] = {"param_sparsity": split.budget, "removed_of_layers": split.removed / split.total,
+                            "summed_layer_errors": split.objectives, "description": split.describe()}
     if zeroshot_dense is not None:
         zeroshot_pruned = _zeroshot(args, result.model, loaded.tokenizer, "pruned")
         record["zeroshot"] = {"dense": zeroshot_dense, "pruned": zeroshot_pruned}

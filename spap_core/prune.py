@@ -469,6 +469,34 @@ def _dense_channel_scores(family: ModelAdapter, layers: nn.ModuleList, hidden: l
     return dense_channel_scores(layers, [family.output_projection(layer) for layer in layers], hidden, run_layer)
 
 
+DenseLayerVisit = Callable[[int, nn.Module, GramAccumulator, GramAccumulator], None]
+
+
+def dense_layer_statistics(loaded: LoadedModel, calibration: torch.Tensor, visit: DenseLayerVisit,
+                           batch_size: int = 4) -> None:
+    """Layer by layer on the dense model, in one forward pass of the calibration windows: the
+    statistics of the inputs of the attention's and of the MLP's output projection, handed to
+    `visit(index, layer, attention, mlp)` and then dropped, so one layer's Grams live at a time
+    (what spap_core.split weighs a parameter budget's split with)."""
+    family, model = loaded.family, loaded.model
+    layers = family.decoder_layers(model)
+    with torch.no_grad():
+        hidden, arguments = _layer_inputs_and_arguments(
+            family.decoder(model), layers, [c.to(loaded.device) for c in calibration.split(batch_size)])
+        for index, layer in enumerate(layers):
+            args, kwargs = arguments[index]
+            stats = (GramAccumulator(), GramAccumulator())
+            projections = (family.attention_output_projection(layer), family.output_projection(layer))
+            handles = [projection.register_forward_pre_hook(lambda _module, inputs, own=own: own.add(inputs[0]))
+                       for projection, own in zip(projections, stats)]
+            try:
+                hidden = [_call_layer(layer, chunk, args, kwargs) for chunk in hidden]
+            finally:
+                for handle in handles:
+                    handle.remove()
+            visit(index, layer, *stats)
+
+
 def _all_finite(*tensors: torch.Tensor) -> bool:
     """A NaN or ±inf entry makes the sum non-finite; one reduction, where isfinite() would
     allocate a boolean copy of the n² Gram."""

@@ -1,0 +1,138 @@
+"""MLP channels only against MLP channels and attention heads, at the same share of the decoder
+layers' parameters: perplexity of SPAP and FLAP, parameters, and prefill and decode speed at two
+context lengths (ratios to the dense model within one measurement run).
+
+    SPAP_DATA_DIR=../shared/data python bench/heads.py --out docs/results/heads.md
+
+For each budget the MLP-only row prunes channels alone (spap_core.split with the heads untouched);
+the MLP+heads row removes --heads of every layer's heads and the MLP sparsity that fills the same
+budget; the split the layer-objective criterion would choose is reported beside them. SPAP and FLAP
+prune the same shapes, so the latency is measured once per shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from common import add_protocol_args, load_protocol
+from spap_core.evaluate import perplexity
+from spap_core.experiment import run_experiment
+from spap_core.latency import latency_ratios, measure_latencies
+from spap_core.methods.registry import PruneSettings, settings_for_family
+from spap_core.split import split_budget
+
+MODES = ("MLP only", "MLP + heads")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_protocol_args(parser, sparsities=[0.2, 0.3], texts=["wikitext2", "shakespeare"])
+    parser.add_argument("--methods", nargs="+", default=["spap", "flap"])
+    parser.add_argument("--heads", type=float, default=1 / 3, help="head sparsity of the MLP + heads rows")
+    parser.add_argument("--contexts", nargs="+", type=int, default=[512, 2048])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    out = Path(args.out)
+    protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, args.eval)
+    loaded, names = protocol.loaded, list(protocol.eval_sets)
+    rows, splits, shapes = [], {}, {}
+    for budget in args.sparsities:
+        chosen = split_budget(loaded, protocol.calibration, budget)
+        splits[budget] = {"chosen": chosen.describe(), "head_sparsity": chosen.head_sparsity,
+                          "objectives": chosen.objectives}
+        for mode, heads in zip(MODES, (0.0, args.heads)):
+            split = split_budget(loaded, protocol.calibration, budget, head_sparsity=heads)
+            for method in args.methods:
+                settings, _ = settings_for_family(
+                    PruneSettings(method=method, sparsity=split.sparsity, head_sparsity=split.head_sparsity),
+                    loaded.family)
+                experiment = run_experiment(loaded, protocol.calibration, protocol.eval_sets[names[0]], settings,
+                                            seed=args.seed, dense=protocol.dense[names[0]])
+                ppl = {names[0]: experiment.pruned.perplexity}
+                ppl.update({name: perplexity(experiment.result.model, protocol.eval_sets[name]).perplexity
+                            for name in names[1:]})
+                rows.append({"budget": budget, "mode": mode, "method": method, "sparsity": split.sparsity,
+                             "head_sparsity": split.head_sparsity, "ppl": ppl,
+                             "params_after": experiment.result.params_after,
+                             "params_before": experiment.result.params_before,
+                             "prune_seconds": experiment.prune_seconds,
+                             "layout": None if split.layout is None else split.layout.describe()})
+                shapes.setdefault((budget, mode), experiment.result.model)
+                print(rows[-1], flush=True)
+    keys = list(shapes)
+    latency = {}
+    for context in args.contexts:
+        dense, *pruned = measure_latencies([loaded.model, *shapes.values()], seqlen=context, decode_tokens=16,
+                                           repeats=args.repeats, warmup=1)
+        latency[context] = {f"{budget}|{mode}": latency_ratios(dense, report) | {"prefill_ms": report.prefill_ms.median}
+                            for (budget, mode), report in zip(keys, pruned)}
+        latency[context]["dense"] = {"prefill_ms": dense.prefill_ms.median,
+                                     "decode_tokens_per_s": dense.decode_tokens_per_s.median}
+    write_tables(out, protocol.description, args, rows, splits, latency, protocol.dense_ppl)
+
+
+def write_tables(out: Path, description: str, args, rows: list[dict], splits: dict, latency: dict,
+                 dense_ppl: dict[str, float]) -> None:
+    texts = list(dense_ppl)
+    lines = ["# Attention heads: MLP only against MLP + heads at the same parameter budget", "",
+             description, "",
+             f"Every layer keeps the same head layout; the MLP + heads rows remove {args.heads:.0%} of the heads "
+             "(rounded to the nearest layout) and the MLP sparsity that fills the budget. Speed: prefill of one "
+             f"window and greedy decoding of 16 tokens, median of {args.repeats} rounds (each round times every model "
+             f"once), {torch.get_num_threads()} threads on {platform.machine()}; ratios are dense ÷ pruned within "
+             "one run. Command: `SPAP_DATA_DIR=../shared/data python bench/heads.py --out docs/results/heads.md`.", "",
+             "| budget | rows | method | MLP sparsity | heads | parameters M | "
+             + " | ".join(f"ppl {t} (dense {dense_ppl[t]:.2f})" for t in texts)
+             + " | " + " | ".join(f"prefill speed-up @{c}" for c in args.contexts) + " | decode speed-up |",
+             "| --- " * (7 + len(texts) + len(args.contexts)) + "|"]
+    for row in rows:
+        speed = [latency[c][f"{row['budget']}|{row['mode']}"]["prefill_speedup"] for c in args.contexts]
+        decode = latency[args.contexts[0]][f"{row['budget']}|{row['mode']}"]["decode_speedup"]
+        lines.append(f"| {row['budget']:.0%} | {row['mode']} | {row['method']} | {row['sparsity']:.1%} | "
+                     f"{row['layout'] or 'all kept'} | {row['params_after'] / 1e6:.2f} | "
+                     + " | ".join(f"{row['ppl'][t]:.2f}" for t in texts) + " | "
+                     + " | ".join(f"{s:.3f}" for s in speed) + f" | {decode:.3f} |")
+    lines += ["", "Dense prefill: " + ", ".join(f"{latency[c]['dense']['prefill_ms']:.0f} ms at {c} tokens"
+                                                for c in args.contexts) + ".", ""]
+    lines += ["## What the split criterion chooses", "",
+              "Summed layer errors (½‖ΔY‖² of FLAP's selection after SPAP's refit, attention + MLP, on the dense "
+              "model's statistics) by heads removed per layer; the smallest is chosen (spap_core.split).", ""]
+    lines += [f"- {budget:.0%}: {split['chosen']}" for budget, split in splits.items()]
+    lines += ["", "## Goals", ""] + goal_lines(rows, latency, args, texts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(
+        {"rows": rows, "splits": {str(k): v for k, v in splits.items()},
+         "latency": {str(k): v for k, v in latency.items()}, "dense_ppl": dense_ppl, "args": vars(args)}, indent=2))
+    print(out.read_text())
+
+
+def goal_lines(rows: list[dict], latency: dict, args, texts: list[str]) -> list[str]:
+    """Whether MLP + heads gives the larger prefill speed-up at the longest context, and whether
+    SPAP's heads beat FLAP's on perplexity, said from the rows themselves."""
+    longest, lines = max(args.contexts), []
+    for budget in sorted({row["budget"] for row in rows}):
+        only, heads = (latency[longest][f"{budget}|{mode}"]["prefill_speedup"] for mode in MODES)
+        verdict = "holds" if heads > only else "does not hold"
+        lines.append(f"- {budget:.0%}: MLP + heads {heads:.3f}× vs MLP only {only:.3f}× prefill at {longest} tokens: "
+                     f"the speed goal {verdict}.")
+        by_method = {row["method"]: row for row in rows if row["budget"] == budget and row["mode"] == MODES[1]}
+        if {"spap", "flap"} <= set(by_method):
+            better = all(by_method["spap"]["ppl"][t] < by_method["flap"]["ppl"][t] for t in texts)
+            lines.append(f"- {budget:.0%}: SPAP's heads " + ", ".join(
+                f"{by_method['spap']['ppl'][t]:.2f} vs FLAP's {by_method['flap']['ppl'][t]:.2f} ({t})" for t in texts)
+                + f": the perplexity goal {'holds' if better else 'does not hold'}.")
+        mlp = {row["method"]: row for row in rows if row["budget"] == budget and row["mode"] == MODES[0]}
+        if "spap" in mlp and "spap" in by_method:
+            lines.append(f"- {budget:.0%}: SPAP MLP + heads against SPAP MLP only: " + ", ".join(
+                f"{by_method['spap']['ppl'][t]:.2f} vs {mlp['spap']['ppl'][t]:.2f} ({t})" for t in texts) + ".")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
