@@ -23,6 +23,7 @@ from pages._shared import (
     submit_job,
 )
 from pages._widgets import bounded_number
+from spap_core.latency import context_where_attention_matches_mlp, prefill_flops_by_part
 from spap_core.parameters import LATENCY_PARAMETERS
 from spap_service.analysis import speedup_verdict
 from spap_service.comparisons import RATIO_LABELS, LatencyOptions, compare_latency
@@ -32,14 +33,40 @@ from spap_service.presets import interactive_run_size
 ensure_routed()
 
 COLORS = {"dense": "#8c8c8c", "pruned": "#1f77b4"}
+CONTEXT_LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192)
 
 st.title("Latency & memory")
 loaded = require_model()
 outcome = require_outcome()
 label = result_label(outcome)
 require_pruned_model(loaded, outcome, "to time the pruned model")
+settings = outcome.request.settings
+removed = f"{settings.sparsity:.0%} of MLP channels" + (
+    "" if outcome.result.heads is None else
+    f" and {outcome.result.heads.layout.removed} of {outcome.result.heads.layout.heads} heads per layer")
 st.caption(f"Measured on {device_label(loaded.device)}: the dense model against the latest run's pruned model "
-           f"({outcome.request.settings.sparsity:.0%} of MLP channels removed).")
+           f"({removed} removed).")
+
+with st.expander("Where the attention heads start to matter: a prefill's FLOPs per token against the context",
+                 expanded=outcome.result.heads is not None):
+    contexts = CONTEXT_LENGTHS
+    models = {"dense": loaded.model, "pruned": outcome.result.model}
+    parts = pd.DataFrame([{"model": name, "context": context, "part": part, "GFLOPs per token": value}
+                          for name, model in models.items() for context in contexts
+                          for part, value in prefill_flops_by_part(model, context).items()])
+    figure = px.area(parts, x="context", y="GFLOPs per token", color="part", facet_col="model", log_x=True,
+                     labels={"context": "context (tokens)"}, title="A prefill's FLOPs per token, by where they are spent")
+    figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    figure.update_layout(height=380, margin=dict(t=60, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.3))
+    show_chart(figure, subtitle=label)
+    crossings = {name: context_where_attention_matches_mlp(model) for name, model in models.items()}
+    st.caption(f"The attention's context products (QKᵀ and attention-value, 2·layers·context·heads·head_dim per "
+               f"token) grow with the context; MLP channels do not touch them, only pruned heads do. They cost as much "
+               f"as the MLPs from {crossings['dense']:,} tokens of context on in the dense model and from "
+               f"{crossings['pruned']:,} in the pruned one" + (
+                   ": beyond that, removing heads saves more per token than removing channels."
+                   if outcome.result.heads is not None else
+                   "; this run kept every head (Run SPAP's head sparsity removes some)."))
 
 with st.form("latency_settings", enter_to_submit=False):
     columns = st.columns(4)

@@ -13,6 +13,9 @@ from pages._routing import ensure_routed
 from pages._shared import layer_picker, require_outcome, result_label
 from spap_service.analysis import (
     changed_mind_counts,
+    head_soft_masks,
+    head_story,
+    head_table,
     display_channels,
     final_norms,
     marked_share_of_final,
@@ -191,3 +194,35 @@ with mind_column:
         st.caption(f"{int(changed.sum())} channels over all layers (per layer {int(changed.min())}–"
                    f"{int(changed.max())}) changed the path's mind: marked early, their columns shrank, then others "
                    "scored lower and the read-out kept them.")
+
+head_masks = head_soft_masks(result)
+if head_masks.size:
+    st.subheader("Attention heads")
+    heads = head_table(result)
+    st.caption("The same penalty path on each layer's heads, before its MLP: a head is a block of the attention "
+               "output projection's columns, and (ρ/2)·s_h·‖W[:, block h]‖² acts on the whole block. "
+               + head_story(result, heads))
+    head_column, map_column = chart_columns(2)
+    layer_heads = heads[heads["layer"] == layer]
+    pruned = (layer_heads["status"] == "pruned").to_numpy(dtype=np.float32)
+    figure = px.imshow(np.vstack([head_masks[layer], pruned]), zmin=0, zmax=1, aspect="auto",
+                       color_continuous_scale="Viridis", x=layer_heads["label"].tolist(), y=frame_labels,
+                       labels={"x": "head · its KV group", "y": "ρ iteration", "color": "s"},
+                       title=f"Layer {layer}: s of each head over ρ iterations, then the read-out")
+    figure.update_yaxes(type="category")
+    figure.update_xaxes(type="category")
+    figure.update_layout(height=420, margin=dict(t=50, b=10, l=10, r=10))
+    show_chart(figure, head_column, subtitle=label)
+    first = heads.pivot(index="layer", columns="label", values="first_marked")[layer_heads["label"].tolist()]
+    status = heads.pivot(index="layer", columns="label", values="status")[first.columns]
+    figure = px.imshow(first.to_numpy(), aspect="auto", color_continuous_scale="Reds_r", x=list(first.columns),
+                       y=first.index, zmin=0, labels={"x": "head · its KV group", "y": "layer",
+                                                      "color": "first marked"},
+                       title="Every layer: the ρ iteration each head was first marked (0 = never)")
+    figure.update_traces(text=np.where(status.to_numpy() == "pruned", "✕", ""), texttemplate="%{text}")
+    figure.update_xaxes(type="category")
+    figure.update_yaxes(dtick=layer_tick)
+    figure.update_layout(height=420, margin=dict(t=50, b=10, l=10, r=10))
+    show_chart(figure, map_column, subtitle=label)
+    st.caption("✕ = pruned. Heads go within their KV group first; a whole group goes (with its key and value "
+               "projections) only where the layout asks for fewer groups.")

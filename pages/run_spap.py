@@ -6,6 +6,7 @@ from dataclasses import replace
 from functools import partial
 from urllib.parse import urlencode
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -105,7 +106,8 @@ if settings is not None:
     if submitted:
         state.data_spec, state.prune_settings, state.run_seed = request.data, settings, request.seed
         if not refused_before_queueing(loaded, [request]):
-            submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity",
+            heads = f", {settings.head_sparsity:.0%} of heads" if settings.head_sparsity else ""
+            submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity{heads}",
                        partial(run_pruning, loaded, request, owner=session_id()), estimate)
 
 job_panel("run")
@@ -130,6 +132,12 @@ metrics[3].metric("Mean layer error", f"{layer_error:.4f}",
                        "0 = every layer reproduces its dense MLP output, 1 = as bad as dropping the MLP.")
 metrics[4].metric("Pruning time", f"{record['prune_seconds']:.1f} s")
 st.caption(evaluation_caption(record) + (" Dense perplexity came from the cache." if record["dense_ppl_cached"] else ""))
+if outcome.result.heads is not None:
+    heads = outcome.result.heads
+    errors = [layer.relative_error for layer in heads.layers]
+    st.caption(f"Attention heads: {heads.layout.describe()} in every layer; the heads' layer error (objective ÷ "
+               f"½‖Y‖² of the attention output) is {np.mean(errors):.4f} on average ({min(errors):.4f}–"
+               f"{max(errors):.4f}). Mask evolution and Scores show which heads went.")
 for note in record.get("adjustments", []):
     st.info(f"This run: {note}", icon=":material/info:")
 

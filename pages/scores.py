@@ -9,7 +9,7 @@ import streamlit as st
 from pages._charts import show_chart
 from pages._routing import ensure_routed
 from pages._shared import layer_picker, require_outcome, result_label
-from spap_service.analysis import SPAP_PRUNED, jaccard_matrix, normalized_scores, score_threshold
+from spap_service.analysis import SPAP_PRUNED, head_table, jaccard_matrix, normalized_scores, score_threshold
 
 ensure_routed()
 
@@ -83,3 +83,25 @@ if "spap_first" in record.scores:
         + ("The penalty path mostly confirms the ranking it started from."
            if first_vs_final >= 0.8 else
            "The penalty path moved well away from the ranking it started from."))
+
+if outcome.result.heads is not None:
+    st.subheader("Attention heads")
+    heads = head_table(outcome.result)
+    layer_heads = heads[heads["layer"] == layer]
+    head_record = outcome.result.heads.layers[layer]
+    metrics = list(head_record.scores)
+    removed = head_record.width - len(head_record.keep)
+    relative = normalized_scores(head_record).merge(layer_heads[["head", "label", "status"]], left_on="channel",
+                                                    right_on="head")
+    figure = px.bar(relative, x="label", y="relative_score", color="metric", barmode="group", log_y=True,
+                    pattern_shape="status", pattern_shape_map={"pruned": "x", "kept": ""},
+                    labels={"label": "head · its KV group", "relative_score": "score ÷ λ-threshold", "metric": ""},
+                    title=f"Layer {layer}: each metric's score of the {head_record.width} heads, {removed} pruned")
+    figure.add_hline(y=1, line_dash="dash", line_color="red")
+    figure.update_layout(height=440, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
+    show_chart(figure, subtitle=label)
+    pruned_labels = ", ".join(layer_heads.loc[layer_heads["status"] == "pruned", "label"])
+    st.caption(f"A head's score sums its columns' scores (magnitude: the Frobenius norm of its block of the output "
+               f"projection). Hatched: the heads this run pruned in layer {layer} ({pruned_labels}). Each metric is "
+               f"divided by its λ-th lowest head score (λ = {removed}); the run's choice also had to keep "
+               f"{outcome.result.heads.layout.describe()}, so it can differ from any metric's λ lowest.")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from spap_core.errors import PruningCancelled
-from spap_core.adapters import text_config
+from spap_core.adapters import model_adapter, text_config
 from spap_core.adapters.base import is_projection, projection_shape
 
 
@@ -66,6 +66,32 @@ def attention_flops_per_token(model: nn.Module, seqlen: int) -> float:
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return 2.0 * config.num_hidden_layers * seqlen * heads * head_dim
+
+
+FLOP_PARTS = ("MLP projections", "attention projections", "attention context (QKᵀ, AV)", "embeddings and head")
+
+
+def prefill_flops_by_part(model: nn.Module, seqlen: int) -> dict[str, float]:
+    """GFLOPs per token of a `seqlen`-token prefill, by where they are spent (FLOP_PARTS): the MLPs'
+    projections and the attention's, which pruning channels and heads shrink, the attention's
+    context products, which grow with the context and shrink only with heads, and the rest."""
+    family = model_adapter(model)
+    layers = family.decoder_layers(model)
+
+    def flops(modules) -> float:
+        return sum(2.0 * out * inp for out, inp in (projection_shape(m) for m in modules if is_projection(m)))
+
+    mlp = sum(flops(family.mlp_modules(layer)) for layer in layers)
+    attention = sum(flops(family.attention(layer).modules()) for layer in layers)
+    values = (mlp, attention, attention_flops_per_token(model, seqlen), linear_flops_per_token(model) - mlp - attention)
+    return {part: value / 1e9 for part, value in zip(FLOP_PARTS, values)}
+
+
+def context_where_attention_matches_mlp(model: nn.Module) -> int:
+    """The context length at which a token's attention context products cost as much as the MLPs'
+    projections: beyond it, the heads are the larger share of a prefill."""
+    per_token_of_context = attention_flops_per_token(model, 1)
+    return round(prefill_flops_by_part(model, 1)[FLOP_PARTS[0]] * 1e9 / per_token_of_context)
 
 
 def weight_bytes(model: nn.Module) -> int:

@@ -283,3 +283,52 @@ def weight_update_note(reconstruction: Reconstruction | None) -> str:
             f"refit (δ = {refit.ridge:g} h̄ towards {towards}{', with a bias' if refit.bias else ', no bias'})")
     return note + (" and its default alternating minimization" if reconstruction.altmin
                    else ", without alternating minimization")
+
+
+def head_soft_masks(result: PruneResult) -> np.ndarray:
+    """[layer, iteration, head] soft masks of the heads (empty without heads or without a trace)."""
+    return np.zeros((0, 0, 0), dtype=np.float32) if result.heads is None else soft_mask_array(result.heads.trace)
+
+
+def head_label(head: int, kv_group: int) -> str:
+    """How charts name a head: 'h4 · KV 1'."""
+    return f"h{head} · KV {kv_group}"
+
+
+def head_table(result: PruneResult) -> pd.DataFrame:
+    """One row per (layer, head) of a run that pruned heads: its KV group, whether it was pruned,
+    the ρ iteration at which SPAP first marked it (0 = never; absent for methods without a trace)
+    and every score the walk recorded for it."""
+    heads = result.heads
+    masks = head_soft_masks(result)
+    marked = first_marked(masks) if masks.size else None
+    rows = []
+    for index, record in enumerate(heads.layers):
+        kept = set(record.keep.tolist())
+        for head in range(record.width):
+            group = heads.layout.kv_group(head)
+            row = {"layer": record.layer, "head": head, "kv_group": group, "label": head_label(head, group),
+                   "status": "kept" if head in kept else "pruned"}
+            if marked is not None:
+                row["first_marked"] = int(marked[index, head])
+            row.update({metric: float(np.asarray(scores)[head]) for metric, scores in record.scores.items()})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def head_story(result: PruneResult, table: pd.DataFrame) -> str:
+    """What happened to the heads, in numbers from the run: the layout, how many KV groups went
+    whole, and (with a trace) the heads marked along the path but kept."""
+    layout = result.heads.layout
+    n_layers = table["layer"].nunique()
+    story = (f"Every layer keeps {layout.kept} of its {layout.heads} heads ({layout.describe()}): "
+             f"{layout.removed * n_layers} heads removed over {n_layers} layers")
+    if layout.kv_kept < layout.kv_heads:
+        story += f", {layout.kv_heads - layout.kv_kept} whole KV group{'s' * (layout.kv_heads - layout.kv_kept > 1)} " \
+                 "per layer with their key and value projections"
+    story += "."
+    if "first_marked" in table:
+        changed_mind = int(((table["first_marked"] > 0) & (table["status"] == "kept")).sum())
+        story += (f" {changed_mind} head{'s' * (changed_mind != 1)} over all layers {'was' if changed_mind == 1 else 'were'} "
+                  "marked at some ρ iteration and kept in the end.")
+    return story

@@ -211,7 +211,7 @@ def test_latency_page_measures_dense_and_pruned(ran_app):
     at.number_input(key="latency_warmup").set_value(0)
     click(at, "Measure")
     finish_job(at, "latency")
-    bars = figures(at)[0]
+    bars = next(f for f in figures(at) if any("error_y" in trace for trace in f["data"]))
     timed = [trace for trace in bars["data"] if "error_y" in trace]
     assert len(timed) == 4 and all(trace["error_y"]["symmetric"] is False for trace in timed)
     ratios = titled(at, "Measured speed-ups")
@@ -707,3 +707,40 @@ def test_the_class_demo_preset_fills_the_form_with_its_measured_settings(app_fil
     assert at.number_input(key="nsamples").value == CLASS_DEMO.values["nsamples"]
     assert at.slider(key="K").value == PenaltySettings().iterations  # the rest stays at the defaults
     assert any(CLASS_DEMO.why == c.value for c in at.caption)
+
+
+def test_a_run_with_heads_shows_them_on_every_page(app_files):
+    """Run SPAP with a head sparsity: the result names the layout, Mask evolution draws each head's s
+    and the layer map of pruned heads, Scores the heads' scores, Latency where heads matter; every
+    caption's numbers come from the run."""
+    at = start_app()
+    open_page(at, "run_spap")
+    at.slider(key="sparsity").set_value(0.25)
+    at.slider(key="head_sparsity").set_value(0.5)
+    at.slider(key="K").set_value(3)
+    click(at, "Run SPAP")
+    assert_clean(at)
+    finish_job(at, "run")
+    assert any("Attention heads: 2 of 4 heads kept: 2 KV groups × 1 query head in every layer" in c.value
+               for c in at.caption)
+    open_page(at, "mask_evolution")
+    assert_clean(at)
+    story = next(c.value for c in at.caption if "Every layer keeps" in c.value)
+    assert "Every layer keeps 2 of its 4 heads (2 of 4 heads kept: 2 KV groups × 1 query head): 4 heads removed over " \
+           "2 layers." in story
+    per_head = titled(at, "Layer 0: s of each head over ρ iterations")
+    assert array(per_head["data"][0]["z"]).shape == (3 + 1, 4)  # K iterations and the read-out, 4 heads
+    readout = array(per_head["data"][0]["z"])[-1]
+    assert readout.sum() == 2 and list(per_head["data"][0]["x"]) == ["h0 · KV 0", "h1 · KV 0", "h2 · KV 1", "h3 · KV 1"]
+    every_layer = titled(at, "Every layer: the ρ iteration each head was first marked")
+    assert (np.asarray(every_layer["data"][0]["text"]) == "✕").sum() == 4
+    open_page(at, "scores")
+    assert_clean(at)
+    bars = titled(at, "Layer 0: each metric's score of the 4 heads, 2 pruned")
+    assert {trace["name"].split(",")[0] for trace in bars["data"]} >= {"spap_last", "flap", "magnitude"}
+    open_page(at, "latency")
+    assert_clean(at)
+    flops = titled(at, "A prefill's FLOPs per token")
+    assert {trace["name"] for trace in flops["data"]} >= {"attention context (QKᵀ, AV)", "MLP projections"}
+    crossing = next(c.value for c in at.caption if "cost as much as the MLPs" in c.value)
+    assert "removing heads saves more per token" in crossing

@@ -176,8 +176,9 @@ def test_the_shrunk_attention_has_the_error_the_method_reported(model_type, meth
 
 
 @pytest.mark.parametrize("model_type", HEAD_FAMILIES)
-def test_pruned_heads_save_and_reload_with_the_same_logits(model_type, tmp_path):
-    loaded = loaded_family(model_type)
+@pytest.mark.parametrize("kv_heads", [2, 4])  # grouped (2 query heads per KV head) and ungrouped attention
+def test_pruned_heads_save_and_reload_with_the_same_logits(model_type, kv_heads, tmp_path):
+    loaded = loaded_family(model_type, num_key_value_heads=kv_heads)
     settings, _ = settings_for_family(PruneSettings(method="spap", sparsity=0.25, head_sparsity=0.5), loaded.family)
     result = prune_model(loaded, CALIBRATION, settings, batch_size=4)
     path = save_pruned(result.model, TOKENIZER, tmp_path / "pruned")
