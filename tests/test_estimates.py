@@ -29,6 +29,8 @@ def test_a_run_costs_its_pruning_passes_and_two_evaluations():
     assert run_seconds(SPEED, request(PruneSettings())) > seconds  # the default recovery adds passes
     assert run_seconds(SPEED, request(without, replace(DATA, nsamples=16))) > seconds
     assert run_seconds(SPEED, request(PruneSettings(method="flap"))) < seconds
+    with_heads = replace(without, head_sparsity=0.3)  # each layer's heads first: about half a pass more
+    assert run_seconds(SPEED, request(with_heads)) == pytest.approx(seconds + 0.54 * 2000 / 1000)
 
 
 def test_a_sweep_evaluates_the_dense_model_once():
