@@ -69,6 +69,7 @@ def finalize_config(model: PreTrainedModel, family: ModelAdapter) -> None:
             raise RuntimeError(f"layers with different head counts after pruning: {sorted(heads)}")
         attention_bias = any(family.attention_output_projection(layer).bias is not None for layer in layers)
         family.record_heads(text_config(model), *heads.pop(), attention_bias)
+        family.share_config(model)
 
 
 def save_pruned(model: PreTrainedModel, tokenizer, directory: str | Path) -> Path:

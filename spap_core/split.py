@@ -56,11 +56,11 @@ class UnitCosts:
         head = kv_group = heads = kv_heads = head_dim = 0
         if family.head_refusal is None:
             heads, kv_heads, head_dim = family.head_shape(loaded.model)
-            attention = family.attention(layer)
-            query, key, value = (getattr(attention, name) for name in family.attention_input_names)
-            rows = lambda m: projection_shape(m)[1] + (m.bias is not None)  # noqa: E731 - one parameter row
-            head = head_dim * (rows(query) + projection_shape(family.attention_output_projection(layer))[0])
-            kv_group = head_dim * (rows(key) + rows(value))
+            weights = family.attention_weights(layer)
+            rows = [weight.shape[1] + (bias is not None) for weight, bias in
+                    zip((weights.query, weights.key, weights.value), weights.biases)]  # one parameter row each
+            head = head_dim * (rows[0] + weights.output.shape[0])
+            kv_group = head_dim * (rows[1] + rows[2])
         return UnitCosts(channel=channel, head=head, kv_group=kv_group,
                          layer=sum(p.numel() for p in layer.parameters()), width=width, heads=heads,
                          kv_heads=kv_heads, head_dim=head_dim)

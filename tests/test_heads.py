@@ -29,8 +29,8 @@ from spap_core.runs import read_run, write_run
 from spap_core.shrink import save_pruned
 from spap_core.stats import GramAccumulator
 
-HEAD_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi")
-REFUSED_FAMILIES = ("opt", "gpt2", "gpt_neox", "phi3")
+HEAD_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi", "phi3")
+REFUSED_FAMILIES = ("opt", "gpt2", "gpt_neox")
 
 
 def loaded_family(model_type: str, **config) -> LoadedModel:
@@ -282,3 +282,13 @@ def test_a_family_without_an_attention_bias_prunes_heads_without_it():
     loaded = loaded_family("qwen2")  # no o_proj bias in its class; the MLP cannot store one either
     settings, notes = settings_for_family(PruneSettings(method="flap", head_sparsity=0.5), loaded.family)
     assert not settings.adds_down_bias and len(notes) == 1
+
+
+def test_phi3_attention_shares_the_model_config_again_after_pruning():
+    """Phi-3 splits its fused projection by config.num_attention_heads at every forward pass: a pruned
+    layer holds a config of its own during the walk, and the model's again once the config says so."""
+    loaded = loaded_family("phi3")
+    result = prune_model(loaded, CALIBRATION, PruneSettings(method="magnitude", sparsity=0.25, head_sparsity=0.5))
+    attentions = [layer.self_attn for layer in model_adapter(result.model).decoder_layers(result.model)]
+    assert all(attention.config is result.model.config for attention in attentions)
+    assert result.model.config.num_attention_heads == 2

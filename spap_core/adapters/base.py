@@ -186,7 +186,7 @@ class ModelAdapter:
     native_output_bias: ClassVar[bool] = False
     # The attention's projections, by name in the attention module; `head_refusal` says why the
     # family's heads cannot be pruned (None: they can).
-    attention_input_names: ClassVar[tuple[str, str, str]] = ("q_proj", "k_proj", "v_proj")
+    attention_input_names: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj")
     attention_output_name: ClassVar[str] = "o_proj"
     native_attention_bias: ClassVar[bool] = False  # the attention output projection has a bias of its own
     head_refusal: ClassVar[str | None] = None
@@ -297,6 +297,10 @@ class ModelAdapter:
         setattr(attention, self.attention_output_name,
                 projection_like(getattr(attention, self.attention_output_name), weights.output, weights.output_bias))
         attention.num_key_value_groups = weights.heads // weights.kv_heads
+
+    def share_config(self, model: nn.Module) -> None:
+        """Once every layer holds its pruned heads and the config says so: give back the model's
+        config to an attention that held one of its own meanwhile (Phi-3's)."""
 
     @property
     def stores_attention_bias(self) -> bool:

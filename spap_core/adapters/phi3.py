@@ -4,10 +4,13 @@ config switch for one."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-from spap_core.adapters.base import MlpWeights, ModelAdapter, projection_bias, projection_like, projection_weight
+from spap_core.adapters.base import (AttentionWeights, MlpWeights, ModelAdapter, projection_bias, projection_like,
+                                     projection_weight)
 
 
 class Phi3Adapter(ModelAdapter):
@@ -18,8 +21,7 @@ class Phi3Adapter(ModelAdapter):
     input_names = ("gate_up_proj",)
     output_name = "down_proj"
     activation_name = "activation_fn"
-    head_refusal = ("its attention reads the head count from the model's shared config at every forward pass, so "
-                    "one layer cannot hold fewer heads while the walk still runs the others at full width")
+    attention_input_names = ("qkv_proj",)  # fused: the query rows, then the key rows, then the value rows
 
     def mlp_weights(self, layer: nn.Module) -> MlpWeights:
         fused, down = layer.mlp.gate_up_proj, layer.mlp.down_proj
@@ -33,6 +35,38 @@ class Phi3Adapter(ModelAdapter):
         biases = None if weights.input_biases[0] is None else torch.cat(weights.input_biases)
         mlp.gate_up_proj = projection_like(mlp.gate_up_proj, torch.cat(weights.inputs), biases)
         mlp.down_proj = projection_like(mlp.down_proj, weights.output, weights.output_bias)
+
+    def head_counts(self, layer: nn.Module) -> tuple[int, int]:
+        attention = self.attention(layer)
+        return attention.o_proj.in_features // attention.head_dim, attention.num_key_value_heads
+
+    def attention_weights(self, layer: nn.Module) -> AttentionWeights:
+        attention = self.attention(layer)
+        heads, kv_heads = self.head_counts(layer)
+        head_dim = attention.head_dim
+        fused, fused_bias = projection_weight(attention.qkv_proj), projection_bias(attention.qkv_proj)
+        sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+        biases = (None, None, None) if fused_bias is None else tuple(fused_bias.split(sizes))
+        return AttentionWeights(*fused.split(sizes), output=projection_weight(attention.o_proj), biases=biases,
+                                output_bias=projection_bias(attention.o_proj), head_dim=head_dim)
+
+    def set_attention_weights(self, layer: nn.Module, weights: AttentionWeights) -> None:
+        """Phi-3's attention splits the fused rows by `config.num_attention_heads` at every forward
+        pass, so a layer with fewer heads holds a config of its own (the same object again once
+        every layer is pruned: share_config)."""
+        attention = self.attention(layer)
+        biases = None if weights.biases[0] is None else torch.cat(weights.biases)
+        attention.qkv_proj = projection_like(attention.qkv_proj, torch.cat([weights.query, weights.key, weights.value]),
+                                             biases)
+        attention.o_proj = projection_like(attention.o_proj, weights.output, weights.output_bias)
+        attention.config = copy.copy(attention.config)
+        attention.config.num_attention_heads = weights.heads
+        attention.num_key_value_heads = weights.kv_heads
+        attention.num_key_value_groups = weights.heads // weights.kv_heads
+
+    def share_config(self, model: nn.Module) -> None:
+        for layer in self.decoder_layers(model):
+            self.attention(layer).config = model.config
 
     def intermediate(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         gate, up = layer.mlp.gate_up_proj(x).chunk(2, dim=-1)
