@@ -146,6 +146,7 @@ with memory_column:
                                      "peak memory MB"]), width="stretch")
     st.caption(f"Peak memory: {comparison.dense.peak_memory_kind}. Linear FLOPs count every Linear layer "
                "(what pruning shrinks); attention FLOPs are the QKᵀ and attention-value products against the "
-               "prefill context (Kaplan et al.'s 2·layers·context·d_attn), which pruning leaves as they are. "
+               "prefill context (Kaplan et al.'s 2·layers·context·d_attn), which pruning MLP channels leaves as they "
+               + ("are and this run's pruned heads shrink. " if outcome.result.heads is not None else "are. ") +
                "The prefill FLOPs ratio counts both: the speed-up a compute-bound prefill could reach. Small "
                "models on CPUs are often bound by overheads instead.")

@@ -101,7 +101,8 @@ if outcome.result.heads is not None:
     figure.update_layout(height=440, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
     show_chart(figure, subtitle=label)
     pruned_labels = ", ".join(layer_heads.loc[layer_heads["status"] == "pruned", "label"])
-    st.caption(f"A head's score sums its columns' scores (magnitude: the Frobenius norm of its block of the output "
-               f"projection). Hatched: the heads this run pruned in layer {layer} ({pruned_labels}). Each metric is "
+    st.caption(f"SPAP scores a head by ‖W[:, block]‖·‖Z_block‖ᵗ (Frobenius norms of its block of the output "
+               f"projection and of its outputs); Wanda-sp and FLAP sum their columns' scores, magnitude takes the "
+               f"block's norm. Hatched: the heads this run pruned in layer {layer} ({pruned_labels}). Each metric is "
                f"divided by its λ-th lowest head score (λ = {removed}); the run's choice also had to keep "
                f"{outcome.result.heads.layout.describe()}, so it can differ from any metric's λ lowest.")
