@@ -250,8 +250,12 @@ def progress_text(job: Job) -> str:
 
 
 def queue_position_text(job: Job) -> str:
+    """"Queued, 2 ahead (sessions take turns), starts in about 3 min": the wait from the estimates
+    of what runs before it (none said when one of those has no estimate)."""
     ahead = job.jobs_ahead
-    return f"Queued, {ahead} ahead" if ahead else "Queued, starting next"
+    text = f"Queued, {ahead} ahead (sessions take turns)" if ahead else "Queued, starting next"
+    wait = shared_queue().wait_estimate_s(job)
+    return text if wait is None else f"{text}, starts in {duration(wait)}"
 
 
 @guarded

@@ -3,8 +3,12 @@
 Why a queue: the app serves several browser sessions from one process and one device. Running two
 prunes at once would double memory and make both slow, and a widget click reruns the page script,
 which would abort any loop running inside it. So heavy work runs here, on one worker thread, one
-job at a time, in FIFO order; the UI only reads each job's status and progress and may set its
-cancel flag. Nothing in this module imports streamlit: job functions are plain callables that
+job at a time; the UI only reads each job's status and progress and may set its cancel flag.
+
+The order is round robin over the browser sessions, not first come first served: the next job is
+the oldest one of the session served longest ago (never served first), so in a class of 30 the
+student who queues one run waits for at most one job of each other student, not for everyone's
+queue. A session's own jobs keep their order, and with one session it is plain FIFO. Nothing in this module imports streamlit: job functions are plain callables that
 receive a progress reporter and a cancel event.
 """
 
@@ -145,6 +149,8 @@ class JobQueue:
         self._running: Job | None = None
         self._finished: deque[Job] = deque()
         self._ids = itertools.count(1)
+        self._turns = itertools.count(1)
+        self._served: dict[str, int] = {}  # owner → the turn its latest job started at
         self._worker: threading.Thread | None = None
         self._stopping = False
 
@@ -177,7 +183,21 @@ class JobQueue:
     def active(self) -> list[Job]:
         """The running job (if any) followed by the queued ones, in the order they will run."""
         with self._condition:
-            return ([self._running] if self._running is not None else []) + list(self._waiting)
+            return ([self._running] if self._running is not None else []) + self._run_order()
+
+    def wait_estimate_s(self, job: Job) -> float | None:
+        """Seconds until a queued `job` should start: what the running job has left of its
+        estimate plus the estimates of the jobs ahead; None when one of them has no estimate."""
+        with self._condition:
+            order = self._run_order()
+            if job not in order:
+                return None
+            ahead = order[: order.index(job)]
+            running = [] if self._running is None else [self._running]
+            if any(other.estimate_s is None for other in running + ahead):
+                return None
+            left = sum(max(0.0, other.estimate_s - other.elapsed_s) for other in running)
+            return left + sum(other.estimate_s for other in ahead)
 
     def jobs(self, owner: str | None = None) -> list[Job]:
         """Every job still listed, oldest first, optionally only one session's."""
@@ -218,7 +238,9 @@ class JobQueue:
                     self._condition.wait()
                 if self._stopping and not self._waiting:
                     return
-                job = self._waiting.popleft()
+                job = self._run_order()[0]
+                self._waiting.remove(job)
+                self._served[job.owner] = next(self._turns)
                 self._running = job
                 job.jobs_ahead = 0
                 self._number_waiting_jobs()
@@ -249,10 +271,26 @@ class JobQueue:
             _release_memory()
         return JobStatus.DONE, result, None
 
+    def _run_order(self) -> list[Job]:
+        """The queued jobs in the order they will start (round robin over owners, FIFO within
+        one); caller holds the condition."""
+        served = dict(self._served)
+        pending = list(self._waiting)  # in submission order
+        order = []
+        while pending:
+            firsts = {}
+            for job in pending:
+                firsts.setdefault(job.owner, job)
+            job = min(firsts.values(), key=lambda first: (served.get(first.owner, 0), pending.index(first)))
+            order.append(job)
+            pending.remove(job)
+            served[job.owner] = len(order) + max(self._served.values(), default=0)
+        return order
+
     def _number_waiting_jobs(self) -> None:
         """Refresh every queued job's `jobs_ahead`; caller holds the condition."""
         running = 1 if self._running is not None else 0
-        for index, waiting in enumerate(self._waiting):
+        for index, waiting in enumerate(self._run_order()):
             waiting.jobs_ahead = index + running
 
     def _finish(self, job: Job, status: JobStatus, error: str | None) -> None:

@@ -315,14 +315,15 @@ def test_queued_and_running_runs_can_be_cancelled(app_files):
 
     release = threading.Event()
     blocker = shared_queue().submit(lambda progress, cancel: release.wait(JOB_HANG_GUARD_S), owner="someone else",
-                                    label="another session's job")
+                                    label="another session's job", estimate_s=600.0)
     try:
         at = start_app()
         # AppTest keeps the router's sidebar only on the default page, so the queue is checked here
         assert any("another session's job (another session)" in c.value for c in at.sidebar.caption)
         open_page(at, "run_spap")
         click(at, "Run SPAP")
-        assert any("Queued, 1 ahead" in info.value for info in at.info)
+        # the wait: what the running job has left of its 10-minute estimate
+        assert any("Queued, 1 ahead (sessions take turns), starts in about 10 min" in info.value for info in at.info)
         at.button(key=f"cancel-{session_job(at, 'run').id}").click().run()
         assert session_job(at, "run").status is JobStatus.CANCELLED
         assert any("cancelled" in w.value for w in at.warning)

@@ -1,5 +1,6 @@
-"""The job queue behind the app: FIFO order on one worker, cancellation of queued and running jobs,
-errors turned into one-line user messages, progress snapshots. Waits are event-based, never timed."""
+"""The job queue behind the app: one worker, round robin over sessions (FIFO within one), queue
+positions and the wait they mean, cancellation of queued and running jobs, errors turned into
+one-line user messages, progress snapshots. Waits are event-based, never timed."""
 
 import threading
 import weakref
@@ -74,13 +75,52 @@ def test_queue_positions_count_the_running_job(queue):
     assert third.jobs_ahead == 0
 
 
+def test_sessions_take_turns_instead_of_first_come_first_served(queue):
+    """Session a queues three jobs, then b and c one each: b's and c's run before a's second, and a
+    session's own jobs keep their order."""
+    started, release = threading.Event(), threading.Event()
+    order = []
+
+    def job(name):
+        def run(progress, cancel):
+            order.append(name)
+        return run
+
+    first = queue.submit(blocking_job(started, release), owner="a", label="a1")
+    assert started.wait(WAIT_S)
+    queued = [queue.submit(job(name), owner=name[0], label=name) for name in ("a2", "a3", "b1", "c1", "b2")]
+    assert [j.label for j in queue.active()] == ["a1", "b1", "c1", "a2", "b2", "a3"]
+    assert {j.label: j.jobs_ahead for j in queued} == {"b1": 1, "c1": 2, "a2": 3, "b2": 4, "a3": 5}
+    release.set()
+    for j in [first, *queued]:
+        assert queue.wait(j, WAIT_S)
+    assert order == ["b1", "c1", "a2", "b2", "a3"]
+
+
+def test_the_wait_is_what_runs_ahead_has_left_of_its_estimates(queue):
+    started, release = threading.Event(), threading.Event()
+    running = queue.submit(blocking_job(started, release), owner="a", label="running", estimate_s=100.0)
+    assert started.wait(WAIT_S)
+    second = queue.submit(lambda p, c: None, owner="b", label="second", estimate_s=20.0)
+    third = queue.submit(lambda p, c: None, owner="c", label="third", estimate_s=5.0)
+    unknown = queue.submit(lambda p, c: None, owner="d", label="no estimate")
+    last = queue.submit(lambda p, c: None, owner="e", label="behind it", estimate_s=1.0)
+    wait = queue.wait_estimate_s(third)
+    assert 120.0 - running.elapsed_s - 1.0 <= wait <= 120.0  # 100 s minus what ran, plus 20 s
+    assert queue.wait_estimate_s(second) <= 100.0 and queue.wait_estimate_s(unknown) is not None
+    assert queue.wait_estimate_s(last) is None  # the job before it has no estimate
+    assert queue.wait_estimate_s(running) is None  # not queued
+    release.set()
+    assert queue.wait(last, WAIT_S)
+
+
 def test_cancel_a_queued_job_drops_it_without_running(queue):
     started, release = threading.Event(), threading.Event()
     blocker = queue.submit(blocking_job(started, release), owner="a", label="blocker")
     assert started.wait(WAIT_S)
     ran = threading.Event()
     waiting = queue.submit(lambda p, c: ran.set(), owner="a", label="waiting")
-    follower = queue.submit(lambda p, c: "after", owner="b", label="after")
+    follower = queue.submit(lambda p, c: "after", owner="a", label="after")  # the same session: FIFO
     assert follower.jobs_ahead == 2
     queue.cancel(waiting)
     assert waiting.status is JobStatus.CANCELLED
