@@ -295,12 +295,24 @@ def request_table(kind: str, key: str, label: str, context: dict,
                   compute: Callable[[ProgressReporter, Any], pd.DataFrame], estimate_s: float | None = None) -> None:
     """Show the table for `key` from the shared cache at once, or compute it as a background job.
     `context` (shown with the table) is remembered with the key."""
-    cached = RESULT_TABLES.get(key) is not None
+    known = RESULT_TABLES.get(key)
+    cached = known is not None and "error" not in known  # a table with failed points is computed again
     if not cached and _still_busy(kind):
         return
     session().table_requests[kind] = TableRequest(key, context)
     if not cached:
         submit_job(kind, label, lambda progress, cancel: (key, compute(progress, cancel)), estimate_s)
+
+
+def failed_points_warning(table: pd.DataFrame, point: Callable[[pd.Series], str]) -> None:
+    """Say which points of a sweep or scan have no result and why (their worker died, on Ray),
+    so a gap in the chart is never silent."""
+    if "error" not in table:
+        return
+    failed = table[table["error"].notna()]
+    st.warning(f"{len(failed)} of {len(table)} points have no result: "
+               + "; ".join(f"{point(row)}: {row['error']}" for _, row in failed.iterrows())
+               + ". The others are shown; run it again to retry them.", icon=":material/error:")
 
 
 def restore_form(kind: str) -> None:

@@ -15,6 +15,7 @@ from pages._shared import (
     comparison_header,
     estimate_caption,
     evaluation_budget,
+    failed_points_warning,
     fixed_settings_caption,
     form_state,
     job_panel,
@@ -127,6 +128,7 @@ if latest is None:
     st.stop()
 
 table, context = latest
+failed_points_warning(table, lambda row: f"{row['method']} at {row['sparsity']:.0%}")
 if shown_table_differs("sweep", key):
     st.caption(":material/info: The chart shows the sweep last run, made with other choices than the ones above; "
                "press Run sweep for these.")

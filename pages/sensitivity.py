@@ -12,6 +12,7 @@ from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
     estimate_caption,
+    failed_points_warning,
     fixed_settings_caption,
     form_state,
     job_panel,
@@ -87,6 +88,7 @@ if latest is None:
     st.stop()
 
 table, context = latest
+failed_points_warning(table, lambda row: f"value {row['value']:g}")
 try:
     current_key = scan_key(loaded, base, key, values) if valid_range else None
 except SpapInputError:  # said above, when the scan was asked for

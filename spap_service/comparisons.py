@@ -15,9 +15,10 @@ from spap_core.models import LoadedModel
 from spap_core.methods.registry import PruneSettings
 from spap_core.parameters import BY_KEY, SCANNED, Parameter, describe, with_values
 from spap_service.cache import BoundedCache
-from spap_service.data import dense_perplexity, model_key, prepare_data
+from spap_service.data import model_key
+from spap_service.executors import point_executor
 from spap_service.jobs import ProgressReporter
-from spap_service.runs import RunOutcome, RunRequest, experiment_with_progress
+from spap_service.runs import RunOutcome, RunRequest
 
 
 def method_settings(base: PruneSettings, method: str, values: dict[str, Any]) -> PruneSettings:
@@ -31,25 +32,23 @@ def method_settings(base: PruneSettings, method: str, values: dict[str, Any]) ->
 def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: dict[str, PruneSettings],
                      sparsities: list[float], progress: ProgressReporter, cancel: threading.Event) -> pd.DataFrame:
     """Perplexity of every method (with its settings) at every sparsity, all on the same calibration
-    and evaluation windows as `base`. One row per (method, sparsity), with the settings it ran with;
-    pruned models are dropped at once."""
-    progress.update(phase="tokenizing calibration and evaluation text")
-    data = prepare_data(loaded, base.data, base.seed)
-    dense, _ = dense_perplexity(loaded, base.data, data.evaluation, progress, cancel)
-    rows = []
+    and evaluation windows as `base`, its points run by the executor $SPAP_RAY_ADDRESS chooses. One
+    row per (method, sparsity), with the settings it ran with; a point that failed on its worker
+    has no numbers and says why in `error`."""
     points = [(method, sparsity) for method in methods for sparsity in sparsities]
-    for index, (method, sparsity) in enumerate(points, start=1):
-        progress.update(step=index, n_steps=len(points))
-        request = replace(base, settings=replace(methods[method], sparsity=sparsity))
-        experiment = experiment_with_progress(loaded, data, request, dense, progress, cancel)
-        rows.append({"method": method, "sparsity": sparsity, "perplexity": experiment.pruned.perplexity,
+    requests = [replace(base, settings=replace(methods[method], sparsity=sparsity)) for method, sparsity in points]
+    progress.update(phase="tokenizing calibration and evaluation text")
+    results = point_executor().measure(loaded, requests, progress, cancel)
+    rows = []
+    for (method, sparsity), request, result in zip(points, requests, results):
+        rows.append({"method": method, "sparsity": sparsity, "perplexity": result.perplexity,
                      "settings": describe(request.settings, omit={"method", "sparsity"}),
                      **data_columns(request),
                      "reconstruction": reconstruction_name(request.settings.reconstruction),
                      "allocation": request.settings.allocation,
-                     "dense_perplexity": dense.perplexity, "mean_layer_error": experiment.result.mean_layer_error,
-                     "params_after": experiment.result.params_after, "eval_tokens": experiment.pruned.tokens})
-        del experiment
+                     "dense_perplexity": result.dense_perplexity, "mean_layer_error": result.mean_layer_error,
+                     "params_after": result.params_after, "eval_tokens": result.eval_tokens,
+                     **({"error": result.error} if result.error else {})})
     return pd.DataFrame(rows)
 
 
@@ -99,21 +98,17 @@ def scan_key(loaded: LoadedModel, base: RunRequest, parameter: str, values: list
 def sensitivity_scan(loaded: LoadedModel, base: RunRequest, parameter: str, values: list[float],
                      progress: ProgressReporter, cancel: threading.Event) -> pd.DataFrame:
     """Vary one hyperparameter (`parameter` is its key; the others as in `base`): mean layer error
-    and perplexity per value. Invalid values are refused before any work starts (SpapInputError)."""
+    and perplexity per value, the points run by the executor $SPAP_RAY_ADDRESS chooses. Invalid
+    values are refused before any work starts (SpapInputError)."""
     scanned = SCAN_PARAMETERS[parameter]
     requests = [request_with(base, scanned, value) for value in values]  # the settings' checks run here
-    rows = []
-    for index, (value, request) in enumerate(zip(values, requests), start=1):
-        progress.update(step=index, n_steps=len(values), phase="tokenizing calibration and evaluation text")
-        data = prepare_data(loaded, request.data, request.seed)
-        dense, _ = dense_perplexity(loaded, request.data, data.evaluation, progress, cancel)
-        experiment = experiment_with_progress(loaded, data, request, dense, progress, cancel)
-        rows.append({"value": value, "mean_layer_error": experiment.result.mean_layer_error,
-                     "perplexity": experiment.pruned.perplexity, "dense_perplexity": dense.perplexity,
-                     "eval_tokens": experiment.pruned.tokens,
-                     "settings": describe(request.settings, omit={parameter}), **data_columns(request)})
-        del experiment
-    return pd.DataFrame(rows)
+    progress.update(phase="tokenizing calibration and evaluation text")
+    results = point_executor().measure(loaded, requests, progress, cancel)
+    return pd.DataFrame([{"value": value, "mean_layer_error": result.mean_layer_error, "perplexity": result.perplexity,
+                          "dense_perplexity": result.dense_perplexity, "eval_tokens": result.eval_tokens,
+                          "settings": describe(request.settings, omit={parameter}), **data_columns(request),
+                          **({"error": result.error} if result.error else {})}
+                         for value, request, result in zip(values, requests, results)])
 
 
 # ----------------------------------------------------------------------------------- latency

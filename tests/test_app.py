@@ -745,3 +745,27 @@ def test_a_run_with_heads_shows_them_on_every_page(app_files):
     assert {trace["name"] for trace in flops["data"]} >= {"attention context (QKᵀ, AV)", "MLP projections"}
     crossing = next(c.value for c in at.caption if "cost as much as the MLPs" in c.value)
     assert "removing heads saves more per token" in crossing
+
+
+def test_a_sweep_point_that_failed_on_its_worker_is_said_and_retried(ran_app, monkeypatch):
+    """On Ray a point whose worker died comes back without numbers: the page says which and why,
+    draws the others, and the next request computes the table again instead of reusing it."""
+    from spap_service import comparisons
+    from spap_service.executors import InProcessExecutor, PointResult
+
+    class OneWorkerDies(InProcessExecutor):
+        def measure(self, loaded, requests, progress, cancel):
+            results = super().measure(loaded, requests, progress, cancel)
+            return [PointResult(error="its Ray worker died (RayActorError)"), *results[1:]]
+
+    monkeypatch.setattr(comparisons, "point_executor", OneWorkerDies)
+    at = ran_app
+    run_sweep(at, ["spap", "magnitude"], (0.2, 0.4), 0.2)
+    assert_clean(at)
+    warning = next(w.value for w in at.warning if "points have no result" in w.value)
+    assert warning.startswith("1 of 4 points have no result: spap at 20%: its Ray worker died (RayActorError)")
+    first = session_job(at, "sweep")
+    monkeypatch.setattr(comparisons, "point_executor", InProcessExecutor)
+    run_sweep(at, ["spap", "magnitude"], (0.2, 0.4), 0.2)
+    assert session_job(at, "sweep") is not first  # computed again, not the table with the gap
+    assert not any("points have no result" in w.value for w in at.warning)

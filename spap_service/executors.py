@@ -1,0 +1,222 @@
+"""Where the points of a sweep or a sensitivity scan run: one interface, two implementations. The
+default runs them one after another in the job's own process (nothing to install, nothing to
+start). With SPAP_RAY_ADDRESS set (an address of a Ray cluster, or `local` for a Ray this process
+starts on this machine), Ray runs them: a pool of actors, each holding the model loaded once and
+asking Ray for the device it needs (one GPU where the cluster has GPUs, else CPU threads), takes
+one point at a time, so a sweep fills every GPU of a cluster. Ray is an existing engine for exactly
+this; the app does not grow a pool of its own.
+
+Every point measures the same way on either (spap_service.runs.experiment_with_progress, same
+seeds), so the tables agree. A point whose worker dies fails with a message and the others finish;
+the results a job returns are complete rows or failed ones, never half-written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from spap_core.errors import PruningCancelled, SourceUnavailableError, SpapInputError
+from spap_core.models import LoadedModel, load_model
+from spap_core.offload import is_dispatched
+from spap_service.data import dense_perplexity, model_key, prepare_data
+from spap_service.jobs import ProgressReporter
+from spap_service.runs import RunRequest, experiment_with_progress
+
+RAY_ADDRESS_ENV = "SPAP_RAY_ADDRESS"
+RAY_CPUS_PER_WORKER_ENV = "SPAP_RAY_CPUS_PER_WORKER"  # CPU threads of each worker on a cluster without GPUs
+LOCAL = "local"
+WAIT_POLL_S = 0.2  # how often the job looks at its cancel flag while Ray works
+
+
+@dataclass(frozen=True)
+class PointResult:
+    """What a sweep's or a scan's row needs of one run; `error` says why a point has no numbers."""
+
+    perplexity: float = math.nan
+    dense_perplexity: float = math.nan
+    mean_layer_error: float = math.nan
+    params_after: int = 0
+    eval_tokens: int = 0
+    error: str | None = None
+
+
+def measure_point(loaded: LoadedModel, request: RunRequest, progress: ProgressReporter,
+                  cancel: threading.Event) -> PointResult:
+    """One point: prune a copy of the model with the request's settings and evaluate it."""
+    data = prepare_data(loaded, request.data, request.seed)
+    dense, _ = dense_perplexity(loaded, request.data, data.evaluation, progress, cancel)
+    experiment = experiment_with_progress(loaded, data, request, dense, progress, cancel)
+    return PointResult(perplexity=experiment.pruned.perplexity, dense_perplexity=dense.perplexity,
+                       mean_layer_error=experiment.result.mean_layer_error,
+                       params_after=experiment.result.params_after, eval_tokens=experiment.pruned.tokens)
+
+
+class PointExecutor(ABC):
+    """Runs the points of one job and returns their results in the order of `requests`."""
+
+    description: str
+
+    @abstractmethod
+    def measure(self, loaded: LoadedModel, requests: list[RunRequest], progress: ProgressReporter,
+                cancel: threading.Event) -> list[PointResult]:
+        """Every point's result; setting `cancel` stops the job (PruningCancelled)."""
+
+
+class InProcessExecutor(PointExecutor):
+    description = "one after another in this process"
+
+    def measure(self, loaded: LoadedModel, requests: list[RunRequest], progress: ProgressReporter,
+                cancel: threading.Event) -> list[PointResult]:
+        results = []
+        for index, request in enumerate(requests, start=1):
+            progress.update(step=index, n_steps=len(requests))
+            results.append(measure_point(loaded, request, progress, cancel))
+        return results
+
+
+class _Silent:
+    """A progress reporter for a point on a Ray worker: the job reports points, not layers."""
+
+    def update(self, **_fields) -> None:
+        pass
+
+
+class RayExecutor(PointExecutor):
+    """A pool of Ray actors, each with the model loaded once (by its source, so workers on other
+    machines load it themselves: the source and the texts must be reachable there too), kept
+    for later jobs on the same model."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._pools: dict[str, list] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def description(self) -> str:
+        where = "a Ray started on this machine" if self.address == LOCAL else f"the Ray cluster at {self.address}"
+        return f"in parallel on {where}"
+
+    def measure(self, loaded: LoadedModel, requests: list[RunRequest], progress: ProgressReporter,
+                cancel: threading.Event) -> list[PointResult]:
+        ray = _ray(self.address)
+        if is_dispatched(loaded.model):
+            raise SpapInputError("A model placed with a device map runs its points in this process; unset "
+                                 f"${RAY_ADDRESS_ENV} or load it without --device-map.")
+        workers = self._pool(ray, loaded)
+        results: list[PointResult | None] = [None] * len(requests)
+        pending: dict = {}  # task → (point index, worker)
+        queue = list(range(len(requests)))
+        idle = list(workers)
+        while queue or pending:
+            while queue and idle:
+                worker = idle.pop()
+                index = queue.pop(0)
+                pending[worker.measure.remote(requests[index])] = (index, worker)
+            if cancel.is_set():  # a running actor task cannot be interrupted: its worker goes, and a later job
+                for _, worker in pending.values():  # starts a fresh one
+                    ray.kill(worker)
+                    self._forget(loaded, worker)
+                raise PruningCancelled("cancelled while Ray ran the points")
+            if not pending:  # every worker died: the remaining points cannot run
+                for index in queue:
+                    results[index] = PointResult(error="no Ray worker is left to run it")
+                break
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_POLL_S)
+            for task in ready:
+                index, worker = pending.pop(task)
+                try:
+                    results[index] = ray.get(task)
+                    idle.append(worker)
+                except ray.exceptions.RayActorError as exc:  # the worker process died: this point fails
+                    results[index] = PointResult(error=f"its Ray worker died ({type(exc).__name__})")
+                    self._forget(loaded, worker)
+                except ray.exceptions.RayTaskError as exc:  # the point itself failed (bad settings, NaN)
+                    cause = exc.cause if exc.cause is not None else exc
+                    results[index] = PointResult(error=str(cause).strip().splitlines()[0][:300])
+                    idle.append(worker)
+            done = sum(result is not None for result in results)
+            progress.update(phase=f"{done} of {len(requests)} points done on {len(workers)} Ray workers", step=done,
+                            n_steps=len(requests))
+        return [result if result is not None else PointResult(error="not run") for result in results]
+
+    def _pool(self, ray, loaded: LoadedModel) -> list:
+        """The actors of this model (created on the first job, reused after)."""
+        key = model_key(loaded)
+        with self._lock:
+            if not self._pools.get(key):
+                resources = ray.cluster_resources()
+                gpus = int(resources.get("GPU", 0))
+                if gpus:
+                    options, count = {"num_gpus": 1}, gpus
+                else:
+                    threads = int(os.environ.get(RAY_CPUS_PER_WORKER_ENV, "1"))
+                    options, count = {"num_cpus": threads}, max(1, int(resources.get("CPU", 1)) // threads)
+                dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
+                actor = ray.remote(**options)(PointWorker)
+                self._pools[key] = [actor.remote(loaded.source, dtype, options.get("num_cpus")) for _ in range(count)]
+            return list(self._pools[key])
+
+    def _forget(self, loaded: LoadedModel, worker) -> None:
+        with self._lock:
+            pool = self._pools.get(model_key(loaded), [])
+            if worker in pool:
+                pool.remove(worker)
+
+
+class PointWorker:
+    """A Ray actor: the model loaded once on the device Ray gave it, then one point at a time."""
+
+    def __init__(self, source: str, dtype: str, threads: int | None) -> None:
+        import ray
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.loaded = load_model(source, device="cuda" if ray.get_gpu_ids() else "cpu", dtype=dtype)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def measure(self, request: RunRequest) -> PointResult:
+        return measure_point(self.loaded, request, _Silent(), threading.Event())
+
+
+def _ray(address: str):
+    """The ray module, connected to `address` (`local`: a Ray started in this process)."""
+    try:
+        import ray
+    except ImportError:
+        raise SourceUnavailableError(f"${RAY_ADDRESS_ENV} is set, but Ray is not installed: pip install 'ray>=2.40', "
+                                     f"or unset ${RAY_ADDRESS_ENV} to run the points in this process.") from None
+    if not ray.is_initialized():
+        # workers of a local Ray import spap_core from this checkout; a cluster's must have it installed
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        try:
+            ray.init(address=None if address == LOCAL else address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise SourceUnavailableError(f"The Ray cluster at {address} (${RAY_ADDRESS_ENV}) cannot be reached: "
+                                         f"{' '.join(str(exc).split())[:200]}") from None
+    return ray
+
+
+_executor: PointExecutor | None = None
+_executor_address: str | None = None
+_executor_lock = threading.Lock()
+
+
+def point_executor() -> PointExecutor:
+    """The executor $SPAP_RAY_ADDRESS asks for (unset: in this process), one per process."""
+    global _executor, _executor_address
+    address = os.environ.get(RAY_ADDRESS_ENV) or None
+    with _executor_lock:
+        if _executor is None or address != _executor_address:
+            _executor = InProcessExecutor() if address is None else RayExecutor(address)
+            _executor_address = address
+        return _executor

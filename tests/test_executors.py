@@ -1,0 +1,119 @@
+"""Sweep and scan points through one executor interface: in this process, or on a local Ray with
+two CPU workers. Ray gives the same numbers (same seeds), a worker that dies fails its own point
+with a message while the others finish, cancelling stops the job, and the tables look the same."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import ray
+
+from spap_core.methods.altmin import AltMinSettings
+from spap_core.methods.registry import PruneSettings, with_options
+from spap_core.errors import PruningCancelled
+from spap_core.models import load_model
+from spap_service import comparisons, executors
+from spap_service.data import DataSpec, TextChoice
+from spap_service.executors import LOCAL, InProcessExecutor, RayExecutor
+from spap_service.runs import RunRequest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.updates = []
+
+    def update(self, **fields) -> None:
+        self.updates.append(fields)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def points(tiny_dir, text_files):
+    loaded = load_model(str(tiny_dir))
+    data = DataSpec(calibration=TextChoice(kind="file", path=str(text_files["calib"])),
+                    evaluation=TextChoice(kind="file", path=str(text_files["eval"])),
+                    nsamples=4, seqlen=32, eval_windows=2, eval_len=32, batch_size=4)
+    base = with_options(PruneSettings(), altmin=AltMinSettings(rounds=0))
+    requests = [RunRequest(settings=PruneSettings(method=method, sparsity=sparsity) if method != "spap"
+                           else replace_sparsity(base, sparsity), seed=0, data=data)
+                for method in ("spap", "flap") for sparsity in (0.25, 0.5)]
+    return loaded, requests
+
+
+def replace_sparsity(settings: PruneSettings, sparsity: float) -> PruneSettings:
+    from dataclasses import replace
+    return replace(settings, sparsity=sparsity)
+
+
+def test_ray_gives_the_numbers_of_this_process(local_ray, points):
+    loaded, requests = points
+    here = InProcessExecutor().measure(loaded, requests, Progress(), threading.Event())
+    progress = Progress()
+    there = RayExecutor(LOCAL).measure(loaded, requests, progress, threading.Event())
+    assert [r.error for r in there] == [None] * len(requests)
+    for mine, theirs in zip(here, there):
+        assert theirs.perplexity == pytest.approx(mine.perplexity, rel=1e-6)
+        assert theirs.mean_layer_error == pytest.approx(mine.mean_layer_error, rel=1e-5)
+        assert (theirs.params_after, theirs.eval_tokens) == (mine.params_after, mine.eval_tokens)
+    assert progress.updates[-1]["step"] == progress.updates[-1]["n_steps"] == len(requests)
+    assert "on 2 Ray workers" in progress.updates[-1]["phase"]
+
+
+def test_the_model_is_loaded_once_per_worker_and_reused(local_ray, points):
+    loaded, requests = points
+    executor = RayExecutor(LOCAL)
+    executor.measure(loaded, requests[:2], Progress(), threading.Event())
+    pool = executor._pool(ray, loaded)
+    pids = sorted(ray.get([worker.pid.remote() for worker in pool]))
+    executor.measure(loaded, requests[2:], Progress(), threading.Event())
+    assert len(pool) == 2 and sorted(ray.get([worker.pid.remote() for worker in executor._pool(ray, loaded)])) == pids
+
+
+def test_a_dead_worker_fails_its_point_and_the_others_finish(local_ray, points):
+    loaded, requests = points
+    executor = RayExecutor(LOCAL)
+    pool = executor._pool(ray, loaded)
+    os.kill(ray.get(pool[0].pid.remote()), 9)  # the worker process dies before its first point
+    results = executor.measure(loaded, requests, Progress(), threading.Event())
+    failed = [r for r in results if r.error is not None]
+    assert len(failed) == 1 and "its Ray worker died" in failed[0].error and math.isnan(failed[0].perplexity)
+    assert all(r.error is None and r.perplexity > 1 for r in results if r not in failed)
+
+
+def test_a_cancelled_job_stops(local_ray, points):
+    loaded, requests = points
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(PruningCancelled):
+        RayExecutor(LOCAL).measure(loaded, requests, Progress(), cancel)
+
+
+def test_a_sweep_through_ray_has_the_rows_of_one_in_this_process(local_ray, points, monkeypatch):
+    loaded, requests = points
+    base = requests[0]
+    methods = {"spap": base.settings, "flap": PruneSettings(method="flap")}
+    tables = {}
+    for address in (None, LOCAL):
+        if address is None:
+            monkeypatch.delenv(executors.RAY_ADDRESS_ENV, raising=False)
+        else:
+            monkeypatch.setenv(executors.RAY_ADDRESS_ENV, address)
+        tables[address] = comparisons.sweep_sparsities(loaded, base, methods, [0.25, 0.5], Progress(),
+                                                       threading.Event())
+    here, there = tables[None], tables[LOCAL]
+    assert list(here.columns) == list(there.columns) and "error" not in there
+    assert there["perplexity"].tolist() == pytest.approx(here["perplexity"].tolist(), rel=1e-6)
+    assert there[["method", "sparsity", "settings"]].equals(here[["method", "sparsity", "settings"]])
