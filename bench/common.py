@@ -9,7 +9,7 @@ import os
 import platform
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -68,6 +68,53 @@ def add_protocol_args(parser, sparsities: list[float], texts: list[str]) -> None
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="Markdown file; a .json with the raw rows is written beside it")
     parser.add_argument("--resume", action="store_true", help="keep the matching rows of --out's JSON")
+    add_ray_arg(parser)
+
+
+def add_ray_arg(parser) -> None:
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help="run the points on Ray: a cluster's address, or 'local' for a Ray on this machine; each "
+                             "worker loads the model and the protocol once (one GPU each, else one CPU thread: "
+                             "$SPAP_RAY_CPUS_PER_WORKER)")
+
+
+def protocol_arguments(args, eval_names: list[str] | None = None) -> tuple:
+    """What load_protocol takes, from a bench's flags (a Ray worker builds its own protocol from it)."""
+    return (args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, eval_names or args.eval)
+
+
+class ProtocolWorker:
+    """A Ray actor of a benchmark: the protocol (model, windows, dense perplexities) built once, the
+    same as the driver's (fixed seeds), then one measurement at a time."""
+
+    def __init__(self, arguments: tuple) -> None:
+        from spap_service.executors import worker_device
+
+        worker_device()  # the CPU threads or the GPU Ray gave it
+        self.protocol = load_protocol(*arguments)
+
+    def measure(self, settings: PruneSettings, seed: int) -> dict:
+        return measure(self.protocol, settings, seed)
+
+
+def measure_each(protocol: Protocol, arguments: tuple, settings: list[PruneSettings], seed: int,
+                 ray_address: str | None) -> Iterator[tuple[int, dict]]:
+    """(index, measure(...)) for every settings, in order in this process, or as they finish on Ray.
+    A point that fails on Ray stops the bench with its reason (the rows written so far stay, and
+    --resume continues)."""
+    if ray_address is None:
+        for index, one in enumerate(settings):
+            yield index, measure(protocol, one, seed)
+        return
+    from spap_service.executors import connect_ray, pool_map, worker_pool
+
+    ray = connect_ray(ray_address, import_paths=[str(Path(__file__).resolve().parent)])
+    workers = worker_pool(ray, ProtocolWorker, (arguments,))
+    for index, result, error in pool_map(ray, workers, "measure", [(one, seed) for one in settings]):
+        if error is not None:
+            raise SystemExit(f"point {index} ({settings[index].method} at {settings[index].sparsity}) failed on Ray: "
+                             f"{error}")
+        yield index, result
 
 
 def load_protocol(model: str, nsamples: int, seqlen: int, eval_windows: int, seed: int,

@@ -19,7 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from common import add_protocol_args, load_protocol, measure, recovery_description, recovery_record, rows_of_current_recovery
+from common import (add_protocol_args, load_protocol, measure_each, protocol_arguments, recovery_description,
+                    recovery_record, rows_of_current_recovery)
 from quality import earlier_rows
 from spap_core.methods.reconstruction import OWN, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import PruneSettings
@@ -45,17 +46,17 @@ def main() -> None:
     out = Path(args.out)
     rows = earlier_rows(out.with_suffix(".json"), vars(args), protocol.dense_ppl) if args.resume else []
     rows = rows_of_current_recovery(rows, lambda row: settings_of(row["method"], row["reconstruction"], row["sparsity"]))
-    for sparsity in args.sparsities:
-        for method, name in pairs():
-            if any((row["method"], row["reconstruction"], row["sparsity"]) == (method, name, sparsity) for row in rows):
-                continue
-            settings = settings_of(method, name, sparsity)
-            rows.append({"method": method, "reconstruction": name, "sparsity": sparsity,
-                         "altmin": recovery_record(settings),
-                         **measure(protocol, settings, args.seed),
-                         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
-            print(json.dumps(rows[-1]), flush=True)
-            write_outputs(out, protocol, rows, vars(args))
+    todo = [(method, name, sparsity) for sparsity in args.sparsities for method, name in pairs()
+            if not any((row["method"], row["reconstruction"], row["sparsity"]) == (method, name, sparsity)
+                       for row in rows)]
+    settings = [settings_of(*point) for point in todo]
+    for index, measured in measure_each(protocol, protocol_arguments(args), settings, args.seed, args.ray):
+        method, name, sparsity = todo[index]
+        rows.append({"method": method, "reconstruction": name, "sparsity": sparsity,
+                     "altmin": recovery_record(settings[index]), **measured,
+                     "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+        print(json.dumps(rows[-1]), flush=True)
+        write_outputs(out, protocol, rows, vars(args))
     write_outputs(out, protocol, rows, vars(args))
     print(out.read_text())
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from common import add_protocol_args, load_protocol, measure, recovery_description, recovery_record, rows_of_current_recovery
+from common import (add_protocol_args, load_protocol, measure_each, protocol_arguments, recovery_description,
+                    recovery_record, rows_of_current_recovery)
 from spap_core.methods.registry import METHODS, PruneSettings
 
 
@@ -34,21 +35,20 @@ def main() -> None:
     protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, args.eval)
     kept = earlier_rows(Path(args.out).with_suffix(".json"), vars(args), protocol.dense_ppl) if args.resume else []
     kept = rows_of_current_recovery(kept, lambda row: PruneSettings(method=row["method"], sparsity=row["sparsity"]))
-    rows = []
-    for sparsity in args.sparsities:
-        for method in args.methods:
-            previous = [row for row in kept if (row["method"], row["sparsity"]) == (method, sparsity)]
-            if previous:
-                rows.append(previous[0])
-                continue
-            settings = PruneSettings(method=method, sparsity=sparsity)
-            measured = measure(protocol, settings, args.seed)
-            rows.append({"method": method, "sparsity": sparsity, "altmin": recovery_record(settings), **measured,
-                         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
-            print(json.dumps(rows[-1]), flush=True)
-            # after every row, with the kept rows not reached yet: a cut run loses nothing
-            write_outputs(Path(args.out), protocol, rows + unreached(kept, rows), vars(args))
-    write_outputs(Path(args.out), protocol, rows + unreached(kept, rows), vars(args))  # rows outside this run's grid stay
+    grid = [(method, sparsity) for sparsity in args.sparsities for method in args.methods]
+    rows = [row for row in kept if (row["method"], row["sparsity"]) in grid]
+    todo = [PruneSettings(method=method, sparsity=sparsity) for method, sparsity in grid
+            if not any((row["method"], row["sparsity"]) == (method, sparsity) for row in rows)]
+    in_grid_order = lambda row: grid.index((row["method"], row["sparsity"]))  # noqa: E731
+    for index, measured in measure_each(protocol, protocol_arguments(args), todo, args.seed, args.ray):
+        settings = todo[index]
+        rows.append({"method": settings.method, "sparsity": settings.sparsity, "altmin": recovery_record(settings),
+                     **measured, "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+        print(json.dumps(rows[-1]), flush=True)
+        # after every row, with the kept rows not reached yet: a cut run loses nothing
+        write_outputs(Path(args.out), protocol, sorted(rows, key=in_grid_order) + unreached(kept, rows), vars(args))
+    # rows outside this run's grid stay
+    write_outputs(Path(args.out), protocol, sorted(rows, key=in_grid_order) + unreached(kept, rows), vars(args))
     print(Path(args.out).read_text())
 
 

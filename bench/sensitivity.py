@@ -18,7 +18,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from common import load_protocol, measure, parse_overrides, settings_with
+from common import add_ray_arg, load_protocol, measure_each, parse_overrides, protocol_arguments, settings_with
 from spap_core.parameters import parameter
 
 GRID = ["K=1,3,5,10", "tau=2.25,5.0,8.0", "t=0.5,1.0,2.0", "alpha=0.3,0.5,1.0", "rho0=0.001,0.01,0.1",
@@ -36,25 +36,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base", default="am_rounds=0", help="overrides of the defaults every point shares")
     parser.add_argument("--out", required=True, help="Markdown file; .json and .html are written beside it")
+    add_ray_arg(parser)
     args = parser.parse_args()
 
-    protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, ["wikitext2"])
+    protocol = load_protocol(*protocol_arguments(args, ["wikitext2"]))
     defaults = settings_with(parse_overrides(args.base), args.sparsity)
-    baseline = measure(protocol, defaults, args.seed)
-    print(json.dumps({"default": baseline}), flush=True)
-    sweeps: dict[str, list[dict]] = {}
+    grid = []  # (field, value) of every point but the defaults, which are measured once
     for entry in args.grid:
         field, _, values = entry.partition("=")
-        points = []
-        swept = parameter(field)
-        for value in (swept.coerce(v) for v in values.split(",")):
-            if value == swept.read(defaults):
-                points.append({"value": value, "default": True, **baseline})
-                continue
-            measured = measure(protocol, swept.apply(defaults, value), args.seed)
-            points.append({"value": value, "default": False, **measured})
-            print(json.dumps({field: value, **measured}), flush=True)
-        sweeps[field] = points
+        grid += [(field, value) for value in (parameter(field).coerce(v) for v in values.split(","))]
+    todo = [(field, value) for field, value in grid if value != parameter(field).read(defaults)]
+    settings = [defaults] + [parameter(field).apply(defaults, value) for field, value in todo]
+    measured = dict(measure_each(protocol, protocol_arguments(args, ["wikitext2"]), settings, args.seed, args.ray))
+    baseline = measured[0]
+    print(json.dumps({"default": baseline}), flush=True)
+    sweeps: dict[str, list[dict]] = {}
+    for field, value in grid:
+        point = todo.index((field, value)) + 1 if (field, value) in todo else None
+        sweeps.setdefault(field, []).append({"value": value, "default": point is None,
+                                             **(baseline if point is None else measured[point])})
 
     lines = ["# Sensitivity of SPAP to its hyperparameters", "",
              protocol.description + f" Sparsity {args.sparsity}. One setting varied at a time; the rest at the "

@@ -18,6 +18,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -104,43 +105,16 @@ class RayExecutor(PointExecutor):
 
     def measure(self, loaded: LoadedModel, requests: list[RunRequest], progress: ProgressReporter,
                 cancel: threading.Event) -> list[PointResult]:
-        ray = _ray(self.address)
+        ray = connect_ray(self.address)
         if is_dispatched(loaded.model):
             raise SpapInputError("A model placed with a device map runs its points in this process; unset "
                                  f"${RAY_ADDRESS_ENV} or load it without --device-map.")
         workers = self._pool(ray, loaded)
         results: list[PointResult | None] = [None] * len(requests)
-        pending: dict = {}  # task → (point index, worker)
-        queue = list(range(len(requests)))
-        idle = list(workers)
-        while queue or pending:
-            while queue and idle:
-                worker = idle.pop()
-                index = queue.pop(0)
-                pending[worker.measure.remote(requests[index])] = (index, worker)
-            if cancel.is_set():  # a running actor task cannot be interrupted: its worker goes, and a later job
-                for _, worker in pending.values():  # starts a fresh one
-                    ray.kill(worker)
-                    self._forget(loaded, worker)
-                raise PruningCancelled("cancelled while Ray ran the points")
-            if not pending:  # every worker died: the remaining points cannot run
-                for index in queue:
-                    results[index] = PointResult(error="no Ray worker is left to run it")
-                break
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_POLL_S)
-            for task in ready:
-                index, worker = pending.pop(task)
-                try:
-                    results[index] = ray.get(task)
-                    idle.append(worker)
-                except ray.exceptions.RayActorError as exc:  # the worker process died: this point fails
-                    results[index] = PointResult(error=f"its Ray worker died ({type(exc).__name__})")
-                    self._forget(loaded, worker)
-                except ray.exceptions.RayTaskError as exc:  # the point itself failed (bad settings, NaN)
-                    cause = exc.cause if exc.cause is not None else exc
-                    results[index] = PointResult(error=str(cause).strip().splitlines()[0][:300])
-                    idle.append(worker)
-            done = sum(result is not None for result in results)
+        for index, result, error in pool_map(ray, workers, "measure", [(r,) for r in requests], cancel,
+                                             on_lost=lambda worker: self._forget(loaded, worker)):
+            results[index] = result if error is None else PointResult(error=error)
+            done = sum(r is not None for r in results)
             progress.update(phase=f"{done} of {len(requests)} points done on {len(workers)} Ray workers", step=done,
                             n_steps=len(requests))
         return [result if result is not None else PointResult(error="not run") for result in results]
@@ -150,16 +124,8 @@ class RayExecutor(PointExecutor):
         key = model_key(loaded)
         with self._lock:
             if not self._pools.get(key):
-                resources = ray.cluster_resources()
-                gpus = int(resources.get("GPU", 0))
-                if gpus:
-                    options, count = {"num_gpus": 1}, gpus
-                else:
-                    threads = int(os.environ.get(RAY_CPUS_PER_WORKER_ENV, "1"))
-                    options, count = {"num_cpus": threads}, max(1, int(resources.get("CPU", 1)) // threads)
                 dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
-                actor = ray.remote(**options)(PointWorker)
-                self._pools[key] = [actor.remote(loaded.source, dtype, options.get("num_cpus")) for _ in range(count)]
+                self._pools[key] = worker_pool(ray, PointWorker, (loaded.source, dtype))
             return list(self._pools[key])
 
     def _forget(self, loaded: LoadedModel, worker) -> None:
@@ -172,12 +138,8 @@ class RayExecutor(PointExecutor):
 class PointWorker:
     """A Ray actor: the model loaded once on the device Ray gave it, then one point at a time."""
 
-    def __init__(self, source: str, dtype: str, threads: int | None) -> None:
-        import ray
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.loaded = load_model(source, device="cuda" if ray.get_gpu_ids() else "cpu", dtype=dtype)
+    def __init__(self, source: str, dtype: str) -> None:
+        self.loaded = load_model(source, device=worker_device(), dtype=dtype)
 
     def pid(self) -> int:
         return os.getpid()
@@ -186,24 +148,95 @@ class PointWorker:
         return measure_point(self.loaded, request, _Silent(), threading.Event())
 
 
-def _ray(address: str):
-    """The ray module, connected to `address` (`local`: a Ray started in this process)."""
+# ----------------------------------------------------------------------------- Ray, for the app and bench/
+
+
+def connect_ray(address: str, import_paths: Sequence[str] = ()):
+    """The ray module, connected to `address` (`local`: a Ray started by this process on this
+    machine). Workers of a local Ray import spap_core (and `import_paths`) from this checkout; a
+    cluster's workers must have them installed."""
     try:
         import ray
     except ImportError:
-        raise SourceUnavailableError(f"${RAY_ADDRESS_ENV} is set, but Ray is not installed: pip install 'ray>=2.40', "
-                                     f"or unset ${RAY_ADDRESS_ENV} to run the points in this process.") from None
+        raise SourceUnavailableError(f"Ray is not installed: pip install -r requirements-ray.txt, or unset "
+                                     f"${RAY_ADDRESS_ENV} (drop --ray) to run the points in this process.") from None
     if not ray.is_initialized():
-        # workers of a local Ray import spap_core from this checkout; a cluster's must have it installed
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        path = os.pathsep.join(p for p in (here, *import_paths, os.environ.get("PYTHONPATH")) if p)
         try:
             ray.init(address=None if address == LOCAL else address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise SourceUnavailableError(f"The Ray cluster at {address} (${RAY_ADDRESS_ENV}) cannot be reached: "
+            raise SourceUnavailableError(f"The Ray cluster at {address} cannot be reached: "
                                          f"{' '.join(str(exc).split())[:200]}") from None
     return ray
+
+
+def worker_pool(ray, worker_class: type, arguments: tuple, count: int | None = None) -> list:
+    """Actors of `worker_class(*arguments)`, each asking Ray for what one point needs: one GPU where
+    the cluster has GPUs (one actor per GPU), else $SPAP_RAY_CPUS_PER_WORKER CPU threads (1 by
+    default; as many actors as fit). `count` caps how many."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        options, fits = {"num_gpus": 1}, gpus
+    else:
+        threads = int(os.environ.get(RAY_CPUS_PER_WORKER_ENV, "1"))
+        options, fits = {"num_cpus": threads}, max(1, int(resources.get("CPU", 1)) // threads)
+    actor = ray.remote(**options)(worker_class)
+    return [actor.remote(*arguments) for _ in range(fits if count is None else min(count, fits))]
+
+
+def worker_device() -> str:
+    """Inside an actor: the GPU Ray gave it, else the CPU with the threads it was given."""
+    import ray
+
+    if ray.get_gpu_ids():
+        return "cuda"
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.environ.get(RAY_CPUS_PER_WORKER_ENV, "1"))
+    torch.set_num_threads(max(1, threads))
+    return "cpu"
+
+
+def pool_map(ray, workers: list, method: str, calls: list[tuple], cancel: threading.Event | None = None,
+             on_lost: Callable[[object], None] | None = None) -> Iterator[tuple[int, Any, str | None]]:
+    """Each call (the arguments of `method`) to the next idle worker, one at a time per worker,
+    yielding (index, result, None) as calls finish, or (index, None, why) for a call that failed:
+    its worker died (that worker gets no more calls; `on_lost` hears of it) or the call raised.
+    Setting `cancel` kills the busy workers (a running actor call cannot be interrupted) and raises
+    PruningCancelled."""
+    queue, idle, pending = list(range(len(calls))), list(workers), {}
+    while queue or pending:
+        while queue and idle:
+            worker, index = idle.pop(), queue.pop(0)
+            pending[getattr(worker, method).remote(*calls[index])] = (index, worker)
+        if cancel is not None and cancel.is_set():
+            for _, worker in pending.values():
+                ray.kill(worker)
+                if on_lost is not None:
+                    on_lost(worker)
+            raise PruningCancelled("cancelled while Ray ran the points")
+        if not pending:  # every worker died: the remaining calls cannot run
+            for index in queue:
+                yield index, None, "no Ray worker is left to run it"
+            return
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_POLL_S)
+        for task in ready:
+            index, worker = pending.pop(task)
+            try:
+                result = ray.get(task)
+            except ray.exceptions.RayActorError as exc:  # the worker process died
+                if on_lost is not None:
+                    on_lost(worker)
+                yield index, None, f"its Ray worker died ({type(exc).__name__})"
+                continue
+            except ray.exceptions.RayTaskError as exc:  # the call itself raised (bad settings, NaN, ...)
+                cause = exc.cause if exc.cause is not None else exc
+                idle.append(worker)
+                yield index, None, (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+                continue
+            idle.append(worker)
+            yield index, result, None
 
 
 _executor: PointExecutor | None = None
