@@ -29,6 +29,7 @@ from spap_core.parameters import describe, parameter, settings_values
 from spap_service.analysis import run_label
 from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.estimates import duration, many_runs_seconds, model_speed
+from spap_service.executors import RayExecutor, point_executor
 from spap_service.data import DataSpec, TextChoice, dense_perplexity_known, model_key
 from spap_service.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
 from spap_service.limits import server_limits
@@ -302,6 +303,13 @@ def request_table(kind: str, key: str, label: str, context: dict,
     session().table_requests[kind] = TableRequest(key, context)
     if not cached:
         submit_job(kind, label, lambda progress, cancel: (key, compute(progress, cancel)), estimate_s)
+
+
+def executor_note() -> str:
+    """Where a sweep's or scan's points run (spap_service.executors), for the caption under its estimate."""
+    executor = point_executor()
+    note = f"Its points run {executor.description}"
+    return note + (" (the estimate counts them one after another)." if isinstance(executor, RayExecutor) else ".")
 
 
 def failed_points_warning(table: pd.DataFrame, point: Callable[[pd.Series], str]) -> None:

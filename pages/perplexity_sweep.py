@@ -15,6 +15,7 @@ from pages._shared import (
     comparison_header,
     estimate_caption,
     evaluation_budget,
+    executor_note,
     failed_points_warning,
     fixed_settings_caption,
     form_state,
@@ -86,7 +87,7 @@ key = sweep_key(loaded, base, settings, sparsities)
 points = [replace(base, settings=replace(settings[method], sparsity=sparsity))
           for method in methods for sparsity in sparsities]
 estimate = time_estimate(loaded, points)
-st.caption(estimate_caption(f"{len(points)} runs (methods × sparsities)", estimate) if points
+st.caption(estimate_caption(f"{len(points)} runs (methods × sparsities)", estimate) + " " + executor_note() if points
            else "Nothing to run: choose at least one method.")
 if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
     if not methods:

@@ -12,6 +12,7 @@ from pages._routing import ensure_routed
 from pages._shared import (
     comparison_header,
     estimate_caption,
+    executor_note,
     failed_points_warning,
     fixed_settings_caption,
     form_state,
@@ -59,7 +60,7 @@ if valid_range:  # the values the form holds, as the scan will run them (a form'
                "perplexity evaluation.")
     try:
         estimate = time_estimate(loaded, [request_with(base, scanned, value) for value in values])
-        st.caption(estimate_caption("This scan", estimate))
+        st.caption(estimate_caption("This scan", estimate) + " " + executor_note())
     except SpapInputError:  # refused with its reason when the scan is asked for
         pass
 

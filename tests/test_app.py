@@ -478,7 +478,8 @@ def test_fixed_settings_captions_never_name_what_varies(ran_app):
     fixed = next(c.value for c in at.caption if c.value.startswith("Fixed for every point"))
     listed = fixed.split(":", 1)[1].split("(as last")[0]
     assert not re.search(r"(?<!head )sparsity", listed) and "head sparsity 0%" in listed and "K = " in fixed
-    assert any("runs (methods × sparsities): about" in c.value for c in at.caption)  # a time estimate
+    assert any("runs (methods × sparsities): about" in c.value and "Its points run one after another in this process."
+               in c.value for c in at.caption)  # a time estimate, and where the points run
     open_page(at, "sensitivity")
     for parameter, absent in (("rho0", r"ρ⁽⁰⁾ ="), ("sparsity", r"(?<!head )sparsity "), ("tau", r"τ =")):
         at.selectbox(key="scan_parameter").set_value(parameter).run()

@@ -70,6 +70,8 @@ def test_ray_gives_the_numbers_of_this_process(local_ray, points):
         assert (theirs.params_after, theirs.eval_tokens) == (mine.params_after, mine.eval_tokens)
     assert progress.updates[-1]["step"] == progress.updates[-1]["n_steps"] == len(requests)
     assert "on 2 Ray workers" in progress.updates[-1]["phase"]
+    assert RayExecutor(LOCAL).description == "in parallel on a Ray started on this machine"
+    assert RayExecutor("10.0.0.5:6379").description == "in parallel on the Ray cluster at 10.0.0.5:6379"
 
 
 def test_the_model_is_loaded_once_per_worker_and_reused(local_ray, points):

@@ -107,10 +107,6 @@ class HeadLayout:
             kept[self.kv_group(head)] -= 1
         return chosen
 
-    def kept_groups(self, kept_heads: Iterable[int]) -> list[int]:
-        """The KV groups that keep query heads, in order."""
-        return sorted({self.kv_group(head) for head in kept_heads})
-
     def describe(self) -> str:
         """'6 of 9 heads: 3 KV groups × 2 query heads'."""
         grouping = (f"{self.kv_kept} KV group{'s' * (self.kv_kept != 1)} × {self.per_group_kept} query "
