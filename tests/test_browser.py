@@ -54,12 +54,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 @contextmanager
-def serving(files: dict[str, Path]) -> Iterator[str]:
-    """`streamlit run app.py` on a free port; yields its base URL and stops it afterwards."""
+def serving(files: dict[str, Path], **settings: str) -> Iterator[str]:
+    """`streamlit run app.py` on a free port (with `settings` as environment variables); yields its
+    base URL and stops it afterwards."""
     port = free_port()
     env = {**os.environ, "SPAP_APP_MODEL": str(files["model"]), "SPAP_CALIB_FILE": str(files["calibration"]),
            "SPAP_EVAL_FILE": str(files["calibration"]), "SPAP_CACHE_DIR": str(files["folder"] / "cache"),
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", **settings}
     log_path = files["folder"] / f"streamlit-{port}.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
@@ -364,6 +365,37 @@ def test_cancel_ends_a_run_and_a_refresh_keeps_the_finished_runs(server, browser
             download.value.suggested_filename
     finally:
         context.close()
+
+
+def test_a_browser_s_job_limit_holds_across_its_tabs(files, browser):
+    """With one job per browser allowed, a second tab of the same browser (the same session cookie)
+    cannot queue a sweep while the first tab's run is going; another browser can."""
+    with serving(files, SPAP_MAX_JOBS_PER_SESSION="1") as base:
+        mine, other = browser.new_context(viewport=VIEWPORT), browser.new_context(viewport=VIEWPORT)
+        try:
+            first, second = mine.new_page(), mine.new_page()
+            for page in (first, second):
+                page.set_default_timeout(120_000)
+            first.goto(f"{base}/run_spap?sparsity=0.3&K=4&am_rounds=10&am_steps=200")
+            settle(first)
+            first.get_by_role("button", name="Run SPAP").click()
+            first.get_by_role("button", name="Cancel").wait_for()
+            second.goto(f"{base}/perplexity_sweep")
+            settle(second)
+            second.get_by_role("button", name="Run sweep").click()
+            second.get_by_text("This server runs at most 1 job per browser session at a time").wait_for()
+            stranger = other.new_page()
+            stranger.set_default_timeout(120_000)
+            stranger.goto(f"{base}/perplexity_sweep")
+            settle(stranger)
+            stranger.get_by_role("button", name="Run sweep").click()
+            stranger.get_by_text("sessions take turns").or_(stranger.get_by_text("Sweep (.csv)")).first.wait_for()
+            assert_no_errors(stranger)
+            first.get_by_role("button", name="Cancel").click()
+            first.get_by_text("was cancelled").wait_for(timeout=CANCEL_GUARD_MS)
+        finally:
+            mine.close()
+            other.close()
 
 
 def test_first_visitors_of_a_cold_server_all_get_the_full_app(files, browser):
