@@ -40,7 +40,8 @@ from spap_core.parameters import GROUPS, Parameter, method_parameters, parameter
 from spap_service.analysis import layer_table, trace_table
 from spap_service.limits import server_limits
 from spap_service.presets import CLASS_DEMO, interactive_settings
-from spap_service.runs import RunRequest, pruned_model_zip, run_pruning
+from spap_service.executors import point_executor
+from spap_service.runs import RunRequest, pruned_model_zip
 
 ensure_routed()
 
@@ -108,7 +109,7 @@ if settings is not None:
         if not refused_before_queueing(loaded, [request]):
             heads = f", {settings.head_sparsity:.0%} of heads" if settings.head_sparsity else ""
             submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity{heads}",
-                       partial(run_pruning, loaded, request, owner=session_id()), estimate)
+                       partial(point_executor().run, loaded, request, owner=session_id()), estimate)
 
 job_panel("run")
 saved_runs_panel()

@@ -1,6 +1,6 @@
-"""Where the points of a sweep or a sensitivity scan run: one interface, two implementations. The
-default runs them one after another in the job's own process (nothing to install, nothing to
-start). With SPAP_RAY_ADDRESS set (an address of a Ray cluster, or `local` for a Ray this process
+"""Where a run of Run SPAP and the points of a sweep or a sensitivity scan run: one interface, two
+implementations. The default runs them one after another in the job's own process (nothing to
+install, nothing to start). With SPAP_RAY_ADDRESS set (an address of a Ray cluster, or `local` for a Ray this process
 starts on this machine), Ray runs them: a pool of actors, each holding the model loaded once and
 asking Ray for the device it needs (one GPU where the cluster has GPUs, else CPU threads), takes
 one point at a time, so a sweep fills every GPU of a cluster. Ray is an existing engine for exactly
@@ -13,21 +13,29 @@ the results a job returns are complete rows or failed ones, never half-written.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import tempfile
 import threading
+import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
+from transformers import AutoModelForCausalLM
 
+from spap_core.adapters import model_adapter
 from spap_core.errors import PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.models import LoadedModel, load_model
 from spap_core.offload import is_dispatched
+from spap_core.shrink import remove_padding
 from spap_service.data import dense_perplexity, model_key, prepare_data
 from spap_service.jobs import ProgressReporter
-from spap_service.runs import RunRequest, experiment_with_progress
+from spap_service.runs import (RunOutcome, RunRequest, experiment_with_progress, pruned_model_zip, run_pruning,
+                               save_outcome)
 
 RAY_ADDRESS_ENV = "SPAP_RAY_ADDRESS"
 RAY_CPUS_PER_WORKER_ENV = "SPAP_RAY_CPUS_PER_WORKER"  # CPU threads of each worker on a cluster without GPUs
@@ -59,7 +67,8 @@ def measure_point(loaded: LoadedModel, request: RunRequest, progress: ProgressRe
 
 
 class PointExecutor(ABC):
-    """Runs the points of one job and returns their results in the order of `requests`."""
+    """Runs one job's points (returning their results in the order of `requests`), or one whole
+    run of Run SPAP."""
 
     description: str
 
@@ -68,9 +77,18 @@ class PointExecutor(ABC):
                 cancel: threading.Event) -> list[PointResult]:
         """Every point's result; setting `cancel` stops the job (PruningCancelled)."""
 
+    @abstractmethod
+    def run(self, loaded: LoadedModel, request: RunRequest, progress: ProgressReporter, cancel: threading.Event,
+            owner: str = "") -> RunOutcome:
+        """One run with its pruned model in this process and its record saved (run_pruning)."""
+
 
 class InProcessExecutor(PointExecutor):
     description = "one after another in this process"
+
+    def run(self, loaded: LoadedModel, request: RunRequest, progress: ProgressReporter, cancel: threading.Event,
+            owner: str = "") -> RunOutcome:
+        return run_pruning(loaded, request, progress, cancel, owner)
 
     def measure(self, loaded: LoadedModel, requests: list[RunRequest], progress: ProgressReporter,
                 cancel: threading.Event) -> list[PointResult]:
@@ -119,6 +137,21 @@ class RayExecutor(PointExecutor):
                             n_steps=len(requests))
         return [result if result is not None else PointResult(error="not run") for result in results]
 
+    def run(self, loaded: LoadedModel, request: RunRequest, progress: ProgressReporter, cancel: threading.Event,
+            owner: str = "") -> RunOutcome:
+        """The run on a worker; its pruned model comes back as the saved files (safetensors), is
+        loaded on this process's device, and the record is saved here, under this app's results."""
+        ray = connect_ray(self.address)
+        progress.update(phase="pruning on a Ray worker")
+        [(_, sent, error)] = list(pool_map(ray, self._pool(ray, loaded)[:1], "run", [(request, owner)], cancel,
+                                           on_lost=lambda worker: self._forget(loaded, worker)))
+        if error is not None:
+            raise SourceUnavailableError(f"The run failed on its Ray worker: {error}")
+        outcome, archive = sent
+        outcome.result.model = _model_from_zip(archive, loaded)
+        outcome.tokenizer, outcome.model_key = loaded.tokenizer, model_key(loaded)
+        return save_outcome(outcome)
+
     def _pool(self, ray, loaded: LoadedModel) -> list:
         """The actors of this model (created on the first job, reused after)."""
         key = model_key(loaded)
@@ -146,6 +179,26 @@ class PointWorker:
 
     def measure(self, request: RunRequest) -> PointResult:
         return measure_point(self.loaded, request, _Silent(), threading.Event())
+
+    def run(self, request: RunRequest, owner: str) -> tuple[RunOutcome, bytes]:
+        """A whole run, unsaved; its model goes back as the zipped files save_pruned writes."""
+        outcome = run_pruning(self.loaded, request, _Silent(), threading.Event(), owner, save=False)
+        archive = pruned_model_zip(outcome)
+        outcome.result.model, outcome.tokenizer = None, None
+        return outcome, archive
+
+
+def _model_from_zip(archive: bytes, loaded: LoadedModel) -> torch.nn.Module:
+    """The pruned model a worker sent, loaded with plain transformers on this process's device and
+    dtype, with any per-layer widths unpadded (these are the app's own files, not a user's path)."""
+    dtype = next(loaded.model.parameters()).dtype
+    with tempfile.TemporaryDirectory(prefix="spap-ray-run-") as folder:
+        with zipfile.ZipFile(io.BytesIO(archive)) as files:
+            files.extractall(folder)
+        model = AutoModelForCausalLM.from_pretrained(Path(folder) / "pruned-model", dtype=dtype, use_safetensors=True,
+                                                     trust_remote_code=False)
+    remove_padding(model, model_adapter(model))
+    return model.to(next(loaded.model.parameters()).device).eval()
 
 
 # ----------------------------------------------------------------------------- Ray, for the app and bench/

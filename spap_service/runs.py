@@ -93,9 +93,10 @@ def experiment_with_progress(loaded: LoadedModel, data: PreparedData, request: R
 
 
 def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressReporter,
-                cancel: threading.Event, owner: str = "") -> RunOutcome:
+                cancel: threading.Event, owner: str = "", save: bool = True) -> RunOutcome:
     """Prune a copy of the model and evaluate dense and pruned perplexity on the same windows.
-    `owner` (the browser session) is saved with the run, so each session lists its own runs."""
+    `owner` (the browser session) is saved with the run, so each session lists its own runs; a
+    Ray worker runs it with `save` off and the app saves what it sends back (save_outcome)."""
     progress.update(phase="tokenizing calibration and evaluation text")
     data = prepare_data(loaded, request.data, request.seed)
     started = time.perf_counter()
@@ -109,11 +110,17 @@ def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressRepo
         nsamples=request.data.nsamples, seqlen=request.data.seqlen, seed=request.seed,
         model_key=model_key(loaded), data=request.data.to_dict(), finished_at=finished_at, owner=owner,
     )
-    # saved as it finishes: a crash or restart of the app loses at most the run in progress
-    saved_to = write_run(new_run_directory(results_root(), record), record, experiment.result)
-    return RunOutcome(request=request, model_key=model_key(loaded), tokenizer=loaded.tokenizer,
-                      result=experiment.result, dense=dense, pruned=experiment.pruned, record=record,
-                      finished_at=finished_at, saved_to=saved_to)
+    outcome = RunOutcome(request=request, model_key=model_key(loaded), tokenizer=loaded.tokenizer,
+                         result=experiment.result, dense=dense, pruned=experiment.pruned, record=record,
+                         finished_at=finished_at)
+    return save_outcome(outcome) if save else outcome
+
+
+def save_outcome(outcome: RunOutcome) -> RunOutcome:
+    """Write the run's record under the results root as it finishes: a crash or restart of the app
+    loses at most the run in progress."""
+    outcome.saved_to = write_run(new_run_directory(results_root(), outcome.record), outcome.record, outcome.result)
+    return outcome
 
 
 def _stored_perplexity(record: dict, key: str) -> PerplexityResult:

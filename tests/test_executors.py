@@ -107,6 +107,8 @@ def test_a_sweep_through_ray_has_the_rows_of_one_in_this_process(local_ray, poin
     loaded, requests = points
     base = requests[0]
     methods = {"spap": base.settings, "flap": PruneSettings(method="flap")}
+    # the process's executor of this test goes with it (its workers hold the local Ray's two CPUs)
+    monkeypatch.setattr(executors, "_executor", None)
     tables = {}
     for address in (None, LOCAL):
         if address is None:
@@ -119,3 +121,25 @@ def test_a_sweep_through_ray_has_the_rows_of_one_in_this_process(local_ray, poin
     assert list(here.columns) == list(there.columns) and "error" not in there
     assert there["perplexity"].tolist() == pytest.approx(here["perplexity"].tolist(), rel=1e-6)
     assert there[["method", "sparsity", "settings"]].equals(here[["method", "sparsity", "settings"]])
+
+
+def test_a_run_on_ray_comes_back_with_its_pruned_model_and_is_saved_here(local_ray, points, tmp_path, monkeypatch):
+    """Run SPAP's run on a worker: the same perplexity and the same pruned model (logits) as in this
+    process, the weights loaded on this process's device, the record saved under this app's results."""
+    import torch
+
+    from spap_core.runs import list_runs, read_run
+    from spap_service.runs import results_root
+
+    monkeypatch.setenv("SPAP_RESULTS_DIR", str(tmp_path / "runs"))
+    loaded, requests = points
+    here = InProcessExecutor().run(loaded, requests[0], Progress(), threading.Event(), owner="me")
+    there = RayExecutor(LOCAL).run(loaded, requests[0], Progress(), threading.Event(), owner="me")
+    assert there.has_model and there.pruned.perplexity == pytest.approx(here.pruned.perplexity, rel=1e-6)
+    ids = torch.arange(3, 35).reshape(1, -1)
+    with torch.no_grad():
+        assert torch.allclose(there.result.model(ids).logits, here.result.model(ids).logits, atol=1e-5)
+    assert there.result.params_after == sum(p.numel() for p in there.result.model.parameters())
+    assert there.saved_to.parent == results_root() and len(list_runs(results_root())) == 2
+    record, stored = read_run(there.saved_to)
+    assert record["owner"] == "me" and stored.settings == requests[0].settings

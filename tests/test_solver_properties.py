@@ -64,3 +64,16 @@ def test_solver_output_is_finite_and_prunes_exactly_lambda(problem, penalty, ref
     for step in steps:
         assert np.isfinite(step.soft_mask).all() and np.isfinite(step.scores).all()
         assert np.isfinite(step.objective) and np.isfinite(step.violation)
+
+
+def test_a_score_beyond_float32_is_recorded_at_its_largest_value_not_as_inf():
+    """What hypothesis found: two identical channels, no ridge, the 'partial' magnitude with t = 4
+    give a float64 score near 1e60, which the trace's float32 cannot hold; it is kept at float32's
+    largest value, in the same order as the other scores."""
+    import numpy as np
+
+    from spap_core.methods.spap import _recorded
+
+    recorded = _recorded(torch.tensor([1e60, 0.0, 465.5], dtype=torch.float64))
+    assert np.isfinite(recorded).all() and recorded.dtype == np.float32
+    assert list(np.argsort(recorded)) == [1, 2, 0]

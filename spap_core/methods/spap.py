@@ -105,6 +105,13 @@ def channel_scores(column_norms: torch.Tensor, activation_norms: torch.Tensor, b
     return column_norms * activation_norms.pow(balance)
 
 
+def _recorded(scores: torch.Tensor) -> np.ndarray:
+    """Scores as the trace and the records keep them, float32: a float64 score beyond float32's range
+    (t = 4 on a channel the others explain entirely, 'partial') is kept at its largest value
+    rather than turned into inf; the order, which is all a score decides, stays."""
+    return scores.clamp(max=torch.finfo(torch.float32).max).float().cpu().numpy()
+
+
 def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: RefitSettings,
                layer: int = 0, on_step: StepCallback | None = None,
                cancel: threading.Event | None = None) -> LayerDecision:
@@ -156,7 +163,7 @@ def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: 
         if on_step is not None:
             on_step(SpapStep(
                 layer=layer, iteration=iteration, rho=rho,
-                soft_mask=soft_mask.float().cpu().numpy(), scores=scores.float().cpu().numpy(),
+                soft_mask=soft_mask.float().cpu().numpy(), scores=_recorded(scores),
                 objective=system.objective(weights, column_penalty), violation=float((soft_mask * unit_sq).sum()),
                 column_norms=unit_sq.sqrt().float().cpu().numpy(), n_prune=count, marked=marked,
             ))
@@ -165,7 +172,7 @@ def spap_layer(problem: LayerProblem, penalty: PenaltySettings, refit_settings: 
     order = np.lexsort((scores.cpu().numpy(), -soft_mask.cpu().numpy()))
     keep = problem.keep_columns(problem.removal(torch.from_numpy(order.copy())))
     decision = refit(problem, keep, refit_settings)
-    decision.scores = {"spap_first": first_scores.float().cpu().numpy(), "spap_last": scores.float().cpu().numpy()}
+    decision.scores = {"spap_first": _recorded(first_scores), "spap_last": _recorded(scores)}
     return decision
 
 
