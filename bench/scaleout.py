@@ -24,13 +24,9 @@ import torch
 from spap_core.methods.registry import PruneSettings
 from spap_core.models import load_model
 from spap_service.data import DataSpec, TextChoice
-from spap_service.executors import LOCAL, PointWorker, connect_ray, measure_point, pool_map, worker_pool
+from spap_service.executors import (LOCAL, PointWorker, SilentProgress, connect_ray, measure_point, pool_map,
+                                    worker_pool)
 from spap_service.runs import RunRequest
-
-
-class _Silent:
-    def update(self, **_fields) -> None:
-        pass
 
 
 def main() -> None:
@@ -56,7 +52,7 @@ def main() -> None:
 
     timings, perplexities = {}, {}
     started = time.perf_counter()
-    local = [measure_point(loaded, request, _Silent(), threading.Event()) for request in requests]
+    local = [measure_point(loaded, request, SilentProgress(), threading.Event()) for request in requests]
     timings["this process"] = time.perf_counter() - started
     perplexities["this process"] = [point.perplexity for point in local]
     dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")

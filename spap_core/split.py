@@ -115,9 +115,7 @@ def split_budget(loaded: LoadedModel, calibration: torch.Tensor, budget: float, 
     if head_sparsity is not None or not costs.heads:
         candidates = [_layout(loaded, costs, head_sparsity or 0.0)]
     else:
-        candidates = [None, *(HeadLayout(costs.heads, costs.kv_heads, g, r) for g in range(1, costs.kv_heads + 1)
-                              for r in range(1, costs.heads // costs.kv_heads + 1) if g * r < costs.heads)]
-        candidates = [c for c in candidates if c is None or _allowed(loaded, costs)(c)]
+        candidates = [None, *HeadLayout.every(costs.heads, costs.kv_heads, _allowed(loaded, costs))]
         # between layouts removing as many heads, the one that keeps more KV groups (as for_sparsity)
         candidates = list({(0 if c is None else c.removed): c for c in sorted(
             candidates, key=lambda c: 0 if c is None else -c.kv_kept)}.values())

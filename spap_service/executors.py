@@ -99,8 +99,9 @@ class InProcessExecutor(PointExecutor):
         return results
 
 
-class _Silent:
-    """A progress reporter for a point on a Ray worker: the job reports points, not layers."""
+class SilentProgress:
+    """A progress reporter that reports nowhere: a point on a Ray worker (the job reports points,
+    not layers), or a benchmark's point."""
 
     def update(self, **_fields) -> None:
         pass
@@ -178,11 +179,11 @@ class PointWorker:
         return os.getpid()
 
     def measure(self, request: RunRequest) -> PointResult:
-        return measure_point(self.loaded, request, _Silent(), threading.Event())
+        return measure_point(self.loaded, request, SilentProgress(), threading.Event())
 
     def run(self, request: RunRequest, owner: str) -> tuple[RunOutcome, bytes]:
         """A whole run, unsaved; its model goes back as the zipped files save_pruned writes."""
-        outcome = run_pruning(self.loaded, request, _Silent(), threading.Event(), owner, save=False)
+        outcome = run_pruning(self.loaded, request, SilentProgress(), threading.Event(), owner, save=False)
         archive = pruned_model_zip(outcome)
         outcome.result.model, outcome.tokenizer = None, None
         return outcome, archive

@@ -59,6 +59,14 @@ class HeadLayout:
         return head // self.group_size
 
     @staticmethod
+    def every(heads: int, kv_heads: int, allowed: Callable[[HeadLayout], bool] = lambda _layout: True) -> list[HeadLayout]:
+        """Every layout that removes at least one head and that `allowed` accepts."""
+        group = heads // kv_heads
+        return [layout for layout in (HeadLayout(heads, kv_heads, groups, per_group)
+                                      for groups in range(1, kv_heads + 1) for per_group in range(1, group + 1)
+                                      if groups * per_group < heads) if allowed(layout)]
+
+    @staticmethod
     def for_sparsity(heads: int, kv_heads: int, sparsity: float,
                      allowed: Callable[[HeadLayout], bool] = lambda _layout: True) -> HeadLayout:
         """The layout whose share of removed heads is nearest `sparsity`, at least one head removed
@@ -73,10 +81,7 @@ class HeadLayout:
             raise SpapInputError(f"A layer of {heads} query heads over {kv_heads} KV heads has no head to remove "
                                  "while keeping one.")
         target = sparsity * heads
-        candidates = [HeadLayout(heads, kv_heads, groups, per_group)
-                      for groups in range(1, kv_heads + 1) for per_group in range(1, group + 1)
-                      if groups * per_group < heads]
-        candidates = [layout for layout in candidates if allowed(layout)]
+        candidates = HeadLayout.every(heads, kv_heads, allowed)
         if not candidates:
             raise SpapInputError(f"No smaller head count of {heads} query heads over {kv_heads} KV heads is accepted by "
                                  "the model's config class; prune its MLP channels only (head sparsity 0).")
