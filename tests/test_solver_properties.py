@@ -77,3 +77,52 @@ def test_a_score_beyond_float32_is_recorded_at_its_largest_value_not_as_inf():
     recorded = _recorded(torch.tensor([1e60, 0.0, 465.5], dtype=torch.float64))
     assert np.isfinite(recorded).all() and recorded.dtype == np.float32
     assert list(np.argsort(recorded)) == [1, 2, 0]
+
+
+def test_a_silent_channel_under_the_partial_score_is_pruned_first_not_a_nan():
+    """What hypothesis found next: a silent channel, no ridge, float32 solves and the 'partial'
+    score with t = 3. The pseudo-inverse gives the silent channel no diagonal, so its magnitude is
+    10¹⁵ and its cube overflows float32; its weight is 0, and 0 · inf was NaN, which stopped SPAP.
+    A column without weight costs nothing to prune: it is the one pruned."""
+    from spap_core.methods.problem import LayerProblem
+
+    gram = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 21.4088, -1.2502, -7.7742],
+                         [0.0, -1.2502, 36.0604, -0.6887], [0.0, -7.7742, -0.6887, 30.0]], dtype=torch.float64)
+    problem = LayerProblem(gram=gram, cross=torch.tensor([[0.0, 22.3168, 13.6636, -8.5791]], dtype=torch.float64),
+                           target_energy=29.488, dense_down=torch.tensor([[-0.2613, 1.0667, 0.4159]]), n_prune=1)
+    penalty = PenaltySettings(iterations=1, rho0=1.0, tau=2.0, balance=3.0, momentum=1.0, score="partial",
+                              start="zero", schedule="fixed")
+    steps = []
+    decision = spap_layer(problem, penalty, RefitSettings(ridge=0.0, bias=False, precision="float32"),
+                          on_step=steps.append)
+    assert decision.keep.tolist() == [1, 2] and torch.isfinite(decision.down_weight).all()
+    assert np.isfinite(steps[0].scores).all() and steps[0].scores[0] == 0
+
+
+def test_duplicate_channels_in_float32_fall_back_to_the_direct_solve_not_a_negative_inverse():
+    """And after it: two identical channels, no ridge, float32. Cholesky still factors the
+    duplicate's Gram (a tiny pivot), so B⁻¹ holds entries near 8·10⁶, and the low-rank update's
+    diag(A⁻¹) cancelled to −1; the 'partial' magnitude of a negative diagonal overflowed. A
+    non-positive diag(A⁻¹) now sends the solve to the direct factorisation."""
+    from spap_core.methods.problem import LayerProblem
+
+    row_0 = [32.835113525390625, 32.835113525390625, -1.26716160774230957, 2.20857810974121094, -5.86255264282226562]
+    gram = torch.tensor([row_0, row_0,
+                         [-1.26716160774230957, -1.26716160774230957, 25.46357345581054688, 8.33943939208984375,
+                          4.85833406448364258],
+                         [2.20857810974121094, 2.20857810974121094, 8.33943939208984375, 20.86241722106933594,
+                          1.86829900741577148],
+                         [-5.86255264282226562, -5.86255264282226562, 4.85833406448364258, 1.86829900741577148, 30.0]],
+                        dtype=torch.float64)
+    cross = torch.tensor([[9.63781929016113281, 9.63781929016113281, -26.56209945678710938, -5.83452224731445312,
+                           -6.40499401092529297]], dtype=torch.float64)
+    problem = LayerProblem(gram=gram, cross=cross, target_energy=30.088029857035863, n_prune=1,
+                           dense_down=torch.tensor([[-0.85667461156845093, 1.10060417652130127,
+                                                     -1.07118737697601318, 0.12270124256610870]]))
+    penalty = PenaltySettings(iterations=1, rho0=1.0, tau=2.0, balance=3.0, momentum=1.0, score="partial",
+                              start="zero", schedule="fixed")
+    steps = []
+    decision = spap_layer(problem, penalty, RefitSettings(ridge=0.0, bias=False, precision="float32"),
+                          on_step=steps.append)
+    assert decision.keep.tolist() == [1, 2, 3]  # one of the two copies goes
+    assert torch.isfinite(decision.down_weight).all() and np.isfinite(steps[0].scores).all()

@@ -334,7 +334,8 @@ class RidgeSystem:
                         with_inverse_diagonal: bool) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """Woodbury: with the penalty P on r channels S, (B + UPUᵀ)⁻¹ = B⁻¹ − B⁻¹U M⁻¹ UᵀB⁻¹ with
         M = P⁻¹ + B⁻¹[S,S], so W = W_B − W_B[:,S] M⁻¹ B⁻¹[S,:]: O(mrn + r³) instead of O(mn² + n³).
-        None when M is numerically indefinite, so the caller falls back to the direct solve."""
+        None when M is numerically indefinite, or when diag(A⁻¹) comes out not positive (a near-
+        singular B in float32: its huge B⁻¹ entries cancel), so the caller falls back to the direct solve."""
         inverse_rows, inverse_block, base_weights_on_support = self._support_blocks(support)
         factor, info = torch.linalg.cholesky_ex(inverse_block + torch.diag(1.0 / penalty))
         if int(info) != 0:
@@ -343,8 +344,10 @@ class RidgeSystem:
             coupling = cholesky_right_solve(factor, base_weights_on_support)  # W_B[:,S] M⁻¹
             return torch.addmm(self._base_weights, coupling, inverse_rows, alpha=-1), None
         correction = cholesky_right_solve(factor, inverse_rows.T).T  # M⁻¹ B⁻¹[S,:]
-        weights = torch.addmm(self._base_weights, base_weights_on_support, correction, alpha=-1)
-        return weights, torch.diagonal(self._base_inverse) - (inverse_rows * correction).sum(dim=0)
+        inverse_diagonal = torch.diagonal(self._base_inverse) - (inverse_rows * correction).sum(dim=0)
+        if not bool((inverse_diagonal > 0).all()):
+            return None
+        return torch.addmm(self._base_weights, base_weights_on_support, correction, alpha=-1), inverse_diagonal
 
     def objective(self, weights: torch.Tensor, penalty: torch.Tensor | None = None) -> float:
         """f(W̃) of a solution of this system in O(mn + mnr): W̃H̃ = rhs − W̃·diag(d), hence
