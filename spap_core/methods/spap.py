@@ -103,8 +103,9 @@ StepCallback = Callable[[SpapStep], None]
 def channel_scores(column_norms: torch.Tensor, activation_norms: torch.Tensor, balance: float) -> torch.Tensor:
     """score_i = ‖W[:,i]‖ · ‖Z[i,:]‖ᵗ: low score = cheap to prune. A column without weight costs
     nothing to prune, whatever its magnitude: a silent channel's 'partial' magnitude is 10¹⁵ (the
-    pseudo-inverse gives it no diagonal), whose t-th power overflows float32, and 0 · inf is NaN."""
-    return torch.where(column_norms > 0, column_norms * activation_norms.pow(balance), 0.0)
+    pseudo-inverse gives it no diagonal), whose t-th power overflows float32, and 0 · inf is NaN.
+    A NaN weight stays NaN, so the solver still stops on it."""
+    return torch.where(column_norms == 0, 0.0, column_norms * activation_norms.pow(balance))
 
 
 def _recorded(scores: torch.Tensor) -> np.ndarray:
