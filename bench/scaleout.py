@@ -5,7 +5,8 @@ ratio within one run, next to the points run in this process (all threads of the
 
 Every Ray worker gets one CPU thread (or one GPU where the machine has GPUs), so on an N-core CPU N
 workers run N points at once; the workers load the model before the clock starts, as a warm pool
-of the app does. The points are SPAP runs at several sparsities, as a sweep of the app makes them.
+of the app does. The points are SPAP runs at several sparsities, as a sweep of the app makes them,
+and the workers report their progress as they do for the app.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import torch
 from spap_core.methods.registry import PruneSettings
 from spap_core.models import load_model
 from spap_service.data import DataSpec, TextChoice
-from spap_service.executors import (LOCAL, PointWorker, SilentProgress, connect_ray, measure_point, pool_map,
-                                    worker_pool)
+from spap_service.executors import LOCAL, PointWorker, connect_ray, measure_point, pool_map, worker_pool
+from spap_service.jobs import ProgressReporter
 from spap_service.runs import RunRequest
 
 
@@ -52,7 +53,7 @@ def main() -> None:
 
     timings, perplexities = {}, {}
     started = time.perf_counter()
-    local = [measure_point(loaded, request, SilentProgress(), threading.Event()) for request in requests]
+    local = [measure_point(loaded, request, ProgressReporter(), threading.Event()) for request in requests]
     timings["this process"] = time.perf_counter() - started
     perplexities["this process"] = [point.perplexity for point in local]
     dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
@@ -60,7 +61,9 @@ def main() -> None:
         workers = worker_pool(ray, PointWorker, (loaded.source, dtype), count=count)
         ray.get([worker.pid.remote() for worker in workers])  # loaded and ready before the clock starts
         started = time.perf_counter()
-        results = sorted(pool_map(ray, workers, "measure", [(request,) for request in requests]))
+        # the workers are asked for their progress once a second, as the app's sweep asks them
+        results = sorted(pool_map(ray, workers, "measure", [(request,) for request in requests],
+                                  on_progress=lambda index, snapshot: None))
         timings[f"{count} Ray worker{'s' * (count > 1)}"] = time.perf_counter() - started
         errors = [error for _, _, error in results if error]
         if errors:

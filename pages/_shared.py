@@ -226,28 +226,46 @@ def _still_busy(kind: str) -> bool:
 
 
 def progress_fraction(progress: JobProgress) -> float:
-    """Share of the work done, from layers, ρ iterations and sweep steps."""
-    within = 0.0
-    if progress.n_layers:
-        iteration = progress.iteration / progress.n_iterations if progress.n_iterations else 0.0
-        within = min(1.0, (max(progress.layer - 1, 0) + iteration) / progress.n_layers)
+    """Share of the work done, from layers, ρ iterations and sweep steps (and from each run that
+    goes in parallel on a Ray worker)."""
+    if progress.running:
+        return min(1.0, (progress.step + sum(_within_run(run) for run in progress.running)) / progress.n_steps)
+    within = _within_run(progress)
     if progress.n_steps:
         return min(1.0, (max(progress.step - 1, 0) + within) / progress.n_steps)
     return within
 
 
+def _within_run(progress: JobProgress) -> float:
+    if not progress.n_layers:
+        return 0.0
+    iteration = progress.iteration / progress.n_iterations if progress.n_iterations else 0.0
+    return min(1.0, (max(progress.layer - 1, 0) + iteration) / progress.n_layers)
+
+
 def progress_text(job: Job) -> str:
-    """"Pruning (spap) · layer 3 of 30 · ρ iteration 7 of 20 · run 2 of 9 · 12 s"."""
+    """"Pruning (spap) · layer 3 of 30 · ρ iteration 7 of 20 · run 2 of 9 · 12 s"; runs going in
+    parallel each say theirs: "2 of 9 runs done on 2 Ray workers · run 3: pruning (spap), layer 3
+    of 30 · run 4: dense perplexity: batch 2 of 8 · 12 s"."""
     progress = job.progress
-    parts = [progress.phase[:1].upper() + progress.phase[1:]]
+    parts = _run_parts(progress)
+    parts[0] = parts[0][:1].upper() + parts[0][1:]
+    if progress.running:
+        parts += [f"run {run.step}: " + ", ".join(_run_parts(run)) for run in progress.running]
+    elif progress.n_steps:
+        parts.append(f"run {progress.step} of {progress.n_steps}")
+    parts.append(f"{job.elapsed_s:.0f} s" + ("" if job.estimate_s is None else f" of {duration(job.estimate_s)}"))
+    return " · ".join(parts)
+
+
+def _run_parts(progress: JobProgress) -> list[str]:
+    """One run's phase, with its layer and ρ iteration while it prunes."""
+    parts = [progress.phase]
     if progress.n_layers and progress.phase.startswith("pruning"):
         parts.append(f"layer {progress.layer} of {progress.n_layers}")
         if progress.n_iterations:
             parts.append(f"ρ iteration {progress.iteration} of {progress.n_iterations}")
-    if progress.n_steps:
-        parts.append(f"run {progress.step} of {progress.n_steps}")
-    parts.append(f"{job.elapsed_s:.0f} s" + ("" if job.estimate_s is None else f" of {duration(job.estimate_s)}"))
-    return " · ".join(parts)
+    return parts
 
 
 def queue_position_text(job: Job) -> str:

@@ -18,9 +18,11 @@ import math
 import os
 import tempfile
 import threading
+import time
 import zipfile
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -33,7 +35,7 @@ from spap_core.models import LoadedModel, load_model
 from spap_core.offload import is_dispatched
 from spap_core.shrink import remove_padding
 from spap_service.data import dense_perplexity, model_key, prepare_data
-from spap_service.jobs import ProgressReporter
+from spap_service.jobs import JobProgress, ProgressReporter
 from spap_service.runs import (RunOutcome, RunRequest, experiment_with_progress, pruned_model_zip, run_pruning,
                                save_outcome)
 
@@ -41,6 +43,10 @@ RAY_ADDRESS_ENV = "SPAP_RAY_ADDRESS"
 RAY_CPUS_PER_WORKER_ENV = "SPAP_RAY_CPUS_PER_WORKER"  # CPU threads of each worker on a cluster without GPUs
 LOCAL = "local"
 WAIT_POLL_S = 0.2  # how often the job looks at its cancel flag while Ray works
+PROGRESS_POLL_S = 1.0  # how often the job asks its busy workers how far their points are
+CANCEL_GRACE_S = 30.0  # how long a cancelled point may take to reach its next layer before its worker is killed
+BETWEEN_POINTS = JobProgress(phase="starting")  # what a worker reports before its point has begun
+PER_RUN_FIELDS = ("layer", "n_layers", "iteration", "n_iterations")  # what a worker's run reports besides its phase
 
 
 @dataclass(frozen=True)
@@ -99,14 +105,6 @@ class InProcessExecutor(PointExecutor):
         return results
 
 
-class SilentProgress:
-    """A progress reporter that reports nowhere: a point on a Ray worker (the job reports points,
-    not layers), or a benchmark's point."""
-
-    def update(self, **_fields) -> None:
-        pass
-
-
 class RayExecutor(PointExecutor):
     """A pool of Ray actors, each with the model loaded once (by its source, so workers on other
     machines load it themselves: the source and the texts must be reachable there too), kept
@@ -130,12 +128,24 @@ class RayExecutor(PointExecutor):
                                  f"${RAY_ADDRESS_ENV} or load it without --device-map.")
         workers = self._pool(ray, loaded)
         results: list[PointResult | None] = [None] * len(requests)
-        for index, result, error in pool_map(ray, workers, "measure", [(r,) for r in requests], cancel,
-                                             on_lost=lambda worker: self._forget(loaded, worker)):
-            results[index] = result if error is None else PointResult(error=error)
+        running: dict[int, JobProgress] = {}
+
+        def report() -> None:
             done = sum(r is not None for r in results)
-            progress.update(phase=f"{done} of {len(requests)} points done on {len(workers)} Ray workers", step=done,
-                            n_steps=len(requests))
+            progress.update(phase=f"{done} of {len(requests)} runs done on {len(workers)} Ray workers", step=done,
+                            n_steps=len(requests), running=tuple(running[index] for index in sorted(running)))
+
+        def on_progress(index: int, snapshot: JobProgress) -> None:
+            running[index] = replace(snapshot, step=index + 1, n_steps=len(requests))
+            report()
+
+        report()
+        for index, result, error in pool_map(ray, workers, "measure", [(r,) for r in requests], cancel,
+                                             on_lost=lambda worker: self._forget(loaded, worker),
+                                             on_progress=on_progress):
+            results[index] = result if error is None else PointResult(error=error)
+            running.pop(index, None)
+            report()
         return [result if result is not None else PointResult(error="not run") for result in results]
 
     def run(self, loaded: LoadedModel, request: RunRequest, progress: ProgressReporter, cancel: threading.Event,
@@ -143,9 +153,15 @@ class RayExecutor(PointExecutor):
         """The run on a worker; its pruned model comes back as the saved files (safetensors), is
         loaded on this process's device, and the record is saved here, under this app's results."""
         ray = connect_ray(self.address)
-        progress.update(phase="pruning on a Ray worker")
+        progress.update(phase="starting on a Ray worker")
+
+        def on_progress(_: int, snapshot: JobProgress) -> None:
+            progress.update(**{name: getattr(snapshot, name) for name in PER_RUN_FIELDS},
+                            phase=f"{snapshot.phase} on a Ray worker")
+
         [(_, sent, error)] = list(pool_map(ray, self._pool(ray, loaded)[:1], "run", [(request, owner)], cancel,
-                                           on_lost=lambda worker: self._forget(loaded, worker)))
+                                           on_lost=lambda worker: self._forget(loaded, worker),
+                                           on_progress=on_progress))
         if error is not None:
             raise SourceUnavailableError(f"The run failed on its Ray worker: {error}")
         outcome, archive = sent
@@ -170,23 +186,53 @@ class RayExecutor(PointExecutor):
 
 
 class PointWorker:
-    """A Ray actor: the model loaded once on the device Ray gave it, then one point at a time."""
+    """A Ray actor: the model loaded once on the device Ray gave it, then one point at a time.
+    Its second thread (worker_pool's max_concurrency) answers `progress` while a point runs, so
+    the job shows the point's layers and ρ iterations; `ray.cancel` of a point stops it at its
+    next layer, as a cancel does in-process, and the worker keeps its model."""
 
     def __init__(self, source: str, dtype: str) -> None:
         self.loaded = load_model(source, device=worker_device(), dtype=dtype)
+        self._reporter = ProgressReporter(BETWEEN_POINTS)
 
     def pid(self) -> int:
         return os.getpid()
 
+    def progress(self) -> JobProgress:
+        return self._reporter.current
+
     def measure(self, request: RunRequest) -> PointResult:
-        return measure_point(self.loaded, request, SilentProgress(), threading.Event())
+        with self._point() as progress:
+            return measure_point(self.loaded, request, progress, RayCancelFlag())
 
     def run(self, request: RunRequest, owner: str) -> tuple[RunOutcome, bytes]:
         """A whole run, unsaved; its model goes back as the zipped files save_pruned writes."""
-        outcome = run_pruning(self.loaded, request, SilentProgress(), threading.Event(), owner, save=False)
+        with self._point() as progress:
+            outcome = run_pruning(self.loaded, request, progress, RayCancelFlag(), owner, save=False)
         archive = pruned_model_zip(outcome)
         outcome.result.model, outcome.tokenizer = None, None
         return outcome, archive
+
+    @contextmanager
+    def _point(self) -> Iterator[ProgressReporter]:
+        """The reporter of the point about to run; after it, the worker says it is between
+        points, so a job never reads a finished point's progress as its own."""
+        self._reporter = reporter = ProgressReporter(BETWEEN_POINTS)
+        try:
+            yield reporter
+        finally:
+            self._reporter = ProgressReporter(BETWEEN_POINTS)
+
+
+class RayCancelFlag:
+    """The cancel flag of the Ray call running in this thread, read where spap_core reads a
+    threading.Event's is_set(): Ray (2.54 and later) flags a threaded actor's running call that
+    `ray.cancel` was called on."""
+
+    def is_set(self) -> bool:
+        import ray
+
+        return ray.get_runtime_context().is_canceled()
 
 
 def _model_from_zip(archive: bytes, loaded: LoadedModel) -> torch.nn.Module:
@@ -229,7 +275,9 @@ def connect_ray(address: str, import_paths: Sequence[str] = ()):
 def worker_pool(ray, worker_class: type, arguments: tuple, count: int | None = None) -> list:
     """Actors of `worker_class(*arguments)`, each asking Ray for what one point needs: one GPU where
     the cluster has GPUs (one actor per GPU), else $SPAP_RAY_CPUS_PER_WORKER CPU threads (1 by
-    default; as many actors as fit). `count` caps how many."""
+    default; as many actors as fit). `count` caps how many. Each actor has a second thread, so
+    it answers `progress` while its point runs, and a threaded actor's running call sees a
+    `ray.cancel`."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     if gpus:
@@ -237,7 +285,7 @@ def worker_pool(ray, worker_class: type, arguments: tuple, count: int | None = N
     else:
         threads = int(os.environ.get(RAY_CPUS_PER_WORKER_ENV, "1"))
         options, fits = {"num_cpus": threads}, max(1, int(resources.get("CPU", 1)) // threads)
-    actor = ray.remote(**options)(worker_class)
+    actor = ray.remote(max_concurrency=2, **options)(worker_class)
     return [actor.remote(*arguments) for _ in range(fits if count is None else min(count, fits))]
 
 
@@ -253,29 +301,46 @@ def worker_device() -> str:
 
 
 def pool_map(ray, workers: list, method: str, calls: list[tuple], cancel: threading.Event | None = None,
-             on_lost: Callable[[object], None] | None = None) -> Iterator[tuple[int, Any, str | None]]:
+             on_lost: Callable[[object], None] | None = None,
+             on_progress: Callable[[int, JobProgress], None] | None = None
+             ) -> Iterator[tuple[int, Any, str | None]]:
     """Each call (the arguments of `method`) to the next idle worker, one at a time per worker,
     yielding (index, result, None) as calls finish, or (index, None, why) for a call that failed:
     its worker died (that worker gets no more calls; `on_lost` hears of it) or the call raised.
-    Setting `cancel` kills the busy workers (a running actor call cannot be interrupted) and raises
-    PruningCancelled."""
+
+    With `on_progress`, the busy workers are asked for their `progress()` about once a second and
+    it hears (index, snapshot). Setting `cancel` cancels the busy calls (a call that reads
+    RayCancelFlag stops at its next check) and raises PruningCancelled once they have ended; the
+    worker of one that has not within CANCEL_GRACE_S is killed."""
     queue, idle, pending = list(range(len(calls))), list(workers), {}
+    asked: dict[Any, int] = {}  # progress requests on their way back, with the call they ask about
+    asked_at = 0.0
     while queue or pending:
+        if cancel is not None and cancel.is_set():
+            _cancel(ray, pending, on_lost)
         while queue and idle:
             worker, index = idle.pop(), queue.pop(0)
             pending[getattr(worker, method).remote(*calls[index])] = (index, worker)
-        if cancel is not None and cancel.is_set():
-            for _, worker in pending.values():
-                ray.kill(worker)
-                if on_lost is not None:
-                    on_lost(worker)
-            raise PruningCancelled("cancelled while Ray ran the points")
         if not pending:  # every worker died: the remaining calls cannot run
             for index in queue:
                 yield index, None, "no Ray worker is left to run it"
             return
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_POLL_S)
+        if on_progress is not None and time.monotonic() - asked_at >= PROGRESS_POLL_S:
+            waiting = set(asked.values())
+            asked.update({worker.progress.remote(): index for index, worker in pending.values()
+                          if index not in waiting})
+            asked_at = time.monotonic()
+        ready, _ = ray.wait([*pending, *asked], num_returns=1, timeout=WAIT_POLL_S)
         for task in ready:
+            if task in asked:
+                index = asked.pop(task)
+                try:
+                    snapshot = ray.get(task)
+                except ray.exceptions.RayError:  # its worker died: the call itself will say so
+                    continue
+                if any(index == running for running, _ in pending.values()):
+                    on_progress(index, snapshot)
+                continue
             index, worker = pending.pop(task)
             try:
                 result = ray.get(task)
@@ -291,6 +356,20 @@ def pool_map(ray, workers: list, method: str, calls: list[tuple], cancel: thread
                 continue
             idle.append(worker)
             yield index, result, None
+
+
+def _cancel(ray, pending: dict, on_lost: Callable[[object], None] | None) -> None:
+    """Cancel the busy workers' calls (each stops at its next check of RayCancelFlag), kill the
+    workers of those that have not ended within CANCEL_GRACE_S, and raise PruningCancelled."""
+    for task in pending:
+        ray.cancel(task)
+    _, late = ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S) if pending else ([], [])
+    for task in late:
+        _, worker = pending[task]
+        ray.kill(worker)
+        if on_lost is not None:
+            on_lost(worker)
+    raise PruningCancelled("cancelled while Ray ran the points")
 
 
 _executor: PointExecutor | None = None

@@ -55,7 +55,9 @@ class JobStatus(str, Enum):
 class JobProgress:
     """A snapshot of how far a job is; replaced as a whole so readers never see half an update.
 
-    `step`/`n_steps` count sub-runs of a sweep (0 when the job is a single run)."""
+    `step`/`n_steps` count sub-runs of a sweep (0 when the job is a single run). When a sweep's
+    runs go in parallel (on Ray workers), `running` holds each running one's own snapshot, its
+    `step` saying which run it is, and `step` counts the runs finished."""
 
     phase: str = "waiting in the queue"
     layer: int = 0
@@ -64,18 +66,26 @@ class JobProgress:
     n_iterations: int = 0
     step: int = 0
     n_steps: int = 0
+    running: tuple[JobProgress, ...] = ()
 
 
 class ProgressReporter:
-    """What a job function gets to report progress; safe to call from the worker thread."""
+    """Where a job function reports how far it is, safe to call from any thread: it keeps the
+    latest snapshot. A job's reporter is what its page reads; a Ray worker keeps one per point,
+    which the job asks for while the point runs."""
 
-    def __init__(self, job: Job) -> None:
-        self._job = job
+    def __init__(self, start: JobProgress = JobProgress()) -> None:
+        self._lock = threading.Lock()
+        self._current = start
+
+    @property
+    def current(self) -> JobProgress:
+        return self._current
 
     def update(self, **fields: Any) -> None:
         """Set any JobProgress fields, e.g. update(phase="pruning", layer=3, n_layers=30)."""
-        with self._job._lock:
-            self._job.progress = replace(self._job.progress, **fields)
+        with self._lock:
+            self._current = replace(self._current, **fields)
 
 
 JobFunction = Callable[[ProgressReporter, threading.Event], Any]
@@ -92,7 +102,7 @@ class Job:
     function: JobFunction = field(repr=False)
     status: JobStatus = JobStatus.QUEUED
     jobs_ahead: int = 0  # while queued: jobs that run before this one, the running one included
-    progress: JobProgress = field(default_factory=JobProgress)
+    reporter: ProgressReporter = field(default_factory=ProgressReporter, repr=False)
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
     result: Any = field(default=None, repr=False)
     error: str | None = None
@@ -100,7 +110,10 @@ class Job:
     submitted_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def progress(self) -> JobProgress:
+        return self.reporter.current
 
     @property
     def elapsed_s(self) -> float:
@@ -246,8 +259,7 @@ class JobQueue:
                 self._number_waiting_jobs()
                 job.status = JobStatus.RUNNING
                 job.started_at = time.time()
-                with job._lock:
-                    job.progress = replace(job.progress, phase="starting")
+                job.reporter.update(phase="starting")
             status, result, error = self._execute(job)
             with self._condition:
                 self._running = None
@@ -258,7 +270,7 @@ class JobQueue:
     @staticmethod
     def _execute(job: Job) -> tuple[JobStatus, Any, str | None]:
         try:
-            result = job.function(ProgressReporter(job), job.cancel_event)
+            result = job.function(job.reporter, job.cancel_event)
         except Exception as exc:  # a failing job must never kill the worker thread
             if isinstance(exc, PruningCancelled) or job.cancel_event.is_set():
                 return JobStatus.CANCELLED, None, user_message(exc)
@@ -299,8 +311,7 @@ class JobQueue:
         job.error = error
         job.jobs_ahead = 0
         job.finished_at = time.time()
-        with job._lock:
-            job.progress = replace(job.progress, phase=status.value)
+        job.reporter.update(phase=status.value)
         self._finished.append(job)
         while len(self._finished) > self._keep_finished:
             self._finished.popleft()

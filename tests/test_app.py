@@ -770,3 +770,26 @@ def test_a_sweep_point_that_failed_on_its_worker_is_said_and_retried(ran_app, mo
     run_sweep(at, ["magnitude", "wanda-sp"], (0.1, 0.3), 0.2)  # the same sweep again
     assert session_job(at, "sweep") is not first  # computed again, not the table with the gap
     assert not any("points have no result" in w.value for w in at.warning)
+
+
+def test_the_progress_line_says_where_each_run_is_in_process_and_on_ray_workers():
+    """The progress bar's text and share, for a run, a sweep in this process, and a sweep whose
+    runs go in parallel on Ray workers (each running one with its own layer and ρ iteration)."""
+    from pages._shared import progress_fraction, progress_text
+    from spap_service.jobs import Job, JobProgress, ProgressReporter
+
+    def job(progress: JobProgress) -> Job:
+        return Job(id="1", owner="me", label="sweep", kind="sweep", function=lambda *_: None,
+                   reporter=ProgressReporter(progress))
+
+    pruning = JobProgress(phase="pruning (spap)", layer=3, n_layers=4, iteration=5, n_iterations=10)
+    assert progress_text(job(pruning)) == "Pruning (spap) · layer 3 of 4 · ρ iteration 5 of 10 · 0 s"
+    assert progress_fraction(pruning) == pytest.approx(2.5 / 4)
+    in_process = JobProgress(**{**vars(pruning), "step": 2, "n_steps": 4})
+    assert progress_text(job(in_process)).endswith("ρ iteration 5 of 10 · run 2 of 4 · 0 s")
+    assert progress_fraction(in_process) == pytest.approx((1 + 2.5 / 4) / 4)
+    on_ray = JobProgress(phase="1 of 4 runs done on 2 Ray workers", step=1, n_steps=4, running=(
+        JobProgress(**{**vars(pruning), "step": 2}), JobProgress(phase="dense perplexity: batch 1 of 2", step=4)))
+    assert progress_text(job(on_ray)) == ("1 of 4 runs done on 2 Ray workers · run 2: pruning (spap), layer 3 of 4, "
+                                          "ρ iteration 5 of 10 · run 4: dense perplexity: batch 1 of 2 · 0 s")
+    assert progress_fraction(on_ray) == pytest.approx((1 + 2.5 / 4 + 0) / 4)

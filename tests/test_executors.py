@@ -1,12 +1,14 @@
 """Sweep and scan points through one executor interface: in this process, or on a local Ray with
 two CPU workers. Ray gives the same numbers (same seeds), a worker that dies fails its own point
-with a message while the others finish, cancelling stops the job, and the tables look the same."""
+with a message while the others finish, the job shows each running point's layers, cancelling
+stops the points where they are, and the tables look the same."""
 
 from __future__ import annotations
 
 import math
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,13 @@ from spap_core.errors import PruningCancelled
 from spap_core.models import load_model
 from spap_service import comparisons, executors
 from spap_service.data import DataSpec, TextChoice
-from spap_service.executors import LOCAL, InProcessExecutor, RayExecutor
+from spap_service.data import model_key
+from spap_service.executors import LOCAL, InProcessExecutor, RayExecutor, worker_pool
+from spap_service.jobs import ProgressReporter
 from spap_service.runs import RunRequest
 
 REPO = Path(__file__).resolve().parents[1]
+WAIT_S = 60.0  # the longest a test waits for a worker to get somewhere
 
 
 class Progress:
@@ -35,7 +40,7 @@ class Progress:
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}})
     yield ray
     ray.shutdown()
 
@@ -143,3 +148,96 @@ def test_a_run_on_ray_comes_back_with_its_pruned_model_and_is_saved_here(local_r
     assert there.saved_to.parent == results_root() and len(list_runs(results_root())) == 2
     record, stored = read_run(there.saved_to)
     assert record["owner"] == "me" and stored.settings == requests[0].settings
+
+
+def in_background(call, *arguments) -> list:
+    """Start a job's call on a thread: the list holds the thread, then what the call returned or raised."""
+    outcome: list = []
+
+    def job() -> None:
+        try:
+            outcome.append(call(*arguments))
+        except Exception as exc:  # what the job would see
+            outcome.append(exc)
+
+    thread = threading.Thread(target=job, daemon=True)
+    outcome.append(thread)
+    thread.start()
+    return outcome
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {WAIT_S:.0f} s for {what}"
+        time.sleep(0.05)
+
+
+def test_a_sweep_on_ray_shows_where_each_running_point_is_and_a_cancel_stops_them_in_place(local_ray, points,
+                                                                                              monkeypatch):
+    """Progress and cancellation as in-process: while two points run on the two workers, the job
+    shows each one's layer and ρ iteration; a cancel reaches the workers, whose points stop, and
+    the workers stay (their model loaded) instead of being killed."""
+    from ray_workers import GatedWorker
+
+    monkeypatch.setattr(executors, "PROGRESS_POLL_S", 0.0)
+    loaded, requests = points
+    executor = RayExecutor(LOCAL)
+    executor._pools[model_key(loaded)] = workers = worker_pool(ray, GatedWorker, (loaded.source, "float32"))
+    pids = sorted(ray.get([worker.pid.remote() for worker in workers]))
+    progress, cancel = ProgressReporter(), threading.Event()
+    outcome = in_background(executor.measure, loaded, requests, progress, cancel)
+    wait_for(lambda: len(progress.current.running) == 2 and all(run.layer for run in progress.current.running),
+             "both points to report a layer")
+    shown = progress.current
+    assert shown.phase == "0 of 4 runs done on 2 Ray workers" and (shown.step, shown.n_steps) == (0, 4)
+    assert [(run.step, run.phase, run.layer, run.n_layers, run.iteration, run.n_iterations) for run in shown.running] \
+        == [(1, "pruning (spap)", 2, 2, 3, 5), (2, "pruning (spap)", 2, 2, 3, 5)]
+
+    cancel.set()
+    outcome[0].join(WAIT_S)
+    assert isinstance(outcome[-1], PruningCancelled)
+    assert executor._pool(ray, loaded) == workers
+    assert sorted(ray.get([worker.pid.remote() for worker in workers])) == pids
+    for worker in workers:
+        ray.kill(worker)
+
+
+def test_a_point_that_does_not_stop_loses_its_worker_after_the_grace_period(local_ray, points, monkeypatch):
+    from ray_workers import DeafWorker
+
+    monkeypatch.setattr(executors, "PROGRESS_POLL_S", 0.0)
+    monkeypatch.setattr(executors, "CANCEL_GRACE_S", 0.5)
+    loaded, requests = points
+    executor = RayExecutor(LOCAL)
+    executor._pools[model_key(loaded)] = [worker] = worker_pool(ray, DeafWorker, (loaded.source, "float32"), count=1)
+    ray.get(worker.pid.remote())
+    progress, cancel = ProgressReporter(), threading.Event()
+    outcome = in_background(executor.measure, loaded, requests[:1], progress, cancel)
+    wait_for(lambda: progress.current.running, "the point to start")
+    assert progress.current.running[0].phase == "starting"
+    cancel.set()
+    outcome[0].join(WAIT_S)
+    assert isinstance(outcome[-1], PruningCancelled) and executor._pools[model_key(loaded)] == []
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(worker.pid.remote(), timeout=WAIT_S)
+
+
+def test_a_run_on_ray_shows_its_layer_and_rho_iteration_as_in_process(local_ray, points, monkeypatch):
+    """What the worker's run reports reaches the job as the in-process run's would, said to be on a worker."""
+    from ray_workers import GatedWorker
+
+    monkeypatch.setattr(executors, "PROGRESS_POLL_S", 0.0)
+    loaded, requests = points
+    executor = RayExecutor(LOCAL)
+    executor._pools[model_key(loaded)] = [worker] = worker_pool(ray, GatedWorker, (loaded.source, "float32"), count=1)
+    progress, cancel = ProgressReporter(), threading.Event()
+    outcome = in_background(executor.run, loaded, requests[0], progress, cancel)
+    wait_for(lambda: progress.current.layer, "the run to report a layer")
+    shown = progress.current
+    assert (shown.phase, shown.layer, shown.n_layers, shown.iteration, shown.n_iterations) \
+        == ("pruning (spap) on a Ray worker", 2, 2, 3, 5)
+    cancel.set()
+    outcome[0].join(WAIT_S)
+    assert isinstance(outcome[-1], PruningCancelled)
+    ray.kill(worker)
