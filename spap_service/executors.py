@@ -42,6 +42,7 @@ from spap_service.runs import (RunOutcome, RunRequest, experiment_with_progress,
 RAY_ADDRESS_ENV = "SPAP_RAY_ADDRESS"
 RAY_CPUS_PER_WORKER_ENV = "SPAP_RAY_CPUS_PER_WORKER"  # CPU threads of each worker on a cluster without GPUs
 LOCAL = "local"
+MIN_RAY = (2, 54)  # the first Ray whose threaded actors see ray.cancel of a running call (is_canceled)
 WAIT_POLL_S = 0.2  # how often the job looks at its cancel flag while Ray works
 PROGRESS_POLL_S = 1.0  # how often the job asks its busy workers how far their points are
 CANCEL_GRACE_S = 30.0  # how long a cancelled point may take to reach its next layer before its worker is killed
@@ -260,6 +261,9 @@ def connect_ray(address: str, import_paths: Sequence[str] = ()):
     except ImportError:
         raise SourceUnavailableError(f"Ray is not installed: pip install -r requirements-ray.txt, or unset "
                                      f"${RAY_ADDRESS_ENV} (drop --ray) to run the points in this process.") from None
+    if tuple(int(part) for part in ray.__version__.split(".")[:2]) < MIN_RAY:  # a cluster runs this version too
+        raise SourceUnavailableError(f"Ray {ray.__version__} is too old: Cancel needs Ray "
+                                     f"{'.'.join(map(str, MIN_RAY))} or later (pip install -r requirements-ray.txt).")
     if not ray.is_initialized():
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         path = os.pathsep.join(p for p in (here, *import_paths, os.environ.get("PYTHONPATH")) if p)

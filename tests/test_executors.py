@@ -241,3 +241,11 @@ def test_a_run_on_ray_shows_its_layer_and_rho_iteration_as_in_process(local_ray,
     outcome[0].join(WAIT_S)
     assert isinstance(outcome[-1], PruningCancelled)
     ray.kill(worker)
+
+
+def test_a_ray_too_old_to_cancel_a_running_point_is_refused_with_the_version_it_needs(monkeypatch):
+    from spap_core.errors import SourceUnavailableError
+
+    monkeypatch.setattr(ray, "__version__", "2.53.1")
+    with pytest.raises(SourceUnavailableError, match=r"Ray 2\.53\.1 is too old: Cancel needs Ray 2\.54 or later"):
+        executors.connect_ray(LOCAL)
