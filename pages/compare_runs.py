@@ -1,6 +1,6 @@
 """Compare runs: two or more saved runs side by side, metrics first, then the settings with the
-ones that differ marked, the per-layer errors, how much their pruned channels agree, and perplexity
-against sparsity for runs that differ only in their sparsity."""
+ones that differ marked, the per-layer errors, how much their pruned channels (or heads) agree,
+and perplexity against sparsity for runs that differ only in their sparsity."""
 
 import plotly.express as px
 import streamlit as st
@@ -10,10 +10,13 @@ from pages._routing import ensure_routed
 from pages._shared import PAGE_RUN, session_id
 from spap_core.errors import UnreadableRunError
 from spap_service.compare import (
+    CHANNELS,
+    PARTS,
     layer_errors,
     metrics_table,
     pruned_map,
     pruned_overlap,
+    part_layers,
     run_names,
     settings_table,
     sparsity_curves,
@@ -66,26 +69,42 @@ ordered = settings.sort_values("differs", ascending=False, kind="stable")
 st.dataframe(ordered.drop(columns="differs").style.apply(
     lambda row: [DIFFERS if ordered.loc[row.name, "differs"] else ""] * len(row), axis=1), width="stretch")
 
+part = CHANNELS
+if any(outcome.result.heads is not None for outcome in outcomes):
+    part = st.radio("Per layer", PARTS, horizontal=True, key="compare_part",
+                    help="What the charts below show: the MLP's channels or the attention heads.")
+drawn = [(name, outcome) for name, outcome in zip(names, outcomes) if part_layers(outcome, part) is not None]
+if len(drawn) < len(outcomes):
+    left_out = [name[0] for name, outcome in zip(names, outcomes) if part_layers(outcome, part) is None]
+    st.caption(f"Run{'s' * (len(left_out) > 1)} {', '.join(left_out)} pruned no heads: not drawn below.")
+unit = "channel" if part == CHANNELS else "head"
+
 error_column, overlap_column = st.columns(2)
 with error_column:
-    figure = px.line(layer_errors(outcomes), x="layer", y="relative_error", color="run", markers=True,
-                     title="Relative reconstruction error per layer", labels={"relative_error": "objective ÷ ½‖Y‖²"})
+    figure = px.line(layer_errors(outcomes, part), x="layer", y="relative_error", color="run", markers=True,
+                     title=f"Relative reconstruction error per layer: {part}",
+                     labels={"relative_error": "objective ÷ ½‖Y‖²"})
     figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
     show_chart(figure)
 with overlap_column:
-    overlap = pruned_overlap(outcomes)
-    if overlap.empty:
-        st.info("These runs pruned models of different widths: their channels do not correspond.")
+    overlap = pruned_overlap(outcomes, part)
+    if len(drawn) < 2:
+        st.info(f"Only run {drawn[0][0][0]} pruned heads: there is no pair to compare.")
+    elif overlap.empty:
+        st.info(f"These runs pruned models of different widths: their {unit}s do not correspond.")
     else:
         figure = px.line(overlap, x="layer", y="jaccard", color="pair", markers=True, range_y=[0, 1.05],
-                         title="Agreement of the pruned channels per layer", labels={"jaccard": "Jaccard |A∩B| / |A∪B|"})
+                         title=f"Agreement of the pruned {unit}s per layer",
+                         labels={"jaccard": "Jaccard |A∩B| / |A∪B|"})
         figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
         show_chart(figure)
 
-st.subheader("Pruned channels")
-for column, name, outcome in zip(chart_columns(len(outcomes)), names, outcomes):
-    figure = px.imshow(pruned_map(outcome), zmin=0, zmax=1, aspect="auto", color_continuous_scale="Reds",
-                       labels={"x": "channel (evenly spaced)", "y": "layer", "color": "pruned"}, title=name)
+st.subheader(f"Pruned {unit}s")
+for column, (name, outcome) in zip(chart_columns(len(drawn)), drawn):
+    grid = pruned_map(outcome, part)
+    evenly = " (evenly spaced)" if grid.shape[1] < part_layers(outcome, part)[0].width else ""
+    figure = px.imshow(grid, zmin=0, zmax=1, aspect="auto", color_continuous_scale="Reds",
+                       labels={"x": f"{unit}{evenly}", "y": "layer", "color": "pruned"}, title=name)
     figure.update_layout(height=300, margin=dict(t=40, b=10, l=10, r=10), coloraxis_showscale=False)
     show_chart(figure, column)
 

@@ -1,7 +1,8 @@
 """The tables the Compare runs page draws from two or more saved runs: metrics first, then every
-setting with the ones that differ marked, per-layer errors, how much the pruned channel sets of the
-runs agree, and perplexity against sparsity for runs that differ only in their sparsity. And the
-committed benchmark's curves, which the sweep page shows as a reference before any live sweep."""
+setting with the ones that differ marked, per-layer errors, how much the pruned channel (or head)
+sets of the runs agree, and perplexity against sparsity for runs that differ only in their
+sparsity. And the committed benchmark's curves, which the sweep page shows as a reference before
+any live sweep."""
 
 from __future__ import annotations
 
@@ -15,11 +16,21 @@ import numpy as np
 import pandas as pd
 
 from spap_core.methods.reconstruction import reconstruction_name
+from spap_core.prune import LayerRecord
 from spap_core.parameters import BY_KEY, settings_values
 from spap_service.analysis import pruned_channels
 from spap_service.runs import RunOutcome
 
 METRICS = ("perplexity, pruned", "perplexity, dense", "mean layer error", "parameters (M)", "pruning time (s)")
+CHANNELS, HEADS = "MLP channels", "attention heads"
+PARTS = (CHANNELS, HEADS)  # what a run prunes in each layer, each with its own per-layer decisions
+
+
+def part_layers(outcome: RunOutcome, part: str) -> list[LayerRecord] | None:
+    """The run's per-layer decisions on `part` (None: a run that pruned no heads)."""
+    if part == HEADS:
+        return None if outcome.result.heads is None else outcome.result.heads.layers
+    return outcome.result.layers
 
 
 def run_names(outcomes: list[RunOutcome]) -> list[str]:
@@ -63,18 +74,19 @@ def settings_table(outcomes: list[RunOutcome]) -> pd.DataFrame:
     return table
 
 
-def layer_errors(outcomes: list[RunOutcome]) -> pd.DataFrame:
-    """Long table: run, layer, relative error (objective ÷ ½‖Y‖²)."""
+def layer_errors(outcomes: list[RunOutcome], part: str = CHANNELS) -> pd.DataFrame:
+    """Long table: run, layer, relative error (objective ÷ ½‖Y‖²) of `part`, for the runs that pruned it."""
     return pd.DataFrame([{"run": name, "layer": layer.layer, "relative_error": layer.relative_error}
-                         for name, outcome in zip(run_names(outcomes), outcomes) for layer in outcome.result.layers])
+                         for name, outcome in zip(run_names(outcomes), outcomes)
+                         for layer in part_layers(outcome, part) or []], columns=["run", "layer", "relative_error"])
 
 
-def pruned_overlap(outcomes: list[RunOutcome]) -> pd.DataFrame:
+def pruned_overlap(outcomes: list[RunOutcome], part: str = CHANNELS) -> pd.DataFrame:
     """Long table: for each pair of runs and each layer both pruned, the Jaccard overlap |A∩B| / |A∪B|
-    of their pruned channel sets (1 = the same channels)."""
+    of their pruned channel (or head) sets (1 = the same ones)."""
     names, rows = run_names(outcomes), []
     for (name_a, a), (name_b, b) in itertools.combinations(zip(names, outcomes), 2):
-        for layer_a, layer_b in zip(a.result.layers, b.result.layers):
+        for layer_a, layer_b in zip(part_layers(a, part) or [], part_layers(b, part) or []):
             if layer_a.width != layer_b.width:
                 continue  # another model: no channel corresponds
             pruned_a, pruned_b = pruned_channels(layer_a), pruned_channels(layer_b)
@@ -84,12 +96,13 @@ def pruned_overlap(outcomes: list[RunOutcome]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["pair", "layer", "jaccard"])
 
 
-def pruned_map(outcome: RunOutcome, max_channels: int = 256) -> np.ndarray:
-    """[layer, channel] 1 where the run pruned the channel (evenly spaced channels when wider)."""
-    widths = [layer.width for layer in outcome.result.layers]
-    shown = np.linspace(0, min(widths) - 1, min(max_channels, min(widths))).round().astype(int)
+def pruned_map(outcome: RunOutcome, part: str = CHANNELS, max_units: int = 256) -> np.ndarray:
+    """[layer, unit] 1 where the run pruned the channel (or head), evenly spaced units when wider."""
+    layers = part_layers(outcome, part)
+    widths = [layer.width for layer in layers]
+    shown = np.linspace(0, min(widths) - 1, min(max_units, min(widths))).round().astype(int)
     grid = np.zeros((len(widths), len(shown)))
-    for row, layer in enumerate(outcome.result.layers):
+    for row, layer in enumerate(layers):
         pruned = np.zeros(layer.width)
         pruned[sorted(pruned_channels(layer))] = 1
         grid[row] = pruned[shown]

@@ -657,7 +657,9 @@ def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(a
     assert any("differ in 2 of" in c.value for c in at.caption)
     assert set(settings.index[:2]) == {"sparsity", "K"}  # the differing settings are listed first
     titles = [chart_title(figure) for figure in figures(at)]
-    assert "Relative reconstruction error per layer" in titles and "Agreement of the pruned channels per layer" in titles
+    assert "Relative reconstruction error per layer: MLP channels" in titles
+    assert "Agreement of the pruned channels per layer" in titles
+    assert "compare_part" not in [r.key for r in at.radio]  # no run pruned heads: nothing to choose
     curve = titled(at, "Runs that agree in every setting but the sparsity")
     assert sum(len(array(trace["x"])) for trace in curve["data"]) == 2  # K differs too: two curves of one point
 
@@ -746,6 +748,38 @@ def test_a_run_with_heads_shows_them_on_every_page(app_files):
     assert {trace["name"] for trace in flops["data"]} >= {"attention context (QKᵀ, AV)", "MLP projections"}
     crossing = next(c.value for c in at.caption if "cost as much as the MLPs" in c.value)
     assert "removing heads saves more per token" in crossing
+
+
+def test_compare_runs_compares_the_heads_of_runs_that_pruned_heads(app_files):
+    """Two runs with half the heads and one without: Compare runs offers the heads per layer, draws
+    the heads' errors, their agreement and the map of pruned heads of the two that pruned heads,
+    and says which run is not drawn."""
+    at = start_app()
+    open_page(at, "run_spap")
+    for head_sparsity, iterations in ((0.5, 3), (0.5, 4), (0.0, 3)):
+        at.slider(key="sparsity").set_value(0.25)
+        at.slider(key="head_sparsity").set_value(head_sparsity)
+        at.slider(key="K").set_value(iterations)
+        click(at, "Run SPAP")
+        finish_job(at, "run")
+    open_page(at, "compare_runs")
+    from spap_service.runs import saved_runs
+
+    newest_three = saved_runs(owner=at.session_state["browser_session_id"]).table["run"].tolist()[:3]
+    at.multiselect(key="compare_runs").set_value(newest_three).run()
+    assert_clean(at)
+    at.radio(key="compare_part").set_value("attention heads").run()
+    assert_clean(at)
+    errors = titled(at, "Relative reconstruction error per layer: attention heads")
+    assert len(errors["data"]) == 2  # one line per run that pruned heads
+    assert any(c.value == "Run A pruned no heads: not drawn below." for c in at.caption)  # the newest run comes first
+    agreement = titled(at, "Agreement of the pruned heads per layer")
+    assert len(array(agreement["data"][0]["y"])) == 2  # one point per layer of the tiny model
+    maps = [f for f in figures(at) if chart_title(f)[:1] in "BC" and f["data"][0]["type"] == "heatmap"]
+    assert [array(m["data"][0]["z"]).shape for m in maps] == [(2, 4), (2, 4)]
+    assert all(array(m["data"][0]["z"]).sum() == 2 * 2 for m in maps)  # 2 of 4 heads in each of 2 layers
+    assert maps[0]["layout"]["xaxis"]["title"]["text"] == "head"
+    assert any(h.value == "Pruned heads" for h in at.subheader)
 
 
 def test_a_sweep_point_that_failed_on_its_worker_is_said_and_retried(ran_app, monkeypatch):
