@@ -101,9 +101,10 @@ with overlap_column:
 
 st.subheader(f"Pruned {unit}s")
 for column, (name, outcome) in zip(chart_columns(len(drawn)), drawn):
-    grid = pruned_map(outcome, part)
-    evenly = " (evenly spaced)" if grid.shape[1] < part_layers(outcome, part)[0].width else ""
-    figure = px.imshow(grid, zmin=0, zmax=1, aspect="auto", color_continuous_scale="Reds",
+    grid, units = pruned_map(outcome, part)
+    evenly = f" ({len(units)} of {part_layers(outcome, part)[0].width}, evenly spaced)" \
+        if len(units) < part_layers(outcome, part)[0].width else ""
+    figure = px.imshow(grid, x=units, zmin=0, zmax=1, aspect="auto", color_continuous_scale="Reds",
                        labels={"x": f"{unit}{evenly}", "y": "layer", "color": "pruned"}, title=name)
     figure.update_layout(height=300, margin=dict(t=40, b=10, l=10, r=10), coloraxis_showscale=False)
     show_chart(figure, column)

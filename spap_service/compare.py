@@ -96,8 +96,10 @@ def pruned_overlap(outcomes: list[RunOutcome], part: str = CHANNELS) -> pd.DataF
     return pd.DataFrame(rows, columns=["pair", "layer", "jaccard"])
 
 
-def pruned_map(outcome: RunOutcome, part: str = CHANNELS, max_units: int = 256) -> np.ndarray:
-    """[layer, unit] 1 where the run pruned the channel (or head), evenly spaced units when wider."""
+def pruned_map(outcome: RunOutcome, part: str = CHANNELS, max_units: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """[layer, unit] 1 where the run pruned the channel (or head), and the number of each column's
+    unit: every unit, or `max_units` evenly spaced ones of a wider layer (so an axis can show the
+    channels' own numbers, not the columns')."""
     layers = part_layers(outcome, part)
     widths = [layer.width for layer in layers]
     shown = np.linspace(0, min(widths) - 1, min(max_units, min(widths))).round().astype(int)
@@ -106,7 +108,7 @@ def pruned_map(outcome: RunOutcome, part: str = CHANNELS, max_units: int = 256) 
         pruned = np.zeros(layer.width)
         pruned[sorted(pruned_channels(layer))] = 1
         grid[row] = pruned[shown]
-    return grid
+    return grid, shown
 
 
 def sparsity_curves(outcomes: list[RunOutcome]) -> pd.DataFrame:

@@ -660,6 +660,10 @@ def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(a
     assert "Relative reconstruction error per layer: MLP channels" in titles
     assert "Agreement of the pruned channels per layer" in titles
     assert "compare_part" not in [r.key for r in at.radio]  # no run pruned heads: nothing to choose
+    channel_map = titled(at, next(name for name in (chart_title(f) for f in figures(at)) if name.startswith("A ")))
+    width = len(array(channel_map["data"][0]["x"]))  # the tiny model's MLP: every channel, numbered as they are
+    assert list(array(channel_map["data"][0]["x"])) == list(range(width))
+    assert channel_map["layout"]["xaxis"]["title"]["text"] == "channel"
     curve = titled(at, "Runs that agree in every setting but the sparsity")
     assert sum(len(array(trace["x"])) for trace in curve["data"]) == 2  # K differs too: two curves of one point
 
@@ -778,7 +782,7 @@ def test_compare_runs_compares_the_heads_of_runs_that_pruned_heads(app_files):
     maps = [f for f in figures(at) if chart_title(f)[:1] in "BC" and f["data"][0]["type"] == "heatmap"]
     assert [array(m["data"][0]["z"]).shape for m in maps] == [(2, 4), (2, 4)]
     assert all(array(m["data"][0]["z"]).sum() == 2 * 2 for m in maps)  # 2 of 4 heads in each of 2 layers
-    assert maps[0]["layout"]["xaxis"]["title"]["text"] == "head"
+    assert maps[0]["layout"]["xaxis"]["title"]["text"] == "head" and list(array(maps[0]["data"][0]["x"])) == [0, 1, 2, 3]
     assert any(h.value == "Pruned heads" for h in at.subheader)
 
 

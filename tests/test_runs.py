@@ -123,3 +123,20 @@ def test_the_saved_runs_list_skips_an_unreadable_run_with_a_reason_and_lists_the
 
 def _spoils_the_record(fault: str) -> bool:
     return fault not in ("not a zip", "no arrays", "bad trace", "bad settings")
+
+
+def test_the_map_of_pruned_channels_of_a_wide_layer_samples_them_and_keeps_their_numbers():
+    """Compare runs draws at most 256 columns per layer: a wider layer's channels are sampled
+    evenly, and the map says which channel each column is, so the axis shows channel numbers."""
+    from types import SimpleNamespace
+
+    from spap_core.prune import LayerRecord
+    from spap_service.compare import pruned_map
+
+    pruned = {0, 500, 1535}
+    record = LayerRecord(layer=0, width=1536, keep=np.array(sorted(set(range(1536)) - pruned)), scores={},
+                         objective=None, dense_objective=1.0)
+    grid, channels = pruned_map(SimpleNamespace(result=SimpleNamespace(layers=[record])))
+    assert grid.shape == (1, 256) and channels[0] == 0 and channels[-1] == 1535
+    assert np.all(np.diff(channels) > 0) and set(channels[grid[0] == 1].tolist()) == pruned & set(channels.tolist())
+    assert grid[0, 0] == 1 and grid[0, -1] == 1
