@@ -1,7 +1,8 @@
 """How long a run, a sweep, a scan or a latency measurement will take, said before it starts: the
-model's forward throughput is measured once on this machine (a fraction of a second), and the work
-of each job is counted in dense forward passes over its tokens, with the ratios docs/results/speed.md
-measured for SmolLM2 on the development VM. The pages show the estimate before the job and the
+model's forward throughput and the time of one factorisation of its MLP's width are measured once
+on this machine (a fraction of a second), and the work of each job is counted in dense forward
+passes over its tokens plus, for the per-layer solves, in factorisations, with the ratios measured
+for SmolLM2 on the development VM. The pages show the estimate before the job and the
 measured time next to it afterwards, so a wrong estimate is seen, not hidden."""
 
 from __future__ import annotations
@@ -16,17 +17,27 @@ from spap_service.cache import BoundedCache
 from spap_service.data import model_key
 from spap_service.runs import RunRequest
 
-# One pruning run in dense forward passes over its calibration tokens (docs/results/speed.md,
-# SmolLM2, 16 × 512): SPAP without recovery 1.67, FLAP 1.32; the other baselines are one-shot rules
-# like FLAP's (magnitude, Wanda-sp) or add one refit (FASP) or a greedy solve (OBS) and were not
-# timed, so they get FLAP's ratio, which the post-run comparison shows the error of.
-PRUNE_PASSES = {"spap": 1.67}
-BASELINE_PASSES = 1.32
+# One pruning run has two parts. Its calibration forward (hooks, statistics, the propagation to the
+# next layer) costs about 1.42 dense passes over its calibration tokens, for SPAP and FLAP alike;
+# its per-layer solves cost the same whatever the calibration size, so they are counted in
+# factorisations (Cholesky and inverse) of the MLP's width, timed on this machine: SPAP's penalty
+# path about 3.3 per layer, FLAP's scores and bias 1.05 (SmolLM2 on the 2-core VM at 8 × 256 tokens:
+# capture + propagation 3.95 s / 4.02 s, solve 3.86 s / 1.40 s over 30 layers, one factorisation
+# 0.044 s; docs/spap-design.md). Counting the solves as passes, as before, made the estimate grow
+# with the calibration where the solves do not, and come out 23% short at 8 × 256. The other
+# baselines are one-shot rules like FLAP's (magnitude, Wanda-sp) or add one refit (FASP) or a greedy
+# solve (OBS) and were not timed, so they get FLAP's factors, which the post-run comparison shows the
+# error of.
+CAPTURE_PASSES = 1.42
+SOLVE_FACTORISATIONS = {"spap": 3.3}
+BASELINE_FACTORISATIONS = 1.05
 # A round of alternating minimization: its exact refit over every calibration token (0.82 passes,
-# the recovery's floor in speed.md) plus its Adam steps, whose cost does not depend on the calibration
-# size: each of their tokens costs about 0.6 of a forward token (fitted to SmolLM2's CPU run with the
-# recovery on, 8 × 256 calibration tokens: 26.9 s measured, 27.3 s estimated; docs/spap-design.md).
+# the recovery's floor in speed.md), the refit's factorisations (5.6 per layer), and its Adam steps,
+# whose cost does not depend on the calibration size: each of their tokens costs about 0.6 of a
+# forward token. Fitted to SmolLM2's CPU rounds at 8, 16 and 32 × 256 calibration tokens (18.1, 21.1
+# and 25.1 s: 0.79 passes per calibration token; docs/spap-design.md).
 REFIT_PASSES = 0.82
+REFIT_FACTORISATIONS = 5.6
 # The heads' step (each layer's attention run up to its output projection, then the method on the
 # heads): 2.2 s of a SPAP run at a third of SmolLM2's heads, 8 × 256 calibration tokens on the 2-core
 # VM, where one dense pass over those tokens takes 4.1 s.
@@ -42,6 +53,8 @@ class ModelSpeed:
 
     tokens_per_s: float  # full forward (logits included) on windows of PROBE_TOKENS tokens
     step_s: float  # one forward of a single token: about one decoding step
+    factorisation_s: float = 0.0  # a Cholesky factorisation and inverse of the MLP's width, float32
+    layers: int = 0  # decoder layers, each with its own solves
 
 
 _speeds = BoundedCache(max_entries=8)
@@ -64,28 +77,49 @@ def model_speed(loaded: LoadedModel) -> ModelSpeed:
         for index in range(4):
             loaded.model(input_ids=ids[:1, index : index + 1])
         step_s = (time.perf_counter() - started) / 4
-    speed = ModelSpeed(tokens_per_s, step_s)
+    layers = loaded.family.decoder_layers(loaded.model)
+    speed = ModelSpeed(tokens_per_s, step_s, _factorisation_seconds(loaded.family.width(layers[0]), loaded.device),
+                       len(layers))
     _speeds.put(key, speed)
     return speed
 
 
+def _factorisation_seconds(width: int, device: torch.device) -> float:
+    """One Cholesky factorisation and inverse of a width × width Gram in float32, as the solvers do
+    per layer (after a warm-up one)."""
+    generator = torch.Generator().manual_seed(0)
+    samples = torch.randn(width, 2 * width, generator=generator).to(device)
+    gram = samples @ samples.T / (2 * width) + 0.1 * torch.eye(width, device=device)
+    torch.cholesky_inverse(torch.linalg.cholesky(gram))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    torch.cholesky_inverse(torch.linalg.cholesky(gram))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
 def run_seconds(speed: ModelSpeed, request: RunRequest, dense_cached: bool = False,
                 eval_tokens: int | None = None) -> float:
-    """One run: pruning (in dense passes over its calibration tokens) plus the pruned model's
-    perplexity and, unless cached, the dense model's. `eval_tokens` when the evaluation is the
-    whole text (eval_windows 0), whose length the request does not say."""
+    """One run: pruning (its calibration forward in dense passes over its calibration tokens, its
+    solves in factorisations per layer) plus the pruned model's perplexity and, unless cached, the
+    dense model's. `eval_tokens` when the evaluation is the whole text (eval_windows 0), whose
+    length the request does not say."""
     settings, data = request.settings, request.data
     calibration = data.nsamples * data.seqlen
-    forward_tokens = PRUNE_PASSES.get(settings.method, BASELINE_PASSES) * calibration
+    factorisations = SOLVE_FACTORISATIONS.get(settings.method, BASELINE_FACTORISATIONS) * speed.layers
+    forward_tokens = CAPTURE_PASSES * calibration
     if settings.head_sparsity > 0:
         forward_tokens += HEAD_PASSES * calibration
     if (recovery := settings.recovery) is not None:
         adam_tokens = recovery.altmin.steps * recovery.altmin.batch_tokens
+        factorisations += recovery.altmin.rounds * REFIT_FACTORISATIONS * speed.layers
         forward_tokens += recovery.altmin.rounds * (REFIT_PASSES * calibration
                                                     + FORWARD_TOKENS_PER_ADAM_TOKEN * adam_tokens)
     evaluated = eval_tokens if data.eval_windows == 0 and eval_tokens else data.eval_windows * data.eval_len
     forward_tokens += (1 if dense_cached else 2) * evaluated
-    return OVERHEAD_S + forward_tokens / speed.tokens_per_s
+    return OVERHEAD_S + forward_tokens / speed.tokens_per_s + factorisations * speed.factorisation_s
 
 
 def many_runs_seconds(speed: ModelSpeed, requests: list[RunRequest], dense_cached: bool = False) -> float:
