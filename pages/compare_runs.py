@@ -75,7 +75,7 @@ if any(outcome.result.heads is not None for outcome in outcomes):
                     help="What the charts below show: the MLP's channels or the attention heads.")
 drawn = [(name, outcome) for name, outcome in zip(names, outcomes) if part_layers(outcome, part) is not None]
 if len(drawn) < len(outcomes):
-    left_out = [name[0] for name, outcome in zip(names, outcomes) if part_layers(outcome, part) is None]
+    left_out = [name[0] for name in names if name not in dict(drawn)]
     st.caption(f"Run{'s' * (len(left_out) > 1)} {', '.join(left_out)} pruned no heads: not drawn below.")
 unit = "channel" if part == CHANNELS else "head"
 
@@ -102,8 +102,8 @@ with overlap_column:
 st.subheader(f"Pruned {unit}s")
 for column, (name, outcome) in zip(chart_columns(len(drawn)), drawn):
     grid, units = pruned_map(outcome, part)
-    evenly = f" ({len(units)} of {part_layers(outcome, part)[0].width}, evenly spaced)" \
-        if len(units) < part_layers(outcome, part)[0].width else ""
+    width = part_layers(outcome, part)[0].width
+    evenly = f" ({len(units)} of {width}, evenly spaced)" if len(units) < width else ""
     figure = px.imshow(grid, x=units, zmin=0, zmax=1, aspect="auto", color_continuous_scale="Reds",
                        labels={"x": f"{unit}{evenly}", "y": "layer", "color": "pruned"}, title=name)
     figure.update_layout(height=300, margin=dict(t=40, b=10, l=10, r=10), coloraxis_showscale=False)

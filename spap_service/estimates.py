@@ -45,6 +45,7 @@ HEAD_PASSES = 0.54
 FORWARD_TOKENS_PER_ADAM_TOKEN = 0.6
 OVERHEAD_S = 1.0  # tokenizing the texts and cutting the windows
 PROBE_TOKENS = 128
+FACTORISATION_PROBE_WIDTH = 4096
 
 
 @dataclass(frozen=True)
@@ -85,19 +86,22 @@ def model_speed(loaded: LoadedModel) -> ModelSpeed:
 
 
 def _factorisation_seconds(width: int, device: torch.device) -> float:
-    """One Cholesky factorisation and inverse of a width × width Gram in float32, as the solvers do
-    per layer (after a warm-up one)."""
-    generator = torch.Generator().manual_seed(0)
-    samples = torch.randn(width, 2 * width, generator=generator).to(device)
-    gram = samples @ samples.T / (2 * width) + 0.1 * torch.eye(width, device=device)
-    torch.cholesky_inverse(torch.linalg.cholesky(gram))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    """One Cholesky factorisation and inverse of a width × width matrix in float32, as the solvers
+    do per layer (after a warm-up one). Beyond FACTORISATION_PROBE_WIDTH it is timed at that width
+    and scaled by the cube (a 14336-wide MLP would take half a minute to time on a CPU)."""
+    probe = min(width, FACTORISATION_PROBE_WIDTH)
+    noise = torch.rand(probe, probe, generator=torch.Generator().manual_seed(0)).to(device)
+    matrix = (noise + noise.T) / 2 + probe * torch.eye(probe, device=device)  # diagonally dominant: definite
+
+    def factorise() -> None:
+        torch.cholesky_inverse(torch.linalg.cholesky(matrix))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    factorise()
     started = time.perf_counter()
-    torch.cholesky_inverse(torch.linalg.cholesky(gram))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started
+    factorise()
+    return (time.perf_counter() - started) * (width / probe) ** 3
 
 
 def run_seconds(speed: ModelSpeed, request: RunRequest, dense_cached: bool = False,

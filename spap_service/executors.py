@@ -124,9 +124,6 @@ class RayExecutor(PointExecutor):
     def measure(self, loaded: LoadedModel, requests: list[RunRequest], progress: ProgressReporter,
                 cancel: threading.Event) -> list[PointResult]:
         ray = connect_ray(self.address)
-        if is_dispatched(loaded.model):
-            raise SpapInputError("A model placed with a device map runs its points in this process; unset "
-                                 f"${RAY_ADDRESS_ENV} or load it without --device-map.")
         workers = self._pool(ray, loaded)
         results: list[PointResult | None] = [None] * len(requests)
         running: dict[int, JobProgress] = {}
@@ -171,7 +168,11 @@ class RayExecutor(PointExecutor):
         return save_outcome(outcome)
 
     def _pool(self, ray, loaded: LoadedModel) -> list:
-        """The actors of this model (created on the first job, reused after)."""
+        """The actors of this model (created on the first job, reused after). A model placed with a
+        device map is refused: a worker would load it whole."""
+        if is_dispatched(loaded.model):
+            raise SpapInputError("A model placed with a device map runs its points in this process; unset "
+                                 f"${RAY_ADDRESS_ENV} or load it without --device-map.")
         key = model_key(loaded)
         with self._lock:
             if not self._pools.get(key):

@@ -8,9 +8,10 @@ job at a time; the UI only reads each job's status and progress and may set its 
 The order is round robin over the browser sessions, not first come first served: the next job is
 the oldest one of the session served longest ago (never served first), so in a class of 30 the
 student who queues one run waits for at most one job of each other student, not for everyone's
-queue. A session's own jobs keep their order, and with one session it is plain FIFO. Nothing in this module imports streamlit: job functions are plain callables that
-receive a progress reporter and a cancel event.
-"""
+queue. A session's own jobs keep their order, and with one session it is plain FIFO.
+
+Nothing in this module imports streamlit: job functions are plain callables that receive a progress
+reporter and a cancel event."""
 
 from __future__ import annotations
 
