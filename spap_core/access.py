@@ -1,13 +1,17 @@
-"""Which local files a request may read. A public demo sets SPAP_ALLOWED_ROOTS (folders separated
-by the OS path separator) so users can only point the app at models and texts under those folders;
-unset, every path is allowed (the CLI on one's own machine). Every path the CLI and the app read
-(models, texts, device maps, offload and task folders) goes through `confined` first, and nothing
-outside the roots is even looked at: a refusal never tells whether something exists there."""
+"""Which local files a request may read and write. A public demo sets SPAP_ALLOWED_ROOTS (folders
+separated by the OS path separator) so users can only point the app at models and texts under those
+folders; unset, every path is allowed (the CLI on one's own machine). Every path the CLI and the app
+read or write (models, texts, device maps, offload and task folders, output folders) goes through
+`confined` first, and nothing outside the roots is even looked at: a refusal never tells whether
+something exists there. An output folder is also kept apart from the run's inputs
+(`output_folder`), so saving can never replace what the run reads."""
 
 from __future__ import annotations
 
 import os
 import stat
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from spap_core.errors import SpapInputError
@@ -55,6 +59,59 @@ def confined(path: str | Path, what: str) -> Path:
                     f"The {what} {file} holds {entry.relative_to(real)}, which leads outside the folders this "
                     "server allows; remove the link or copy the file in.")
     return file
+
+
+def output_folder(path: str | Path, what: str, inputs: Mapping[str, str | Path], replace: bool = False,
+                  replace_option: str = "") -> Path:
+    """`path` as a folder a run may write its whole output into, refused in one line before any
+    work: outside the allowed roots; the current folder or one holding it (renaming cannot replace
+    those); equal to, holding or inside one of `inputs` (what the run reads, by what each is:
+    replacing the output would delete it, writing inside it would mix the output into it); an
+    existing file; a non-empty folder unless `replace` (`replace_option` says how to allow it); or a place this process cannot create a
+    folder in. Nothing is left behind by the check."""
+    folder = confined(path, what)
+    real = folder.resolve()
+    if Path.cwd().resolve().is_relative_to(real):
+        raise SpapInputError(f"The {what} {folder} is the current folder or holds it; choose a new folder.")
+    for name, source in inputs.items():
+        clash = _overlap(real, Path(source).expanduser().resolve())
+        if clash is not None:
+            raise SpapInputError(f"The {what} {folder} {clash} the {name} {source}, which the run reads; "
+                                 "choose a folder apart from the run's inputs.")
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise SpapInputError(f"The {what} {folder} exists and is not a folder; choose a new folder.")
+    if folder.is_dir() and not replace and any(folder.iterdir()):
+        raise SpapInputError(f"The {what} {folder} is not empty; choose a new or empty folder"
+                             + (f", or pass {replace_option} to replace it." if replace_option else "."))
+    _check_creatable(folder, what)
+    return folder
+
+
+def _overlap(output: Path, source: Path) -> str | None:
+    """How the resolved `output` overlaps the resolved `source`, in words, or None when apart."""
+    if output == source:
+        return "is"
+    if output in source.parents:
+        return "holds"
+    if source in output.parents:
+        return "lies inside"
+    return None
+
+
+def _check_creatable(folder: Path, what: str) -> None:
+    """Refuse `folder` unless a folder can be made where it goes: its nearest existing ancestor
+    must be a folder this process can create a folder in (tried with an empty, hidden folder that
+    is removed at once; permission bits alone do not tell, e.g. under /proc or on a read-only
+    mount)."""
+    ancestor = folder.parent if folder.is_dir() else folder
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SpapInputError(f"The {what} {folder} cannot be made: {ancestor} is not a folder.")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".spap-write-check-", dir=ancestor))
+    except OSError as exc:
+        raise SpapInputError(f"The {what} {folder} cannot be written: {exc.strerror or exc} in {ancestor}.") from None
 
 
 def _inside(real: Path, roots: list[Path]) -> bool:

@@ -17,17 +17,17 @@ from typing import Iterator
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from spap_core.access import checked_path
+from spap_core.access import checked_path, output_folder
 from spap_core.allocation import ALLOCATIONS, UNIFORM
 from spap_core.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
-from spap_core.data import (SAMPLED_TEXT_TOKENS, calibration_windows, evaluation_windows, text_sampled_from_model,
-                            text_without_model)
+from spap_core.data import (HUB_SPEC, SAMPLED_TEXT_TOKENS, calibration_windows, default_text_spec, evaluation_windows,
+                            text_sampled_from_model, text_without_model)
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.experiment import plan_run, run_experiment
 from spap_core.latency import latency_ratios, measure_latencies
 from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.models import DEFAULT_MODEL, Placement, load_model, model_source, resolve_device
+from spap_core.models import DEFAULT_MODEL, Placement, load_model, model_files, model_source, resolve_device
 from spap_core.offload import DEVICE_MAP_STRATEGIES, LAYERS_ON_DISK
 from spap_core.parameters import DATA_PARAMETERS, GROUPS, LATENCY_PARAMETERS, PARAMETERS, Parameter, with_values
 from spap_core.prune import PruneResult
@@ -250,16 +250,28 @@ def _out_path(args: argparse.Namespace) -> Path:
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """Refuse an --out that saving would mix with or destroy: a file, a non-empty folder (unless
-    --overwrite), or the current folder or one holding it (renaming cannot replace those)."""
-    out, shown = _out_path(args), args.out[:80]
-    if Path.cwd().resolve().is_relative_to(out.resolve()):
-        raise SpapInputError(f"--out '{shown}' is the current folder or holds it; choose a new folder.")
-    if os.path.lexists(out) and not out.is_dir():
-        raise SpapInputError(f"--out '{shown}' exists and is not a folder; choose a new folder.")
-    if out.is_dir() and not args.overwrite and any(out.iterdir()):
-        raise SpapInputError(f"--out folder '{shown}' is not empty; choose a new or empty folder, or pass "
-                             "--overwrite to replace it.")
+    """Refuse an --out that saving would mix with or destroy (spap_core.access.output_folder): one
+    outside the allowed folders, the current folder, a file, a non-empty folder (unless
+    --overwrite), anything that is, holds or lies inside an input of the run, or a place that
+    cannot be written."""
+    output_folder(_out_path(args), "--out folder", run_inputs(args), replace=args.overwrite,
+                  replace_option="--overwrite")
+
+
+def run_inputs(args: argparse.Namespace) -> dict[str, Path]:
+    """What a prune reads from disk, by what each is: the model's files, the texts (given or the
+    defaults), a device map file, the offload and zero-shot task folders."""
+    inputs = {f"model {name}": path for name, path in model_files(args.model).items()}
+    for dest, purpose in (("calib_file", "calibration"), ("eval_file", "evaluation")):
+        spec = getattr(args, dest) or default_text_spec(purpose)
+        if spec and spec != "default" and not spec.startswith(HUB_SPEC):
+            inputs[f"{purpose} text"] = Path(spec)
+    if args.device_map is not None and Path(args.device_map).suffix == ".json":
+        inputs["device map"] = Path(args.device_map)
+    for dest, what in (("offload_folder", "offload folder"), ("zeroshot_tasks_dir", "zero-shot task folder")):
+        if getattr(args, dest) is not None:
+            inputs[what] = Path(getattr(args, dest))
+    return inputs
 
 
 def _zeroshot_paths(args: argparse.Namespace) -> list[str]:

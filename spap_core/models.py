@@ -323,3 +323,16 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
 def context_length(model: nn.Module) -> int | None:
     """How many positions the model can attend over (None when its config does not say)."""
     return getattr(text_config(model), "max_position_embeddings", None)
+
+
+def model_files(source: str) -> dict[str, Path]:
+    """Where on disk the model `source` is read from, by what each place is (nothing for a hub id,
+    which the hub's own cache holds): a folder; a GGUF file and its dequantized copy; the
+    built-in model's GGUF and its copy. Output folders are kept apart from these."""
+    kind, where = model_source(source)
+    if kind == FOLDER:
+        return {"folder": Path(where)}
+    if kind in (GGUF, BUILTIN):
+        gguf = Path(where) if kind == GGUF else smollm2_gguf_path()
+        return {"file": gguf, "cache": _gguf_cache_dir(gguf)}
+    return {}

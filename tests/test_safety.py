@@ -200,6 +200,7 @@ PATH_FLAG_ARGUMENTS = {
     "--device-map": lambda path: ["--device-map", path],
     "--offload-folder": lambda path: ["--device-map", "disk", "--offload-folder", path],
     "--zeroshot-tasks-dir": lambda path: ["--zeroshot", "mytask", "--zeroshot-tasks-dir", path],
+    "--out": lambda path: ["--out", path],
     "latency --model": lambda path: ["--model", path],
     "latency --pruned": lambda path: ["--pruned", path],
 }
