@@ -34,7 +34,8 @@ from spap_service.data import DataSpec, TextChoice, dense_perplexity_known, mode
 from spap_service.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
 from spap_service.limits import server_limits
 from spap_service.presets import interactive_run_size, interactive_settings
-from spap_service.runs import RunOutcome, RunRequest, load_saved_run, saved_run_folder, saved_runs
+from spap_service.runs import (RunOutcome, RunRequest, check_results_apart, load_saved_run, saved_run_folder,
+                               saved_runs)
 from spap_service.sessions import browser_sessions
 
 LOG = logging.getLogger("spap_explorer")
@@ -179,6 +180,7 @@ def refused_before_queueing(loaded: LoadedModel, requests: list[RunRequest]) -> 
     for request in requests:
         try:
             limits.check(request.data.nsamples, request.data.seqlen, request.data.eval_windows, request.data.eval_len)
+            check_results_apart(loaded.source, request.data)
             _, adjusted = plan_run(loaded, request.settings, (request.data.seqlen, request.data.eval_len),
                                    calibration_tokens=request.data.nsamples * request.data.seqlen,
                                    batch_size=request.data.batch_size)

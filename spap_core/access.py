@@ -74,7 +74,7 @@ def output_folder(path: str | Path, what: str, inputs: Mapping[str, str | Path],
     if Path.cwd().resolve().is_relative_to(real):
         raise SpapInputError(f"The {what} {folder} is the current folder or holds it; choose a new folder.")
     for name, source in inputs.items():
-        clash = _overlap(real, Path(source).expanduser().resolve())
+        clash = overlap(real, Path(source).expanduser().resolve())
         if clash is not None:
             raise SpapInputError(f"The {what} {folder} {clash} the {name} {source}, which the run reads; "
                                  "choose a folder apart from the run's inputs.")
@@ -87,7 +87,7 @@ def output_folder(path: str | Path, what: str, inputs: Mapping[str, str | Path],
     return folder
 
 
-def _overlap(output: Path, source: Path) -> str | None:
+def overlap(output: Path, source: Path) -> str | None:
     """How the resolved `output` overlaps the resolved `source`, in words, or None when apart."""
     if output == source:
         return "is"

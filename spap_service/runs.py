@@ -18,14 +18,15 @@ from typing import Any
 
 import pandas as pd
 
+from spap_core.access import overlap
 from spap_core.evaluate import PerplexityResult
 from spap_core.experiment import Experiment, run_experiment
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.base import MethodStep
-from spap_core.models import LoadedModel
+from spap_core.models import LoadedModel, model_files
 from spap_core.prune import PruneResult
-from spap_core.errors import UnreadableRunError
-from spap_core.runs import list_runs, new_run_directory, read_record, read_run, record_faults, results_root, write_run
+from spap_core.errors import SpapInputError, UnreadableRunError
+from spap_core.runs import RESULTS_DIR_ENV, list_runs, new_run_directory, read_record, read_run, record_faults, results_root, write_run
 from spap_core.shrink import save_pruned
 from spap_service.data import DataSpec, PreparedData, batch_reporter, dense_perplexity, model_key, prepare_data
 from spap_service.jobs import ProgressReporter
@@ -114,6 +115,21 @@ def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressRepo
                          result=experiment.result, dense=dense, pruned=experiment.pruned, record=record,
                          finished_at=finished_at)
     return save_outcome(outcome) if save else outcome
+
+
+def check_results_apart(source: str, data: DataSpec) -> None:
+    """Refuse, before it is queued, a run whose record would be written inside what it reads: the
+    results folder (where every run's record goes) must not be, nor lie inside, the model's files
+    or a text file. Raises SpapInputError."""
+    inputs = {f"model {name}": path for name, path in model_files(source).items()}
+    inputs.update({f"{purpose} text": Path(choice.path) for purpose, choice in
+                   (("calibration", data.calibration), ("evaluation", data.evaluation)) if choice.kind == "file"})
+    root = results_root().expanduser().resolve()
+    for name, path in inputs.items():
+        if overlap(root, path.expanduser().resolve()) in ("is", "lies inside"):
+            raise SpapInputError(f"This server keeps its runs in {root}, which is inside the {name} {path}; runs "
+                                 f"may not be written into what they read: choose a {name} elsewhere, or start the "
+                                 f"app with {RESULTS_DIR_ENV} set apart from it.")
 
 
 def save_outcome(outcome: RunOutcome) -> RunOutcome:

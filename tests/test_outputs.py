@@ -116,3 +116,19 @@ def test_a_symlinked_out_is_judged_by_where_it_leads(tmp_path):
     (tmp_path / "link").symlink_to(model)
     with pytest.raises(SpapInputError, match="is the model folder"):
         output_folder(tmp_path / "link", "output folder", {"model folder": model}, replace=True)
+
+
+def test_the_app_never_writes_its_runs_inside_what_a_run_reads(tmp_path, monkeypatch):
+    from spap_service.data import DataSpec, TextChoice
+    from spap_service.runs import check_results_apart
+
+    model = tmp_path / "model"
+    model.mkdir()
+    text = TextChoice(kind="file", path=str(tmp_path / "t.txt"))
+    data = DataSpec(calibration=text, evaluation=text, nsamples=4, seqlen=32, eval_windows=2, eval_len=32,
+                    batch_size=1)
+    monkeypatch.setenv("SPAP_RESULTS_DIR", str(model / "runs"))
+    with pytest.raises(SpapInputError, match="inside the model folder"):
+        check_results_apart(str(model), data)
+    monkeypatch.setenv("SPAP_RESULTS_DIR", str(tmp_path / "runs"))
+    check_results_apart(str(model), data)  # beside the model: fine
