@@ -21,6 +21,7 @@ from spap_core.data import (
     resolve_text,
     text_from_file,
 )
+from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.evaluate import PerplexityResult, perplexity
 from spap_core.experiment import run_experiment
 from spap_core.methods.altmin import AltMinSettings, adam_step_dtype
@@ -101,14 +102,17 @@ def measure_each(protocol: Protocol, arguments: tuple, settings: list[PruneSetti
                  ray_address: str | None) -> Iterator[tuple[int, dict]]:
     """(index, measure(...)) for every settings, in order in this process, or as they finish on Ray.
     A point that fails on Ray stops the bench with its reason (the rows written so far stay, and
-    --resume continues)."""
+    --resume continues), and a Ray that cannot be reached with connect_ray's one line."""
     if ray_address is None:
         for index, one in enumerate(settings):
             yield index, measure(protocol, one, seed)
         return
     from spap_service.executors import connect_ray, pool_map, worker_pool
 
-    ray = connect_ray(ray_address, import_paths=[str(Path(__file__).resolve().parent)])
+    try:
+        ray = connect_ray(ray_address, import_paths=[str(Path(__file__).resolve().parent)])
+    except (SourceUnavailableError, SpapInputError) as exc:  # one line, as the CLI says its errors
+        raise SystemExit(str(exc)) from None
     workers = worker_pool(ray, ProtocolWorker, (arguments,))
     for index, result, error in pool_map(ray, workers, "measure", [(one, seed) for one in settings]):
         if error is not None:
