@@ -63,26 +63,38 @@ def trace_rows(trace: list[SpapStep]) -> list[dict]:
     ]
 
 
+def trace_widths(trace: list[SpapStep]) -> np.ndarray:
+    """How many units (channels or heads) each traced layer's steps carry, in layer order: a model
+    saved with per-layer widths gives each layer its own (empty for methods without a trace)."""
+    widths: dict[int, int] = {}
+    for step in trace:
+        widths.setdefault(step.layer, len(step.soft_mask))
+    return np.array([widths[layer] for layer in sorted(widths)], dtype=np.int64)
+
+
 def _by_layer_and_iteration(trace: list[SpapStep], values: Callable[[SpapStep], np.ndarray]) -> np.ndarray:
-    """A per-step channel array as [layer, iteration, channel] (empty for methods without a trace,
-    or when no step carries the array)."""
+    """A per-step unit array as [layer, iteration, unit], as wide as the widest layer: a narrower
+    layer's units are followed by NaN (its width is `trace_widths`). Empty for methods without a
+    trace, or when no step carries the array."""
     if not trace or any(len(values(step)) == 0 for step in trace):
         return np.zeros((0, 0, 0), dtype=np.float32)
     layers = sorted({s.layer for s in trace})
     iterations = max(s.iteration for s in trace)
-    out = np.zeros((len(layers), iterations, len(values(trace[0]))), dtype=np.float32)
+    out = np.full((len(layers), iterations, max(len(values(step)) for step in trace)), np.nan, dtype=np.float32)
     for step in trace:
-        out[layers.index(step.layer), step.iteration - 1] = values(step)
+        step_values = values(step)
+        out[layers.index(step.layer), step.iteration - 1, :len(step_values)] = step_values
     return out
 
 
 def soft_mask_array(trace: list[SpapStep]) -> np.ndarray:
-    """Soft masks s as [layer, iteration, channel]."""
+    """Soft masks s as [layer, iteration, channel], NaN past a narrower layer's own width."""
     return _by_layer_and_iteration(trace, lambda step: step.soft_mask)
 
 
 def column_norm_array(trace: list[SpapStep]) -> np.ndarray:
-    """‖W[:,i]‖ of the penalised solution as [layer, iteration, channel] (empty if not recorded)."""
+    """‖W[:,i]‖ of the penalised solution as [layer, iteration, channel], NaN past a narrower
+    layer's own width (empty if not recorded)."""
     return _by_layer_and_iteration(trace, lambda step: step.column_norms)
 
 
@@ -102,9 +114,10 @@ HEADS_PREFIX = "heads_"  # the arrays and the trace file of the attention heads 
 
 
 def write_run(directory: str | Path, record: dict, result: PruneResult) -> Path:
-    """Write results.json, trace.csv and the arrays (soft masks, kept channels, scores per layer);
-    for a run that pruned heads too, the same for its heads under HEADS_PREFIX (the record holds
-    their layout: Experiment.record)."""
+    """Write results.json, trace.csv and the arrays (soft masks, kept channels, scores per layer;
+    the trace's arrays padded to the widest layer, each layer's width in `trace_widths`); for a run
+    that pruned heads too, the same for its heads under HEADS_PREFIX (the record holds their
+    layout: Experiment.record)."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     arrays = _part_arrays("", result.layers, result.trace)
@@ -126,6 +139,7 @@ def write_run(directory: str | Path, record: dict, result: PruneResult) -> Path:
 def _part_arrays(prefix: str, layers: list[LayerRecord], trace: list[SpapStep]) -> dict[str, np.ndarray]:
     """The arrays of one part of a run (the MLP channels, or the heads under HEADS_PREFIX)."""
     arrays = {"soft_masks": soft_mask_array(trace), "column_norms": column_norm_array(trace),
+              "trace_widths": trace_widths(trace),
               "layer_objectives": np.array([np.nan if l.objective is None else l.objective for l in layers]),
               "dense_objectives": np.array([l.dense_objective for l in layers]),
               "widths": np.array([l.width for l in layers])}
@@ -289,17 +303,22 @@ def _stored_layers(arrays: dict[str, np.ndarray]) -> list[LayerRecord]:
 
 
 def _stored_trace(rows: list[dict], arrays: dict[str, np.ndarray], layers: list[LayerRecord]) -> list[SpapStep]:
+    """The trace from trace.csv and the [layer, iteration, unit] arrays, each step's arrays cut to
+    its layer's own width (`trace_widths`; a folder without it holds one width for every layer)."""
     masks, norms = arrays["soft_masks"], arrays.get("column_norms", np.zeros((0, 0, 0), dtype=np.float32))
+    widths = arrays.get("trace_widths", np.full(len(masks), masks.shape[-1]))
     layer_numbers = sorted({int(row["layer"]) for row in rows})
     trace = []
     for row in rows:
         layer, iteration = layer_numbers.index(int(row["layer"])), int(row["iteration"]) - 1
+        width = int(widths[layer])
         n_prune = int(row.get("n_prune") or 0) or layers[int(row["layer"])].width - len(layers[int(row["layer"])].keep)
         trace.append(SpapStep(
-            layer=int(row["layer"]), iteration=iteration + 1, rho=float(row["rho"]), soft_mask=masks[layer, iteration],
+            layer=int(row["layer"]), iteration=iteration + 1, rho=float(row["rho"]),
+            soft_mask=masks[layer, iteration, :width],
             scores=np.zeros(0, dtype=np.float32),  # per-step scores are not stored
             objective=float(row["objective"]), violation=float(row["violation"]),
-            column_norms=norms[layer, iteration] if norms.size else np.zeros(0, dtype=np.float32),
+            column_norms=norms[layer, iteration, :width] if norms.size else np.zeros(0, dtype=np.float32),
             n_prune=n_prune, marked=int(row.get("marked") or 0),
         ))
     return trace
