@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
+import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from spap_core.access import checked_path, confined, may_inspect
+from spap_core.checkpoint import checked_skeleton, hub_config, one_line, refuse_custom_code, skeleton
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.adapters import ModelAdapter, model_adapter, text_config
 from spap_core.hub import require_hub
@@ -113,16 +117,54 @@ def _gguf_cache_dir(gguf: Path) -> Path:
     return cache_root() / "gguf" / f"{gguf.stem}-{key}"
 
 
+class _HeldRecords(logging.Filter):
+    """Holds back what one thread logs (its records are kept, not shown); other threads' pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread:
+            return True
+        if record not in self.records:  # one record passes every handler
+            self.records.append(record)
+        return False
+
+
+@contextmanager
+def _transformers_log_held_until_loaded():
+    """What transformers logs while this thread loads a model (its load report, a table of the
+    keys it missed, did not expect or could not fit; its doubts about a GGUF file's metadata) is
+    shown only once the load succeeds: a refused load is said in one line."""
+    library_logger = logging.getLogger("transformers")
+    handlers = list(library_logger.handlers)
+    held = _HeldRecords()
+    for handler in handlers:
+        handler.addFilter(held)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(held)
+    for record in held.records:
+        library_logger.handle(record)
+
+
 def _dequantize_gguf_to_cache(gguf: Path) -> Path:
     """Dequantize once with transformers' GGUF reader and store a safetensors copy."""
     target = _gguf_cache_dir(gguf)
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with _transformers_log_held_until_loaded():
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # the GGUF reader raises many types for a damaged file
-        raise SpapInputError(f"Could not read GGUF file {gguf}: {exc}") from exc
+        if not _is_whole_gguf(gguf):
+            raise SpapInputError(f"The GGUF file {gguf} is truncated or corrupt: {one_line(exc)}") from exc
+        raise SpapInputError(f"Could not read GGUF file {gguf}: {one_line(exc)}") from exc
     model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained while this is set
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -141,6 +183,23 @@ def _dequantize_gguf_to_cache(gguf: Path) -> Path:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def _is_whole_gguf(gguf: Path) -> bool:
+    """Whether the file reads as a whole GGUF file with the gguf package's own reader: its header,
+    its metadata strings as UTF-8 and every tensor's bytes inside the file. Asked once transformers
+    failed on it, to tell a damaged file from one transformers cannot use."""
+    from gguf import GGUFReader, GGUFValueType
+
+    try:
+        reader = GGUFReader(gguf)
+        for field in reader.fields.values():
+            if field.types and field.types[-1] == GGUFValueType.STRING:
+                for index in field.data:
+                    bytes(field.parts[index]).decode("utf-8")
+    except Exception:  # the reader fails with whatever struct or numpy raise on bytes that are not GGUF
+        return False
+    return True
 
 
 def _checked_local_dir(path: Path) -> Path:
@@ -175,28 +234,19 @@ class Placement:
         return Placement(read_device_map(device_map), parse_max_memory(max_memory) if max_memory else None, folder)
 
 
-def _skeleton(location: str | Path, dtype: torch.dtype) -> PreTrainedModel:
-    """The model with every weight on the meta device: its names and shapes, no memory."""
-    from accelerate import init_empty_weights
-
-    config = AutoConfig.from_pretrained(location, trust_remote_code=False)
-    with init_empty_weights():
-        return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
-
-
-def _dispatch_arguments(location: str | Path, device: torch.device, dtype: torch.dtype,
-                        placement: Placement, device_is_explicit: bool) -> dict:
-    """from_pretrained's device_map/max_memory/offload_folder, after the refusals the skeleton
-    decides: a non-GLU model, a layer split over devices, a budget that cannot hold one layer."""
-    skeleton = _skeleton(location, dtype)
-    family = model_adapter(skeleton)
-    layers = family.decoder_layers(skeleton)
-    prefix = next(name for name, module in skeleton.named_modules() if module is layers)
+def _dispatch_arguments(model: PreTrainedModel, device: torch.device, placement: Placement,
+                        device_is_explicit: bool) -> dict:
+    """from_pretrained's device_map/max_memory/offload_folder, after the refusals the meta
+    skeleton `model` decides: a non-GLU model, a layer split over devices, a budget that cannot
+    hold one layer."""
+    family = model_adapter(model)
+    layers = family.decoder_layers(model)
+    prefix = next(name for name, module in model.named_modules() if module is layers)
     device_map = placement.device_map
     if device_map == LAYERS_ON_DISK:
-        device_map = layers_on_disk_map(skeleton, prefix, device)
+        device_map = layers_on_disk_map(model, prefix, device)
     elif isinstance(device_map, dict):
-        device_map = check_device_map(device_map, skeleton, prefix)
+        device_map = check_device_map(device_map, model, prefix)
         if (only := single_device(device_map)) is not None:
             if placement.max_memory or placement.offload_folder:
                 raise SpapInputError(f"The device map puts the whole model on {as_device(only)}: --max-memory and "
@@ -240,26 +290,43 @@ def _made(folder: Path) -> Path:
     return folder
 
 
+def _model_skeleton(location: str | Path, dtype: torch.dtype) -> PreTrainedModel | None:
+    """The meta skeleton of a local model, once its config passed the checks against its weights
+    (None for a hub model, whose config is only checked for custom code: its weights are not
+    here yet)."""
+    if isinstance(location, Path):
+        return checked_skeleton(location, dtype, f"model folder {location}")
+    refuse_custom_code(hub_config(location), f"hub model {location}")
+    return None
+
+
 def _load_pretrained(location: str | Path, device: torch.device, dtype: torch.dtype,
                      placement: Placement = Placement(), device_is_explicit: bool = True) -> tuple:
-    dispatch = ({} if placement.device_map is None
-                else _dispatch_arguments(location, device, dtype, placement, device_is_explicit))
+    model_skeleton = _model_skeleton(location, dtype)
+    dispatch = {}
+    if placement.device_map is not None:
+        if model_skeleton is None:
+            model_skeleton = skeleton(location, dtype)
+        dispatch = _dispatch_arguments(model_skeleton, device, placement, device_is_explicit)
     device = dispatch.pop("device", device)  # a one-device map: a plain model on that device
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=dtype, use_safetensors=True, trust_remote_code=False, **dispatch
-        )
+        with _transformers_log_held_until_loaded():
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(
+                location, dtype=dtype, use_safetensors=True, trust_remote_code=False, **dispatch
+            )
     except MemoryError:
         raise
     except Exception as exc:  # loaders raise OSError, ValueError, SafetensorError, ... for bad input
-        raise SpapInputError(f"Could not load a causal LM from {location}: {exc}") from exc
+        raise SpapInputError(f"Could not load a causal LM from {location}: {one_line(exc)}") from exc
     folder = dispatch.get("offload_folder")
     if folder is not None and placement.offload_folder is None:  # our own temporary folder
         weakref.finalize(model, shutil.rmtree, folder, True)
     if "device_map" not in dispatch:
         return model.to(device).eval(), tokenizer, None
-    return model.eval(), tokenizer, folder if "disk" in model.hf_device_map.values() else None
+    # a map that puts everything on one device (accelerate's "auto" on a machine without a GPU) leaves none
+    placed = getattr(model, "hf_device_map", {})
+    return model.eval(), tokenizer, folder if "disk" in placed.values() else None
 
 
 BUILTIN, GGUF, FOLDER, HUB = "built-in", "gguf", "folder", "hub"
@@ -294,9 +361,11 @@ def model_source(source: str) -> tuple[str, Path | str]:
 
 def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
                placement: Placement = Placement()) -> LoadedModel:
-    """Load `source` ('smollm2', a directory, a .gguf file or a hub id) and check it is a GLU model.
-    With a `placement` device map, accelerate spreads the weights over devices, CPU and disk and
-    `device` is where offloaded layers run."""
+    """Load `source` ('smollm2', a directory, a .gguf file or a hub id) with its family's adapter.
+    A local model's config is checked against its weights' headers before anything is built
+    (spap_core.checkpoint), a hub model's config for custom code. With a `placement` device map,
+    accelerate spreads the weights over devices, CPU and disk and `device` is where offloaded
+    layers run."""
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
     kind, where = model_source(source)

@@ -5,8 +5,11 @@ Ctrl-C, SIGTERM and SIGHUP end in one line (exit 130, 143, 129) with no staging 
 
 import argparse
 import errno
+import io
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 import spap_core.cli as cli
 from spap_core.cli import main
+from spap_core.models import load_model
 from spap_core.runs import staged_directory
 from conftest import REPO
 from test_cli import last_json_line, prune_args
@@ -360,3 +366,71 @@ def test_sigterm_stops_the_real_command_and_removes_its_staging_folder(tiny_dir,
     assert process.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted: stopped by SIGTERM")
     assert_nothing_left_beside(out, {"slow_save.py"})
+
+
+# ------------------------------------------------------------------ a model folder that lies
+
+
+def lying_copy(tiny_dir: Path, folder: Path, **changes) -> str:
+    """The tiny model folder copied with `changes` in its config.json."""
+    shutil.copytree(tiny_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return str(folder)
+
+
+@pytest.fixture()
+def transformers_log():
+    """What transformers logs, as its own handler would print it: under pytest that handler writes
+    to a stream no capture fixture sees, so a handler of the test's own stands beside it."""
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    library_logger = logging.getLogger("transformers")
+    library_logger.addHandler(handler)
+    yield text
+    library_logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"num_hidden_layers": 1_000_000}, "lying says 1000000 layers (num_hidden_layers) but its weights hold 2"),
+    ({"num_hidden_layers": 1}, "lying says 1 layer but its weights hold 2"),
+    ({"intermediate_size": 256}, ("model.layers.0.mlp.gate_proj.weight is [128, 64] in the weights but [256, 64] "
+                                  "by the config")),
+    ({"model_type": "foo", "auto_map": {"AutoConfig": "configuration_foo.FooConfig",
+                                        "AutoModelForCausalLM": "modeling_foo.FooForCausalLM"}},
+     "needs custom code (its config names auto_map and model_type 'foo'), which this tool never runs"),
+], ids=["a million layers", "fewer layers", "a wider MLP", "custom code"])
+def test_a_config_that_does_not_describe_its_weights_is_one_line_and_exit_2(tiny_dir, tmp_path, capfd, transformers_log,
+                                                                            changes, expected):
+    """Nothing else is printed (transformers' load report, its advice to trust remote code, its
+    warnings): nothing of the model is loaded."""
+    folder = lying_copy(tiny_dir, tmp_path / "lying", **changes)
+    assert run(["latency", "--model", folder, "--json"]) == 2
+    line = only_error_line(capfd.readouterr().err)
+    assert expected in line and "trust_remote_code" not in line
+    assert transformers_log.getvalue() == ""
+
+
+def test_a_load_transformers_refuses_shows_its_refusal_without_its_load_report(tiny_dir, tmp_path, monkeypatch,
+                                                                               capfd, transformers_log):
+    """Where transformers finds a mismatch the checks before it did not (they are skipped here),
+    its table of keys stays held back: the refusal is one error line."""
+    from spap_core import models
+
+    monkeypatch.setattr(models, "checked_skeleton", lambda *args: None)
+    folder = lying_copy(tiny_dir, tmp_path / "lying", intermediate_size=256)
+    assert run(["latency", "--model", folder, "--json"]) == 2
+    [line] = error_lines(capfd.readouterr().err)
+    assert line.startswith(f"error: Could not load a causal LM from {folder}")
+    assert "LOAD REPORT" not in transformers_log.getvalue()
+
+
+def test_a_load_that_succeeds_still_shows_what_transformers_logged(tiny_dir, tmp_path, transformers_log):
+    """A tensor the model has no place for (beside every weight it needs) is left out by transformers,
+    which says so in its load report: shown once the model has loaded."""
+    folder = tmp_path / "extra"
+    shutil.copytree(tiny_dir, folder)
+    tensors = load_file(folder / "model.safetensors")
+    save_file({**tensors, "model.extra.weight": torch.zeros(2)}, folder / "model.safetensors", metadata={"format": "pt"})
+    load_model(str(folder))
+    assert "LOAD REPORT" in transformers_log.getvalue() and "model.extra.weight" in transformers_log.getvalue()

@@ -1,6 +1,7 @@
 """Every bad input gives a clear error naming what to change, never a crash or a hang."""
 
 import math
+import re
 import tomllib
 
 import pytest
@@ -161,7 +162,7 @@ def test_corrupt_gguf_and_pickle_only_dirs_are_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("SPAP_CACHE_DIR", str(tmp_path / "cache"))
     corrupt = tmp_path / "broken.gguf"
     corrupt.write_bytes(b"GGUF" + b"\x00" * 64)
-    with pytest.raises(SpapInputError, match="Could not read GGUF"):
+    with pytest.raises(SpapInputError, match="is truncated or corrupt"):
         load_model(str(corrupt))
     pickled = tmp_path / "pickled"
     pickled.mkdir()
@@ -178,8 +179,61 @@ def test_truncated_safetensors_is_refused(tiny_dir, tmp_path):
     shutil.copytree(tiny_dir, broken)
     weights = next(broken.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(SpapInputError, match="Could not load"):
+    with pytest.raises(SpapInputError, match=re.escape(f"The weights file {weights} is truncated or corrupt: ")):
         load_model(str(broken))
+
+
+def tiny_gguf(path) -> bytes:
+    """A small GGUF file written with the gguf package: one metadata string, two float tensors."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_string("general.name", "tiny-gguf-name")
+    writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["header cut short", "tensor data cut short", "a string not UTF-8"])
+def test_a_truncated_or_corrupt_gguf_is_said_so_in_one_line(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("SPAP_CACHE_DIR", str(tmp_path / "cache"))
+    whole = tiny_gguf(tmp_path / "whole.gguf")
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes({"header cut short": whole[:60], "tensor data cut short": whole[:-40],
+                         "a string not UTF-8": whole.replace(b"tiny-gguf-name", b"\xff" * 14)}[damage])
+    with pytest.raises(SpapInputError) as refused:
+        load_model(str(damaged))
+    message = str(refused.value)
+    assert message.startswith(f"The GGUF file {damaged} is truncated or corrupt: ") and "\n" not in message
+
+
+def test_a_whole_gguf_transformers_cannot_use_is_not_called_damaged(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPAP_CACHE_DIR", str(tmp_path / "cache"))
+    tiny_gguf(tmp_path / "whole.gguf")  # no tokenizer in its metadata
+    with pytest.raises(SpapInputError) as refused:
+        load_model(str(tmp_path / "whole.gguf"))
+    assert str(refused.value).startswith(f"Could not read GGUF file {tmp_path / 'whole.gguf'}: ")
+
+
+def test_a_hub_model_that_needs_custom_code_is_refused_from_its_config_alone(monkeypatch):
+    """Only config.json is fetched: neither the tokenizer nor the weights are asked for."""
+    from transformers import AutoTokenizer, PretrainedConfig
+
+    from spap_core import models
+
+    custom = {"model_type": "foo", "auto_map": {"AutoModelForCausalLM": "modeling_foo.FooForCausalLM"}}
+    monkeypatch.setattr(models, "require_hub", lambda what: None)
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", classmethod(lambda cls, name, **kwargs: (custom, {})))
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: pytest.fail("the tokenizer was fetched"))
+    with pytest.raises(SpapInputError) as refused:
+        load_model("someone/custom-model")
+    assert str(refused.value).startswith("The hub model someone/custom-model needs custom code (its config names "
+                                         "auto_map and model_type 'foo'), which this tool never runs")
 
 
 def _special_text_path(kind: str, tmp_path):
