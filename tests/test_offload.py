@@ -234,3 +234,11 @@ def test_a_padded_save_an_offloaded_model_cannot_make_is_refused_before_any_work
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "an offloaded model cannot be" in err[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU gives accelerate's 'auto' somewhere else to put layers")
+def test_an_auto_map_that_keeps_everything_on_the_cpu_loads_a_plain_model(four_layer_dir):
+    """accelerate's 'auto' on a machine without a GPU places the whole model on the CPU and
+    dispatches nothing: the load still succeeds and nothing is offloaded to disk."""
+    loaded = load_model(str(four_layer_dir), device="cpu", placement=Placement.parse("auto", None, None))
+    assert loaded.offload_folder is None and next(loaded.model.parameters()).device.type == "cpu"
