@@ -4,10 +4,12 @@ settings summary can never disagree about a name, a range or a default."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import streamlit as st
 
+from pages._text import plain
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
 from spap_core.parameters import BY_KEY, Parameter
@@ -64,25 +66,36 @@ def bounded_number(parameter: Parameter, default: int, key: str, label: str | No
                                   key=key)
 
 
-def ignored_url_parameters(params: dict[str, str], known: set[str], form: tuple[Parameter, ...]) -> list[str]:
+def link_parameters() -> dict[str, list[str]]:
+    """Every query parameter of the page's link with all the values it was given, in order."""
+    return {key: st.query_params.get_all(key) for key in st.query_params}
+
+
+def ignored_url_parameters(params: Mapping[str, list[str]], known: set[str], form: tuple[Parameter, ...]) -> list[str]:
     """Which query parameters a link carried that the page's `form` cannot take, each with the
-    reason: Streamlit drops an invalid bound value silently, and a key of another method's setting
-    has no widget here, so this says what was ignored and why."""
+    reason, as Markdown that shows the link's own text verbatim: Streamlit drops an invalid bound
+    value silently, a key given twice seeds nothing, and a key of another method's setting has no
+    widget here, so this says what was ignored and why."""
     on_form = {declared.key for declared in form}
     problems = []
-    for key, raw in params.items():
+    for key, values in params.items():
         if key in known:
             continue
+        shown = plain(key[:40])
         if key not in on_form:
             owner = BY_KEY[key].method if key in BY_KEY else None
-            problems.append(f"`{key}`: " + (f"a setting of method {owner}, not of this page" if owner
+            problems.append(f"{shown}: " + (f"a setting of method {owner}, not of this page" if owner
                                             else "not a setting of this page"))
             continue
-        declared = BY_KEY[key]
+        if len(values) > 1:
+            problems.append(f"{shown}: given {len(values)} times ({plain(', '.join(v[:40] for v in values[:5]))}); "
+                            "a link gives each setting once")
+            continue
+        declared, raw = BY_KEY[key], values[0]
         try:
             value = declared.coerce(raw)  # with the declared range
             if declared.path:
                 declared.apply(PruneSettings(method=declared.method or "spap"), value)
         except SpapInputError as exc:
-            problems.append(f"`{key}={raw[:40]}`: {str(exc).rstrip('.')}")
+            problems.append(f"{shown} = {plain(raw[:40])}: {plain(str(exc).rstrip('.'))}")
     return problems

@@ -11,6 +11,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from pages._routing import ensure_routed
+from pages._text import plain
 from pages._shared import device_label, require_model, require_outcome, require_pruned_model
 from pages._state import session
 from spap_core.errors import NumericalError, SpapInputError
@@ -50,7 +51,7 @@ loaded = require_model()
 outcome = require_outcome()
 require_pruned_model(loaded, outcome, "to let the pruned model write")
 
-pruned_model = outcome.result.model
+pruned_model = outcome.pruned_model()
 removed = 1 - sum(mlp_widths(pruned_model, loaded.family)) / sum(mlp_widths(loaded.model, loaded.family))
 st.caption(f"The dense model and the latest run's pruned model ({outcome.request.settings.method} at sparsity "
            f"{outcome.request.settings.sparsity:.0%}) continue the same prompt on {device_label(loaded.device)}, one "
@@ -74,7 +75,7 @@ if submitted:
                                       top_p=float(top_p), seed=int(seed))
         request = settings, encode_prompt(loaded.tokenizer, prompt, settings, context_length(loaded.model))
     except SpapInputError as exc:  # the previous pair stays on show below
-        st.error(str(exc), icon=":material/error:")
+        st.error(plain(exc), icon=":material/error:")
 
 dense_column, pruned_column = st.columns(2)
 with dense_column.container(border=True):
@@ -97,7 +98,7 @@ if request is not None:
             show_text(dense_text, pair.dense)
             show_text(pruned_text, pair.pruned)
     except NumericalError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(plain(exc), icon=":material/error:")
     stop_button.empty()
 
 record = session().generation
@@ -110,7 +111,7 @@ show_text(pruned_text, pair.pruned)
 if record["run_finished_at"] != outcome.finished_at:
     st.caption("These texts come from an earlier run's pruned model; press Generate for the latest one.")
 if record["prompt"] != prompt:
-    st.caption(f"Generated for an earlier prompt: “{record['prompt']}”.")
+    st.caption(f"Generated for an earlier prompt: “{plain(record['prompt'])}”.")
 template = ("wrapped in the tokenizer's chat template as a user turn" if record["used_chat_template"]
             else "given as plain text (the tokenizer has no chat template)")
 st.caption(f"Dense: {stream_summary(pair.dense)}. Pruned: {stream_summary(pair.pruned)}. "

@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from pages._charts import show_chart
 from pages._routing import ensure_routed
+from pages._text import plain
 from spap_core.errors import SpapInputError
 from spap_core.methods.spap import SCHEDULES
 from spap_core.toy import (
@@ -192,7 +193,7 @@ settings = ToySettings(rho0=float(rho0), tau=float(tau), balance=float(balance),
 try:
     outcome = run_toy(settings)
 except SpapInputError as exc:
-    st.error(str(exc))
+    st.error(plain(exc))
     st.stop()
 
 path_column.markdown(algorithm_text(settings))

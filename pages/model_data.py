@@ -11,6 +11,7 @@ import torch
 
 from pages._charts import show_chart
 from pages._routing import ensure_routed
+from pages._text import plain
 from pages._shared import current_model, data_spec, device_label, model_choice, run_size_note
 from pages._state import ModelChoice, session
 from pages._widgets import bounded_number
@@ -86,7 +87,7 @@ if loaded is not None:
     config = loaded.model.config
     split = parameter_split(loaded.model, loaded.family)
     total = sum(split.values())
-    st.markdown(f"**{loaded.description}** · runs on **{device_label(loaded.device)}** · "
+    st.markdown(f"**{plain(loaded.description)}** · runs on **{device_label(loaded.device)}** · "
                 f"{next(loaded.model.parameters()).dtype}")
     st.caption(f"MLP of every layer: {loaded.family.kind}. Pruning removes intermediate channels: a row of each "
                "input projection and a column of the output projection. " + run_size_note())
@@ -133,7 +134,7 @@ def text_source_inputs(purpose: str, current: TextChoice):
         return lambda: _checked_hub()
     upload = st.file_uploader("Plain-text file (UTF-8)", type=["txt"], key=f"{purpose}_upload")
     if current.kind == "upload":
-        st.caption(f"In use: {current.path}")
+        st.caption(f"In use: {plain(current.path)}")
     return lambda: _checked_upload(upload, current)
 
 
@@ -178,7 +179,7 @@ with st.container(border=True):
                             seqlen=int(seqlen), eval_windows=int(eval_windows), eval_len=int(eval_len),
                             batch_size=int(batch_size))
         except (SpapInputError, SourceUnavailableError) as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
         else:
             session().data_spec = spec
             st.success("Data updated: the next run uses it.")
@@ -186,7 +187,7 @@ with st.container(border=True):
 evaluation_budget = "the whole text" if spec.eval_windows == 0 else (
     f"{spec.eval_windows} × {spec.eval_len} = {spec.eval_windows * spec.eval_len:,} tokens")
 st.table(pd.DataFrame({
-    "source": [spec.calibration.label or "(none)", spec.evaluation.label or "(none)"],
+    "source": [plain(spec.calibration.label or "(none)"), plain(spec.evaluation.label or "(none)")],  # cells are Markdown
     "size": [f"{spec.nsamples} × {spec.seqlen} = {spec.nsamples * spec.seqlen:,} tokens (random windows)",
              f"{evaluation_budget} (first windows, in order)"],
 }, index=["calibration", "evaluation"]))

@@ -11,6 +11,7 @@ import streamlit as st
 
 from pages._charts import show_chart
 from pages._routing import ensure_routed
+from pages._text import plain
 from pages._shared import (
     comparison_header,
     estimate_caption,
@@ -34,7 +35,7 @@ from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.parameters import method_parameters
-from spap_service.analysis import weight_update_note, with_subtitle
+from spap_service.analysis import weight_update_note
 from spap_service.compare import reference_curves
 from spap_service.comparisons import method_settings, sweep_key, sweep_sparsities
 
@@ -80,7 +81,7 @@ if with_settings:
 try:
     settings = {method: method_settings(base.settings, method, values) for method in methods}
 except SpapInputError as exc:
-    st.error(str(exc))
+    st.error(plain(exc))
     st.stop()
 fixed_settings_caption(base, {"method", "sparsity"}, f"point ({weight_update_note(base.settings.reconstruction)})")
 key = sweep_key(loaded, base, settings, sparsities)
@@ -108,14 +109,13 @@ def reference_section() -> None:
     """The committed benchmark's curves for this model, labelled as such: what a lesson can show
     at once, before (or instead of) a live sweep."""
     figure = px.line(reference.table, x="sparsity", y="perplexity", color="method", facet_col="text", markers=True,
-                     log_y=True, title=with_subtitle("Reference curves (precomputed, not this session's data)",
-                                                     f"{loaded.description}"))
+                     log_y=True, title="Reference curves (precomputed, not this session's data)")
     span = [reference.table["sparsity"].min(), reference.table["sparsity"].max()]
     for column, text in enumerate(reference.table["text"].unique(), start=1):  # a trace: shapes on log axes misplace
         figure.add_scatter(x=span, y=[reference.dense[text]] * 2, mode="lines", row=1, col=column,
                            name=f"dense {reference.dense[text]:.2f} ({text})", line=dict(dash="dash", color="gray"))
     figure.update_layout(height=420, margin=dict(t=90, b=10, l=10, r=10), xaxis_tickformat=".0%")
-    show_chart(figure)
+    show_chart(figure, subtitle=plain(loaded.description))
     st.caption(f"Protocol: {reference.protocol}. A live sweep here uses this session's smaller data, so its numbers "
                "are higher; the order of the methods is what to compare.")
 

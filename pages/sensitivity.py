@@ -9,6 +9,7 @@ from plotly.subplots import make_subplots
 
 from pages._charts import show_chart
 from pages._routing import ensure_routed
+from pages._text import plain
 from pages._shared import (
     comparison_header,
     estimate_caption,
@@ -74,7 +75,7 @@ if submitted:
             requests = [request_with(base, scanned, value) for value in values]
             refused = refused_before_queueing(loaded, requests)
         except SpapInputError as exc:
-            st.error(f"{scanned.label}: {exc}")
+            st.error(f"{scanned.label}: {plain(exc)}")
         else:
             if not refused:
                 request_table("scan", table_key, f"Scan of {scanned.label} ({len(values)} values)",

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from pages._routing import ensure_routed
+from pages._text import plain
 from pages._shared import current_model, device_label, latest_outcome, run_size_note
 
 ensure_routed()
@@ -39,13 +40,13 @@ for number, (page, title, icon, what) in enumerate(LESSON_PATH, start=1):
 st.subheader("Where things stand")
 loaded = current_model()
 if loaded is not None:
-    st.caption(f"Model: {loaded.description}, on {device_label(loaded.device)}. Run size: {run_size_note()} "
+    st.caption(f"Model: {plain(loaded.description)}, on {device_label(loaded.device)}. Run size: {run_size_note()} "
                "Change the model or the texts on Model & data.")
 outcome = latest_outcome()
 if outcome is None:
     st.caption("No run yet in this session: step 2 starts one.")
 else:
     record = outcome.record
-    st.caption(f"Latest run: {record['method']} at {record['sparsity']:.0%} sparsity, perplexity "
+    st.caption(f"Latest run: {plain(record['method'])} at {record['sparsity']:.0%} sparsity, perplexity "
                f"{record['ppl_dense']:.2f} → {record['ppl']:.2f}.")
 st.page_link("pages/model_data.py", label="Model & data", icon=":material/memory:")

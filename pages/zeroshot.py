@@ -10,6 +10,7 @@ import streamlit as st
 
 from pages._charts import show_chart
 from pages._routing import ensure_routed
+from pages._text import chart_text, plain
 from pages._shared import (
     PAGE_RUN,
     job_panel,
@@ -46,7 +47,7 @@ folder = None if demo else st.text_input(
 try:
     choices = available_tasks(folder)
 except (SpapInputError, SourceUnavailableError) as exc:
-    st.error(str(exc), icon=":material/folder_off:")
+    st.error(plain(exc), icon=":material/folder_off:")
     choices = list(STANDARD_TASKS)
 local = [name for name in choices if name not in STANDARD_TASKS]
 task_column, limit_column = st.columns([3, 1])
@@ -84,6 +85,7 @@ if context["run_finished_at"] != outcome.finished_at:
 
 bars = table.melt(id_vars=["task", "metric"], value_vars=["dense", "pruned"], var_name="model",
                   value_name="accuracy")
+bars["task"] = bars["task"].map(chart_text)  # a local task's name is the user's
 figure = px.bar(bars, x="task", y="accuracy", color="model", barmode="group", facet_col="metric",
                 color_discrete_map=COLORS, title="Zero-shot accuracy: dense vs pruned")
 figure.update_layout(height=400, margin=dict(t=60, b=10, l=10, r=10), yaxis_tickformat=".0%")

@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
+from pages._text import WORD_JOINER
 from spap_service.jobs import JobStatus, shared_queue
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 SCRIPT_TIMEOUT_S = 120
 JOB_HANG_GUARD_S = 600
+
+
+def shown(markdown: str) -> str:
+    """The text a Markdown string shows where it quotes data through pages/_text.plain: escapes
+    resolved, the invisible word joiners dropped."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace(WORD_JOINER, "")
 
 
 def assert_clean(at: AppTest) -> None:

@@ -29,6 +29,7 @@ from app_harness import (
     open_page,
     run_spap,
     session_job,
+    shown,
     start_app,
     titled,
 )
@@ -57,7 +58,7 @@ def test_start_page_proposes_the_lesson_path(app_files):
                          "5. Perplexity vs sparsity"]
     assert any("No run yet" in c.value for c in at.caption)
     # AppTest keeps the router's sidebar only on the default page, so it is checked here
-    assert any("tiny-llama" in c.value for c in at.sidebar.caption)
+    assert any("tiny-llama" in shown(c.value) for c in at.sidebar.caption)
     assert any("Job queue" in c.value for c in at.sidebar.caption)
 
 
@@ -363,7 +364,7 @@ def test_a_window_longer_than_the_model_is_refused_before_a_job_is_queued(app_fi
     at.number_input(key="seqlen").set_value(4096)
     click(at, "Run SPAP")
     assert not at.exception
-    assert any("longer than the model's 256 positions" in e.value for e in at.error)
+    assert any("longer than the model's 256 positions" in shown(e.value) for e in at.error)
     assert "run" not in at.session_state["jobs"]  # nothing was queued
 
 
@@ -447,7 +448,7 @@ def test_out_of_memory_during_a_run_ends_it_with_advice_and_the_app_keeps_servin
         assert shared_queue().wait(job, JOB_HANG_GUARD_S)
     at.run()
     assert job.status is JobStatus.FAILED and not at.exception
-    assert any(OUT_OF_MEMORY_MESSAGE in e.value for e in at.error)
+    assert any(OUT_OF_MEMORY_MESSAGE in shown(e.value) for e in at.error)
     click(at, "Run SPAP")  # with the memory back, the same session runs again
     finish_job(at, "run")
     assert at.session_state["latest_run"].pruned.perplexity > 0
@@ -494,8 +495,8 @@ def test_a_link_with_settings_the_form_cannot_take_says_which_were_ignored_and_w
     at.switch_page("pages/run_spap.py")
     at.run()
     assert not at.exception
-    warning = next(w.value for w in at.warning if "partly ignored" in w.value)
-    assert "`sparsity=5`" in warning and "`K=-3`" in warning and "`score=bogus`" in warning and "`foo`" in warning
+    warning = shown(next(w.value for w in at.warning if "partly ignored" in w.value))
+    assert "sparsity = 5:" in warning and "K = -3:" in warning and "score = bogus:" in warning and "foo:" in warning
     assert "tau" not in warning  # a valid one is taken
     assert at.slider(key="tau").value == 2.5 and at.slider(key="K").value == PenaltySettings().iterations
 
@@ -528,7 +529,7 @@ def test_every_numeric_widget_has_the_range_the_cli_and_the_share_link_enforce(r
     linked.query_params["K"] = "10000"
     linked.switch_page("pages/run_spap.py").run()
     assert not linked.exception
-    assert any("`K=10000`: K must be between 1 and 60" in w.value for w in linked.warning)
+    assert any("K = 10000: K must be between 1 and 60" in shown(w.value) for w in linked.warning)
 
 
 def test_a_saved_run_that_cannot_be_read_is_skipped_with_its_reason_and_the_others_stay_listed(ran_app):
@@ -539,7 +540,7 @@ def test_a_saved_run_that_cannot_be_read_is_skipped_with_its_reason_and_the_othe
     try:
         open_page(ran_app, "run_spap")
         assert_clean(ran_app)
-        assert any(f"Skipped the saved run {corrupt.name}, which cannot be read: results.json:" in c.value
+        assert any(f"Skipped the saved run {corrupt.name}, which cannot be read: results.json:" in shown(c.value)
                    and str(corrupt.parent) not in c.value for c in ran_app.caption)
         assert ran_app.selectbox(key="saved_run").options == [  # the readable run is still listed
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(outcome.record['finished_at']))} · spap at "
@@ -768,8 +769,9 @@ def test_compare_runs_compares_the_heads_of_runs_that_pruned_heads(app_files):
         finish_job(at, "run")
     open_page(at, "compare_runs")
     from spap_service.runs import saved_runs
+    from spap_service.sessions import owner_tag
 
-    newest_three = saved_runs(owner=at.session_state["browser_session_id"]).table["run"].tolist()[:3]
+    newest_three = saved_runs(owner=owner_tag(at.session_state["browser_session_id"])).table["run"].tolist()[:3]
     at.multiselect(key="compare_runs").set_value(newest_three).run()
     assert_clean(at)
     at.radio(key="compare_part").set_value("attention heads").run()
@@ -801,7 +803,7 @@ def test_a_sweep_point_that_failed_on_its_worker_is_said_and_retried(ran_app, mo
     at = ran_app
     run_sweep(at, ["magnitude", "wanda-sp"], (0.1, 0.3), 0.2)  # a sweep no other test asks for
     assert_clean(at)
-    warning = next(w.value for w in at.warning if "points have no result" in w.value)
+    warning = shown(next(w.value for w in at.warning if "points have no result" in w.value))
     assert warning.startswith("1 of 4 points have no result: magnitude at 10%: its Ray worker died (RayActorError)")
     first = session_job(at, "sweep")
     monkeypatch.setattr(comparisons, "point_executor", InProcessExecutor)
