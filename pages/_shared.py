@@ -19,7 +19,9 @@ import streamlit as st
 import torch
 
 from pages._charts import presentation_style
-from pages._state import ModelChoice, TableRequest, collect_finished_jobs, remember_browser, session
+from pages._text import plain
+from pages._state import (ModelChoice, TableRequest, collect_finished_jobs, remember_browser, session,
+                          session_is_kept)
 from spap_core.data import HUB_SPEC, default_text_spec
 from spap_core.errors import SourceUnavailableError, SpapInputError, UnreadableRunError
 from spap_core.experiment import plan_run
@@ -31,7 +33,7 @@ from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.estimates import duration, many_runs_seconds, model_speed
 from spap_service.executors import RayExecutor, point_executor
 from spap_service.data import DataSpec, TextChoice, dense_perplexity_known, model_key
-from spap_service.jobs import Job, JobProgress, JobStatus, ProgressReporter, shared_queue
+from spap_service.jobs import Job, JobProgress, JobStatus, ProgressReporter, QueueFull, shared_queue
 from spap_service.limits import server_limits
 from spap_service.presets import interactive_run_size, interactive_settings
 from spap_service.runs import (RunOutcome, RunRequest, check_results_apart, load_saved_run, saved_run_folder,
@@ -45,7 +47,7 @@ def report_unexpected(exc: Exception, where: str) -> None:
     """A bug's one-line summary on the page instead of a traceback (which goes to the server log)."""
     LOG.error("%s failed", where, exc_info=exc)
     first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-    st.error(f"Something unexpected went wrong ({type(exc).__name__}: {first_line}). Try other settings; "
+    st.error(f"Something unexpected went wrong ({type(exc).__name__}: {plain(first_line)}). Try other settings; "
              "the details are in the server log.", icon=":material/bug_report:")
 
 
@@ -145,7 +147,7 @@ def current_model() -> LoadedModel | None:
     try:
         return _load_model_shared(choice.source, choice.device, choice.dtype)
     except (SpapInputError, SourceUnavailableError) as exc:
-        st.error(f"Model '{choice.source}' could not be loaded: {exc}")
+        st.error(f"Model '{plain(choice.source)}' could not be loaded: {plain(exc)}")
     return None
 
 
@@ -185,11 +187,11 @@ def refused_before_queueing(loaded: LoadedModel, requests: list[RunRequest]) -> 
                                    calibration_tokens=request.data.nsamples * request.data.seqlen,
                                    batch_size=request.data.batch_size)
         except SpapInputError as exc:
-            st.error(str(exc), icon=":material/block:")
+            st.error(plain(exc), icon=":material/block:")
             return True
         notes += [note for note in adjusted if note not in notes]
     for note in notes:
-        st.info(note, icon=":material/info:")
+        st.info(plain(note), icon=":material/info:")
     return False
 
 
@@ -200,8 +202,12 @@ def submit_job(kind: str, label: str, function: Callable[[ProgressReporter, Any]
     page) shows the new job too. `estimate_s`, said before it started, is shown next to its time."""
     if _still_busy(kind) or _over_session_limit():
         return
-    session().jobs[kind] = shared_queue().submit(function, owner=session_id(), label=label, kind=kind,
-                                                 estimate_s=estimate_s)
+    try:
+        session().jobs[kind] = shared_queue().submit(function, owner=session_id(), label=label, kind=kind,
+                                                     estimate_s=estimate_s)
+    except QueueFull as exc:
+        st.warning(str(exc), icon=":material/block:")
+        return
     st.rerun()
 
 
@@ -301,9 +307,9 @@ def job_panel(kind: str) -> Job | None:
     if not job.status.finished:
         st.fragment(_live_job_progress, run_every=PROGRESS_REFRESH_S)(job)
     elif job.status is JobStatus.FAILED:
-        st.error(job.error, icon=":material/error:")
+        st.error(plain(job.error), icon=":material/error:")
     elif job.status is JobStatus.CANCELLED:
-        st.warning(f"{job.label} was cancelled ({job.error}).", icon=":material/cancel:")
+        st.warning(f"{job.label} was cancelled ({plain(job.error)}).", icon=":material/cancel:")
     elif job.estimate_s is not None:
         st.caption(f"{job.label} took {job.elapsed_s:.0f} s; estimated beforehand: {duration(job.estimate_s)}.")
     return job
@@ -339,7 +345,7 @@ def failed_points_warning(table: pd.DataFrame, point: Callable[[pd.Series], str]
         return
     failed = table[table["error"].notna()]
     st.warning(f"{len(failed)} of {len(table)} points have no result: "
-               + "; ".join(f"{point(row)}: {row['error']}" for _, row in failed.iterrows())
+               + "; ".join(f"{point(row)}: {plain(row['error'])}" for _, row in failed.iterrows())
                + ". The others are shown; run it again to retry them.", icon=":material/error:")
 
 
@@ -425,13 +431,13 @@ def open_shared_run() -> None:
     state.opened_shared_run = name
     folder = saved_run_folder(name)
     if folder is None:
-        st.warning(f"The link asks for the saved run '{name[:80]}', which this server does not have; "
+        st.warning(f"The link asks for the saved run '{plain(name[:80])}', which this server does not have; "
                    "it was ignored.", icon=":material/link_off:")
         return
     try:
         _open_run(load_saved_run(folder))
     except UnreadableRunError as exc:
-        st.warning(f"The link's saved run cannot be opened: {exc}", icon=":material/link_off:")
+        st.warning(f"The link's saved run cannot be opened: {plain(exc)}", icon=":material/link_off:")
 
 
 def saved_runs_panel() -> None:
@@ -439,7 +445,7 @@ def saved_runs_panel() -> None:
     makes it the session's latest run, so every inspection page shows it."""
     shared = server_limits().share_runs
     everyone = shared and st.session_state.get("saved_runs_everyone", False)  # the toggle's own widget state
-    saved = saved_runs(owner=None if everyone else session_id())
+    saved = saved_runs(owner=None if everyone else session().owner)
     runs = saved.table
     whose = "every session" if everyone else "this browser"
     with st.expander(f"Saved runs ({len(runs)} of {whose}): kept on the server as they finish"):
@@ -450,8 +456,8 @@ def saved_runs_panel() -> None:
                        "run anywhere.")
         st.caption(browser_sessions().describe())
         for fault in saved.unreadable:  # named by its folder and file only: the server's paths stay its own
-            st.caption(f":warning: Skipped the saved run {Path(fault.file).parent.name}, which cannot be read: "
-                       f"{Path(fault.file).name}: {fault.fault}")
+            st.caption(f":warning: Skipped the saved run {plain(Path(fault.file).parent.name)}, which cannot be read: "
+                       f"{plain(Path(fault.file).name)}: {plain(fault.fault)}")
         if runs.empty:
             st.caption("None yet: runs are saved as they finish.")
             return
@@ -467,7 +473,7 @@ def saved_runs_panel() -> None:
                     raise UnreadableRunError(name, "no longer in the results folder.")
                 _open_run(load_saved_run(folder))
             except UnreadableRunError as exc:
-                st.error(f"This run cannot be opened: {exc}")
+                st.error(f"This run cannot be opened: {plain(exc)}")
             else:
                 st.rerun()
 
@@ -539,11 +545,12 @@ def fixed_settings_caption(base: RunRequest, varied: set[str], what: str) -> Non
 
 
 def settings_summary(request: RunRequest, omit: set[str] = frozenset()) -> str:
-    """One line with every setting of the request except the parameter keys in `omit`."""
+    """One line with every setting of the request except the parameter keys in `omit` (Markdown:
+    the text's name verbatim)."""
     parts = [describe(request.settings, omit)]
     if "nsamples" not in omit:
         parts.append(f"calibration {request.data.nsamples} × {request.data.seqlen} tokens of "
-                     f"{request.data.calibration.label}")
+                     f"{plain(request.data.calibration.label)}")
     if "seed" not in omit:
         parts.append(f"seed {request.seed}")
     return ", ".join(part for part in parts if part)
@@ -575,16 +582,18 @@ def mean_layer_error(outcome: RunOutcome) -> float:
 
 
 def evaluation_budget(data: DataSpec) -> str:
-    """The evaluation token budget as the charts state it."""
+    """The evaluation token budget as the charts state it (Markdown: the text's name verbatim)."""
     windows = "all windows" if data.eval_windows == 0 else f"{data.eval_windows} windows"
-    return f"{windows} × {data.eval_len} tokens of {data.evaluation.label}"
+    return f"{windows} × {data.eval_len} tokens of {plain(data.evaluation.label)}"
 
 
 def evaluation_caption(record: dict) -> str:
-    """The protocol every perplexity is reported with (window length, windows, tokens, source)."""
+    """The protocol every perplexity is reported with (window length, windows, tokens, source), as
+    Markdown: the record's fields that are not checked numbers (read_record) are shown verbatim."""
     return (f"Perplexity on {record['eval_windows']} windows × {record['eval_len']} tokens "
-            f"({record['eval_tokens']:,} predicted tokens) of {record['eval_source']}; calibration "
-            f"{record['nsamples']} × {record['seqlen']} tokens of {record['calib_source']}, seed {record['seed']}.")
+            f"({record['eval_tokens']:,} predicted tokens) of {plain(record['eval_source'])}; calibration "
+            f"{plain(record['nsamples'])} × {plain(record['seqlen'])} tokens of {plain(record['calib_source'])}, "
+            f"seed {plain(record['seed'])}.")
 
 
 # -------------------------------------------------------------------------------- sidebar
@@ -614,7 +623,7 @@ def render_sidebar() -> None:
         st.markdown("#### Model")
         loaded = current_model()
         if loaded is not None:
-            st.caption(loaded.description)
+            st.caption(plain(loaded.description))
             st.caption(f"Runs on {device_label(loaded.device)}")
         reason = hub_unreachable_reason()
         if reason is not None:
@@ -623,4 +632,7 @@ def render_sidebar() -> None:
         refresh = QUEUE_REFRESH_S if shared_queue().active() else None
         st.fragment(_queue_summary, run_every=refresh)()
         remember_browser()
+        if not session_is_kept():
+            st.caption(f"This server keeps {browser_sessions().max_sessions} browser sessions already, so yours lasts "
+                       "until this page is reloaded; the runs you finish are still saved.")
     presentation_style()

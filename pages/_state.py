@@ -3,10 +3,14 @@ here, so no page spells a session-state key, and a finished job's result reaches
 `collect_finished_jobs` hands each result to its kind's place (the latest run, the latest latency
 comparison, the shared table cache) exactly once, whichever page is open when the job ends.
 
-The values are kept on the server by the browser's id (a cookie, spap_service.sessions), so a reload
-of the page reattaches to them; st.session_state holds a copy for the current page load (where
-AppTest reads them). Without cookies (AppTest, a browser that refuses them) the id lives as long as
-the page load, as before."""
+The values are kept on the server by the browser's id (a cookie the server issues and signs,
+spap_service.sessions), so a reload of the page reattaches to them; st.session_state holds a copy
+for the current page load (where AppTest reads them). Without cookies (AppTest, a browser that
+refuses them) the id lives as long as the page load.
+
+Served by `streamlit run serve.py`, the cookie comes with the page itself, HttpOnly and
+SameSite=Lax. Served as `streamlit run app.py`, which has no way to set a header, `remember_browser`
+sets it from the page's script: SameSite=Lax, but readable by scripts."""
 
 from __future__ import annotations
 
@@ -21,12 +25,12 @@ from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.data import DataSpec
 from spap_service.jobs import Job, JobStatus
 from spap_service.runs import RunOutcome
-from spap_service.sessions import browser_sessions, is_session_id, new_session_id
+from spap_service.sessions import (SESSION_COOKIE, browser_sessions, is_session_id, new_session_id, owner_tag,
+                                   session_cookie)
 
-SESSION_COOKIE = "spap_session"
 ID_KEY = "browser_session_id"
 COOKIE_SET_KEY = "browser_session_cookie_set"
-COOKIE_DAYS = 30
+PAGE_LOAD_VALUES_KEY = "values_of_this_page_load"
 
 
 T = TypeVar("T")
@@ -67,7 +71,7 @@ def remember_browser() -> None:
     if st.context.cookies.get(SESSION_COOKIE) == session_id or st.session_state.get(COOKIE_SET_KEY):
         return
     st.session_state[COOKIE_SET_KEY] = True
-    cookie = f"{SESSION_COOKIE}={session_id}; path=/; max-age={COOKIE_DAYS * 86400}; SameSite=Lax"
+    cookie = session_cookie(session_id, http_only=False)
     st.html(f"<script>document.cookie = {json.dumps(cookie)};</script>", unsafe_allow_javascript=True)
 
 
@@ -80,7 +84,7 @@ class Stored(Generic[T]):
         self.key, self.default, self.factory = key, default, factory
 
     def __get__(self, instance: Any, owner: type) -> T:
-        kept = browser_sessions().state(browser_session_id())
+        kept = kept_values()
         if self.key in kept:
             st.session_state[self.key] = kept[self.key]
         elif self.key in st.session_state:  # set on this page load only (a test's direct write)
@@ -90,8 +94,20 @@ class Stored(Generic[T]):
         return kept.get(self.key, self.default)
 
     def __set__(self, instance: Any, value: T) -> None:
-        browser_sessions().state(browser_session_id())[self.key] = value
+        kept_values()[self.key] = value
         st.session_state[self.key] = value
+
+
+def kept_values() -> dict:
+    """Where this session's values are kept: the server's registry, or, when the registry is full,
+    a dict of this page load (the session then works until the page is reloaded)."""
+    kept = browser_sessions().state(browser_session_id())
+    return kept if kept is not None else st.session_state.setdefault(PAGE_LOAD_VALUES_KEY, {})
+
+
+def session_is_kept() -> bool:
+    """Whether a reload of this browser finds its session again (False while the registry is full)."""
+    return PAGE_LOAD_VALUES_KEY not in st.session_state
 
 
 class SessionState:
@@ -115,8 +131,13 @@ class SessionState:
 
     @property
     def session_id(self) -> str:
-        """The owner of this browser's jobs and saved runs."""
+        """The owner of this browser's jobs."""
         return browser_session_id()
+
+    @property
+    def owner(self) -> str:
+        """The owner of this browser's saved runs, as their records name it (never the id itself)."""
+        return owner_tag(browser_session_id())
 
     def adopt_run(self, outcome: RunOutcome, history_row: dict) -> None:
         """Make `outcome` this session's latest run (a finished job or a saved run it opened)."""

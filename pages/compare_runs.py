@@ -7,7 +7,9 @@ import streamlit as st
 
 from pages._charts import chart_columns, show_chart
 from pages._routing import ensure_routed
-from pages._shared import PAGE_RUN, session_id
+from pages._text import plain
+from pages._shared import PAGE_RUN
+from pages._state import session
 from spap_core.errors import UnreadableRunError
 from spap_service.compare import (
     CHANNELS,
@@ -31,9 +33,9 @@ DIFFERS = "background-color: #fff3cd; font-weight: 600"  # the settings rows in 
 st.title("Compare runs")
 shared = server_limits().share_runs
 everyone = shared and st.toggle("Runs of every session", key="compare_everyone")
-listed = saved_runs(owner=None if everyone else session_id())
+listed = saved_runs(owner=None if everyone else session().owner)
 for fault in listed.unreadable:
-    st.caption(f":warning: Skipped a saved run that cannot be read: {fault.fault}")
+    st.caption(f":warning: Skipped a saved run that cannot be read: {plain(fault.fault)}")
 runs = listed.table
 if len(runs) < 2:
     st.info(f"{len(runs)} saved run{'' if len(runs) == 1 else 's'} {'on this server' if everyone else 'of this browser'}: "
@@ -54,7 +56,7 @@ if None in folders:
 try:
     outcomes = [load_saved_run(folder) for folder in folders]
 except UnreadableRunError as exc:
-    st.error(f"A chosen run cannot be opened: {exc}")
+    st.error(f"A chosen run cannot be opened: {plain(exc)}")
     st.stop()
 names = run_names(outcomes)
 

@@ -50,7 +50,7 @@ st.caption(f"Measured on {device_label(loaded.device)}: the dense model against 
 with st.expander("Where the attention heads start to matter: a prefill's FLOPs per token against the context",
                  expanded=outcome.result.heads is not None):
     contexts = CONTEXT_LENGTHS
-    models = {"dense": loaded.model, "pruned": outcome.result.model}
+    models = {"dense": loaded.model, "pruned": outcome.pruned_model()}
     parts = pd.DataFrame([{"model": name, "context": context, "part": part, "GFLOPs per token": value}
                           for name, model in models.items() for context in contexts
                           for part, value in prefill_flops_by_part(model, context).items()])

@@ -13,6 +13,7 @@ import streamlit as st
 
 from pages._charts import show_chart
 from pages._routing import ensure_routed
+from pages._text import plain
 from pages._shared import (
     SHARED_RUN_PARAM,
     data_spec,
@@ -27,13 +28,12 @@ from pages._shared import (
     result_label,
     run_size_note,
     saved_runs_panel,
-    session_id,
     submit_job,
     target_device,
     time_estimate,
 )
 from pages._state import session
-from pages._widgets import fill_form, ignored_url_parameters, parameter_widget
+from pages._widgets import fill_form, ignored_url_parameters, link_parameters, parameter_widget
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
 from spap_core.parameters import GROUPS, Parameter, method_parameters, parameter, with_values
@@ -48,8 +48,8 @@ ensure_routed()
 st.title("Run SPAP")
 loaded = require_model()
 spec = data_spec()
-st.caption(f"{run_size_note()} Data: calibration from {spec.calibration.label}, evaluation on "
-           f"{spec.evaluation.label} (change both on Model & data).")
+st.caption(f"{run_size_note()} Data: calibration from {plain(spec.calibration.label)}, evaluation on "
+           f"{plain(spec.evaluation.label)} (change both on Model & data).")
 if (limits_text := server_limits().describe()) is not None:
     st.caption(limits_text)
 defaults = interactive_settings(target_device())
@@ -70,7 +70,7 @@ why_column.caption(CLASS_DEMO.why)
 if state.pending_form is not None:  # a run opened from a link or the saved runs, or a preset: the form shows it
     fill_form(state.pending_form, FORM)
     state.pending_form = None
-ignored = ignored_url_parameters(dict(st.query_params), known={SHARED_RUN_PARAM}, form=FORM)
+ignored = ignored_url_parameters(link_parameters(), known={SHARED_RUN_PARAM}, form=FORM)
 if ignored:
     st.warning("This link's settings were partly ignored; the form shows the defaults for these: "
                + "; ".join(ignored) + ".", icon=":material/link_off:")
@@ -97,7 +97,7 @@ try:
 except SpapInputError as exc:
     settings = None
     if submitted:
-        st.error(str(exc))
+        st.error(plain(exc))
 if settings is not None:
     request = RunRequest(settings=settings, seed=int(values["seed"]),
                          data=replace(spec, nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"])))
@@ -109,7 +109,7 @@ if settings is not None:
         if not refused_before_queueing(loaded, [request]):
             heads = f", {settings.head_sparsity:.0%} of heads" if settings.head_sparsity else ""
             submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity{heads}",
-                       partial(point_executor().run, loaded, request, owner=session_id()), estimate)
+                       partial(point_executor().run, loaded, request, owner=state.owner), estimate)
 
 job_panel("run")
 saved_runs_panel()

@@ -125,3 +125,15 @@ def remove_padding(model: PreTrainedModel, family: ModelAdapter) -> None:
     for layer, width in zip(family.decoder_layers(model), widths):
         keep = torch.arange(width)
         family.set_mlp_weights(layer, family.mlp_weights(layer).kept(keep))
+
+
+def load_pruned(directory: str | Path, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+    """A model that `save_pruned` wrote, read back with plain transformers (safetensors only, no
+    remote code) on `device` in `dtype`, with any per-layer widths unpadded: for the tool's own
+    files (a Ray worker's result, weights a session put on disk), not for a path a user names,
+    which goes through spap_core.models.load_model and its checks."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    remove_padding(model, model_adapter(model))
+    return model.to(device).eval()

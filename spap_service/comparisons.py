@@ -152,7 +152,7 @@ def compare_latency(loaded: LoadedModel, outcome: RunOutcome, options: LatencyOp
     alternation so that both see the same machine load."""
     progress.update(phase="timing the dense and the pruned model in turn")
     dense, pruned = measure_latencies(
-        [loaded.model, outcome.result.model], seqlen=options.seqlen, decode_tokens=options.decode_tokens,
+        [loaded.model, outcome.pruned_model()], seqlen=options.seqlen, decode_tokens=options.decode_tokens,
         repeats=options.repeats, warmup=options.warmup, cancel=cancel)
     return LatencyComparison(run_finished_at=outcome.finished_at, options=options, dense=dense, pruned=pruned,
                              run_label=run_label)

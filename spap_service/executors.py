@@ -33,13 +33,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM
 
-from spap_core.adapters import model_adapter
 from spap_core.errors import PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.models import LoadedModel, load_model
 from spap_core.offload import is_dispatched
-from spap_core.shrink import remove_padding
+from spap_core.shrink import load_pruned
 from spap_service.data import dense_perplexity, model_key, prepare_data
 from spap_service.jobs import JobProgress, ProgressReporter
 from spap_service.runs import (RunOutcome, RunRequest, experiment_with_progress, pruned_model_zip, run_pruning,
@@ -251,14 +249,11 @@ class RayCancelFlag:
 def _model_from_zip(archive: bytes, loaded: LoadedModel) -> torch.nn.Module:
     """The pruned model a worker sent, loaded with plain transformers on this process's device and
     dtype, with any per-layer widths unpadded (these are the app's own files, not a user's path)."""
-    dtype = next(loaded.model.parameters()).dtype
+    parameter = next(loaded.model.parameters())
     with tempfile.TemporaryDirectory(prefix="spap-ray-run-") as folder:
         with zipfile.ZipFile(io.BytesIO(archive)) as files:
             files.extractall(folder)
-        model = AutoModelForCausalLM.from_pretrained(Path(folder) / "pruned-model", dtype=dtype, use_safetensors=True,
-                                                     trust_remote_code=False)
-    remove_padding(model, model_adapter(model))
-    return model.to(next(loaded.model.parameters()).device).eval()
+        return load_pruned(Path(folder) / "pruned-model", parameter.dtype, parameter.device)
 
 
 # ----------------------------------------------------------------------------- Ray, for the app and bench/

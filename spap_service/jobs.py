@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
+from spap_service.limits import server_limits
 
 LOG = logging.getLogger(__name__)
 
@@ -150,14 +151,21 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+class QueueFull(SpapInputError):
+    """The queue holds as many waiting jobs as the server allows."""
+
+
 class JobQueue:
     """FIFO queue with one worker thread. Finished jobs stay listed (the newest `keep_finished`),
     so every session can see what ran. Results can be large (a pruned model), so only the newest
-    `keep_results` finished jobs keep theirs: a session should take its result soon after the end."""
+    `keep_results` finished jobs keep theirs: a session should take its result soon after the end.
+    At most `max_waiting` jobs wait at once (None: no cap), whoever submits them: a browser that
+    drops its cookie to get a fresh session each time still cannot fill the server's queue."""
 
-    def __init__(self, keep_finished: int = 50, keep_results: int = 8) -> None:
+    def __init__(self, keep_finished: int = 50, keep_results: int = 8, max_waiting: int | None = None) -> None:
         self._keep_finished = keep_finished
         self._keep_results = keep_results
+        self.max_waiting = max_waiting
         self._condition = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._running: Job | None = None
@@ -170,10 +178,14 @@ class JobQueue:
 
     def submit(self, function: JobFunction, *, owner: str, label: str, kind: str = "job",
                estimate_s: float | None = None) -> Job:
-        """Queue `function(progress, cancel)`; it runs after every job submitted before it."""
+        """Queue `function(progress, cancel)`; it runs after every job submitted before it. Raises
+        QueueFull when `max_waiting` jobs are waiting already."""
         with self._condition:
             if self._stopping:
                 raise RuntimeError("the job queue is shut down")
+            if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
+                raise QueueFull(f"The server's queue is full ({len(self._waiting)} jobs waiting, the most it takes); "
+                                "try again when some have finished.")
             job = Job(id=f"job-{next(self._ids)}", owner=owner, label=label, kind=kind, function=function,
                       estimate_s=estimate_s)
             self._waiting.append(job)
@@ -326,9 +338,10 @@ _shared_queue_lock = threading.Lock()
 
 
 def shared_queue() -> JobQueue:
-    """The one queue of this process: every session's heavy work goes through it."""
+    """The one queue of this process: every session's heavy work goes through it, at most
+    SPAP_MAX_QUEUED_JOBS waiting at once (spap_service.limits)."""
     global _shared_queue
     with _shared_queue_lock:
         if _shared_queue is None:
-            _shared_queue = JobQueue()
+            _shared_queue = JobQueue(max_waiting=server_limits().max_queued_jobs)
         return _shared_queue

@@ -13,9 +13,14 @@ from spap_core.errors import SpapInputError
 MAX_CALIBRATION_TOKENS_ENV = "SPAP_MAX_CALIBRATION_TOKENS"
 MAX_EVALUATION_TOKENS_ENV = "SPAP_MAX_EVALUATION_TOKENS"
 MAX_JOBS_PER_SESSION_ENV = "SPAP_MAX_JOBS_PER_SESSION"
+MAX_QUEUED_JOBS_ENV = "SPAP_MAX_QUEUED_JOBS"
 SHARE_RUNS_ENV = "SPAP_SHARE_RUNS"
 # A public demo's defaults: a run about four times the CPU preset, two jobs queued per session.
-DEMO_DEFAULTS = {MAX_CALIBRATION_TOKENS_ENV: 32 * 512, MAX_EVALUATION_TOKENS_ENV: 32 * 512, MAX_JOBS_PER_SESSION_ENV: 2}
+DEMO_DEFAULTS = {MAX_CALIBRATION_TOKENS_ENV: 32 * 512, MAX_EVALUATION_TOKENS_ENV: 32 * 512, MAX_JOBS_PER_SESSION_ENV: 2,
+                 MAX_QUEUED_JOBS_ENV: 64}
+# Every server's cap on waiting jobs, whoever submits them: a class of 40 with a run and a sweep each
+# fits, a script that drops its cookie to get new sessions does not fill the queue.
+DEFAULT_MAX_QUEUED_JOBS = 100
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class ServerLimits:
     max_calibration_tokens: int | None
     max_evaluation_tokens: int | None
     max_jobs_per_session: int | None
+    max_queued_jobs: int | None  # jobs waiting at once, over every session
     share_runs: bool  # whether a session may list other sessions' saved runs
 
     def check(self, nsamples: int, seqlen: int, eval_windows: int, eval_len: int) -> None:
@@ -46,15 +52,17 @@ class ServerLimits:
             parts.append(f"{self.max_evaluation_tokens:,} evaluation tokens per run")
         if self.max_jobs_per_session:
             parts.append(f"{self.max_jobs_per_session} queued or running jobs per browser session")
+        if self.max_queued_jobs:
+            parts.append(f"{self.max_queued_jobs} jobs waiting in its queue at once")
         if not parts:
             return None
         return "This server allows at most " + ", ".join(parts) + "."
 
 
-def _limit(name: str, demo: bool) -> int | None:
+def _limit(name: str, demo: bool, default: int | None = None) -> int | None:
     raw = os.environ.get(name)
     if raw is None:
-        return DEMO_DEFAULTS[name] if demo else None
+        return DEMO_DEFAULTS[name] if demo else default
     try:
         value = int(raw)
     except ValueError:
@@ -67,4 +75,5 @@ def server_limits() -> ServerLimits:
     share = os.environ.get(SHARE_RUNS_ENV, "0" if demo else "1").lower() in {"1", "true", "yes"}
     return ServerLimits(public_demo=demo, max_calibration_tokens=_limit(MAX_CALIBRATION_TOKENS_ENV, demo),
                         max_evaluation_tokens=_limit(MAX_EVALUATION_TOKENS_ENV, demo),
-                        max_jobs_per_session=_limit(MAX_JOBS_PER_SESSION_ENV, demo), share_runs=share)
+                        max_jobs_per_session=_limit(MAX_JOBS_PER_SESSION_ENV, demo),
+                        max_queued_jobs=_limit(MAX_QUEUED_JOBS_ENV, demo, DEFAULT_MAX_QUEUED_JOBS), share_runs=share)

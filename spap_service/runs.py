@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 import tempfile
 import threading
 import time
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
+from transformers import PreTrainedModel
 
 from spap_core.access import overlap
 from spap_core.evaluate import PerplexityResult
@@ -27,7 +30,7 @@ from spap_core.models import LoadedModel, model_files
 from spap_core.prune import PruneResult
 from spap_core.errors import SpapInputError, UnreadableRunError
 from spap_core.runs import RESULTS_DIR_ENV, list_runs, new_run_directory, read_record, read_run, record_faults, results_root, write_run
-from spap_core.shrink import save_pruned
+from spap_core.shrink import load_pruned, save_pruned
 from spap_service.data import DataSpec, PreparedData, batch_reporter, dense_perplexity, model_key, prepare_data
 from spap_service.jobs import ProgressReporter
 
@@ -45,6 +48,9 @@ class RunRequest:
         return f"{asdict(self.settings)}|seed={self.seed}|{self.data.cache_key}"
 
 
+_weights_lock = threading.RLock()  # a session's weights go to disk while its page may be loading them back
+
+
 @dataclass
 class RunOutcome:
     """Everything a finished run shows and offers for download. Holds the pruned model, so a
@@ -60,10 +66,38 @@ class RunOutcome:
     record: dict
     finished_at: float = field(default_factory=time.time)
     saved_to: Path | None = None  # its folder under the results root
+    # while the pruned weights are out of memory: their folder, dtype and device
+    spilled: tuple[Path, torch.dtype, torch.device] | None = None
 
     @property
     def has_model(self) -> bool:
+        """Whether the pruned weights are at hand (in memory, or on disk to be loaded back)."""
+        return self.result.model is not None or self.spilled is not None
+
+    @property
+    def in_memory(self) -> bool:
         return self.result.model is not None
+
+    def spill(self, folder: Path) -> None:
+        """Write the pruned model into `folder` (replacing what an earlier outcome of the session
+        left there) and let go of its weights: the session registry calls this for sessions past
+        the few whose weights stay in memory (spap_service.sessions)."""
+        with _weights_lock:
+            if self.result.model is None:
+                return
+            parameter = next(self.result.model.parameters())
+            shutil.rmtree(folder, ignore_errors=True)
+            save_pruned(self.result.model, self.tokenizer, folder)
+            self.spilled, self.result.model = (Path(folder), parameter.dtype, parameter.device), None
+
+    def pruned_model(self) -> PreTrainedModel:
+        """The pruned model, loaded back from where `spill` wrote it when it is not in memory."""
+        with _weights_lock:
+            if self.result.model is None:
+                if self.spilled is None:
+                    raise ValueError("this run's pruned weights were not kept (a run reloaded from its record)")
+                self.result.model = load_pruned(*self.spilled)
+            return self.result.model
 
     @property
     def file_stem(self) -> str:
@@ -197,7 +231,7 @@ def load_saved_run(folder: str | Path) -> RunOutcome:
 def pruned_model_zip(outcome: RunOutcome) -> bytes:
     """The pruned model as save_pruned writes it (safetensors + tokenizer + config), zipped."""
     with tempfile.TemporaryDirectory(prefix="spap-pruned-") as folder:
-        save_pruned(outcome.result.model, outcome.tokenizer, folder)
+        save_pruned(outcome.pruned_model(), outcome.tokenizer, folder)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for file in sorted(Path(folder).iterdir()):

@@ -54,7 +54,7 @@ def compare_zeroshot(loaded: LoadedModel, outcome: RunOutcome, tasks: list[str],
     folders = task_folders(folder)
     check_tasks(tasks, folders)
     scores = {}
-    for step, (which, model) in enumerate((("dense", loaded.model), ("pruned", outcome.result.model)), start=1):
+    for step, (which, model) in enumerate((("dense", loaded.model), ("pruned", outcome.pruned_model())), start=1):
         def on_task(index: int, total: int, name: str, which: str = which) -> None:
             progress.update(phase=f"zero-shot {name} ({which} model, task {index} of {total})")
 

@@ -1,4 +1,4 @@
-"""The app in a real browser: `streamlit run app.py` as a subprocess on the tiny model, every page
+"""The app in a real browser: `streamlit run serve.py` as a subprocess on the tiny model, every page
 opened in Debian's Chromium through Playwright, a text uploaded, a SPAP run, a sweep, a scan and a
 latency measurement driven to completion. Any `stException` element fails the test; a screenshot of
 each page is kept under test-artifacts/screenshots/ for a human to look at."""
@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -55,8 +56,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 @contextmanager
 def serving(files: dict[str, Path], **settings: str) -> Iterator[str]:
-    """`streamlit run app.py` on a free port (with `settings` as environment variables); yields its
-    base URL and stops it afterwards."""
+    """`streamlit run serve.py` (app.py's pages behind the session cookie middleware) on a free port
+    (with `settings` as environment variables); yields its base URL and stops it afterwards."""
     port = free_port()
     env = {**os.environ, "SPAP_APP_MODEL": str(files["model"]), "SPAP_CALIB_FILE": str(files["calibration"]),
            "SPAP_EVAL_FILE": str(files["calibration"]), "SPAP_CACHE_DIR": str(files["folder"] / "cache"),
@@ -64,7 +65,7 @@ def serving(files: dict[str, Path], **settings: str) -> Iterator[str]:
     log_path = files["folder"] / f"streamlit-{port}.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+            [sys.executable, "-m", "streamlit", "run", "serve.py", "--server.port", str(port),
              "--server.address", "127.0.0.1"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -163,6 +164,78 @@ def test_shared_link_fills_in_the_run_form(browser_page, server):
     assert slider_value(page, "K: ρ iterations") == "12"
     assert slider_value(page, "Rounds") == "1"
     screenshot(page, "00_run_spap_from_shared_link")
+
+
+TRAP = "127.0.0.1:9"  # the address a hostile text points at: nothing may link to it or ask it for anything
+HOSTILE_FILE = "[LOGIN-HERE](http://127.0.0.1:9/x) ![b](http://127.0.0.1:9/beacon.png) <img src=http://127.0.0.1:9/i>.txt"
+HOSTILE_VISITS = ["/?run=[CLICKME](http://127.0.0.1:9/phish)", "/?run=![i](http://127.0.0.1:9/track.png)",
+                  "/run_spap?sparsity=0.3%60%5D%28http%3A//127.0.0.1:9/q%29%20%5BC&K=4&K=6",
+                  "/run_spap?%5Bk%5D(http://127.0.0.1:9/k)=1"]
+
+
+def made_from_the_trap(page) -> list[str]:
+    """Links and images on the page that lead to the trap address (none may exist)."""
+    return page.eval_on_selector_all('a[href*="127.0.0.1:9"], img[src*="127.0.0.1:9"]', "els => els.map(e => e.outerHTML)")
+
+
+def test_text_a_user_controls_makes_no_link_image_or_request(server, browser):
+    """Markdown and HTML in a shared run's name, in link keys and values (a backtick included) and in
+    an uploaded file's name show as typed: no link or image is made from them and the browser never
+    asks the trap address for anything; a repeated link key is named with the other ignored ones."""
+    context = browser.new_context(viewport=VIEWPORT)
+    trapped = []
+    context.on("request", lambda request: trapped.append(request.url) if urlsplit(request.url).netloc == TRAP else None)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        for visit in HOSTILE_VISITS:
+            page.goto(server + visit)
+            settle(page)
+            assert made_from_the_trap(page) == [], visit
+        page.goto(server + HOSTILE_VISITS[2])
+        settle(page)
+        ignored = page.locator('[data-testid="stAlertContentWarning"]', has_text="partly ignored").inner_text()
+        ignored = ignored.replace("\u2060", "")  # the invisible joiner that keeps an address from being linked
+        assert slider_value(page, "K: ρ iterations") not in ("4", "6")  # the repeated key seeded nothing
+        assert "K: given 2 times (4, 6)" in ignored and "sparsity = 0.3`](http://127.0.0.1:9/q) [C" in ignored
+        go_to(page, "model_data")
+        page.get_by_text("Upload a .txt").first.click()  # the calibration column's radio
+        settle(page)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
+            files=[{"name": HOSTILE_FILE, "mimeType": "text/plain", "buffer": (" ".join(["w1 w2 w3"] * 3000)).encode()}])
+        page.get_by_text("[LOGIN-").first.wait_for()  # the uploader shows the name shortened
+        page.get_by_role("button", name="Use this data").click()
+        settle(page)
+        page.get_by_text("Data updated").wait_for()
+        assert made_from_the_trap(page) == []
+        go_to(page, "run_spap")
+        page.get_by_text("uploaded file [LOGIN-HERE]", exact=False).first.wait_for()
+        assert made_from_the_trap(page) == []
+        assert trapped == []
+    finally:
+        context.close()
+
+
+def test_the_session_cookie_is_issued_by_the_server_httponly_and_samesite(server, browser):
+    """The id comes from the server with the page: HttpOnly (no script reads it) and SameSite=Lax;
+    a cookie the server never issued is replaced, never adopted."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(server)
+        settle(page)
+        [cookie] = [c for c in context.cookies() if c["name"] == "spap_session"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+        assert "spap_session" not in page.evaluate("document.cookie")
+        forged = "0" * 24
+        context.clear_cookies()
+        context.add_cookies([{"name": "spap_session", "value": forged, "url": server}])
+        page.reload()
+        settle(page)
+        [replaced] = [c for c in context.cookies() if c["name"] == "spap_session"]
+        assert replaced["value"] != forged and replaced["httpOnly"]
+    finally:
+        context.close()
 
 
 def test_start_page_leads_into_the_lesson_path(browser_page, server):

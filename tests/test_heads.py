@@ -5,7 +5,6 @@ same logits on every family that can hold fewer heads, and the refusals where it
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 
@@ -21,9 +20,9 @@ from spap_core.experiment import plan_run, run_experiment
 from spap_core.methods.layout import HeadLayout
 from spap_core.methods.obs import ObsSettings, obs_layer
 from spap_core.methods.problem import LayerProblem, RefitSettings, refit
-from spap_core.methods.registry import METHODS, PruneSettings, settings_for_family, with_options
+from spap_core.methods.registry import PruneSettings, settings_for_family, with_options
 from spap_core.methods.spap import spap_layer, PenaltySettings
-from spap_core.models import LoadedModel, load_model
+from spap_core.models import LoadedModel
 from spap_core.prune import prune_model
 from spap_core.runs import read_run, write_run
 from spap_core.shrink import save_pruned

@@ -2,7 +2,6 @@
 model, a text, a device map or the offload folder is refused before the model loads (exit 2, one
 line, every file as it was), as is one that cannot be written, even with --overwrite."""
 
-import os
 import shutil
 from pathlib import Path
 

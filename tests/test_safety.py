@@ -120,11 +120,14 @@ def test_a_public_demo_has_limits_it_states_and_enforces(monkeypatch, tmp_path):
     from spap_service.limits import server_limits
 
     monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
-    assert server_limits().describe() is None and server_limits().share_runs
+    # without roots only the queue's cap applies, which every server has
+    assert server_limits().describe() == "This server allows at most 100 jobs waiting in its queue at once."
+    assert server_limits().share_runs
     monkeypatch.setenv(ALLOWED_ROOTS_ENV, str(tmp_path))
     limits = server_limits()
     assert limits.public_demo and not limits.share_runs
     assert "16,384 calibration tokens per run" in limits.describe() and "2 queued or running jobs" in limits.describe()
+    assert "64 jobs waiting in its queue" in limits.describe()
     limits.check(32, 512, 32, 512)  # the issue protocol fits
     with pytest.raises(SpapInputError, match="more than this server allows"):
         limits.check(1024, 8192, 8, 256)  # what a shared link could pre-fill
