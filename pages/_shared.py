@@ -454,7 +454,7 @@ def saved_runs_panel() -> None:
         else:
             st.caption("This server keeps each browser's runs to itself; a results link from Run SPAP still opens a "
                        "run anywhere.")
-        st.caption(browser_sessions().describe())
+        st.caption(browser_sessions().describe() + " " + server_limits().saved_runs.describe())
         for fault in saved.unreadable:  # named by its folder and file only: the server's paths stay its own
             st.caption(f":warning: Skipped the saved run {plain(Path(fault.file).parent.name)}, which cannot be read: "
                        f"{plain(Path(fault.file).name)}: {plain(fault.fault)}")

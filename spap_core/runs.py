@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import secrets
 import shutil
 import time
 import uuid
@@ -103,11 +104,14 @@ def results_root() -> Path:
     return Path(os.environ.get(RESULTS_DIR_ENV, cache_root() / "runs"))
 
 
+RUN_ID_BYTES = 8  # 64 random bits: a run's name is what its ?run= link carries, so it must not be guessable
+
+
 def new_run_directory(root: Path, record: dict) -> Path:
-    """A fresh, sortable folder name: time, method, sparsity and a random suffix (no collisions
-    between sessions finishing in the same second)."""
+    """A fresh, sortable folder name: time, method, sparsity and a random suffix of 64 bits (the
+    name opens the run through a results link, so knowing one run's name tells nothing of another's)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return root / f"{stamp}-{record['method']}-{record['sparsity']:.2f}-{uuid.uuid4().hex[:6]}"
+    return root / f"{stamp}-{record['method']}-{record['sparsity']:.2f}-{secrets.token_hex(RUN_ID_BYTES)}"
 
 
 HEADS_PREFIX = "heads_"  # the arrays and the trace file of the attention heads carry it

@@ -9,11 +9,18 @@ from dataclasses import dataclass
 
 from spap_core.access import allowed_roots
 from spap_core.errors import SpapInputError
+from spap_service.run_index import RunCaps
 
 MAX_CALIBRATION_TOKENS_ENV = "SPAP_MAX_CALIBRATION_TOKENS"
 MAX_EVALUATION_TOKENS_ENV = "SPAP_MAX_EVALUATION_TOKENS"
 MAX_JOBS_PER_SESSION_ENV = "SPAP_MAX_JOBS_PER_SESSION"
 MAX_QUEUED_JOBS_ENV = "SPAP_MAX_QUEUED_JOBS"
+MAX_SAVED_RUNS_ENV = "SPAP_MAX_SAVED_RUNS"
+MAX_SAVED_RUNS_MB_ENV = "SPAP_MAX_SAVED_RUNS_MB"
+SAVED_RUNS_PER_SESSION_ENV = "SPAP_SAVED_RUNS_PER_SESSION"
+# What the results folder keeps of the app's runs on every server (a SmolLM2 run takes about 2 MB):
+# a class of 40 can save 25 runs each, and the folder stays under 2 GiB.
+SAVED_RUN_DEFAULTS = {MAX_SAVED_RUNS_ENV: 1000, MAX_SAVED_RUNS_MB_ENV: 2048, SAVED_RUNS_PER_SESSION_ENV: 100}
 SHARE_RUNS_ENV = "SPAP_SHARE_RUNS"
 # A public demo's defaults: a run about four times the CPU preset, two jobs queued per session.
 DEMO_DEFAULTS = {MAX_CALIBRATION_TOKENS_ENV: 32 * 512, MAX_EVALUATION_TOKENS_ENV: 32 * 512, MAX_JOBS_PER_SESSION_ENV: 2,
@@ -30,7 +37,8 @@ class ServerLimits:
     max_evaluation_tokens: int | None
     max_jobs_per_session: int | None
     max_queued_jobs: int | None  # jobs waiting at once, over every session
-    share_runs: bool  # whether a session may list other sessions' saved runs
+    share_runs: bool
+    saved_runs: RunCaps  # how many of the app's runs the results folder keeps  # whether a session may list other sessions' saved runs
 
     def check(self, nsamples: int, seqlen: int, eval_windows: int, eval_len: int) -> None:
         """Refuse a run larger than the server allows, before it is queued."""
@@ -62,7 +70,7 @@ class ServerLimits:
 def _limit(name: str, demo: bool, default: int | None = None) -> int | None:
     raw = os.environ.get(name)
     if raw is None:
-        return DEMO_DEFAULTS[name] if demo else default
+        return DEMO_DEFAULTS.get(name, default) if demo else default
     try:
         value = int(raw)
     except ValueError:
@@ -70,10 +78,18 @@ def _limit(name: str, demo: bool, default: int | None = None) -> int | None:
     return value if value > 0 else None
 
 
+def _megabytes(limit: int | None) -> int | None:
+    return None if limit is None else limit * 2**20
+
+
 def server_limits() -> ServerLimits:
     demo = allowed_roots() is not None
     share = os.environ.get(SHARE_RUNS_ENV, "0" if demo else "1").lower() in {"1", "true", "yes"}
+    saved = RunCaps(max_count=_limit(MAX_SAVED_RUNS_ENV, demo, SAVED_RUN_DEFAULTS[MAX_SAVED_RUNS_ENV]),
+                    max_bytes=_megabytes(_limit(MAX_SAVED_RUNS_MB_ENV, demo, SAVED_RUN_DEFAULTS[MAX_SAVED_RUNS_MB_ENV])),
+                    per_session=_limit(SAVED_RUNS_PER_SESSION_ENV, demo, SAVED_RUN_DEFAULTS[SAVED_RUNS_PER_SESSION_ENV]))
     return ServerLimits(public_demo=demo, max_calibration_tokens=_limit(MAX_CALIBRATION_TOKENS_ENV, demo),
                         max_evaluation_tokens=_limit(MAX_EVALUATION_TOKENS_ENV, demo),
                         max_jobs_per_session=_limit(MAX_JOBS_PER_SESSION_ENV, demo),
-                        max_queued_jobs=_limit(MAX_QUEUED_JOBS_ENV, demo, DEFAULT_MAX_QUEUED_JOBS), share_runs=share)
+                        max_queued_jobs=_limit(MAX_QUEUED_JOBS_ENV, demo, DEFAULT_MAX_QUEUED_JOBS), share_runs=share,
+                        saved_runs=saved)

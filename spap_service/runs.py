@@ -29,10 +29,12 @@ from spap_core.methods.base import MethodStep
 from spap_core.models import LoadedModel, model_files
 from spap_core.prune import PruneResult
 from spap_core.errors import SpapInputError, UnreadableRunError
-from spap_core.runs import RESULTS_DIR_ENV, list_runs, new_run_directory, read_record, read_run, record_faults, results_root, write_run
+from spap_core.runs import RESULTS_DIR_ENV, new_run_directory, read_run, record_faults, results_root, write_run
 from spap_core.shrink import load_pruned, save_pruned
 from spap_service.data import DataSpec, PreparedData, batch_reporter, dense_perplexity, model_key, prepare_data
 from spap_service.jobs import ProgressReporter
+from spap_service.limits import server_limits
+from spap_service.run_index import enforce_caps, indexed_runs
 
 
 @dataclass(frozen=True)
@@ -167,9 +169,12 @@ def check_results_apart(source: str, data: DataSpec) -> None:
 
 
 def save_outcome(outcome: RunOutcome) -> RunOutcome:
-    """Write the run's record under the results root as it finishes: a crash or restart of the app
-    loses at most the run in progress."""
-    outcome.saved_to = write_run(new_run_directory(results_root(), outcome.record), outcome.record, outcome.result)
+    """Write the run's record under the results root as it finishes (a crash or restart of the app
+    loses at most the run in progress), then keep the saved runs within the server's caps
+    (spap_service.run_index: the oldest runs of a session go first)."""
+    root = results_root()
+    outcome.saved_to = write_run(new_run_directory(root, outcome.record), outcome.record, outcome.result)
+    enforce_caps(root, server_limits().saved_runs, outcome.saved_to.name)
     return outcome
 
 
@@ -190,32 +195,23 @@ class SavedRuns:
 
 def saved_runs(owner: str | None = None) -> SavedRuns:
     """The finished runs in the results folder, newest first, one row each with its folder name
-    (`run`); only those `owner` made when given."""
-    rows, unreadable = [], []
-    for folder in list_runs(results_root()):
-        try:
-            record = read_record(folder)
-        except UnreadableRunError as exc:
-            unreadable.append(exc)
-            continue
-        if owner is not None and record.get("owner") != owner:
-            continue
-        finished_at = record.get("finished_at", 0)
-        finished_at = finished_at if isinstance(finished_at, (int, float)) and math.isfinite(finished_at) else 0
-        rows.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(finished_at)),
-                     "method": record["method"], "sparsity": record["sparsity"], "ppl dense": record["ppl_dense"],
-                     "ppl pruned": record["ppl"], "model": str(record.get("model", "")), "run": folder.name,
-                     "finished_at": finished_at})
-    columns = ["finished", "method", "sparsity", "ppl dense", "ppl pruned", "model", "run", "finished_at"]
-    table = pd.DataFrame(rows, columns=columns)
-    return SavedRuns(table.sort_values("finished_at", ascending=False, kind="stable").drop(columns="finished_at"),
-                     unreadable)
+    (`run`); only those `owner` made when given. Read from the folder's index, which re-reads only
+    the records that changed."""
+    runs, unreadable = indexed_runs(results_root())
+    rows = [{"finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.finished_at)),
+             "method": run.summary["method"], "sparsity": run.summary["sparsity"],
+             "ppl dense": run.summary["ppl_dense"], "ppl pruned": run.summary["ppl"],
+             "model": str(run.summary.get("model") or ""), "run": run.name}
+            for run in runs if owner is None or run.owner == owner]
+    columns = ["finished", "method", "sparsity", "ppl dense", "ppl pruned", "model", "run"]
+    return SavedRuns(pd.DataFrame(rows, columns=columns), unreadable)
 
 
 def saved_run_folder(name: str) -> Path | None:
     """The results folder of the saved run called `name`, or None: only a name listed in the
     results root is accepted, so a shared link can never point the app at another path."""
-    return next((folder for folder in list_runs(results_root()) if folder.name == name), None)
+    runs, _ = indexed_runs(results_root())
+    return next((results_root() / run.name for run in runs if run.name == name), None)
 
 
 def load_saved_run(folder: str | Path) -> RunOutcome:

@@ -1,0 +1,175 @@
+"""The saved runs of the results folder as one index file, and the caps that keep them bounded.
+
+Listing the saved runs happens on every load of Run SPAP and Compare runs, by every browser of a
+class: reading every results.json each time would grow with the folder. The index keeps each run's
+summary (what the saved-runs table shows, its owner and its size on disk) with the stamp (modification
+time and size) of the results.json it was read from. Listing looks at the folder's entries and their
+stamps only, and reads a results.json again only when it is new or changed: a run written by the CLI
+into the folder, or a record edited or damaged since, is still seen as it is now.
+
+The runs the app saved (their record names an owner) are capped: at most `max_count` runs and
+`max_bytes` on disk in the folder, and at most `per_session` runs of one browser session. Past a cap,
+runs are removed a session's oldest first: the saving session's own, when it is over its share, else
+those of the session holding the most (of sessions holding as many, the one with the oldest run). The
+run just saved is never removed, and neither is a folder
+the app did not save (a CLI run someone put there)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from spap_core.errors import UnreadableRunError
+from spap_core.runs import read_record
+
+INDEX_FILE = ".run-index.json"
+LOCK_FILE = ".run-index.lock"
+SUMMARY_FIELDS = ("method", "sparsity", "ppl_dense", "ppl", "model", "owner", "finished_at")
+
+
+@dataclass(frozen=True)
+class RunCaps:
+    """How many saved runs the results folder keeps (None: no cap)."""
+
+    max_count: int | None
+    max_bytes: int | None
+    per_session: int | None
+
+    def describe(self) -> str:
+        """The caps in one sentence, from their values."""
+        whole = [f"{self.max_count} runs" if self.max_count else "", f"{self.max_bytes / 2**20:.0f} MB" if self.max_bytes
+                 else ""]
+        parts = [" and ".join(part for part in whole if part)] if any(whole) else []
+        parts += [f"{self.per_session} runs of one browser"] if self.per_session else []
+        if not parts:
+            return "This server keeps every saved run."
+        return (f"This server keeps at most {', and '.join(parts)}; past that, the oldest runs of a browser go first "
+                "(the one saving, once past its share; else the one with the most).")
+
+
+@dataclass(frozen=True)
+class IndexedRun:
+    """One saved run as the index holds it."""
+
+    name: str
+    summary: dict  # SUMMARY_FIELDS of its record
+    bytes: int  # its folder's size on disk
+
+    @property
+    def owner(self) -> str | None:
+        owner = self.summary.get("owner")
+        return owner if isinstance(owner, str) and owner else None
+
+    @property
+    def finished_at(self) -> float:
+        value = self.summary.get("finished_at", 0)
+        return value if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
+
+
+_lock = threading.Lock()  # this process's threads; the file lock orders other processes
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with _lock, open(root / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def indexed_runs(root: Path) -> tuple[list[IndexedRun], list[UnreadableRunError]]:
+    """The complete runs under `root`, newest first, and why each unreadable one could not be
+    read. Brings the index up to date with the folder (see the module's docstring)."""
+    with _locked(root):
+        stored = _read_index(root)
+        current, unreadable, runs = {}, [], []
+        for folder in _run_folders(root):
+            stamp = _stamp(folder / "results.json")
+            entry = stored.get(folder.name)
+            if entry is None or entry.get("stamp") != stamp:
+                try:
+                    record = read_record(folder)
+                except UnreadableRunError as exc:
+                    unreadable.append(exc)
+                    continue
+                entry = {"stamp": stamp, "bytes": _folder_bytes(folder),
+                         "summary": {key: record.get(key) for key in SUMMARY_FIELDS}}
+            current[folder.name] = entry
+            runs.append(IndexedRun(folder.name, entry["summary"], entry["bytes"]))
+        if current != stored:
+            _write_index(root, current)
+    runs.sort(key=lambda run: (run.finished_at, run.name), reverse=True)
+    return runs, unreadable
+
+
+def enforce_caps(root: Path, caps: RunCaps, saved: str) -> list[str]:
+    """Remove app-saved runs past the caps (see the module's docstring), never `saved`, the run
+    just written; returns the names removed."""
+    runs, _ = indexed_runs(root)
+    removable = sorted((run for run in runs if run.owner is not None and run.name != saved),
+                       key=lambda run: (run.finished_at, run.name))  # oldest first
+    saver = next((run.owner for run in runs if run.name == saved), None)
+    count, size = len(runs), sum(run.bytes for run in runs)
+    removed = []
+    while removable:
+        by_owner: dict[str, list[IndexedRun]] = {}
+        for run in removable:
+            by_owner.setdefault(run.owner, []).append(run)
+        saver_runs = len(by_owner.get(saver, [])) + 1  # the saved run counts towards its session's share
+        if caps.per_session is not None and saver in by_owner and saver_runs > caps.per_session:
+            victim = by_owner[saver][0]
+        elif (caps.max_count is not None and count > caps.max_count) or (caps.max_bytes is not None
+                                                                         and size > caps.max_bytes):
+            victim = max(by_owner.values(), key=len)[0]
+        else:
+            break
+        removable.remove(victim)
+        shutil.rmtree(root / victim.name, ignore_errors=True)
+        count, size = count - 1, size - victim.bytes
+        removed.append(victim.name)
+    if removed:
+        indexed_runs(root)  # drop them from the index
+    return removed
+
+
+def _run_folders(root: Path) -> list[Path]:
+    """The folders of `root` that hold a complete run (results.json is written last)."""
+    if not root.is_dir():
+        return []
+    return [entry for entry in root.iterdir() if not entry.name.startswith(".") and (entry / "results.json").is_file()]
+
+
+def _stamp(file: Path) -> list[int]:
+    info = file.stat()
+    return [info.st_mtime_ns, info.st_size]
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(entry.stat().st_size for entry in folder.rglob("*") if entry.is_file())
+
+
+def _read_index(root: Path) -> dict:
+    """The stored index, or an empty one when it is missing or damaged (it is rebuilt from the folder)."""
+    try:
+        stored = json.loads((root / INDEX_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def _write_index(root: Path, index: dict) -> None:
+    """Replace the index in one rename, so a reader never sees half of it."""
+    partial = root / f"{INDEX_FILE}.{os.getpid()}.partial"
+    partial.write_text(json.dumps(index), encoding="utf-8")
+    os.replace(partial, root / INDEX_FILE)
