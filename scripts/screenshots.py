@@ -1,5 +1,5 @@
 """Screenshots of every page after the default run, as a new user sees them: starts `streamlit run
-app.py` on the default model, clicks through the app in Debian's Chromium and writes one PNG per
+serve.py` on the default model, clicks through the app in Debian's Chromium and writes one PNG per
 page into docs/screenshots/.
 
     SPAP_DATA_DIR=../shared/data python scripts/screenshots.py [--out docs/screenshots]
@@ -95,7 +95,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "serve.py", "--server.port", str(port),
                                 "--server.address", "127.0.0.1"], cwd=REPO, env=dict(os.environ))
     try:
         wait_healthy(base, process)
