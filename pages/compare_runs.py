@@ -11,6 +11,7 @@ from pages._text import plain
 from pages._shared import PAGE_RUN
 from pages._state import session
 from spap_core.errors import UnreadableRunError
+from spap_service.analysis import span
 from spap_service.compare import (
     CHANNELS,
     PARTS,
@@ -104,8 +105,8 @@ with overlap_column:
 st.subheader(f"Pruned {unit}s")
 for column, (name, outcome) in zip(chart_columns(len(drawn)), drawn):
     grid, units = pruned_map(outcome, part)
-    width = part_layers(outcome, part)[0].width
-    evenly = f" ({len(units)} of {width}, evenly spaced)" if len(units) < width else ""
+    widths = [layer.width for layer in part_layers(outcome, part)]
+    evenly = f" ({len(units)} of {span(widths)}, evenly spaced)" if len(units) < max(widths) else ""
     figure = px.imshow(grid, x=units, zmin=0, zmax=1, aspect="auto", color_continuous_scale="Reds",
                        labels={"x": f"{unit}{evenly}", "y": "layer", "color": "pruned"}, title=name)
     figure.update_layout(height=300, margin=dict(t=40, b=10, l=10, r=10), coloraxis_showscale=False)

@@ -23,6 +23,7 @@ from spap_service.analysis import (
     norm_paths,
     readout_masks,
     soft_masks,
+    span,
     trace_table,
     violation_sentence,
 )
@@ -40,9 +41,10 @@ result = outcome.result
 masks = soft_masks(result)  # [layer, iteration, channel]
 readouts = readout_masks(result)  # [layer, channel], 1 = pruned
 trace = trace_table(result)
-n_layers, n_iterations, width = masks.shape
+n_layers, n_iterations, width = masks.shape  # width: the widest layer's (a model pruned before may vary)
+widths = [record.width for record in result.layers]
 st.caption(f"Soft mask s (1 = pruned) of the latest run: {n_layers} layers × {n_iterations} ρ iterations × "
-           f"{width} channels. " + mask_story(result, masks))
+           f"{span(widths)} channels. " + mask_story(result, masks))
 
 controls = st.columns([3, 3, 2])  # room for the checkbox label on a projector
 layer = layer_picker(n_layers, "mask_layer", controls[0])
@@ -55,7 +57,7 @@ sort_by_mask = controls[2].checkbox("Sort by final s", True, key="mask_sort",
 # Each layer's frames: s after every ρ iteration, then the binary read-out as a frame of its own.
 with_readout = np.concatenate([masks, readouts[:, None, :]], axis=1)  # [layer, iteration + 1, channel]
 frame_labels = [str(k) for k in range(1, n_iterations + 1)] + [READOUT]
-layer_frames = with_readout[layer]
+layer_frames = with_readout[layer][:, :widths[layer]]  # the layer's own channels
 channels = display_channels(layer_frames[-2], max_channels, sort_by_mask)
 axis_title = "channel rank by final s" if sort_by_mask else "channel"
 layer_trace = trace[trace["layer"] == layer]
@@ -139,8 +141,11 @@ with bars_column:
     figure.update_layout(height=420, margin=dict(t=50, b=10, l=10, r=10), bargap=0)
     show_chart(figure, subtitle=label)
 with all_layers_column:
-    per_layer = np.stack([with_readout[i][:, display_channels(masks[i, -1], max_channels, sort_by_mask)]
-                          for i in range(n_layers)], axis=1)  # [frame, layer, channel]
+    drawn = [with_readout[i][:, display_channels(masks[i, -1, :widths[i]], max_channels, sort_by_mask)]
+             for i in range(n_layers)]
+    columns = max(frames.shape[1] for frames in drawn)  # a narrower layer's row ends early (NaN: not drawn)
+    per_layer = np.stack([np.pad(frames, ((0, 0), (0, columns - frames.shape[1])), constant_values=np.nan)
+                          for frames in drawn], axis=1)  # [frame, layer, channel]
     figure = px.imshow(per_layer, animation_frame=0, zmin=0, zmax=1, aspect="auto", color_continuous_scale="Viridis",
                        labels={"animation_frame": "ρ iteration", "x": axis_title, "y": "layer", "color": "s"},
                        title="All layers: s, one frame per ρ iteration, then the read-out")

@@ -80,36 +80,49 @@ def column_norms(result: PruneResult) -> np.ndarray:
 
 def readout_masks(result: PruneResult) -> np.ndarray:
     """[layer, channel] the binary mask each layer was read out to (1 = pruned): the run's own
-    decision, so the 'read-out' frame shows what was pruned, not a recomputation."""
-    masks = np.zeros((len(result.layers), result.layers[0].width), dtype=np.float32)
+    decision, so the 'read-out' frame shows what was pruned, not a recomputation. As wide as the
+    widest layer, NaN past a narrower layer's own width (a model pruned before, with per-layer
+    widths), as the soft masks are (spap_core.runs.soft_mask_array)."""
+    masks = np.full((len(result.layers), max(record.width for record in result.layers)), np.nan, dtype=np.float32)
     for index, record in enumerate(result.layers):
-        masks[index] = 1.0
+        masks[index, :record.width] = 1.0
         masks[index, record.keep] = 0.0
     return masks
+
+
+def span(values: list[int]) -> str:
+    """'12' when every value is 12, '10–14' when they differ (per-layer widths)."""
+    low, high = min(values), max(values)
+    return f"{low}" if low == high else f"{low}–{high}"
 
 
 def mask_story(result: PruneResult, masks: np.ndarray) -> str:
     """What the soft mask did in this run, in words computed from its own settings and values:
     the start, the marking schedule, the values s ended with, and whether it ended binary."""
     penalty = result.settings.options.penalty  # a run with a trace is a SPAP run
-    n_layers, n_iterations, width = masks.shape
-    n_prune = width - len(result.layers[0].keep)
+    n_iterations = masks.shape[1]
+    widths = [record.width for record in result.layers]
+    n_prunes = [record.width - len(record.keep) for record in result.layers]
+    shares = sorted({f"{n_prune / width:.3g}" for n_prune, width in zip(n_prunes, widths)}, key=float)
+    lam = span(n_prunes)
     start = ("s⁽⁰⁾ = 0 (nothing marked)" if penalty.start == "zero"
-             else f"s⁽⁰⁾ = λ/n = {n_prune / width:.3g} everywhere")
+             else f"s⁽⁰⁾ = λ/n = {' to '.join(shares[::max(1, len(shares) - 1)])} everywhere")
     if penalty.schedule == "ramp":
-        marking = f"iteration k marks the ⌈λk/K⌉ lowest-scored channels (λ = {n_prune} at k = K = {n_iterations})"
+        marking = f"iteration k marks the ⌈λk/K⌉ lowest-scored channels (λ = {lam} at k = K = {n_iterations})"
     else:
-        marking = f"every iteration marks the λ = {n_prune} lowest-scored channels"
+        marking = f"every iteration marks the λ = {lam} lowest-scored channels"
     final = masks[:, -1, :]
-    values = np.unique(np.round(final, 3))
+    finite = final[np.isfinite(final)]  # past a narrower layer's width there is no channel
+    values = np.unique(np.round(finite, 3))
     shown = ", ".join(f"{v:g}" for v in values[:8]) + (", …" if len(values) > 8 else "")
-    binary = bool(np.all((final < 1e-3) | (final > 1 - 1e-3)))
+    binary = bool(np.all((finite < 1e-3) | (finite > 1 - 1e-3)))
     if binary:
         ending = "At the last iteration s is binary, so the read-out simply takes it."
     else:
-        below = int(np.mean([np.sum(np.sort(layer)[::-1][:n_prune] < 1 - 1e-3) for layer in final]).round())
-        short = (f"no channel's s reaches 1 (the largest is {final.max():.3g})" if below == n_prune else
-                 f"on average {below} of the λ = {n_prune} channels with the largest s sit below 1")
+        below = [int(np.sum(np.sort(layer[:width])[::-1][:n_prune] < 1 - 1e-3))
+                 for layer, width, n_prune in zip(final, widths, n_prunes)]
+        short = (f"no channel's s reaches 1 (the largest is {finite.max():.3g})" if below == n_prunes else
+                 f"on average {np.mean(below):.0f} of the λ = {lam} channels with the largest s sit below 1")
         ending = (f"At the last iteration s is not binary: its values are {shown}, and {short}. The binary mask is "
                   "read out as the λ largest s (the 'read-out' frame).")
     return (f"Start: {start}. Each ρ iteration moves s a step α = {penalty.momentum:g} towards the marked channels; "
@@ -158,10 +171,10 @@ def norm_paths(result: PruneResult, layer: int) -> pd.DataFrame | None:
     dense = record.down_column_norms.get("dense")
     if norms.size == 0 or dense is None:
         return None
-    masks = soft_masks(result)[layer]
-    readouts = readout_masks(result)[layer]
+    masks = soft_masks(result)[layer][:, :record.width]  # the layer's own channels, not the padding
+    readouts = readout_masks(result)[layer][:record.width]
     first = first_marked(masks[None])[0]
-    relative = norms[layer] / np.maximum(dense, 1e-12)  # [iteration, channel]
+    relative = norms[layer][:, :record.width] / np.maximum(dense, 1e-12)  # [iteration, channel]
     rhos = [step.rho for step in result.trace if step.layer == record.layer]
     groups = {}
     for channel in range(record.width):

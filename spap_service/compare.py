@@ -99,15 +99,17 @@ def pruned_overlap(outcomes: list[RunOutcome], part: str = CHANNELS) -> pd.DataF
 def pruned_map(outcome: RunOutcome, part: str = CHANNELS, max_units: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """[layer, unit] 1 where the run pruned the channel (or head), and the number of each column's
     unit: every unit, or `max_units` evenly spaced ones of a wider layer (so an axis can show the
-    channels' own numbers, not the columns')."""
+    channels' own numbers, not the columns'). Units past a narrower layer's width (a model pruned
+    before, with per-layer widths) are NaN: that layer has no such unit."""
     layers = part_layers(outcome, part)
-    widths = [layer.width for layer in layers]
-    shown = np.linspace(0, min(widths) - 1, min(max_units, min(widths))).round().astype(int)
-    grid = np.zeros((len(widths), len(shown)))
+    widest = max(layer.width for layer in layers)
+    shown = np.linspace(0, widest - 1, min(max_units, widest)).round().astype(int)
+    grid = np.full((len(layers), len(shown)), np.nan)
     for row, layer in enumerate(layers):
         pruned = np.zeros(layer.width)
         pruned[sorted(pruned_channels(layer))] = 1
-        grid[row] = pruned[shown]
+        inside = shown < layer.width
+        grid[row, inside] = pruned[shown[inside]]
     return grid, shown
 
 

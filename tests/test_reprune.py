@@ -169,3 +169,31 @@ def test_a_run_folder_without_trace_widths_reads_back_at_its_one_width(tiny, tmp
     for original, back in zip(result.trace, stored.trace, strict=True):
         np.testing.assert_array_equal(back.soft_mask, original.soft_mask)
         np.testing.assert_array_equal(back.column_norms, original.column_norms)
+
+
+APP_PAGES = ["mask_evolution", "scores", "dense_vs_pruned", "latency", "compare_runs", "how_spap_works", "run_spap"]
+
+
+def test_the_app_prunes_a_model_with_per_layer_widths_and_every_page_shows_it(first_saves, app_files):
+    """A model saved with per-layer widths, loaded in the app and pruned by SPAP: Mask evolution
+    draws each layer at its own width (the trace is padded to the widest) and no page fails."""
+    from app_harness import array, click, finish_job, keep, open_page, shown, start_app, titled
+    from pages._state import ModelChoice
+
+    folder = first_saves["per-layer widths"]
+    at = start_app()
+    keep(at, "model_choice", ModelChoice(source=str(folder)))
+    open_page(at, "run_spap")
+    at.slider(key="K").set_value(3)
+    click(at, "Run SPAP")
+    finish_job(at, "run")
+    widths = [record.width for record in at.session_state["latest_run"].result.layers]
+    assert len(set(widths)) > 1
+    for page in APP_PAGES:
+        open_page(at, page)
+    open_page(at, "mask_evolution")
+    assert any(f"× {min(widths)}–{max(widths)} channels" in shown(caption.value) for caption in at.caption)
+    for layer, record in enumerate(at.session_state["latest_run"].result.layers):
+        at.slider(key="mask_layer").set_value(layer).run()
+        readout = array(titled(at, f"Layer {layer}: s over ρ iterations")["data"][0]["z"])[-1]
+        assert len(readout) == record.width and readout.sum() == record.width - len(record.keep)
