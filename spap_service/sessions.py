@@ -121,38 +121,40 @@ def session_cookie(session_id: str, *, http_only: bool, secure: bool = False) ->
 
 
 class SessionCookieMiddleware:
-    """ASGI middleware (serve.py) that issues the session cookie with the page: a page response to a
-    request without a valid id (none, or one this server did not sign) carries a new one, HttpOnly and
-    SameSite=Lax (and Secure over HTTPS). Only pages (text/html) carry it, so the assets a page loads
-    at the same moment do not hand out ids of their own."""
+    """ASGI middleware (serve.py) that issues the session cookie with the page: the answer to a page
+    request (the browser asks for HTML) without a valid id (none, or one this server did not sign)
+    carries a new one, HttpOnly and SameSite=Lax (and Secure over HTTPS), a "not modified" answer
+    included. The assets a page loads at the same moment do not hand out ids of their own."""
 
     def __init__(self, app) -> None:  # noqa: ANN001 (any ASGI app)
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 (the ASGI interface)
-        if scope["type"] != "http" or is_session_id(_cookie(scope, SESSION_COOKIE)):
+        if (scope["type"] != "http" or b"text/html" not in (_header(scope, b"accept") or b"")
+                or is_session_id(_cookie(scope, SESSION_COOKIE))):
             await self.app(scope, receive, send)
             return
         cookie = session_cookie(new_session_id(), http_only=True, secure=scope.get("scheme") == "https")
 
         async def send_with_cookie(message: dict) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if any(name.lower() == b"content-type" and value.startswith(b"text/html") for name, value in headers):
-                    message = {**message, "headers": [*headers, (b"set-cookie", cookie.encode("latin-1"))]}
+                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie.encode("latin-1"))]}
             await send(message)
 
         await self.app(scope, receive, send_with_cookie)
 
 
+def _header(scope: dict, name: bytes) -> bytes | None:
+    """The value of header `name` (lower case) of an ASGI request, if it has one."""
+    return next((value for header, value in scope.get("headers", []) if header.lower() == name), None)
+
+
 def _cookie(scope: dict, name: str) -> str | None:
     """The value of cookie `name` in an ASGI request's headers, if it has one."""
-    for header, value in scope.get("headers", []):
-        if header.lower() == b"cookie":
-            for pair in value.decode("latin-1").split(";"):
-                key, _, found = pair.strip().partition("=")
-                if key == name:
-                    return found
+    for pair in (_header(scope, b"cookie") or b"").decode("latin-1").split(";"):
+        key, _, found = pair.strip().partition("=")
+        if key == name:
+            return found
     return None
 
 

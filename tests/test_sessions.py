@@ -105,10 +105,11 @@ def test_the_signing_key_is_made_once_private_and_kept(monkeypatch, tmp_path):
     monkeypatch.setattr(sessions, "_key", None)
 
 
-def asgi_response(cookie: str | None, content_type: bytes = b"text/html; charset=utf-8") -> list[tuple[bytes, bytes]]:
+def asgi_response(cookie: str | None, accept: bytes = b"text/html,application/xhtml+xml,*/*;q=0.8",
+                  status: int = 200) -> list[tuple[bytes, bytes]]:
     """The headers SessionCookieMiddleware sends for one request (a fake app answering it)."""
     async def page(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/html")]})
         await send({"type": "http.response.body", "body": b"<html></html>"})
 
     sent = []
@@ -116,7 +117,7 @@ def asgi_response(cookie: str | None, content_type: bytes = b"text/html; charset
     async def send(message):
         sent.append(message)
 
-    headers = [] if cookie is None else [(b"cookie", f"other=1; spap_session={cookie}".encode())]
+    headers = [(b"accept", accept)] + ([] if cookie is None else [(b"cookie", f"other=1; spap_session={cookie}".encode())])
     scope = {"type": "http", "scheme": "http", "headers": headers}
     asyncio.run(SessionCookieMiddleware(page)(scope, None, send))
     return sent[0]["headers"]
@@ -134,7 +135,8 @@ def test_serve_py_hands_out_the_id_as_an_httponly_samesite_cookie_with_the_page(
     assert set_cookies(asgi_response(session_id)) == []  # a valid id is kept
     [replaced] = set_cookies(asgi_response("0" * 24))  # one this server never issued is replaced
     assert replaced.split(";")[0] != "spap_session=" + "0" * 24
-    assert set_cookies(asgi_response(None, b"application/javascript")) == []  # assets hand out none
+    assert set_cookies(asgi_response(None, accept=b"*/*")) == []  # assets hand out none
+    assert len(set_cookies(asgi_response("0" * 24, status=304))) == 1  # a page the browser had cached too
 
 
 def test_no_number_of_fresh_sessions_fills_the_queue(monkeypatch):
