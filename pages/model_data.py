@@ -187,7 +187,8 @@ with st.container(border=True):
 evaluation_budget = "the whole text" if spec.eval_windows == 0 else (
     f"{spec.eval_windows} × {spec.eval_len} = {spec.eval_windows * spec.eval_len:,} tokens")
 st.table(pd.DataFrame({
-    "source": [plain(spec.calibration.label or "(none)"), plain(spec.evaluation.label or "(none)")],  # cells are Markdown
+    # st.table renders its cells as Markdown
+    "source": [plain(spec.calibration.label or "(none)"), plain(spec.evaluation.label or "(none)")],
     "size": [f"{spec.nsamples} × {spec.seqlen} = {spec.nsamples * spec.seqlen:,} tokens (random windows)",
              f"{evaluation_budget} (first windows, in order)"],
 }, index=["calibration", "evaluation"]))

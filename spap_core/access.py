@@ -67,8 +67,8 @@ def output_folder(path: str | Path, what: str, inputs: Mapping[str, str | Path],
     work: outside the allowed roots; the current folder or one holding it (renaming cannot replace
     those); equal to, holding or inside one of `inputs` (what the run reads, by what each is:
     replacing the output would delete it, writing inside it would mix the output into it); an
-    existing file; a non-empty folder unless `replace` (`replace_option` says how to allow it); or a place this process cannot create a
-    folder in. Nothing is left behind by the check."""
+    existing file; a non-empty folder unless `replace` (`replace_option` says how to allow it); or a
+    place this process cannot create a folder in. Nothing is left behind by the check."""
     folder = confined(path, what)
     real = folder.resolve()
     if Path.cwd().resolve().is_relative_to(real):

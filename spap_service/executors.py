@@ -343,7 +343,8 @@ def _check_ray_answers(address: str) -> None:
         _check_ray_init(address, timeout_s=max(0.0, deadline - time.monotonic()))
     except _NoAnswer:
         _unanswered[address] = time.monotonic()
-        raise SourceUnavailableError(f"Ray at {address} did not answer within {bound:g} s; {UNREACHABLE_HINT}") from None
+        raise SourceUnavailableError(f"Ray at {address} did not answer within {bound:g} s; "
+                                     f"{UNREACHABLE_HINT}") from None
     _unanswered.pop(address, None)
 
 

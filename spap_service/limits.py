@@ -20,7 +20,8 @@ MAX_SAVED_RUNS_MB_ENV = "SPAP_MAX_SAVED_RUNS_MB"
 SAVED_RUNS_PER_SESSION_ENV = "SPAP_SAVED_RUNS_PER_SESSION"
 # What the results folder keeps of the app's runs on every server (a SmolLM2 run takes about 2 MB):
 # a class of 40 can save 25 runs each, and the folder stays under 2 GiB.
-SAVED_RUN_DEFAULTS = {MAX_SAVED_RUNS_ENV: 1000, MAX_SAVED_RUNS_MB_ENV: 2048, SAVED_RUNS_PER_SESSION_ENV: 100}
+SAVED_RUN_DEFAULTS = {  # in RunCaps' order
+    MAX_SAVED_RUNS_ENV: 1000, MAX_SAVED_RUNS_MB_ENV: 2048, SAVED_RUNS_PER_SESSION_ENV: 100}
 SHARE_RUNS_ENV = "SPAP_SHARE_RUNS"
 # A public demo's defaults: a run about four times the CPU preset, two jobs queued per session.
 DEMO_DEFAULTS = {MAX_CALIBRATION_TOKENS_ENV: 32 * 512, MAX_EVALUATION_TOKENS_ENV: 32 * 512, MAX_JOBS_PER_SESSION_ENV: 2,
@@ -37,8 +38,8 @@ class ServerLimits:
     max_evaluation_tokens: int | None
     max_jobs_per_session: int | None
     max_queued_jobs: int | None  # jobs waiting at once, over every session
-    share_runs: bool
-    saved_runs: RunCaps  # how many of the app's runs the results folder keeps  # whether a session may list other sessions' saved runs
+    share_runs: bool  # whether a session may list other sessions' saved runs
+    saved_runs: RunCaps  # how many of the app's runs the results folder keeps
 
     def check(self, nsamples: int, seqlen: int, eval_windows: int, eval_len: int) -> None:
         """Refuse a run larger than the server allows, before it is queued."""
@@ -78,16 +79,11 @@ def _limit(name: str, demo: bool, default: int | None = None) -> int | None:
     return value if value > 0 else None
 
 
-def _megabytes(limit: int | None) -> int | None:
-    return None if limit is None else limit * 2**20
-
-
 def server_limits() -> ServerLimits:
     demo = allowed_roots() is not None
     share = os.environ.get(SHARE_RUNS_ENV, "0" if demo else "1").lower() in {"1", "true", "yes"}
-    saved = RunCaps(max_count=_limit(MAX_SAVED_RUNS_ENV, demo, SAVED_RUN_DEFAULTS[MAX_SAVED_RUNS_ENV]),
-                    max_bytes=_megabytes(_limit(MAX_SAVED_RUNS_MB_ENV, demo, SAVED_RUN_DEFAULTS[MAX_SAVED_RUNS_MB_ENV])),
-                    per_session=_limit(SAVED_RUNS_PER_SESSION_ENV, demo, SAVED_RUN_DEFAULTS[SAVED_RUNS_PER_SESSION_ENV]))
+    count, megabytes, per_session = (_limit(name, demo, default) for name, default in SAVED_RUN_DEFAULTS.items())
+    saved = RunCaps(max_count=count, max_bytes=None if megabytes is None else megabytes * 2**20, per_session=per_session)
     return ServerLimits(public_demo=demo, max_calibration_tokens=_limit(MAX_CALIBRATION_TOKENS_ENV, demo),
                         max_evaluation_tokens=_limit(MAX_EVALUATION_TOKENS_ENV, demo),
                         max_jobs_per_session=_limit(MAX_JOBS_PER_SESSION_ENV, demo),

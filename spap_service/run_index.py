@@ -45,8 +45,8 @@ class RunCaps:
 
     def describe(self) -> str:
         """The caps in one sentence, from their values."""
-        whole = [f"{self.max_count} runs" if self.max_count else "", f"{self.max_bytes / 2**20:.0f} MB" if self.max_bytes
-                 else ""]
+        whole = [f"{self.max_count} runs" if self.max_count else "",
+                 f"{self.max_bytes / 2**20:.0f} MB" if self.max_bytes else ""]
         parts = [" and ".join(part for part in whole if part)] if any(whole) else []
         parts += [f"{self.per_session} runs of one browser"] if self.per_session else []
         if not parts:

@@ -138,7 +138,8 @@ class SessionCookieMiddleware:
 
         async def send_with_cookie(message: dict) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie.encode("latin-1"))]}
+                headers = [*message.get("headers", []), (b"set-cookie", cookie.encode("latin-1"))]
+                message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_cookie)
@@ -192,8 +193,8 @@ class BrowserSessions:
     def describe(self) -> str:
         """What the registry promises, from its settings."""
         hours = self.idle_seconds / 3600
-        return (f"The server keeps a browser's jobs, latest run and pruned weights across reloads until it has been idle "
-                f"for {hours:g} h; the pruned weights of all but the {self.models_in_memory} most recently active "
+        return (f"The server keeps a browser's jobs, latest run and pruned weights across reloads until it has been "
+                f"idle for {hours:g} h; the pruned weights of all but the {self.models_in_memory} most recently active "
                 f"browsers wait on the server's disk meanwhile.")
 
     def _expire(self, now: float) -> None:

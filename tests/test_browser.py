@@ -167,7 +167,8 @@ def test_shared_link_fills_in_the_run_form(browser_page, server):
 
 
 TRAP = "127.0.0.1:9"  # the address a hostile text points at: nothing may link to it or ask it for anything
-HOSTILE_FILE = "[LOGIN-HERE](http://127.0.0.1:9/x) ![b](http://127.0.0.1:9/beacon.png) <img src=http://127.0.0.1:9/i>.txt"
+HOSTILE_FILE = ("[LOGIN-HERE](http://127.0.0.1:9/x) ![b](http://127.0.0.1:9/beacon.png) "
+                "<img src=http://127.0.0.1:9/i>.txt")
 HOSTILE_VISITS = ["/?run=[CLICKME](http://127.0.0.1:9/phish)", "/?run=![i](http://127.0.0.1:9/track.png)",
                   "/run_spap?sparsity=0.3%60%5D%28http%3A//127.0.0.1:9/q%29%20%5BC&K=4&K=6",
                   "/run_spap?%5Bk%5D(http://127.0.0.1:9/k)=1"]
@@ -175,7 +176,7 @@ HOSTILE_VISITS = ["/?run=[CLICKME](http://127.0.0.1:9/phish)", "/?run=![i](http:
 
 def made_from_the_trap(page) -> list[str]:
     """Links and images on the page that lead to the trap address (none may exist)."""
-    return page.eval_on_selector_all('a[href*="127.0.0.1:9"], img[src*="127.0.0.1:9"]', "els => els.map(e => e.outerHTML)")
+    return page.eval_on_selector_all(f'a[href*="{TRAP}"], img[src*="{TRAP}"]', "els => els.map(e => e.outerHTML)")
 
 
 def test_text_a_user_controls_makes_no_link_image_or_request(server, browser):
@@ -202,7 +203,7 @@ def test_text_a_user_controls_makes_no_link_image_or_request(server, browser):
         page.get_by_text("Upload a .txt").first.click()  # the calibration column's radio
         settle(page)
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
-            files=[{"name": HOSTILE_FILE, "mimeType": "text/plain", "buffer": (" ".join(["w1 w2 w3"] * 3000)).encode()}])
+            files=[{"name": HOSTILE_FILE, "mimeType": "text/plain", "buffer": " ".join(["w1 w2 w3"] * 3000).encode()}])
         page.get_by_text("[LOGIN-").first.wait_for()  # the uploader shows the name shortened
         page.get_by_role("button", name="Use this data").click()
         settle(page)

@@ -76,8 +76,8 @@ def test_out_apart_from_the_offload_folder_and_device_map(run_folder, no_model_l
 def test_out_apart_from_the_default_texts(run_folder, no_model_load, monkeypatch, capsys):
     """Texts the run reads without being named (the default order) are inputs too."""
     monkeypatch.setenv("SPAP_CALIB_FILE", str(run_folder / "calib.txt"))
-    argv = [arg for arg in prune_args(run_folder / "tiny", files_in(run_folder)) if arg != str(run_folder / "calib.txt")]
-    argv.remove("--calib-file")
+    argv = prune_args(run_folder / "tiny", files_in(run_folder))
+    del argv[argv.index("--calib-file"):argv.index("--calib-file") + 2]
     assert "is the calibration text" in refused([*argv, "--out", str(run_folder / "calib.txt"), "--overwrite"], capsys)
 
 

@@ -117,7 +117,9 @@ def asgi_response(cookie: str | None, accept: bytes = b"text/html,application/xh
     async def send(message):
         sent.append(message)
 
-    headers = [(b"accept", accept)] + ([] if cookie is None else [(b"cookie", f"other=1; spap_session={cookie}".encode())])
+    headers = [(b"accept", accept)]
+    if cookie is not None:
+        headers.append((b"cookie", f"other=1; spap_session={cookie}".encode()))
     scope = {"type": "http", "scheme": "http", "headers": headers}
     asyncio.run(SessionCookieMiddleware(page)(scope, None, send))
     return sent[0]["headers"]
