@@ -9,6 +9,7 @@ import os
 import torch
 
 from spap_core.errors import SpapInputError
+from spap_core.evaluate import chunk_tokens_for
 from spap_core.adapters import text_config
 from spap_core.models import LoadedModel
 
@@ -20,7 +21,8 @@ def run_bytes(loaded: LoadedModel, calibration_tokens: int, batch_size: int, eva
               copies_model: bool, fisher_window: int = 0) -> int:
     """The walk keeps, for every calibration token, the layer's input, the residual base and the MLP
     intermediate (and the MLP input and target when a recovery step or corrected targets need them),
-    plus one layer's Gram matrix in float64 and float32; the evaluation holds one batch of logits.
+    plus one layer's Gram matrix in float64 and float32; the evaluation holds one chunk of logits
+    and its log-softmax (spap_core.evaluate computes the loss a chunk of tokens at a time).
     A Fisher allocation first backpropagates one window of `fisher_window` tokens through the whole
     model while the calibration inputs are held (_fisher_bytes)."""
     config = text_config(loaded.model)
@@ -29,7 +31,7 @@ def run_bytes(loaded: LoadedModel, calibration_tokens: int, batch_size: int, eva
     hidden, vocab = config.hidden_size, config.vocab_size
     per_token = (2 * hidden + width + (2 * hidden if explicit_targets else 0)) * FLOAT_BYTES
     gram = (width + 1) ** 2 * (8 + 4)
-    logits = batch_size * eval_len * vocab * FLOAT_BYTES
+    logits = 2 * min(batch_size * eval_len, chunk_tokens_for(vocab)) * vocab * FLOAT_BYTES
     model = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) if copies_model else 0
     return calibration_tokens * per_token + gram + logits + model + _fisher_bytes(loaded, width, fisher_window)
 

@@ -327,6 +327,19 @@ class ModelAdapter:
             raise SpapInputError(f"Model type '{self.model_type}' cannot store an attention output-projection bias "
                                  "in transformers; turn bias compensation off (--no-bias).")
 
+    # ------------------------------------------------------------------ the output head
+    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The logits of final hidden states (the backbone's output, final norm included), as the
+        family's `*ForCausalLM.forward` computes them: the output embedding (with its bias where it
+        has one, Phi's), then tanh soft-capping where the config sets `final_logit_softcapping`
+        (Gemma 2 and 3; Gemma 3's multimodal config has no such field, and its forward no capping).
+        OPT's `project_out` belongs to its decoder, so it is already in `hidden`."""
+        logits = model.get_output_embeddings()(hidden)
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
     # ------------------------------------------------------------------ how the output is used
     def mlp_output_to_residual(self, layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """The map applied to the MLP output before it is added to the residual stream."""
