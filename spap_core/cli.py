@@ -260,7 +260,7 @@ def _check_out(args: argparse.Namespace) -> None:
 def run_inputs(args: argparse.Namespace) -> dict[str, Path]:
     """What a prune reads from disk, by what each is: the model's files, the texts (given or the
     defaults), a device map file, the offload and zero-shot task folders."""
-    inputs = {f"model {name}": path for name, path in model_files(args.model).items()}
+    inputs = {f"model {name}": path for name, path in model_files(*model_source(args.model)).items()}
     for dest, purpose in (("calib_file", "calibration"), ("eval_file", "evaluation")):
         spec = getattr(args, dest) or default_text_spec(purpose)
         if spec and spec != "default" and not spec.startswith(HUB_SPEC):

@@ -394,11 +394,11 @@ def context_length(model: nn.Module) -> int | None:
     return getattr(text_config(model), "max_position_embeddings", None)
 
 
-def model_files(source: str) -> dict[str, Path]:
-    """Where on disk the model `source` is read from, by what each place is (nothing for a hub id,
-    which the hub's own cache holds): a folder; a GGUF file and its dequantized copy; the
-    built-in model's GGUF and its copy. Output folders are kept apart from these."""
-    kind, where = model_source(source)
+def model_files(kind: str, where: Path | str) -> dict[str, Path]:
+    """Where on disk the model that `model_source` found (`kind`, `where`) is read from, by what
+    each place is (nothing for a hub id, which the hub's own cache holds): a folder; a GGUF file and
+    its dequantized copy; the built-in model's GGUF and its copy. Output folders are kept apart from
+    these."""
     if kind == FOLDER:
         return {"folder": Path(where)}
     if kind in (GGUF, BUILTIN):

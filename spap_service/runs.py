@@ -26,7 +26,7 @@ from spap_core.evaluate import PerplexityResult
 from spap_core.experiment import Experiment, run_experiment
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.base import MethodStep
-from spap_core.models import LoadedModel, model_files
+from spap_core.models import LoadedModel, model_files, model_source
 from spap_core.prune import PruneResult
 from spap_core.errors import SpapInputError, UnreadableRunError
 from spap_core.runs import RESULTS_DIR_ENV, new_run_directory, read_run, record_faults, results_root, write_run
@@ -157,7 +157,7 @@ def check_results_apart(source: str, data: DataSpec) -> None:
     """Refuse, before it is queued, a run whose record would be written inside what it reads: the
     results folder (where every run's record goes) must not be, nor lie inside, the model's files
     or a text file. Raises SpapInputError."""
-    inputs = {f"model {name}": path for name, path in model_files(source).items()}
+    inputs = {f"model {name}": path for name, path in model_files(*model_source(source)).items()}
     inputs.update({f"{purpose} text": Path(choice.path) for purpose, choice in
                    (("calibration", data.calibration), ("evaluation", data.evaluation)) if choice.kind == "file"})
     root = results_root().expanduser().resolve()

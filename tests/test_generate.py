@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from torch import nn
 from transformers import PretrainedConfig
 
-from app_harness import assert_clean, click, keep, run_spap, start_app
+from app_harness import assert_clean, click, keep, run_spap, shown, start_app
 from conftest import tiny_llama, tiny_tokenizer, word_text
 from spap_core.errors import NumericalError, SpapInputError
 from spap_core.adapters import model_adapter
@@ -313,7 +313,7 @@ def test_page_shows_bad_settings_as_a_message(ran_app, widget, value, message):
     (at.text_area if widget == "generation_prompt" else at.number_input)(key=widget).set_value(value)
     click(at, "Generate")
     assert not at.exception
-    assert [e.value[:len(message)] for e in at.error] == [message]
+    assert [shown(e.value)[:len(message)] for e in at.error] == [message]
 
 
 def test_page_without_a_run_points_to_run_spap(app_files):
@@ -329,7 +329,8 @@ def test_page_refuses_a_run_of_another_model_and_a_run_without_weights(ran_app):
     keep(at, "latest_run", dataclasses.replace(outcome, model_key="another model|cpu|torch.float32"))
     open_generation_page(at)
     assert any("pruned a different model" in w.value for w in at.warning) and not at.text
-    reloaded = dataclasses.replace(outcome, result=dataclasses.replace(outcome.result, model=None))
+    # a run reloaded from its record: no weights in memory, none put on disk for it either
+    reloaded = dataclasses.replace(outcome, result=dataclasses.replace(outcome.result, model=None), spilled=None)
     keep(at, "latest_run", reloaded)
     at.run()
     assert any("not the pruned weights" in info.value for info in at.info) and not at.text

@@ -124,7 +124,9 @@ def test_obs_removes_the_exactly_cheapest_head(seed):
     decision = obs_layer(problem, settings)
     kept_heads = problem.kept_units(decision.keep).tolist()
     assert set(range(4)) - set(kept_heads) == {int(np.argmin(costs))}
-    assert decision.objective == pytest.approx(min(costs), rel=1e-6)
+    # the Gram is summed in float32 (GramAccumulator), whose rounding differs between CPUs' kernels;
+    # on this ill-conditioned problem that moves the two solves apart by a few parts in a million
+    assert decision.objective == pytest.approx(min(costs), rel=1e-5)
 
 
 @pytest.mark.parametrize("seed", range(4))
