@@ -117,7 +117,7 @@ def main() -> None:
         {"mode": f"load the model and evaluate it (random tokens, {evaluation})", "peak_rss": evaluate_peak},
         {"mode": f"prune, default (in memory, in place; {calibration})", "peak_rss": default_peak,
          "ppl": ppl["default"]},
-        {"mode": f"prune, `--low-memory` (every decoder layer on disk; {calibration})", "peak_rss": low_peak,
+        {"mode": f"prune, `--low-memory` (every module on disk, loaded for its forward call; {calibration})", "peak_rss": low_peak,
          "ppl": ppl["low"]},
     ]
     lines = ["# Peak memory of a prune", "",

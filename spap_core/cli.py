@@ -158,10 +158,13 @@ def _add_placement_args(parser: argparse.ArgumentParser) -> None:
         "models bigger than memory: accelerate places the weights, the walk prunes one decoder layer at a time "
         "on --device, in place (dense perplexity first)")
     group.add_argument("--low-memory", action="store_true",
-                       help="every decoder layer stays on disk and is loaded one at a time (= --device-map disk)")
+                       help="every module stays on disk and is loaded for its forward call, the decoder layers one at a "
+                            "time (= --device-map disk); large blocks are allocated apart from the heap, so the peak "
+                            "is what a step holds at once")
     group.add_argument("--device-map", default=None, metavar="MAP",
                        help=f"{', '.join(DEVICE_MAP_STRATEGIES)} (accelerate's strategies, with --max-memory), "
-                            f"'{LAYERS_ON_DISK}' (every decoder layer on disk), or a .json file of module name → "
+                            f"'{LAYERS_ON_DISK}' (every module on disk, the embeddings and head too), or a .json file "
+                            "of module name → "
                             "device (0, 'cuda:1', 'cpu', 'disk'); decoder layers must stay whole")
     group.add_argument("--max-memory", default=None, metavar="BUDGET",
                        help="per-device budget for the strategies, e.g. '0=20GiB,1=20GiB,cpu=60GiB'")

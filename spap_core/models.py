@@ -25,6 +25,7 @@ from spap_core.checkpoint import checked_skeleton, hub_config, one_line, refuse_
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.adapters import ModelAdapter, model_adapter, text_config
 from spap_core.hub import require_hub
+from spap_core.memory import keep_large_blocks_out_of_the_heap
 from spap_core.shrink import remove_padding
 from spap_core.offload import (
     LAYERS_ON_DISK,
@@ -245,6 +246,7 @@ def _dispatch_arguments(model: PreTrainedModel, device: torch.device, placement:
     device_map = placement.device_map
     if device_map == LAYERS_ON_DISK:
         device_map = layers_on_disk_map(model, prefix, device)
+        keep_large_blocks_out_of_the_heap()
     elif isinstance(device_map, dict):
         device_map = check_device_map(device_map, model, prefix)
         if (only := single_device(device_map)) is not None:
