@@ -1,11 +1,17 @@
-"""`python -m spap_core ...` entry point (see spap_core.cli)."""
+"""`python -m spap_core ...` and the `spap` command (see spap_core.cli)."""
 
 import sys
 
-try:  # importing torch and transformers takes seconds: Ctrl-C then is one line too
-    from spap_core.cli import main
-except KeyboardInterrupt:
-    print("interrupted: stopped by Ctrl-C before the end; no output folder was written.", file=sys.stderr)
-    sys.exit(130)
 
-sys.exit(main())
+def run() -> int:
+    """The CLI's exit code. Importing torch and transformers takes seconds: a Ctrl-C then is one line too."""
+    try:
+        from spap_core.cli import main
+    except KeyboardInterrupt:
+        print("interrupted: stopped by Ctrl-C before the end; no output folder was written.", file=sys.stderr)
+        return 130
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(run())
