@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 

@@ -74,7 +74,8 @@ def main() -> None:
              f"{speed.tokens_per_s:.0f} tokens/s, one factorisation of the MLP's width {speed.factorisation_s:.3f} s. "
              "One run of `SPAP_DATA_DIR=../shared/data python bench/estimates.py --out docs/results/estimates.md`.",
              "", "| job | estimated s | measured s | measured ÷ estimated |", "| --- | --- | --- | --- |"]
-    lines += [f"| {name} | {estimate:.1f} | {measured:.1f} | {measured / estimate:.2f} |" for name, estimate, measured in rows]
+    lines += [f"| {name} | {estimate:.1f} | {measured:.1f} | {measured / estimate:.2f} |"
+              for name, estimate, measured in rows]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

@@ -18,8 +18,8 @@ import platform
 from pathlib import Path
 
 import torch
-
 from common import add_protocol_args, load_protocol
+
 from spap_core.evaluate import perplexity
 from spap_core.experiment import run_experiment
 from spap_core.latency import latency_ratios, measure_latencies

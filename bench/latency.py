@@ -14,8 +14,8 @@ import platform
 from pathlib import Path
 
 import plotly.graph_objects as go
-
 from common import calibration_text
+
 from spap_core.data import calibration_windows
 from spap_core.latency import latency_ratios, measure_latencies
 from spap_core.methods.registry import PruneSettings
@@ -46,8 +46,9 @@ def main() -> None:
 
     lines = ["# Latency and memory: dense vs SPAP-pruned", "",
              f"Model: {loaded.description}. Device {dense.device}, {dense.threads} threads ({platform.machine()}). "
-             f"Prefill of one {args.seqlen}-token window; greedy decoding of {args.decode_tokens} tokens with a KV cache; "
-             f"median of {args.repeats} timed rounds after {args.warmup} warm-up rounds (min–max in brackets); each round times "
+             f"Prefill of one {args.seqlen}-token window; greedy decoding of {args.decode_tokens} tokens "
+             f"with a KV cache; median of {args.repeats} timed rounds after {args.warmup} warm-up rounds "
+             "(min–max in brackets); each round times "
              "every model once, in rotating order, so that the machine's drift affects them alike. The prefill FLOPs "
              "ratio counts the Linear layers and the attention context (2·layers·context·d_attn, Kaplan et al. 2020); "
              "the linear-only ratio leaves attention out and so overstates what pruning the MLPs can give.", "",
@@ -71,7 +72,8 @@ def main() -> None:
     for entry in rows:
         r = entry["ratios"]
         lines.append(f"| {entry['sparsity']:.0%} | {r['prefill_speedup']:.3f} | {r['decode_speedup']:.3f} | "
-                     f"{r['theoretical_flops_ratio']:.3f} | {r['prefill_speedup'] / r['theoretical_flops_ratio']:.0%} | "
+                     f"{r['theoretical_flops_ratio']:.3f} | "
+                     f"{r['prefill_speedup'] / r['theoretical_flops_ratio']:.0%} | "
                      f"{r['linear_flops_ratio']:.3f} | {r['prefill_speedup'] / r['linear_flops_ratio']:.0%} | "
                      f"{r['weight_memory_ratio']:.3f} | {r['theoretical_params_ratio']:.3f} | "
                      f"{r['weight_memory_ratio'] / r['theoretical_params_ratio']:.0%} |")

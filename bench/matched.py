@@ -19,9 +19,17 @@ import json
 import time
 from pathlib import Path
 
-from common import (add_protocol_args, load_protocol, measure_each, protocol_arguments, recovery_description,
-                    recovery_record, rows_of_current_recovery)
+from common import (
+    add_protocol_args,
+    load_protocol,
+    measure_each,
+    protocol_arguments,
+    recovery_description,
+    recovery_record,
+    rows_of_current_recovery,
+)
 from quality import earlier_rows
+
 from spap_core.methods.reconstruction import OWN, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import PruneSettings
 
@@ -45,7 +53,8 @@ def main() -> None:
     protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, args.eval)
     out = Path(args.out)
     rows = earlier_rows(out.with_suffix(".json"), vars(args), protocol.dense_ppl) if args.resume else []
-    rows = rows_of_current_recovery(rows, lambda row: settings_of(row["method"], row["reconstruction"], row["sparsity"]))
+    rows = rows_of_current_recovery(
+        rows, lambda row: settings_of(row["method"], row["reconstruction"], row["sparsity"]))
     todo = [(method, name, sparsity) for sparsity in args.sparsities for method, name in pairs()
             if not any((row["method"], row["reconstruction"], row["sparsity"]) == (method, name, sparsity)
                        for row in rows)]

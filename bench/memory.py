@@ -117,8 +117,8 @@ def main() -> None:
         {"mode": f"load the model and evaluate it (random tokens, {evaluation})", "peak_rss": evaluate_peak},
         {"mode": f"prune, default (in memory, in place; {calibration})", "peak_rss": default_peak,
          "ppl": ppl["default"]},
-        {"mode": f"prune, `--low-memory` (every module on disk, loaded for its forward call; {calibration})", "peak_rss": low_peak,
-         "ppl": ppl["low"]},
+        {"mode": f"prune, `--low-memory` (every module on disk, loaded for its forward call; {calibration})",
+         "peak_rss": low_peak, "ppl": ppl["low"]},
     ]
     lines = ["# Peak memory of a prune", "",
              f"Model {args.model}, weights {weights / 2**20:.0f} MiB (float32), method {args.method}. "

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from common import load_protocol, measure
+
 from spap_core.methods.registry import PruneSettings
 
 

@@ -19,10 +19,17 @@ import time
 from pathlib import Path
 
 import plotly.graph_objects as go
+from common import (
+    add_protocol_args,
+    load_protocol,
+    measure_each,
+    protocol_arguments,
+    recovery_description,
+    recovery_record,
+    rows_of_current_recovery,
+)
 from plotly.subplots import make_subplots
 
-from common import (add_protocol_args, load_protocol, measure_each, protocol_arguments, recovery_description,
-                    recovery_record, rows_of_current_recovery)
 from spap_core.methods.registry import METHODS, PruneSettings
 
 

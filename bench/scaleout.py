@@ -75,7 +75,8 @@ def main() -> None:
     one = next(key for key in timings if key != "this process")
     lines = ["# Scale-out: sweep points on one Ray worker and on several", "",
              f"Model: {loaded.description}. {len(requests)} SPAP points (sparsities "
-             f"{', '.join(f'{s:.0%}' for s in args.sparsities)}, default settings), each {args.nsamples} × {args.seqlen} "
+             f"{', '.join(f'{s:.0%}' for s in args.sparsities)}, default settings), "
+             f"each {args.nsamples} × {args.seqlen} "
              f"calibration and {args.eval_windows} × {args.seqlen} evaluation tokens of WikiText-2, dense perplexity "
              f"once per worker. Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
              f"{'a GPU per worker' if torch.cuda.is_available() else 'one CPU thread per Ray worker'}; "

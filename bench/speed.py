@@ -21,8 +21,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 import torch
-
 from common import adam_products, calibration_text, variant_settings
+
 from spap_core.data import calibration_windows
 from spap_core.evaluate import perplexity
 from spap_core.models import load_model
@@ -73,7 +73,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in variants}
     for round_index in range(args.rounds):
         forwards.append(dense_forward_seconds(loaded, calibration, args.batch_size))
-        for label, spec, settings in variants:
+        for label, _, settings in variants:
             started = time.perf_counter()
             result = prune_model(loaded, calibration, settings, batch_size=args.batch_size)
             seconds = time.perf_counter() - started
@@ -88,7 +88,8 @@ def main() -> None:
     rows = [median_row(label, spec, runs[label], forwards) for label, spec, _ in variants]
 
     lines = ["# Pruning time against one dense forward pass", "",
-             f"Model: {loaded.description}. Calibration {args.nsamples} × {args.seqlen} tokens, batch {args.batch_size}, "
+             f"Model: {loaded.description}. Calibration {args.nsamples} × {args.seqlen} tokens, "
+             f"batch {args.batch_size}, "
              f"sparsity {args.sparsity}. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
              f"device {loaded.device}. {args.rounds} rounds, each timing one dense forward over the calibration tokens "
              f"(full model, logits included) and then every variant once; medians over the rounds (dense forward "
@@ -105,8 +106,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"dense_forward_s": forward, "dense_forward_rounds_s": forwards, "rows": rows, "args": vars(args)},
-                                                   indent=2))
+    out.with_suffix(".json").write_text(json.dumps({"dense_forward_s": forward, "dense_forward_rounds_s": forwards,
+                                                    "rows": rows, "args": vars(args)}, indent=2))
     labels = [row["label"] for row in rows]
     figure = go.Figure([go.Bar(name=phase, y=labels, x=[row["timings"][phase] for row in rows], orientation="h")
                         for phase in PHASES])

@@ -1,7 +1,8 @@
 """Perplexity of named setting variants on one protocol: the ablations of SPAP's parts.
 
 Each variant is `label:overrides` with the parameter keys of the CLI and the share link
-(spap_core.parameters), e.g. `K=10:K=10` or `no bias:bias=false`, and `method=flap` for a baseline. The model and windows are prepared once. With no variants given, the
+(spap_core.parameters), e.g. `K=10:K=10` or `no bias:bias=false`, and `method=flap` for a baseline. \
+The model and windows are prepared once. With no variants given, the
 standard ablation set runs. Example:
 
     SPAP_DATA_DIR=../shared/data python bench/variants.py --nsamples 16 --eval-windows 8 \\
@@ -15,7 +16,6 @@ import json
 from pathlib import Path
 
 import plotly.graph_objects as go
-
 from common import load_protocol, measure, variant_settings
 
 # Alternating minimization (AM) is part of the defaults; the parts of the penalty path and refit
@@ -26,7 +26,8 @@ ABLATIONS = [
     "without alternating minimization:am_rounds=0",
     "AM 2 rounds:am_rounds=2",
     "no AM, one-shot selection (K=1, α=1):am_rounds=0,K=1,alpha=1.0",
-    "no AM, fixed schedule, K=10, τ=2.25, α=0.3 (the paper's reading):am_rounds=0,schedule=fixed,K=10,tau=2.25,alpha=0.3",
+    ("no AM, fixed schedule, K=10, τ=2.25, α=0.3 (the paper's reading):"
+     "am_rounds=0,schedule=fixed,K=10,tau=2.25,alpha=0.3"),
     "no AM, no bias/mean compensation:am_rounds=0,bias=false",
     "no AM, plain least-squares refit (prior zero, δ=0.01):am_rounds=0,prior=zero,delta=0.01",
     "no AM, error-correcting targets β=0.5:am_rounds=0,beta=0.5",
@@ -68,7 +69,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"dense": protocol.dense_ppl, "rows": rows, "args": vars(args)}, indent=2))
+    out.with_suffix(".json").write_text(json.dumps({"dense": protocol.dense_ppl, "rows": rows, "args": vars(args)},
+                                                   indent=2))
     figure = go.Figure([go.Bar(name=name, y=[row["label"] for row in rows], x=[row["ppl"][name] for row in rows],
                                orientation="h") for name in names])
     for name in names:

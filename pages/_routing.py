@@ -10,8 +10,8 @@ requested page. Kept free of heavy imports: it runs first on every page.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import streamlit as st
 

@@ -10,18 +10,18 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 import torch
 
 from pages._charts import presentation_style
+from pages._state import ModelChoice, TableRequest, collect_finished_jobs, remember_browser, session, session_is_kept
 from pages._text import plain
-from pages._state import (ModelChoice, TableRequest, collect_finished_jobs, remember_browser, session,
-                          session_is_kept)
 from spap_core.data import HUB_SPEC, default_text_spec
 from spap_core.errors import SourceUnavailableError, SpapInputError, UnreadableRunError
 from spap_core.experiment import plan_run
@@ -30,14 +30,13 @@ from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_dev
 from spap_core.parameters import describe, parameter, settings_values
 from spap_service.analysis import run_label
 from spap_service.comparisons import RESULT_TABLES, LatencyComparison
+from spap_service.data import DataSpec, TextChoice, dense_perplexity_known, model_key
 from spap_service.estimates import duration, many_runs_seconds, model_speed
 from spap_service.executors import RayExecutor, point_executor
-from spap_service.data import DataSpec, TextChoice, dense_perplexity_known, model_key
 from spap_service.jobs import Job, JobProgress, JobStatus, ProgressReporter, QueueFull, shared_queue
 from spap_service.limits import server_limits
 from spap_service.presets import interactive_run_size, interactive_settings
-from spap_service.runs import (RunOutcome, RunRequest, check_results_apart, load_saved_run, saved_run_folder,
-                               saved_runs)
+from spap_service.runs import RunOutcome, RunRequest, check_results_apart, load_saved_run, saved_run_folder, saved_runs
 from spap_service.sessions import browser_sessions
 
 LOG = logging.getLogger("spap_explorer")

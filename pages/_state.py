@@ -15,8 +15,9 @@ sets it from the page's script: SameSite=Lax, but readable by scripts."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import streamlit as st
 
@@ -25,8 +26,14 @@ from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.data import DataSpec
 from spap_service.jobs import Job, JobStatus
 from spap_service.runs import RunOutcome
-from spap_service.sessions import (SESSION_COOKIE, browser_sessions, is_session_id, new_session_id, owner_tag,
-                                   session_cookie)
+from spap_service.sessions import (
+    SESSION_COOKIE,
+    browser_sessions,
+    is_session_id,
+    new_session_id,
+    owner_tag,
+    session_cookie,
+)
 
 ID_KEY = "browser_session_id"
 COOKIE_SET_KEY = "browser_session_cookie_set"

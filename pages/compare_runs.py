@@ -7,9 +7,9 @@ import streamlit as st
 
 from pages._charts import chart_columns, show_chart
 from pages._routing import ensure_routed
-from pages._text import plain
 from pages._shared import PAGE_RUN
 from pages._state import session
+from pages._text import plain
 from spap_core.errors import UnreadableRunError
 from spap_service.analysis import span
 from spap_service.compare import (
@@ -17,9 +17,9 @@ from spap_service.compare import (
     PARTS,
     layer_errors,
     metrics_table,
+    part_layers,
     pruned_map,
     pruned_overlap,
-    part_layers,
     run_names,
     settings_table,
     sparsity_curves,
@@ -39,7 +39,8 @@ for fault in listed.unreadable:
     st.caption(f":warning: Skipped a saved run that cannot be read: {plain(fault.fault)}")
 runs = listed.table
 if len(runs) < 2:
-    st.info(f"{len(runs)} saved run{'' if len(runs) == 1 else 's'} {'on this server' if everyone else 'of this browser'}: "
+    st.info(f"{len(runs)} saved run{'' if len(runs) == 1 else 's'} "
+            f"{'on this server' if everyone else 'of this browser'}: "
             "comparing needs at least two. Every finished run on Run SPAP is saved.")
     st.page_link(PAGE_RUN, label="Go to Run SPAP", icon=":material/play_arrow:")
     st.stop()

@@ -11,9 +11,9 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from pages._routing import ensure_routed
-from pages._text import plain
 from pages._shared import device_label, require_model, require_outcome, require_pruned_model
 from pages._state import session
+from pages._text import plain
 from spap_core.errors import NumericalError, SpapInputError
 from spap_core.generate import (
     MAX_NEW_TOKENS,

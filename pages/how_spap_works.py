@@ -157,7 +157,7 @@ relaxed $s$ has at least $\lambda$ non-zero entries and each forces a zero colum
 the same objective can be read off any relaxed optimum. **Penalty idea:** replace $W\,\mathrm{diag}(s)=0$ by
 the penalty $\tfrac{\rho}{2}\sum_i s_i\lVert W_{:,i}\rVert^2$ and grow $\rho$. Below, a random layer of 8
 channels is small enough to try every mask, so SPAP's answer is checked against the exact optimum.
-"""
+"""  # noqa: E501 (the display formula above stays on one line)
 )
 
 st.markdown("**Scenarios** — one click sets every slider:")

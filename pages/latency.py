@@ -55,7 +55,8 @@ with st.expander("Where the attention heads start to matter: a prefill's FLOPs p
                           for name, model in models.items() for context in contexts
                           for part, value in prefill_flops_by_part(model, context).items()])
     figure = px.area(parts, x="context", y="GFLOPs per token", color="part", facet_col="model", log_x=True,
-                     labels={"context": "context (tokens)"}, title="A prefill's FLOPs per token, by where they are spent")
+                     labels={"context": "context (tokens)"},
+                     title="A prefill's FLOPs per token, by where they are spent")
     figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     figure.update_layout(height=380, margin=dict(t=60, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.3))
     show_chart(figure, subtitle=label)
@@ -140,7 +141,8 @@ with ratio_column:
 with memory_column:
     st.markdown("**Memory and compute per token**")
     # quantities as rows: two narrow columns fit beside the chart where four wide ones were cut off
-    st.dataframe(pd.DataFrame({name: [f"{r.linear_gflops_per_token * 1e3:.4g}", f"{r.attention_gflops_per_token * 1e3:.4g}",
+    st.dataframe(pd.DataFrame({name: [f"{r.linear_gflops_per_token * 1e3:.4g}",
+                                      f"{r.attention_gflops_per_token * 1e3:.4g}",
                                       f"{r.weight_mb:.4g}", f"{r.peak_memory_mb:.4g}"] for name, r in reports.items()},
                               index=["linear MFLOPs / token", "attention MFLOPs / token", "weights MB",
                                      "peak memory MB"]), width="stretch")

@@ -13,11 +13,11 @@ from pages._routing import ensure_routed
 from pages._shared import layer_picker, require_outcome, result_label
 from spap_service.analysis import (
     changed_mind_counts,
+    display_channels,
+    final_norms,
     head_soft_masks,
     head_story,
     head_table,
-    display_channels,
-    final_norms,
     marked_share_of_final,
     mask_story,
     norm_paths,

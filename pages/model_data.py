@@ -11,9 +11,9 @@ import torch
 
 from pages._charts import show_chart
 from pages._routing import ensure_routed
-from pages._text import plain
 from pages._shared import current_model, data_spec, device_label, model_choice, run_size_note
 from pages._state import ModelChoice, session
+from pages._text import plain
 from pages._widgets import bounded_number
 from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES, decode_text_bytes, text_from_file
 from spap_core.errors import SourceUnavailableError, SpapInputError
@@ -25,7 +25,8 @@ from spap_service.data import DataSpec, TextChoice
 
 ensure_routed()
 
-MODEL_KINDS = {"Built-in SmolLM2-135M": "builtin", "Local directory or .gguf file": "local", "Hugging Face hub id": "hub"}
+MODEL_KINDS = {"Built-in SmolLM2-135M": "builtin", "Local directory or .gguf file": "local",
+               "Hugging Face hub id": "hub"}
 TEXT_KINDS = {"Local text file": "file", "WikiText-2 from the hub": "hub", "Upload a .txt": "upload"}
 DEVICES = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
@@ -70,7 +71,8 @@ with st.container(border=True):
         if hub_reason is not None:
             st.caption("Hub models cannot be downloaded here (hub unreachable); a local directory works instead.")
     device_column, dtype_column = st.columns(2)
-    device = device_column.selectbox("Device", DEVICES, index=DEVICES.index(choice.device) if choice.device in DEVICES else 0,
+    device = device_column.selectbox("Device", DEVICES,
+                                     index=DEVICES.index(choice.device) if choice.device in DEVICES else 0,
                                      help="auto = the GPU when torch sees one, else the CPU.", key="model_device")
     dtype = dtype_column.selectbox("Weights precision", DTYPES, index=DTYPES.index(choice.dtype), key="model_dtype",
                                    help="auto = float32 on the CPU, bfloat16 on GPUs that support it.")

@@ -11,7 +11,6 @@ import streamlit as st
 
 from pages._charts import show_chart
 from pages._routing import ensure_routed
-from pages._text import plain
 from pages._shared import (
     comparison_header,
     estimate_caption,
@@ -28,11 +27,12 @@ from pages._shared import (
     shown_table_differs,
     time_estimate,
 )
+from pages._text import plain
 from pages._widgets import parameter_widget, unless_preset
 from spap_core.allocation import ALLOCATIONS
 from spap_core.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
-from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.errors import SpapInputError
+from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.parameters import method_parameters
 from spap_service.analysis import weight_update_note

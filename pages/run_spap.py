@@ -13,7 +13,6 @@ import streamlit as st
 
 from pages._charts import show_chart
 from pages._routing import ensure_routed
-from pages._text import plain
 from pages._shared import (
     SHARED_RUN_PARAM,
     data_spec,
@@ -33,14 +32,15 @@ from pages._shared import (
     time_estimate,
 )
 from pages._state import session
+from pages._text import plain
 from pages._widgets import fill_form, ignored_url_parameters, link_parameters, parameter_widget
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
 from spap_core.parameters import GROUPS, Parameter, method_parameters, parameter, with_values
 from spap_service.analysis import layer_table, trace_table
+from spap_service.executors import point_executor
 from spap_service.limits import server_limits
 from spap_service.presets import CLASS_DEMO, interactive_settings
-from spap_service.executors import point_executor
 from spap_service.runs import RunRequest, pruned_model_zip
 
 ensure_routed()
@@ -125,14 +125,16 @@ metrics[0].metric("Perplexity, dense", f"{record['ppl_dense']:.2f}")
 metrics[1].metric("Perplexity, pruned", f"{record['ppl']:.2f}", delta=f"{record['ppl'] - record['ppl_dense']:+.2f}",
                   delta_color="inverse")
 metrics[2].metric("Parameters", f"{record['params_after'] / 1e6:.2f} M",
-                  delta=f"{record['params_after'] / record['params_before'] - 1:+.1%} of {record['params_before'] / 1e6:.2f} M",
+                  delta=f"{record['params_after'] / record['params_before'] - 1:+.1%} "
+                        f"of {record['params_before'] / 1e6:.2f} M",
                   delta_color="off")
 layer_error = mean_layer_error(outcome)
 metrics[3].metric("Mean layer error", f"{layer_error:.4f}",
                   help="Mean over layers of each layer's objective ÷ ½‖Y‖² (the dashed line in the per-layer chart): "
                        "0 = every layer reproduces its dense MLP output, 1 = as bad as dropping the MLP.")
 metrics[4].metric("Pruning time", f"{record['prune_seconds']:.1f} s")
-st.caption(evaluation_caption(record) + (" Dense perplexity came from the cache." if record["dense_ppl_cached"] else ""))
+st.caption(evaluation_caption(record)
+           + (" Dense perplexity came from the cache." if record["dense_ppl_cached"] else ""))
 if outcome.result.heads is not None:
     heads = outcome.result.heads
     errors = [layer.relative_error for layer in heads.layers]

@@ -9,7 +9,6 @@ from plotly.subplots import make_subplots
 
 from pages._charts import show_chart
 from pages._routing import ensure_routed
-from pages._text import plain
 from pages._shared import (
     comparison_header,
     estimate_caption,
@@ -25,6 +24,7 @@ from pages._shared import (
     shown_table_differs,
     time_estimate,
 )
+from pages._text import plain
 from pages._widgets import unless_preset
 from spap_core.errors import SpapInputError
 from spap_service.analysis import readable_range

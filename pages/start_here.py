@@ -3,8 +3,8 @@
 import streamlit as st
 
 from pages._routing import ensure_routed
-from pages._text import plain
 from pages._shared import current_model, device_label, latest_outcome, run_size_note
+from pages._text import plain
 
 ensure_routed()
 

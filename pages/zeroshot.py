@@ -10,7 +10,6 @@ import streamlit as st
 
 from pages._charts import show_chart
 from pages._routing import ensure_routed
-from pages._text import chart_text, plain
 from pages._shared import (
     PAGE_RUN,
     job_panel,
@@ -21,6 +20,7 @@ from pages._shared import (
     require_pruned_model,
     result_label,
 )
+from pages._text import chart_text, plain
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.zeroshot import STANDARD_TASKS
 from spap_service.limits import server_limits

@@ -8,9 +8,9 @@ import os
 
 import torch
 
+from spap_core.adapters import text_config
 from spap_core.errors import SpapInputError
 from spap_core.evaluate import chunk_tokens_for
-from spap_core.adapters import text_config
 from spap_core.models import LoadedModel
 
 FLOAT_BYTES = 4

@@ -9,9 +9,9 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -19,8 +19,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from spap_core.access import checked_path, output_folder
 from spap_core.allocation import ALLOCATIONS, UNIFORM
 from spap_core.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
-from spap_core.data import (HUB_SPEC, SAMPLED_TEXT_TOKENS, calibration_windows, default_text_spec, evaluation_windows,
-                            text_sampled_from_model, text_without_model)
+from spap_core.data import (
+    HUB_SPEC,
+    SAMPLED_TEXT_TOKENS,
+    calibration_windows,
+    default_text_spec,
+    evaluation_windows,
+    text_sampled_from_model,
+    text_without_model,
+)
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.experiment import plan_run, run_experiment
 from spap_core.latency import latency_ratios, measure_latencies
@@ -33,8 +40,15 @@ from spap_core.prune import PruneResult
 from spap_core.runs import staged_directory, write_run
 from spap_core.shrink import save_pruned
 from spap_core.split import split_budget
-from spap_core.zeroshot import (STANDARD, STANDARD_TASKS, check_tasks, comparison_rows, format_comparison,
-                                parse_tasks, zeroshot_accuracy)
+from spap_core.zeroshot import (
+    STANDARD,
+    STANDARD_TASKS,
+    check_tasks,
+    comparison_rows,
+    format_comparison,
+    parse_tasks,
+    zeroshot_accuracy,
+)
 
 EXIT_BAD_INPUT = 2
 EXIT_NOT_SAVED = 3
@@ -135,7 +149,8 @@ def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Param
             options["default"] = parameter.read(PruneSettings()) if parameter.path else CLI_DEFAULTS[parameter.key]
         else:
             default = parameter.read(PruneSettings(method=parameter.method))
-            options.update(default=argparse.SUPPRESS, help=options["help"] + literal(f" Default: {parameter.format(default)}."))
+            options.update(default=argparse.SUPPRESS,
+                           help=options["help"] + literal(f" Default: {parameter.format(default)}."))
         if parameter.kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif parameter.choices:
@@ -158,9 +173,9 @@ def _add_placement_args(parser: argparse.ArgumentParser) -> None:
         "models bigger than memory: accelerate places the weights, the walk prunes one decoder layer at a time "
         "on --device, in place (dense perplexity first)")
     group.add_argument("--low-memory", action="store_true",
-                       help="every module stays on disk and is loaded for its forward call, the decoder layers one at a "
-                            "time (= --device-map disk); large blocks are allocated apart from the heap, so the peak "
-                            "is what a step holds at once")
+                       help="every module stays on disk and is loaded for its forward call, the decoder layers "
+                            "one at a time (= --device-map disk); large blocks are allocated apart from the heap, "
+                            "so the peak is what a step holds at once")
     group.add_argument("--device-map", default=None, metavar="MAP",
                        help=f"{', '.join(DEVICE_MAP_STRATEGIES)} (accelerate's strategies, with --max-memory), "
                             f"'{LAYERS_ON_DISK}' (every module on disk, the embeddings and head too), or a .json file "
@@ -393,8 +408,8 @@ def run_latency(args: argparse.Namespace) -> dict:
     models = [dense.model]
     if args.pruned:
         models.append(load_model(args.pruned, device=args.device, dtype=args.dtype).model)
-    reports = measure_latencies(models, seqlen=args.prefill_tokens, decode_tokens=args.decode_tokens, repeats=args.repeats,
-                                warmup=args.warmup)
+    reports = measure_latencies(models, seqlen=args.prefill_tokens, decode_tokens=args.decode_tokens,
+                                repeats=args.repeats, warmup=args.warmup)
     report = {"model": dense.description, "dense": reports[0].to_dict()}
     if args.pruned:
         report["pruned"] = reports[1].to_dict()
@@ -422,8 +437,8 @@ class StopSignal(KeyboardInterrupt):
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
     """For the block, SIGTERM and SIGHUP raise StopSignal (unless they are ignored, as nohup ignores
-    SIGHUP); a second one while the first is being cleaned up is ignored, so the cleanup finishes. Signal handlers only exist in the main thread;
-    elsewhere the block runs as it is."""
+    SIGHUP); a second one while the first is being cleaned up is ignored, so the cleanup finishes.
+    Signal handlers only exist in the main thread; elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

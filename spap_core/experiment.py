@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
 
 import torch
 
@@ -18,9 +18,9 @@ from spap_core.allocation import FISHER
 from spap_core.budget import check_fits
 from spap_core.errors import SpapInputError
 from spap_core.evaluate import PerplexityResult, perplexity
+from spap_core.methods.base import MethodStep
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import PruneSettings, settings_for_family
-from spap_core.methods.base import MethodStep
 from spap_core.models import LoadedModel, context_length
 from spap_core.prune import LayerCallback, PruneResult, head_layout, prune_counts, prune_model
 
@@ -81,7 +81,8 @@ def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Itera
     prune_counts(loaded, settings)
     layout = head_layout(loaded, settings)
     if layout is not None and abs(layout.removed - settings.head_sparsity * layout.heads) > 1e-9:
-        adjustments.append(f"Head sparsity {settings.head_sparsity:.0%} removes {layout.removed} of {layout.heads} heads "
+        adjustments.append(f"Head sparsity {settings.head_sparsity:.0%} removes "
+                           f"{layout.removed} of {layout.heads} heads "
                            f"({layout.removed / layout.heads:.0%}) from every layer, the nearest layout the model's "
                            f"attention can hold ({layout.describe()}).")
     if calibration_tokens is not None:

@@ -10,15 +10,15 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from spap_core.errors import PruningCancelled
 from spap_core.adapters import model_adapter, text_config
 from spap_core.adapters.base import is_projection, projection_shape
+from spap_core.errors import PruningCancelled
 
 
 @dataclass(frozen=True)

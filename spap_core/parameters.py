@@ -19,7 +19,8 @@ __all__ = ["BY_KEY", "CALIBRATION_PARAMETERS", "DATA_PARAMETERS", "GROUPS", "LAT
            "SCANNED", "SETTINGS_PARAMETERS", "Parameter", "changed", "describe", "method_parameters", "parameter",
            "settings_values", "with_values"]
 
-SPARSITY = Parameter("sparsity", "sparsity", "Sparsity", "Fraction λ/n of MLP channels removed from every layer (uniform).",
+SPARSITY = Parameter("sparsity", "sparsity", "Sparsity",
+                     "Fraction λ/n of MLP channels removed from every layer (uniform).",
                      float, "run", ("--sparsity",), path="sparsity", low=0.05, high=0.95, step=0.05, slider=True,
                      sweep=(0.1, 0.6), lead=True)
 HEAD_SPARSITY = Parameter(

@@ -14,8 +14,8 @@ import contextlib
 import copy
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from spap_core.adapters import ModelAdapter
 from spap_core.adapters.base import projection_shape, projection_weight
 from spap_core.allocation import FISHER, GLOBAL, dense_channel_scores, fisher_counts, global_counts
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
+from spap_core.memory import release_freed_memory
 from spap_core.methods.altmin import alternating_minimization
 from spap_core.methods.base import MethodStep, Recovery
 from spap_core.methods.baselines import baseline_scores
@@ -33,7 +34,6 @@ from spap_core.methods.layout import HeadLayout
 from spap_core.methods.problem import LayerDecision, LayerProblem, prune_count
 from spap_core.methods.registry import PruneSettings, head_settings
 from spap_core.models import LoadedModel
-from spap_core.memory import release_freed_memory
 from spap_core.offload import OffloadStore, is_dispatched, materialized, move_to
 from spap_core.sensitivity import channel_fisher
 from spap_core.shrink import finalize_config, shrink_attention, shrink_mlp
@@ -281,7 +281,8 @@ class _Walk:
                 n_prune = global_counts(scores, self.settings.sparsity)
             elif self.settings.allocation == FISHER:
                 outputs = [self.family.output_projection(layer) for layer in layers]
-                n_prune = fisher_counts(channel_fisher(model, outputs, calibration, self.cancel), self.settings.sparsity)
+                n_prune = fisher_counts(channel_fisher(model, outputs, calibration, self.cancel),
+                                        self.settings.sparsity)
         return _Streams(hidden, list(hidden) if self.correction > 0 else [], arguments), n_prune
 
     def layer(self, index: int, layer: nn.Module, streams: _Streams, n_prune: int) -> _Streams:

@@ -14,17 +14,17 @@ import shutil
 import time
 import uuid
 import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
 from spap_core.errors import UnreadableRunError
+from spap_core.methods.layout import HeadLayout
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SpapStep
 from spap_core.models import cache_root
-from spap_core.methods.layout import HeadLayout
 from spap_core.prune import HeadPruning, LayerRecord, PruneResult
 
 RESULTS_DIR_ENV = "SPAP_RESULTS_DIR"
@@ -144,13 +144,15 @@ def _part_arrays(prefix: str, layers: list[LayerRecord], trace: list[SpapStep]) 
     """The arrays of one part of a run (the MLP channels, or the heads under HEADS_PREFIX)."""
     arrays = {"soft_masks": soft_mask_array(trace), "column_norms": column_norm_array(trace),
               "trace_widths": trace_widths(trace),
-              "layer_objectives": np.array([np.nan if l.objective is None else l.objective for l in layers]),
-              "dense_objectives": np.array([l.dense_objective for l in layers]),
-              "widths": np.array([l.width for l in layers])}
+              "layer_objectives": np.array([np.nan if layer.objective is None else layer.objective
+                                            for layer in layers]),
+              "dense_objectives": np.array([layer.dense_objective for layer in layers]),
+              "widths": np.array([layer.width for layer in layers])}
     for layer in layers:
         arrays[f"keep_layer{layer.layer}"] = layer.keep
         arrays.update({f"score_layer{layer.layer}_{name}": np.asarray(score) for name, score in layer.scores.items()})
-        arrays.update({f"down_norms_layer{layer.layer}_{name}": norms for name, norms in layer.down_column_norms.items()})
+        arrays.update({f"down_norms_layer{layer.layer}_{name}": norms
+                       for name, norms in layer.down_column_norms.items()})
     return {prefix + key: value for key, value in arrays.items()}
 
 

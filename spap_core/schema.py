@@ -129,12 +129,14 @@ class Parameter:
     def format(self, value: Any) -> str:
         if self.key in SHARES:
             return f"{value:.0%}"
-        return f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
+        return (f"{value:g}" if isinstance(value, float)
+                else str(value).lower() if isinstance(value, bool) else str(value))
 
     def phrase(self, value: Any) -> str:
         """How the summary writes it with a value: 'K = 10', 'sparsity 30%', 'score partial'."""
         shown = self.format(value)
-        return f"{self.symbol} {shown}" if self.kind in (str, bool) or self.key in SHARES else f"{self.symbol} = {shown}"
+        return (f"{self.symbol} {shown}" if self.kind in (str, bool) or self.key in SHARES
+                else f"{self.symbol} = {shown}")
 
     def sweep_values(self, low: float, high: float, points: int) -> list:
         """`points` values from low to high, geometric for log-scale parameters, whole for integers."""

@@ -13,7 +13,7 @@ with one window's activations: an offloaded model is refused before any work
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

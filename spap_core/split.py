@@ -121,8 +121,9 @@ def split_budget(loaded: LoadedModel, calibration: torch.Tensor, budget: float, 
             candidates, key=lambda c: 0 if c is None else -c.kv_kept)}.values())
     candidates = [c for c in candidates if 1 <= channels(c) < costs.width]
     if not candidates:
-        raise SpapInputError(f"A parameter budget of {budget:.0%} cannot be met with 1 to {costs.width - 1} MLP channels "
-                             "removed per layer at the head sparsity asked for; choose another budget or head sparsity.")
+        raise SpapInputError(f"A parameter budget of {budget:.0%} cannot be met with 1 to {costs.width - 1} "
+                             "MLP channels removed per layer at the head sparsity asked for; "
+                             "choose another budget or head sparsity.")
     objectives = {}
     if len(candidates) > 1:
         objectives = _summed_layer_errors(loaded, calibration, candidates, channels, batch_size)

@@ -10,8 +10,8 @@ from torch import nn
 from spap_core.adapters import ModelAdapter
 from spap_core.latency import Timing
 from spap_core.methods.reconstruction import Reconstruction
-from spap_core.prune import LayerRecord, PruneResult
 from spap_core.parameters import changed
+from spap_core.prune import LayerRecord, PruneResult
 from spap_core.runs import column_norm_array, soft_mask_array, trace_rows
 from spap_core.toy import course, peaks, trend
 from spap_service.runs import RunRequest
@@ -342,6 +342,7 @@ def head_story(result: PruneResult, table: pd.DataFrame) -> str:
     story += "."
     if "first_marked" in table:
         changed_mind = int(((table["first_marked"] > 0) & (table["status"] == "kept")).sum())
-        story += (f" {changed_mind} head{'s' * (changed_mind != 1)} over all layers {'was' if changed_mind == 1 else 'were'} "
+        story += (f" {changed_mind} head{'s' * (changed_mind != 1)} over all layers "
+                  f"{'was' if changed_mind == 1 else 'were'} "
                   "marked at some ρ iteration and kept in the end.")
     return story

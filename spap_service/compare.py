@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from spap_core.methods.reconstruction import reconstruction_name
-from spap_core.prune import LayerRecord
 from spap_core.parameters import BY_KEY, settings_values
+from spap_core.prune import LayerRecord
 from spap_service.analysis import pruned_channels
 from spap_service.runs import RunOutcome
 
@@ -151,6 +151,7 @@ def reference_curves(model_source: str, path: Path = REFERENCE_TABLE) -> Referen
     measured = sorted(row["measured_at"] for row in stored["rows"] if row.get("measured_at"))
     when = f", measured {measured[0][:10]} to {measured[-1][:10]}" if measured else ""
     protocol = (f"precomputed by bench/quality.py (docs/results/quality.md): {args['nsamples']} × {args['seqlen']} "
-                f"calibration tokens of WikiText-2's validation split (seed {args['seed']}), the first {args['eval_windows']} × "
+                f"calibration tokens of WikiText-2's validation split (seed {args['seed']}), "
+                f"the first {args['eval_windows']} × "
                 f"{args['seqlen']}-token windows of each text, every method at its own defaults{when}")
     return ReferenceCurves(pd.DataFrame(rows), stored["dense"], protocol)

@@ -27,10 +27,11 @@ import threading
 import time
 import zipfile
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -40,8 +41,14 @@ from spap_core.offload import is_dispatched
 from spap_core.shrink import load_pruned
 from spap_service.data import dense_perplexity, model_key, prepare_data
 from spap_service.jobs import JobProgress, ProgressReporter
-from spap_service.runs import (RunOutcome, RunRequest, experiment_with_progress, pruned_model_zip, run_pruning,
-                               save_outcome)
+from spap_service.runs import (
+    RunOutcome,
+    RunRequest,
+    experiment_with_progress,
+    pruned_model_zip,
+    run_pruning,
+    save_outcome,
+)
 
 RAY_ADDRESS_ENV = "SPAP_RAY_ADDRESS"
 RAY_CPUS_PER_WORKER_ENV = "SPAP_RAY_CPUS_PER_WORKER"  # CPU threads of each worker on a cluster without GPUs

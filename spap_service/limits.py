@@ -48,7 +48,8 @@ class ServerLimits:
                                  f"server allows per run ({self.max_calibration_tokens:,}); use fewer samples or "
                                  "shorter windows.")
         if self.max_evaluation_tokens and (eval_windows == 0 or eval_windows * eval_len > self.max_evaluation_tokens):
-            asked = "the whole evaluation text" if eval_windows == 0 else f"{eval_windows * eval_len:,} evaluation tokens"
+            asked = ("the whole evaluation text" if eval_windows == 0
+                     else f"{eval_windows * eval_len:,} evaluation tokens")
             raise SpapInputError(f"{asked[0].upper()}{asked[1:]} is more than this server allows per run "
                                  f"({self.max_evaluation_tokens:,} tokens); evaluate fewer windows.")
 
@@ -83,7 +84,8 @@ def server_limits() -> ServerLimits:
     demo = allowed_roots() is not None
     share = os.environ.get(SHARE_RUNS_ENV, "0" if demo else "1").lower() in {"1", "true", "yes"}
     count, megabytes, per_session = (_limit(name, demo, default) for name, default in SAVED_RUN_DEFAULTS.items())
-    saved = RunCaps(max_count=count, max_bytes=None if megabytes is None else megabytes * 2**20, per_session=per_session)
+    saved = RunCaps(max_count=count, max_bytes=None if megabytes is None else megabytes * 2**20,
+                    per_session=per_session)
     return ServerLimits(public_demo=demo, max_calibration_tokens=_limit(MAX_CALIBRATION_TOKENS_ENV, demo),
                         max_evaluation_tokens=_limit(MAX_EVALUATION_TOKENS_ENV, demo),
                         max_jobs_per_session=_limit(MAX_JOBS_PER_SESSION_ENV, demo),

@@ -22,13 +22,13 @@ import torch
 from transformers import PreTrainedModel
 
 from spap_core.access import overlap
+from spap_core.errors import SpapInputError, UnreadableRunError
 from spap_core.evaluate import PerplexityResult
 from spap_core.experiment import Experiment, run_experiment
-from spap_core.methods.registry import PruneSettings
 from spap_core.methods.base import MethodStep
+from spap_core.methods.registry import PruneSettings
 from spap_core.models import LoadedModel, model_files, model_source
 from spap_core.prune import PruneResult
-from spap_core.errors import SpapInputError, UnreadableRunError
 from spap_core.runs import RESULTS_DIR_ENV, new_run_directory, read_run, record_faults, results_root, write_run
 from spap_core.shrink import load_pruned, save_pruned
 from spap_service.data import DataSpec, PreparedData, batch_reporter, dense_perplexity, model_key, prepare_data
@@ -218,7 +218,8 @@ def load_saved_run(folder: str | Path) -> RunOutcome:
     """A finished run as it was saved: every page but the model download and latency works on it."""
     record, result = read_run(folder)
     with record_faults(Path(folder) / "results.json"):  # the fields only the app's runs carry
-        request = RunRequest(settings=result.settings, seed=int(record["seed"]), data=DataSpec.from_dict(record["data"]))
+        request = RunRequest(settings=result.settings, seed=int(record["seed"]),
+                             data=DataSpec.from_dict(record["data"]))
         return RunOutcome(request=request, model_key=str(record["model_key"]), tokenizer=None, result=result,
                           dense=_stored_perplexity(record, "ppl_dense"), pruned=_stored_perplexity(record, "ppl"),
                           record=record, finished_at=float(record["finished_at"]), saved_to=Path(folder))

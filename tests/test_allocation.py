@@ -12,9 +12,9 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_llama
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_llama
 from spap_core import sensitivity
 from spap_core.allocation import fisher_counts, global_counts, uniform_counts
 from spap_core.cli import main
@@ -129,7 +129,8 @@ def test_per_layer_widths_save_padded_reload_in_vanilla_transformers_and_unpadde
 @pytest.mark.parametrize("allocation", ["global", "fisher"])
 def test_the_cli_prunes_with_a_global_allocation_and_records_the_widths(tiny_dir, text_files, tmp_path, capsys,
                                                                          allocation):
-    assert main(["prune", "--model", str(tiny_dir), "--device", "cpu", "--method", "wanda-sp", "--allocation", allocation,
+    assert main(["prune", "--model", str(tiny_dir), "--device", "cpu", "--method", "wanda-sp",
+                 "--allocation", allocation,
                  "--calib-file", str(text_files["calib"]), "--eval-file", str(text_files["eval"]), "--nsamples", "4",
                  "--seqlen", "32", "--eval-len", "32", "--eval-windows", "2", "--out", str(tmp_path / "out"),
                  "--json"]) == 0

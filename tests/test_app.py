@@ -14,8 +14,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
-
 from app_harness import (
     APP,
     JOB_HANG_GUARD_S,
@@ -34,6 +32,8 @@ from app_harness import (
     titled,
 )
 from conftest import tiny_llama
+from streamlit.testing.v1 import AppTest
+
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.spap import PenaltySettings
 from spap_core.parameters import BY_KEY
@@ -784,7 +784,8 @@ def test_compare_runs_compares_the_heads_of_runs_that_pruned_heads(app_files):
     maps = [f for f in figures(at) if chart_title(f)[:1] in "BC" and f["data"][0]["type"] == "heatmap"]
     assert [array(m["data"][0]["z"]).shape for m in maps] == [(2, 4), (2, 4)]
     assert all(array(m["data"][0]["z"]).sum() == 2 * 2 for m in maps)  # 2 of 4 heads in each of 2 layers
-    assert maps[0]["layout"]["xaxis"]["title"]["text"] == "head" and list(array(maps[0]["data"][0]["x"])) == [0, 1, 2, 3]
+    assert (maps[0]["layout"]["xaxis"]["title"]["text"] == "head"
+            and list(array(maps[0]["data"][0]["x"])) == [0, 1, 2, 3])
     assert any(h.value == "Pruned heads" for h in at.subheader)
 
 

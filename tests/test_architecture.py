@@ -11,8 +11,8 @@ from dataclasses import asdict
 
 import pytest
 import torch
-
 from conftest import REPO, word_text
+
 from spap_core.cli import build_parser, prune_settings
 from spap_core.data import default_text_spec
 from spap_core.errors import SpapInputError
@@ -126,7 +126,8 @@ def test_the_summary_names_every_value_but_the_omitted_ones():
     settings = with_values(PruneSettings(), {"K": 7})
     line = describe(settings)
     assert "K = 7" in line and "sparsity 30%" in line and "δ = 0.1" in line
-    assert "K = " not in describe(settings, omit={"K"}) and not re.search(r"(?<!head )sparsity", describe(settings, omit={"sparsity"}))
+    assert ("K = " not in describe(settings, omit={"K"})
+            and not re.search(r"(?<!head )sparsity", describe(settings, omit={"sparsity"})))
     assert describe(PruneSettings(method="flap")) == "method flap, sparsity 30%, head sparsity 0%, FLAP bias true"
     assert describe(PruneSettings(method="obs")) == ("method obs, sparsity 30%, head sparsity 0%, OBS block = 1, "
                                                      "γ = 0.01, OBS bias true")
@@ -203,9 +204,10 @@ def test_benchmark_resume_measures_again_the_rows_of_another_recovery(monkeypatc
     kept = rows_of_current_recovery(rows, lambda row: PruneSettings(method=row["method"]))
     assert kept == [{"method": "flap"}, {"method": "spap", "altmin": before_precision},
                     {"method": "spap", "altmin": today}, {"method": "flap", "altmin": None}]
-    assert set(recovery_description(rows).split("; ")) == {"2 × 10 Adam steps of 2048 tokens, lr 0.001, float32 products",
-                                                           "1 × 40 Adam steps of 256 tokens, lr 0.001, float32 products",
-                                                           "1 × 40 Adam steps of 256 tokens, lr 0.001, auto products"}
+    assert set(recovery_description(rows).split("; ")) == {
+        "2 × 10 Adam steps of 2048 tokens, lr 0.001, float32 products",
+        "1 × 40 Adam steps of 256 tokens, lr 0.001, float32 products",
+        "1 × 40 Adam steps of 256 tokens, lr 0.001, auto products"}
     assert recovery_description([{"method": "flap", "altmin": None}]) == "none in these rows"
 
 
@@ -246,3 +248,16 @@ def test_the_walk_is_a_few_short_generic_steps():
                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
     assert max(lengths.values()) <= 60, lengths
     assert "SpapStep" not in (REPO / "spap_core" / "prune.py").read_text()
+
+
+def test_the_tree_is_ruff_clean():
+    """The lint settings in pyproject.toml hold for every file, so the README's test command checks them."""
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e .[dev])")
+    checked = subprocess.run([ruff, "check", "--no-cache", "--output-format", "concise", "."], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0, checked.stdout[-3000:]

@@ -17,7 +17,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
 from conftest import REPO, tiny_llama, tiny_tokenizer, word_text
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,7 +32,8 @@ CANCEL_GUARD_MS = 60_000  # the worker checks for cancellation between solver st
 VIEWPORT = {"width": 1500, "height": 1000}
 NAV_TITLES = {"start_here": "Start here", "model_data": "Model & data", "run_spap": "Run SPAP",
               "mask_evolution": "Mask evolution", "scores": "Scores", "dense_vs_pruned": "Dense vs pruned text",
-              "latency": "Latency & memory", "zeroshot": "Zero-shot accuracy", "perplexity_sweep": "Perplexity vs sparsity",
+              "latency": "Latency & memory", "zeroshot": "Zero-shot accuracy",
+              "perplexity_sweep": "Perplexity vs sparsity",
               "compare_runs": "Compare runs", "sensitivity": "Sensitivity", "how_spap_works": "How SPAP works"}
 
 

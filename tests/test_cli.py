@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 from transformers import AutoModelForCausalLM
 
-from conftest import REPO
 from spap_core.cli import main
 
 PRUNE_KEYS = {"method", "sparsity", "ppl", "ppl_dense", "prune_seconds", "params_before", "params_after", "eval_tokens"}

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from test_cli import last_json_line, prune_args
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 import spap_core.cli as cli
 from spap_core.cli import main
 from spap_core.models import load_model
 from spap_core.runs import staged_directory
-from conftest import REPO
-from test_cli import last_json_line, prune_args
 
 LONG_NAME = "x" * 300  # over the 255 characters a file name may have
 OLD_SAVE = {"model-00001-of-00002.safetensors": "old shard", "model.safetensors.index.json": "{}", "notes.txt": "mine"}
@@ -431,6 +431,7 @@ def test_a_load_that_succeeds_still_shows_what_transformers_logged(tiny_dir, tmp
     folder = tmp_path / "extra"
     shutil.copytree(tiny_dir, folder)
     tensors = load_file(folder / "model.safetensors")
-    save_file({**tensors, "model.extra.weight": torch.zeros(2)}, folder / "model.safetensors", metadata={"format": "pt"})
+    save_file({**tensors, "model.extra.weight": torch.zeros(2)}, folder / "model.safetensors",
+              metadata={"format": "pt"})
     load_model(str(folder))
     assert "LOAD REPORT" in transformers_log.getvalue() and "model.extra.weight" in transformers_log.getvalue()

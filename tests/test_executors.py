@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import ray
 
+from spap_core.errors import PruningCancelled
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import PruneSettings, with_options
-from spap_core.errors import PruningCancelled
 from spap_core.models import load_model
 from spap_service import comparisons, executors
-from spap_service.data import DataSpec, TextChoice
-from spap_service.data import model_key
+from spap_service.data import DataSpec, TextChoice, model_key
 from spap_service.executors import LOCAL, InProcessExecutor, RayExecutor, worker_pool
 from spap_service.jobs import ProgressReporter
 from spap_service.runs import RunRequest

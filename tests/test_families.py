@@ -14,10 +14,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_tokenizer
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_tokenizer
 from spap_core.adapters import model_adapter, text_config
 from spap_core.errors import SpapInputError
 from spap_core.experiment import run_experiment
@@ -378,8 +378,8 @@ def test_half_precision_models_prune_on_float_statistics_and_keep_their_dtype(ti
     saved = half_run.result.model.state_dict()
     assert all(torch.equal(tensor, saved[name]) for name, tensor in reloaded.state_dict().items())  # bit for bit
     with torch.no_grad():  # the forward passes differ by rounding only (buffers such as rotary frequencies)
-        torch.testing.assert_close(reloaded(evaluation).logits.float(), half_run.result.model(evaluation).logits.float(),
-                                   rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(reloaded(evaluation).logits.float(),
+                                   half_run.result.model(evaluation).logits.float(), rtol=2e-2, atol=2e-2)
 
 
 def _tiny_bloom():

@@ -17,14 +17,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from app_harness import assert_clean, click, keep, run_spap, shown, start_app
+from conftest import tiny_llama, tiny_tokenizer, word_text
 from streamlit.testing.v1 import AppTest
 from torch import nn
 from transformers import PretrainedConfig
 
-from app_harness import assert_clean, click, keep, run_spap, shown, start_app
-from conftest import tiny_llama, tiny_tokenizer, word_text
-from spap_core.errors import NumericalError, SpapInputError
 from spap_core.adapters import model_adapter
+from spap_core.errors import NumericalError, SpapInputError
 from spap_core.generate import (
     EncodedPrompt,
     GenerationSettings,

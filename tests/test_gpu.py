@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_llama, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_llama, tiny_tokenizer
-from spap_core.experiment import run_experiment
 from spap_core.adapters import model_adapter
+from spap_core.experiment import run_experiment
 from spap_core.generate import GenerationSettings, encode_prompt, generate_side_by_side
 from spap_core.methods.registry import PruneSettings
 from spap_core.models import LoadedModel

@@ -11,9 +11,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from test_families import CALIBRATION, EVALUATION, TOKENIZER, family_model
 from transformers import AutoModelForCausalLM
 
-from test_families import CALIBRATION, EVALUATION, TOKENIZER, family_model
 from spap_core.adapters import model_adapter, text_config
 from spap_core.errors import SpapInputError
 from spap_core.experiment import plan_run, run_experiment
@@ -21,7 +21,7 @@ from spap_core.methods.layout import HeadLayout
 from spap_core.methods.obs import ObsSettings, obs_layer
 from spap_core.methods.problem import LayerProblem, RefitSettings, refit
 from spap_core.methods.registry import PruneSettings, settings_for_family, with_options
-from spap_core.methods.spap import spap_layer, PenaltySettings
+from spap_core.methods.spap import PenaltySettings, spap_layer
 from spap_core.models import LoadedModel
 from spap_core.prune import prune_model
 from spap_core.runs import read_run, write_run
@@ -41,7 +41,6 @@ def loaded_family(model_type: str, **config) -> LoadedModel:
 def _model_with(model_type: str, **changes) -> torch.nn.Module:
     """A tiny model of `model_type` with other head counts (8 query heads of 4 dims over `kv` KV heads)."""
     import transformers
-
     from test_families import _BUILDS
     config_name, model_name, arguments = _BUILDS[model_type]
     torch.manual_seed(0)
@@ -108,7 +107,8 @@ def head_problem(seed: int, heads: int = 4, head_dim: int = 3, n_prune: int = 1,
     stats = GramAccumulator()
     stats.add(z)
     dense = torch.randn(outputs, width, generator=generator)
-    return stats.problem(dense, n_prune, group_size=head_dim, layout=layout or HeadLayout(heads, heads, heads - n_prune, 1))
+    return stats.problem(dense, n_prune, group_size=head_dim,
+                         layout=layout or HeadLayout(heads, heads, heads - n_prune, 1))
 
 
 def head_cost(problem: LayerProblem, pruned_heads: list[int], settings: RefitSettings) -> float:
@@ -120,7 +120,8 @@ def head_cost(problem: LayerProblem, pruned_heads: list[int], settings: RefitSet
 def test_obs_removes_the_exactly_cheapest_head(seed):
     problem = head_problem(seed)
     settings = ObsSettings(damping=1e-9)
-    costs = [head_cost(problem, [h], RefitSettings(ridge=1e-9, prior="zero", bias=True, precision="float64")) for h in range(4)]
+    costs = [head_cost(problem, [h], RefitSettings(ridge=1e-9, prior="zero", bias=True, precision="float64"))
+             for h in range(4)]
     decision = obs_layer(problem, settings)
     kept_heads = problem.kept_units(decision.keep).tolist()
     assert set(range(4)) - set(kept_heads) == {int(np.argmin(costs))}
@@ -154,7 +155,7 @@ def layer0_attention_error(loaded: LoadedModel, pruned: torch.nn.Module) -> floa
         family = model_adapter(model)
         captured = []
         handle = family.attention(family.decoder_layers(model)[0]).register_forward_hook(
-            lambda _m, _a, out: captured.append(out[0] if isinstance(out, tuple) else out))
+            lambda _m, _a, out, captured=captured: captured.append(out[0] if isinstance(out, tuple) else out))
         with torch.no_grad():
             for chunk in CALIBRATION.split(4):
                 model(chunk)

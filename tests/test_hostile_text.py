@@ -11,9 +11,9 @@ import re
 from urllib.parse import quote
 
 import pytest
+from app_harness import APP, SCRIPT_TIMEOUT_S, click, finish_job, keep, open_page, shown
 from streamlit.testing.v1 import AppTest
 
-from app_harness import APP, SCRIPT_TIMEOUT_S, click, finish_job, keep, open_page, shown
 from pages._text import chart_text, plain
 from spap_core.data import TextSource
 from spap_service.data import TextChoice

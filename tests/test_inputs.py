@@ -2,12 +2,12 @@
 
 import math
 import re
-import tomllib
 
 import pytest
+import tomllib
 import torch
-
 from conftest import REPO, tiny_tokenizer, word_text
+
 from spap_core import hub
 from spap_core.data import (
     MAX_TEXT_BYTES,
@@ -58,7 +58,8 @@ def test_bad_penalty_hyperparameters_are_refused(kwargs, match):
         PenaltySettings(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{"ridge": -0.1}, {"ridge": math.nan}, {"prior": "median"}, {"precision": "float16"}])
+@pytest.mark.parametrize("kwargs",
+                         [{"ridge": -0.1}, {"ridge": math.nan}, {"prior": "median"}, {"precision": "float16"}])
 def test_bad_refit_settings_are_refused(kwargs):
     with pytest.raises(SpapInputError):
         RefitSettings(**kwargs)

@@ -172,8 +172,10 @@ def test_other_errors_become_one_short_line_and_the_worker_survives(queue):
 
 
 def test_out_of_memory_suggests_smaller_settings():
-    assert user_message(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")) == OUT_OF_MEMORY_MESSAGE
-    assert user_message(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory")) == OUT_OF_MEMORY_MESSAGE
+    assert (user_message(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+            == OUT_OF_MEMORY_MESSAGE)
+    assert (user_message(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory"))
+            == OUT_OF_MEMORY_MESSAGE)
     assert user_message(MemoryError()) == OUT_OF_MEMORY_MESSAGE
     assert "smaller" in OUT_OF_MEMORY_MESSAGE or "Lower" in OUT_OF_MEMORY_MESSAGE
 

@@ -185,5 +185,6 @@ def test_runs_through_the_pruning_walk_and_its_settings_are_recorded(tiny):
         assert layer.mlp.gate_proj.out_features == layer.mlp.up_proj.out_features == 96
         assert layer.mlp.down_proj.in_features == 96 and layer.mlp.down_proj.bias is not None
         assert record.objective < record.dense_objective
-        assert set(torch.argsort(torch.from_numpy(record.scores["obs"]), stable=True)[:32].tolist()) == set(range(128)) - set(record.keep)
+        assert (set(torch.argsort(torch.from_numpy(record.scores["obs"]), stable=True)[:32].tolist())
+                == set(range(128)) - set(record.keep))
     assert result.model.config.intermediate_size == 96

@@ -11,9 +11,9 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_tokenizer, word_text
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_tokenizer, word_text
 from spap_core.cli import main
 from spap_core.data import TextSource, calibration_windows, evaluation_windows
 from spap_core.errors import SpapInputError

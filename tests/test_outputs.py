@@ -6,11 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_cli import prune_args
 
 import spap_core.cli as cli
 from spap_core.access import output_folder
 from spap_core.errors import SpapInputError
-from test_cli import prune_args
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

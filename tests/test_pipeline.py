@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.adapters import model_adapter
+from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.methods import altmin
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import METHODS, PruneSettings, with_options
@@ -58,10 +58,12 @@ def test_physical_pruning_matches_masked_dense_computation(tiny, method):
 
 
 def test_alternating_minimization_changes_gate_up_and_still_matches_masking(tiny):
-    settings = with_options(PruneSettings(sparsity=0.25), altmin=AltMinSettings(rounds=2, steps=3, lr=1e-3, batch_tokens=64))
+    settings = with_options(PruneSettings(sparsity=0.25),
+                            altmin=AltMinSettings(rounds=2, steps=3, lr=1e-3, batch_tokens=64))
     result = prune_model(tiny, CALIBRATION, settings, batch_size=4)
     keep = torch.as_tensor(result.layers[0].keep)
-    assert not torch.allclose(result.model.model.layers[0].mlp.gate_proj.weight, tiny.model.model.layers[0].mlp.gate_proj.weight[keep])
+    assert not torch.allclose(result.model.model.layers[0].mlp.gate_proj.weight,
+                              tiny.model.model.layers[0].mlp.gate_proj.weight[keep])
     masked = masked_dense_copy(tiny.model, result.model, [r.keep for r in result.layers])
     with torch.no_grad():
         torch.testing.assert_close(result.model(PROBE).logits, masked(PROBE).logits, rtol=1e-4, atol=1e-5)
@@ -71,7 +73,8 @@ def test_alternating_minimization_does_not_increase_layer_error(tiny):
     base = prune_model(tiny, CALIBRATION, with_options(PruneSettings(sparsity=0.5), altmin=AltMinSettings(rounds=0)),
                        batch_size=4)
     tuned = prune_model(tiny, CALIBRATION, with_options(
-        PruneSettings(sparsity=0.5), altmin=AltMinSettings(rounds=2, steps=20, lr=1e-3, batch_tokens=192)), batch_size=4)
+        PruneSettings(sparsity=0.5), altmin=AltMinSettings(rounds=2, steps=20, lr=1e-3, batch_tokens=192)),
+        batch_size=4)
     assert tuned.layers[0].objective <= base.layers[0].objective * 1.0001
 
 
@@ -89,7 +92,8 @@ def test_bfloat16_adam_steps_reach_the_layer_error_of_float32_steps(tiny, monkey
     assert errors[torch.bfloat16] != errors[torch.float32]  # the bfloat16 products did run
     # the default, 'float32', keeps float32 products even where 'auto' would choose bfloat16
     default = with_options(settings, altmin=AltMinSettings(**steps))
-    assert [layer.objective for layer in prune_model(tiny, CALIBRATION, default, batch_size=4).layers] == errors[torch.float32]
+    assert ([layer.objective for layer in prune_model(tiny, CALIBRATION, default, batch_size=4).layers]
+            == errors[torch.float32])
     for index, base in enumerate(without.layers):
         gain32 = base.objective - errors[torch.float32][index]
         gain16 = base.objective - errors[torch.bfloat16][index]
@@ -126,9 +130,10 @@ def test_source_model_is_never_modified(tiny):
 
 def test_trace_has_one_step_per_layer_and_rho_iteration(tiny):
     steps, layers_done = [], []
-    result = prune_model(tiny, CALIBRATION, with_options(PruneSettings(sparsity=0.3), penalty=PenaltySettings(iterations=7)),
+    result = prune_model(tiny, CALIBRATION,
+                         with_options(PruneSettings(sparsity=0.3), penalty=PenaltySettings(iterations=7)),
                          on_step=steps.append, on_layer=lambda i, n: layers_done.append((i, n)), batch_size=4)
-    assert [(s.layer, s.iteration) for s in steps] == [(l, k) for l in range(2) for k in range(1, 8)]
+    assert [(s.layer, s.iteration) for s in steps] == [(layer, k) for layer in range(2) for k in range(1, 8)]
     assert len(result.trace) == 14 and layers_done == [(1, 2), (2, 2)]
     rhos = [s.rho for s in steps[:7]]
     assert rhos == pytest.approx([PenaltySettings().rho0 * PenaltySettings().tau**k for k in range(7)])
@@ -194,7 +199,8 @@ def test_error_correcting_targets_start_from_local_ones_and_then_differ(tiny):
     """At layer 0 both streams are identical, so β changes nothing; from layer 1 on the targets
     also carry the residual error left by pruned layer 0."""
     local = prune_model(tiny, CALIBRATION, PruneSettings(sparsity=0.5), batch_size=4)
-    corrected = prune_model(tiny, CALIBRATION, with_options(PruneSettings(sparsity=0.5), target_correction=1.0), batch_size=4)
+    corrected = prune_model(tiny, CALIBRATION, with_options(PruneSettings(sparsity=0.5), target_correction=1.0),
+                            batch_size=4)
     assert corrected.layers[0].dense_objective == pytest.approx(local.layers[0].dense_objective)
     assert corrected.layers[1].dense_objective != pytest.approx(local.layers[1].dense_objective, rel=1e-6)
 
@@ -242,7 +248,7 @@ def test_every_layer_is_fed_what_the_model_itself_feeds_it(tiny, model_type):
     for index in (1, 2):
         seen = {}
         handle = result.model.model.layers[index].mlp.register_forward_hook(
-            lambda m, args, out: seen.setdefault("x", args[0]))
+            lambda m, args, out, seen=seen: seen.setdefault("x", args[0]))
         with torch.no_grad():
             result.model(CALIBRATION)
         handle.remove()

@@ -9,6 +9,7 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
+from test_families import loaded_family
 
 from spap_core.cli import main
 from spap_core.experiment import plan_run
@@ -16,7 +17,6 @@ from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.reconstruction import Reconstruction
 from spap_core.methods.registry import METHODS, PruneSettings, with_options
 from spap_core.prune import prune_model
-from test_families import loaded_family
 
 CALIBRATION = torch.randint(3, 200, (8, 32), generator=torch.Generator().manual_seed(0))
 REFIT = Reconstruction()

@@ -10,10 +10,10 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 import torch
+from conftest import VOCAB_WORDS
 from transformers import AutoModelForCausalLM
 
 import spap_core.cli
-from conftest import VOCAB_WORDS
 from spap_core.cli import main
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.models import load_model
@@ -178,6 +178,7 @@ def test_the_app_prunes_a_model_with_per_layer_widths_and_every_page_shows_it(fi
     """A model saved with per-layer widths, loaded in the app and pruned by SPAP: Mask evolution
     draws each layer at its own width (the trace is padded to the widest) and no page fails."""
     from app_harness import array, click, finish_job, keep, open_page, shown, start_app, titled
+
     from pages._state import ModelChoice
 
     folder = first_saves["per-layer widths"]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from spap_core.errors import UnreadableRunError
 from spap_core.methods.registry import PruneSettings
 from spap_core.prune import prune_model
-from spap_core.errors import UnreadableRunError
 from spap_core.runs import ARRAYS_FILE, RESULTS_DIR_ENV, list_runs, new_run_directory, read_run, write_run
 
 

@@ -140,8 +140,9 @@ def test_a_public_demo_has_limits_it_states_and_enforces(monkeypatch, tmp_path):
 def test_the_app_refuses_a_run_over_the_limit_and_a_job_over_the_session_cap(app_files, monkeypatch):
     import threading
 
-    import spap_core.methods.spap as spap_module
     from app_harness import JOB_HANG_GUARD_S, click, open_page, session_job, start_app
+
+    import spap_core.methods.spap as spap_module
     from spap_service.jobs import shared_queue
 
     monkeypatch.setenv("SPAP_MAX_CALIBRATION_TOKENS", "1000")
@@ -154,7 +155,8 @@ def test_the_app_refuses_a_run_over_the_limit_and_a_job_over_the_session_cap(app
 
     at.number_input(key="seqlen").set_value(64)  # 8 × 64 = 512 tokens: allowed
     release, original = threading.Event(), spap_module.spap_layer
-    monkeypatch.setattr(spap_module, "spap_layer", lambda *a, **k: (release.wait(JOB_HANG_GUARD_S), original(*a, **k))[1])
+    monkeypatch.setattr(spap_module, "spap_layer",
+                        lambda *a, **k: (release.wait(JOB_HANG_GUARD_S), original(*a, **k))[1])
     try:
         click(at, "Run SPAP")
         running = session_job(at, "run")

@@ -16,8 +16,14 @@ import spap_service.sessions as sessions
 from spap_core.errors import SpapInputError
 from spap_service.jobs import JobQueue, QueueFull
 from spap_service.limits import MAX_QUEUED_JOBS_ENV, server_limits
-from spap_service.sessions import (BrowserSessions, SessionCookieMiddleware, is_session_id, new_session_id, owner_tag,
-                                   server_key)
+from spap_service.sessions import (
+    BrowserSessions,
+    SessionCookieMiddleware,
+    is_session_id,
+    new_session_id,
+    owner_tag,
+    server_key,
+)
 
 KEY = b"k" * 32
 

@@ -166,7 +166,8 @@ def test_spap_equals_brute_force_on_planted_problems(seed):
 
 def test_objective_of_dense_weights_is_zero_and_of_nothing_is_half_energy():
     problem = toy_problem(width=8, outputs=3, tokens=50, seed=2)
-    dense = scatter_columns(problem, torch.arange(8), torch.cat([problem.dense_down.double(), torch.zeros(3, 1, dtype=torch.float64)], 1), True)
+    dense = scatter_columns(problem, torch.arange(8),
+                            torch.cat([problem.dense_down.double(), torch.zeros(3, 1, dtype=torch.float64)], 1), True)
     assert objective(problem, dense) == pytest.approx(0.0, abs=1e-6 * problem.target_energy)
     assert objective(problem, torch.zeros_like(dense)) == pytest.approx(0.5 * problem.target_energy)
 

@@ -14,9 +14,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from app_harness import array, assert_clean, open_page, start_app, titled
 from streamlit.testing.v1 import AppTest
 
-from app_harness import array, assert_clean, open_page, start_app, titled
 from spap_core.methods.problem import RefitSettings, refit
 from spap_core.toy import (
     BALANCE_RANGE,
@@ -217,7 +217,8 @@ def test_fixed_schedule_caption_names_the_curves_that_coincide():
 
 def test_algorithm_text_describes_the_schedule_and_start_in_use():
     ramp = algorithm_text(ToySettings())
-    assert "**ramp**" in ramp and "1 at k = 1, 2 at k = 2–3, 3 at k = 4–5" in ramp and "s^{(0)}=0" in ramp and "fixed" not in ramp
+    assert ("**ramp**" in ramp and "1 at k = 1, 2 at k = 2–3, 3 at k = 4–5" in ramp and "s^{(0)}=0" in ramp
+            and "fixed" not in ramp)
     assert "0.5, 0.75, 0.875, 0.9375" in ramp
     fixed = algorithm_text(ToySettings(schedule="fixed", n_prune=4, momentum=1.0))
     assert "**fixed**" in fixed and "\\lambda=4" in fixed and "ramp" not in fixed

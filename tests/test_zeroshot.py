@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
-from torch.utils.hooks import RemovableHandle
-
 from app_harness import APP, SCRIPT_TIMEOUT_S, assert_clean, click, finish_job, titled
 from conftest import VOCAB_WORDS
+from streamlit.testing.v1 import AppTest
+from test_cli import last_json_line, prune_args
+from torch.utils.hooks import RemovableHandle
+
 from spap_core import hub
 from spap_core.cli import main
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.zeroshot import STANDARD_TASKS, comparison_rows, parse_tasks, zeroshot_accuracy
 from spap_service.zeroshot import available_tasks, zeroshot_blocker
-from test_cli import last_json_line, prune_args
 
 TASK = "tiny_choice"
 EXAMPLES = 8

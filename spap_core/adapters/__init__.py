@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from spap_core.adapters.base import ModelAdapter, MlpFunction, MlpWeights, text_config
+from spap_core.adapters.base import MlpFunction, MlpWeights, ModelAdapter, text_config
 from spap_core.adapters.gemma import GemmaAdapter
 from spap_core.adapters.gpt2 import Gpt2Adapter
 from spap_core.adapters.gpt_neox import GptNeoXAdapter

@@ -21,8 +21,9 @@ size (OPT, GPT-2, GPT-NeoX) cannot hold fewer heads and say so (`head_refusal`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -367,7 +368,8 @@ class ModelAdapter:
         """(query heads, KV heads, head_dim), the same in every layer; refuses, naming the reason,
         a model whose heads cannot be pruned."""
         if self.head_refusal is not None:
-            raise SpapInputError(f"Model type '{self.model_type}': attention heads cannot be pruned, as {self.head_refusal}; "
+            raise SpapInputError(f"Model type '{self.model_type}': attention heads cannot be pruned, "
+                                 f"as {self.head_refusal}; "
                                  "prune its MLP channels only (head sparsity 0).")
         shapes = set()
         for index, layer in enumerate(self.decoder_layers(model)):

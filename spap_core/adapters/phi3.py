@@ -9,8 +9,14 @@ import copy
 import torch
 from torch import nn
 
-from spap_core.adapters.base import (AttentionWeights, MlpWeights, ModelAdapter, projection_bias, projection_like,
-                                     projection_weight)
+from spap_core.adapters.base import (
+    AttentionWeights,
+    MlpWeights,
+    ModelAdapter,
+    projection_bias,
+    projection_like,
+    projection_weight,
+)
 
 
 class Phi3Adapter(ModelAdapter):

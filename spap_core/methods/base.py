@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings

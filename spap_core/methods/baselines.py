@@ -12,8 +12,9 @@ Frobenius norm; the head layout decides which of the low-scored heads may go.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -48,7 +49,9 @@ def _keep_dense_columns(problem: LayerProblem, scores: torch.Tensor, name: str,
                         bias: torch.Tensor | None = None) -> LayerDecision:
     keep = problem.keep_columns(lowest(problem, scores))
     down = problem.dense_down[:, keep.to(problem.dense_down.device)]
-    weights = torch.cat([down.double(), (bias if bias is not None else torch.zeros(down.shape[0])).double().reshape(-1, 1).to(down.device)], 1)
+    weights = torch.cat([down.double(),
+                         (bias if bias is not None else torch.zeros(down.shape[0])).double().reshape(-1, 1)
+                         .to(down.device)], 1)
     full = scatter_columns(problem, keep, weights, bias=True)
     return LayerDecision(
         keep=keep, down_weight=down.clone(), down_bias=bias,

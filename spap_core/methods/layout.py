@@ -19,8 +19,8 @@ below that only while fewer than `kv_heads − kv_kept` groups have, and then al
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from spap_core.errors import SpapInputError
 
@@ -59,7 +59,8 @@ class HeadLayout:
         return head // self.group_size
 
     @staticmethod
-    def every(heads: int, kv_heads: int, allowed: Callable[[HeadLayout], bool] = lambda _layout: True) -> list[HeadLayout]:
+    def every(heads: int, kv_heads: int,
+              allowed: Callable[[HeadLayout], bool] = lambda _layout: True) -> list[HeadLayout]:
         """Every layout that removes at least one head and that `allowed` accepts."""
         group = heads // kv_heads
         return [layout for layout in (HeadLayout(heads, kv_heads, groups, per_group)
@@ -83,7 +84,8 @@ class HeadLayout:
         target = sparsity * heads
         candidates = HeadLayout.every(heads, kv_heads, allowed)
         if not candidates:
-            raise SpapInputError(f"No smaller head count of {heads} query heads over {kv_heads} KV heads is accepted by "
+            raise SpapInputError(f"No smaller head count of {heads} query heads over {kv_heads} KV heads "
+                                 "is accepted by "
                                  "the model's config class; prune its MLP channels only (head sparsity 0).")
         return min(candidates, key=lambda layout: (abs(layout.removed - target), -layout.kv_kept, layout.removed))
 
@@ -105,11 +107,11 @@ class HeadLayout:
             for position, head in enumerate(pending):
                 group = kept[self.kv_group(head)]
                 if group > self.per_group_kept or group < self.per_group_kept or broken < self.kv_heads - self.kv_kept:
+                    chosen.append(pending.pop(position))
+                    kept[self.kv_group(head)] -= 1
                     break
             else:  # unreachable when count is within the layout (see the docstring)
                 raise RuntimeError("no head can be removed without breaking the layout")
-            chosen.append(pending.pop(position))
-            kept[self.kv_group(head)] -= 1
         return chosen
 
     def describe(self) -> str:

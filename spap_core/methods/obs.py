@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 from torch.nn.functional import pad
@@ -167,7 +167,8 @@ def _decision(problem: LayerProblem, settings: ObsSettings, weights: torch.Tenso
 
 class StructuredObs(PruningMethod):
     name = "obs"
-    description = "greedy structured optimal brain surgeon: remove the channel of least exact least-squares cost, update the rest"
+    description = ("greedy structured optimal brain surgeon: remove the channel of least exact least-squares cost, "
+                   "update the rest")
     settings_type = ObsSettings
     parameters = (
         Parameter("obs_block", "OBS block", "Channels per cost evaluation",

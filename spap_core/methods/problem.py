@@ -298,7 +298,8 @@ class RidgeSystem:
         weights, inverse_diagonal = self._solve(penalty, with_inverse_diagonal=True)
         return weights, inverse_diagonal[: self.channels]
 
-    def _solve(self, penalty: torch.Tensor | None, with_inverse_diagonal: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _solve(self, penalty: torch.Tensor | None,
+               with_inverse_diagonal: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         support = None if penalty is None else torch.nonzero(penalty > 0).flatten()
         rank = 0 if support is None else len(support)
         if self.low_rank_updates and rank <= LOW_RANK_FRACTION * self.channels and self._factor_base():

@@ -8,9 +8,9 @@ import typing
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
+from spap_core.adapters import ModelAdapter
 from spap_core.allocation import UNIFORM, check_allocation
 from spap_core.errors import SpapInputError
-from spap_core.adapters import ModelAdapter
 from spap_core.methods.base import PruningMethod, Recovery
 from spap_core.methods.baselines import Fasp, Flap, Magnitude, WandaSp
 from spap_core.methods.obs import StructuredObs
@@ -112,8 +112,10 @@ class PruneSettings:
         options = _from_dict(implementation.settings_type, values.get("options") or {})
         reconstruction = values.get("reconstruction")
         return PruneSettings(method=values["method"], sparsity=values["sparsity"], options=options,
-                             reconstruction=None if reconstruction is None else _from_dict(Reconstruction, reconstruction),
-                             allocation=values.get("allocation", UNIFORM), head_sparsity=values.get("head_sparsity", 0.0))
+                             reconstruction=(None if reconstruction is None
+                                             else _from_dict(Reconstruction, reconstruction)),
+                             allocation=values.get("allocation", UNIFORM),
+                             head_sparsity=values.get("head_sparsity", 0.0))
 
 
 def settings_for_family(settings: PruneSettings, family: ModelAdapter) -> tuple[PruneSettings, list[str]]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -70,7 +70,8 @@ class PenaltySettings:
             (self.score in SCORES, f"score must be one of {', '.join(SCORES)} (got {self.score!r})."),
             (self.start in STARTS, f"start must be one of {', '.join(STARTS)} (got {self.start!r})."),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})."),
-            (isinstance(self.iterations, int) and self.iterations >= 1, f"K must be an integer ≥ 1 (got {self.iterations!r})."),
+            (isinstance(self.iterations, int) and self.iterations >= 1,
+             f"K must be an integer ≥ 1 (got {self.iterations!r})."),
             (np.isfinite(self.rho0) and self.rho0 > 0, f"ρ⁽⁰⁾ must be > 0 (got {self.rho0!r})."),
             (np.isfinite(self.tau) and self.tau > 1, f"τ must be > 1 so the penalty grows (got {self.tau!r})."),
             (np.isfinite(self.balance) and self.balance >= 0, f"t must be ≥ 0 (got {self.balance!r})."),
@@ -198,7 +199,8 @@ class SpapSettings:
 
 class Spap(PruningMethod):
     name = "spap"
-    description = "penalty path over a relaxed mask, ridge refit towards the dense weights with a bias, alternating minimization"
+    description = ("penalty path over a relaxed mask, ridge refit towards the dense weights with a bias, "
+                   "alternating minimization")
     settings_type = SpapSettings
     parameters = (
         Parameter("K", "K", "K: ρ iterations",
@@ -209,7 +211,8 @@ class Spap(PruningMethod):
                   "ρ ← τ·ρ after every iteration: how hard the marked columns of W are pushed to zero.",
                   float, "penalty", ("--tau",), path="penalty.tau", low=1.05, high=8.0, step=0.05, slider=True,
                   sweep=(1.05, 8.0), lead=True),
-        Parameter("alpha", "α", "α: mask momentum", "Step of s towards the marked channels; 1 jumps straight to the marks.",
+        Parameter("alpha", "α", "α: mask momentum",
+                  "Step of s towards the marked channels; 1 jumps straight to the marks.",
                   float, "penalty", ("--alpha",), path="penalty.momentum", low=0.05, high=1.0, step=0.05,
                   slider=True, sweep=(0.05, 1.0), lead=True),
         Parameter("rho0", "ρ⁽⁰⁾", "ρ⁽⁰⁾: initial penalty",
@@ -231,9 +234,11 @@ class Spap(PruningMethod):
         Parameter("delta", "δ", "δ: ridge", "δ·h̄ added to every solve, for stability (relative to mean diag H).",
                   float, "refit", ("--delta",), path="refit.ridge", low=0.0, high=100.0, step=0.005,
                   log_scale=True, sweep=(1e-3, 1.0)),
-        Parameter("prior", "prior", "Refit prior", "The ridge pulls refitted weights towards the dense ones or towards zero.",
+        Parameter("prior", "prior", "Refit prior",
+                  "The ridge pulls refitted weights towards the dense ones or towards zero.",
                   str, "refit", ("--prior",), path="refit.prior", choices=PRIORS),
-        Parameter("bias", "bias", "Bias compensation", "An output-projection bias (down_proj, fc2) absorbs the mean output of the pruned channels.",
+        Parameter("bias", "bias", "Bias compensation",
+                  "An output-projection bias (down_proj, fc2) absorbs the mean output of the pruned channels.",
                   bool, "refit", ("--bias",), path="refit.bias"),
         Parameter("precision", "precision", "Solver precision",
                   "float32 solves faster; float64 is safer on ill-conditioned layers.",
@@ -242,21 +247,27 @@ class Spap(PruningMethod):
                   "Each layer also repairs β of the error earlier pruned layers left in the stream.",
                   float, "refit", ("--target-correction", "--beta"), path="target_correction", low=0.0, high=1.0,
                   step=0.05, slider=True, sweep=(0.0, 1.0)),
-        Parameter("am_rounds", "AM rounds", "Rounds", "0 = off. Each round: Adam on the input projections (gate/up, fc1), then an exact refit of the output projection.",
+        Parameter("am_rounds", "AM rounds", "Rounds",
+                  "0 = off. Each round: Adam on the input projections (gate/up, fc1), then an exact refit of the "
+                  "output projection.",
                   int, "altmin", ("--altmin-rounds",), path="altmin.rounds", low=0, high=10, step=1, slider=True,
                   sweep=(0, 4), own_update=True),
-        Parameter("am_steps", "AM steps", "Adam steps per round", "Gradient steps on the input projections (gate_proj and up_proj, or fc1) in every round.",
-                  int, "altmin", ("--altmin-steps",), path="altmin.steps", low=1, high=200, step=1, slider=True, own_update=True),
+        Parameter("am_steps", "AM steps", "Adam steps per round",
+                  "Gradient steps on the input projections (gate_proj and up_proj, or fc1) in every round.",
+                  int, "altmin", ("--altmin-steps",), path="altmin.steps", low=1, high=200, step=1, slider=True,
+                  own_update=True),
         Parameter("am_lr", "AM lr", "Step size (lr)", "Adam learning rate for gate/up.",
                   float, "altmin", ("--altmin-lr",), path="altmin.lr", low=1e-7, high=1.0, step=1e-5,
                   log_scale=True, own_update=True),
         Parameter("am_batch", "AM batch", "Tokens per Adam step", "Calibration tokens sampled for each gradient step.",
-                  int, "altmin", ("--altmin-batch",), path="altmin.batch_tokens", low=16, high=65536, step=1, own_update=True),
+                  int, "altmin", ("--altmin-batch",), path="altmin.batch_tokens", low=16, high=65536, step=1,
+                  own_update=True),
         Parameter("am_precision", "AM products", "Precision of the Adam steps",
                   "float32 = the same result on every machine. auto = bfloat16 products where the hardware multiplies "
                   "them natively (CUDA, AVX512-BF16 or AMX CPUs): faster, but the result then depends on the machine. "
                   "The weights, Adam's state and the output-projection refit stay float32 either way.",
-                  str, "altmin", ("--altmin-precision",), path="altmin.precision", choices=STEP_PRECISIONS, own_update=True),
+                  str, "altmin", ("--altmin-precision",), path="altmin.precision", choices=STEP_PRECISIONS,
+                  own_update=True),
     )
 
     def trace_length(self, settings: SpapSettings) -> int:
@@ -273,7 +284,8 @@ class Spap(PruningMethod):
 
     def head_refusal(self, settings: SpapSettings) -> str | None:
         if settings.penalty.score == "partial":
-            return "the 'partial' score is defined per channel; score attention heads by 'marginal' or 'centred' (--score)"
+            return ("the 'partial' score is defined per channel; score attention heads by 'marginal' or 'centred' "
+                    "(--score)")
         return None
 
     def recovery(self, settings: SpapSettings) -> Recovery | None:
