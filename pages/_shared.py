@@ -373,8 +373,9 @@ def latest_table(kind: str) -> tuple[pd.DataFrame, dict] | None:
     """The table this session last asked for, with its context, once it is available."""
     collect_finished_jobs(_adopt_run)
     requested = session().table_requests.get(kind)
-    table = None if requested is None else RESULT_TABLES.get(requested.key)
-    return None if table is None else (table, requested.context)
+    if requested is None or (table := RESULT_TABLES.get(requested.key)) is None:
+        return None
+    return table, requested.context
 
 
 def latest_latency() -> LatencyComparison | None:
@@ -455,17 +456,18 @@ def saved_runs_panel() -> None:
                        "run anywhere.")
         st.caption(browser_sessions().describe() + " " + server_limits().saved_runs.describe())
         for fault in saved.unreadable:  # named by its folder and file only: the server's paths stay its own
-            st.caption(f":warning: Skipped the saved run {plain(Path(fault.file).parent.name)}, which cannot be read: "
-                       f"{plain(Path(fault.file).name)}: {plain(fault.fault)}")
+            file = Path(str(fault.file))  # UnreadableRunError types its file as any object; it is a path
+            st.caption(f":warning: Skipped the saved run {plain(file.parent.name)}, which cannot be read: "
+                       f"{plain(file.name)}: {plain(fault.fault)}")
         if runs.empty:
             st.caption("None yet: runs are saved as they finish.")
             return
         st.dataframe(runs, hide_index=True, width="stretch")
         labels = {row["run"]: f"{row['finished']} · {row['method']} at {row['sparsity']:.0%} · "
                               f"ppl {row['ppl pruned']:.2f}" for row in runs.to_dict("records")}
-        name = st.selectbox("Run", list(labels), format_func=labels.get, index=None, placeholder="Choose a run",
+        name = st.selectbox("Run", list(labels), format_func=labels.__getitem__, index=None, placeholder="Choose a run",
                             key="saved_run")
-        if st.button("Load this run", icon=":material/history:", disabled=name is None):
+        if st.button("Load this run", icon=":material/history:", disabled=name is None) and name is not None:
             folder = saved_run_folder(name)
             try:
                 if folder is None:
@@ -543,7 +545,7 @@ def fixed_settings_caption(base: RunRequest, varied: set[str], what: str) -> Non
                f"Evaluation: {evaluation_budget(base.data)}.")
 
 
-def settings_summary(request: RunRequest, omit: set[str] = frozenset()) -> str:
+def settings_summary(request: RunRequest, omit: frozenset[str] | set[str] = frozenset()) -> str:
     """One line with every setting of the request except the parameter keys in `omit` (Markdown:
     the text's name verbatim)."""
     parts = [describe(request.settings, omit)]

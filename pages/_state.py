@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import streamlit as st
 
@@ -98,7 +98,8 @@ class Stored(Generic[T]):
             kept[self.key] = st.session_state[self.key]
         elif self.factory is not None:
             kept[self.key] = st.session_state[self.key] = self.factory()
-        return kept.get(self.key, self.default)
+        # None stands for "no default" only in a Stored declared to hold None (Stored[X | None])
+        return cast(T, kept.get(self.key, self.default))
 
     def __set__(self, instance: Any, value: T) -> None:
         kept_values()[self.key] = value

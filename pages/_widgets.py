@@ -5,7 +5,7 @@ settings summary can never disagree about a name, a range or a default."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import streamlit as st
 
@@ -14,7 +14,15 @@ from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
 from spap_core.parameters import BY_KEY, Parameter
 
-URL = "query-params"  # a widget bound to the query parameter named by its key makes a setting shareable
+URL: Final = "query-params"  # a widget bound to the query parameter named by its key makes a setting shareable
+
+
+def declared_range(parameter: Parameter) -> tuple[float, float, float]:
+    """A numeric parameter's (low, high, step): every int or float one declares them
+    (spap_core.parameters), and its widget cannot be drawn without."""
+    if parameter.low is None or parameter.high is None or parameter.step is None:
+        raise ValueError(f"numeric parameter {parameter.key} declares no range or step")
+    return parameter.low, parameter.high, parameter.step
 
 
 def parameter_widget(parameter: Parameter, default: Any) -> Any:
@@ -24,6 +32,7 @@ def parameter_widget(parameter: Parameter, default: Any) -> Any:
     when a widget gets both."""
     key, label = parameter.key, parameter.label
     preset = key in st.session_state
+    value: bool | str | float
     if parameter.kind is bool:
         value = st.checkbox(label, False if preset else bool(default), key=key, bind=URL)
     elif parameter.choices:
@@ -31,15 +40,16 @@ def parameter_widget(parameter: Parameter, default: Any) -> Any:
         value = st.selectbox(label, list(parameter.choices), index=index, key=key, bind=URL)
     elif parameter.slider:
         number = parameter.kind
-        value = st.slider(label, number(parameter.low), number(parameter.high), None if preset else number(default),
-                          number(parameter.step), key=key, bind=URL)
+        low, high, step = declared_range(parameter)
+        value = st.slider(label, number(low), number(high), None if preset else number(default), number(step), key=key,
+                          bind=URL)
     elif parameter.kind is int:
-        value = st.number_input(label, int(parameter.low), int(parameter.high), "min" if preset else int(default),
-                                key=key, bind=URL)
+        low, high, _ = declared_range(parameter)
+        value = st.number_input(label, int(low), int(high), "min" if preset else int(default), key=key, bind=URL)
     else:
-        value = st.number_input(label, float(parameter.low), float(parameter.high),
-                                "min" if preset else float(default), step=float(parameter.step), format="%g", key=key,
-                                bind=URL)
+        low, high, step = declared_range(parameter)
+        value = st.number_input(label, float(low), float(high), "min" if preset else float(default), step=float(step),
+                                format="%g", key=key, bind=URL)
     st.caption(parameter.help)
     return value
 
@@ -62,8 +72,8 @@ def fill_form(values: dict[str, Any], form: tuple[Parameter, ...]) -> None:
 def bounded_number(parameter: Parameter, default: int, key: str, label: str | None = None, container: Any = st) -> int:
     """A whole-number box (not bound to the URL) whose range is the parameter's declared one, the
     same the CLI and the share link enforce."""
-    return container.number_input(label or parameter.label, int(parameter.low), int(parameter.high), int(default),
-                                  key=key)
+    low, high, _ = declared_range(parameter)
+    return container.number_input(label or parameter.label, int(low), int(high), int(default), key=key)
 
 
 def link_parameters() -> dict[str, list[str]]:

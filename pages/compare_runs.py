@@ -46,17 +46,18 @@ if len(runs) < 2:
     st.stop()
 labels = {row["run"]: f"{row['finished']} · {row['method']} at {row['sparsity']:.0%} · ppl {row['ppl pruned']:.2f}"
           for row in runs.to_dict("records")}
-chosen = st.multiselect("Runs to compare", list(labels), default=list(labels)[:2], format_func=labels.get,
+chosen = st.multiselect("Runs to compare", list(labels), default=list(labels)[:2], format_func=labels.__getitem__,
                         key="compare_runs", help="The newest first; two or more.")
 if len(chosen) < 2:
     st.info("Choose at least two runs.")
     st.stop()
 folders = [saved_run_folder(name) for name in chosen]
-if None in folders:
+found = [folder for folder in folders if folder is not None]
+if len(found) < len(folders):
     st.error("A chosen run is no longer in the results folder; choose again.")
     st.stop()
 try:
-    outcomes = [load_saved_run(folder) for folder in folders]
+    outcomes = [load_saved_run(folder) for folder in found]
 except UnreadableRunError as exc:
     st.error(f"A chosen run cannot be opened: {plain(exc)}")
     st.stop()
@@ -77,9 +78,10 @@ part = CHANNELS
 if any(outcome.result.heads is not None for outcome in outcomes):
     part = st.radio("Per layer", PARTS, horizontal=True, key="compare_part",
                     help="What the charts below show: the MLP's channels or the attention heads.")
-drawn = [(name, outcome) for name, outcome in zip(names, outcomes) if part_layers(outcome, part) is not None]
+drawn = [(name, outcome, layers) for name, outcome in zip(names, outcomes)
+         if (layers := part_layers(outcome, part)) is not None]
 if len(drawn) < len(outcomes):
-    left_out = [name[0] for name in names if name not in dict(drawn)]
+    left_out = [name[0] for name in names if name not in {drawn_name for drawn_name, _, _ in drawn}]
     st.caption(f"Run{'s' * (len(left_out) > 1)} {', '.join(left_out)} pruned no heads: not drawn below.")
 unit = "channel" if part == CHANNELS else "head"
 
@@ -104,9 +106,9 @@ with overlap_column:
         show_chart(figure)
 
 st.subheader(f"Pruned {unit}s")
-for column, (name, outcome) in zip(chart_columns(len(drawn)), drawn):
+for column, (name, outcome, layers) in zip(chart_columns(len(drawn)), drawn):
     grid, units = pruned_map(outcome, part)
-    widths = [layer.width for layer in part_layers(outcome, part)]
+    widths = [layer.width for layer in layers]
     evenly = f" ({len(units)} of {span(widths)}, evenly spaced)" if len(units) < max(widths) else ""
     figure = px.imshow(grid, x=units, zmin=0, zmax=1, aspect="auto", color_continuous_scale="Reds",
                        labels={"x": f"{unit}{evenly}", "y": "layer", "color": "pruned"}, title=name)

@@ -87,16 +87,16 @@ with pruned_column.container(border=True):
 
 if request is not None:
     settings, encoded = request
-    record = {"prompt": prompt, "prompt_tokens": len(encoded.ids), "used_chat_template": encoded.used_chat_template,
-              "settings": settings, "run_finished_at": outcome.finished_at, "pair": None}
-    session().generation = record
+    generation = {"prompt": prompt, "prompt_tokens": len(encoded.ids), "used_chat_template": encoded.used_chat_template,
+                  "settings": settings, "run_finished_at": outcome.finished_at, "pair": None}
+    session().generation = generation
     stop_button = st.empty()
     stop_button.button("Stop", icon=":material/stop_circle:", key="generation_stop")  # any rerun interrupts
     try:
-        for pair in generate_side_by_side(loaded.model, pruned_model, loaded.tokenizer, encoded, settings):
-            record["pair"] = pair
-            show_text(dense_text, pair.dense)
-            show_text(pruned_text, pair.pruned)
+        for snapshot in generate_side_by_side(loaded.model, pruned_model, loaded.tokenizer, encoded, settings):
+            generation["pair"] = snapshot
+            show_text(dense_text, snapshot.dense)
+            show_text(pruned_text, snapshot.pruned)
     except NumericalError as exc:
         st.error(plain(exc), icon=":material/error:")
     stop_button.empty()

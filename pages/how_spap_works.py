@@ -170,13 +170,14 @@ controls_column, path_chart_column = st.columns([1, 4], gap="medium")
 with controls_column:
     rho0 = st.select_slider("ρ⁽⁰⁾: initial penalty", RHO0_CHOICES, key="toy_rho0",
                             help="The first iteration's penalty on W, in units of mean diag H.")
-    tau = st.slider("τ: penalty growth", *TAU_RANGE, step=SPAP_DECLARED["tau"].step, key="toy_tau",
+    tau = st.slider("τ: penalty growth", TAU_RANGE[0], TAU_RANGE[1], step=SPAP_DECLARED["tau"].step, key="toy_tau",
                     help="ρ is multiplied by τ after every iteration.")
-    balance = st.slider("t: score balance", *BALANCE_RANGE, step=SPAP_DECLARED["t"].step, key="toy_t",
-                        help="Exponent of the activation magnitude in the score ‖W[:,i]‖·magnitudeᵗ.")
-    momentum = st.slider("α: mask momentum", *MOMENTUM_RANGE, step=SPAP_DECLARED["alpha"].step, key="toy_alpha",
+    balance = st.slider("t: score balance", BALANCE_RANGE[0], BALANCE_RANGE[1], step=SPAP_DECLARED["t"].step,
+                        key="toy_t", help="Exponent of the activation magnitude in the score ‖W[:,i]‖·magnitudeᵗ.")
+    momentum = st.slider("α: mask momentum", MOMENTUM_RANGE[0], MOMENTUM_RANGE[1],
+                         step=SPAP_DECLARED["alpha"].step, key="toy_alpha",
                          help="Each iteration moves s this fraction of the way to the marked channels.")
-    iterations = st.slider("K: ρ iterations", *ITERATIONS_RANGE, key="toy_K")
+    iterations = st.slider("K: ρ iterations", ITERATIONS_RANGE[0], ITERATIONS_RANGE[1], key="toy_K")
     n_prune = st.slider("λ: channels to prune", *N_PRUNE_RANGE, key="toy_lambda")
     score = st.radio("Activation magnitude in the score", TOY_SCORES, horizontal=True, key="toy_score",
                      help="marginal = ‖Zᵢ‖; partial = what channel i adds beyond the others.")
@@ -198,8 +199,7 @@ except SpapInputError as exc:
 
 path_column.markdown(algorithm_text(settings))
 active = next((scenario for scenario in SCENARIOS if scenario.settings == settings), None)
-story = active.story(outcome) if active is not None else None
-if story is not None:
+if active is not None and (story := active.story(outcome)) is not None:
     story_slot.info(f"**{active.name}.** {story}", icon=":material/school:")
 
 with path_chart_column:

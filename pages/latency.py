@@ -95,10 +95,10 @@ if comparison.run_finished_at != outcome.finished_at:
 label = comparison.run_label  # the charts name the run that was measured
 
 reports = {"dense": comparison.dense, "pruned": comparison.pruned}
-rows, columns = panel_grid(4)
-figure = make_subplots(rows=rows, cols=columns, horizontal_spacing=0.1, vertical_spacing=0.2, subplot_titles=(
+grid_rows, grid_columns = panel_grid(4)
+figure = make_subplots(rows=grid_rows, cols=grid_columns, horizontal_spacing=0.1, vertical_spacing=0.2, subplot_titles=(
     f"prefill of {comparison.options.seqlen} tokens (ms)", "decode (tokens/s)", "weights (MB)", "parameters (M)"))
-cells = [(index // columns + 1, index % columns + 1) for index in range(4)]
+cells = [(index // grid_columns + 1, index % grid_columns + 1) for index in range(4)]
 for name, report in reports.items():
     for timing, (row, column) in ((report.prefill_ms, cells[0]), (report.decode_tokens_per_s, cells[1])):
         figure.add_bar(x=[name], y=[timing.median], marker_color=COLORS[name], showlegend=False, row=row, col=column,
@@ -106,7 +106,7 @@ for name, report in reports.items():
                                     arrayminus=[timing.median - timing.low]))
     for value, (row, column) in ((report.weight_mb, cells[2]), (report.parameters / 1e6, cells[3])):
         figure.add_bar(x=[name], y=[value], marker_color=COLORS[name], showlegend=False, row=row, col=column)
-figure.update_layout(height=360 * rows, margin=dict(t=50, b=10, l=10, r=10))
+figure.update_layout(height=360 * grid_rows, margin=dict(t=50, b=10, l=10, r=10))
 show_chart(figure, subtitle=label)
 st.caption(f"Bars: median of {comparison.options.repeats} timed repeats after {comparison.options.warmup} warm-up; "
            f"error bars: fastest and slowest repeat. Decoding greedily generates {comparison.options.decode_tokens} "

@@ -91,7 +91,8 @@ st.caption(f"ρ is measured in h̄, the mean of diag H (H = ZZᵀ, so h̄ is the
 
 st.subheader("What ρ does: it acts on W, not on s")
 paths = norm_paths(result, layer)
-if paths is None:
+after = final_norms(result.layers[layer])  # recorded with the dense norms that `paths` needs
+if paths is None or after is None:
     st.info("This run was saved before column norms were recorded; run it again to see what ρ does to W.")
 else:
     norm_column, mask_column, readout_column = chart_columns([2, 2, 1.3])
@@ -108,7 +109,6 @@ else:
     figure.update_xaxes(**DECADES)
     figure.update_layout(height=460, margin=dict(t=50, b=10, l=10, r=10), showlegend=False)
     show_chart(figure, mask_column, subtitle=label)
-    after = final_norms(result.layers[layer])
     figure = px.strip(after, x="status", y="relative_norm", color="status",
                       color_discrete_map={"pruned": "#d62728", "kept": "#1f77b4"},
                       labels={"relative_norm": "‖W[:,i]‖ ÷ ‖W₀[:,i]‖", "status": ""},

@@ -36,7 +36,7 @@ from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.parameters import method_parameters
 from spap_service.analysis import weight_update_note
-from spap_service.compare import reference_curves
+from spap_service.compare import ReferenceCurves, reference_curves
 from spap_service.comparisons import method_settings, sweep_key, sweep_sparsities
 
 ensure_routed()
@@ -105,18 +105,18 @@ latest = latest_table("sweep")
 reference = reference_curves(loaded.source)
 
 
-def reference_section() -> None:
+def reference_section(curves: ReferenceCurves) -> None:
     """The committed benchmark's curves for this model, labelled as such: what a lesson can show
     at once, before (or instead of) a live sweep."""
-    figure = px.line(reference.table, x="sparsity", y="perplexity", color="method", facet_col="text", markers=True,
+    figure = px.line(curves.table, x="sparsity", y="perplexity", color="method", facet_col="text", markers=True,
                      log_y=True, title="Reference curves (precomputed, not this session's data)")
-    span = [reference.table["sparsity"].min(), reference.table["sparsity"].max()]
-    for column, text in enumerate(reference.table["text"].unique(), start=1):  # a trace: shapes on log axes misplace
-        figure.add_scatter(x=span, y=[reference.dense[text]] * 2, mode="lines", row=1, col=column,
-                           name=f"dense {reference.dense[text]:.2f} ({text})", line=dict(dash="dash", color="gray"))
+    span = [curves.table["sparsity"].min(), curves.table["sparsity"].max()]
+    for column, text in enumerate(curves.table["text"].unique(), start=1):  # a trace: shapes on log axes misplace
+        figure.add_scatter(x=span, y=[curves.dense[text]] * 2, mode="lines", row=1, col=column,
+                           name=f"dense {curves.dense[text]:.2f} ({text})", line=dict(dash="dash", color="gray"))
     figure.update_layout(height=420, margin=dict(t=90, b=10, l=10, r=10), xaxis_tickformat=".0%")
     show_chart(figure, subtitle=plain(loaded.description))
-    st.caption(f"Protocol: {reference.protocol}. A live sweep here uses this session's smaller data, so its numbers "
+    st.caption(f"Protocol: {curves.protocol}. A live sweep here uses this session's smaller data, so its numbers "
                "are higher; the order of the methods is what to compare.")
 
 
@@ -125,7 +125,7 @@ if latest is None:
             "perplexity evaluation, so a sweep takes a while on a CPU; other pages stay usable meanwhile."
             + (" Meanwhile, the reference curves below were measured in advance on this model." if reference else ""))
     if reference is not None:
-        reference_section()
+        reference_section(reference)
     st.stop()
 
 table, context = latest
@@ -160,4 +160,4 @@ with table_column:
 
 if reference is not None:
     with st.expander("Reference curves, precomputed on this model with a larger protocol"):
-        reference_section()
+        reference_section(reference)

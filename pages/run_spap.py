@@ -93,7 +93,8 @@ with st.form("spap_settings", enter_to_submit=False):  # Enter in a number box m
     submitted = st.form_submit_button("Run SPAP", type="primary", icon=":material/play_arrow:")
 
 try:
-    settings = with_values(PruneSettings(method="spap"), {p.key: values[p.key] for p in FORM if p.path})
+    settings: PruneSettings | None = with_values(PruneSettings(method="spap"),
+                                                 {p.key: values[p.key] for p in FORM if p.path})
 except SpapInputError as exc:
     settings = None
     if submitted:
@@ -107,8 +108,8 @@ if settings is not None:
     if submitted:
         state.data_spec, state.prune_settings, state.run_seed = request.data, settings, request.seed
         if not refused_before_queueing(loaded, [request]):
-            heads = f", {settings.head_sparsity:.0%} of heads" if settings.head_sparsity else ""
-            submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity{heads}",
+            head_note = f", {settings.head_sparsity:.0%} of heads" if settings.head_sparsity else ""
+            submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity{head_note}",
                        partial(point_executor().run, loaded, request, owner=state.owner), estimate)
 
 job_panel("run")

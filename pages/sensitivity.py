@@ -2,6 +2,7 @@
 layer error (mean over layers of objective ÷ ½‖Y‖²) and the perplexity respond."""
 
 from functools import partial
+from typing import Any
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -25,10 +26,17 @@ from pages._shared import (
     time_estimate,
 )
 from pages._text import plain
-from pages._widgets import unless_preset
+from pages._widgets import declared_range, unless_preset
 from spap_core.errors import SpapInputError
 from spap_service.analysis import readable_range
-from spap_service.comparisons import SCAN_PARAMETERS, request_value, request_with, scan_key, sensitivity_scan
+from spap_service.comparisons import (
+    SCAN_PARAMETERS,
+    default_scan_range,
+    request_value,
+    request_with,
+    scan_key,
+    sensitivity_scan,
+)
 
 ensure_routed()
 
@@ -42,11 +50,14 @@ fixed_settings_caption(base, {key, "method"}, "value")
 with st.form("scan_settings", enter_to_submit=False):
     columns = st.columns(3)
     step = 1.0 if scanned.kind is int else None
-    bounds = {"min_value": float(scanned.low), "max_value": float(scanned.high), "step": step, "format": "%g"}
+    low_bound, high_bound, _ = declared_range(scanned)
+    bounds: dict[str, Any] = {"min_value": float(low_bound), "max_value": float(high_bound), "step": step,
+                              "format": "%g"}
     low_key, high_key = f"scan_low_{key}", f"scan_high_{key}"
-    low = columns[0].number_input("From", value=unless_preset(low_key, float(scanned.sweep[0]), "min"), key=low_key,
+    sweep_low, sweep_high = default_scan_range(scanned)
+    low = columns[0].number_input("From", value=unless_preset(low_key, float(sweep_low), "min"), key=low_key,
                                   **bounds)
-    high = columns[1].number_input("To", value=unless_preset(high_key, float(scanned.sweep[1]), "min"), key=high_key,
+    high = columns[1].number_input("To", value=unless_preset(high_key, float(sweep_high), "min"), key=high_key,
                                    **bounds)
     points = columns[2].slider("Points", 2, 10, unless_preset("scan_points", 4), key="scan_points",
                                help="How many values to space over the range; an integer parameter takes each whole "

@@ -54,7 +54,7 @@ EXIT_BAD_INPUT = 2
 EXIT_NOT_SAVED = 3
 # Stopped by Ctrl-C (SIGINT), `kill`/`docker stop`/systemd (SIGTERM) or a closed terminal (SIGHUP):
 # 128 + the signal's number, what shells report.
-STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+STOP_SIGNALS: dict[int, str] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 EXIT_CODES = (f"exit codes: 0 done; {EXIT_BAD_INPUT} refused (one 'error:' line); {EXIT_NOT_SAVED} "
               "pruned but --out could not be saved; "
               + ", ".join(f"{128 + signum} stopped by {name}" for signum, name in STOP_SIGNALS.items()) + ".")
@@ -378,6 +378,7 @@ def run_prune(args: argparse.Namespace) -> dict:
         record["budget"] = {"param_sparsity": split.budget, "removed_of_layers": split.removed / split.total,
                             "summed_layer_errors": split.objectives, "description": split.describe()}
     if zeroshot_dense is not None:
+        assert result.model is not None  # the model run_experiment has just pruned
         zeroshot_pruned = _zeroshot(args, result.model, loaded.tokenizer, "pruned")
         record["zeroshot"] = {"dense": zeroshot_dense, "pruned": zeroshot_pruned}
         print(format_comparison(comparison_rows(zeroshot_dense, zeroshot_pruned)), file=sys.stderr)
@@ -395,6 +396,8 @@ def save_run(out: Path, overwrite: bool, tokenizer: PreTrainedTokenizerBase, rec
     still reported. Any exception counts: a full disk comes as safetensors' own error type, a
     model with per-layer widths as a refusal, not only as OSError."""
     try:
+        if result.model is None:
+            raise SpapInputError("the run holds no pruned model (a run read back from its folder keeps no weights)")
         with staged_directory(out, replace=overwrite) as staging:
             save_pruned(result.model, tokenizer, staging)
             write_run(staging, record, result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -18,6 +19,9 @@ from spap_core.access import read_limited, readable_file
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.hub import hub_unreachable_reason, require_hub
 from spap_core.memory import release_freed_memory
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin
 
 DATA_DIR_ENV = "SPAP_DATA_DIR"
 TEXT_FILE_ENVS = {"calibration": "SPAP_CALIB_FILE", "evaluation": "SPAP_EVAL_FILE"}
@@ -85,11 +89,13 @@ def text_sampled_from_model(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     try:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         prompt = torch.tensor([[start]], device=next(model.parameters()).device)
-        chunks = []
+        generator = cast("GenerationMixin", model)  # every causal LM class of transformers generates
+        chunks: list[str] = []
         while sum(len(c) for c in chunks) < n_tokens:
-            out = model.generate(prompt, do_sample=True, top_k=50, max_new_tokens=min(512, n_tokens),
-                                 pad_token_id=tokenizer.eos_token_id)
-            chunks.append(tokenizer.decode(out[0, 1:], skip_special_tokens=True))
+            out = generator.generate(prompt, do_sample=True, top_k=50, max_new_tokens=min(512, n_tokens),
+                                     pad_token_id=tokenizer.eos_token_id)
+            # one sequence decodes to a str; transformers types decode's result as str | list[str]
+            chunks.append(tokenizer.decode(out[0, 1:], skip_special_tokens=True))  # type: ignore[arg-type]
     finally:
         torch.random.set_rng_state(generator_state)
     return TextSource(text="\n\n".join(chunks), label="model-generated text (no real data found)", synthetic=True)

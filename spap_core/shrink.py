@@ -136,4 +136,5 @@ def load_pruned(directory: str | Path, dtype: torch.dtype, device: torch.device)
 
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True, trust_remote_code=False)
     remove_padding(model, model_adapter(model))
-    return model.to(device).eval()
+    # transformers wraps PreTrainedModel.to with functools.wraps, which mypy leaves unbound (self unfilled)
+    return model.to(device).eval()  # type: ignore[arg-type]

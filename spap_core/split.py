@@ -148,11 +148,13 @@ def _summed_layer_errors(loaded: LoadedModel, calibration: torch.Tensor, candida
         output = family.output_projection(layer)
         for candidate in candidates:
             problem = mlp.problem(projection_weight(output), channels(candidate))
-            error = refit(problem, problem.keep_columns(lowest(problem, flap_scores(problem))), mlp_refit).objective
+            keep = problem.keep_columns(lowest(problem, flap_scores(problem)))
+            error = refit(problem, keep, mlp_refit).known_objective
             if candidate is not None:
                 heads = attention.problem(projection_weight(family.attention_output_projection(layer)),
                                           candidate.removed, group_size=family.head_dim(layer), layout=candidate)
-                error += refit(heads, heads.keep_columns(lowest(heads, flap_scores(heads))), head_refit).objective
+                kept_heads = heads.keep_columns(lowest(heads, flap_scores(heads)))
+                error += refit(heads, kept_heads, head_refit).known_objective
             totals[0 if candidate is None else candidate.removed] += error
 
     dense_layer_statistics(loaded, calibration, visit, batch_size)

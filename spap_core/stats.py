@@ -66,7 +66,10 @@ class GramAccumulator:
         if self.gram is None:
             raise RuntimeError("no calibration tokens were accumulated for this layer")
         dense = dense_down.detach().float()
-        problem = LayerProblem(gram=self.gram, cross=self.cross, target_energy=self.target_energy,
+        # Without explicit targets C is derived below, from the float32 Gram copy the problem keeps
+        # for the solvers: until then it is an empty placeholder.
+        cross = self.cross if self.cross is not None else torch.empty(0, dtype=torch.float64)
+        problem = LayerProblem(gram=self.gram, cross=cross, target_energy=self.target_energy,
                                dense_down=dense, n_prune=n_prune, dense_fits_targets=not self.explicit_targets,
                                group_size=group_size, layout=layout)
         if problem.dense_fits_targets:  # C and ‖Y‖² from the float32 Gram copy the solvers reuse

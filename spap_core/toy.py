@@ -208,7 +208,7 @@ def run_toy(settings: ToySettings) -> ToyOutcome:
     everything = refit(problem, torch.arange(problem.width), TOY_REFIT)
     return ToyOutcome(settings=settings, problem=problem, steps=steps,
                       spap=decision, exact=brute_force_optimum(problem, TOY_REFIT),
-                      dense_objective=float(everything.objective))
+                      dense_objective=float(everything.known_objective))
 
 
 # ------------------------------------------------------------------------------- facts of a run
@@ -423,9 +423,9 @@ def objective_caption(outcome: ToyOutcome) -> str:
 def verdict(outcome: ToyOutcome) -> str:
     if outcome.spap_is_optimal:
         return "SPAP found the optimal mask."
-    gap = outcome.spap.objective - outcome.exact.objective
+    gap = outcome.spap.known_objective - outcome.exact.known_objective
     return (f"SPAP's mask is not optimal here: its objective is {gap:.4g} higher "
-            f"({gap / max(outcome.exact.objective, 1e-12):.1%}).")
+            f"({gap / max(outcome.exact.known_objective, 1e-12):.1%}).")
 
 
 def advice(outcome: ToyOutcome) -> str | None:

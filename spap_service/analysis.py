@@ -3,13 +3,19 @@ streamlit), so the pages stay about layout and the tests can check the numbers d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import numpy as np
 import pandas as pd
 from torch import nn
+from transformers import PreTrainedModel
 
 from spap_core.adapters import ModelAdapter
 from spap_core.latency import Timing
+from spap_core.methods.base import MethodStep
 from spap_core.methods.reconstruction import Reconstruction
+from spap_core.methods.spap import SpapStep
 from spap_core.parameters import changed
 from spap_core.prune import LayerRecord, PruneResult
 from spap_core.runs import column_norm_array, soft_mask_array, trace_rows
@@ -19,7 +25,7 @@ from spap_service.runs import RunRequest
 SPAP_PRUNED = "SPAP (actual pruned set)"
 
 
-def parameter_split(model: nn.Module, family: ModelAdapter) -> dict[str, int]:
+def parameter_split(model: PreTrainedModel, family: ModelAdapter) -> dict[str, int]:
     """Parameters by role: attention, MLP (as the family's adapter places them), embeddings (token
     and position embeddings and the head; a tied head counted once), norms and the rest."""
     layers = family.decoder_layers(model)
@@ -54,9 +60,15 @@ def with_subtitle(title: str, subtitle: str) -> str:
     return f"{title}<br><sup>{subtitle}</sup>"
 
 
+def _spap_steps(trace: Sequence[MethodStep]) -> list[SpapStep]:
+    """A run's trace as SPAP's steps: SPAP is the one method that reports steps (a baseline's trace
+    is empty), and spap_core's trace readers take SpapStep lists while PruneResult holds MethodSteps."""
+    return cast(list[SpapStep], trace)
+
+
 def trace_table(result: PruneResult) -> pd.DataFrame:
     """One row per (layer, ρ iteration) with ρ, objective, violation and how binary s is."""
-    return pd.DataFrame(trace_rows(result.trace))
+    return pd.DataFrame(trace_rows(_spap_steps(result.trace)))
 
 
 def layer_table(result: PruneResult) -> pd.DataFrame:
@@ -70,12 +82,12 @@ def layer_table(result: PruneResult) -> pd.DataFrame:
 
 def soft_masks(result: PruneResult) -> np.ndarray:
     """[layer, iteration, channel] soft masks of a SPAP run (empty for baselines)."""
-    return soft_mask_array(result.trace)
+    return soft_mask_array(_spap_steps(result.trace))
 
 
 def column_norms(result: PruneResult) -> np.ndarray:
     """[layer, iteration, channel] ‖W[:,i]‖ along the penalty path (empty if the run did not keep them)."""
-    return column_norm_array(result.trace)
+    return column_norm_array(_spap_steps(result.trace))
 
 
 def readout_masks(result: PruneResult) -> np.ndarray:
@@ -175,8 +187,8 @@ def norm_paths(result: PruneResult, layer: int) -> pd.DataFrame | None:
     readouts = readout_masks(result)[layer][:record.width]
     first = first_marked(masks[None])[0]
     relative = norms[layer][:, :record.width] / np.maximum(dense, 1e-12)  # [iteration, channel]
-    rhos = [step.rho for step in result.trace if step.layer == record.layer]
-    groups = {}
+    rhos = [step.rho for step in _spap_steps(result.trace) if step.layer == record.layer]
+    groups: dict[str, list[int]] = {}
     for channel in range(record.width):
         if readouts[channel] > 0.5:
             groups.setdefault(f"pruned, marked from k = {first[channel]}", []).append(channel)
@@ -300,7 +312,9 @@ def weight_update_note(reconstruction: Reconstruction | None) -> str:
 
 def head_soft_masks(result: PruneResult) -> np.ndarray:
     """[layer, iteration, head] soft masks of the heads (empty without heads or without a trace)."""
-    return np.zeros((0, 0, 0), dtype=np.float32) if result.heads is None else soft_mask_array(result.heads.trace)
+    if result.heads is None:
+        return np.zeros((0, 0, 0), dtype=np.float32)
+    return soft_mask_array(_spap_steps(result.heads.trace))
 
 
 def head_label(head: int, kv_group: int) -> str:
@@ -313,6 +327,8 @@ def head_table(result: PruneResult) -> pd.DataFrame:
     the ρ iteration at which SPAP first marked it (0 = never; absent for methods without a trace)
     and every score the walk recorded for it."""
     heads = result.heads
+    if heads is None:
+        raise ValueError("the run did not prune attention heads")
     masks = head_soft_masks(result)
     marked = first_marked(masks) if masks.size else None
     rows = []
@@ -332,6 +348,8 @@ def head_table(result: PruneResult) -> pd.DataFrame:
 def head_story(result: PruneResult, table: pd.DataFrame) -> str:
     """What happened to the heads, in numbers from the run: the layout, how many KV groups went
     whole, and (with a trace) the heads marked along the path but kept."""
+    if result.heads is None:
+        raise ValueError("the run did not prune attention heads")
     layout = result.heads.layout
     n_layers = table["layer"].nunique()
     story = (f"Every layer keeps {layout.kept} of its {layout.heads} heads ({layout.describe()}): "

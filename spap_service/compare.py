@@ -102,6 +102,8 @@ def pruned_map(outcome: RunOutcome, part: str = CHANNELS, max_units: int = 256) 
     channels' own numbers, not the columns'). Units past a narrower layer's width (a model pruned
     before, with per-layer widths) are NaN: that layer has no such unit."""
     layers = part_layers(outcome, part)
+    if layers is None:
+        raise ValueError(f"the run pruned no {part}")
     widest = max(layer.width for layer in layers)
     shown = np.linspace(0, widest - 1, min(max_units, widest)).round().astype(int)
     grid = np.full((len(layers), len(shown)), np.nan)

@@ -73,6 +73,13 @@ RESULT_TABLES = BoundedCache(max_entries=64)
 SCAN_PARAMETERS: dict[str, Parameter] = {parameter.key: parameter for parameter in SCANNED}
 
 
+def default_scan_range(parameter: Parameter) -> tuple[float, float]:
+    """The range a scan of `parameter` starts from: every one of SCAN_PARAMETERS declares it."""
+    if parameter.sweep is None:
+        raise ValueError(f"{parameter.key} is not a scanned parameter")
+    return parameter.sweep
+
+
 def request_value(request: RunRequest, parameter: Parameter) -> Any:
     """The parameter's value in a run request (a calibration parameter lives in its data spec)."""
     if parameter.path:

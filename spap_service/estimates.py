@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -67,7 +68,8 @@ def model_speed(loaded: LoadedModel) -> ModelSpeed:
     key = model_key(loaded)
     if (known := _speeds.get(key)) is not None:
         return known
-    vocab = loaded.model.get_input_embeddings().num_embeddings
+    # transformers types the input embeddings as any module; a causal LM's are a token nn.Embedding
+    vocab = cast(torch.nn.Embedding, loaded.model.get_input_embeddings()).num_embeddings
     ids = torch.randint(0, vocab, (2, PROBE_TOKENS), generator=torch.Generator().manual_seed(0)).to(loaded.device)
     with torch.no_grad():
         loaded.model(input_ids=ids[:1, :16])

@@ -31,9 +31,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from transformers import PreTrainedModel
 
 from spap_core.errors import PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.models import LoadedModel, load_model
@@ -93,7 +94,10 @@ class PointExecutor(ABC):
     """Runs one job's points (returning their results in the order of `requests`), or one whole
     run of Run SPAP."""
 
-    description: str
+    @property
+    @abstractmethod
+    def description(self) -> str:
+        """Where and how its points run, as the pages say it ("Its points run …")."""
 
     @abstractmethod
     def measure(self, loaded: LoadedModel, requests: list[RunRequest], progress: ProgressReporter,
@@ -221,12 +225,12 @@ class PointWorker:
 
     def measure(self, request: RunRequest) -> PointResult:
         with self._point() as progress:
-            return measure_point(self.loaded, request, progress, RayCancelFlag())
+            return measure_point(self.loaded, request, progress, _ray_cancel_flag())
 
     def run(self, request: RunRequest, owner: str) -> tuple[RunOutcome, bytes]:
         """A whole run, unsaved; its model goes back as the zipped files save_pruned writes."""
         with self._point() as progress:
-            outcome = run_pruning(self.loaded, request, progress, RayCancelFlag(), owner, save=False)
+            outcome = run_pruning(self.loaded, request, progress, _ray_cancel_flag(), owner, save=False)
         archive = pruned_model_zip(outcome)
         outcome.result.model, outcome.tokenizer = None, None
         return outcome, archive
@@ -253,7 +257,13 @@ class RayCancelFlag:
         return ray.get_runtime_context().is_canceled()
 
 
-def _model_from_zip(archive: bytes, loaded: LoadedModel) -> torch.nn.Module:
+def _ray_cancel_flag() -> threading.Event:
+    """A RayCancelFlag where a cancel flag is expected: spap_core types its `cancel` parameters
+    threading.Event but only ever calls their is_set()."""
+    return cast(threading.Event, RayCancelFlag())
+
+
+def _model_from_zip(archive: bytes, loaded: LoadedModel) -> PreTrainedModel:
     """The pruned model a worker sent, loaded with plain transformers on this process's device and
     dtype, with any per-layer widths unpadded (these are the app's own files, not a user's path)."""
     parameter = next(loaded.model.parameters())
@@ -459,7 +469,8 @@ def pool_map(ray, workers: list, method: str, calls: list[tuple], cancel: thread
     it hears (index, snapshot). Setting `cancel` cancels the busy calls (a call that reads
     RayCancelFlag stops at its next check) and raises PruningCancelled once they have ended; the
     worker of one that has not within CANCEL_GRACE_S is killed."""
-    queue, idle, pending = list(range(len(calls))), list(workers), {}
+    queue, idle = list(range(len(calls))), list(workers)
+    pending: dict[Any, tuple[int, Any]] = {}  # calls on their way back (Ray object refs), with their index and worker
     asked: dict[Any, int] = {}  # progress requests on their way back, with the call they ask about
     asked_at = 0.0
     while queue or pending:
@@ -485,7 +496,7 @@ def pool_map(ray, workers: list, method: str, calls: list[tuple], cancel: thread
                     snapshot = ray.get(task)
                 except ray.exceptions.RayError:  # its worker died: the call itself will say so
                     continue
-                if any(index == running for running, _ in pending.values()):
+                if on_progress is not None and any(index == running for running, _ in pending.values()):
                     on_progress(index, snapshot)
                 continue
             index, worker = pending.pop(task)

@@ -221,10 +221,12 @@ class JobQueue:
                 return None
             ahead = order[: order.index(job)]
             running = [] if self._running is None else [self._running]
-            if any(other.estimate_s is None for other in running + ahead):
+            estimates = [other.estimate_s for other in running + ahead]
+            known = [estimate for estimate in estimates if estimate is not None]
+            if len(known) < len(estimates):
                 return None
-            left = sum(max(0.0, other.estimate_s - other.elapsed_s) for other in running)
-            return left + sum(other.estimate_s for other in ahead)
+            left = sum(max(0.0, estimate - other.elapsed_s) for estimate, other in zip(known, running))
+            return left + sum(known[len(running):])
 
     def jobs(self, owner: str | None = None) -> list[Job]:
         """Every job still listed, oldest first, optionally only one session's."""
@@ -304,7 +306,7 @@ class JobQueue:
         pending = list(self._waiting)  # in submission order
         order = []
         while pending:
-            firsts = {}
+            firsts: dict[str, Job] = {}
             for job in pending:
                 firsts.setdefault(job.owner, job)
             job = min(firsts.values(), key=lambda first: (served.get(first.owner, 0), pending.index(first)))

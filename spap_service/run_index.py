@@ -123,7 +123,7 @@ def enforce_caps(root: Path, caps: RunCaps, saved: str) -> list[str]:
     count, size = len(runs), sum(run.bytes for run in runs)
     removed = []
     while removable:
-        by_owner: dict[str, list[IndexedRun]] = {}
+        by_owner: dict[str | None, list[IndexedRun]] = {}  # every removable run has an owner; `saver` may not
         for run in removable:
             by_owner.setdefault(run.owner, []).append(run)
         saver_runs = len(by_owner.get(saver, [])) + 1  # the saved run counts towards its session's share

@@ -15,7 +15,7 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -51,6 +51,12 @@ class RunRequest:
 
 
 _weights_lock = threading.RLock()  # a session's weights go to disk while its page may be loading them back
+
+
+def _transformers_model(model: torch.nn.Module) -> PreTrainedModel:
+    """A run's pruned model as what it is: PruneResult types it as any module, but prune_model copies
+    the loaded transformers model and load_pruned returns one."""
+    return cast(PreTrainedModel, model)
 
 
 @dataclass
@@ -89,7 +95,7 @@ class RunOutcome:
                 return
             parameter = next(self.result.model.parameters())
             shutil.rmtree(folder, ignore_errors=True)
-            save_pruned(self.result.model, self.tokenizer, folder)
+            save_pruned(_transformers_model(self.result.model), self.tokenizer, folder)
             self.spilled, self.result.model = (Path(folder), parameter.dtype, parameter.device), None
 
     def pruned_model(self) -> PreTrainedModel:
@@ -99,7 +105,7 @@ class RunOutcome:
                 if self.spilled is None:
                     raise ValueError("this run's pruned weights were not kept (a run reloaded from its record)")
                 self.result.model = load_pruned(*self.spilled)
-            return self.result.model
+            return _transformers_model(self.result.model)
 
     @property
     def file_stem(self) -> str:

@@ -261,3 +261,16 @@ def test_the_tree_is_ruff_clean():
     checked = subprocess.run([ruff, "check", "--no-cache", "--output-format", "concise", "."], cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     assert checked.returncode == 0, checked.stdout[-3000:]
+
+
+def test_the_product_code_is_mypy_clean():
+    """The type settings in pyproject.toml hold for the product code (spap_core, spap_service, pages, app.py)."""
+    import shutil
+    import subprocess
+
+    mypy = shutil.which("mypy")
+    if mypy is None:
+        pytest.skip("mypy is not installed (pip install -e .[dev])")
+    checked = subprocess.run([mypy, "--no-incremental", "--cache-dir", "/dev/null"], cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert checked.returncode == 0, checked.stdout[-3000:]

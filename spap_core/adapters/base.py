@@ -21,9 +21,9 @@ size (OPT, GPT-2, GPT-NeoX) cannot hold fewer heads and say so (`head_refusal`).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import torch
 from torch import nn
@@ -32,16 +32,20 @@ from transformers.pytorch_utils import Conv1D
 from spap_core.errors import SpapInputError
 from spap_core.offload import real_tensor
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
 Activation = Callable[[torch.Tensor], torch.Tensor]
 PROJECTIONS = (nn.Linear, Conv1D)  # the modules an MLP's projections are made of
 
 
-def text_config(model: nn.Module):
+def text_config(model: nn.Module) -> PretrainedConfig:
     """The config of the language model itself: a multimodal config (Gemma 3) nests it."""
-    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = cast("PretrainedConfig", model.config)  # every model an adapter takes is a transformers model
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def is_projection(module: nn.Module) -> bool:
+def is_projection(module: object) -> bool:
     return isinstance(module, PROJECTIONS)
 
 
@@ -49,7 +53,8 @@ def projection_shape(module: nn.Module) -> tuple[int, int]:
     """(out_features, in_features) of a Linear or a Conv1D."""
     if isinstance(module, Conv1D):
         return module.nf, module.nx
-    return module.out_features, module.in_features
+    linear = cast(nn.Linear, module)  # the other kind of projection
+    return linear.out_features, linear.in_features
 
 
 def projection_weight(module: nn.Module) -> torch.Tensor:
@@ -68,14 +73,15 @@ def projection_like(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor 
     Conv1D always has a bias (zero when none is given), as transformers' GPT-2 expects."""
     out_features, in_features = weight.shape
     like = real_tensor(module, "weight")
-    factory = {"device": like.device, "dtype": like.dtype}
+    device, dtype = like.device, like.dtype
     with torch.no_grad():
         if isinstance(module, Conv1D):
-            layer = Conv1D(out_features, in_features).to(**factory)
+            layer = Conv1D(out_features, in_features).to(device=device, dtype=dtype)
             layer.weight.copy_(weight.T)
-            layer.bias.copy_(torch.zeros(out_features, **factory) if bias is None else bias)
+            layer.bias.copy_(torch.zeros(out_features, device=device, dtype=dtype) if bias is None else bias)
             return layer
-        layer = torch.nn.utils.skip_init(nn.Linear, in_features, out_features, bias=bias is not None, **factory)
+        layer = torch.nn.utils.skip_init(nn.Linear, in_features, out_features, bias=bias is not None, device=device,
+                                         dtype=dtype)
         layer.weight.copy_(weight)
         if bias is not None:
             layer.bias.copy_(bias)
@@ -158,8 +164,8 @@ class MlpFunction:
     activation: Activation
     glu: bool
 
-    def __call__(self, x: torch.Tensor, inputs: tuple[torch.Tensor, ...],
-                 biases: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, inputs: Sequence[torch.Tensor],
+                 biases: Sequence[torch.Tensor | None]) -> torch.Tensor:
         pre = [x @ w.T if b is None else x @ w.T + b for w, b in zip(inputs, biases)]
         return self.activation(pre[0]) * pre[1] if self.glu else self.activation(pre[0])
 
@@ -199,10 +205,10 @@ class ModelAdapter:
     # ------------------------------------------------------------------ where the modules are
     def decoder(self, model: nn.Module) -> nn.Module:
         """The module that embeds input_ids and runs the decoder layers."""
-        return model.get_decoder()
+        return cast("PreTrainedModel", model).get_decoder()
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
-        return self.decoder(model).layers
+        return cast(nn.ModuleList, self.decoder(model).layers)
 
     def mlp_parent(self, layer: nn.Module) -> nn.Module:
         """The module holding the MLP's projections (the MLP module, or the layer itself in OPT)."""
@@ -250,7 +256,8 @@ class ModelAdapter:
         setattr(parent, self.output_name, projection_like(getattr(parent, self.output_name), weights.output,
                                                           weights.output_bias))
         if hasattr(parent, "intermediate_size"):
-            parent.intermediate_size = weights.width
+            # torch types Module.__setattr__ as taking tensors and modules only; any attribute can be set
+            parent.intermediate_size = weights.width  # type: ignore[assignment]
 
     def mlp_function(self, layer: nn.Module) -> MlpFunction:
         return MlpFunction(self.activation(layer), self.glu)
@@ -270,7 +277,8 @@ class ModelAdapter:
         setattr(self.attention(layer), self.attention_output_name, module)
 
     def head_dim(self, layer: nn.Module) -> int:
-        return int(self.attention(layer).head_dim)
+        # a plain attribute of the attention, which torch's typing of nn.Module attributes cannot see
+        return int(cast(int, self.attention(layer).head_dim))
 
     def head_counts(self, layer: nn.Module) -> tuple[int, int]:
         """(query heads, KV heads) of the layer as its modules hold them (from shapes only, so an
@@ -284,8 +292,9 @@ class ModelAdapter:
         inputs = [getattr(attention, name) for name in self.attention_input_names]
         output = getattr(attention, self.attention_output_name)
         query, key, value = (projection_weight(module) for module in inputs)
+        query_bias, key_bias, value_bias = (projection_bias(module) for module in inputs)
         return AttentionWeights(query=query, key=key, value=value, output=projection_weight(output),
-                                biases=tuple(projection_bias(module) for module in inputs),
+                                biases=(query_bias, key_bias, value_bias),
                                 output_bias=projection_bias(output), head_dim=self.head_dim(layer))
 
     def set_attention_weights(self, layer: nn.Module, weights: AttentionWeights) -> None:
@@ -297,7 +306,8 @@ class ModelAdapter:
             setattr(attention, name, projection_like(getattr(attention, name), weight, bias))
         setattr(attention, self.attention_output_name,
                 projection_like(getattr(attention, self.attention_output_name), weights.output, weights.output_bias))
-        attention.num_key_value_groups = weights.heads // weights.kv_heads
+        # torch types Module.__setattr__ as taking tensors and modules only; any attribute can be set
+        attention.num_key_value_groups = weights.heads // weights.kv_heads  # type: ignore[assignment]
 
     def share_config(self, model: nn.Module) -> None:
         """Once every layer holds its pruned heads and the config says so: give back the model's
@@ -335,7 +345,7 @@ class ModelAdapter:
         has one, Phi's), then tanh soft-capping where the config sets `final_logit_softcapping`
         (Gemma 2 and 3; Gemma 3's multimodal config has no such field, and its forward no capping).
         OPT's `project_out` belongs to its decoder, so it is already in `hidden`."""
-        logits = model.get_output_embeddings()(hidden)
+        logits = cast("PreTrainedModel", model).get_output_embeddings()(hidden)
         cap = getattr(model.config, "final_logit_softcapping", None)
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

@@ -3,6 +3,8 @@ stored in × out, always with a bias); the width is the config's `n_inner`."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 
 from spap_core.adapters.base import ModelAdapter
@@ -23,4 +25,4 @@ class Gpt2Adapter(ModelAdapter):
     native_output_bias = True
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
-        return self.decoder(model).h
+        return cast(nn.ModuleList, self.decoder(model).h)

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from spap_core.adapters.base import AttentionWeights, MlpWeights, ModelAdapter
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class LlamaAdapter(ModelAdapter):
@@ -24,7 +28,7 @@ class LlamaAdapter(ModelAdapter):
     def matches(cls, model: nn.Module) -> bool:
         """Whether a model of another type is shaped like Llama (so this adapter can take it)."""
         try:
-            layers = model.get_decoder().layers
+            layers = cast("PreTrainedModel", model).get_decoder().layers
         except AttributeError:
             return False
         names = (*cls.input_names, cls.output_name, cls.activation_name)
@@ -58,9 +62,10 @@ class LlamaAdapter(ModelAdapter):
     def set_attention_weights(self, layer: nn.Module, weights: AttentionWeights) -> None:
         # `attention_bias=True` gives q/k/v biases too: zero ones keep the checkpoint complete.
         if weights.output_bias is not None:
-            weights = replace(weights, biases=tuple(
+            query_bias, key_bias, value_bias = (
                 torch.zeros(len(w), dtype=w.dtype, device=w.device) if b is None else b
-                for w, b in zip((weights.query, weights.key, weights.value), weights.biases)))
+                for w, b in zip((weights.query, weights.key, weights.value), weights.biases))
+            weights = replace(weights, biases=(query_bias, key_bias, value_bias))
         super().set_attention_weights(layer, weights)
 
     def record_heads(self, config, heads: int, kv_heads: int, head_dim: int, output_bias: bool) -> None:

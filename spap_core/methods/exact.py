@@ -24,7 +24,7 @@ def brute_force_optimum(problem: LayerProblem, settings: RefitSettings) -> Layer
     for pruned in combinations(range(problem.width), problem.n_prune):
         keep = torch.tensor([i for i in range(problem.width) if i not in pruned])
         decision = refit(problem, keep, settings)
-        if best is None or decision.objective < best.objective:
+        if best is None or decision.known_objective < best.known_objective:
             best = decision
     assert best is not None
     return best

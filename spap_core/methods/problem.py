@@ -135,6 +135,13 @@ class LayerDecision:
     # the walk propagates through the down projection alone instead of recomputing gate/up.
     kept_intermediates: torch.Tensor | None = field(default=None, repr=False)
 
+    @property
+    def known_objective(self) -> float:
+        """`objective` of a decision that always carries one (a refit's, SPAP's, the exact optimum's)."""
+        if self.objective is None:
+            raise ValueError("This layer decision carries no objective.")
+        return self.objective
+
 
 def prune_count(width: int, sparsity: float) -> int:
     """λ = round(sparsity · n), refusing requests that prune nothing or everything."""
@@ -258,12 +265,10 @@ class RidgeSystem:
         self.channels = len(index)
         if settings.bias:
             index = torch.cat([index, torch.tensor([width])])
-        if columns is None:  # every column (a slice, no gather copy of the n² Gram)
-            index = slice(0, len(index))
-        else:
-            index = index.to(problem.gram.device)
-        self.gram = problem.gram_in(dtype)[index][:, index]  # a view for a slice, a gathered copy otherwise
-        self.cross = problem.cross[:, index].to(dtype)
+        # every column: a slice, no gather copy of the n² Gram
+        select: torch.Tensor | slice = slice(0, len(index)) if columns is None else index.to(problem.gram.device)
+        self.gram = problem.gram_in(dtype)[select][:, select]  # a view for a slice, a gathered copy otherwise
+        self.cross = problem.cross[:, select].to(dtype)
         rows = self.gram.shape[0]
         self.target_energy = problem.target_energy
         scale = problem.gram_scale
@@ -271,13 +276,13 @@ class RidgeSystem:
         if settings.bias:
             self.base_diagonal[-1] = 1e-9 * problem.tokens  # numerically free bias
         self._base_definite: bool | None = None  # decided when a low-rank solve first needs B⁻¹
-        self._base_inverse: torch.Tensor | None = None
-        self._base_weights: torch.Tensor | None = None
-        self._support: tuple[torch.Tensor, ...] | None = None  # S, B⁻¹[S,:], B⁻¹[S,S], W_B[:,S]
+        self._base: tuple[torch.Tensor, torch.Tensor] | None = None  # B⁻¹ and W_B, once B is factored
+        # S, B⁻¹[S,:], B⁻¹[S,S], W_B[:,S]
+        self._support: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.rhs = self.cross
         self._dense_solution: torch.Tensor | None = None
         if settings.prior == "dense" and settings.ridge > 0:
-            dense = dense_with_bias_column(problem, dtype)[:, index]
+            dense = dense_with_bias_column(problem, dtype)[:, select]
             self.rhs = self.cross + dense * (settings.ridge * scale)
             if problem.dense_fits_targets and columns is None:
                 self._dense_solution = dense  # rhs = W̃₀B, so rhs·B⁻¹ = W̃₀
@@ -296,59 +301,65 @@ class RidgeSystem:
     def solve_with_inverse_diagonal(self, penalty: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """W̃ and diag(A⁻¹) over the channels: what the correlation-aware score needs."""
         weights, inverse_diagonal = self._solve(penalty, with_inverse_diagonal=True)
+        assert inverse_diagonal is not None  # asked for with_inverse_diagonal
         return weights, inverse_diagonal[: self.channels]
 
     def _solve(self, penalty: torch.Tensor | None,
                with_inverse_diagonal: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         support = None if penalty is None else torch.nonzero(penalty > 0).flatten()
         rank = 0 if support is None else len(support)
-        if self.low_rank_updates and rank <= LOW_RANK_FRACTION * self.channels and self._factor_base():
-            if rank == 0:
-                return self._base_weights, torch.diagonal(self._base_inverse) if with_inverse_diagonal else None
-            solved = self._low_rank_solve(support, penalty[support].to(self.gram.dtype), with_inverse_diagonal)
+        base = self._factor_base() if self.low_rank_updates and rank <= LOW_RANK_FRACTION * self.channels else None
+        if base is not None:
+            base_inverse, base_weights = base
+            if penalty is None or support is None or rank == 0:  # no channel penalised: B's own solution
+                return base_weights, torch.diagonal(base_inverse) if with_inverse_diagonal else None
+            solved = self._low_rank_solve(base, support, penalty[support].to(self.gram.dtype), with_inverse_diagonal)
             if solved is not None:
                 return solved
         return ridge_solve(self.gram, self.rhs, self.diagonal(penalty), with_inverse_diagonal)
 
-    def _factor_base(self) -> bool:
-        """B⁻¹ and W_B = rhs·B⁻¹ for the unpenalised system B, once; False if B is not positive
+    def _factor_base(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """B⁻¹ and W_B = rhs·B⁻¹ for the unpenalised system B, once; None if B is not positive
         definite (then every solve takes the direct path with its pseudo-inverse fallback)."""
         if self._base_definite is None:
             factor, info = torch.linalg.cholesky_ex(self.gram + torch.diag(self.base_diagonal))
             self._base_definite = int(info) == 0
             if self._base_definite:
-                self._base_inverse = torch.cholesky_inverse(factor)
-                self._base_weights = (self._dense_solution if self._dense_solution is not None
-                                      else self.rhs @ self._base_inverse)
-        return self._base_definite
+                base_inverse = torch.cholesky_inverse(factor)
+                self._base = (base_inverse, self._dense_solution if self._dense_solution is not None
+                              else self.rhs @ base_inverse)
+        return self._base
 
-    def _support_blocks(self, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """B⁻¹[S,:], B⁻¹[S,S] and W_B[:,S], gathered once per support: along SPAP's path the
-        penalised set rarely changes while ρ grows, and the gathers cost as much as the small
-        factorisation."""
+    def _support_blocks(self, base: tuple[torch.Tensor, torch.Tensor],
+                        support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """B⁻¹[S,:], B⁻¹[S,S] and W_B[:,S] (from `base`, B⁻¹ and W_B), gathered once per support:
+        along SPAP's path the penalised set rarely changes while ρ grows, and the gathers cost as
+        much as the small factorisation."""
         if self._support is None or not torch.equal(self._support[0], support):
-            rows = self._base_inverse[support]
-            self._support = (support, rows, rows[:, support], self._base_weights[:, support])
+            base_inverse, base_weights = base
+            rows = base_inverse[support]
+            self._support = (support, rows, rows[:, support], base_weights[:, support])
         return self._support[1:]
 
-    def _low_rank_solve(self, support: torch.Tensor, penalty: torch.Tensor,
+    def _low_rank_solve(self, base: tuple[torch.Tensor, torch.Tensor], support: torch.Tensor, penalty: torch.Tensor,
                         with_inverse_diagonal: bool) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """Woodbury: with the penalty P on r channels S, (B + UPUᵀ)⁻¹ = B⁻¹ − B⁻¹U M⁻¹ UᵀB⁻¹ with
         M = P⁻¹ + B⁻¹[S,S], so W = W_B − W_B[:,S] M⁻¹ B⁻¹[S,:]: O(mrn + r³) instead of O(mn² + n³).
         None when M is numerically indefinite, or when diag(A⁻¹) comes out not positive (a near-
         singular B in float32: its huge B⁻¹ entries cancel), so the caller falls back to the direct solve."""
-        inverse_rows, inverse_block, base_weights_on_support = self._support_blocks(support)
+        base_inverse, base_weights = base
+        inverse_rows, inverse_block, base_weights_on_support = self._support_blocks(base, support)
         factor, info = torch.linalg.cholesky_ex(inverse_block + torch.diag(1.0 / penalty))
         if int(info) != 0:
             return None
         if not with_inverse_diagonal:
             coupling = cholesky_right_solve(factor, base_weights_on_support)  # W_B[:,S] M⁻¹
-            return torch.addmm(self._base_weights, coupling, inverse_rows, alpha=-1), None
+            return torch.addmm(base_weights, coupling, inverse_rows, alpha=-1), None
         correction = cholesky_right_solve(factor, inverse_rows.T).T  # M⁻¹ B⁻¹[S,:]
-        inverse_diagonal = torch.diagonal(self._base_inverse) - (inverse_rows * correction).sum(dim=0)
+        inverse_diagonal = torch.diagonal(base_inverse) - (inverse_rows * correction).sum(dim=0)
         if not bool((inverse_diagonal > 0).all()):
             return None
-        return torch.addmm(self._base_weights, base_weights_on_support, correction, alpha=-1), inverse_diagonal
+        return torch.addmm(base_weights, base_weights_on_support, correction, alpha=-1), inverse_diagonal
 
     def objective(self, weights: torch.Tensor, penalty: torch.Tensor | None = None) -> float:
         """f(W̃) of a solution of this system in O(mn + mnr): W̃H̃ = rhs − W̃·diag(d), hence
