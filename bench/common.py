@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from spap_core.data import (
+from spap_core.data.texts import (
     DATA_DIR_ENV,
     TextSource,
     calibration_windows,
@@ -22,12 +22,12 @@ from spap_core.data import (
     text_from_file,
 )
 from spap_core.errors import SourceUnavailableError, SpapInputError
-from spap_core.evaluate import PerplexityResult, perplexity
-from spap_core.experiment import run_experiment
+from spap_core.evaluation.perplexity import PerplexityResult, perplexity
 from spap_core.methods.altmin import AltMinSettings, adam_step_dtype
 from spap_core.methods.registry import PruneSettings
-from spap_core.models import LoadedModel, load_model
-from spap_core.parameters import with_values
+from spap_core.models.loading import LoadedModel, load_model
+from spap_core.pipeline.experiment import run_experiment
+from spap_core.pipeline.parameters import with_values
 
 # Shakespeare is the out-of-domain text; it has no library default, so it is read from the data folder.
 SHAKESPEARE_FILE = Path(os.environ.get(DATA_DIR_ENV, Path(__file__).resolve().parents[2] / "shared" / "data"),
@@ -35,7 +35,7 @@ SHAKESPEARE_FILE = Path(os.environ.get(DATA_DIR_ENV, Path(__file__).resolve().pa
 
 
 def calibration_text() -> TextSource:
-    """The calibration text every benchmark uses: the library's default (spap_core.data), the one
+    """The calibration text every benchmark uses: the library's default (spap_core.data.texts), the one
     the CLI and the app use too."""
     return resolve_text(None, "calibration")
 
@@ -180,7 +180,7 @@ def adam_products(device: torch.device) -> str:
 
 
 def parse_overrides(spec: str) -> dict[str, str]:
-    """'K=10,bias=false' → {'K': '10', 'bias': 'false'}: the keys of spap_core.parameters (the
+    """'K=10,bias=false' → {'K': '10', 'bias': 'false'}: the keys of spap_core.pipeline.parameters (the
     CLI's and the share link's names), plus `method`."""
     pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
     return {key.strip(): value.strip() for key, value in pairs}
@@ -189,7 +189,7 @@ def parse_overrides(spec: str) -> dict[str, str]:
 def settings_with(overrides: dict[str, object], sparsity: float, base: PruneSettings | None = None) -> PruneSettings:
     """The settings at `sparsity` (from `base`, else each method's defaults) with the overrides
     applied through the parameter declarations, which parse and check each value; `method` and
-    `allocation` (spap_core.allocation.ALLOCATIONS) choose the run's method and its spread over the layers."""
+    `allocation` (spap_core.methods.allocation.ALLOCATIONS) choose the run's method and its spread over the layers."""
     values = dict(overrides)
     method = str(values.pop("method", base.method if base else "spap"))
     settings = base.for_method(method) if base else PruneSettings(method=method)

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from spap_core.methods.registry import PruneSettings
-from spap_core.models import load_model
-from spap_core.parameters import with_values
+from spap_core.models.loading import load_model
+from spap_core.pipeline.parameters import with_values
 from spap_service import comparisons
 from spap_service.data import DataSpec, TextChoice, dense_perplexity_known
 from spap_service.estimates import many_runs_seconds, model_speed, run_seconds

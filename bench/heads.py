@@ -4,7 +4,7 @@ context lengths (ratios to the dense model within one measurement run).
 
     SPAP_DATA_DIR=../shared/data python bench/heads.py --out docs/results/heads.md
 
-For each budget the MLP-only row prunes channels alone (spap_core.split with the heads untouched);
+For each budget the MLP-only row prunes channels alone (spap_core.pipeline.split with the heads untouched);
 the MLP+heads row removes --heads of every layer's heads and the MLP sparsity that fills the same
 budget; the split the layer-objective criterion would choose is reported beside them. SPAP and FLAP
 prune the same shapes, so the latency is measured once per shape.
@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from common import add_protocol_args, load_protocol
 
-from spap_core.evaluate import perplexity
-from spap_core.experiment import run_experiment
-from spap_core.latency import latency_ratios, measure_latencies
+from spap_core.evaluation.latency import latency_ratios, measure_latencies
+from spap_core.evaluation.perplexity import perplexity
 from spap_core.methods.registry import PruneSettings, settings_for_family
-from spap_core.split import split_budget
+from spap_core.pipeline.experiment import run_experiment
+from spap_core.pipeline.split import split_budget
 
 MODES = ("MLP only", "MLP + heads")
 
@@ -101,7 +101,7 @@ def write_tables(out: Path, description: str, args, rows: list[dict], splits: di
                                                 for c in args.contexts) + ".", ""]
     lines += ["## What the split criterion chooses", "",
               "Summed layer errors (½‖ΔY‖² of FLAP's selection after SPAP's refit, attention + MLP, on the dense "
-              "model's statistics) by heads removed per layer; the smallest is chosen (spap_core.split).", ""]
+              "model's statistics) by heads removed per layer; the smallest is chosen (spap_core.pipeline.split).", ""]
     lines += [f"- {budget:.0%}: {split['chosen']}" for budget, split in splits.items()]
     lines += ["", "## Goals", ""] + goal_lines(rows, latency, args, texts)
     out.parent.mkdir(parents=True, exist_ok=True)

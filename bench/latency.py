@@ -16,11 +16,11 @@ from pathlib import Path
 import plotly.graph_objects as go
 from common import calibration_text
 
-from spap_core.data import calibration_windows
-from spap_core.latency import latency_ratios, measure_latencies
+from spap_core.data.texts import calibration_windows
+from spap_core.evaluation.latency import latency_ratios, measure_latencies
 from spap_core.methods.registry import PruneSettings
-from spap_core.models import load_model
-from spap_core.prune import prune_model
+from spap_core.models.loading import load_model
+from spap_core.pipeline.walk import prune_model
 
 
 def main() -> None:

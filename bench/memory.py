@@ -26,16 +26,18 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-IMPORTS_ONLY = "import spap_core.cli, spap_core.experiment"
-LOAD_ONLY = ("from spap_core.models import load_model; from spap_core.evaluate import chunk_tokens_for; import sys; "
+IMPORTS_ONLY = "import spap_core.cli, spap_core.pipeline.experiment"
+LOAD_ONLY = ("from spap_core.models.loading import load_model; "
+             "from spap_core.evaluation.perplexity import chunk_tokens_for; import sys; "
              "m = load_model(sys.argv[1]).model; vocabulary = m.get_output_embeddings().weight.shape[0]; "
              "print(sum(p.numel() * p.element_size() for p in m.parameters()), vocabulary, "
              "chunk_tokens_for(vocabulary))")
 # the weights are mapped from the cached file and count only once read: this row reads them all
-LOAD_AND_READ = ("from spap_core.models import load_model; import sys; m = load_model(sys.argv[1]).model; "
+LOAD_AND_READ = ("from spap_core.models.loading import load_model; import sys; m = load_model(sys.argv[1]).model; "
                  "[float(p.sum()) for p in m.parameters()]")
-LOAD_AND_EVALUATE = ("import sys, torch; from spap_core.models import load_model; from spap_core.evaluate import "
-                     "perplexity; m = load_model(sys.argv[1]).model; windows, length, batch = map(int, sys.argv[2:]); "
+LOAD_AND_EVALUATE = ("import sys, torch; from spap_core.models.loading import load_model; "
+                     "from spap_core.evaluation.perplexity import perplexity; m = load_model(sys.argv[1]).model; "
+                     "windows, length, batch = map(int, sys.argv[2:]); "
                      "ids = torch.randint(m.config.vocab_size, (windows, length), "
                      "generator=torch.Generator().manual_seed(0)); perplexity(m, ids, batch_size=batch)")
 
@@ -59,7 +61,7 @@ def write_random_llama(folder: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from spap_core.models import load_model
+    from spap_core.models.loading import load_model
 
     tokenizer = load_model("smollm2", device="cpu").tokenizer
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from spap_core.methods.registry import PruneSettings
-from spap_core.models import load_model
+from spap_core.models.loading import load_model
 from spap_service.data import DataSpec, TextChoice
 from spap_service.executors import LOCAL, PointWorker, connect_ray, measure_point, pool_map, worker_pool
 from spap_service.jobs import ProgressReporter

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from common import add_ray_arg, load_protocol, measure_each, parse_overrides, protocol_arguments, settings_with
 from plotly.subplots import make_subplots
 
-from spap_core.parameters import parameter
+from spap_core.pipeline.parameters import parameter
 
 GRID = ["K=1,3,5,10", "tau=2.25,5.0,8.0", "t=0.5,1.0,2.0", "alpha=0.3,0.5,1.0", "rho0=0.001,0.01,0.1",
         "delta=0.01,0.05,0.1,0.2"]

@@ -23,10 +23,10 @@ import plotly.graph_objects as go
 import torch
 from common import adam_products, calibration_text, variant_settings
 
-from spap_core.data import calibration_windows
-from spap_core.evaluate import perplexity
-from spap_core.models import load_model
-from spap_core.prune import prune_model
+from spap_core.data.texts import calibration_windows
+from spap_core.evaluation.perplexity import perplexity
+from spap_core.models.loading import load_model
+from spap_core.pipeline.walk import prune_model
 
 VARIANTS = ["SPAP without alternating minimization:am_rounds=0", "SPAP (defaults, with alternating minimization):",
             "SPAP, the same recovery with bfloat16 Adam products where native:am_precision=auto",

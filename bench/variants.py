@@ -1,7 +1,7 @@
 """Perplexity of named setting variants on one protocol: the ablations of SPAP's parts.
 
 Each variant is `label:overrides` with the parameter keys of the CLI and the share link
-(spap_core.parameters), e.g. `K=10:K=10` or `no bias:bias=false`, and `method=flap` for a baseline. \
+(spap_core.pipeline.parameters), e.g. `K=10:K=10` or `no bias:bias=false`, and `method=flap` for a baseline. \
 The model and windows are prepared once. With no variants given, the
 standard ablation set runs. Example:
 

@@ -22,12 +22,13 @@ import torch
 from pages._charts import presentation_style
 from pages._state import ModelChoice, TableRequest, collect_finished_jobs, remember_browser, session, session_is_kept
 from pages._text import plain
-from spap_core.data import HUB_SPEC, default_text_spec
+from spap_core.data.texts import HUB_SPEC, default_text_spec
 from spap_core.errors import SourceUnavailableError, SpapInputError, UnreadableRunError
-from spap_core.experiment import plan_run
-from spap_core.hub import hub_unreachable_reason
-from spap_core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
-from spap_core.parameters import describe, parameter, settings_values
+from spap_core.models.device import resolve_device
+from spap_core.models.loading import DEFAULT_MODEL, LoadedModel, load_model
+from spap_core.pipeline.experiment import plan_run
+from spap_core.pipeline.parameters import describe, parameter, settings_values
+from spap_core.system.hub import hub_unreachable_reason
 from spap_service.analysis import run_label
 from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.data import DataSpec, TextChoice, dense_perplexity_known, model_key
@@ -95,7 +96,7 @@ def target_device() -> torch.device:
 
 
 def _default_text_choice(purpose: str) -> TextChoice:
-    """The library's default text (spap_core.data.default_text_spec), as the Model & data page's choice."""
+    """The library's default text (spap_core.data.texts.default_text_spec), as the Model & data page's choice."""
     spec = default_text_spec(purpose)
     if spec == HUB_SPEC:
         return TextChoice(kind="hub")

@@ -1,4 +1,4 @@
-"""Form widgets generated from the hyperparameter declarations (spap_core.parameters): one widget
+"""Form widgets generated from the hyperparameter declarations (spap_core.pipeline.parameters): one widget
 per parameter, keyed and bound to the URL by its key, so the Run form, its share link and the
 settings summary can never disagree about a name, a range or a default."""
 
@@ -12,14 +12,14 @@ import streamlit as st
 from pages._text import plain
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
-from spap_core.parameters import BY_KEY, Parameter
+from spap_core.pipeline.parameters import BY_KEY, Parameter
 
 URL: Final = "query-params"  # a widget bound to the query parameter named by its key makes a setting shareable
 
 
 def declared_range(parameter: Parameter) -> tuple[float, float, float]:
     """A numeric parameter's (low, high, step): every int or float one declares them
-    (spap_core.parameters), and its widget cannot be drawn without."""
+    (spap_core.pipeline.parameters), and its widget cannot be drawn without."""
     if parameter.low is None or parameter.high is None or parameter.step is None:
         raise ValueError(f"numeric parameter {parameter.key} declares no range or step")
     return parameter.low, parameter.high, parameter.step

@@ -15,7 +15,7 @@ from pages._shared import device_label, require_model, require_outcome, require_
 from pages._state import session
 from pages._text import plain
 from spap_core.errors import NumericalError, SpapInputError
-from spap_core.generate import (
+from spap_core.evaluation.generate import (
     MAX_NEW_TOKENS,
     MAX_TEMPERATURE,
     GenerationSettings,
@@ -24,7 +24,7 @@ from spap_core.generate import (
     encode_prompt,
     generate_side_by_side,
 )
-from spap_core.models import context_length
+from spap_core.models.loading import context_length
 from spap_service.analysis import mlp_widths
 
 ensure_routed()

@@ -2,7 +2,7 @@
 optimum can be found by trying every mask, so SPAP's answer can be checked against it.
 
 A lesson for a projector: s against ρ next to what ρ does to W, the binary read-out as a panel of
-its own, one-click scenarios. Every sentence about the run comes from spap_core.toy, computed from
+its own, one-click scenarios. Every sentence about the run comes from spap_core.methods.toy, computed from
 the run it describes; this file is layout only."""
 
 import math
@@ -18,7 +18,7 @@ from pages._routing import ensure_routed
 from pages._text import plain
 from spap_core.errors import SpapInputError
 from spap_core.methods.spap import SCHEDULES
-from spap_core.toy import (
+from spap_core.methods.toy import (
     BALANCE_RANGE,
     ITERATIONS_RANGE,
     MOMENTUM_RANGE,

@@ -23,8 +23,8 @@ from pages._shared import (
     submit_job,
 )
 from pages._widgets import bounded_number
-from spap_core.latency import context_where_attention_matches_mlp, prefill_flops_by_part
-from spap_core.parameters import LATENCY_PARAMETERS
+from spap_core.evaluation.latency import context_where_attention_matches_mlp, prefill_flops_by_part
+from spap_core.pipeline.parameters import LATENCY_PARAMETERS
 from spap_service.analysis import speedup_verdict
 from spap_service.comparisons import RATIO_LABELS, LatencyOptions, compare_latency
 from spap_service.estimates import latency_seconds, model_speed

@@ -15,11 +15,11 @@ from pages._shared import current_model, data_spec, device_label, model_choice, 
 from pages._state import ModelChoice, session
 from pages._text import plain
 from pages._widgets import bounded_number
-from spap_core.data import DATA_DIR_ENV, WIKITEXT_FILES, decode_text_bytes, text_from_file
+from spap_core.data.texts import DATA_DIR_ENV, WIKITEXT_FILES, decode_text_bytes, text_from_file
 from spap_core.errors import SourceUnavailableError, SpapInputError
-from spap_core.hub import hub_unreachable_reason, require_hub
-from spap_core.models import DEFAULT_MODEL
-from spap_core.parameters import BY_KEY, DATA_PARAMETERS
+from spap_core.models.loading import DEFAULT_MODEL
+from spap_core.pipeline.parameters import BY_KEY, DATA_PARAMETERS
+from spap_core.system.hub import hub_unreachable_reason, require_hub
 from spap_service.analysis import mlp_widths, parameter_split
 from spap_service.data import DataSpec, TextChoice
 

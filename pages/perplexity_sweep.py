@@ -29,12 +29,12 @@ from pages._shared import (
 )
 from pages._text import plain
 from pages._widgets import parameter_widget, unless_preset
-from spap_core.allocation import ALLOCATIONS
-from spap_core.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
 from spap_core.errors import SpapInputError
+from spap_core.methods.allocation import ALLOCATIONS
+from spap_core.methods.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
 from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.parameters import method_parameters
+from spap_core.pipeline.parameters import method_parameters
 from spap_service.analysis import weight_update_note
 from spap_service.compare import ReferenceCurves, reference_curves
 from spap_service.comparisons import method_settings, sweep_key, sweep_sparsities

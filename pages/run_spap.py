@@ -36,7 +36,7 @@ from pages._text import plain
 from pages._widgets import fill_form, ignored_url_parameters, link_parameters, parameter_widget
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
-from spap_core.parameters import GROUPS, Parameter, method_parameters, parameter, with_values
+from spap_core.pipeline.parameters import GROUPS, Parameter, method_parameters, parameter, with_values
 from spap_service.analysis import layer_table, trace_table
 from spap_service.executors import point_executor
 from spap_service.limits import server_limits

@@ -22,7 +22,7 @@ from pages._shared import (
 )
 from pages._text import chart_text, plain
 from spap_core.errors import SourceUnavailableError, SpapInputError
-from spap_core.zeroshot import STANDARD_TASKS
+from spap_core.evaluation.zeroshot import STANDARD_TASKS
 from spap_service.limits import server_limits
 from spap_service.zeroshot import available_tasks, compare_zeroshot, zeroshot_blocker, zeroshot_key
 

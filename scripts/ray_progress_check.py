@@ -18,7 +18,7 @@ import ray
 
 from pages._shared import progress_fraction, progress_text
 from spap_core.methods.registry import PruneSettings
-from spap_core.models import load_model
+from spap_core.models.loading import load_model
 from spap_service.data import DataSpec, TextChoice
 from spap_service.executors import LOCAL, RayExecutor, connect_ray
 from spap_service.jobs import Job

@@ -21,22 +21,22 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# public name → the module that defines it
-_EXPORTS = {
-    "PruningCancelled": "spap_core.errors", "SourceUnavailableError": "spap_core.errors",
-    "SpapInputError": "spap_core.errors", "NumericalError": "spap_core.errors",
-    "UnreadableRunError": "spap_core.errors",
-    "LoadedModel": "spap_core.models", "load_model": "spap_core.models", "Placement": "spap_core.models",
-    "TextSource": "spap_core.data", "text_from_file": "spap_core.data", "resolve_text": "spap_core.data",
-    "calibration_windows": "spap_core.data", "evaluation_windows": "spap_core.data",
-    "PruneSettings": "spap_core.methods.registry", "METHODS": "spap_core.methods.registry",
-    "prune_model": "spap_core.prune", "PruneResult": "spap_core.prune",
-    "run_experiment": "spap_core.experiment", "Experiment": "spap_core.experiment",
-    "perplexity": "spap_core.evaluate", "PerplexityResult": "spap_core.evaluate",
-    "save_pruned": "spap_core.shrink", "load_pruned": "spap_core.shrink",
-    "write_run": "spap_core.runs", "read_run": "spap_core.runs",
-    "measure_latencies": "spap_core.latency", "latency_ratios": "spap_core.latency",
+# the module that defines them → the public names
+_MODULES = {
+    "spap_core.errors": ("PruningCancelled", "SourceUnavailableError", "SpapInputError", "NumericalError",
+                         "UnreadableRunError"),
+    "spap_core.models.loading": ("LoadedModel", "load_model", "Placement"),
+    "spap_core.data.texts": ("TextSource", "text_from_file", "resolve_text", "calibration_windows",
+                             "evaluation_windows"),
+    "spap_core.methods.registry": ("PruneSettings", "METHODS"),
+    "spap_core.pipeline.walk": ("prune_model", "PruneResult"),
+    "spap_core.pipeline.experiment": ("run_experiment", "Experiment"),
+    "spap_core.evaluation.perplexity": ("perplexity", "PerplexityResult"),
+    "spap_core.models.shrink": ("save_pruned", "load_pruned"),
+    "spap_core.storage.runs": ("write_run", "read_run"),
+    "spap_core.evaluation.latency": ("measure_latencies", "latency_ratios"),
 }
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_EXPORTS)
 
 

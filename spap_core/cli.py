@@ -16,10 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from spap_core.access import checked_path, output_folder
-from spap_core.allocation import ALLOCATIONS, UNIFORM
-from spap_core.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
-from spap_core.data import (
+from spap_core.data.texts import (
     HUB_SPEC,
     SAMPLED_TEXT_TOKENS,
     calibration_windows,
@@ -29,18 +26,8 @@ from spap_core.data import (
     text_without_model,
 )
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
-from spap_core.experiment import plan_run, run_experiment
-from spap_core.latency import latency_ratios, measure_latencies
-from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
-from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.models import DEFAULT_MODEL, Placement, load_model, model_files, model_source, resolve_device
-from spap_core.offload import DEVICE_MAP_STRATEGIES, LAYERS_ON_DISK
-from spap_core.parameters import DATA_PARAMETERS, GROUPS, LATENCY_PARAMETERS, PARAMETERS, Parameter, with_values
-from spap_core.prune import PruneResult
-from spap_core.runs import staged_directory, write_run
-from spap_core.shrink import save_pruned
-from spap_core.split import split_budget
-from spap_core.zeroshot import (
+from spap_core.evaluation.latency import latency_ratios, measure_latencies
+from spap_core.evaluation.zeroshot import (
     STANDARD,
     STANDARD_TASKS,
     check_tasks,
@@ -49,6 +36,27 @@ from spap_core.zeroshot import (
     parse_tasks,
     zeroshot_accuracy,
 )
+from spap_core.methods.allocation import ALLOCATIONS, UNIFORM
+from spap_core.methods.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
+from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
+from spap_core.methods.registry import METHODS, PruneSettings
+from spap_core.models.device import resolve_device
+from spap_core.models.loading import DEFAULT_MODEL, Placement, load_model, model_files, model_source
+from spap_core.models.offload import DEVICE_MAP_STRATEGIES, LAYERS_ON_DISK
+from spap_core.models.shrink import save_pruned
+from spap_core.pipeline.experiment import plan_run, run_experiment
+from spap_core.pipeline.parameters import (
+    DATA_PARAMETERS,
+    GROUPS,
+    LATENCY_PARAMETERS,
+    PARAMETERS,
+    Parameter,
+    with_values,
+)
+from spap_core.pipeline.split import split_budget
+from spap_core.pipeline.walk import PruneResult
+from spap_core.storage.runs import staged_directory, write_run
+from spap_core.system.access import checked_path, output_folder
 
 EXIT_BAD_INPUT = 2
 EXIT_NOT_SAVED = 3
@@ -133,7 +141,7 @@ COMMAND_PARAMETERS = {"prune": PARAMETERS + DATA_PARAMETERS, "latency": LATENCY_
 
 
 def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Parameter, ...]) -> None:
-    """One flag per declared parameter (spap_core.parameters), in its group, with the settings'
+    """One flag per declared parameter (spap_core.pipeline.parameters), in its group, with the settings'
     own default (or the CLI's, for those no settings type holds). A method's own flags are absent
     from the namespace unless given (their default is its settings'), so a flag of another method
     than --method is refused instead of dropped (check_args). The declared range is checked there
@@ -267,7 +275,7 @@ def _out_path(args: argparse.Namespace) -> Path:
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """Refuse an --out that saving would mix with or destroy (spap_core.access.output_folder): one
+    """Refuse an --out that saving would mix with or destroy (spap_core.system.access.output_folder): one
     outside the allowed folders, the current folder, a file, a non-empty folder (unless
     --overwrite), anything that is, holds or lies inside an input of the run, or a place that
     cannot be written."""

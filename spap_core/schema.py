@@ -1,7 +1,7 @@
 """The declaration of one hyperparameter: its short key, where it lives in the settings, its symbol
 and help text, its range and scale, its CLI flags and its sweep range. The CLI's flags, the app's
 forms and share links, the settings summary, the sensitivity scan and the benchmarks' override
-parser are all generated from these declarations (collected in spap_core.parameters), so a new
+parser are all generated from these declarations (collected in spap_core.pipeline.parameters), so a new
 hyperparameter is one declaration plus the field in its settings dataclass (whose default stays the
 one default). A method declares its own on its class (`PruningMethod.parameters`).
 
@@ -40,7 +40,7 @@ class Parameter:
     """One hyperparameter. `path` is a dotted field path into PruneSettings (a method's own
     settings sit under `options`); calibration parameters have none, their consumers (the CLI, the
     app's data spec) hold them. A method declares its parameters on its class with paths into its
-    own settings type; spap_core.parameters collects them under `options.` with `method` set."""
+    own settings type; spap_core.pipeline.parameters collects them under `options.` with `method` set."""
 
     key: str  # the URL, CLI-destination, bench-override and summary key
     symbol: str  # how the summary writes it: "K", "ρ⁽⁰⁾", "δ"

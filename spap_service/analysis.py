@@ -11,15 +11,15 @@ import pandas as pd
 from torch import nn
 from transformers import PreTrainedModel
 
-from spap_core.adapters import ModelAdapter
-from spap_core.latency import Timing
+from spap_core.evaluation.latency import Timing
 from spap_core.methods.base import MethodStep
 from spap_core.methods.reconstruction import Reconstruction
 from spap_core.methods.spap import SpapStep
-from spap_core.parameters import changed
-from spap_core.prune import LayerRecord, PruneResult
-from spap_core.runs import column_norm_array, soft_mask_array, trace_rows
-from spap_core.toy import course, peaks, trend
+from spap_core.methods.toy import course, peaks, trend
+from spap_core.models.adapters import ModelAdapter
+from spap_core.pipeline.parameters import changed
+from spap_core.pipeline.walk import LayerRecord, PruneResult
+from spap_core.storage.runs import column_norm_array, soft_mask_array, trace_rows
 from spap_service.runs import RunRequest
 
 SPAP_PRUNED = "SPAP (actual pruned set)"
@@ -94,7 +94,7 @@ def readout_masks(result: PruneResult) -> np.ndarray:
     """[layer, channel] the binary mask each layer was read out to (1 = pruned): the run's own
     decision, so the 'read-out' frame shows what was pruned, not a recomputation. As wide as the
     widest layer, NaN past a narrower layer's own width (a model pruned before, with per-layer
-    widths), as the soft masks are (spap_core.runs.soft_mask_array)."""
+    widths), as the soft masks are (spap_core.storage.runs.soft_mask_array)."""
     masks = np.full((len(result.layers), max(record.width for record in result.layers)), np.nan, dtype=np.float32)
     for index, record in enumerate(result.layers):
         masks[index, :record.width] = 1.0

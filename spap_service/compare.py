@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from spap_core.methods.reconstruction import reconstruction_name
-from spap_core.parameters import BY_KEY, settings_values
-from spap_core.prune import LayerRecord
+from spap_core.pipeline.parameters import BY_KEY, settings_values
+from spap_core.pipeline.walk import LayerRecord
 from spap_service.analysis import pruned_channels
 from spap_service.runs import RunOutcome
 

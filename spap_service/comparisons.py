@@ -9,11 +9,11 @@ from typing import Any
 
 import pandas as pd
 
-from spap_core.latency import LatencyReport, latency_ratios, measure_latencies
+from spap_core.evaluation.latency import LatencyReport, latency_ratios, measure_latencies
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import PruneSettings
-from spap_core.models import LoadedModel
-from spap_core.parameters import BY_KEY, SCANNED, Parameter, describe, with_values
+from spap_core.models.loading import LoadedModel
+from spap_core.pipeline.parameters import BY_KEY, SCANNED, Parameter, describe, with_values
 from spap_service.cache import BoundedCache
 from spap_service.data import model_key
 from spap_service.executors import point_executor

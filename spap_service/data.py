@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from spap_core.data import TextSource, calibration_windows, evaluation_windows, resolve_text, text_from_file
-from spap_core.evaluate import PerplexityResult, perplexity
-from spap_core.models import LoadedModel
+from spap_core.data.texts import TextSource, calibration_windows, evaluation_windows, resolve_text, text_from_file
+from spap_core.evaluation.perplexity import PerplexityResult, perplexity
+from spap_core.models.loading import LoadedModel
 from spap_service.cache import BoundedCache
 from spap_service.jobs import ProgressReporter
 

@@ -13,7 +13,7 @@ from typing import cast
 
 import torch
 
-from spap_core.models import LoadedModel
+from spap_core.models.loading import LoadedModel
 from spap_service.cache import BoundedCache
 from spap_service.data import model_key
 from spap_service.runs import RunRequest

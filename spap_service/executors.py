@@ -37,9 +37,9 @@ import torch
 from transformers import PreTrainedModel
 
 from spap_core.errors import PruningCancelled, SourceUnavailableError, SpapInputError
-from spap_core.models import LoadedModel, load_model
-from spap_core.offload import is_dispatched
-from spap_core.shrink import load_pruned
+from spap_core.models.loading import LoadedModel, load_model
+from spap_core.models.offload import is_dispatched
+from spap_core.models.shrink import load_pruned
 from spap_service.data import dense_perplexity, model_key, prepare_data
 from spap_service.jobs import JobProgress, ProgressReporter
 from spap_service.runs import (

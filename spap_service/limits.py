@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from spap_core.access import allowed_roots
 from spap_core.errors import SpapInputError
+from spap_core.system.access import allowed_roots
 from spap_service.run_index import RunCaps
 
 MAX_CALIBRATION_TOKENS_ENV = "SPAP_MAX_CALIBRATION_TOKENS"

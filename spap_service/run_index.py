@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spap_core.errors import UnreadableRunError
-from spap_core.runs import read_record
+from spap_core.storage.runs import read_record
 
 INDEX_FILE = ".run-index.json"
 LOCK_FILE = ".run-index.lock"

@@ -21,16 +21,16 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from spap_core.access import overlap
 from spap_core.errors import SpapInputError, UnreadableRunError
-from spap_core.evaluate import PerplexityResult
-from spap_core.experiment import Experiment, run_experiment
+from spap_core.evaluation.perplexity import PerplexityResult
 from spap_core.methods.base import MethodStep
 from spap_core.methods.registry import PruneSettings
-from spap_core.models import LoadedModel, model_files, model_source
-from spap_core.prune import PruneResult
-from spap_core.runs import RESULTS_DIR_ENV, new_run_directory, read_run, record_faults, results_root, write_run
-from spap_core.shrink import load_pruned, save_pruned
+from spap_core.models.loading import LoadedModel, model_files, model_source
+from spap_core.models.shrink import load_pruned, save_pruned
+from spap_core.pipeline.experiment import Experiment, run_experiment
+from spap_core.pipeline.walk import PruneResult
+from spap_core.storage.runs import RESULTS_DIR_ENV, new_run_directory, read_run, record_faults, results_root, write_run
+from spap_core.system.access import overlap
 from spap_service.data import DataSpec, PreparedData, batch_reporter, dense_perplexity, model_key, prepare_data
 from spap_service.jobs import ProgressReporter
 from spap_service.limits import server_limits

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from spap_core.errors import SpapInputError
-from spap_core.models import cache_root
+from spap_core.system.cache import cache_root
 
 MAX_SESSIONS_ENV = "SPAP_MAX_SESSIONS"
 SESSION_IDLE_HOURS_ENV = "SPAP_SESSION_IDLE_HOURS"

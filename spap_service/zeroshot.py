@@ -8,8 +8,8 @@ import threading
 import pandas as pd
 
 from spap_core.errors import SourceUnavailableError, SpapInputError
-from spap_core.models import LoadedModel
-from spap_core.zeroshot import STANDARD_TASKS, check_tasks, comparison_rows, local_tasks, zeroshot_accuracy
+from spap_core.evaluation.zeroshot import STANDARD_TASKS, check_tasks, comparison_rows, local_tasks, zeroshot_accuracy
+from spap_core.models.loading import LoadedModel
 from spap_service.data import model_key
 from spap_service.jobs import ProgressReporter
 from spap_service.runs import RunOutcome

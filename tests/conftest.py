@@ -12,8 +12,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from spap_core.adapters import model_adapter
-from spap_core.models import LoadedModel
+from spap_core.models.adapters import model_adapter
+from spap_core.models.loading import LoadedModel
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB_WORDS = [f"w{i}" for i in range(200)]

@@ -15,14 +15,14 @@ import torch
 from conftest import tiny_llama
 from transformers import AutoModelForCausalLM
 
-from spap_core import sensitivity
-from spap_core.allocation import fisher_counts, global_counts, uniform_counts
 from spap_core.cli import main
 from spap_core.errors import PruningCancelled, SpapInputError
+from spap_core.methods import sensitivity
+from spap_core.methods.allocation import fisher_counts, global_counts, uniform_counts
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.models import load_model
-from spap_core.prune import prune_model
-from spap_core.shrink import LAYER_WIDTHS_KEY, save_pruned
+from spap_core.models.loading import load_model
+from spap_core.models.shrink import LAYER_WIDTHS_KEY, save_pruned
+from spap_core.pipeline.walk import prune_model
 
 CALIBRATION = torch.randint(3, 200, (8, 32), generator=torch.Generator().manual_seed(0))
 

@@ -36,7 +36,7 @@ from streamlit.testing.v1 import AppTest
 
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.spap import PenaltySettings
-from spap_core.parameters import BY_KEY
+from spap_core.pipeline.parameters import BY_KEY
 from spap_service.analysis import changed_mind_counts, readout_masks, soft_masks
 from spap_service.estimates import duration
 from spap_service.jobs import JobStatus, shared_queue
@@ -100,7 +100,7 @@ def test_model_and_data_page_refuses_bad_input_with_a_clear_message(app_files, t
 
 
 def test_run_page_has_every_declared_hyperparameter_with_its_default(app_files):
-    from spap_core.parameters import method_parameters
+    from spap_core.pipeline.parameters import method_parameters
     from spap_service.presets import CPU_RUN, interactive_settings
 
     at = start_app()
@@ -145,7 +145,7 @@ def test_run_completes_and_shows_results_downloads_and_share_link(ran_app):
 def test_pruned_model_download_is_a_loadable_zip(ran_app, tmp_path):
     import zipfile
 
-    from spap_core.models import load_model
+    from spap_core.models.loading import load_model
     from spap_service.runs import pruned_model_zip
 
     archive = tmp_path / "pruned.zip"
@@ -432,7 +432,7 @@ def test_finished_runs_are_saved_and_a_new_session_can_reload_them(ran_app):
 
 
 def test_out_of_memory_during_a_run_ends_it_with_advice_and_the_app_keeps_serving(app_files, monkeypatch):
-    from spap_core.stats import GramAccumulator
+    from spap_core.problem.statistics import GramAccumulator
     from spap_service.jobs import OUT_OF_MEMORY_MESSAGE
 
     def exhausted(self, *args, **kwargs):
@@ -505,7 +505,7 @@ def test_every_numeric_widget_has_the_range_the_cli_and_the_share_link_enforce(r
     """One declaration, three consumers: the Run form, Model & data and Latency pages draw their
     number widgets with the declared range (the CLI's bounds: tests/test_cli_robustness.py), and a
     link with a value past it is named as ignored."""
-    from spap_core.parameters import BY_KEY, DATA_PARAMETERS, LATENCY_PARAMETERS, method_parameters
+    from spap_core.pipeline.parameters import BY_KEY, DATA_PARAMETERS, LATENCY_PARAMETERS, method_parameters
 
     def ranges(at):
         return {w.key: (w.min, w.max) for kind in ("slider", "number_input") for w in at.get(kind) if w.key}
@@ -553,7 +553,7 @@ def test_a_saved_run_that_cannot_be_read_is_skipped_with_its_reason_and_the_othe
 def test_a_baselines_own_settings_are_widgets_on_the_sweep_page_and_reach_its_runs(ran_app):
     """OBS's block and damping and FLAP's bias come from their declarations, like SPAP's on Run
     SPAP: a widget each with the declared range and default, their values run and are in the table."""
-    from spap_core.parameters import BY_KEY
+    from spap_core.pipeline.parameters import BY_KEY
 
     at = ran_app
     open_page(at, "perplexity_sweep")

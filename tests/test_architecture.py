@@ -14,22 +14,29 @@ import torch
 from conftest import REPO, word_text
 
 from spap_core.cli import build_parser, prune_settings
-from spap_core.data import default_text_spec
+from spap_core.data.texts import default_text_spec
 from spap_core.errors import SpapInputError
 from spap_core.methods.base import PruningMethod
 from spap_core.methods.baselines import FlapSettings
 from spap_core.methods.obs import ObsSettings
-from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings, keep_from_pruned, lowest, refit
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.parameters import PARAMETERS, SETTINGS_PARAMETERS, describe, parameter, settings_values, with_values
-from spap_core.prune import prune_model
+from spap_core.pipeline.parameters import (
+    PARAMETERS,
+    SETTINGS_PARAMETERS,
+    describe,
+    parameter,
+    settings_values,
+    with_values,
+)
+from spap_core.pipeline.walk import prune_model
+from spap_core.problem.objective import LayerDecision, LayerProblem, RefitSettings, keep_from_pruned, lowest, refit
 
 CALIBRATION = torch.randint(3, 200, (4, 32), generator=torch.Generator().manual_seed(0))
 
 
 def test_the_pipeline_never_tests_a_method_name():
-    """prune.py asks the method object; no `settings.method ==` or a method's name string in it."""
-    source = (REPO / "spap_core" / "prune.py").read_text()
+    """The walk asks the method object; no `settings.method ==` or a method's name string in it."""
+    source = (REPO / "spap_core" / "pipeline" / "walk.py").read_text()
     tree = ast.parse(source)
     names = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     assert not names & set(METHODS), names & set(METHODS)
@@ -139,7 +146,7 @@ def test_the_summary_names_every_value_but_the_omitted_ones():
 def test_one_default_data_order_for_every_entry_point(monkeypatch, tmp_path):
     """A configured file, then the local data folder, then the hub: the local copy wins even where
     the hub answers, so the CLI, the app and the benchmarks calibrate on the same text."""
-    import spap_core.data as data
+    import spap_core.data.texts as data
     from pages._shared import _default_text_choice
 
     (tmp_path / "wikitext-2").mkdir()
@@ -174,6 +181,80 @@ def test_the_benchmarks_parse_overrides_with_the_same_keys(monkeypatch):
         method="flap", sparsity=0.4, allocation="global")
     with pytest.raises(SpapInputError):
         settings_with(parse_overrides("allocation=owl"), 0.4)
+
+
+PRODUCT = ("spap_core", "spap_service", "pages", "app.py", "serve.py")
+# spap_core's packages from the bottom up: a package imports only from lower layers (and from itself)
+CORE_LAYERS = (("errors",), ("schema", "system"), ("data", "problem"), ("models",), ("methods", "evaluation"),
+               ("pipeline",), ("storage",), ("cli",), ("__main__",))
+
+
+def _module_name(path):
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _product_imports():
+    """Every product module → the product modules it imports, at any depth of the file (a function-level
+    import is an import too)."""
+    paths = [path for entry in PRODUCT for path in
+             ((REPO / entry).rglob("*.py") if (REPO / entry).is_dir() else [REPO / entry])]
+    known = {_module_name(path) for path in paths}
+    graph = {}
+    for path in paths:
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                imported |= {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[_module_name(path)] = {name for name in imported if name in known}
+    return graph
+
+
+def test_no_product_module_is_part_of_an_import_cycle():
+    graph = _product_imports()
+    state, cycles = {}, []
+
+    def visit(module, path):
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycles.append(" → ".join(path[path.index(target):] + [target]))
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles
+
+
+def test_imports_flow_one_way_core_then_service_then_pages_then_the_router():
+    order = {"spap_core": 0, "spap_service": 1, "pages": 2, "app": 3, "serve": 3}
+    offenders = [f"{module} imports {target}" for module, targets in _product_imports().items() for target in targets
+                 if order[target.split(".")[0]] > order[module.split(".")[0]]]
+    assert not offenders, offenders
+
+
+def test_spap_cores_packages_import_only_from_lower_layers():
+    layer = {package: level for level, packages in enumerate(CORE_LAYERS) for package in packages}
+    assert set(layer) == {path.stem for path in (REPO / "spap_core").iterdir()
+                          if path.stem not in ("__init__", "__pycache__") and (path.is_dir() or path.suffix == ".py")}
+    offenders = []
+    for module, targets in _product_imports().items():
+        parts = module.split(".")
+        if parts[0] != "spap_core" or len(parts) == 1:
+            continue  # spap_core/__init__ is the public API: it may name anything
+        for target in targets:
+            if target == "spap_core":
+                continue
+            source, imported = parts[1], target.split(".")[1]
+            if imported != source and layer[imported] >= layer[source]:
+                offenders.append(f"{module} imports {target}")
+    assert not offenders, offenders
 
 
 def test_service_layer_and_core_never_import_streamlit():
@@ -241,13 +322,13 @@ def test_nothing_outside_the_adapters_names_a_projection():
 
 
 def test_the_walk_is_a_few_short_generic_steps():
-    """prune.py reads as one story: no function over 60 lines, and the trace it keeps is the
+    """The walk reads as one story: no function over 60 lines, and the trace it keeps is the
     method's step record, not SPAP's."""
-    tree = ast.parse((REPO / "spap_core" / "prune.py").read_text())
+    tree = ast.parse((REPO / "spap_core" / "pipeline" / "walk.py").read_text())
     lengths = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree)
                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
     assert max(lengths.values()) <= 60, lengths
-    assert "SpapStep" not in (REPO / "spap_core" / "prune.py").read_text()
+    assert "SpapStep" not in (REPO / "spap_core" / "pipeline" / "walk.py").read_text()
 
 
 def test_the_tree_is_ruff_clean():

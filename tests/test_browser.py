@@ -328,11 +328,11 @@ def test_how_spap_works_page(browser_page):
 def test_three_sessions_at_once_are_queued_and_each_gets_its_own_result(server, files, browser):
     """Three browser sessions start runs together: the later ones show as queued, all finish, each
     shows the perplexity of the same run done alone, and a refresh keeps the finished runs."""
-    from spap_core.data import calibration_windows, evaluation_windows, text_from_file
-    from spap_core.experiment import run_experiment
+    from spap_core.data.texts import calibration_windows, evaluation_windows, text_from_file
     from spap_core.methods.registry import PruneSettings
-    from spap_core.models import load_model
-    from spap_core.parameters import with_values
+    from spap_core.models.loading import load_model
+    from spap_core.pipeline.experiment import run_experiment
+    from spap_core.pipeline.parameters import with_values
     from spap_service.presets import CPU_RUN
 
     sparsities = (0.2, 0.3, 0.4)

@@ -26,8 +26,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 import spap_core.cli as cli
 from spap_core.cli import main
-from spap_core.models import load_model
-from spap_core.runs import staged_directory
+from spap_core.models.loading import load_model
+from spap_core.storage.runs import staged_directory
 
 LONG_NAME = "x" * 300  # over the 255 characters a file name may have
 OLD_SAVE = {"model-00001-of-00002.safetensors": "old shard", "model.safetensors.index.json": "{}", "notes.txt": "mine"}
@@ -200,7 +200,7 @@ def test_ctrl_c_while_pruning_is_one_line_and_exit_130(tiny_dir, text_files, tmp
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("spap_core.experiment.prune_model", interrupt)
+    monkeypatch.setattr("spap_core.pipeline.experiment.prune_model", interrupt)
     out = tmp_path / "pruned"
     assert run(fast_prune(tiny_dir, text_files, "--out", str(out))) == 130
     err = capsys.readouterr().err
@@ -268,7 +268,7 @@ def test_every_help_renders(command, capsys):
 
 
 def test_a_help_line_with_a_percent_sign_is_shown_as_written():
-    from spap_core.allocation import DESCRIPTIONS, FISHER
+    from spap_core.methods.allocation import DESCRIPTIONS, FISHER
 
     action = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     shown = " ".join(action.choices["prune"].format_help().split())
@@ -415,7 +415,7 @@ def test_a_load_transformers_refuses_shows_its_refusal_without_its_load_report(t
                                                                                capfd, transformers_log):
     """Where transformers finds a mismatch the checks before it did not (they are skipped here),
     its table of keys stays held back: the refusal is one error line."""
-    from spap_core import models
+    from spap_core.models import loading as models
 
     monkeypatch.setattr(models, "checked_skeleton", lambda *args: None)
     folder = lying_copy(tiny_dir, tmp_path / "lying", intermediate_size=256)

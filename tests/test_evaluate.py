@@ -15,10 +15,10 @@ from conftest import tiny_llama, tiny_tokenizer
 from test_families import FAMILIES, VOCAB, family_model
 from torch import nn
 
-from spap_core import evaluate
 from spap_core.errors import PruningCancelled, SpapInputError
-from spap_core.evaluate import chunk_tokens_for, perplexity
-from spap_core.models import Placement, load_model
+from spap_core.evaluation import perplexity as evaluate
+from spap_core.evaluation.perplexity import chunk_tokens_for, perplexity
+from spap_core.models.loading import Placement, load_model
 
 # 3 windows of 32 at batch 2: batches of 62 and 31 predicted tokens
 WINDOWS = torch.randint(3, VOCAB, (3, 32), generator=torch.Generator().manual_seed(5))

@@ -17,7 +17,7 @@ import ray
 from spap_core.errors import PruningCancelled
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import PruneSettings, with_options
-from spap_core.models import load_model
+from spap_core.models.loading import load_model
 from spap_service import comparisons, executors
 from spap_service.data import DataSpec, TextChoice, model_key
 from spap_service.executors import LOCAL, InProcessExecutor, RayExecutor, worker_pool
@@ -132,7 +132,7 @@ def test_a_run_on_ray_comes_back_with_its_pruned_model_and_is_saved_here(local_r
     process, the weights loaded on this process's device, the record saved under this app's results."""
     import torch
 
-    from spap_core.runs import list_runs, read_run
+    from spap_core.storage.runs import list_runs, read_run
     from spap_service.runs import results_root
 
     monkeypatch.setenv("SPAP_RESULTS_DIR", str(tmp_path / "runs"))

@@ -18,13 +18,13 @@ from conftest import tiny_tokenizer
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from spap_core.adapters import model_adapter, text_config
 from spap_core.errors import SpapInputError
-from spap_core.experiment import run_experiment
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.models import LoadedModel, Placement, load_model
-from spap_core.prune import prune_model
-from spap_core.shrink import LAYER_WIDTHS_KEY, save_pruned
+from spap_core.models.adapters import model_adapter, text_config
+from spap_core.models.loading import LoadedModel, Placement, load_model
+from spap_core.models.shrink import LAYER_WIDTHS_KEY, save_pruned
+from spap_core.pipeline.experiment import run_experiment
+from spap_core.pipeline.walk import prune_model
 
 VOCAB = 203  # the word-level tiny tokenizer: [UNK], [BOS], [EOS] and 200 words
 CALIBRATION = torch.randint(3, VOCAB, (4, 32), generator=torch.Generator().manual_seed(0))
@@ -337,14 +337,14 @@ def test_the_cli_runs_the_no_bias_variant_on_a_family_without_one_and_says_so(ti
 ])
 def test_refusals_that_the_config_decides_come_before_any_forward_pass(tiny_dir, text_files, flags, message,
                                                                        capsys, monkeypatch):
-    import spap_core.experiment
+    import spap_core.pipeline.experiment
     from spap_core.cli import main
 
     def no_forward_pass(*args, **kwargs):
         raise AssertionError("a forward pass ran before the refusal")
 
-    monkeypatch.setattr(spap_core.experiment, "perplexity", no_forward_pass)
-    monkeypatch.setattr(spap_core.experiment, "prune_model", no_forward_pass)
+    monkeypatch.setattr(spap_core.pipeline.experiment, "perplexity", no_forward_pass)
+    monkeypatch.setattr(spap_core.pipeline.experiment, "prune_model", no_forward_pass)
     argv = ["prune", "--model", str(tiny_dir), "--calib-file", str(text_files["calib"]), "--nsamples", "2",
             "--seqlen", "32", "--eval-file", str(text_files["eval"]), "--eval-len", "32", *flags]
     assert main(argv) == 2

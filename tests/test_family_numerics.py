@@ -13,11 +13,11 @@ import torch
 from test_families import CALIBRATION, FAMILIES, NATIVE_BIAS_FAMILIES, NO_BIAS_FAMILIES, TOKENIZER, loaded_family
 from torch import nn
 
-from spap_core.adapters import MlpWeights, ModelAdapter
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.baselines import FASP_REFIT
 from spap_core.methods.registry import METHODS, PruneSettings, settings_for_family, with_options
-from spap_core.prune import prune_model
+from spap_core.models.adapters import MlpWeights, ModelAdapter
+from spap_core.pipeline.walk import prune_model
 
 PROBE = torch.randint(3, 203, (2, 24), generator=torch.Generator().manual_seed(2))
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)

@@ -23,9 +23,8 @@ from streamlit.testing.v1 import AppTest
 from torch import nn
 from transformers import PretrainedConfig
 
-from spap_core.adapters import model_adapter
 from spap_core.errors import NumericalError, SpapInputError
-from spap_core.generate import (
+from spap_core.evaluation.generate import (
     EncodedPrompt,
     GenerationSettings,
     SideBySide,
@@ -33,8 +32,9 @@ from spap_core.generate import (
     generate_side_by_side,
 )
 from spap_core.methods.registry import PruneSettings
-from spap_core.models import LoadedModel, context_length
-from spap_core.prune import prune_model
+from spap_core.models.adapters import model_adapter
+from spap_core.models.loading import LoadedModel, context_length
+from spap_core.pipeline.walk import prune_model
 
 PROMPT = word_text(8, seed=5)
 CALIBRATION = torch.randint(3, 203, (6, 32), generator=torch.Generator().manual_seed(0))

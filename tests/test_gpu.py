@@ -9,12 +9,12 @@ import torch
 from conftest import tiny_llama, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
-from spap_core.adapters import model_adapter
-from spap_core.experiment import run_experiment
-from spap_core.generate import GenerationSettings, encode_prompt, generate_side_by_side
+from spap_core.evaluation.generate import GenerationSettings, encode_prompt, generate_side_by_side
 from spap_core.methods.registry import PruneSettings
-from spap_core.models import LoadedModel
-from spap_core.shrink import save_pruned
+from spap_core.models.adapters import model_adapter
+from spap_core.models.loading import LoadedModel
+from spap_core.models.shrink import save_pruned
+from spap_core.pipeline.experiment import run_experiment
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
@@ -59,7 +59,7 @@ def test_layers_offloaded_to_cpu_and_disk_are_pruned_on_the_gpu_like_a_model_on_
     to disk, each pruned on the GPU, give the in-GPU-memory result and save loadable."""
     import json
 
-    from spap_core.models import Placement, load_model
+    from spap_core.models.loading import Placement, load_model
 
     path = tmp_path / "tiny"
     tiny_llama().save_pretrained(path, safe_serialization=True)

@@ -14,19 +14,19 @@ import torch
 from test_families import CALIBRATION, EVALUATION, TOKENIZER, family_model
 from transformers import AutoModelForCausalLM
 
-from spap_core.adapters import model_adapter, text_config
 from spap_core.errors import SpapInputError
-from spap_core.experiment import plan_run, run_experiment
-from spap_core.methods.layout import HeadLayout
 from spap_core.methods.obs import ObsSettings, obs_layer
-from spap_core.methods.problem import LayerProblem, RefitSettings, refit
 from spap_core.methods.registry import PruneSettings, settings_for_family, with_options
 from spap_core.methods.spap import PenaltySettings, spap_layer
-from spap_core.models import LoadedModel
-from spap_core.prune import prune_model
-from spap_core.runs import read_run, write_run
-from spap_core.shrink import save_pruned
-from spap_core.stats import GramAccumulator
+from spap_core.models.adapters import model_adapter, text_config
+from spap_core.models.loading import LoadedModel
+from spap_core.models.shrink import save_pruned
+from spap_core.pipeline.experiment import plan_run, run_experiment
+from spap_core.pipeline.walk import prune_model
+from spap_core.problem.layout import HeadLayout
+from spap_core.problem.objective import LayerProblem, RefitSettings, refit
+from spap_core.problem.statistics import GramAccumulator
+from spap_core.storage.runs import read_run, write_run
 
 HEAD_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi", "phi3")
 REFUSED_FAMILIES = ("opt", "gpt2", "gpt_neox")

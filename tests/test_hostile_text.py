@@ -15,7 +15,7 @@ from app_harness import APP, SCRIPT_TIMEOUT_S, click, finish_job, keep, open_pag
 from streamlit.testing.v1 import AppTest
 
 from pages._text import chart_text, plain
-from spap_core.data import TextSource
+from spap_core.data.texts import TextSource
 from spap_service.data import TextChoice
 
 # What an attacker puts in a name: a link, an image that beacons, raw HTML, a code span to break out

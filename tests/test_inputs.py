@@ -8,8 +8,7 @@ import tomllib
 import torch
 from conftest import REPO, tiny_tokenizer, word_text
 
-from spap_core import hub
-from spap_core.data import (
+from spap_core.data.texts import (
     MAX_TEXT_BYTES,
     calibration_windows,
     decode_text_bytes,
@@ -20,11 +19,12 @@ from spap_core.data import (
 )
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.methods.altmin import AltMinSettings
-from spap_core.methods.problem import RefitSettings, prune_count
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import PenaltySettings
-from spap_core.models import load_model
-from spap_core.prune import prune_model
+from spap_core.models.loading import load_model
+from spap_core.pipeline.walk import prune_model
+from spap_core.problem.objective import RefitSettings, prune_count
+from spap_core.system import hub
 
 
 @pytest.fixture()
@@ -225,7 +225,7 @@ def test_a_hub_model_that_needs_custom_code_is_refused_from_its_config_alone(mon
     """Only config.json is fetched: neither the tokenizer nor the weights are asked for."""
     from transformers import AutoTokenizer, PretrainedConfig
 
-    from spap_core import models
+    from spap_core.models import loading as models
 
     custom = {"model_type": "foo", "auto_map": {"AutoModelForCausalLM": "modeling_foo.FooForCausalLM"}}
     monkeypatch.setattr(models, "require_hub", lambda what: None)

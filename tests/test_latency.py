@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from spap_core.errors import PruningCancelled
-from spap_core.latency import _timed_rounds, latency_ratios, measure_latencies
+from spap_core.evaluation.latency import _timed_rounds, latency_ratios, measure_latencies
 from spap_core.methods.registry import PruneSettings
-from spap_core.prune import prune_model
+from spap_core.pipeline.walk import prune_model
 
 CALIBRATION = torch.randint(3, 203, (8, 16), generator=torch.Generator().manual_seed(0))
 

@@ -16,10 +16,10 @@ from conftest import tiny_llama
 from safetensors.torch import load_file, save_file
 from test_families import FAMILIES, family_model, saved_family
 
-from spap_core import checkpoint
-from spap_core.checkpoint import SHARD_INDEX, SINGLE_FILE, checked_skeleton
 from spap_core.errors import SpapInputError
-from spap_core.models import load_model
+from spap_core.models import checkpoint
+from spap_core.models.checkpoint import SHARD_INDEX, SINGLE_FILE, checked_skeleton
+from spap_core.models.loading import load_model
 
 WHERE = "model folder under test"
 

@@ -12,7 +12,10 @@ import torch
 from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.methods.baselines import magnitude_scores, wanda_scores
 from spap_core.methods.obs import ObsSettings, obs_layer
-from spap_core.methods.problem import (
+from spap_core.methods.registry import PruneSettings
+from spap_core.methods.toy import toy_problem
+from spap_core.pipeline.walk import prune_model
+from spap_core.problem.objective import (
     LayerProblem,
     RefitSettings,
     RidgeSystem,
@@ -22,10 +25,7 @@ from spap_core.methods.problem import (
     refit,
     scatter_columns,
 )
-from spap_core.methods.registry import PruneSettings
-from spap_core.prune import prune_model
-from spap_core.stats import GramAccumulator
-from spap_core.toy import toy_problem
+from spap_core.problem.statistics import GramAccumulator
 
 LEAST_SQUARES = RefitSettings(ridge=0.0, prior="zero", bias=True, precision="float64")
 TINY_DAMPING = ObsSettings(damping=1e-9)

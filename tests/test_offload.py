@@ -15,14 +15,14 @@ from conftest import tiny_tokenizer, word_text
 from transformers import AutoModelForCausalLM
 
 from spap_core.cli import main
-from spap_core.data import TextSource, calibration_windows, evaluation_windows
+from spap_core.data.texts import TextSource, calibration_windows, evaluation_windows
 from spap_core.errors import SpapInputError
-from spap_core.experiment import run_experiment
 from spap_core.methods.registry import PruneSettings
-from spap_core.models import Placement, load_model
-from spap_core.offload import is_dispatched
-from spap_core.prune import prune_model
-from spap_core.shrink import save_pruned
+from spap_core.models.loading import Placement, load_model
+from spap_core.models.offload import is_dispatched
+from spap_core.models.shrink import save_pruned
+from spap_core.pipeline.experiment import run_experiment
+from spap_core.pipeline.walk import prune_model
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 from test_cli import prune_args
 
 import spap_core.cli as cli
-from spap_core.access import output_folder
 from spap_core.errors import SpapInputError
+from spap_core.system.access import output_folder
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

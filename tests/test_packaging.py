@@ -32,7 +32,7 @@ def test_pip_builds_a_wheel_of_the_library_with_the_spap_command(tmp_path):
     [wheel] = tmp_path.glob("spap_explorer-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert ("spap_core/cli.py" in names and "spap_core/methods/spap.py" in names
-            and "spap_core/adapters/llama.py" in names)
+            and "spap_core/models/adapters/llama.py" in names)
     assert not [name for name in names if name.startswith(("tests/", "pages/", "spap_service/", "bench/"))]
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "spap = spap_core.__main__:run" in entry_points

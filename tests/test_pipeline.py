@@ -9,14 +9,14 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from spap_core.adapters import model_adapter
 from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.methods import altmin
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import METHODS, PruneSettings, with_options
 from spap_core.methods.spap import PenaltySettings, SpapSettings
-from spap_core.prune import prune_model
-from spap_core.shrink import save_pruned
+from spap_core.models.adapters import model_adapter
+from spap_core.models.shrink import save_pruned
+from spap_core.pipeline.walk import prune_model
 
 CALIBRATION = torch.randint(3, 203, (6, 32), generator=torch.Generator().manual_seed(0))
 PROBE = torch.randint(3, 203, (2, 24), generator=torch.Generator().manual_seed(1))
@@ -239,7 +239,7 @@ def test_every_layer_is_fed_what_the_model_itself_feeds_it(tiny, model_type):
     """The walk records each layer's keyword arguments (rotary embeddings, per-layer masks) in a
     pass that skips the layers' work; every layer's statistics must still match the activations the
     pruned model computes itself."""
-    from spap_core.models import LoadedModel
+    from spap_core.models.loading import LoadedModel
 
     model = tiny_family_model(model_type)
     loaded = LoadedModel(model=model, tokenizer=tiny.tokenizer, source=model_type, description=model_type,

@@ -12,11 +12,11 @@ import torch
 from test_families import loaded_family
 
 from spap_core.cli import main
-from spap_core.experiment import plan_run
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.reconstruction import Reconstruction
 from spap_core.methods.registry import METHODS, PruneSettings, with_options
-from spap_core.prune import prune_model
+from spap_core.pipeline.experiment import plan_run
+from spap_core.pipeline.walk import prune_model
 
 CALIBRATION = torch.randint(3, 200, (8, 32), generator=torch.Generator().manual_seed(0))
 REFIT = Reconstruction()
@@ -89,7 +89,7 @@ def test_the_cli_runs_a_baseline_with_spaps_refit_and_says_so(tiny_dir, text_fil
 
 
 def test_the_sweep_caption_says_what_every_point_does_after_its_selection():
-    from spap_core.parameters import describe
+    from spap_core.pipeline.parameters import describe
     from spap_service.analysis import weight_update_note
 
     assert "each baseline has its own rule" in weight_update_note(None)

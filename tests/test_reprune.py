@@ -16,9 +16,9 @@ from transformers import AutoModelForCausalLM
 import spap_core.cli
 from spap_core.cli import main
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.models import load_model
-from spap_core.prune import prune_model
-from spap_core.runs import ARRAYS_FILE, HEADS_PREFIX, read_run, write_run
+from spap_core.models.loading import load_model
+from spap_core.pipeline.walk import prune_model
+from spap_core.storage.runs import ARRAYS_FILE, HEADS_PREFIX, read_run, write_run
 
 EVALUATION = torch.randint(3, len(VOCAB_WORDS) + 3, (2, 16), generator=torch.Generator().manual_seed(5))
 # The first run of each kind of saved model; a parameter budget sets the sparsities itself.

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import spap_service.run_index as run_index
-from spap_core.runs import RESULTS_DIR_ENV, new_run_directory
+from spap_core.storage.runs import RESULTS_DIR_ENV, new_run_directory
 from spap_service.run_index import RunCaps, enforce_caps, indexed_runs
 
 RECORD = {"method": "spap", "sparsity": 0.3, "ppl": 20.0, "ppl_dense": 18.0, "params_before": 10, "params_after": 8,

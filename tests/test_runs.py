@@ -10,8 +10,8 @@ import torch
 
 from spap_core.errors import UnreadableRunError
 from spap_core.methods.registry import PruneSettings
-from spap_core.prune import prune_model
-from spap_core.runs import ARRAYS_FILE, RESULTS_DIR_ENV, list_runs, new_run_directory, read_run, write_run
+from spap_core.pipeline.walk import prune_model
+from spap_core.storage.runs import ARRAYS_FILE, RESULTS_DIR_ENV, list_runs, new_run_directory, read_run, write_run
 
 
 def test_a_written_run_reads_back_layer_for_layer(tiny, tmp_path):
@@ -130,7 +130,7 @@ def test_the_map_of_pruned_channels_of_a_wide_layer_samples_them_and_keeps_their
     evenly, and the map says which channel each column is, so the axis shows channel numbers."""
     from types import SimpleNamespace
 
-    from spap_core.prune import LayerRecord
+    from spap_core.pipeline.walk import LayerRecord
     from spap_service.compare import pruned_map
 
     pruned = {0, 500, 1535}

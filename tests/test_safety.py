@@ -6,15 +6,15 @@ import os
 import pytest
 import torch
 
-from spap_core.access import ALLOWED_ROOTS_ENV
-from spap_core.data import text_from_file
+from spap_core.data.texts import text_from_file
 from spap_core.errors import NumericalError, SpapInputError
-from spap_core.methods.problem import RefitSettings
 from spap_core.methods.registry import PruneSettings
 from spap_core.methods.spap import PenaltySettings, spap_layer
-from spap_core.models import load_model
-from spap_core.prune import prune_model
-from spap_core.toy import toy_problem
+from spap_core.methods.toy import toy_problem
+from spap_core.models.loading import load_model
+from spap_core.pipeline.walk import prune_model
+from spap_core.problem.objective import RefitSettings
+from spap_core.system.access import ALLOWED_ROOTS_ENV
 from spap_service.jobs import user_message
 
 
@@ -170,8 +170,8 @@ def test_the_app_refuses_a_run_over_the_limit_and_a_job_over_the_session_cap(app
 
 
 def test_a_run_that_cannot_fit_in_free_memory_is_refused_before_any_work(tiny, monkeypatch):
-    import spap_core.budget as budget
-    from spap_core.experiment import plan_run
+    import spap_core.pipeline.budget as budget
+    from spap_core.pipeline.experiment import plan_run
 
     settings = PruneSettings()
     needed = budget.run_bytes(tiny, 8 * 64, 4, 64, explicit_targets=True, copies_model=True)
@@ -185,8 +185,8 @@ def test_a_run_that_cannot_fit_in_free_memory_is_refused_before_any_work(tiny, m
 
 
 def test_a_fisher_allocation_counts_its_backward_pass_in_the_memory_check(tiny, monkeypatch):
-    import spap_core.budget as budget
-    from spap_core.experiment import plan_run
+    import spap_core.pipeline.budget as budget
+    from spap_core.pipeline.experiment import plan_run
 
     walk = budget.run_bytes(tiny, 8 * 64, 4, 64, explicit_targets=True, copies_model=True)
     with_backward = budget.run_bytes(tiny, 8 * 64, 4, 64, explicit_targets=True, copies_model=True, fisher_window=64)

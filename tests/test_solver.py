@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from spap_core.methods import problem as problem_module
 from spap_core.methods.exact import brute_force_optimum
-from spap_core.methods.problem import RefitSettings, RidgeSystem, augmented_solve, objective, scatter_columns
 from spap_core.methods.spap import PenaltySettings, spap_layer
-from spap_core.toy import toy_problem
+from spap_core.methods.toy import toy_problem
+from spap_core.problem import objective as problem_module
+from spap_core.problem.objective import RefitSettings, RidgeSystem, augmented_solve, objective, scatter_columns
 
 EXACT = RefitSettings(precision="float64")  # exact comparisons need double precision
 
@@ -99,7 +99,7 @@ def test_local_targets_start_the_path_at_the_dense_weights(bias):
     """With Y = W₀Z (no explicit targets) and the ridge pulling towards W₀, the unpenalised solution
     is W₀ itself; the solver takes it without a solve, and every penalised solve built on it must
     equal a fresh factorisation of the same system."""
-    from spap_core.stats import GramAccumulator
+    from spap_core.problem.statistics import GramAccumulator
 
     generator = torch.Generator().manual_seed(5)
     activations = torch.randn(300, 12, generator=generator, dtype=torch.float64) + 0.5
@@ -128,7 +128,7 @@ def test_planted_dead_channels_are_found():
 
 
 def test_centred_score_prunes_a_constant_channel_the_bias_can_replace():
-    from spap_core.stats import GramAccumulator
+    from spap_core.problem.statistics import GramAccumulator
 
     generator = torch.Generator().manual_seed(3)
     activations = torch.randn(400, 8, generator=generator, dtype=torch.float64)

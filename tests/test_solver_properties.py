@@ -7,10 +7,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spap_core.methods.problem import RefitSettings
 from spap_core.methods.spap import SCHEDULES, SCORES, STARTS, PenaltySettings, spap_layer
-from spap_core.stats import GramAccumulator
-from spap_core.toy import toy_problem
+from spap_core.methods.toy import toy_problem
+from spap_core.problem.objective import RefitSettings
+from spap_core.problem.statistics import GramAccumulator
 
 
 @st.composite
@@ -84,7 +84,7 @@ def test_a_silent_channel_under_the_partial_score_is_pruned_first_not_a_nan():
     score with t = 3. The pseudo-inverse gives the silent channel no diagonal, so its magnitude is
     10¹⁵ and its cube overflows float32; its weight is 0, and 0 · inf was NaN, which stopped SPAP.
     A column without weight costs nothing to prune: it is the one pruned."""
-    from spap_core.methods.problem import LayerProblem
+    from spap_core.problem.objective import LayerProblem
 
     gram = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 21.4088, -1.2502, -7.7742],
                          [0.0, -1.2502, 36.0604, -0.6887], [0.0, -7.7742, -0.6887, 30.0]], dtype=torch.float64)
@@ -104,7 +104,7 @@ def test_duplicate_channels_in_float32_fall_back_to_the_direct_solve_not_a_negat
     duplicate's Gram (a tiny pivot), so B⁻¹ holds entries near 8·10⁶, and the low-rank update's
     diag(A⁻¹) cancelled to −1; the 'partial' magnitude of a negative diagonal overflowed. A
     non-positive diag(A⁻¹) now sends the solve to the direct factorisation."""
-    from spap_core.methods.problem import LayerProblem
+    from spap_core.problem.objective import LayerProblem
 
     row_0 = [32.835113525390625, 32.835113525390625, -1.26716160774230957, 2.20857810974121094, -5.86255264282226562]
     gram = torch.tensor([row_0, row_0,

@@ -14,8 +14,8 @@ from test_heads import loaded_family
 
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
-from spap_core.prune import prune_model
-from spap_core.split import UnitCosts, split_budget
+from spap_core.pipeline.split import UnitCosts, split_budget
+from spap_core.pipeline.walk import prune_model
 
 
 @pytest.mark.parametrize("heads", [0.0, 0.5])

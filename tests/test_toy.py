@@ -1,4 +1,4 @@
-"""The teaching page's toy (spap_core.toy) and the "How SPAP works" page: the objective is a real,
+"""The teaching page's toy (spap_core.methods.toy) and the "How SPAP works" page: the objective is a real,
 positive error at every extreme of the sliders, each scenario does what its name says, every
 sentence the page states agrees with the numbers it describes, and the page runs each scenario
 cleanly through streamlit's AppTest.
@@ -17,8 +17,7 @@ import torch
 from app_harness import array, assert_clean, open_page, start_app, titled
 from streamlit.testing.v1 import AppTest
 
-from spap_core.methods.problem import RefitSettings, refit
-from spap_core.toy import (
+from spap_core.methods.toy import (
     BALANCE_RANGE,
     ITERATIONS_RANGE,
     MOMENTUM_RANGE,
@@ -39,6 +38,7 @@ from spap_core.toy import (
     readout_caption,
     run_toy,
 )
+from spap_core.problem.objective import RefitSettings, refit
 
 SCENARIO = {scenario.name: scenario for scenario in SCENARIOS}
 WIDGETS = {"rho0": "toy_rho0", "tau": "toy_tau", "balance": "toy_t", "momentum": "toy_alpha", "iterations": "toy_K",
@@ -316,7 +316,7 @@ def test_page_survives_the_slider_extremes(page):
 
 
 def test_the_toy_sliders_take_their_ranges_from_spaps_declarations():
-    from spap_core.parameters import BY_KEY
+    from spap_core.pipeline.parameters import BY_KEY
 
     for key, declared_range in (("tau", TAU_RANGE), ("t", BALANCE_RANGE), ("alpha", MOMENTUM_RANGE),
                                 ("K", ITERATIONS_RANGE)):

@@ -16,10 +16,10 @@ from streamlit.testing.v1 import AppTest
 from test_cli import last_json_line, prune_args
 from torch.utils.hooks import RemovableHandle
 
-from spap_core import hub
 from spap_core.cli import main
 from spap_core.errors import SourceUnavailableError, SpapInputError
-from spap_core.zeroshot import STANDARD_TASKS, comparison_rows, parse_tasks, zeroshot_accuracy
+from spap_core.evaluation.zeroshot import STANDARD_TASKS, comparison_rows, parse_tasks, zeroshot_accuracy
+from spap_core.system import hub
 from spap_service.zeroshot import available_tasks, zeroshot_blocker
 
 TASK = "tiny_choice"

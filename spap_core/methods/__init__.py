@@ -1,1 +1,2 @@
-"""Pruning methods: SPAP (penalty path + refit + alternating minimization) and its baselines."""
+"""Pruning methods: SPAP (penalty path + refit + alternating minimization) and its baselines.
+"""

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spap_core.adapters import MlpFunction, MlpWeights
 from spap_core.errors import PruningCancelled, SpapInputError
-from spap_core.methods.problem import LayerDecision, RefitSettings, refit
-from spap_core.stats import GramAccumulator
+from spap_core.models.adapters import MlpFunction, MlpWeights
+from spap_core.problem.objective import LayerDecision, RefitSettings, refit
+from spap_core.problem.statistics import GramAccumulator
 
 # Tokens per chunk of the exact refit's statistics (bounds its temporaries, not its result).
 REFIT_CHUNK = 4096

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from spap_core.methods.altmin import AltMinSettings
-from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings
+from spap_core.problem.objective import LayerDecision, LayerProblem, RefitSettings
 from spap_core.schema import Parameter
 
 
@@ -49,7 +49,7 @@ class PruningMethod(ABC):
     description: ClassVar[str]  # one line for help texts
     settings_type: ClassVar[type] = NoSettings
     # Its hyperparameters, each with a path into `settings_type`: the CLI's flags, the app's
-    # widgets and the share-link keys are generated from them (spap_core.parameters collects them).
+    # widgets and the share-link keys are generated from them (spap_core.pipeline.parameters collects them).
     parameters: ClassVar[tuple[Parameter, ...]] = ()
 
     def default_settings(self) -> Any:

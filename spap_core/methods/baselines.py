@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from spap_core.methods.base import PruningMethod
-from spap_core.methods.problem import (
+from spap_core.problem.objective import (
     LayerDecision,
     LayerProblem,
     RefitSettings,

@@ -9,7 +9,7 @@ from math import comb
 import torch
 
 from spap_core.errors import SpapInputError
-from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings, refit
+from spap_core.problem.objective import LayerDecision, LayerProblem, RefitSettings, refit
 
 MAX_MASKS = 20_000
 

@@ -25,7 +25,7 @@ from torch.nn.functional import pad
 
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.base import PruningMethod
-from spap_core.methods.problem import LayerDecision, LayerProblem, cholesky_right_solve, objective
+from spap_core.problem.objective import LayerDecision, LayerProblem, cholesky_right_solve, objective
 from spap_core.schema import Parameter
 
 # The bias column's damping, as in RidgeSystem: numerically free, so the bias absorbs the mean of

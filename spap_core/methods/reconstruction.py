@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 
 from spap_core.errors import SpapInputError
 from spap_core.methods.base import Recovery
-from spap_core.methods.problem import LayerDecision, LayerProblem, RefitSettings, refit
 from spap_core.methods.spap import SpapSettings
+from spap_core.problem.objective import LayerDecision, LayerProblem, RefitSettings, refit
 
 OWN = "own"
 REFIT = "refit"

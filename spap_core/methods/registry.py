@@ -8,14 +8,14 @@ import typing
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
-from spap_core.adapters import ModelAdapter
-from spap_core.allocation import UNIFORM, check_allocation
 from spap_core.errors import SpapInputError
+from spap_core.methods.allocation import UNIFORM, check_allocation
 from spap_core.methods.base import PruningMethod, Recovery
 from spap_core.methods.baselines import Fasp, Flap, Magnitude, WandaSp
 from spap_core.methods.obs import StructuredObs
 from spap_core.methods.reconstruction import Reconstruction
 from spap_core.methods.spap import Spap
+from spap_core.models.adapters import ModelAdapter
 
 METHODS: dict[str, PruningMethod] = {method.name: method for method in (
     Spap(),
@@ -45,10 +45,10 @@ class PruneSettings:
     sparsity: float = 0.3
     options: Any = None
     # Share of every layer's attention heads removed too (0: heads untouched), rounded to the
-    # nearest layout the family's class can load (spap_core.methods.layout).
+    # nearest layout the family's class can load (spap_core.problem.layout).
     head_sparsity: float = 0.0
     reconstruction: Reconstruction | None = None
-    # how the sparsity is spread over the layers: spap_core.allocation.DESCRIPTIONS
+    # how the sparsity is spread over the layers: spap_core.methods.allocation.DESCRIPTIONS
     allocation: str = UNIFORM
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ import torch
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.altmin import STEP_PRECISIONS, AltMinSettings
 from spap_core.methods.base import MethodStep, PruningMethod, Recovery
-from spap_core.methods.problem import (
+from spap_core.problem.objective import (
     PRECISIONS,
     PRIORS,
     LayerDecision,

@@ -1,0 +1,2 @@
+"""Text sources and the token windows cut from them for calibration and evaluation.
+"""

@@ -1,0 +1,131 @@
+"""One pruning experiment: prune, then measure dense and pruned perplexity on the same windows.
+
+The CLI, the app's run and sweep jobs and the benchmarks all go through here, so a number shown in
+the browser and one printed by `python -m spap_core prune` come from the same code path and carry
+the same record fields.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from spap_core.errors import SpapInputError
+from spap_core.evaluation.perplexity import PerplexityResult, perplexity
+from spap_core.methods.allocation import FISHER
+from spap_core.methods.base import MethodStep
+from spap_core.methods.reconstruction import reconstruction_name
+from spap_core.methods.registry import PruneSettings, settings_for_family
+from spap_core.models.loading import LoadedModel, context_length
+from spap_core.pipeline.budget import check_fits
+from spap_core.pipeline.walk import LayerCallback, PruneResult, head_layout, prune_counts, prune_model
+
+BatchCallback = Callable[[int, int], None]
+
+
+@dataclass
+class Experiment:
+    result: PruneResult
+    dense: PerplexityResult
+    pruned: PerplexityResult
+    prune_seconds: float
+    eval_seconds: float
+    dense_seconds: float  # 0 when the dense perplexity was passed in (cached)
+    adjustments: list[str] = field(default_factory=list)  # what plan_run changed, in words
+
+    def record(self, loaded: LoadedModel, **context: object) -> dict:
+        """The JSON-able summary written with every run; `context` adds where the data came from."""
+        result = self.result
+        return {
+            "method": result.settings.method, "sparsity": result.settings.sparsity,
+            "reconstruction": reconstruction_name(result.settings.reconstruction),
+            "allocation": result.settings.allocation,
+            "layer_widths": [len(layer.keep) for layer in result.layers],
+            "ppl": self.pruned.perplexity, "ppl_dense": self.dense.perplexity,
+            "relative_error": result.relative_error,
+            "mean_layer_error": result.mean_layer_error,
+            "prune_seconds": self.prune_seconds, "eval_seconds": self.eval_seconds,
+            "dense_eval_seconds": self.dense_seconds, "timings": result.timings,
+            "params_before": result.params_before, "params_after": result.params_after,
+            "eval_tokens": self.pruned.tokens, "eval_windows": self.pruned.windows, "eval_len": self.pruned.seqlen,
+            "calibration_tokens": result.calibration_tokens,
+            "model": loaded.description, "device": str(loaded.device), "threads": torch.get_num_threads(),
+            "settings": asdict(result.settings),
+            "layer_objectives": [layer.objective for layer in result.layers],
+            "heads": None if result.heads is None else {
+                "layout": asdict(result.heads.layout), "head_dim": result.heads.head_dim,
+                "layer_objectives": [layer.objective for layer in result.heads.layers]},
+            "adjustments": self.adjustments,
+            **context,
+        }
+
+
+def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Iterable[int],
+             calibration_tokens: int | None = None, batch_size: int = 4,
+             copies_model: bool = True) -> tuple[PruneSettings, list[str]]:
+    """Every refusal that depends only on the arguments, the model's config and the method, and
+    the settings the run will use (with a note for each change), before any forward pass: the CLI
+    calls it right after loading the model, the app before it queues a job, run_experiment first.
+    With `calibration_tokens`, a run that cannot fit in the device's free memory is refused too."""
+    window_lengths = tuple(window_lengths)
+    positions = context_length(loaded.model)
+    for length in window_lengths:
+        if positions is not None and length > positions:
+            raise SpapInputError(f"Windows of {length} tokens are longer than the model's {positions} positions; "
+                                 f"use at most {positions} tokens per window.")
+    settings, adjustments = settings_for_family(settings, loaded.family)
+    prune_counts(loaded, settings)
+    layout = head_layout(loaded, settings)
+    if layout is not None and abs(layout.removed - settings.head_sparsity * layout.heads) > 1e-9:
+        adjustments.append(f"Head sparsity {settings.head_sparsity:.0%} removes "
+                           f"{layout.removed} of {layout.heads} heads "
+                           f"({layout.removed / layout.heads:.0%}) from every layer, the nearest layout the model's "
+                           f"attention can hold ({layout.describe()}).")
+    if calibration_tokens is not None:
+        explicit = settings.recovery is not None or settings.implementation.target_correction(settings.options) > 0
+        longest = max(window_lengths, default=0)
+        fisher_window = longest if settings.allocation == FISHER else 0
+        check_fits(loaded, calibration_tokens, batch_size, longest, explicit, copies_model, fisher_window)
+    return settings, adjustments
+
+
+def run_experiment(
+    loaded: LoadedModel,
+    calibration: torch.Tensor,
+    evaluation: torch.Tensor,
+    settings: PruneSettings,
+    *,
+    seed: int = 0,
+    batch_size: int = 4,
+    dense: PerplexityResult | None = None,
+    inplace: bool = False,
+    on_layer: LayerCallback | None = None,
+    on_step: Callable[[MethodStep], None] | None = None,
+    on_dense_batch: BatchCallback | None = None,
+    on_pruned_batch: BatchCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> Experiment:
+    """Dense perplexity (unless given), pruning, pruned perplexity, each timed on its own; every
+    forward pass (calibration and evaluation) takes `batch_size` windows at a time. The settings
+    first go through plan_run, so a refusal comes before any forward pass."""
+    settings, adjustments = plan_run(loaded, settings, (calibration.shape[-1], evaluation.shape[-1]),
+                                     calibration_tokens=calibration.numel(), batch_size=batch_size,
+                                     copies_model=not inplace)
+    dense_seconds = 0.0
+    if dense is None:
+        started = time.perf_counter()
+        dense = perplexity(loaded.model, evaluation, batch_size=batch_size, on_batch=on_dense_batch, cancel=cancel)
+        dense_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    result = prune_model(loaded, calibration, settings, seed=seed, batch_size=batch_size, inplace=inplace,
+                         on_layer=on_layer, on_step=on_step, cancel=cancel)
+    prune_seconds = time.perf_counter() - started
+    assert result.model is not None  # prune_model returns its model (only a run read back from disk has none)
+    started = time.perf_counter()
+    pruned = perplexity(result.model, evaluation, batch_size=batch_size, on_batch=on_pruned_batch, cancel=cancel)
+    return Experiment(result=result, dense=dense, pruned=pruned, prune_seconds=prune_seconds,
+                      eval_seconds=time.perf_counter() - started, dense_seconds=dense_seconds, adjustments=adjustments)

@@ -1,0 +1,622 @@
+"""The sequential pruning walk: layer by layer, calibration activations flow through the layers
+already pruned, and each layer goes through the same five steps: capture (its statistics), decide
+(the method), reconstruct and recover (the optional weight updates), propagate (shrink it, and its
+pruned output becomes the next layer's input). Only one layer's activations live at a time. The
+family's adapter says where the MLP is; the method says what it needs.
+
+With a head sparsity, each layer's attention goes first through capture, decide, reconstruct and
+shrink on the same method (its units the heads, blocks of the output projection's input), so the
+MLP's statistics are then captured on the output of the pruned attention."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import cast
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Cache, PreTrainedModel
+
+from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
+from spap_core.methods.allocation import FISHER, GLOBAL, dense_channel_scores, fisher_counts, global_counts
+from spap_core.methods.altmin import alternating_minimization
+from spap_core.methods.base import MethodStep, Recovery
+from spap_core.methods.baselines import baseline_scores
+from spap_core.methods.registry import PruneSettings, head_settings
+from spap_core.methods.sensitivity import channel_fisher
+from spap_core.models.adapters import ModelAdapter
+from spap_core.models.adapters.base import projection_shape, projection_weight
+from spap_core.models.loading import LoadedModel
+from spap_core.models.offload import OffloadStore, is_dispatched, materialized, move_to
+from spap_core.models.shrink import finalize_config, shrink_attention, shrink_mlp
+from spap_core.problem.layout import HeadLayout
+from spap_core.problem.objective import LayerDecision, LayerProblem, prune_count
+from spap_core.problem.statistics import GramAccumulator
+from spap_core.system.memory import release_freed_memory
+
+LayerCallback = Callable[[int, int], None]
+StepCallback = Callable[[MethodStep], None]
+
+
+@dataclass
+class LayerRecord:
+    """What the app and reports need of one pruned layer."""
+
+    layer: int
+    width: int
+    keep: np.ndarray
+    scores: dict[str, np.ndarray]  # every baseline's metric plus the run's own (spap_first/spap_last)
+    objective: float | None
+    dense_objective: float  # ½‖Y‖²: the error of pruning everything, a scale for `objective`
+    # ‖W_down[:,i]‖ before ("dense") and after ("final": 0 for a pruned channel) the method, so a
+    # page can show how the kept columns compensate; empty for a run saved before they were kept.
+    down_column_norms: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def relative_error(self) -> float:
+        """objective ÷ ½‖Y‖²: 0 = the layer reproduces its dense output, 1 = as bad as no MLP."""
+        if self.objective is None or self.dense_objective <= 0:
+            return float("nan")
+        return self.objective / self.dense_objective
+
+
+@dataclass
+class HeadPruning:
+    """The heads side of a run: the layout every layer keeps, and per layer what the method decided
+    (a LayerRecord over heads: width = heads, keep = kept heads) and, for SPAP, its trace."""
+
+    layout: HeadLayout
+    head_dim: int
+    layers: list[LayerRecord] = field(default_factory=list)
+    trace: list[MethodStep] = field(default_factory=list)
+
+
+@dataclass
+class PruneResult:
+    model: PreTrainedModel | None  # None for a run read back from disk: its weights are not kept there
+    settings: PruneSettings
+    layers: list[LayerRecord]
+    trace: list[MethodStep]  # the method's own step records (SPAP: one per ρ iteration)
+    timings: dict[str, float]
+    params_before: int
+    params_after: int
+    calibration_tokens: int
+    heads: HeadPruning | None = None  # None: the attention was not pruned
+
+    @property
+    def mean_layer_error(self) -> float:
+        """Mean over layers of objective ÷ ½‖Y‖²: every layer counts alike, so it agrees with a
+        per-layer chart (the headline the app shows)."""
+        errors = [layer.relative_error for layer in self.layers if not np.isnan(layer.relative_error)]
+        return float(np.mean(errors)) if errors else float("nan")
+
+    @property
+    def relative_error(self) -> float:
+        """Σ layer objective ÷ Σ ½‖Y‖² (pooled): 0 = every layer reproduces its dense output, 1 = as
+        bad as dropping the MLP altogether. Layers with large outputs dominate it (in SmolLM2 three
+        layers do), which is why the app leads with `mean_layer_error`; the benchmarks' tables use this."""
+        dense = sum(layer.dense_objective for layer in self.layers)
+        achieved = sum(layer.objective or 0.0 for layer in self.layers)
+        return achieved / dense if dense > 0 else float("nan")
+
+
+def prune_counts(loaded: LoadedModel, settings: PruneSettings) -> list[int]:
+    """λ for every layer, after the refusals that the model's config decides for these settings
+    (a bias the family cannot store, corrected targets it cannot take, a sparsity that prunes
+    nothing or everything, a Fisher allocation an offloaded model cannot backpropagate through):
+    the walk and plan_run share them, before any forward pass."""
+    family, method, options = loaded.family, settings.implementation, settings.options
+    layers = family.decoder_layers(loaded.model)
+    if settings.adds_down_bias and not family.stores_down_bias:
+        raise SpapInputError(
+            f"'{settings.method}' adds a down_proj bias, which model type '{family.model_type}' cannot "
+            "store; run it through run_experiment (which picks the no-bias variant) or turn bias compensation off "
+            "(--no-bias)."
+        )
+    if method.target_correction(options) > 0 and not family.mlp_output_is_residual(layers[0]):
+        raise SpapInputError(
+            f"Error-correcting targets need the MLP output to enter the residual stream directly, which "
+            f"is not the case for model type '{family.model_type}'; set the target correction to 0."
+        )
+    if settings.allocation == FISHER and is_dispatched(loaded.model):
+        raise SpapInputError("The Fisher allocation backpropagates through the whole model, which an offloaded "
+                             "model cannot hold; choose the 'global' allocation (or 'uniform') for it.")
+    head_layout(loaded, settings)
+    return [prune_count(family.width(layer), settings.sparsity) for layer in layers]
+
+
+def head_layout(loaded: LoadedModel, settings: PruneSettings) -> HeadLayout | None:
+    """The heads every layer keeps (None: heads untouched), after the refusals of a head sparsity
+    that this family, method or run cannot use."""
+    if settings.head_sparsity == 0:
+        return None
+    family = loaded.family
+    heads, kv_heads, head_dim = family.head_shape(loaded.model)
+    refusal = settings.implementation.head_refusal(settings.options)
+    if refusal is not None:
+        raise SpapInputError(f"Attention heads with {settings.method}: {refusal}.")
+    if settings.implementation.target_correction(settings.options) > 0:
+        raise SpapInputError("Error-correcting targets (β > 0) are built for the MLP's output; set the target "
+                             "correction to 0 to prune attention heads.")
+    if is_dispatched(loaded.model):
+        raise SpapInputError("Attention heads of an offloaded model (a device map) are not pruned; load it without "
+                             "--device-map, or set the head sparsity to 0.")
+    return HeadLayout.for_sparsity(heads, kv_heads, settings.head_sparsity,
+                                   lambda layout: family.takes_heads(layout.kept, layout.kv_kept, head_dim))
+
+
+def parameter_count(model: nn.Module) -> int:
+    """The model's parameters, each tied weight counted once: accelerate's hooks replace an
+    offloaded weight by a tensor of its own, so a tied head would otherwise count twice."""
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {}) if _ties_weights(model) else set()
+    return sum(p.numel() for name, p in model.named_parameters() if name not in tied)
+
+
+def _ties_weights(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    return bool(getattr(text, "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False))
+
+
+# ---------------------------------------------------------------------------------- the walk
+
+
+def prune_model(
+    loaded: LoadedModel,
+    calibration: torch.Tensor,
+    settings: PruneSettings,
+    *,
+    seed: int = 0,
+    batch_size: int = 4,
+    inplace: bool = False,
+    on_layer: LayerCallback | None = None,
+    on_step: StepCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> PruneResult:
+    """Prune `loaded.model` (a deep copy unless inplace) with the given settings on calibration
+    token windows [N, L]. on_layer(i, L) fires after each layer; on_step per step the method
+    reports (SPAP: per ρ iteration); setting `cancel` stops the run within one step (PruningCancelled)."""
+    n_prune = prune_counts(loaded, settings)  # refusals first, before the copy
+    if not inplace and is_dispatched(loaded.model):
+        raise SpapInputError("A model placed with a device map (offloaded layers) is pruned in place; a copy "
+                             "would need the memory the map avoids.")
+    model = loaded.model if inplace else copy.deepcopy(loaded.model)
+    layout = head_layout(loaded, settings)
+    heads = None if layout is None else HeadPruning(layout, loaded.family.head_shape(loaded.model)[2])
+    walk = _Walk(loaded.family, settings, seed, cancel, on_step, heads)
+    layers = loaded.family.decoder_layers(model)
+    params_before = parameter_count(model)
+    store = OffloadStore(loaded.offload_folder)
+    with torch.no_grad():
+        streams, n_prune = walk.start(model, layers, calibration, batch_size, loaded.device, n_prune)
+        for index, layer in enumerate(layers):
+            if cancel is not None and cancel.is_set():
+                raise PruningCancelled(f"cancelled before layer {index}")
+            with materialized(layer, f"layer{index}", store, loaded.device) as layer_device:
+                streams = walk.layer(index, layer, streams.to(layer_device), n_prune[index])
+            if on_layer is not None:
+                on_layer(index + 1, len(layers))
+    finalize_config(model, loaded.family)
+    return PruneResult(model=model, settings=settings, layers=walk.records, trace=walk.trace, timings=walk.timings,
+                       params_before=params_before, params_after=parameter_count(model),
+                       calibration_tokens=int(calibration.numel()), heads=heads)
+
+
+@dataclass
+class _Streams:
+    """The calibration chunks entering the next layer on the pruned model (`hidden`) and, for
+    corrected targets, on the dense model (`dense`), with the positional and keyword arguments each
+    layer is called with (rotary embeddings, masks)."""
+
+    hidden: list[torch.Tensor]
+    dense: list[torch.Tensor]
+    layer_arguments: list[tuple[tuple, dict]]
+
+    def to(self, device: torch.device) -> _Streams:
+        return _Streams([c.to(device) for c in self.hidden], [c.to(device) for c in self.dense],
+                        self.layer_arguments)
+
+
+@dataclass
+class _Capture:
+    """One layer's capture: its statistics and what the later steps need per calibration chunk."""
+
+    stats: GramAccumulator | None  # None once it became the layer's problem
+    intermediates: list[torch.Tensor]  # Z, the output projection's input
+    residual_bases: list[torch.Tensor]  # the layer's output with its MLP contributing nothing
+    mlp_inputs: list[torch.Tensor]  # only for a recovery step
+    targets: list[torch.Tensor]  # only for corrected targets
+
+
+class _Walk:
+    """The per-layer steps of one pruning run, with their timings, records and trace."""
+
+    def __init__(self, family: ModelAdapter, settings: PruneSettings, seed: int, cancel: threading.Event | None,
+                 on_step: StepCallback | None, heads: HeadPruning | None = None) -> None:
+        self.family, self.settings, self.seed, self.cancel, self.on_step = family, settings, seed, cancel, on_step
+        self.method, self.options = settings.implementation, settings.options
+        self.correction = self.method.target_correction(self.options)
+        self.recovery: Recovery | None = settings.recovery
+        self.timings = {"capture": 0.0, "solve": 0.0, "altmin": 0.0, "propagate": 0.0}
+        self.records: list[LayerRecord] = []
+        self.trace: list[MethodStep] = []
+        self.heads = heads
+        if heads is not None:
+            self.timings["heads"] = 0.0
+            self.head_settings = head_settings(settings, family)
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        """Time a phase of a layer, then give what it freed back to the system (half a millisecond):
+        a phase's temporaries (the Gram's solves, the recovery's activations) left in glibc's heap
+        would otherwise add to the next phase's, and the peak of a --low-memory run is the sum."""
+        started = time.perf_counter()
+        yield
+        self.timings[phase] += time.perf_counter() - started
+        release_freed_memory()
+
+    def _keep_step(self, step: MethodStep) -> None:
+        self.trace.append(step)
+        if self.on_step is not None:
+            self.on_step(step)
+
+    def _keep_head_step(self, step: MethodStep) -> None:
+        assert self.heads is not None  # the callback of _prune_heads, which runs only with heads
+        self.heads.trace.append(step)
+        if self.on_step is not None:
+            self.on_step(step)
+
+    def start(self, model: nn.Module, layers: nn.ModuleList, calibration: torch.Tensor, batch_size: int,
+              device: torch.device, n_prune: list[int]) -> tuple[_Streams, list[int]]:
+        """The inputs of layer 0, and λ per layer once the allocation has spread the budget."""
+        with self._timed("capture"):
+            chunks = [c.to(device) for c in calibration.split(batch_size)]
+            hidden, arguments = _layer_inputs_and_arguments(self.family.decoder(model), layers, chunks)
+            if self.settings.allocation == GLOBAL:
+                scores = _dense_channel_scores(self.family, layers, hidden, arguments)
+                n_prune = global_counts(scores, self.settings.sparsity)
+            elif self.settings.allocation == FISHER:
+                outputs = [self.family.output_projection(layer) for layer in layers]
+                n_prune = fisher_counts(channel_fisher(model, outputs, calibration, self.cancel),
+                                        self.settings.sparsity)
+        return _Streams(hidden, list(hidden) if self.correction > 0 else [], arguments), n_prune
+
+    def layer(self, index: int, layer: nn.Module, streams: _Streams, n_prune: int) -> _Streams:
+        """capture → decide → reconstruct → recover → propagate, for one (materialised) layer."""
+        args, kwargs = move_to(streams.layer_arguments[index], streams.hidden[0].device)
+        if self.heads is not None:
+            with self._timed("heads"):
+                self._prune_heads(index, layer, self.heads, streams, args, kwargs)
+        with self._timed("capture"):
+            if self.correction > 0:  # the dense model's own output of this layer, on the dense stream
+                streams.dense = [_call_layer(layer, chunk, args, kwargs) for chunk in streams.dense]
+            capture = self._capture(layer, streams, args, kwargs)
+        with self._timed("solve"):
+            problem = self._problem(index, layer, capture, n_prune)
+            decision = self.method.decide(problem, self.options, index, on_step=self._keep_step, cancel=self.cancel)
+            if self.settings.reconstruction is not None:
+                decision = self.settings.reconstruction.apply(problem, decision)
+        if self.recovery is not None:
+            with self._timed("altmin"):
+                decision = self._recover(index, layer, capture, decision, self.recovery)
+        with self._timed("propagate"):
+            self.records.append(_layer_record(index, problem, decision))
+            shrink_mlp(self.family, layer, decision)
+            to_residual = self.family.mlp_output_to_residual(layer)
+            outputs = _pruned_mlp_outputs(self.family, layer, decision, capture)
+            # (OPT's layer flattens the tokens before its MLP: outputs come back in the stream's shape)
+            streams.hidden = [base + to_residual(output.reshape(base.shape))
+                              for base, output in zip(capture.residual_bases, outputs)]
+        return streams
+
+    def _prune_heads(self, index: int, layer: nn.Module, heads: HeadPruning, streams: _Streams, args: tuple,
+                     kwargs: dict) -> None:
+        """capture → decide → reconstruct → shrink for the layer's attention heads: the input of its
+        output projection is recorded (the forward stops there), and the problem's targets are the
+        dense attention output on the pruned stream, as the MLP's are."""
+        stats = GramAccumulator()
+        with _attention_recorded(self.family, layer) as recorded:
+            for chunk in streams.hidden:
+                try:
+                    _call_layer(layer, chunk, args, kwargs)
+                except _StopForward:
+                    pass
+                stats.add(_recorded(recorded.intermediate, "attention output projection"))
+        layout, settings = heads.layout, self.head_settings
+        problem = stats.problem(self.family.attention_weights(layer).output, layout.removed,
+                                group_size=heads.head_dim, layout=layout)
+        if not _all_finite(problem.gram, problem.cross):
+            raise NumericalError(f"Pruning stopped: the attention activations of layer {index} contain NaN or inf "
+                                 "(the model itself overflows on this text; try float32 or another calibration text).")
+        decision = settings.implementation.decide(problem, settings.options, index, on_step=self._keep_head_step,
+                                                  cancel=self.cancel)
+        if settings.reconstruction is not None:
+            decision = settings.reconstruction.apply(problem, decision)
+        heads.layers.append(_layer_record(index, problem, decision))
+        shrink_attention(self.family, layer, problem, decision)
+
+    def _capture(self, layer: nn.Module, streams: _Streams, args: tuple, kwargs: dict) -> _Capture:
+        """Run the layer on every chunk with its output projection recording Z instead of computing
+        (so the dense output is never computed unless targets differ from W₀Z): the statistics, and
+        the residual stream every variant of this MLP's output is added to."""
+        stats = GramAccumulator()
+        capture = _Capture(stats, [], [], [], [])
+        to_residual = self.family.mlp_output_to_residual(layer)
+        native_bias = self.family.mlp_weights(layer).output_bias
+        with _output_recorded(self.family, layer) as recorded:
+            zero_contribution = to_residual(recorded.zero_output())
+            for chunk_index, chunk in enumerate(streams.hidden):
+                base = _call_layer(layer, chunk, args, kwargs) - zero_contribution
+                z = _recorded(recorded.intermediate, "MLP output projection")
+                target = None
+                if self.correction > 0:  # W₀Z, plus part of the error the pruned stream has accumulated
+                    full = recorded.output_projection(z)
+                    stream = base + to_residual(full.reshape(base.shape))
+                    target = full + self.correction * (streams.dense[chunk_index] - stream).reshape(full.shape)
+                    if native_bias is not None:  # the problem's targets leave out the family's own bias
+                        target = target - native_bias
+                    capture.targets.append(target)
+                if self.recovery is not None:
+                    capture.mlp_inputs.append(_recorded(recorded.mlp_input, "first MLP input projection"))
+                stats.add(z, target)
+                capture.intermediates.append(z)
+                capture.residual_bases.append(base)
+        return capture
+
+    def _problem(self, index: int, layer: nn.Module, capture: _Capture, n_prune: int) -> LayerProblem:
+        assert capture.stats is not None  # each capture becomes one problem
+        problem = capture.stats.problem(self.family.mlp_weights(layer).output, n_prune)
+        if not _all_finite(problem.gram, problem.cross):
+            raise NumericalError(
+                f"Pruning stopped: the calibration activations of layer {index} contain NaN or inf "
+                "(the model itself overflows on this text; try float32 or another calibration text).")
+        capture.stats = None  # the Gram lives on in the problem; the accumulator's copy can go
+        return problem
+
+    def _recover(self, index: int, layer: nn.Module, capture: _Capture, decision: LayerDecision,
+                 recovery: Recovery) -> LayerDecision:
+        """Alternating minimization of the kept weights. Without corrected targets it fits the dense
+        output W₀Z, computed once here for the tokens it samples and for its refit."""
+        dense = self.family.mlp_weights(layer)
+        if self.correction > 0:
+            targets = torch.cat(capture.targets)
+        else:
+            targets = self.family.output_projection(layer)(torch.cat(capture.intermediates))
+            if dense.output_bias is not None:
+                targets = targets - dense.output_bias
+        with torch.enable_grad():
+            return alternating_minimization(
+                decision, torch.cat(capture.mlp_inputs), targets, dense, self.family.mlp_function(layer),
+                recovery.altmin, recovery.refit, seed=self.seed + index, cancel=self.cancel)
+
+
+# ---------------------------------------------------------------------------------- the steps' parts
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _pass_through(hidden_states: torch.Tensor, *_args, **_kwargs) -> torch.Tensor:
+    return hidden_states
+
+
+def _without_cache(value):
+    return None if isinstance(value, Cache) else value
+
+
+def _layer_inputs_and_arguments(decoder: nn.Module, layers: nn.ModuleList, chunks: list[torch.Tensor]):
+    """Hidden states entering layer 0 for every chunk, and the positional and keyword arguments
+    (rotary embeddings, masks) each layer is called with. Those depend on positions only, so they
+    are recorded once on a single window and broadcast over any batch size."""
+    arguments: list[tuple[tuple, dict]] = [((), {}) for _ in layers]
+
+    def record(index):
+        def hook(_module, args, kwargs):
+            arguments[index] = (tuple(_without_cache(a) for a in args[1:]),
+                                {k: _without_cache(v) for k, v in kwargs.items() if k != "hidden_states"})
+        return hook
+
+    def stop_after_last(_module, _args, _kwargs):
+        raise _StopForward
+
+    # The layers themselves are not needed for this pass: each returns its input unchanged, and
+    # the pass stops once the last layer has shown its arguments (no lm_head, no attention).
+    handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles.append(layers[-1].register_forward_pre_hook(stop_after_last, with_kwargs=True))
+    own_forwards = [layer.__dict__.get("forward") for layer in layers]  # e.g. an accelerate wrapper
+    for layer in layers:
+        layer.forward = _pass_through
+    try:
+        decoder(input_ids=chunks[0][:1], use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer, own_forward in zip(layers, own_forwards):
+            if own_forward is None:
+                del layer.forward
+            else:
+                layer.forward = own_forward
+    for _, kwargs in arguments:
+        for key in ("past_key_values", "past_key_value", "cache", "layer_past"):
+            if key in kwargs:
+                kwargs[key] = None
+        kwargs["use_cache"] = False
+
+    inputs: list[torch.Tensor] = []
+
+    def grab(_module, args, kwargs):
+        inputs.append(args[0] if args else kwargs["hidden_states"])
+        raise _StopForward
+
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for chunk in chunks:
+            try:
+                decoder(input_ids=chunk, use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return inputs, arguments
+
+
+def _dense_channel_scores(family: ModelAdapter, layers: nn.ModuleList, hidden: list[torch.Tensor],
+                          arguments: list[tuple[tuple, dict]]) -> list[np.ndarray]:
+    """Every channel's score on the dense model (spap_core.methods.allocation), from one pass of the
+    calibration windows through the layers; offloaded layers run through their own hooks."""
+    def run_layer(layer: nn.Module, index: int, chunks: list[torch.Tensor]):
+        args, kwargs = arguments[index]
+        outputs = [_call_layer(layer, chunk, args, kwargs) for chunk in chunks]
+        return outputs, projection_weight(family.output_projection(layer))
+
+    return dense_channel_scores(layers, [family.output_projection(layer) for layer in layers], hidden, run_layer)
+
+
+DenseLayerVisit = Callable[[int, nn.Module, GramAccumulator, GramAccumulator], None]
+
+
+def dense_layer_statistics(loaded: LoadedModel, calibration: torch.Tensor, visit: DenseLayerVisit,
+                           batch_size: int = 4) -> None:
+    """Layer by layer on the dense model, in one forward pass of the calibration windows: the
+    statistics of the inputs of the attention's and of the MLP's output projection, handed to
+    `visit(index, layer, attention, mlp)` and then dropped, so one layer's Grams live at a time
+    (what spap_core.pipeline.split weighs a parameter budget's split with)."""
+    family, model = loaded.family, loaded.model
+    layers = family.decoder_layers(model)
+    with torch.no_grad():
+        hidden, arguments = _layer_inputs_and_arguments(
+            family.decoder(model), layers, [c.to(loaded.device) for c in calibration.split(batch_size)])
+        for index, layer in enumerate(layers):
+            args, kwargs = arguments[index]
+            stats = (GramAccumulator(), GramAccumulator())
+            projections = (family.attention_output_projection(layer), family.output_projection(layer))
+            handles = [projection.register_forward_pre_hook(lambda _module, inputs, own=own: own.add(inputs[0]))
+                       for projection, own in zip(projections, stats)]
+            try:
+                hidden = [_call_layer(layer, chunk, args, kwargs) for chunk in hidden]
+            finally:
+                for handle in handles:
+                    handle.remove()
+            visit(index, layer, *stats)
+
+
+def _all_finite(*tensors: torch.Tensor) -> bool:
+    """A NaN or ±inf entry makes the sum non-finite; one reduction, where isfinite() would
+    allocate a boolean copy of the n² Gram."""
+    return all(torch.isfinite(tensor.sum()) for tensor in tensors)
+
+
+def _call_layer(layer: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    out = layer(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _recorded(value: torch.Tensor | None, module: str) -> torch.Tensor:
+    """What a recorder took from the layer's forward call, refused when there is none: the forward
+    never called `module`, so the layer is not what the family's adapter describes."""
+    if value is None:
+        raise SpapInputError(f"The decoder layer's forward did not call its {module}, which the capture records; "
+                             "this model cannot be pruned here.")
+    return value
+
+
+class _OutputRecorder(nn.Module):
+    """Stands in for the output projection while a layer is captured: records its input (the
+    intermediate activations Z) and returns zeros, so the dense output projection is not computed
+    at all. The MLP's input is recorded from the first input projection."""
+
+    def __init__(self, output_projection: nn.Module, first_input: nn.Module) -> None:
+        super().__init__()
+        self.output_projection = output_projection
+        self.out_features = projection_shape(output_projection)[0]
+        self.intermediate: torch.Tensor | None = None  # of the latest call
+        self.mlp_input: torch.Tensor | None = None
+        self._handle = first_input.register_forward_pre_hook(self._record_mlp_input)
+
+    def _record_mlp_input(self, _module: nn.Module, args: tuple) -> None:
+        self.mlp_input = args[0]
+
+    def forward(self, intermediate: torch.Tensor) -> torch.Tensor:
+        self.intermediate = intermediate
+        return intermediate.new_zeros(*intermediate.shape[:-1], self.out_features)
+
+    def zero_output(self) -> torch.Tensor:
+        weight = cast(torch.Tensor, self.output_projection.weight)
+        return torch.zeros(1, self.out_features, dtype=weight.dtype, device=weight.device)
+
+    def release(self) -> None:
+        self._handle.remove()
+
+
+class _AttentionRecorder(nn.Module):
+    """Stands in for the attention's output projection while its heads are captured: records the
+    heads' concatenated outputs and stops the layer's forward there."""
+
+    intermediate: torch.Tensor | None = None
+
+    def forward(self, intermediate: torch.Tensor) -> torch.Tensor:
+        self.intermediate = intermediate
+        raise _StopForward
+
+
+@contextlib.contextmanager
+def _attention_recorded(family: ModelAdapter, layer: nn.Module) -> Iterator[_AttentionRecorder]:
+    original = family.attention_output_projection(layer)
+    recorder = _AttentionRecorder()
+    family.set_attention_output_projection(layer, recorder)
+    try:
+        yield recorder
+    finally:
+        family.set_attention_output_projection(layer, original)
+
+
+@contextlib.contextmanager
+def _output_recorded(family: ModelAdapter, layer: nn.Module) -> Iterator[_OutputRecorder]:
+    original = family.output_projection(layer)
+    recorder = _OutputRecorder(original, family.input_projections(layer)[0])
+    family.set_output_projection(layer, recorder)
+    try:
+        yield recorder
+    finally:
+        family.set_output_projection(layer, original)
+        recorder.release()
+
+
+def _layer_record(index: int, problem: LayerProblem, decision: LayerDecision) -> LayerRecord:
+    """Per unit (channel or head): kept ones, scores, and the output projection's norms."""
+    final = torch.zeros(problem.dense_down.shape[0], problem.width, dtype=torch.float32)
+    final[:, decision.keep.cpu()] = decision.down_weight.float().cpu()
+    return LayerRecord(
+        layer=index, width=problem.units, keep=problem.kept_units(decision.keep.cpu()).numpy(),
+        scores={**baseline_scores(problem), **decision.scores},
+        objective=decision.objective, dense_objective=0.5 * problem.target_energy,
+        down_column_norms={"dense": problem.unit_norms(problem.dense_down.float()).cpu().numpy(),
+                           "final": problem.unit_norms(final).numpy()},
+    )
+
+
+def _pruned_mlp_outputs(family: ModelAdapter, layer: nn.Module, decision: LayerDecision,
+                        capture: _Capture) -> list[torch.Tensor]:
+    """The shrunk MLP's output on each calibration chunk. Its intermediate activations are the
+    dense ones at the kept channels while the input projections are unchanged, or the ones the
+    recovery computed for its last refit; either way only the (small) output projection needs
+    computing."""
+    output = family.output_projection(layer)
+    intermediates = capture.intermediates
+    if decision.kept_intermediates is not None:
+        sizes = [z[..., 0].numel() for z in intermediates]
+        kept = [h.reshape(*z.shape[:-1], -1) for h, z in zip(decision.kept_intermediates.split(sizes), intermediates)]
+    elif decision.input_weights is not None:
+        return [output(family.intermediate(layer, x)) for x in capture.mlp_inputs]
+    else:
+        kept = [z[..., decision.keep.to(z.device)] for z in intermediates]
+    return [output(h) for h in kept]

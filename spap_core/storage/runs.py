@@ -1,0 +1,342 @@
+"""Run records on disk: results.json (settings, metrics, provenance), a per-iteration trace
+summary as CSV and the soft masks, kept channels and channel scores as compressed arrays. Written
+next to a saved pruned model by the CLI, and by the app as each run finishes, so a restart loses
+nothing but the run in progress; `read_run` gives back everything but the weights."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import secrets
+import shutil
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+
+from spap_core.errors import UnreadableRunError
+from spap_core.methods.base import MethodStep
+from spap_core.methods.registry import PruneSettings
+from spap_core.methods.spap import SpapStep
+from spap_core.pipeline.walk import HeadPruning, LayerRecord, PruneResult
+from spap_core.problem.layout import HeadLayout
+from spap_core.system.cache import cache_root
+
+RESULTS_DIR_ENV = "SPAP_RESULTS_DIR"
+ARRAYS_FILE = "trace_masks.npz"
+
+TRACE_COLUMNS = ("layer", "iteration", "rho", "objective", "violation", "marked", "n_prune", "mask_mean",
+                 "readout_gap")
+
+
+def readout(soft_mask: np.ndarray, n_prune: int) -> np.ndarray:
+    """The binary mask read off s: its λ largest entries (ties towards the lower index)."""
+    binary = np.zeros(len(soft_mask), dtype=np.float32)
+    binary[np.argsort(-soft_mask, kind="stable")[:n_prune]] = 1.0
+    return binary
+
+
+def readout_gap(soft_mask: np.ndarray, n_prune: int) -> float:
+    """Σ|s − b(s)| ÷ λ, b(s) the binary read-out of s: 0 when s is binary; it depends only on the
+    values of s, which α and the marking schedule decide (the data only decides which channel
+    gets which value)."""
+    if n_prune <= 0:
+        return float("nan")
+    return float(np.abs(soft_mask - readout(soft_mask, n_prune)).sum() / n_prune)
+
+
+def spap_steps(trace: Sequence[MethodStep]) -> list[SpapStep]:
+    """A run's trace (PruneResult.trace) as SPAP's steps, which the trace readers below take: SPAP is
+    the one method that reports steps, every other method's trace is empty."""
+    return cast(list[SpapStep], trace)
+
+
+def trace_rows(trace: list[SpapStep]) -> list[dict]:
+    """One row per (layer, ρ iteration): ρ, the penalised objective and violation, how many
+    channels the s-step marked, and how far s is from its binary read-out."""
+    return [
+        {
+            "layer": step.layer, "iteration": step.iteration, "rho": step.rho,
+            "objective": step.objective, "violation": step.violation,
+            "marked": step.marked, "n_prune": step.n_prune, "mask_mean": float(step.soft_mask.mean()),
+            "readout_gap": readout_gap(step.soft_mask, step.n_prune),
+        }
+        for step in trace
+    ]
+
+
+def trace_widths(trace: list[SpapStep]) -> np.ndarray:
+    """How many units (channels or heads) each traced layer's steps carry, in layer order: a model
+    saved with per-layer widths gives each layer its own (empty for methods without a trace)."""
+    widths: dict[int, int] = {}
+    for step in trace:
+        widths.setdefault(step.layer, len(step.soft_mask))
+    return np.array([widths[layer] for layer in sorted(widths)], dtype=np.int64)
+
+
+def _by_layer_and_iteration(trace: list[SpapStep], values: Callable[[SpapStep], np.ndarray]) -> np.ndarray:
+    """A per-step unit array as [layer, iteration, unit], as wide as the widest layer: a narrower
+    layer's units are followed by NaN (its width is `trace_widths`). Empty for methods without a
+    trace, or when no step carries the array."""
+    if not trace or any(len(values(step)) == 0 for step in trace):
+        return np.zeros((0, 0, 0), dtype=np.float32)
+    layers = sorted({s.layer for s in trace})
+    iterations = max(s.iteration for s in trace)
+    out = np.full((len(layers), iterations, max(len(values(step)) for step in trace)), np.nan, dtype=np.float32)
+    for step in trace:
+        step_values = values(step)
+        out[layers.index(step.layer), step.iteration - 1, :len(step_values)] = step_values
+    return out
+
+
+def soft_mask_array(trace: list[SpapStep]) -> np.ndarray:
+    """Soft masks s as [layer, iteration, channel], NaN past a narrower layer's own width."""
+    return _by_layer_and_iteration(trace, lambda step: step.soft_mask)
+
+
+def column_norm_array(trace: list[SpapStep]) -> np.ndarray:
+    """‖W[:,i]‖ of the penalised solution as [layer, iteration, channel], NaN past a narrower
+    layer's own width (empty if not recorded)."""
+    return _by_layer_and_iteration(trace, lambda step: step.column_norms)
+
+
+def results_root() -> Path:
+    """Where the app keeps finished runs: $SPAP_RESULTS_DIR, else the cache folder's runs/."""
+    return Path(os.environ.get(RESULTS_DIR_ENV, cache_root() / "runs"))
+
+
+RUN_ID_BYTES = 8  # 64 random bits: a run's name is what its ?run= link carries, so it must not be guessable
+
+
+def new_run_directory(root: Path, record: dict) -> Path:
+    """A fresh, sortable folder name: time, method, sparsity and a random suffix of 64 bits (the
+    name opens the run through a results link, so knowing one run's name tells nothing of another's)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return root / f"{stamp}-{record['method']}-{record['sparsity']:.2f}-{secrets.token_hex(RUN_ID_BYTES)}"
+
+
+HEADS_PREFIX = "heads_"  # the arrays and the trace file of the attention heads carry it
+
+
+def write_run(directory: str | Path, record: dict, result: PruneResult) -> Path:
+    """Write results.json, trace.csv and the arrays (soft masks, kept channels, scores per layer;
+    the trace's arrays padded to the widest layer, each layer's width in `trace_widths`); for a run
+    that pruned heads too, the same for its heads under HEADS_PREFIX (the record holds their
+    layout: Experiment.record)."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    steps = spap_steps(result.trace)
+    arrays = _part_arrays("", result.layers, steps)
+    parts = [("", steps)]
+    if result.heads is not None:
+        head_steps = spap_steps(result.heads.trace)
+        arrays.update(_part_arrays(HEADS_PREFIX, result.heads.layers, head_steps))
+        parts.append((HEADS_PREFIX, head_steps))
+    # numpy types **kwds as if they could fill its allow_pickle: bool (no key here is "allow_pickle")
+    np.savez_compressed(path / ARRAYS_FILE, **arrays)  # type: ignore[arg-type]
+    for prefix, trace in parts:
+        with open(path / f"{prefix}trace.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=TRACE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(trace_rows(trace))
+    # results.json last: a folder with it is complete (list_runs ignores half-written ones)
+    (path / "results.json").write_text(json.dumps(record, indent=2, default=float))
+    return path
+
+
+def _part_arrays(prefix: str, layers: list[LayerRecord], trace: list[SpapStep]) -> dict[str, np.ndarray]:
+    """The arrays of one part of a run (the MLP channels, or the heads under HEADS_PREFIX)."""
+    arrays = {"soft_masks": soft_mask_array(trace), "column_norms": column_norm_array(trace),
+              "trace_widths": trace_widths(trace),
+              "layer_objectives": np.array([np.nan if layer.objective is None else layer.objective
+                                            for layer in layers]),
+              "dense_objectives": np.array([layer.dense_objective for layer in layers]),
+              "widths": np.array([layer.width for layer in layers])}
+    for layer in layers:
+        arrays[f"keep_layer{layer.layer}"] = layer.keep
+        arrays.update({f"score_layer{layer.layer}_{name}": np.asarray(score) for name, score in layer.scores.items()})
+        arrays.update({f"down_norms_layer{layer.layer}_{name}": norms
+                       for name, norms in layer.down_column_norms.items()})
+    return {prefix + key: value for key, value in arrays.items()}
+
+
+@contextmanager
+def staged_directory(target: str | Path, replace: bool = False) -> Iterator[Path]:
+    """A fresh hidden folder beside `target` (same parent, so the same file system) to write a
+    whole output into; when the block ends it becomes `target` in one rename, and when the block
+    raises, Ctrl-C included, it is deleted. So `target` is never half written, nor a mix of an
+    old save and a new one. With `replace`, an existing `target` is kept until the new folder is
+    complete (see _move_into_place); without it, renaming onto a non-empty folder fails."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = _hidden_sibling(target, "")
+    staging.mkdir()
+    try:
+        yield staging
+        _move_into_place(staging, target, replace)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _hidden_sibling(target: Path, tag: str) -> Path:
+    """'.<name>.<tag><random>' next to `target`: hidden, unique, and short enough for the OS even
+    when the name itself is near its 255-character limit."""
+    return target.parent / f".{target.name[:200]}.{tag}{uuid.uuid4().hex[:8]}"
+
+
+def _move_into_place(staging: Path, target: Path, replace: bool) -> None:
+    """Rename `staging` to `target`. An existing `target` (with `replace`) is first moved aside,
+    put back if the rename fails, and deleted only once the new folder is in place."""
+    if not (replace and os.path.lexists(target)):
+        os.rename(staging, target)  # POSIX: replaces an empty folder, refuses a non-empty one
+        return
+    aside = _hidden_sibling(target, "old-")
+    os.rename(target, aside)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    if aside.is_symlink():  # `target` was a link to a folder: drop the link, not what it points to
+        aside.unlink()
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _named_arrays(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+
+
+def list_runs(root: str | Path) -> list[Path]:
+    """Complete run folders under `root`, newest first."""
+    folder = Path(root)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if (p / "results.json").is_file()), key=lambda p: p.name, reverse=True)
+
+
+# The fields of results.json that readers rely on, with their JSON types; a float must be finite.
+RECORD_FIELDS: dict[str, type] = {
+    "method": str, "sparsity": float, "ppl": float, "ppl_dense": float, "params_before": int, "params_after": int,
+    "calibration_tokens": int, "eval_tokens": int, "eval_windows": int, "eval_len": int, "settings": dict,
+    "timings": dict,
+}
+MAX_RECORD_BYTES = 16 * 2**20
+
+
+def read_record(directory: str | Path) -> dict:
+    """results.json of a run folder, checked: a JSON object with every field a reader relies on,
+    of its type, every metric finite (a NaN perplexity is no result). Raises UnreadableRunError."""
+    file = Path(directory) / "results.json"
+    with record_faults(file):
+        if file.stat().st_size > MAX_RECORD_BYTES:
+            raise UnreadableRunError(file, f"larger than {MAX_RECORD_BYTES // 2**20} MiB, not a run record.")
+        record = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(record, dict):
+        raise UnreadableRunError(file, "not a JSON object.")
+    for key, kind in RECORD_FIELDS.items():
+        if key not in record:
+            raise UnreadableRunError(file, f"no '{key}'.")
+        value = record[key]
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UnreadableRunError(file, f"'{key}' is {json.dumps(value)[:40]}, not a finite number.")
+        elif isinstance(value, bool) or not isinstance(value, kind):
+            raise UnreadableRunError(file, f"'{key}' is {json.dumps(value)[:40]}, not a JSON {kind.__name__}.")
+    for key in ("ppl", "ppl_dense"):
+        if record[key] < 1:
+            raise UnreadableRunError(file, f"'{key}' is {record[key]:g}; a perplexity is at least 1.")
+    return record
+
+
+@contextmanager
+def record_faults(file: str | Path) -> Iterator[None]:
+    """Any fault reading `file` (missing, unreadable, corrupt, a field absent or of the wrong type)
+    as one UnreadableRunError naming the file."""
+    try:
+        yield
+    except UnreadableRunError:
+        raise
+    except FileNotFoundError:
+        raise UnreadableRunError(file, "missing.") from None
+    except KeyError as exc:
+        raise UnreadableRunError(file, f"no {exc.args[0]!r}.") from None
+    except (OSError, ValueError, TypeError, IndexError, EOFError, zipfile.BadZipFile, csv.Error) as exc:
+        fault = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise UnreadableRunError(file, f"{fault}.") from None
+
+
+def read_run(directory: str | Path) -> tuple[dict, PruneResult]:
+    """The record and a PruneResult without weights (model=None): layers, scores and trace as
+    they were when the run finished. Raises UnreadableRunError, naming the file and the fault."""
+    path = Path(directory)
+    record = read_record(path)
+    with record_faults(path / "results.json"):
+        settings = PruneSettings.from_dict(record["settings"])
+    with record_faults(path / ARRAYS_FILE), np.load(path / ARRAYS_FILE, allow_pickle=False) as stored:
+        arrays = dict(stored)
+    layers, trace = _stored_part(path, arrays, "")
+    heads = None
+    if record.get("heads") is not None:
+        with record_faults(path / "results.json"):
+            layout = HeadLayout(**record["heads"]["layout"])
+            head_dim = int(record["heads"]["head_dim"])
+        heads = HeadPruning(layout, head_dim, *_stored_part(path, arrays, HEADS_PREFIX))
+    result = PruneResult(model=None, settings=settings, layers=layers, trace=trace, timings=record["timings"],
+                         params_before=record["params_before"], params_after=record["params_after"],
+                         calibration_tokens=record["calibration_tokens"], heads=heads)
+    return record, result
+
+
+def _stored_part(path: Path, arrays: dict[str, np.ndarray],
+                 prefix: str) -> tuple[list[LayerRecord], list[MethodStep]]:
+    with record_faults(path / ARRAYS_FILE):
+        part = _named_arrays(arrays, prefix) if prefix else arrays
+        layers = _stored_layers(part)
+    with record_faults(path / f"{prefix}trace.csv"), open(path / f"{prefix}trace.csv", newline="") as f:
+        trace = _stored_trace(list(csv.DictReader(f)), part, layers)
+    return layers, trace
+
+
+def _stored_layers(arrays: dict[str, np.ndarray]) -> list[LayerRecord]:
+    layers = []
+    for index, width in enumerate(arrays["widths"]):
+        objective = float(arrays["layer_objectives"][index])
+        layers.append(LayerRecord(
+            layer=index, width=int(width), keep=arrays[f"keep_layer{index}"],
+            scores=_named_arrays(arrays, f"score_layer{index}_"),
+            objective=None if np.isnan(objective) else objective,
+            dense_objective=float(arrays["dense_objectives"][index]),
+            down_column_norms=_named_arrays(arrays, f"down_norms_layer{index}_"),
+        ))
+    return layers
+
+
+def _stored_trace(rows: list[dict], arrays: dict[str, np.ndarray], layers: list[LayerRecord]) -> list[MethodStep]:
+    """The trace from trace.csv and the [layer, iteration, unit] arrays, each step's arrays cut to
+    its layer's own width (`trace_widths`; a folder without it holds one width for every layer)."""
+    masks, norms = arrays["soft_masks"], arrays.get("column_norms", np.zeros((0, 0, 0), dtype=np.float32))
+    widths = arrays.get("trace_widths", np.full(len(masks), masks.shape[-1]))
+    layer_numbers = sorted({int(row["layer"]) for row in rows})
+    trace: list[MethodStep] = []  # SPAP's steps, as PruneResult holds them
+    for row in rows:
+        layer, iteration = layer_numbers.index(int(row["layer"])), int(row["iteration"]) - 1
+        width = int(widths[layer])
+        n_prune = int(row.get("n_prune") or 0) or layers[int(row["layer"])].width - len(layers[int(row["layer"])].keep)
+        trace.append(SpapStep(
+            layer=int(row["layer"]), iteration=iteration + 1, rho=float(row["rho"]),
+            soft_mask=masks[layer, iteration, :width],
+            scores=np.zeros(0, dtype=np.float32),  # per-step scores are not stored
+            objective=float(row["objective"]), violation=float(row["violation"]),
+            column_norms=norms[layer, iteration, :width] if norms.size else np.zeros(0, dtype=np.float32),
+            n_prune=n_prune, marked=int(row.get("marked") or 0),
+        ))
+    return trace
