@@ -205,8 +205,8 @@ class Placement:
 def _dispatch_arguments(model: PreTrainedModel, device: torch.device, placement: Placement,
                         device_is_explicit: bool) -> dict:
     """from_pretrained's device_map/max_memory/offload_folder, after the refusals the meta
-    skeleton `model` decides: a non-GLU model, a layer split over devices, a budget that cannot
-    hold one layer."""
+    skeleton `model` decides: a model of no known family, a layer split over devices, a budget that
+    cannot hold one layer."""
     family = model_adapter(model)
     layers = family.decoder_layers(model)
     prefix = next(name for name, module in model.named_modules() if module is layers)
