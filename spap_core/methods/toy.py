@@ -221,12 +221,17 @@ def marked_counts(settings: ToySettings) -> list[int]:
 
 
 def is_binary(mask: np.ndarray) -> bool:
+    """Every value of s within BINARY_TOLERANCE of 0 or 1."""
     return bool(np.all((mask < BINARY_TOLERANCE) | (mask > 1 - BINARY_TOLERANCE)))
 
 
 def final_values(outcome: ToyOutcome) -> list[float]:
     """The distinct values of s at the last iteration (rounded to 4 digits), largest first."""
     return sorted({round(float(v), 4) for v in outcome.soft_masks[-1]}, reverse=True)
+
+
+# How a series went, in a few words: the toy's captions (spap_service.lesson) and the real runs' ones
+# (spap_service.analysis) both describe their objective and violation curves with these.
 
 
 def trend(values: np.ndarray, rel_tol: float = 1e-9) -> str:
@@ -250,6 +255,7 @@ def course(values: np.ndarray, rel_tol: float = 1e-9) -> str:
 
 
 def peaks(values: np.ndarray) -> bool:
+    """The series is highest strictly between its first and last value."""
     peak = int(np.argmax(values))
     return 0 < peak < len(values) - 1 and float(values[peak]) > max(float(values[0]), float(values[-1]))
 
