@@ -28,8 +28,10 @@ PAGES = {
 
 page = st.navigation(PAGES)  # first, so the browser shows these pages while torch is still importing
 
+from pages._errors import report_unexpected  # noqa: E402
 from pages._routing import routed_page_run  # noqa: E402
-from pages._shared import open_shared_run, render_sidebar, report_unexpected  # noqa: E402  (imports torch)
+from pages._saved_runs import open_shared_run  # noqa: E402  (imports torch)
+from pages._sidebar import render_sidebar  # noqa: E402
 
 try:
     open_shared_run()  # a ?run=NAME link: that saved run becomes this session's latest, on any page

@@ -6,8 +6,8 @@ import plotly.express as px
 import streamlit as st
 
 from pages._charts import chart_columns, show_chart
+from pages._links import PAGE_RUN
 from pages._routing import ensure_routed
-from pages._shared import PAGE_RUN
 from pages._state import session
 from pages._text import plain
 from spap_core.errors import UnreadableRunError

@@ -10,8 +10,9 @@ other click) interrupts it; the text so far stays, because every step is kept in
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from pages._model import device_label, require_model
+from pages._results import require_outcome, require_pruned_model
 from pages._routing import ensure_routed
-from pages._shared import device_label, require_model, require_outcome, require_pruned_model
 from pages._state import session
 from pages._text import plain
 from spap_core.errors import NumericalError, SpapInputError

@@ -2,8 +2,8 @@
 optimum can be found by trying every mask, so SPAP's answer can be checked against it.
 
 A lesson for a projector: s against ρ next to what ρ does to W, the binary read-out as a panel of
-its own, one-click scenarios. Every sentence about the run comes from spap_core.methods.toy, computed from
-the run it describes; this file is layout only."""
+its own, one-click scenarios. The run comes from spap_core.methods.toy and every sentence about it from
+spap_service.lesson, computed from the run it describes; this file is layout only."""
 
 import math
 
@@ -24,20 +24,22 @@ from spap_core.methods.toy import (
     MOMENTUM_RANGE,
     N_PRUNE_RANGE,
     RHO0_CHOICES,
-    SCENARIOS,
     SEED_RANGE,
     SPAP_DECLARED,
     TAU_RANGE,
     TOY_SCORES,
     ToyOutcome,
     ToySettings,
+    run_toy,
+)
+from spap_service.lesson import (
+    SCENARIOS,
     advice,
     algorithm_text,
     mask_caption,
     norm_caption,
     objective_caption,
     readout_caption,
-    run_toy,
     verdict,
 )
 

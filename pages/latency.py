@@ -10,18 +10,13 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages._charts import chart_columns, panel_grid, show_chart
+from pages._estimates import estimate_caption
+from pages._job_progress import job_panel
+from pages._jobs import submit_job
+from pages._model import device_label, require_model
+from pages._results import latest_latency, require_outcome, require_pruned_model
 from pages._routing import ensure_routed
-from pages._shared import (
-    device_label,
-    estimate_caption,
-    job_panel,
-    latest_latency,
-    require_model,
-    require_outcome,
-    require_pruned_model,
-    result_label,
-    submit_job,
-)
+from pages._summaries import result_label
 from pages._widgets import bounded_number
 from spap_core.evaluation.latency import context_where_attention_matches_mlp, prefill_flops_by_part
 from spap_core.pipeline.parameters import LATENCY_PARAMETERS

@@ -9,8 +9,10 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages._charts import chart_columns, show_chart
+from pages._layer_picker import layer_picker
+from pages._results import require_outcome
 from pages._routing import ensure_routed
-from pages._shared import layer_picker, require_outcome, result_label
+from pages._summaries import result_label
 from spap_service.analysis import (
     changed_mind_counts,
     display_channels,

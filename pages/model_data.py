@@ -10,8 +10,9 @@ import streamlit as st
 import torch
 
 from pages._charts import show_chart
+from pages._model import current_model, device_label, model_choice
+from pages._requests import data_spec, run_size_note
 from pages._routing import ensure_routed
-from pages._shared import current_model, data_spec, device_label, model_choice, run_size_note
 from pages._state import ModelChoice, session
 from pages._text import plain
 from pages._widgets import bounded_number

@@ -12,26 +12,16 @@ import plotly.express as px
 import streamlit as st
 
 from pages._charts import show_chart
+from pages._estimates import estimate_caption, time_estimate
+from pages._job_progress import job_panel
+from pages._jobs import refused_before_queueing, submit_job
+from pages._model import require_model, target_device
+from pages._requests import data_spec, form_values, run_size_note
+from pages._results import latest_outcome, mean_layer_error
 from pages._routing import ensure_routed
-from pages._shared import (
-    SHARED_RUN_PARAM,
-    data_spec,
-    estimate_caption,
-    evaluation_caption,
-    form_values,
-    job_panel,
-    latest_outcome,
-    mean_layer_error,
-    refused_before_queueing,
-    require_model,
-    result_label,
-    run_size_note,
-    saved_runs_panel,
-    submit_job,
-    target_device,
-    time_estimate,
-)
+from pages._saved_runs import SHARED_RUN_PARAM, saved_runs_panel
 from pages._state import session
+from pages._summaries import evaluation_caption, result_label
 from pages._text import plain
 from pages._widgets import fill_form, ignored_url_parameters, link_parameters, parameter_widget
 from spap_core.errors import SpapInputError

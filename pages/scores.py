@@ -7,8 +7,10 @@ import plotly.express as px
 import streamlit as st
 
 from pages._charts import show_chart
+from pages._layer_picker import layer_picker
+from pages._results import require_outcome
 from pages._routing import ensure_routed
-from pages._shared import layer_picker, require_outcome, result_label
+from pages._summaries import result_label
 from spap_service.analysis import SPAP_PRUNED, head_table, jaccard_matrix, normalized_scores, score_threshold
 
 ensure_routed()

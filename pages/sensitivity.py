@@ -9,21 +9,19 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages._charts import show_chart
+from pages._estimates import estimate_caption, executor_note, time_estimate
+from pages._job_progress import job_panel
+from pages._jobs import refused_before_queueing
+from pages._results import latest_table
 from pages._routing import ensure_routed
-from pages._shared import (
+from pages._tables import (
     comparison_header,
-    estimate_caption,
-    executor_note,
     failed_points_warning,
     fixed_settings_caption,
     form_state,
-    job_panel,
-    latest_table,
-    refused_before_queueing,
     request_table,
     restore_form,
     shown_table_differs,
-    time_estimate,
 )
 from pages._text import plain
 from pages._widgets import declared_range, unless_preset

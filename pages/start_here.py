@@ -2,8 +2,10 @@
 
 import streamlit as st
 
+from pages._model import current_model, device_label
+from pages._requests import run_size_note
+from pages._results import latest_outcome
 from pages._routing import ensure_routed
-from pages._shared import current_model, device_label, latest_outcome, run_size_note
 from pages._text import plain
 
 ensure_routed()

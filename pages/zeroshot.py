@@ -9,17 +9,13 @@ import plotly.express as px
 import streamlit as st
 
 from pages._charts import show_chart
+from pages._job_progress import job_panel
+from pages._links import PAGE_RUN
+from pages._model import require_model
+from pages._results import latest_outcome, latest_table, require_pruned_model
 from pages._routing import ensure_routed
-from pages._shared import (
-    PAGE_RUN,
-    job_panel,
-    latest_outcome,
-    latest_table,
-    request_table,
-    require_model,
-    require_pruned_model,
-    result_label,
-)
+from pages._summaries import result_label
+from pages._tables import request_table
 from pages._text import chart_text, plain
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.evaluation.zeroshot import STANDARD_TASKS

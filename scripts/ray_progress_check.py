@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ray
 
-from pages._shared import progress_fraction, progress_text
+from pages._job_progress import progress_fraction, progress_text
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import load_model
 from spap_service.data import DataSpec, TextChoice

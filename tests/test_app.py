@@ -397,7 +397,7 @@ def test_two_sessions_run_side_by_side_without_touching_the_shared_model(app_fil
     assert outcome_2.result.model.config.intermediate_size == 64
     assert outcome_1.dense.perplexity == outcome_2.dense.perplexity  # the dense model is shared and unchanged
     reference = tiny_llama()  # the weights the tiny model was saved with
-    from pages._shared import _load_model_shared
+    from pages._model import _load_model_shared
 
     shared = _load_model_shared(str(app_files["model"]), "auto", "auto").model
     for name, parameter in reference.state_dict().items():
@@ -816,7 +816,7 @@ def test_a_sweep_point_that_failed_on_its_worker_is_said_and_retried(ran_app, mo
 def test_the_progress_line_says_where_each_run_is_in_process_and_on_ray_workers():
     """The progress bar's text and share, for a run, a sweep in this process, and a sweep whose
     runs go in parallel on Ray workers (each running one with its own layer and ρ iteration)."""
-    from pages._shared import progress_fraction, progress_text
+    from pages._job_progress import progress_fraction, progress_text
     from spap_service.jobs import Job, JobProgress, ProgressReporter
 
     def job(progress: JobProgress) -> Job:

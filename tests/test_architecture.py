@@ -147,7 +147,7 @@ def test_one_default_data_order_for_every_entry_point(monkeypatch, tmp_path):
     """A configured file, then the local data folder, then the hub: the local copy wins even where
     the hub answers, so the CLI, the app and the benchmarks calibrate on the same text."""
     import spap_core.data.texts as data
-    from pages._shared import _default_text_choice
+    from pages._requests import _default_text_choice
 
     (tmp_path / "wikitext-2").mkdir()
     for name in ("wiki.valid.tokens", "wiki.test.joined.txt"):

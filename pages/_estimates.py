@@ -1,0 +1,37 @@
+"""How long the runs a page is about to queue should take here, and where a sweep's or scan's points
+run, as the captions beside the button say it (the estimates themselves: spap_service.estimates)."""
+
+from __future__ import annotations
+
+from spap_core.models.loading import LoadedModel
+from spap_service.data import dense_perplexity_known
+from spap_service.estimates import duration, many_runs_seconds, model_speed
+from spap_service.executors import RayExecutor, point_executor
+from spap_service.runs import RunRequest
+
+
+def time_estimate(loaded: LoadedModel, requests: list[RunRequest]) -> float | None:
+    """Seconds the runs of `requests` should take here (spap_service.estimates); None when the
+    model cannot be timed (then nothing is claimed)."""
+    if not requests:
+        return 0.0
+    try:
+        speed = model_speed(loaded)
+    except (RuntimeError, ValueError):  # a model that does not run on random ids says so when it runs
+        return None
+    return many_runs_seconds(speed, requests, dense_perplexity_known(loaded, requests[0].data))
+
+
+def estimate_caption(what: str, seconds: float | None) -> str:
+    """"This run: about 2 min on this machine, …", or that no estimate is claimed when `seconds` is None."""
+    if seconds is None:
+        return f"{what}: no time estimate for this model."
+    return (f"{what}: {duration(seconds)} on this machine, estimated from this model's measured speed; the time it "
+            "took is shown next to the result.")
+
+
+def executor_note() -> str:
+    """Where a sweep's or scan's points run (spap_service.executors), for the caption under its estimate."""
+    executor = point_executor()
+    note = f"Its points run {executor.description}"
+    return note + (" (the estimate counts them one after another)." if isinstance(executor, RayExecutor) else ".")
