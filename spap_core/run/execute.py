@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
@@ -24,7 +23,7 @@ from spap_core.pipeline.experiment import Experiment, plan_run, run_experiment
 from spap_core.pipeline.split import BudgetSplit, split_budget
 from spap_core.pipeline.walk import PruneResult
 from spap_core.run.progress import RunProgress
-from spap_core.run.spec import MeasuredDense, RunData, RunSpec, RunTexts
+from spap_core.run.spec import MeasuredDense, RunData, RunOutput, RunSpec, RunTexts
 from spap_core.storage.runs import staged_directory, write_run
 
 
@@ -103,8 +102,7 @@ def run(loaded: LoadedModel, spec: RunSpec, inputs: RunTexts | RunData, *, dense
         result.zeroshot = {"dense": zeroshot_dense, "pruned": zeroshot_pruned}
         progress.zeroshot_compared(zeroshot_dense, zeroshot_pruned)
     if spec.output is not None:
-        result.save_error = save_run(spec.output.folder, spec.output.overwrite, loaded.tokenizer, result.record(),
-                                     experiment.result)
+        result.save_error = _save(spec.output, loaded.tokenizer, result.record(), experiment.result)
     return result
 
 
@@ -137,16 +135,15 @@ def _zeroshot(loaded: LoadedModel, spec: RunSpec, which: str, progress: RunProgr
                              task_paths=list(request.task_paths), cancel=cancel)
 
 
-def save_run(out: Path, overwrite: bool, tokenizer: PreTrainedTokenizerBase, record: dict,
-             result: PruneResult) -> str | None:
-    """Save the pruned model and the run record in `out`, whole or not at all (staged_directory),
+def _save(output: RunOutput, tokenizer: PreTrainedTokenizerBase, record: dict, result: PruneResult) -> str | None:
+    """Save the pruned model and the run record in the output folder, whole or not at all (staged_directory),
     and return why it failed (None when saved), so the result that took the run to compute is
     still reported. Any exception counts: a full disk comes as safetensors' own error type, a
     model with per-layer widths as a refusal, not only as OSError."""
     try:
         if result.model is None:
             raise SpapInputError("the run holds no pruned model (a run read back from its folder keeps no weights)")
-        with staged_directory(out, replace=overwrite) as staging:
+        with staged_directory(output.folder, replace=output.overwrite) as staging:
             save_pruned(result.model, tokenizer, staging)
             write_run(staging, record, result)
     except Exception as exc:  # reported to the user, with the result kept
