@@ -1,5 +1,5 @@
 """What every benchmark shares: one model load, fixed token windows, settings overrides written
-with the parameter keys of the CLI and the share link (`K=10,bias=false`), the experiment code of
+with the parameter keys of the CLI and the share link (`K=10,bias=false`), the run API of
 the CLI and the app, and a Markdown header that records machine and protocol."""
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from spap_core.evaluation.perplexity import PerplexityResult, perplexity
 from spap_core.methods.altmin import AltMinSettings, adam_step_dtype
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import LoadedModel, load_model
-from spap_core.pipeline.experiment import run_experiment
 from spap_core.pipeline.parameters import with_values
+from spap_core.run.execute import RunResult, run
+from spap_core.run.spec import MeasuredDense, ParameterBudget, RunData, RunSpec
 
 # Shakespeare is the out-of-domain text; it has no library default, so it is read from the data folder.
 SHAKESPEARE_FILE = Path(os.environ.get(DATA_DIR_ENV, Path(__file__).resolve().parents[2] / "shared" / "data"),
@@ -44,10 +45,15 @@ def evaluation_text(name: str) -> TextSource:
     return resolve_text(None, "evaluation") if name == "wikitext2" else text_from_file(SHAKESPEARE_FILE)
 
 
+BATCH_SIZE = 4  # windows per forward pass of every benchmark run (the committed tables were measured so)
+
+
 @dataclass
 class Protocol:
     loaded: LoadedModel
+    calibration_source: TextSource
     calibration: torch.Tensor
+    eval_sources: dict[str, TextSource]
     eval_sets: dict[str, torch.Tensor]
     dense: dict[str, PerplexityResult]
     description: str
@@ -55,6 +61,28 @@ class Protocol:
     @property
     def dense_ppl(self) -> dict[str, float]:
         return {name: result.perplexity for name, result in self.dense.items()}
+
+    def run(self, settings: PruneSettings, seed: int, budget: ParameterBudget | None = None) -> RunResult:
+        """One run through the run API of the CLI and the app, on a copy of the model: the
+        protocol's calibration windows and its first evaluation set, whose dense perplexity it
+        holds."""
+        name = next(iter(self.eval_sets))
+        calibration, evaluation = self.calibration, self.eval_sets[name]
+        spec = RunSpec(settings=settings, nsamples=calibration.shape[0], seqlen=calibration.shape[1], seed=seed,
+                       eval_len=evaluation.shape[1], eval_windows=evaluation.shape[0], batch_size=BATCH_SIZE,
+                       budget=budget)
+        data = RunData(calibration_source=self.calibration_source, evaluation_source=self.eval_sources[name],
+                       calibration=calibration, evaluation=evaluation)
+        return run(self.loaded, spec, data, dense=MeasuredDense(self.dense[name], cached=True))
+
+    def perplexities(self, result: RunResult) -> dict[str, float]:
+        """The pruned model's perplexity on every evaluation set: the run's own on the first."""
+        names = list(self.eval_sets)
+        experiment = result.experiment
+        ppl = {names[0]: experiment.pruned.perplexity}
+        ppl.update({name: perplexity(experiment.result.model, self.eval_sets[name]).perplexity
+                    for name in names[1:]})
+        return ppl
 
 
 def add_protocol_args(parser, sparsities: list[float], texts: list[str]) -> None:
@@ -89,7 +117,7 @@ class ProtocolWorker:
     same as the driver's (fixed seeds), then one measurement at a time."""
 
     def __init__(self, arguments: tuple) -> None:
-        from spap_service.executors import worker_device
+        from spap_service.ray_pool import worker_device
 
         worker_device()  # the CPU threads or the GPU Ray gave it
         self.protocol = load_protocol(*arguments)
@@ -107,7 +135,7 @@ def measure_each(protocol: Protocol, arguments: tuple, settings: list[PruneSetti
         for index, one in enumerate(settings):
             yield index, measure(protocol, one, seed)
         return
-    from spap_service.executors import connect_ray, pool_map, worker_pool
+    from spap_service.ray_pool import connect_ray, pool_map, worker_pool
 
     try:
         ray = connect_ray(ray_address, import_paths=[str(Path(__file__).resolve().parent)])
@@ -138,7 +166,7 @@ def load_protocol(model: str, nsamples: int, seqlen: int, eval_windows: int, see
         + f". Machine: {platform.machine()} CPU, {torch.get_num_threads()} torch threads, device {loaded.device}, "
         f"weights in {next(loaded.model.parameters()).dtype}, {adam_products(loaded.device)}."
     )
-    return Protocol(loaded, calibration, eval_sets, dense, description)
+    return Protocol(loaded, calibration_source, calibration, sources, eval_sets, dense, description)
 
 
 def recovery_record(settings: PruneSettings) -> dict | None:
@@ -204,13 +232,10 @@ def variant_settings(variant: str, sparsity: float) -> tuple[str, str, PruneSett
 
 
 def measure(protocol: Protocol, settings: PruneSettings, seed: int) -> dict:
-    """Prune through the experiment code the CLI and the app use (dense perplexity of the first
-    evaluation set taken from the protocol), then perplexity on every other evaluation set; the
-    layer error relative to the dense output energy, and the time split."""
-    names = list(protocol.eval_sets)
-    experiment = run_experiment(protocol.loaded, protocol.calibration, protocol.eval_sets[names[0]], settings,
-                                seed=seed, dense=protocol.dense[names[0]])
-    ppl = {names[0]: experiment.pruned.perplexity}
-    ppl.update({name: perplexity(experiment.result.model, protocol.eval_sets[name]).perplexity for name in names[1:]})
-    return {"ppl": ppl, "relative_error": experiment.result.relative_error, "prune_seconds": experiment.prune_seconds,
-            "timings": experiment.result.timings, "params_after": experiment.result.params_after}
+    """Prune through the run API the CLI and the app use (Protocol.run), then perplexity on every
+    other evaluation set; the layer error relative to the dense output energy, and the time split."""
+    result = protocol.run(settings, seed)
+    experiment = result.experiment
+    return {"ppl": protocol.perplexities(result), "relative_error": experiment.result.relative_error,
+            "prune_seconds": experiment.prune_seconds, "timings": experiment.result.timings,
+            "params_after": experiment.result.params_after}

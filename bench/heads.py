@@ -4,10 +4,11 @@ context lengths (ratios to the dense model within one measurement run).
 
     SPAP_DATA_DIR=../shared/data python bench/heads.py --out docs/results/heads.md
 
-For each budget the MLP-only row prunes channels alone (spap_core.pipeline.split with the heads untouched);
-the MLP+heads row removes --heads of every layer's heads and the MLP sparsity that fills the same
-budget; the split the layer-objective criterion would choose is reported beside them. SPAP and FLAP
-prune the same shapes, so the latency is measured once per shape.
+Every row is one run of the run API with a parameter budget: the MLP-only row prunes channels alone
+(the split with the heads untouched); the MLP+heads row removes --heads of every layer's heads and
+the MLP sparsity that fills the same budget; the split the layer-objective criterion would choose
+is reported beside them. SPAP and FLAP prune the same shapes, so the latency is measured once per
+shape.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ import torch
 from common import add_protocol_args, load_protocol
 
 from spap_core.evaluation.latency import latency_ratios, measure_latencies
-from spap_core.evaluation.perplexity import perplexity
-from spap_core.methods.registry import PruneSettings, settings_for_family
-from spap_core.pipeline.experiment import run_experiment
+from spap_core.methods.registry import PruneSettings
 from spap_core.pipeline.split import split_budget
+from spap_core.run.spec import ParameterBudget
 
 MODES = ("MLP only", "MLP + heads")
 
@@ -39,25 +39,21 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     protocol = load_protocol(args.model, args.nsamples, args.seqlen, args.eval_windows, args.seed, args.eval)
-    loaded, names = protocol.loaded, list(protocol.eval_sets)
+    loaded = protocol.loaded
     rows, splits, shapes = [], {}, {}
     for budget in args.sparsities:
         chosen = split_budget(loaded, protocol.calibration, budget)
         splits[budget] = {"chosen": chosen.describe(), "head_sparsity": chosen.head_sparsity,
                           "objectives": chosen.objectives}
         for mode, heads in zip(MODES, (0.0, args.heads)):
-            split = split_budget(loaded, protocol.calibration, budget, head_sparsity=heads)
             for method in args.methods:
-                settings, _ = settings_for_family(
-                    PruneSettings(method=method, sparsity=split.sparsity, head_sparsity=split.head_sparsity),
-                    loaded.family)
-                experiment = run_experiment(loaded, protocol.calibration, protocol.eval_sets[names[0]], settings,
-                                            seed=args.seed, dense=protocol.dense[names[0]])
-                ppl = {names[0]: experiment.pruned.perplexity}
-                ppl.update({name: perplexity(experiment.result.model, protocol.eval_sets[name]).perplexity
-                            for name in names[1:]})
+                # the budget stands in for the MLP sparsity until the run's split decides it
+                result = protocol.run(PruneSettings(method=method, sparsity=budget, head_sparsity=heads), args.seed,
+                                      ParameterBudget(budget, head_sparsity=heads))
+                split, experiment = result.split, result.experiment
+                assert split is not None  # a run with a budget splits it
                 rows.append({"budget": budget, "mode": mode, "method": method, "sparsity": split.sparsity,
-                             "head_sparsity": split.head_sparsity, "ppl": ppl,
+                             "head_sparsity": split.head_sparsity, "ppl": protocol.perplexities(result),
                              "params_after": experiment.result.params_after,
                              "params_before": experiment.result.params_before,
                              "prune_seconds": experiment.prune_seconds,

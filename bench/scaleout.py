@@ -25,8 +25,9 @@ import torch
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import load_model
 from spap_service.data import DataSpec, TextChoice
-from spap_service.executors import LOCAL, PointWorker, connect_ray, measure_point, pool_map, worker_pool
+from spap_service.executors import PointWorker, measure_point
 from spap_service.jobs import ProgressReporter
+from spap_service.ray_pool import LOCAL, connect_ray, pool_map, worker_pool
 from spap_service.runs import RunRequest
 
 

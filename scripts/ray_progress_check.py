@@ -20,8 +20,9 @@ from pages._job_progress import progress_fraction, progress_text
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import load_model
 from spap_service.data import DataSpec, TextChoice
-from spap_service.executors import LOCAL, RayExecutor, connect_ray
+from spap_service.executors import RayExecutor
 from spap_service.jobs import Job
+from spap_service.ray_pool import LOCAL, connect_ray
 from spap_service.runs import RunRequest
 
 

@@ -9,22 +9,12 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from spap_core.data.texts import (
-    HUB_SPEC,
-    SAMPLED_TEXT_TOKENS,
-    calibration_windows,
-    default_text_spec,
-    evaluation_windows,
-    text_sampled_from_model,
-    text_without_model,
-)
+from spap_core.data.texts import HUB_SPEC, default_text_spec, text_without_model
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
 from spap_core.evaluation.latency import latency_ratios, measure_latencies
 from spap_core.evaluation.zeroshot import (
@@ -34,7 +24,6 @@ from spap_core.evaluation.zeroshot import (
     comparison_rows,
     format_comparison,
     parse_tasks,
-    zeroshot_accuracy,
 )
 from spap_core.methods.allocation import ALLOCATIONS, UNIFORM
 from spap_core.methods.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
@@ -43,8 +32,6 @@ from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.models.device import resolve_device
 from spap_core.models.loading import DEFAULT_MODEL, Placement, load_model, model_files, model_source
 from spap_core.models.offload import DEVICE_MAP_STRATEGIES, LAYERS_ON_DISK
-from spap_core.models.shrink import save_pruned
-from spap_core.pipeline.experiment import plan_run, run_experiment
 from spap_core.pipeline.parameters import (
     DATA_PARAMETERS,
     GROUPS,
@@ -53,9 +40,9 @@ from spap_core.pipeline.parameters import (
     Parameter,
     with_values,
 )
-from spap_core.pipeline.split import split_budget
-from spap_core.pipeline.walk import PruneResult
-from spap_core.storage.runs import staged_directory, write_run
+from spap_core.run.execute import run
+from spap_core.run.progress import RunProgress
+from spap_core.run.spec import ParameterBudget, RunOutput, RunSpec, RunTexts, ZeroShotRequest
 from spap_core.system.access import checked_path, output_folder
 
 EXIT_BAD_INPUT = 2
@@ -303,15 +290,6 @@ def _zeroshot_paths(args: argparse.Namespace) -> list[str]:
     return [] if args.zeroshot_tasks_dir is None else [args.zeroshot_tasks_dir]
 
 
-def _zeroshot(args: argparse.Namespace, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-              which: str) -> dict[str, dict]:
-    """Zero-shot accuracy of the `which` model on the --zeroshot tasks (progress on stderr)."""
-    tasks = parse_tasks(args.zeroshot)
-    print(f"zero-shot accuracy of the {which} model: {', '.join(tasks)}", file=sys.stderr)
-    return zeroshot_accuracy(model, tokenizer, tasks, limit=args.zeroshot_limit, batch_size=args.batch_size,
-                             task_paths=_zeroshot_paths(args))
-
-
 def prune_settings(args: argparse.Namespace) -> PruneSettings:
     """The settings the flags describe: the method's own flags given, over its defaults. With
     --param-sparsity the budget stands in for the MLP sparsity until split_budget decides it."""
@@ -340,78 +318,67 @@ def _check_method_flags(args: argparse.Namespace) -> None:
 
 
 def run_prune(args: argparse.Namespace) -> dict:
+    """The texts read and the model loaded in the order of the refusals, then one run of the run
+    API (spap_core.run.execute.run); its record, with save_error when --out could not be saved."""
     settings = prune_settings(args)  # validate before the slow model load
     resolve_device(args.device)
     # a text file that is missing, no regular file, too big or not UTF-8 is refused before the load
-    calib_text = text_without_model(args.calib_file, "calibration")
-    eval_text = text_without_model(args.eval_file, "evaluation")
+    texts = RunTexts(calibration=text_without_model(args.calib_file, "calibration"),
+                     evaluation=text_without_model(args.eval_file, "evaluation"))
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement(args))
-    # every refusal that the model's config decides, before any text is read or forward pass run
-    _, adjustments = plan_run(loaded, settings, (args.seqlen, args.eval_len),
-                              calibration_tokens=args.nsamples * args.seqlen, batch_size=args.batch_size,
-                              copies_model=False)  # the CLI prunes in place
-    for note in adjustments:
-        print(f"note: {note}", file=sys.stderr)
-    calib_text = calib_text or text_sampled_from_model(loaded.model, loaded.tokenizer, SAMPLED_TEXT_TOKENS)
-    eval_text = eval_text or text_sampled_from_model(loaded.model, loaded.tokenizer, SAMPLED_TEXT_TOKENS)
-    calibration = calibration_windows(loaded.tokenizer, calib_text, args.nsamples, args.seqlen, args.seed)
-    windows = evaluation_windows(loaded.tokenizer, eval_text, args.eval_len, args.eval_windows or None)
-    split = None
-    if args.param_sparsity is not None:
-        split = split_budget(loaded, calibration, args.param_sparsity, args.head_sparsity, args.batch_size)
-        settings = replace(settings, sparsity=split.sparsity, head_sparsity=split.head_sparsity)
-        print(f"note: {split.describe()}", file=sys.stderr)
-        plan_run(loaded, settings, (args.seqlen, args.eval_len), calibration_tokens=args.nsamples * args.seqlen,
-                 batch_size=args.batch_size, copies_model=False)
-    # before the walk, which prunes this very model in place
-    zeroshot_dense = _zeroshot(args, loaded.model, loaded.tokenizer, "dense") if args.zeroshot else None
-    with tqdm(total=windows.shape[0], desc="dense perplexity", file=sys.stderr, unit="batch") as dense_bar, \
-            tqdm(desc=f"{args.method} layers", file=sys.stderr, unit="layer") as layer_bar, \
-            tqdm(total=windows.shape[0], desc="pruned perplexity", file=sys.stderr, unit="batch") as pruned_bar:
-        def on_layer(done: int, total: int) -> None:
-            layer_bar.total = total
-            layer_bar.update(done - layer_bar.n)
-
-        experiment = run_experiment(
-            loaded, calibration, windows, settings, seed=args.seed, batch_size=args.batch_size, inplace=True,
-            on_layer=on_layer, on_dense_batch=lambda i, n: dense_bar.update(i - dense_bar.n),
-            on_pruned_batch=lambda i, n: pruned_bar.update(i - pruned_bar.n),
-        )
-    result = experiment.result
-    record = experiment.record(
-        loaded, eval_source=eval_text.label, calib_source=calib_text.label, calib_synthetic=calib_text.synthetic,
-        nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
-    )
-    if split is not None:
-        record["budget"] = {"param_sparsity": split.budget, "removed_of_layers": split.removed / split.total,
-                            "summed_layer_errors": split.objectives, "description": split.describe()}
-    if zeroshot_dense is not None:
-        assert result.model is not None  # the model run_experiment has just pruned
-        zeroshot_pruned = _zeroshot(args, result.model, loaded.tokenizer, "pruned")
-        record["zeroshot"] = {"dense": zeroshot_dense, "pruned": zeroshot_pruned}
-        print(format_comparison(comparison_rows(zeroshot_dense, zeroshot_pruned)), file=sys.stderr)
-    if args.out is not None:
-        save_error = save_run(_out_path(args), args.overwrite, loaded.tokenizer, record, result)
-        if save_error:
-            record["save_error"] = save_error
+    outcome = run(loaded, run_spec(args, settings), texts, progress=CliProgress(args.method))
+    record = outcome.record()
+    if outcome.save_error is not None:
+        record["save_error"] = outcome.save_error
     return record
 
 
-def save_run(out: Path, overwrite: bool, tokenizer: PreTrainedTokenizerBase, record: dict,
-             result: PruneResult) -> str | None:
-    """Save the pruned model and the run record in `out`, whole or not at all (staged_directory),
-    and return why it failed (None when saved), so the result that took the run to compute is
-    still reported. Any exception counts: a full disk comes as safetensors' own error type, a
-    model with per-layer widths as a refusal, not only as OSError."""
-    try:
-        if result.model is None:
-            raise SpapInputError("the run holds no pruned model (a run read back from its folder keeps no weights)")
-        with staged_directory(out, replace=overwrite) as staging:
-            save_pruned(result.model, tokenizer, staging)
-            write_run(staging, record, result)
-    except Exception as exc:  # reported to the user, with the result kept
-        return " ".join(str(exc).split()) or type(exc).__name__
-    return None
+def run_spec(args: argparse.Namespace, settings: PruneSettings) -> RunSpec:
+    """The run the flags ask for: in place (the CLI keeps no dense copy), saved in --out when given."""
+    budget = None if args.param_sparsity is None else ParameterBudget(args.param_sparsity, args.head_sparsity)
+    zeroshot = None if args.zeroshot is None else ZeroShotRequest(parse_tasks(args.zeroshot), args.zeroshot_limit,
+                                                                  tuple(_zeroshot_paths(args)))
+    output = None if args.out is None else RunOutput(_out_path(args), args.overwrite)
+    return RunSpec(settings=settings, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                   eval_len=args.eval_len, eval_windows=args.eval_windows or None, batch_size=args.batch_size,
+                   budget=budget, zeroshot=zeroshot, inplace=True, output=output)
+
+
+class CliProgress(RunProgress):
+    """A run's progress on stderr: its notes, the zero-shot tasks and their comparison table, and
+    one progress bar each for the dense perplexity, the layers of `method` and the pruned
+    perplexity."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.bars: dict[str, tqdm] = {}
+
+    def note(self, text: str) -> None:
+        print(f"note: {text}", file=sys.stderr)
+
+    def zeroshot_started(self, which: str, tasks: Sequence[str]) -> None:
+        print(f"zero-shot accuracy of the {which} model: {', '.join(tasks)}", file=sys.stderr)
+
+    def zeroshot_compared(self, dense: dict[str, dict], pruned: dict[str, dict]) -> None:
+        print(format_comparison(comparison_rows(dense, pruned)), file=sys.stderr)
+
+    @contextlib.contextmanager
+    def experiment(self, windows: int) -> Iterator[None]:
+        with tqdm(total=windows, desc="dense perplexity", file=sys.stderr, unit="batch") as dense_bar, \
+                tqdm(desc=f"{self.method} layers", file=sys.stderr, unit="layer") as layer_bar, \
+                tqdm(total=windows, desc="pruned perplexity", file=sys.stderr, unit="batch") as pruned_bar:
+            self.bars = {"dense": dense_bar, "layers": layer_bar, "pruned": pruned_bar}
+            yield
+
+    def layer(self, done: int, total: int) -> None:
+        self.bars["layers"].total = total
+        self.bars["layers"].update(done - self.bars["layers"].n)
+
+    def dense_batch(self, done: int, total: int) -> None:
+        self.bars["dense"].update(done - self.bars["dense"].n)
+
+    def pruned_batch(self, done: int, total: int) -> None:
+        self.bars["pruned"].update(done - self.bars["pruned"].n)
 
 
 def run_latency(args: argparse.Namespace) -> dict:

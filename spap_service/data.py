@@ -15,6 +15,7 @@ import torch
 from spap_core.data.texts import TextSource, calibration_windows, evaluation_windows, resolve_text, text_from_file
 from spap_core.evaluation.perplexity import PerplexityResult, perplexity
 from spap_core.models.loading import LoadedModel
+from spap_core.run.spec import RunData
 from spap_service.cache import BoundedCache
 from spap_service.jobs import ProgressReporter
 
@@ -103,15 +104,7 @@ def model_key(loaded: LoadedModel) -> str:
     return f"{loaded.source}|{loaded.device}|{next(loaded.model.parameters()).dtype}"
 
 
-@dataclass(frozen=True)
-class PreparedData:
-    calibration_source: TextSource
-    evaluation_source: TextSource
-    calibration: torch.Tensor  # [N, L] token ids
-    evaluation: torch.Tensor  # [W, L] token ids
-
-
-def prepare_data(loaded: LoadedModel, data: DataSpec, seed: int) -> PreparedData:
+def prepare_data(loaded: LoadedModel, data: DataSpec, seed: int) -> RunData:
     """Token windows for calibration and evaluation (memoised: tokenizing WikiText takes seconds)."""
     key = (model_key(loaded), data.cache_key, seed)
     cached = _token_windows.get(key)
@@ -119,7 +112,7 @@ def prepare_data(loaded: LoadedModel, data: DataSpec, seed: int) -> PreparedData
         return cached
     calibration_source = data.calibration.resolve("calibration")
     evaluation_source = data.evaluation.resolve("evaluation")
-    prepared = PreparedData(
+    prepared = RunData(
         calibration_source=calibration_source,
         evaluation_source=evaluation_source,
         calibration=calibration_windows(loaded.tokenizer, calibration_source, data.nsamples, data.seqlen, seed),

@@ -13,6 +13,8 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -27,11 +29,13 @@ from spap_core.methods.base import MethodStep
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import LoadedModel, model_files, model_source
 from spap_core.models.shrink import load_pruned, save_pruned
-from spap_core.pipeline.experiment import Experiment, run_experiment
 from spap_core.pipeline.walk import PruneResult
+from spap_core.run.execute import RunResult, run
+from spap_core.run.progress import RunProgress
+from spap_core.run.spec import MeasuredDense, RunSpec
 from spap_core.storage.runs import RESULTS_DIR_ENV, new_run_directory, read_run, record_faults, results_root, write_run
 from spap_core.system.access import overlap
-from spap_service.data import DataSpec, PreparedData, batch_reporter, dense_perplexity, model_key, prepare_data
+from spap_service.data import DataSpec, batch_reporter, dense_perplexity, model_key, prepare_data
 from spap_service.jobs import ProgressReporter
 from spap_service.limits import server_limits
 from spap_service.run_index import enforce_caps, indexed_runs
@@ -48,6 +52,15 @@ class RunRequest:
     @property
     def cache_key(self) -> str:
         return f"{asdict(self.settings)}|seed={self.seed}|{self.data.cache_key}"
+
+    @property
+    def spec(self) -> RunSpec:
+        """The request as the run API takes it: a copy of the model is pruned (the app prunes one
+        model many times) and nothing is saved there (save_outcome saves the record under the
+        results root)."""
+        data = self.data
+        return RunSpec(settings=self.settings, nsamples=data.nsamples, seqlen=data.seqlen, seed=self.seed,
+                       eval_len=data.eval_len, eval_windows=data.eval_windows or None, batch_size=data.batch_size)
 
 
 _weights_lock = threading.RLock()  # a session's weights go to disk while its page may be loading them back
@@ -116,23 +129,45 @@ class RunOutcome:
         return f"spap-run-{self.request.settings.method}-{self.request.settings.sparsity:.2f}"
 
 
-def experiment_with_progress(loaded: LoadedModel, data: PreparedData, request: RunRequest, dense: PerplexityResult,
-                              progress: ProgressReporter, cancel: threading.Event) -> Experiment:
-    """run_experiment on a copy of the model, reporting layer i of L and ρ iteration k of K."""
-    iterations = request.settings.implementation.trace_length(request.settings.options)
-    n_layers = len(loaded.family.decoder_layers(loaded.model))
-    progress.update(phase=f"pruning ({request.settings.method})", layer=1, n_layers=n_layers,
-                    iteration=0, n_iterations=iterations)
+class JobRunProgress(RunProgress):
+    """A run's progress in its job's snapshot: layer i of L and ρ iteration k of K while it
+    prunes, then the batches of the pruned perplexity."""
 
-    def on_layer(done: int, total: int) -> None:
-        progress.update(layer=min(done + 1, total), n_layers=total, iteration=0 if done < total else iterations)
+    def __init__(self, loaded: LoadedModel, settings: PruneSettings, progress: ProgressReporter) -> None:
+        self.method = settings.method
+        self.iterations = settings.implementation.trace_length(settings.options)
+        self.n_layers = len(loaded.family.decoder_layers(loaded.model))
+        self.progress = progress
+        self._report_pruned_batch = batch_reporter(progress, "pruned perplexity")
 
-    def on_step(step: MethodStep) -> None:
-        progress.update(layer=step.layer + 1, iteration=step.iteration)
+    @contextmanager
+    def experiment(self, windows: int) -> Iterator[None]:
+        self.progress.update(phase=f"pruning ({self.method})", layer=1, n_layers=self.n_layers,
+                             iteration=0, n_iterations=self.iterations)
+        yield
 
-    return run_experiment(loaded, data.calibration, data.evaluation, request.settings, seed=request.seed,
-                          batch_size=request.data.batch_size, dense=dense, on_layer=on_layer, on_step=on_step,
-                          on_pruned_batch=batch_reporter(progress, "pruned perplexity"), cancel=cancel)
+    def layer(self, done: int, total: int) -> None:
+        self.progress.update(layer=min(done + 1, total), n_layers=total,
+                             iteration=0 if done < total else self.iterations)
+
+    def step(self, step: MethodStep) -> None:
+        self.progress.update(layer=step.layer + 1, iteration=step.iteration)
+
+    def pruned_batch(self, done: int, total: int) -> None:
+        self._report_pruned_batch(done, total)
+
+
+def run_request(loaded: LoadedModel, request: RunRequest, progress: ProgressReporter,
+                cancel: threading.Event) -> RunResult:
+    """The request through the run API on a copy of the model, with the token windows and the dense
+    perplexity this process keeps per model and text (spap_service.data)."""
+    data = prepare_data(loaded, request.data, request.seed)
+    started = time.perf_counter()
+    dense, dense_cached = dense_perplexity(loaded, request.data, data.evaluation, progress, cancel)
+    measured = MeasuredDense(dense, seconds=0.0 if dense_cached else time.perf_counter() - started,
+                             cached=dense_cached)
+    return run(loaded, request.spec, data, dense=measured, progress=JobRunProgress(loaded, request.settings, progress),
+               cancel=cancel)
 
 
 def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressReporter,
@@ -141,20 +176,13 @@ def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressRepo
     `owner` (the browser session) is saved with the run, so each session lists its own runs; a
     Ray worker runs it with `save` off and the app saves what it sends back (save_outcome)."""
     progress.update(phase="tokenizing calibration and evaluation text")
-    data = prepare_data(loaded, request.data, request.seed)
-    started = time.perf_counter()
-    dense, dense_cached = dense_perplexity(loaded, request.data, data.evaluation, progress, cancel)
-    dense_seconds = 0.0 if dense_cached else time.perf_counter() - started
-    experiment = experiment_with_progress(loaded, data, request, dense, progress, cancel)
+    result = run_request(loaded, request, progress, cancel)
     finished_at = time.time()
-    record = experiment.record(
-        loaded, dense_eval_seconds=dense_seconds, dense_ppl_cached=dense_cached,
-        eval_source=data.evaluation_source.label, calib_source=data.calibration_source.label,
-        nsamples=request.data.nsamples, seqlen=request.data.seqlen, seed=request.seed,
-        model_key=model_key(loaded), data=request.data.to_dict(), finished_at=finished_at, owner=owner,
-    )
+    record = result.record(model_key=model_key(loaded), data=request.data.to_dict(), finished_at=finished_at,
+                           owner=owner)
+    experiment = result.experiment
     outcome = RunOutcome(request=request, model_key=model_key(loaded), tokenizer=loaded.tokenizer,
-                         result=experiment.result, dense=dense, pruned=experiment.pruned, record=record,
+                         result=experiment.result, dense=experiment.dense, pruned=experiment.pruned, record=record,
                          finished_at=finished_at)
     return save_outcome(outcome) if save else outcome
 

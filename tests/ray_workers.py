@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 
 from spap_core.errors import PruningCancelled
-from spap_service.executors import PointResult, PointWorker, RayCancelFlag
+from spap_service.executors import PointResult, PointWorker
+from spap_service.ray_pool import RayCancelFlag
 
 GATE_S = 60.0  # how long a gated point waits before it gives up (a test that hangs would say so)
 

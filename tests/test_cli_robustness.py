@@ -25,6 +25,7 @@ from test_cli import last_json_line, prune_args
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 import spap_core.cli as cli
+import spap_core.run.execute as execute
 from spap_core.cli import main
 from spap_core.models.loading import load_model
 from spap_core.storage.runs import staged_directory
@@ -160,8 +161,8 @@ def test_overwrite_replaces_the_old_folder_only_once_the_new_one_is_complete(tin
         staged.append(Path(directory))
         return cli_write_run(directory, record, result)
 
-    cli_write_run = cli.write_run
-    monkeypatch.setattr(cli, "write_run", write_run_while_old_is_intact)
+    cli_write_run = execute.write_run
+    monkeypatch.setattr(execute, "write_run", write_run_while_old_is_intact)
     assert run(fast_prune(tiny_dir, text_files, "--out", str(out), "--overwrite")) == 0
     result = last_json_line(capsys.readouterr().out)
     assert staged[0].parent == out.parent and staged[0].name.startswith(".pruned")
@@ -213,13 +214,13 @@ def test_ctrl_c_while_pruning_is_one_line_and_exit_130(tiny_dir, text_files, tmp
 @pytest.mark.parametrize("existing", [False, True])
 def test_ctrl_c_while_saving_leaves_no_partial_folder(tiny_dir, text_files, tmp_path, monkeypatch, capsys, step,
                                                       existing):
-    real = getattr(cli, step)
+    real = getattr(execute, step)
 
     def write_then_interrupt(*args, **kwargs):
         real(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, step, write_then_interrupt)
+    monkeypatch.setattr(execute, step, write_then_interrupt)
     out = tmp_path / "pruned"
     if existing:
         write_old_save(out)
@@ -300,7 +301,7 @@ def test_every_numeric_flag_takes_its_declared_bounds_and_refuses_past_them(no_m
 def test_a_stop_signal_while_saving_is_one_line_its_exit_code_and_no_staging_folder(
         tiny_dir, text_files, tmp_path, monkeypatch, capsys, signum):
     out = tmp_path / "pruned"
-    real = cli.save_pruned
+    real = execute.save_pruned
     seen = []
 
     def save_then_signal(model, tokenizer, staging):
@@ -309,7 +310,7 @@ def test_a_stop_signal_while_saving_is_one_line_its_exit_code_and_no_staging_fol
         os.kill(os.getpid(), signum)  # handled at once, in this (the main) thread
         raise AssertionError("the signal did not stop the save")
 
-    monkeypatch.setattr(cli, "save_pruned", save_then_signal)
+    monkeypatch.setattr(execute, "save_pruned", save_then_signal)
     before = signal.signal(signum, signal.SIG_DFL)  # as in a terminal, also when the tests run under nohup
     try:
         code = run(fast_prune(tiny_dir, text_files, "--out", str(out)))
@@ -348,11 +349,12 @@ def test_sigterm_stops_the_real_command_and_removes_its_staging_folder(tiny_dir,
     script.write_text(
         "import sys, time\n"
         "import spap_core.cli as cli\n"
-        "real = cli.save_pruned\n"
+        "import spap_core.run.execute as execute\n"
+        "real = execute.save_pruned\n"
         "def slow(*args, **kwargs):\n"
         "    real(*args, **kwargs)\n"
         "    time.sleep(120)\n"
-        "cli.save_pruned = slow\n"
+        "execute.save_pruned = slow\n"
         "sys.exit(cli.main(sys.argv[1:]))\n")
     process = subprocess.Popen([sys.executable, str(script), *fast_prune(tiny_dir, text_files, "--out", str(out))],
                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,

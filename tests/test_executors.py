@@ -18,10 +18,11 @@ from spap_core.errors import PruningCancelled
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import PruneSettings, with_options
 from spap_core.models.loading import load_model
-from spap_service import comparisons, executors
+from spap_service import comparisons, executors, ray_pool
 from spap_service.data import DataSpec, TextChoice, model_key
-from spap_service.executors import LOCAL, InProcessExecutor, RayExecutor, worker_pool
+from spap_service.executors import InProcessExecutor, RayExecutor
 from spap_service.jobs import ProgressReporter
+from spap_service.ray_pool import LOCAL, worker_pool
 from spap_service.runs import RunRequest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,9 +117,9 @@ def test_a_sweep_through_ray_has_the_rows_of_one_in_this_process(local_ray, poin
     tables = {}
     for address in (None, LOCAL):
         if address is None:
-            monkeypatch.delenv(executors.RAY_ADDRESS_ENV, raising=False)
+            monkeypatch.delenv(ray_pool.RAY_ADDRESS_ENV, raising=False)
         else:
-            monkeypatch.setenv(executors.RAY_ADDRESS_ENV, address)
+            monkeypatch.setenv(ray_pool.RAY_ADDRESS_ENV, address)
         tables[address] = comparisons.sweep_sparsities(loaded, base, methods, [0.25, 0.5], Progress(),
                                                        threading.Event())
     here, there = tables[None], tables[LOCAL]
@@ -179,7 +180,7 @@ def test_a_sweep_on_ray_shows_where_each_running_point_is_and_a_cancel_stops_the
     the workers stay (their model loaded) instead of being killed."""
     from ray_workers import GatedWorker
 
-    monkeypatch.setattr(executors, "PROGRESS_POLL_S", 0.0)
+    monkeypatch.setattr(ray_pool, "PROGRESS_POLL_S", 0.0)
     loaded, requests = points
     executor = RayExecutor(LOCAL)
     executor._pools[model_key(loaded)] = workers = worker_pool(ray, GatedWorker, (loaded.source, "float32"))
@@ -205,8 +206,8 @@ def test_a_sweep_on_ray_shows_where_each_running_point_is_and_a_cancel_stops_the
 def test_a_point_that_does_not_stop_loses_its_worker_after_the_grace_period(local_ray, points, monkeypatch):
     from ray_workers import DeafWorker
 
-    monkeypatch.setattr(executors, "PROGRESS_POLL_S", 0.0)
-    monkeypatch.setattr(executors, "CANCEL_GRACE_S", 0.5)
+    monkeypatch.setattr(ray_pool, "PROGRESS_POLL_S", 0.0)
+    monkeypatch.setattr(ray_pool, "CANCEL_GRACE_S", 0.5)
     loaded, requests = points
     executor = RayExecutor(LOCAL)
     executor._pools[model_key(loaded)] = [worker] = worker_pool(ray, DeafWorker, (loaded.source, "float32"), count=1)
@@ -226,7 +227,7 @@ def test_a_run_on_ray_shows_its_layer_and_rho_iteration_as_in_process(local_ray,
     """What the worker's run reports reaches the job as the in-process run's would, said to be on a worker."""
     from ray_workers import GatedWorker
 
-    monkeypatch.setattr(executors, "PROGRESS_POLL_S", 0.0)
+    monkeypatch.setattr(ray_pool, "PROGRESS_POLL_S", 0.0)
     loaded, requests = points
     executor = RayExecutor(LOCAL)
     executor._pools[model_key(loaded)] = [worker] = worker_pool(ray, GatedWorker, (loaded.source, "float32"), count=1)
@@ -247,4 +248,4 @@ def test_a_ray_too_old_to_cancel_a_running_point_is_refused_with_the_version_it_
 
     monkeypatch.setattr(ray, "__version__", "2.53.1")
     with pytest.raises(SourceUnavailableError, match=r"Ray 2\.53\.1 is too old: Cancel needs Ray 2\.54 or later"):
-        executors.connect_ray(LOCAL)
+        ray_pool.connect_ray(LOCAL)

@@ -1,4 +1,4 @@
-"""Connecting to a Ray cluster is bounded (spap_service.executors.connect_ray): an address nothing
+"""Connecting to a Ray cluster is bounded (spap_service.ray_pool.connect_ray): an address nothing
 answers fails in one line that names it, without Ray's warnings on the terminal, an address that
 never answers fails at the bound (lowered here to keep the tests quick) and is not waited for again
 by the next jobs, the job queue goes on with the other sessions' jobs, and a live cluster still
@@ -16,9 +16,10 @@ import pytest
 import ray
 
 from spap_core.errors import SourceUnavailableError, SpapInputError
-from spap_service import executors
-from spap_service.executors import RayExecutor, connect_ray
+from spap_service import executors, ray_pool
+from spap_service.executors import RayExecutor
 from spap_service.jobs import JobQueue, JobStatus
+from spap_service.ray_pool import connect_ray
 
 BOUND_S = 3.0  # RAY_CONNECT_TIMEOUT_S in these tests
 WAIT_S = 120.0  # the longest a test waits for a job or for the cluster it starts
@@ -29,8 +30,8 @@ RAY_WARNINGS = ("Failed to connect to GCS", "rpc_client", "gcs_client")
 def no_ray(monkeypatch) -> Iterator[None]:
     """No Ray connected and no address remembered as silent, before and after each test."""
     ray.shutdown()
-    monkeypatch.setattr(executors, "_unanswered", {})
-    monkeypatch.setattr(executors, "RAY_CONNECT_TIMEOUT_S", BOUND_S)
+    monkeypatch.setattr(ray_pool, "_unanswered", {})
+    monkeypatch.setattr(ray_pool, "RAY_CONNECT_TIMEOUT_S", BOUND_S)
     yield
     ray.shutdown()
 
@@ -81,7 +82,7 @@ def test_a_port_that_never_answers_fails_at_the_bound_and_is_not_waited_for_agai
         connect_ray(address)
     assert_one_line_naming(remembered.value, address)
 
-    monkeypatch.setattr(executors, "RAY_RETRY_AFTER_S", 0.0)  # the time to try it again has come
+    monkeypatch.setattr(ray_pool, "RAY_RETRY_AFTER_S", 0.0)  # the time to try it again has come
     with pytest.raises(SourceUnavailableError, match=f"did not answer within {BOUND_S:g} s;"):
         connect_ray(address)
 
@@ -96,7 +97,7 @@ def test_a_job_whose_ray_never_answers_fails_in_one_line_and_the_queue_goes_on(s
     """In the app the silent address costs one job the bound; the other session's job runs after
     it, and the same session's next job fails at once, saying when the address was tried."""
     address = f"127.0.0.1:{silent_port}"
-    monkeypatch.setenv(executors.RAY_ADDRESS_ENV, address)
+    monkeypatch.setenv(ray_pool.RAY_ADDRESS_ENV, address)
     monkeypatch.setattr(executors, "_executor", None)
     queue = JobQueue()
     try:
@@ -143,7 +144,7 @@ def live_cluster() -> Iterator[str]:
 def test_a_live_cluster_connects_after_an_address_that_failed(closed_port, live_cluster, monkeypatch):
     """A failed attempt leaves nothing behind that stops the next one, and the checks let a Ray
     that answers through."""
-    monkeypatch.setattr(executors, "RAY_CONNECT_TIMEOUT_S", WAIT_S)  # a slow CI machine still starts Ray in time
+    monkeypatch.setattr(ray_pool, "RAY_CONNECT_TIMEOUT_S", WAIT_S)  # a slow CI machine still starts Ray in time
     with pytest.raises(SourceUnavailableError):
         connect_ray(f"127.0.0.1:{closed_port}")
     connected = connect_ray(live_cluster)

@@ -1,8 +1,8 @@
 """One pruning experiment: prune, then measure dense and pruned perplexity on the same windows.
 
-The CLI, the app's run and sweep jobs and the benchmarks all go through here, so a number shown in
-the browser and one printed by `python -m spap_core prune` come from the same code path and carry
-the same record fields.
+The run API (spap_core.run.execute), which the CLI, the app's run and sweep jobs and the benchmarks
+all call, goes through here, so a number shown in the browser and one printed by
+`python -m spap_core prune` come from the same code path and carry the same record fields.
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Itera
              calibration_tokens: int | None = None, batch_size: int = 4,
              copies_model: bool = True) -> tuple[PruneSettings, list[str]]:
     """Every refusal that depends only on the arguments, the model's config and the method, and
-    the settings the run will use (with a note for each change), before any forward pass: the CLI
-    calls it right after loading the model, the app before it queues a job, run_experiment first.
+    the settings the run will use (with a note for each change), before any forward pass: the run
+    API (spap_core.run.execute) calls it before it cuts any window, the app before it queues a job,
+    run_experiment first.
     With `calibration_tokens`, a run that cannot fit in the device's free memory is refused too."""
     window_lengths = tuple(window_lengths)
     positions = context_length(loaded.model)

@@ -1,0 +1,151 @@
+"""The run API (spap_core.run): one call prunes, evaluates, saves a record that read_run reads back,
+and gives the CLI's result for the CLI's settings; a caller's windows and dense perplexity are used
+as given, the progress hooks fire in order, and a cancel stops the run before anything is saved."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import last_json_line
+
+from spap_core.cli import main
+from spap_core.data.texts import calibration_windows, evaluation_windows, text_from_file
+from spap_core.errors import PruningCancelled
+from spap_core.evaluation.perplexity import perplexity
+from spap_core.methods.registry import PruneSettings
+from spap_core.models.loading import load_model
+from spap_core.run.execute import run
+from spap_core.run.progress import RunProgress
+from spap_core.run.spec import MeasuredDense, ParameterBudget, RunData, RunOutput, RunSpec, RunTexts
+from spap_core.storage.runs import read_run
+
+# fields that time the run, which differ between any two runs
+TIMINGS = ("prune_seconds", "eval_seconds", "dense_eval_seconds", "timings")
+
+
+def spec(**changes) -> RunSpec:
+    values = {"settings": PruneSettings(method="magnitude", sparsity=0.25), "nsamples": 4, "seqlen": 32, "seed": 0,
+              "eval_len": 32, "eval_windows": 2, "batch_size": 4, "inplace": True, **changes}
+    return RunSpec(**values)
+
+
+def texts(files: dict[str, Path]) -> RunTexts:
+    return RunTexts(calibration=text_from_file(files["calib"]), evaluation=text_from_file(files["eval"]))
+
+
+def as_json(record: dict) -> dict:
+    """The record as the CLI prints it and results.json holds it."""
+    return json.loads(json.dumps(record, default=float))
+
+
+def without_timings(record: dict) -> dict:
+    return {key: value for key, value in record.items() if key not in TIMINGS}
+
+
+class Recorded(RunProgress):
+    """Every hook call, by name, in order."""
+
+    def __init__(self, cancel_after_layer: threading.Event | None = None) -> None:
+        self.calls: list[str] = []
+        self.notes: list[str] = []
+        self.cancel_after_layer = cancel_after_layer
+
+    def note(self, text: str) -> None:
+        self.calls.append("note")
+        self.notes.append(text)
+
+    def layer(self, done: int, total: int) -> None:
+        self.calls.append("layer")
+        if self.cancel_after_layer is not None:
+            self.cancel_after_layer.set()
+
+    def dense_batch(self, done: int, total: int) -> None:
+        self.calls.append("dense_batch")
+
+    def pruned_batch(self, done: int, total: int) -> None:
+        self.calls.append("pruned_batch")
+
+
+def test_one_call_prunes_evaluates_and_saves_a_record_that_reads_back(tiny_dir, text_files, tmp_path):
+    out = tmp_path / "pruned"
+    loaded = load_model(str(tiny_dir), device="cpu")
+    progress = Recorded()
+    result = run(loaded, spec(output=RunOutput(out)), texts(text_files), progress=progress)
+    assert result.save_error is None
+    experiment = result.experiment
+    assert experiment.result.params_after < experiment.result.params_before
+    assert math.isfinite(experiment.pruned.perplexity) and math.isfinite(experiment.dense.perplexity)
+    # the dense perplexity first, every layer, then the pruned perplexity
+    assert progress.calls[0] == "dense_batch" and progress.calls[-1] == "pruned_batch" and "layer" in progress.calls
+    assert {"model.safetensors", "results.json", "config.json"} <= {path.name for path in out.iterdir()}
+    record, stored = read_run(out)
+    assert record == as_json(result.record())
+    assert record["calib_synthetic"] is False and record["calib_source"] == f"file {text_files['calib']}"
+    assert [list(layer.keep) for layer in stored.layers] == [list(layer.keep) for layer in experiment.result.layers]
+
+
+@pytest.mark.parametrize("settings", [
+    ["--method", "magnitude", "--sparsity", "0.25"],
+    ["--method", "magnitude", "--param-sparsity", "0.3", "--head-sparsity", "0.5"],
+], ids=["sparsity", "parameter budget"])
+def test_the_cli_and_the_api_give_the_same_result_for_the_same_settings(tiny_dir, text_files, tmp_path, capsys,
+                                                                       settings):
+    assert main(["prune", "--model", str(tiny_dir), "--calib-file", str(text_files["calib"]), "--eval-file",
+                 str(text_files["eval"]), "--nsamples", "4", "--seqlen", "32", "--eval-len", "32", "--eval-windows",
+                 "2", "--json", *settings]) == 0
+    printed = last_json_line(capsys.readouterr().out)
+    budget = None
+    if "--param-sparsity" in settings:
+        budget = ParameterBudget(0.3, head_sparsity=0.5)
+        asked = PruneSettings(method="magnitude", sparsity=0.3, head_sparsity=0.5)
+    else:
+        asked = PruneSettings(method="magnitude", sparsity=0.25)
+    progress = Recorded()
+    result = run(load_model(str(tiny_dir), device="cpu"), spec(settings=asked, budget=budget), texts(text_files),
+                 progress=progress)
+    from_api = as_json(result.record())
+    assert without_timings(from_api) == without_timings(printed)
+    assert set(from_api) == set(printed)
+    if budget is not None:
+        assert result.split is not None and progress.notes[-1] == result.split.describe()
+        assert from_api["budget"]["param_sparsity"] == 0.3 and from_api["sparsity"] == result.split.sparsity
+
+
+def test_a_callers_windows_and_dense_perplexity_are_used_and_recorded(tiny, text_files):
+    calibration_text, evaluation_text = text_from_file(text_files["calib"]), text_from_file(text_files["eval"])
+    data = RunData(calibration_source=calibration_text, evaluation_source=evaluation_text,
+                   calibration=calibration_windows(tiny.tokenizer, calibration_text, 4, 32, 0),
+                   evaluation=evaluation_windows(tiny.tokenizer, evaluation_text, 32, 2))
+    dense = perplexity(tiny.model, data.evaluation)
+    progress = Recorded()
+    result = run(tiny, spec(inplace=False), data, dense=MeasuredDense(dense, seconds=1.5, cached=True),
+                 progress=progress)
+    assert "dense_batch" not in progress.calls  # not measured again
+    assert result.experiment.dense is dense and result.experiment.result.model is not tiny.model  # a copy pruned
+    record = result.record(owner="me")
+    assert record["ppl_dense"] == dense.perplexity and record["dense_eval_seconds"] == 1.5
+    assert record["dense_ppl_cached"] is True and record["owner"] == "me"
+    assert "calib_synthetic" not in record  # windows given: the run sampled no text
+
+
+def test_a_cancel_stops_the_run_and_nothing_is_saved(tiny_dir, text_files, tmp_path):
+    out = tmp_path / "pruned"
+    cancel = threading.Event()
+    with pytest.raises(PruningCancelled):
+        run(load_model(str(tiny_dir), device="cpu"), spec(output=RunOutput(out)), texts(text_files),
+            progress=Recorded(cancel_after_layer=cancel), cancel=cancel)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_save_that_fails_keeps_the_result_and_says_why(tiny_dir, text_files, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("not ours")
+    result = run(load_model(str(tiny_dir), device="cpu"), spec(output=RunOutput(out)), texts(text_files))
+    assert result.save_error and np.isfinite(result.experiment.pruned.perplexity)
+    assert [path.name for path in out.iterdir()] == ["keep.txt"]
