@@ -27,8 +27,8 @@ from spap_core.methods.altmin import AltMinSettings, adam_step_dtype
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import LoadedModel, load_model
 from spap_core.pipeline.parameters import with_values
-from spap_core.run.execute import RunResult, run
-from spap_core.run.spec import MeasuredDense, ParameterBudget, RunData, RunSpec
+from spap_core.runner.execute import RunResult, run
+from spap_core.runner.spec import MeasuredDense, ParameterBudget, RunData, RunSpec
 
 # Shakespeare is the out-of-domain text; it has no library default, so it is read from the data folder.
 SHAKESPEARE_FILE = Path(os.environ.get(DATA_DIR_ENV, Path(__file__).resolve().parents[2] / "shared" / "data"),

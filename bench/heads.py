@@ -24,7 +24,7 @@ from common import add_protocol_args, load_protocol
 from spap_core.evaluation.latency import latency_ratios, measure_latencies
 from spap_core.methods.registry import PruneSettings
 from spap_core.pipeline.split import split_budget
-from spap_core.run.spec import ParameterBudget
+from spap_core.runner.spec import ParameterBudget
 
 MODES = ("MLP only", "MLP + heads")
 

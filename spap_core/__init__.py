@@ -1,15 +1,17 @@
 """spap_core: structured pruning of language models (MLP channels and attention heads) with SPAP
 and its baselines, for eleven model families.
 
-    from spap_core import (PruneSettings, calibration_windows, evaluation_windows, load_model,
-                           run_experiment, save_pruned, text_from_file)
+    from pathlib import Path
+
+    from spap_core import PruneSettings, RunOutput, RunSpec, RunTexts, load_model, read_run, run, text_from_file
 
     loaded = load_model("smollm2")
-    calibration = calibration_windows(loaded.tokenizer, text_from_file("calibration.txt"), 16, 512, seed=0)
-    evaluation = evaluation_windows(loaded.tokenizer, text_from_file("evaluation.txt"), 512, 8)
-    experiment = run_experiment(loaded, calibration, evaluation, PruneSettings(method="spap", sparsity=0.3))
-    print(experiment.dense.perplexity, experiment.pruned.perplexity)
-    save_pruned(experiment.result.model, loaded.tokenizer, "pruned/")  # plain transformers loads it
+    spec = RunSpec(PruneSettings(method="spap", sparsity=0.3), nsamples=16, seqlen=512, seed=0,
+                   eval_len=512, eval_windows=8, batch_size=4, output=RunOutput(Path("pruned")))
+    texts = RunTexts(text_from_file("calibration.txt"), text_from_file("evaluation.txt"))
+    result = run(loaded, spec, texts)  # plan, prune, evaluate, save the model and its record
+    print(result.experiment.dense.perplexity, result.experiment.pruned.perplexity)
+    record, layers = read_run("pruned")  # the record and the kept channels, without the weights
 
 The names below load on first use (importing torch and transformers takes seconds), so
 `import spap_core` and `python -m spap_core --help` stay quick. The library never imports
@@ -31,6 +33,9 @@ _MODULES = {
     "spap_core.methods.registry": ("PruneSettings", "METHODS"),
     "spap_core.pipeline.walk": ("prune_model", "PruneResult"),
     "spap_core.pipeline.experiment": ("run_experiment", "Experiment"),
+    "spap_core.runner.execute": ("run", "RunResult"),
+    "spap_core.runner.spec": ("RunSpec", "RunTexts", "RunData", "RunOutput", "ParameterBudget", "ZeroShotRequest"),
+    "spap_core.runner.progress": ("RunProgress",),
     "spap_core.evaluation.perplexity": ("perplexity", "PerplexityResult"),
     "spap_core.models.shrink": ("save_pruned", "load_pruned"),
     "spap_core.storage.runs": ("write_run", "read_run"),

@@ -40,9 +40,9 @@ from spap_core.pipeline.parameters import (
     Parameter,
     with_values,
 )
-from spap_core.run.execute import run
-from spap_core.run.progress import RunProgress
-from spap_core.run.spec import ParameterBudget, RunOutput, RunSpec, RunTexts, ZeroShotRequest
+from spap_core.runner.execute import run
+from spap_core.runner.progress import RunProgress
+from spap_core.runner.spec import ParameterBudget, RunOutput, RunSpec, RunTexts, ZeroShotRequest
 from spap_core.system.access import checked_path, output_folder
 
 EXIT_BAD_INPUT = 2
@@ -319,7 +319,7 @@ def _check_method_flags(args: argparse.Namespace) -> None:
 
 def run_prune(args: argparse.Namespace) -> dict:
     """The texts read and the model loaded in the order of the refusals, then one run of the run
-    API (spap_core.run.execute.run); its record, with save_error when --out could not be saved."""
+    API (spap_core.runner.execute.run); its record, with save_error when --out could not be saved."""
     settings = prune_settings(args)  # validate before the slow model load
     resolve_device(args.device)
     # a text file that is missing, no regular file, too big or not UTF-8 is refused before the load

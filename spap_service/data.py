@@ -15,7 +15,7 @@ import torch
 from spap_core.data.texts import TextSource, calibration_windows, evaluation_windows, resolve_text, text_from_file
 from spap_core.evaluation.perplexity import PerplexityResult, perplexity
 from spap_core.models.loading import LoadedModel
-from spap_core.run.spec import RunData
+from spap_core.runner.spec import RunData
 from spap_service.cache import BoundedCache
 from spap_service.jobs import ProgressReporter
 

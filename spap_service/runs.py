@@ -30,9 +30,9 @@ from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import LoadedModel, model_files, model_source
 from spap_core.models.shrink import load_pruned, save_pruned
 from spap_core.pipeline.walk import PruneResult
-from spap_core.run.execute import RunResult, run
-from spap_core.run.progress import RunProgress
-from spap_core.run.spec import MeasuredDense, RunSpec
+from spap_core.runner.execute import RunResult, run
+from spap_core.runner.progress import RunProgress
+from spap_core.runner.spec import MeasuredDense, RunSpec
 from spap_core.storage.runs import RESULTS_DIR_ENV, new_run_directory, read_run, record_faults, results_root, write_run
 from spap_core.system.access import overlap
 from spap_service.data import DataSpec, batch_reporter, dense_perplexity, model_key, prepare_data

@@ -25,7 +25,7 @@ from test_cli import last_json_line, prune_args
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 import spap_core.cli as cli
-import spap_core.run.execute as execute
+import spap_core.runner.execute as execute
 from spap_core.cli import main
 from spap_core.models.loading import load_model
 from spap_core.storage.runs import staged_directory
@@ -349,7 +349,7 @@ def test_sigterm_stops_the_real_command_and_removes_its_staging_folder(tiny_dir,
     script.write_text(
         "import sys, time\n"
         "import spap_core.cli as cli\n"
-        "import spap_core.run.execute as execute\n"
+        "import spap_core.runner.execute as execute\n"
         "real = execute.save_pruned\n"
         "def slow(*args, **kwargs):\n"
         "    real(*args, **kwargs)\n"

@@ -64,11 +64,13 @@ def test_the_docstring_example_runs_on_the_tiny_model(tiny_dir, text_files, tmp_
             .replace('load_model("smollm2")', f'load_model({str(tiny_dir)!r})')
             .replace('"calibration.txt"', repr(str(text_files["calib"])))
             .replace('"evaluation.txt"', repr(str(text_files["eval"])))
-            .replace("16, 512", "4, 32").replace("512, 8", "32, 2"))
+            .replace("nsamples=16, seqlen=512", "nsamples=4, seqlen=32")
+            .replace("eval_len=512, eval_windows=8", "eval_len=32, eval_windows=2"))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "spap_core docstring", "exec"), namespace)  # noqa: S102
-    experiment = namespace["experiment"]
+    experiment = namespace["result"].experiment
+    assert namespace["record"]["ppl"] == experiment.pruned.perplexity
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
     ids = torch.arange(3, 13).reshape(1, 10)
     with torch.no_grad():

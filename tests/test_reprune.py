@@ -14,7 +14,7 @@ from conftest import VOCAB_WORDS
 from transformers import AutoModelForCausalLM
 
 import spap_core.cli
-import spap_core.run.execute
+import spap_core.runner.execute
 from spap_core.cli import main
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.models.loading import load_model
@@ -70,13 +70,13 @@ def first_saves(tiny_dir, text_files, tmp_path_factory) -> dict:
 def saved_logits(monkeypatch) -> list[torch.Tensor]:
     """The logits of every model the CLI saves, taken from the model in memory as it is saved."""
     taken = []
-    save_pruned = spap_core.run.execute.save_pruned
+    save_pruned = spap_core.runner.execute.save_pruned
 
     def save_and_take(model, tokenizer, directory):
         taken.append(logits(model))
         return save_pruned(model, tokenizer, directory)
 
-    monkeypatch.setattr(spap_core.run.execute, "save_pruned", save_and_take)
+    monkeypatch.setattr(spap_core.runner.execute, "save_pruned", save_and_take)
     return taken
 
 

@@ -1,4 +1,4 @@
-"""The run API (spap_core.run): one call prunes, evaluates, saves a record that read_run reads back,
+"""The run API (spap_core.runner): one call prunes, evaluates, saves a record that read_run reads back,
 and gives the CLI's result for the CLI's settings; a caller's windows and dense perplexity are used
 as given, the progress hooks fire in order, and a cancel stops the run before anything is saved."""
 
@@ -19,9 +19,9 @@ from spap_core.errors import PruningCancelled
 from spap_core.evaluation.perplexity import perplexity
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import load_model
-from spap_core.run.execute import run
-from spap_core.run.progress import RunProgress
-from spap_core.run.spec import MeasuredDense, ParameterBudget, RunData, RunOutput, RunSpec, RunTexts
+from spap_core.runner.execute import run
+from spap_core.runner.progress import RunProgress
+from spap_core.runner.spec import MeasuredDense, ParameterBudget, RunData, RunOutput, RunSpec, RunTexts
 from spap_core.storage.runs import read_run
 
 # fields that time the run, which differ between any two runs

@@ -1,6 +1,6 @@
 """One pruning experiment: prune, then measure dense and pruned perplexity on the same windows.
 
-The run API (spap_core.run.execute), which the CLI, the app's run and sweep jobs and the benchmarks
+The run API (spap_core.runner.execute), which the CLI, the app's run and sweep jobs and the benchmarks
 all call, goes through here, so a number shown in the browser and one printed by
 `python -m spap_core prune` come from the same code path and carry the same record fields.
 """
@@ -69,7 +69,7 @@ def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Itera
              copies_model: bool = True) -> tuple[PruneSettings, list[str]]:
     """Every refusal that depends only on the arguments, the model's config and the method, and
     the settings the run will use (with a note for each change), before any forward pass: the run
-    API (spap_core.run.execute) calls it before it cuts any window, the app before it queues a job,
+    API (spap_core.runner.execute) calls it before it cuts any window, the app before it queues a job,
     run_experiment first.
     With `calibration_tokens`, a run that cannot fit in the device's free memory is refused too."""
     window_lengths = tuple(window_lengths)

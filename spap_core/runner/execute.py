@@ -22,8 +22,8 @@ from spap_core.models.shrink import save_pruned
 from spap_core.pipeline.experiment import Experiment, plan_run, run_experiment
 from spap_core.pipeline.split import BudgetSplit, split_budget
 from spap_core.pipeline.walk import PruneResult
-from spap_core.run.progress import RunProgress
-from spap_core.run.spec import MeasuredDense, RunData, RunOutput, RunSpec, RunTexts
+from spap_core.runner.progress import RunProgress
+from spap_core.runner.spec import MeasuredDense, RunData, RunOutput, RunSpec, RunTexts
 from spap_core.storage.runs import staged_directory, write_run
 
 

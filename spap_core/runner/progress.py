@@ -10,7 +10,7 @@ from spap_core.methods.base import MethodStep
 
 
 class RunProgress:
-    """The hooks of spap_core.run.execute.run, in the order it calls them."""
+    """The hooks of spap_core.runner.execute.run, in the order it calls them."""
 
     def note(self, text: str) -> None:
         """A change the run made to what was asked (a setting adapted to the model, the split of a
