@@ -13,7 +13,7 @@ from typing import Any
 from spap_core.errors import SpapInputError
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.schema import GROUPS, Parameter
+from spap_core.schema import DATA_GROUPS, RUN_GROUPS, Parameter
 
 __all__ = ["BY_KEY", "CALIBRATION_PARAMETERS", "DATA_PARAMETERS", "GROUPS", "LATENCY_PARAMETERS", "PARAMETERS",
            "SCANNED", "SETTINGS_PARAMETERS", "Parameter", "changed", "describe", "method_parameters", "parameter",
@@ -66,6 +66,15 @@ LATENCY_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("warmup", "warm-up runs", "Warm-up runs (not timed)", "Untimed runs before the timed ones.",
               int, "latency", ("--warmup",), low=0, high=20, step=1),
 )
+# Where the forms and the CLI's help put each parameter, in this order: the run's own group, each
+# method's own (in the order of METHODS), the data's and the measurements'.
+GROUPS: dict[str, str] = {
+    **RUN_GROUPS,
+    **{key: title for method in METHODS.values() for key, title in method.groups.items()},
+    **DATA_GROUPS,
+}
+if undeclared := {p.group for p in PARAMETERS + DATA_PARAMETERS + LATENCY_PARAMETERS} - GROUPS.keys():
+    raise RuntimeError(f"parameters name groups no method declares: {', '.join(sorted(undeclared))}")
 BY_KEY = {parameter.key: parameter for parameter in PARAMETERS}
 if len(BY_KEY) != len(PARAMETERS):
     raise RuntimeError("two parameters declare the same key; a share link or bench override would be ambiguous")
