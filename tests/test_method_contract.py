@@ -252,3 +252,14 @@ def test_each_allocation_declares_what_it_needs():
         allocation_strategy("fisher").check(0.95)
     allocation_strategy("global").check(0.95)
     assert PruneSettings(allocation="global").allocation_strategy is ALLOCATION_STRATEGIES["global"]
+
+
+def test_the_run_records_and_the_charts_read_traces_without_naming_a_method():
+    """Run records and the app's trace tables go through the step type's contract, so neither
+    imports a method's module for its step fields."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for path in ("spap_core/storage/runs.py", "spap_service/analysis.py", "spap_core/methods/trace.py"):
+        source = (root / path).read_text()
+        assert "methods.spap" not in source and "SpapStep" not in source, path
