@@ -14,7 +14,7 @@ from spap_core.evaluation.latency import Timing
 from spap_core.methods.base import MethodStep
 from spap_core.methods.reconstruction import Reconstruction
 from spap_core.methods.toy import course, peaks, trend
-from spap_core.methods.trace import EMPTY_STACK, stacked_arrays, trace_rows
+from spap_core.methods.trace import EMPTY_STACK, stacked_array, trace_rows
 from spap_core.models.adapters import ModelAdapter
 from spap_core.pipeline.parameters import changed
 from spap_core.pipeline.walk import LayerRecord, PruneResult
@@ -67,7 +67,9 @@ def trace_table(result: PruneResult) -> pd.DataFrame:
 def _unit_array(result: PruneResult, trace: Sequence[MethodStep], name: str) -> np.ndarray:
     """The trace's per-unit array `name` as [layer, iteration, unit] (spap_core.methods.trace),
     empty when the run's method reports no such array."""
-    return stacked_arrays(trace, result.settings.implementation.step_type).get(name, EMPTY_STACK)
+    if name not in result.settings.implementation.step_type.array_names:
+        return EMPTY_STACK
+    return stacked_array(trace, name)
 
 
 def layer_table(result: PruneResult) -> pd.DataFrame:
@@ -93,7 +95,7 @@ def readout_masks(result: PruneResult) -> np.ndarray:
     """[layer, channel] the binary mask each layer was read out to (1 = pruned): the run's own
     decision, so the 'read-out' frame shows what was pruned, not a recomputation. As wide as the
     widest layer, NaN past a narrower layer's own width (a model pruned before, with per-layer
-    widths), as the soft masks are (spap_core.methods.trace.stacked_arrays)."""
+    widths), as the soft masks are (spap_core.methods.trace.stacked_array)."""
     masks = np.full((len(result.layers), max(record.width for record in result.layers)), np.nan, dtype=np.float32)
     for index, record in enumerate(result.layers):
         masks[index, :record.width] = 1.0

@@ -33,24 +33,11 @@ def trace_widths(trace: Sequence[MethodStep], step_type: type[MethodStep]) -> np
     return np.array([widths[layer] for layer in sorted(widths)], dtype=np.int64)
 
 
-def stacked_arrays(trace: Sequence[MethodStep], step_type: type[MethodStep]) -> dict[str, np.ndarray]:
-    """Every per-unit array the step type declares, as [layer, iteration, unit]."""
-    return {name: _by_layer_and_iteration(trace, [step.unit_arrays()[name] for step in trace])
-            for name in step_type.array_names}
-
-
-def trace_arrays(trace: Sequence[MethodStep], step_type: type[MethodStep]) -> dict[str, np.ndarray]:
-    """What a run record stores of a trace besides its rows: the stacked arrays and, under WIDTHS,
-    each traced layer's width (nothing for a step type without per-unit arrays)."""
-    if not step_type.array_names:
-        return {}
-    return {**stacked_arrays(trace, step_type), WIDTHS: trace_widths(trace, step_type)}
-
-
-def _by_layer_and_iteration(trace: Sequence[MethodStep], values: list[np.ndarray]) -> np.ndarray:
-    """One per-step unit array (`values[i]` of step i) as [layer, iteration, unit], as wide as the
-    widest layer: a narrower layer's units are followed by NaN (its width is `trace_widths`).
-    Empty for methods without a trace, or when no step carries the array."""
+def stacked_array(trace: Sequence[MethodStep], name: str) -> np.ndarray:
+    """The per-unit array `name` of every step (one its step type declares) as [layer, iteration,
+    unit], as wide as the widest layer: a narrower layer's units are followed by NaN (its width is
+    `trace_widths`). Empty for methods without a trace, or when a step does not carry the array."""
+    values = [step.unit_arrays()[name] for step in trace]
     if not trace or any(len(step_values) == 0 for step_values in values):
         return EMPTY_STACK
     layers = sorted({s.layer for s in trace})
@@ -60,6 +47,15 @@ def _by_layer_and_iteration(trace: Sequence[MethodStep], values: list[np.ndarray
     for step, step_values in zip(trace, values, strict=True):
         out[layers.index(step.layer), step.iteration - 1, :len(step_values)] = step_values
     return out
+
+
+def trace_arrays(trace: Sequence[MethodStep], step_type: type[MethodStep]) -> dict[str, np.ndarray]:
+    """What a run record stores of a trace besides its rows: its stacked arrays and, under WIDTHS,
+    each traced layer's width (nothing for a step type without per-unit arrays)."""
+    if not step_type.array_names:
+        return {}
+    return {**{name: stacked_array(trace, name) for name in step_type.array_names},
+            WIDTHS: trace_widths(trace, step_type)}
 
 
 def steps_from_record(step_type: type[MethodStep], rows: list[dict[str, str]], arrays: dict[str, np.ndarray],
