@@ -20,15 +20,11 @@ from spap_core.errors import SpapInputError
 
 SHARES = ("sparsity", "head_sparsity")  # written as percentages: 'sparsity 30%'
 
-# Where the forms and the CLI's help put each parameter, in this order.
-GROUPS = {
-    "run": "Run",
-    "penalty": "Penalty path",
-    "selection": "Channel selection",
-    "refit": "Refit and targets",
-    "altmin": "Alternating minimization",
-    "flap": "FLAP",
-    "obs": "Structured OBS",
+# The groups of the parameters every run has, by key and title. The forms and the CLI's help put
+# the run's own first, then each method's (PruningMethod.groups), then those of the data and the
+# measurements: spap_core.pipeline.parameters.GROUPS is that order.
+RUN_GROUPS = {"run": "Run"}
+DATA_GROUPS = {
     "calibration": "Calibration",
     "evaluation": "Evaluation",
     "latency": "Latency measurement",
@@ -47,7 +43,7 @@ class Parameter:
     label: str  # the form's label
     help: str  # one line: the form's caption and the CLI's help
     kind: type  # int, float, bool or str
-    group: str  # a GROUPS key: where the form puts it
+    group: str  # a key of spap_core.pipeline.parameters.GROUPS: where the form puts it
     flags: tuple[str, ...]  # the CLI's flags
     path: str = ""
     choices: tuple[str, ...] = ()

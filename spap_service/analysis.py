@@ -4,7 +4,6 @@ streamlit), so the pages stay about layout and the tests can check the numbers d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -14,12 +13,11 @@ from transformers import PreTrainedModel
 from spap_core.evaluation.latency import Timing
 from spap_core.methods.base import MethodStep
 from spap_core.methods.reconstruction import Reconstruction
-from spap_core.methods.spap import SpapStep
 from spap_core.methods.toy import course, peaks, trend
+from spap_core.methods.trace import EMPTY_STACK, stacked_array, trace_rows
 from spap_core.models.adapters import ModelAdapter
 from spap_core.pipeline.parameters import changed
 from spap_core.pipeline.walk import LayerRecord, PruneResult
-from spap_core.storage.runs import column_norm_array, soft_mask_array, trace_rows
 from spap_service.runs import RunRequest
 
 SPAP_PRUNED = "SPAP (actual pruned set)"
@@ -60,15 +58,18 @@ def with_subtitle(title: str, subtitle: str) -> str:
     return f"{title}<br><sup>{subtitle}</sup>"
 
 
-def _spap_steps(trace: Sequence[MethodStep]) -> list[SpapStep]:
-    """A run's trace as SPAP's steps: SPAP is the one method that reports steps (a baseline's trace
-    is empty), and spap_core's trace readers take SpapStep lists while PruneResult holds MethodSteps."""
-    return cast(list[SpapStep], trace)
-
-
 def trace_table(result: PruneResult) -> pd.DataFrame:
-    """One row per (layer, ρ iteration) with ρ, objective, violation and how binary s is."""
-    return pd.DataFrame(trace_rows(_spap_steps(result.trace)))
+    """One row per step the method reported (SPAP: per layer and ρ iteration, with ρ, objective,
+    violation and how binary s is); empty for a method that reports none."""
+    return pd.DataFrame(trace_rows(result.trace))
+
+
+def _unit_array(result: PruneResult, trace: Sequence[MethodStep], name: str) -> np.ndarray:
+    """The trace's per-unit array `name` as [layer, iteration, unit] (spap_core.methods.trace),
+    empty when the run's method reports no such array."""
+    if name not in result.settings.implementation.step_type.array_names:
+        return EMPTY_STACK
+    return stacked_array(trace, name)
 
 
 def layer_table(result: PruneResult) -> pd.DataFrame:
@@ -82,19 +83,19 @@ def layer_table(result: PruneResult) -> pd.DataFrame:
 
 def soft_masks(result: PruneResult) -> np.ndarray:
     """[layer, iteration, channel] soft masks of a SPAP run (empty for baselines)."""
-    return soft_mask_array(_spap_steps(result.trace))
+    return _unit_array(result, result.trace, "soft_masks")
 
 
 def column_norms(result: PruneResult) -> np.ndarray:
     """[layer, iteration, channel] ‖W[:,i]‖ along the penalty path (empty if the run did not keep them)."""
-    return column_norm_array(_spap_steps(result.trace))
+    return _unit_array(result, result.trace, "column_norms")
 
 
 def readout_masks(result: PruneResult) -> np.ndarray:
     """[layer, channel] the binary mask each layer was read out to (1 = pruned): the run's own
     decision, so the 'read-out' frame shows what was pruned, not a recomputation. As wide as the
     widest layer, NaN past a narrower layer's own width (a model pruned before, with per-layer
-    widths), as the soft masks are (spap_core.storage.runs.soft_mask_array)."""
+    widths), as the soft masks are (spap_core.methods.trace.stacked_array)."""
     masks = np.full((len(result.layers), max(record.width for record in result.layers)), np.nan, dtype=np.float32)
     for index, record in enumerate(result.layers):
         masks[index, :record.width] = 1.0
@@ -187,7 +188,7 @@ def norm_paths(result: PruneResult, layer: int) -> pd.DataFrame | None:
     readouts = readout_masks(result)[layer][:record.width]
     first = first_marked(masks[None])[0]
     relative = norms[layer][:, :record.width] / np.maximum(dense, 1e-12)  # [iteration, channel]
-    rhos = [step.rho for step in _spap_steps(result.trace) if step.layer == record.layer]
+    rhos = [row["rho"] for row in trace_rows(result.trace) if row["layer"] == record.layer]
     groups: dict[str, list[int]] = {}
     for channel in range(record.width):
         if readouts[channel] > 0.5:
@@ -314,7 +315,7 @@ def head_soft_masks(result: PruneResult) -> np.ndarray:
     """[layer, iteration, head] soft masks of the heads (empty without heads or without a trace)."""
     if result.heads is None:
         return np.zeros((0, 0, 0), dtype=np.float32)
-    return soft_mask_array(_spap_steps(result.heads.trace))
+    return _unit_array(result, result.heads.trace, "soft_masks")
 
 
 def head_label(head: int, kv_group: int) -> str:

@@ -19,19 +19,14 @@ from spap_service.data import model_key
 from spap_service.runs import RunRequest
 
 # One pruning run has two parts. Its calibration forward (hooks, statistics, the propagation to the
-# next layer) costs about 1.42 dense passes over its calibration tokens, for SPAP and FLAP alike;
-# its per-layer solves cost the same whatever the calibration size, so they are counted in
-# factorisations (Cholesky and inverse) of the MLP's width, timed on this machine: SPAP's penalty
-# path about 3.3 per layer, FLAP's scores and bias 1.05 (SmolLM2 on the 2-core VM at 8 × 256 tokens:
-# capture + propagation 3.95 s / 4.02 s, solve 3.86 s / 1.40 s over 30 layers, one factorisation
-# 0.044 s; docs/spap-design.md). Counting the solves as passes, as before, made the estimate grow
-# with the calibration where the solves do not, and come out 23% short at 8 × 256. The other
-# baselines are one-shot rules like FLAP's (magnitude, Wanda-sp) or add one refit (FASP) or a greedy
-# solve (OBS) and were not timed, so they get FLAP's factors, which the post-run comparison shows the
-# error of.
+# next layer) costs about 1.42 dense passes over its calibration tokens, for SPAP and FLAP alike
+# (SmolLM2 on the 2-core VM at 8 × 256 tokens: capture + propagation 3.95 s / 4.02 s;
+# docs/spap-design.md). Its per-layer solves cost the same whatever the calibration size, so they
+# are counted in factorisations (Cholesky and inverse) of the MLP's width, timed on this machine,
+# times the method's own count per layer (PruningMethod.solve_factorisations, measured where each
+# method declares it); counted as passes, they would make the estimate grow with the calibration
+# where the solves do not (23% short at 8 × 256).
 CAPTURE_PASSES = 1.42
-SOLVE_FACTORISATIONS = {"spap": 3.3}
-BASELINE_FACTORISATIONS = 1.05
 # A round of alternating minimization: its exact refit over every calibration token (0.82 passes,
 # the recovery's floor in speed.md), the refit's factorisations (5.6 per layer), and its Adam steps,
 # whose cost does not depend on the calibration size: each of their tokens costs about 0.6 of a
@@ -114,7 +109,7 @@ def run_seconds(speed: ModelSpeed, request: RunRequest, dense_cached: bool = Fal
     length the request does not say."""
     settings, data = request.settings, request.data
     calibration = data.nsamples * data.seqlen
-    factorisations = SOLVE_FACTORISATIONS.get(settings.method, BASELINE_FACTORISATIONS) * speed.layers
+    factorisations = settings.implementation.solve_factorisations * speed.layers
     forward_tokens = CAPTURE_PASSES * calibration
     if settings.head_sparsity > 0:
         forward_tokens += HEAD_PASSES * calibration

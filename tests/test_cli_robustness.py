@@ -269,11 +269,11 @@ def test_every_help_renders(command, capsys):
 
 
 def test_a_help_line_with_a_percent_sign_is_shown_as_written():
-    from spap_core.methods.allocation import DESCRIPTIONS, FISHER
+    from spap_core.methods.allocation import DESCRIPTIONS, FisherAllocation
 
     action = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     shown = " ".join(action.choices["prune"].format_help().split())
-    assert "%" in DESCRIPTIONS[FISHER] and " ".join(DESCRIPTIONS[FISHER].split()) in shown
+    assert "%" in DESCRIPTIONS[FisherAllocation.name] and " ".join(DESCRIPTIONS[FisherAllocation.name].split()) in shown
 
 
 def numeric_flags(command: str):

@@ -12,9 +12,9 @@ import torch
 from spap_core.evaluation.latency import Timing
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import PruneSettings, with_options
+from spap_core.methods.spap import readout_gap
 from spap_core.methods.toy import course
 from spap_core.pipeline.walk import prune_model
-from spap_core.storage.runs import readout_gap
 from spap_service.analysis import (
     changed_mind_counts,
     final_norms,

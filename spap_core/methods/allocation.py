@@ -19,6 +19,9 @@ pass per calibration window: at 40% it gave 60.49 against the outlier rule's 64.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from typing import ClassVar, Protocol
+
 import numpy as np
 import torch
 from torch import nn
@@ -27,34 +30,93 @@ from spap_core.errors import SpapInputError
 from spap_core.methods.sensitivity import FISHER_WINDOWS
 from spap_core.problem.objective import prune_count
 
-UNIFORM = "uniform"
-GLOBAL = "global"
-FISHER = "fisher"
-ALLOCATIONS = (UNIFORM, GLOBAL, FISHER)
 # The Fisher allocation leaves every layer at least 10% of its channels.
 MAX_LAYER_SPARSITY = 0.9
-# What each allocation does, in the words the CLI's help and the app's controls use.
-DESCRIPTIONS = {
-    UNIFORM: "every layer prunes the same share (the paper's setting)",
-    GLOBAL: "one budget for the model (the parameter count of uniform), spread like OWL: a layer with more "
-            "outlier channels in the dense model prunes less, each layer within ±0.1 of the target",
-    FISHER: "one budget for the model (the parameter count of uniform), spent on the channels whose removal "
-            "raises the dense model's calibration loss least (empirical Fisher of a channel mask, from a "
-            f"backward pass per calibration window, at most {FISHER_WINDOWS}); each layer keeps at least "
-            f"{1 - MAX_LAYER_SPARSITY:.0%} of its channels",
-}
 # A layer's sparsity stays within this distance of the target (OWL's λ is 0.08).
 MAX_DEVIATION = 0.1
 # A channel is an outlier when it carries more than this many times its layer's mean score (OWL's M is 5).
 OUTLIER_FACTOR = 5.0
 
 
-def check_allocation(allocation: str, sparsity: float) -> None:
-    if allocation not in ALLOCATIONS:
-        raise SpapInputError(f"Unknown allocation '{allocation}': choose one of {', '.join(ALLOCATIONS)}.")
-    if allocation == FISHER and sparsity > MAX_LAYER_SPARSITY:
-        raise SpapInputError(f"Sparsity {sparsity} is more than the Fisher allocation prunes: it leaves every "
-                             f"layer at least {1 - MAX_LAYER_SPARSITY:.0%} of its channels.")
+class DenseMeasurements(Protocol):
+    """What an allocation can measure on the dense model before the walk prunes it, one list entry
+    per layer; the walk computes each only when a strategy asks for it."""
+
+    def channel_scores(self) -> list[np.ndarray]:
+        """Var(Zᵢ)·‖W_out[:,i]‖² of every channel (dense_channel_scores)."""
+
+    def channel_fisher(self) -> list[np.ndarray]:
+        """Every channel's loss sensitivity (spap_core.methods.sensitivity.channel_fisher)."""
+
+
+class Allocation(ABC):
+    """How a run's sparsity is spread over the layers. Subclasses set `name` and `description`,
+    override the needs that differ from the defaults below, and implement `counts`; a new strategy
+    is one subclass plus one entry in ALLOCATION_STRATEGIES."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]  # in the words the CLI's help and the app's controls use
+    # It backpropagates through the whole dense model: the memory check counts a backward pass of
+    # one calibration window, and a model offloaded with a device map, which cannot hold one, is refused.
+    backpropagates: ClassVar[bool] = False
+
+    def check(self, sparsity: float) -> None:  # noqa: B027 - most strategies refuse no sparsity
+        """Raise SpapInputError for a sparsity it cannot spread."""
+
+    @abstractmethod
+    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements) -> list[int]:
+        """λ of every layer, from the layers' widths and what it measures on the dense model."""
+
+
+class UniformAllocation(Allocation):
+    name = "uniform"
+    description = "every layer prunes the same share (the paper's setting)"
+
+    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements) -> list[int]:
+        return uniform_counts(widths, sparsity)
+
+
+class GlobalAllocation(Allocation):
+    name = "global"
+    description = ("one budget for the model (the parameter count of uniform), spread like OWL: a layer with more "
+                   "outlier channels in the dense model prunes less, each layer within ±0.1 of the target")
+
+    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements) -> list[int]:
+        return global_counts(dense.channel_scores(), sparsity)
+
+
+class FisherAllocation(Allocation):
+    name = "fisher"
+    description = ("one budget for the model (the parameter count of uniform), spent on the channels whose removal "
+                   "raises the dense model's calibration loss least (empirical Fisher of a channel mask, from a "
+                   f"backward pass per calibration window, at most {FISHER_WINDOWS}); each layer keeps at least "
+                   f"{1 - MAX_LAYER_SPARSITY:.0%} of its channels")
+    backpropagates = True
+
+    def check(self, sparsity: float) -> None:
+        if sparsity > MAX_LAYER_SPARSITY:
+            raise SpapInputError(f"Sparsity {sparsity} is more than the Fisher allocation prunes: it leaves every "
+                                 f"layer at least {1 - MAX_LAYER_SPARSITY:.0%} of its channels.")
+
+    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements) -> list[int]:
+        return fisher_counts(dense.channel_fisher(), sparsity)
+
+
+ALLOCATION_STRATEGIES: dict[str, Allocation] = {strategy.name: strategy for strategy in (
+    UniformAllocation(),
+    GlobalAllocation(),
+    FisherAllocation(),
+)}
+# The strategies' names and descriptions, for the CLI's choices and help and the app's controls.
+ALLOCATIONS = tuple(ALLOCATION_STRATEGIES)
+DESCRIPTIONS = {name: strategy.description for name, strategy in ALLOCATION_STRATEGIES.items()}
+UNIFORM = UniformAllocation.name  # the default
+
+
+def allocation_strategy(name: str) -> Allocation:
+    if name not in ALLOCATION_STRATEGIES:
+        raise SpapInputError(f"Unknown allocation '{name}': choose one of {', '.join(ALLOCATIONS)}.")
+    return ALLOCATION_STRATEGIES[name]
 
 
 def uniform_counts(widths: list[int], sparsity: float) -> list[int]:
@@ -89,7 +151,7 @@ def fisher_counts(channel_fisher: list[np.ndarray], sparsity: float) -> list[int
     layers, lowest first, with every layer pruning at least one channel and at most
     MAX_LAYER_SPARSITY of its width (a layer emptied on the evidence of a few windows would leave
     nothing to carry the signal its neighbours expect)."""
-    check_allocation(FISHER, sparsity)
+    FisherAllocation().check(sparsity)
     widths = [len(scores) for scores in channel_fisher]
     budget = sum(uniform_counts(widths, sparsity))
     caps = [max(1, min(width - 1, int(MAX_LAYER_SPARSITY * width))) for width in widths]

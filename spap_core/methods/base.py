@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.problem.objective import LayerDecision, LayerProblem, RefitSettings
 from spap_core.schema import Parameter
@@ -20,10 +22,35 @@ from spap_core.schema import Parameter
 class MethodStep:
     """One step a method reports while it decides a layer (SPAP: one ρ iteration, with what it
     computed). The walk keeps them in order as the run's trace and passes each to the caller's
-    progress callback; a method subclasses this with its own fields."""
+    progress callback; a method subclasses this with its own fields, names it as its
+    `PruningMethod.step_type`, and extends the record contract below, through which a run record
+    writes each step as one row of its trace table plus per-unit arrays, and reads it back."""
 
     layer: int
     iteration: int  # 1..trace_length
+
+    # The trace table's columns, in order: `record_row`'s keys.
+    columns: ClassVar[tuple[str, ...]] = ("layer", "iteration")
+    # The names of the per-unit arrays a step carries (`unit_arrays`' keys), as the run's arrays
+    # file stores them, stacked as [layer, iteration, unit]. The first is the one every step
+    # carries in full: its length is the step's width.
+    array_names: ClassVar[tuple[str, ...]] = ()
+
+    def record_row(self) -> dict[str, Any]:
+        """The step's row of the trace table: its fields, plus whatever a reader of the table
+        wants computed from its arrays."""
+        return {"layer": self.layer, "iteration": self.iteration}
+
+    def unit_arrays(self) -> dict[str, np.ndarray]:
+        """The step's per-unit arrays by their stored names (`array_names`)."""
+        return {}
+
+    @classmethod
+    def from_record(cls, row: dict[str, str], arrays: dict[str, np.ndarray], pruned: int) -> MethodStep:
+        """The step again, from its trace-table row as text, its arrays cut to its layer's width (an
+        empty array for one the record does not hold) and how many units its layer's record says
+        were pruned."""
+        return cls(layer=int(row["layer"]), iteration=int(row["iteration"]))
 
 
 @dataclass(frozen=True)
@@ -51,6 +78,15 @@ class PruningMethod(ABC):
     # Its hyperparameters, each with a path into `settings_type`: the CLI's flags, the app's
     # widgets and the share-link keys are generated from them (spap_core.pipeline.parameters collects them).
     parameters: ClassVar[tuple[Parameter, ...]] = ()
+    # The title of each group its parameters are placed in, by the group key they name: the CLI's
+    # help and the Run form show them after the run's own group.
+    groups: ClassVar[dict[str, str]] = {}
+    # The steps it reports (trace_length per layer), which is also how a run record writes and
+    # reads its trace; a method without steps keeps the bare MethodStep.
+    step_type: ClassVar[type[MethodStep]] = MethodStep
+    # What its per-layer solves cost, in factorisations (Cholesky and inverse) of the layer's
+    # width: the time estimates before a run count its solves in these (spap_service.estimates).
+    solve_factorisations: ClassVar[float]
 
     def default_settings(self) -> Any:
         return self.settings_type()

@@ -25,6 +25,7 @@ from torch.nn.functional import pad
 
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
 from spap_core.methods.base import PruningMethod
+from spap_core.methods.baselines import BASELINE_FACTORISATIONS
 from spap_core.problem.objective import LayerDecision, LayerProblem, cholesky_right_solve, objective
 from spap_core.schema import Parameter
 
@@ -170,6 +171,8 @@ class StructuredObs(PruningMethod):
     description = ("greedy structured optimal brain surgeon: remove the channel of least exact least-squares cost, "
                    "update the rest")
     settings_type = ObsSettings
+    solve_factorisations = BASELINE_FACTORISATIONS
+    groups = {"obs": "Structured OBS"}
     parameters = (
         Parameter("obs_block", "OBS block", "Channels per cost evaluation",
                   "1 = the pure greedy (every cost recomputed after each removal); a larger block removes that many "

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
 from spap_core.errors import SpapInputError
-from spap_core.methods.allocation import UNIFORM, check_allocation
+from spap_core.methods.allocation import UNIFORM, Allocation, allocation_strategy
 from spap_core.methods.base import PruningMethod, Recovery
 from spap_core.methods.baselines import Fasp, Flap, Magnitude, WandaSp
 from spap_core.methods.obs import StructuredObs
@@ -48,7 +48,7 @@ class PruneSettings:
     # nearest layout the family's class can load (spap_core.problem.layout).
     head_sparsity: float = 0.0
     reconstruction: Reconstruction | None = None
-    # how the sparsity is spread over the layers: spap_core.methods.allocation.DESCRIPTIONS
+    # how the sparsity is spread over the layers: a name in spap_core.methods.allocation.ALLOCATION_STRATEGIES
     allocation: str = UNIFORM
 
     def __post_init__(self) -> None:
@@ -64,13 +64,17 @@ class PruneSettings:
                 or not 0.0 <= self.head_sparsity < 1.0):
             raise SpapInputError(f"Head sparsity must be a number from 0 (heads untouched) up to, not including, 1 "
                                  f"(got {self.head_sparsity!r}).")
-        check_allocation(self.allocation, self.sparsity)
+        allocation_strategy(self.allocation).check(self.sparsity)
         if self.reconstruction is not None and not isinstance(self.reconstruction, Reconstruction):
             raise SpapInputError(f"reconstruction must be a Reconstruction or None (got {self.reconstruction!r}).")
 
     @property
     def implementation(self) -> PruningMethod:
         return METHODS[self.method]
+
+    @property
+    def allocation_strategy(self) -> Allocation:
+        return allocation_strategy(self.allocation)
 
     @property
     def adds_down_bias(self) -> bool:

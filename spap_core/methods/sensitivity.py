@@ -8,7 +8,7 @@ do not know how much the rest of the network amplifies or forgives that layer's 
 
 It needs one backward pass per window through the whole model, so the model must fit in memory
 with one window's activations: an offloaded model is refused before any work
-(spap_core.pipeline.walk.prune_counts)."""
+(spap_core.pipeline.walk.check_prunable)."""
 
 from __future__ import annotations
 

@@ -16,13 +16,12 @@ import torch
 
 from spap_core.errors import SpapInputError
 from spap_core.evaluation.perplexity import PerplexityResult, perplexity
-from spap_core.methods.allocation import FISHER
 from spap_core.methods.base import MethodStep
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import PruneSettings, settings_for_family
 from spap_core.models.loading import LoadedModel, context_length
 from spap_core.pipeline.budget import check_fits
-from spap_core.pipeline.walk import LayerCallback, PruneResult, head_layout, prune_counts, prune_model
+from spap_core.pipeline.walk import LayerCallback, PruneResult, check_prunable, head_layout, prune_model
 
 BatchCallback = Callable[[int, int], None]
 
@@ -79,7 +78,7 @@ def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Itera
             raise SpapInputError(f"Windows of {length} tokens are longer than the model's {positions} positions; "
                                  f"use at most {positions} tokens per window.")
     settings, adjustments = settings_for_family(settings, loaded.family)
-    prune_counts(loaded, settings)
+    check_prunable(loaded, settings)
     layout = head_layout(loaded, settings)
     if layout is not None and abs(layout.removed - settings.head_sparsity * layout.heads) > 1e-9:
         adjustments.append(f"Head sparsity {settings.head_sparsity:.0%} removes "
@@ -89,7 +88,7 @@ def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Itera
     if calibration_tokens is not None:
         explicit = settings.recovery is not None or settings.implementation.target_correction(settings.options) > 0
         longest = max(window_lengths, default=0)
-        fisher_window = longest if settings.allocation == FISHER else 0
+        fisher_window = longest if settings.allocation_strategy.backpropagates else 0
         check_fits(loaded, calibration_tokens, batch_size, longest, explicit, copies_model, fisher_window)
     return settings, adjustments
 

@@ -1,19 +1,21 @@
 """Every parameter of a pruning run, collected in one schema: the run's own (the sparsity), each
 method's own (declared on its class: SPAP's penalty path and recovery, OBS's block and damping,
 FLAP's bias) and the calibration size, then the sizes of the evaluation and of a latency
-measurement. The CLI's flags, the app's forms and share links, the settings summary, the
-sensitivity scan and the benchmarks' override parser are all generated from here
-(spap_core.schema.Parameter is one declaration).
+measurement, and the groups the forms and the CLI's help show them in. The CLI's flags, the
+app's forms and share links, the settings summary, the sensitivity scan and the benchmarks'
+override parser are all generated from here (spap_core.schema.Parameter is one declaration).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from spap_core.errors import SpapInputError
+from spap_core.methods.base import PruningMethod
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.schema import GROUPS, Parameter
+from spap_core.schema import DATA_GROUPS, RUN_GROUPS, Parameter
 
 __all__ = ["BY_KEY", "CALIBRATION_PARAMETERS", "DATA_PARAMETERS", "GROUPS", "LATENCY_PARAMETERS", "PARAMETERS",
            "SCANNED", "SETTINGS_PARAMETERS", "Parameter", "changed", "describe", "method_parameters", "parameter",
@@ -66,6 +68,18 @@ LATENCY_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("warmup", "warm-up runs", "Warm-up runs (not timed)", "Untimed runs before the timed ones.",
               int, "latency", ("--warmup",), low=0, high=20, step=1),
 )
+
+
+def parameter_groups(methods: Iterable[PruningMethod]) -> dict[str, str]:
+    """Every group's title by its key, in the order the forms and the CLI's help show them: the
+    run's own, each method's own (PruningMethod.groups, in the methods' order), then the data's
+    and the measurements'."""
+    return {**RUN_GROUPS, **{key: title for method in methods for key, title in method.groups.items()}, **DATA_GROUPS}
+
+
+GROUPS = parameter_groups(METHODS.values())
+if undeclared := {p.group for p in PARAMETERS + DATA_PARAMETERS + LATENCY_PARAMETERS} - GROUPS.keys():
+    raise RuntimeError(f"parameters name groups no method declares: {', '.join(sorted(undeclared))}")
 BY_KEY = {parameter.key: parameter for parameter in PARAMETERS}
 if len(BY_KEY) != len(PARAMETERS):
     raise RuntimeError("two parameters declare the same key; a share link or bench override would be ambiguous")

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import Cache, PreTrainedModel
 
 from spap_core.errors import NumericalError, PruningCancelled, SpapInputError
-from spap_core.methods.allocation import FISHER, GLOBAL, dense_channel_scores, fisher_counts, global_counts
+from spap_core.methods.allocation import Allocation, dense_channel_scores
 from spap_core.methods.altmin import alternating_minimization
 from spap_core.methods.base import MethodStep, Recovery
 from spap_core.methods.baselines import baseline_scores
@@ -106,11 +106,11 @@ class PruneResult:
         return achieved / dense if dense > 0 else float("nan")
 
 
-def prune_counts(loaded: LoadedModel, settings: PruneSettings) -> list[int]:
-    """λ for every layer, after the refusals that the model's config decides for these settings
-    (a bias the family cannot store, corrected targets it cannot take, a sparsity that prunes
-    nothing or everything, a Fisher allocation an offloaded model cannot backpropagate through):
-    the walk and plan_run share them, before any forward pass."""
+def check_prunable(loaded: LoadedModel, settings: PruneSettings) -> None:
+    """The refusals that the model's config decides for these settings (a bias the family cannot
+    store, corrected targets it cannot take, a sparsity that prunes nothing or everything of a
+    layer, an allocation that backpropagates through a model offloaded with a device map): the walk
+    and plan_run share them, before any forward pass."""
     family, method, options = loaded.family, settings.implementation, settings.options
     layers = family.decoder_layers(loaded.model)
     if settings.adds_down_bias and not family.stores_down_bias:
@@ -124,11 +124,13 @@ def prune_counts(loaded: LoadedModel, settings: PruneSettings) -> list[int]:
             f"Error-correcting targets need the MLP output to enter the residual stream directly, which "
             f"is not the case for model type '{family.model_type}'; set the target correction to 0."
         )
-    if settings.allocation == FISHER and is_dispatched(loaded.model):
-        raise SpapInputError("The Fisher allocation backpropagates through the whole model, which an offloaded "
-                             "model cannot hold; choose the 'global' allocation (or 'uniform') for it.")
+    if settings.allocation_strategy.backpropagates and is_dispatched(loaded.model):
+        raise SpapInputError(f"The {settings.allocation.capitalize()} allocation backpropagates through the whole "
+                             "model, which an offloaded model cannot hold; choose the 'global' allocation (or "
+                             "'uniform') for it.")
     head_layout(loaded, settings)
-    return [prune_count(family.width(layer), settings.sparsity) for layer in layers]
+    for layer in layers:
+        prune_count(family.width(layer), settings.sparsity)
 
 
 def head_layout(loaded: LoadedModel, settings: PruneSettings) -> HeadLayout | None:
@@ -182,7 +184,7 @@ def prune_model(
     """Prune `loaded.model` (a deep copy unless inplace) with the given settings on calibration
     token windows [N, L]. on_layer(i, L) fires after each layer; on_step per step the method
     reports (SPAP: per ρ iteration); setting `cancel` stops the run within one step (PruningCancelled)."""
-    n_prune = prune_counts(loaded, settings)  # refusals first, before the copy
+    check_prunable(loaded, settings)  # refusals first, before the copy
     if not inplace and is_dispatched(loaded.model):
         raise SpapInputError("A model placed with a device map (offloaded layers) is pruned in place; a copy "
                              "would need the memory the map avoids.")
@@ -194,7 +196,7 @@ def prune_model(
     params_before = parameter_count(model)
     store = OffloadStore(loaded.offload_folder)
     with torch.no_grad():
-        streams, n_prune = walk.start(model, layers, calibration, batch_size, loaded.device, n_prune)
+        streams, n_prune = walk.start(model, layers, calibration, batch_size, loaded.device)
         for index, layer in enumerate(layers):
             if cancel is not None and cancel.is_set():
                 raise PruningCancelled(f"cancelled before layer {index}")
@@ -243,6 +245,7 @@ class _Walk:
         self.method, self.options = settings.implementation, settings.options
         self.correction = self.method.target_correction(self.options)
         self.recovery: Recovery | None = settings.recovery
+        self.allocation: Allocation = settings.allocation_strategy
         self.timings = {"capture": 0.0, "solve": 0.0, "altmin": 0.0, "propagate": 0.0}
         self.records: list[LayerRecord] = []
         self.trace: list[MethodStep] = []
@@ -273,18 +276,14 @@ class _Walk:
             self.on_step(step)
 
     def start(self, model: nn.Module, layers: nn.ModuleList, calibration: torch.Tensor, batch_size: int,
-              device: torch.device, n_prune: list[int]) -> tuple[_Streams, list[int]]:
+              device: torch.device) -> tuple[_Streams, list[int]]:
         """The inputs of layer 0, and λ per layer once the allocation has spread the budget."""
         with self._timed("capture"):
             chunks = [c.to(device) for c in calibration.split(batch_size)]
             hidden, arguments = _layer_inputs_and_arguments(self.family.decoder(model), layers, chunks)
-            if self.settings.allocation == GLOBAL:
-                scores = _dense_channel_scores(self.family, layers, hidden, arguments)
-                n_prune = global_counts(scores, self.settings.sparsity)
-            elif self.settings.allocation == FISHER:
-                outputs = [self.family.output_projection(layer) for layer in layers]
-                n_prune = fisher_counts(channel_fisher(model, outputs, calibration, self.cancel),
-                                        self.settings.sparsity)
+            dense = _DenseModel(model, self.family, layers, hidden, arguments, calibration, self.cancel)
+            n_prune = self.allocation.counts([self.family.width(layer) for layer in layers], self.settings.sparsity,
+                                             dense)
         return _Streams(hidden, list(hidden) if self.correction > 0 else [], arguments), n_prune
 
     def layer(self, index: int, layer: nn.Module, streams: _Streams, n_prune: int) -> _Streams:
@@ -469,16 +468,33 @@ def _layer_inputs_and_arguments(decoder: nn.Module, layers: nn.ModuleList, chunk
     return inputs, arguments
 
 
-def _dense_channel_scores(family: ModelAdapter, layers: nn.ModuleList, hidden: list[torch.Tensor],
-                          arguments: list[tuple[tuple, dict]]) -> list[np.ndarray]:
-    """Every channel's score on the dense model (spap_core.methods.allocation), from one pass of the
-    calibration windows through the layers; offloaded layers run through their own hooks."""
-    def run_layer(layer: nn.Module, index: int, chunks: list[torch.Tensor]):
-        args, kwargs = arguments[index]
-        outputs = [_call_layer(layer, chunk, args, kwargs) for chunk in chunks]
-        return outputs, projection_weight(family.output_projection(layer))
+@dataclass
+class _DenseModel:
+    """The model before the walk prunes it, with the inputs of its first layer: what an allocation
+    strategy measures (spap_core.methods.allocation.DenseMeasurements), each only when asked for."""
 
-    return dense_channel_scores(layers, [family.output_projection(layer) for layer in layers], hidden, run_layer)
+    model: nn.Module
+    family: ModelAdapter
+    layers: nn.ModuleList
+    hidden: list[torch.Tensor]
+    arguments: list[tuple[tuple, dict]]
+    calibration: torch.Tensor
+    cancel: threading.Event | None
+
+    def channel_scores(self) -> list[np.ndarray]:
+        """Every channel's score, from one pass of the calibration windows through the layers;
+        offloaded layers run through their own hooks."""
+        def run_layer(layer: nn.Module, index: int, chunks: list[torch.Tensor]):
+            args, kwargs = self.arguments[index]
+            outputs = [_call_layer(layer, chunk, args, kwargs) for chunk in chunks]
+            return outputs, projection_weight(self.family.output_projection(layer))
+
+        outputs = [self.family.output_projection(layer) for layer in self.layers]
+        return dense_channel_scores(self.layers, outputs, self.hidden, run_layer)
+
+    def channel_fisher(self) -> list[np.ndarray]:
+        outputs = [self.family.output_projection(layer) for layer in self.layers]
+        return channel_fisher(self.model, outputs, self.calibration, self.cancel)
 
 
 DenseLayerVisit = Callable[[int, nn.Module, GramAccumulator, GramAccumulator], None]

@@ -1,5 +1,6 @@
-"""Run records on disk: results.json (settings, metrics, provenance), a per-iteration trace
-summary as CSV and the soft masks, kept channels and channel scores as compressed arrays. Written
+"""Run records on disk: results.json (settings, metrics, provenance), the method's trace as CSV
+(one row per step) and its per-unit arrays (SPAP: the soft masks), kept channels and channel
+scores as compressed arrays. Written
 next to a saved pruned model by the CLI, and by the app as each run finishes, so a restart loses
 nothing but the run in progress; `read_run` gives back everything but the weights."""
 
@@ -14,97 +15,22 @@ import shutil
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 
 from spap_core.errors import UnreadableRunError
 from spap_core.methods.base import MethodStep
 from spap_core.methods.registry import PruneSettings
-from spap_core.methods.spap import SpapStep
+from spap_core.methods.trace import steps_from_record, trace_arrays, trace_rows
 from spap_core.pipeline.walk import HeadPruning, LayerRecord, PruneResult
 from spap_core.problem.layout import HeadLayout
 from spap_core.system.cache import cache_root
 
 RESULTS_DIR_ENV = "SPAP_RESULTS_DIR"
 ARRAYS_FILE = "trace_masks.npz"
-
-TRACE_COLUMNS = ("layer", "iteration", "rho", "objective", "violation", "marked", "n_prune", "mask_mean",
-                 "readout_gap")
-
-
-def readout(soft_mask: np.ndarray, n_prune: int) -> np.ndarray:
-    """The binary mask read off s: its λ largest entries (ties towards the lower index)."""
-    binary = np.zeros(len(soft_mask), dtype=np.float32)
-    binary[np.argsort(-soft_mask, kind="stable")[:n_prune]] = 1.0
-    return binary
-
-
-def readout_gap(soft_mask: np.ndarray, n_prune: int) -> float:
-    """Σ|s − b(s)| ÷ λ, b(s) the binary read-out of s: 0 when s is binary; it depends only on the
-    values of s, which α and the marking schedule decide (the data only decides which channel
-    gets which value)."""
-    if n_prune <= 0:
-        return float("nan")
-    return float(np.abs(soft_mask - readout(soft_mask, n_prune)).sum() / n_prune)
-
-
-def spap_steps(trace: Sequence[MethodStep]) -> list[SpapStep]:
-    """A run's trace (PruneResult.trace) as SPAP's steps, which the trace readers below take: SPAP is
-    the one method that reports steps, every other method's trace is empty."""
-    return cast(list[SpapStep], trace)
-
-
-def trace_rows(trace: list[SpapStep]) -> list[dict]:
-    """One row per (layer, ρ iteration): ρ, the penalised objective and violation, how many
-    channels the s-step marked, and how far s is from its binary read-out."""
-    return [
-        {
-            "layer": step.layer, "iteration": step.iteration, "rho": step.rho,
-            "objective": step.objective, "violation": step.violation,
-            "marked": step.marked, "n_prune": step.n_prune, "mask_mean": float(step.soft_mask.mean()),
-            "readout_gap": readout_gap(step.soft_mask, step.n_prune),
-        }
-        for step in trace
-    ]
-
-
-def trace_widths(trace: list[SpapStep]) -> np.ndarray:
-    """How many units (channels or heads) each traced layer's steps carry, in layer order: a model
-    saved with per-layer widths gives each layer its own (empty for methods without a trace)."""
-    widths: dict[int, int] = {}
-    for step in trace:
-        widths.setdefault(step.layer, len(step.soft_mask))
-    return np.array([widths[layer] for layer in sorted(widths)], dtype=np.int64)
-
-
-def _by_layer_and_iteration(trace: list[SpapStep], values: Callable[[SpapStep], np.ndarray]) -> np.ndarray:
-    """A per-step unit array as [layer, iteration, unit], as wide as the widest layer: a narrower
-    layer's units are followed by NaN (its width is `trace_widths`). Empty for methods without a
-    trace, or when no step carries the array."""
-    if not trace or any(len(values(step)) == 0 for step in trace):
-        return np.zeros((0, 0, 0), dtype=np.float32)
-    layers = sorted({s.layer for s in trace})
-    iterations = max(s.iteration for s in trace)
-    out = np.full((len(layers), iterations, max(len(values(step)) for step in trace)), np.nan, dtype=np.float32)
-    for step in trace:
-        step_values = values(step)
-        out[layers.index(step.layer), step.iteration - 1, :len(step_values)] = step_values
-    return out
-
-
-def soft_mask_array(trace: list[SpapStep]) -> np.ndarray:
-    """Soft masks s as [layer, iteration, channel], NaN past a narrower layer's own width."""
-    return _by_layer_and_iteration(trace, lambda step: step.soft_mask)
-
-
-def column_norm_array(trace: list[SpapStep]) -> np.ndarray:
-    """‖W[:,i]‖ of the penalised solution as [layer, iteration, channel], NaN past a narrower
-    layer's own width (empty if not recorded)."""
-    return _by_layer_and_iteration(trace, lambda step: step.column_norms)
 
 
 def results_root() -> Path:
@@ -126,24 +52,24 @@ HEADS_PREFIX = "heads_"  # the arrays and the trace file of the attention heads 
 
 
 def write_run(directory: str | Path, record: dict, result: PruneResult) -> Path:
-    """Write results.json, trace.csv and the arrays (soft masks, kept channels, scores per layer;
-    the trace's arrays padded to the widest layer, each layer's width in `trace_widths`); for a run
-    that pruned heads too, the same for its heads under HEADS_PREFIX (the record holds their
-    layout: Experiment.record)."""
+    """Write results.json, trace.csv and the arrays (kept channels, scores per layer, and the
+    trace's per-unit arrays padded to the widest layer, each layer's width in `trace_widths`:
+    spap_core.methods.trace); for a run that pruned heads too, the same for its heads under
+    HEADS_PREFIX (the record holds their layout: Experiment.record). The trace's columns and arrays
+    are those of the method's step type."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    steps = spap_steps(result.trace)
-    arrays = _part_arrays("", result.layers, steps)
-    parts = [("", steps)]
+    step_type = result.settings.implementation.step_type
+    arrays = _part_arrays("", result.layers, result.trace, step_type)
+    parts = [("", result.trace)]
     if result.heads is not None:
-        head_steps = spap_steps(result.heads.trace)
-        arrays.update(_part_arrays(HEADS_PREFIX, result.heads.layers, head_steps))
-        parts.append((HEADS_PREFIX, head_steps))
+        arrays.update(_part_arrays(HEADS_PREFIX, result.heads.layers, result.heads.trace, step_type))
+        parts.append((HEADS_PREFIX, result.heads.trace))
     # numpy types **kwds as if they could fill its allow_pickle: bool (no key here is "allow_pickle")
     np.savez_compressed(path / ARRAYS_FILE, **arrays)  # type: ignore[arg-type]
     for prefix, trace in parts:
         with open(path / f"{prefix}trace.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=TRACE_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=step_type.columns)
             writer.writeheader()
             writer.writerows(trace_rows(trace))
     # results.json last: a folder with it is complete (list_runs ignores half-written ones)
@@ -151,10 +77,10 @@ def write_run(directory: str | Path, record: dict, result: PruneResult) -> Path:
     return path
 
 
-def _part_arrays(prefix: str, layers: list[LayerRecord], trace: list[SpapStep]) -> dict[str, np.ndarray]:
+def _part_arrays(prefix: str, layers: list[LayerRecord], trace: Sequence[MethodStep],
+                 step_type: type[MethodStep]) -> dict[str, np.ndarray]:
     """The arrays of one part of a run (the MLP channels, or the heads under HEADS_PREFIX)."""
-    arrays = {"soft_masks": soft_mask_array(trace), "column_norms": column_norm_array(trace),
-              "trace_widths": trace_widths(trace),
+    arrays = {**trace_arrays(trace, step_type),
               "layer_objectives": np.array([np.nan if layer.objective is None else layer.objective
                                             for layer in layers]),
               "dense_objectives": np.array([layer.dense_objective for layer in layers]),
@@ -283,26 +209,28 @@ def read_run(directory: str | Path) -> tuple[dict, PruneResult]:
         settings = PruneSettings.from_dict(record["settings"])
     with record_faults(path / ARRAYS_FILE), np.load(path / ARRAYS_FILE, allow_pickle=False) as stored:
         arrays = dict(stored)
-    layers, trace = _stored_part(path, arrays, "")
+    step_type = settings.implementation.step_type
+    layers, trace = _stored_part(path, arrays, "", step_type)
     heads = None
     if record.get("heads") is not None:
         with record_faults(path / "results.json"):
             layout = HeadLayout(**record["heads"]["layout"])
             head_dim = int(record["heads"]["head_dim"])
-        heads = HeadPruning(layout, head_dim, *_stored_part(path, arrays, HEADS_PREFIX))
+        heads = HeadPruning(layout, head_dim, *_stored_part(path, arrays, HEADS_PREFIX, step_type))
     result = PruneResult(model=None, settings=settings, layers=layers, trace=trace, timings=record["timings"],
                          params_before=record["params_before"], params_after=record["params_after"],
                          calibration_tokens=record["calibration_tokens"], heads=heads)
     return record, result
 
 
-def _stored_part(path: Path, arrays: dict[str, np.ndarray],
-                 prefix: str) -> tuple[list[LayerRecord], list[MethodStep]]:
+def _stored_part(path: Path, arrays: dict[str, np.ndarray], prefix: str,
+                 step_type: type[MethodStep]) -> tuple[list[LayerRecord], list[MethodStep]]:
     with record_faults(path / ARRAYS_FILE):
         part = _named_arrays(arrays, prefix) if prefix else arrays
         layers = _stored_layers(part)
     with record_faults(path / f"{prefix}trace.csv"), open(path / f"{prefix}trace.csv", newline="") as f:
-        trace = _stored_trace(list(csv.DictReader(f)), part, layers)
+        pruned = [layer.width - len(layer.keep) for layer in layers]
+        trace = steps_from_record(step_type, list(csv.DictReader(f)), part, pruned)
     return layers, trace
 
 
@@ -318,25 +246,3 @@ def _stored_layers(arrays: dict[str, np.ndarray]) -> list[LayerRecord]:
             down_column_norms=_named_arrays(arrays, f"down_norms_layer{index}_"),
         ))
     return layers
-
-
-def _stored_trace(rows: list[dict], arrays: dict[str, np.ndarray], layers: list[LayerRecord]) -> list[MethodStep]:
-    """The trace from trace.csv and the [layer, iteration, unit] arrays, each step's arrays cut to
-    its layer's own width (`trace_widths`; a folder without it holds one width for every layer)."""
-    masks, norms = arrays["soft_masks"], arrays.get("column_norms", np.zeros((0, 0, 0), dtype=np.float32))
-    widths = arrays.get("trace_widths", np.full(len(masks), masks.shape[-1]))
-    layer_numbers = sorted({int(row["layer"]) for row in rows})
-    trace: list[MethodStep] = []  # SPAP's steps, as PruneResult holds them
-    for row in rows:
-        layer, iteration = layer_numbers.index(int(row["layer"])), int(row["iteration"]) - 1
-        width = int(widths[layer])
-        n_prune = int(row.get("n_prune") or 0) or layers[int(row["layer"])].width - len(layers[int(row["layer"])].keep)
-        trace.append(SpapStep(
-            layer=int(row["layer"]), iteration=iteration + 1, rho=float(row["rho"]),
-            soft_mask=masks[layer, iteration, :width],
-            scores=np.zeros(0, dtype=np.float32),  # per-step scores are not stored
-            objective=float(row["objective"]), violation=float(row["violation"]),
-            column_norms=norms[layer, iteration, :width] if norms.size else np.zeros(0, dtype=np.float32),
-            n_prune=n_prune, marked=int(row.get("marked") or 0),
-        ))
-    return trace
