@@ -218,6 +218,14 @@ def test_the_estimate_counts_the_solves_the_method_declares(toy_method):
         assert solves(baseline) == pytest.approx(1.05 * 10 * 0.05)
 
 
+def test_every_registered_method_declares_its_solve_cost_and_step_type():
+    """The app estimates every run before it starts: a method registered without its cost would
+    fail there, so the registry's methods all declare one (a positive number of factorisations)."""
+    for method in METHODS.values():
+        assert method.solve_factorisations > 0, method.name
+        assert issubclass(method.step_type, MethodStep), method.name
+
+
 def test_the_parameter_groups_are_the_runs_then_each_methods_own_then_the_datas():
     assert list(GROUPS) == ["run", "penalty", "selection", "refit", "altmin", "flap", "obs", "calibration",
                             "evaluation", "latency"]
