@@ -13,7 +13,7 @@ python -c "import torch, sys; torch.cuda.is_available() or sys.exit('no CUDA dev
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/device.txt"
 
 echo "== 1/4 GPU-marked tests"
-python -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/tests.log"
+python -m pytest -q -m gpu tests/spap_core/test_gpu.py 2>&1 | tee "$OUT/tests.log"
 
 echo "== 2/4 default SPAP run of SmolLM2 on the GPU (issue protocol: 32 x 512 calibration, 32 windows)"
 RUN_DIR=$(mktemp -d)

@@ -248,7 +248,7 @@ def changed_mind_story(outcome: ToyOutcome) -> str | None:
             f"keeps it. {right}")
 
 
-# Found by running the toy over seeds (tests/test_lesson.py checks each claim). Misses: with correlated
+# Found by running the toy over seeds (tests/spap_service/test_lesson.py checks each claim). Misses: with correlated
 # channels and the defaults SPAP misses on 28 of seeds 0–39; on seed 8 by 53%, and there the partial
 # score the advice suggests finds the optimum. Changes of mind are rare, as the penalty shrinks a marked
 # column and so lowers its score further: none with the defaults for λ = 2…5 on seeds 0–199. With the

@@ -1,4 +1,4 @@
-"""Ray actors for tests/test_executors.py, in a module of their own so that Ray's workers can
+"""Ray actors for tests/spap_service/test_executors.py, in a module of their own so that Ray's workers can
 import them (the local Ray's workers get this folder on their path). Each is PointWorker with its
 model loaded and its progress as they are, but a point whose timing the test controls."""
 

@@ -355,3 +355,13 @@ def test_the_product_code_is_mypy_clean():
     checked = subprocess.run([mypy, "--no-incremental", "--cache-dir", "/dev/null"], cwd=REPO,
                              capture_output=True, text=True, timeout=600)
     assert checked.returncode == 0, checked.stdout[-3000:]
+
+
+def test_the_tests_mirror_the_source():
+    """Each folder of tests/ stands for the source folder of the same path (tests/spap_core/models/
+    holds the tests of spap_core/models/), so a module's tests are found where the module is."""
+    folders = [path for path in (REPO / "tests").rglob("*") if path.is_dir() and path.name != "__pycache__"]
+    assert folders
+    strays = [str(folder.relative_to(REPO)) for folder in folders
+              if not (REPO / folder.relative_to(REPO / "tests")).is_dir()]
+    assert not strays, strays

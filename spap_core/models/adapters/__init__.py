@@ -1,6 +1,7 @@
 """The model families SPAP Explorer prunes, one adapter class each, and the choice of the adapter
 for a loaded model. A new family is one module with a ModelAdapter subclass plus one line in
-ADAPTERS (and its tests: tests/test_families.py builds a tiny random model of every family)."""
+ADAPTERS (and its tests: tests/spap_core/models/adapters/test_families.py builds a tiny random model
+of every family)."""
 
 from __future__ import annotations
 

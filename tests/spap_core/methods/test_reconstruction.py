@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
-from test_families import loaded_family
+from family_models import loaded_family
 
 from spap_core.cli import main
 from spap_core.methods.altmin import AltMinSettings

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_cli import prune_args
+from cli_helpers import prune_args
 
 import spap_core.cli as cli
 from spap_core.errors import SpapInputError

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama, tiny_tokenizer
+from conftest import REPO, tiny_llama, tiny_tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
@@ -265,9 +265,6 @@ def test_each_allocation_declares_what_it_needs():
 def test_the_run_records_and_the_charts_read_traces_without_naming_a_method():
     """Run records and the app's trace tables go through the step type's contract, so neither
     imports a method's module for its step fields."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
     for path in ("spap_core/storage/runs.py", "spap_service/analysis.py", "spap_core/methods/trace.py"):
-        source = (root / path).read_text()
+        source = (REPO / path).read_text()
         assert "methods.spap" not in source and "SpapStep" not in source, path

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_families import CALIBRATION, EVALUATION, TOKENIZER, family_model
+from family_models import CALIBRATION, EVALUATION, TOKENIZER, loaded_family
 from transformers import AutoModelForCausalLM
 
 from spap_core.errors import SpapInputError
@@ -30,22 +30,6 @@ from spap_core.storage.runs import read_run, write_run
 
 HEAD_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi", "phi3")
 REFUSED_FAMILIES = ("opt", "gpt2", "gpt_neox")
-
-
-def loaded_family(model_type: str, **config) -> LoadedModel:
-    model = family_model(model_type) if not config else _model_with(model_type, **config)
-    return LoadedModel(model=model, tokenizer=TOKENIZER, source=model_type, description=model_type,
-                       family=model_adapter(model))
-
-
-def _model_with(model_type: str, **changes) -> torch.nn.Module:
-    """A tiny model of `model_type` with other head counts (8 query heads of 4 dims over `kv` KV heads)."""
-    import transformers
-    from test_families import _BUILDS
-    config_name, model_name, arguments = _BUILDS[model_type]
-    torch.manual_seed(0)
-    config = getattr(transformers, config_name)(**{**arguments, **changes})
-    return getattr(transformers, model_name)(config).eval()
 
 
 # ---------------------------------------------------------------------------------- the layout

@@ -255,7 +255,7 @@ def test_a_prompt_that_fits_only_fewer_new_tokens_is_refused_at_generation_too()
 
 
 # ---------------------------------------------------------------------------------- the page
-# (the same tiny-model wiring as tests/test_app.py; the page must be listed in app.py's router)
+# (the same tiny-model wiring as tests/pages/test_app.py; the page must be listed in app.py's router)
 
 PAGE = "pages/dense_vs_pruned.py"
 

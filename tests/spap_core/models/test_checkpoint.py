@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_llama
+from family_models import FAMILIES, family_model, saved_family
 from safetensors.torch import load_file, save_file
-from test_families import FAMILIES, family_model, saved_family
 
 from spap_core.errors import SpapInputError
 from spap_core.models import checkpoint

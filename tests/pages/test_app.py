@@ -503,7 +503,7 @@ def test_a_link_with_settings_the_form_cannot_take_says_which_were_ignored_and_w
 
 def test_every_numeric_widget_has_the_range_the_cli_and_the_share_link_enforce(ran_app):
     """One declaration, three consumers: the Run form, Model & data and Latency pages draw their
-    number widgets with the declared range (the CLI's bounds: tests/test_cli_robustness.py), and a
+    number widgets with the declared range (the CLI's bounds: tests/spap_core/test_cli_robustness.py), and a
     link with a value past it is named as ignored."""
     from spap_core.pipeline.parameters import BY_KEY, DATA_PARAMETERS, LATENCY_PARAMETERS, method_parameters
 

@@ -7,22 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from cli_helpers import last_json_line, prune_args
 from conftest import REPO
 from transformers import AutoModelForCausalLM
 
 from spap_core.cli import main
 
 PRUNE_KEYS = {"method", "sparsity", "ppl", "ppl_dense", "prune_seconds", "params_before", "params_after", "eval_tokens"}
-
-
-def prune_args(model, files, *extra):
-    return ["prune", "--model", str(model), "--sparsity", "0.25", "--calib-file", str(files["calib"]),
-            "--nsamples", "4", "--seqlen", "32", "--seed", "0", "--eval-file", str(files["eval"]),
-            "--eval-len", "32", "--eval-windows", "3", "--json", *extra]
-
-
-def last_json_line(text: str) -> dict:
-    return json.loads(text.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("method", ["spap", "magnitude", "wanda-sp", "flap", "fasp"])

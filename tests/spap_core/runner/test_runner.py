@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import last_json_line
+from cli_helpers import last_json_line
 
 from spap_core.cli import main
 from spap_core.data.texts import calibration_windows, evaluation_windows, text_from_file

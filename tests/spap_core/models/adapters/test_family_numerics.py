@@ -1,4 +1,4 @@
-"""The numerical checks of tests/test_pipeline.py on every family, written through the adapter
+"""The numerical checks of tests/spap_core/pipeline/test_walk.py on every family, written through the adapter
 (so they hold for a fused GLU, a transposed Conv1D, an MLP held by the layer itself and a native
 output bias alike): the physically shrunk model computes exactly the dense model with its pruned
 channels masked, and the output projection a method refits is the least-squares solution on the
@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from test_families import CALIBRATION, FAMILIES, NATIVE_BIAS_FAMILIES, NO_BIAS_FAMILIES, TOKENIZER, loaded_family
+from family_models import CALIBRATION, FAMILIES, NATIVE_BIAS_FAMILIES, NO_BIAS_FAMILIES, TOKENIZER, loaded_family
 from torch import nn
 
 from spap_core.methods.altmin import AltMinSettings

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from app_harness import APP, SCRIPT_TIMEOUT_S, assert_clean, click, finish_job, titled
+from cli_helpers import last_json_line, prune_args
 from conftest import VOCAB_WORDS
 from streamlit.testing.v1 import AppTest
-from test_cli import last_json_line, prune_args
 from torch.utils.hooks import RemovableHandle
 
 from spap_core.cli import main

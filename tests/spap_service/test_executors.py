@@ -9,10 +9,10 @@ import math
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import ray
+from conftest import REPO
 
 from spap_core.errors import PruningCancelled
 from spap_core.methods.altmin import AltMinSettings
@@ -25,7 +25,6 @@ from spap_service.jobs import ProgressReporter
 from spap_service.ray_pool import LOCAL, worker_pool
 from spap_service.runs import RunRequest
 
-REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 60.0  # the longest a test waits for a worker to get somewhere
 
 

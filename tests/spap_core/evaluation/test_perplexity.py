@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_llama, tiny_tokenizer
-from test_families import FAMILIES, VOCAB, family_model
+from family_models import FAMILIES, VOCAB, family_model
 from torch import nn
 
 from spap_core.errors import PruningCancelled, SpapInputError

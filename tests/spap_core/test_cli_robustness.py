@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import last_json_line, prune_args, run
 from conftest import REPO
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from test_cli import last_json_line, prune_args
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 import spap_core.cli as cli
@@ -36,14 +36,6 @@ OLD_SAVE = {"model-00001-of-00002.safetensors": "old shard", "model.safetensors.
 
 def fast_prune(model, files, *extra):
     return prune_args(model, files, "-K", "2", *extra)
-
-
-def run(argv: list[str]) -> int:
-    """main(argv), failing the test (instead of stopping pytest) if Ctrl-C escapes it."""
-    try:
-        return main(argv)
-    except KeyboardInterrupt:
-        pytest.fail("KeyboardInterrupt escaped main")
 
 
 def error_lines(err: str) -> list[str]:
@@ -283,7 +275,7 @@ def numeric_flags(command: str):
 @pytest.mark.parametrize("command", ["prune", "latency"])
 def test_every_numeric_flag_takes_its_declared_bounds_and_refuses_past_them(no_model_load, tiny_dir, command,
                                                                            capsys):
-    """The same range as the form and the share link (tests/test_app.py checks those), from the
+    """The same range as the form and the share link (tests/pages/test_app.py checks those), from the
     one declaration: both ends accepted, one step past either end refused in one line."""
     for declared in numeric_flags(command):
         base = ["latency", "--model", str(tiny_dir)] if command == "latency" else [

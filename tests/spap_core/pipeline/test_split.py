@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_cli import last_json_line
-from test_cli_robustness import run
-from test_families import CALIBRATION
-from test_heads import loaded_family
+from cli_helpers import last_json_line, run
+from family_models import CALIBRATION, loaded_family
 
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
