@@ -181,7 +181,7 @@ def norm_paths(result: PruneResult, layer: int) -> pd.DataFrame | None:
     channels never marked. None when the run did not record column norms."""
     norms = column_norms(result)
     record = result.layers[layer]
-    dense = record.down_column_norms.get("dense")
+    dense = record.output_column_norms.get("dense")
     if norms.size == 0 or dense is None:
         return None
     masks = soft_masks(result)[layer][:, :record.width]  # the layer's own channels, not the padding
@@ -205,7 +205,7 @@ def norm_paths(result: PruneResult, layer: int) -> pd.DataFrame | None:
 
 def final_norms(record: LayerRecord) -> pd.DataFrame | None:
     """‖W[:,i]‖ ÷ ‖W₀[:,i]‖ after the read-out and refit (0 for pruned channels), per channel."""
-    dense, final = record.down_column_norms.get("dense"), record.down_column_norms.get("final")
+    dense, final = record.output_column_norms.get("dense"), record.output_column_norms.get("final")
     if dense is None or final is None:
         return None
     pruned = pruned_channels(record)

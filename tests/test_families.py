@@ -122,7 +122,8 @@ def test_the_family_table_matches_the_adapters():
         assert family.stores_down_bias == (model_type not in NO_BIAS_FAMILIES), model_type
         native = [bias is not None for bias in output_biases(loaded.model)]
         assert native == [model_type in NATIVE_BIAS_FAMILIES] * 2, model_type
-    assert [name for name, method in METHODS.items() if PruneSettings(method=name).adds_down_bias] == list(BIAS_METHODS)
+    adding = [name for name in METHODS if PruneSettings(method=name).adds_output_bias]
+    assert adding == list(BIAS_METHODS)
     assert family_model("gpt_neox").config.use_parallel_residual
     assert not family_model("gpt_neox_sequential").config.use_parallel_residual
 
@@ -142,8 +143,8 @@ def test_every_method_at_its_defaults_prunes_saves_and_reloads_on_every_family(m
     assert [family.width(layer) for layer in family.decoder_layers(pruned)] == [kept, kept]
     assert getattr(text_config(pruned), family.width_key) == kept
     if method in BIAS_METHODS and model_type in NO_BIAS_FAMILIES:
-        assert experiment.result.settings == settings.without_down_bias()
-        assert not experiment.result.settings.adds_down_bias
+        assert experiment.result.settings == settings.without_output_bias()
+        assert not experiment.result.settings.adds_output_bias
         assert len(experiment.adjustments) == 1
         assert f"model type '{model_type}' cannot store a down_proj bias" in experiment.adjustments[0]
     else:

@@ -27,12 +27,12 @@ def shrink_mlp(family: ModelAdapter, layer: torch.nn.Module, decision: LayerDeci
     dense = family.mlp_weights(layer)
     kept = dense.kept(decision.keep)
     inputs = kept.inputs if decision.input_weights is None else decision.input_weights
-    bias = decision.down_bias
+    bias = decision.output_bias
     if dense.output_bias is not None:
         bias = dense.output_bias + (0 if bias is None else bias.to(dense.output_bias))
     with torch.no_grad():
         family.set_mlp_weights(layer, type(kept)(inputs=tuple(inputs), input_biases=kept.input_biases,
-                                                 output=decision.down_weight, output_bias=bias))
+                                                 output=decision.output_weight, output_bias=bias))
 
 
 def shrink_attention(family: ModelAdapter, layer: torch.nn.Module, problem: LayerProblem,
@@ -41,11 +41,11 @@ def shrink_attention(family: ModelAdapter, layer: torch.nn.Module, problem: Laye
     still serve one, and the decision's output columns and bias (added to a native one, as Phi's)."""
     dense = family.attention_weights(layer)
     kept = dense.kept(problem.kept_units(decision.keep.cpu()))
-    bias = decision.down_bias
+    bias = decision.output_bias
     if dense.output_bias is not None:
         bias = dense.output_bias + (0 if bias is None else bias.to(dense.output_bias))
     with torch.no_grad():
-        family.set_attention_weights(layer, replace(kept, output=decision.down_weight.to(kept.output),
+        family.set_attention_weights(layer, replace(kept, output=decision.output_weight.to(kept.output),
                                                     output_bias=bias))
 
 

@@ -56,7 +56,7 @@ class LayerRecord:
     dense_objective: float  # ½‖Y‖²: the error of pruning everything, a scale for `objective`
     # ‖W_down[:,i]‖ before ("dense") and after ("final": 0 for a pruned channel) the method, so a
     # page can show how the kept columns compensate; empty for a run saved before they were kept.
-    down_column_norms: dict[str, np.ndarray] = field(default_factory=dict)
+    output_column_norms: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def relative_error(self) -> float:
@@ -113,7 +113,7 @@ def check_prunable(loaded: LoadedModel, settings: PruneSettings) -> None:
     and plan_run share them, before any forward pass."""
     family, method, options = loaded.family, settings.implementation, settings.options
     layers = family.decoder_layers(loaded.model)
-    if settings.adds_down_bias and not family.stores_down_bias:
+    if settings.adds_output_bias and not family.stores_down_bias:
         raise SpapInputError(
             f"'{settings.method}' adds a down_proj bias, which model type '{family.model_type}' cannot "
             "store; run it through run_experiment (which picks the no-bias variant) or turn bias compensation off "
@@ -609,13 +609,13 @@ def _output_recorded(family: ModelAdapter, layer: nn.Module) -> Iterator[_Output
 
 def _layer_record(index: int, problem: LayerProblem, decision: LayerDecision) -> LayerRecord:
     """Per unit (channel or head): kept ones, scores, and the output projection's norms."""
-    final = torch.zeros(problem.dense_down.shape[0], problem.width, dtype=torch.float32)
-    final[:, decision.keep.cpu()] = decision.down_weight.float().cpu()
+    final = torch.zeros(problem.dense_output.shape[0], problem.width, dtype=torch.float32)
+    final[:, decision.keep.cpu()] = decision.output_weight.float().cpu()
     return LayerRecord(
         layer=index, width=problem.units, keep=problem.kept_units(decision.keep.cpu()).numpy(),
         scores={**baseline_scores(problem), **decision.scores},
         objective=decision.objective, dense_objective=0.5 * problem.target_energy,
-        down_column_norms={"dense": problem.unit_norms(problem.dense_down.float()).cpu().numpy(),
+        output_column_norms={"dense": problem.unit_norms(problem.dense_output.float()).cpu().numpy(),
                            "final": problem.unit_norms(final).numpy()},
     )
 
