@@ -27,7 +27,8 @@ def parameter_split(model: PreTrainedModel, family: ModelAdapter) -> dict[str, i
     """Parameters by role: attention, MLP (as the family's adapter places them), embeddings (token
     and position embeddings and the head; a tied head counted once), norms and the rest."""
     layers = family.decoder_layers(model)
-    role = {id(p): "MLP" for layer in layers for module in family.mlp_modules(layer) for p in module.parameters()}
+    role = {id(p): "MLP" for layer in layers for module in family.mlp_channels.modules(layer)
+            for p in module.parameters()}
     role.update({id(p): "attention" for layer in layers for p in family.attention(layer).parameters()})
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)] + [model.get_output_embeddings()]
     role.update({id(p): "embeddings" for module in embeddings if module is not None for p in module.parameters()})
@@ -38,7 +39,7 @@ def parameter_split(model: PreTrainedModel, family: ModelAdapter) -> dict[str, i
 
 
 def mlp_widths(model: nn.Module, family: ModelAdapter) -> list[int]:
-    return [family.width(layer) for layer in family.decoder_layers(model)]
+    return [family.mlp_channels.width(layer) for layer in family.decoder_layers(model)]
 
 
 def run_label(request: RunRequest, reference: RunRequest) -> str:
