@@ -27,7 +27,8 @@ def parameter_split(model: PreTrainedModel, family: ModelAdapter) -> dict[str, i
     """Parameters by role: attention, MLP (as the family's adapter places them), embeddings (token
     and position embeddings and the head; a tied head counted once), norms and the rest."""
     layers = family.decoder_layers(model)
-    role = {id(p): "MLP" for layer in layers for module in family.mlp_modules(layer) for p in module.parameters()}
+    role = {id(p): "MLP" for layer in layers for module in family.mlp_channels.modules(layer)
+            for p in module.parameters()}
     role.update({id(p): "attention" for layer in layers for p in family.attention(layer).parameters()})
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)] + [model.get_output_embeddings()]
     role.update({id(p): "embeddings" for module in embeddings if module is not None for p in module.parameters()})
@@ -38,7 +39,7 @@ def parameter_split(model: PreTrainedModel, family: ModelAdapter) -> dict[str, i
 
 
 def mlp_widths(model: nn.Module, family: ModelAdapter) -> list[int]:
-    return [family.width(layer) for layer in family.decoder_layers(model)]
+    return [family.mlp_channels.width(layer) for layer in family.decoder_layers(model)]
 
 
 def run_label(request: RunRequest, reference: RunRequest) -> str:
@@ -181,7 +182,7 @@ def norm_paths(result: PruneResult, layer: int) -> pd.DataFrame | None:
     channels never marked. None when the run did not record column norms."""
     norms = column_norms(result)
     record = result.layers[layer]
-    dense = record.down_column_norms.get("dense")
+    dense = record.output_column_norms.get("dense")
     if norms.size == 0 or dense is None:
         return None
     masks = soft_masks(result)[layer][:, :record.width]  # the layer's own channels, not the padding
@@ -205,7 +206,7 @@ def norm_paths(result: PruneResult, layer: int) -> pd.DataFrame | None:
 
 def final_norms(record: LayerRecord) -> pd.DataFrame | None:
     """‖W[:,i]‖ ÷ ‖W₀[:,i]‖ after the read-out and refit (0 for pruned channels), per channel."""
-    dense, final = record.down_column_norms.get("dense"), record.down_column_norms.get("final")
+    dense, final = record.output_column_norms.get("dense"), record.output_column_norms.get("final")
     if dense is None or final is None:
         return None
     pruned = pruned_channels(record)

@@ -76,8 +76,8 @@ def model_speed(loaded: LoadedModel) -> ModelSpeed:
             loaded.model(input_ids=ids[:1, index : index + 1])
         step_s = (time.perf_counter() - started) / 4
     layers = loaded.family.decoder_layers(loaded.model)
-    speed = ModelSpeed(tokens_per_s, step_s, _factorisation_seconds(loaded.family.width(layers[0]), loaded.device),
-                       len(layers))
+    width = loaded.family.mlp_channels.width(layers[0])
+    speed = ModelSpeed(tokens_per_s, step_s, _factorisation_seconds(width, loaded.device), len(layers))
     _speeds.put(key, speed)
     return speed
 

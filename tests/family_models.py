@@ -60,7 +60,7 @@ def family_model(model_type: str) -> nn.Module:
     family = model_adapter(model)
     with torch.no_grad():
         for layer in family.decoder_layers(model):
-            for module in family.mlp_modules(layer):
+            for module in family.mlp_channels.modules(layer):
                 if module.bias is not None:  # at the weights' scale: no ReLU channel dead on every token
                     module.bias.normal_(std=0.02)
     return model
@@ -98,7 +98,7 @@ def logits(model: nn.Module, ids: torch.Tensor = EVALUATION) -> torch.Tensor:
 
 def output_biases(model: nn.Module) -> list[torch.Tensor | None]:
     family = model_adapter(model)
-    return [family.mlp_weights(layer).output_bias for layer in family.decoder_layers(model)]
+    return [family.mlp_channels.weights(layer).output_bias for layer in family.decoder_layers(model)]
 
 
 def parameters(model: nn.Module) -> int:

@@ -19,7 +19,7 @@ from torch import nn
 
 from spap_core.errors import PruningCancelled
 from spap_core.models.adapters import model_adapter, text_config
-from spap_core.models.adapters.base import is_projection, projection_shape
+from spap_core.models.adapters.projections import is_projection, projection_shape
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -85,7 +85,7 @@ def prefill_flops_by_part(model: nn.Module, seqlen: int) -> dict[str, float]:
     def flops(modules) -> float:
         return sum(2.0 * out * inp for out, inp in (projection_shape(m) for m in modules if is_projection(m)))
 
-    mlp = sum(flops(family.mlp_modules(layer)) for layer in layers)
+    mlp = sum(flops(family.mlp_channels.modules(layer)) for layer in layers)
     attention = sum(flops(family.attention(layer).modules()) for layer in layers)
     values = (mlp, attention, attention_flops_per_token(model, seqlen), linear_flops_per_token(model) - mlp - attention)
     return {part: value / 1e9 for part, value in zip(FLOP_PARTS, values)}

@@ -183,10 +183,10 @@ def dense_channel_scores(layers: nn.ModuleList, output_projections: list[nn.Modu
 
         handle = projection.register_forward_pre_hook(record)
         try:
-            hidden, down_weight = run_layer(layer, index, hidden)
+            hidden, output_weight = run_layer(layer, index, hidden)
         finally:
             handle.remove()
         total, squares, tokens = torch.stack(sums).sum(dim=0)
         variance = (squares / tokens - (total / tokens).pow(2)).clamp_min(0)
-        scores.append((variance * down_weight.double().pow(2).sum(dim=0).to(variance.device)).cpu().numpy())
+        scores.append((variance * output_weight.double().pow(2).sum(dim=0).to(variance.device)).cpu().numpy())
     return scores

@@ -72,7 +72,7 @@ def adam_step_dtype(device: torch.device) -> torch.dtype:
 
 
 def _refit_down(inputs: torch.Tensor, targets: torch.Tensor, weights: list[torch.Tensor],
-                biases: tuple[torch.Tensor | None, ...], dense_down_kept: torch.Tensor, function: MlpFunction,
+                biases: tuple[torch.Tensor | None, ...], dense_output_kept: torch.Tensor, function: MlpFunction,
                 refit_settings: RefitSettings) -> tuple[LayerDecision, list[torch.Tensor]]:
     """The exact output-projection refit given the current input weights, and the activations it
     was fitted on (in chunks: only the last round's are ever joined)."""
@@ -81,8 +81,8 @@ def _refit_down(inputs: torch.Tensor, targets: torch.Tensor, weights: list[torch
     for start in range(0, inputs.shape[0], REFIT_CHUNK):
         chunks.append(function(inputs[start : start + REFIT_CHUNK], weights, biases))
         stats.add(chunks[-1], targets[start : start + REFIT_CHUNK])
-    problem = stats.problem(dense_down_kept, n_prune=0)
-    return refit(problem, torch.arange(dense_down_kept.shape[1]), refit_settings), chunks
+    problem = stats.problem(dense_output_kept, n_prune=0)
+    return refit(problem, torch.arange(dense_output_kept.shape[1]), refit_settings), chunks
 
 
 def alternating_minimization(
@@ -104,7 +104,7 @@ def alternating_minimization(
     kept = dense.kept(decision.keep)
     weights = [w.detach().float().clone().requires_grad_(True) for w in kept.inputs]
     biases = tuple(None if b is None else b.detach().float() for b in kept.input_biases)
-    down, bias = decision.down_weight.float(), decision.down_bias
+    down, bias = decision.output_weight.float(), decision.output_bias
     x = inputs.reshape(-1, inputs.shape[-1]).float()
     y = targets.reshape(-1, targets.shape[-1]).float()
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -127,11 +127,11 @@ def alternating_minimization(
             optimizer.step()
         with torch.no_grad():
             updated, activations = _refit_down(x, y, weights, biases, kept.output, function, refit_settings)
-            down, bias = updated.down_weight.float(), updated.down_bias
+            down, bias = updated.output_weight.float(), updated.output_bias
     out_dtype = dense.output.dtype
     return LayerDecision(
-        keep=decision.keep, down_weight=down.to(out_dtype),
-        down_bias=None if bias is None else bias.to(out_dtype),
+        keep=decision.keep, output_weight=down.to(out_dtype),
+        output_bias=None if bias is None else bias.to(out_dtype),
         input_weights=tuple(w.detach().to(out_dtype) for w in weights),
         scores=decision.scores, objective=updated.objective,
         kept_intermediates=torch.cat(activations) if out_dtype == torch.float32 else None,

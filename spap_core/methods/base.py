@@ -95,13 +95,13 @@ class PruningMethod(ABC):
         """How many MethodSteps per layer it reports through on_step (SPAP: its ρ iterations); 0 = none."""
         return 0
 
-    def adds_down_bias(self, settings: Any) -> bool:
+    def adds_output_bias(self, settings: Any) -> bool:
         """Whether its decisions carry a down_proj bias (the model family must be able to store one)."""
         return False
 
-    def without_down_bias(self, settings: Any) -> Any:
+    def without_output_bias(self, settings: Any) -> Any:
         """The settings of its documented variant without a down_proj bias, for families that cannot
-        store one (only called when `adds_down_bias` is true)."""
+        store one (only called when `adds_output_bias` is true)."""
         raise NotImplementedError(f"{self.name} has no variant without a down_proj bias")
 
     def target_correction(self, settings: Any) -> float:

@@ -32,29 +32,29 @@ from spap_core.schema import Parameter
 
 
 def magnitude_scores(problem: LayerProblem) -> torch.Tensor:
-    return problem.unit_norms(problem.dense_down.double())
+    return problem.unit_norms(problem.dense_output.double())
 
 
 def wanda_scores(problem: LayerProblem) -> torch.Tensor:
-    columns = problem.activation_sq_norms.double().clamp_min(0).sqrt() * problem.dense_down.double().abs().sum(dim=0)
+    columns = problem.activation_sq_norms.double().clamp_min(0).sqrt() * problem.dense_output.double().abs().sum(dim=0)
     return problem.unit_sums(columns)
 
 
 def flap_scores(problem: LayerProblem) -> torch.Tensor:
     variance = (problem.centred_activation_sq_norms(torch.float64) / problem.tokens).clamp_min(0)
-    return problem.unit_sums(variance * problem.dense_down.double().pow(2).sum(dim=0))
+    return problem.unit_sums(variance * problem.dense_output.double().pow(2).sum(dim=0))
 
 
 def _keep_dense_columns(problem: LayerProblem, scores: torch.Tensor, name: str,
                         bias: torch.Tensor | None = None) -> LayerDecision:
     keep = problem.keep_columns(lowest(problem, scores))
-    down = problem.dense_down[:, keep.to(problem.dense_down.device)]
+    down = problem.dense_output[:, keep.to(problem.dense_output.device)]
     weights = torch.cat([down.double(),
                          (bias if bias is not None else torch.zeros(down.shape[0])).double().reshape(-1, 1)
                          .to(down.device)], 1)
     full = scatter_columns(problem, keep, weights, bias=True)
     return LayerDecision(
-        keep=keep, down_weight=down.clone(), down_bias=bias,
+        keep=keep, output_weight=down.clone(), output_bias=bias,
         scores={name: scores.float().cpu().numpy()}, objective=objective(problem, full),
     )
 
@@ -72,9 +72,9 @@ def flap(problem: LayerProblem, bias: bool = True) -> LayerDecision:
     scores = flap_scores(problem)
     if not bias:
         return _keep_dense_columns(problem, scores, "flap")
-    pruned = problem.columns(lowest(problem, scores)).to(problem.dense_down.device)
-    mean_output = problem.dense_down[:, pruned].double() @ problem.activation_means.double()[pruned]
-    return _keep_dense_columns(problem, scores, "flap", bias=mean_output.to(problem.dense_down.dtype))
+    pruned = problem.columns(lowest(problem, scores)).to(problem.dense_output.device)
+    mean_output = problem.dense_output[:, pruned].double() @ problem.activation_means.double()[pruned]
+    return _keep_dense_columns(problem, scores, "flap", bias=mean_output.to(problem.dense_output.dtype))
 
 
 FASP_REFIT = RefitSettings(ridge=0.01, prior="zero", bias=False)
@@ -144,10 +144,10 @@ class Flap(PruningMethod):
                   bool, "flap", ("--flap-bias",), path="bias"),
     )
 
-    def adds_down_bias(self, settings: FlapSettings) -> bool:
+    def adds_output_bias(self, settings: FlapSettings) -> bool:
         return settings.bias
 
-    def without_down_bias(self, settings: FlapSettings) -> FlapSettings:
+    def without_output_bias(self, settings: FlapSettings) -> FlapSettings:
         return FlapSettings(bias=False)
 
     def decide(self, problem: LayerProblem, settings: FlapSettings, layer: int, on_step: Callable | None = None,

@@ -156,11 +156,11 @@ def _decision(problem: LayerProblem, settings: ObsSettings, weights: torch.Tenso
     a zero bias column is appended without bias) that the objective is measured on."""
     keep = problem.keep_columns(torch.nonzero(removed.cpu()).flatten())
     kept = keep.to(weights.device)
-    out_dtype = problem.dense_down.dtype
+    out_dtype = problem.dense_output.dtype
     return LayerDecision(
         keep=keep,
-        down_weight=weights[:, kept].to(out_dtype),
-        down_bias=weights[:, -1].to(out_dtype) if settings.bias else None,
+        output_weight=weights[:, kept].to(out_dtype),
+        output_bias=weights[:, -1].to(out_dtype) if settings.bias else None,
         scores={"obs": order.float().cpu().numpy()},
         objective=objective(problem, weights if settings.bias else pad(weights, (0, 1))),
     )
@@ -187,10 +187,10 @@ class StructuredObs(PruningMethod):
                   bool, "obs", ("--obs-bias",), path="bias"),
     )
 
-    def adds_down_bias(self, settings: ObsSettings) -> bool:
+    def adds_output_bias(self, settings: ObsSettings) -> bool:
         return settings.bias
 
-    def without_down_bias(self, settings: ObsSettings) -> ObsSettings:
+    def without_output_bias(self, settings: ObsSettings) -> ObsSettings:
         return replace(settings, bias=False)
 
     def decide(self, problem: LayerProblem, settings: ObsSettings, layer: int,

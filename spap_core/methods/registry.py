@@ -77,11 +77,11 @@ class PruneSettings:
         return allocation_strategy(self.allocation)
 
     @property
-    def adds_down_bias(self) -> bool:
+    def adds_output_bias(self) -> bool:
         """Whether the decisions carry a down_proj bias (from the reconstruction, when there is one)."""
         if self.reconstruction is not None:
             return self.reconstruction.bias
-        return self.implementation.adds_down_bias(self.options)
+        return self.implementation.adds_output_bias(self.options)
 
     @property
     def recovery(self) -> Recovery | None:
@@ -90,11 +90,11 @@ class PruneSettings:
             return self.reconstruction.recovery
         return self.implementation.recovery(self.options)
 
-    def without_down_bias(self) -> PruneSettings:
-        """The documented variant that stores no down_proj bias (only when `adds_down_bias`)."""
+    def without_output_bias(self) -> PruneSettings:
+        """The documented variant that stores no output-projection bias (only when `adds_output_bias`)."""
         if self.reconstruction is not None:
             return replace(self, reconstruction=replace(self.reconstruction, bias=False))
-        return replace(self, options=self.implementation.without_down_bias(self.options))
+        return replace(self, options=self.implementation.without_output_bias(self.options))
 
     def for_method(self, method: str) -> PruneSettings:
         """The same sparsity and reconstruction with another method: its options stay when the
@@ -127,12 +127,12 @@ def settings_for_family(settings: PruneSettings, family: ModelAdapter) -> tuple[
     down_proj bias runs its no-bias variant where the family's transformers class cannot store one,
     so what is saved and reloaded is exactly what was evaluated. Decided from the config alone,
     before any forward pass. (The same holds for the heads' output bias: head_settings.)"""
-    if settings.adds_down_bias and not family.stores_down_bias:
-        return settings.without_down_bias(), [
+    if settings.adds_output_bias and not family.mlp_channels.stores_output_bias:
+        return settings.without_output_bias(), [
             f"{settings.method} runs without its down_proj bias (bias compensation off): model type "
             f"'{family.model_type}' cannot store a down_proj bias in its transformers class, and the saved model "
             "must be the one evaluated."]
-    if settings.head_sparsity > 0 and settings.adds_down_bias and not family.stores_attention_bias:
+    if settings.head_sparsity > 0 and settings.adds_output_bias and not family.attention_heads.stores_output_bias:
         return settings, [f"{settings.method} prunes the attention heads without its output bias: model type "
                           f"'{family.model_type}' cannot store an attention output-projection bias in its "
                           "transformers class, and the saved model must be the one evaluated."]
@@ -142,8 +142,8 @@ def settings_for_family(settings: PruneSettings, family: ModelAdapter) -> tuple[
 def head_settings(settings: PruneSettings, family: ModelAdapter) -> PruneSettings:
     """The settings the head step runs with: without an output bias where the family's attention
     cannot store one (settings_for_family notes it)."""
-    if settings.adds_down_bias and not family.stores_attention_bias:
-        return settings.without_down_bias()
+    if settings.adds_output_bias and not family.attention_heads.stores_output_bias:
+        return settings.without_output_bias()
     return settings
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from spap_core.errors import PruningCancelled
-from spap_core.models.adapters.base import projection_shape
+from spap_core.models.adapters.projections import projection_shape
 from spap_core.models.offload import execution_device
 
 # The windows the Fisher is summed over. With 8 windows of 512 tokens the allocation was the best

@@ -326,10 +326,10 @@ class Spap(PruningMethod):
     def trace_length(self, settings: SpapSettings) -> int:
         return settings.penalty.iterations
 
-    def adds_down_bias(self, settings: SpapSettings) -> bool:
+    def adds_output_bias(self, settings: SpapSettings) -> bool:
         return settings.refit.bias
 
-    def without_down_bias(self, settings: SpapSettings) -> SpapSettings:
+    def without_output_bias(self, settings: SpapSettings) -> SpapSettings:
         return replace(settings, refit=replace(settings.refit, bias=False))
 
     def target_correction(self, settings: SpapSettings) -> float:

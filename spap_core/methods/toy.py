@@ -34,14 +34,14 @@ def toy_problem(width: int = 8, outputs: int = 4, tokens: int = 64, n_prune: int
         factors = torch.randn(tokens, latent_rank, generator=generator, dtype=torch.float64)
         mixing = torch.randn(latent_rank, width, generator=generator, dtype=torch.float64)
         activations = factors @ mixing + 0.3 * activations
-    dense_down = torch.randn(outputs, width, generator=generator, dtype=torch.float64)
-    dense_down[:, :dead_channels] = 0
-    targets = activations @ dense_down.T
+    dense_output = torch.randn(outputs, width, generator=generator, dtype=torch.float64)
+    dense_output[:, :dead_channels] = 0
+    targets = activations @ dense_output.T
     if noise > 0:
         targets = targets + noise * torch.randn(targets.shape, generator=generator, dtype=torch.float64)
     stats = GramAccumulator()
     stats.add(activations, targets)
-    return stats.problem(dense_down, n_prune)
+    return stats.problem(dense_output, n_prune)
 
 
 # ------------------------------------------------------------------------- the teaching page's toy
@@ -147,7 +147,7 @@ class ToyOutcome:
     @property
     def dense_column_norms(self) -> np.ndarray:
         """‖W₀[:,i]‖ of the dense down_proj: where every column starts."""
-        return self.problem.dense_down.double().norm(dim=0).numpy()
+        return self.problem.dense_output.double().norm(dim=0).numpy()
 
     @property
     def relative_norms(self) -> np.ndarray:
@@ -174,7 +174,7 @@ class ToyOutcome:
     def refit_column_norms(self, decision: LayerDecision) -> np.ndarray:
         """‖W[:,i]‖ after the read-out and refit, full width: 0 for every pruned channel."""
         norms = np.zeros(self.width)
-        norms[decision.keep.numpy()] = decision.down_weight.double().norm(dim=0).numpy()
+        norms[decision.keep.numpy()] = decision.output_weight.double().norm(dim=0).numpy()
         return norms
 
     @property

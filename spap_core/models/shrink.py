@@ -1,4 +1,4 @@
-"""Physical pruning: replace each MLP's projections by smaller ones, so the pruned model really
+"""Physical pruning: replace each pruned part's projections by smaller ones, so the pruned model really
 holds fewer parameters and does fewer FLOPs, and saves in a format vanilla transformers loads. The
 family's adapter says which modules those are and how their weights are laid out."""
 
@@ -7,46 +7,34 @@ from __future__ import annotations
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import PreTrainedModel
 
 from spap_core.errors import SpapInputError
-from spap_core.models.adapters import ModelAdapter, model_adapter, text_config
+from spap_core.models.adapters import MlpWeights, ModelAdapter, PrunablePart, model_adapter
 from spap_core.models.offload import is_dispatched
-from spap_core.problem.objective import LayerDecision, LayerProblem
+from spap_core.problem.objective import LayerDecision
 
 OFFLOADED_SHARD_SIZE = "1GB"
 LAYER_WIDTHS_KEY = "spap_layer_widths"  # config entry of a model with per-layer MLP widths
 
 
-def shrink_mlp(family: ModelAdapter, layer: torch.nn.Module, decision: LayerDecision) -> None:
-    """Keep only decision.keep channels: their rows of the input projections (or the recovery's new
-    ones), the decision's output columns, and the output bias: the family's own (a native bias,
-    OPT's fc2 say) plus what the method adds to it."""
-    dense = family.mlp_weights(layer)
-    kept = dense.kept(decision.keep)
-    inputs = kept.inputs if decision.input_weights is None else decision.input_weights
-    bias = decision.down_bias
+def shrink_part(part: PrunablePart, layer: torch.nn.Module, units: torch.Tensor, decision: LayerDecision) -> None:
+    """Keep only the units `units` of `part` (sorted): whatever rows of its other projections
+    produce them (or the recovery's new input rows, MLP channels only), the decision's output
+    columns, and the output bias: the family's own (a native bias, OPT's fc2 say) plus what the
+    method adds to it."""
+    dense = part.weights(layer)
+    kept = dense.kept(units)
+    if decision.input_weights is not None:
+        kept = replace(cast(MlpWeights, kept), inputs=tuple(decision.input_weights))
+    bias = decision.output_bias
     if dense.output_bias is not None:
         bias = dense.output_bias + (0 if bias is None else bias.to(dense.output_bias))
     with torch.no_grad():
-        family.set_mlp_weights(layer, type(kept)(inputs=tuple(inputs), input_biases=kept.input_biases,
-                                                 output=decision.down_weight, output_bias=bias))
-
-
-def shrink_attention(family: ModelAdapter, layer: torch.nn.Module, problem: LayerProblem,
-                     decision: LayerDecision) -> None:
-    """Keep only the decided heads: their query rows, the key and value rows of the KV groups that
-    still serve one, and the decision's output columns and bias (added to a native one, as Phi's)."""
-    dense = family.attention_weights(layer)
-    kept = dense.kept(problem.kept_units(decision.keep.cpu()))
-    bias = decision.down_bias
-    if dense.output_bias is not None:
-        bias = dense.output_bias + (0 if bias is None else bias.to(dense.output_bias))
-    with torch.no_grad():
-        family.set_attention_weights(layer, replace(kept, output=decision.down_weight.to(kept.output),
-                                                    output_bias=bias))
+        part.set_weights(layer, replace(kept, output=decision.output_weight.to(kept.output), output_bias=bias))
 
 
 def finalize_config(model: PreTrainedModel, family: ModelAdapter) -> None:
@@ -55,21 +43,13 @@ def finalize_config(model: PreTrainedModel, family: ModelAdapter) -> None:
     field), and the output-bias switch where a method (FLAP, SPAP's bias compensation) added a bias
     the class would not otherwise create. Reads module shapes only, so it works when the layers'
     weights are offloaded."""
-    layers = family.decoder_layers(model)
-    widths = [family.width(layer) for layer in layers]
+    widths = [family.mlp_channels.width(layer) for layer in family.decoder_layers(model)]
     if len(set(widths)) > 1:
-        setattr(model.config, LAYER_WIDTHS_KEY, widths)
+        setattr(model.config, LAYER_WIDTHS_KEY, widths)  # the family's width field takes one int: the widest
     elif hasattr(model.config, LAYER_WIDTHS_KEY):
         delattr(model.config, LAYER_WIDTHS_KEY)
-    output_bias = any(family.output_projection(layer).bias is not None for layer in layers)
-    family.record_widths(text_config(model), max(widths), output_bias)  # one int: configs refuse a list
-    if family.head_refusal is None:
-        heads = {(*family.head_counts(layer), family.head_dim(layer)) for layer in layers}
-        if len(heads) != 1:  # the walk keeps one layout in every layer: anything else is a bug
-            raise RuntimeError(f"layers with different head counts after pruning: {sorted(heads)}")
-        attention_bias = any(family.attention_output_projection(layer).bias is not None for layer in layers)
-        family.record_heads(text_config(model), *heads.pop(), attention_bias)
-        family.share_config(model)
+    for part in family.parts:
+        part.record_shape(model)
 
 
 def save_pruned(model: PreTrainedModel, tokenizer, directory: str | Path) -> Path:
@@ -102,15 +82,15 @@ def _save_padded(model: PreTrainedModel, family: ModelAdapter, path: Path) -> No
     """Pad every MLP to the widest, save, and put the layers' own widths back (the padded copies
     are zeros beside weights that are kept as they are)."""
     layers = family.decoder_layers(model)
-    own = [family.mlp_weights(layer) for layer in layers]
+    own = [family.mlp_channels.weights(layer) for layer in layers]
     width = max(weights.width for weights in own)
     try:
         for layer, weights in zip(layers, own):
-            family.set_mlp_weights(layer, weights.padded(width))
+            family.mlp_channels.set_weights(layer, weights.padded(width))
         model.save_pretrained(path, safe_serialization=True)  # the config says the widest and the widths
     finally:
         for layer, weights in zip(layers, own):
-            family.set_mlp_weights(layer, weights)
+            family.mlp_channels.set_weights(layer, weights)
 
 
 def remove_padding(model: PreTrainedModel, family: ModelAdapter) -> None:
@@ -124,7 +104,7 @@ def remove_padding(model: PreTrainedModel, family: ModelAdapter) -> None:
         raise SpapInputError("This model was saved with per-layer MLP widths (padded); load it without --device-map.")
     for layer, width in zip(family.decoder_layers(model), widths):
         keep = torch.arange(width)
-        family.set_mlp_weights(layer, family.mlp_weights(layer).kept(keep))
+        family.mlp_channels.set_weights(layer, family.mlp_channels.weights(layer).kept(keep))
 
 
 def load_pruned(directory: str | Path, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:

@@ -27,7 +27,7 @@ def run_bytes(loaded: LoadedModel, calibration_tokens: int, batch_size: int, eva
     model while the calibration inputs are held (_fisher_bytes)."""
     config = text_config(loaded.model)
     family = loaded.family
-    width = max(family.width(layer) for layer in family.decoder_layers(loaded.model))
+    width = max(family.mlp_channels.width(layer) for layer in family.decoder_layers(loaded.model))
     hidden, vocab = config.hidden_size, config.vocab_size
     per_token = (2 * hidden + width + (2 * hidden if explicit_targets else 0)) * FLOAT_BYTES
     gram = (width + 1) ** 2 * (8 + 4)

@@ -23,7 +23,7 @@ from torch import nn
 
 from spap_core.errors import SpapInputError
 from spap_core.methods.baselines import flap_scores
-from spap_core.models.adapters.base import projection_shape, projection_weight
+from spap_core.models.adapters.projections import projection_shape, projection_weight
 from spap_core.models.loading import LoadedModel
 from spap_core.pipeline.walk import dense_layer_statistics
 from spap_core.problem.layout import HeadLayout
@@ -49,14 +49,15 @@ class UnitCosts:
     def of(loaded: LoadedModel) -> UnitCosts:
         family = loaded.family
         layer = family.decoder_layers(loaded.model)[0]
-        inputs = family.input_projections(layer)
-        width = family.width(layer)
+        mlp, attention = family.mlp_channels, family.attention_heads
+        inputs = mlp.input_projections(layer)
+        width = mlp.width(layer)
         channel = (sum(projection_shape(m)[0] * (projection_shape(m)[1] + (m.bias is not None)) for m in inputs)
-                   // width + projection_shape(family.output_projection(layer))[0])
+                   // width + projection_shape(mlp.output_projection(layer))[0])
         head = kv_group = heads = kv_heads = head_dim = 0
         if family.head_refusal is None:
-            heads, kv_heads, head_dim = family.head_shape(loaded.model)
-            weights = family.attention_weights(layer)
+            heads, kv_heads, head_dim = attention.shape(loaded.model)
+            weights = attention.weights(layer)
             rows = [weight.shape[1] + (bias is not None) for weight, bias in
                     zip((weights.query, weights.key, weights.value), weights.biases)]  # one parameter row each
             head = head_dim * (rows[0] + weights.output.shape[0])
@@ -140,19 +141,20 @@ def _summed_layer_errors(loaded: LoadedModel, calibration: torch.Tensor, candida
     """For each candidate (by heads removed per layer), Σ over layers of the refit error of FLAP's
     selection: of the heads at its layout, plus of the MLP at the sparsity that fills the budget."""
     family = loaded.family
-    head_refit = RefitSettings(bias=family.stores_attention_bias)
-    mlp_refit = RefitSettings(bias=family.stores_down_bias)
+    head_refit = RefitSettings(bias=family.attention_heads.stores_output_bias)
+    mlp_refit = RefitSettings(bias=family.mlp_channels.stores_output_bias)
     totals = {0 if c is None else c.removed: 0.0 for c in candidates}
 
     def visit(_index: int, layer: nn.Module, attention: GramAccumulator, mlp: GramAccumulator) -> None:
-        output = family.output_projection(layer)
+        output = family.mlp_channels.output_projection(layer)
         for candidate in candidates:
             problem = mlp.problem(projection_weight(output), channels(candidate))
             keep = problem.keep_columns(lowest(problem, flap_scores(problem)))
             error = refit(problem, keep, mlp_refit).known_objective
             if candidate is not None:
-                heads = attention.problem(projection_weight(family.attention_output_projection(layer)),
-                                          candidate.removed, group_size=family.head_dim(layer), layout=candidate)
+                heads_part = family.attention_heads
+                heads = attention.problem(projection_weight(heads_part.output_projection(layer)), candidate.removed,
+                                          group_size=heads_part.unit_columns(layer), layout=candidate)
                 kept_heads = heads.keep_columns(lowest(heads, flap_scores(heads)))
                 error += refit(heads, kept_heads, head_refit).known_objective
             totals[0 if candidate is None else candidate.removed] += error
@@ -162,7 +164,7 @@ def _summed_layer_errors(loaded: LoadedModel, calibration: torch.Tensor, candida
 
 
 def _allowed(loaded: LoadedModel, costs: UnitCosts):
-    return lambda layout: loaded.family.takes_heads(layout.kept, layout.kv_kept, costs.head_dim)
+    return lambda layout: loaded.family.attention_heads.takes(layout.kept, layout.kv_kept, costs.head_dim)
 
 
 def _layout(loaded: LoadedModel, costs: UnitCosts, share: float) -> HeadLayout | None:
@@ -170,5 +172,5 @@ def _layout(loaded: LoadedModel, costs: UnitCosts, share: float) -> HeadLayout |
     if share == 0:
         return None
     if loaded.family.head_refusal is not None:
-        loaded.family.head_shape(loaded.model)  # raises with the family's reason
+        loaded.family.attention_heads.shape(loaded.model)  # raises with the family's reason
     return HeadLayout.for_sparsity(costs.heads, costs.kv_heads, share, _allowed(loaded, costs))

@@ -1,12 +1,12 @@
 """The sequential pruning walk: layer by layer, calibration activations flow through the layers
-already pruned, and each layer goes through the same five steps: capture (its statistics), decide
-(the method), reconstruct and recover (the optional weight updates), propagate (shrink it, and its
-pruned output becomes the next layer's input). Only one layer's activations live at a time. The
-family's adapter says where the MLP is; the method says what it needs.
-
-With a head sparsity, each layer's attention goes first through capture, decide, reconstruct and
-shrink on the same method (its units the heads, blocks of the output projection's input), so the
-MLP's statistics are then captured on the output of the pruned attention."""
+already pruned, and each prunable part of a layer (spap_core.models.adapters.parts: its attention
+heads with a head sparsity, then its MLP channels) goes through the same steps: capture (the
+statistics of its output projection's input), decide (the method), reconstruct and recover (the
+optional weight updates), shrink. The layer's last part also propagates: its pruned output, added
+to the residual stream, becomes the next layer's input; an earlier part's pruned output is
+recomputed by the next part's capture, so the MLP's statistics are those of the pruned attention's
+output. Only one layer's activations live at a time. The family's adapter says where the parts
+are; the method says what it needs."""
 
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ from spap_core.methods.base import MethodStep, Recovery
 from spap_core.methods.baselines import baseline_scores
 from spap_core.methods.registry import PruneSettings, head_settings
 from spap_core.methods.sensitivity import channel_fisher
-from spap_core.models.adapters import ModelAdapter
-from spap_core.models.adapters.base import projection_shape, projection_weight
+from spap_core.models.adapters import MlpChannels, ModelAdapter, PrunablePart
+from spap_core.models.adapters.projections import projection_shape, projection_weight
 from spap_core.models.loading import LoadedModel
 from spap_core.models.offload import OffloadStore, is_dispatched, materialized, move_to
-from spap_core.models.shrink import finalize_config, shrink_attention, shrink_mlp
+from spap_core.models.shrink import finalize_config, shrink_part
 from spap_core.problem.layout import HeadLayout
 from spap_core.problem.objective import LayerDecision, LayerProblem, prune_count
 from spap_core.problem.statistics import GramAccumulator
@@ -56,7 +56,7 @@ class LayerRecord:
     dense_objective: float  # ½‖Y‖²: the error of pruning everything, a scale for `objective`
     # ‖W_down[:,i]‖ before ("dense") and after ("final": 0 for a pruned channel) the method, so a
     # page can show how the kept columns compensate; empty for a run saved before they were kept.
-    down_column_norms: dict[str, np.ndarray] = field(default_factory=dict)
+    output_column_norms: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def relative_error(self) -> float:
@@ -113,7 +113,7 @@ def check_prunable(loaded: LoadedModel, settings: PruneSettings) -> None:
     and plan_run share them, before any forward pass."""
     family, method, options = loaded.family, settings.implementation, settings.options
     layers = family.decoder_layers(loaded.model)
-    if settings.adds_down_bias and not family.stores_down_bias:
+    if settings.adds_output_bias and not family.mlp_channels.stores_output_bias:
         raise SpapInputError(
             f"'{settings.method}' adds a down_proj bias, which model type '{family.model_type}' cannot "
             "store; run it through run_experiment (which picks the no-bias variant) or turn bias compensation off "
@@ -130,7 +130,7 @@ def check_prunable(loaded: LoadedModel, settings: PruneSettings) -> None:
                              "'uniform') for it.")
     head_layout(loaded, settings)
     for layer in layers:
-        prune_count(family.width(layer), settings.sparsity)
+        prune_count(family.mlp_channels.width(layer), settings.sparsity)
 
 
 def head_layout(loaded: LoadedModel, settings: PruneSettings) -> HeadLayout | None:
@@ -138,8 +138,8 @@ def head_layout(loaded: LoadedModel, settings: PruneSettings) -> HeadLayout | No
     that this family, method or run cannot use."""
     if settings.head_sparsity == 0:
         return None
-    family = loaded.family
-    heads, kv_heads, head_dim = family.head_shape(loaded.model)
+    heads_part = loaded.family.attention_heads
+    heads, kv_heads, head_dim = heads_part.shape(loaded.model)
     refusal = settings.implementation.head_refusal(settings.options)
     if refusal is not None:
         raise SpapInputError(f"Attention heads with {settings.method}: {refusal}.")
@@ -150,7 +150,7 @@ def head_layout(loaded: LoadedModel, settings: PruneSettings) -> HeadLayout | No
         raise SpapInputError("Attention heads of an offloaded model (a device map) are not pruned; load it without "
                              "--device-map, or set the head sparsity to 0.")
     return HeadLayout.for_sparsity(heads, kv_heads, settings.head_sparsity,
-                                   lambda layout: family.takes_heads(layout.kept, layout.kv_kept, head_dim))
+                                   lambda layout: heads_part.takes(layout.kept, layout.kv_kept, head_dim))
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -190,7 +190,7 @@ def prune_model(
                              "would need the memory the map avoids.")
     model = loaded.model if inplace else copy.deepcopy(loaded.model)
     layout = head_layout(loaded, settings)
-    heads = None if layout is None else HeadPruning(layout, loaded.family.head_shape(loaded.model)[2])
+    heads = None if layout is None else HeadPruning(layout, loaded.family.attention_heads.shape(loaded.model)[2])
     walk = _Walk(loaded.family, settings, seed, cancel, on_step, heads)
     layers = loaded.family.decoder_layers(model)
     params_before = parameter_count(model)
@@ -227,13 +227,34 @@ class _Streams:
 
 @dataclass
 class _Capture:
-    """One layer's capture: its statistics and what the later steps need per calibration chunk."""
+    """One part's capture: its statistics and what the later steps need per calibration chunk."""
 
-    stats: GramAccumulator | None  # None once it became the layer's problem
-    intermediates: list[torch.Tensor]  # Z, the output projection's input
-    residual_bases: list[torch.Tensor]  # the layer's output with its MLP contributing nothing
+    stats: GramAccumulator | None  # None once it became the part's problem
+    activations: list[torch.Tensor]  # Z, the output projection's input (only for a propagating part)
+    residual_bases: list[torch.Tensor]  # the layer's output with the part contributing nothing (idem)
     mlp_inputs: list[torch.Tensor]  # only for a recovery step
     targets: list[torch.Tensor]  # only for corrected targets
+
+
+@dataclass
+class _PartStep:
+    """One prunable part's share of every layer: the settings its method runs with (the heads'
+    drop an output bias their class cannot store), the corrected targets and recovery it takes
+    (the MLP channels' only: both are built for the MLP's output and input projections), the layout
+    its kept units must form (heads), whether its pruned output is propagated (the layer's last
+    part), where its records and trace go, and the timing every phase of it adds to (None: each
+    phase its own)."""
+
+    part: PrunablePart
+    settings: PruneSettings
+    records: list[LayerRecord]
+    trace: list[MethodStep]
+    correction: float = 0.0
+    recovery: Recovery | None = None
+    layout: HeadLayout | None = None
+    propagates: bool = False
+    timing: str | None = None
+    activations: str = "calibration"  # how a refusal of non-finite statistics names them
 
 
 class _Walk:
@@ -242,38 +263,36 @@ class _Walk:
     def __init__(self, family: ModelAdapter, settings: PruneSettings, seed: int, cancel: threading.Event | None,
                  on_step: StepCallback | None, heads: HeadPruning | None = None) -> None:
         self.family, self.settings, self.seed, self.cancel, self.on_step = family, settings, seed, cancel, on_step
-        self.method, self.options = settings.implementation, settings.options
-        self.correction = self.method.target_correction(self.options)
-        self.recovery: Recovery | None = settings.recovery
+        self.correction = settings.implementation.target_correction(settings.options)
         self.allocation: Allocation = settings.allocation_strategy
         self.timings = {"capture": 0.0, "solve": 0.0, "altmin": 0.0, "propagate": 0.0}
         self.records: list[LayerRecord] = []
         self.trace: list[MethodStep] = []
-        self.heads = heads
+        self.steps: list[_PartStep] = []
         if heads is not None:
             self.timings["heads"] = 0.0
-            self.head_settings = head_settings(settings, family)
+            self.steps.append(_PartStep(family.attention_heads, head_settings(settings, family), heads.layers,
+                                        heads.trace, layout=heads.layout, timing="heads",
+                                        activations="attention"))
+        self.steps.append(_PartStep(family.mlp_channels, settings, self.records, self.trace,
+                                    correction=self.correction, recovery=settings.recovery, propagates=True))
 
     @contextlib.contextmanager
-    def _timed(self, phase: str) -> Iterator[None]:
+    def _timed(self, phase: str, step: _PartStep | None = None) -> Iterator[None]:
         """Time a phase of a layer, then give what it freed back to the system (half a millisecond):
         a phase's temporaries (the Gram's solves, the recovery's activations) left in glibc's heap
         would otherwise add to the next phase's, and the peak of a --low-memory run is the sum."""
         started = time.perf_counter()
         yield
-        self.timings[phase] += time.perf_counter() - started
+        self.timings[phase if step is None or step.timing is None else step.timing] += time.perf_counter() - started
         release_freed_memory()
 
-    def _keep_step(self, step: MethodStep) -> None:
-        self.trace.append(step)
-        if self.on_step is not None:
-            self.on_step(step)
-
-    def _keep_head_step(self, step: MethodStep) -> None:
-        assert self.heads is not None  # the callback of _prune_heads, which runs only with heads
-        self.heads.trace.append(step)
-        if self.on_step is not None:
-            self.on_step(step)
+    def _step_keeper(self, trace: list[MethodStep]) -> StepCallback:
+        def keep(step: MethodStep) -> None:
+            trace.append(step)
+            if self.on_step is not None:
+                self.on_step(step)
+        return keep
 
     def start(self, model: nn.Module, layers: nn.ModuleList, calibration: torch.Tensor, batch_size: int,
               device: torch.device) -> tuple[_Streams, list[int]]:
@@ -282,117 +301,115 @@ class _Walk:
             chunks = [c.to(device) for c in calibration.split(batch_size)]
             hidden, arguments = _layer_inputs_and_arguments(self.family.decoder(model), layers, chunks)
             dense = _DenseModel(model, self.family, layers, hidden, arguments, calibration, self.cancel)
-            n_prune = self.allocation.counts([self.family.width(layer) for layer in layers], self.settings.sparsity,
-                                             dense)
+            n_prune = self.allocation.counts([self.family.mlp_channels.width(layer) for layer in layers],
+                                             self.settings.sparsity, dense)
         return _Streams(hidden, list(hidden) if self.correction > 0 else [], arguments), n_prune
 
     def layer(self, index: int, layer: nn.Module, streams: _Streams, n_prune: int) -> _Streams:
-        """capture → decide → reconstruct → recover → propagate, for one (materialised) layer."""
+        """Every part's steps, in order, for one (materialised) layer; `n_prune` is the MLP's λ
+        (the heads' follows from their layout)."""
         args, kwargs = move_to(streams.layer_arguments[index], streams.hidden[0].device)
-        if self.heads is not None:
-            with self._timed("heads"):
-                self._prune_heads(index, layer, self.heads, streams, args, kwargs)
-        with self._timed("capture"):
-            if self.correction > 0:  # the dense model's own output of this layer, on the dense stream
-                streams.dense = [_call_layer(layer, chunk, args, kwargs) for chunk in streams.dense]
-            capture = self._capture(layer, streams, args, kwargs)
-        with self._timed("solve"):
-            problem = self._problem(index, layer, capture, n_prune)
-            decision = self.method.decide(problem, self.options, index, on_step=self._keep_step, cancel=self.cancel)
-            if self.settings.reconstruction is not None:
-                decision = self.settings.reconstruction.apply(problem, decision)
-        if self.recovery is not None:
-            with self._timed("altmin"):
-                decision = self._recover(index, layer, capture, decision, self.recovery)
-        with self._timed("propagate"):
-            self.records.append(_layer_record(index, problem, decision))
-            shrink_mlp(self.family, layer, decision)
-            to_residual = self.family.mlp_output_to_residual(layer)
-            outputs = _pruned_mlp_outputs(self.family, layer, decision, capture)
-            # (OPT's layer flattens the tokens before its MLP: outputs come back in the stream's shape)
-            streams.hidden = [base + to_residual(output.reshape(base.shape))
-                              for base, output in zip(capture.residual_bases, outputs)]
+        for step in self.steps:
+            count = n_prune if step.layout is None else step.layout.removed
+            streams = self._prune_part(step, index, layer, streams, count, args, kwargs)
         return streams
 
-    def _prune_heads(self, index: int, layer: nn.Module, heads: HeadPruning, streams: _Streams, args: tuple,
-                     kwargs: dict) -> None:
-        """capture → decide → reconstruct → shrink for the layer's attention heads: the input of its
-        output projection is recorded (the forward stops there), and the problem's targets are the
-        dense attention output on the pruned stream, as the MLP's are."""
-        stats = GramAccumulator()
-        with _attention_recorded(self.family, layer) as recorded:
-            for chunk in streams.hidden:
-                try:
-                    _call_layer(layer, chunk, args, kwargs)
-                except _StopForward:
-                    pass
-                stats.add(_recorded(recorded.intermediate, "attention output projection"))
-        layout, settings = heads.layout, self.head_settings
-        problem = stats.problem(self.family.attention_weights(layer).output, layout.removed,
-                                group_size=heads.head_dim, layout=layout)
-        if not _all_finite(problem.gram, problem.cross):
-            raise NumericalError(f"Pruning stopped: the attention activations of layer {index} contain NaN or inf "
-                                 "(the model itself overflows on this text; try float32 or another calibration text).")
-        decision = settings.implementation.decide(problem, settings.options, index, on_step=self._keep_head_step,
-                                                  cancel=self.cancel)
-        if settings.reconstruction is not None:
-            decision = settings.reconstruction.apply(problem, decision)
-        heads.layers.append(_layer_record(index, problem, decision))
-        shrink_attention(self.family, layer, problem, decision)
+    def _prune_part(self, step: _PartStep, index: int, layer: nn.Module, streams: _Streams, n_prune: int,
+                    args: tuple, kwargs: dict) -> _Streams:
+        """capture → decide → reconstruct → recover → shrink (→ propagate) for one part of the layer."""
+        settings = step.settings
+        with self._timed("capture", step):
+            if step.correction > 0:  # the dense model's own output of this layer, on the dense stream
+                streams.dense = [_call_layer(layer, chunk, args, kwargs) for chunk in streams.dense]
+            capture = self._capture(step, layer, streams, args, kwargs)
+        with self._timed("solve", step):
+            problem = self._problem(step, index, layer, capture, n_prune)
+            decision = settings.implementation.decide(problem, settings.options, index,
+                                                      on_step=self._step_keeper(step.trace), cancel=self.cancel)
+            if settings.reconstruction is not None:
+                decision = settings.reconstruction.apply(problem, decision)
+        if step.recovery is not None:
+            with self._timed("altmin", step):
+                decision = self._recover(index, layer, capture, decision, step)
+        with self._timed("propagate", step):
+            step.records.append(_layer_record(index, problem, decision))
+            shrink_part(step.part, layer, problem.kept_units(decision.keep.cpu()), decision)
+            if step.propagates:
+                to_residual = self.family.mlp_output_to_residual(layer)
+                outputs = _pruned_outputs(step.part, layer, decision, capture, self.family.mlp_channels)
+                # (OPT's layer flattens the tokens before its MLP: outputs come back in the stream's shape)
+                streams.hidden = [base + to_residual(output.reshape(base.shape))
+                                  for base, output in zip(capture.residual_bases, outputs)]
+        return streams
 
-    def _capture(self, layer: nn.Module, streams: _Streams, args: tuple, kwargs: dict) -> _Capture:
-        """Run the layer on every chunk with its output projection recording Z instead of computing
-        (so the dense output is never computed unless targets differ from W₀Z): the statistics, and
-        the residual stream every variant of this MLP's output is added to."""
+    def _capture(self, step: _PartStep, layer: nn.Module, streams: _Streams, args: tuple, kwargs: dict) -> _Capture:
+        """Run the layer on every chunk with the part's output projection recording its input Z
+        instead of computing (so the dense output is never computed unless targets differ from
+        W₀Z): the statistics, and for a propagating part the residual stream every variant of its
+        output is added to; any other part's recorder ends the layer's forward there."""
+        part = step.part
         stats = GramAccumulator()
         capture = _Capture(stats, [], [], [], [])
         to_residual = self.family.mlp_output_to_residual(layer)
-        native_bias = self.family.mlp_weights(layer).output_bias
-        with _output_recorded(self.family, layer) as recorded:
-            zero_contribution = to_residual(recorded.zero_output())
+        native_bias = part.weights(layer).output_bias
+        recorded_input = self.family.mlp_channels.input_projections(layer)[0] if step.recovery is not None else None
+        with _units_recorded(part, layer, step.propagates, recorded_input) as recorded:
+            zero_contribution = to_residual(recorded.zero_output()) if step.propagates else None
             for chunk_index, chunk in enumerate(streams.hidden):
-                base = _call_layer(layer, chunk, args, kwargs) - zero_contribution
-                z = _recorded(recorded.intermediate, "MLP output projection")
+                base = None
+                try:
+                    output = _call_layer(layer, chunk, args, kwargs)
+                    if zero_contribution is not None:
+                        base = output - zero_contribution
+                except _StopForward:
+                    pass
+                z = _recorded(recorded.activations, part.description)
                 target = None
-                if self.correction > 0:  # W₀Z, plus part of the error the pruned stream has accumulated
+                if step.correction > 0:  # W₀Z, plus part of the error the pruned stream has accumulated
+                    assert base is not None  # a part with corrected targets propagates
                     full = recorded.output_projection(z)
                     stream = base + to_residual(full.reshape(base.shape))
-                    target = full + self.correction * (streams.dense[chunk_index] - stream).reshape(full.shape)
+                    target = full + step.correction * (streams.dense[chunk_index] - stream).reshape(full.shape)
                     if native_bias is not None:  # the problem's targets leave out the family's own bias
                         target = target - native_bias
                     capture.targets.append(target)
-                if self.recovery is not None:
-                    capture.mlp_inputs.append(_recorded(recorded.mlp_input, "first MLP input projection"))
+                if recorded_input is not None:
+                    capture.mlp_inputs.append(_recorded(recorded.part_input, "first MLP input projection"))
                 stats.add(z, target)
-                capture.intermediates.append(z)
-                capture.residual_bases.append(base)
+                if base is not None:
+                    capture.activations.append(z)
+                    capture.residual_bases.append(base)
         return capture
 
-    def _problem(self, index: int, layer: nn.Module, capture: _Capture, n_prune: int) -> LayerProblem:
+    def _problem(self, step: _PartStep, index: int, layer: nn.Module, capture: _Capture, n_prune: int) -> LayerProblem:
         assert capture.stats is not None  # each capture becomes one problem
-        problem = capture.stats.problem(self.family.mlp_weights(layer).output, n_prune)
+        problem = capture.stats.problem(step.part.weights(layer).output, n_prune,
+                                        group_size=step.part.unit_columns(layer), layout=step.layout)
         if not _all_finite(problem.gram, problem.cross):
             raise NumericalError(
-                f"Pruning stopped: the calibration activations of layer {index} contain NaN or inf "
+                f"Pruning stopped: the {step.activations} activations of layer {index} contain NaN or inf "
                 "(the model itself overflows on this text; try float32 or another calibration text).")
         capture.stats = None  # the Gram lives on in the problem; the accumulator's copy can go
         return problem
 
     def _recover(self, index: int, layer: nn.Module, capture: _Capture, decision: LayerDecision,
-                 recovery: Recovery) -> LayerDecision:
-        """Alternating minimization of the kept weights. Without corrected targets it fits the dense
-        output W₀Z, computed once here for the tokens it samples and for its refit."""
-        dense = self.family.mlp_weights(layer)
-        if self.correction > 0:
+                 step: _PartStep) -> LayerDecision:
+        """Alternating minimization of the kept MLP weights (the recovery refits the MLP's input
+        projections through its function). Without corrected targets it fits the dense output
+        W₀Z, computed once here for the tokens it samples and for its refit."""
+        assert step.recovery is not None  # only a step with a recovery recovers
+        mlp = self.family.mlp_channels
+        dense = mlp.weights(layer)
+        if step.correction > 0:
             targets = torch.cat(capture.targets)
         else:
-            targets = self.family.output_projection(layer)(torch.cat(capture.intermediates))
+            targets = mlp.output_projection(layer)(torch.cat(capture.activations))
             if dense.output_bias is not None:
                 targets = targets - dense.output_bias
         with torch.enable_grad():
             return alternating_minimization(
-                decision, torch.cat(capture.mlp_inputs), targets, dense, self.family.mlp_function(layer),
-                recovery.altmin, recovery.refit, seed=self.seed + index, cancel=self.cancel)
+                decision, torch.cat(capture.mlp_inputs), targets, dense, mlp.function(layer),
+                step.recovery.altmin, step.recovery.refit, seed=self.seed + index, cancel=self.cancel)
 
 
 # ---------------------------------------------------------------------------------- the steps' parts
@@ -487,13 +504,13 @@ class _DenseModel:
         def run_layer(layer: nn.Module, index: int, chunks: list[torch.Tensor]):
             args, kwargs = self.arguments[index]
             outputs = [_call_layer(layer, chunk, args, kwargs) for chunk in chunks]
-            return outputs, projection_weight(self.family.output_projection(layer))
+            return outputs, projection_weight(self.family.mlp_channels.output_projection(layer))
 
-        outputs = [self.family.output_projection(layer) for layer in self.layers]
+        outputs = [self.family.mlp_channels.output_projection(layer) for layer in self.layers]
         return dense_channel_scores(self.layers, outputs, self.hidden, run_layer)
 
     def channel_fisher(self) -> list[np.ndarray]:
-        outputs = [self.family.output_projection(layer) for layer in self.layers]
+        outputs = [self.family.mlp_channels.output_projection(layer) for layer in self.layers]
         return channel_fisher(self.model, outputs, self.calibration, self.cancel)
 
 
@@ -514,7 +531,7 @@ def dense_layer_statistics(loaded: LoadedModel, calibration: torch.Tensor, visit
         for index, layer in enumerate(layers):
             args, kwargs = arguments[index]
             stats = (GramAccumulator(), GramAccumulator())
-            projections = (family.attention_output_projection(layer), family.output_projection(layer))
+            projections = [part.output_projection(layer) for part in (family.attention_heads, family.mlp_channels)]
             handles = [projection.register_forward_pre_hook(lambda _module, inputs, own=own: own.add(inputs[0]))
                        for projection, own in zip(projections, stats)]
             try:
@@ -545,94 +562,79 @@ def _recorded(value: torch.Tensor | None, module: str) -> torch.Tensor:
     return value
 
 
-class _OutputRecorder(nn.Module):
-    """Stands in for the output projection while a layer is captured: records its input (the
-    intermediate activations Z) and returns zeros, so the dense output projection is not computed
-    at all. The MLP's input is recorded from the first input projection."""
+class _UnitRecorder(nn.Module):
+    """Stands in for a part's output projection while a layer is captured: records its input (the
+    units' activations Z). For a propagating part it returns zeros, so the dense output projection
+    is not computed at all and the layer's output is its residual base; otherwise the layer's
+    forward stops there. With `part_input` it also records that module's input (the MLP's input,
+    for a recovery step)."""
 
-    def __init__(self, output_projection: nn.Module, first_input: nn.Module) -> None:
+    def __init__(self, output_projection: nn.Module, propagates: bool, part_input: nn.Module | None) -> None:
         super().__init__()
         self.output_projection = output_projection
         self.out_features = projection_shape(output_projection)[0]
-        self.intermediate: torch.Tensor | None = None  # of the latest call
-        self.mlp_input: torch.Tensor | None = None
-        self._handle = first_input.register_forward_pre_hook(self._record_mlp_input)
+        self.propagates = propagates
+        self.activations: torch.Tensor | None = None  # of the latest call
+        self.part_input: torch.Tensor | None = None
+        self._handle = None if part_input is None else part_input.register_forward_pre_hook(self._record_input)
 
-    def _record_mlp_input(self, _module: nn.Module, args: tuple) -> None:
-        self.mlp_input = args[0]
+    def _record_input(self, _module: nn.Module, args: tuple) -> None:
+        self.part_input = args[0]
 
-    def forward(self, intermediate: torch.Tensor) -> torch.Tensor:
-        self.intermediate = intermediate
-        return intermediate.new_zeros(*intermediate.shape[:-1], self.out_features)
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        self.activations = activations
+        if not self.propagates:
+            raise _StopForward
+        return activations.new_zeros(*activations.shape[:-1], self.out_features)
 
     def zero_output(self) -> torch.Tensor:
         weight = cast(torch.Tensor, self.output_projection.weight)
         return torch.zeros(1, self.out_features, dtype=weight.dtype, device=weight.device)
 
     def release(self) -> None:
-        self._handle.remove()
-
-
-class _AttentionRecorder(nn.Module):
-    """Stands in for the attention's output projection while its heads are captured: records the
-    heads' concatenated outputs and stops the layer's forward there."""
-
-    intermediate: torch.Tensor | None = None
-
-    def forward(self, intermediate: torch.Tensor) -> torch.Tensor:
-        self.intermediate = intermediate
-        raise _StopForward
+        if self._handle is not None:
+            self._handle.remove()
 
 
 @contextlib.contextmanager
-def _attention_recorded(family: ModelAdapter, layer: nn.Module) -> Iterator[_AttentionRecorder]:
-    original = family.attention_output_projection(layer)
-    recorder = _AttentionRecorder()
-    family.set_attention_output_projection(layer, recorder)
+def _units_recorded(part: PrunablePart, layer: nn.Module, propagates: bool,
+                    part_input: nn.Module | None) -> Iterator[_UnitRecorder]:
+    original = part.output_projection(layer)
+    recorder = _UnitRecorder(original, propagates, part_input)
+    part.set_output_projection(layer, recorder)
     try:
         yield recorder
     finally:
-        family.set_attention_output_projection(layer, original)
-
-
-@contextlib.contextmanager
-def _output_recorded(family: ModelAdapter, layer: nn.Module) -> Iterator[_OutputRecorder]:
-    original = family.output_projection(layer)
-    recorder = _OutputRecorder(original, family.input_projections(layer)[0])
-    family.set_output_projection(layer, recorder)
-    try:
-        yield recorder
-    finally:
-        family.set_output_projection(layer, original)
+        part.set_output_projection(layer, original)
         recorder.release()
 
 
 def _layer_record(index: int, problem: LayerProblem, decision: LayerDecision) -> LayerRecord:
     """Per unit (channel or head): kept ones, scores, and the output projection's norms."""
-    final = torch.zeros(problem.dense_down.shape[0], problem.width, dtype=torch.float32)
-    final[:, decision.keep.cpu()] = decision.down_weight.float().cpu()
+    final = torch.zeros(problem.dense_output.shape[0], problem.width, dtype=torch.float32)
+    final[:, decision.keep.cpu()] = decision.output_weight.float().cpu()
     return LayerRecord(
         layer=index, width=problem.units, keep=problem.kept_units(decision.keep.cpu()).numpy(),
         scores={**baseline_scores(problem), **decision.scores},
         objective=decision.objective, dense_objective=0.5 * problem.target_energy,
-        down_column_norms={"dense": problem.unit_norms(problem.dense_down.float()).cpu().numpy(),
+        output_column_norms={"dense": problem.unit_norms(problem.dense_output.float()).cpu().numpy(),
                            "final": problem.unit_norms(final).numpy()},
     )
 
 
-def _pruned_mlp_outputs(family: ModelAdapter, layer: nn.Module, decision: LayerDecision,
-                        capture: _Capture) -> list[torch.Tensor]:
-    """The shrunk MLP's output on each calibration chunk. Its intermediate activations are the
-    dense ones at the kept channels while the input projections are unchanged, or the ones the
-    recovery computed for its last refit; either way only the (small) output projection needs
-    computing."""
-    output = family.output_projection(layer)
-    intermediates = capture.intermediates
+def _pruned_outputs(part: PrunablePart, layer: nn.Module, decision: LayerDecision, capture: _Capture,
+                    mlp: MlpChannels) -> list[torch.Tensor]:
+    """The shrunk part's output on each calibration chunk. Its units' activations are the dense
+    ones at the kept columns while the projections producing them are unchanged, or the ones the
+    MLP's recovery computed for its last refit (or recomputes from its new input rows); either way
+    only the (small) output projection needs computing."""
+    output = part.output_projection(layer)
+    activations = capture.activations
     if decision.kept_intermediates is not None:
-        sizes = [z[..., 0].numel() for z in intermediates]
-        kept = [h.reshape(*z.shape[:-1], -1) for h, z in zip(decision.kept_intermediates.split(sizes), intermediates)]
+        sizes = [z[..., 0].numel() for z in activations]
+        kept = [h.reshape(*z.shape[:-1], -1) for h, z in zip(decision.kept_intermediates.split(sizes), activations)]
     elif decision.input_weights is not None:
-        return [output(family.intermediate(layer, x)) for x in capture.mlp_inputs]
+        return [output(mlp.activations(layer, x)) for x in capture.mlp_inputs]
     else:
-        kept = [z[..., decision.keep.to(z.device)] for z in intermediates]
+        kept = [z[..., decision.keep.to(z.device)] for z in activations]
     return [output(h) for h in kept]

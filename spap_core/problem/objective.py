@@ -27,7 +27,7 @@ class LayerProblem:
     gram: torch.Tensor  # H̃, (n+1)×(n+1); last row/column belong to the constant feature
     cross: torch.Tensor  # C = Y Z̃ᵀ, m×(n+1)
     target_energy: float  # ‖Y‖²
-    dense_down: torch.Tensor  # W0, m×n
+    dense_output: torch.Tensor  # W0, m×n
     n_prune: int
     # The targets are the dense layer's own output (Y = W₀Z, no explicit targets): then W̃₀ fits
     # them exactly, and with a ridge towards W̃₀ it is the unpenalised solution, no solve needed.
@@ -50,7 +50,7 @@ class LayerProblem:
 
     @property
     def width(self) -> int:
-        return self.dense_down.shape[1]
+        return self.dense_output.shape[1]
 
     @property
     def units(self) -> int:
@@ -120,13 +120,13 @@ class LayerProblem:
 @dataclass
 class LayerDecision:
     """What a method decided for one layer: kept channels and the new output projection (and
-    optionally new rows of the input projections from alternating minimization). `down_bias` is
+    optionally new rows of the input projections from alternating minimization). `output_bias` is
     what the method adds to the output bias (a family's own bias, OPT's fc2 say, stays under it).
     `scores` holds each named channel metric."""
 
     keep: torch.Tensor  # sorted indices of kept channels
-    down_weight: torch.Tensor  # m×|keep|
-    down_bias: torch.Tensor | None = None  # m
+    output_weight: torch.Tensor  # m×|keep|
+    output_bias: torch.Tensor | None = None  # m
     input_weights: tuple[torch.Tensor, ...] | None = None  # |keep|×d each: (gate, up) of a GLU, (fc1,) otherwise
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     objective: float | None = None
@@ -178,8 +178,8 @@ def objective(problem: LayerProblem, weights: torch.Tensor) -> float:
 
 def dense_with_bias_column(problem: LayerProblem, dtype: torch.dtype) -> torch.Tensor:
     """W̃0 = [W0, 0]: the dense weights in the augmented coordinates."""
-    zeros = torch.zeros(problem.dense_down.shape[0], 1, dtype=dtype, device=problem.dense_down.device)
-    return torch.cat([problem.dense_down.to(dtype), zeros], dim=1)
+    zeros = torch.zeros(problem.dense_output.shape[0], 1, dtype=dtype, device=problem.dense_output.device)
+    return torch.cat([problem.dense_output.to(dtype), zeros], dim=1)
 
 
 def cholesky_right_solve(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -385,7 +385,7 @@ def augmented_solve(problem: LayerProblem, settings: RefitSettings, penalty: tor
 
 def scatter_columns(problem: LayerProblem, columns: torch.Tensor, weights: torch.Tensor, bias: bool) -> torch.Tensor:
     """Full-width W̃ (m×(n+1)) with `weights` placed at `columns` (+ bias column) and zeros elsewhere."""
-    full = torch.zeros(problem.dense_down.shape[0], problem.width + 1, dtype=weights.dtype, device=weights.device)
+    full = torch.zeros(problem.dense_output.shape[0], problem.width + 1, dtype=weights.dtype, device=weights.device)
     full[:, columns.to(weights.device)] = weights[:, : len(columns)]
     if bias:
         full[:, -1] = weights[:, -1]
@@ -397,10 +397,10 @@ def refit(problem: LayerProblem, keep: torch.Tensor, settings: RefitSettings) ->
     and FASP, and the inner solve of the brute-force optimum used to check SPAP."""
     system = RidgeSystem(problem, settings, columns=keep)
     weights = system.solve()
-    out_dtype = problem.dense_down.dtype
+    out_dtype = problem.dense_output.dtype
     return LayerDecision(
         keep=keep,
-        down_weight=weights[:, : len(keep)].to(out_dtype),
-        down_bias=weights[:, -1].to(out_dtype) if settings.bias else None,
+        output_weight=weights[:, : len(keep)].to(out_dtype),
+        output_bias=weights[:, -1].to(out_dtype) if settings.bias else None,
         objective=system.objective(weights),
     )

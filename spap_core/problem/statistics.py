@@ -59,18 +59,18 @@ class GramAccumulator:
             self.cross = cross if self.cross is None else self.cross.add_(cross)
             self.target_energy += float(y.double().pow(2).sum())
 
-    def problem(self, dense_down: torch.Tensor, n_prune: int, group_size: int = 1,
+    def problem(self, dense_output: torch.Tensor, n_prune: int, group_size: int = 1,
                 layout: HeadLayout | None = None) -> LayerProblem:
         """The layer problem of pruning `n_prune` units (channels, or heads of `group_size` columns
-        within `layout`) from the output projection `dense_down`."""
+        within `layout`) from the output projection `dense_output`."""
         if self.gram is None:
             raise RuntimeError("no calibration tokens were accumulated for this layer")
-        dense = dense_down.detach().float()
+        dense = dense_output.detach().float()
         # Without explicit targets C is derived below, from the float32 Gram copy the problem keeps
         # for the solvers: until then it is an empty placeholder.
         cross = self.cross if self.cross is not None else torch.empty(0, dtype=torch.float64)
         problem = LayerProblem(gram=self.gram, cross=cross, target_energy=self.target_energy,
-                               dense_down=dense, n_prune=n_prune, dense_fits_targets=not self.explicit_targets,
+                               dense_output=dense, n_prune=n_prune, dense_fits_targets=not self.explicit_targets,
                                group_size=group_size, layout=layout)
         if problem.dense_fits_targets:  # C and ‖Y‖² from the float32 Gram copy the solvers reuse
             width = dense.shape[1]

@@ -89,7 +89,7 @@ def _part_arrays(prefix: str, layers: list[LayerRecord], trace: Sequence[MethodS
         arrays[f"keep_layer{layer.layer}"] = layer.keep
         arrays.update({f"score_layer{layer.layer}_{name}": np.asarray(score) for name, score in layer.scores.items()})
         arrays.update({f"down_norms_layer{layer.layer}_{name}": norms
-                       for name, norms in layer.down_column_norms.items()})
+                       for name, norms in layer.output_column_norms.items()})
     return {prefix + key: value for key, value in arrays.items()}
 
 
@@ -243,6 +243,6 @@ def _stored_layers(arrays: dict[str, np.ndarray]) -> list[LayerRecord]:
             scores=_named_arrays(arrays, f"score_layer{index}_"),
             objective=None if np.isnan(objective) else objective,
             dense_objective=float(arrays["dense_objectives"][index]),
-            down_column_norms=_named_arrays(arrays, f"down_norms_layer{index}_"),
+            output_column_norms=_named_arrays(arrays, f"down_norms_layer{index}_"),
         ))
     return layers

@@ -88,7 +88,8 @@ def check_second_save(out, report: dict, in_memory: torch.Tensor) -> None:
     torch.testing.assert_close(logits(vanilla), in_memory, rtol=1e-5, atol=1e-6)
     reloaded = load_model(str(out), device="cpu")
     family = reloaded.family
-    assert [family.width(layer) for layer in family.decoder_layers(reloaded.model)] == report["layer_widths"]
+    widths = [family.mlp_channels.width(layer) for layer in family.decoder_layers(reloaded.model)]
+    assert widths == report["layer_widths"]
     assert parameters(reloaded.model) == report["params_after"] < report["params_before"]
     _, stored = read_run(out)
     parts = [(stored.layers, stored.trace)]

@@ -8,12 +8,21 @@ from __future__ import annotations
 from torch import nn
 
 from spap_core.errors import SpapInputError
-from spap_core.models.adapters.base import MlpFunction, MlpWeights, ModelAdapter, text_config
+from spap_core.models.adapters.base import ModelAdapter
+from spap_core.models.adapters.config import text_config
 from spap_core.models.adapters.gemma import GemmaAdapter
 from spap_core.models.adapters.gpt2 import Gpt2Adapter
 from spap_core.models.adapters.gpt_neox import GptNeoXAdapter
 from spap_core.models.adapters.llama import LlamaAdapter
 from spap_core.models.adapters.opt import OptAdapter
+from spap_core.models.adapters.parts import (
+    AttentionHeads,
+    AttentionWeights,
+    MlpChannels,
+    MlpFunction,
+    MlpWeights,
+    PrunablePart,
+)
 from spap_core.models.adapters.phi import PhiAdapter
 from spap_core.models.adapters.phi3 import Phi3Adapter
 
@@ -21,7 +30,8 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, GemmaAdapter, OptAdapt
                                             PhiAdapter, Phi3Adapter)
 SUPPORTED = ", ".join(adapter.families for adapter in ADAPTERS)
 
-__all__ = ["ADAPTERS", "SUPPORTED", "MlpFunction", "MlpWeights", "ModelAdapter", "model_adapter", "text_config"]
+__all__ = ["ADAPTERS", "SUPPORTED", "AttentionHeads", "AttentionWeights", "MlpChannels", "MlpFunction", "MlpWeights",
+           "ModelAdapter", "PrunablePart", "model_adapter", "text_config"]
 
 
 def model_adapter(model: nn.Module) -> ModelAdapter:

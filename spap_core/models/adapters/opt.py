@@ -9,6 +9,15 @@ from torch import nn
 
 from spap_core.errors import SpapInputError
 from spap_core.models.adapters.base import ModelAdapter
+from spap_core.models.adapters.parts import MlpChannels
+
+
+class OptMlpChannels(MlpChannels):
+    """fc2 holds a bias unless the config's `enable_bias` is off."""
+
+    @property
+    def stores_output_bias(self) -> bool:
+        return bool(getattr(self.family.config, "enable_bias", True))
 
 
 class OptAdapter(ModelAdapter):
@@ -23,10 +32,7 @@ class OptAdapter(ModelAdapter):
     activation_name = "activation_fn"
     head_refusal = ("its transformers class derives head_dim from hidden_size ÷ num_attention_heads, so a layer "
                     "cannot hold fewer heads of the same size")
-
-    @property
-    def stores_down_bias(self) -> bool:
-        return bool(getattr(self.config, "enable_bias", True))
+    mlp_channels_type = OptMlpChannels
 
     def validate(self, model: nn.Module) -> None:
         if not getattr(self.config, "do_layer_norm_before", True):

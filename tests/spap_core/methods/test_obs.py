@@ -78,10 +78,10 @@ def test_objective_and_weights_are_the_refit_of_the_kept_channels(n_prune):
     damped = ObsSettings(damping=0.05)
     decision = obs_layer(problem, damped)
     ridge = refit(problem, decision.keep, RefitSettings(ridge=0.05, prior="zero", bias=True, precision="float64"))
-    torch.testing.assert_close(decision.down_weight, ridge.down_weight, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(decision.down_bias, ridge.down_bias, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(decision.output_weight, ridge.output_weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(decision.output_bias, ridge.output_bias, rtol=1e-5, atol=1e-6)
     assert decision.keep.tolist() == sorted(decision.keep.tolist())
-    assert decision.down_weight.dtype == problem.dense_down.dtype
+    assert decision.output_weight.dtype == problem.dense_output.dtype
 
 
 def duplicated_channel_layer() -> LayerProblem:
@@ -91,12 +91,12 @@ def duplicated_channel_layer() -> LayerProblem:
     activations = torch.randn(50, 8, generator=generator, dtype=torch.float64)
     activations[:, 0] *= 3.0
     activations[:, 1] = activations[:, 0] + 1e-3 * torch.randn(50, generator=generator, dtype=torch.float64)
-    dense_down = torch.randn(4, 8, generator=generator, dtype=torch.float64)
-    dense_down[:, :2] *= 3.0
-    targets = activations @ dense_down.T + 0.1 * torch.randn(50, 4, generator=generator, dtype=torch.float64)
+    dense_output = torch.randn(4, 8, generator=generator, dtype=torch.float64)
+    dense_output[:, :2] *= 3.0
+    targets = activations @ dense_output.T + 0.1 * torch.randn(50, 4, generator=generator, dtype=torch.float64)
     stats = GramAccumulator()
     stats.add(activations, targets)
-    return stats.problem(dense_down, n_prune=1)
+    return stats.problem(dense_output, n_prune=1)
 
 
 def test_a_duplicated_channel_is_removed_where_magnitude_rules_keep_both():
@@ -136,7 +136,7 @@ def test_blocks_remove_the_right_count_with_exact_updates(block):
     decision = obs_layer(problem, ObsSettings(block=block, damping=1e-9))
     assert len(decision.keep) == 5 and len(set(decision.keep.tolist())) == 5
     assert decision.keep.tolist() == sorted(decision.keep.tolist())
-    assert decision.down_weight.shape == (4, 5) and decision.down_bias.shape == (4,)
+    assert decision.output_weight.shape == (4, 5) and decision.output_bias.shape == (4,)
     assert decision.objective == pytest.approx(least_squares_cost(problem, decision.keep), rel=1e-6)
     order = decision.scores["obs"]
     assert set(lowest(problem, torch.from_numpy(order), 5).tolist()) == pruned(decision, 10)
@@ -148,7 +148,7 @@ def test_blocks_remove_the_right_count_with_exact_updates(block):
 def test_without_bias_the_refit_has_no_bias_column():
     problem = small_layer(seed=1, n_prune=3)
     decision = obs_layer(problem, ObsSettings(damping=1e-9, bias=False))
-    assert decision.down_bias is None
+    assert decision.output_bias is None
     no_bias = RefitSettings(ridge=0.0, prior="zero", bias=False, precision="float64")
     weights = RidgeSystem(problem, no_bias, columns=decision.keep).solve()
     expected = objective(problem, scatter_columns(problem, decision.keep, weights, bias=False))

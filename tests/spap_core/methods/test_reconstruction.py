@@ -60,10 +60,10 @@ def test_alternating_minimization_after_a_baselines_selection_updates_gate_and_u
     assert refit.layers[0].keep.tolist() == altmin.layers[0].keep.tolist()
 
 
-def test_a_family_without_a_down_bias_gets_the_refit_without_one_and_is_told(tiny):
+def test_a_family_without_an_output_bias_gets_the_refit_without_one_and_is_told(tiny):
     loaded = loaded_family("qwen2", tiny.tokenizer)
     settings, notes = plan_run(loaded, PruneSettings(method="magnitude", reconstruction=REFIT), (32,))
-    assert settings.reconstruction == Reconstruction(bias=False) and not settings.adds_down_bias
+    assert settings.reconstruction == Reconstruction(bias=False) and not settings.adds_output_bias
     assert notes and "without its down_proj bias" in notes[0]
     result = prune_model(loaded, CALIBRATION, settings, batch_size=4)
     assert all(layer.mlp.down_proj.bias is None for layer in result.model.model.layers)

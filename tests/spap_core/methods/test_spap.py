@@ -40,7 +40,7 @@ def test_closed_form_w_update_equals_direct_least_squares(bias, prior):
     targets = torch.linalg.solve_triangular(root.T, cross.T, upper=False)  # root⁻ᵀ Cᵀ
     penalty_rows = torch.diag(torch.sqrt(rho * scale * soft_mask))
     ridge_rows = torch.eye(10, dtype=torch.float64) * np.sqrt(0.05 * scale)
-    prior = problem.dense_down.double() if prior == "dense" else torch.zeros_like(problem.dense_down.double())
+    prior = problem.dense_output.double() if prior == "dense" else torch.zeros_like(problem.dense_output.double())
     blocks_a = [root, torch.cat([penalty_rows, torch.zeros(10, width - 10, dtype=torch.float64)], 1),
                 torch.cat([ridge_rows, torch.zeros(10, width - 10, dtype=torch.float64)], 1)]
     blocks_b = [targets, torch.zeros(10, cross.shape[0], dtype=torch.float64), ridge_rows @ prior.T]
@@ -167,7 +167,7 @@ def test_spap_equals_brute_force_on_planted_problems(seed):
 def test_objective_of_dense_weights_is_zero_and_of_nothing_is_half_energy():
     problem = toy_problem(width=8, outputs=3, tokens=50, seed=2)
     dense = scatter_columns(problem, torch.arange(8),
-                            torch.cat([problem.dense_down.double(), torch.zeros(3, 1, dtype=torch.float64)], 1), True)
+                            torch.cat([problem.dense_output.double(), torch.zeros(3, 1, dtype=torch.float64)], 1), True)
     assert objective(problem, dense) == pytest.approx(0.0, abs=1e-6 * problem.target_energy)
     assert objective(problem, torch.zeros_like(dense)) == pytest.approx(0.5 * problem.target_energy)
 

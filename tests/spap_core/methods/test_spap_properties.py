@@ -29,8 +29,8 @@ def problems(draw):
             activations[:, 0] = 0
         else:
             activations[:, 1] = activations[:, 0]
-        stats.add(activations, activations @ problem.dense_down.double().T)
-        problem = stats.problem(problem.dense_down, n_prune)
+        stats.add(activations, activations @ problem.dense_output.double().T)
+        problem = stats.problem(problem.dense_output, n_prune)
     return problem
 
 
@@ -57,8 +57,8 @@ def test_solver_output_is_finite_and_prunes_exactly_lambda(problem, penalty, ref
     decision = spap_layer(problem, penalty, refit, on_step=steps.append)
     assert len(decision.keep) == problem.width - problem.n_prune
     assert len(set(decision.keep.tolist())) == len(decision.keep)
-    assert torch.isfinite(decision.down_weight).all()
-    assert decision.down_bias is None or torch.isfinite(decision.down_bias).all()
+    assert torch.isfinite(decision.output_weight).all()
+    assert decision.output_bias is None or torch.isfinite(decision.output_bias).all()
     assert np.isfinite(decision.objective)
     assert len(steps) == penalty.iterations
     for step in steps:
@@ -89,13 +89,13 @@ def test_a_silent_channel_under_the_partial_score_is_pruned_first_not_a_nan():
     gram = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 21.4088, -1.2502, -7.7742],
                          [0.0, -1.2502, 36.0604, -0.6887], [0.0, -7.7742, -0.6887, 30.0]], dtype=torch.float64)
     problem = LayerProblem(gram=gram, cross=torch.tensor([[0.0, 22.3168, 13.6636, -8.5791]], dtype=torch.float64),
-                           target_energy=29.488, dense_down=torch.tensor([[-0.2613, 1.0667, 0.4159]]), n_prune=1)
+                           target_energy=29.488, dense_output=torch.tensor([[-0.2613, 1.0667, 0.4159]]), n_prune=1)
     penalty = PenaltySettings(iterations=1, rho0=1.0, tau=2.0, balance=3.0, momentum=1.0, score="partial",
                               start="zero", schedule="fixed")
     steps = []
     decision = spap_layer(problem, penalty, RefitSettings(ridge=0.0, bias=False, precision="float32"),
                           on_step=steps.append)
-    assert decision.keep.tolist() == [1, 2] and torch.isfinite(decision.down_weight).all()
+    assert decision.keep.tolist() == [1, 2] and torch.isfinite(decision.output_weight).all()
     assert np.isfinite(steps[0].scores).all() and steps[0].scores[0] == 0
 
 
@@ -117,7 +117,7 @@ def test_duplicate_channels_in_float32_fall_back_to_the_direct_solve_not_a_negat
     cross = torch.tensor([[9.63781929016113281, 9.63781929016113281, -26.56209945678710938, -5.83452224731445312,
                            -6.40499401092529297]], dtype=torch.float64)
     problem = LayerProblem(gram=gram, cross=cross, target_energy=30.088029857035863, n_prune=1,
-                           dense_down=torch.tensor([[-0.85667461156845093, 1.10060417652130127,
+                           dense_output=torch.tensor([[-0.85667461156845093, 1.10060417652130127,
                                                      -1.07118737697601318, 0.12270124256610870]]))
     penalty = PenaltySettings(iterations=1, rho0=1.0, tau=2.0, balance=3.0, momentum=1.0, score="partial",
                               start="zero", schedule="fixed")
@@ -127,5 +127,5 @@ def test_duplicate_channels_in_float32_fall_back_to_the_direct_solve_not_a_negat
     # Which channel goes depends on float32 rounding (the 'partial' score of a duplicate sits at the
     # edge of a singular solve: one machine prunes a copy, another channel 3); what must hold on
     # every machine is a finite decision that prunes one channel.
-    assert len(decision.keep) == 3 and torch.isfinite(decision.down_weight).all()
+    assert len(decision.keep) == 3 and torch.isfinite(decision.output_weight).all()
     assert np.isfinite(steps[0].scores).all() and np.isfinite(decision.objective)

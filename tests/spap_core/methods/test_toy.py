@@ -64,7 +64,7 @@ def test_toy_outcome_exposes_what_the_page_draws():
     outcome = run_toy(ToySettings())
     width = outcome.width
     assert outcome.soft_masks.shape == outcome.column_norms.shape == (ToySettings().iterations, width)
-    np.testing.assert_allclose(outcome.dense_column_norms, outcome.problem.dense_down.double().norm(dim=0).numpy())
+    np.testing.assert_allclose(outcome.dense_column_norms, outcome.problem.dense_output.double().norm(dim=0).numpy())
     refitted = outcome.refit_column_norms(outcome.spap)
     assert np.all(refitted[list(outcome.spap_pruned)] == 0)
     assert np.all(np.delete(refitted, list(outcome.spap_pruned)) > 0)

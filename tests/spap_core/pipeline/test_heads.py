@@ -267,7 +267,7 @@ def test_a_rounded_head_sparsity_is_said():
 def test_a_family_without_an_attention_bias_prunes_heads_without_it():
     loaded = loaded_family("qwen2")  # no o_proj bias in its class; the MLP cannot store one either
     settings, notes = settings_for_family(PruneSettings(method="flap", head_sparsity=0.5), loaded.family)
-    assert not settings.adds_down_bias and len(notes) == 1
+    assert not settings.adds_output_bias and len(notes) == 1
 
 
 def test_phi3_attention_shares_the_model_config_again_after_pruning():

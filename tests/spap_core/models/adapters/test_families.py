@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -54,11 +55,12 @@ def test_the_family_table_matches_the_adapters():
         assert config.model_type == model_type.removesuffix("_sequential")
         assert family.width_key == width_keys.get(model_type, "intermediate_size")
         assert getattr(config, family.width_key) == WIDTH
-        assert [family.width(layer) for layer in family.decoder_layers(loaded.model)] == [WIDTH, WIDTH]
-        assert family.stores_down_bias == (model_type not in NO_BIAS_FAMILIES), model_type
+        assert [family.mlp_channels.width(layer) for layer in family.decoder_layers(loaded.model)] == [WIDTH, WIDTH]
+        assert family.mlp_channels.stores_output_bias == (model_type not in NO_BIAS_FAMILIES), model_type
         native = [bias is not None for bias in output_biases(loaded.model)]
         assert native == [model_type in NATIVE_BIAS_FAMILIES] * 2, model_type
-    assert [name for name, method in METHODS.items() if PruneSettings(method=name).adds_down_bias] == list(BIAS_METHODS)
+    adding = [name for name in METHODS if PruneSettings(method=name).adds_output_bias]
+    assert adding == list(BIAS_METHODS)
     assert family_model("gpt_neox").config.use_parallel_residual
     assert not family_model("gpt_neox_sequential").config.use_parallel_residual
 
@@ -75,11 +77,11 @@ def test_every_method_at_its_defaults_prunes_saves_and_reloads_on_every_family(m
     experiment = run_experiment(loaded, CALIBRATION, EVALUATION, settings, batch_size=4)
     pruned, family = experiment.result.model, loaded.family
     kept = WIDTH - round(settings.sparsity * WIDTH)
-    assert [family.width(layer) for layer in family.decoder_layers(pruned)] == [kept, kept]
+    assert [family.mlp_channels.width(layer) for layer in family.decoder_layers(pruned)] == [kept, kept]
     assert getattr(text_config(pruned), family.width_key) == kept
     if method in BIAS_METHODS and model_type in NO_BIAS_FAMILIES:
-        assert experiment.result.settings == settings.without_down_bias()
-        assert not experiment.result.settings.adds_down_bias
+        assert experiment.result.settings == settings.without_output_bias()
+        assert not experiment.result.settings.adds_output_bias
         assert len(experiment.adjustments) == 1
         assert f"model type '{model_type}' cannot store a down_proj bias" in experiment.adjustments[0]
     else:
@@ -128,12 +130,11 @@ def _with_layers_unlike(loaded: LoadedModel) -> LoadedModel:
     family = loaded.family
     for layer, scale_columns in zip(family.decoder_layers(loaded.model), (lambda w: w[:, :3].mul_(50),
                                                                           lambda w: w.mul_(0.1))):
-        weights = family.mlp_weights(layer)
+        weights = family.mlp_channels.weights(layer)
         output = weights.output.detach().clone()
         scale_columns(output)
         with torch.no_grad():
-            family.set_mlp_weights(layer, type(weights)(inputs=weights.inputs, input_biases=weights.input_biases,
-                                                        output=output, output_bias=weights.output_bias))
+            family.mlp_channels.set_weights(layer, replace(weights, output=output))
     return loaded
 
 
@@ -148,7 +149,7 @@ def test_per_layer_widths_save_padded_reload_in_plain_transformers_and_unpadded_
     widths = [len(layer.keep) for layer in result.layers]
     assert widths[0] > widths[1], "the layers should get different widths"
     assert sum(widths) == 2 * (WIDTH - round(0.4 * WIDTH))  # the uniform budget, spread
-    assert [family.width(layer) for layer in family.decoder_layers(result.model)] == widths
+    assert [family.mlp_channels.width(layer) for layer in family.decoder_layers(result.model)] == widths
 
     save_pruned(result.model, TOKENIZER, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -157,7 +158,7 @@ def test_per_layer_widths_save_padded_reload_in_plain_transformers_and_unpadded_
     vanilla = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(logits(vanilla), expected, rtol=1e-5, atol=1e-6)
     reloaded = load_model(str(tmp_path), device="cpu")
-    assert [family.width(layer) for layer in family.decoder_layers(reloaded.model)] == widths
+    assert [family.mlp_channels.width(layer) for layer in family.decoder_layers(reloaded.model)] == widths
     assert parameters(reloaded.model) == result.params_after
     torch.testing.assert_close(logits(reloaded.model), expected, rtol=1e-5, atol=1e-6)
 
@@ -181,7 +182,8 @@ def test_a_disk_offloaded_model_prunes_exactly_like_the_model_in_memory(model_ty
     assert offloaded.result.params_after == in_memory.result.params_after < in_memory.result.params_before
     family = offloaded_model.family
     layers = family.decoder_layers(offloaded_model.model)
-    assert all(family.output_projection(layer).weight.device.type == "meta" for layer in layers)  # back on disk
+    mlp = family.mlp_channels
+    assert all(mlp.output_projection(layer).weight.device.type == "meta" for layer in layers)  # back on disk
     save_pruned(offloaded_model.model, offloaded_model.tokenizer, tmp_path / "pruned")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
     assert parameters(reloaded) == in_memory.result.params_after
@@ -230,7 +232,7 @@ def test_the_cli_prunes_a_model_folder_of_a_new_family_and_saves_what_it_reports
     assert record["params_after"] < record["params_before"]
     reloaded = load_model(str(out), device="cpu")  # unpadded: the per-layer widths come back
     assert reloaded.family.model_type == model_type
-    assert [reloaded.family.width(layer) for layer in reloaded.family.decoder_layers(reloaded.model)] \
+    assert [reloaded.family.mlp_channels.width(layer) for layer in reloaded.family.decoder_layers(reloaded.model)] \
         == record["layer_widths"]
     assert parameters(reloaded.model) == record["params_after"]
     vanilla = AutoModelForCausalLM.from_pretrained(out)

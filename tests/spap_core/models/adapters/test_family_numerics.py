@@ -48,7 +48,7 @@ def masked_dense_copy(family: ModelAdapter, dense: nn.Module, pruned: nn.Module,
     masked = copy.deepcopy(dense)
     for layer, small_layer, keep in zip(family.decoder_layers(masked), family.decoder_layers(pruned), keeps):
         keep = torch.as_tensor(keep)
-        width, small = family.width(layer), family.mlp_weights(small_layer)
+        width, small = family.mlp_channels.width(layer), family.mlp_channels.weights(small_layer)
         full = MlpWeights(
             inputs=tuple(_scattered(w.detach(), keep, width, 0) for w in small.inputs),
             input_biases=tuple(None if b is None else _scattered(b.detach(), keep, width, 0)
@@ -56,8 +56,8 @@ def masked_dense_copy(family: ModelAdapter, dense: nn.Module, pruned: nn.Module,
             output=_scattered(small.output.detach(), keep, width, 1),
             output_bias=None if small.output_bias is None else small.output_bias.detach().clone())
         with torch.no_grad():
-            family.set_mlp_weights(layer, full)
-        assert family.width(layer) == width
+            family.mlp_channels.set_weights(layer, full)
+        assert family.mlp_channels.width(layer) == width
     return masked.eval()
 
 
@@ -74,7 +74,7 @@ def test_physical_pruning_matches_the_masked_dense_computation(model_type, metho
     channels zeroed and the same new weights in place."""
     loaded, result = _prune(model_type, PruneSettings(method=method, sparsity=0.25))
     family = loaded.family
-    assert [family.width(layer) for layer in family.decoder_layers(result.model)] == [48, 48]
+    assert [family.mlp_channels.width(layer) for layer in family.decoder_layers(result.model)] == [48, 48]
     masked = masked_dense_copy(family, loaded.model, result.model, [layer.keep for layer in result.layers])
     shrunk = _logits(result.model)
     torch.testing.assert_close(shrunk, _logits(masked), **TOLERANCE)
@@ -91,7 +91,7 @@ def test_pruning_without_compensation_is_the_dense_model_with_the_pruned_channel
     family = loaded.family
     for dense_layer, small_layer, record in zip(family.decoder_layers(loaded.model),
                                                 family.decoder_layers(result.model), result.layers):
-        dense, small = family.mlp_weights(dense_layer), family.mlp_weights(small_layer)
+        dense, small = family.mlp_channels.weights(dense_layer), family.mlp_channels.weights(small_layer)
         expected = dense.kept(torch.as_tensor(record.keep))
         assert all(torch.equal(a, b) for a, b in zip(small.inputs, expected.inputs))
         assert all((a is None and b is None) or torch.equal(a, b)
@@ -106,7 +106,7 @@ def test_pruning_without_compensation_is_the_dense_model_with_the_pruned_channel
 def _mlp_inputs(family: ModelAdapter, model: nn.Module) -> list[torch.Tensor]:
     """What each layer's MLP receives when the model runs the calibration windows (tokens × d)."""
     seen: dict[int, torch.Tensor] = {}
-    handles = [family.input_projections(layer)[0].register_forward_pre_hook(
+    handles = [family.mlp_channels.input_projections(layer)[0].register_forward_pre_hook(
         lambda _module, args, index=index: seen.setdefault(index, args[0]))
         for index, layer in enumerate(family.decoder_layers(model))]
     try:
@@ -126,14 +126,14 @@ def test_flaps_bias_is_the_native_bias_plus_the_pruned_channels_mean_output(mode
     family = loaded.family
     dense_layers, small_layers = family.decoder_layers(loaded.model), family.decoder_layers(result.model)
     for index, x in enumerate(_mlp_inputs(family, result.model)):
-        dense = family.mlp_weights(dense_layers[index])
+        dense = family.mlp_channels.weights(dense_layers[index])
         with torch.no_grad():
-            z = family.intermediate(dense_layers[index], x).double()
+            z = family.mlp_channels.activations(dense_layers[index], x).double()
         pruned = torch.ones(dense.width, dtype=torch.bool)
         pruned[torch.as_tensor(result.layers[index].keep)] = False
         added = dense.output[:, pruned].double() @ z[:, pruned].mean(dim=0)
         native = 0 if dense.output_bias is None else dense.output_bias.double()
-        saved = family.mlp_weights(small_layers[index]).output_bias
+        saved = family.mlp_channels.weights(small_layers[index]).output_bias
         assert (dense.output_bias is not None) == (model_type in NATIVE_BIAS_FAMILIES)
         torch.testing.assert_close(saved.double(), native + added, rtol=1e-4, atol=1e-6)
         assert added.abs().max() > 100 * 1e-6  # the compensation is far above the tolerance
@@ -188,10 +188,11 @@ def test_the_refit_is_the_direct_least_squares_solve_on_the_captured_activations
     dense_layers, small_layers = family.decoder_layers(loaded.model), family.decoder_layers(result.model)
     for index, x in enumerate(_mlp_inputs(family, result.model)):
         keep = torch.as_tensor(result.layers[index].keep)
-        dense, small = family.mlp_weights(dense_layers[index]), family.mlp_weights(small_layers[index])
+        mlp = family.mlp_channels
+        dense, small = mlp.weights(dense_layers[index]), mlp.weights(small_layers[index])
         with torch.no_grad():
-            dense_z = family.intermediate(dense_layers[index], x).double()
-            kept_z = family.intermediate(small_layers[index], x).double()
+            dense_z = family.mlp_channels.activations(dense_layers[index], x).double()
+            kept_z = family.mlp_channels.activations(small_layers[index], x).double()
         # the input rows stay, and the features are the dense activations, unless SPAP's recovery ran
         assert all(torch.equal(a, b) for a, b in zip(small.inputs, dense.kept(keep).inputs)) != recovered
         targets = dense_z @ dense.output.double().T
