@@ -1,6 +1,6 @@
 """What a pruning method is to the pipeline: an object with its own settings type and declared
 capabilities, which decides one layer from that layer's statistics. The sequential walk asks a
-method what it needs (explicit targets, a down_proj bias, a recovery step) instead of testing its
+method what it needs (explicit targets, an output-projection bias, a recovery step) instead of testing its
 name, so a new method is one module plus one registry line."""
 
 from __future__ import annotations
@@ -96,11 +96,11 @@ class PruningMethod(ABC):
         return 0
 
     def adds_output_bias(self, settings: Any) -> bool:
-        """Whether its decisions carry a down_proj bias (the model family must be able to store one)."""
+        """Whether its decisions carry an output-projection bias (the family must be able to store one)."""
         return False
 
     def without_output_bias(self, settings: Any) -> Any:
-        """The settings of its documented variant without a down_proj bias, for families that cannot
+        """The settings of its documented variant without an output-projection bias, for families that cannot
         store one (only called when `adds_output_bias` is true)."""
         raise NotImplementedError(f"{self.name} has no variant without a down_proj bias")
 
@@ -120,4 +120,4 @@ class PruningMethod(ABC):
     def decide(self, problem: LayerProblem, settings: Any, layer: int,
                on_step: Callable[[Any], None] | None = None,
                cancel: threading.Event | None = None) -> LayerDecision:
-        """Which channels of this layer to keep, and the new down_proj (and bias)."""
+        """Which units of this layer to keep, and the new output projection (and bias)."""

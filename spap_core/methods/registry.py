@@ -78,7 +78,7 @@ class PruneSettings:
 
     @property
     def adds_output_bias(self) -> bool:
-        """Whether the decisions carry a down_proj bias (from the reconstruction, when there is one)."""
+        """Whether the decisions carry an output-projection bias (from the reconstruction, when there is one)."""
         if self.reconstruction is not None:
             return self.reconstruction.bias
         return self.implementation.adds_output_bias(self.options)

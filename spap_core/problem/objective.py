@@ -1,7 +1,8 @@
 """The layer-wise problem every method solves, built from captured statistics only.
 
-Per layer, with Z (n×p) the intermediate activations, Y (m×p) the dense MLP output and a constant
-feature appended (Z̃ = [Z; 1], so a bias on down_proj is one more column of W̃):
+Per layer and prunable part, with Z (n×p) the inputs of its output projection W (the MLP's
+intermediate activations, or the heads' attention outputs), Y (m×p) the dense output and a constant
+feature appended (Z̃ = [Z; 1], so a bias on the output projection is one more column of W̃):
 
     f(W̃) = ½‖W̃ Z̃ − Y‖² = ½ tr(W̃ H̃ W̃ᵀ) − tr(C W̃ᵀ) + ½‖Y‖²,   H̃ = Z̃ Z̃ᵀ,  C = Y Z̃ᵀ.
 
@@ -22,7 +23,8 @@ from spap_core.problem.layout import HeadLayout
 
 @dataclass
 class LayerProblem:
-    """Sufficient statistics of one MLP layer plus its dense output-projection (down_proj) weight."""
+    """Sufficient statistics of one prunable part of a layer plus its dense output-projection weight
+    (down_proj for MLP channels, o_proj for heads)."""
 
     gram: torch.Tensor  # H̃, (n+1)×(n+1); last row/column belong to the constant feature
     cross: torch.Tensor  # C = Y Z̃ᵀ, m×(n+1)
@@ -222,7 +224,7 @@ PRECISIONS = ("float32", "float64")
 
 @dataclass(frozen=True)
 class RefitSettings:
-    """How kept down_proj columns are refitted by least squares.
+    """How the kept units' output-projection columns are refitted by least squares.
 
     ridge δ (relative to h̄) pulls the weights towards the dense ones (prior='dense') or towards zero
     (prior='zero', plain ridge); bias=True adds a free bias that absorbs the pruned channels' mean.
@@ -393,7 +395,7 @@ def scatter_columns(problem: LayerProblem, columns: torch.Tensor, weights: torch
 
 
 def refit(problem: LayerProblem, keep: torch.Tensor, settings: RefitSettings) -> LayerDecision:
-    """Least-squares refit of the kept down_proj columns (and bias): the shared final step of SPAP
+    """Least-squares refit of the kept output-projection columns (and bias): the shared final step of SPAP
     and FASP, and the inner solve of the brute-force optimum used to check SPAP."""
     system = RidgeSystem(problem, settings, columns=keep)
     weights = system.solve()

@@ -43,7 +43,7 @@ class GramAccumulator:
         self.explicit_targets: bool | None = None
 
     def add(self, activations: torch.Tensor, targets: torch.Tensor | None = None) -> None:
-        """activations: tokens × n (input of down_proj); targets: tokens × m (what the MLP should
+        """activations: tokens × n (input of the output projection); targets: tokens × m (what the MLP should
         output), or None for the dense output W₀Z. Every chunk of one layer must agree on that."""
         if self.explicit_targets is not None and self.explicit_targets != (targets is not None):
             raise ValueError("mixing chunks with and without explicit targets in one layer")
