@@ -13,12 +13,12 @@ from transformers import PreTrainedModel
 from spap_core.evaluation.latency import Timing
 from spap_core.methods.base import MethodStep
 from spap_core.methods.reconstruction import Reconstruction
-from spap_core.methods.toy import course, peaks, trend
 from spap_core.methods.trace import EMPTY_STACK, stacked_array, trace_rows
 from spap_core.models.adapters import ModelAdapter
 from spap_core.pipeline.parameters import changed
 from spap_core.pipeline.walk import LayerRecord, PruneResult
 from spap_service.runs import RunRequest
+from spap_service.series import course, peaks, trend
 
 SPAP_PRUNED = "SPAP (actual pruned set)"
 

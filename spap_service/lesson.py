@@ -20,15 +20,13 @@ from spap_core.methods.toy import (
     ToyOutcome,
     ToySettings,
     changed_mind,
-    course,
     final_values,
     identical_curves,
     is_binary,
     marked_counts,
-    peaks,
     start_value,
-    trend,
 )
+from spap_service.series import course, peaks, trend
 
 SHOWN_MASK_VALUES = 4  # the algorithm text lists this many values of s, then "…"
 

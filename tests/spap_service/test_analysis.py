@@ -13,7 +13,6 @@ from spap_core.evaluation.latency import Timing
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import PruneSettings, with_options
 from spap_core.methods.spap import readout_gap
-from spap_core.methods.toy import course
 from spap_core.pipeline.walk import prune_model
 from spap_service.analysis import (
     changed_mind_counts,
@@ -96,14 +95,6 @@ def test_readout_frames_and_channel_groups_match_the_run(tiny):
     after = final_norms(result.layers[0])
     assert (after[after["status"] == "pruned"]["relative_norm"] == 0).all()
     assert (after[after["status"] == "kept"]["relative_norm"] > 0).all()
-
-
-def test_course_names_a_peak_in_between_and_each_number_where_it_was():
-    """The fall is quoted from the peak, not from the first value (which the old caption did)."""
-    assert course(np.array([1.67, 2.97, 0.066])) == "rises from 1.67 to 2.97 (iteration 2), then falls to 0.066"
-    assert course(np.array([3.0, 2.0, 1.0])) == "falls from 3 to 1"
-    assert course(np.array([1.0, 2.0, 3.0])) == "rises from 1 to 3"
-    assert course(np.array([2.0, 2.0])) == "stays at 2"
 
 
 def test_the_violation_sentence_says_only_what_the_iterations_show():

@@ -21,7 +21,6 @@ from spap_core.methods.toy import (
     TAU_RANGE,
     TOY_SCORES,
     ToySettings,
-    peaks,
     run_toy,
 )
 from spap_service.lesson import (
@@ -33,6 +32,7 @@ from spap_service.lesson import (
     objective_caption,
     readout_caption,
 )
+from spap_service.series import peaks
 
 SCENARIO = {scenario.name: scenario for scenario in SCENARIOS}
 

@@ -1,0 +1,36 @@
+"""How a series went, in a few words: the toy's captions (spap_service.lesson) and the real runs'
+(spap_service.analysis) both describe their objective and violation curves with these, so one
+series reads the same way on both pages.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def trend(values: np.ndarray, rel_tol: float = 1e-9) -> str:
+    """'rises', 'falls' or 'stays' (within rel_tol), from the first value to the last."""
+    first, last = float(values[0]), float(values[-1])
+    if math.isclose(first, last, rel_tol=rel_tol, abs_tol=0.0):
+        return "stays"
+    return "rises" if last > first else "falls"
+
+
+def course(values: np.ndarray, rel_tol: float = 1e-9) -> str:
+    """How a series went, in words, every number the value at the step it names: 'rises from a to
+    b', 'falls from a to b', 'stays at a', or 'rises from a to p (iteration k), then falls to b'
+    when it peaks in between."""
+    first, last, peak = float(values[0]), float(values[-1]), int(np.argmax(values))
+    if 0 < peak < len(values) - 1 and float(values[peak]) > max(first, last):
+        return (f"rises from {first:.3g} to {float(values[peak]):.3g} (iteration {peak + 1}), "
+                f"then falls to {last:.3g}")
+    direction = trend(values, rel_tol)
+    return f"stays at {last:.3g}" if direction == "stays" else f"{direction} from {first:.3g} to {last:.3g}"
+
+
+def peaks(values: np.ndarray) -> bool:
+    """The series is highest strictly between its first and last value."""
+    peak = int(np.argmax(values))
+    return 0 < peak < len(values) - 1 and float(values[peak]) > max(float(values[0]), float(values[-1]))
