@@ -222,7 +222,7 @@ def settings_with(overrides: dict[str, object], sparsity: float, base: PruneSett
     method = str(values.pop("method", base.method if base else "spap"))
     settings = base.for_method(method) if base else PruneSettings(method=method)
     allocation = str(values.pop("allocation", settings.allocation))
-    return with_values(replace(settings, sparsity=sparsity, allocation=allocation), values)
+    return with_values(replace(settings, sparsity=sparsity).with_allocation(allocation), values)
 
 
 def variant_settings(variant: str, sparsity: float) -> tuple[str, str, PruneSettings]:

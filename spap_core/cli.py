@@ -129,9 +129,10 @@ COMMAND_PARAMETERS = {"prune": PARAMETERS + DATA_PARAMETERS, "latency": LATENCY_
 
 def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Parameter, ...]) -> None:
     """One flag per declared parameter (spap_core.pipeline.parameters), in its group, with the settings'
-    own default (or the CLI's, for those no settings type holds). A method's own flags are absent
-    from the namespace unless given (their default is its settings'), so a flag of another method
-    than --method is refused instead of dropped (check_args). The declared range is checked there
+    own default (or the CLI's, for those no settings type holds). A method's (or an allocation
+    strategy's) own flags are absent from the namespace unless given (their default is its
+    settings'), so a flag of another method than --method (or of another strategy than
+    --allocation) is refused instead of dropped (check_args). The declared range is checked there
     too, before the model loads."""
     groups = {name: parser.add_argument_group(_group_title(name, parameters))
               for name in dict.fromkeys(p.group for p in parameters)}
@@ -140,10 +141,11 @@ def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Param
         if parameter.group == "run":  # None = not given (prune_settings fills the default), so
             options["default"] = None  # --param-sparsity can tell a given sparsity from the default
             options["help"] += literal(f" Default: {parameter.format(parameter.read(PruneSettings()))}.")
-        elif parameter.method is None:
+        elif parameter.method is None and parameter.allocation is None:
             options["default"] = parameter.read(PruneSettings()) if parameter.path else CLI_DEFAULTS[parameter.key]
-        else:
-            default = parameter.read(PruneSettings(method=parameter.method))
+        else:  # a method's or an allocation strategy's own
+            default = parameter.read(PruneSettings(method=parameter.method or PruneSettings.method,
+                                                   allocation=parameter.allocation or UNIFORM))
             options.update(default=argparse.SUPPRESS,
                            help=options["help"] + literal(f" Default: {parameter.format(default)}."))
         if parameter.kind is bool:
@@ -158,9 +160,19 @@ def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Param
 
 
 def _group_title(group: str, parameters: tuple[Parameter, ...]) -> str:
-    """The group's title, naming the method its flags belong to."""
-    methods = {p.method for p in parameters if p.group == group}
-    return GROUPS[group] + (f" (--method {methods.pop()})" if methods != {None} and len(methods) == 1 else "")
+    """The group's title, naming the method (or the allocation strategy) its flags belong to."""
+    owners = {_owner(p) for p in parameters if p.group == group}
+    return GROUPS[group] + (f" ({owners.pop()})" if owners != {None} and len(owners) == 1 else "")
+
+
+def _owner(parameter: Parameter) -> str | None:
+    """The choice whose settings hold the parameter, as typed: '--method obs', '--allocation
+    global'; None for a setting of every run."""
+    if parameter.method is not None:
+        return f"--method {parameter.method}"
+    if parameter.allocation is not None:
+        return f"--allocation {parameter.allocation}"
+    return None
 
 
 def _add_placement_args(parser: argparse.ArgumentParser) -> None:
@@ -208,6 +220,7 @@ def check_args(args: argparse.Namespace) -> None:
     cannot even look up, an --out whose contents saving would clobber."""
     if args.command == "prune":
         _check_method_flags(args)
+        _check_allocation_flags(args)
         if args.param_sparsity is not None:
             if args.sparsity is not None:
                 raise SpapInputError("--param-sparsity decides the MLP sparsity itself: drop --sparsity (or drop "
@@ -291,18 +304,33 @@ def _zeroshot_paths(args: argparse.Namespace) -> list[str]:
 
 
 def prune_settings(args: argparse.Namespace) -> PruneSettings:
-    """The settings the flags describe: the method's own flags given, over its defaults. With
-    --param-sparsity the budget stands in for the MLP sparsity until split_budget decides it."""
+    """The settings the flags describe: the method's and the allocation strategy's own flags given,
+    over their defaults. With --param-sparsity the budget stands in for the MLP sparsity until
+    split_budget decides it."""
     defaults = PruneSettings()
     sparsity = args.param_sparsity if args.param_sparsity is not None else args.sparsity
     settings = PruneSettings(method=args.method, sparsity=defaults.sparsity if sparsity is None else sparsity,
                              head_sparsity=defaults.head_sparsity if args.head_sparsity is None else args.head_sparsity,
                              reconstruction=Reconstruction.named(args.reconstruction), allocation=args.allocation)
-    return with_values(settings, {p.key: getattr(args, p.key) for p in _given_method_flags(args)})
+    given = _given_method_flags(args) + _given_allocation_flags(args)
+    return with_values(settings, {p.key: getattr(args, p.key) for p in given})
 
 
 def _given_method_flags(args: argparse.Namespace) -> list[Parameter]:
     return [p for p in PARAMETERS if p.method is not None and hasattr(args, p.key)]
+
+
+def _given_allocation_flags(args: argparse.Namespace) -> list[Parameter]:
+    return [p for p in PARAMETERS if p.allocation is not None and hasattr(args, p.key)]
+
+
+def _check_allocation_flags(args: argparse.Namespace) -> None:
+    """Refuse an allocation strategy's flag that the run would not use: one of another strategy
+    than --allocation."""
+    for declared in _given_allocation_flags(args):
+        if declared.allocation != args.allocation:
+            raise SpapInputError(f"{declared.flag_name} is a setting of --allocation {declared.allocation}, not of "
+                                 f"{args.allocation}: drop it, or choose --allocation {declared.allocation}.")
 
 
 def _check_method_flags(args: argparse.Namespace) -> None:

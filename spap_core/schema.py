@@ -24,6 +24,9 @@ SHARES = ("sparsity", "head_sparsity")  # written as percentages: 'sparsity 30%'
 # the run's own first, then each method's (PruningMethod.groups), then those of the data and the
 # measurements: spap_core.pipeline.parameters.GROUPS is that order.
 RUN_GROUPS = {"run": "Run"}
+# The group of the layer allocation strategies' own parameters (Allocation.parameters), shown after
+# the methods'.
+ALLOCATION_GROUPS = {"allocation": "Layer allocation"}
 DATA_GROUPS = {
     "calibration": "Calibration",
     "evaluation": "Evaluation",
@@ -34,9 +37,11 @@ DATA_GROUPS = {
 @dataclass(frozen=True)
 class Parameter:
     """One hyperparameter. `path` is a dotted field path into PruneSettings (a method's own
-    settings sit under `options`); calibration parameters have none, their consumers (the CLI, the
-    app's data spec) hold them. A method declares its parameters on its class with paths into its
-    own settings type; spap_core.pipeline.parameters collects them under `options.` with `method` set."""
+    settings sit under `options`, a layer allocation strategy's under `allocation_options`);
+    calibration parameters have none, their consumers (the CLI, the app's data spec) hold them. A
+    method (or a strategy) declares its parameters on its class with paths into its own settings
+    type; spap_core.pipeline.parameters collects them under `options.` with `method` set (under
+    `allocation_options.` with `allocation` set)."""
 
     key: str  # the URL, CLI-destination, bench-override and summary key
     symbol: str  # how the summary writes it: "K", "ρ⁽⁰⁾", "δ"
@@ -55,6 +60,7 @@ class Parameter:
     sweep: tuple[float, float] | None = None  # the sensitivity scan's default range; None = not scanned
     lead: bool = False  # shown first on the Run form: what a class varies
     method: str | None = None  # the method whose settings hold it; None = every run
+    allocation: str | None = None  # the allocation strategy whose settings hold it; None = every run
     # Part of the method's own weight update after the selection, which --reconstruction replaces:
     # with a reconstruction, setting it would change nothing, so it is refused.
     own_update: bool = False
@@ -68,16 +74,25 @@ class Parameter:
 
     def apply(self, settings: Any, value: Any) -> Any:
         """`settings` (a PruneSettings) with this parameter set to `value`, checked by the declared
-        range and the settings' own validation; refused when it belongs to another method."""
+        range and the settings' own validation; refused when it belongs to another method or
+        another allocation strategy."""
         if self.method is not None and getattr(settings, "method", None) != self.method:
             raise SpapInputError(f"{self.key} is a setting of method {self.method}, not of "
                                  f"{getattr(settings, 'method', '?')}.")
+        if self.allocation is not None and getattr(settings, "allocation", None) != self.allocation:
+            raise SpapInputError(f"{self.key} is a setting of the {self.allocation} allocation, not of the "
+                                 f"{getattr(settings, 'allocation', '?')} allocation.")
         return _replace_path(settings, self.path.split("."), self.coerce(value))
 
     def for_method(self, method: str) -> Parameter:
         """This declaration of a method's own (its path into the method's settings) as a run's:
         under `options`, with the method named."""
         return replace(self, method=method, path=f"options.{self.path}")
+
+    def for_allocation(self, allocation: str) -> Parameter:
+        """This declaration of a layer allocation strategy's own (its path into the strategy's
+        settings) as a run's: under `allocation_options`, with the strategy named."""
+        return replace(self, allocation=allocation, path=f"allocation_options.{self.path}")
 
     def coerce(self, value: Any) -> Any:
         """The value as this parameter's type, from a CLI word, a URL parameter or a bench override."""

@@ -4,8 +4,9 @@ property of each layer on the dense model, in the manner of OWL (outlier-weighte
 Yin et al. 2024): a layer whose MLP output a few loud channels dominate keeps more of its channels.
 Each channel's score is the output energy it carries once a bias absorbs its mean,
 Var(Zᵢ)·‖W_down[:,i]‖²; a layer's outlier ratio is the share of its channels scoring above
-OUTLIER_FACTOR × the layer's mean score; layer sparsities are the target minus a deviation
-proportional to the ratio's distance from its mean over layers, at most ±MAX_DEVIATION.
+`outlier_factor` × the layer's mean score; layer sparsities are the target minus a deviation
+proportional to the ratio's distance from its mean over layers, at most ±`max_deviation` (both are
+GlobalSettings, declared as the strategy's parameters).
 
 Measured on SmolLM2 at 40% (8 × 512 calibration, SPAP without alternating minimization, 8 windows):
 uniform 66.78. The first rule tried, pruning the channels whose scores are the smallest share of their
@@ -19,8 +20,10 @@ pass per calibration window: at 40% it gave 60.49 against the outlier rule's 64.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from typing import ClassVar, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -29,13 +32,10 @@ from torch import nn
 from spap_core.errors import SpapInputError
 from spap_core.methods.sensitivity import FISHER_WINDOWS
 from spap_core.problem.objective import prune_count
+from spap_core.schema import Parameter
 
 # The Fisher allocation leaves every layer at least 10% of its channels.
 MAX_LAYER_SPARSITY = 0.9
-# A layer's sparsity stays within this distance of the target (OWL's λ is 0.08).
-MAX_DEVIATION = 0.1
-# A channel is an outlier when it carries more than this many times its layer's mean score (OWL's M is 5).
-OUTLIER_FACTOR = 5.0
 
 
 class DenseMeasurements(Protocol):
@@ -49,13 +49,44 @@ class DenseMeasurements(Protocol):
         """Every channel's loss sensitivity (spap_core.methods.sensitivity.channel_fisher)."""
 
 
+@dataclass(frozen=True)
+class NoAllocationSettings:
+    """The settings of a strategy that has no parameters."""
+
+
+@dataclass(frozen=True)
+class GlobalSettings:
+    """The global (OWL-style) strategy's two numbers: how far a layer's sparsity may move from the
+    target (OWL's λ, 0.08 in the paper; 0.1 here, the bound docs/spap-design.md measured), and how
+    many times its layer's mean score a channel must carry to count as an outlier (OWL's M)."""
+
+    max_deviation: float = 0.1
+    outlier_factor: float = 5.0
+
+    def __post_init__(self) -> None:
+        if (not isinstance(self.max_deviation, (int, float)) or isinstance(self.max_deviation, bool)
+                or not 0.0 <= self.max_deviation <= 1.0):  # NaN fails too
+            raise SpapInputError(f"The global allocation's maximum deviation must be a share from 0 to 1 "
+                                 f"(got {self.max_deviation!r}).")
+        if (not isinstance(self.outlier_factor, (int, float)) or isinstance(self.outlier_factor, bool)
+                or not math.isfinite(self.outlier_factor) or self.outlier_factor <= 0):
+            raise SpapInputError(f"The global allocation's outlier factor must be a finite number > 0 "
+                                 f"(got {self.outlier_factor!r}).")
+
+
 class Allocation(ABC):
     """How a run's sparsity is spread over the layers. Subclasses set `name` and `description`,
-    override the needs that differ from the defaults below, and implement `counts`; a new strategy
-    is one subclass plus one entry in ALLOCATION_STRATEGIES."""
+    (with parameters) `settings_type` and `parameters`, override the needs that differ from the
+    defaults below, and implement `counts`; a new strategy is one subclass plus one entry in
+    ALLOCATION_STRATEGIES."""
 
     name: ClassVar[str]
     description: ClassVar[str]  # in the words the CLI's help and the app's controls use
+    settings_type: ClassVar[type] = NoAllocationSettings
+    # Its parameters, each with a path into `settings_type` and the group "allocation": the CLI's
+    # flags, the app's widgets and the summary's phrases are generated from them
+    # (spap_core.pipeline.parameters collects them under PruneSettings.allocation_options).
+    parameters: ClassVar[tuple[Parameter, ...]] = ()
     # It backpropagates through the whole dense model: the memory check counts a backward pass of
     # one calibration window, and a model offloaded with a device map, which cannot hold one, is refused.
     backpropagates: ClassVar[bool] = False
@@ -63,26 +94,41 @@ class Allocation(ABC):
     def check(self, sparsity: float) -> None:  # noqa: B027 - most strategies refuse no sparsity
         """Raise SpapInputError for a sparsity it cannot spread."""
 
+    def default_settings(self) -> Any:
+        return self.settings_type()
+
     @abstractmethod
-    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements) -> list[int]:
-        """λ of every layer, from the layers' widths and what it measures on the dense model."""
+    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements, settings: Any) -> list[int]:
+        """λ of every layer, from the layers' widths, what it measures on the dense model and its
+        own settings (a `settings_type`)."""
 
 
 class UniformAllocation(Allocation):
     name = "uniform"
     description = "every layer prunes the same share (the paper's setting)"
 
-    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements) -> list[int]:
+    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements, settings: Any) -> list[int]:
         return uniform_counts(widths, sparsity)
 
 
 class GlobalAllocation(Allocation):
     name = "global"
     description = ("one budget for the model (the parameter count of uniform), spread like OWL: a layer with more "
-                   "outlier channels in the dense model prunes less, each layer within ±0.1 of the target")
+                   "outlier channels in the dense model prunes less, each layer within the maximum deviation of "
+                   f"the target ({GlobalSettings().max_deviation:g} by default)")
+    settings_type = GlobalSettings
+    parameters = (
+        Parameter("max_deviation", "max deviation", "Largest deviation from the target",
+                  "How far a layer's sparsity may move from the target (OWL's λ).",
+                  float, "allocation", ("--max-deviation",), path="max_deviation", low=0.0, high=0.5, step=0.01),
+        Parameter("outlier_factor", "outlier factor", "Outlier factor",
+                  "A channel is an outlier when its score is this many times its layer's mean (OWL's M).",
+                  float, "allocation", ("--outlier-factor",), path="outlier_factor", low=1.0, high=100.0,
+                  step=0.5),
+    )
 
-    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements) -> list[int]:
-        return global_counts(dense.channel_scores(), sparsity)
+    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements, settings: Any) -> list[int]:
+        return global_counts(dense.channel_scores(), sparsity, settings)
 
 
 class FisherAllocation(Allocation):
@@ -98,7 +144,7 @@ class FisherAllocation(Allocation):
             raise SpapInputError(f"Sparsity {sparsity} is more than the Fisher allocation prunes: it leaves every "
                                  f"layer at least {1 - MAX_LAYER_SPARSITY:.0%} of its channels.")
 
-    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements) -> list[int]:
+    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements, settings: Any) -> list[int]:
         return fisher_counts(dense.channel_fisher(), sparsity)
 
 
@@ -123,16 +169,17 @@ def uniform_counts(widths: list[int], sparsity: float) -> list[int]:
     return [prune_count(width, sparsity) for width in widths]
 
 
-def global_counts(channel_scores: list[np.ndarray], sparsity: float,
-                  max_deviation: float = MAX_DEVIATION) -> list[int]:
-    """λ per layer from per-channel scores: layers with a larger share of outlier channels prune
-    less, the others more, each within `max_deviation` of the target, with exactly the uniform total
-    (the rounding remainders go to the layers closest to the next channel)."""
+def global_counts(channel_scores: list[np.ndarray], sparsity: float, settings: GlobalSettings) -> list[int]:
+    """λ per layer from per-channel scores: layers with a larger share of outlier channels (above
+    `settings.outlier_factor` × their mean score) prune less, the others more, each within
+    `settings.max_deviation` of the target, with exactly the uniform total (the rounding remainders
+    go to the layers closest to the next channel)."""
     widths = np.array([len(scores) for scores in channel_scores])
     budget = sum(uniform_counts(list(widths), sparsity))
-    ratios = np.array([float((scores > OUTLIER_FACTOR * scores.mean()).mean()) for scores in channel_scores])
+    ratios = np.array([float((scores > settings.outlier_factor * scores.mean()).mean()) for scores in channel_scores])
     spread = np.abs(ratios - ratios.mean()).max()
-    deviation = np.zeros_like(ratios) if spread == 0 else max_deviation * (ratios - ratios.mean()) / spread
+    deviation = (np.zeros_like(ratios) if spread == 0
+                 else settings.max_deviation * (ratios - ratios.mean()) / spread)
     targets = np.clip(sparsity - deviation, 0.0, 1.0) * widths
     counts = np.clip(np.floor(targets).astype(int), 1, widths - 1)
     order = np.argsort(-(targets - np.floor(targets)), kind="stable")

@@ -38,8 +38,9 @@ class PruneSettings:
     """Everything that decides a pruning result (recorded with every run for reproducibility):
     the method, the sparsity, the method's own settings (`options`, its defaults when None), the
     weight update after the selection (`reconstruction`: None = the method's own, else SPAP's
-    refit, optionally with alternating minimization, so selections compare on equal terms), and how
-    the sparsity is spread over the layers (`allocation`)."""
+    refit, optionally with alternating minimization, so selections compare on equal terms), how
+    the sparsity is spread over the layers (`allocation`) and that strategy's own settings
+    (`allocation_options`, its defaults when None)."""
 
     method: str = "spap"
     sparsity: float = 0.3
@@ -50,6 +51,7 @@ class PruneSettings:
     reconstruction: Reconstruction | None = None
     # how the sparsity is spread over the layers: a name in spap_core.methods.allocation.ALLOCATION_STRATEGIES
     allocation: str = UNIFORM
+    allocation_options: Any = None
 
     def __post_init__(self) -> None:
         implementation = pruning_method(self.method)
@@ -64,7 +66,13 @@ class PruneSettings:
                 or not 0.0 <= self.head_sparsity < 1.0):
             raise SpapInputError(f"Head sparsity must be a number from 0 (heads untouched) up to, not including, 1 "
                                  f"(got {self.head_sparsity!r}).")
-        allocation_strategy(self.allocation).check(self.sparsity)
+        strategy = allocation_strategy(self.allocation)
+        strategy.check(self.sparsity)
+        if self.allocation_options is None:
+            object.__setattr__(self, "allocation_options", strategy.default_settings())
+        elif not isinstance(self.allocation_options, strategy.settings_type):
+            raise SpapInputError(f"The {self.allocation} allocation takes {strategy.settings_type.__name__}, "
+                                 f"not {type(self.allocation_options).__name__}.")
         if self.reconstruction is not None and not isinstance(self.reconstruction, Reconstruction):
             raise SpapInputError(f"reconstruction must be a Reconstruction or None (got {self.reconstruction!r}).")
 
@@ -97,17 +105,27 @@ class PruneSettings:
         return replace(self, options=self.implementation.without_output_bias(self.options))
 
     def for_method(self, method: str) -> PruneSettings:
-        """The same sparsity and reconstruction with another method: its options stay when the
-        method does, else that method's defaults (a sweep compares each method at its own defaults)."""
+        """The same sparsity, reconstruction and allocation with another method: its options stay
+        when the method does, else that method's defaults (a sweep compares each method at its own
+        defaults)."""
         if method == self.method:
             return self
         return PruneSettings(method=method, sparsity=self.sparsity, reconstruction=self.reconstruction,
-                             allocation=self.allocation, head_sparsity=self.head_sparsity)
+                             allocation=self.allocation, allocation_options=self.allocation_options,
+                             head_sparsity=self.head_sparsity)
+
+    def with_allocation(self, allocation: str) -> PruneSettings:
+        """The same settings spread by another allocation strategy: its options stay when the
+        strategy does, else that strategy's defaults (another strategy's would not fit it)."""
+        if allocation == self.allocation:
+            return self
+        return replace(self, allocation=allocation, allocation_options=None)
 
     @staticmethod
     def from_dict(values: dict) -> PruneSettings:
         """The inverse of dataclasses.asdict, as stored in every run record (validated again).
-        Records written before methods had their own settings kept SPAP's fields at the top level."""
+        Records written before methods had their own settings kept SPAP's fields at the top level;
+        a record without `allocation_options` holds its strategy's defaults."""
         if "options" not in values:
             legacy = {key: values[key] for key in ("penalty", "refit", "altmin", "target_correction") if key in values}
             values = {"method": values["method"], "sparsity": values["sparsity"],
@@ -115,10 +133,13 @@ class PruneSettings:
         implementation = pruning_method(values["method"])
         options = _from_dict(implementation.settings_type, values.get("options") or {})
         reconstruction = values.get("reconstruction")
+        allocation = values.get("allocation", UNIFORM)
+        allocation_options = _from_dict(allocation_strategy(allocation).settings_type,
+                                        values.get("allocation_options") or {})
         return PruneSettings(method=values["method"], sparsity=values["sparsity"], options=options,
                              reconstruction=(None if reconstruction is None
                                              else _from_dict(Reconstruction, reconstruction)),
-                             allocation=values.get("allocation", UNIFORM),
+                             allocation=allocation, allocation_options=allocation_options,
                              head_sparsity=values.get("head_sparsity", 0.0))
 
 

@@ -1,6 +1,7 @@
 """Every parameter of a pruning run, collected in one schema: the run's own (the sparsity), each
 method's own (declared on its class: SPAP's penalty path and recovery, OBS's block and damping,
-FLAP's bias) and the calibration size, then the sizes of the evaluation and of a latency
+FLAP's bias), each layer allocation strategy's own (declared on its class: the global strategy's
+maximum deviation and outlier factor) and the calibration size, then the sizes of the evaluation and of a latency
 measurement, and the groups the forms and the CLI's help show them in. The CLI's flags, the
 app's forms and share links, the settings summary, the sensitivity scan and the benchmarks'
 override parser are all generated from here (spap_core.schema.Parameter is one declaration).
@@ -9,17 +10,19 @@ override parser are all generated from here (spap_core.schema.Parameter is one d
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from spap_core.errors import SpapInputError
+from spap_core.methods.allocation import ALLOCATION_STRATEGIES
 from spap_core.methods.base import PruningMethod
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.schema import DATA_GROUPS, RUN_GROUPS, Parameter
+from spap_core.schema import ALLOCATION_GROUPS, DATA_GROUPS, RUN_GROUPS, Parameter
 
 __all__ = ["BY_KEY", "CALIBRATION_PARAMETERS", "DATA_PARAMETERS", "GROUPS", "LATENCY_PARAMETERS", "PARAMETERS",
-           "SCANNED", "SETTINGS_PARAMETERS", "Parameter", "changed", "describe", "method_parameters", "parameter",
-           "settings_values", "with_values"]
+           "SCANNED", "SETTINGS_PARAMETERS", "Parameter", "allocation_parameters", "changed", "describe",
+           "method_parameters", "parameter", "settings_values", "with_values"]
 
 SPARSITY = Parameter("sparsity", "sparsity", "Sparsity",
                      "Fraction λ/n of MLP channels removed from every layer (uniform).",
@@ -43,6 +46,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     SPARSITY,
     HEAD_SPARSITY,
     *(declared.for_method(name) for name, method in METHODS.items() for declared in method.parameters),
+    *(declared.for_allocation(name) for name, strategy in ALLOCATION_STRATEGIES.items()
+      for declared in strategy.parameters),
     *CALIBRATION_PARAMETERS,
 )
 
@@ -72,9 +77,10 @@ LATENCY_PARAMETERS: tuple[Parameter, ...] = (
 
 def parameter_groups(methods: Iterable[PruningMethod]) -> dict[str, str]:
     """Every group's title by its key, in the order the forms and the CLI's help show them: the
-    run's own, each method's own (PruningMethod.groups, in the methods' order), then the data's
-    and the measurements'."""
-    return {**RUN_GROUPS, **{key: title for method in methods for key, title in method.groups.items()}, **DATA_GROUPS}
+    run's own, each method's own (PruningMethod.groups, in the methods' order), the layer
+    allocation strategies', then the data's and the measurements'."""
+    return {**RUN_GROUPS, **{key: title for method in methods for key, title in method.groups.items()},
+            **ALLOCATION_GROUPS, **DATA_GROUPS}
 
 
 GROUPS = parameter_groups(METHODS.values())
@@ -88,8 +94,14 @@ SCANNED = tuple(p for p in PARAMETERS if p.sweep is not None)
 
 
 def method_parameters(method: str) -> tuple[Parameter, ...]:
-    """The parameters a run of `method` takes: the run's own, the method's, the calibration's."""
-    return tuple(p for p in PARAMETERS if p.method in (None, method))
+    """The parameters a run of `method` takes under the uniform allocation: the run's own, the
+    method's, the calibration's."""
+    return tuple(p for p in PARAMETERS if p.method in (None, method) and p.allocation is None)
+
+
+def allocation_parameters(allocation: str) -> tuple[Parameter, ...]:
+    """The parameters of one layer allocation strategy (none for most)."""
+    return tuple(p for p in PARAMETERS if p.allocation == allocation)
 
 
 def parameter(key: str) -> Parameter:
@@ -100,19 +112,32 @@ def parameter(key: str) -> Parameter:
 
 def with_values(settings: PruneSettings, values: dict[str, Any]) -> PruneSettings:
     """`settings` with every `key: value` applied (keys of settings parameters only; a key of
-    another method than settings.method is refused)."""
+    another method than settings.method, or of another strategy than settings.allocation, is refused)."""
     for key, value in values.items():
         settings = parameter(key).apply(settings, value)
     return settings
 
 
 def settings_values(settings: PruneSettings) -> dict[str, Any]:
-    """Every settings parameter's value in `settings` that its method has (a share link's content)."""
+    """Every settings parameter's value in `settings` that its method and its allocation strategy
+    have (a share link's content)."""
     return {p.key: p.read(settings) for p in _of_settings(settings)}
 
 
 def _of_settings(settings: PruneSettings) -> tuple[Parameter, ...]:
-    return tuple(p for p in SETTINGS_PARAMETERS if p.method in (None, settings.method))
+    """The parameters `settings` has: the run's, its method's, then its allocation strategy's."""
+    return tuple(p for p in SETTINGS_PARAMETERS
+                 if p.method in (None, settings.method) and p.allocation in (None, settings.allocation))
+
+
+def _allocation_changes(settings: PruneSettings, reference: PruneSettings,
+                        omit: frozenset[str] | set[str]) -> list[str]:
+    """The phrases of the allocation strategy's own parameters whose values in `settings` differ
+    from `reference`'s (a reference spread by another strategy counts as that strategy's defaults)."""
+    if reference.allocation != settings.allocation:
+        reference = replace(settings, allocation_options=None)
+    return [p.phrase(p.read(settings)) for p in allocation_parameters(settings.allocation)
+            if p.key not in omit and p.read(settings) != p.read(reference)]
 
 
 def changed(settings: PruneSettings, reference: PruneSettings,
@@ -123,23 +148,25 @@ def changed(settings: PruneSettings, reference: PruneSettings,
     if reference.method != settings.method:
         reference = PruneSettings(method=settings.method, sparsity=reference.sparsity)
     parts = [p.phrase(p.read(settings)) for p in _of_settings(settings)
-             if p.key not in omit and p.read(settings) != p.read(reference)]
+             if p.allocation is None and p.key not in omit and p.read(settings) != p.read(reference)]
     if settings.reconstruction != reference.reconstruction and "reconstruction" not in omit:
         parts.append(f"weight update {reconstruction_name(settings.reconstruction)}")
     if settings.allocation != reference.allocation and "allocation" not in omit:
         parts.append(f"{settings.allocation} allocation")
-    return parts
+    return parts + _allocation_changes(settings, reference, omit)
 
 
 def describe(settings: PruneSettings, omit: frozenset[str] | set[str] = frozenset()) -> str:
-    """One line with the method and every parameter value it has, except the keys in `omit`."""
+    """One line with the method and every parameter value it has, except the keys in `omit`; the
+    allocation strategy and its own parameters only where they differ from the defaults (the
+    uniform allocation; the strategy's own defaults)."""
     parts = [] if "method" in omit else [f"method {settings.method}"]
     for p in _of_settings(settings):
-        if p.key in omit:
+        if p.key in omit or p.allocation is not None:
             continue
         parts.append(p.phrase(p.read(settings)))
     if settings.reconstruction is not None and "reconstruction" not in omit:
         parts.append(f"weight update {settings.reconstruction.name}")
     if settings.allocation != "uniform" and "allocation" not in omit:
         parts.append(f"{settings.allocation} allocation")
-    return ", ".join(parts)
+    return ", ".join(parts + _allocation_changes(settings, replace(settings, allocation_options=None), omit))

@@ -302,7 +302,7 @@ class _Walk:
             hidden, arguments = _layer_inputs_and_arguments(self.family.decoder(model), layers, chunks)
             dense = _DenseModel(model, self.family, layers, hidden, arguments, calibration, self.cancel)
             n_prune = self.allocation.counts([self.family.mlp_channels.width(layer) for layer in layers],
-                                             self.settings.sparsity, dense)
+                                             self.settings.sparsity, dense, self.settings.allocation_options)
         return _Streams(hidden, list(hidden) if self.correction > 0 else [], arguments), n_prune
 
     def layer(self, index: int, layer: nn.Module, streams: _Streams, n_prune: int) -> _Streams:

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from spap_core.cli import main
 from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.methods import sensitivity
-from spap_core.methods.allocation import fisher_counts, global_counts, uniform_counts
+from spap_core.methods.allocation import GlobalSettings, fisher_counts, global_counts, uniform_counts
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.models.loading import load_model
 from spap_core.models.shrink import LAYER_WIDTHS_KEY, save_pruned
@@ -31,20 +31,20 @@ def test_the_global_budget_is_the_uniform_one_and_layers_with_outlier_channels_k
     rng = np.random.default_rng(0)
     base = rng.lognormal(size=100)
     # the same channels at a thousand times the output scale (a later layer) prune alike
-    counts = global_counts([base, 1000 * base], 0.3)
+    counts = global_counts([base, 1000 * base], 0.3, GlobalSettings())
     assert sum(counts) == sum(uniform_counts([100, 100], 0.3)) == 60 and counts[0] == counts[1]
     # a layer whose output a few loud channels dominate keeps more channels than one whose
     # channels are all alike, by the full ±0.1
     alike = rng.uniform(0.9, 1.1, 100)
     few_loud = np.concatenate([rng.uniform(0.0, 0.1, 95), np.full(5, 100.0)])
-    assert global_counts([alike, few_loud], 0.3) == [40, 20]
+    assert global_counts([alike, few_loud], 0.3, GlobalSettings()) == [40, 20]
 
 
 def test_every_layer_stays_within_the_deviation_and_the_total_is_exact():
     rng = np.random.default_rng(1)
     scores = [rng.lognormal(sigma=sigma, size=width) for sigma, width in zip((0.5, 1, 2, 3), (50, 77, 100, 129))]
     for sparsity in (0.1, 0.35, 0.5, 0.85):
-        counts = global_counts(scores, sparsity, max_deviation=0.08)
+        counts = global_counts(scores, sparsity, GlobalSettings(max_deviation=0.08))
         assert sum(counts) == sum(uniform_counts([50, 77, 100, 129], sparsity))
         for count, width in zip(counts, (50, 77, 100, 129)):
             assert 1 <= count <= width - 1 and abs(count / width - sparsity) <= 0.08 + 2 / width

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -226,30 +226,41 @@ def test_every_registered_method_declares_its_solve_cost_and_step_type():
         assert issubclass(method.step_type, MethodStep), method.name
 
 
-def test_the_parameter_groups_are_the_runs_then_each_methods_own_then_the_datas():
-    assert list(GROUPS) == ["run", "penalty", "selection", "refit", "altmin", "flap", "obs", "calibration",
-                            "evaluation", "latency"]
+def test_the_parameter_groups_are_the_runs_then_each_methods_own_then_the_allocations_then_the_datas():
+    assert list(GROUPS) == ["run", "penalty", "selection", "refit", "altmin", "flap", "obs", "allocation",
+                            "calibration", "evaluation", "latency"]
     with_toy = parameter_groups([*METHODS.values(), ShareMethod()])
-    assert list(with_toy)[-4:] == ["share", "calibration", "evaluation", "latency"]
+    assert list(with_toy)[-5:] == ["share", "allocation", "calibration", "evaluation", "latency"]
     assert with_toy["share"] == "Share looks"
 
 
+@dataclass(frozen=True)
+class FrontLoadedSettings:
+    factor: float = 2.0
+
+
 class FrontLoadedAllocation(Allocation):
-    """The first layer prunes twice the run's share, the others the share itself."""
+    """The first layer prunes `factor` times the run's share, the others the share itself."""
 
     name = "front-loaded"
-    description = "the first layer prunes twice the share"
+    description = "the first layer prunes a multiple of the share"
+    settings_type = FrontLoadedSettings
 
-    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements) -> list[int]:
-        return [prune_count(width, 2 * sparsity if index == 0 else sparsity) for index, width in enumerate(widths)]
+    def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements,
+               settings: FrontLoadedSettings) -> list[int]:
+        return [prune_count(width, settings.factor * sparsity if index == 0 else sparsity)
+                for index, width in enumerate(widths)]
 
 
-def test_the_walk_prunes_each_layer_as_many_units_as_the_allocation_says(tiny, monkeypatch):
+def test_the_walk_prunes_each_layer_as_many_units_as_the_allocation_says_with_its_settings(tiny, monkeypatch):
     strategy = FrontLoadedAllocation()
     monkeypatch.setitem(ALLOCATION_STRATEGIES, strategy.name, strategy)
-    result = prune_model(tiny, CALIBRATION, PruneSettings(method="magnitude", sparsity=0.25, allocation=strategy.name))
-    pruned = [layer.width - len(layer.keep) for layer in result.layers]
+    settings = PruneSettings(method="magnitude", sparsity=0.25, allocation=strategy.name)
+    assert settings.allocation_options == FrontLoadedSettings()
+    pruned = [layer.width - len(layer.keep) for layer in prune_model(tiny, CALIBRATION, settings).layers]
     assert pruned == [64, 32]  # 128 channels a layer: half of the first, a quarter of the second
+    thrice = replace(settings, allocation_options=FrontLoadedSettings(factor=3.0))
+    assert [layer.width - len(layer.keep) for layer in prune_model(tiny, CALIBRATION, thrice).layers] == [96, 32]
 
 
 def test_each_allocation_declares_what_it_needs():
