@@ -16,6 +16,7 @@ from conftest import REPO, word_text
 from spap_core.cli import build_parser, prune_settings
 from spap_core.data.texts import default_text_spec
 from spap_core.errors import SpapInputError
+from spap_core.methods.allocation import ALLOCATION_STRATEGIES, GlobalSettings
 from spap_core.methods.base import PruningMethod
 from spap_core.methods.baselines import FlapSettings
 from spap_core.methods.obs import ObsSettings
@@ -23,6 +24,7 @@ from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.pipeline.parameters import (
     PARAMETERS,
     SETTINGS_PARAMETERS,
+    changed,
     describe,
     parameter,
     settings_values,
@@ -95,11 +97,18 @@ def test_every_declared_parameter_is_a_cli_flag_with_the_settings_default():
     assert prune_settings(obs).options == ObsSettings(block=4, damping=0.1, bias=False)
     flap = build_parser().parse_args(["prune", "--method", "flap", "--no-flap-bias"])
     assert prune_settings(flap).options == FlapSettings(bias=False)
+    for name in ALLOCATION_STRATEGIES:
+        args = build_parser().parse_args(["prune", "--allocation", name])
+        assert prune_settings(args) == PruneSettings(allocation=name)
+    spread = build_parser().parse_args(["prune", "--allocation", "global", "--max-deviation", "0.05",
+                                        "--outlier-factor", "3"])
+    assert prune_settings(spread).allocation_options == GlobalSettings(max_deviation=0.05, outlier_factor=3.0)
     help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["prune"].format_help().split())
-    for declared in SETTINGS_PARAMETERS:
-        if declared.method is not None:
-            default = declared.format(declared.read(PruneSettings(method=declared.method)))
-            assert f"Default: {default}." in help_text, declared.key
+    own = [p for p in SETTINGS_PARAMETERS if p.method is not None or p.allocation is not None]
+    assert {"max_deviation", "outlier_factor"} <= {p.key for p in own}
+    for declared in own:
+        defaults = PruneSettings(method=declared.method or "spap", allocation=declared.allocation or "uniform")
+        assert f"Default: {declared.format(declared.read(defaults))}." in help_text, declared.key
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -109,6 +118,9 @@ def test_every_declared_parameter_is_a_cli_flag_with_the_settings_default():
     (["--method", "fasp", "--no-bias"], "--bias is a setting of --method spap, not of fasp"),
     (["--reconstruction", "refit", "--altmin-steps", "10"],
      "--altmin-steps sets spap's own weight update, which --reconstruction refit replaces"),
+    (["--max-deviation", "0.05"], "--max-deviation is a setting of --allocation global, not of uniform"),
+    (["--allocation", "fisher", "--outlier-factor", "3"],
+     "--outlier-factor is a setting of --allocation global, not of fisher"),
 ])
 def test_a_flag_the_run_would_not_use_is_refused_in_one_line(argv, message, capsys, tiny_dir):
     from spap_core.cli import main
@@ -139,6 +151,12 @@ def test_the_summary_names_every_value_but_the_omitted_ones():
     assert describe(PruneSettings(method="obs")) == ("method obs, sparsity 30%, head sparsity 0%, OBS block = 1, "
                                                      "γ = 0.01, OBS bias true")
     assert describe(PruneSettings(method="fasp")) == "method fasp, sparsity 30%, head sparsity 0%"
+    spread = PruneSettings(method="fasp", allocation="global")
+    assert describe(spread) == "method fasp, sparsity 30%, head sparsity 0%, global allocation"
+    narrow = with_values(spread, {"max_deviation": 0.05})
+    assert describe(narrow) == "method fasp, sparsity 30%, head sparsity 0%, global allocation, max deviation = 0.05"
+    assert changed(narrow, spread) == ["max deviation = 0.05"]
+    assert changed(narrow, PruneSettings(method="fasp")) == ["global allocation", "max deviation = 0.05"]
     assert {p.key for p in PARAMETERS} >= {"sparsity", "K", "tau", "alpha", "rho0", "delta", "nsamples"}
     assert parameter("K").symbol == "K" and parameter("delta").log_scale
 
@@ -181,6 +199,10 @@ def test_the_benchmarks_parse_overrides_with_the_same_keys(monkeypatch):
         method="flap", sparsity=0.4, allocation="global")
     with pytest.raises(SpapInputError):
         settings_with(parse_overrides("allocation=owl"), 0.4)
+    narrow = settings_with(parse_overrides("allocation=global,max_deviation=0.05"), 0.4)
+    assert narrow.allocation_options == GlobalSettings(max_deviation=0.05)
+    with pytest.raises(SpapInputError, match="max_deviation is a setting of the global allocation"):
+        settings_with(parse_overrides("max_deviation=0.05"), 0.4)
 
 
 PRODUCT = ("spap_core", "spap_service", "pages", "app.py", "serve.py")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.models.loading import load_model
 from spap_core.models.shrink import LAYER_WIDTHS_KEY, save_pruned
 from spap_core.pipeline.walk import prune_model
+from spap_core.storage.runs import read_run
 
 CALIBRATION = torch.randint(3, 200, (8, 32), generator=torch.Generator().manual_seed(0))
 
@@ -48,6 +50,31 @@ def test_every_layer_stays_within_the_deviation_and_the_total_is_exact():
         assert sum(counts) == sum(uniform_counts([50, 77, 100, 129], sparsity))
         for count, width in zip(counts, (50, 77, 100, 129)):
             assert 1 <= count <= width - 1 and abs(count / width - sparsity) <= 0.08 + 2 / width
+
+
+def test_the_global_strategys_settings_bound_the_deviation_and_choose_the_outliers():
+    rng = np.random.default_rng(3)
+    alike = rng.uniform(0.9, 1.1, 100)
+    few_loud = np.concatenate([rng.uniform(0.0, 0.1, 95), np.full(5, 100.0)])
+    # the full deviation either side of 30%, whatever it is set to
+    assert global_counts([alike, few_loud], 0.3, GlobalSettings(max_deviation=0.05)) == [35, 25]
+    # no channel carries 1000× its layer's mean: no layer has outliers, every layer prunes the same
+    assert global_counts([alike, few_loud], 0.3, GlobalSettings(outlier_factor=1000.0)) == [30, 30]
+    for bad in ({"max_deviation": -0.1}, {"max_deviation": float("nan")}, {"outlier_factor": 0.0}):
+        with pytest.raises(SpapInputError):
+            GlobalSettings(**bad)
+
+
+def test_the_strategys_settings_round_trip_through_a_record_and_an_older_record_reads_as_the_defaults():
+    narrow = PruneSettings(allocation="global", allocation_options=GlobalSettings(max_deviation=0.05))
+    assert PruneSettings.from_dict(asdict(narrow)) == narrow
+    older = {key: value for key, value in asdict(narrow).items() if key != "allocation_options"}
+    assert PruneSettings.from_dict(older).allocation_options == GlobalSettings()
+    assert PruneSettings.from_dict(asdict(PruneSettings())) == PruneSettings()
+    with pytest.raises(SpapInputError, match="The uniform allocation takes"):
+        PruneSettings(allocation_options=GlobalSettings())
+    assert narrow.with_allocation("global") is narrow
+    assert narrow.with_allocation("fisher").with_allocation("global").allocation_options == GlobalSettings()
 
 
 def test_the_fisher_budget_is_the_uniform_one_spent_on_the_least_informative_channels_of_any_layer():
@@ -137,3 +164,25 @@ def test_the_cli_prunes_with_a_global_allocation_and_records_the_widths(tiny_dir
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["allocation"] == allocation and len(record["layer_widths"]) == 2
     assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_the_global_strategys_flags_reach_the_counts_and_the_record(tiny_dir, text_files, tmp_path, capsys):
+    """--outlier-factor and --max-deviation reach the counts: with outliers at 1.5 times a layer's mean
+    score the tiny model's two layers move apart by the default deviation, at --max-deviation 0.01
+    each stays within one channel's rounding of 30%; the record keeps both values and reads them back."""
+    def widths(expected: GlobalSettings, *flags: str) -> list[int]:
+        out = tmp_path / f"out{len(flags)}"
+        assert main(["prune", "--model", str(tiny_dir), "--device", "cpu", "--method", "magnitude",
+                     "--allocation", "global", *flags, "--calib-file", str(text_files["calib"]),
+                     "--eval-file", str(text_files["eval"]), "--nsamples", "4", "--seqlen", "32", "--eval-len", "32",
+                     "--eval-windows", "2", "--out", str(out), "--json"]) == 0
+        record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert read_run(out)[1].settings.allocation_options == expected
+        return record["layer_widths"]
+
+    default = widths(GlobalSettings())
+    spread = widths(GlobalSettings(outlier_factor=1.5), "--outlier-factor", "1.5")
+    narrow = widths(GlobalSettings(max_deviation=0.01, outlier_factor=1.5),
+                    "--outlier-factor", "1.5", "--max-deviation", "0.01")
+    assert spread != default and sum(default) == sum(spread) == sum(narrow)
+    assert max(abs(width - 128 * 0.7) for width in spread) > 2 >= max(abs(width - 128 * 0.7) for width in narrow)
