@@ -32,7 +32,7 @@ from spap_core.methods.allocation import ALLOCATIONS
 from spap_core.methods.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
 from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.pipeline.parameters import method_parameters
+from spap_core.pipeline.parameters import allocation_parameters, method_parameters, with_values
 from spap_service.analysis import weight_update_note
 from spap_service.compare import ReferenceCurves, reference_curves
 from spap_service.comparisons import method_settings, sweep_key, sweep_sparsities
@@ -62,8 +62,12 @@ reconstruction = st.radio(
 allocation = st.radio(
     "Sparsity per layer", ALLOCATIONS, horizontal=True, key="sweep_allocation",
     help=" ".join(f"{name}: {description}." for name, description in ALLOCATION_DESCRIPTIONS.items()))
-base = replace(base, settings=replace(base.settings, reconstruction=Reconstruction.named(reconstruction),
-                                      allocation=allocation))
+# The chosen allocation's own settings, one widget each, generated from its declarations.
+spread = {}
+if spread_parameters := allocation_parameters(allocation):
+    with st.expander(f"Settings of the {allocation} allocation"):
+        for declared in spread_parameters:
+            spread[declared.key] = parameter_widget(declared, declared.read(PruneSettings(allocation=allocation)))
 # The baselines' own settings (SPAP's are those last submitted on Run SPAP), one widget each,
 # generated from the declarations and bound to the URL by their keys.
 with_settings = [method for method in methods if method != base.settings.method and METHODS[method].parameters]
@@ -77,6 +81,8 @@ if with_settings:
                     if declared.method == method:
                         values[declared.key] = parameter_widget(declared, declared.read(PruneSettings(method=method)))
 try:
+    updated = replace(base.settings, reconstruction=Reconstruction.named(reconstruction))
+    base = replace(base, settings=with_values(updated.with_allocation(allocation), spread))
     settings = {method: method_settings(base.settings, method, values) for method in methods}
 except SpapInputError as exc:
     st.error(plain(exc))
@@ -94,7 +100,7 @@ if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
     elif not refused_before_queueing(loaded, points):
         label = f"Sweep: {len(methods)} methods × {len(sparsities)} sparsities"
         form = form_state(["sweep_methods", "sweep_range", "sweep_step", "sweep_reconstruction", "sweep_allocation",
-                           *values])
+                           *spread, *values])
         request_table("sweep", key, label, {"budget": evaluation_budget(base.data), "form": form},
                       partial(sweep_sparsities, loaded, base, settings, sparsities), estimate)
 

@@ -254,19 +254,32 @@ def test_sweep_runs_as_a_job_and_is_cached(ran_app):
 
 
 def test_a_sweep_with_spaps_refit_and_a_global_allocation_says_so(ran_app):
+    """The global allocation's own settings are widgets with their declared range and default once
+    it is chosen (none before), and a value set there reaches the runs and their table."""
+    from spap_core.pipeline.parameters import BY_KEY
+
     at = ran_app
     open_page(at, "perplexity_sweep")
+    assert "max_deviation" not in {widget.key for widget in at.number_input}
     at.multiselect(key="sweep_methods").set_value(["magnitude"])
     at.slider(key="sweep_range").set_value((0.2, 0.3))
     at.selectbox(key="sweep_step").set_value(0.1)
     at.radio(key="sweep_reconstruction").set_value("refit").run()
     at.radio(key="sweep_allocation").set_value("global").run()
+    for key, default in (("max_deviation", 0.1), ("outlier_factor", 5.0)):
+        widget = at.number_input(key=key)
+        assert (widget.min, widget.max, widget.value) == (BY_KEY[key].low, BY_KEY[key].high, default), key
+    at.number_input(key="max_deviation").set_value(0.05)
     click(at, "Run sweep")
     finish_job(at, "sweep")
     chart = titled(at, "Perplexity vs sparsity")
     assert "weight update: refit; global allocation" in chart_title(chart)
     refitted = [trace for trace in chart["data"] if trace["name"] == "magnitude"][0]
     assert len(array(refitted["x"])) == 2
+    from spap_service.comparisons import RESULT_TABLES
+
+    table = RESULT_TABLES.get(at.session_state["table_requests"]["sweep"].key)
+    assert all("global allocation, max deviation = 0.05" in settings for settings in table["settings"])
 
 
 def test_sensitivity_scan_plots_error_and_perplexity(ran_app):
