@@ -27,7 +27,7 @@ from pages._widgets import fill_form, ignored_url_parameters, link_parameters, p
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
 from spap_core.pipeline.parameters import GROUPS, Parameter, method_parameters, parameter, with_values
-from spap_service.analysis import layer_table, trace_table
+from spap_service.analysis import layer_table, time_breakdown, trace_table
 from spap_service.executors import point_executor
 from spap_service.limits import server_limits
 from spap_service.presets import CLASS_DEMO, interactive_settings
@@ -137,8 +137,7 @@ for note in record.get("adjustments", []):
 
 timing_column, layer_column = st.columns(2)
 with timing_column:
-    timings = {**{f"prune: {k}": v for k, v in record["timings"].items()},
-               "pruned perplexity": record["eval_seconds"], "dense perplexity": record["dense_eval_seconds"]}
+    timings = time_breakdown(record, outcome.result.settings)
     figure = px.bar(x=list(timings.values()), y=list(timings), orientation="h",
                     title="Where the time went", labels={"x": "seconds", "y": ""})
     figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))

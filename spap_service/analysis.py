@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 from spap_core.evaluation.latency import Timing
 from spap_core.methods.base import MethodStep
 from spap_core.methods.reconstruction import Reconstruction
+from spap_core.methods.registry import PruneSettings
 from spap_core.methods.trace import EMPTY_STACK, stacked_array, trace_rows
 from spap_core.models.adapters import ModelAdapter
 from spap_core.pipeline.parameters import changed
@@ -52,6 +53,17 @@ def run_label(request: RunRequest, reference: RunRequest) -> str:
     if request.seed != reference.seed:
         parts.append(f"seed {request.seed}")
     return f"{settings.method} at {settings.sparsity:.0%} · " + (", ".join(parts) if parts else "default settings")
+
+
+def time_breakdown(record: dict, settings: PruneSettings) -> dict[str, float]:
+    """Where a run's time went, in seconds: the pruning walk's phases that ran, then the two
+    perplexity evaluations. The walk keeps a timer for alternating minimization in every run, so a
+    run without it (no recovery in its settings) would show an empty bar for a step it never took;
+    that bar is left out."""
+    phases = {phase: seconds for phase, seconds in record["timings"].items()
+              if phase != "altmin" or settings.recovery is not None}
+    return {**{f"prune: {phase}": seconds for phase, seconds in phases.items()},
+            "pruned perplexity": record["eval_seconds"], "dense perplexity": record["dense_eval_seconds"]}
 
 
 def with_subtitle(title: str, subtitle: str) -> str:

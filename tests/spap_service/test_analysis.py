@@ -24,6 +24,7 @@ from spap_service.analysis import (
     readout_masks,
     soft_masks,
     speedup_verdict,
+    time_breakdown,
     violation_sentence,
 )
 
@@ -138,3 +139,16 @@ def test_latency_says_inconclusive_when_the_ranges_overlap():
     conclusive, sentence = speedup_verdict("Decode", Timing(10, 9, 11, 5), Timing(20, 19, 21, 5), "tokens/s",
                                            lower_is_faster=False)
     assert conclusive and "faster" in sentence
+
+
+def test_where_the_time_went_shows_alternating_minimization_only_for_runs_that_had_it():
+    record = {"timings": {"capture": 1.0, "solve": 2.0, "altmin": 0.0, "propagate": 0.5},
+              "eval_seconds": 3.0, "dense_eval_seconds": 4.0}
+    without = with_options(PruneSettings(), altmin=AltMinSettings(rounds=0))
+    assert without.recovery is None
+    assert time_breakdown(record, without) == {"prune: capture": 1.0, "prune: solve": 2.0, "prune: propagate": 0.5,
+                                               "pruned perplexity": 3.0, "dense perplexity": 4.0}
+    assert "prune: altmin" not in time_breakdown(record, PruneSettings(method="flap"))
+    with_recovery = with_options(PruneSettings(), altmin=AltMinSettings(rounds=1))
+    assert time_breakdown({**record, "timings": {**record["timings"], "altmin": 6.0}}, with_recovery)[
+        "prune: altmin"] == 6.0
