@@ -43,7 +43,7 @@ def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: dict[str, P
     for (method, sparsity), request, result in zip(points, requests, results):
         rows.append({"method": method, "sparsity": sparsity, "perplexity": result.perplexity,
                      "settings": describe(request.settings, omit={"method", "sparsity"}),
-                     **data_columns(request),
+                     **provenance_columns(loaded, request),
                      "reconstruction": reconstruction_name(request.settings.reconstruction),
                      "allocation": request.settings.allocation,
                      "dense_perplexity": result.dense_perplexity, "mean_layer_error": result.mean_layer_error,
@@ -52,11 +52,13 @@ def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: dict[str, P
     return pd.DataFrame(rows)
 
 
-def data_columns(request: RunRequest) -> dict[str, str]:
-    """The data a sweep's or a scan's row was measured on, as its CSV carries them."""
+def provenance_columns(loaded: LoadedModel, request: RunRequest) -> dict[str, str]:
+    """The model and the data a sweep's or a scan's row was measured on, as its CSV carries them, so a
+    downloaded table still says what it measured once it is set beside another model's."""
     data = request.data
     evaluation = "the whole text" if data.eval_windows == 0 else f"{data.eval_windows} × {data.eval_len}"
-    return {"calibration": f"{data.nsamples} × {data.seqlen} tokens of {data.calibration.label}, seed {request.seed}",
+    return {"model": loaded.description,
+            "calibration": f"{data.nsamples} × {data.seqlen} tokens of {data.calibration.label}, seed {request.seed}",
             "evaluation": f"{evaluation} tokens of {data.evaluation.label}"}
 
 
@@ -113,7 +115,8 @@ def sensitivity_scan(loaded: LoadedModel, base: RunRequest, parameter: str, valu
     results = point_executor().measure(loaded, requests, progress, cancel)
     return pd.DataFrame([{"value": value, "mean_layer_error": result.mean_layer_error, "perplexity": result.perplexity,
                           "dense_perplexity": result.dense_perplexity, "eval_tokens": result.eval_tokens,
-                          "settings": describe(request.settings, omit={parameter}), **data_columns(request),
+                          "settings": describe(request.settings, omit={parameter}),
+                          **provenance_columns(loaded, request),
                           **({"error": result.error} if result.error else {})}
                          for value, request, result in zip(values, requests, results)])
 

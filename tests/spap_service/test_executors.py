@@ -123,6 +123,7 @@ def test_a_sweep_through_ray_has_the_rows_of_one_in_this_process(local_ray, poin
                                                        threading.Event())
     here, there = tables[None], tables[LOCAL]
     assert list(here.columns) == list(there.columns) and "error" not in there
+    assert set(here["model"]) == set(there["model"]) == {loaded.description}
     assert there["perplexity"].tolist() == pytest.approx(here["perplexity"].tolist(), rel=1e-6)
     assert there[["method", "sparsity", "settings"]].equals(here[["method", "sparsity", "settings"]])
 
