@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from spap_core.models.adapters import model_adapter
 from spap_core.models.loading import LoadedModel
+from spap_core.system import hub
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB_WORDS = [f"w{i}" for i in range(200)]
@@ -97,3 +98,12 @@ def app_files(tmp_path_factory):
     patch.setenv("HF_HUB_OFFLINE", "1")  # the hub check answers at once, and says "unreachable"
     yield {"model": model_dir, "calibration": calibration, "evaluation": evaluation}
     patch.undo()
+
+
+@pytest.fixture()
+def offline_hub(monkeypatch):
+    """A hub endpoint that refuses connections at once (closed port on loopback)."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(hub, "_last_check", None)
+    yield
+    hub._last_check = None

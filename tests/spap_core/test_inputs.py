@@ -24,16 +24,6 @@ from spap_core.methods.spap import PenaltySettings
 from spap_core.models.loading import load_model
 from spap_core.pipeline.walk import prune_model
 from spap_core.problem.objective import RefitSettings, prune_count
-from spap_core.system import hub
-
-
-@pytest.fixture()
-def offline_hub(monkeypatch):
-    """A hub endpoint that refuses connections at once (closed port on loopback)."""
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(hub, "_last_check", None)
-    yield
-    hub._last_check = None
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 1.0, -0.2, 1.5, math.nan, math.inf])

@@ -73,15 +73,6 @@ def task_dir(tmp_path_factory) -> Path:
     return write_task(tmp_path_factory.mktemp("zeroshot_tasks"))
 
 
-@pytest.fixture()
-def offline_hub(monkeypatch):
-    """A hub endpoint that refuses connections at once (closed port on loopback)."""
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(hub, "_last_check", None)
-    yield
-    hub._last_check = None
-
-
 def prefer(model: torch.nn.Module, word: str) -> RemovableHandle:
     """Make the model all but certain that the next token is `word` (a logit bias on its head)."""
     bias = torch.zeros(len(VOCAB_WORDS) + 3)
