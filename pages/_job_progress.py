@@ -26,11 +26,15 @@ def progress_fraction(progress: JobProgress) -> float:
 
 
 def _within_run(progress: JobProgress) -> float:
-    """Share of one run done, from its layer and ρ iteration."""
+    """Share of one run done, from its layer and ρ iteration, then the batches of its pruned
+    perplexity, which count as one layer more: the bar reaches 1 when the run has finished, not
+    when its last layer is pruned."""
     if not progress.n_layers:
         return 0.0
+    if progress.n_batches:
+        return min(1.0, (progress.n_layers + progress.batch / progress.n_batches) / (progress.n_layers + 1))
     iteration = progress.iteration / progress.n_iterations if progress.n_iterations else 0.0
-    return min(1.0, (max(progress.layer - 1, 0) + iteration) / progress.n_layers)
+    return min(1.0, (max(progress.layer - 1, 0) + iteration) / (progress.n_layers + 1))
 
 
 def progress_text(job: Job) -> str:

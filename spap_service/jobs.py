@@ -70,6 +70,9 @@ class JobProgress:
     step: int = 0
     n_steps: int = 0
     running: tuple[JobProgress, ...] = ()
+    # Batches of the pruned model's perplexity evaluated so far, once pruning is done (n_batches 0 before).
+    batch: int = 0
+    n_batches: int = 0
 
 
 class ProgressReporter:

@@ -143,7 +143,7 @@ class JobRunProgress(RunProgress):
     @contextmanager
     def experiment(self, windows: int) -> Iterator[None]:
         self.progress.update(phase=f"pruning ({self.method})", layer=1, n_layers=self.n_layers,
-                             iteration=0, n_iterations=self.iterations)
+                             iteration=0, n_iterations=self.iterations, batch=0, n_batches=0)
         yield
 
     def layer(self, done: int, total: int) -> None:
@@ -155,6 +155,7 @@ class JobRunProgress(RunProgress):
 
     def pruned_batch(self, done: int, total: int) -> None:
         self._report_pruned_batch(done, total)
+        self.progress.update(batch=done, n_batches=total)
 
 
 def run_request(loaded: LoadedModel, request: RunRequest, progress: ProgressReporter,

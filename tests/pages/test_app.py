@@ -838,12 +838,17 @@ def test_the_progress_line_says_where_each_run_is_in_process_and_on_ray_workers(
 
     pruning = JobProgress(phase="pruning (spap)", layer=3, n_layers=4, iteration=5, n_iterations=10)
     assert progress_text(job(pruning)) == "Pruning (spap) · layer 3 of 4 · ρ iteration 5 of 10 · 0 s"
-    assert progress_fraction(pruning) == pytest.approx(2.5 / 4)
+    assert progress_fraction(pruning) == pytest.approx(2.5 / 5)  # the pruned perplexity counts as a fifth layer
+    last_layer_done = JobProgress(phase="pruned perplexity: batch 0 of 8", layer=4, n_layers=4, iteration=10,
+                                  n_iterations=10, batch=0, n_batches=8)
+    assert progress_fraction(last_layer_done) == pytest.approx(4 / 5)
+    evaluating = JobProgress(**{**vars(last_layer_done), "phase": "pruned perplexity: batch 6 of 8", "batch": 6})
+    assert progress_fraction(evaluating) == pytest.approx((4 + 6 / 8) / 5)
     in_process = JobProgress(**{**vars(pruning), "step": 2, "n_steps": 4})
     assert progress_text(job(in_process)).endswith("ρ iteration 5 of 10 · run 2 of 4 · 0 s")
-    assert progress_fraction(in_process) == pytest.approx((1 + 2.5 / 4) / 4)
+    assert progress_fraction(in_process) == pytest.approx((1 + 2.5 / 5) / 4)
     on_ray = JobProgress(phase="1 of 4 runs done on 2 Ray workers", step=1, n_steps=4, running=(
         JobProgress(**{**vars(pruning), "step": 2}), JobProgress(phase="dense perplexity: batch 1 of 2", step=4)))
     assert progress_text(job(on_ray)) == ("1 of 4 runs done on 2 Ray workers · run 2: pruning (spap), layer 3 of 4, "
                                           "ρ iteration 5 of 10 · run 4: dense perplexity: batch 1 of 2 · 0 s")
-    assert progress_fraction(on_ray) == pytest.approx((1 + 2.5 / 4 + 0) / 4)
+    assert progress_fraction(on_ray) == pytest.approx((1 + 2.5 / 5 + 0) / 4)
