@@ -112,10 +112,11 @@ def path_picture(outcome: ToyOutcome) -> str:
     low, high = float(np.min(final[pruned])), float(np.max(final[pruned]))
     ends = f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g}–{high:.2g}"
     shrink = ("shrink to" if float(np.max(relative[pruned])) < 0.5 else "still keep") + \
-        f" {percent_range(relative[pruned])} of their size"
+        f" {percent_range(relative[pruned])} of their dense size"
+    one = len(pruned) == 1
     return (f"Each colour is one of the {outcome.width} channels as the penalty ρ grows to the right: SPAP pushes "
-            f"{'channel' if len(pruned) == 1 else 'channels'} {channel_list(pruned)} out (left, their s ends at "
-            f"{ends}) and their weights {shrink} (right), while the weights of the other "
+            f"{'channel' if one else 'channels'} {channel_list(pruned)} out (left, {'its' if one else 'their'} s "
+            f"ends at {ends}) and {'its' if one else 'their'} weights {shrink} (right), while the weights of the other "
             f"{plural(len(kept), 'channel')} change by up to {float(np.max(np.abs(relative[kept] - 1))):.0%} to "
             "make up for them.")
 
