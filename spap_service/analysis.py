@@ -217,7 +217,7 @@ def scan_picture(table: pd.DataFrame, label: str) -> str:
     ordered = table.sort_values("value")
     low, high = ordered["value"].iloc[0], ordered["value"].iloc[-1]
     steps = [f"at {value:g}" for value in ordered["value"]]
-    return (f"Each point is one whole pruning run with {label} set to the value under it: from {low:g} to "
+    return (f"Each point is one whole pruning run with \"{label}\" set to the value under it: from {low:g} to "
             f"{high:g}, the mean layer error {course(ordered['mean_layer_error'].to_numpy(), steps=steps)} and the "
             f"perplexity {course(ordered['perplexity'].to_numpy(), steps=steps)} (the dense model's: "
             f"{float(ordered['dense_perplexity'].iloc[0]):.3g}).")

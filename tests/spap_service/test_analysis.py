@@ -219,11 +219,13 @@ def test_the_scan_picture_follows_the_scan():
     table = pd.DataFrame({"value": [0.5, 0.1, 0.9], "mean_layer_error": [0.2, 0.3, 0.1],
                           "perplexity": [20.0, 25.0, 18.0], "dense_perplexity": [15.0] * 3})
     sentence = scan_picture(table, "α")
-    assert "with α set to the value under it: from 0.1 to 0.9" in sentence
+    assert 'with "α" set to the value under it: from 0.1 to 0.9' in sentence
     assert "mean layer error falls from 0.3 to 0.1" in sentence and "perplexity falls from 25 to 18" in sentence
     assert "(the dense model's: 15)" in sentence
     table["perplexity"] = [30.0, 25.0, 18.0]
     assert "perplexity rises from 25 to 30 (at 0.5), then falls to 18" in scan_picture(table, "α")
+    table["perplexity"] = [30.0, 30.04, 30.02]
+    assert "perplexity stays at about 30 " in scan_picture(table, "α")
 
 
 def test_the_zeroshot_picture_quotes_the_mean_row_or_the_single_task():

@@ -11,6 +11,7 @@ def test_course_names_a_peak_in_between_and_each_number_where_it_was():
     assert course(np.array([3.0, 2.0, 1.0])) == "falls from 3 to 1"
     assert course(np.array([1.0, 2.0, 3.0])) == "rises from 1 to 3"
     assert course(np.array([2.0, 2.0])) == "stays at 2"
+    assert course(np.array([206.1, 206.3])) == "stays at about 206"  # never "rises from 206 to 206"
 
 
 def test_trend_and_peaks_read_the_first_last_and_highest_values():
