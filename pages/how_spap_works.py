@@ -159,9 +159,10 @@ for field_name, widget_key in WIDGET_KEYS.items():  # defaults without value=, s
     st.session_state.setdefault(widget_key, getattr(ToySettings(), field_name))
 
 st.title("How SPAP works")
-for column, scenario in zip(st.columns(len(SCENARIOS)), SCENARIOS):
-    column.button(scenario.name, on_click=apply_scenario, args=(scenario.settings,), width="stretch",
-                  key=f"toy_scenario_{scenario.name}", help="One click sets every setting below.")
+scenario_row = st.container(horizontal=True)  # buttons as wide as their names, wrapping: a name is never cut
+for scenario in SCENARIOS:
+    scenario_row.button(scenario.name, on_click=apply_scenario, args=(scenario.settings,), width="content",
+                        key=f"toy_scenario_{scenario.name}", help="One click sets every setting below.")
 picture_slot = st.container()  # the path chart and its sentence, drawn once the settings below are read
 
 with st.container(border=True):
