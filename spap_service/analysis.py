@@ -173,10 +173,10 @@ def mask_picture(frames: np.ndarray, layer: int, width: int) -> str:
     if len(pushed) == 1:
         course = f"{pushed[0]} are being pushed after its single step"
     else:
-        course = f"{pushed[0]} are being pushed after step 1 and {pushed[-1]} after step {len(pushed)}"
+        course = f"{pushed[0]} are being pushed after step 1, {pushed[-1]} after step {len(pushed)}"
     return (f"Each row is one ρ step of layer {layer} ({channels}): the more {pushed_out} a channel, the harder it "
-            f"is being pushed out ({left_alone}: left alone), and {course}; the bottom row is what gets removed, "
-            f"{removed} channels in {pushed_out}.")
+            f"is being pushed out ({left_alone}: left alone); {course}, and the bottom row is what gets removed: "
+            f"{removed} channels, in {pushed_out}.")
 
 
 def scores_picture(record: LayerRecord, cut_side: str) -> str:
@@ -207,8 +207,8 @@ def overlap_story(overlap: pd.DataFrame, scope: str) -> str | None:
     first, last = overlap.loc["spap_first", SPAP_PRUNED], overlap.loc["spap_last", SPAP_PRUNED]
     verdict = ("The penalty path mostly confirms the ranking it started from." if first >= 0.8 else
                "The penalty path moved well away from the ranking it started from.")
-    return (f"In {scope}, the channels SPAP removed overlap the λ lowest of its first ranking by {first:.2f} and "
-            f"of its last ranking by {last:.2f} (Jaccard, as in the chart). {verdict}")
+    return (f"In {scope}, the channels SPAP removed overlap those its first ranking scored lowest by {first:.2f} "
+            f"and those its last ranking scored lowest by {last:.2f} (Jaccard, as in the chart). {verdict}")
 
 
 def scan_picture(table: pd.DataFrame, label: str) -> str:

@@ -181,7 +181,7 @@ def test_mask_evolution_page_plots_the_soft_mask_per_iteration(ran_app):
     assert set(np.unique(z[-1])) == {0.0, 1.0} and z[-1].sum() == 128 - len(outcome.result.layers[0].keep)
     first, sentence = picture_first(at)  # the heatmap opens the page, with its sentence under it
     assert chart_title(first).startswith("Layer 0: s over ρ iterations")
-    assert sentence == mask_picture(z, 0, 128) and f"removed, {int(z[-1].sum())} channels" in sentence
+    assert sentence == mask_picture(z, 0, 128) and f"removed: {int(z[-1].sum())} channels" in sentence
     maths = " ".join(element.value for kind, expander, element in outline(at)
                      if expander == "The maths" and kind == "caption")
     assert "s⁽⁰⁾" in maths and "h̄" in maths  # the notation, below the picture
@@ -246,11 +246,13 @@ def test_scores_opens_with_its_chart_and_every_caption_quotes_the_layer_or_mean_
     caption, first_overlap, last_overlap = overlap_caption_and_matrix(at)
     assert caption.startswith("In layer 0,") and titled(at, "Jaccard overlap")["layout"]["meta"]["title"].endswith(
         "layer 0")
-    assert f"first ranking by {first_overlap:.2f}" in caption and f"last ranking by {last_overlap:.2f}" in caption
+    assert f"first ranking scored lowest by {first_overlap:.2f}" in caption
+    assert f"last ranking scored lowest by {last_overlap:.2f}" in caption
     at.radio(key="scores_scope").set_value("all layers (mean)").run()
     caption, first_overlap, last_overlap = overlap_caption_and_matrix(at)
     assert caption.startswith("In the mean over 2 layers,")
-    assert f"first ranking by {first_overlap:.2f}" in caption and f"last ranking by {last_overlap:.2f}" in caption
+    assert f"first ranking scored lowest by {first_overlap:.2f}" in caption
+    assert f"last ranking scored lowest by {last_overlap:.2f}" in caption
     at.slider(key="scores_layer").set_value(1).run()
     at.radio(key="scores_scope").set_value("this layer").run()
     assert overlap_caption_and_matrix(at)[0].startswith("In layer 1,")

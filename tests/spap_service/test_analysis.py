@@ -172,10 +172,10 @@ def test_the_mask_picture_counts_what_its_heatmap_draws():
     left_alone, pushed_out = MASK_COLOUR_NAMES
     assert sentence.startswith(f"Each row is one ρ step of layer 7 (its 5 channels): the more {pushed_out}")
     assert f"({left_alone}: left alone)" in sentence
-    assert "1 are being pushed after step 1 and 3 after step 3" in sentence
-    assert sentence.endswith(f"the bottom row is what gets removed, 3 channels in {pushed_out}.")
+    assert "1 are being pushed after step 1, 3 after step 3" in sentence
+    assert sentence.endswith(f"the bottom row is what gets removed: 3 channels, in {pushed_out}.")
     readout[3] = 0.0  # the data changes, the sentence follows
-    assert "removed, 2 channels" in mask_picture(np.vstack([steps, readout]), layer=7, width=5)
+    assert "removed: 2 channels" in mask_picture(np.vstack([steps, readout]), layer=7, width=5)
     subset = mask_picture(np.vstack([steps, readout])[:, :4], layer=7, width=16)
     assert "(4 of its 16 channels, evenly spaced)" in subset
     single = mask_picture(np.vstack([steps[-1:], readout]), layer=0, width=5)
@@ -206,7 +206,8 @@ def test_the_overlap_caption_quotes_the_matrix_it_stands_beside_and_names_its_sc
     this_layer = jaccard_matrix([disagreeing])
     story = overlap_story(this_layer, overlap_scope(1, 2))
     assert story is not None and story.startswith("In layer 1,")
-    assert f"first ranking by {this_layer.loc['spap_first', SPAP_PRUNED]:.2f}" in story and "0.33" in story
+    assert f"first ranking scored lowest by {this_layer.loc['spap_first', SPAP_PRUNED]:.2f}" in story
+    assert "by 0.33" in story
     assert "moved well away" in story
     mean = jaccard_matrix([agreeing, disagreeing])
     story = overlap_story(mean, overlap_scope(None, 2))
