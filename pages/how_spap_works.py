@@ -1,7 +1,8 @@
 """How SPAP works: the penalty path on a toy layer of 8 channels, small enough that the exact
 optimum can be found by trying every mask, so SPAP's answer can be checked against it.
 
-A lesson for a projector: s against ρ next to what ρ does to W, the binary read-out as a panel of
+A lesson for a projector: the path chart and one plain sentence first (s against ρ next to what ρ does
+to W), the notation in "The maths" below it, then the settings, the binary read-out as a panel of
 its own, one-click scenarios. The run comes from spap_core.methods.toy and every sentence about it from
 spap_service.lesson, computed from the run it describes; this file is layout only."""
 
@@ -39,6 +40,7 @@ from spap_service.lesson import (
     mask_caption,
     norm_caption,
     objective_caption,
+    path_picture,
     readout_caption,
     verdict,
 )
@@ -56,6 +58,18 @@ CHANNEL_COLORS = px.colors.qualitative.Plotly  # one colour per channel
 DASHES = {"SPAP & exact": "solid", "SPAP": "dash", "exact": "dot", "neither": "solid"}
 NORM_BARS = (("dense W₀", "#9ecae1"), ("end of the path", "#4292c6"), ("after the refit", "#08306b"))
 LAYOUT = dict(margin=dict(t=70, b=10, l=10, r=10), font=dict(size=14))  # readable on a projector
+PROBLEM_TEXT = ("Pruning channel $i$ of an MLP removes row $i$ of its input projections (gate and up of a GLU, fc1 "
+                "of a plain MLP) and column $i$ of its output projection $W$ (down_proj, fc2). Per layer, with "
+                "activations $Z$ and dense output $Y$, SPAP solves")
+# one st.latex block: a formula never breaks across lines, however narrow the screen
+PROBLEM_FORMULA = (r"\min_{W,s}\ \tfrac12\lVert WZ-Y\rVert_F^2\quad\text{s.t.}\quad W\,\mathrm{diag}(s)=0,\ \ "
+                   r"\mathbf 1^\top s=\lambda,\ \ s\in\{0,1\}^n")
+RELAXATION_TEXT = (
+    r'where $s_i = 1$ means "pruned". **Relaxation theorem:** allowing $s\in[0,1]^n$ loses nothing: a feasible '
+    r"relaxed $s$ has at least $\lambda$ non-zero entries and each forces a zero column of $W$, so a binary mask with "
+    r"the same objective can be read off any relaxed optimum. **Penalty idea:** replace $W\,\mathrm{diag}(s)=0$ by "
+    r"the penalty $\tfrac{\rho}{2}\sum_i s_i\lVert W_{:,i}\rVert^2$ and grow $\rho$. Here a random layer of 8 "
+    "channels is small enough to try every mask, so SPAP's answer is checked against the exact optimum.")
 
 
 def apply_scenario(settings: ToySettings) -> None:
@@ -145,50 +159,35 @@ for field_name, widget_key in WIDGET_KEYS.items():  # defaults without value=, s
     st.session_state.setdefault(widget_key, getattr(ToySettings(), field_name))
 
 st.title("How SPAP works")
-problem_column, path_column = st.columns(2, gap="large")
-problem_column.markdown(
-    r"""
-Pruning channel $i$ of an MLP removes row $i$ of its input projections (gate and up of a GLU, fc1 of a plain
-MLP) and column $i$ of its output projection $W$ (down_proj, fc2). Per layer,
-with activations $Z$ and dense output $Y$, SPAP solves
+scenario_row = st.container(horizontal=True)  # buttons as wide as their names, wrapping: a name is never cut
+for scenario in SCENARIOS:
+    scenario_row.button(scenario.name, on_click=apply_scenario, args=(scenario.settings,), width="content",
+                        key=f"toy_scenario_{scenario.name}", help="One click sets every setting below.")
+picture_slot = st.container()  # the path chart and its sentence, drawn once the settings below are read
 
-$$\min_{W,s}\ \tfrac12\lVert WZ-Y\rVert_F^2\quad\text{s.t.}\quad W\,\mathrm{diag}(s)=0,\ \ \mathbf 1^\top s=\lambda,\ \ s\in\{0,1\}^n$$
-
-where $s_i = 1$ means "pruned". **Relaxation theorem:** allowing $s\in[0,1]^n$ loses nothing: a feasible
-relaxed $s$ has at least $\lambda$ non-zero entries and each forces a zero column of $W$, so a binary mask with
-the same objective can be read off any relaxed optimum. **Penalty idea:** replace $W\,\mathrm{diag}(s)=0$ by
-the penalty $\tfrac{\rho}{2}\sum_i s_i\lVert W_{:,i}\rVert^2$ and grow $\rho$. Below, a random layer of 8
-channels is small enough to try every mask, so SPAP's answer is checked against the exact optimum.
-"""  # noqa: E501 (the display formula above stays on one line)
-)
-
-st.markdown("**Scenarios** — one click sets every slider:")
-for column, scenario in zip(st.columns(len(SCENARIOS)), SCENARIOS):
-    column.button(scenario.name, on_click=apply_scenario, args=(scenario.settings,), width="stretch",
-                  key=f"toy_scenario_{scenario.name}")
-story_slot = st.container()  # right under the buttons, filled once the run is known
-
-controls_column, path_chart_column = st.columns([1, 4], gap="medium")
-with controls_column:
-    rho0 = st.select_slider("ρ⁽⁰⁾: initial penalty", RHO0_CHOICES, key="toy_rho0",
-                            help="The first iteration's penalty on W, in units of mean diag H.")
-    tau = st.slider("τ: penalty growth", TAU_RANGE[0], TAU_RANGE[1], step=SPAP_DECLARED["tau"].step, key="toy_tau",
-                    help="ρ is multiplied by τ after every iteration.")
-    balance = st.slider("t: score balance", BALANCE_RANGE[0], BALANCE_RANGE[1], step=SPAP_DECLARED["t"].step,
-                        key="toy_t", help="Exponent of the activation magnitude in the score ‖W[:,i]‖·magnitudeᵗ.")
-    momentum = st.slider("α: mask momentum", MOMENTUM_RANGE[0], MOMENTUM_RANGE[1],
-                         step=SPAP_DECLARED["alpha"].step, key="toy_alpha",
-                         help="Each iteration moves s this fraction of the way to the marked channels.")
-    iterations = st.slider("K: ρ iterations", ITERATIONS_RANGE[0], ITERATIONS_RANGE[1], key="toy_K")
-    n_prune = st.slider("λ: channels to prune", *N_PRUNE_RANGE, key="toy_lambda")
-    score = st.radio("Activation magnitude in the score", TOY_SCORES, horizontal=True, key="toy_score",
-                     help="marginal = ‖Zᵢ‖; partial = what channel i adds beyond the others.")
-    schedule = st.radio("Marking schedule", SCHEDULES, horizontal=True, key="toy_schedule",
-                        help="fixed = λ channels marked every iteration; ramp = ⌈λk/K⌉ at iteration k.")
-    correlated = st.checkbox("Correlated channels", key="toy_correlated",
-                             help="Channels share a few latent factors, as in real MLPs; then a channel's own "
-                                  "magnitude says little about what the others cannot replace.")
-    seed = st.number_input("Seed of the random layer", *SEED_RANGE, key="toy_seed")
+with st.container(border=True):
+    st.markdown("**Settings of the toy layer**")
+    first_column, second_column, third_column = st.columns(3, gap="medium")
+    rho0 = first_column.select_slider("ρ⁽⁰⁾: initial penalty", RHO0_CHOICES, key="toy_rho0",
+                                      help="The first iteration's penalty on W, in units of mean diag H.")
+    tau = first_column.slider("τ: penalty growth", TAU_RANGE[0], TAU_RANGE[1], step=SPAP_DECLARED["tau"].step,
+                              key="toy_tau", help="ρ is multiplied by τ after every iteration.")
+    balance = first_column.slider("t: score balance", BALANCE_RANGE[0], BALANCE_RANGE[1],
+                                  step=SPAP_DECLARED["t"].step, key="toy_t",
+                                  help="Exponent of the activation magnitude in the score ‖W[:,i]‖·magnitudeᵗ.")
+    momentum = second_column.slider("α: mask momentum", MOMENTUM_RANGE[0], MOMENTUM_RANGE[1],
+                                    step=SPAP_DECLARED["alpha"].step, key="toy_alpha",
+                                    help="Each iteration moves s this fraction of the way to the marked channels.")
+    iterations = second_column.slider("K: ρ iterations", ITERATIONS_RANGE[0], ITERATIONS_RANGE[1], key="toy_K")
+    n_prune = second_column.slider("λ: channels to prune", *N_PRUNE_RANGE, key="toy_lambda")
+    score = third_column.radio("Activation magnitude in the score", TOY_SCORES, horizontal=True, key="toy_score",
+                               help="marginal = ‖Zᵢ‖; partial = what channel i adds beyond the others.")
+    schedule = third_column.radio("Marking schedule", SCHEDULES, horizontal=True, key="toy_schedule",
+                                  help="fixed = λ channels marked every iteration; ramp = ⌈λk/K⌉ at iteration k.")
+    correlated = third_column.checkbox("Correlated channels", key="toy_correlated",
+                                       help="Channels share a few latent factors, as in real MLPs; then a channel's "
+                                            "own magnitude says little about what the others cannot replace.")
+    seed = third_column.number_input("Seed of the random layer", *SEED_RANGE, key="toy_seed")
 
 settings = ToySettings(rho0=float(rho0), tau=float(tau), balance=float(balance), momentum=float(momentum),
                        iterations=int(iterations), n_prune=int(n_prune), score=score, schedule=schedule,
@@ -196,17 +195,21 @@ settings = ToySettings(rho0=float(rho0), tau=float(tau), balance=float(balance),
 try:
     outcome = run_toy(settings)
 except SpapInputError as exc:
-    st.error(plain(exc))
+    picture_slot.error(plain(exc))
     st.stop()
 
-path_column.markdown(algorithm_text(settings))
-active = next((scenario for scenario in SCENARIOS if scenario.settings == settings), None)
-if active is not None and (story := active.story(outcome)) is not None:
-    story_slot.info(f"**{active.name}.** {story}", icon=":material/school:")
-
-with path_chart_column:
+with picture_slot:
     show_chart(path_figure(outcome))
-    st.caption(mask_caption(outcome) + " " + norm_caption(outcome))
+    st.markdown(path_picture(outcome))
+    active = next((scenario for scenario in SCENARIOS if scenario.settings == settings), None)
+    if active is not None and (story := active.story(outcome)) is not None:
+        st.info(f"**{active.name}.** {story}", icon=":material/school:")
+    with st.expander("The maths"):
+        st.markdown(PROBLEM_TEXT)
+        st.latex(PROBLEM_FORMULA)
+        st.markdown(RELAXATION_TEXT)
+        st.markdown(algorithm_text(settings))
+        st.caption(mask_caption(outcome) + " " + norm_caption(outcome))
 
 readout_column, objective_column = st.columns(2, gap="medium")
 with readout_column:

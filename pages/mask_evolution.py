@@ -1,6 +1,7 @@
 """Mask evolution: how SPAP's relaxed mask s moves across the ρ iterations, what the growing ρ
 does to the output projection's columns, and the binary mask read out at the end — for one layer and for
-all layers. Every sentence on the page is computed from the run it describes."""
+all layers. The page opens with one layer's heatmap and a plain sentence about it (a projector's first
+screen), the notation follows in "The maths". Every sentence is computed from the run it describes."""
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from pages._results import require_outcome
 from pages._routing import ensure_routed
 from pages._summaries import result_label
 from spap_service.analysis import (
+    MASK_COLOUR_SCALE,
     changed_mind_counts,
     display_channels,
     final_norms,
@@ -21,6 +23,7 @@ from spap_service.analysis import (
     head_story,
     head_table,
     marked_share_of_final,
+    mask_picture,
     mask_story,
     norm_paths,
     readout_masks,
@@ -45,16 +48,16 @@ readouts = readout_masks(result)  # [layer, channel], 1 = pruned
 trace = trace_table(result)
 n_layers, n_iterations, width = masks.shape  # width: the widest layer's (a model pruned before may vary)
 widths = [record.width for record in result.layers]
-st.caption(f"Soft mask s (1 = pruned) of the latest run: {n_layers} layers × {n_iterations} ρ iterations × "
-           f"{span(widths)} channels. " + mask_story(result, masks))
 
-controls = st.columns([3, 3, 2])  # room for the checkbox label on a projector
+controls = st.columns([3, 2])  # one short row above the chart; the drawing options go under it
 layer = layer_picker(n_layers, "mask_layer", controls[0])
-max_channels = controls[1].slider("Channels drawn (evenly spaced, to keep the page light)", 32, 256,
-                                  min(128, width), 32, key="mask_channels")
-sort_by_mask = controls[2].checkbox("Sort by final s", True, key="mask_sort",
-                                    help="Channels sorted by their final s: the pruned ones gather on the right; "
-                                         "unsorted keeps channel order.")
+picture_slot = st.container()  # the heatmap and its sentence, drawn once the options below are read
+option_columns = st.columns([3, 2])
+max_channels = option_columns[0].slider("Channels drawn (evenly spaced, to keep the page light)", 32, 256,
+                                        min(128, width), 32, key="mask_channels")
+sort_by_mask = option_columns[1].checkbox("Sort by final s", True, key="mask_sort",
+                                          help="Channels sorted by their final s: the pruned ones gather on the "
+                                               "right; unsorted keeps channel order.")
 
 # Each layer's frames: s after every ρ iteration, then the binary read-out as a frame of its own.
 with_readout = np.concatenate([masks, readouts[:, None, :]], axis=1)  # [layer, iteration + 1, channel]
@@ -65,16 +68,20 @@ axis_title = "channel rank by final s" if sort_by_mask else "channel"
 layer_trace = trace[trace["layer"] == layer]
 layer_tick = max(1, n_layers // 10)
 
-heatmap_column, path_column = st.columns([3, 2])
-with heatmap_column:
-    figure = px.imshow(layer_frames[:, channels], zmin=0, zmax=1, aspect="auto", color_continuous_scale="Viridis",
-                       labels={"x": axis_title, "y": "ρ iteration", "color": "s"}, y=frame_labels,
+with picture_slot:
+    figure = px.imshow(layer_frames[:, channels], zmin=0, zmax=1, aspect="auto",
+                       color_continuous_scale=MASK_COLOUR_SCALE, y=frame_labels,
+                       labels={"x": axis_title, "y": "ρ iteration", "color": "s"},
                        title=f"Layer {layer}: s over ρ iterations, then the binary read-out")
     figure.update_yaxes(type="category")
-    figure.update_layout(height=440, margin=dict(t=50, b=10, l=10, r=10))
+    figure.update_layout(height=400, margin=dict(t=50, b=10, l=10, r=10))
     show_chart(figure, subtitle=label)
-with path_column:
-    # short panel titles: the column is narrow on a projector (h̄ is defined in the caption below)
+    st.markdown(mask_picture(layer_frames[:, channels], layer, widths[layer]))
+
+with st.expander("The maths"):
+    st.caption(f"Soft mask s (1 = pruned) of the latest run: {n_layers} layers × {n_iterations} ρ iterations × "
+               f"{span(widths)} channels. " + mask_story(result, masks))
+    # short panel titles: the expander is narrow on a projector (h̄ is defined in the caption below)
     figure = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.1,
                            subplot_titles=("penalty ρ ÷ h̄", "objective ½‖WZ−Y‖²", "violation Σ sᵢ‖W[:,i]‖²",
                                            "distance of s from read-out"))
@@ -84,12 +91,13 @@ with path_column:
     figure.update_yaxes(type="log", row=1, col=1, **DECADES)
     figure.update_yaxes(rangemode="tozero", row=4, col=1)
     figure.update_xaxes(title_text="ρ iteration", dtick=1, row=4, col=1)
-    figure.update_layout(height=480, margin=dict(t=30, b=10, l=10, r=10))
+    figure.update_layout(height=480, margin=dict(t=30, b=10, l=10, r=10),
+                         title=f"Layer {layer}: the penalty path, step by step")
     show_chart(figure, subtitle=label)
-st.caption(f"ρ is measured in h̄, the mean of diag H (H = ZZᵀ, so h̄ is the average ‖Zᵢ‖²). "
-           f"Distance of s from its read-out: Σ|s − b(s)| ÷ λ, with b(s) the λ largest s set to 1 (0 = s is "
-           f"binary); in this layer it goes from {layer_trace['readout_gap'].iloc[0]:.2f} to "
-           f"{layer_trace['readout_gap'].iloc[-1]:.2f}. {violation_sentence(layer_trace['violation'].to_numpy())}")
+    st.caption(f"ρ is measured in h̄, the mean of diag H (H = ZZᵀ, so h̄ is the average ‖Zᵢ‖²). "
+               f"Distance of s from its read-out: Σ|s − b(s)| ÷ λ, with b(s) the λ largest s set to 1 (0 = s is "
+               f"binary); in this layer it goes from {layer_trace['readout_gap'].iloc[0]:.2f} to "
+               f"{layer_trace['readout_gap'].iloc[-1]:.2f}. {violation_sentence(layer_trace['violation'].to_numpy())}")
 
 st.subheader("What ρ does: it acts on W, not on s")
 paths = norm_paths(result, layer)
@@ -148,7 +156,8 @@ with all_layers_column:
     columns = max(frames.shape[1] for frames in drawn)  # a narrower layer's row ends early (NaN: not drawn)
     per_layer = np.stack([np.pad(frames, ((0, 0), (0, columns - frames.shape[1])), constant_values=np.nan)
                           for frames in drawn], axis=1)  # [frame, layer, channel]
-    figure = px.imshow(per_layer, animation_frame=0, zmin=0, zmax=1, aspect="auto", color_continuous_scale="Viridis",
+    figure = px.imshow(per_layer, animation_frame=0, zmin=0, zmax=1, aspect="auto",
+                       color_continuous_scale=MASK_COLOUR_SCALE,
                        labels={"animation_frame": "ρ iteration", "x": axis_title, "y": "layer", "color": "s"},
                        title="All layers: s, one frame per ρ iteration, then the read-out")
     for step, frame_label in zip(figure.layout.sliders[0].steps, frame_labels):  # frames are numbered from 0
@@ -213,7 +222,7 @@ if head_masks.size:
     layer_heads = heads[heads["layer"] == layer]
     pruned = (layer_heads["status"] == "pruned").to_numpy(dtype=np.float32)
     figure = px.imshow(np.vstack([head_masks[layer], pruned]), zmin=0, zmax=1, aspect="auto",
-                       color_continuous_scale="Viridis", x=layer_heads["label"].tolist(), y=frame_labels,
+                       color_continuous_scale=MASK_COLOUR_SCALE, x=layer_heads["label"].tolist(), y=frame_labels,
                        labels={"x": "head · its KV group", "y": "ρ iteration", "color": "s"},
                        title=f"Layer {layer}: s of each head over ρ iterations, then the read-out")
     figure.update_yaxes(type="category")

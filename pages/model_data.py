@@ -1,5 +1,6 @@
-"""Model & data: which model is pruned, where it runs and what it is made of; which texts
-calibrate and evaluate it, and how many tokens of each."""
+"""Model & data: which model is pruned, where it runs and what it is made of (its parameter split
+and MLP widths open the page, with a plain sentence about them); which texts calibrate and evaluate
+it, and how many tokens of each."""
 
 import os
 from pathlib import Path
@@ -21,7 +22,7 @@ from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.models.loading import DEFAULT_MODEL
 from spap_core.pipeline.parameters import BY_KEY, DATA_PARAMETERS
 from spap_core.system.hub import hub_unreachable_reason, require_hub
-from spap_service.analysis import mlp_widths, parameter_split
+from spap_service.analysis import mlp_widths, parameter_picture, parameter_split
 from spap_service.data import DataSpec, TextChoice
 
 ensure_routed()
@@ -51,6 +52,38 @@ def model_kind_of(source: str) -> str:
         return "local" if Path(source).expanduser().exists() else "hub"
     except OSError:  # e.g. a name too long to look up: the loader says so when it is used
         return "local"
+
+
+# ----------------------------------------------------------------- the model in one picture
+loaded = current_model()
+if loaded is not None:
+    widths = mlp_widths(loaded.model, loaded.family)
+    config = loaded.model.config
+    split = parameter_split(loaded.model, loaded.family)
+    total = sum(split.values())
+    split_column, width_column = st.columns(2)
+    with split_column:
+        split_table = pd.DataFrame({"part": list(split), "parameters": list(split.values())})
+        figure = px.pie(split_table, names="part", values="parameters", hole=0.45,
+                        title="Parameter split")
+        figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
+        show_chart(figure)
+    with width_column:
+        figure = px.bar(x=list(range(len(widths))), y=widths, labels={"x": "layer", "y": "MLP channels"},
+                        title=f"MLP width per layer ({loaded.family.model_type})")
+        figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
+        figure.update_xaxes(dtick=max(1, len(widths) // 10))
+        show_chart(figure)
+    st.markdown(parameter_picture(split, widths))
+    st.markdown(f"**{plain(loaded.description)}** · runs on **{device_label(loaded.device)}** · "
+                f"{next(loaded.model.parameters()).dtype}")
+    st.caption(f"MLP of every layer: {loaded.family.kind}. Pruning removes intermediate channels: a row of each "
+               "input projection and a column of the output projection. " + run_size_note())
+    metric_columns = st.columns(4)
+    metric_columns[0].metric("Decoder layers", len(widths))
+    metric_columns[1].metric("MLP width", f"{min(widths)}" if len(set(widths)) == 1 else f"{min(widths)}–{max(widths)}")
+    metric_columns[2].metric("Hidden size", getattr(config, "hidden_size", "?"))
+    metric_columns[3].metric("Parameters", f"{total / 1e6:.1f} M")
 
 
 # ------------------------------------------------------------------------------------ model
@@ -83,36 +116,6 @@ with st.container(border=True):
         else:
             session().model = ModelChoice(source=source.strip(), device=device, dtype=dtype)
             st.rerun()  # the sidebar (drawn before this page) loads and shows the new model
-
-loaded = current_model()
-if loaded is not None:
-    widths = mlp_widths(loaded.model, loaded.family)
-    config = loaded.model.config
-    split = parameter_split(loaded.model, loaded.family)
-    total = sum(split.values())
-    st.markdown(f"**{plain(loaded.description)}** · runs on **{device_label(loaded.device)}** · "
-                f"{next(loaded.model.parameters()).dtype}")
-    st.caption(f"MLP of every layer: {loaded.family.kind}. Pruning removes intermediate channels: a row of each "
-               "input projection and a column of the output projection. " + run_size_note())
-    metric_columns = st.columns(4)
-    metric_columns[0].metric("Decoder layers", len(widths))
-    metric_columns[1].metric("MLP width", f"{min(widths)}" if len(set(widths)) == 1 else f"{min(widths)}–{max(widths)}")
-    metric_columns[2].metric("Hidden size", getattr(config, "hidden_size", "?"))
-    metric_columns[3].metric("Parameters", f"{total / 1e6:.1f} M")
-    split_column, width_column = st.columns(2)
-    with split_column:
-        split_table = pd.DataFrame({"part": list(split), "parameters": list(split.values())})
-        figure = px.pie(split_table, names="part", values="parameters", hole=0.45,
-                        title="Parameter split (only the MLP is pruned)")
-        figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
-        show_chart(figure)
-    with width_column:
-        figure = px.bar(x=list(range(len(widths))), y=widths, labels={"x": "layer", "y": "MLP channels"},
-                        title=f"MLP width per layer ({loaded.family.model_type})")
-        figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
-        figure.update_xaxes(dtick=max(1, len(widths) // 10))
-        show_chart(figure)
-
 
 # ------------------------------------------------------------------------------------- data
 def text_source_inputs(purpose: str, current: TextChoice):

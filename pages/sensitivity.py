@@ -1,5 +1,6 @@
 """Sensitivity: vary one hyperparameter over a range with all others fixed and watch the mean
-layer error (mean over layers of objective ÷ ½‖Y‖²) and the perplexity respond."""
+layer error (mean over layers of objective ÷ ½‖Y‖²) and the perplexity respond. The latest scan's
+chart and a plain sentence about it open the page, above the form that starts the next scan."""
 
 from functools import partial
 from typing import Any
@@ -26,7 +27,7 @@ from pages._tables import (
 from pages._text import plain
 from pages._widgets import declared_range, unless_preset
 from spap_core.errors import SpapInputError
-from spap_service.analysis import readable_range
+from spap_service.analysis import readable_range, scan_picture
 from spap_service.comparisons import (
     SCAN_PARAMETERS,
     default_scan_range,
@@ -39,6 +40,7 @@ from spap_service.comparisons import (
 ensure_routed()
 
 loaded, base = comparison_header("Sensitivity")
+picture_slot = st.container()  # the latest scan's chart and its sentence, above the form that makes the next one
 restore_form("scan")  # the choices of the scan shown below, when the page is opened again
 
 key = st.selectbox("Hyperparameter to vary", list(SCAN_PARAMETERS), key="scan_parameter",
@@ -95,18 +97,15 @@ if submitted:
 job_panel("scan")
 latest = latest_table("scan")
 if latest is None:
-    st.info("Pick a hyperparameter and a range, then run the scan (a background job; other pages stay usable).")
+    picture_slot.info("Pick a hyperparameter and a range below, then run the scan (a background job; other pages "
+                      "stay usable).")
     st.stop()
 
 table, context = latest
-failed_points_warning(table, lambda row: f"value {row['value']:g}")
 try:
     current_key = scan_key(loaded, base, key, values) if valid_range else None
-except SpapInputError:  # said above, when the scan was asked for
+except SpapInputError:  # said below, when the scan was asked for
     current_key = None
-if current_key is None or shown_table_differs("scan", current_key):
-    st.caption(":material/info: The chart shows the scan last run, made with other choices than the ones above; "
-               "press Run scan for these.")
 scanned = SCAN_PARAMETERS[context["parameter"]]
 axis_title = scanned.label
 error_range, error_spread = readable_range(table["mean_layer_error"])
@@ -126,11 +125,19 @@ for column in (1, 2):
 figure.update_layout(height=400, margin=dict(t=90, b=10, l=10, r=10),
                      title_text=f"Scan of {scanned.label}: {len(table)} values<br><sup>fixed: "
                                 f"{table['settings'].iloc[0]}</sup>")
-show_chart(figure)
-dense = float(table["dense_perplexity"].iloc[0])
-st.caption(f"Red dotted line: the value in the Run SPAP settings. Each axis spans at least 5% of its mean, so "
-           f"small differences look small. Mean layer error: mean over layers of objective ÷ ½‖Y‖². Perplexity on "
-           f"{int(table['eval_tokens'].iloc[0]):,} predicted tokens; the dense model's is {dense:.2f}.")
+with picture_slot:
+    show_chart(figure)
+    st.markdown(scan_picture(table, scanned.label))
+    failed_points_warning(table, lambda row: f"value {row['value']:g}")
+    if current_key is None or shown_table_differs("scan", current_key):
+        st.caption(":material/info: The chart shows the scan last run, made with other choices than the ones below; "
+                   "press Run scan for these.")
+    st.caption("Red dotted line: the value in the Run SPAP settings. Each axis spans at least 5% of its mean, so "
+               f"small differences look small. Perplexity on {int(table['eval_tokens'].iloc[0]):,} predicted tokens.")
+    with st.expander("The maths"):
+        st.caption("Mean layer error: the mean over layers of objective ÷ ½‖Y‖², the part of each layer's dense "
+                   "MLP output ‖Y‖² the pruned layer fails to reproduce (0 = all of it reproduced, 1 = as bad as no "
+                   "MLP). Perplexity: exp of the mean negative log-likelihood per predicted token.")
 st.dataframe(table, hide_index=True, width="stretch")
 st.download_button("Scan (.csv)", data=table.to_csv(index=False), mime="text/csv", on_click="ignore",
                    file_name=f"spap-scan-{scanned.key}-{scanned.format(table['value'].min())}-"

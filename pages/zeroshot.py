@@ -1,6 +1,7 @@
 """Zero-shot accuracy: the dense model and the latest run's pruned model on the same lm-eval tasks
 (ARC, PIQA, HellaSwag, WinoGrande, BoolQ, or tasks of one's own in a local folder), the accuracy the
-LLM-pruning papers report next to perplexity. Evaluated on the job queue and cached; the page says
+LLM-pruning papers report next to perplexity. The latest comparison's chart and a plain sentence open
+the page, above the choices for the next one. Evaluated on the job queue and cached; the page says
 before anything is pressed when the tasks cannot run here (the hub unreachable, no local tasks)."""
 
 from functools import partial
@@ -19,6 +20,7 @@ from pages._tables import request_table
 from pages._text import chart_text, plain
 from spap_core.errors import SourceUnavailableError, SpapInputError
 from spap_core.evaluation.zeroshot import STANDARD_TASKS
+from spap_service.analysis import zeroshot_picture
 from spap_service.limits import server_limits
 from spap_service.zeroshot import available_tasks, compare_zeroshot, zeroshot_blocker, zeroshot_key
 
@@ -29,6 +31,7 @@ LIMITS = (10, 25, 50, 100, 250, 500, 1000, None)  # examples per task; None: eve
 DEMO_LIMITS = LIMITS[:5]
 
 st.title("Zero-shot accuracy")
+picture_slot = st.container()  # the latest comparison's chart and its sentence, above the choices for the next
 st.caption("Multiple-choice tasks scored by lm-eval-harness with no examples in the prompt (zero-shot): the "
            "answer the model gives the highest log-likelihood is its pick; acc_norm divides each answer's "
            "log-likelihood by its length in characters. The pruning papers report these tasks next to "
@@ -73,19 +76,21 @@ if st.button("Evaluate", type="primary", icon=":material/quiz:", disabled=blocke
 job_panel("zeroshot")
 latest = latest_table("zeroshot")
 if latest is None:
-    st.info("Choose tasks and press Evaluate: both models are evaluated on the job queue, one after the other.")
+    picture_slot.info("Choose tasks below and press Evaluate: both models are evaluated on the job queue, one after "
+                      "the other.")
     st.stop()
 table, context = latest
-if context["run_finished_at"] != outcome.finished_at:
-    st.caption("These numbers belong to an earlier run; press Evaluate to score the latest one.")
-
 bars = table.melt(id_vars=["task", "metric"], value_vars=["dense", "pruned"], var_name="model",
                   value_name="accuracy")
 bars["task"] = bars["task"].map(chart_text)  # a local task's name is the user's
 figure = px.bar(bars, x="task", y="accuracy", color="model", barmode="group", facet_col="metric",
                 color_discrete_map=COLORS, title="Zero-shot accuracy: dense vs pruned")
 figure.update_layout(height=400, margin=dict(t=60, b=10, l=10, r=10), yaxis_tickformat=".0%")
-show_chart(figure, subtitle=context.get("run_label", "the run these numbers were measured on"))
+with picture_slot:
+    show_chart(figure, subtitle=context.get("run_label", "the run these numbers were measured on"))
+    st.markdown(plain(zeroshot_picture(table)))  # a local task's name is the user's
+    if context["run_finished_at"] != outcome.finished_at:
+        st.caption("These numbers belong to an earlier run; press Evaluate below to score the latest one.")
 st.dataframe(table.style.format({"dense": "{:.1%}", "pruned": "{:.1%}", "change": "{:+.1%}"}), hide_index=True,
              width="stretch")
 st.caption("change: pruned − dense, in accuracy points; n: examples per task (the mean row: over all tasks). "

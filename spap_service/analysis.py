@@ -156,6 +156,92 @@ def mask_story(result: PruneResult, masks: np.ndarray) -> str:
             "channel gets which value, through the scores ‖W[:,i]‖·‖Zᵢ‖ᵗ of the penalised W.")
 
 
+MASK_COLOUR_SCALE = "Viridis"  # the soft-mask heatmaps' colours, s = 0 … 1
+MASK_COLOUR_NAMES = ("dark purple", "yellow")  # what a student calls that scale's two ends, s = 0 and s = 1
+
+
+def mask_picture(frames: np.ndarray, layer: int, width: int) -> str:
+    """The mask heatmap in one plain sentence, counted from the frames it draws: `frames` is
+    [ρ step + 1, drawn channel], s after every step, then the binary read-out as the last row
+    (NaN past a narrower layer's width). A channel counts as pushed once its s is above 0."""
+    steps, readout = frames[:-1], frames[-1]
+    drawn = int(np.sum(np.isfinite(readout)))
+    pushed = [int(np.sum(row > 1e-6)) for row in steps]  # NaN compares False: not drawn, not counted
+    removed = int(np.sum(readout > 0.5))
+    left_alone, pushed_out = MASK_COLOUR_NAMES
+    channels = f"its {width} channels" if drawn == width else f"{drawn} of its {width} channels, evenly spaced"
+    if len(pushed) == 1:
+        course = f"{pushed[0]} are being pushed after its single step"
+    else:
+        course = f"{pushed[0]} are being pushed after step 1, {pushed[-1]} after step {len(pushed)}"
+    return (f"Each row is one ρ step of layer {layer} ({channels}): the more {pushed_out} a channel, the harder it "
+            f"is being pushed out ({left_alone}: left alone); {course}, and the bottom row is what gets removed: "
+            f"{removed} channels, in {pushed_out}.")
+
+
+def scores_picture(record: LayerRecord, cut_side: str) -> str:
+    """The score distributions in one plain sentence: what the red line splits and how far the
+    set the run removed matches the nearest metric's. `cut_side` is where the lowest scores lie
+    from the threshold line in the chart drawn ('left of' a vertical line, 'below' a horizontal
+    one)."""
+    count = record.width - len(record.keep)
+    sets = pruned_sets(record)
+    removed = sets.pop(SPAP_PRUNED)
+    nearest = max(sets, key=lambda metric: len(sets[metric] & removed))  # first in the walk's order on a tie
+    return (f"Each colour is one way to score the {record.width} channels of layer {record.layer} (low = cheap to "
+            f"remove): the {count} {cut_side} the red dashed line are the ones that score would remove, and the "
+            f"{len(removed)} this run removed match {nearest}'s on {len(sets[nearest] & removed)} of them.")
+
+
+def overlap_scope(layer: int | None, n_layers: int) -> str:
+    """What an overlap matrix is taken over, as its caption names it: one layer, or the mean."""
+    return f"layer {layer}" if layer is not None else f"the mean over {n_layers} layers"
+
+
+def overlap_story(overlap: pd.DataFrame, scope: str) -> str | None:
+    """How SPAP's removed channels overlap its own first and last rankings, quoting the overlap
+    matrix drawn beside it (the same numbers, to the chart's two decimals, over the same `scope`);
+    None for a run without SPAP's rankings."""
+    if "spap_first" not in overlap.index:
+        return None
+    first, last = overlap.loc["spap_first", SPAP_PRUNED], overlap.loc["spap_last", SPAP_PRUNED]
+    verdict = ("The penalty path mostly confirms the ranking it started from." if first >= 0.8 else
+               "The penalty path moved well away from the ranking it started from.")
+    return (f"In {scope}, the channels SPAP removed overlap those its first ranking scored lowest by {first:.2f} "
+            f"and those its last ranking scored lowest by {last:.2f} (Jaccard, as in the chart). {verdict}")
+
+
+def scan_picture(table: pd.DataFrame, label: str) -> str:
+    """A sensitivity scan in one plain sentence, from its table: one pruning run per value, and
+    where the layer error and the perplexity went as the value grew."""
+    ordered = table.sort_values("value")
+    low, high = ordered["value"].iloc[0], ordered["value"].iloc[-1]
+    steps = [f"at {value:g}" for value in ordered["value"]]
+    return (f"Each point is one whole pruning run with \"{label}\" set to the value under it: from {low:g} to "
+            f"{high:g}, the mean layer error {course(ordered['mean_layer_error'].to_numpy(), steps=steps)} and the "
+            f"perplexity {course(ordered['perplexity'].to_numpy(), steps=steps)} (the dense model's: "
+            f"{float(ordered['dense_perplexity'].iloc[0]):.3g}).")
+
+
+def zeroshot_picture(table: pd.DataFrame) -> str:
+    """A zero-shot comparison in one plain sentence, from its table: how many answers each model
+    got right on average, over the tasks (the mean row) or on the one task measured."""
+    accuracy = table[table["metric"] == "acc"]
+    mean = accuracy[accuracy["task"] == "mean"]
+    row = (mean if len(mean) else accuracy).iloc[0]
+    tasks = accuracy[accuracy["task"] != "mean"]["task"].tolist()
+    where = f"on average over {len(tasks)} tasks" if len(mean) else f"on {row['task']}"
+    return (f"Each pair of bars is one task: {where}, the dense model picks the right answer {row['dense']:.0%} "
+            f"of the time and the pruned one {row['pruned']:.0%} ({row['change'] * 100:+.1f} points).")
+
+
+def parameter_picture(split: dict[str, int], widths: list[int]) -> str:
+    """The parameter split and the MLP widths in one plain sentence: the share pruning can touch."""
+    total = sum(split.values())
+    return (f"The MLPs hold {split['MLP'] / total:.0%} of the model's {total / 1e6:.1f} M parameters, and pruning "
+            f"removes channels from them: each of its {len(widths)} layers has {span(widths)} to choose from.")
+
+
 def violation_sentence(violations: np.ndarray) -> str:
     """The violation's course over the ρ iterations of one layer, and why, from the data: with one
     iteration there is no course to speak of."""

@@ -102,6 +102,25 @@ def algorithm_text(settings: ToySettings) -> str:
     )
 
 
+def path_picture(outcome: ToyOutcome) -> str:
+    """The path chart in one plain sentence, from the run it draws: which channels SPAP pushes
+    out, where their s ends (left panel), how far their weights shrank and how much the others
+    moved to make up for them (right panel)."""
+    final, relative = outcome.soft_masks[-1], outcome.relative_norms[-1]
+    pruned = list(outcome.spap_pruned)
+    kept = [c for c in range(outcome.width) if c not in pruned]
+    low, high = float(np.min(final[pruned])), float(np.max(final[pruned]))
+    ends = f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g}–{high:.2g}"
+    shrink = ("shrink to" if float(np.max(relative[pruned])) < 0.5 else "still keep") + \
+        f" {percent_range(relative[pruned])} of their dense size"
+    one = len(pruned) == 1
+    return (f"Each colour is one of the {outcome.width} channels as the penalty ρ grows to the right: SPAP pushes "
+            f"{'channel' if one else 'channels'} {channel_list(pruned)} out (left, {'its' if one else 'their'} s "
+            f"ends at {ends}) and {'its' if one else 'their'} weights {shrink} (right), while the weights of the other "
+            f"{plural(len(kept), 'channel')} change by up to {float(np.max(np.abs(relative[kept] - 1))):.0%} to "
+            "make up for them.")
+
+
 def mask_caption(outcome: ToyOutcome) -> str:
     """What s did: its start, the values it ended at, whether it ended binary, which channels
     the path marked and later dropped, and which curves coincide."""

@@ -6,6 +6,7 @@ series reads the same way on both pages.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,16 +19,22 @@ def trend(values: np.ndarray, rel_tol: float = 1e-9) -> str:
     return "rises" if last > first else "falls"
 
 
-def course(values: np.ndarray, rel_tol: float = 1e-9) -> str:
+def course(values: np.ndarray, rel_tol: float = 1e-9, steps: Sequence[str] | None = None) -> str:
     """How a series went, in words, every number the value at the step it names: 'rises from a to
     b', 'falls from a to b', 'stays at a', or 'rises from a to p (iteration k), then falls to b'
-    when it peaks in between."""
+    when it peaks in between; 'stays at about a' when the change does not show in three digits.
+    `steps` names each value's step ('at 0.5' for a scan's value); without it the steps are ρ
+    iterations, numbered from 1."""
     first, last, peak = float(values[0]), float(values[-1]), int(np.argmax(values))
     if 0 < peak < len(values) - 1 and float(values[peak]) > max(first, last):
-        return (f"rises from {first:.3g} to {float(values[peak]):.3g} (iteration {peak + 1}), "
-                f"then falls to {last:.3g}")
+        where = steps[peak] if steps is not None else f"iteration {peak + 1}"
+        return f"rises from {first:.3g} to {float(values[peak]):.3g} ({where}), then falls to {last:.3g}"
     direction = trend(values, rel_tol)
-    return f"stays at {last:.3g}" if direction == "stays" else f"{direction} from {first:.3g} to {last:.3g}"
+    if direction == "stays":
+        return f"stays at {last:.3g}"
+    if f"{first:.3g}" == f"{last:.3g}":  # a change too small to show in 3 digits would read "rises from 206 to 206"
+        return f"stays at about {last:.3g}"
+    return f"{direction} from {first:.3g} to {last:.3g}"
 
 
 def peaks(values: np.ndarray) -> bool:

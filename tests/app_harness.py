@@ -9,6 +9,7 @@ import base64
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from streamlit.testing.v1 import AppTest
@@ -84,6 +85,23 @@ def run_spap(sparsity: float, iterations: int) -> AppTest:
     return at
 
 
+def outline(at: AppTest) -> list[tuple[str, str, Any]]:
+    """The page's main area in the order it shows it, columns and expanders opened: (type, the
+    label of the expander it sits in or "", element), so a test can check what comes first."""
+    rows: list[tuple[str, str, Any]] = []
+
+    def visit(node: Any, expander: str) -> None:
+        for child in node.children.values():
+            kind = getattr(child, "type", "")
+            if kind == "plotly_chart" or not hasattr(child, "children"):
+                rows.append((kind, expander, child))
+            else:
+                visit(child, child.label if kind == "expander" else expander)
+
+    visit(at.main, "")
+    return rows
+
+
 def figures(at: AppTest) -> list[dict]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
@@ -108,3 +126,28 @@ def titled(at: AppTest, start: str) -> dict:
     matches = [f for f in figures(at) if chart_title(f).startswith(start)]
     assert matches, f"no chart titled {start!r}"
     return matches[0]
+
+
+def picture_first(at: AppTest) -> tuple[dict, str]:
+    """The page opens with its chart (issue 34): before the first chart only the title, widgets and
+    the chart's own title. Returns that chart's figure and the text under it (after any charts
+    drawn beside it), the sentence that says in plain words what the picture shows."""
+    rows = outline(at)
+    first = next(index for index, (kind, _, _) in enumerate(rows) if kind == "plotly_chart")
+    figure = json.loads(rows[first][2].proto.spec)
+
+    def chart_heading(index: int) -> bool:  # a chart's title (and subtitle) drawn right above it
+        following = next((row for row in rows[index:index + 3] if row[0] == "plotly_chart"), None)
+        return following is not None and rows[index][0] in ("markdown", "caption") and \
+            shown(rows[index][2].value).strip("* ") in chart_title(json.loads(following[2].proto.spec))
+
+    for index, (kind, expander, _) in enumerate(rows[:first]):
+        assert not expander, f"{kind} in the expander {expander!r} comes before the first chart"
+        assert kind not in ("markdown", "caption") or chart_heading(index), f"text before the first chart: {kind}"
+        assert kind not in ("latex", "dataframe", "table"), kind  # an alert about the page's state may come first
+    index = first + 1
+    while rows[index][0] == "plotly_chart" or chart_heading(index):  # charts beside the first one
+        index += 1
+    kind, expander, sentence = rows[index]
+    assert kind == "markdown" and not expander, (kind, expander)
+    return figure, sentence.value

@@ -25,6 +25,8 @@ from app_harness import (
     figures,
     finish_job,
     open_page,
+    outline,
+    picture_first,
     run_spap,
     session_job,
     shown,
@@ -37,7 +39,15 @@ from streamlit.testing.v1 import AppTest
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.spap import PenaltySettings
 from spap_core.pipeline.parameters import BY_KEY
-from spap_service.analysis import changed_mind_counts, readout_masks, soft_masks
+from spap_service.analysis import (
+    SPAP_PRUNED,
+    changed_mind_counts,
+    mask_picture,
+    parameter_picture,
+    readout_masks,
+    scores_picture,
+    soft_masks,
+)
 from spap_service.estimates import duration
 from spap_service.jobs import JobStatus, shared_queue
 
@@ -71,6 +81,10 @@ def test_model_and_data_page_shows_the_model_and_data_choices(app_files):
     assert metrics["Decoder layers"] == "2" and metrics["MLP width"] == "128"
     split = titled(at, "Parameter split")
     assert set(split["data"][0]["labels"]) == {"attention", "MLP", "embeddings", "norms and other"}
+    first, sentence = picture_first(at)  # the model in one picture comes before its forms
+    assert chart_title(first) == "Parameter split"
+    parameters = dict(zip(split["data"][0]["labels"], array(split["data"][0]["values"]).tolist()))
+    assert sentence == parameter_picture(parameters, [128, 128])
     assert {r.label for r in at.radio} >= {"Model source", "Calibration text", "Evaluation text"}
     assert {b.label for b in at.button} >= {"Load model", "Use this data"}
     assert str(app_files["calibration"]) in [t.value for t in at.text_input]
@@ -165,6 +179,12 @@ def test_mask_evolution_page_plots_the_soft_mask_per_iteration(ran_app):
     assert z.shape == (RUN_ITERATIONS + 1, 128)  # every ρ iteration, then the binary read-out
     assert list(heatmap["data"][0]["y"])[-1] == "read-out"
     assert set(np.unique(z[-1])) == {0.0, 1.0} and z[-1].sum() == 128 - len(outcome.result.layers[0].keep)
+    first, sentence = picture_first(at)  # the heatmap opens the page, with its sentence under it
+    assert chart_title(first).startswith("Layer 0: s over ρ iterations")
+    assert sentence == mask_picture(z, 0, 128) and f"removed: {int(z[-1].sum())} channels" in sentence
+    maths = " ".join(element.value for kind, expander, element in outline(at)
+                     if expander == "The maths" and kind == "caption")
+    assert "s⁽⁰⁾" in maths and "h̄" in maths  # the notation, below the picture
     assert len(titled(at, "Layer 0: s per channel")["frames"]) == RUN_ITERATIONS + 1
     animated = titled(at, "All layers")
     assert len(animated["frames"]) == RUN_ITERATIONS + 1
@@ -201,6 +221,43 @@ def test_scores_page_shows_distributions_thresholds_and_overlaps(ran_app):
     assert overlap.shape == (6, 6) and np.allclose(np.diag(overlap), 1.0)
     at.radio(key="scores_scope").set_value("all layers (mean)").run()
     assert_clean(at)
+
+
+def overlap_caption_and_matrix(at: AppTest) -> tuple[str, float, float]:
+    """The overlap caption and the two numbers it quotes, read from the heatmap beside it."""
+    heatmap = titled(at, "Jaccard overlap")
+    z, rows, columns = array(heatmap["data"][0]["z"]), list(heatmap["data"][0]["y"]), list(heatmap["data"][0]["x"])
+    caption = next(m.value for m in at.markdown if "the channels SPAP removed overlap" in m.value)
+    column = columns.index(SPAP_PRUNED)
+    return caption, z[rows.index("spap_first"), column], z[rows.index("spap_last"), column]
+
+
+def test_scores_opens_with_its_chart_and_every_caption_quotes_the_layer_or_mean_it_shows(ran_app):
+    at = ran_app
+    open_page(at, "scores")
+    at.radio(key="scores_chart").set_value("Histogram").run()
+    at.radio(key="scores_scope").set_value("this layer").run()
+    record = at.session_state["latest_run"].result.layers[0]
+    first, sentence = picture_first(at)
+    assert chart_title(first).startswith("Layer 0: 128 channels")
+    assert sentence == scores_picture(record, "left of") and "layer 0" in sentence
+    at.radio(key="scores_chart").set_value("Violin").run()
+    assert picture_first(at)[1] == scores_picture(record, "below")  # the cut's side follows the chart drawn
+    caption, first_overlap, last_overlap = overlap_caption_and_matrix(at)
+    assert caption.startswith("In layer 0,") and titled(at, "Jaccard overlap")["layout"]["meta"]["title"].endswith(
+        "layer 0")
+    assert f"first ranking scored lowest by {first_overlap:.2f}" in caption
+    assert f"last ranking scored lowest by {last_overlap:.2f}" in caption
+    at.radio(key="scores_scope").set_value("all layers (mean)").run()
+    caption, first_overlap, last_overlap = overlap_caption_and_matrix(at)
+    assert caption.startswith("In the mean over 2 layers,")
+    assert f"first ranking scored lowest by {first_overlap:.2f}" in caption
+    assert f"last ranking scored lowest by {last_overlap:.2f}" in caption
+    at.slider(key="scores_layer").set_value(1).run()
+    at.radio(key="scores_scope").set_value("this layer").run()
+    assert overlap_caption_and_matrix(at)[0].startswith("In layer 1,")
+    maths = [element for kind, expander, element in outline(at) if expander == "The maths"]
+    assert any("‖W[:,i]‖·‖Zᵢ‖ᵗ" in getattr(element, "value", "") for element in maths if element.type == "caption")
 
 
 def test_latency_page_measures_dense_and_pruned(ran_app):
@@ -289,9 +346,13 @@ def test_sensitivity_scan_plots_error_and_perplexity(ran_app):
     at.slider(key="scan_points").set_value(2)
     click(at, "Run scan")
     finish_job(at, "scan")
-    chart = figures(at)[0]
+    chart, sentence = picture_first(at)  # the scan's chart comes first, above the form for the next one
     assert len(chart["data"]) == 2 and all(len(array(trace["x"])) == 2 for trace in chart["data"])
     assert at.dataframe[0].value.shape[0] == 2
+    values = array(chart["data"][0]["x"])
+    assert sentence.startswith(f"Each point is one whole pruning run with \"{BY_KEY['alpha'].label}\" set to the "
+                               f"value under it: from "
+                               f"{values.min():g} to {values.max():g}")
 
 
 def test_sensitivity_refuses_an_invalid_range(ran_app):

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from app_harness import array, assert_clean, open_page, start_app, titled
+from app_harness import array, assert_clean, chart_title, open_page, outline, picture_first, start_app, titled
 from streamlit.testing.v1 import AppTest
 from toy_cases import MISS_WITH_MARGINAL_AND_FIXED, MISS_WITH_PARTIAL_AND_RAMP
 
 from spap_core.methods.toy import ITERATIONS_RANGE, N_PRUNE_RANGE, RHO0_CHOICES, TAU_RANGE, ToySettings, run_toy
-from spap_service.lesson import SCENARIOS
+from spap_service.lesson import SCENARIOS, path_picture
 
 SCENARIO = {scenario.name: scenario for scenario in SCENARIOS}
 WIDGETS = {"rho0": "toy_rho0", "tau": "toy_tau", "balance": "toy_t", "momentum": "toy_alpha", "iterations": "toy_K",
@@ -95,3 +95,16 @@ def test_page_survives_the_slider_extremes(page):
     line = next(t for t in objective["data"] if t.get("name") == "objective")
     assert len(array(line["y"])) == ITERATIONS_RANGE[1] and np.all(array(line["y"]) > 1.0)
 
+
+
+def test_page_opens_with_the_path_chart_and_a_plain_sentence_and_keeps_the_maths_below(page):
+    figure, sentence = picture_first(page)
+    assert chart_title(figure).startswith("Relaxed mask s per channel")
+    assert sentence == path_picture(run_toy(ToySettings()))
+    assert not any(notation in sentence for notation in ("$", "h̄", "diag", "λ", "‖"))  # plain words
+    page.slider(key="toy_lambda").set_value(1).run()  # the sentence follows the run drawn
+    assert picture_first(page)[1] == path_picture(run_toy(ToySettings(n_prune=1)))
+    maths = [(kind, element) for kind, expander, element in outline(page) if expander == "The maths"]
+    formulas = [element.value for kind, element in maths if kind == "latex"]
+    assert len(formulas) == 1 and r"\min_{W,s}" in formulas[0] and r"s\in\{0,1\}^n" in formulas[0]  # one block
+    assert any("**The path with these settings.**" in element.value for kind, element in maths if kind == "markdown")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -13,19 +14,29 @@ from spap_core.evaluation.latency import Timing
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import PruneSettings, with_options
 from spap_core.methods.spap import readout_gap
-from spap_core.pipeline.walk import prune_model
+from spap_core.pipeline.walk import LayerRecord, prune_model
 from spap_service.analysis import (
+    MASK_COLOUR_NAMES,
+    SPAP_PRUNED,
     changed_mind_counts,
     final_norms,
+    jaccard_matrix,
     marked_share_of_final,
+    mask_picture,
     mask_story,
     norm_paths,
+    overlap_scope,
+    overlap_story,
+    parameter_picture,
     readable_range,
     readout_masks,
+    scan_picture,
+    scores_picture,
     soft_masks,
     speedup_verdict,
     time_breakdown,
     violation_sentence,
+    zeroshot_picture,
 )
 
 NO_ALTMIN = AltMinSettings(rounds=0)
@@ -152,3 +163,89 @@ def test_where_the_time_went_shows_alternating_minimization_only_for_runs_that_h
     with_recovery = with_options(PruneSettings(), altmin=AltMinSettings(rounds=1))
     assert time_breakdown({**record, "timings": {**record["timings"], "altmin": 6.0}}, with_recovery)[
         "prune: altmin"] == 6.0
+
+
+def test_the_mask_picture_counts_what_its_heatmap_draws():
+    steps = np.array([[0.0, 0.5, 0.0, 0.0, 0.0], [0.0, 0.8, 0.5, 0.0, 0.0], [0.0, 0.9, 0.8, 0.5, 0.0]])
+    readout = np.array([0.0, 1.0, 1.0, 1.0, 0.0])
+    sentence = mask_picture(np.vstack([steps, readout]), layer=7, width=5)
+    left_alone, pushed_out = MASK_COLOUR_NAMES
+    assert sentence.startswith(f"Each row is one ρ step of layer 7 (its 5 channels): the more {pushed_out}")
+    assert f"({left_alone}: left alone)" in sentence
+    assert "1 are being pushed after step 1, 3 after step 3" in sentence
+    assert sentence.endswith(f"the bottom row is what gets removed: 3 channels, in {pushed_out}.")
+    readout[3] = 0.0  # the data changes, the sentence follows
+    assert "removed: 2 channels" in mask_picture(np.vstack([steps, readout]), layer=7, width=5)
+    subset = mask_picture(np.vstack([steps, readout])[:, :4], layer=7, width=16)
+    assert "(4 of its 16 channels, evenly spaced)" in subset
+    single = mask_picture(np.vstack([steps[-1:], readout]), layer=0, width=5)
+    assert "3 are being pushed after its single step" in single
+
+
+def record(layer: int, keep: list[int], scores: dict[str, list[float]]) -> LayerRecord:
+    width = len(next(iter(scores.values())))
+    return LayerRecord(layer=layer, width=width, keep=np.array(keep),
+                       scores={name: np.array(values) for name, values in scores.items()},
+                       objective=None, dense_objective=1.0)
+
+
+def test_the_scores_picture_names_the_layer_the_cut_and_the_nearest_metric():
+    layer = record(4, keep=[2, 3, 4, 5], scores={"magnitude": [1, 2, 3, 4, 5, 6], "flap": [6, 5, 4, 3, 2, 1]})
+    sentence = scores_picture(layer, "left of")
+    assert "the 6 channels of layer 4" in sentence and "the 2 left of the red dashed line" in sentence
+    assert "the 2 this run removed match magnitude's on 2 of them" in sentence  # removed {0, 1}: magnitude's lowest
+    flipped = record(4, keep=[0, 1, 2, 3], scores=layer.scores)
+    assert "match flap's on 2 of them" in scores_picture(flipped, "below")
+    assert "the 2 below the red dashed line" in scores_picture(flipped, "below")
+
+
+def test_the_overlap_caption_quotes_the_matrix_it_stands_beside_and_names_its_scope():
+    ranks = {"spap_first": [1, 2, 3, 4], "spap_last": [1, 2, 3, 4]}
+    agreeing = record(0, keep=[2, 3], scores=ranks)  # SPAP removed {0, 1}: its rankings' lowest two
+    disagreeing = record(1, keep=[0, 3], scores=ranks)  # removed {1, 2}: Jaccard 1/3 with {0, 1}
+    this_layer = jaccard_matrix([disagreeing])
+    story = overlap_story(this_layer, overlap_scope(1, 2))
+    assert story is not None and story.startswith("In layer 1,")
+    assert f"first ranking scored lowest by {this_layer.loc['spap_first', SPAP_PRUNED]:.2f}" in story
+    assert "by 0.33" in story
+    assert "moved well away" in story
+    mean = jaccard_matrix([agreeing, disagreeing])
+    story = overlap_story(mean, overlap_scope(None, 2))
+    assert story is not None and story.startswith("In the mean over 2 layers,")
+    assert f"by {mean.loc['spap_first', SPAP_PRUNED]:.2f}" in story and "0.67" in story
+    assert overlap_story(jaccard_matrix([record(0, keep=[2, 3], scores={"magnitude": [1, 2, 3, 4]})]), "x") is None
+
+
+def test_the_scan_picture_follows_the_scan():
+    table = pd.DataFrame({"value": [0.5, 0.1, 0.9], "mean_layer_error": [0.2, 0.3, 0.1],
+                          "perplexity": [20.0, 25.0, 18.0], "dense_perplexity": [15.0] * 3})
+    sentence = scan_picture(table, "α")
+    assert 'with "α" set to the value under it: from 0.1 to 0.9' in sentence
+    assert "mean layer error falls from 0.3 to 0.1" in sentence and "perplexity falls from 25 to 18" in sentence
+    assert "(the dense model's: 15)" in sentence
+    table["perplexity"] = [30.0, 25.0, 18.0]
+    assert "perplexity rises from 25 to 30 (at 0.5), then falls to 18" in scan_picture(table, "α")
+    table["perplexity"] = [30.0, 30.04, 30.02]
+    assert "perplexity stays at about 30 " in scan_picture(table, "α")
+
+
+def test_the_zeroshot_picture_quotes_the_mean_row_or_the_single_task():
+    rows = pd.DataFrame([
+        {"task": "piqa", "metric": "acc", "dense": 0.70, "pruned": 0.60, "change": -0.10, "n": 50},
+        {"task": "piqa", "metric": "acc_norm", "dense": 0.72, "pruned": 0.61, "change": -0.11, "n": 50},
+    ])
+    assert "on piqa, the dense model picks the right answer 70% of the time and the pruned one 60% (-10.0 " \
+           "points)" in zeroshot_picture(rows)
+    rows = pd.concat([rows, pd.DataFrame([
+        {"task": "boolq", "metric": "acc", "dense": 0.50, "pruned": 0.56, "change": 0.06, "n": 50},
+        {"task": "mean", "metric": "acc", "dense": 0.60, "pruned": 0.58, "change": -0.02, "n": 100}])])
+    assert "on average over 2 tasks, the dense model picks the right answer 60% of the time and the pruned one " \
+           "58% (-2.0 points)" in zeroshot_picture(rows)
+
+
+def test_the_parameter_picture_quotes_the_mlp_share_and_widths():
+    split = {"attention": 20, "MLP": 60, "embeddings": 15, "norms and other": 5}
+    sentence = parameter_picture(split, [128, 128, 96])
+    assert "The MLPs hold 60% of the model's 0.0 M parameters" in sentence
+    assert "each of its 3 layers has 96–128 to choose from" in sentence
+    assert "has 128 to choose" in parameter_picture({**split, "MLP": 2_000_000}, [128, 128])

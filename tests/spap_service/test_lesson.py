@@ -30,6 +30,7 @@ from spap_service.lesson import (
     mask_caption,
     norm_caption,
     objective_caption,
+    path_picture,
     readout_caption,
 )
 from spap_service.series import peaks
@@ -173,3 +174,21 @@ def test_advice_never_suggests_what_is_already_selected():
 def test_the_algorithm_text_defines_h_bar_where_the_page_uses_it():
     text = algorithm_text(ToySettings())
     assert r"\bar h" in text and r"mean of $\mathrm{diag}\,H$" in text
+
+
+@pytest.mark.parametrize("settings", [ToySettings(), ToySettings(n_prune=1),
+                                      ToySettings(rho0=RHO0_CHOICES[0], tau=TAU_RANGE[0],
+                                                  iterations=ITERATIONS_RANGE[0])])
+def test_the_path_picture_names_the_channels_and_the_shrinking_the_chart_draws(settings):
+    outcome = run_toy(settings)
+    sentence = path_picture(outcome)
+    pruned = sorted(outcome.spap_pruned)
+    named = sentence.split(" pushes ", 1)[1].split(" out ", 1)[0]
+    assert sorted(int(c) for c in named.replace("channels ", "").replace("channel ", "").replace(" and ", ", ")
+                  .split(", ")) == pruned
+    relative = outcome.relative_norms[-1][pruned]
+    shrunk = float(relative.max()) < 0.5
+    assert ("shrink to" in sentence) == shrunk and ("still keep" in sentence) == (not shrunk)
+    assert f"{float(relative.min()):.0%}" in sentence and f"{float(relative.max()):.0%}" in sentence
+    assert f"other {outcome.width - len(pruned)} channel" in sentence
+    assert f"s ends at {float(outcome.soft_masks[-1][pruned].min()):.2g}" in sentence
