@@ -1,18 +1,23 @@
-"""What the session would run: its data choice, the run request sweeps and scans start from, the
-request the app's defaults make (what a result's label names differences from), and the Run form's
-values of a request."""
+"""What the session would run: its data choice, the Run form's fields, their defaults and the run
+request their values make, the request last submitted on Run SPAP, the settings sweeps and scans keep
+fixed (their own copy, taken from Run SPAP only when the user asks), and the request the app's
+defaults make (what a result's label names differences from)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from pages._model import target_device
 from pages._state import session
 from spap_core.data.texts import HUB_SPEC, default_text_spec
-from spap_core.pipeline.parameters import settings_values
+from spap_core.methods.registry import PruneSettings
+from spap_core.pipeline.parameters import method_parameters, settings_values, with_values
 from spap_service.data import DataSpec, TextChoice
-from spap_service.presets import interactive_run_size, interactive_settings
+from spap_service.presets import DemoPreset, interactive_run_size, interactive_settings
 from spap_service.runs import RunRequest
+
+RUN_FORM = method_parameters("spap")  # Run SPAP's fields: the run's own settings, SPAP's, the calibration's
 
 
 def _default_text_choice(purpose: str) -> TextChoice:
@@ -36,12 +41,54 @@ def data_spec() -> DataSpec:
     return state.data_spec
 
 
-def run_request() -> RunRequest:
-    """Settings of the last run submitted on the Run SPAP page (defaults before the first), with
-    the current data: the base of sweeps and sensitivity scans."""
+def form_defaults() -> dict[str, Any]:
+    """Every Run form field's default: the interactive settings of the target device, the
+    calibration size chosen on Model & data, seed 0."""
+    defaults = settings_values(interactive_settings(target_device()))
+    spec = data_spec()
+    calibration = {"nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed": 0}
+    return {declared.key: defaults[declared.key] if declared.path else calibration[declared.key]
+            for declared in RUN_FORM}
+
+
+def form_request(values: dict[str, Any]) -> RunRequest:
+    """The run that the Run form's `values` (every field, by key) make on the session's data.
+    Raises SpapInputError for settings SPAP cannot take."""
+    settings = with_values(PruneSettings(method="spap"), {p.key: values[p.key] for p in RUN_FORM if p.path})
+    return RunRequest(settings=settings, seed=int(values["seed"]),
+                      data=replace(data_spec(), nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"])))
+
+
+def preset_values(preset: DemoPreset) -> dict[str, Any]:
+    """Every Run form field as `preset` fills it: its own values, the defaults for the rest."""
+    return {**form_defaults(), **preset.values}
+
+
+def _on_session_data(request: RunRequest) -> RunRequest:
+    """`request`'s settings, seed and calibration size on the session's texts and evaluation as
+    Model & data has them now (that page is where they change)."""
+    return replace(request, data=replace(data_spec(), nsamples=request.data.nsamples, seqlen=request.data.seqlen))
+
+
+def submitted_request() -> RunRequest:
+    """The run last submitted on Run SPAP (the form's defaults before the first)."""
+    submitted = session().submitted_run
+    return form_request(form_defaults()) if submitted is None else _on_session_data(submitted)
+
+
+def comparison_request() -> RunRequest:
+    """What every point of a sweep or scan keeps fixed: the comparison pages' own copy of Run SPAP's
+    settings, taken when one of them is first shown and then only when the user asks
+    (`take_submitted_settings`), so a run submitted meanwhile never changes a sweep's settings."""
     state = session()
-    settings = state.prune_settings or interactive_settings(target_device())
-    return RunRequest(settings=settings, seed=state.run_seed, data=data_spec())
+    if state.comparison_base is None:
+        state.comparison_base = submitted_request()
+    return _on_session_data(state.comparison_base)
+
+
+def take_submitted_settings() -> None:
+    """Make the run last submitted on Run SPAP what sweeps and scans keep fixed (the user's action)."""
+    session().comparison_base = submitted_request()
 
 
 def run_size_note() -> str:
