@@ -12,12 +12,23 @@ from pages._model import target_device
 from pages._state import session
 from spap_core.data.texts import HUB_SPEC, default_text_spec
 from spap_core.methods.registry import PruneSettings
-from spap_core.pipeline.parameters import method_parameters, settings_values, with_values
+from spap_core.pipeline.parameters import Parameter, method_parameters, settings_values, with_values
+from spap_core.runner.spec import ParameterBudget
 from spap_service.data import DataSpec, TextChoice
 from spap_service.presets import DemoPreset, interactive_run_size, interactive_settings
 from spap_service.runs import RunRequest
 
-RUN_FORM = method_parameters("spap")  # Run SPAP's fields: the run's own settings, SPAP's, the calibration's
+# The run API's ParameterBudget as a field of Run SPAP (the CLI's --param-sparsity): 0 leaves the
+# sparsities to their own sliders; the split chooses the heads, as --param-sparsity without --head-sparsity.
+PARAMETER_BUDGET = Parameter(
+    "param_sparsity", "parameter budget", "Parameter budget",
+    "One parameter budget, split between channels and heads: the share of the decoder layers' parameters to "
+    "remove; the run measures which split of MLP channels and attention heads meets it with the least layer error, "
+    "and the two sparsities above are then not used (0 = off: set them yourself).",
+    float, "run", ("--param-sparsity",), low=0.0, high=0.9, step=0.05, slider=True, lead=True)
+_SPAP_FIELDS = method_parameters("spap")
+# Run SPAP's fields: the run's own settings and the budget, SPAP's, the calibration's
+RUN_FORM = (*(p for p in _SPAP_FIELDS if p.lead), PARAMETER_BUDGET, *(p for p in _SPAP_FIELDS if not p.lead))
 
 
 def _default_text_choice(purpose: str) -> TextChoice:
@@ -46,17 +57,18 @@ def form_defaults() -> dict[str, Any]:
     calibration size chosen on Model & data, seed 0."""
     defaults = settings_values(interactive_settings(target_device()))
     spec = data_spec()
-    calibration = {"nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed": 0}
-    return {declared.key: defaults[declared.key] if declared.path else calibration[declared.key]
-            for declared in RUN_FORM}
+    others = {"nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed": 0, PARAMETER_BUDGET.key: 0.0}
+    return {declared.key: defaults[declared.key] if declared.path else others[declared.key] for declared in RUN_FORM}
 
 
 def form_request(values: dict[str, Any]) -> RunRequest:
     """The run that the Run form's `values` (every field, by key) make on the session's data.
     Raises SpapInputError for settings SPAP cannot take."""
     settings = with_values(PruneSettings(method="spap"), {p.key: values[p.key] for p in RUN_FORM if p.path})
+    share = float(values[PARAMETER_BUDGET.key])
     return RunRequest(settings=settings, seed=int(values["seed"]),
-                      data=replace(data_spec(), nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"])))
+                      data=replace(data_spec(), nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"])),
+                      budget=ParameterBudget(share) if share > 0 else None)
 
 
 def preset_values(preset: DemoPreset) -> dict[str, Any]:
@@ -82,13 +94,14 @@ def comparison_request() -> RunRequest:
     (`take_submitted_settings`), so a run submitted meanwhile never changes a sweep's settings."""
     state = session()
     if state.comparison_base is None:
-        state.comparison_base = submitted_request()
-    return _on_session_data(state.comparison_base)
+        take_submitted_settings()
+    return _on_session_data(state.comparison_base or submitted_request())
 
 
 def take_submitted_settings() -> None:
-    """Make the run last submitted on Run SPAP what sweeps and scans keep fixed (the user's action)."""
-    session().comparison_base = submitted_request()
+    """Make the run last submitted on Run SPAP what sweeps and scans keep fixed (the user's action);
+    without its parameter budget, which would override the sparsity a sweep varies."""
+    session().comparison_base = replace(submitted_request(), budget=None)
 
 
 def run_size_note() -> str:
@@ -106,6 +119,8 @@ def reference_request() -> RunRequest:
 
 
 def form_values(request: RunRequest) -> dict:
-    """The Run form's values of a run: its settings, calibration size and seed, by key."""
-    return {**settings_values(request.settings), "nsamples": request.data.nsamples, "seqlen": request.data.seqlen,
+    """The Run form's values of a run: its settings, parameter budget (0: none), calibration size and
+    seed, by key."""
+    return {**settings_values(request.settings), PARAMETER_BUDGET.key: 0.0 if request.budget is None
+            else request.budget.share, "nsamples": request.data.nsamples, "seqlen": request.data.seqlen,
             "seed": request.seed}

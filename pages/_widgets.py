@@ -96,7 +96,7 @@ def ignored_url_parameters(params: Mapping[str, list[str]], known: set[str], for
     reason, as Markdown that shows the link's own text verbatim: Streamlit drops an invalid bound
     value silently, a key given twice seeds nothing, and a key of another method's setting has no
     widget here, so this says what was ignored and why."""
-    on_form = {declared.key for declared in form}
+    on_form = {declared.key: declared for declared in form}
     problems = []
     for key, values in params.items():
         if key in known:
@@ -111,7 +111,7 @@ def ignored_url_parameters(params: Mapping[str, list[str]], known: set[str], for
             problems.append(f"{shown}: given {len(values)} times ({plain(', '.join(v[:40] for v in values[:5]))}); "
                             "a link gives each setting once")
             continue
-        declared, raw = BY_KEY[key], values[0]
+        declared, raw = on_form[key], values[0]
         try:
             value = declared.coerce(raw)  # with the declared range
             if declared.path:

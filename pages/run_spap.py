@@ -130,6 +130,15 @@ if outcome.result.heads is not None:
     st.caption(f"Attention heads: {heads.layout.describe()} in every layer; the heads' layer error (objective ÷ "
                f"½‖Y‖² of the attention output) is {np.mean(errors):.4f} on average ({min(errors):.4f}–"
                f"{max(errors):.4f}). Mask evolution and Scores show which heads went.")
+if (budget := record.get("budget")) is not None:  # the split the run chose, as it recorded it
+    pruned = outcome.result.settings
+    weighed = budget["summed_layer_errors"]
+    st.info(f"One parameter budget, split between channels and heads: {budget['param_sparsity']:.0%} of the decoder "
+            f"layers' parameters, met by removing {pruned.sparsity:.1%} of the MLP channels and "
+            f"{pruned.head_sparsity:.0%} of the heads ({budget['removed_of_layers']:.1%} of those parameters)."
+            + ("" if not weighed else " Summed layer errors by heads removed per layer, the smallest chosen: "
+               + ", ".join(f"{removed}: {float(error):.4g}" for removed, error in weighed.items()) + "."),
+            icon=":material/call_split:")
 for note in record.get("adjustments", []):
     st.info(f"This run: {note}", icon=":material/info:")
 
