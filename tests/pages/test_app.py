@@ -830,6 +830,30 @@ def test_a_run_submitted_meanwhile_leaves_the_sweeps_fixed_settings_until_the_us
     shared_queue().wait(session_job(at, "run"), JOB_HANG_GUARD_S)
 
 
+def test_one_parameter_budget_is_split_between_channels_and_heads_and_the_result_says_how(app_files):
+    at = start_app()
+    open_page(at, "run_spap")
+    at.slider(key="param_sparsity").set_value(0.9)  # more than the tiny model's MLPs and heads can give
+    click(at, "Run SPAP")
+    assert any(shown(e.value).startswith("A parameter budget of 90% cannot be met") for e in at.error)
+    assert "run" not in at.session_state["jobs"]  # refused before queueing
+    at.slider(key="param_sparsity").set_value(0.5)
+    click(at, "Run SPAP")
+    finish_job(at, "run")
+    outcome = at.session_state["latest_run"]
+    budget, pruned = outcome.record["budget"], outcome.result.settings
+    assert budget["param_sparsity"] == pytest.approx(0.5) and len(budget["summed_layer_errors"]) > 1
+    split = next(i.value for i in at.info if i.value.startswith("One parameter budget"))
+    assert (f"50% of the decoder layers' parameters, met by removing {pruned.sparsity:.1%} of the MLP channels and "
+            f"{pruned.head_sparsity:.0%} of the heads ({budget['removed_of_layers']:.1%}") in split
+    chosen = min(budget["summed_layer_errors"].values())
+    assert "the smallest chosen: " in split and f"{chosen:.4g}" in split
+    open_page(at, "scores")
+    at.query_params.clear()
+    open_page(at, "run_spap")  # the form shows the budget the run was asked
+    assert at.slider(key="param_sparsity").value == pytest.approx(0.5)
+
+
 def test_a_run_with_heads_shows_them_on_every_page(app_files):
     """Run SPAP with a head sparsity: the result names the layout, Mask evolution draws each head's s
     and the layer map of pruned heads, Scores the heads' scores, Latency where heads matter; every
