@@ -97,7 +97,9 @@ if request is not None:
         if not refused_before_queueing(loaded, [request]):
             settings = request.settings
             head_note = f", {settings.head_sparsity:.0%} of heads" if settings.head_sparsity else ""
-            submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity{head_note}",
+            asked = (f"a parameter budget of {request.budget.share:.0%}" if request.budget is not None
+                     else f"{settings.sparsity:.0%} sparsity{head_note}")
+            submit_job("run", f"SPAP run at {asked}",
                        partial(point_executor().run, loaded, request, owner=state.owner), estimate)
 
 job_panel("run")

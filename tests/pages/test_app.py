@@ -840,6 +840,7 @@ def test_one_parameter_budget_is_split_between_channels_and_heads_and_the_result
     at.slider(key="param_sparsity").set_value(0.5)
     click(at, "Run SPAP")
     finish_job(at, "run")
+    assert session_job(at, "run").label == "SPAP run at a parameter budget of 50%"  # not the unused sparsity
     outcome = at.session_state["latest_run"]
     budget, pruned = outcome.record["budget"], outcome.result.settings
     assert budget["param_sparsity"] == pytest.approx(0.5) and len(budget["summed_layer_errors"]) > 1
