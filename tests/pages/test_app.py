@@ -742,13 +742,13 @@ def assert_form_shows(at: AppTest, expected: dict) -> None:
 
 
 def form_defaults_on_cpu() -> dict:
-    from pages._requests import RUN_FORM
+    from pages._requests import PARAMETER_BUDGET, RUN_FORM
     from spap_core.pipeline.parameters import settings_values
     from spap_service.presets import CPU_RUN, interactive_settings
 
     defaults = settings_values(interactive_settings(torch.device("cpu")))
-    calibration = {"nsamples": CPU_RUN.nsamples, "seqlen": CPU_RUN.seqlen, "seed": 0}
-    return {p.key: defaults[p.key] if p.path else calibration[p.key] for p in RUN_FORM}
+    others = {"nsamples": CPU_RUN.nsamples, "seqlen": CPU_RUN.seqlen, "seed": 0, PARAMETER_BUDGET.key: 0.0}
+    return {p.key: defaults[p.key] if p.path else others[p.key] for p in RUN_FORM}
 
 
 def test_the_class_demo_preset_fills_every_field_and_says_which_it_sets(app_files):
@@ -770,6 +770,7 @@ def test_back_to_defaults_resets_every_field(app_files):
     open_page(at, "run_spap")
     click(at, "Class demo preset")
     at.slider(key="K").set_value(3)
+    at.slider(key="param_sparsity").set_value(0.3)
     at.slider(key="head_sparsity").set_value(0.5).run()
     assert run_form(at) != form_defaults_on_cpu()
     click(at, "Back to defaults")
