@@ -3,10 +3,12 @@ run, as the captions beside the button say it (the estimates themselves: spap_se
 
 from __future__ import annotations
 
+from pages._requests import form_request, preset_values
 from spap_core.models.loading import LoadedModel
 from spap_service.data import dense_perplexity_known
 from spap_service.estimates import duration, many_runs_seconds, model_speed
 from spap_service.executors import RayExecutor, point_executor
+from spap_service.presets import DemoPreset
 from spap_service.runs import RunRequest
 
 
@@ -28,6 +30,18 @@ def estimate_caption(what: str, seconds: float | None) -> str:
         return f"{what}: no time estimate for this model."
     return (f"{what}: {duration(seconds)} on this machine, estimated from this model's measured speed; the time it "
             "took is shown next to the result.")
+
+
+def preset_estimate_caption(loaded: LoadedModel | None, preset: DemoPreset) -> str:
+    """How long the run `preset` fills Run SPAP's form with should take here: the estimate Run SPAP
+    quotes under its button once the preset is applied, or that there is none yet."""
+    if loaded is None:
+        return f"{preset.name} preset: no time estimate yet; it is made once a model is loaded (Model & data)."
+    seconds = time_estimate(loaded, [form_request(preset_values(preset))])
+    if seconds is None:
+        return f"{preset.name} preset: no time estimate for this model."
+    return (f"{preset.name} preset: {duration(seconds)} on this machine for this model, the estimate Run SPAP shows "
+            "under its button.")
 
 
 def executor_note() -> str:

@@ -14,6 +14,7 @@ from pages._text import plain
 from spap_core.errors import SpapInputError
 from spap_core.models.loading import LoadedModel
 from spap_core.pipeline.experiment import plan_run
+from spap_core.pipeline.split import budget_candidates
 from spap_service.jobs import Job, ProgressReporter, QueueFull, shared_queue
 from spap_service.limits import server_limits
 from spap_service.runs import RunRequest, check_results_apart
@@ -34,6 +35,8 @@ def refused_before_queueing(loaded: LoadedModel, requests: list[RunRequest]) -> 
         try:
             limits.check(request.data.nsamples, request.data.seqlen, request.data.eval_windows, request.data.eval_len)
             check_results_apart(loaded.source, request.data)
+            if request.budget is not None:  # a budget the model's shapes cannot meet
+                budget_candidates(loaded, request.budget.share, request.budget.head_sparsity)
             _, adjusted = plan_run(loaded, request.settings, (request.data.seqlen, request.data.eval_len),
                                    calibration_tokens=request.data.nsamples * request.data.seqlen,
                                    batch_size=request.data.batch_size)

@@ -1,18 +1,34 @@
-"""What the session would run: its data choice, the run request sweeps and scans start from, the
-request the app's defaults make (what a result's label names differences from), and the Run form's
-values of a request."""
+"""What the session would run: its data choice, the Run form's fields, their defaults and the run
+request their values make, the request last submitted on Run SPAP, the settings sweeps and scans keep
+fixed (their own copy, taken from Run SPAP only when the user asks), and the request the app's
+defaults make (what a result's label names differences from)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from pages._model import target_device
 from pages._state import session
 from spap_core.data.texts import HUB_SPEC, default_text_spec
-from spap_core.pipeline.parameters import settings_values
+from spap_core.methods.registry import PruneSettings
+from spap_core.pipeline.parameters import Parameter, method_parameters, settings_values, with_values
+from spap_core.runner.spec import ParameterBudget
 from spap_service.data import DataSpec, TextChoice
-from spap_service.presets import interactive_run_size, interactive_settings
+from spap_service.presets import DemoPreset, interactive_run_size, interactive_settings
 from spap_service.runs import RunRequest
+
+# The run API's ParameterBudget as a field of Run SPAP (the CLI's --param-sparsity): 0 leaves the
+# sparsities to their own sliders; the split chooses the heads, as --param-sparsity without --head-sparsity.
+PARAMETER_BUDGET = Parameter(
+    "param_sparsity", "parameter budget", "Parameter budget",
+    "One parameter budget, split between channels and heads: the share of the decoder layers' parameters to "
+    "remove; the run measures which split of MLP channels and attention heads meets it with the least layer error, "
+    "and the two sparsities above are then not used (0 = off: set them yourself).",
+    float, "run", ("--param-sparsity",), low=0.0, high=0.9, step=0.05, slider=True, lead=True)
+_SPAP_FIELDS = method_parameters("spap")
+# Run SPAP's fields: the run's own settings and the budget, SPAP's, the calibration's
+RUN_FORM = (*(p for p in _SPAP_FIELDS if p.lead), PARAMETER_BUDGET, *(p for p in _SPAP_FIELDS if not p.lead))
 
 
 def _default_text_choice(purpose: str) -> TextChoice:
@@ -36,12 +52,56 @@ def data_spec() -> DataSpec:
     return state.data_spec
 
 
-def run_request() -> RunRequest:
-    """Settings of the last run submitted on the Run SPAP page (defaults before the first), with
-    the current data: the base of sweeps and sensitivity scans."""
+def form_defaults() -> dict[str, Any]:
+    """Every Run form field's default: the interactive settings of the target device, the
+    calibration size chosen on Model & data, seed 0."""
+    defaults = settings_values(interactive_settings(target_device()))
+    spec = data_spec()
+    others = {"nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed": 0, PARAMETER_BUDGET.key: 0.0}
+    return {declared.key: defaults[declared.key] if declared.path else others[declared.key] for declared in RUN_FORM}
+
+
+def form_request(values: dict[str, Any]) -> RunRequest:
+    """The run that the Run form's `values` (every field, by key) make on the session's data.
+    Raises SpapInputError for settings SPAP cannot take."""
+    settings = with_values(PruneSettings(method="spap"), {p.key: values[p.key] for p in RUN_FORM if p.path})
+    share = float(values[PARAMETER_BUDGET.key])
+    return RunRequest(settings=settings, seed=int(values["seed"]),
+                      data=replace(data_spec(), nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"])),
+                      budget=ParameterBudget(share) if share > 0 else None)
+
+
+def preset_values(preset: DemoPreset) -> dict[str, Any]:
+    """Every Run form field as `preset` fills it: its own values, the defaults for the rest."""
+    return {**form_defaults(), **preset.values}
+
+
+def _on_session_data(request: RunRequest) -> RunRequest:
+    """`request`'s settings, seed and calibration size on the session's texts and evaluation as
+    Model & data has them now (that page is where they change)."""
+    return replace(request, data=replace(data_spec(), nsamples=request.data.nsamples, seqlen=request.data.seqlen))
+
+
+def submitted_request() -> RunRequest:
+    """The run last submitted on Run SPAP (the form's defaults before the first)."""
+    submitted = session().submitted_run
+    return form_request(form_defaults()) if submitted is None else _on_session_data(submitted)
+
+
+def comparison_request() -> RunRequest:
+    """What every point of a sweep or scan keeps fixed: the comparison pages' own copy of Run SPAP's
+    settings, taken when one of them is first shown and then only when the user asks
+    (`take_submitted_settings`), so a run submitted meanwhile never changes a sweep's settings."""
     state = session()
-    settings = state.prune_settings or interactive_settings(target_device())
-    return RunRequest(settings=settings, seed=state.run_seed, data=data_spec())
+    if state.comparison_base is None:
+        take_submitted_settings()
+    return _on_session_data(state.comparison_base or submitted_request())
+
+
+def take_submitted_settings() -> None:
+    """Make the run last submitted on Run SPAP what sweeps and scans keep fixed (the user's action);
+    without its parameter budget, which would override the sparsity a sweep varies."""
+    session().comparison_base = replace(submitted_request(), budget=None)
 
 
 def run_size_note() -> str:
@@ -59,6 +119,8 @@ def reference_request() -> RunRequest:
 
 
 def form_values(request: RunRequest) -> dict:
-    """The Run form's values of a run: its settings, calibration size and seed, by key."""
-    return {**settings_values(request.settings), "nsamples": request.data.nsamples, "seqlen": request.data.seqlen,
+    """The Run form's values of a run: its settings, parameter budget (0: none), calibration size and
+    seed, by key."""
+    return {**settings_values(request.settings), PARAMETER_BUDGET.key: 0.0 if request.budget is None
+            else request.budget.share, "nsamples": request.data.nsamples, "seqlen": request.data.seqlen,
             "seed": request.seed}

@@ -21,11 +21,10 @@ from typing import Any, Generic, TypeVar, cast
 
 import streamlit as st
 
-from spap_core.methods.registry import PruneSettings
 from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.data import DataSpec
 from spap_service.jobs import Job, JobStatus
-from spap_service.runs import RunOutcome
+from spap_service.runs import RunOutcome, RunRequest
 from spap_service.sessions import (
     SESSION_COOKIE,
     browser_sessions,
@@ -125,8 +124,9 @@ class SessionState:
     jobs: Stored[dict[str, Job]] = Stored("jobs", factory=dict)  # this session's latest job of each kind
     taken_jobs: Stored[set[str]] = Stored("taken_jobs", factory=set)
     data_spec: Stored[DataSpec | None] = Stored("data_spec")
-    prune_settings: Stored[PruneSettings | None] = Stored("prune_settings")  # last submitted on Run SPAP
-    run_seed: Stored[int] = Stored("run_seed", default=0)
+    submitted_run: Stored[RunRequest | None] = Stored("submitted_run")  # last submitted on Run SPAP
+    # What sweeps and scans keep fixed: a copy of a run submitted on Run SPAP, taken when the user asks.
+    comparison_base: Stored[RunRequest | None] = Stored("comparison_base")
     latest_run: Stored[RunOutcome | None] = Stored("latest_run")
     run_history: Stored[list[dict]] = Stored("run_history", factory=list)
     latency: Stored[LatencyComparison | None] = Stored("latency")

@@ -1,4 +1,5 @@
-"""The sweep and scan pages' tables: the header and fixed-settings caption every point shares, asking
+"""The sweep and scan pages' tables: the header and fixed-settings caption every point shares (the
+settings the comparison pages keep, changed only by the user's "Take Run SPAP's settings"), asking
 for a table (from the shared cache at once, or as a background job), the form that comes back with
 the table it made, and the points that have no result."""
 
@@ -12,28 +13,51 @@ import streamlit as st
 
 from pages._jobs import still_busy, submit_job
 from pages._model import require_model
-from pages._requests import run_request
+from pages._requests import comparison_request, submitted_request, take_submitted_settings
 from pages._state import TableRequest, session
 from pages._summaries import evaluation_budget, settings_summary
 from pages._text import plain
 from spap_core.models.loading import LoadedModel
+from spap_core.pipeline.parameters import changed
 from spap_service.comparisons import RESULT_TABLES
 from spap_service.jobs import ProgressReporter
 from spap_service.runs import RunRequest
 
 
 def comparison_header(title: str) -> tuple[LoadedModel, RunRequest]:
-    """Title, model and the run request a sweep or scan starts from (the settings last submitted
-    on Run SPAP)."""
+    """Title, model and the run request a sweep or scan starts from: the comparison pages' own copy
+    of Run SPAP's settings. When the run last submitted there differs, the header says in what and
+    offers to take its settings; nothing else changes them."""
     st.title(title)
-    return require_model(), run_request()
+    loaded = require_model()
+    submitted, base = submitted_request(), comparison_request()
+    differences = request_changes(submitted, base)
+    if differences:
+        note_column, button_column = st.columns([3, 1], vertical_alignment="center")
+        note_column.caption("Run SPAP's last submitted run differs from the settings this page keeps fixed: "
+                            + ", ".join(differences) + ".")
+        if button_column.button("Take Run SPAP's settings", icon=":material/sync:"):
+            take_submitted_settings()
+            st.rerun()  # the page is drawn again with the settings it now keeps
+    return loaded, base
+
+
+def request_changes(request: RunRequest, reference: RunRequest) -> list[str]:
+    """The phrases of `request`'s settings, calibration size and seed that differ from `reference`'s
+    (Markdown: a text's name verbatim)."""
+    differences = changed(request.settings, reference.settings)
+    if (request.data.nsamples, request.data.seqlen) != (reference.data.nsamples, reference.data.seqlen):
+        differences.append(f"calibration {request.data.nsamples} × {request.data.seqlen} tokens")
+    if request.seed != reference.seed:
+        differences.append(f"seed {request.seed}")
+    return differences
 
 
 def fixed_settings_caption(base: RunRequest, varied: set[str], what: str) -> None:
     """What every point of a sweep or scan keeps fixed: the summary without the `varied` items, so
     the caption never claims a value for what the chart varies."""
-    st.caption(f"Fixed for every {what}: {settings_summary(base, omit=varied)} (as last submitted on Run SPAP). "
-               f"Evaluation: {evaluation_budget(base.data)}.")
+    st.caption(f"Fixed for every {what}: {settings_summary(base, omit=varied)} (this page's settings, taken from "
+               f"Run SPAP). Evaluation: {evaluation_budget(base.data)}.")
 
 
 def request_table(kind: str, key: str, label: str, context: dict,

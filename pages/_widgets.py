@@ -61,12 +61,22 @@ def unless_preset(key: str, default: Any, neutral: Any = None) -> Any:
     return neutral if key in st.session_state else default
 
 
-def fill_form(values: dict[str, Any], form: tuple[Parameter, ...]) -> None:
+def fill_form(values: dict[str, Any], form: tuple[Parameter, ...]) -> list[str]:
     """Put `values` (a run's settings by key) into the form's widgets before they are drawn, so the
-    form shows the run it came with (a results link, a loaded saved run)."""
-    for declared in form:
-        if declared.key in values:
+    form shows the run it came with (a preset, a results link, a loaded saved run): every field or,
+    when `values` lacks some, none (a form half filled would run other settings than the run it
+    shows). Returns the labels of the fields `values` lacks."""
+    missing = [declared.label for declared in form if declared.key not in values]
+    if not missing:
+        for declared in form:
             st.session_state[declared.key] = values[declared.key]
+    return missing
+
+
+def form_is_fresh(form: tuple[Parameter, ...]) -> bool:
+    """Whether none of the form's widgets holds a value yet: a first visit, or a page shown again
+    (Streamlit forgets a page's widgets when another page is shown), and no link sets them."""
+    return not any(declared.key in st.session_state or declared.key in st.query_params for declared in form)
 
 
 def bounded_number(parameter: Parameter, default: int, key: str, label: str | None = None, container: Any = st) -> int:
@@ -86,7 +96,7 @@ def ignored_url_parameters(params: Mapping[str, list[str]], known: set[str], for
     reason, as Markdown that shows the link's own text verbatim: Streamlit drops an invalid bound
     value silently, a key given twice seeds nothing, and a key of another method's setting has no
     widget here, so this says what was ignored and why."""
-    on_form = {declared.key for declared in form}
+    on_form = {declared.key: declared for declared in form}
     problems = []
     for key, values in params.items():
         if key in known:
@@ -101,7 +111,7 @@ def ignored_url_parameters(params: Mapping[str, list[str]], known: set[str], for
             problems.append(f"{shown}: given {len(values)} times ({plain(', '.join(v[:40] for v in values[:5]))}); "
                             "a link gives each setting once")
             continue
-        declared, raw = BY_KEY[key], values[0]
+        declared, raw = on_form[key], values[0]
         try:
             value = declared.coerce(raw)  # with the declared range
             if declared.path:

@@ -2,7 +2,6 @@
 as a background job with live progress and Cancel, and the results with downloads."""
 
 import json
-from dataclasses import replace
 from functools import partial
 from urllib.parse import urlencode
 
@@ -15,22 +14,21 @@ from pages._charts import show_chart
 from pages._estimates import estimate_caption, time_estimate
 from pages._job_progress import job_panel
 from pages._jobs import refused_before_queueing, submit_job
-from pages._model import require_model, target_device
-from pages._requests import data_spec, form_values, run_size_note
+from pages._model import require_model
+from pages._requests import RUN_FORM, data_spec, form_defaults, form_request, form_values, preset_values, run_size_note
 from pages._results import latest_outcome, mean_layer_error
 from pages._routing import ensure_routed
 from pages._saved_runs import SHARED_RUN_PARAM, saved_runs_panel
 from pages._state import session
 from pages._summaries import evaluation_caption, result_label
 from pages._text import plain
-from pages._widgets import fill_form, ignored_url_parameters, link_parameters, parameter_widget
+from pages._widgets import fill_form, form_is_fresh, ignored_url_parameters, link_parameters, parameter_widget
 from spap_core.errors import SpapInputError
-from spap_core.methods.registry import PruneSettings
-from spap_core.pipeline.parameters import GROUPS, Parameter, method_parameters, parameter, with_values
+from spap_core.pipeline.parameters import GROUPS, parameter
 from spap_service.analysis import layer_table, time_breakdown, trace_table
 from spap_service.executors import point_executor
 from spap_service.limits import server_limits
-from spap_service.presets import CLASS_DEMO, interactive_settings
+from spap_service.presets import CLASS_DEMO
 from spap_service.runs import RunRequest, pruned_model_zip
 
 ensure_routed()
@@ -42,25 +40,27 @@ st.caption(f"{run_size_note()} Data: calibration from {plain(spec.calibration.la
            f"{plain(spec.evaluation.label)} (change both on Model & data).")
 if (limits_text := server_limits().describe()) is not None:
     st.caption(limits_text)
-defaults = interactive_settings(target_device())
-calibration_defaults = {"nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed": 0}
-
-
-def default_of(declared: Parameter):
-    return declared.read(defaults) if declared.path else calibration_defaults[declared.key]
-
-
-FORM = method_parameters("spap")  # the run's own settings, SPAP's, the calibration's
+defaults = form_defaults()
 state = session()
-preset_column, why_column = st.columns([2, 5], vertical_alignment="center")
+preset_column, why_column, reset_column = st.columns([2, 5, 2], vertical_alignment="center")
 if preset_column.button(f"{CLASS_DEMO.name} preset", icon=":material/school:", help="Fill the form with it."):
-    state.pending_form = {**{declared.key: default_of(declared) for declared in FORM}, **CLASS_DEMO.values}
+    state.pending_form = preset_values(CLASS_DEMO)
     st.rerun()
-why_column.caption(CLASS_DEMO.why)
-if state.pending_form is not None:  # a run opened from a link or the saved runs, or a preset: the form shows it
-    fill_form(state.pending_form, FORM)
-    state.pending_form = None
-ignored = ignored_url_parameters(link_parameters(), known={SHARED_RUN_PARAM}, form=FORM)
+why_column.caption(f"{CLASS_DEMO.why} It sets {', '.join(CLASS_DEMO.fields())}; every other field to its default.")
+if reset_column.button("Back to defaults", icon=":material/restart_alt:", help="Every field to its default."):
+    state.pending_form = defaults
+    st.rerun()
+# The form shows exactly the settings of the run it shows: a preset or the defaults just asked for,
+# a run opened from a link or the saved runs, else (on a fresh visit) the latest run.
+shown_run = latest_outcome()
+to_fill = state.pending_form
+state.pending_form = None
+if to_fill is None and shown_run is not None and form_is_fresh(RUN_FORM):
+    to_fill = form_values(shown_run.request)
+if to_fill is not None and (missing := fill_form(to_fill, RUN_FORM)):
+    st.info(f"The run shown has no value for {', '.join(missing)} (not a run of this form's method): the form "
+            "shows the defaults, none of its settings.", icon=":material/info:")
+ignored = ignored_url_parameters(link_parameters(), known={SHARED_RUN_PARAM}, form=RUN_FORM)
 if ignored:
     st.warning("This link's settings were partly ignored; the form shows the defaults for these: "
                + "; ".join(ignored) + ".", icon=":material/link_off:")
@@ -68,43 +68,43 @@ if ignored:
 with st.form("spap_settings", enter_to_submit=False):  # Enter in a number box must not start a job
     values = {}
     # What a class varies first; everything else waits in the expander below.
-    lead = [p for p in FORM if p.lead]
+    lead = [p for p in RUN_FORM if p.lead]
     for column, declared in zip(st.columns(len(lead), gap="medium"), lead):
         with column:
-            values[declared.key] = parameter_widget(declared, default_of(declared))
-    rest = [group for group in GROUPS if any(p.group == group and not p.lead for p in FORM)]
+            values[declared.key] = parameter_widget(declared, defaults[declared.key])
+    rest = [group for group in GROUPS if any(p.group == group and not p.lead for p in RUN_FORM)]
     with st.expander("More settings: " + ", ".join(GROUPS[group].lower() for group in rest)):
         for column, group in zip(st.columns(len(rest), gap="medium"), rest):
             with column:
                 st.markdown(f"**{GROUPS[group]}**")
-                for declared in FORM:
+                for declared in RUN_FORM:
                     if declared.group == group and not declared.lead:
-                        values[declared.key] = parameter_widget(declared, default_of(declared))
+                        values[declared.key] = parameter_widget(declared, defaults[declared.key])
     submitted = st.form_submit_button("Run SPAP", type="primary", icon=":material/play_arrow:")
 
 try:
-    settings: PruneSettings | None = with_values(PruneSettings(method="spap"),
-                                                 {p.key: values[p.key] for p in FORM if p.path})
+    request: RunRequest | None = form_request(values)
 except SpapInputError as exc:
-    settings = None
+    request = None
     if submitted:
         st.error(plain(exc))
-if settings is not None:
-    request = RunRequest(settings=settings, seed=int(values["seed"]),
-                         data=replace(spec, nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"])))
+if request is not None:
     estimate = time_estimate(loaded, [request])
     # a form's values change when it is submitted: the estimate is for the settings shown as last submitted
     st.caption(estimate_caption("This run", estimate))
     if submitted:
-        state.data_spec, state.prune_settings, state.run_seed = request.data, settings, request.seed
+        state.submitted_run = request
         if not refused_before_queueing(loaded, [request]):
+            settings = request.settings
             head_note = f", {settings.head_sparsity:.0%} of heads" if settings.head_sparsity else ""
-            submit_job("run", f"SPAP run at {settings.sparsity:.0%} sparsity{head_note}",
+            asked = (f"a parameter budget of {request.budget.share:.0%}" if request.budget is not None
+                     else f"{settings.sparsity:.0%} sparsity{head_note}")
+            submit_job("run", f"SPAP run at {asked}",
                        partial(point_executor().run, loaded, request, owner=state.owner), estimate)
 
 job_panel("run")
 saved_runs_panel()
-outcome = latest_outcome()
+outcome = latest_outcome()  # a run that finished since the form was drawn included
 if outcome is None:
     st.stop()
 
@@ -132,6 +132,15 @@ if outcome.result.heads is not None:
     st.caption(f"Attention heads: {heads.layout.describe()} in every layer; the heads' layer error (objective ÷ "
                f"½‖Y‖² of the attention output) is {np.mean(errors):.4f} on average ({min(errors):.4f}–"
                f"{max(errors):.4f}). Mask evolution and Scores show which heads went.")
+if (budget := record.get("budget")) is not None:  # the split the run chose, as it recorded it
+    pruned = outcome.result.settings
+    weighed = budget["summed_layer_errors"]
+    st.info(f"One parameter budget, split between channels and heads: {budget['param_sparsity']:.0%} of the decoder "
+            f"layers' parameters, met by removing {pruned.sparsity:.1%} of the MLP channels and "
+            f"{pruned.head_sparsity:.0%} of the heads ({budget['removed_of_layers']:.1%} of those parameters)."
+            + ("" if not weighed else " Summed layer errors by heads removed per layer, the smallest chosen: "
+               + ", ".join(f"{removed}: {float(error):.4g}" for removed, error in weighed.items()) + "."),
+            icon=":material/call_split:")
 for note in record.get("adjustments", []):
     st.info(f"This run: {note}", icon=":material/info:")
 

@@ -2,11 +2,13 @@
 
 import streamlit as st
 
+from pages._estimates import preset_estimate_caption
 from pages._model import current_model, device_label
 from pages._requests import run_size_note
 from pages._results import latest_outcome
 from pages._routing import ensure_routed
 from pages._text import plain
+from spap_service.presets import CLASS_DEMO
 
 ensure_routed()
 
@@ -44,6 +46,7 @@ loaded = current_model()
 if loaded is not None:
     st.caption(f"Model: {plain(loaded.description)}, on {device_label(loaded.device)}. Run size: {run_size_note()} "
                "Change the model or the texts on Model & data.")
+st.caption(preset_estimate_caption(loaded, CLASS_DEMO) + f" It sets {', '.join(CLASS_DEMO.fields())} on Run SPAP.")
 outcome = latest_outcome()
 if outcome is None:
     st.caption("No run yet in this session: step 2 starts one.")

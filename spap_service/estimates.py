@@ -38,6 +38,9 @@ REFIT_FACTORISATIONS = 5.6
 # heads): 2.2 s of a SPAP run at a third of SmolLM2's heads, 8 × 256 calibration tokens on the 2-core
 # VM, where one dense pass over those tokens takes 4.1 s.
 HEAD_PASSES = 0.54
+# A parameter budget's split: one dense pass over the calibration with each layer's statistics
+# captured (counted as the run's own capture, CAPTURE_PASSES; not measured on its own), and then a
+# run that may prune heads (counted as one that does).
 FORWARD_TOKENS_PER_ADAM_TOKEN = 0.6
 OVERHEAD_S = 1.0  # tokenizing the texts and cutting the windows
 PROBE_TOKENS = 128
@@ -111,7 +114,9 @@ def run_seconds(speed: ModelSpeed, request: RunRequest, dense_cached: bool = Fal
     calibration = data.nsamples * data.seqlen
     factorisations = settings.implementation.solve_factorisations * speed.layers
     forward_tokens = CAPTURE_PASSES * calibration
-    if settings.head_sparsity > 0:
+    if request.budget is not None:
+        forward_tokens += CAPTURE_PASSES * calibration
+    if settings.head_sparsity > 0 or request.budget is not None:
         forward_tokens += HEAD_PASSES * calibration
     if (recovery := settings.recovery) is not None:
         adam_tokens = recovery.altmin.steps * recovery.altmin.batch_tokens

@@ -9,6 +9,7 @@ import torch
 
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import PruneSettings, with_options
+from spap_core.pipeline.parameters import BY_KEY
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,21 @@ class DemoPreset:
     values: dict  # parameter keys of the Run form (settings and calibration) and their values
     why: str
 
+    def fields(self) -> list[str]:
+        """Each field the preset sets, with its value as the settings summary writes it ('sparsity
+        20%', 'samples = 16'), in the preset's order: what a page lists beside the preset's button."""
+        return [BY_KEY[key].phrase(value) for key, value in self.values.items()]
+
 
 # Measured on SmolLM2 on the development VM (2 cores), whole app run with the dense perplexity
 # included: today's CPU preset (30%, 8 × 256, no recovery) takes 15–17 s but perplexity goes 40 → 76
 # and the pruned model loops ("you are your place you are your place …"); 20% with 16 × 256
 # calibration tokens and the recovery on takes 38 s, perplexity 40 → 56, and its answers stay
-# readable. 10–15% read better still but show less; 32 × 256 took 50 s, too close to a minute.
+# readable. 10–15% read better still but show less; 32 × 256 took 50 s, too close to a minute. The
+# pages quote its time from the estimate of this machine and model (spap_service.estimates), not
+# from these measurements.
 CLASS_DEMO = DemoPreset(
     name="Class demo",
     values={"sparsity": 0.2, "am_rounds": 1, "nsamples": 16, "seqlen": 256},
-    why="20% of the MLP channels, 16 × 256 calibration tokens, alternating minimization on: about 40 s on 2 CPU "
-        "cores for SmolLM2 (perplexity 40 → 56 on the default texts), and the pruned model's text stays readable.")
+    why="20% of the MLP channels, 16 × 256 calibration tokens, alternating minimization on: for SmolLM2, perplexity "
+        "40 → 56 on the default texts, and the pruned model's text stays readable.")

@@ -32,7 +32,7 @@ from spap_core.models.shrink import load_pruned, save_pruned
 from spap_core.pipeline.walk import PruneResult
 from spap_core.runner.execute import RunResult, run
 from spap_core.runner.progress import RunProgress
-from spap_core.runner.spec import MeasuredDense, RunSpec
+from spap_core.runner.spec import MeasuredDense, ParameterBudget, RunSpec
 from spap_core.storage.runs import RESULTS_DIR_ENV, new_run_directory, read_run, record_faults, results_root, write_run
 from spap_core.system.access import overlap
 from spap_service.data import DataSpec, batch_reporter, dense_perplexity, model_key, prepare_data
@@ -43,15 +43,17 @@ from spap_service.run_index import enforce_caps, indexed_runs
 
 @dataclass(frozen=True)
 class RunRequest:
-    """One pruning run: method and hyperparameters, calibration seed and data."""
+    """One pruning run: method and hyperparameters, calibration seed and data, and optionally one
+    parameter budget whose split between MLP channels and heads replaces the settings' sparsities."""
 
     settings: PruneSettings
     seed: int
     data: DataSpec
+    budget: ParameterBudget | None = None
 
     @property
     def cache_key(self) -> str:
-        return f"{asdict(self.settings)}|seed={self.seed}|{self.data.cache_key}"
+        return f"{asdict(self.settings)}|seed={self.seed}|budget={self.budget}|{self.data.cache_key}"
 
     @property
     def spec(self) -> RunSpec:
@@ -60,7 +62,8 @@ class RunRequest:
         results root)."""
         data = self.data
         return RunSpec(settings=self.settings, nsamples=data.nsamples, seqlen=data.seqlen, seed=self.seed,
-                       eval_len=data.eval_len, eval_windows=data.eval_windows or None, batch_size=data.batch_size)
+                       eval_len=data.eval_len, eval_windows=data.eval_windows or None, batch_size=data.batch_size,
+                       budget=self.budget)
 
 
 _weights_lock = threading.RLock()  # a session's weights go to disk while its page may be loading them back

@@ -104,27 +104,12 @@ def split_budget(loaded: LoadedModel, calibration: torch.Tensor, budget: float, 
     """The MLP sparsity and head layout that remove `budget` of the decoder layers' parameters: with
     `head_sparsity` given the heads are fixed (0: untouched) and the MLP fills the rest, else the
     candidate with the smallest summed layer errors on `calibration` (one dense forward pass)."""
-    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0.0 < budget < 1.0:
-        raise SpapInputError(f"The parameter budget must be a share strictly between 0 and 1 (got {budget!r}).")
-    costs = UnitCosts.of(loaded)
-    layers = len(loaded.family.decoder_layers(loaded.model))
-    total = costs.layer * layers
+    costs, layers, total = _counts(loaded)
+    candidates = budget_candidates(loaded, budget, head_sparsity)
 
     def channels(layout: HeadLayout | None) -> int:
-        return round((budget * total - layers * costs.heads_removed(layout)) / (layers * costs.channel))
+        return _channels_removed(costs, layers, total, budget, layout)
 
-    if head_sparsity is not None or not costs.heads:
-        candidates = [_layout(loaded, costs, head_sparsity or 0.0)]
-    else:
-        candidates = [None, *HeadLayout.every(costs.heads, costs.kv_heads, _allowed(loaded, costs))]
-        # between layouts removing as many heads, the one that keeps more KV groups (as for_sparsity)
-        candidates = list({(0 if c is None else c.removed): c for c in sorted(
-            candidates, key=lambda c: 0 if c is None else -c.kv_kept)}.values())
-    candidates = [c for c in candidates if 1 <= channels(c) < costs.width]
-    if not candidates:
-        raise SpapInputError(f"A parameter budget of {budget:.0%} cannot be met with 1 to {costs.width - 1} "
-                             "MLP channels removed per layer at the head sparsity asked for; "
-                             "choose another budget or head sparsity.")
     objectives = {}
     if len(candidates) > 1:
         objectives = _summed_layer_errors(loaded, calibration, candidates, channels, batch_size)
@@ -134,6 +119,41 @@ def split_budget(loaded: LoadedModel, calibration: torch.Tensor, budget: float, 
     removed = layers * (channels(chosen) * costs.channel + costs.heads_removed(chosen))
     return BudgetSplit(budget=budget, sparsity=channels(chosen) / costs.width, layout=chosen, removed=removed,
                        total=total, objectives=objectives)
+
+
+def budget_candidates(loaded: LoadedModel, budget: float,
+                      head_sparsity: float | None = None) -> list[HeadLayout | None]:
+    """The head layouts (None: heads untouched) among which a split of `budget` chooses, from the
+    model's shapes alone: what lets a run refuse a budget it cannot meet before any forward pass."""
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0.0 < budget < 1.0:
+        raise SpapInputError(f"The parameter budget must be a share strictly between 0 and 1 (got {budget!r}).")
+    costs, layers, total = _counts(loaded)
+    candidates: list[HeadLayout | None]
+    if head_sparsity is not None or not costs.heads:
+        candidates = [_layout(loaded, costs, head_sparsity or 0.0)]
+    else:
+        candidates = [None, *HeadLayout.every(costs.heads, costs.kv_heads, _allowed(loaded, costs))]
+        # between layouts removing as many heads, the one that keeps more KV groups (as for_sparsity)
+        candidates = list({(0 if c is None else c.removed): c for c in sorted(
+            candidates, key=lambda c: 0 if c is None else -c.kv_kept)}.values())
+    candidates = [c for c in candidates if 1 <= _channels_removed(costs, layers, total, budget, c) < costs.width]
+    if not candidates:
+        raise SpapInputError(f"A parameter budget of {budget:.0%} cannot be met with 1 to {costs.width - 1} "
+                             "MLP channels removed per layer at the head sparsity asked for; "
+                             "choose another budget or head sparsity.")
+    return candidates
+
+
+def _counts(loaded: LoadedModel) -> tuple[UnitCosts, int, int]:
+    """The model's unit costs, its decoder layers and their parameters."""
+    costs = UnitCosts.of(loaded)
+    layers = len(loaded.family.decoder_layers(loaded.model))
+    return costs, layers, costs.layer * layers
+
+
+def _channels_removed(costs: UnitCosts, layers: int, total: int, budget: float, layout: HeadLayout | None) -> int:
+    """MLP channels removed per layer so that, with `layout`, the run removes `budget` of `total`."""
+    return round((budget * total - layers * costs.heads_removed(layout)) / (layers * costs.channel))
 
 
 def _summed_layer_errors(loaded: LoadedModel, calibration: torch.Tensor, candidates: list[HeadLayout | None],

@@ -20,7 +20,7 @@ from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import LoadedModel
 from spap_core.models.shrink import save_pruned
 from spap_core.pipeline.experiment import Experiment, plan_run, run_experiment
-from spap_core.pipeline.split import BudgetSplit, split_budget
+from spap_core.pipeline.split import BudgetSplit, budget_candidates, split_budget
 from spap_core.pipeline.walk import PruneResult
 from spap_core.runner.progress import RunProgress
 from spap_core.runner.spec import MeasuredDense, RunData, RunOutput, RunSpec, RunTexts
@@ -79,6 +79,8 @@ def run(loaded: LoadedModel, spec: RunSpec, inputs: RunTexts | RunData, *, dense
     settings = spec.settings
     # every refusal that the model's config decides, before any text is sampled or forward pass run
     _, adjustments = _plan(loaded, spec, settings)
+    if spec.budget is not None:
+        budget_candidates(loaded, spec.budget.share, spec.budget.head_sparsity)  # a budget the shapes cannot meet
     for note in adjustments:
         progress.note(note)
     data = inputs if isinstance(inputs, RunData) else _windows(loaded, spec, inputs)

@@ -551,7 +551,7 @@ def test_fixed_settings_captions_never_name_what_varies(ran_app):
     at = ran_app
     open_page(at, "perplexity_sweep")
     fixed = next(c.value for c in at.caption if c.value.startswith("Fixed for every point"))
-    listed = fixed.split(":", 1)[1].split("(as last")[0]
+    listed = fixed.split(":", 1)[1].split("(this page's")[0]
     assert not re.search(r"(?<!head )sparsity", listed) and "head sparsity 0%" in listed and "K = " in fixed
     assert any("runs (methods × sparsities): about" in c.value and "Its points run one after another in this process."
                in c.value for c in at.caption)  # a time estimate, and where the points run
@@ -672,6 +672,13 @@ def test_a_results_link_fills_the_form_with_the_runs_settings(ran_app):
     assert_clean(at)
     assert at.slider(key="sparsity").value == pytest.approx(0.25) and at.slider(key="K").value == RUN_ITERATIONS
     assert not at.warning or all("created with a default value" not in w.value for w in at.warning)
+    from pages._requests import form_values
+
+    assert_form_shows(at, form_values(outcome.request))  # every field, the calibration size included
+    open_page(at, "scores")
+    at.query_params.clear()  # as in a browser, where the link of another page has none of the form's values
+    open_page(at, "run_spap")  # shown again: still the run it shows
+    assert_form_shows(at, form_values(outcome.request))
 
 
 def test_every_form_ignores_enter(app_files):
@@ -778,18 +785,136 @@ def test_every_job_says_how_long_it_should_take_and_then_how_long_it_took(app_fi
     assert any(c.value.startswith("6 runs (methods × sparsities): about ") for c in at.caption)  # 2 methods × 3
 
 
-def test_the_class_demo_preset_fills_the_form_with_its_measured_settings(app_files):
+def run_form(at: AppTest) -> dict:
+    """Every field of Run SPAP's form as its widget shows it, by key."""
+    from pages._requests import RUN_FORM
+
+    keys = {declared.key for declared in RUN_FORM}
+    shown = {w.key: w.value for kind in ("slider", "number_input", "selectbox", "checkbox") for w in at.get(kind)
+             if w.key in keys}
+    assert set(shown) == keys
+    return shown
+
+
+def assert_form_shows(at: AppTest, expected: dict) -> None:
+    shown = run_form(at)
+    for key, value in expected.items():
+        assert shown[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+
+
+def form_defaults_on_cpu() -> dict:
+    from pages._requests import PARAMETER_BUDGET, RUN_FORM
+    from spap_core.pipeline.parameters import settings_values
+    from spap_service.presets import CPU_RUN, interactive_settings
+
+    defaults = settings_values(interactive_settings(torch.device("cpu")))
+    others = {"nsamples": CPU_RUN.nsamples, "seqlen": CPU_RUN.seqlen, "seed": 0, PARAMETER_BUDGET.key: 0.0}
+    return {p.key: defaults[p.key] if p.path else others[p.key] for p in RUN_FORM}
+
+
+def test_the_class_demo_preset_fills_every_field_and_says_which_it_sets(app_files):
+    from spap_service.presets import CLASS_DEMO
+
+    at = start_app()
+    open_page(at, "run_spap")
+    at.slider(key="K").set_value(3).run()  # a field the preset does not set goes back to its default
+    click(at, "Class demo preset")
+    assert_clean(at)
+    assert_form_shows(at, {**form_defaults_on_cpu(), **CLASS_DEMO.values})
+    assert run_form(at)["K"] == PenaltySettings().iterations
+    listed = next(c.value for c in at.caption if c.value.startswith(CLASS_DEMO.why))
+    assert "It sets sparsity 20%, AM rounds = 1, samples = 16, tokens per sample = 256;" in listed
+
+
+def test_back_to_defaults_resets_every_field(app_files):
+    at = start_app()
+    open_page(at, "run_spap")
+    click(at, "Class demo preset")
+    at.slider(key="K").set_value(3)
+    at.slider(key="param_sparsity").set_value(0.3)
+    at.slider(key="head_sparsity").set_value(0.5).run()
+    assert run_form(at) != form_defaults_on_cpu()
+    click(at, "Back to defaults")
+    assert_clean(at)
+    assert_form_shows(at, form_defaults_on_cpu())
+
+
+def test_after_the_preset_ran_the_form_comes_back_with_all_of_its_settings(app_files):
+    """Run SPAP shown again after the preset's run (Streamlit forgot the form's widgets) shows that
+    run's settings in every field, its calibration size with the rest, never a mix with defaults."""
     from spap_service.presets import CLASS_DEMO
 
     at = start_app()
     open_page(at, "run_spap")
     click(at, "Class demo preset")
+    at.slider(key="K").set_value(3)  # and one field changed by hand
+    click(at, "Run SPAP")
+    finish_job(at, "run")
+    open_page(at, "scores")
+    at.query_params.clear()  # as in a browser, where the link of another page has none of the form's values
+    open_page(at, "run_spap")
+    assert_form_shows(at, {**form_defaults_on_cpu(), **CLASS_DEMO.values, "K": 3})
+    open_page(at, "model_data")  # the session's calibration size stays Model & data's choice
+    assert at.number_input(key="data_nsamples").value == form_defaults_on_cpu()["nsamples"]
+
+
+def test_start_here_and_the_run_button_quote_one_estimate_for_the_class_demo(app_files):
+    from spap_service.presets import CLASS_DEMO
+
+    at = start_app()
+    card = next(c.value for c in at.caption if c.value.startswith(f"{CLASS_DEMO.name} preset: about "))
+    quoted = re.search(r"about \d+ (s|min)", card).group(0)
+    open_page(at, "run_spap")
+    click(at, "Class demo preset")
+    assert any(c.value.startswith(f"This run: {quoted} on this machine") for c in at.caption), quoted
+
+
+def test_a_run_submitted_meanwhile_leaves_the_sweeps_fixed_settings_until_the_user_takes_them(app_files):
+    at = start_app()
+    open_page(at, "perplexity_sweep")
+    before = next(c.value for c in at.caption if c.value.startswith("Fixed for every point"))
+    assert "head sparsity 0%" in before and "Take Run SPAP's settings" not in [b.label for b in at.button]
+    open_page(at, "run_spap")
+    at.slider(key="head_sparsity").set_value(0.5)
+    at.slider(key="K").set_value(3)
+    click(at, "Run SPAP")  # queued: the sweep's settings stay
+    open_page(at, "perplexity_sweep")
+    assert next(c.value for c in at.caption if c.value.startswith("Fixed for every point")) == before
+    assert any(c.value.startswith("Run SPAP's last submitted run differs") and "head sparsity 50%" in c.value
+               and "K = 3" in c.value for c in at.caption)
+    open_page(at, "sensitivity")  # one copy for both pages
+    assert "head sparsity 0%" in next(c.value for c in at.caption if c.value.startswith("Fixed for every value"))
+    click(at, "Take Run SPAP's settings")
     assert_clean(at)
-    assert at.slider(key="sparsity").value == pytest.approx(CLASS_DEMO.values["sparsity"])
-    assert at.slider(key="am_rounds").value == CLASS_DEMO.values["am_rounds"]
-    assert at.number_input(key="nsamples").value == CLASS_DEMO.values["nsamples"]
-    assert at.slider(key="K").value == PenaltySettings().iterations  # the rest stays at the defaults
-    assert any(CLASS_DEMO.why == c.value for c in at.caption)
+    after = next(c.value for c in at.caption if c.value.startswith("Fixed for every value"))
+    assert "head sparsity 50%" in after and "K = 3" in after
+    assert not any(c.value.startswith("Run SPAP's last submitted run differs") for c in at.caption)
+    shared_queue().wait(session_job(at, "run"), JOB_HANG_GUARD_S)
+
+
+def test_one_parameter_budget_is_split_between_channels_and_heads_and_the_result_says_how(app_files):
+    at = start_app()
+    open_page(at, "run_spap")
+    at.slider(key="param_sparsity").set_value(0.9)  # more than the tiny model's MLPs and heads can give
+    click(at, "Run SPAP")
+    assert any(shown(e.value).startswith("A parameter budget of 90% cannot be met") for e in at.error)
+    assert "run" not in at.session_state["jobs"]  # refused before queueing
+    at.slider(key="param_sparsity").set_value(0.5)
+    click(at, "Run SPAP")
+    finish_job(at, "run")
+    assert session_job(at, "run").label == "SPAP run at a parameter budget of 50%"  # not the unused sparsity
+    outcome = at.session_state["latest_run"]
+    budget, pruned = outcome.record["budget"], outcome.result.settings
+    assert budget["param_sparsity"] == pytest.approx(0.5) and len(budget["summed_layer_errors"]) > 1
+    split = next(i.value for i in at.info if i.value.startswith("One parameter budget"))
+    assert (f"50% of the decoder layers' parameters, met by removing {pruned.sparsity:.1%} of the MLP channels and "
+            f"{pruned.head_sparsity:.0%} of the heads ({budget['removed_of_layers']:.1%}") in split
+    chosen = min(budget["summed_layer_errors"].values())
+    assert "the smallest chosen: " in split and f"{chosen:.4g}" in split
+    open_page(at, "scores")
+    at.query_params.clear()
+    open_page(at, "run_spap")  # the form shows the budget the run was asked
+    assert at.slider(key="param_sparsity").value == pytest.approx(0.5)
 
 
 def test_a_run_with_heads_shows_them_on_every_page(app_files):

@@ -9,6 +9,7 @@ import pytest
 
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import PruneSettings, with_options
+from spap_core.runner.spec import ParameterBudget
 from spap_service.data import DataSpec, TextChoice
 from spap_service.estimates import ModelSpeed, duration, latency_seconds, many_runs_seconds, model_speed, run_seconds
 from spap_service.runs import RunRequest
@@ -33,6 +34,8 @@ def test_a_run_costs_its_pruning_passes_and_two_evaluations():
     assert run_seconds(SPEED, request(PruneSettings(method="flap"))) == pytest.approx(seconds)
     with_heads = replace(without, head_sparsity=0.3)  # each layer's heads first: about half a pass more
     assert run_seconds(SPEED, request(with_heads)) == pytest.approx(seconds + 0.54 * 2000 / 1000)
+    budgeted = replace(request(without), budget=ParameterBudget(0.2))  # the split's capture, then maybe heads
+    assert run_seconds(SPEED, budgeted) == pytest.approx(seconds + (1.42 + 0.54) * 2000 / 1000)
 
 
 def test_the_solves_cost_factorisations_per_layer_whatever_the_calibration_size():

@@ -15,7 +15,7 @@ from cli_helpers import last_json_line
 
 from spap_core.cli import main
 from spap_core.data.texts import calibration_windows, evaluation_windows, text_from_file
-from spap_core.errors import PruningCancelled
+from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.evaluation.perplexity import perplexity
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import load_model
@@ -114,6 +114,15 @@ def test_the_cli_and_the_api_give_the_same_result_for_the_same_settings(tiny_dir
     if budget is not None:
         assert result.split is not None and progress.notes[-1] == result.split.describe()
         assert from_api["budget"]["param_sparsity"] == 0.3 and from_api["sparsity"] == result.split.sparsity
+
+
+def test_a_budget_the_models_shapes_cannot_meet_is_refused_before_any_text_is_read(tiny):
+    class Unread(RunTexts):
+        def __getattribute__(self, name):
+            raise AssertionError(f"the run read its texts ({name}) before refusing the budget")
+
+    with pytest.raises(SpapInputError, match="A parameter budget of 90% cannot be met"):
+        run(tiny, spec(settings=PruneSettings(), budget=ParameterBudget(0.9)), Unread(None, None))
 
 
 def test_a_callers_windows_and_dense_perplexity_are_used_and_recorded(tiny, text_files):
