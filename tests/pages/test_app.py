@@ -34,6 +34,7 @@ from app_harness import (
 from conftest import tiny_llama
 from streamlit.testing.v1 import AppTest
 
+from pages._palette import DENSE, method_style
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.spap import PenaltySettings
 from spap_core.pipeline.parameters import BY_KEY
@@ -633,9 +634,9 @@ def test_the_sweep_form_comes_back_with_the_sweep_it_shows(ran_app):
     assert tuple(at.slider(key="sweep_range").value) == pytest.approx((0.2, 0.4))
     chart = titled(at, "Perplexity vs sparsity")
     assert {trace["name"] for trace in chart["data"] if not trace["name"].startswith("dense")} == {"spap", "magnitude"}
-    assert not any("other choices than the ones above" in c.value for c in at.caption)
+    assert not any("other choices than the ones below" in c.value for c in at.caption)
     at.multiselect(key="sweep_methods").set_value(["spap"]).run()
-    assert any("other choices than the ones above" in c.value for c in at.caption)  # said, not hidden
+    assert any("other choices than the ones below" in c.value for c in at.caption)  # said, not hidden
 
 
 def test_the_scan_form_says_how_many_values_its_chart_shows(ran_app):
@@ -692,9 +693,22 @@ def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labe
     monkeypatch.setattr(compare, "reference_curves", lambda source: committed)  # as if the app ran SmolLM2
     at = start_app()
     open_page(at, "perplexity_sweep")
-    chart = titled(at, "Reference curves (precomputed, not this session's data)")
+    chart = figures(at)[0]  # the page opens with its picture, before the sweep's form
+    assert chart_title(chart).startswith("Reference curves (precomputed, not this session's data)")
     methods = {trace["name"] for trace in chart["data"] if not trace["name"].startswith("dense")}
-    assert methods == set(METHODS)
+    assert methods == set(METHODS) - {"magnitude"}  # its 10⁴–10⁷ would squeeze the others into one band
+    corner = [a["text"] for a in chart["layout"]["annotations"] if a["text"].startswith("off the axis")]
+    wikitext = committed.table[(committed.table["method"] == "magnitude") & (committed.table["text"] == "wikitext2")]
+    assert len(corner) == 2 and f"magnitude ({wikitext['perplexity'].min():,.0f} to " in corner[0]
+    axes = [value for name, value in chart["layout"].items() if name.startswith("xaxis")]
+    assert len(axes) == 2 and {axis.get("tickformat") for axis in axes} == {".0%"}  # 10%, never 0.1, in both panels
+    for trace in chart["data"]:
+        style = DENSE if trace["name"].startswith("dense") else method_style(trace["name"])
+        assert trace["line"]["color"] == style.colour and trace["line"].get("dash", "solid") == style.dash
+        assert trace["name"].startswith("dense") or trace["marker"]["symbol"] == style.marker
+    reading = shown(next(m.value for m in at.markdown if "has the lowest perplexity" in m.value))
+    assert reading.startswith("On wikitext2, at 50% sparsity, spap has the lowest perplexity, 65.0: 6.1 below fasp")
+    assert "Off the axis, far above the others: magnitude (17,690 to " in reading
     assert any(c.value.startswith("Protocol: precomputed by bench/quality.py") for c in at.caption)
 
 
