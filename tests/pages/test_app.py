@@ -679,8 +679,13 @@ def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(a
     width = len(array(channel_map["data"][0]["x"]))  # the tiny model's MLP: every channel, numbered as they are
     assert list(array(channel_map["data"][0]["x"])) == list(range(width))
     assert channel_map["layout"]["xaxis"]["title"]["text"] == "channel"
-    curve = titled(at, "Runs that agree in every setting but the sparsity")
-    assert sum(len(array(trace["x"])) for trace in curve["data"]) == 2  # K differs too: two curves of one point
+    agreement = titled(at, "Agreement of the pruned channels per layer")
+    jaccard, ceiling = (array(trace["y"]) for trace in agreement["data"])
+    assert agreement["data"][1]["name"] == "ceiling A–B" and agreement["data"][1]["line"]["dash"] == "dot"
+    assert np.all(jaccard <= ceiling + 1e-12) and np.all(ceiling < 1)  # 25% of the channels against 50%
+    assert not any(chart_title(figure).startswith("Runs that agree") for figure in figures(at))  # no lone dots
+    assert any(shown(info.value).startswith("No curve through run A (spap, K = 4, 50%), run B (spap, K = 3, 25%): ")
+               for info in at.info)  # K differs too: each run is alone at its settings
 
 
 def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labelled_as_such(app_files,
