@@ -293,6 +293,18 @@ def test_sensitivity_scan_plots_error_and_perplexity(ran_app):
     chart = figures(at)[0]
     assert len(chart["data"]) == 2 and all(len(array(trace["x"])) == 2 for trace in chart["data"])
     assert at.dataframe[0].value.shape[0] == 2
+    assert {chart["layout"][axis].get("tickformat") for axis in ("xaxis", "xaxis2")} == {None}  # α is no share
+
+
+def test_a_scan_of_the_sparsity_reads_it_in_percent_on_both_panels(ran_app):
+    at = ran_app
+    open_page(at, "sensitivity")
+    at.selectbox(key="scan_parameter").set_value("sparsity").run()
+    at.slider(key="scan_points").set_value(2)
+    click(at, "Run scan")
+    finish_job(at, "scan")
+    chart = titled(at, "Scan of")
+    assert {chart["layout"][axis].get("tickformat") for axis in ("xaxis", "xaxis2")} == {".0%"}
 
 
 def test_sensitivity_refuses_an_invalid_range(ran_app):
