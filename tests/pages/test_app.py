@@ -242,6 +242,15 @@ def test_sweep_runs_as_a_job_and_is_cached(ran_app):
     assert all(len(array(trace["x"])) == 2 for trace in methods)
     assert any(trace["name"].startswith("dense") for trace in chart["data"])
     assert "evaluation: 8 windows × " in chart_title(chart)  # what the perplexities were measured on
+    assert all(trace["line"]["color"] == method_style(trace["name"]).colour for trace in methods)
+    assert {axis.get("tickformat") for name, axis in chart["layout"].items() if name.startswith("xaxis")} == {".0%"}
+    from spap_service.comparisons import RESULT_TABLES, readable
+
+    table = RESULT_TABLES.get(at.session_state["table_requests"]["sweep"].key)
+    at_40 = table[table["sparsity"] == 0.4].sort_values("perplexity")
+    reading = shown(next(m.value for m in at.markdown if "has the lowest perplexity" in m.value))
+    assert reading.startswith(f"At 40% sparsity, {at_40['method'].iloc[0]} has the lowest perplexity, "
+                              f"{readable(at_40['perplexity'].iloc[0])}: ")
     first_job = session_job(at, "sweep")
     open_page(at, "scores")
     open_page(at, "perplexity_sweep")  # revisiting shows the cached sweep at once
@@ -700,6 +709,16 @@ def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(a
                for info in at.info)  # K differs too: each run is alone at its settings
 
 
+def element_kinds(block) -> list[str]:
+    """The kinds of a page's elements in the order they are shown ('title', 'plotly_chart', …)."""
+    kinds = []
+    for child in block.children.values():
+        kinds.append(child.type)
+        if hasattr(child, "children"):
+            kinds.extend(element_kinds(child))
+    return kinds
+
+
 def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labelled_as_such(app_files,
                                                                                              monkeypatch):
     import spap_service.compare as compare
@@ -710,8 +729,10 @@ def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labe
     monkeypatch.setattr(compare, "reference_curves", lambda source: committed)  # as if the app ran SmolLM2
     at = start_app()
     open_page(at, "perplexity_sweep")
-    chart = figures(at)[0]  # the page opens with its picture, before the sweep's form
+    chart = figures(at)[0]
     assert chart_title(chart).startswith("Reference curves (precomputed, not this session's data)")
+    kinds = element_kinds(at.main)
+    assert kinds.index("plotly_chart") < kinds.index("multiselect")  # the page opens with its picture, then the form
     methods = {trace["name"] for trace in chart["data"] if not trace["name"].startswith("dense")}
     assert methods == set(METHODS) - {"magnitude"}  # its 10⁴–10⁷ would squeeze the others into one band
     corner = [a["text"] for a in chart["layout"]["annotations"] if a["text"].startswith("off the axis")]
