@@ -111,9 +111,9 @@ with overlap_column:
                                line=dict(color=trace.line.color, dash="dot"))
         figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
         show_chart(figure)
-        st.caption(plain(" ".join([*containment_notes(overlap, unit),
-                             f"Dotted: the ceiling, the smaller count of pruned {unit}s over the larger; two sets of "
-                             "different sizes can agree no more."])))
+        ceiling = (f"Dotted: the ceiling, the smaller count of pruned {unit}s over the larger; two sets of "
+                   "different sizes can agree no more.")
+        st.caption(plain(" ".join([*containment_notes(overlap, unit), ceiling])))
 
 st.subheader(f"Pruned {unit}s")
 for column, (name, outcome, layers) in zip(chart_columns(len(drawn)), drawn):

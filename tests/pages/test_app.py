@@ -709,6 +709,20 @@ def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(a
                for info in at.info)  # K differs too: each run is alone at its settings
 
 
+def test_compare_runs_draws_a_curve_through_runs_that_differ_only_in_their_sparsity(app_files):
+    at = run_spap(0.25, 3)
+    at.slider(key="sparsity").set_value(0.5)
+    click(at, "Run SPAP")
+    finish_job(at, "run")
+    open_page(at, "compare_runs")
+    curve = titled(at, "Runs that agree in every setting but the sparsity form one curve")
+    assert [trace["name"] for trace in curve["data"]] == ["spap"]  # one curve, named by what it holds
+    assert list(array(curve["data"][0]["x"])) == [0.25, 0.5] and curve["layout"]["xaxis"]["tickformat"] == ".0%"
+    assert curve["data"][0]["line"]["color"] == method_style("spap").colour
+    assert curve["data"][0]["marker"]["symbol"] == method_style("spap").marker
+    assert not any(info.value.startswith("No curve") for info in at.info)
+
+
 def element_kinds(block) -> list[str]:
     """The kinds of a page's elements in the order they are shown ('title', 'plotly_chart', …)."""
     kinds = []
