@@ -137,11 +137,12 @@ def perplexity_figure(table: pd.DataFrame, title: str, dense: dict[str, float], 
                      symbol_map=method_markers(methods))
     span = [table["sparsity"].min(), table["sparsity"].max()]
     panels = list(dict.fromkeys(table[panel])) if panel else [""]
+    # one legend entry for the dense lines of every panel: the grey dashes mean one thing
+    dense_name = "dense " + ", ".join(f"{dense[name]:.2f}" + (f" on {name}" if name else "") for name in panels)
     for column, name in enumerate(panels, start=1):
-        suffix = f" ({name})" if name else ""
         # a trace, not add_hline: shapes on a log axis take log10 coordinates
         figure.add_scatter(x=span, y=[dense[name]] * 2, mode="lines", row=1, col=column, line=DENSE.line(),
-                           name=f"dense {dense[name]:.2f}{suffix}")
+                           name=dense_name, legendgroup="dense", showlegend=column == 1)
         off = split.panel(panel, name).off_scale if panel else split.off_scale
         if not off.empty:
             axis = "" if column == 1 else str(column)

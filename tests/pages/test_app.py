@@ -754,6 +754,10 @@ def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labe
     assert len(corner) == 2 and f"magnitude ({wikitext['perplexity'].min():,.0f} to " in corner[0]
     axes = [value for name, value in chart["layout"].items() if name.startswith("xaxis")]
     assert len(axes) == 2 and {axis.get("tickformat") for axis in axes} == {".0%"}  # 10%, never 0.1, in both panels
+    dense = [trace for trace in chart["data"] if trace["name"].startswith("dense")]
+    assert [trace.get("showlegend", True) for trace in dense] == [True, False]  # one legend entry, in both panels
+    assert dense[0]["name"] == f"dense {committed.dense['wikitext2']:.2f} on wikitext2, " \
+                               f"{committed.dense['shakespeare']:.2f} on shakespeare"
     for trace in chart["data"]:
         style = DENSE if trace["name"].startswith("dense") else method_style(trace["name"])
         assert trace["line"]["color"] == style.colour and trace["line"].get("dash", "solid") == style.dash
