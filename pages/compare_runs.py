@@ -7,15 +7,18 @@ import streamlit as st
 
 from pages._charts import chart_columns, show_chart
 from pages._links import PAGE_RUN
+from pages._palette import method_style
 from pages._routing import ensure_routed
 from pages._state import session
-from pages._text import plain
+from pages._text import chart_text, plain
 from spap_core.errors import UnreadableRunError
 from spap_service.analysis import span
 from spap_service.compare import (
     CHANNELS,
     PARTS,
+    containment_notes,
     layer_errors,
+    lone_points_note,
     metrics_table,
     part_layers,
     pruned_map,
@@ -102,8 +105,15 @@ with overlap_column:
         figure = px.line(overlap, x="layer", y="jaccard", color="pair", markers=True, range_y=[0, 1.05],
                          title=f"Agreement of the pruned {unit}s per layer",
                          labels={"jaccard": "Jaccard |A∩B| / |A∪B|"})
+        for trace in list(figure.data):  # each pair's ceiling, dotted in its colour
+            pair = overlap[overlap["pair"] == trace.name]
+            figure.add_scatter(x=pair["layer"], y=pair["ceiling"], mode="lines", name=f"ceiling {trace.name}",
+                               line=dict(color=trace.line.color, dash="dot"))
         figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
         show_chart(figure)
+        ceiling = (f"Dotted: the ceiling, the smaller count of pruned {unit}s over the larger; two sets of "
+                   "different sizes can agree no more.")
+        st.caption(plain(" ".join([*containment_notes(overlap, unit), ceiling])))
 
 st.subheader(f"Pruned {unit}s")
 for column, (name, outcome, layers) in zip(chart_columns(len(drawn)), drawn):
@@ -117,8 +127,18 @@ for column, (name, outcome, layers) in zip(chart_columns(len(drawn)), drawn):
 
 st.subheader("Perplexity against sparsity")
 curves = sparsity_curves(outcomes)
-figure = px.line(curves, x="sparsity", y="perplexity", color="curve", markers=True, hover_data=["run"],
-                 title="Runs that agree in every setting but the sparsity form one curve")
-figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), xaxis_tickformat=".0%")
-show_chart(figure)
-st.caption("; ".join(f"**{curve}**: runs {', '.join(group['run'].str[0])}" for curve, group in curves.groupby("curve")))
+drawable = curves[curves["points"] >= 2]
+if not drawable.empty:
+    method_of = dict(zip(drawable["curve"].map(chart_text), drawable["method"]))
+    figure = px.line(drawable.assign(curve=drawable["curve"].map(chart_text)), x="sparsity", y="perplexity",
+                     color="curve", line_dash="curve", markers=True, hover_data=["run"],
+                     color_discrete_map={curve: method_style(method).colour for curve, method in method_of.items()},
+                     title="Runs that agree in every setting but the sparsity form one curve")
+    figure.for_each_trace(lambda trace: trace.update(marker_symbol=method_style(method_of[trace.name]).marker))
+    figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10))
+    figure.update_xaxes(tickformat=".0%")
+    show_chart(figure)
+    st.caption("; ".join(f"**{plain(curve)}**: runs {', '.join(group['run'].str[0])}"
+                         for curve, group in drawable.groupby("curve")))
+if (missing := lone_points_note(curves)) is not None:
+    st.info(plain(missing))

@@ -14,6 +14,7 @@ from pages._estimates import estimate_caption
 from pages._job_progress import job_panel
 from pages._jobs import submit_job
 from pages._model import device_label, require_model
+from pages._palette import DENSE_AND_PRUNED
 from pages._results import latest_latency, require_outcome, require_pruned_model
 from pages._routing import ensure_routed
 from pages._summaries import result_label
@@ -27,7 +28,7 @@ from spap_service.presets import interactive_run_size
 
 ensure_routed()
 
-COLORS = {"dense": "#8c8c8c", "pruned": "#1f77b4"}
+COLORS = DENSE_AND_PRUNED
 CONTEXT_LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192)
 
 st.title("Latency & memory")

@@ -1,18 +1,23 @@
 """Perplexity vs sparsity: SPAP and the baselines pruned at several sparsities, all on the same
-calibration and evaluation windows, with the dense model as the reference line. Sweeps run as
-background jobs and are cached, so coming back to the same sweep is instant."""
+calibration and evaluation windows, with the dense model as the reference line. The page opens with
+its picture (the latest sweep, else the curves measured in advance on this model) and what it shows
+in one sentence; the sweep's form follows. Sweeps run as background jobs and are cached, so coming
+back to the same sweep is instant."""
 
 from dataclasses import replace
 from functools import partial
 
 import numpy as np
+import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
 from pages._charts import show_chart
 from pages._estimates import estimate_caption, executor_note, time_estimate
 from pages._job_progress import job_panel
 from pages._jobs import refused_before_queueing
+from pages._palette import DENSE, method_colours, method_markers, method_style
 from pages._results import latest_table
 from pages._routing import ensure_routed
 from pages._summaries import evaluation_budget
@@ -35,14 +40,23 @@ from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.pipeline.parameters import allocation_parameters, method_parameters, with_values
 from spap_service.analysis import weight_update_note
 from spap_service.compare import ReferenceCurves, reference_curves
-from spap_service.comparisons import method_settings, sweep_key, sweep_sparsities
+from spap_service.comparisons import (
+    ScaleSplit,
+    method_settings,
+    split_off_scale,
+    sweep_key,
+    sweep_reading,
+    sweep_sparsities,
+    value_ranges,
+)
 
 ensure_routed()
 
 STEPS = [0.05, 0.1, 0.2]
 
 loaded, base = comparison_header("Perplexity vs sparsity")
-restore_form("sweep")  # the choices of the sweep shown below, when the page is opened again
+restore_form("sweep")  # the choices of the sweep shown, when the page is opened again
+picture = st.container()  # the chart comes first; it is drawn once the form below has said which sweep it is
 
 # No form: the time estimate follows the choices as they are made, before anything starts.
 method_column, sparsity_column, step_column = st.columns([2, 2, 1])
@@ -109,59 +123,97 @@ latest = latest_table("sweep")
 reference = reference_curves(loaded.source)
 
 
+def perplexity_figure(table: pd.DataFrame, title: str, dense: dict[str, float], panel: str | None = None
+                      ) -> tuple[go.Figure, ScaleSplit]:
+    """Perplexity against sparsity on a log axis: one curve per method in its palette colour and
+    marker, a panel per value of `panel` (one chart when None), the dense model's perplexity of each
+    panel (`dense`, by panel value; the key "" without panels) as the dashed neutral line, and the
+    methods far above the others (spap_service.comparisons.split_off_scale) left off the axis and
+    written, with their values, in each panel's corner. Sparsity reads as a percentage on every axis."""
+    split = split_off_scale(table, panel)
+    methods = list(dict.fromkeys(split.shown["method"]))
+    figure = px.line(split.shown, x="sparsity", y="perplexity", color="method", symbol="method", facet_col=panel,
+                     markers=True, log_y=True, title=title, color_discrete_map=method_colours(methods),
+                     symbol_map=method_markers(methods))
+    span = [table["sparsity"].min(), table["sparsity"].max()]
+    panels = list(dict.fromkeys(table[panel])) if panel else [""]
+    # one legend entry for the dense lines of every panel: the grey dashes mean one thing
+    dense_name = "dense " + ", ".join(f"{dense[name]:.2f}" + (f" on {name}" if name else "") for name in panels)
+    for column, name in enumerate(panels, start=1):
+        # a trace, not add_hline: shapes on a log axis take log10 coordinates
+        figure.add_scatter(x=span, y=[dense[name]] * 2, mode="lines", row=1, col=column, line=DENSE.line(),
+                           name=dense_name, legendgroup="dense", showlegend=column == 1)
+        off = split.panel(panel, name).off_scale if panel else split.off_scale
+        if not off.empty:
+            axis = "" if column == 1 else str(column)
+            only = list(dict.fromkeys(off["method"]))
+            colour = method_style(only[0]).colour if len(only) == 1 else DENSE.colour
+            figure.add_annotation(text=f"off the axis, far above:<br>{value_ranges(off)}", showarrow=False,
+                                  xref=f"x{axis} domain", yref=f"y{axis} domain", x=0.02, y=0.98, xanchor="left",
+                                  yanchor="top", align="left", font_color=colour, bgcolor="rgba(255,255,255,0.8)")
+    figure.update_xaxes(tickformat=".0%")
+    return figure, split
+
+
 def reference_section(curves: ReferenceCurves) -> None:
-    """The committed benchmark's curves for this model, labelled as such: what a lesson can show
-    at once, before (or instead of) a live sweep."""
-    figure = px.line(curves.table, x="sparsity", y="perplexity", color="method", facet_col="text", markers=True,
-                     log_y=True, title="Reference curves (precomputed, not this session's data)")
-    span = [curves.table["sparsity"].min(), curves.table["sparsity"].max()]
-    for column, text in enumerate(curves.table["text"].unique(), start=1):  # a trace: shapes on log axes misplace
-        figure.add_scatter(x=span, y=[curves.dense[text]] * 2, mode="lines", row=1, col=column,
-                           name=f"dense {curves.dense[text]:.2f} ({text})", line=dict(dash="dash", color="gray"))
-    figure.update_layout(height=420, margin=dict(t=90, b=10, l=10, r=10), xaxis_tickformat=".0%")
+    """The committed benchmark's curves for this model, labelled as such, and what they show in one
+    sentence (of the first text): what a lesson can show at once, before (or instead of) a live sweep."""
+    figure, split = perplexity_figure(curves.table, "Reference curves (precomputed, not this session's data)",
+                                      curves.dense, panel="text")
+    figure.update_layout(height=420, margin=dict(t=90, b=10, l=10, r=10))
     show_chart(figure, subtitle=plain(loaded.description))
+    first = str(curves.table["text"].iloc[0])
+    st.markdown(plain(sweep_reading(split.panel("text", first), curves.dense[first], where=f"on {first}, ")))
+
+
+def protocol_caption(curves: ReferenceCurves) -> None:
     st.caption(f"Protocol: {curves.protocol}. A live sweep here uses this session's smaller data, so its numbers "
                "are higher; the order of the methods is what to compare.")
 
 
-if latest is None:
-    st.info("Choose methods and a sparsity range, then run the sweep. Each point is one pruning run plus one "
-            "perplexity evaluation, so a sweep takes a while on a CPU; other pages stay usable meanwhile."
-            + (" Meanwhile, the reference curves below were measured in advance on this model." if reference else ""))
-    if reference is not None:
-        reference_section(reference)
-    st.stop()
-
-table, context = latest
-failed_points_warning(table, lambda row: f"{row['method']} at {row['sparsity']:.0%}")
-if shown_table_differs("sweep", key):
-    st.caption(":material/info: The chart shows the sweep last run, made with other choices than the ones above; "
-               "press Run sweep for these.")
-dense = float(table["dense_perplexity"].iloc[0])
-chart_column, table_column = st.columns([3, 2])
-with chart_column:
-    figure = px.line(table, x="sparsity", y="perplexity", color="method", markers=True, log_y=True,
-                     title=f"Perplexity vs sparsity ({int(table['eval_tokens'].iloc[0]):,} evaluation tokens)<br>"
-                           f"<sup>weight update: {table['reconstruction'].iloc[0]}; "
-                           f"{table['allocation'].iloc[0]} allocation; evaluation: {context['budget']}</sup>")
-    sparsities = sorted(table["sparsity"].unique())
-    # a trace, not add_hline: shapes on a log axis take log10 coordinates
-    figure.add_scatter(x=[sparsities[0], sparsities[-1]], y=[dense, dense], mode="lines", name=f"dense {dense:.2f}",
-                       line=dict(dash="dash", color="gray"))
-    figure.update_layout(height=460, margin=dict(t=70, b=70, l=10, r=10), xaxis_tickformat=".0%")
+def sweep_section(table: pd.DataFrame, context: dict) -> None:
+    """The latest sweep: its chart, what it shows in one sentence, its numbers and its CSV."""
+    failed_points_warning(table, lambda row: f"{row['method']} at {row['sparsity']:.0%}")
+    if shown_table_differs("sweep", key):
+        st.caption(":material/info: The chart shows the sweep last run, made with other choices than the ones "
+                   "below; press Run sweep for these.")
+    dense = float(table["dense_perplexity"].iloc[0])
+    figure, split = perplexity_figure(
+        table, f"Perplexity vs sparsity ({int(table['eval_tokens'].iloc[0]):,} evaluation tokens)<br>"
+               f"<sup>weight update: {table['reconstruction'].iloc[0]}; {table['allocation'].iloc[0]} allocation; "
+               f"evaluation: {context['budget']}</sup>", {"": dense})
+    figure.update_layout(height=460, margin=dict(t=70, b=70, l=10, r=10))
     show_chart(figure)
-with table_column:
-    pivot = table.pivot_table(index="sparsity", columns="method", values="perplexity").round(2)
-    pivot.index = [f"{s:.0%}" for s in pivot.index]
-    st.markdown(f"**Perplexity** (dense: {dense:.2f})")
-    st.dataframe(pivot, width="stretch")
-    shown = sorted(table["sparsity"].unique())
-    st.download_button("Sweep (.csv)", data=table.to_csv(index=False), mime="text/csv", on_click="ignore",
-                       file_name=f"spap-sweep-{'-'.join(dict.fromkeys(table['method']))}-{shown[0]:.2f}-{shown[-1]:.2f}.csv")
-    curves = table.drop_duplicates("method")[["method", "settings"]]
-    st.caption("Each curve's settings (also in the CSV): " + "; ".join(
-        f"**{row.method}**: {row.settings or 'its defaults'}" for row in curves.itertuples()))
+    st.markdown(plain(sweep_reading(split, dense)))
+    with st.expander("The numbers, and each curve's settings"):
+        pivot = table.pivot_table(index="sparsity", columns="method", values="perplexity").round(2)
+        pivot.index = [f"{s:.0%}" for s in pivot.index]
+        st.markdown(f"**Perplexity** (dense: {dense:.2f})")
+        st.dataframe(pivot, width="stretch")
+        shown = sorted(table["sparsity"].unique())
+        st.download_button("Sweep (.csv)", data=table.to_csv(index=False), mime="text/csv", on_click="ignore",
+                           file_name=f"spap-sweep-{'-'.join(dict.fromkeys(table['method']))}-"
+                                     f"{shown[0]:.2f}-{shown[-1]:.2f}.csv")
+        curves = table.drop_duplicates("method")[["method", "settings"]]
+        st.caption("Each curve's settings (also in the CSV): " + "; ".join(
+            f"**{row.method}**: {row.settings or 'its defaults'}" for row in curves.itertuples()))
 
-if reference is not None:
+
+with picture:
+    if latest is not None:
+        sweep_section(*latest)
+    elif reference is not None:
+        reference_section(reference)
+        with st.expander("How the reference curves were measured"):
+            protocol_caption(reference)
+        st.caption("No sweep yet: choose methods and a sparsity range below and run one on this session's data. "
+                   "Each point is one pruning run plus one perplexity evaluation, so a sweep takes a while on a CPU; "
+                   "other pages stay usable meanwhile.")
+    else:
+        st.info("Choose methods and a sparsity range below, then run the sweep. Each point is one pruning run plus "
+                "one perplexity evaluation, so a sweep takes a while on a CPU; other pages stay usable meanwhile.")
+
+if latest is not None and reference is not None:
     with st.expander("Reference curves, precomputed on this model with a larger protocol"):
         reference_section(reference)
+        protocol_caption(reference)

@@ -27,6 +27,7 @@ from pages._tables import (
 from pages._text import plain
 from pages._widgets import declared_range, unless_preset
 from spap_core.errors import SpapInputError
+from spap_core.schema import SHARES
 from spap_service.analysis import readable_range, scan_picture
 from spap_service.comparisons import (
     SCAN_PARAMETERS,
@@ -121,7 +122,7 @@ figure.update_yaxes(range=ppl_range, row=1, col=2)
 for column in (1, 2):
     figure.add_vline(x=context["current"], line_dash="dot", line_color="red", row=1, col=column)
     figure.update_xaxes(title_text=axis_title, type="log" if scanned.log_scale else "linear", row=1,
-                        col=column, exponentformat="power")
+                        col=column, exponentformat="power", tickformat=".0%" if scanned.key in SHARES else None)
 figure.update_layout(height=400, margin=dict(t=90, b=10, l=10, r=10),
                      title_text=f"Scan of {scanned.label}: {len(table)} values<br><sup>fixed: "
                                 f"{table['settings'].iloc[0]}</sup>")

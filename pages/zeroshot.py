@@ -13,6 +13,7 @@ from pages._charts import show_chart
 from pages._job_progress import job_panel
 from pages._links import PAGE_RUN
 from pages._model import require_model
+from pages._palette import DENSE_AND_PRUNED
 from pages._results import latest_outcome, latest_table, require_pruned_model
 from pages._routing import ensure_routed
 from pages._summaries import result_label
@@ -26,7 +27,7 @@ from spap_service.zeroshot import available_tasks, compare_zeroshot, zeroshot_bl
 
 ensure_routed()
 
-COLORS = {"dense": "#8c8c8c", "pruned": "#1f77b4"}
+COLORS = DENSE_AND_PRUNED
 LIMITS = (10, 25, 50, 100, 250, 500, 1000, None)  # examples per task; None: every example
 DEMO_LIMITS = LIMITS[:5]
 

@@ -18,7 +18,7 @@ import pandas as pd
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.pipeline.parameters import BY_KEY, settings_values
 from spap_core.pipeline.walk import LayerRecord
-from spap_service.analysis import pruned_channels
+from spap_service.analysis import pruned_channels, span
 from spap_service.runs import RunOutcome
 
 METRICS = ("perplexity, pruned", "perplexity, dense", "mean layer error", "parameters (M)", "pruning time (s)")
@@ -81,19 +81,67 @@ def layer_errors(outcomes: list[RunOutcome], part: str = CHANNELS) -> pd.DataFra
                          for layer in part_layers(outcome, part) or []], columns=["run", "layer", "relative_error"])
 
 
+OVERLAP_COLUMNS = ["pair", "run_a", "run_b", "layer", "jaccard", "ceiling", "pruned_a", "pruned_b", "shared"]
+
+
 def pruned_overlap(outcomes: list[RunOutcome], part: str = CHANNELS) -> pd.DataFrame:
     """Long table: for each pair of runs and each layer both pruned, the Jaccard overlap |A∩B| / |A∪B|
-    of their pruned channel (or head) sets (1 = the same ones)."""
+    of their pruned channel (or head) sets (1 = the same ones), its ceiling min(|A|, |B|) / max(|A|, |B|)
+    (two sets of different sizes can agree no more: 0.40 for 307 channels against 768), and the
+    counts it is computed from."""
     names, rows = run_names(outcomes), []
     for (name_a, a), (name_b, b) in itertools.combinations(zip(names, outcomes), 2):
         for layer_a, layer_b in zip(part_layers(a, part) or [], part_layers(b, part) or []):
             if layer_a.width != layer_b.width:
                 continue  # another model: no channel corresponds
             pruned_a, pruned_b = pruned_channels(layer_a), pruned_channels(layer_b)
-            union = pruned_a | pruned_b
-            rows.append({"pair": f"{name_a[0]}–{name_b[0]}", "layer": layer_a.layer,
-                         "jaccard": len(pruned_a & pruned_b) / len(union) if union else 1.0})
-    return pd.DataFrame(rows, columns=["pair", "layer", "jaccard"])
+            union, larger = pruned_a | pruned_b, max(len(pruned_a), len(pruned_b))
+            rows.append({"pair": f"{name_a[0]}–{name_b[0]}", "run_a": name_a, "run_b": name_b, "layer": layer_a.layer,
+                         "jaccard": len(pruned_a & pruned_b) / len(union) if union else 1.0,
+                         "ceiling": min(len(pruned_a), len(pruned_b)) / larger if larger else 1.0,
+                         "pruned_a": len(pruned_a), "pruned_b": len(pruned_b), "shared": len(pruned_a & pruned_b)})
+    return pd.DataFrame(rows, columns=OVERLAP_COLUMNS)
+
+
+def run_in_words(name: str) -> str:
+    """A run's name (run_names) in a sentence: 'run A (spap 20%)'."""
+    letter, _, what = name.split(" ", 2)
+    return f"run {letter} ({what})"
+
+
+def containment_notes(overlap: pd.DataFrame, unit: str = "channel") -> list[str]:
+    """For each pair of runs (a pruned_overlap table) whose smaller pruned set lies inside the larger
+    one in most layers (more than half), that fact in words: then their agreement is exactly its
+    ceiling, the smaller count over the larger, and a flat line at that value is what it looks like."""
+    notes = []
+    for _, rows in overlap.groupby("pair", sort=False):
+        smaller = rows[["pruned_a", "pruned_b"]].min(axis=1)
+        nested = rows[(rows["shared"] == smaller) & (smaller > 0)]
+        if 2 * len(nested) <= len(rows):
+            continue
+        where = "In every layer" if len(nested) == len(rows) else f"In {len(nested)} of {len(rows)} layers"
+        a_inside = nested["pruned_a"].sum() <= nested["pruned_b"].sum()
+        inner, outer = ("a", "b") if a_inside else ("b", "a")
+        inner_run, outer_run = run_in_words(rows[f"run_{inner}"].iloc[0]), run_in_words(rows[f"run_{outer}"].iloc[0])
+        inner_counts, outer_counts = nested[f"pruned_{inner}"].tolist(), nested[f"pruned_{outer}"].tolist()
+        if inner_counts == outer_counts:
+            notes.append(f"{where}, {inner_run} and {outer_run} pruned the same {span(inner_counts)} {unit}s: "
+                         "their agreement is 1.")
+            continue
+        if len(set(inner_counts)) == len(set(outer_counts)) == 1:
+            ratio = f"{inner_counts[0]}/{outer_counts[0]} = {inner_counts[0] / outer_counts[0]:.2f}"
+        else:
+            ratio = f"the smaller count over the larger ({span_of(nested['ceiling'].tolist())} here)"
+        notes.append(f"{where}, the {span(inner_counts)} {unit}s {inner_run} pruned are among the "
+                     f"{span(outer_counts)} {outer_run} pruned: their agreement is {ratio}, the most two sets of "
+                     "these sizes can reach (the dotted ceiling).")
+    return notes
+
+
+def span_of(values: list[float]) -> str:
+    """'0.40' when every value rounds to it, '0.38–0.42' when they differ."""
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    return low if low == high else f"{low}–{high}"
 
 
 def pruned_map(outcome: RunOutcome, part: str = CHANNELS, max_units: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -115,15 +163,42 @@ def pruned_map(outcome: RunOutcome, part: str = CHANNELS, max_units: int = 256) 
     return grid, shown
 
 
+CURVE_COLUMNS = ["curve", "method", "run", "sparsity", "perplexity", "points"]
+
+
 def sparsity_curves(outcomes: list[RunOutcome]) -> pd.DataFrame:
-    """Perplexity against sparsity, one curve per group of runs that agree in every setting but the
-    sparsity (a single run is a curve of one point)."""
+    """Perplexity against sparsity: one row per run, grouped into curves of runs that agree in every
+    setting but the sparsity. A curve is named by its method and the settings in which it differs
+    from another curve of that method ('spap, K = 4'), so a legend says what each line holds; `points`
+    counts its runs (a curve of one point is no curve yet)."""
     settings = settings_table(outcomes).drop(index=["sparsity"], errors="ignore").drop(columns="differs")
-    groups = {name: " · ".join(settings[name].tolist()) for name in settings.columns}
-    curve_of = {key: f"curve {index + 1}" for index, key in enumerate(dict.fromkeys(groups.values()))}
-    return pd.DataFrame([{"curve": curve_of[groups[name]], "run": name, "sparsity": outcome.request.settings.sparsity,
-                          "perplexity": outcome.record["ppl"]}
-                         for name, outcome in zip(run_names(outcomes), outcomes)]).sort_values(["curve", "sparsity"])
+    groups = {name: tuple(settings[name]) for name in settings.columns}
+    distinct = list(dict.fromkeys(groups.values()))
+    rows = list(settings.index)
+    method_of = {group: group[rows.index("method")] for group in distinct}
+    naming = [index for index, row in enumerate(rows) if row != "method" and any(
+        len({group[index] for group in distinct if method_of[group] == method}) > 1
+        for method in set(method_of.values()))]  # the settings in which curves of one method differ
+    label = {group: ", ".join([method_of[group], *(f"{rows[index]} = {group[index]}" for index in naming)])
+             for group in distinct}
+    sizes = pd.Series(list(groups.values())).value_counts()
+    return pd.DataFrame([{"curve": label[groups[name]], "method": outcome.request.settings.method, "run": name,
+                          "sparsity": outcome.request.settings.sparsity, "perplexity": outcome.record["ppl"],
+                          "points": int(sizes[groups[name]])}
+                         for name, outcome in zip(run_names(outcomes), outcomes)],
+                        columns=CURVE_COLUMNS).sort_values(["curve", "sparsity"])
+
+
+def lone_points_note(curves: pd.DataFrame) -> str | None:
+    """What to add where runs (a sparsity_curves table) have no other run of the same settings at
+    another sparsity, so no curve can be drawn through them; None when every run is on a curve."""
+    lone = curves[curves["points"] < 2].sort_values("run")  # in the order of the runs
+    if lone.empty:
+        return None
+    runs = ", ".join(f"run {row.run[0]} ({row.curve}, {row.sparsity:.0%})" for row in lone.itertuples())
+    which = "it" if len(lone) == 1 else "each"
+    return (f"No curve through {runs}: a curve needs two runs that differ only in their sparsity. Save a run of the "
+            f"same settings at another sparsity to draw one through {which}.")
 
 
 REFERENCE_TABLE = Path(__file__).resolve().parents[1] / "docs" / "results" / "quality.json"

@@ -1,5 +1,7 @@
 """Comparisons built from many runs or timings: perplexity-vs-sparsity sweeps, one-hyperparameter
-sensitivity scans and dense-vs-pruned latency, each a plain function the job queue runs."""
+sensitivity scans and dense-vs-pruned latency, each a plain function the job queue runs; and what a
+sweep's chart needs to be read: the methods too far above the others to share their axis, and its
+reading in one sentence."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import threading
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from spap_core.evaluation.latency import LatencyReport, latency_ratios, measure_latencies
@@ -66,6 +69,91 @@ def sweep_key(loaded: LoadedModel, base: RunRequest, methods: dict[str, PruneSet
     """Identifies a sweep's table: model, data and every method's settings but the swept sparsity."""
     settings = sorted(f"{method}:{asdict(replace(options, sparsity=0.5))}" for method, options in methods.items())
     return f"sweep|{model_key(loaded)}|{base.data.cache_key}|seed={base.seed}|{settings}|{sorted(sparsities)}"
+
+
+# A method is off the scale when its lowest value is more than this many times the highest median
+# below it: on a log axis it would then take at least one decade of its own and squeeze the rest.
+OFF_SCALE_FACTOR = 10.0
+
+
+@dataclass(frozen=True)
+class ScaleSplit:
+    """A perplexity table cut in two: the methods that share one axis, and those far above them."""
+
+    shown: pd.DataFrame
+    off_scale: pd.DataFrame
+
+    @property
+    def off_scale_methods(self) -> list[str]:
+        return list(dict.fromkeys(self.off_scale["method"]))
+
+    def panel(self, column: str, value: object) -> ScaleSplit:
+        """The rows of one panel of the chart (`column` equal to `value`), split the same way."""
+        return ScaleSplit(shown=self.shown[self.shown[column] == value],
+                          off_scale=self.off_scale[self.off_scale[column] == value])
+
+
+def split_off_scale(table: pd.DataFrame, panel: str | None = None, factor: float = OFF_SCALE_FACTOR) -> ScaleSplit:
+    """Take the methods whose perplexities lie far above the others off their common axis. The rule,
+    in each panel (`panel` names the column that splits the table into panels, e.g. the evaluation
+    text): order the methods by their median perplexity; going up from the lowest, the first method
+    whose lowest perplexity is more than `factor` times the highest median below it is off the scale,
+    and so is every method above it. A method off the scale in any panel is off it in every panel, so
+    a legend means the same everywhere. The lowest method always stays, so the axis is never empty;
+    failed points (no perplexity) count for nothing."""
+    measured = table.dropna(subset=["perplexity"])
+    panels = [rows for _, rows in measured.groupby(panel)] if panel else [measured]
+    off: set[str] = set()
+    for rows in panels:
+        by_method = rows.groupby("method")["perplexity"]
+        medians, lowest = by_method.median().sort_values(), by_method.min()
+        for position, method in enumerate(medians.index[1:], start=1):
+            if lowest[method] > factor * medians.iloc[:position].max():
+                off.update(medians.index[position:])
+                break
+    far = table["method"].isin(off)
+    return ScaleSplit(shown=table[~far], off_scale=table[far])
+
+
+def readable(perplexity: float) -> str:
+    """A perplexity as a room reads it: '65.0', '17,690'."""
+    return f"{perplexity:,.0f}" if perplexity >= 1000 else f"{perplexity:.1f}"
+
+
+def value_ranges(rows: pd.DataFrame) -> str:
+    """Each method's perplexities in `rows` as a range: 'magnitude (17,690 to 14,288,015)'."""
+    ranges = rows.dropna(subset=["perplexity"]).groupby("method", sort=False)["perplexity"].agg(["min", "max"])
+    return ", ".join(f"{method} ({readable(low)})" if low == high else f"{method} ({readable(low)} to {readable(high)})"
+                     for method, (low, high) in ranges.iterrows())
+
+
+def sweep_reading(split: ScaleSplit, dense: float | None = None, where: str = "") -> str:
+    """What a perplexity-vs-sparsity chart shows, in one sentence computed from its table (one panel's
+    rows, `where` naming the panel): which method is lowest at the highest sparsity measured for two or
+    more of them, and by how much; the dense model's perplexity; and which methods are off the chart's
+    scale, with their values."""
+    measured = split.shown.dropna(subset=["perplexity"])
+    compared = measured.groupby("sparsity")["method"].nunique()
+    if (compared >= 2).any():
+        at = compared[compared >= 2].index.max()
+        ranked = measured[measured["sparsity"] == at].sort_values("perplexity")
+        best, runner_up = ranked.iloc[0], ranked.iloc[1]
+        reading = (f"{where}at {at:.0%} sparsity, {best['method']} has the lowest perplexity, "
+                   f"{readable(best['perplexity'])}: {readable(runner_up['perplexity'] - best['perplexity'])} below "
+                   f"{runner_up['method']}, the next.")
+    elif not measured.empty:
+        method, points = measured["method"].iloc[0], measured.sort_values("sparsity")
+        first, last = points.iloc[0], points.iloc[-1]
+        later = f" and {readable(last['perplexity'])} at {last['sparsity']:.0%}" if len(points) > 1 else ""
+        reading = (f"{where}the perplexity of {method} is {readable(first['perplexity'])} at {first['sparsity']:.0%} "
+                   f"sparsity{later}.")
+    else:
+        reading = f"{where}no method has a perplexity on this chart's scale."
+    if dense is not None and np.isfinite(dense):
+        reading += f" The dense model's is {readable(dense)} (dashed)."
+    if not split.off_scale.empty:
+        reading += f" Off the axis, far above the others: {value_ranges(split.off_scale)}."
+    return reading[:1].upper() + reading[1:]
 
 
 # Finished sweep and scan tables by their key (model, data, every setting): coming back to the same

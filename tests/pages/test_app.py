@@ -36,6 +36,7 @@ from app_harness import (
 from conftest import tiny_llama
 from streamlit.testing.v1 import AppTest
 
+from pages._palette import DENSE, method_style
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.spap import PenaltySettings
 from spap_core.pipeline.parameters import BY_KEY
@@ -298,6 +299,15 @@ def test_sweep_runs_as_a_job_and_is_cached(ran_app):
     assert all(len(array(trace["x"])) == 2 for trace in methods)
     assert any(trace["name"].startswith("dense") for trace in chart["data"])
     assert "evaluation: 8 windows × " in chart_title(chart)  # what the perplexities were measured on
+    assert all(trace["line"]["color"] == method_style(trace["name"]).colour for trace in methods)
+    assert {axis.get("tickformat") for name, axis in chart["layout"].items() if name.startswith("xaxis")} == {".0%"}
+    from spap_service.comparisons import RESULT_TABLES, readable
+
+    table = RESULT_TABLES.get(at.session_state["table_requests"]["sweep"].key)
+    at_40 = table[table["sparsity"] == 0.4].sort_values("perplexity")
+    reading = shown(next(m.value for m in at.markdown if "has the lowest perplexity" in m.value))
+    assert reading.startswith(f"At 40% sparsity, {at_40['method'].iloc[0]} has the lowest perplexity, "
+                              f"{readable(at_40['perplexity'].iloc[0])}: ")
     first_job = session_job(at, "sweep")
     open_page(at, "scores")
     open_page(at, "perplexity_sweep")  # revisiting shows the cached sweep at once
@@ -353,6 +363,18 @@ def test_sensitivity_scan_plots_error_and_perplexity(ran_app):
     assert sentence.startswith(f"Each point is one whole pruning run with \"{BY_KEY['alpha'].label}\" set to the "
                                f"value under it: from "
                                f"{values.min():g} to {values.max():g}")
+    assert {chart["layout"][axis].get("tickformat") for axis in ("xaxis", "xaxis2")} == {None}  # α is no share
+
+
+def test_a_scan_of_the_sparsity_reads_it_in_percent_on_both_panels(ran_app):
+    at = ran_app
+    open_page(at, "sensitivity")
+    at.selectbox(key="scan_parameter").set_value("sparsity").run()
+    at.slider(key="scan_points").set_value(2)
+    click(at, "Run scan")
+    finish_job(at, "scan")
+    chart = titled(at, "Scan of")
+    assert {chart["layout"][axis].get("tickformat") for axis in ("xaxis", "xaxis2")} == {".0%"}
 
 
 def test_sensitivity_refuses_an_invalid_range(ran_app):
@@ -701,9 +723,9 @@ def test_the_sweep_form_comes_back_with_the_sweep_it_shows(ran_app):
     assert tuple(at.slider(key="sweep_range").value) == pytest.approx((0.2, 0.4))
     chart = titled(at, "Perplexity vs sparsity")
     assert {trace["name"] for trace in chart["data"] if not trace["name"].startswith("dense")} == {"spap", "magnitude"}
-    assert not any("other choices than the ones above" in c.value for c in at.caption)
+    assert not any("other choices than the ones below" in c.value for c in at.caption)
     at.multiselect(key="sweep_methods").set_value(["spap"]).run()
-    assert any("other choices than the ones above" in c.value for c in at.caption)  # said, not hidden
+    assert any("other choices than the ones below" in c.value for c in at.caption)  # said, not hidden
 
 
 def test_the_scan_form_says_how_many_values_its_chart_shows(ran_app):
@@ -746,8 +768,37 @@ def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(a
     width = len(array(channel_map["data"][0]["x"]))  # the tiny model's MLP: every channel, numbered as they are
     assert list(array(channel_map["data"][0]["x"])) == list(range(width))
     assert channel_map["layout"]["xaxis"]["title"]["text"] == "channel"
-    curve = titled(at, "Runs that agree in every setting but the sparsity")
-    assert sum(len(array(trace["x"])) for trace in curve["data"]) == 2  # K differs too: two curves of one point
+    agreement = titled(at, "Agreement of the pruned channels per layer")
+    jaccard, ceiling = (array(trace["y"]) for trace in agreement["data"])
+    assert agreement["data"][1]["name"] == "ceiling A–B" and agreement["data"][1]["line"]["dash"] == "dot"
+    assert np.all(jaccard <= ceiling + 1e-12) and np.all(ceiling < 1)  # 25% of the channels against 50%
+    assert not any(chart_title(figure).startswith("Runs that agree") for figure in figures(at))  # no lone dots
+    assert any(shown(info.value).startswith("No curve through run A (spap, K = 4, 50%), run B (spap, K = 3, 25%): ")
+               for info in at.info)  # K differs too: each run is alone at its settings
+
+
+def test_compare_runs_draws_a_curve_through_runs_that_differ_only_in_their_sparsity(app_files):
+    at = run_spap(0.25, 3)
+    at.slider(key="sparsity").set_value(0.5)
+    click(at, "Run SPAP")
+    finish_job(at, "run")
+    open_page(at, "compare_runs")
+    curve = titled(at, "Runs that agree in every setting but the sparsity form one curve")
+    assert [trace["name"] for trace in curve["data"]] == ["spap"]  # one curve, named by what it holds
+    assert list(array(curve["data"][0]["x"])) == [0.25, 0.5] and curve["layout"]["xaxis"]["tickformat"] == ".0%"
+    assert curve["data"][0]["line"]["color"] == method_style("spap").colour
+    assert curve["data"][0]["marker"]["symbol"] == method_style("spap").marker
+    assert not any(info.value.startswith("No curve") for info in at.info)
+
+
+def element_kinds(block) -> list[str]:
+    """The kinds of a page's elements in the order they are shown ('title', 'plotly_chart', …)."""
+    kinds = []
+    for child in block.children.values():
+        kinds.append(child.type)
+        if hasattr(child, "children"):
+            kinds.extend(element_kinds(child))
+    return kinds
 
 
 def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labelled_as_such(app_files,
@@ -760,9 +811,28 @@ def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labe
     monkeypatch.setattr(compare, "reference_curves", lambda source: committed)  # as if the app ran SmolLM2
     at = start_app()
     open_page(at, "perplexity_sweep")
-    chart = titled(at, "Reference curves (precomputed, not this session's data)")
+    chart = figures(at)[0]
+    assert chart_title(chart).startswith("Reference curves (precomputed, not this session's data)")
+    kinds = element_kinds(at.main)
+    assert kinds.index("plotly_chart") < kinds.index("multiselect")  # the page opens with its picture, then the form
     methods = {trace["name"] for trace in chart["data"] if not trace["name"].startswith("dense")}
-    assert methods == set(METHODS)
+    assert methods == set(METHODS) - {"magnitude"}  # its 10⁴–10⁷ would squeeze the others into one band
+    corner = [a["text"] for a in chart["layout"]["annotations"] if a["text"].startswith("off the axis")]
+    wikitext = committed.table[(committed.table["method"] == "magnitude") & (committed.table["text"] == "wikitext2")]
+    assert len(corner) == 2 and f"magnitude ({wikitext['perplexity'].min():,.0f} to " in corner[0]
+    axes = [value for name, value in chart["layout"].items() if name.startswith("xaxis")]
+    assert len(axes) == 2 and {axis.get("tickformat") for axis in axes} == {".0%"}  # 10%, never 0.1, in both panels
+    dense = [trace for trace in chart["data"] if trace["name"].startswith("dense")]
+    assert [trace.get("showlegend", True) for trace in dense] == [True, False]  # one legend entry, in both panels
+    assert dense[0]["name"] == f"dense {committed.dense['wikitext2']:.2f} on wikitext2, " \
+                               f"{committed.dense['shakespeare']:.2f} on shakespeare"
+    for trace in chart["data"]:
+        style = DENSE if trace["name"].startswith("dense") else method_style(trace["name"])
+        assert trace["line"]["color"] == style.colour and trace["line"].get("dash", "solid") == style.dash
+        assert trace["name"].startswith("dense") or trace["marker"]["symbol"] == style.marker
+    reading = shown(next(m.value for m in at.markdown if "has the lowest perplexity" in m.value))
+    assert reading.startswith("On wikitext2, at 50% sparsity, spap has the lowest perplexity, 65.0: 6.1 below fasp")
+    assert "Off the axis, far above the others: magnitude (17,690 to " in reading
     assert any(c.value.startswith("Protocol: precomputed by bench/quality.py") for c in at.caption)
 
 

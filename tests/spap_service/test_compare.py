@@ -1,0 +1,74 @@
+"""What Compare runs says about two or more saved runs: how much their pruned sets agree, against the
+most two sets of their sizes can agree, and which runs form a perplexity-against-sparsity curve."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from spap_core.methods.registry import PruneSettings
+from spap_core.pipeline.parameters import with_values
+from spap_core.pipeline.walk import LayerRecord
+from spap_service.compare import containment_notes, lone_points_note, pruned_overlap, sparsity_curves
+from spap_service.data import DataSpec, TextChoice
+from spap_service.runs import RunRequest
+
+WIDTH, LAYERS = 1536, 30
+DATA = DataSpec(calibration=TextChoice(kind="file", path="x.txt"), evaluation=TextChoice(kind="file", path="x.txt"),
+                nsamples=8, seqlen=128, eval_windows=4, eval_len=128, batch_size=4)
+
+
+def saved_run(sparsity: float, pruned: list[set[int]], iterations: int = 6, finished_at: float = 0.0,
+              perplexity: float = 50.0) -> SimpleNamespace:
+    """A saved run as the page reads it: its request, its record and each layer's pruned channels."""
+    layers = [LayerRecord(layer=index, width=WIDTH, keep=np.array(sorted(set(range(WIDTH)) - channels)), scores={},
+                          objective=None, dense_objective=1.0) for index, channels in enumerate(pruned)]
+    settings = with_values(PruneSettings(method="spap", sparsity=sparsity), {"K": iterations})
+    record = {"ppl": perplexity, "ppl_dense": 30.0, "params_after": 1e6, "eval_windows": 4, "eval_len": 128,
+              "eval_source": "x.txt", "model": "tiny"}
+    return SimpleNamespace(request=RunRequest(settings=settings, seed=0, data=DATA), record=record,
+                           finished_at=finished_at, result=SimpleNamespace(layers=layers, heads=None))
+
+
+def test_a_run_whose_pruned_channels_lie_inside_the_others_is_said_to_agree_at_its_ceiling():
+    """20% and 50% of 1,536 channels: 307 inside 768 in every layer, an agreement of exactly 307/768."""
+    low = saved_run(0.2, [set(range(307))] * LAYERS)
+    high = saved_run(0.5, [set(range(768))] * LAYERS)
+    overlap = pruned_overlap([low, high])
+    assert overlap["jaccard"].tolist() == overlap["ceiling"].tolist() == [pytest.approx(307 / 768)] * LAYERS
+    assert containment_notes(overlap) == [
+        "In every layer, the 307 channels run A (spap 20%) pruned are among the 768 run B (spap 50%) pruned: their "
+        "agreement is 307/768 = 0.40, the most two sets of these sizes can reach (the dotted ceiling)."]
+
+
+def test_containment_in_most_layers_is_counted_and_in_few_layers_is_not_said():
+    inside, outside = set(range(307)), set(range(1000, 1307))
+    high = saved_run(0.5, [set(range(768))] * LAYERS)
+    mostly = saved_run(0.2, [inside] * 20 + [outside] * 10)
+    note = containment_notes(pruned_overlap([high, mostly]))[0]
+    assert note.startswith("In 20 of 30 layers, the 307 channels run B (spap 20%) pruned are among the 768 run A")
+    rarely = saved_run(0.2, [inside] * 15 + [outside] * 15)
+    overlap = pruned_overlap([high, rarely])
+    assert containment_notes(overlap) == []
+    assert (overlap["jaccard"] <= overlap["ceiling"]).all() and overlap["jaccard"].min() == 0
+
+
+def test_runs_that_pruned_the_same_channels_are_said_to_agree_fully():
+    same = [set(range(307))] * LAYERS
+    assert containment_notes(pruned_overlap([saved_run(0.2, same), saved_run(0.2, same, iterations=3)])) == [
+        "In every layer, run A (spap 20%) and run B (spap 20%) pruned the same 307 channels: their agreement is 1."]
+
+
+def test_curves_are_named_by_what_they_hold_and_a_lone_run_says_what_to_add():
+    pruned = [set(range(307))] * 2
+    runs = [saved_run(0.2, pruned, iterations=6), saved_run(0.5, pruned, iterations=6, perplexity=80.0),
+            saved_run(0.3, pruned, iterations=3)]
+    curves = sparsity_curves(runs)
+    assert dict(zip(curves["run"].str[0], curves["curve"])) == {"A": "spap, K = 6", "B": "spap, K = 6",
+                                                                "C": "spap, K = 3"}
+    assert dict(zip(curves["run"].str[0], curves["points"])) == {"A": 2, "B": 2, "C": 1}
+    assert lone_points_note(curves) == (
+        "No curve through run C (spap, K = 3, 30%): a curve needs two runs that differ only in their sparsity. "
+        "Save a run of the same settings at another sparsity to draw one through it.")
+    assert lone_points_note(sparsity_curves(runs[:2])) is None
+    assert set(sparsity_curves(runs[:2])["curve"]) == {"spap"}  # one curve: its method says what it holds
