@@ -11,6 +11,8 @@ from pages._job_progress import job_panel
 from pages._jobs import latest_job
 from pages._links import PAGE_RUN
 from pages._state import collect_finished_jobs, session
+from pages._text import plain
+from spap_core.errors import SpapInputError
 from spap_core.models.loading import LoadedModel
 from spap_core.pipeline.parameters import parameter, settings_values
 from spap_service.comparisons import RESULT_TABLES, LatencyComparison
@@ -83,12 +85,17 @@ def require_outcome(need_trace: bool = False) -> RunOutcome:
 
 def require_pruned_model(loaded: LoadedModel, outcome: RunOutcome, purpose: str) -> None:
     """Stop the page (after saying why) unless the latest run holds a pruned copy of the loaded
-    model: pages that run both models side by side need the pair to differ only by the pruning."""
+    model, or kept one with its saved run (brought back here from the loaded model): pages that run
+    both models side by side need the pair to differ only by the pruning."""
     if outcome.model_key != model_key(loaded):
         st.warning("The latest run pruned a different model (or the same one on another device or precision) than "
                    "the one loaded now; load that model again on Model & data, or start a new run, to compare them.")
         st.stop()
-    if not outcome.has_model:
-        st.info("The latest run was reloaded from the results folder, which keeps its settings, metrics and trace "
-                f"but not the pruned weights; run it again on Run SPAP {purpose}.")
+    if outcome.weights_missing is not None:
+        st.info(f"{outcome.weights_missing}; run it again on Run SPAP {purpose}.")
+        st.stop()
+    try:
+        outcome.restore_model(loaded)  # a saved run's weights, rebuilt from the loaded model
+    except SpapInputError as exc:
+        st.warning(plain(exc))
         st.stop()

@@ -30,6 +30,8 @@ from spap_core.evaluation.generate import (
     SideBySide,
     encode_prompt,
     generate_side_by_side,
+    prompt_delivery,
+    uses_chat_template,
 )
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.adapters import model_adapter
@@ -211,6 +213,12 @@ def test_the_chat_template_wraps_the_prompt_when_the_tokenizer_has_one():
     assert not without.used_chat_template and list(without.ids) == plain("w5 w6").input_ids
     wrapped = encode_prompt(chat, "w5 w6", settings, context=256)
     assert wrapped.used_chat_template
+    # the words follow what is sent: a chat turn is answered, plain text continued
+    assert (uses_chat_template(plain), uses_chat_template(chat)) == (False, True)
+    assert prompt_delivery(uses_chat_template(chat)) == ("wrapped in the tokenizer's chat template as a user turn",
+                                                         "answer")
+    assert prompt_delivery(uses_chat_template(plain)) == ("given as plain text (the tokenizer has no chat template)",
+                                                          "continue")
     assert list(wrapped.ids) == [plain.bos_token_id, *plain("w5 w6 w0").input_ids]
     assert run(lively_llama(), lively_llama(), greedy(3), wrapped)[-1].dense.tokens == 3
 
@@ -285,6 +293,8 @@ def test_page_streams_dense_and_pruned_text_side_by_side(ran_app):
     assert_clean(at)
     assert at.title[0].value == "Dense vs pruned text"
     assert any(m.value == "**Pruned model (25% of MLP channels removed)**" for m in at.markdown)
+    intro = at.caption[0].value  # the tiny tokenizer has no chat template: the models continue plain text
+    assert "continue the same prompt" in intro and "the prompt is given as plain text" in intro
     at.text_area(key="generation_prompt").set_value(word_text(6, seed=9))
     at.number_input(key="generation_max_new_tokens").set_value(6)
     at.number_input(key="generation_temperature").set_value(0.0)
