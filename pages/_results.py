@@ -91,11 +91,24 @@ def require_pruned_model(loaded: LoadedModel, outcome: RunOutcome, purpose: str)
         st.warning("The latest run pruned a different model (or the same one on another device or precision) than "
                    "the one loaded now; load that model again on Model & data, or start a new run, to compare them.")
         st.stop()
+    if (why_not := pruned_model_at_hand(loaded, outcome, purpose)) is not None:
+        st.info(why_not)
+        st.stop()
+
+
+def pruned_model_at_hand(loaded: LoadedModel, outcome: RunOutcome, purpose: str) -> str | None:
+    """None when the run's pruned model is at hand: in memory or on disk already, or a saved run's
+    kept weights, brought back here from `loaded` when it is the model the run pruned. Otherwise
+    why not, as Markdown ending in what to do `purpose` (a page's "to time the pruned model")."""
+    if outcome.has_model:
+        return None
     if outcome.weights_missing is not None:
-        st.info(f"{outcome.weights_missing}; run it again on Run SPAP {purpose}.")
-        st.stop()
+        return f"{plain(outcome.weights_missing)}; run it again on Run SPAP {purpose}."
+    if outcome.model_key != model_key(loaded):
+        return ("This run's pruned weights come back from the model it pruned, which is not the one loaded now (or "
+                f"runs on another device or precision); load that model on Model & data {purpose}.")
     try:
-        outcome.restore_model(loaded)  # a saved run's weights, rebuilt from the loaded model
+        outcome.restore_model(loaded)
     except SpapInputError as exc:
-        st.warning(plain(exc))
-        st.stop()
+        return plain(exc)
+    return None

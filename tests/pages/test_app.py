@@ -527,6 +527,8 @@ def test_a_results_link_brings_the_pruned_weights_for_text_and_latency(ran_app):
     assert not at.info or all("saved without" not in info.value for info in at.info)
     flops = titled(at, "A prefill's FLOPs per token")
     assert {trace["xaxis"] for trace in flops["data"]} == {"x", "x2"}  # a panel for the dense and the pruned model
+    open_page(at, "run_spap")
+    assert "Pruned model (.zip)" in [button.label for button in at.get("download_button")]
 
 
 def test_a_run_saved_without_its_weights_says_so_on_the_pages_that_need_them(ran_app, tmp_path):
@@ -541,9 +543,14 @@ def test_a_run_saved_without_its_weights_says_so_on_the_pages_that_need_them(ran
         for page, purpose in (("dense_vs_pruned", "to let the pruned model write"),
                               ("latency", "to time the pruned model")):
             open_page(at, page)
-            assert [info.value for info in at.info] == [
+            assert [shown(info.value) for info in at.info] == [
                 "This run was saved without its pruned weights (it was saved before saved runs kept their weights); "
                 f"run it again on Run SPAP {purpose}."]
+        open_page(at, "run_spap")
+        assert "Pruned model (.zip)" not in [button.label for button in at.get("download_button")]
+        assert any(shown(caption.value).startswith("This run was saved without its pruned weights")
+                   and shown(caption.value).endswith("run it again on Run SPAP to download them.")
+                   for caption in at.caption)
     finally:
         shutil.rmtree(older)
 
