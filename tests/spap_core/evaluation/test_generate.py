@@ -339,8 +339,11 @@ def test_page_refuses_a_run_of_another_model_and_a_run_without_weights(ran_app):
     keep(at, "latest_run", dataclasses.replace(outcome, model_key="another model|cpu|torch.float32"))
     open_generation_page(at)
     assert any("pruned a different model" in w.value for w in at.warning) and not at.text
-    # a run reloaded from its record: no weights in memory, none put on disk for it either
-    reloaded = dataclasses.replace(outcome, result=dataclasses.replace(outcome.result, model=None), spilled=None)
+    # a run reloaded from a record saved before runs kept their weights: none in memory, on disk or in its folder
+    record = {key: value for key, value in outcome.record.items() if key != "pruned_weights"}
+    reloaded = dataclasses.replace(outcome, result=dataclasses.replace(outcome.result, model=None), spilled=None,
+                                   stored_weights=None, record=record)
     keep(at, "latest_run", reloaded)
     at.run()
-    assert any("not the pruned weights" in info.value for info in at.info) and not at.text
+    assert any(shown(info.value).startswith("This run was saved without its pruned weights") for info in at.info)
+    assert not at.text
