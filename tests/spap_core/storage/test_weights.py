@@ -52,7 +52,7 @@ def test_the_pruned_model_comes_back_from_the_dense_one_with_the_same_logits(mod
     assert torch.equal(logits(loaded.model), dense_logits)  # the dense model lent its tensors unchanged
     unchanged = [name for name, tensor in loaded.model.state_dict().items()
                  if torch.equal(tensor, model.state_dict()[name])]
-    assert unchanged and not set(unchanged) & difference.tensors.keys()  # only what pruning changed is kept
+    assert unchanged and not set(unchanged) & (difference.tensors.keys() | difference.selections.keys())
     full = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
     assert file.stat().st_size < full
 
@@ -90,3 +90,19 @@ def test_a_difference_counts_the_bytes_it_stores(tmp_path):
     smaller = replace(difference, tensors=dict(list(difference.tensors.items())[:1]))
     assert 0 < smaller.bytes < difference.bytes
     assert write_pruned_weights(tmp_path, difference).stat().st_size >= difference.bytes
+
+
+def test_what_pruning_only_dropped_is_kept_as_indices_and_a_refit_as_its_values(tiny, tmp_path):
+    selected = prune_model(tiny, CALIBRATION, PruneSettings(method="magnitude", sparsity=0.25)).model
+    difference = pruned_difference(tiny.model, selected)
+    assert difference.selections and not difference.tensors  # magnitude drops channels and changes nothing else
+    dense_state, pruned_state = tiny.model.state_dict(), selected.state_dict()
+    for name, (dim, indices) in difference.selections.items():
+        assert torch.equal(dense_state[name].index_select(dim, indices), pruned_state[name])
+
+    refit = prune_model(tiny, CALIBRATION, PruneSettings(method="spap", sparsity=0.25)).model
+    difference = pruned_difference(tiny.model, refit)
+    # SPAP refits the kept output columns and adds a bias: their values are stored
+    assert {"model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.down_proj.bias"} <= difference.tensors.keys()
+    back = read_pruned_weights(write_pruned_weights(tmp_path, difference), tiny.model)
+    assert torch.equal(logits(back), logits(refit))
