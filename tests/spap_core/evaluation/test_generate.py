@@ -326,6 +326,24 @@ def test_page_shows_bad_settings_as_a_message(ran_app, widget, value, message):
     assert [shown(e.value)[:len(message)] for e in at.error] == [message]
 
 
+def test_page_says_the_models_answer_a_chat_turn_when_the_tokenizer_has_a_chat_template(ran_app, app_files):
+    from pages._model import _load_model_shared
+
+    tokenizer = _load_model_shared(str(app_files["model"]), "auto", "auto").tokenizer  # the page's loaded model
+    tokenizer.chat_template = TEMPLATE
+    try:
+        at = session_with_run(ran_app)
+        intro = at.caption[0].value
+        assert "answer the same prompt" in intro and "wrapped in the tokenizer's chat template as a user turn" in intro
+        at.text_area(key="generation_prompt").set_value(word_text(4, seed=3))
+        at.number_input(key="generation_max_new_tokens").set_value(2)
+        click(at, "Generate")
+        assert_clean(at)
+        assert "was wrapped in the tokenizer's chat template as a user turn" in at.caption[-1].value
+    finally:
+        tokenizer.chat_template = None
+
+
 def test_page_without_a_run_points_to_run_spap(app_files):
     at = start_app()
     open_generation_page(at)
