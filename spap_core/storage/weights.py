@@ -63,9 +63,10 @@ def dense_fingerprint(model: PreTrainedModel) -> str:
 
 
 def pruned_difference(dense: PreTrainedModel, pruned: PreTrainedModel) -> PrunedDifference:
-    """The tensors of `pruned` that `dense` does not hold as they are (another shape or other values,
-    or absent), with the pruned config and the dense model's fingerprint. Refused (SpapInputError)
-    for offloaded models, whose tensors are not in memory to compare."""
+    """What `pruned` holds that `dense` does not hold as it is: a tensor that is a dense one with slices
+    dropped, as the indices it keeps; any other changed or new tensor, as its values; with the pruned
+    config and the dense model's fingerprint. Refused (SpapInputError) for offloaded models, whose
+    tensors are not in memory to compare."""
     if is_dispatched(dense) or is_dispatched(pruned):
         raise SpapInputError("An offloaded model's pruned weights are not kept with its run (its layers are on disk, "
                              "not in memory to compare with the dense ones).")
@@ -108,7 +109,8 @@ def _slices(tensor: torch.Tensor, dim: int) -> list[bytes]:
 
 def write_pruned_weights(directory: str | Path, difference: PrunedDifference) -> Path:
     """Write the difference as WEIGHTS_FILE in `directory` (safetensors: tensors only, nothing a
-    reader executes); the caller writes it into a staged folder with the rest of the run."""
+    reader executes; the kept indices under SELECTION_PREFIX, their dimensions in the metadata); the
+    caller writes it into a staged folder with the rest of the run."""
     path = Path(directory) / WEIGHTS_FILE
     # tied tensors (an embedding and its head) share storage, which safetensors refuses: each gets its own copy
     tensors = {name: tensor.clone() for name, tensor in difference.tensors.items()}
