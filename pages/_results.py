@@ -11,6 +11,8 @@ from pages._job_progress import job_panel
 from pages._jobs import latest_job
 from pages._links import PAGE_RUN
 from pages._state import collect_finished_jobs, session
+from pages._text import plain
+from spap_core.errors import SpapInputError
 from spap_core.models.loading import LoadedModel
 from spap_core.pipeline.parameters import parameter, settings_values
 from spap_service.comparisons import RESULT_TABLES, LatencyComparison
@@ -83,12 +85,30 @@ def require_outcome(need_trace: bool = False) -> RunOutcome:
 
 def require_pruned_model(loaded: LoadedModel, outcome: RunOutcome, purpose: str) -> None:
     """Stop the page (after saying why) unless the latest run holds a pruned copy of the loaded
-    model: pages that run both models side by side need the pair to differ only by the pruning."""
+    model, or kept one with its saved run (brought back here from the loaded model): pages that run
+    both models side by side need the pair to differ only by the pruning."""
     if outcome.model_key != model_key(loaded):
         st.warning("The latest run pruned a different model (or the same one on another device or precision) than "
                    "the one loaded now; load that model again on Model & data, or start a new run, to compare them.")
         st.stop()
-    if not outcome.has_model:
-        st.info("The latest run was reloaded from the results folder, which keeps its settings, metrics and trace "
-                f"but not the pruned weights; run it again on Run SPAP {purpose}.")
+    if (why_not := pruned_model_at_hand(loaded, outcome, purpose)) is not None:
+        st.info(why_not)
         st.stop()
+
+
+def pruned_model_at_hand(loaded: LoadedModel, outcome: RunOutcome, purpose: str) -> str | None:
+    """None when the run's pruned model is at hand: in memory or on disk already, or a saved run's
+    kept weights, brought back here from `loaded` when it is the model the run pruned. Otherwise
+    why not, as Markdown ending in what to do `purpose` (a page's "to time the pruned model")."""
+    if outcome.has_model:
+        return None
+    if outcome.weights_missing is not None:
+        return f"{plain(outcome.weights_missing)}; run it again on Run SPAP {purpose}."
+    if outcome.model_key != model_key(loaded):
+        return ("This run's pruned weights come back from the model it pruned, which is not the one loaded now (or "
+                f"runs on another device or precision); load that model on Model & data {purpose}.")
+    try:
+        outcome.restore_model(loaded)
+    except SpapInputError as exc:
+        return plain(exc)
+    return None

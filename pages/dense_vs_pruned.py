@@ -24,6 +24,8 @@ from spap_core.evaluation.generate import (
     TextStream,
     encode_prompt,
     generate_side_by_side,
+    prompt_delivery,
+    uses_chat_template,
 )
 from spap_core.models.loading import context_length
 from spap_service.analysis import mlp_widths
@@ -54,10 +56,12 @@ require_pruned_model(loaded, outcome, "to let the pruned model write")
 
 pruned_model = outcome.pruned_model()
 removed = 1 - sum(mlp_widths(pruned_model, loaded.family)) / sum(mlp_widths(loaded.model, loaded.family))
+delivery, reply = prompt_delivery(uses_chat_template(loaded.tokenizer))
 st.caption(f"The dense model and the latest run's pruned model ({outcome.request.settings.method} at sparsity "
-           f"{outcome.request.settings.sparsity:.0%}) continue the same prompt on {device_label(loaded.device)}, one "
-           "token each in turn. Both use the same sampling settings, and each draws from its own random generator "
-           "seeded alike: identical models would write identical text, so every difference comes from the pruning.")
+           f"{outcome.request.settings.sparsity:.0%}) {reply} the same prompt on {device_label(loaded.device)}, one "
+           f"token each in turn; the prompt is {delivery}. Both use the same sampling settings, and each draws from "
+           "its own random generator seeded alike: identical models would write identical text, so every difference "
+           "comes from the pruning.")
 
 with st.form("generation_settings", enter_to_submit=False):
     prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=100, key="generation_prompt")
@@ -113,9 +117,8 @@ if record["run_finished_at"] != outcome.finished_at:
     st.caption("These texts come from an earlier run's pruned model; press Generate for the latest one.")
 if record["prompt"] != prompt:
     st.caption(f"Generated for an earlier prompt: “{plain(record['prompt'])}”.")
-template = ("wrapped in the tokenizer's chat template as a user turn" if record["used_chat_template"]
-            else "given as plain text (the tokenizer has no chat template)")
 st.caption(f"Dense: {stream_summary(pair.dense)}. Pruned: {stream_summary(pair.pruned)}. "
-           f"The prompt ({record['prompt_tokens']} tokens) was {template}; {record['settings'].describe()}. "
+           f"The prompt ({record['prompt_tokens']} tokens) was {prompt_delivery(record['used_chat_template'])[0]}; "
+           f"{record['settings'].describe()}. "
            "Tokens/s count each model's own forward passes, prompt included, timed in alternation on the same "
            "device during this generation.")

@@ -30,6 +30,7 @@ ensure_routed()
 
 COLORS = DENSE_AND_PRUNED
 CONTEXT_LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192)
+WEIGHT_MEMORY_ROW = "weight memory (parameters), MB"  # the models' own memory: what the comparison is about
 
 st.title("Latency & memory")
 loaded = require_model()
@@ -136,13 +137,16 @@ with ratio_column:
     show_chart(figure, subtitle=label)
 with memory_column:
     st.markdown("**Memory and compute per token**")
+    prefill_memory = comparison.dense.prefill_memory  # both models were measured on one device, alike
     # quantities as rows: two narrow columns fit beside the chart where four wide ones were cut off
-    st.dataframe(pd.DataFrame({name: [f"{r.linear_gflops_per_token * 1e3:.4g}",
-                                      f"{r.attention_gflops_per_token * 1e3:.4g}",
-                                      f"{r.weight_mb:.4g}", f"{r.peak_memory_mb:.4g}"] for name, r in reports.items()},
-                              index=["linear MFLOPs / token", "attention MFLOPs / token", "weights MB",
-                                     "peak memory MB"]), width="stretch")
-    st.caption(f"Peak memory: {comparison.dense.peak_memory_kind}. Linear FLOPs count every Linear layer "
+    st.dataframe(pd.DataFrame({name: [f"{r.weight_mb:.4g}", f"{r.prefill_memory_mb:.4g}",
+                                      f"{r.linear_gflops_per_token * 1e3:.4g}",
+                                      f"{r.attention_gflops_per_token * 1e3:.4g}"] for name, r in reports.items()},
+                              index=[WEIGHT_MEMORY_ROW, f"{prefill_memory.label}, MB", "linear MFLOPs / token",
+                                     "attention MFLOPs / token"]), width="stretch")
+    st.caption(f"{WEIGHT_MEMORY_ROW}: the bytes of each model's parameters, the memory pruning saves "
+               f"(dense ÷ pruned: {comparison.dense.weight_mb / comparison.pruned.weight_mb:.2f}). "
+               f"{prefill_memory.label}: {prefill_memory.meaning}. Linear FLOPs count every Linear layer "
                "(what pruning shrinks); attention FLOPs are the QKᵀ and attention-value products against the "
                "prefill context (Kaplan et al.'s 2·layers·context·d_attn), which pruning MLP channels leaves as they "
                + ("are and this run's pruned heads shrink. " if outcome.result.heads is not None else "are. ") +

@@ -16,7 +16,7 @@ from pages._job_progress import job_panel
 from pages._jobs import refused_before_queueing, submit_job
 from pages._model import require_model
 from pages._requests import RUN_FORM, data_spec, form_defaults, form_request, form_values, preset_values, run_size_note
-from pages._results import latest_outcome, mean_layer_error
+from pages._results import latest_outcome, mean_layer_error, pruned_model_at_hand
 from pages._routing import ensure_routed
 from pages._saved_runs import SHARED_RUN_PARAM, saved_runs_panel
 from pages._state import session
@@ -163,12 +163,12 @@ with layer_column:
 
 st.markdown(f"**Downloads** (named after the run: `{outcome.file_stem}-…`)")
 download_columns = st.columns(4)
-if outcome.has_model:
+if (why_not := pruned_model_at_hand(loaded, outcome, "to download them")) is None:
     download_columns[0].download_button("Pruned model (.zip)", data=partial(pruned_model_zip, outcome),
                                         file_name=f"{outcome.file_stem}-model.zip", mime="application/zip",
                                         icon=":material/folder_zip:", on_click="ignore")
 else:
-    download_columns[0].caption("Reloaded run: the pruned weights are not kept; run it again to download them.")
+    download_columns[0].caption(why_not)
 download_columns[1].download_button("Metrics (.json)", data=json.dumps(record, indent=2, default=float),
                                     file_name=f"{outcome.file_stem}-metrics.json", mime="application/json",
                                     on_click="ignore")

@@ -164,7 +164,7 @@ class RayExecutor(PointExecutor):
         outcome, archive = sent
         outcome.result.model = _model_from_zip(archive, loaded)
         outcome.tokenizer, outcome.model_key = loaded.tokenizer, model_key(loaded)
-        return save_outcome(outcome)
+        return save_outcome(outcome, loaded.model)
 
     def _pool(self, ray, loaded: LoadedModel) -> list:
         """The actors of this model (created on the first job, reused after). A model placed with a

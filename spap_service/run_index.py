@@ -103,7 +103,7 @@ def indexed_runs(root: Path) -> tuple[list[IndexedRun], list[UnreadableRunError]
                 except UnreadableRunError as exc:
                     unreadable.append(exc)
                     continue
-                entry = {"stamp": stamp, "bytes": _folder_bytes(folder),
+                entry = {"stamp": stamp, "bytes": folder_bytes(folder),
                          "summary": {key: record.get(key) for key in SUMMARY_FIELDS}}
             current[folder.name] = entry
             runs.append(IndexedRun(folder.name, entry["summary"], entry["bytes"]))
@@ -155,7 +155,8 @@ def _stamp(file: Path) -> list[int]:
     return [info.st_mtime_ns, info.st_size]
 
 
-def _folder_bytes(folder: Path) -> int:
+def folder_bytes(folder: Path) -> int:
+    """The bytes of every file under `folder`: what a saved run takes of the cap, its weights included."""
     return sum(entry.stat().st_size for entry in folder.rglob("*") if entry.is_file())
 
 

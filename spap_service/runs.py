@@ -28,17 +28,30 @@ from spap_core.evaluation.perplexity import PerplexityResult
 from spap_core.methods.base import MethodStep
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import LoadedModel, model_files, model_source
+from spap_core.models.offload import is_dispatched
 from spap_core.models.shrink import load_pruned, save_pruned
 from spap_core.pipeline.walk import PruneResult
 from spap_core.runner.execute import RunResult, run
 from spap_core.runner.progress import RunProgress
 from spap_core.runner.spec import MeasuredDense, ParameterBudget, RunSpec
-from spap_core.storage.runs import RESULTS_DIR_ENV, new_run_directory, read_run, record_faults, results_root, write_run
+from spap_core.storage.runs import (
+    RESULTS_DIR_ENV,
+    new_run_directory,
+    read_run,
+    record_faults,
+    results_root,
+    staged_directory,
+    write_record,
+    write_run,
+)
+from spap_core.storage.weights import WEIGHTS_FILE, pruned_difference, read_pruned_weights, write_pruned_weights
 from spap_core.system.access import overlap
 from spap_service.data import DataSpec, batch_reporter, dense_perplexity, model_key, prepare_data
 from spap_service.jobs import ProgressReporter
 from spap_service.limits import server_limits
-from spap_service.run_index import enforce_caps, indexed_runs
+from spap_service.run_index import enforce_caps, folder_bytes, indexed_runs
+
+WEIGHTS_RECORD_KEY = "pruned_weights"  # the record's note of the weights kept with it: their file, or why not
 
 
 @dataclass(frozen=True)
@@ -92,11 +105,36 @@ class RunOutcome:
     saved_to: Path | None = None  # its folder under the results root
     # while the pruned weights are out of memory: their folder, dtype and device
     spilled: tuple[Path, torch.dtype, torch.device] | None = None
+    # a saved run's pruned weights, as the tensors that differ from the dense model (restore_model)
+    stored_weights: Path | None = None
 
     @property
     def has_model(self) -> bool:
         """Whether the pruned weights are at hand (in memory, or on disk to be loaded back)."""
         return self.result.model is not None or self.spilled is not None
+
+    @property
+    def weights_missing(self) -> str | None:
+        """Why this run's pruned weights cannot be brought back, as a sentence without its full stop
+        (a page adds what to do); None when they are at hand or kept with its saved run."""
+        if self.has_model or self.stored_weights is not None:
+            return None
+        note = self.record.get(WEIGHTS_RECORD_KEY)
+        reason = note.get("why_not") if isinstance(note, dict) else None
+        if not isinstance(reason, str) or not reason:
+            reason = ("its weights file is no longer in its folder" if isinstance(note, dict) and note.get("file")
+                      else "it was saved before saved runs kept their weights")
+        return f"This run was saved without its pruned weights ({reason})"
+
+    def restore_model(self, loaded: LoadedModel) -> None:
+        """Bring back the pruned weights kept with the saved run, rebuilt from `loaded` (the dense
+        model the run pruned), with its tokenizer for the downloads; nothing to do when they are at
+        hand. Raises SpapInputError when `loaded` is not the run's model or the file is damaged."""
+        with _weights_lock:
+            if self.has_model or self.stored_weights is None:
+                return
+            self.result.model = read_pruned_weights(self.stored_weights, loaded.model)
+            self.tokenizer = loaded.tokenizer
 
     @property
     def in_memory(self) -> bool:
@@ -188,7 +226,7 @@ def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressRepo
     outcome = RunOutcome(request=request, model_key=model_key(loaded), tokenizer=loaded.tokenizer,
                          result=experiment.result, dense=experiment.dense, pruned=experiment.pruned, record=record,
                          finished_at=finished_at)
-    return save_outcome(outcome) if save else outcome
+    return save_outcome(outcome, loaded.model) if save else outcome
 
 
 def check_results_apart(source: str, data: DataSpec) -> None:
@@ -206,14 +244,46 @@ def check_results_apart(source: str, data: DataSpec) -> None:
                                  f"app with {RESULTS_DIR_ENV} set apart from it.")
 
 
-def save_outcome(outcome: RunOutcome) -> RunOutcome:
-    """Write the run's record under the results root as it finishes (a crash or restart of the app
-    loses at most the run in progress), then keep the saved runs within the server's caps
-    (spap_service.run_index: the oldest runs of a session go first)."""
-    root = results_root()
-    outcome.saved_to = write_run(new_run_directory(root, outcome.record), outcome.record, outcome.result)
-    enforce_caps(root, server_limits().saved_runs, outcome.saved_to.name)
+def save_outcome(outcome: RunOutcome, dense: PreTrainedModel) -> RunOutcome:
+    """Write the run under the results root as it finishes (a crash or restart of the app loses at
+    most the run in progress): its record and, where they fit, its pruned weights as the tensors
+    that differ from `dense`, all in one staged folder that appears whole or not at all. Then keep
+    the saved runs within the server's caps (spap_service.run_index: the oldest runs of a session
+    go first)."""
+    root, caps = results_root(), server_limits().saved_runs
+    target = new_run_directory(root, outcome.record)
+    with staged_directory(target) as staging:
+        write_run(staging, outcome.record, outcome.result)
+        kept = _keep_weights(staging, outcome, dense, caps.max_bytes)
+    outcome.saved_to, outcome.stored_weights = target, target / WEIGHTS_FILE if kept else None
+    enforce_caps(root, caps, target.name)
     return outcome
+
+
+def _keep_weights(folder: Path, outcome: RunOutcome, dense: PreTrainedModel, max_bytes: int | None) -> bool:
+    """Write the run's pruned weights into its folder when they can be compared with the dense model
+    and fit, with the run's other files, within the byte cap of all saved runs (a run larger than
+    the cap would stay above it, as the run just saved is never removed). The record says which,
+    and why not."""
+    if is_dispatched(dense):
+        return _without_weights(folder, outcome, "its model was offloaded, so its layers were not in memory to "
+                                                 "compare with the pruned ones")
+    difference = pruned_difference(dense, outcome.pruned_model())
+    needed = folder_bytes(folder) + difference.bytes
+    if max_bytes is not None and needed > max_bytes:
+        return _without_weights(folder, outcome, f"with them it would take {needed / 2**20:.1f} MB, more than the "
+                                                 f"{max_bytes / 2**20:.0f} MB this server keeps for all saved runs")
+    outcome.record[WEIGHTS_RECORD_KEY] = {"file": write_pruned_weights(folder, difference).name,
+                                          "bytes": difference.bytes}
+    write_record(folder, outcome.record)
+    return True
+
+
+def _without_weights(folder: Path, outcome: RunOutcome, why_not: str) -> bool:
+    """Note in the run's record why its pruned weights were not kept (the pages quote it)."""
+    outcome.record[WEIGHTS_RECORD_KEY] = {"file": None, "why_not": why_not}
+    write_record(folder, outcome.record)
+    return False
 
 
 def _stored_perplexity(record: dict, key: str) -> PerplexityResult:
@@ -253,14 +323,17 @@ def saved_run_folder(name: str) -> Path | None:
 
 
 def load_saved_run(folder: str | Path) -> RunOutcome:
-    """A finished run as it was saved: every page but the model download and latency works on it."""
+    """A finished run as it was saved; its pruned weights, when kept, come back with
+    `RunOutcome.restore_model` from the dense model it pruned."""
     record, result = read_run(folder)
+    weights = Path(folder) / WEIGHTS_FILE
     with record_faults(Path(folder) / "results.json"):  # the fields only the app's runs carry
         request = RunRequest(settings=result.settings, seed=int(record["seed"]),
                              data=DataSpec.from_dict(record["data"]))
         return RunOutcome(request=request, model_key=str(record["model_key"]), tokenizer=None, result=result,
                           dense=_stored_perplexity(record, "ppl_dense"), pruned=_stored_perplexity(record, "ppl"),
-                          record=record, finished_at=float(record["finished_at"]), saved_to=Path(folder))
+                          record=record, finished_at=float(record["finished_at"]), saved_to=Path(folder),
+                          stored_weights=weights if weights.is_file() else None)
 
 
 def pruned_model_zip(outcome: RunOutcome) -> bytes:

@@ -89,6 +89,19 @@ def _check_fits(prompt_tokens: int, settings: GenerationSettings, context: int |
             f"model's context of {context} tokens: shorten the prompt or lower max new tokens.")
 
 
+def uses_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether a prompt reaches the models as a chat turn: exactly when the tokenizer has a chat template."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_delivery(used_chat_template: bool) -> tuple[str, str]:
+    """How a prompt reached the models, and what they do with it, in words: a chat turn they
+    answer, or plain text they continue."""
+    if used_chat_template:
+        return "wrapped in the tokenizer's chat template as a user turn", "answer"
+    return "given as plain text (the tokenizer has no chat template)", "continue"
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, settings: GenerationSettings,
                   context: int | None) -> EncodedPrompt:
     """Token ids for a user prompt. An instruction-tuned model answers a prompt well only inside the
@@ -97,7 +110,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, settings: Gen
     itself, so they are not added twice. A base model gets the prompt as plain text to continue."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise SpapInputError("The prompt is empty: write something for the models to answer or continue.")
-    if getattr(tokenizer, "chat_template", None):
+    if uses_chat_template(tokenizer):
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                              tokenize=False)
         ids = tokenizer(text, add_special_tokens=False).input_ids

@@ -1,5 +1,5 @@
 """Latency and memory of a model on the current device: prefill time for one window, decode
-throughput with a KV cache, parameter count, weight memory and peak memory, each timed after
+throughput with a KV cache, parameter count, weight memory and the memory one prefill takes, each timed after
 warm-up and reported as median with spread (min/max). Models that are compared are timed in
 alternation, so dense and pruned see the same machine and compare honestly."""
 
@@ -34,6 +34,27 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class PrefillMemory:
+    """What the memory measured around one prefill is on a device, in words: a row label and its meaning."""
+
+    label: str
+    meaning: str
+
+
+PREFILL_MEMORY = {  # by how it is measured: an allocator's peak on CUDA, resident memory sampled on a CPU
+    "cuda": PrefillMemory("GPU peak during one prefill",
+                          "the most GPU memory allocated while one prefill ran: the weights plus that forward "
+                          "pass's activations"),
+    "cpu": PrefillMemory("RAM growth during one prefill",
+                         "how much the process's resident memory grew while one prefill ran: that forward pass's "
+                         "activations and buffers, not the model's own memory (its weights were resident before), "
+                         "so it is small and noisy"),
+    "unavailable": PrefillMemory("RAM growth during one prefill (not measured)",
+                                 "not measured: this system does not report a process's resident memory"),
+}
+
+
+@dataclass(frozen=True)
 class LatencyReport:
     device: str
     threads: int
@@ -41,11 +62,15 @@ class LatencyReport:
     prefill_ms: Timing
     decode_tokens_per_s: Timing
     parameters: int
-    weight_mb: float
-    peak_memory_mb: float
-    peak_memory_kind: str
+    weight_mb: float  # the parameters' bytes: the model's own memory
+    prefill_memory_mb: float
+    prefill_memory_kind: str  # a key of PREFILL_MEMORY
     linear_gflops_per_token: float
     attention_gflops_per_token: float  # at `seqlen` tokens of context
+
+    @property
+    def prefill_memory(self) -> PrefillMemory:
+        return PREFILL_MEMORY[self.prefill_memory_kind]
 
     @property
     def prefill_gflops_per_token(self) -> float:
@@ -145,18 +170,19 @@ class _RssPeak:
         self.peak = max(self.peak, self._rss())
 
 
-def _prefill_peak_mb(model: nn.Module, ids: torch.Tensor, device: torch.device) -> tuple[float, str]:
+def _prefill_memory_mb(model: nn.Module, ids: torch.Tensor, device: torch.device) -> tuple[float, str]:
+    """The memory measured around one prefill, in MB, and how it was measured (a key of PREFILL_MEMORY)."""
     with torch.no_grad():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             model(input_ids=ids, use_cache=False)
             _sync(device)
-            return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA peak allocated (weights + activations)"
+            return torch.cuda.max_memory_allocated(device) / 2**20, "cuda"
         if not os.path.exists("/proc/self/statm"):
-            return float("nan"), "unavailable on this OS"
+            return float("nan"), "unavailable"
         with _RssPeak() as sampler:
             model(input_ids=ids, use_cache=False)
-        return (sampler.peak - sampler.baseline) / 2**20, "CPU peak RSS growth during prefill (activations)"
+        return (sampler.peak - sampler.baseline) / 2**20, "cpu"
 
 
 def _timed_rounds(models: Sequence[nn.Module], timed: Callable[[nn.Module], float], repeats: int, warmup: int,
@@ -211,12 +237,12 @@ def measure_latencies(models: Sequence[PreTrainedModel], seqlen: int = 512, deco
         decode = _timed_rounds(models, decode_tokens_per_s, repeats, warmup, cancel)
     reports = []
     for model, prefill_samples, decode_samples in zip(models, prefill, decode):
-        peak, peak_kind = _prefill_peak_mb(model, ids, device)
+        memory, memory_kind = _prefill_memory_mb(model, ids, device)
         reports.append(LatencyReport(
             device=str(device), threads=torch.get_num_threads(), seqlen=seqlen,
             prefill_ms=_summary(prefill_samples), decode_tokens_per_s=_summary(decode_samples),
             parameters=sum(p.numel() for p in model.parameters()), weight_mb=weight_bytes(model) / 2**20,
-            peak_memory_mb=peak, peak_memory_kind=peak_kind,
+            prefill_memory_mb=memory, prefill_memory_kind=memory_kind,
             linear_gflops_per_token=linear_flops_per_token(model) / 1e9,
             attention_gflops_per_token=attention_flops_per_token(model, seqlen) / 1e9,
         ))

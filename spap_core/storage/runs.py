@@ -73,8 +73,13 @@ def write_run(directory: str | Path, record: dict, result: PruneResult) -> Path:
             writer.writeheader()
             writer.writerows(trace_rows(trace))
     # results.json last: a folder with it is complete (list_runs ignores half-written ones)
-    (path / "results.json").write_text(json.dumps(record, indent=2, default=float))
+    write_record(path, record)
     return path
+
+
+def write_record(directory: str | Path, record: dict) -> None:
+    """results.json of a run folder: the record as indented JSON (numpy numbers as floats)."""
+    (Path(directory) / "results.json").write_text(json.dumps(record, indent=2, default=float))
 
 
 def _part_arrays(prefix: str, layers: list[LayerRecord], trace: Sequence[MethodStep],

@@ -8,7 +8,9 @@ turns a hang into a failure.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import time
 
 import numpy as np
@@ -33,13 +35,14 @@ from app_harness import (
     start_app,
     titled,
 )
-from conftest import tiny_llama
+from conftest import tiny_llama, word_text
 from streamlit.testing.v1 import AppTest
 
 from pages._palette import DENSE, method_style
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.spap import PenaltySettings
 from spap_core.pipeline.parameters import BY_KEY
+from spap_core.storage.weights import WEIGHTS_FILE
 from spap_service.analysis import (
     SPAP_PRUNED,
     changed_mind_counts,
@@ -278,6 +281,15 @@ def test_latency_page_measures_dense_and_pruned(ran_app):
     assert "theory" in names and names & {"measured", "measured, inconclusive"}
     verdicts = [a.value for a in [*at.success, *at.warning] if a.value.startswith(("Prefill", "Decode"))]
     assert len(verdicts) == 2  # each measured speed-up says whether it is conclusive
+    comparison = at.session_state["latency"]
+    memory = next(frame.value for frame in at.dataframe if "weight memory (parameters), MB" in frame.value.index)
+    # the models' memory is their weights; the prefill's row says it measures RAM growth, not the models
+    assert list(memory.index[:2]) == ["weight memory (parameters), MB", "RAM growth during one prefill, MB"]
+    assert memory.loc["weight memory (parameters), MB"].tolist() == [f"{comparison.dense.weight_mb:.4g}",
+                                                                     f"{comparison.pruned.weight_mb:.4g}"]
+    explained = next(c.value for c in at.caption if c.value.startswith("weight memory (parameters), MB:"))
+    assert f"dense ÷ pruned: {comparison.dense.weight_mb / comparison.pruned.weight_mb:.2f}" in explained
+    assert "RAM growth during one prefill: how much the process's resident memory grew" in explained
 
 
 def run_sweep(at: AppTest, methods: list[str], sparsities: tuple[float, float], step: float) -> None:
@@ -517,14 +529,17 @@ def test_finished_runs_are_saved_and_a_new_session_can_reload_them(ran_app):
     click(at, "Load this run")
     assert_clean(at)
     loaded = at.session_state["latest_run"]
-    assert not loaded.has_model and loaded.saved_to == outcome.saved_to
+    assert loaded.saved_to == outcome.saved_to
+    assert loaded.has_model  # its kept weights came back from the loaded model for the download
     assert loaded.record["ppl"] == outcome.record["ppl"]
     assert any(m.label == "Perplexity, pruned" and m.value == f"{outcome.record['ppl']:.2f}" for m in at.metric)
     for page in ("mask_evolution", "scores"):
         open_page(at, page)
         assert figures(at)
     open_page(at, "latency")
-    assert any("not the pruned weights" in info.value for info in at.info)
+    assert titled(at, "A prefill's FLOPs per token")  # drawn for the dense and the pruned model
+    assert [info.value for info in at.info] == ["Press Measure: both models are timed on the job queue, one after "
+                                                "the other."]
 
 
 def test_out_of_memory_during_a_run_ends_it_with_advice_and_the_app_keeps_serving(app_files, monkeypatch):
@@ -567,6 +582,63 @@ def test_a_results_link_opens_a_saved_run_and_a_bogus_one_is_named(ran_app):
     assert not bogus.exception
     assert any("does not have" in w.value for w in bogus.warning)
     assert "latest_run" not in bogus.session_state
+
+
+def link_session(name: str) -> AppTest:
+    """A fresh browser session opened by a results link."""
+    at = AppTest.from_file(str(APP), default_timeout=SCRIPT_TIMEOUT_S)
+    at.query_params["run"] = name
+    at.run()
+    assert_clean(at)
+    return at
+
+
+def test_a_results_link_brings_the_pruned_weights_for_text_and_latency(ran_app):
+    outcome = ran_app.session_state["latest_run"]
+    at = link_session(outcome.saved_to.name)
+    assert not at.session_state["latest_run"].has_model  # opened from disk: the weights come when a page needs them
+    open_page(at, "dense_vs_pruned")
+    at.text_area(key="generation_prompt").set_value(word_text(6, seed=9))
+    at.number_input(key="generation_max_new_tokens").set_value(4)
+    at.number_input(key="generation_temperature").set_value(0.0)
+    click(at, "Generate")
+    assert_clean(at)
+    dense, pruned = (text.value for text in at.text)
+    assert dense.split() and pruned.split()
+    with torch.no_grad():  # rebuilt from the loaded dense model: the logits of the model the run pruned
+        ids = torch.tensor([[1, 5, 9, 12]])
+        assert torch.equal(at.session_state["latest_run"].pruned_model()(input_ids=ids).logits,
+                           outcome.pruned_model()(input_ids=ids).logits)
+    open_page(at, "latency")
+    assert not at.info or all("saved without" not in info.value for info in at.info)
+    flops = titled(at, "A prefill's FLOPs per token")
+    assert {trace["xaxis"] for trace in flops["data"]} == {"x", "x2"}  # a panel for the dense and the pruned model
+    open_page(at, "run_spap")
+    assert "Pruned model (.zip)" in [button.label for button in at.get("download_button")]
+
+
+def test_a_run_saved_without_its_weights_says_so_on_the_pages_that_need_them(ran_app, tmp_path):
+    saved = ran_app.session_state["latest_run"].saved_to
+    older = saved.with_name(saved.name[:-1] + ("0" if saved.name[-1] != "0" else "1"))
+    shutil.copytree(saved, older, ignore=shutil.ignore_patterns(WEIGHTS_FILE))
+    try:
+        record = json.loads((older / "results.json").read_text())
+        del record["pruned_weights"]  # as runs were saved before they kept their weights
+        (older / "results.json").write_text(json.dumps(record))
+        at = link_session(older.name)
+        for page, purpose in (("dense_vs_pruned", "to let the pruned model write"),
+                              ("latency", "to time the pruned model")):
+            open_page(at, page)
+            assert [shown(info.value) for info in at.info] == [
+                "This run was saved without its pruned weights (it was saved before saved runs kept their weights); "
+                f"run it again on Run SPAP {purpose}."]
+        open_page(at, "run_spap")
+        assert "Pruned model (.zip)" not in [button.label for button in at.get("download_button")]
+        assert any(shown(caption.value).startswith("This run was saved without its pruned weights")
+                   and shown(caption.value).endswith("run it again on Run SPAP to download them.")
+                   for caption in at.caption)
+    finally:
+        shutil.rmtree(older)
 
 
 def test_fixed_settings_captions_never_name_what_varies(ran_app):

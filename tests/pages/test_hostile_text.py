@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from pages._text import chart_text, plain
 from spap_core.data.texts import TextSource
+from spap_core.storage.weights import WEIGHTS_FILE
 from spap_service.data import TextChoice
 
 # What an attacker puts in a name: a link, an image that beacons, raw HTML, a code span to break out
@@ -118,8 +119,9 @@ def test_an_uploaded_name_a_model_name_and_saved_fields_show_as_typed_on_every_p
     # whoever opens the run's link later sees the same, and so does every field a saved record holds
     record_file = outcome.saved_to / "results.json"
     record = json.loads(record_file.read_text())
-    record.update(model=HOSTILE, eval_source=HOSTILE, seed=HOSTILE)
+    record.update(model=HOSTILE, eval_source=HOSTILE, seed=HOSTILE, pruned_weights={"file": None, "why_not": HOSTILE})
     record_file.write_text(json.dumps(record))
+    (outcome.saved_to / WEIGHTS_FILE).unlink()  # the record says why its weights were not kept
     later = fresh_app(f"run={quote(outcome.saved_to.name)}")
     for page in PAGES:
         later.switch_page(f"pages/{page}.py")

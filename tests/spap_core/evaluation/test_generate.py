@@ -30,6 +30,8 @@ from spap_core.evaluation.generate import (
     SideBySide,
     encode_prompt,
     generate_side_by_side,
+    prompt_delivery,
+    uses_chat_template,
 )
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.adapters import model_adapter
@@ -211,6 +213,12 @@ def test_the_chat_template_wraps_the_prompt_when_the_tokenizer_has_one():
     assert not without.used_chat_template and list(without.ids) == plain("w5 w6").input_ids
     wrapped = encode_prompt(chat, "w5 w6", settings, context=256)
     assert wrapped.used_chat_template
+    # the words follow what is sent: a chat turn is answered, plain text continued
+    assert (uses_chat_template(plain), uses_chat_template(chat)) == (False, True)
+    assert prompt_delivery(uses_chat_template(chat)) == ("wrapped in the tokenizer's chat template as a user turn",
+                                                         "answer")
+    assert prompt_delivery(uses_chat_template(plain)) == ("given as plain text (the tokenizer has no chat template)",
+                                                          "continue")
     assert list(wrapped.ids) == [plain.bos_token_id, *plain("w5 w6 w0").input_ids]
     assert run(lively_llama(), lively_llama(), greedy(3), wrapped)[-1].dense.tokens == 3
 
@@ -285,6 +293,8 @@ def test_page_streams_dense_and_pruned_text_side_by_side(ran_app):
     assert_clean(at)
     assert at.title[0].value == "Dense vs pruned text"
     assert any(m.value == "**Pruned model (25% of MLP channels removed)**" for m in at.markdown)
+    intro = at.caption[0].value  # the tiny tokenizer has no chat template: the models continue plain text
+    assert "continue the same prompt" in intro and "the prompt is given as plain text" in intro
     at.text_area(key="generation_prompt").set_value(word_text(6, seed=9))
     at.number_input(key="generation_max_new_tokens").set_value(6)
     at.number_input(key="generation_temperature").set_value(0.0)
@@ -316,6 +326,24 @@ def test_page_shows_bad_settings_as_a_message(ran_app, widget, value, message):
     assert [shown(e.value)[:len(message)] for e in at.error] == [message]
 
 
+def test_page_says_the_models_answer_a_chat_turn_when_the_tokenizer_has_a_chat_template(ran_app, app_files):
+    from pages._model import _load_model_shared
+
+    tokenizer = _load_model_shared(str(app_files["model"]), "auto", "auto").tokenizer  # the page's loaded model
+    tokenizer.chat_template = TEMPLATE
+    try:
+        at = session_with_run(ran_app)
+        intro = at.caption[0].value
+        assert "answer the same prompt" in intro and "wrapped in the tokenizer's chat template as a user turn" in intro
+        at.text_area(key="generation_prompt").set_value(word_text(4, seed=3))
+        at.number_input(key="generation_max_new_tokens").set_value(2)
+        click(at, "Generate")
+        assert_clean(at)
+        assert "was wrapped in the tokenizer's chat template as a user turn" in at.caption[-1].value
+    finally:
+        tokenizer.chat_template = None
+
+
 def test_page_without_a_run_points_to_run_spap(app_files):
     at = start_app()
     open_generation_page(at)
@@ -329,8 +357,11 @@ def test_page_refuses_a_run_of_another_model_and_a_run_without_weights(ran_app):
     keep(at, "latest_run", dataclasses.replace(outcome, model_key="another model|cpu|torch.float32"))
     open_generation_page(at)
     assert any("pruned a different model" in w.value for w in at.warning) and not at.text
-    # a run reloaded from its record: no weights in memory, none put on disk for it either
-    reloaded = dataclasses.replace(outcome, result=dataclasses.replace(outcome.result, model=None), spilled=None)
+    # a run reloaded from a record saved before runs kept their weights: none in memory, on disk or in its folder
+    record = {key: value for key, value in outcome.record.items() if key != "pruned_weights"}
+    reloaded = dataclasses.replace(outcome, result=dataclasses.replace(outcome.result, model=None), spilled=None,
+                                   stored_weights=None, record=record)
     keep(at, "latest_run", reloaded)
     at.run()
-    assert any("not the pruned weights" in info.value for info in at.info) and not at.text
+    assert any(shown(info.value).startswith("This run was saved without its pruned weights") for info in at.info)
+    assert not at.text

@@ -46,6 +46,11 @@ def test_each_report_describes_its_own_model(tiny):
     # belongs in the prefill ratio, which therefore lies between 1 and the linear-only ratio
     assert dense_report.attention_gflops_per_token == pruned_report.attention_gflops_per_token == 2 * 2 * 8 * 64 / 1e9
     assert 1 < ratios["theoretical_flops_ratio"] < ratios["linear_flops_ratio"]
+    # the models' own memory is their parameters' bytes; a prefill's is named for what it is on this device
+    for report, model in ((dense_report, tiny.model), (pruned_report, pruned)):
+        assert report.weight_mb * 2**20 == sum(p.numel() * p.element_size() for p in model.parameters())
+        assert report.prefill_memory_kind == "cpu" and report.prefill_memory.label == "RAM growth during one prefill"
+        assert "not the model's own memory" in report.prefill_memory.meaning
 
 
 def test_a_cancelled_measurement_stops():

@@ -1,0 +1,90 @@
+"""A saved run brings its pruned model back from the dense model it pruned, when its weights fit the
+saved runs' cap; otherwise, and for runs saved before weights were kept, it says why in words."""
+
+import json
+import threading
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import tiny_llama
+
+import spap_service.runs as runs
+from spap_core.errors import SpapInputError
+from spap_core.methods.registry import PruneSettings
+from spap_core.storage.runs import RESULTS_DIR_ENV
+from spap_core.storage.weights import WEIGHTS_FILE
+from spap_service.data import DataSpec, TextChoice
+from spap_service.jobs import ProgressReporter
+from spap_service.limits import server_limits
+from spap_service.run_index import RunCaps, indexed_runs
+from spap_service.runs import RunRequest, load_saved_run, run_pruning
+
+IDS = torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture()
+def request_(text_files, tmp_path, monkeypatch) -> RunRequest:
+    monkeypatch.setenv(RESULTS_DIR_ENV, str(tmp_path))
+    data = DataSpec(calibration=TextChoice(kind="file", path=str(text_files["calib"])),
+                    evaluation=TextChoice(kind="file", path=str(text_files["eval"])), nsamples=4, seqlen=32,
+                    eval_windows=2, eval_len=32, batch_size=2)
+    return RunRequest(PruneSettings(method="flap", sparsity=0.25), 0, data)
+
+
+def finished_run(tiny, request: RunRequest) -> runs.RunOutcome:
+    return run_pruning(tiny, request, ProgressReporter(), threading.Event(), owner="me")
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+def test_a_saved_run_brings_back_its_pruned_model_from_the_dense_one(tiny, request_):
+    outcome = finished_run(tiny, request_)
+    expected = logits(outcome.pruned_model())
+    opened = load_saved_run(outcome.saved_to)
+    assert not opened.has_model and opened.weights_missing is None  # kept, to be rebuilt from the dense model
+    assert json.loads((outcome.saved_to / "results.json").read_text())["pruned_weights"]["file"] == WEIGHTS_FILE
+    [indexed] = indexed_runs(outcome.saved_to.parent)[0]
+    assert indexed.bytes >= (outcome.saved_to / WEIGHTS_FILE).stat().st_size  # the cap counts the weights
+
+    opened.restore_model(tiny)
+    assert opened.has_model and opened.tokenizer is tiny.tokenizer  # the downloads have a tokenizer too
+    assert torch.equal(logits(opened.pruned_model()), expected)
+
+
+def test_the_run_of_another_model_is_refused_and_stays_without_a_model(tiny, request_):
+    outcome = finished_run(tiny, request_)
+    opened = load_saved_run(outcome.saved_to)
+    other = replace(tiny, model=tiny_llama(seed=1))
+    with pytest.raises(SpapInputError, match="another model"):
+        opened.restore_model(other)
+    assert not opened.has_model
+
+
+def test_weights_past_the_cap_are_not_kept_and_the_run_says_why(tiny, request_, monkeypatch):
+    cap = 4096  # bytes: less than the run's arrays and weights together
+    limits = replace(server_limits(), saved_runs=RunCaps(max_count=None, max_bytes=cap, per_session=None))
+    monkeypatch.setattr(runs, "server_limits", lambda: limits)
+    outcome = finished_run(tiny, request_)
+    assert not (outcome.saved_to / WEIGHTS_FILE).exists() and outcome.stored_weights is None
+    opened = load_saved_run(outcome.saved_to)
+    assert opened.weights_missing is not None
+    assert opened.weights_missing.startswith("This run was saved without its pruned weights (with them it would take")
+    assert f"more than the {cap / 2**20:.0f} MB this server keeps for all saved runs" in opened.weights_missing
+
+
+def test_a_run_saved_before_weights_were_kept_says_so(tiny, request_):
+    outcome = finished_run(tiny, request_)
+    record_file = outcome.saved_to / "results.json"
+    record = json.loads(record_file.read_text())
+    del record["pruned_weights"]
+    record_file.write_text(json.dumps(record))
+    (outcome.saved_to / WEIGHTS_FILE).unlink()
+    opened = load_saved_run(outcome.saved_to)
+    assert opened.weights_missing == ("This run was saved without its pruned weights (it was saved before saved runs "
+                                      "kept their weights)")
+    opened.restore_model(tiny)  # nothing to bring back: no error, still no model
+    assert not opened.has_model
