@@ -20,7 +20,7 @@ from pages._requests import data_spec, form_values, run_size_note
 from pages._results import latest_outcome, mean_layer_error
 from pages._routing import ensure_routed
 from pages._saved_runs import SHARED_RUN_PARAM, saved_runs_panel
-from pages._state import session
+from pages._state import PRESENTATION_PARAM, session
 from pages._summaries import evaluation_caption, result_label
 from pages._text import plain
 from pages._widgets import fill_form, ignored_url_parameters, link_parameters, parameter_widget
@@ -60,7 +60,7 @@ why_column.caption(CLASS_DEMO.why)
 if state.pending_form is not None:  # a run opened from a link or the saved runs, or a preset: the form shows it
     fill_form(state.pending_form, FORM)
     state.pending_form = None
-ignored = ignored_url_parameters(link_parameters(), known={SHARED_RUN_PARAM}, form=FORM)
+ignored = ignored_url_parameters(link_parameters(), known={SHARED_RUN_PARAM, PRESENTATION_PARAM}, form=FORM)
 if ignored:
     st.warning("This link's settings were partly ignored; the form shows the defaults for these: "
                + "; ".join(ignored) + ".", icon=":material/link_off:")

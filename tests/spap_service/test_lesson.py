@@ -7,6 +7,8 @@ scores, the values of s), not against the helpers that word them.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from toy_cases import MISS_WITH_MARGINAL_AND_FIXED, MISS_WITH_PARTIAL_AND_RAMP, marked_from_scores
@@ -173,3 +175,15 @@ def test_advice_never_suggests_what_is_already_selected():
 def test_the_algorithm_text_defines_h_bar_where_the_page_uses_it():
     text = algorithm_text(ToySettings())
     assert r"\bar h" in text and r"mean of $\mathrm{diag}\,H$" in text
+
+
+ISSUE_TERMS = {"s", "ρ", "λ", "α", "τ", "K", "t", "refit", "alternating minimization", "read-out"}
+
+
+def test_the_glossary_explains_every_symbol_and_word_the_pages_use():
+    from spap_service.lesson import GLOSSARY
+
+    named = {term.split(" (")[0] for term in GLOSSARY}
+    assert named >= ISSUE_TERMS | {"score", "channel", "head", "sparsity", "perplexity", "calibration"}
+    for term, meaning in GLOSSARY.items():
+        assert 1 <= len(re.findall(r"\.(?:\s|$)", meaning)) <= 2, term  # one or two sentences
