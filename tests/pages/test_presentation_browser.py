@@ -32,7 +32,8 @@ TEXT_SELECTORS = ", ".join(f"{area} {element}" for area in ('[data-testid="stMai
 # The problems of the page in words, [] when there are none. A word is a run of characters between
 # spaces, hyphens, dashes and slashes (where a line may break); it is broken when the boxes of its
 # characters lie on two lines. A formula (KaTeX) is split when its boxes do. Text is cut when a box
-# that hides its overflow is narrower than its content.
+# that hides or scrolls its overflow is narrower than its content, and sticks out when it reaches past the
+# column (or page) it stands in, over its neighbour.
 PROJECTOR_CHECK = """(selectors) => {
   const problems = [];
   const lines = rects => {
@@ -62,9 +63,19 @@ PROJECTOR_CHECK = """(selectors) => {
     for (const element of [box, ...box.querySelectorAll('*')]) {
       if (element.closest('.katex-mathml')) continue;  // KaTeX's copy for screen readers, hidden on purpose
       const style = getComputedStyle(element);
-      const hides = ['hidden', 'clip'].includes(style.overflowX) || style.textOverflow === 'ellipsis';
-      if (hides && element.scrollWidth > element.clientWidth + 1 && element.textContent.trim())
-        problems.push('cut text: ' + element.textContent.replace(/\\s+/g, ' ').trim().slice(0, 60));
+      const hides = style.overflowX !== 'visible' || style.textOverflow === 'ellipsis';  // or scrolls it
+      const text = element.textContent.replace(/\\s+/g, ' ').trim().slice(0, 60);
+      if (hides && element.scrollWidth > element.clientWidth + 1 && text)
+        problems.push('cut text: ' + text);
+      const column = element.closest('[data-testid="stColumn"], [data-testid="stMainBlockContainer"]');
+      let inScrollingBox = false;  // then only that box counts
+      for (let above = element.parentElement; above && above !== column; above = above.parentElement)
+        inScrollingBox ||= getComputedStyle(above).overflowX !== 'visible';
+      const content = document.createRange();
+      content.selectNodeContents(element);
+      const reach = Math.max(element.getBoundingClientRect().right, content.getBoundingClientRect().right);
+      if (column && text && !inScrollingBox && reach > column.getBoundingClientRect().right + 1)
+        problems.push('sticks out of its column: ' + text);
     }
   }
   return [...new Set(problems)];
@@ -86,17 +97,20 @@ def projector_page(browser):
 
 
 def test_the_projector_check_finds_broken_words_split_formulas_and_cut_text(browser):
-    """The check itself: it names a word the browser must break in a narrow box, and a label cut
-    off by its box, and passes the same texts where they fit."""
+    """The check itself: it names a word the browser must break in a narrow box, a label cut off
+    by its box and a line reaching past its column, and passes the same texts where they fit."""
     context, page = projector_page(browser)
     try:
         page.set_content("""<main data-testid="stMain">
           <h3 style="width: 60px; overflow-wrap: anywhere">untouched momentum</h3>
           <div data-testid="stWidgetLabel" style="width: 40px; overflow: hidden; white-space: nowrap">Rounds of
             alternating minimization</div>
-          <p style="width: 600px">untouched momentum</p></main>""")
+          <div data-testid="stColumn" style="width: 100px"><div data-testid="stMarkdownContainer">
+            <p style="white-space: nowrap">a line too long for its column</p></div></div>
+          <div data-testid="stMarkdownContainer"><p style="width: 600px">untouched momentum</p></div></main>""")
         assert sorted(page.evaluate(PROJECTOR_CHECK, TEXT_SELECTORS)) == [
-            "broken word: momentum", "broken word: untouched", "cut text: Rounds of alternating minimization"]
+            "broken word: momentum", "broken word: untouched", "cut text: Rounds of alternating minimization",
+            "sticks out of its column: a line too long for its column"]
         page.set_content('<main data-testid="stMain"><h3 style="width: 600px">untouched momentum</h3></main>')
         assert page.evaluate(PROJECTOR_CHECK, TEXT_SELECTORS) == []
     finally:
