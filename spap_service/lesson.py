@@ -267,11 +267,11 @@ SCENARIOS = (
 # layer prunes (spap_core.methods.spap.SpapStep.n_prune), s = 1 marks a channel for removal.
 GLOSSARY: dict[str, str] = {
     "s (soft mask)": "One number per channel between 0 and 1: how strongly SPAP is pushing that channel out. "
-                     "It starts at 0 and moves towards 1 for the channels with the lowest score.",
+                     "It starts at 0 (by default) and moves towards 1 for the channels with the lowest score.",
     "score": "How much a channel matters: the size of its weights times the size of its activations "
              "(‖W[:,i]‖·‖Zᵢ‖ᵗ). The lowest-scoring channels are the ones marked for removal.",
     "ρ (rho)": "The penalty weight: how hard the weights of marked channels are pushed to zero. "
-               "It starts small (ρ⁽⁰⁾) and grows by τ at every step.",
+               "It starts small, at ρ⁽⁰⁾, and is multiplied by τ after every ρ step.",
     "λ (lambda)": "The number of channels a layer prunes, set by the sparsity. "
                   "At the end SPAP removes the λ channels with the largest s.",
     "α (alpha)": "The mask's step size: at each ρ step s moves the fraction α of the way towards "
