@@ -1,5 +1,5 @@
-"""SPAP Explorer: `streamlit run app.py`. The router only: the page list, the shared sidebar,
-and a last line of defence so no page ever shows a Python traceback."""
+"""SPAP Explorer: `streamlit run app.py`. The router only: the page list, the shared sidebar and
+glossary, and a last line of defence so no page ever shows a Python traceback."""
 
 import streamlit as st
 
@@ -31,11 +31,12 @@ page = st.navigation(PAGES)  # first, so the browser shows these pages while tor
 from pages._errors import report_unexpected  # noqa: E402
 from pages._routing import routed_page_run  # noqa: E402
 from pages._saved_runs import open_shared_run  # noqa: E402  (imports torch)
-from pages._sidebar import render_sidebar  # noqa: E402
+from pages._sidebar import glossary_button, render_sidebar  # noqa: E402
 
 try:
     open_shared_run()  # a ?run=NAME link: that saved run becomes this session's latest, on any page
-    render_sidebar()
+    render_sidebar(page.title)
+    glossary_button()
     with routed_page_run():
         page.run()
 except Exception as exc:  # streamlit's own control flow (rerun, stop) is not an Exception

@@ -22,12 +22,28 @@ NORMAL_FONT = 13
 # Line lengths of subplot and axis titles: three charts side by side on a 1280 px screen at 150% zoom
 # (about 200 px each) hold 22 characters of 13 px type, 16 of presentation mode's 17 px.
 LINE_CHARACTERS = {False: 22, True: 16}
+# Presentation mode's page layout at 853 × 480 CSS pixels (1280 × 720 at 150% zoom), sidebar folded:
+# large type; words break only at spaces (Streamlit's own rules break a word anywhere to fit a narrow
+# column); a formula stays one block; columns too narrow for a label of the large type wrap onto a
+# row of their own, as Streamlit does on a phone, and columns of text with formulas are stacked, each
+# the page's full width; the page's margins and its title shrink to give the charts the room.
 PRESENTATION_CSS = """<style>
   .stApp, .stMarkdown p, .stMarkdown li { font-size: 1.15rem !important; }
   [data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] p { font-size: 1.02rem !important; }
   [data-testid="stMetricValue"] { font-size: 2.1rem !important; }
   [data-testid="stMetricLabel"] p, [data-testid="stWidgetLabel"] p { font-size: 1.05rem !important; }
   [data-testid="stDataFrame"] { font-size: 1rem !important; }
+  [data-testid="stMainBlockContainer"] { padding: 4rem 1.5rem 3rem !important; }
+  .stApp h1 { font-size: 2.25rem !important; padding-top: 0.5rem !important; }
+  [data-testid="stHorizontalBlock"] { flex-wrap: wrap !important; }
+  [data-testid="stColumn"] { min-width: min(100%, 15rem) !important; }
+  .stApp h1, .stApp h2, .stApp h3, .stApp h4, .stApp p, .stApp li, .stApp label, .stApp button,
+  [data-testid="stWidgetLabel"], [data-testid="stWidgetLabel"] *, [data-testid="stMarkdownContainer"],
+  [data-testid="stMarkdownContainer"] *, [data-testid="stCaptionContainer"] *, [data-testid="stTooltipContent"] * {
+    overflow-wrap: normal !important; word-break: normal !important; hyphens: manual !important;
+  }
+  [data-testid="stHorizontalBlock"]:has(.katex) > [data-testid="stColumn"] { min-width: 100% !important; }
+  .katex { display: inline-block; white-space: nowrap; }
 </style>"""
 
 
@@ -90,7 +106,7 @@ def show_chart(figure: Any, container: Any = st, subtitle: str | None = None) ->
 
 
 def presentation_style() -> None:
-    """Larger text everywhere while presentation mode is on."""
+    """Presentation mode's page layout (PRESENTATION_CSS) while it is on."""
     if session().presentation:
         st.html(PRESENTATION_CSS)
 

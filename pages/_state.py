@@ -37,6 +37,8 @@ from spap_service.sessions import (
 ID_KEY = "browser_session_id"
 COOKIE_SET_KEY = "browser_session_cookie_set"
 PAGE_LOAD_VALUES_KEY = "values_of_this_page_load"
+# The link parameter of presentation mode: ?presentation=1 opens any page in it, so a shared link keeps it.
+PRESENTATION_PARAM = "presentation"
 
 
 T = TypeVar("T")
@@ -135,7 +137,7 @@ class SessionState:
     opened_shared_run: Stored[str | None] = Stored("opened_shared_run")
     # A run opened from a link or the saved runs: its settings, for the Run form to show next.
     pending_form: Stored[dict | None] = Stored("pending_form")
-    presentation: Stored[bool] = Stored("presentation_mode", default=False)  # large fonts for a projector
+    presentation: Stored[bool] = Stored("presentation_mode", default=False)  # a projector: large type, sidebar folded
 
     @property
     def session_id(self) -> str:

@@ -19,7 +19,7 @@ from pages._requests import RUN_FORM, data_spec, form_defaults, form_request, fo
 from pages._results import latest_outcome, mean_layer_error, pruned_model_at_hand
 from pages._routing import ensure_routed
 from pages._saved_runs import SHARED_RUN_PARAM, saved_runs_panel
-from pages._state import session
+from pages._state import PRESENTATION_PARAM, session
 from pages._summaries import evaluation_caption, result_label
 from pages._text import plain
 from pages._widgets import fill_form, form_is_fresh, ignored_url_parameters, link_parameters, parameter_widget
@@ -60,7 +60,7 @@ if to_fill is None and shown_run is not None and form_is_fresh(RUN_FORM):
 if to_fill is not None and (missing := fill_form(to_fill, RUN_FORM)):
     st.info(f"The run shown has no value for {', '.join(missing)} (not a run of this form's method): the form "
             "shows the defaults, none of its settings.", icon=":material/info:")
-ignored = ignored_url_parameters(link_parameters(), known={SHARED_RUN_PARAM}, form=RUN_FORM)
+ignored = ignored_url_parameters(link_parameters(), known={SHARED_RUN_PARAM, PRESENTATION_PARAM}, form=RUN_FORM)
 if ignored:
     st.warning("This link's settings were partly ignored; the form shows the defaults for these: "
                + "; ".join(ignored) + ".", icon=":material/link_off:")

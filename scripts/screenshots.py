@@ -2,8 +2,10 @@
 serve.py` on the default model, clicks through the app in Debian's Chromium and writes one PNG per
 page into docs/screenshots/.
 
-    SPAP_DATA_DIR=../shared/data python scripts/screenshots.py [--out docs/screenshots]
+    SPAP_DATA_DIR=../shared/data python scripts/screenshots.py [--out docs/screenshots] [--presentation]
 
+With --presentation the pages are opened as a projector shows them in presentation mode: 1280 × 720
+at 150% zoom (an 853 × 480 CSS-pixel viewport at device scale 1.5), from links with presentation=1.
 It runs the app's own defaults (Run SPAP, the default sweep, a latency measurement, a short
 sensitivity scan and a generation), so on 2 CPU cores it takes several minutes.
 """
@@ -17,16 +19,30 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-VIEWPORT = {"width": 1500, "height": 1000}
+
+
+@dataclass(frozen=True)
+class Screen:
+    """The browser window the pages are shot in, and what each page's link asks for."""
+
+    viewport: dict[str, int]
+    scale: float = 1.0
+    query: str = ""
+
+
+DESKTOP = Screen({"width": 1500, "height": 1000})
+PROJECTOR = Screen({"width": 853, "height": 480}, scale=1.5, query="?presentation=1")  # 1280 × 720 at 150%
 JOB_LIMIT_MS = 1_800_000  # a guard against a hung job, not a performance target
 # Every page after the start page, in order: its title, the job it runs (button, text that shows the
-# job has finished; None for a page that shows the latest run) and its screenshot's name.
+# job has finished; None for a page that shows the latest run) and its screenshot's name, which after
+# its number is the page's path.
 PAGES = [("Model & data", None, "01_model_data"), ("Run SPAP", ("Run SPAP", "Latest result"), "02_run_spap"),
          ("Mask evolution", None, "03_mask_evolution"), ("Scores", None, "04_scores"),
          ("Dense vs pruned text", ("Generate", "tokens/s"), "05_dense_vs_pruned"),
@@ -65,18 +81,24 @@ def settle(page: Page) -> None:
     page.wait_for_timeout(500)
 
 
-def shoot(page: Page, out: Path, name: str) -> None:
+def shoot(page: Page, screen: Screen, out: Path, name: str) -> None:
     """The whole page: the viewport is stretched to the main block's height first."""
+    viewport = screen.viewport
     height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-    page.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(height, VIEWPORT["height"]), 8000)})
+    page.set_viewport_size({"width": viewport["width"], "height": min(max(height, viewport["height"]), 8000)})
     page.wait_for_timeout(1500)
     page.screenshot(path=str(out / f"{name}.png"))
-    page.set_viewport_size(VIEWPORT)
+    page.set_viewport_size(viewport)
     print(f"wrote {out / name}.png", flush=True)
 
 
-def go_to(page: Page, title: str) -> None:
-    page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
+def go_to(page: Page, screen: Screen, base: str, title: str, name: str) -> None:
+    """Open the page titled `title` (screenshot `name`): from the sidebar, or, where presentation
+    mode folds the sidebar away, from its link."""
+    if screen.query:
+        page.goto(f"{base}/{name.split('_', 1)[1]}{screen.query}")
+    else:
+        page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
     page.locator("h1", has_text=title).wait_for()
     settle(page)
 
@@ -91,7 +113,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     parser.add_argument("--run-only", action="store_true", help="only the default run on Run SPAP (the GPU check)")
+    parser.add_argument("--presentation", action="store_true",
+                        help="presentation mode on a 1280 × 720 projector at 150%% zoom")
     args = parser.parse_args()
+    screen = PROJECTOR if args.presentation else DESKTOP
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -101,14 +126,14 @@ def main() -> None:
         wait_healthy(base, process)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport=VIEWPORT)
+            page = browser.new_page(viewport=screen.viewport, device_scale_factor=screen.scale)
             page.set_default_timeout(300_000)
-            page.goto(base)
+            page.goto(f"{base}/{screen.query}")
             settle(page)
             page.get_by_text("SPAP Explorer").first.wait_for()
-            shoot(page, args.out, "00_start_here")
+            shoot(page, screen, args.out, "00_start_here")
             if not args.run_only:  # another browser's class demo run, for Compare runs to set beside the default
-                other = browser.new_context(viewport=VIEWPORT).new_page()
+                other = browser.new_context(viewport=DESKTOP.viewport).new_page()
                 other.set_default_timeout(300_000)
                 other.goto(f"{base}/run_spap")
                 settle(other)
@@ -117,13 +142,13 @@ def main() -> None:
                 run_job(other, "Run SPAP", "Latest result: spap at 20%")
                 other.context.close()
             for title, job, name in PAGES:
-                go_to(page, title)
+                go_to(page, screen, base, title, name)
                 if job is not None:
                     run_job(page, *job)
                 if title == "Compare runs":
                     page.get_by_text("Runs of every session").click()  # the class demo run is another browser's
                     settle(page)
-                shoot(page, args.out, name)
+                shoot(page, screen, args.out, name)
                 if args.run_only and title == "Run SPAP":
                     return
             browser.close()

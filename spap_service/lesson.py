@@ -277,3 +277,42 @@ SCENARIOS = (
     Scenario("s changes its mind", ToySettings(score="partial", balance=2.0, correlated=True, seed=52),
              changed_mind_story),
 )
+
+
+# ------------------------------------------------------------------------------------- glossary
+
+# The words and symbols the pages use, each in one or two plain sentences, for the glossary every
+# page opens from its header (app.py). Each definition follows this code: λ counts the channels a
+# layer prunes (spap_core.methods.spap.SpapStep.n_prune), s = 1 marks a channel for removal.
+GLOSSARY: dict[str, str] = {
+    "s (soft mask)": "One number per channel between 0 and 1: how strongly SPAP is pushing that channel out. "
+                     "It starts at 0 (by default) and moves towards 1 for the channels with the lowest score.",
+    "score": "How much a channel matters: the size of its weights times the size of its activations "
+             "(‖W[:,i]‖·‖Zᵢ‖ᵗ). The lowest-scoring channels are the ones marked for removal.",
+    "ρ (rho)": "The penalty weight: how hard the weights of marked channels are pushed to zero. "
+               "It starts small, at ρ⁽⁰⁾, and is multiplied by τ after every ρ step.",
+    "λ (lambda)": "The number of channels a layer prunes, set by the sparsity. "
+                  "At the end SPAP removes the λ channels with the largest s.",
+    "α (alpha)": "The mask's step size: at each ρ step s moves the fraction α of the way towards "
+                 "the channels marked now, so a larger α makes s change its mind faster.",
+    "τ (tau)": "The penalty's growth factor: after every ρ step ρ is multiplied by τ.",
+    "K": "The number of ρ steps per layer; with the ramp schedule also the number of blocks "
+         "the channels are removed in.",
+    "t": "The exponent of the activation size in the score: t = 0 ranks channels by weights alone, "
+         "a larger t gives the activations more say.",
+    "read-out": "Turning the soft mask into a yes/no decision at the end: the λ channels with the "
+                "largest s are removed, the rest kept.",
+    "refit": "After the read-out, the kept weights are solved again by least squares, so the pruned "
+             "layer reproduces the dense layer's output as closely as it can.",
+    "alternating minimization": "An optional repair after pruning: the MLP's output weights are refit "
+                                "exactly and its input weights get a few gradient steps, in turns.",
+    "channel": "One hidden unit of an MLP layer: a column of its output projection. Pruning a channel "
+               "removes that column and the matching rows of the input projections.",
+    "head": "One attention head: a group of columns of the attention's output projection that is "
+            "kept or removed as a whole.",
+    "sparsity": "The fraction of channels (or heads) removed; 30% sparsity keeps 70% of them.",
+    "perplexity": "How surprised the model is by the evaluation text, on average: lower is better. "
+                  "Pruning raises it; the question is by how much.",
+    "calibration": "The text the pruning learns from: its activations decide the scores and the refit. "
+                   "The evaluation text is kept apart from it.",
+}

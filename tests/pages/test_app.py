@@ -1180,3 +1180,83 @@ def test_the_progress_line_says_where_each_run_is_in_process_and_on_ray_workers(
     assert progress_text(job(on_ray)) == ("1 of 4 runs done on 2 Ray workers · run 2: pruning (spap), layer 3 of 4, "
                                           "ρ iteration 5 of 10 · run 4: dense perplexity: batch 1 of 2 · 0 s")
     assert progress_fraction(on_ray) == pytest.approx((1 + 2.5 / 5 + 0) / 4)
+
+
+PAGE_FILES = sorted(path.stem for path in (APP.parent / "pages").glob("[!_]*.py"))
+
+
+def opened_first(page: str, **link: str) -> AppTest:
+    """A new session whose first script run opens `page` with `link` as its query parameters (AppTest
+    keeps the router's own elements, the sidebar and the glossary, only in a session's first run)."""
+    at = AppTest.from_file(str(APP), default_timeout=SCRIPT_TIMEOUT_S)
+    at.switch_page(f"pages/{page}.py")
+    at.query_params.update(link)
+    at.run()
+    assert_clean(at)
+    return at
+
+
+def shown_glossary(at: AppTest) -> str:
+    (popover,) = [block for block in at.get("popover") if block.proto.popover.label == "Glossary"]
+    return "\n".join(element.value for element in popover.get("markdown"))
+
+
+@pytest.mark.parametrize("page", PAGE_FILES)
+def test_the_glossary_is_one_click_from_every_page(app_files, page):
+    from spap_service.lesson import GLOSSARY
+
+    text = shown_glossary(opened_first(page))
+    assert [line.split("**")[1] for line in text.splitlines()] == list(GLOSSARY)
+    assert all(meaning in text for meaning in GLOSSARY.values())
+
+
+def test_a_presentation_link_opens_the_mode_and_the_toggle_turns_it_off_in_the_link_too(app_files):
+    from pages._charts import PRESENTATION_CSS
+
+    at = opened_first("scores", presentation="1")
+    (toggle,) = [t for t in at.toggle if t.label == "Presentation mode"]
+    assert toggle.value is True
+    assert at.session_state["presentation_mode"] is True
+    styles = [element.proto.body for element in at.get("html")]
+    assert PRESENTATION_CSS in styles
+    assert any("fold the sidebar" in body for body in styles)
+    toggle.set_value(False).run()
+    assert_clean(at)
+    assert "presentation" not in at.query_params
+    assert at.session_state["presentation_mode"] is False
+
+
+def test_the_presentation_toggle_puts_the_mode_in_the_link(app_files):
+    at = opened_first("mask_evolution")
+    (toggle,) = [t for t in at.toggle if t.label == "Presentation mode"]
+    assert toggle.value is False and "presentation" not in at.query_params
+    assert not any("fold the sidebar" in element.proto.body for element in at.get("html"))
+    toggle.set_value(True).run()
+    assert_clean(at)
+    assert at.query_params["presentation"] == "1"
+    open_page(at, "scores")  # the navigation drops a page's parameters; the session's mode comes back
+    assert at.query_params["presentation"] == "1"
+
+
+def test_presentation_mode_folds_the_sidebar_once_per_page_opened():
+    def script() -> None:
+        import streamlit as st
+
+        from pages._sidebar import fold_sidebar_on_opening
+
+        fold_sidebar_on_opening(st.session_state.get("page", "Scores"), st.session_state.get("on", True))
+
+    at = AppTest.from_function(script)
+
+    def folds(**state) -> int:
+        for key, value in state.items():
+            at.session_state[key] = value
+        at.run()
+        assert_clean(at)
+        return sum("fold the sidebar" in element.proto.body for element in at.get("html"))
+
+    assert folds() == 1  # the page opens
+    assert folds() == 0  # a rerun on it: a sidebar the lecturer opened stays open
+    assert folds(page="Latency") == 1  # the next page opens
+    assert folds(on=False) == 0
+    assert folds(on=True) == 1  # the mode turned on again

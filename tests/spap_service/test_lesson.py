@@ -7,6 +7,8 @@ scores, the values of s), not against the helpers that word them.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from toy_cases import MISS_WITH_MARGINAL_AND_FIXED, MISS_WITH_PARTIAL_AND_RAMP, marked_from_scores
@@ -192,3 +194,15 @@ def test_the_path_picture_names_the_channels_and_the_shrinking_the_chart_draws(s
     assert f"{float(relative.min()):.0%}" in sentence and f"{float(relative.max()):.0%}" in sentence
     assert f"other {outcome.width - len(pruned)} channel" in sentence
     assert f"s ends at {float(outcome.soft_masks[-1][pruned].min()):.2g}" in sentence
+
+
+ISSUE_TERMS = {"s", "ρ", "λ", "α", "τ", "K", "t", "refit", "alternating minimization", "read-out"}
+
+
+def test_the_glossary_explains_every_symbol_and_word_the_pages_use():
+    from spap_service.lesson import GLOSSARY
+
+    named = {term.split(" (")[0] for term in GLOSSARY}
+    assert named >= ISSUE_TERMS | {"score", "channel", "head", "sparsity", "perplexity", "calibration"}
+    for term, meaning in GLOSSARY.items():
+        assert 1 <= len(re.findall(r"\.(?:\s|$)", meaning)) <= 2, term  # one or two sentences
