@@ -62,9 +62,9 @@ def _queue_summary() -> None:
     for job in active:
         whose = "yours" if job.owner == session().session_id else "another session"
         if job.status is JobStatus.RUNNING:  # the page's own panel shows its layer and ρ iteration
-            st.caption(f"▶ {job.label} ({whose}) · running, {job.elapsed_s:.0f} s")
+            st.caption(f":material/play_arrow: {job.label} ({whose}) · running, {job.elapsed_s:.0f} s")
         else:
-            st.caption(f"⏳ {job.label} ({whose}) · {queue_position_text(job).lower()}")
+            st.caption(f":material/hourglass_top: {job.label} ({whose}) · {queue_position_text(job).lower()}")
 
 
 def presentation_from_link() -> bool:

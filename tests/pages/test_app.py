@@ -428,7 +428,8 @@ def test_queued_and_running_runs_can_be_cancelled(app_files):
     try:
         at = start_app()
         # AppTest keeps the router's sidebar only on the default page, so the queue is checked here
-        assert any("another session's job (another session)" in c.value for c in at.sidebar.caption)
+        assert any(c.value.startswith(":material/play_arrow: another session's job (another session)")
+                   for c in at.sidebar.caption)
         open_page(at, "run_spap")
         click(at, "Run SPAP")
         # the wait: what the running job has left of its 10-minute estimate
