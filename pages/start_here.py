@@ -1,4 +1,7 @@
-"""Start here: what SPAP is in three lines, and a path through the app a class can follow."""
+"""Start here: what SPAP is in three lines, a path through the app a class can follow, and the
+50-minute lesson plan (docs/lesson.md) for the lecturer who prepares it."""
+
+from pathlib import Path
 
 import streamlit as st
 
@@ -11,6 +14,8 @@ from pages._text import plain
 from spap_service.presets import CLASS_DEMO
 
 ensure_routed()
+
+LESSON_PLAN = Path(__file__).resolve().parents[1] / "docs" / "lesson.md"
 
 LESSON_PATH = [
     ("pages/how_spap_works.py", "How SPAP works", ":material/school:",
@@ -40,6 +45,12 @@ for number, (page, title, icon, what) in enumerate(LESSON_PATH, start=1):
     link_column, text_column = st.columns([1, 3], vertical_alignment="center")
     link_column.page_link(page, label=f"{number}. {title}", icon=icon)
     text_column.caption(what)
+with st.expander("A 50-minute lesson plan: what to prepare, open, click, say and ask (docs/lesson.md)",
+                 icon=":material/co_present:"):
+    if LESSON_PLAN.is_file():
+        st.markdown(LESSON_PLAN.read_text(encoding="utf-8"))
+    else:
+        st.caption(f"This installation has no lesson plan at {LESSON_PLAN}: it comes with the project's repository.")
 
 st.subheader("Where things stand")
 loaded = current_model()

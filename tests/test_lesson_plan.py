@@ -57,3 +57,11 @@ def test_every_button_and_label_it_names_is_on_screen():
              if name not in titles and name != CLASS_DEMO.name and name not in {s.name for s in SCENARIOS}}
     source = "\n".join(path.read_text() for path in [REPO / "app.py", *sorted((REPO / "pages").glob("*.py"))])
     assert named and not [name for name in named if name not in source]
+
+
+def test_start_here_opens_the_lesson_plan(app_files):
+    from app_harness import start_app
+
+    at = start_app()  # the default page: Start here
+    (plan,) = [block for block in at.expander if "50-minute lesson plan" in block.label]
+    assert any("## 0–5 min · Start here" in element.value for element in plan.markdown)

@@ -19,6 +19,12 @@ files, server, browser = test_browser.files, test_browser.server, test_browser.b
 pytestmark = test_browser.pytestmark
 
 SCREENSHOTS = REPO / "test-artifacts" / "presentation"
+# Pages a lesson shows first: their first chart must start on the first screen, above the fold.
+PICTURE_FIRST = {"mask_evolution", "scores", "perplexity_sweep", "how_spap_works"}
+FIRST_CHART_TOP = """() => {
+  const chart = document.querySelector('[data-testid="stMain"] [data-testid="stPlotlyChart"]');
+  return chart ? chart.getBoundingClientRect().top + window.scrollY : null;
+}"""
 ZOOM = 1.5  # 1280 × 720 at 150%: PROJECTOR's CSS pixels
 
 # Every text that must hold at the projector's size: headings, widget labels, buttons, captions and
@@ -118,8 +124,9 @@ def test_the_projector_check_finds_broken_words_split_formulas_and_cut_text(brow
 
 
 def test_every_page_fits_a_projector_in_presentation_mode(server, browser):
-    """1280 × 720 at 150% zoom, every page after a run, opened from a presentation link: whole
-    words, whole formulas, no cut text, the sidebar folded, no exception."""
+    """1280 × 720 at 150% zoom, every page after a run and a sweep, opened from a presentation link:
+    whole words, whole formulas, no cut text, the sidebar folded, no exception, and the first chart
+    of the pages a lesson opens first within the first screen."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     context, page = projector_page(browser)
     try:
@@ -127,6 +134,10 @@ def test_every_page_fits_a_projector_in_presentation_mode(server, browser):
         settle(page)
         page.get_by_role("button", name="Run SPAP").click()
         page.get_by_text("Latest result: spap at 30%").wait_for(timeout=JOB_GUARD_MS)
+        page.goto(f"{server}/perplexity_sweep?presentation=1")  # a sweep, so its page has its own chart
+        settle(page)
+        page.get_by_role("button", name="Run sweep").click()
+        page.get_by_text("Perplexity vs sparsity (").first.wait_for(timeout=JOB_GUARD_MS)
         problems = {}
         for key, title in NAV_TITLES.items():
             page.goto(f"{server}/{'' if key == 'start_here' else key}?presentation=1")
@@ -135,10 +146,15 @@ def test_every_page_fits_a_projector_in_presentation_mode(server, browser):
             assert_no_errors(page)
             page.wait_for_function(f"!({SIDEBAR_OPEN})()", timeout=10_000)  # folded as the page opens
             assert page.get_by_role("button", name="Glossary").is_visible(), title
+            if key in PICTURE_FIRST:
+                page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]').first.wait_for()
+                top = page.evaluate(FIRST_CHART_TOP)
+                if top >= PROJECTOR["height"]:
+                    problems.setdefault(title, []).append(f"first chart starts at {top:.0f} px, below the first screen")
             height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
             page.set_viewport_size({"width": PROJECTOR["width"], "height": min(max(height, PROJECTOR["height"]), 8000)})
             page.wait_for_timeout(800)  # every element drawn at the final size
-            problems[title] = page.evaluate(PROJECTOR_CHECK, TEXT_SELECTORS)
+            problems.setdefault(title, []).extend(page.evaluate(PROJECTOR_CHECK, TEXT_SELECTORS))
             page.screenshot(path=str(SCREENSHOTS / f"{key}.png"))
             page.set_viewport_size(PROJECTOR)
         failing = {title: found for title, found in problems.items() if found}
