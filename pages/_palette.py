@@ -61,3 +61,12 @@ def method_colours(methods: list[str]) -> dict[str, str]:
 def method_markers(methods: list[str]) -> dict[str, str]:
     """`symbol_map` for a plotly express chart whose markers follow the method."""
     return {method: method_style(method).marker for method in methods}
+
+
+def metric_style(metric: str) -> TraceStyle:
+    """The style of a score metric named after its method (`magnitude`, `spap_last`): the method's
+    colour and marker; a metric taken before the method's last step (`spap_first`) dotted, so the
+    two scores of one method share its colour and still tell apart."""
+    method, _, stage = metric.partition("_")
+    style = method_style(method if method in METHOD_STYLES else metric)
+    return TraceStyle(style.colour, style.marker, "dot" if stage == "first" else "solid")

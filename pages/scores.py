@@ -10,6 +10,7 @@ import streamlit as st
 
 from pages._charts import show_chart
 from pages._layer_picker import layer_picker
+from pages._palette import metric_style
 from pages._results import require_outcome
 from pages._routing import ensure_routed
 from pages._summaries import result_label
@@ -40,20 +41,23 @@ table["log10_relative"] = np.log10(table["relative_score"])
 axis = {"log10_relative": "log₁₀(score ÷ λ-threshold)", "metric": ""}
 
 title = f"Layer {layer}: {record.width} channels, λ = {pruned_count} pruned"
+styles = {metric: metric_style(metric) for metric in table["metric"].unique()}
+colours = {metric: style.colour for metric, style in styles.items()}
 if chart == "Histogram":
     figure = px.histogram(table, x="log10_relative", color="metric", facet_row="metric", nbins=60,
-                          labels=axis, title=title)
+                          color_discrete_map=colours, labels=axis, title=title)
     figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     figure.update_yaxes(title_text="")
     figure.add_vline(x=0, line_dash="dash", line_color="red")
     height = 110 * table["metric"].nunique() + 80
 elif chart == "Violin":
     figure = px.violin(table, x="metric", y="log10_relative", color="metric", box=True, points=False,
-                       labels=axis, title=title)
+                       color_discrete_map=colours, labels=axis, title=title)
     figure.add_hline(y=0, line_dash="dash", line_color="red", annotation_text="λ-threshold")
     height = 460
 else:
-    figure = px.ecdf(table, x="log10_relative", color="metric", labels=axis, title=title)
+    figure = px.ecdf(table, x="log10_relative", color="metric", line_dash="metric", color_discrete_map=colours,
+                     line_dash_map={metric: style.dash for metric, style in styles.items()}, labels=axis, title=title)
     figure.add_vline(x=0, line_dash="dash", line_color="red", annotation_text="λ-threshold")
     figure.add_hline(y=pruned_count / record.width, line_dash="dot", line_color="gray",
                      annotation_text="λ/n")

@@ -220,6 +220,15 @@ def test_scores_page_shows_distributions_thresholds_and_overlaps(ran_app):
         at.radio(key="scores_chart").set_value(chart).run()
         assert_clean(at)
         assert {trace["name"] for trace in titled(at, "Layer 0")["data"]} == metrics
+    from pages._palette import method_style
+
+    traces = titled(at, "Layer 0")["data"]  # the ECDF, in the palette's colours (plotly draws a line in its marker's)
+    lines = {trace["name"]: trace["line"] for trace in traces}
+    assert {trace["name"]: trace["marker"]["color"] for trace in traces} == {
+        "magnitude": method_style("magnitude").colour, "wanda-sp": method_style("wanda-sp").colour,
+        "flap": method_style("flap").colour, "spap_first": method_style("spap").colour,
+        "spap_last": method_style("spap").colour}
+    assert lines["spap_first"]["dash"] == "dot" and lines["spap_last"]["dash"] == "solid"
     jaccard = titled(at, "Jaccard overlap")
     overlap = array(jaccard["data"][0]["z"])
     assert overlap.shape == (6, 6) and np.allclose(np.diag(overlap), 1.0)

@@ -21,3 +21,12 @@ def test_an_unknown_method_gets_the_same_fallback_every_time_and_not_a_registere
     assert method_colours(["spap", "a-toy-method"]) == {"spap": method_style("spap").colour,
                                                         "a-toy-method": toy.colour}
     assert method_markers(["a-toy-method"]) == {"a-toy-method": toy.marker}
+
+
+def test_a_score_metric_takes_its_methods_colour_and_a_first_score_is_dotted():
+    from pages._palette import metric_style
+
+    assert metric_style("wanda-sp") == method_style("wanda-sp")
+    assert metric_style("spap_last").colour == metric_style("spap_first").colour == method_style("spap").colour
+    assert (metric_style("spap_first").dash, metric_style("spap_last").dash) == ("dot", "solid")
+    assert metric_style("a-toy-metric") == method_style("a-toy-metric")
