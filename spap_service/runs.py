@@ -49,9 +49,7 @@ from spap_core.system.access import overlap
 from spap_service.data import DataSpec, batch_reporter, dense_perplexity, model_key, prepare_data
 from spap_service.jobs import ProgressReporter
 from spap_service.limits import server_limits
-from spap_service.run_index import enforce_caps, folder_bytes, indexed_runs
-
-WEIGHTS_RECORD_KEY = "pruned_weights"  # the record's note of the weights kept with it: their file, or why not
+from spap_service.run_index import WEIGHTS_RECORD_KEY, enforce_caps, folder_bytes, indexed_runs
 
 
 @dataclass(frozen=True)
@@ -120,6 +118,11 @@ class RunOutcome:
         if self.has_model or self.stored_weights is not None:
             return None
         note = self.record.get(WEIGHTS_RECORD_KEY)
+        removed_at, cap = (note.get("removed_at"), note.get("cap_bytes")) if isinstance(note, dict) else (None, None)
+        if isinstance(removed_at, (int, float)) and isinstance(cap, int):  # run_index made room for newer runs
+            day = time.strftime("%Y-%m-%d", time.localtime(removed_at))
+            return (f"This run's pruned weights were removed on {day} to keep all saved runs within the "
+                    f"{cap / 2**20:.0f} MB this server allows; its record and charts are kept")
         reason = note.get("why_not") if isinstance(note, dict) else None
         if not isinstance(reason, str) or not reason:
             reason = ("its weights file is no longer in its folder" if isinstance(note, dict) and note.get("file")
@@ -248,8 +251,8 @@ def save_outcome(outcome: RunOutcome, dense: PreTrainedModel) -> RunOutcome:
     """Write the run under the results root as it finishes (a crash or restart of the app loses at
     most the run in progress): its record and, where they fit, its pruned weights as the tensors
     that differ from `dense`, all in one staged folder that appears whole or not at all. Then keep
-    the saved runs within the server's caps (spap_service.run_index: the oldest runs of a session
-    go first)."""
+    the saved runs within the server's caps (spap_service.run_index: past the byte cap the oldest
+    runs' weights go first, then, as past the other caps, the oldest runs of a session)."""
     root, caps = results_root(), server_limits().saved_runs
     target = new_run_directory(root, outcome.record)
     with staged_directory(target) as staging:

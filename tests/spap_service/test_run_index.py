@@ -1,6 +1,7 @@
 """Saved runs stay bounded and cheap to list: the list comes from an index that re-reads only
-changed records, caps on count, disk and per-session share remove a session's oldest runs first
-(never the one just saved, never a folder the app did not save), and run names carry 64 random bits."""
+changed records and weights, caps on count, disk and per-session share remove a session's oldest runs
+first (never the one just saved, never a folder the app did not save), past the disk cap the oldest
+runs' pruned weights go before any whole run, and run names carry 64 random bits."""
 
 import json
 import os
@@ -11,18 +12,23 @@ import pytest
 
 import spap_service.run_index as run_index
 from spap_core.storage.runs import RESULTS_DIR_ENV, new_run_directory
-from spap_service.run_index import RunCaps, enforce_caps, indexed_runs
+from spap_core.storage.weights import WEIGHTS_FILE
+from spap_service.run_index import WEIGHTS_RECORD_KEY, RunCaps, enforce_caps, folder_bytes, indexed_runs
 
 RECORD = {"method": "spap", "sparsity": 0.3, "ppl": 20.0, "ppl_dense": 18.0, "params_before": 10, "params_after": 8,
           "calibration_tokens": 64, "eval_tokens": 62, "eval_windows": 2, "eval_len": 32, "settings": {},
           "timings": {}}
 
 
-def save(root, name: str, owner: str | None, finished_at: float, padding: int = 0):
+def save(root, name: str, owner: str | None, finished_at: float, padding: int = 0, weights: int = 0):
+    """A run folder as the app writes it, with `weights` bytes of pruned weights when not 0."""
     folder = root / name
     folder.mkdir(parents=True)
     record = {**RECORD, "finished_at": finished_at, **({"owner": owner} if owner else {})}
     (folder / "trace_masks.npz").write_bytes(b"0" * padding)
+    if weights:
+        (folder / WEIGHTS_FILE).write_bytes(b"0" * weights)
+        record[WEIGHTS_RECORD_KEY] = {"file": WEIGHTS_FILE, "bytes": weights}
     (folder / "results.json").write_text(json.dumps(record))
     return folder
 
@@ -92,6 +98,48 @@ def test_the_run_just_saved_stays_even_past_every_cap(tmp_path):
     save(tmp_path, "only", "a", finished_at=0, padding=10_000)
     assert enforce_caps(tmp_path, RunCaps(max_count=0, max_bytes=1, per_session=0), saved="only") == []
     assert names(tmp_path) == ["only"]
+
+
+def weights_kept(root) -> dict[str, bool]:
+    return {folder.name: (folder / WEIGHTS_FILE).is_file() for folder in root.iterdir() if folder.is_dir()}
+
+
+def test_past_the_byte_cap_the_oldest_runs_lose_their_weights_first_and_keep_their_records(tmp_path):
+    for index, owner in enumerate("abab"):
+        save(tmp_path, f"run{index}", owner, finished_at=index, padding=100, weights=10_000)
+    records = {run.name: run.bytes - run.weights_bytes for run in indexed_runs(tmp_path)[0]}
+    cap = sum(records.values()) + 2 * 10_000  # room for two runs' weights
+    assert enforce_caps(tmp_path, RunCaps(max_count=None, max_bytes=cap, per_session=None), saved="run3") == []
+    assert names(tmp_path) == ["run3", "run2", "run1", "run0"]  # every record stays, so every chart does
+    assert weights_kept(tmp_path) == {"run0": False, "run1": False, "run2": True, "run3": True}
+    note = json.loads((tmp_path / "run0" / "results.json").read_text())[WEIGHTS_RECORD_KEY]
+    assert note["file"] is None and note["cap_bytes"] == cap and isinstance(note["removed_at"], float)
+
+
+def test_the_run_just_saved_keeps_its_weights_and_whole_runs_go_only_when_records_alone_are_past_the_cap(tmp_path):
+    for index in range(3):
+        save(tmp_path, f"old{index}", "a", finished_at=index, padding=1000, weights=10_000)
+    save(tmp_path, "new", "b", finished_at=10, padding=1000, weights=10_000)
+    runs = {run.name: run for run in indexed_runs(tmp_path)[0]}
+    cap = runs["new"].bytes + runs["old2"].bytes - runs["old2"].weights_bytes  # the new run whole, one record beside it
+    removed = enforce_caps(tmp_path, RunCaps(max_count=None, max_bytes=cap, per_session=None), saved="new")
+    assert removed == ["old0", "old1"] and names(tmp_path) == ["new", "old2"]
+    assert weights_kept(tmp_path) == {"new": True, "old2": False}
+
+
+def test_the_index_counts_a_runs_bytes_without_the_weights_removed_since(tmp_path):
+    folder = save(tmp_path, "run0", "a", finished_at=0, padding=100, weights=10_000)
+    [before] = indexed_runs(tmp_path)[0]
+    assert before.bytes == folder_bytes(folder) and before.weights_bytes == 10_000
+    (folder / WEIGHTS_FILE).unlink()  # by hand: the record is unchanged
+    [after] = indexed_runs(tmp_path)[0]
+    assert after.bytes == folder_bytes(folder) == before.bytes - 10_000 and after.weights_bytes == 0
+
+
+def test_the_caps_sentence_says_weights_go_first_only_under_a_byte_cap():
+    weights_first = "Past its disk space, the oldest runs lose their pruned weights first and keep their records"
+    assert weights_first in RunCaps(max_count=None, max_bytes=2**30, per_session=None).describe()
+    assert weights_first not in RunCaps(max_count=10, max_bytes=None, per_session=None).describe()
 
 
 def test_run_names_carry_64_random_bits(tmp_path):

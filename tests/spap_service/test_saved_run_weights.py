@@ -1,8 +1,10 @@
 """A saved run brings its pruned model back from the dense model it pruned, when its weights fit the
-saved runs' cap; otherwise, and for runs saved before weights were kept, it says why in words."""
+saved runs' cap and were not removed since to make room for newer runs; otherwise, and for runs saved
+before weights were kept, it says why in words."""
 
 import json
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -88,3 +90,23 @@ def test_a_run_saved_before_weights_were_kept_says_so(tiny, request_):
                                       "kept their weights)")
     opened.restore_model(tiny)  # nothing to bring back: no error, still no model
     assert not opened.has_model
+
+
+def test_a_run_whose_weights_made_room_for_a_newer_one_keeps_its_record_and_says_why(tiny, request_, monkeypatch):
+    first = finished_run(tiny, request_)
+    [indexed] = indexed_runs(first.saved_to.parent)[0]
+    cap = 2 * indexed.bytes - indexed.weights_bytes // 2  # a second such run fits whole only if the first's weights go
+    limits = replace(server_limits(), saved_runs=RunCaps(max_count=None, max_bytes=cap, per_session=None))
+    monkeypatch.setattr(runs, "server_limits", lambda: limits)
+    second = finished_run(tiny, request_)
+    assert (second.saved_to / WEIGHTS_FILE).is_file() and not (first.saved_to / WEIGHTS_FILE).exists()
+
+    opened = load_saved_run(first.saved_to)
+    kept = [layer.keep.tolist() for layer in first.result.layers]
+    assert [layer.keep.tolist() for layer in opened.result.layers] == kept  # what its charts draw is still there
+    removed_at = opened.record["pruned_weights"]["removed_at"]
+    assert opened.weights_missing == (f"This run's pruned weights were removed on "
+                                      f"{time.strftime('%Y-%m-%d', time.localtime(removed_at))} to keep all saved runs "
+                                      f"within the {cap / 2**20:.0f} MB this server allows; its record and charts are "
+                                      "kept")
+    assert load_saved_run(second.saved_to).weights_missing is None
