@@ -76,7 +76,8 @@ with picture_slot:
     figure.update_yaxes(type="category")
     figure.update_layout(height=400, margin=dict(t=50, b=10, l=10, r=10))
     show_chart(figure, subtitle=label)
-    st.markdown(mask_picture(layer_frames[:, channels], layer, widths[layer]))
+    st.markdown(mask_picture(layer_frames[:, channels], layer, widths[layer],
+                             widths[layer] - len(result.layers[layer].keep)))
 
 with st.expander("The maths"):
     st.caption(f"Soft mask s (1 = pruned) of the latest run: {n_layers} layers × {n_iterations} ρ iterations × "

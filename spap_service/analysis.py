@@ -160,10 +160,12 @@ MASK_COLOUR_SCALE = "Viridis"  # the soft-mask heatmaps' colours, s = 0 … 1
 MASK_COLOUR_NAMES = ("dark purple", "yellow")  # what a student calls that scale's two ends, s = 0 and s = 1
 
 
-def mask_picture(frames: np.ndarray, layer: int, width: int) -> str:
+def mask_picture(frames: np.ndarray, layer: int, width: int, layer_removed: int | None = None) -> str:
     """The mask heatmap in one plain sentence, counted from the frames it draws: `frames` is
     [ρ step + 1, drawn channel], s after every step, then the binary read-out as the last row
-    (NaN past a narrower layer's width). A channel counts as pushed once its s is above 0."""
+    (NaN past a narrower layer's width). A channel counts as pushed once its s is above 0. When
+    the heatmap draws a sample of the channels, the counts are the sample's, and `layer_removed`
+    (the whole layer's) is said beside them so neither is taken for the other."""
     steps, readout = frames[:-1], frames[-1]
     drawn = int(np.sum(np.isfinite(readout)))
     pushed = [int(np.sum(row > 1e-6)) for row in steps]  # NaN compares False: not drawn, not counted
@@ -176,7 +178,8 @@ def mask_picture(frames: np.ndarray, layer: int, width: int) -> str:
         course = f"{pushed[0]} are being pushed after step 1, {pushed[-1]} after step {len(pushed)}"
     return (f"Each row is one ρ step of layer {layer} ({channels}): the more {pushed_out} a channel, the harder it "
             f"is being pushed out ({left_alone}: left alone); {course}, and the bottom row is what gets removed: "
-            f"{removed} channels, in {pushed_out}.")
+            f"{removed} {'channels' if drawn == width else 'of the drawn channels'}, in {pushed_out}"
+            + (f" ({layer_removed} of the layer's {width})." if drawn < width and layer_removed is not None else "."))
 
 
 def scores_picture(record: LayerRecord, cut_side: str) -> str:

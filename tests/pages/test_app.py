@@ -185,7 +185,8 @@ def test_mask_evolution_page_plots_the_soft_mask_per_iteration(ran_app):
     assert set(np.unique(z[-1])) == {0.0, 1.0} and z[-1].sum() == 128 - len(outcome.result.layers[0].keep)
     first, sentence = picture_first(at)  # the heatmap opens the page, with its sentence under it
     assert chart_title(first).startswith("Layer 0: s over ρ iterations")
-    assert sentence == mask_picture(z, 0, 128) and f"removed: {int(z[-1].sum())} channels" in sentence
+    assert sentence == mask_picture(z, 0, 128, 128 - len(outcome.result.layers[0].keep))
+    assert f"removed: {int(z[-1].sum())} channels" in sentence
     maths = " ".join(element.value for kind, expander, element in outline(at)
                      if expander == "The maths" and kind == "caption")
     assert "s⁽⁰⁾" in maths and "h̄" in maths  # the notation, below the picture

@@ -301,8 +301,8 @@ def test_dense_and_pruned_models_write_side_by_side(browser_page):
 
 def test_background_jobs_of_the_other_pages_complete(browser_page):
     page = browser_page
-    jobs = [("perplexity_sweep", "Run sweep", "Perplexity vs sparsity (", 5), ("latency", "Measure", "Memory and compute", 6),
-            ("sensitivity", "Run scan", "Red dotted line", 8)]
+    jobs = [("perplexity_sweep", "Run sweep", "Perplexity vs sparsity (", 5),
+            ("latency", "Measure", "Memory and compute", 6), ("sensitivity", "Run scan", "Red dotted line", 8)]
     for page_key, button, finished_text, number in jobs:
         go_to(page, page_key)
         page.get_by_role("button", name=button).click()
@@ -463,7 +463,8 @@ def test_a_browser_s_job_limit_holds_across_its_tabs(files, browser):
             stranger.goto(f"{base}/perplexity_sweep")
             settle(stranger)
             stranger.get_by_role("button", name="Run sweep").click()
-            stranger.get_by_text("sessions take turns").or_(stranger.get_by_text("Perplexity vs sparsity (")).first.wait_for()
+            swept = stranger.get_by_text("Perplexity vs sparsity (")
+            stranger.get_by_text("sessions take turns").or_(swept).first.wait_for()
             assert_no_errors(stranger)
             first.get_by_role("button", name="Cancel").click()
             first.get_by_text("was cancelled").wait_for(timeout=CANCEL_GUARD_MS)

@@ -177,7 +177,10 @@ def test_the_mask_picture_counts_what_its_heatmap_draws():
     readout[3] = 0.0  # the data changes, the sentence follows
     assert "removed: 2 channels" in mask_picture(np.vstack([steps, readout]), layer=7, width=5)
     subset = mask_picture(np.vstack([steps, readout])[:, :4], layer=7, width=16)
-    assert "(4 of its 16 channels, evenly spaced)" in subset
+    assert "(4 of its 16 channels, evenly spaced)" in subset and subset.endswith("removed: 2 of the drawn channels, "
+                                                                                 f"in {pushed_out}.")
+    with_layer = mask_picture(np.vstack([steps, readout])[:, :4], layer=7, width=16, layer_removed=6)
+    assert with_layer.endswith(f"removed: 2 of the drawn channels, in {pushed_out} (6 of the layer's 16).")
     single = mask_picture(np.vstack([steps[-1:], readout]), layer=0, width=5)
     assert "3 are being pushed after its single step" in single
 
