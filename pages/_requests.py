@@ -108,7 +108,7 @@ def run_size_note() -> str:
     """Which interactive defaults apply and why (GPU sizes are much larger)."""
     size = interactive_run_size(target_device())
     where = "a GPU was found, so GPU defaults apply" if target_device().type == "cuda" else "running on the CPU"
-    return f"{size.label} ({where})."
+    return f"{size.label}; {where}."
 
 
 def reference_request() -> RunRequest:
