@@ -46,7 +46,7 @@ JOB_LIMIT_MS = 1_800_000  # a guard against a hung job, not a performance target
 PAGES = [("Model & data", None, "01_model_data"), ("Run SPAP", ("Run SPAP", "Latest result"), "02_run_spap"),
          ("Mask evolution", None, "03_mask_evolution"), ("Scores", None, "04_scores"),
          ("Dense vs pruned text", ("Generate", "tokens/s"), "05_dense_vs_pruned"),
-         ("Perplexity vs sparsity", ("Run sweep", "Sweep (.csv)"), "06_perplexity_sweep"),
+         ("Perplexity vs sparsity", ("Run sweep", "Perplexity vs sparsity ("), "06_perplexity_sweep"),
          ("Latency & memory", ("Measure", "Memory and compute"), "07_latency"),
          ("Sensitivity", ("Run scan", "Red dotted line"), "08_sensitivity"),
          ("How SPAP works", None, "09_how_spap_works"),
