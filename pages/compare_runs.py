@@ -1,6 +1,7 @@
-"""Compare runs: two or more saved runs side by side, metrics first, then the settings with the
-ones that differ marked, the per-layer errors, how much their pruned channels (or heads) agree,
-and perplexity against sparsity for runs that differ only in their sparsity."""
+"""Compare runs: two or more saved runs side by side. The page opens with the picture, the per-layer
+errors (with one sentence on which run is closest to the dense model) beside how much their pruned
+channels (or heads) agree; then the metrics, the settings with the ones that differ marked, the
+pruned sets, and perplexity against sparsity for runs that differ only in their sparsity."""
 
 import plotly.express as px
 import streamlit as st
@@ -17,6 +18,7 @@ from spap_service.compare import (
     CHANNELS,
     PARTS,
     containment_notes,
+    error_reading,
     layer_errors,
     lone_points_note,
     metrics_table,
@@ -66,17 +68,6 @@ except UnreadableRunError as exc:
     st.stop()
 names = run_names(outcomes)
 
-st.subheader("Metrics")
-st.dataframe(metrics_table(outcomes).style.format("{:.4g}"), width="stretch")
-
-st.subheader("Settings")
-settings = settings_table(outcomes)
-differing = settings[settings["differs"]].drop(columns="differs")
-st.caption(f"The runs differ in {len(differing)} of {len(settings)} settings (highlighted, and listed first).")
-ordered = settings.sort_values("differs", ascending=False, kind="stable")
-st.dataframe(ordered.drop(columns="differs").style.apply(
-    lambda row: [DIFFERS if ordered.loc[row.name, "differs"] else ""] * len(row), axis=1), width="stretch")
-
 part = CHANNELS
 if any(outcome.result.heads is not None for outcome in outcomes):
     part = st.radio("Per layer", PARTS, horizontal=True, key="compare_part",
@@ -95,6 +86,7 @@ with error_column:
                      labels={"relative_error": "objective ÷ ½‖Y‖²"})
     figure.update_layout(height=380, margin=dict(t=50, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.25))
     show_chart(figure)
+    st.markdown(plain(error_reading(layer_errors(outcomes, part))))
 with overlap_column:
     overlap = pruned_overlap(outcomes, part)
     if len(drawn) < 2:
@@ -114,6 +106,17 @@ with overlap_column:
         ceiling = (f"Dotted: the ceiling, the smaller count of pruned {unit}s over the larger; two sets of "
                    "different sizes can agree no more.")
         st.caption(plain(" ".join([*containment_notes(overlap, unit), ceiling])))
+
+st.subheader("Metrics")
+st.dataframe(metrics_table(outcomes).style.format("{:.4g}"), width="stretch")
+
+st.subheader("Settings")
+settings = settings_table(outcomes)
+differing = settings[settings["differs"]].drop(columns="differs")
+st.caption(f"The runs differ in {len(differing)} of {len(settings)} settings (highlighted, and listed first).")
+ordered = settings.sort_values("differs", ascending=False, kind="stable")
+st.dataframe(ordered.drop(columns="differs").style.apply(
+    lambda row: [DIFFERS if ordered.loc[row.name, "differs"] else ""] * len(row), axis=1), width="stretch")
 
 st.subheader(f"Pruned {unit}s")
 for column, (name, outcome, layers) in zip(chart_columns(len(drawn)), drawn):

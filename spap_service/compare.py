@@ -81,6 +81,22 @@ def layer_errors(outcomes: list[RunOutcome], part: str = CHANNELS) -> pd.DataFra
                          for layer in part_layers(outcome, part) or []], columns=["run", "layer", "relative_error"])
 
 
+def error_reading(errors: pd.DataFrame) -> str:
+    """The per-layer error chart (`layer_errors`) in one plain sentence: which run's layers come
+    closest to the dense model's output, in how many layers, and the runs' means it is read from."""
+    means = errors.groupby("run", sort=False)["relative_error"].mean().sort_values(kind="stable")
+    if means.empty:
+        return "No run chosen here pruned this part, so there is no error to draw."
+    lead = "Each line is one run: how far each pruned layer's output lies from the dense layer's (lower is closer)."
+    if len(means) == 1:
+        return f"{lead} Run {means.index[0]} is the only one drawn; its mean is {means.iloc[0]:.3g}."
+    best, worst = str(means.index[0]), str(means.index[-1])
+    per_layer = errors.pivot_table(index="layer", columns="run", values="relative_error")
+    lowest_in = int((per_layer.idxmin(axis=1) == best).sum())
+    return (f"{lead} Run {best} has the lowest mean, {means[best]:.3g} against {means[worst]:.3g} for run {worst}, "
+            f"and is lowest in {lowest_in} of {len(per_layer)} layers.")
+
+
 OVERLAP_COLUMNS = ["pair", "run_a", "run_b", "layer", "jaccard", "ceiling", "pruned_a", "pruned_b", "shared"]
 
 

@@ -14,6 +14,7 @@ import shutil
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from app_harness import (
@@ -829,9 +830,9 @@ def test_the_scan_form_says_how_many_values_its_chart_shows(ran_app):
 
 
 def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(app_files):
-    """Two runs of one browser that differ in sparsity and K: the page lists both, leads with their
-    metrics, marks exactly the settings that differ, and draws per-layer errors, the agreement of
-    their pruned channels and a perplexity point per run."""
+    """Two runs of one browser that differ in sparsity and K: the page lists both, opens with their
+    per-layer errors and one sentence read from them, shows their metrics, marks exactly the settings
+    that differ, and draws the agreement of their pruned channels and a perplexity point per run."""
     at = run_spap(0.25, 3)
     at.slider(key="sparsity").set_value(0.5)
     at.slider(key="K").set_value(4)
@@ -839,6 +840,13 @@ def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(a
     finish_job(at, "run")
     open_page(at, "compare_runs")
     assert at.multiselect(key="compare_runs").value and len(at.multiselect(key="compare_runs").value) == 2
+    first, sentence = picture_first(at)  # the per-layer errors open the page, read in one sentence
+    assert chart_title(first) == "Relative reconstruction error per layer: MLP channels"
+    from spap_service.compare import error_reading
+
+    drawn = pd.DataFrame([{"run": trace["name"], "layer": layer, "relative_error": error} for trace in first["data"]
+                          for layer, error in zip(array(trace["x"]), array(trace["y"]))])
+    assert shown(sentence) == error_reading(drawn) and "has the lowest mean" in sentence
     metrics, settings = (frame.value for frame in at.dataframe[:2])
     assert list(metrics.index)[0] == "perplexity, pruned"  # what a comparison is about comes first
     assert any("differ in 2 of" in c.value for c in at.caption)

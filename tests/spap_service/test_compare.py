@@ -72,3 +72,19 @@ def test_curves_are_named_by_what_they_hold_and_a_lone_run_says_what_to_add():
         "Save a run of the same settings at another sparsity to draw one through it.")
     assert lone_points_note(sparsity_curves(runs[:2])) is None
     assert set(sparsity_curves(runs[:2])["curve"]) == {"spap"}  # one curve: its method says what it holds
+
+
+def test_the_error_reading_names_the_closest_run_and_follows_the_data():
+    import pandas as pd
+
+    from spap_service.compare import error_reading
+
+    errors = pd.DataFrame({"run": ["A", "A", "A", "B", "B", "B"], "layer": [0, 1, 2, 0, 1, 2],
+                           "relative_error": [0.02, 0.03, 0.01, 0.01, 0.02, 0.05]})
+    assert error_reading(errors).endswith("Run A has the lowest mean, 0.02 against 0.0267 for run B, and is lowest "
+                                          "in 1 of 3 layers.")  # B wins two layers, A the mean
+    errors.loc[5, "relative_error"] = 0.005  # the data changes, the sentence follows
+    assert error_reading(errors).endswith("Run B has the lowest mean, 0.0117 against 0.02 for run A, and is lowest "
+                                          "in 3 of 3 layers.")
+    assert "only one drawn" in error_reading(errors[errors["run"] == "A"])
+    assert "no error to draw" in error_reading(errors.iloc[0:0])
