@@ -128,7 +128,7 @@ figure.update_layout(height=400, margin=dict(t=90, b=10, l=10, r=10),
                                 f"{table['settings'].iloc[0]}</sup>")
 with picture_slot:
     show_chart(figure)
-    st.markdown(scan_picture(table, scanned.label))
+    st.markdown(scan_picture(table, scanned.label, share=scanned.key in SHARES))
     failed_points_warning(table, lambda row: f"value {row['value']:g}")
     if current_key is None or shown_table_differs("scan", current_key):
         st.caption(":material/info: The chart shows the scan last run, made with other choices than the ones below; "

@@ -214,14 +214,16 @@ def overlap_story(overlap: pd.DataFrame, scope: str) -> str | None:
             f"and those its last ranking scored lowest by {last:.2f} (Jaccard, as in the chart). {verdict}")
 
 
-def scan_picture(table: pd.DataFrame, label: str) -> str:
+def scan_picture(table: pd.DataFrame, label: str, share: bool = False) -> str:
     """A sensitivity scan in one plain sentence, from its table: one pruning run per value, and
-    where the layer error and the perplexity went as the value grew."""
+    where the layer error and the perplexity went as the value grew. A `share` (a sparsity) is
+    written in percent, as its axis reads."""
     ordered = table.sort_values("value")
-    low, high = ordered["value"].iloc[0], ordered["value"].iloc[-1]
-    steps = [f"at {value:g}" for value in ordered["value"]]
-    return (f"Each point is one whole pruning run with \"{label}\" set to the value under it: from {low:g} to "
-            f"{high:g}, the mean layer error {course(ordered['mean_layer_error'].to_numpy(), steps=steps)} and the "
+    written = [f"{value:.0%}" if share else f"{value:g}" for value in ordered["value"]]
+    low, high = written[0], written[-1]
+    steps = [f"at {value}" for value in written]
+    return (f"Each point is one whole pruning run with \"{label}\" set to the value under it: from {low} to "
+            f"{high}, the mean layer error {course(ordered['mean_layer_error'].to_numpy(), steps=steps)} and the "
             f"perplexity {course(ordered['perplexity'].to_numpy(), steps=steps)} (the dense model's: "
             f"{float(ordered['dense_perplexity'].iloc[0]):.3g}).")
 

@@ -230,6 +230,9 @@ def test_the_scan_picture_follows_the_scan():
     assert "perplexity rises from 25 to 30 (at 0.5), then falls to 18" in scan_picture(table, "α")
     table["perplexity"] = [30.0, 30.04, 30.02]
     assert "perplexity stays at about 30 " in scan_picture(table, "α")
+    table["perplexity"] = [30.0, 25.0, 18.0]
+    shares = scan_picture(table, "Sparsity", share=True)  # a sparsity reads in percent, as its axis does
+    assert "from 10% to 90%" in shares and "rises from 25 to 30 (at 50%)" in shares
 
 
 def test_the_zeroshot_picture_quotes_the_mean_row_or_the_single_task():
