@@ -36,6 +36,7 @@ from spap_core.runner.progress import RunProgress
 from spap_core.runner.spec import MeasuredDense, ParameterBudget, RunSpec
 from spap_core.storage.runs import (
     RESULTS_DIR_ENV,
+    WINDOW_NLL_KEYS,
     new_run_directory,
     read_run,
     record_faults,
@@ -292,7 +293,8 @@ def _without_weights(folder: Path, outcome: RunOutcome, why_not: str) -> bool:
 def _stored_perplexity(record: dict, key: str) -> PerplexityResult:
     tokens = record["eval_tokens"]
     return PerplexityResult(perplexity=record[key], nll=math.log(record[key]) * tokens, tokens=tokens,
-                            windows=record["eval_windows"], seqlen=record["eval_len"])
+                            windows=record["eval_windows"], seqlen=record["eval_len"],
+                            window_nll=tuple(record[WINDOW_NLL_KEYS[key]]))
 
 
 @dataclass(frozen=True)

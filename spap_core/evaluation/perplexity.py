@@ -1,5 +1,6 @@
 """Perplexity under the literature's protocol: non-overlapping windows of the text tokenized once,
-exp(total NLL / predicted tokens). The token budget is always reported with the number.
+exp(total NLL / predicted tokens). The token budget is always reported with the number, and each
+window's mean loss is kept for the 95% interval (spap_core.evaluation.intervals).
 
 The loss is computed from the final hidden states a chunk of tokens at a time, so evaluation never
 holds a batch's [windows × tokens × vocabulary] logits: at 2048-token windows and a 128k vocabulary
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spap_core.errors import PruningCancelled, SpapInputError
+from spap_core.evaluation.intervals import perplexity_interval
 from spap_core.models.adapters import ModelAdapter, model_adapter
 from spap_core.models.offload import execution_device, is_dispatched
 from spap_core.system.memory import release_freed_memory
@@ -47,6 +49,14 @@ class PerplexityResult:
     tokens: int  # predicted tokens
     windows: int
     seqlen: int
+    # each window's mean NLL (nats per predicted token, seqlen − 1 of them in every window), in window
+    # order; empty for a perplexity read back from a record saved without them
+    window_nll: tuple[float, ...]
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        """The 95% interval on the perplexity over its windows; None with fewer than 2 windows kept."""
+        return perplexity_interval(self.window_nll)
 
 
 def perplexity(model: PreTrainedModel, windows: torch.Tensor, batch_size: int = 4,
@@ -55,14 +65,16 @@ def perplexity(model: PreTrainedModel, windows: torch.Tensor, batch_size: int = 
     """Perplexity over token windows [W, L]; each window predicts its last L−1 tokens. Each batch of
     windows runs through the backbone (the decoder stack and its final norm) once; the family's head
     (`ModelAdapter.logits`) then turns `chunk_tokens` of its hidden states at a time into logits
-    (default: chunk_tokens_for the vocabulary), whose summed cross-entropy is the batch's NLL. A
-    model whose type the adapter does not declare is first checked against its own forward
-    (_check_head)."""
+    (default: chunk_tokens_for the vocabulary), whose cross-entropy is summed per window
+    (_window_sums): the windows' mean losses are kept, and their sum is the NLL. A model whose type
+    the adapter does not declare is first checked against its own forward (_check_head)."""
     device = execution_device(model)
     family = model_adapter(model)
     head = model.get_output_embeddings()
     step = chunk_tokens or chunk_tokens_for(head.weight.shape[0])
     total_nll, total_tokens = 0.0, 0
+    predicted = windows.shape[1] - 1  # tokens each window predicts
+    window_nll: list[float] = []
     batches = windows.split(batch_size)
     if family.model_type not in family.model_types:
         _check_head(model, family, windows[:1, :HEAD_CHECK_TOKENS].to(device))
@@ -74,18 +86,32 @@ def perplexity(model: PreTrainedModel, windows: torch.Tensor, batch_size: int = 
             hidden = model.base_model(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
             hidden = hidden.reshape(-1, hidden.shape[-1])
             targets = batch[:, 1:].reshape(-1)
+            sums = torch.zeros(len(batch), dtype=torch.float64)
             with _weights_held(head):
                 for start in range(0, len(targets), step):
                     logits = family.logits(model, hidden[start:start + step]).float()
                     chunk_targets = targets[start:start + step].to(logits.device)
-                    total_nll += float(F.cross_entropy(logits, chunk_targets, reduction="sum"))
+                    losses = F.cross_entropy(logits, chunk_targets, reduction="none")
+                    sums += _window_sums(losses, start, predicted, len(batch))
+            total_nll += float(sums.sum())
+            window_nll.extend((sums / predicted).tolist())
             total_tokens += targets.numel()
             if on_batch is not None:
                 on_batch(index + 1, len(batches))
     release_freed_memory()  # the hidden states and logits chunks, before the next step allocates its own
     ppl = math.exp(total_nll / total_tokens) if total_nll / total_tokens < 700 else math.inf
     return PerplexityResult(perplexity=ppl, nll=total_nll, tokens=total_tokens,
-                            windows=windows.shape[0], seqlen=windows.shape[1])
+                            windows=windows.shape[0], seqlen=windows.shape[1], window_nll=tuple(window_nll))
+
+
+def _window_sums(losses: torch.Tensor, first_token: int, predicted: int, windows: int) -> torch.Tensor:
+    """The per-token `losses` of one chunk, the batch's predicted tokens `first_token` onwards,
+    summed per window of the batch (each window predicts `predicted` of them): float32 on the
+    losses' device (float64 is not on every accelerator), returned as float64 on the CPU, where the
+    chunks accumulate."""
+    owners = torch.arange(first_token, first_token + len(losses), device=losses.device) // predicted
+    sums = torch.zeros(windows, dtype=losses.dtype, device=losses.device).index_add_(0, owners, losses)
+    return sums.cpu().double()
 
 
 def _check_head(model: PreTrainedModel, family: ModelAdapter, ids: torch.Tensor) -> None:

@@ -45,6 +45,8 @@ class Experiment:
             "allocation": result.settings.allocation,
             "layer_widths": [len(layer.keep) for layer in result.layers],
             "ppl": self.pruned.perplexity, "ppl_dense": self.dense.perplexity,
+            "ppl_ci95": self.pruned.ci95, "ppl_dense_ci95": self.dense.ci95,
+            "window_nll": list(self.pruned.window_nll), "window_nll_dense": list(self.dense.window_nll),
             "relative_error": result.relative_error,
             "mean_layer_error": result.mean_layer_error,
             "prune_seconds": self.prune_seconds, "eval_seconds": self.eval_seconds,

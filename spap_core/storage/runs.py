@@ -18,6 +18,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 
@@ -161,6 +162,10 @@ RECORD_FIELDS: dict[str, type] = {
     "timings": dict,
 }
 MAX_RECORD_BYTES = 16 * 2**20
+# Each perplexity's per-window mean losses and 95% interval (spap_core.evaluation.intervals). A record
+# saved before they were kept has neither: read_record gives it no windows and no interval (None).
+WINDOW_NLL_KEYS = {"ppl": "window_nll", "ppl_dense": "window_nll_dense"}
+INTERVAL_KEYS = {"ppl": "ppl_ci95", "ppl_dense": "ppl_dense_ci95"}
 
 
 def read_record(directory: str | Path) -> dict:
@@ -178,14 +183,39 @@ def read_record(directory: str | Path) -> dict:
             raise UnreadableRunError(file, f"no '{key}'.")
         value = record[key]
         if kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not _is_finite_number(value):
                 raise UnreadableRunError(file, f"'{key}' is {json.dumps(value)[:40]}, not a finite number.")
         elif isinstance(value, bool) or not isinstance(value, kind):
             raise UnreadableRunError(file, f"'{key}' is {json.dumps(value)[:40]}, not a JSON {kind.__name__}.")
     for key in ("ppl", "ppl_dense"):
         if record[key] < 1:
             raise UnreadableRunError(file, f"'{key}' is {record[key]:g}; a perplexity is at least 1.")
+        _check_windows(file, record, WINDOW_NLL_KEYS[key], INTERVAL_KEYS[key])
     return record
+
+
+def _check_windows(file: Path, record: dict, windows_key: str, interval_key: str) -> None:
+    """A perplexity's window losses (a list of finite numbers, none when absent) and its interval (null
+    or [low, high] with low ≤ high, null when absent), set in `record`."""
+    window_nll = record.setdefault(windows_key, [])
+    if not isinstance(window_nll, list) or not all(_is_finite_number(loss) for loss in window_nll):
+        raise UnreadableRunError(file, f"'{windows_key}' is {json.dumps(window_nll)[:40]}, not a list of "
+                                       "finite numbers.")
+    interval = record.setdefault(interval_key, None)
+    if interval is not None and not (isinstance(interval, list) and len(interval) == 2
+                                     and all(_is_number(bound) and bound >= 1 for bound in interval)
+                                     and interval[0] <= interval[1]):
+        raise UnreadableRunError(file, f"'{interval_key}' is {json.dumps(interval)[:40]}, not null or "
+                                       "[low, high] perplexities.")
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    """A JSON number, not a bool and not NaN (an interval's high bound may be inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _is_finite_number(value: object) -> bool:
+    return _is_number(value) and math.isfinite(value)
 
 
 @contextmanager

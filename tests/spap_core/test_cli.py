@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM
 
 from spap_core.cli import main
 
-PRUNE_KEYS = {"method", "sparsity", "ppl", "ppl_dense", "prune_seconds", "params_before", "params_after", "eval_tokens"}
+PRUNE_KEYS = {"method", "sparsity", "ppl", "ppl_dense", "ppl_ci95", "ppl_dense_ci95", "prune_seconds", "params_before",
+              "params_after", "eval_tokens"}
 
 
 @pytest.mark.parametrize("method", ["spap", "magnitude", "wanda-sp", "flap", "fasp"])
@@ -24,6 +25,9 @@ def test_prune_prints_the_contract_json(tiny_dir, text_files, capsys, method):
     assert result["method"] == method and result["eval_tokens"] == 3 * 31
     assert result["params_after"] < result["params_before"]
     assert 1 < result["ppl"] < float("inf") and 1 < result["ppl_dense"] < float("inf")
+    for key in ("ppl", "ppl_dense"):
+        low, high = result[f"{key}_ci95"]
+        assert low < result[key] < high
 
 
 def test_prune_out_saves_a_loadable_model_with_results(tiny_dir, text_files, tmp_path, capsys):

@@ -1,8 +1,9 @@
 """Perplexity from chunks of the final hidden states: the same NLL as the cross-entropy of the full
 logits that each family's own forward gives, on every family (Gemma 2's soft-capping and Phi's head
 bias included), whatever the chunk, in memory and with the model placed by accelerate; the head
-never produces more than one chunk of logits; a model taken by the shape of its layers whose head
-does more than its output embedding is refused; batches are reported and a cancel stops them."""
+never produces more than one chunk of logits; each window's mean loss is kept, and they add up to
+the NLL; a model taken by the shape of its layers whose head does more than its output embedding is
+refused; batches are reported and a cancel stops them."""
 
 from __future__ import annotations
 
@@ -73,6 +74,22 @@ def test_the_chunked_nll_equals_the_full_logits_cross_entropy_on_every_family(na
         result = perplexity(model, WINDOWS, batch_size=BATCH, chunk_tokens=chunk)
         assert result.nll == pytest.approx(expected, rel=1e-6), (name, chunk)
         assert result.tokens == 3 * 31
+
+
+def test_each_windows_mean_loss_is_its_own_cross_entropy_and_they_add_up_to_the_nll():
+    model = tiny_llama()
+    with torch.no_grad():
+        logits = model(input_ids=WINDOWS, use_cache=False).logits[:, :-1].float()
+    # one window at a time: the mean cross-entropy of its 31 predictions
+    expected = [float(F.cross_entropy(window_logits, window[1:])) for window_logits, window in zip(logits, WINDOWS)]
+    assert len(set(expected)) == len(expected)  # the windows' losses differ, so an order or a mix-up shows
+    for chunk in CHUNKS:
+        result = perplexity(model, WINDOWS, batch_size=BATCH, chunk_tokens=chunk)
+        assert result.window_nll == pytest.approx(expected, rel=1e-6), chunk
+        assert sum(result.window_nll) * 31 == pytest.approx(result.nll, rel=1e-12)
+        assert result.nll == pytest.approx(full_logits_nll(model, WINDOWS), rel=1e-6)
+        low, high = result.ci95
+        assert low < result.perplexity < high
 
 
 def llama_shaped(config_name: str, model_name: str, **head: float) -> nn.Module:

@@ -85,6 +85,8 @@ def test_one_call_prunes_evaluates_and_saves_a_record_that_reads_back(tiny_dir, 
     assert {"model.safetensors", "results.json", "config.json"} <= {path.name for path in out.iterdir()}
     record, stored = read_run(out)
     assert record == as_json(result.record())
+    assert record["window_nll"] == list(experiment.pruned.window_nll) and len(record["window_nll"]) == 2
+    assert record["ppl_dense_ci95"] == list(experiment.dense.ci95)
     assert record["calib_synthetic"] is False and record["calib_source"] == f"file {text_files['calib']}"
     assert [list(layer.keep) for layer in stored.layers] == [list(layer.keep) for layer in experiment.result.layers]
 

@@ -1,5 +1,7 @@
-"""Run records on disk give back what the inspection pages need, without the weights; a record
-that cannot be read is one typed error naming its file, and never hides the readable ones."""
+"""Run records on disk give back what the inspection pages need, without the weights, the
+perplexities' window losses and intervals included (a record saved before they were kept reads back
+with none); a record that cannot be read is one typed error naming its file, and never hides the
+readable ones."""
 
 import json
 from dataclasses import asdict
@@ -9,6 +11,7 @@ import pytest
 import torch
 
 from spap_core.errors import UnreadableRunError
+from spap_core.evaluation.intervals import perplexity_interval
 from spap_core.methods.registry import PruneSettings
 from spap_core.pipeline.walk import prune_model
 from spap_core.storage.runs import ARRAYS_FILE, RESULTS_DIR_ENV, list_runs, new_run_directory, read_run, write_run
@@ -19,8 +22,10 @@ def test_a_written_run_reads_back_layer_for_layer(tiny, tmp_path):
     result = prune_model(tiny, calibration, PruneSettings(sparsity=0.25))
     record = {"method": "spap", "sparsity": 0.25, "settings": asdict(result.settings),
               "timings": result.timings, "params_before": result.params_before, "params_after": result.params_after,
-              "calibration_tokens": result.calibration_tokens, "ppl": 12.5, "ppl_dense": 11.0, "eval_tokens": 64,
-              "eval_windows": 2, "eval_len": 32}
+              "calibration_tokens": result.calibration_tokens, "ppl": 12.5, "ppl_dense": 11.0, "eval_tokens": 62,
+              "eval_windows": 2, "eval_len": 32, "window_nll": [2.4, 2.65], "window_nll_dense": [2.3, 2.5],
+              "ppl_ci95": list(perplexity_interval([2.4, 2.65])),
+              "ppl_dense_ci95": list(perplexity_interval([2.3, 2.5]))}
     folder = write_run(new_run_directory(tmp_path, record), record, result)
     assert list_runs(tmp_path) == [folder]
 
@@ -39,6 +44,14 @@ def test_a_written_run_reads_back_layer_for_layer(tiny, tmp_path):
         assert back.rho == pytest.approx(original.rho) and back.objective == pytest.approx(original.objective)
 
 
+def test_a_record_saved_before_window_losses_were_kept_reads_back_with_no_interval(saved_run):
+    folder, record = saved_run
+    assert not {"window_nll", "window_nll_dense", "ppl_ci95", "ppl_dense_ci95"} & record.keys()
+    stored_record, _ = read_run(folder)
+    assert stored_record == {**record, "window_nll": [], "window_nll_dense": [], "ppl_ci95": None,
+                             "ppl_dense_ci95": None}
+
+
 def test_half_written_run_folders_are_not_listed(tmp_path):
     (tmp_path / "20260101-000000-spap-0.30-abcdef").mkdir()  # no results.json: a crash mid-write
     assert list_runs(tmp_path) == []
@@ -47,7 +60,7 @@ def test_half_written_run_folders_are_not_listed(tmp_path):
 
 @pytest.fixture()
 def saved_run(tiny, tmp_path):
-    """One complete run folder as the app writes it, and the record it holds."""
+    """One complete run folder as the app wrote it before window losses were kept, and its record."""
     calibration = torch.randint(0, 200, (4, 24), generator=torch.Generator().manual_seed(0))
     result = prune_model(tiny, calibration, PruneSettings(sparsity=0.25))
     record = {"method": "spap", "sparsity": 0.25, "settings": asdict(result.settings), "timings": result.timings,
@@ -74,6 +87,10 @@ def _spoil(folder, fault: str) -> str:
         results.write_text(json.dumps({**record, "ppl_dense": float("inf")}))
     elif fault == "string sparsity":
         results.write_text(json.dumps({**record, "sparsity": "0.3"}))
+    elif fault == "nan window loss":
+        results.write_text(json.dumps({**record, "window_nll": [2.0, float("nan")]}))
+    elif fault == "reversed interval":
+        results.write_text(json.dumps({**record, "ppl_dense_ci95": [12.0, 10.0]}))
     elif fault == "bad settings":
         results.write_text(json.dumps({**record, "settings": {**record["settings"], "method": "bogus"}}))
     elif fault == "not a zip":
@@ -88,8 +105,8 @@ def _spoil(folder, fault: str) -> str:
     return "results.json"
 
 
-FAULTS = ["not json", "a list", "no ppl", "nan ppl", "infinite ppl", "string sparsity", "bad settings", "not a zip",
-          "no arrays", "bad trace"]
+FAULTS = ["not json", "a list", "no ppl", "nan ppl", "infinite ppl", "string sparsity", "nan window loss",
+          "reversed interval", "bad settings", "not a zip", "no arrays", "bad trace"]
 
 
 @pytest.mark.parametrize("fault", FAULTS)
