@@ -7,8 +7,9 @@ so their losses are correlated and a per-token interval would be too narrow, whi
 disjoint stretches of text. Every window predicts the same number of tokens, so the mean of the
 window means is the token mean, and exp(m) is the perplexity itself, inside its interval. A
 t-interval is cheap (no resampling, a fraction of a millisecond against the evaluation's forward
-passes), deterministic (no seed, so a run reads the same interval every time it is opened) and,
-unlike a bootstrap, keeps its coverage at the 8 windows of a quick run.
+passes), deterministic (no seed, so a run reads the same interval every time it is opened) and
+keeps its coverage at the 8 windows of a quick run, where a percentile bootstrap's falls to about
+89% (docs/spap-design.md, "Intervals on perplexity").
 
 What it does not see: which calibration tokens the pruning drew. Another calibration seed gives
 another pruned model, whose perplexity can move by more than this interval's width."""
