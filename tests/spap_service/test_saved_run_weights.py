@@ -48,6 +48,7 @@ def test_a_saved_run_brings_back_its_pruned_model_from_the_dense_one(tiny, reque
     expected = logits(outcome.pruned_model())
     opened = load_saved_run(outcome.saved_to)
     assert not opened.has_model and opened.weights_missing is None  # kept, to be rebuilt from the dense model
+    assert opened.dense.window_nll == outcome.dense.window_nll and opened.pruned.ci95 == outcome.pruned.ci95 is not None
     assert json.loads((outcome.saved_to / "results.json").read_text())["pruned_weights"]["file"] == WEIGHTS_FILE
     [indexed] = indexed_runs(outcome.saved_to.parent)[0]
     assert indexed.bytes >= (outcome.saved_to / WEIGHTS_FILE).stat().st_size  # the cap counts the weights
