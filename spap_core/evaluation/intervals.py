@@ -12,13 +12,20 @@ keeps its coverage at the 8 windows of a quick run, where a percentile bootstrap
 89% (docs/spap-design.md, "Intervals on perplexity").
 
 What it does not see: which calibration tokens the pruning drew. Another calibration seed gives
-another pruned model, whose perplexity can move by more than this interval's width."""
+another pruned model, whose perplexity can move by more than this interval's width.
+
+Two perplexities measured on the same windows are compared pairwise (paired_comparison): the same
+t-interval on the windows' differences of mean losses gives the ratio of the perplexities with its
+interval, far narrower than the two perplexities' own intervals, since a window that is hard for one
+model is hard for the other and the difference cancels that shared difficulty."""
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 CONFIDENCE = 0.95
 BISECTION_STEPS = 200  # halves the bracket to below a float's resolution well before the last step
@@ -35,6 +42,91 @@ def perplexity_interval(window_nll: Sequence[float]) -> tuple[float, float] | No
     deviation = math.sqrt(math.fsum((loss - mean) ** 2 for loss in window_nll) / (count - 1))
     half_width = t_quantile_975(count - 1) * deviation / math.sqrt(count)
     return _exp(mean - half_width), _exp(mean + half_width)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Perplexity A against perplexity B on the same evaluation windows."""
+
+    ratio: float | None  # ppl_a / ppl_b; None when a side keeps no window losses
+    ci95: tuple[float, float] | None  # the ratio's 95% interval; None when no pairwise interval can be measured
+    verdict: str  # "A is lower", "B is lower", "not distinguishable on these N tokens", or why there is none
+    tokens: int  # predicted tokens the pairs cover (windows × tokens per window); 0 when not paired
+
+
+def paired_comparison(window_nll_a: Sequence[float], window_nll_b: Sequence[float],
+                      tokens_per_window: int) -> PairedComparison:
+    """Perplexities A and B compared window by window: with d the windows' differences of mean losses
+    (A − B), the ratio ppl_a/ppl_b is exp(mean d) and its 95% interval exp(mean d ± t·sd(d)/√W). A is
+    lower (or B) only when the interval excludes 1; else the two are not distinguishable on the
+    W × `tokens_per_window` tokens. With different window counts, or fewer than 2 windows, there is
+    no interval, and the verdict says why. Identical losses give a ratio of exactly 1 and the
+    interval (1, 1): a zero spread is a zero half-width, never a division."""
+    count_a, count_b = len(window_nll_a), len(window_nll_b)
+    if not count_a or not count_b:
+        missing = " and ".join(side for side, count in (("A", count_a), ("B", count_b)) if not count)
+        return PairedComparison(None, None, f"no verdict: {missing} kept no window losses", 0)
+    if count_a != count_b:
+        why = f"not comparable pairwise: A was evaluated on {_windows(count_a)}, B on {_windows(count_b)}"
+        return PairedComparison(_perplexity_ratio(window_nll_a, window_nll_b), None, why, 0)
+    tokens = count_a * tokens_per_window
+    differences = [loss_a - loss_b for loss_a, loss_b in zip(window_nll_a, window_nll_b, strict=True)]
+    mean = _mean(differences)
+    ratio = _exp(mean)  # exactly 1.0 for identical losses: every difference is 0.0
+    if count_a < 2:
+        return PairedComparison(ratio, None, f"no verdict: {_windows(count_a)} ({tokens:,} tokens), too few to "
+                                             "measure the spread (2 needed)", tokens)
+    deviation = math.sqrt(math.fsum((difference - mean) ** 2 for difference in differences) / (count_a - 1))
+    half_width = t_quantile_975(count_a - 1) * deviation / math.sqrt(count_a)
+    low, high = _exp(mean - half_width), _exp(mean + half_width)
+    if high < 1:
+        verdict = "A is lower"
+    elif low > 1:
+        verdict = "B is lower"
+    else:
+        verdict = f"not distinguishable on these {tokens:,} tokens"
+    return PairedComparison(ratio, (low, high), verdict, tokens)
+
+
+# What decides a run's evaluation windows, as its record holds it: the first eval_windows windows of
+# eval_len tokens of the evaluation text (spap_core.data.texts.evaluation_windows), cut by the model's
+# tokenizer. The seed is not among them: it draws the calibration only, so runs of two calibration
+# seeds are compared on the same windows.
+EVALUATION_IDENTITY = {"model": "model", "eval_source": "evaluation text", "eval_windows": "window count",
+                       "eval_len": "window length"}
+
+
+def compare_runs(record_a: Mapping[str, Any], record_b: Mapping[str, Any]) -> PairedComparison:
+    """Run A's pruned perplexity against run B's, from their records (storage.runs.read_record):
+    paired when both were evaluated on the same windows (EVALUATION_IDENTITY), else the verdict
+    names what differs and there is no interval."""
+    differing = [what + (" not recorded" if record_a.get(key) is None or record_b.get(key) is None else "")
+                 for key, what in EVALUATION_IDENTITY.items()
+                 if record_a.get(key) is None or record_a.get(key) != record_b.get(key)]
+    window_nll_a, window_nll_b = _losses(record_a), _losses(record_b)
+    if differing:
+        ratio = _perplexity_ratio(window_nll_a, window_nll_b) if window_nll_a and window_nll_b else None
+        return PairedComparison(ratio, None, "not comparable pairwise: different evaluation windows "
+                                             f"({', '.join(differing)})", 0)
+    return paired_comparison(window_nll_a, window_nll_b, record_a["eval_len"] - 1)  # each window predicts L − 1 tokens
+
+
+def _losses(record: Mapping[str, Any]) -> list[float]:
+    window_nll = record.get("window_nll")
+    return list(window_nll) if isinstance(window_nll, list) else []
+
+
+def _perplexity_ratio(window_nll_a: Sequence[float], window_nll_b: Sequence[float]) -> float:
+    """exp(mean loss of A − mean loss of B): ppl_a / ppl_b, whether or not the windows pair up."""
+    return _exp(_mean(window_nll_a) - _mean(window_nll_b))
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def _windows(count: int) -> str:
+    return f"{count} window" + ("" if count == 1 else "s")
 
 
 def _exp(value: float) -> float:
