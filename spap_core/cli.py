@@ -1,5 +1,6 @@
-"""Command-line interface: `python -m spap_core prune|latency ...`. Parsing and printing only;
-the work is done by the library. Progress goes to stderr, the JSON result is stdout's last line."""
+"""Command-line interface: `python -m spap_core prune|latency|compare ...`. Parsing and printing
+only; the work is done by the library. Progress goes to stderr, the JSON result is stdout's last line
+(`compare` prints its verdict in lines of text unless --json)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from spap_core.data.texts import HUB_SPEC, default_text_spec, text_without_model
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
+from spap_core.evaluation.intervals import compare_runs
 from spap_core.evaluation.latency import latency_ratios, measure_latencies
 from spap_core.evaluation.zeroshot import (
     STANDARD,
@@ -43,7 +45,8 @@ from spap_core.pipeline.parameters import (
 from spap_core.runner.execute import run
 from spap_core.runner.progress import RunProgress
 from spap_core.runner.spec import ParameterBudget, RunOutput, RunSpec, RunTexts, ZeroShotRequest
-from spap_core.system.access import checked_path, output_folder
+from spap_core.storage.runs import read_record
+from spap_core.system.access import checked_path, confined, output_folder
 
 EXIT_BAD_INPUT = 2
 EXIT_NOT_SAVED = 3
@@ -59,8 +62,8 @@ USER_ERRORS = (SpapInputError, SourceUnavailableError, PruningCancelled, Numeric
 # models.model_source, --out has its own check
 PATH_FLAGS = {"prune": {"calib_file": "calibration text", "eval_file": "evaluation text",
                         "zeroshot_tasks_dir": "zero-shot task folder", "offload_folder": "offload folder"},
-              "latency": {}}
-MODEL_FLAGS = {"prune": ("model",), "latency": ("model", "pruned")}
+              "latency": {}, "compare": {}}
+MODEL_FLAGS = {"prune": ("model",), "latency": ("model", "pruned"), "compare": ()}
 
 
 def literal(text: str) -> str:
@@ -117,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(latency)
     latency.add_argument("--pruned", default=None, help="directory of a pruned model saved by `prune --out`")
     _add_parameter_args(latency, COMMAND_PARAMETERS["latency"])
+    compare = commands.add_parser("compare", epilog=EXIT_CODES,
+                                  help="run A's perplexity against run B's, window by window: their ratio with a "
+                                       "95%% interval and a verdict")
+    for side in ("a", "b"):
+        compare.add_argument(f"run_{side}", metavar=f"RUN_{side.upper()}", help="a run folder saved by prune --out")
+    compare.add_argument("--json", action="store_true", help="print the comparison as one JSON line")
     return parser
 
 
@@ -124,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 # size (the app's is smaller), its evaluation and its latency measurement.
 CLI_DEFAULTS = {"nsamples": 16, "seqlen": 512, "seed": 0, "eval_len": 512, "eval_windows": 8, "batch_size": 4,
                 "prefill_tokens": 512, "decode_tokens": 32, "repeats": 5, "warmup": 2}
-COMMAND_PARAMETERS = {"prune": PARAMETERS + DATA_PARAMETERS, "latency": LATENCY_PARAMETERS}
+COMMAND_PARAMETERS = {"prune": PARAMETERS + DATA_PARAMETERS, "latency": LATENCY_PARAMETERS, "compare": ()}
 
 
 def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Parameter, ...]) -> None:
@@ -423,12 +432,70 @@ def run_latency(args: argparse.Namespace) -> dict:
     return report
 
 
+def run_compare(args: argparse.Namespace) -> dict:
+    """Run A's pruned perplexity against run B's (spap_core.evaluation.intervals.compare_runs): the
+    ratio ppl_a/ppl_b, its 95% interval (None when the runs do not pair up), the verdict, the tokens
+    the pairs cover and what each run is."""
+    records = {side: comparable_record(path, side) for side, path in (("A", args.run_a), ("B", args.run_b))}
+    comparison = compare_runs(records["A"], records["B"])
+    return {"ratio": comparison.ratio, "ci95": None if comparison.ci95 is None else list(comparison.ci95),
+            "verdict": comparison.verdict, "tokens": comparison.tokens,
+            "a": run_summary(args.run_a, records["A"]), "b": run_summary(args.run_b, records["B"])}
+
+
+def comparable_record(path: str, side: str) -> dict:
+    """The record of the run folder `path` (run A or B), refused in one line when the folder is
+    missing, holds no run, or was saved before each window's loss was kept."""
+    folder = confined(path, f"run {side} folder")
+    if not folder.is_dir():
+        raise SpapInputError(f"run {side}: {path[:80]} is not a folder.")
+    if not (folder / RUN_RECORD_FILE).is_file():
+        raise SpapInputError(f"run {side}: {path[:80]} holds no {RUN_RECORD_FILE}: not a run folder saved by "
+                             "prune --out.")
+    record = read_record(folder)
+    if not record["window_nll"]:
+        raise SpapInputError(f"run {side}: {path[:80]} was saved before each window's loss was kept, so it cannot "
+                             "be compared window by window; prune it again to compare it.")
+    return record
+
+
+def run_summary(path: str, record: dict) -> dict:
+    """What the comparison says of one run: where it is, what it pruned, its perplexity with its
+    interval and the evaluation it was measured on."""
+    return {"run": path, "method": record["method"], "sparsity": record["sparsity"], "ppl": record["ppl"],
+            "ppl_ci95": record["ppl_ci95"], "eval_source": record.get("eval_source"),
+            "eval_windows": record["eval_windows"], "eval_len": record["eval_len"], "seed": record.get("seed")}
+
+
+def comparison_text(report: dict) -> str:
+    """A comparison report (run_compare) in lines: each run with its perplexity and interval, the
+    ratio with its interval, the verdict."""
+    lines = [f"{side.upper()}: {run['run']} ({run['method']} at sparsity {run['sparsity']:g}): "
+             f"ppl {run['ppl']:.2f} {_interval_text(run['ppl_ci95'], '.2f')}"
+             for side, run in (("a", report["a"]), ("b", report["b"]))]
+    ratio = "none" if report["ratio"] is None else f"{report['ratio']:.4f} {_interval_text(report['ci95'], '.4f')}"
+    lines.append(f"ratio ppl A / ppl B: {ratio}" + (f" on {report['tokens']:,} tokens" if report["tokens"] else ""))
+    lines.append(f"verdict: {report['verdict']}")
+    return "\n".join(lines)
+
+
+def _interval_text(interval: list[float] | None, number_format: str) -> str:
+    if interval is None:
+        return "(no interval)"
+    low, high = interval
+    return f"[{low:{number_format}}, {high:{number_format}}]"
+
+
 def _os_error_message(exc: OSError) -> str:
     """An OS refusal (too long a name, no permission) in one line, naming at most 80 characters
     of the path."""
     if exc.filename is None:
         return str(exc)
     return f"{exc.strerror or exc}: {str(exc.filename)[:80]}"
+
+
+RUN_RECORD_FILE = "results.json"  # what marks a run folder: the record storage.runs.read_record reads
+COMMANDS = {"prune": run_prune, "latency": run_latency, "compare": run_compare}
 
 
 class StopSignal(KeyboardInterrupt):
@@ -473,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with signals_as_interrupts():
             check_args(args)
-            report = run_prune(args) if args.command == "prune" else run_latency(args)
+            report = COMMANDS[args.command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -485,7 +552,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: stopped by {STOP_SIGNALS[signum]} before the end; no output folder was written.",
               file=sys.stderr)
         return 128 + signum
-    print(json.dumps(report, indent=None if args.json else 2, default=float))
+    if args.command == "compare" and not args.json:
+        print(comparison_text(report))
+    else:
+        print(json.dumps(report, indent=None if args.json else 2, default=float))
     if "save_error" in report:
         print(f"error: could not save the pruned model in '{args.out[:80]}': {report['save_error']}",
               file=sys.stderr)
