@@ -250,9 +250,9 @@ def subcommands() -> list[str]:
     return list(action.choices)
 
 
-@pytest.mark.parametrize("command", [[], *([name] for name in ["prune", "latency"])])
+@pytest.mark.parametrize("command", [[], *([name] for name in ["compare", "prune", "latency"])])
 def test_every_help_renders(command, capsys):
-    assert sorted(subcommands()) == ["latency", "prune"]  # a new subcommand joins the list above
+    assert sorted(subcommands()) == ["compare", "latency", "prune"]  # a new subcommand joins the list above
     with pytest.raises(SystemExit) as stopped:
         main([*command, "--help"])
     assert stopped.value.code == 0
