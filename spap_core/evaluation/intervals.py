@@ -94,15 +94,24 @@ def paired_comparison(window_nll_a: Sequence[float], window_nll_b: Sequence[floa
 # seeds are compared on the same windows.
 EVALUATION_IDENTITY = {"model": "model", "eval_source": "evaluation text", "eval_windows": "window count",
                        "eval_len": "window length"}
+# The dense model's loss on each window, where both records keep it, is the check that the windows
+# held the same tokens (a file of the same name can change): equal to this tolerance (nats), which
+# covers another device's rounding and nothing a different text could give.
+DENSE_LOSS_TOLERANCE = 1e-4
 
 
 def compare_runs(record_a: Mapping[str, Any], record_b: Mapping[str, Any]) -> PairedComparison:
     """Run A's pruned perplexity against run B's, from their records (storage.runs.read_record):
-    paired when both were evaluated on the same windows (EVALUATION_IDENTITY), else the verdict
-    names what differs and there is no interval."""
+    paired when both were evaluated on the same windows (EVALUATION_IDENTITY, and the dense model's
+    loss on each window where both keep it), else the verdict names what differs and there is no
+    interval."""
     differing = [what + (" not recorded" if record_a.get(key) is None or record_b.get(key) is None else "")
                  for key, what in EVALUATION_IDENTITY.items()
                  if record_a.get(key) is None or record_a.get(key) != record_b.get(key)]
+    dense_a, dense_b = _losses(record_a, "window_nll_dense"), _losses(record_b, "window_nll_dense")
+    if not differing and dense_a and dense_b and (len(dense_a) != len(dense_b) or any(
+            abs(a - b) > DENSE_LOSS_TOLERANCE for a, b in zip(dense_a, dense_b))):
+        differing.append("their tokens: the dense model's loss differs window by window")
     window_nll_a, window_nll_b = _losses(record_a), _losses(record_b)
     if differing:
         ratio = _perplexity_ratio(window_nll_a, window_nll_b) if window_nll_a and window_nll_b else None
@@ -111,8 +120,8 @@ def compare_runs(record_a: Mapping[str, Any], record_b: Mapping[str, Any]) -> Pa
     return paired_comparison(window_nll_a, window_nll_b, record_a["eval_len"] - 1)  # each window predicts L − 1 tokens
 
 
-def _losses(record: Mapping[str, Any]) -> list[float]:
-    window_nll = record.get("window_nll")
+def _losses(record: Mapping[str, Any], key: str = "window_nll") -> list[float]:
+    window_nll = record.get(key)
     return list(window_nll) if isinstance(window_nll, list) else []
 
 

@@ -160,3 +160,14 @@ def test_a_record_without_its_evaluation_text_is_not_comparable():
     del old["eval_source"]
     assert compare_runs(old, record()).verdict == ("not comparable pairwise: different evaluation windows "
                                                    "(evaluation text not recorded)")
+
+
+def test_a_file_of_the_same_name_with_other_tokens_is_caught_by_the_dense_losses():
+    dense = [2.9, 3.1, 3.0]
+    same = compare_runs(record(window_nll=[3.5, 3.7, 3.65], window_nll_dense=dense),
+                        record(window_nll_dense=[loss + 1e-6 for loss in dense]))  # another device's rounding
+    assert same.verdict == "B is lower"
+    changed = compare_runs(record(window_nll_dense=dense), record(window_nll_dense=[2.9, 3.4, 3.0]))
+    assert changed.ci95 is None and changed.verdict == (
+        "not comparable pairwise: different evaluation windows (their tokens: the dense model's loss differs "
+        "window by window)")
