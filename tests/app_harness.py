@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from conftest import word_text
 from streamlit.testing.v1 import AppTest
 
 from pages._text import WORD_JOINER
@@ -151,3 +152,15 @@ def picture_first(at: AppTest) -> tuple[dict, str]:
     kind, expander, sentence = rows[index]
     assert kind == "markdown" and not expander, (kind, expander)
     return figure, sentence.value
+
+
+def generate_greedily(at: AppTest, new_tokens: int) -> tuple[str, str]:
+    """Dense vs pruned text, already open: both models answer one fixed prompt greedily with
+    `new_tokens` tokens; returns their texts (dense, pruned)."""
+    at.text_area(key="generation_prompt").set_value(word_text(6, seed=9))
+    at.number_input(key="generation_max_new_tokens").set_value(new_tokens)
+    at.number_input(key="generation_temperature").set_value(0.0)
+    click(at, "Generate")
+    assert_clean(at)
+    dense, pruned = (text.value for text in at.text)
+    return dense, pruned

@@ -41,7 +41,7 @@ def perplexity_interval(window_nll: Sequence[float]) -> tuple[float, float] | No
     mean = math.fsum(window_nll) / count
     deviation = math.sqrt(math.fsum((loss - mean) ** 2 for loss in window_nll) / (count - 1))
     half_width = t_quantile_975(count - 1) * deviation / math.sqrt(count)
-    return _exp(mean - half_width), _exp(mean + half_width)
+    return perplexity_of(mean - half_width), perplexity_of(mean + half_width)
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,13 @@ def paired_comparison(window_nll_a: Sequence[float], window_nll_b: Sequence[floa
     tokens = count_a * tokens_per_window
     differences = [loss_a - loss_b for loss_a, loss_b in zip(window_nll_a, window_nll_b, strict=True)]
     mean = _mean(differences)
-    ratio = _exp(mean)  # exactly 1.0 for identical losses: every difference is 0.0
+    ratio = perplexity_of(mean)  # exactly 1.0 for identical losses: every difference is 0.0
     if count_a < 2:
         return PairedComparison(ratio, None, f"no verdict: {_windows(count_a)} ({tokens:,} tokens), too few to "
                                              "measure the spread (2 needed)", tokens)
     deviation = math.sqrt(math.fsum((difference - mean) ** 2 for difference in differences) / (count_a - 1))
     half_width = t_quantile_975(count_a - 1) * deviation / math.sqrt(count_a)
-    low, high = _exp(mean - half_width), _exp(mean + half_width)
+    low, high = perplexity_of(mean - half_width), perplexity_of(mean + half_width)
     if high < 1:
         verdict = "A is lower"
     elif low > 1:
@@ -127,7 +127,7 @@ def _losses(record: Mapping[str, Any], key: str = "window_nll") -> list[float]:
 
 def _perplexity_ratio(window_nll_a: Sequence[float], window_nll_b: Sequence[float]) -> float:
     """exp(mean loss of A − mean loss of B): ppl_a / ppl_b, whether or not the windows pair up."""
-    return _exp(_mean(window_nll_a) - _mean(window_nll_b))
+    return perplexity_of(_mean(window_nll_a) - _mean(window_nll_b))
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -138,8 +138,9 @@ def _windows(count: int) -> str:
     return f"{count} window" + ("" if count == 1 else "s")
 
 
-def _exp(value: float) -> float:
-    return math.exp(value) if value < 700 else math.inf
+def perplexity_of(mean_nll: float) -> float:
+    """exp of a mean loss in nats: a perplexity, inf beyond a float's range."""
+    return math.exp(mean_nll) if mean_nll < 700 else math.inf
 
 
 @functools.cache

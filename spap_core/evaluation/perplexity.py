@@ -9,7 +9,6 @@ those are 1 GiB per window in float32, and the cross-entropy's log-softmax doubl
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spap_core.errors import PruningCancelled, SpapInputError
-from spap_core.evaluation.intervals import perplexity_interval
+from spap_core.evaluation.intervals import perplexity_interval, perplexity_of
 from spap_core.models.adapters import ModelAdapter, model_adapter
 from spap_core.models.offload import execution_device, is_dispatched
 from spap_core.system.memory import release_freed_memory
@@ -99,7 +98,7 @@ def perplexity(model: PreTrainedModel, windows: torch.Tensor, batch_size: int = 
             if on_batch is not None:
                 on_batch(index + 1, len(batches))
     release_freed_memory()  # the hidden states and logits chunks, before the next step allocates its own
-    ppl = math.exp(total_nll / total_tokens) if total_nll / total_tokens < 700 else math.inf
+    ppl = perplexity_of(total_nll / total_tokens)
     return PerplexityResult(perplexity=ppl, nll=total_nll, tokens=total_tokens,
                             windows=windows.shape[0], seqlen=windows.shape[1], window_nll=tuple(window_nll))
 

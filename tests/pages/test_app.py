@@ -27,6 +27,7 @@ from app_harness import (
     click,
     figures,
     finish_job,
+    generate_greedily,
     open_page,
     outline,
     picture_first,
@@ -36,7 +37,7 @@ from app_harness import (
     start_app,
     titled,
 )
-from conftest import tiny_llama, word_text
+from conftest import tiny_llama
 from streamlit.testing.v1 import AppTest
 
 from pages._palette import DENSE, method_style
@@ -372,13 +373,18 @@ def test_a_sweep_with_spaps_refit_and_a_global_allocation_says_so(ran_app):
     assert all("global allocation, max deviation = 0.05" in settings for settings in table["settings"])
 
 
-def test_sensitivity_scan_plots_error_and_perplexity(ran_app):
-    at = ran_app
+def run_two_point_scan(at: AppTest, parameter: str) -> None:
+    """A finished scan of `parameter` over two values, from the Sensitivity page."""
     open_page(at, "sensitivity")
-    at.selectbox(key="scan_parameter").set_value("alpha").run()
+    at.selectbox(key="scan_parameter").set_value(parameter).run()
     at.slider(key="scan_points").set_value(2)
     click(at, "Run scan")
     finish_job(at, "scan")
+
+
+def test_sensitivity_scan_plots_error_and_perplexity(ran_app):
+    at = ran_app
+    run_two_point_scan(at, "alpha")
     chart, sentence = picture_first(at)  # the scan's chart comes first, above the form for the next one
     assert len(chart["data"]) == 2 and all(len(array(trace["x"])) == 2 for trace in chart["data"])
     assert at.dataframe[0].value.shape[0] == 2
@@ -391,11 +397,7 @@ def test_sensitivity_scan_plots_error_and_perplexity(ran_app):
 
 def test_a_scan_of_the_sparsity_reads_it_in_percent_on_both_panels(ran_app):
     at = ran_app
-    open_page(at, "sensitivity")
-    at.selectbox(key="scan_parameter").set_value("sparsity").run()
-    at.slider(key="scan_points").set_value(2)
-    click(at, "Run scan")
-    finish_job(at, "scan")
+    run_two_point_scan(at, "sparsity")
     chart = titled(at, "Scan of")
     assert {chart["layout"][axis].get("tickformat") for axis in ("xaxis", "xaxis2")} == {".0%"}
 
@@ -610,12 +612,7 @@ def test_a_results_link_brings_the_pruned_weights_for_text_and_latency(ran_app):
     at = link_session(outcome.saved_to.name)
     assert not at.session_state["latest_run"].has_model  # opened from disk: the weights come when a page needs them
     open_page(at, "dense_vs_pruned")
-    at.text_area(key="generation_prompt").set_value(word_text(6, seed=9))
-    at.number_input(key="generation_max_new_tokens").set_value(4)
-    at.number_input(key="generation_temperature").set_value(0.0)
-    click(at, "Generate")
-    assert_clean(at)
-    dense, pruned = (text.value for text in at.text)
+    dense, pruned = generate_greedily(at, new_tokens=4)
     assert dense.split() and pruned.split()
     with torch.no_grad():  # rebuilt from the loaded dense model: the logits of the model the run pruned
         ids = torch.tensor([[1, 5, 9, 12]])

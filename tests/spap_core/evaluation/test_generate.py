@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from app_harness import assert_clean, click, keep, run_spap, shown, start_app
+from app_harness import assert_clean, click, generate_greedily, keep, run_spap, shown, start_app
 from conftest import tiny_llama, tiny_tokenizer, word_text
 from streamlit.testing.v1 import AppTest
 from torch import nn
@@ -295,12 +295,7 @@ def test_page_streams_dense_and_pruned_text_side_by_side(ran_app):
     assert any(m.value == "**Pruned model (25% of MLP channels removed)**" for m in at.markdown)
     intro = at.caption[0].value  # the tiny tokenizer has no chat template: the models continue plain text
     assert "continue the same prompt" in intro and "the prompt is given as plain text" in intro
-    at.text_area(key="generation_prompt").set_value(word_text(6, seed=9))
-    at.number_input(key="generation_max_new_tokens").set_value(6)
-    at.number_input(key="generation_temperature").set_value(0.0)
-    click(at, "Generate")
-    assert_clean(at)
-    dense, pruned = (text.value for text in at.text)
+    dense, pruned = generate_greedily(at, new_tokens=6)
     assert dense.split() and pruned.split() and "▌" not in dense + pruned
     assert "Stop" not in [button.label for button in at.button]  # offered only while the models write
     pair = at.session_state["dense_vs_pruned"]["pair"]
