@@ -21,11 +21,15 @@ def time_estimate(loaded: LoadedModel, requests: list[RunRequest]) -> float | No
         speed = model_speed(loaded)
     except (RuntimeError, ValueError):  # a model that does not run on random ids says so when it runs
         return None
-    return many_runs_seconds(speed, requests, dense_perplexity_known(loaded, requests[0].data))
+    runs = [one for request in requests for one in request.seed_requests()]  # every calibration seed is a run
+    return many_runs_seconds(speed, runs, dense_perplexity_known(loaded, requests[0].data))
 
 
-def estimate_caption(what: str, seconds: float | None) -> str:
-    """"This run: about 2 min on this machine, …", or that no estimate is claimed when `seconds` is None."""
+def estimate_caption(what: str, seconds: float | None, seeds: int = 1) -> str:
+    """"This run: about 2 min on this machine, …", or that no estimate is claimed when `seconds` is None;
+    with more than one calibration seed it says that each seed is a run of its own."""
+    if seeds > 1:
+        what += f" over {seeds} calibration seeds ({seeds} times the runs of one seed)"
     if seconds is None:
         return f"{what}: no time estimate for this model."
     return (f"{what}: {duration(seconds)} on this machine, estimated from this model's measured speed; the time it "

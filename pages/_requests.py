@@ -16,7 +16,7 @@ from spap_core.pipeline.parameters import Parameter, method_parameters, settings
 from spap_core.runner.spec import ParameterBudget
 from spap_service.data import DataSpec, TextChoice
 from spap_service.presets import DemoPreset, interactive_run_size, interactive_settings
-from spap_service.runs import RunRequest
+from spap_service.runs import MAX_SEEDS, RunRequest
 
 # The run API's ParameterBudget as a field of Run SPAP (the CLI's --param-sparsity): 0 leaves the
 # sparsities to their own sliders; the split chooses the heads, as --param-sparsity without --head-sparsity.
@@ -26,9 +26,18 @@ PARAMETER_BUDGET = Parameter(
     "remove; the run measures which split of MLP channels and attention heads meets it with the least layer error, "
     "and the two sparsities above are then not used (0 = off: set them yourself).",
     float, "run", ("--param-sparsity",), low=0.0, high=0.9, step=0.05, slider=True, lead=True)
+# How many calibration seeds a run repeats over (RunRequest.seeds): each seed prunes the model again
+# on other calibration tokens, so the spread across seeds shows beside the evaluation windows' interval.
+CALIBRATION_SEEDS = Parameter(
+    "seeds", "calibration seeds", "Calibration seeds",
+    f"Repeat the run over this many calibration seeds (seed, seed + 1, …; 1 to {MAX_SEEDS}): each one prunes "
+    "the model again on other calibration tokens, so the result says how much it depends on which tokens were "
+    "drawn. Each seed takes as long as one run.",
+    int, "calibration", ("--seeds",), low=1, high=MAX_SEEDS, step=1)
 _SPAP_FIELDS = method_parameters("spap")
-# Run SPAP's fields: the run's own settings and the budget, SPAP's, the calibration's
-RUN_FORM = (*(p for p in _SPAP_FIELDS if p.lead), PARAMETER_BUDGET, *(p for p in _SPAP_FIELDS if not p.lead))
+# Run SPAP's fields: the run's own settings and the budget, SPAP's, the calibration's and its seeds
+RUN_FORM = (*(p for p in _SPAP_FIELDS if p.lead), PARAMETER_BUDGET, *(p for p in _SPAP_FIELDS if not p.lead),
+            CALIBRATION_SEEDS)
 
 
 def _default_text_choice(purpose: str) -> TextChoice:
@@ -54,10 +63,11 @@ def data_spec() -> DataSpec:
 
 def form_defaults() -> dict[str, Any]:
     """Every Run form field's default: the interactive settings of the target device, the
-    calibration size chosen on Model & data, seed 0."""
+    calibration size chosen on Model & data, seed 0, one calibration seed."""
     defaults = settings_values(interactive_settings(target_device()))
     spec = data_spec()
-    others = {"nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed": 0, PARAMETER_BUDGET.key: 0.0}
+    others = {"nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed": 0, PARAMETER_BUDGET.key: 0.0,
+              CALIBRATION_SEEDS.key: 1}
     return {declared.key: defaults[declared.key] if declared.path else others[declared.key] for declared in RUN_FORM}
 
 
@@ -68,7 +78,7 @@ def form_request(values: dict[str, Any]) -> RunRequest:
     share = float(values[PARAMETER_BUDGET.key])
     return RunRequest(settings=settings, seed=int(values["seed"]),
                       data=replace(data_spec(), nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"])),
-                      budget=ParameterBudget(share) if share > 0 else None)
+                      budget=ParameterBudget(share) if share > 0 else None, seeds=int(values[CALIBRATION_SEEDS.key]))
 
 
 def preset_values(preset: DemoPreset) -> dict[str, Any]:
@@ -119,8 +129,8 @@ def reference_request() -> RunRequest:
 
 
 def form_values(request: RunRequest) -> dict:
-    """The Run form's values of a run: its settings, parameter budget (0: none), calibration size and
-    seed, by key."""
+    """The Run form's values of a run: its settings, parameter budget (0: none), calibration size,
+    seed and calibration seeds, by key."""
     return {**settings_values(request.settings), PARAMETER_BUDGET.key: 0.0 if request.budget is None
             else request.budget.share, "nsamples": request.data.nsamples, "seqlen": request.data.seqlen,
-            "seed": request.seed}
+            "seed": request.seed, CALIBRATION_SEEDS.key: request.seeds}

@@ -57,6 +57,7 @@ class PointResult:
     mean_layer_error: float = math.nan
     params_after: int = 0
     eval_tokens: int = 0
+    window_nll: tuple[float, ...] = ()  # the pruned model's mean loss on each evaluation window
     error: str | None = None
 
 
@@ -66,7 +67,8 @@ def measure_point(loaded: LoadedModel, request: RunRequest, progress: ProgressRe
     experiment = run_request(loaded, request, progress, cancel).experiment
     return PointResult(perplexity=experiment.pruned.perplexity, dense_perplexity=experiment.dense.perplexity,
                        mean_layer_error=experiment.result.mean_layer_error,
-                       params_after=experiment.result.params_after, eval_tokens=experiment.pruned.tokens)
+                       params_after=experiment.result.params_after, eval_tokens=experiment.pruned.tokens,
+                       window_nll=experiment.pruned.window_nll)
 
 
 class PointExecutor(ABC):

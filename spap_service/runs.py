@@ -15,7 +15,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,6 +24,7 @@ import torch
 from transformers import PreTrainedModel
 
 from spap_core.errors import SpapInputError, UnreadableRunError
+from spap_core.evaluation.intervals import seed_fields
 from spap_core.evaluation.perplexity import PerplexityResult
 from spap_core.methods.base import MethodStep
 from spap_core.methods.registry import PruneSettings
@@ -52,20 +53,35 @@ from spap_service.jobs import ProgressReporter
 from spap_service.limits import server_limits
 from spap_service.run_index import WEIGHTS_RECORD_KEY, enforce_caps, folder_bytes, indexed_runs
 
+MAX_SEEDS = 5  # calibration seeds a run of the app repeats over, at most (each one a whole run)
+
 
 @dataclass(frozen=True)
 class RunRequest:
     """One pruning run: method and hyperparameters, calibration seed and data, and optionally one
-    parameter budget whose split between MLP channels and heads replaces the settings' sparsities."""
+    parameter budget whose split between MLP channels and heads replaces the settings' sparsities.
+    `seeds` > 1 repeats it over the calibration seeds seed, seed + 1, …, each on the same evaluation
+    windows (seed_requests), so its perplexity carries the seeds' spread besides the windows'."""
 
     settings: PruneSettings
     seed: int
     data: DataSpec
     budget: ParameterBudget | None = None
+    seeds: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= MAX_SEEDS:
+            raise SpapInputError(f"Calibration seeds must be a whole number from 1 to {MAX_SEEDS}, not "
+                                 f"{str(self.seeds)[:20]}.")
 
     @property
     def cache_key(self) -> str:
-        return f"{asdict(self.settings)}|seed={self.seed}|budget={self.budget}|{self.data.cache_key}"
+        repeats = f"|seeds={self.seeds}" if self.seeds > 1 else ""
+        return f"{asdict(self.settings)}|seed={self.seed}|budget={self.budget}|{self.data.cache_key}{repeats}"
+
+    def seed_requests(self) -> list[RunRequest]:
+        """The one-seed runs this request repeats: its own seed first, then the next ones."""
+        return [replace(self, seed=self.seed + offset, seeds=1) for offset in range(self.seeds)]
 
     @property
     def spec(self) -> RunSpec:
@@ -222,11 +238,18 @@ def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressRepo
     `owner` (the browser session) is saved with the run, so each session lists its own runs; a
     Ray worker runs it with `save` off and the app saves what it sends back (save_outcome)."""
     progress.update(phase="tokenizing calibration and evaluation text")
-    result = run_request(loaded, request, progress, cancel)
-    finished_at = time.time()
-    record = result.record(model_key=model_key(loaded), data=request.data.to_dict(), finished_at=finished_at,
-                           owner=owner)
+    own, *repeats = request.seed_requests()
+    result = run_request(loaded, own, progress, cancel)
     experiment = result.experiment
+    window_nll_by_seed = [experiment.pruned.window_nll]
+    for index, repeat in enumerate(repeats, start=2):  # the other seeds keep their perplexity only
+        progress.update(phase=f"calibration seed {index} of {request.seeds} (seed {repeat.seed})")
+        window_nll_by_seed.append(run_request(loaded, repeat, progress, cancel).experiment.pruned.window_nll)
+    finished_at = time.time()
+    repeated = {} if not repeats else seed_fields([seeded.seed for seeded in request.seed_requests()],
+                                                  window_nll_by_seed)
+    record = result.record(model_key=model_key(loaded), data=request.data.to_dict(), finished_at=finished_at,
+                           owner=owner, **repeated)
     outcome = RunOutcome(request=request, model_key=model_key(loaded), tokenizer=loaded.tokenizer,
                          result=experiment.result, dense=experiment.dense, pruned=experiment.pruned, record=record,
                          finished_at=finished_at)
@@ -333,8 +356,10 @@ def load_saved_run(folder: str | Path) -> RunOutcome:
     record, result = read_run(folder)
     weights = Path(folder) / WEIGHTS_FILE
     with record_faults(Path(folder) / "results.json"):  # the fields only the app's runs carry
+        seeds = record.get("seeds")
         request = RunRequest(settings=result.settings, seed=int(record["seed"]),
-                             data=DataSpec.from_dict(record["data"]))
+                             data=DataSpec.from_dict(record["data"]),
+                             seeds=len(seeds) if isinstance(seeds, list) and 1 <= len(seeds) <= MAX_SEEDS else 1)
         return RunOutcome(request=request, model_key=str(record["model_key"]), tokenizer=None, result=result,
                           dense=_stored_perplexity(record, "ppl_dense"), pruned=_stored_perplexity(record, "ppl"),
                           record=record, finished_at=float(record["finished_at"]), saved_to=Path(folder),

@@ -191,7 +191,25 @@ def read_record(directory: str | Path) -> dict:
         if record[key] < 1:
             raise UnreadableRunError(file, f"'{key}' is {record[key]:g}; a perplexity is at least 1.")
         _check_windows(file, record, WINDOW_NLL_KEYS[key], INTERVAL_KEYS[key])
+    _check_seeds(file, record)
     return record
+
+
+def _check_seeds(file: Path, record: dict) -> None:
+    """A run repeated over calibration seeds (spap_core.evaluation.intervals.seed_fields): its seeds, a
+    list of whole numbers, and one row of window losses per seed, every row as long as the run's own
+    window losses; both absent for a run of one seed."""
+    seeds, rows = record.get("seeds"), record.get("window_nll_by_seed")
+    if seeds is None and rows is None:
+        return
+    if not (isinstance(seeds, list) and seeds and all(isinstance(seed, int) and not isinstance(seed, bool)
+                                                      for seed in seeds)):
+        raise UnreadableRunError(file, f"'seeds' is {json.dumps(seeds)[:40]}, not a list of whole numbers.")
+    if not (isinstance(rows, list) and len(rows) == len(seeds)
+            and all(isinstance(row, list) and len(row) == len(record["window_nll"])
+                    and all(_is_finite_number(loss) for loss in row) for row in rows)):
+        raise UnreadableRunError(file, "'window_nll_by_seed' is not one row of finite window losses per seed, "
+                                       "each as long as 'window_nll'.")
 
 
 def _check_windows(file: Path, record: dict, windows_key: str, interval_key: str) -> None:

@@ -961,12 +961,13 @@ def assert_form_shows(at: AppTest, expected: dict) -> None:
 
 
 def form_defaults_on_cpu() -> dict:
-    from pages._requests import PARAMETER_BUDGET, RUN_FORM
+    from pages._requests import CALIBRATION_SEEDS, PARAMETER_BUDGET, RUN_FORM
     from spap_core.pipeline.parameters import settings_values
     from spap_service.presets import CPU_RUN, interactive_settings
 
     defaults = settings_values(interactive_settings(torch.device("cpu")))
-    others = {"nsamples": CPU_RUN.nsamples, "seqlen": CPU_RUN.seqlen, "seed": 0, PARAMETER_BUDGET.key: 0.0}
+    others = {"nsamples": CPU_RUN.nsamples, "seqlen": CPU_RUN.seqlen, "seed": 0, PARAMETER_BUDGET.key: 0.0,
+              CALIBRATION_SEEDS.key: 1}
     return {p.key: defaults[p.key] if p.path else others[p.key] for p in RUN_FORM}
 
 
