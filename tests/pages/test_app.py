@@ -325,13 +325,18 @@ def test_sweep_runs_as_a_job_and_is_cached(ran_app):
     assert "evaluation: 8 windows × " in chart_title(chart)  # what the perplexities were measured on
     assert all(trace["line"]["color"] == method_style(trace["name"]).colour for trace in methods)
     assert {axis.get("tickformat") for name, axis in chart["layout"].items() if name.startswith("xaxis")} == {".0%"}
-    from spap_service.comparisons import RESULT_TABLES, readable
+    from spap_service.comparisons import RESULT_TABLES, compare_points, readable
 
     table = RESULT_TABLES.get(at.session_state["table_requests"]["sweep"].key)
     at_40 = table[table["sparsity"] == 0.4].sort_values("perplexity")
-    reading = shown(next(m.value for m in at.markdown if "has the lowest perplexity" in m.value))
-    assert reading.startswith(f"At 40% sparsity, {at_40['method'].iloc[0]} has the lowest perplexity, "
-                              f"{readable(at_40['perplexity'].iloc[0])}: ")
+    reading = next(shown(m.value) for m in at.markdown if shown(m.value).startswith("At 40% sparsity"))
+    best = at_40["method"].iloc[0]
+    if compare_points(at_40.iloc[0], at_40.iloc[1], seeds_pair=True).distinguishable:  # the sentence follows it
+        assert reading.startswith(f"At 40% sparsity, {best} has the lowest perplexity, "
+                                  f"{readable(at_40['perplexity'].iloc[0])}: ")
+    else:
+        assert reading.startswith(f"At 40% sparsity, {best}'s perplexity, {readable(at_40['perplexity'].iloc[0])}, "
+                                  "is not distinguishable from ")
     first_job = session_job(at, "sweep")
     open_page(at, "scores")
     open_page(at, "perplexity_sweep")  # revisiting shows the cached sweep at once
@@ -386,8 +391,9 @@ def test_sensitivity_scan_plots_error_and_perplexity(ran_app):
     at = ran_app
     run_two_point_scan(at, "alpha")
     chart, sentence = picture_first(at)  # the scan's chart comes first, above the form for the next one
-    assert len(chart["data"]) == 2 and all(len(array(trace["x"])) == 2 for trace in chart["data"])
-    assert at.dataframe[0].value.shape[0] == 2
+    # two values chosen, and the fixed settings' α, which every value is compared with, unless it is one of them
+    points = len(at.dataframe[0].value)
+    assert points in (2, 3) and len(chart["data"]) == 2 and all(len(array(t["x"])) == points for t in chart["data"])
     values = array(chart["data"][0]["x"])
     assert sentence.startswith(f"Each point is one whole pruning run with \"{BY_KEY['alpha'].label}\" set to the "
                                f"value under it: from "
@@ -821,8 +827,9 @@ def test_the_scan_form_says_how_many_values_its_chart_shows(ran_app):
     open_page(at, "scores")
     open_page(at, "sensitivity")
     chart = titled(at, "Scan of")
-    shown = len(array(chart["data"][0]["x"]))
-    assert shown == 3 and any(c.value.startswith(f"{shown} values, spaced evenly: 2, 3, 4") for c in at.caption)
+    shown = len(array(chart["data"][0]["x"]))  # the run's K = 6 is added: every value is compared with it
+    assert shown == 4 and any(c.value.startswith(f"{shown - 1} values, spaced evenly: 2, 3, 4, and 6, the value in "
+                                                 "the fixed settings, added") for c in at.caption)
     assert at.number_input(key="scan_low_K").value == 2 and at.slider(key="scan_points").value == 4
 
 
