@@ -220,10 +220,10 @@ def sweep_section(table: pd.DataFrame, context: dict) -> None:
             f"; with {seeds} calibration seeds, their lowest and highest one-seed perplexity after it" if seeds > 1
             else ""))
         st.dataframe(by_sparsity(table.assign(cell=table.apply(perplexity_cell, axis=1))), width="stretch")
-        if "verdict_vs_spap" in table:
+        baselines = table[table["method"] != SWEEP_REFERENCE]
+        if "verdict_vs_spap" in table and not baselines.empty:
             st.markdown("**Against spap at the same sparsity**: each method's perplexity ÷ spap's, its 95% interval "
                         "from the windows' paired differences, and the verdict")
-            baselines = table[table["method"] != SWEEP_REFERENCE]
             st.dataframe(by_sparsity(baselines.assign(cell=baselines.apply(ratio_cell, axis=1,
                                                                            name=SWEEP_REFERENCE))), width="stretch")
         shown = sorted(table["sparsity"].unique())

@@ -204,7 +204,8 @@ def provenance_columns(loaded: LoadedModel, request: RunRequest) -> dict[str, st
 
 
 def sweep_key(loaded: LoadedModel, base: RunRequest, methods: dict[str, PruneSettings], sparsities: list[float]) -> str:
-    """Identifies a sweep's table: model, data and every method's settings but the swept sparsity."""
+    """Identifies a sweep's table: model, data, seed and calibration seeds, and every method's settings
+    but the swept sparsity."""
     settings = sorted(f"{method}:{asdict(replace(options, sparsity=0.5))}" for method, options in methods.items())
     return (f"sweep|{model_key(loaded)}|{base.data.cache_key}|seed={base.seed}|seeds={base.seeds}|{settings}|"
             f"{sorted(sparsities)}")
@@ -345,7 +346,8 @@ def request_with(request: RunRequest, parameter: Parameter, value: Any) -> RunRe
 
 
 def scan_key(loaded: LoadedModel, base: RunRequest, parameter: str, values: list[float]) -> str:
-    """Identifies a scan's table: model, data and every setting except the scanned one."""
+    """Identifies a scan's table: model, data and every setting except the scanned one (the
+    calibration seeds included, through the request's cache_key)."""
     neutral = request_with(base, SCAN_PARAMETERS[parameter], values[0])
     return f"scan|{model_key(loaded)}|{neutral.cache_key}|{parameter}|{values}"
 
