@@ -11,6 +11,7 @@ import re
 import textwrap
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from pages._state import session
@@ -103,6 +104,14 @@ def show_chart(figure: Any, container: Any = st, subtitle: str | None = None) ->
     if subtitle:
         container.caption(subtitle)
     container.plotly_chart(figure, width="stretch")
+
+
+def interval_bars(table: pd.DataFrame) -> dict[str, Any]:
+    """Plotly's error_y for a sweep's or scan's perplexities: each point's 95% interval
+    (`ppl_ci95_low` to `ppl_ci95_high`), above and below it as they lie (the interval of a
+    perplexity is not symmetric about it)."""
+    return dict(type="data", symmetric=False, array=(table["ppl_ci95_high"] - table["perplexity"]).tolist(),
+                arrayminus=(table["perplexity"] - table["ppl_ci95_low"]).tolist())
 
 
 def presentation_style() -> None:

@@ -18,6 +18,7 @@ from pages._estimates import estimate_caption, executor_note, time_estimate
 from pages._job_progress import job_panel
 from pages._jobs import refused_before_queueing
 from pages._palette import DENSE, method_colours, method_markers, method_style
+from pages._requests import CALIBRATION_SEEDS
 from pages._results import latest_table
 from pages._routing import ensure_routed
 from pages._summaries import evaluation_budget
@@ -41,14 +42,19 @@ from spap_core.pipeline.parameters import allocation_parameters, method_paramete
 from spap_service.analysis import weight_update_note
 from spap_service.compare import ReferenceCurves, reference_curves
 from spap_service.comparisons import (
+    SWEEP_REFERENCE,
     ScaleSplit,
     method_settings,
+    perplexity_cell,
+    ratio_cell,
     split_off_scale,
     sweep_key,
     sweep_reading,
     sweep_sparsities,
+    table_csv,
     value_ranges,
 )
+from spap_service.runs import MAX_SEEDS
 
 ensure_routed()
 
@@ -102,19 +108,25 @@ except SpapInputError as exc:
     st.error(plain(exc))
     st.stop()
 fixed_settings_caption(base, {"method", "sparsity"}, f"point ({weight_update_note(base.settings.reconstruction)})")
+seeds_column, run_column = st.columns([1, 3])
+seeds = seeds_column.number_input(CALIBRATION_SEEDS.label, 1, MAX_SEEDS,
+                                  unless_preset("sweep_seeds", base.seeds, "min"), key="sweep_seeds",
+                                  help=CALIBRATION_SEEDS.help)
+base = replace(base, seeds=int(seeds))
 key = sweep_key(loaded, base, settings, sparsities)
 points = [replace(base, settings=replace(settings[method], sparsity=sparsity))
           for method in methods for sparsity in sparsities]
 estimate = time_estimate(loaded, points)
-st.caption(estimate_caption(f"{len(points)} runs (methods × sparsities)", estimate) + " " + executor_note() if points
-           else "Nothing to run: choose at least one method.")
-if st.button("Run sweep", type="primary", icon=":material/play_arrow:"):
+run_column.caption(estimate_caption(f"{len(points)} runs (methods × sparsities)", estimate, base.seeds) + " "
+                   + executor_note() if points else "Nothing to run: choose at least one method.")
+if run_column.button("Run sweep", type="primary", icon=":material/play_arrow:"):
     if not methods:
         st.error("Choose at least one method.")
     elif not refused_before_queueing(loaded, points):
-        label = f"Sweep: {len(methods)} methods × {len(sparsities)} sparsities"
+        label = f"Sweep: {len(methods)} methods × {len(sparsities)} sparsities" + (
+            f" × {base.seeds} calibration seeds" if base.seeds > 1 else "")
         form = form_state(["sweep_methods", "sweep_range", "sweep_step", "sweep_reconstruction", "sweep_allocation",
-                           *spread, *values])
+                           "sweep_seeds", *spread, *values])
         request_table("sweep", key, label, {"budget": evaluation_budget(base.data), "form": form},
                       partial(sweep_sparsities, loaded, base, settings, sparsities), estimate)
 
@@ -129,12 +141,18 @@ def perplexity_figure(table: pd.DataFrame, title: str, dense: dict[str, float], 
     marker, a panel per value of `panel` (one chart when None), the dense model's perplexity of each
     panel (`dense`, by panel value; the key "" without panels) as the dashed neutral line, and the
     methods far above the others (spap_service.comparisons.split_off_scale) left off the axis and
-    written, with their values, in each panel's corner. Sparsity reads as a percentage on every axis."""
+    written, with their values, in each panel's corner. Sparsity reads as a percentage on every axis.
+    A live sweep's points carry their 95% interval (windows and calibration seeds) as error bars."""
     split = split_off_scale(table, panel)
     methods = list(dict.fromkeys(split.shown["method"]))
-    figure = px.line(split.shown, x="sparsity", y="perplexity", color="method", symbol="method", facet_col=panel,
+    measured, bars = split.shown, {}
+    if "ppl_ci95_low" in measured:  # a live sweep's 95% intervals (the reference curves keep none)
+        measured = measured.assign(ci95_above=measured["ppl_ci95_high"] - measured["perplexity"],
+                                   ci95_below=measured["perplexity"] - measured["ppl_ci95_low"])
+        bars = {"error_y": "ci95_above", "error_y_minus": "ci95_below"}
+    figure = px.line(measured, x="sparsity", y="perplexity", color="method", symbol="method", facet_col=panel,
                      markers=True, log_y=True, title=title, color_discrete_map=method_colours(methods),
-                     symbol_map=method_markers(methods))
+                     symbol_map=method_markers(methods), **bars)
     span = [table["sparsity"].min(), table["sparsity"].max()]
     panels = list(dict.fromkeys(table[panel])) if panel else [""]
     # one legend entry for the dense lines of every panel: the grey dashes mean one thing
@@ -171,8 +189,17 @@ def protocol_caption(curves: ReferenceCurves) -> None:
                "are higher; the order of the methods is what to compare.")
 
 
+def by_sparsity(table: pd.DataFrame) -> pd.DataFrame:
+    """The table's text `cell` of each method at each sparsity: a row per sparsity, a column per method."""
+    pivot = table.pivot(index="sparsity", columns="method", values="cell")
+    pivot.index = [f"{sparsity:.0%}" for sparsity in pivot.index]
+    return pivot[list(dict.fromkeys(table["method"]))]
+
+
 def sweep_section(table: pd.DataFrame, context: dict) -> None:
-    """The latest sweep: its chart, what it shows in one sentence, its numbers and its CSV."""
+    """The latest sweep: its chart with the intervals, what it shows in one sentence, its numbers
+    ("ppl [low, high]" and each method's verdict against spap) and its CSV (numbers, with each seed's
+    window losses JSON-encoded)."""
     failed_points_warning(table, lambda row: f"{row['method']} at {row['sparsity']:.0%}")
     if shown_table_differs("sweep", key):
         st.caption(":material/info: The chart shows the sweep last run, made with other choices than the ones "
@@ -185,13 +212,22 @@ def sweep_section(table: pd.DataFrame, context: dict) -> None:
     figure.update_layout(height=460, margin=dict(t=70, b=70, l=10, r=10))
     show_chart(figure)
     st.markdown(plain(sweep_reading(split, dense)))
+    seeds = int(table["seeds"].iloc[0])
+    st.caption(f"Error bars: 95% intervals over the evaluation windows{' and the calibration seeds' * (seeds > 1)} "
+               f"({seeds} seed{'s' * (seeds > 1)}).")
     with st.expander("The numbers, and each curve's settings"):
-        pivot = table.pivot_table(index="sparsity", columns="method", values="perplexity").round(2)
-        pivot.index = [f"{s:.0%}" for s in pivot.index]
-        st.markdown(f"**Perplexity** (dense: {dense:.2f})")
-        st.dataframe(pivot, width="stretch")
+        st.markdown(f"**Perplexity [95% interval]** (dense: {dense:.2f})" + (
+            f"; with {seeds} calibration seeds, their lowest and highest one-seed perplexity after it" if seeds > 1
+            else ""))
+        st.dataframe(by_sparsity(table.assign(cell=table.apply(perplexity_cell, axis=1))), width="stretch")
+        baselines = table[table["method"] != SWEEP_REFERENCE]
+        if "verdict_vs_spap" in table and not baselines.empty:
+            st.markdown("**Against spap at the same sparsity**: each method's perplexity ÷ spap's, its 95% interval "
+                        "from the windows' paired differences, and the verdict")
+            st.dataframe(by_sparsity(baselines.assign(cell=baselines.apply(ratio_cell, axis=1,
+                                                                           name=SWEEP_REFERENCE))), width="stretch")
         shown = sorted(table["sparsity"].unique())
-        st.download_button("Sweep (.csv)", data=table.to_csv(index=False), mime="text/csv", on_click="ignore",
+        st.download_button("Sweep (.csv)", data=table_csv(table), mime="text/csv", on_click="ignore",
                            file_name=f"spap-sweep-{'-'.join(dict.fromkeys(table['method']))}-"
                                      f"{shown[0]:.2f}-{shown[-1]:.2f}.csv")
         curves = table.drop_duplicates("method")[["method", "settings"]]

@@ -18,6 +18,7 @@ from spap_core.methods.trace import EMPTY_STACK, stacked_array, trace_rows
 from spap_core.models.adapters import ModelAdapter
 from spap_core.pipeline.parameters import changed
 from spap_core.pipeline.walk import LayerRecord, PruneResult
+from spap_service.comparisons import SCAN_REFERENCE, perplexity_cell
 from spap_service.runs import RunRequest
 from spap_service.series import course, peaks, trend
 
@@ -215,9 +216,10 @@ def overlap_story(overlap: pd.DataFrame, scope: str) -> str | None:
 
 
 def scan_picture(table: pd.DataFrame, label: str, share: bool = False) -> str:
-    """A sensitivity scan in one plain sentence, from its table: one pruning run per value, and
-    where the layer error and the perplexity went as the value grew. A `share` (a sparsity) is
-    written in percent, as its axis reads."""
+    """A sensitivity scan in one plain sentence, from its table: one pruning run per value, where the
+    layer error and the perplexity went as the value grew, and then what the verdicts against the
+    default value allow (scan_verdicts). A `share` (a sparsity) is written in percent, as its axis
+    reads."""
     ordered = table.sort_values("value")
     written = [f"{value:.0%}" if share else f"{value:g}" for value in ordered["value"]]
     low, high = written[0], written[-1]
@@ -225,7 +227,33 @@ def scan_picture(table: pd.DataFrame, label: str, share: bool = False) -> str:
     return (f"Each point is one whole pruning run with \"{label}\" set to the value under it: from {low} to "
             f"{high}, the mean layer error {course(ordered['mean_layer_error'].to_numpy(), steps=steps)} and the "
             f"perplexity {course(ordered['perplexity'].to_numpy(), steps=steps)} (the dense model's: "
-            f"{float(ordered['dense_perplexity'].iloc[0]):.3g}).")
+            f"{float(ordered['dense_perplexity'].iloc[0]):.3g}). "
+            + scan_verdicts(ordered.assign(written=written)))
+
+
+def scan_verdicts(ordered: pd.DataFrame) -> str:
+    """Each value's perplexity against the default value's, in one sentence from the scan's verdict
+    columns (spap_service.comparisons.verdict_columns; `written` is each value as the sentence
+    writes it): where it is lower, higher, not distinguishable (on what), or has no verdict; and,
+    when every value is not distinguishable from the default, that the perplexity's changes are
+    within the noise."""
+    default = ordered[ordered["default"]].iloc[0]
+    others = ordered[~ordered["default"]]
+    verdicts = others[f"verdict_vs_{SCAN_REFERENCE}"]
+    by_kind = {kind: others[verdicts.str.startswith(kind)]["written"].tolist()
+               for kind in ("lower than", "higher than", "not distinguishable")}
+    parts = [f"{kind.split()[0]} at {', '.join(values)}" for kind, values in by_kind.items() if values and
+             kind != "not distinguishable"]
+    if by_kind["not distinguishable"]:
+        on_what = verdicts[verdicts.str.startswith("not distinguishable")].iloc[0].removeprefix("not distinguishable ")
+        parts.append(f"not distinguishable at {', '.join(by_kind['not distinguishable'])} {on_what}")
+    parts += [f"{verdict} at {value}" for value, verdict in zip(others["written"], verdicts)
+              if not verdict.startswith(("lower than", "higher than", "not distinguishable"))]
+    sentence = (f"Against the default value, {default['written']} (perplexity {perplexity_cell(default)}), the "
+                f"perplexity is {'; '.join(parts)}.")
+    if len(by_kind["not distinguishable"]) == len(others):
+        sentence += " Its changes across this scan are within the noise of the evaluation and the calibration."
+    return sentence
 
 
 def zeroshot_picture(table: pd.DataFrame) -> str:

@@ -1,10 +1,19 @@
 """Comparisons built from many runs or timings: perplexity-vs-sparsity sweeps, one-hyperparameter
 sensitivity scans and dense-vs-pruned latency, each a plain function the job queue runs; and what a
 sweep's chart needs to be read: the methods too far above the others to share their axis, and its
-reading in one sentence."""
+reading in one sentence.
+
+Every point of a sweep or a scan runs over the base request's calibration seeds (RunRequest.seeds):
+its perplexity is the seeds' combined one, with a 95% interval that holds both the evaluation
+windows' and the seeds' noise (spap_core.evaluation.intervals.seeded_perplexity), the seeds' range
+beside it, and each seed's window losses kept in the row. Each point is then compared window by
+window with its reference (SPAP at the same sparsity; the scanned parameter's default value), so a
+table and its sentence say whether a difference is beyond that noise (verdict_columns)."""
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -12,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spap_core.evaluation.intervals import PairedComparison, seeded_comparison, seeded_perplexity
 from spap_core.evaluation.latency import LatencyReport, latency_ratios, measure_latencies
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import PruneSettings
@@ -19,9 +29,10 @@ from spap_core.models.loading import LoadedModel
 from spap_core.pipeline.parameters import BY_KEY, SCANNED, Parameter, describe, with_values
 from spap_service.cache import BoundedCache
 from spap_service.data import model_key
-from spap_service.executors import point_executor
+from spap_service.executors import PointResult, point_executor
 from spap_service.jobs import ProgressReporter
 from spap_service.runs import RunOutcome, RunRequest
+from spap_service.uncertainty import perplexity_text
 
 
 def method_settings(base: PruneSettings, method: str, values: dict[str, Any]) -> PruneSettings:
@@ -35,24 +46,151 @@ def method_settings(base: PruneSettings, method: str, values: dict[str, Any]) ->
 def sweep_sparsities(loaded: LoadedModel, base: RunRequest, methods: dict[str, PruneSettings],
                      sparsities: list[float], progress: ProgressReporter, cancel: threading.Event) -> pd.DataFrame:
     """Perplexity of every method (with its settings) at every sparsity, all on the same calibration
-    and evaluation windows as `base`, its points run by the executor $SPAP_RAY_ADDRESS chooses. One
-    row per (method, sparsity), with the settings it ran with; a point that failed on its worker
-    has no numbers and says why in `error`."""
+    and evaluation windows as `base` and over its calibration seeds, its points run by the executor
+    $SPAP_RAY_ADDRESS chooses. One row per (method, sparsity), with the settings it ran with, its
+    interval and seed columns (seeded_columns) and, when SPAP is among the methods, its verdict
+    against SPAP at the same sparsity (verdict_columns; each seed's calibration tokens are the same
+    for every method, so the seeds pair up). A point that failed on its worker has no numbers and
+    says why in `error`."""
     points = [(method, sparsity) for method in methods for sparsity in sparsities]
     requests = [replace(base, settings=replace(methods[method], sparsity=sparsity)) for method, sparsity in points]
-    progress.update(phase="tokenizing calibration and evaluation text")
-    results = point_executor().measure(loaded, requests, progress, cancel)
     rows = []
-    for (method, sparsity), request, result in zip(points, requests, results):
-        rows.append({"method": method, "sparsity": sparsity, "perplexity": result.perplexity,
+    for (method, sparsity), request, measured in zip(points, requests, measure_seeded(loaded, requests, progress,
+                                                                                       cancel)):
+        rows.append({"method": method, "sparsity": sparsity, **measured.leading,
                      "settings": describe(request.settings, omit={"method", "sparsity"}),
                      **provenance_columns(loaded, request),
                      "reconstruction": reconstruction_name(request.settings.reconstruction),
-                     "allocation": request.settings.allocation,
-                     "dense_perplexity": result.dense_perplexity, "mean_layer_error": result.mean_layer_error,
-                     "params_after": result.params_after, "eval_tokens": result.eval_tokens,
-                     **({"error": result.error} if result.error else {})})
-    return pd.DataFrame(rows)
+                     "allocation": request.settings.allocation, **measured.trailing})
+    table = pd.DataFrame(rows)
+    if SWEEP_REFERENCE not in methods:
+        return table
+    return verdict_columns(table, table["method"] == SWEEP_REFERENCE, SWEEP_REFERENCE, SWEEP_REFERENCE,
+                           within="sparsity", seeds_pair=True)
+
+
+# The method every other method of a sweep is compared with, at each sparsity.
+SWEEP_REFERENCE = "spap"
+
+
+@dataclass(frozen=True)
+class SeededPoint:
+    """One point of a sweep or a scan over its calibration seeds, as the columns of its row: the
+    perplexity and its interval first, the rest after the row's settings."""
+
+    leading: dict[str, Any]
+    trailing: dict[str, Any]
+
+
+def measure_seeded(loaded: LoadedModel, requests: list[RunRequest], progress: ProgressReporter,
+                   cancel: threading.Event) -> list[SeededPoint]:
+    """Every request over its calibration seeds (RunRequest.seed_requests): all the one-seed runs go
+    to the executor as one list, so Ray runs them side by side, and come back folded into one point
+    per request (seeded_columns)."""
+    by_request = [request.seed_requests() for request in requests]
+    progress.update(phase="tokenizing calibration and evaluation text")
+    results = iter(point_executor().measure(loaded, [one for seeds in by_request for one in seeds], progress, cancel))
+    return [seeded_columns([next(results) for _ in seeds], [one.seed for one in seeds]) for seeds in by_request]
+
+
+def seeded_columns(results: list[PointResult], seeds: list[int]) -> SeededPoint:
+    """One point's row from its seeds' results (`seeds[i]` gave `results[i]`): `perplexity` over every
+    seed and window, `ppl_ci95_low`/`ppl_ci95_high` its 95% interval (windows and seeds combined),
+    `seeds`, `ppl_seed_low`/`ppl_seed_high` the lowest and highest one-seed perplexity (NaN with one
+    seed), the mean layer error averaged over the seeds, and `window_nll_by_seed` (each seed's
+    window losses). A seed that failed fails the point: no numbers, and `error` says which seed and
+    why (the reason alone with one seed)."""
+    failed = [(seed, result.error) for seed, result in zip(seeds, results) if result.error is not None]
+    if failed:
+        reason = failed[0][1] if len(seeds) == 1 else "; ".join(f"calibration seed {seed}: {error}"
+                                                                  for seed, error in failed)
+        return _point(PointResult(error=reason), len(seeds), None, None, [])
+    own = results[0]
+    combined = seeded_perplexity([result.window_nll for result in results])
+    layer_error = float(np.mean([result.mean_layer_error for result in results]))
+    return _point(replace(own, perplexity=combined.perplexity, mean_layer_error=layer_error), len(seeds),
+                  combined.ci95, combined.seed_range, [list(result.window_nll) for result in results])
+
+
+def _point(result: PointResult, seeds: int, ci95: tuple[float, float] | None,
+           seed_range: tuple[float, float] | None, window_nll_by_seed: list[list[float]]) -> SeededPoint:
+    low, high = ci95 if ci95 is not None else (math.nan, math.nan)
+    seed_low, seed_high = seed_range if seed_range is not None else (math.nan, math.nan)
+    return SeededPoint(
+        leading={"perplexity": result.perplexity, "ppl_ci95_low": low, "ppl_ci95_high": high, "seeds": seeds,
+                 "ppl_seed_low": seed_low, "ppl_seed_high": seed_high},
+        trailing={"dense_perplexity": result.dense_perplexity, "mean_layer_error": result.mean_layer_error,
+                  "params_after": result.params_after, "eval_tokens": result.eval_tokens,
+                  WINDOW_LOSSES: window_nll_by_seed, **({"error": result.error} if result.error else {})})
+
+
+# The column of a sweep's or scan's table that keeps each seed's window losses (a list of lists).
+WINDOW_LOSSES = "window_nll_by_seed"
+
+
+def compare_points(row: pd.Series, reference: pd.Series, seeds_pair: bool) -> PairedComparison:
+    """A row's perplexity against a reference row's, window by window over their seeds (A is `row`,
+    B the reference). Every window predicts as many tokens (eval_len − 1), so a row's predicted
+    tokens divided by its windows is that number."""
+    rows, reference_rows = row[WINDOW_LOSSES], reference[WINDOW_LOSSES]
+    tokens_per_window = int(row["eval_tokens"]) // len(rows[0]) if rows else 0
+    return seeded_comparison(rows, reference_rows, tokens_per_window, seeds_pair=seeds_pair)
+
+
+def verdict_columns(table: pd.DataFrame, is_reference: pd.Series, name: str, called: str, within: str | None,
+                    seeds_pair: bool) -> pd.DataFrame:
+    """`table` with every row compared with its reference (compare_points): the row where
+    `is_reference` holds, in the same group of `within` (one column, e.g. the sparsity) or in the
+    whole table when None. Adds `ratio_vs_{name}` (the row's perplexity over the reference's), its
+    95% interval `ratio_vs_{name}_ci95_low`/`_high`, and `verdict_vs_{name}`: "lower than {called}",
+    "higher than {called}", the comparison's own words when it cannot tell ("not distinguishable on
+    these N tokens …") or has no verdict, and "reference" on the reference's own row."""
+    failed = table["error"].notna() if "error" in table else pd.Series(False, index=table.index)
+    columns = []
+    for index, row in table.iterrows():
+        group = table.index if within is None else table.index[table[within] == row[within]]
+        references = [other for other in group if is_reference[other]]
+        if is_reference[index]:
+            columns.append((math.nan, math.nan, math.nan, "reference"))
+        elif not references or failed[references[0]]:
+            columns.append((math.nan, math.nan, math.nan, f"no verdict: {called} has no result here"))
+        elif failed[index]:
+            columns.append((math.nan, math.nan, math.nan, "no verdict: this point has no result"))
+        else:
+            comparison = compare_points(row, table.loc[references[0]], seeds_pair)
+            low, high = comparison.ci95 if comparison.ci95 is not None else (math.nan, math.nan)
+            words = {"A is lower": f"lower than {called}", "B is lower": f"higher than {called}"}
+            columns.append((math.nan if comparison.ratio is None else comparison.ratio, low, high,
+                            words.get(comparison.verdict, comparison.verdict)))
+    ratio = f"ratio_vs_{name}"
+    names = [ratio, f"{ratio}_ci95_low", f"{ratio}_ci95_high", f"verdict_vs_{name}"]
+    return table.assign(**{column: [values[position] for values in columns] for position, column in enumerate(names)})
+
+
+def perplexity_cell(row: pd.Series) -> str:
+    """A row's perplexity as a table on screen shows it: '42.72 [41.90, 43.57]', with its seeds'
+    range after it when it ran over more than one ('; 3 seeds 42.10 to 43.30'), '(no interval)'
+    without one; a failed point's is 'nan (no interval)'."""
+    interval = None if pd.isna(row["ppl_ci95_low"]) else (row["ppl_ci95_low"], row["ppl_ci95_high"])
+    seed_range = None if pd.isna(row["ppl_seed_low"]) else (row["ppl_seed_low"], row["ppl_seed_high"])
+    return perplexity_text(row["perplexity"], interval, seed_range, int(row["seeds"]))
+
+
+def ratio_cell(row: pd.Series, name: str) -> str:
+    """A row's comparison with its reference (verdict_columns' `name`) as a table on screen shows it:
+    '1.084 [1.020, 1.150]: higher than spap', or its verdict alone without a ratio."""
+    ratio, verdict = row[f"ratio_vs_{name}"], row[f"verdict_vs_{name}"]
+    if pd.isna(ratio):
+        return verdict
+    low, high = row[f"ratio_vs_{name}_ci95_low"], row[f"ratio_vs_{name}_ci95_high"]
+    interval = "" if pd.isna(low) else f" [{low:.3f}, {high:.3f}]"
+    return f"{ratio:.3f}{interval}: {verdict}"
+
+
+def table_csv(table: pd.DataFrame) -> str:
+    """A sweep's or scan's table as its download: every number as measured, and each seed's window
+    losses JSON-encoded in their column (a list of lists), so the file can be compared again."""
+    return table.assign(**{WINDOW_LOSSES: table[WINDOW_LOSSES].map(json.dumps)}).to_csv(index=False)
 
 
 def provenance_columns(loaded: LoadedModel, request: RunRequest) -> dict[str, str]:
@@ -66,9 +204,11 @@ def provenance_columns(loaded: LoadedModel, request: RunRequest) -> dict[str, st
 
 
 def sweep_key(loaded: LoadedModel, base: RunRequest, methods: dict[str, PruneSettings], sparsities: list[float]) -> str:
-    """Identifies a sweep's table: model, data and every method's settings but the swept sparsity."""
+    """Identifies a sweep's table: model, data, seed and calibration seeds, and every method's settings
+    but the swept sparsity."""
     settings = sorted(f"{method}:{asdict(replace(options, sparsity=0.5))}" for method, options in methods.items())
-    return f"sweep|{model_key(loaded)}|{base.data.cache_key}|seed={base.seed}|{settings}|{sorted(sparsities)}"
+    return (f"sweep|{model_key(loaded)}|{base.data.cache_key}|seed={base.seed}|seeds={base.seeds}|{settings}|"
+            f"{sorted(sparsities)}")
 
 
 # A method is off the scale when its lowest value is more than this many times the highest median
@@ -127,20 +267,39 @@ def value_ranges(rows: pd.DataFrame) -> str:
                      for method, (low, high) in ranges.iterrows())
 
 
+def lowest_two(best: pd.Series, runner_up: pd.Series, comparison: PairedComparison | None) -> str:
+    """The two lowest perplexities of a sweep at one sparsity, as its verdict allows (`comparison`:
+    `best` against `runner_up`, None when the table keeps no window losses): the lowest named as
+    such, and by how much, only when the 95% interval of their ratio excludes 1; else that the two
+    are not distinguishable on the tokens and seeds measured."""
+    lowest = f"{best['method']} has the lowest perplexity, {readable(best['perplexity'])}"
+    gap = f"{readable(runner_up['perplexity'] - best['perplexity'])} below {runner_up['method']}, the next"
+    if comparison is None:
+        return f"{lowest}: {gap} (no interval: these perplexities were kept without their window losses)."
+    if comparison.ci95 is None:
+        return f"{lowest}: {gap} ({comparison.verdict})."
+    ratio = f"{comparison.ratio:.3f} [{comparison.ci95[0]:.3f}, {comparison.ci95[1]:.3f}]"
+    if comparison.distinguishable:
+        return f"{lowest}: {gap}, a difference beyond the noise (their ratio, {ratio}, excludes 1 at 95%)."
+    on_what = comparison.verdict.removeprefix("not distinguishable ")
+    return (f"{best['method']}'s perplexity, {readable(best['perplexity'])}, is not distinguishable from "
+            f"{runner_up['method']}'s, {readable(runner_up['perplexity'])}, the next, {on_what} (their ratio, "
+            f"{ratio}, holds 1 at 95%).")
+
+
 def sweep_reading(split: ScaleSplit, dense: float | None = None, where: str = "") -> str:
     """What a perplexity-vs-sparsity chart shows, in one sentence computed from its table (one panel's
-    rows, `where` naming the panel): which method is lowest at the highest sparsity measured for two or
-    more of them, and by how much; the dense model's perplexity; and which methods are off the chart's
-    scale, with their values."""
+    rows, `where` naming the panel): at the highest sparsity measured for two or more methods, which
+    is lowest and by how much, or that the two lowest are not distinguishable (lowest_two); the dense
+    model's perplexity; and which methods are off the chart's scale, with their values."""
     measured = split.shown.dropna(subset=["perplexity"])
     compared = measured.groupby("sparsity")["method"].nunique()
     if (compared >= 2).any():
         at = compared[compared >= 2].index.max()
         ranked = measured[measured["sparsity"] == at].sort_values("perplexity")
         best, runner_up = ranked.iloc[0], ranked.iloc[1]
-        reading = (f"{where}at {at:.0%} sparsity, {best['method']} has the lowest perplexity, "
-                   f"{readable(best['perplexity'])}: {readable(runner_up['perplexity'] - best['perplexity'])} below "
-                   f"{runner_up['method']}, the next.")
+        comparison = compare_points(best, runner_up, seeds_pair=True) if WINDOW_LOSSES in ranked else None
+        reading = f"{where}at {at:.0%} sparsity, {lowest_two(best, runner_up, comparison)}"
     elif not measured.empty:
         method, points = measured["method"].iloc[0], measured.sort_values("sparsity")
         first, last = points.iloc[0], points.iloc[-1]
@@ -187,26 +346,44 @@ def request_with(request: RunRequest, parameter: Parameter, value: Any) -> RunRe
 
 
 def scan_key(loaded: LoadedModel, base: RunRequest, parameter: str, values: list[float]) -> str:
-    """Identifies a scan's table: model, data and every setting except the scanned one."""
+    """Identifies a scan's table: model, data and every setting except the scanned one (the
+    calibration seeds included, through the request's cache_key)."""
     neutral = request_with(base, SCAN_PARAMETERS[parameter], values[0])
     return f"scan|{model_key(loaded)}|{neutral.cache_key}|{parameter}|{values}"
 
 
+def with_default_value(base: RunRequest, parameter: str, values: list[float]) -> list[float]:
+    """The values a scan of `parameter` runs: `values`, and the base request's own value of it (what
+    every other value is compared with) when they do not hold it, in increasing order."""
+    default = request_value(base, SCAN_PARAMETERS[parameter])
+    if any(math.isclose(value, default, rel_tol=1e-9, abs_tol=0.0) for value in values):
+        return list(values)
+    return sorted([*values, default])
+
+
 def sensitivity_scan(loaded: LoadedModel, base: RunRequest, parameter: str, values: list[float],
                      progress: ProgressReporter, cancel: threading.Event) -> pd.DataFrame:
-    """Vary one hyperparameter (`parameter` is its key; the others as in `base`): mean layer error
-    and perplexity per value, the points run by the executor $SPAP_RAY_ADDRESS chooses. Invalid
-    values are refused before any work starts (SpapInputError)."""
+    """Vary one hyperparameter (`parameter` is its key; the others as in `base`, over its calibration
+    seeds): mean layer error and perplexity per value, with the interval and seed columns
+    (seeded_columns), the points run by the executor $SPAP_RAY_ADDRESS chooses. The base request's own
+    value is always among them (with_default_value; `default` marks its row) and every other value is
+    compared with it (verdict_columns, name "default"); the seeds pair up unless the scanned
+    parameter is the seed itself. Invalid values are refused before any work starts (SpapInputError)."""
     scanned = SCAN_PARAMETERS[parameter]
+    default = request_value(base, scanned)
+    values = with_default_value(base, parameter, values)
     requests = [request_with(base, scanned, value) for value in values]  # the settings' checks run here
-    progress.update(phase="tokenizing calibration and evaluation text")
-    results = point_executor().measure(loaded, requests, progress, cancel)
-    return pd.DataFrame([{"value": value, "mean_layer_error": result.mean_layer_error, "perplexity": result.perplexity,
-                          "dense_perplexity": result.dense_perplexity, "eval_tokens": result.eval_tokens,
-                          "settings": describe(request.settings, omit={parameter}),
-                          **provenance_columns(loaded, request),
-                          **({"error": result.error} if result.error else {})}
-                         for value, request, result in zip(values, requests, results)])
+    measured = measure_seeded(loaded, requests, progress, cancel)
+    table = pd.DataFrame([{"value": value, "default": math.isclose(value, default, rel_tol=1e-9, abs_tol=0.0),
+                           **point.leading, "settings": describe(request.settings, omit={parameter}),
+                           **provenance_columns(loaded, request), **point.trailing}
+                          for value, request, point in zip(values, requests, measured)])
+    return verdict_columns(table, table["default"], SCAN_REFERENCE, "the default value", within=None,
+                           seeds_pair=parameter != "seed")
+
+
+# What every value of a scan is compared with: the base request's own value of the scanned parameter.
+SCAN_REFERENCE = "default"
 
 
 # ----------------------------------------------------------------------------------- latency

@@ -325,13 +325,18 @@ def test_sweep_runs_as_a_job_and_is_cached(ran_app):
     assert "evaluation: 8 windows × " in chart_title(chart)  # what the perplexities were measured on
     assert all(trace["line"]["color"] == method_style(trace["name"]).colour for trace in methods)
     assert {axis.get("tickformat") for name, axis in chart["layout"].items() if name.startswith("xaxis")} == {".0%"}
-    from spap_service.comparisons import RESULT_TABLES, readable
+    from spap_service.comparisons import RESULT_TABLES, compare_points, readable
 
     table = RESULT_TABLES.get(at.session_state["table_requests"]["sweep"].key)
     at_40 = table[table["sparsity"] == 0.4].sort_values("perplexity")
-    reading = shown(next(m.value for m in at.markdown if "has the lowest perplexity" in m.value))
-    assert reading.startswith(f"At 40% sparsity, {at_40['method'].iloc[0]} has the lowest perplexity, "
-                              f"{readable(at_40['perplexity'].iloc[0])}: ")
+    reading = next(shown(m.value) for m in at.markdown if shown(m.value).startswith("At 40% sparsity"))
+    best = at_40["method"].iloc[0]
+    if compare_points(at_40.iloc[0], at_40.iloc[1], seeds_pair=True).distinguishable:  # the sentence follows it
+        assert reading.startswith(f"At 40% sparsity, {best} has the lowest perplexity, "
+                                  f"{readable(at_40['perplexity'].iloc[0])}: ")
+    else:
+        assert reading.startswith(f"At 40% sparsity, {best}'s perplexity, {readable(at_40['perplexity'].iloc[0])}, "
+                                  "is not distinguishable from ")
     first_job = session_job(at, "sweep")
     open_page(at, "scores")
     open_page(at, "perplexity_sweep")  # revisiting shows the cached sweep at once
@@ -386,8 +391,9 @@ def test_sensitivity_scan_plots_error_and_perplexity(ran_app):
     at = ran_app
     run_two_point_scan(at, "alpha")
     chart, sentence = picture_first(at)  # the scan's chart comes first, above the form for the next one
-    assert len(chart["data"]) == 2 and all(len(array(trace["x"])) == 2 for trace in chart["data"])
-    assert at.dataframe[0].value.shape[0] == 2
+    # two values chosen, and the fixed settings' α, which every value is compared with, unless it is one of them
+    points = len(at.dataframe[0].value)
+    assert points in (2, 3) and len(chart["data"]) == 2 and all(len(array(t["x"])) == points for t in chart["data"])
     values = array(chart["data"][0]["x"])
     assert sentence.startswith(f"Each point is one whole pruning run with \"{BY_KEY['alpha'].label}\" set to the "
                                f"value under it: from "
@@ -821,8 +827,9 @@ def test_the_scan_form_says_how_many_values_its_chart_shows(ran_app):
     open_page(at, "scores")
     open_page(at, "sensitivity")
     chart = titled(at, "Scan of")
-    shown = len(array(chart["data"][0]["x"]))
-    assert shown == 3 and any(c.value.startswith(f"{shown} values, spaced evenly: 2, 3, 4") for c in at.caption)
+    shown = len(array(chart["data"][0]["x"]))  # the run's K = 6 is added: every value is compared with it
+    assert shown == 4 and any(c.value.startswith(f"{shown - 1} values, spaced evenly: 2, 3, 4, and 6, the value in "
+                                                 "the fixed settings, added") for c in at.caption)
     assert at.number_input(key="scan_low_K").value == 2 and at.slider(key="scan_points").value == 4
 
 
@@ -1277,3 +1284,78 @@ def test_presentation_mode_folds_the_sidebar_once_per_page_opened():
     assert folds(page="Latency") == 1  # the next page opens
     assert folds(on=False) == 0
     assert folds(on=True) == 1  # the mode turned on again
+
+
+# ------------------------------------------------- sweeps and scans over calibration seeds (issue 35)
+
+
+def test_a_sweep_over_two_calibration_seeds_draws_its_intervals_and_shows_its_verdicts(ran_app):
+    """Two seeds, set beside the run button: the estimate counts them, every point is their combined
+    perplexity with its interval (the chart's error bars, the table's "ppl [low, high]; 2 seeds …"),
+    magnitude's verdict against spap is in the table, and the cached table's key holds the seeds."""
+    from spap_service.comparisons import RESULT_TABLES, perplexity_cell, ratio_cell
+
+    at = ran_app
+    open_page(at, "perplexity_sweep")
+    at.multiselect(key="sweep_methods").set_value(["spap", "magnitude"])
+    at.slider(key="sweep_range").set_value((0.3, 0.3))
+    at.number_input(key="sweep_seeds").set_value(2).run()
+    assert any("over 2 calibration seeds (2 times the runs of one seed)" in c.value for c in at.caption)
+    click(at, "Run sweep")
+    finish_job(at, "sweep")
+    assert_clean(at)
+    request = at.session_state["table_requests"]["sweep"]
+    assert "|seeds=2|" in request.key
+    table = RESULT_TABLES.get(request.key)
+    assert (table["seeds"] == 2).all() and table["ppl_seed_low"].notna().all()
+    chart = titled(at, "Perplexity vs sparsity")
+    for trace in (t for t in chart["data"] if not t["name"].startswith("dense")):
+        row = table[table["method"] == trace["name"]].iloc[0]
+        bars = trace["error_y"]
+        assert array(bars["array"]) == pytest.approx([row["ppl_ci95_high"] - row["perplexity"]])
+        assert array(bars["arrayminus"]) == pytest.approx([row["perplexity"] - row["ppl_ci95_low"]])
+    perplexities, verdicts = (frame.value for frame in at.dataframe[:2])
+    for method in ("spap", "magnitude"):
+        row = table[table["method"] == method].iloc[0]
+        assert perplexities.loc["30%", method] == perplexity_cell(row) and "; 2 seeds " in perplexity_cell(row)
+    magnitude = table[table["method"] == "magnitude"].iloc[0]
+    assert verdicts.loc["30%", "magnitude"] == ratio_cell(magnitude, "spap")
+    assert magnitude["verdict_vs_spap"] in ("lower than spap", "higher than spap") or \
+        magnitude["verdict_vs_spap"].startswith("not distinguishable on these ")
+
+
+def test_a_scan_over_two_calibration_seeds_compares_every_value_with_the_default_one(ran_app):
+    """The scan adds the fixed settings' sparsity (25%) to the two values chosen and says so; the
+    perplexity panel draws each point's interval; the table shows it and each value's verdict
+    against the default; the sentence under the chart quotes those verdicts."""
+    from spap_service.comparisons import RESULT_TABLES, perplexity_cell, ratio_cell
+
+    at = ran_app
+    open_page(at, "sensitivity")
+    at.selectbox(key="scan_parameter").set_value("sparsity").run()
+    at.number_input(key="scan_low_sparsity").set_value(0.4)
+    at.number_input(key="scan_high_sparsity").set_value(0.5)
+    at.slider(key="scan_points").set_value(2)
+    at.number_input(key="scan_seeds").set_value(2)
+    click(at, "Run scan")
+    finish_job(at, "scan")
+    assert_clean(at)
+    request = at.session_state["table_requests"]["scan"]
+    table = RESULT_TABLES.get(request.key)
+    assert table["value"].tolist() == pytest.approx([0.25, 0.4, 0.5]) and table["default"].tolist() == [True, False,
+                                                                                                        False]
+    assert (table["seeds"] == 2).all() and "|seeds=2" in request.key
+    assert any("so the scan added it as a point: every value is compared with it" in c.value for c in at.caption)
+    chart, sentence = picture_first(at)
+    bars = chart["data"][1]["error_y"]
+    assert bars["symmetric"] is False
+    assert array(bars["array"]) == pytest.approx((table["ppl_ci95_high"] - table["perplexity"]).tolist())
+    assert array(bars["arrayminus"]) == pytest.approx((table["perplexity"] - table["ppl_ci95_low"]).tolist())
+    shown_table = at.dataframe[0].value
+    assert shown_table["perplexity"].tolist() == [perplexity_cell(row) for _, row in table.iterrows()]
+    assert shown_table["vs the default value"].tolist() == [ratio_cell(row, "default") for _, row in table.iterrows()]
+    assert shown_table["vs the default value"].iloc[0] == "reference"
+    assert f"Against the default value, 25% (perplexity {perplexity_cell(table.iloc[0])}), the perplexity is " \
+        in shown(sentence)
+    alike = table["verdict_vs_default"].iloc[1:].str.startswith("not distinguishable").all()
+    assert ("are within the noise of the evaluation and the calibration" in sentence) == alike

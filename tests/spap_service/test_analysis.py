@@ -38,6 +38,7 @@ from spap_service.analysis import (
     violation_sentence,
     zeroshot_picture,
 )
+from spap_service.comparisons import SCAN_REFERENCE, verdict_columns
 
 NO_ALTMIN = AltMinSettings(rounds=0)
 
@@ -219,9 +220,24 @@ def test_the_overlap_caption_quotes_the_matrix_it_stands_beside_and_names_its_sc
     assert overlap_story(jaccard_matrix([record(0, keep=[2, 3], scores={"magnitude": [1, 2, 3, 4]})]), "x") is None
 
 
+def _scan(values: list[float], perplexities: list[float], default: float, shifts: dict[float, float]) -> pd.DataFrame:
+    """A scan's table with its verdict columns: each value's window losses are the default's, shifted
+    by `shifts[value]` nats (none: the default's own losses, so not distinguishable from it)."""
+    rng = np.random.default_rng(0)
+    losses = list(3.0 + rng.normal(0, 0.3, 8))
+    table = pd.DataFrame({"value": values, "default": [value == default for value in values],
+                          "mean_layer_error": [0.2, 0.3, 0.1], "perplexity": perplexities,
+                          "ppl_ci95_low": [p * 0.9 for p in perplexities],
+                          "ppl_ci95_high": [p * 1.1 for p in perplexities], "seeds": 1, "ppl_seed_low": np.nan,
+                          "ppl_seed_high": np.nan, "dense_perplexity": [15.0] * 3, "eval_tokens": 8 * 31,
+                          "window_nll_by_seed": [[[loss + shifts.get(value, 0.0) for loss in losses]]
+                                                 for value in values]})
+    return verdict_columns(table, table["default"], SCAN_REFERENCE, "the default value", within=None,
+                           seeds_pair=True)
+
+
 def test_the_scan_picture_follows_the_scan():
-    table = pd.DataFrame({"value": [0.5, 0.1, 0.9], "mean_layer_error": [0.2, 0.3, 0.1],
-                          "perplexity": [20.0, 25.0, 18.0], "dense_perplexity": [15.0] * 3})
+    table = _scan([0.5, 0.1, 0.9], [20.0, 25.0, 18.0], default=0.5, shifts={})
     sentence = scan_picture(table, "α")
     assert 'with "α" set to the value under it: from 0.1 to 0.9' in sentence
     assert "mean layer error falls from 0.3 to 0.1" in sentence and "perplexity falls from 25 to 18" in sentence
@@ -233,6 +249,18 @@ def test_the_scan_picture_follows_the_scan():
     table["perplexity"] = [30.0, 25.0, 18.0]
     shares = scan_picture(table, "Sparsity", share=True)  # a sparsity reads in percent, as its axis does
     assert "from 10% to 90%" in shares and "rises from 25 to 30 (at 50%)" in shares
+
+
+def test_the_scan_picture_says_what_the_verdicts_against_the_default_allow():
+    """Values whose losses equal the default's are not distinguishable from it, and the sentence says
+    the scan's changes are within the noise; a value shifted by half a nat is named higher."""
+    alike = scan_picture(_scan([0.1, 0.5, 0.9], [20.0, 21.0, 22.0], default=0.5, shifts={}), "α")
+    assert alike.endswith("Against the default value, 0.5 (perplexity 21.00 [18.90, 23.10]), the perplexity is not "
+                          "distinguishable at 0.1, 0.9 on these 248 tokens. Its changes across this scan are within "
+                          "the noise of the evaluation and the calibration.")
+    apart = scan_picture(_scan([0.1, 0.5, 0.9], [20.0, 21.0, 35.0], default=0.5, shifts={0.9: 0.5, 0.1: -0.5}), "α")
+    assert apart.endswith("the perplexity is lower at 0.1; higher at 0.9.")
+    assert "within the noise" not in apart
 
 
 def test_the_zeroshot_picture_quotes_the_mean_row_or_the_single_task():

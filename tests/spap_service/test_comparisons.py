@@ -1,11 +1,43 @@
-"""The rows of sweeps and scans carry what they were measured on, so a downloaded CSV stands alone."""
+"""The rows of sweeps and scans carry what they were measured on, so a downloaded CSV stands alone;
+each point runs over its calibration seeds and keeps its interval, and each is compared with its
+reference (SPAP at its sparsity, a scan's default value) in a verdict the chart's sentence follows."""
 
+import io
+import json
+import math
+import threading
+from dataclasses import replace
+
+import numpy as np
 import pandas as pd
+import pytest
 
-from spap_core.methods.registry import PruneSettings
-from spap_service.comparisons import provenance_columns, split_off_scale, sweep_reading, value_ranges
+from spap_core.evaluation.intervals import seeded_perplexity
+from spap_core.methods.altmin import AltMinSettings
+from spap_core.methods.registry import PruneSettings, with_options
+from spap_service.comparisons import (
+    WINDOW_LOSSES,
+    perplexity_cell,
+    provenance_columns,
+    ratio_cell,
+    readable,
+    scan_key,
+    seeded_columns,
+    sensitivity_scan,
+    split_off_scale,
+    sweep_key,
+    sweep_reading,
+    sweep_sparsities,
+    table_csv,
+    value_ranges,
+    verdict_columns,
+    with_default_value,
+)
 from spap_service.data import DataSpec, TextChoice
+from spap_service.executors import PointResult
+from spap_service.jobs import ProgressReporter
 from spap_service.runs import RunRequest
+from spap_service.uncertainty import perplexity_text
 
 
 def test_a_sweep_or_scan_row_names_the_model_and_the_data_it_measured(tiny):
@@ -57,8 +89,8 @@ def test_the_sweep_reading_names_the_lowest_method_at_the_highest_sparsity_and_w
     table = _curves({"spap": [30, 45, 65], "fasp": [31, 50, 71.1], "magnitude": [2_000, 5_000, 9_000]})
     reading = sweep_reading(split_off_scale(table), dense=28.17, where="on wikitext2, ")
     assert reading == ("On wikitext2, at 50% sparsity, spap has the lowest perplexity, 65.0: 6.1 below fasp, the "
-                       "next. The dense model's is 28.2 (dashed). Off the axis, far above the others: "
-                       "magnitude (2,000 to 9,000).")
+                       "next (no interval: these perplexities were kept without their window losses). The dense "
+                       "model's is 28.2 (dashed). Off the axis, far above the others: magnitude (2,000 to 9,000).")
 
 
 def test_the_sweep_reading_compares_only_where_two_methods_were_measured():
@@ -67,3 +99,138 @@ def test_the_sweep_reading_compares_only_where_two_methods_were_measured():
                                                             "5.0 below fasp")
     alone = sweep_reading(split_off_scale(_curves({"flap": [33, 40, 52]})))
     assert alone == "The perplexity of flap is 33.0 at 10% sparsity and 52.0 at 50%."
+
+
+# ------------------------------------------------------------- calibration seeds, intervals, verdicts
+
+WINDOWS, TOKENS_PER_WINDOW = 8, 31
+
+
+def _losses(seeds: int, shift: float = 0.0, seed: int = 0) -> list[list[float]]:
+    """Window losses of `seeds` calibration seeds on the same WINDOWS windows: a window's difficulty
+    (shared by every method and seed), a little seed noise, and `shift` nats added."""
+    rng = np.random.default_rng(seed)
+    difficulty = 3.0 + rng.normal(0, 0.3, WINDOWS)
+    return [list(difficulty + rng.normal(0, 0.01, WINDOWS) + shift) for _ in range(seeds)]
+
+
+def _row(method: str, sparsity: float, losses: list[list[float]], error: str | None = None) -> dict:
+    results = [PointResult(perplexity=math.exp(float(np.mean(row))), dense_perplexity=15.0, mean_layer_error=0.1,
+                           params_after=100, eval_tokens=WINDOWS * TOKENS_PER_WINDOW, window_nll=tuple(row),
+                           error=error if index == 0 else None) for index, row in enumerate(losses)]
+    point = seeded_columns(results, list(range(len(losses))))
+    return {"method": method, "sparsity": sparsity, **point.leading, **point.trailing}
+
+
+def _sweep(rows: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame(rows)
+    return verdict_columns(table, table["method"] == "spap", "spap", "spap", within="sparsity", seeds_pair=True)
+
+
+def test_a_point_over_seeds_has_the_combined_perplexity_its_interval_and_the_seeds_range():
+    losses = _losses(2)
+    point = seeded_columns([PointResult(perplexity=1.0, mean_layer_error=error, eval_tokens=248, window_nll=tuple(row))
+                            for row, error in zip(losses, (0.1, 0.3))], [4, 5])
+    combined = seeded_perplexity(losses)
+    assert point.leading == {"perplexity": combined.perplexity, "ppl_ci95_low": combined.ci95[0],
+                             "ppl_ci95_high": combined.ci95[1], "seeds": 2, "ppl_seed_low": combined.seed_range[0],
+                             "ppl_seed_high": combined.seed_range[1]}
+    assert point.trailing["mean_layer_error"] == pytest.approx(0.2) and point.trailing[WINDOW_LOSSES] == losses
+    one = seeded_columns([PointResult(perplexity=1.0, window_nll=tuple(losses[0]))], [0]).leading
+    assert one["seeds"] == 1 and math.isnan(one["ppl_seed_low"]) and math.isnan(one["ppl_seed_high"])
+    assert one["ppl_ci95_low"] < one["perplexity"] < one["ppl_ci95_high"]
+
+
+def test_a_failed_seed_fails_its_point_and_says_which_and_why():
+    good = PointResult(perplexity=20.0, window_nll=tuple(_losses(1)[0]))
+    point = seeded_columns([good, PointResult(error="its Ray worker died")], [3, 4])
+    assert point.trailing["error"] == "calibration seed 4: its Ray worker died"
+    assert math.isnan(point.leading["perplexity"]) and point.trailing[WINDOW_LOSSES] == []
+    alone = seeded_columns([PointResult(error="its Ray worker died")], [3])  # one seed: the reason alone
+    assert alone.trailing["error"] == "its Ray worker died"
+
+
+def test_each_baseline_gets_a_verdict_against_spap_at_its_own_sparsity():
+    spap = _losses(2)
+    table = _sweep([_row("spap", 0.3, spap), _row("same", 0.3, spap), _row("worse", 0.3, _losses(2, shift=0.5)),
+                    _row("better", 0.3, _losses(2, shift=-0.4)), _row("spap", 0.5, _losses(2, shift=1.0)),
+                    _row("worse", 0.5, _losses(2, shift=1.0, seed=1)),
+                    _row("failed", 0.3, spap, error="out of memory")])
+    verdict = dict(zip(zip(table["method"], table["sparsity"]), table["verdict_vs_spap"]))
+    assert verdict[("spap", 0.3)] == verdict[("spap", 0.5)] == "reference"
+    assert verdict[("same", 0.3)] == f"not distinguishable on these {WINDOWS * TOKENS_PER_WINDOW} tokens and 2 " \
+                                     "calibration seeds"
+    same = table[table["method"] == "same"].iloc[0]
+    assert (same["ratio_vs_spap"], same["ratio_vs_spap_ci95_low"], same["ratio_vs_spap_ci95_high"]) == (1.0, 1.0, 1.0)
+    assert verdict[("worse", 0.3)] == "higher than spap" and verdict[("better", 0.3)] == "lower than spap"
+    worse = table[(table["method"] == "worse") & (table["sparsity"] == 0.3)].iloc[0]
+    assert worse["ratio_vs_spap_ci95_low"] > 1 and worse["ratio_vs_spap"] == pytest.approx(math.exp(0.5), rel=0.02)
+    # at 50% it is compared with spap at 50% (both shifted by 1 nat), not at 30%: other windows' noise, no gap
+    assert verdict[("worse", 0.5)].startswith("not distinguishable")
+    assert verdict[("failed", 0.3)] == "no verdict: this point has no result"
+    assert ratio_cell(worse, "spap").startswith(f"{worse['ratio_vs_spap']:.3f} [") and \
+        ratio_cell(worse, "spap").endswith("]: higher than spap")
+    assert perplexity_cell(worse) == perplexity_text(worse["perplexity"], (worse["ppl_ci95_low"],
+                                                                           worse["ppl_ci95_high"]),
+                                                     (worse["ppl_seed_low"], worse["ppl_seed_high"]), 2)
+
+
+def test_without_spap_at_a_sparsity_a_baseline_has_no_verdict_and_says_why():
+    table = _sweep([_row("spap", 0.3, _losses(1), error="its worker died"), _row("flap", 0.3, _losses(1))])
+    assert table["verdict_vs_spap"].tolist() == ["reference", "no verdict: spap has no result here"]
+
+
+def test_the_sweep_reading_names_the_lowest_only_when_the_verdict_does():
+    spap = _losses(2)
+    clear = split_off_scale(_sweep([_row("spap", 0.5, spap), _row("flap", 0.5, _losses(2, shift=0.3))]))
+    reading = sweep_reading(clear)
+    gap = readable(clear.shown["perplexity"].max() - clear.shown["perplexity"].min())
+    assert reading.startswith(f"At 50% sparsity, spap has the lowest perplexity, "
+                              f"{readable(clear.shown['perplexity'].min())}: {gap} below flap, the next, a difference "
+                              "beyond the noise (their ratio, ")
+    assert reading.endswith(", excludes 1 at 95%).")
+    # flap a hair below spap, within the windows' noise: never "the lowest … below", but "not distinguishable"
+    tied = split_off_scale(_sweep([_row("spap", 0.5, spap), _row("flap", 0.5, _losses(2, shift=-0.001, seed=7))]))
+    reading = sweep_reading(tied)
+    assert "has the lowest perplexity" not in reading and " below " not in reading
+    assert reading.startswith("At 50% sparsity, flap's perplexity, ")
+    assert (f", is not distinguishable from spap's, {readable(tied.shown['perplexity'].max())}, the next, on these "
+            f"{WINDOWS * TOKENS_PER_WINDOW} tokens and 2 calibration seeds (their ratio, ") in reading
+    assert reading.endswith(", holds 1 at 95%).")
+
+
+def test_a_scan_always_holds_the_default_value_and_the_keys_hold_the_seeds(tiny):
+    text = TextChoice(kind="file", path="x.txt")
+    data = DataSpec(calibration=text, evaluation=text, nsamples=8, seqlen=32, eval_windows=4, eval_len=32,
+                    batch_size=4)
+    base = RunRequest(settings=PruneSettings(sparsity=0.3), seed=0, data=data)
+    assert with_default_value(base, "sparsity", [0.1, 0.5]) == [0.1, 0.3, 0.5]
+    assert with_default_value(base, "sparsity", [0.1, 0.3]) == [0.1, 0.3]
+    twice = replace(base, seeds=2)
+    assert scan_key(tiny, base, "sparsity", [0.1, 0.3]) != scan_key(tiny, twice, "sparsity", [0.1, 0.3])
+    methods = {"spap": base.settings}
+    assert sweep_key(tiny, base, methods, [0.3]) != sweep_key(tiny, twice, methods, [0.3])
+
+
+def test_a_tiny_sweep_and_scan_over_two_seeds_give_seed_columns_intervals_and_verdicts(tiny, text_files):
+    data = DataSpec(calibration=TextChoice(kind="file", path=str(text_files["calib"])),
+                    evaluation=TextChoice(kind="file", path=str(text_files["eval"])),
+                    nsamples=4, seqlen=32, eval_windows=4, eval_len=32, batch_size=4)
+    spap = with_options(PruneSettings(sparsity=0.25), altmin=AltMinSettings(rounds=0))
+    base = RunRequest(settings=spap, seed=0, data=data, seeds=2)
+    progress, cancel = ProgressReporter(), threading.Event()
+    sweep = sweep_sparsities(tiny, base, {"spap": spap, "magnitude": PruneSettings(method="magnitude")}, [0.25],
+                             progress, cancel)
+    scan = sensitivity_scan(tiny, base, "sparsity", [0.5], progress, cancel)  # 25%, the default, is added
+    for table in (sweep, scan):
+        assert "error" not in table and (table["seeds"] == 2).all()
+        assert ((table["ppl_ci95_low"] < table["perplexity"]) & (table["perplexity"] < table["ppl_ci95_high"])).all()
+        assert (table["ppl_seed_low"] <= table["ppl_seed_high"]).all()
+        assert all(len(rows) == 2 and all(len(row) == 4 for row in rows) for rows in table[WINDOW_LOSSES])
+        for rows, perplexity in zip(table[WINDOW_LOSSES], table["perplexity"]):
+            assert perplexity == pytest.approx(seeded_perplexity(rows).perplexity)
+    assert sweep["verdict_vs_spap"].tolist()[0] == "reference"
+    assert scan["value"].tolist() == [0.25, 0.5] and scan["default"].tolist() == [True, False]
+    assert scan["verdict_vs_default"].iloc[0] == "reference" and scan["ratio_vs_default"].iloc[1] > 0
+    loaded_back = pd.read_csv(io.StringIO(table_csv(scan)))
+    assert json.loads(loaded_back[WINDOW_LOSSES].iloc[1]) == scan[WINDOW_LOSSES].iloc[1]
