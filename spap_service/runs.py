@@ -345,7 +345,7 @@ def saved_runs(owner: str | None = None) -> SavedRuns:
         rows.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved.finished_at)),
                      "method": saved.summary["method"], "sparsity": saved.summary["sparsity"],
                      "ppl dense": saved.summary["ppl_dense"], "ppl pruned": saved.summary["ppl"],
-                     "95% interval": _interval_text(interval), "seeds": len(seeds) if isinstance(seeds, list) else 1,
+                     "95% interval": interval_text(interval), "seeds": len(seeds) if isinstance(seeds, list) else 1,
                      "model": str(saved.summary.get("model") or ""), "run": saved.name,
                      "ppl_ci95_low": interval[0] if interval else math.nan,
                      "ppl_ci95_high": interval[1] if interval else math.nan})
@@ -357,7 +357,8 @@ SAVED_RUN_COLUMNS = ["finished", "method", "sparsity", "ppl dense", "ppl pruned"
 SHOWN_SAVED_RUN_COLUMNS = SAVED_RUN_COLUMNS[:-2]  # the bounds as numbers are for downloads
 
 
-def _interval_text(interval: list[float] | None) -> str:
+def interval_text(interval: list[float] | None) -> str:
+    """A perplexity's 95% interval as a table cell: '[41.90, 43.57]', or 'no interval' for none."""
     return NO_INTERVAL if interval is None else f"[{number(interval[0])}, {number(interval[1])}]"
 
 

@@ -147,10 +147,12 @@ def test_run_completes_and_shows_results_downloads_and_share_link(ran_app):
     assert float(metrics["Perplexity, dense"]) > 0 and float(metrics["Perplexity, pruned"]) > 0
     assert "M" in metrics["Parameters"]
     assert {b.label for b in at.get("download_button")} == {
-        "Pruned model (.zip)", "Metrics (.json)", "ρ trace (.csv)", "Layers (.csv)"}
+        "Pruned model (.zip)", "Metrics (.json)", "ρ trace (.csv)", "Layers (.csv)", "Saved runs (.csv)"}
     assert "sparsity=0.25" in at.code[0].value and f"K={RUN_ITERATIONS}" in at.code[0].value
-    history = at.dataframe[0].value
+    history = next(frame.value for frame in at.dataframe if "prune s" in frame.value.columns)  # this session's runs
     assert len(history) == 1 and history["sparsity"].iloc[0] == 0.25
+    assert history["ppl pruned, 95% interval"].iloc[0] == interval_words(at.session_state["latest_run"].record[
+        "window_nll"])
     per_layer = titled(at, "Relative reconstruction error per layer")
     assert per_layer["data"][0]["type"] == "bar"
     outcome = at.session_state["latest_run"]
@@ -1331,6 +1333,12 @@ def test_a_runs_perplexities_show_their_intervals_and_the_pruned_model_its_verdi
     row = table[table["run"] == record_folder(at)].iloc[0]
     assert row["95% interval"] == interval_words(record["window_nll"]) and row["seeds"] == 1
     assert row["ppl pruned"] == record["ppl"]  # still a number, to sort by
+    from spap_core.evaluation.intervals import perplexity_interval
+    from spap_service.runs import saved_runs
+
+    downloaded = saved_runs().table.set_index("run").loc[record_folder(at)]  # what "Saved runs (.csv)" writes
+    assert (downloaded["ppl_ci95_low"], downloaded["ppl_ci95_high"]) == pytest.approx(
+        perplexity_interval(record["window_nll"]))
 
 
 def record_folder(at: AppTest) -> str:
