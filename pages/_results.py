@@ -17,7 +17,7 @@ from spap_core.models.loading import LoadedModel
 from spap_core.pipeline.parameters import parameter, settings_values
 from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.data import model_key
-from spap_service.runs import RunOutcome
+from spap_service.runs import RunOutcome, interval_text
 
 
 def latest_outcome() -> RunOutcome | None:
@@ -47,7 +47,8 @@ def adopt_run(outcome: RunOutcome) -> None:
 
 
 def history_row(outcome: RunOutcome) -> dict:
-    """One row of the session's run table: every hyperparameter the run's method has, then its metrics."""
+    """One row of the session's run table: every hyperparameter the run's method has, then its metrics
+    (the pruned perplexity's interval as text: '[41.90, 43.57]', 'no interval')."""
     record = outcome.record
     values = settings_values(outcome.request.settings)
     return {
@@ -55,6 +56,7 @@ def history_row(outcome: RunOutcome) -> dict:
         **{parameter(key).symbol: value for key, value in values.items()},
         "seed": outcome.request.seed, "calibration tokens": record["calibration_tokens"],
         "ppl dense": record["ppl_dense"], "ppl pruned": record["ppl"],
+        "ppl pruned, 95% interval": interval_text(record.get("ppl_ci95")), "calibration seeds": outcome.request.seeds,
         "mean layer error": mean_layer_error(outcome), "prune s": record["prune_seconds"],
     }
 

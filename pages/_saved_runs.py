@@ -13,7 +13,7 @@ from pages._state import session
 from pages._text import plain
 from spap_core.errors import UnreadableRunError
 from spap_service.limits import server_limits
-from spap_service.runs import RunOutcome, load_saved_run, saved_run_folder, saved_runs
+from spap_service.runs import SHOWN_SAVED_RUN_COLUMNS, RunOutcome, load_saved_run, saved_run_folder, saved_runs
 from spap_service.sessions import browser_sessions
 
 SHARED_RUN_PARAM = "run"  # ?run=NAME opens a saved run's results
@@ -45,6 +45,15 @@ def _open_run(outcome: RunOutcome) -> None:
     session().pending_form = form_values(outcome.request)
 
 
+def saved_run_label(row: dict) -> str:
+    """A saved run (a row of spap_service.runs.saved_runs) as a choice in a list: when it finished, what
+    it ran and its pruned perplexity with its interval: '… · spap at 25% · ppl 42.72 [41.90, 43.57]'."""
+    interval = row["95% interval"] if row["95% interval"].startswith("[") else f"({row['95% interval']})"
+    seeds = f" · {row['seeds']} seeds" if row["seeds"] > 1 else ""
+    return (f"{row['finished']} · {row['method']} at {row['sparsity']:.0%} · ppl {row['ppl pruned']:.2f} "
+            f"{interval}{seeds}")
+
+
 def saved_runs_panel() -> None:
     """This session's finished runs (or every session's, when asked), newest first; loading one
     makes it the session's latest run, so every inspection page shows it."""
@@ -67,9 +76,10 @@ def saved_runs_panel() -> None:
         if runs.empty:
             st.caption("None yet: runs are saved as they finish.")
             return
-        st.dataframe(runs, hide_index=True, width="stretch")
-        labels = {row["run"]: f"{row['finished']} · {row['method']} at {row['sparsity']:.0%} · "
-                              f"ppl {row['ppl pruned']:.2f}" for row in runs.to_dict("records")}
+        st.dataframe(runs[SHOWN_SAVED_RUN_COLUMNS], hide_index=True, width="stretch")
+        st.download_button("Saved runs (.csv)", data=runs.to_csv(index=False), file_name="spap-saved-runs.csv",
+                           mime="text/csv", on_click="ignore", help="With each interval's bounds as numbers.")
+        labels = {row["run"]: saved_run_label(row) for row in runs.to_dict("records")}
         name = st.selectbox("Run", list(labels), format_func=labels.__getitem__, index=None, placeholder="Choose a run",
                             key="saved_run")
         if st.button("Load this run", icon=":material/history:", disabled=name is None) and name is not None:

@@ -9,6 +9,7 @@ from spap_core.pipeline.parameters import describe
 from spap_service.analysis import run_label
 from spap_service.data import DataSpec
 from spap_service.runs import RunOutcome, RunRequest
+from spap_service.uncertainty import perplexity_text
 
 
 def result_label(outcome: RunOutcome) -> str:
@@ -41,3 +42,11 @@ def evaluation_caption(record: dict) -> str:
             f"({record['eval_tokens']:,} predicted tokens) of {plain(record['eval_source'])}; calibration "
             f"{plain(record['nsamples'])} × {plain(record['seqlen'])} tokens of {plain(record['calib_source'])}, "
             f"seed {plain(record['seed'])}.")
+
+
+def perplexity_intervals(record: dict) -> str:
+    """A run's dense and pruned perplexity with their 95% intervals over its evaluation windows (its own
+    calibration seed's), the caption under the result's metrics (plain text: only numbers)."""
+    return (f"95% intervals over the {record['eval_windows']} evaluation windows: dense "
+            f"{perplexity_text(record['ppl_dense'], record.get('ppl_dense_ci95'))}, pruned "
+            f"{perplexity_text(record['ppl'], record.get('ppl_ci95'))}.")

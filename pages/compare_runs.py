@@ -1,7 +1,9 @@
-"""Compare runs: two or more saved runs side by side. The page opens with the picture, the per-layer
-errors (with one sentence on which run is closest to the dense model) beside how much their pruned
-channels (or heads) agree; then the metrics, the settings with the ones that differ marked, the
-pruned sets, and perplexity against sparsity for runs that differ only in their sparsity."""
+"""Compare runs: two or more saved runs side by side. One sentence first says which runs' perplexities
+differ from a reference run's beyond the noise (paired verdicts); the page then opens with the
+picture, the per-layer errors (with one sentence on which run is closest to the dense model) beside
+how much their pruned channels (or heads) agree; then every run's perplexity with its interval and
+verdict, the metrics, the settings with the ones that differ marked, the pruned sets, and perplexity
+against sparsity for runs that differ only in their sparsity."""
 
 import plotly.express as px
 import streamlit as st
@@ -10,6 +12,7 @@ from pages._charts import chart_columns, show_chart
 from pages._links import PAGE_RUN
 from pages._palette import method_style
 from pages._routing import ensure_routed
+from pages._saved_runs import saved_run_label
 from pages._state import session
 from pages._text import chart_text, plain
 from spap_core.errors import UnreadableRunError
@@ -23,11 +26,14 @@ from spap_service.compare import (
     lone_points_note,
     metrics_table,
     part_layers,
+    perplexity_table,
     pruned_map,
     pruned_overlap,
+    reference_comparisons,
     run_names,
     settings_table,
     sparsity_curves,
+    verdict_sentence,
 )
 from spap_service.limits import server_limits
 from spap_service.runs import load_saved_run, saved_run_folder, saved_runs
@@ -49,8 +55,7 @@ if len(runs) < 2:
             "comparing needs at least two. Every finished run on Run SPAP is saved.")
     st.page_link(PAGE_RUN, label="Go to Run SPAP", icon=":material/play_arrow:")
     st.stop()
-labels = {row["run"]: f"{row['finished']} · {row['method']} at {row['sparsity']:.0%} · ppl {row['ppl pruned']:.2f}"
-          for row in runs.to_dict("records")}
+labels = {row["run"]: saved_run_label(row) for row in runs.to_dict("records")}
 chosen = st.multiselect("Runs to compare", list(labels), default=list(labels)[:2], format_func=labels.__getitem__,
                         key="compare_runs", help="The newest first; two or more.")
 if len(chosen) < 2:
@@ -67,6 +72,10 @@ except UnreadableRunError as exc:
     st.error(f"A chosen run cannot be opened: {plain(exc)}")
     st.stop()
 names = run_names(outcomes)
+reference = st.selectbox("Compare each run's perplexity against", range(len(outcomes)), format_func=names.__getitem__,
+                         key="compare_reference", help="The ratio and verdict of every other run are against this one.")
+st.info(plain(verdict_sentence(names, reference_comparisons(outcomes, reference), reference)),
+        icon=":material/balance:")
 
 part = CHANNELS
 if any(outcome.result.heads is not None for outcome in outcomes):
@@ -107,6 +116,22 @@ with overlap_column:
                    "different sizes can agree no more.")
         st.caption(plain(" ".join([*containment_notes(overlap, unit), ceiling])))
 
+st.subheader("Perplexity, 95% intervals and verdicts")
+perplexities = perplexity_table(outcomes, reference)
+figure = px.scatter(perplexities, x="run", y="ppl", title="Pruned perplexity of each run, with its 95% interval",
+                    labels={"ppl": "perplexity", "run": ""},
+                    error_y=perplexities["ppl_ci95_high"] - perplexities["ppl"],
+                    error_y_minus=perplexities["ppl"] - perplexities["ppl_ci95_low"])
+figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
+show_chart(figure)
+st.dataframe(perplexities[["run", "perplexity", "against", "verdict"]].rename(
+    columns={"against": f"ratio to run {names[reference][0]}"}), hide_index=True, width="stretch")
+st.caption("A run's perplexity is over all its calibration seeds when it was repeated over several (the seeds' range "
+           "after it). The ratio is its perplexity over the reference's, its interval from the two runs' losses "
+           "window by window; runs evaluated on other windows are not comparable pairwise.")
+st.download_button("Perplexities and verdicts (.csv)", data=perplexities.to_csv(index=False),
+                   file_name="spap-compare-perplexities.csv", mime="text/csv", on_click="ignore")
+
 st.subheader("Metrics")
 st.dataframe(metrics_table(outcomes).style.format("{:.4g}"), width="stretch")
 
@@ -135,6 +160,8 @@ if not drawable.empty:
     method_of = dict(zip(drawable["curve"].map(chart_text), drawable["method"]))
     figure = px.line(drawable.assign(curve=drawable["curve"].map(chart_text)), x="sparsity", y="perplexity",
                      color="curve", line_dash="curve", markers=True, hover_data=["run"],
+                     error_y=drawable["ppl_ci95_high"] - drawable["perplexity"],
+                     error_y_minus=drawable["perplexity"] - drawable["ppl_ci95_low"],
                      color_discrete_map={curve: method_style(method).colour for curve, method in method_of.items()},
                      title="Runs that agree in every setting but the sparsity form one curve")
     figure.for_each_trace(lambda trace: trace.update(marker_symbol=method_style(method_of[trace.name]).marker))

@@ -20,12 +20,13 @@ from pages._results import latest_outcome, mean_layer_error, pruned_model_at_han
 from pages._routing import ensure_routed
 from pages._saved_runs import SHARED_RUN_PARAM, saved_runs_panel
 from pages._state import PRESENTATION_PARAM, session
-from pages._summaries import evaluation_caption, result_label
+from pages._summaries import evaluation_caption, perplexity_intervals, result_label
 from pages._text import plain
 from pages._widgets import fill_form, form_is_fresh, ignored_url_parameters, link_parameters, parameter_widget
 from spap_core.errors import SpapInputError
 from spap_core.pipeline.parameters import GROUPS, parameter
 from spap_service.analysis import layer_table, time_breakdown, trace_table
+from spap_service.compare import dense_verdict_line, record_perplexity_text, seeds_reading
 from spap_service.executors import point_executor
 from spap_service.limits import server_limits
 from spap_service.presets import CLASS_DEMO
@@ -91,7 +92,7 @@ except SpapInputError as exc:
 if request is not None:
     estimate = time_estimate(loaded, [request])
     # a form's values change when it is submitted: the estimate is for the settings shown as last submitted
-    st.caption(estimate_caption("This run", estimate))
+    st.caption(estimate_caption("This run", estimate, seeds=request.seeds))
     if submitted:
         state.submitted_run = request
         if not refused_before_queueing(loaded, [request]):
@@ -99,7 +100,8 @@ if request is not None:
             head_note = f", {settings.head_sparsity:.0%} of heads" if settings.head_sparsity else ""
             asked = (f"a parameter budget of {request.budget.share:.0%}" if request.budget is not None
                      else f"{settings.sparsity:.0%} sparsity{head_note}")
-            submit_job("run", f"SPAP run at {asked}",
+            over_seeds = f" over {request.seeds} calibration seeds" if request.seeds > 1 else ""
+            submit_job("run", f"SPAP run at {asked}{over_seeds}",
                        partial(point_executor().run, loaded, request, owner=state.owner), estimate)
 
 job_panel("run")
@@ -124,6 +126,11 @@ metrics[3].metric("Mean layer error", f"{layer_error:.4f}",
                   help="Mean over layers of each layer's objective ÷ ½‖Y‖² (the dashed line in the per-layer chart): "
                        "0 = every layer reproduces its dense MLP output, 1 = as bad as dropping the MLP.")
 metrics[4].metric("Pruning time", f"{record['prune_seconds']:.1f} s")
+st.caption(plain(perplexity_intervals(record)))
+st.markdown(plain(dense_verdict_line(record)))
+if (seeds_note := seeds_reading(record)) is not None:
+    st.markdown(plain(f"Over its calibration seeds: {record_perplexity_text(record)}, windows and seeds combined. "
+                      f"{seeds_note}"))
 st.caption(evaluation_caption(record)
            + (" Dense perplexity came from the cache." if record["dense_ppl_cached"] else ""))
 if outcome.result.heads is not None:

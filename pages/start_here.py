@@ -12,6 +12,7 @@ from pages._results import latest_outcome
 from pages._routing import ensure_routed
 from pages._text import plain
 from spap_service.presets import CLASS_DEMO
+from spap_service.uncertainty import perplexity_text
 
 ensure_routed()
 
@@ -64,5 +65,6 @@ if outcome is None:
 else:
     record = outcome.record
     st.caption(f"Latest run: {plain(record['method'])} at {record['sparsity']:.0%} sparsity, perplexity "
-               f"{record['ppl_dense']:.2f} → {record['ppl']:.2f}.")
+               f"{plain(perplexity_text(record['ppl_dense'], record.get('ppl_dense_ci95')))} → "
+               f"{plain(perplexity_text(record['ppl'], record.get('ppl_ci95')))} (95% intervals).")
 st.page_link("pages/model_data.py", label="Model & data", icon=":material/memory:")

@@ -1,25 +1,32 @@
-"""The tables the Compare runs page draws from two or more saved runs: metrics first, then every
+"""The tables the Compare runs page draws from two or more saved runs: each run's perplexity with its
+95% interval and its paired verdict against a reference run, read in one sentence; metrics, every
 setting with the ones that differ marked, per-layer errors, how much the pruned channel (or head)
 sets of the runs agree, and perplexity against sparsity for runs that differ only in their
-sparsity. And the committed benchmark's curves, which the sweep page shows as a reference before
-any live sweep."""
+sparsity. Also one run read against its own dense model and its calibration seeds (Run SPAP's
+result), and the committed benchmark's curves, which the sweep page shows as a reference before any
+live sweep."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from spap_core.evaluation.intervals import PairedComparison, SeededPerplexity, compare_runs, paired_comparison
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.pipeline.parameters import BY_KEY, settings_values
 from spap_core.pipeline.walk import LayerRecord
 from spap_service.analysis import pruned_channels, span
 from spap_service.runs import RunOutcome
+from spap_service.uncertainty import NO_INTERVAL, number, perplexity_text, ratio_text
 
 METRICS = ("perplexity, pruned", "perplexity, dense", "mean layer error", "parameters (M)", "pruning time (s)")
 CHANNELS, HEADS = "MLP channels", "attention heads"
@@ -119,6 +126,147 @@ def pruned_overlap(outcomes: list[RunOutcome], part: str = CHANNELS) -> pd.DataF
     return pd.DataFrame(rows, columns=OVERLAP_COLUMNS)
 
 
+def record_perplexity(record: Mapping[str, Any]) -> SeededPerplexity:
+    """A run's pruned perplexity as its record keeps it: over every calibration seed (ppl_seeds, its
+    interval with the windows' and the seeds' noise, and the seeds' range) when the run was repeated
+    over seeds, as compare_runs compares it; else its own (ppl, ppl_ci95). The interval is None for a
+    run saved without its window losses."""
+    seeds = record.get("seeds")
+    if isinstance(seeds, list) and len(seeds) > 1 and record.get("ppl_seeds") is not None:
+        return SeededPerplexity(float(record["ppl_seeds"]), _bounds(record.get("ppl_seeds_ci95")),
+                                _bounds(record.get("ppl_seed_range")), len(seeds))
+    return SeededPerplexity(float(record["ppl"]), _bounds(record.get("ppl_ci95")), None, 1)
+
+
+def record_perplexity_text(record: Mapping[str, Any]) -> str:
+    """record_perplexity as every page writes it: '42.72 [41.90, 43.57]', with the seeds' range after it."""
+    perplexity = record_perplexity(record)
+    return perplexity_text(perplexity.perplexity, perplexity.ci95, perplexity.seed_range, perplexity.seeds)
+
+
+def _bounds(value: Any) -> tuple[float, float] | None:
+    return None if value is None else (float(value[0]), float(value[1]))
+
+
+def named_verdict(comparison: PairedComparison, name_a: str, name_b: str) -> str:
+    """The comparison's verdict with its sides named ('the pruned model', 'run B'): "A is lower" reads
+    "the pruned model's perplexity is lower than the dense model's", and every other verdict names
+    A and B where it mentions them."""
+    if comparison.verdict == "A is lower":
+        return f"{name_a}'s perplexity is lower than {name_b}'s"
+    if comparison.verdict == "B is lower":
+        return f"{name_b}'s perplexity is lower than {name_a}'s"
+    return re.sub(r"\b[AB]\b", lambda side: name_a if side.group() == "A" else name_b, comparison.verdict)
+
+
+def dense_comparison(record: Mapping[str, Any]) -> PairedComparison:
+    """A run's pruned perplexity (A) against its dense model's (B), window by window on the windows both
+    were evaluated on (each predicts eval_len − 1 tokens)."""
+    return paired_comparison(record.get("window_nll") or [], record.get("window_nll_dense") or [],
+                             record["eval_len"] - 1)
+
+
+def dense_verdict_line(record: Mapping[str, Any]) -> str:
+    """dense_comparison in one line: 'Pruned against dense, window by window: ratio 1.084 [1.052, 1.117]:
+    the dense model's perplexity is lower than the pruned model's'."""
+    comparison = dense_comparison(record)
+    named = replace(comparison, verdict=named_verdict(comparison, "the pruned model", "the dense model"))
+    return f"Pruned against dense, window by window: {ratio_text(named)}."
+
+
+def seeds_reading(record: Mapping[str, Any]) -> str | None:
+    """For a run repeated over calibration seeds, one sentence on whether the seeds' spread is small or
+    large against the evaluation windows' interval (the run's own seed's): the seeds' range inside that
+    interval means the windows read matter more than the calibration tokens drawn; a range wider than
+    it, the reverse; narrower but reaching past it, about as much. None for a run of one seed."""
+    perplexity = record_perplexity(record)
+    if perplexity.seed_range is None:
+        return None
+    low, high = perplexity.seed_range
+    spread = f"The {perplexity.seeds} calibration seeds give {number(low)} to {number(high)}"
+    window = _bounds(record.get("ppl_ci95"))
+    if window is None:
+        return f"{spread}; this run kept no window losses, so there is {NO_INTERVAL} to weigh them against."
+    interval = f"the evaluation's interval [{number(window[0])}, {number(window[1])}]"
+    if window[0] <= low and high <= window[1]:
+        return (f"{spread}, inside {interval}: which calibration tokens were drawn matters less than which windows "
+                "were read.")
+    if high - low > window[1] - window[0]:
+        return (f"{spread}, wider than {interval}: which calibration tokens were drawn matters more than which "
+                "windows were read.")
+    return (f"{spread}, reaching past {interval} though narrower than it: which calibration tokens were drawn "
+            "matters about as much as which windows were read.")
+
+
+PERPLEXITY_COLUMNS = ["run", "perplexity", "ppl", "ppl_ci95_low", "ppl_ci95_high", "seeds", "against", "ratio",
+                      "ratio_ci95_low", "ratio_ci95_high", "verdict"]
+
+
+def reference_comparisons(outcomes: Sequence[RunOutcome], reference: int = 0) -> dict[int, PairedComparison]:
+    """Every run but the reference (by its index) against the reference run: run (A) over reference (B),
+    paired when both were evaluated on the same windows, over their calibration seeds (compare_runs)."""
+    return {index: compare_runs(outcome.record, outcomes[reference].record)
+            for index, outcome in enumerate(outcomes) if index != reference}
+
+
+def perplexity_table(outcomes: Sequence[RunOutcome], reference: int = 0) -> pd.DataFrame:
+    """One row per run: its perplexity with its 95% interval (record_perplexity; NaN bounds without one)
+    and calibration seeds, then the ratio of its perplexity to the reference run's with the ratio's
+    interval and the verdict (reference_comparisons); the reference's own row says it is the reference."""
+    names = run_names(list(outcomes))
+    letter = [f"run {name[0]}" for name in names]
+    comparisons = reference_comparisons(outcomes, reference)
+    rows = []
+    for index, (name, outcome) in enumerate(zip(names, outcomes)):
+        perplexity = record_perplexity(outcome.record)
+        low, high = perplexity.ci95 or (np.nan, np.nan)
+        row = {"run": name, "perplexity": record_perplexity_text(outcome.record), "ppl": perplexity.perplexity,
+               "ppl_ci95_low": low, "ppl_ci95_high": high, "seeds": perplexity.seeds}
+        comparison = comparisons.get(index)
+        if comparison is None:
+            row.update(against="the reference", ratio=np.nan, ratio_ci95_low=np.nan, ratio_ci95_high=np.nan,
+                       verdict="the reference")
+        else:
+            ratio_low, ratio_high = comparison.ci95 or (np.nan, np.nan)
+            named = replace(comparison, verdict=named_verdict(comparison, letter[index], letter[reference]))
+            row.update(against=_ratio_words(comparison),
+                       ratio=np.nan if comparison.ratio is None else comparison.ratio, ratio_ci95_low=ratio_low,
+                       ratio_ci95_high=ratio_high, verdict=named.verdict)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=PERPLEXITY_COLUMNS)
+
+
+def _ratio_words(comparison: PairedComparison) -> str:
+    """The ratio with its interval as a table cell: '0.946 [0.833, 1.074]', '0.946 (no interval)', '–'."""
+    if comparison.ratio is None:
+        return "–"
+    if comparison.ci95 is None:
+        return f"{comparison.ratio:.3f} ({NO_INTERVAL})"
+    return f"{comparison.ratio:.3f} [{comparison.ci95[0]:.3f}, {comparison.ci95[1]:.3f}]"
+
+
+def verdict_sentence(names: Sequence[str], comparisons: Mapping[int, PairedComparison], reference: int = 0) -> str:
+    """The verdicts of reference_comparisons in one sentence: 'Of 3 runs, run B is lower than run A; run C
+    is not distinguishable from run A on these 2,040 tokens.' (perplexity: lower is better)."""
+    base = f"run {names[reference][0]}"
+    parts = []
+    for index, comparison in comparisons.items():
+        run = f"run {names[index][0]}"
+        verdict = comparison.verdict
+        why = named_verdict(comparison, run, base).partition(": ")[2]
+        if verdict == "A is lower":
+            parts.append(f"{run} is lower than {base}")
+        elif verdict == "B is lower":
+            parts.append(f"{run} is higher than {base}")
+        elif verdict.startswith("not distinguishable"):
+            parts.append(f"{run} is not distinguishable from {base}{verdict.removeprefix('not distinguishable')}")
+        elif verdict.startswith("not comparable pairwise"):
+            parts.append(f"{run} is not comparable pairwise with {base}: {why}")
+        else:
+            parts.append(f"{run} has no verdict against {base}: {why}")
+    return f"Of {len(names)} runs, in perplexity (lower is better), " + "; ".join(parts) + "."
+
+
 def run_in_words(name: str) -> str:
     """A run's name (run_names) in a sentence: 'run A (spap 20%)'."""
     letter, _, what = name.split(" ", 2)
@@ -179,14 +327,15 @@ def pruned_map(outcome: RunOutcome, part: str = CHANNELS, max_units: int = 256) 
     return grid, shown
 
 
-CURVE_COLUMNS = ["curve", "method", "run", "sparsity", "perplexity", "points"]
+CURVE_COLUMNS = ["curve", "method", "run", "sparsity", "perplexity", "ppl_ci95_low", "ppl_ci95_high", "points"]
 
 
 def sparsity_curves(outcomes: list[RunOutcome]) -> pd.DataFrame:
     """Perplexity against sparsity: one row per run, grouped into curves of runs that agree in every
     setting but the sparsity. A curve is named by its method and the settings in which it differs
     from another curve of that method ('spap, K = 4'), so a legend says what each line holds; `points`
-    counts its runs (a curve of one point is no curve yet)."""
+    counts its runs (a curve of one point is no curve yet). Each perplexity is record_perplexity's, with
+    its 95% interval (NaN bounds for a run saved without one)."""
     settings = settings_table(outcomes).drop(index=["sparsity"], errors="ignore").drop(columns="differs")
     groups = {name: tuple(settings[name]) for name in settings.columns}
     distinct = list(dict.fromkeys(groups.values()))
@@ -198,10 +347,13 @@ def sparsity_curves(outcomes: list[RunOutcome]) -> pd.DataFrame:
     label = {group: ", ".join([method_of[group], *(f"{rows[index]} = {group[index]}" for index in naming)])
              for group in distinct}
     sizes = pd.Series(list(groups.values())).value_counts()
+    perplexities = [record_perplexity(outcome.record) for outcome in outcomes]
     return pd.DataFrame([{"curve": label[groups[name]], "method": outcome.request.settings.method, "run": name,
-                          "sparsity": outcome.request.settings.sparsity, "perplexity": outcome.record["ppl"],
+                          "sparsity": outcome.request.settings.sparsity, "perplexity": perplexity.perplexity,
+                          "ppl_ci95_low": perplexity.ci95[0] if perplexity.ci95 else np.nan,
+                          "ppl_ci95_high": perplexity.ci95[1] if perplexity.ci95 else np.nan,
                           "points": int(sizes[groups[name]])}
-                         for name, outcome in zip(run_names(outcomes), outcomes)],
+                         for name, outcome, perplexity in zip(run_names(outcomes), outcomes, perplexities)],
                         columns=CURVE_COLUMNS).sort_values(["curve", "sparsity"])
 
 

@@ -38,7 +38,7 @@ from spap_core.storage.weights import WEIGHTS_FILE
 
 INDEX_FILE = ".run-index.json"
 LOCK_FILE = ".run-index.lock"
-SUMMARY_FIELDS = ("method", "sparsity", "ppl_dense", "ppl", "model", "owner", "finished_at")
+SUMMARY_FIELDS = ("method", "sparsity", "ppl_dense", "ppl", "ppl_ci95", "seeds", "model", "owner", "finished_at")
 WEIGHTS_RECORD_KEY = "pruned_weights"  # the record's note of the weights kept with it: their file, or why not
 
 
@@ -107,7 +107,8 @@ def indexed_runs(root: Path) -> tuple[list[IndexedRun], list[UnreadableRunError]
         for folder in _run_folders(root):
             stamp = _stamp(folder)
             entry = stored.get(folder.name)
-            if entry is None or entry.get("stamp") != stamp:
+            # an entry summarised with other fields (an index written by an older app) is read again
+            if entry is None or entry.get("stamp") != stamp or set(entry.get("summary", {})) != set(SUMMARY_FIELDS):
                 try:
                     record = read_record(folder)
                 except UnreadableRunError as exc:

@@ -52,6 +52,7 @@ from spap_service.data import DataSpec, batch_reporter, dense_perplexity, model_
 from spap_service.jobs import ProgressReporter
 from spap_service.limits import server_limits
 from spap_service.run_index import WEIGHTS_RECORD_KEY, enforce_caps, folder_bytes, indexed_runs
+from spap_service.uncertainty import NO_INTERVAL, number
 
 MAX_SEEDS = 5  # calibration seeds a run of the app repeats over, at most (each one a whole run)
 
@@ -331,16 +332,34 @@ class SavedRuns:
 
 def saved_runs(owner: str | None = None) -> SavedRuns:
     """The finished runs in the results folder, newest first, one row each with its folder name
-    (`run`); only those `owner` made when given. Read from the folder's index, which re-reads only
-    the records that changed."""
+    (`run`); only those `owner` made when given. The pruned perplexity (its own seed's) is a number,
+    to sort by, with its 95% interval beside it as text ("[41.90, 43.57]", "no interval" for a run
+    saved without one) and as numbers for a download, and the calibration seeds the run was repeated
+    over. Read from the folder's index, which re-reads only the records that changed."""
     runs, unreadable = indexed_runs(results_root())
-    rows = [{"finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.finished_at)),
-             "method": run.summary["method"], "sparsity": run.summary["sparsity"],
-             "ppl dense": run.summary["ppl_dense"], "ppl pruned": run.summary["ppl"],
-             "model": str(run.summary.get("model") or ""), "run": run.name}
-            for run in runs if owner is None or run.owner == owner]
-    columns = ["finished", "method", "sparsity", "ppl dense", "ppl pruned", "model", "run"]
-    return SavedRuns(pd.DataFrame(rows, columns=columns), unreadable)
+    rows = []
+    for saved in runs:
+        if owner is not None and saved.owner != owner:
+            continue
+        interval, seeds = saved.summary.get("ppl_ci95"), saved.summary.get("seeds")
+        rows.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved.finished_at)),
+                     "method": saved.summary["method"], "sparsity": saved.summary["sparsity"],
+                     "ppl dense": saved.summary["ppl_dense"], "ppl pruned": saved.summary["ppl"],
+                     "95% interval": interval_text(interval), "seeds": len(seeds) if isinstance(seeds, list) else 1,
+                     "model": str(saved.summary.get("model") or ""), "run": saved.name,
+                     "ppl_ci95_low": interval[0] if interval else math.nan,
+                     "ppl_ci95_high": interval[1] if interval else math.nan})
+    return SavedRuns(pd.DataFrame(rows, columns=SAVED_RUN_COLUMNS), unreadable)
+
+
+SAVED_RUN_COLUMNS = ["finished", "method", "sparsity", "ppl dense", "ppl pruned", "95% interval", "seeds", "model",
+                     "run", "ppl_ci95_low", "ppl_ci95_high"]
+SHOWN_SAVED_RUN_COLUMNS = SAVED_RUN_COLUMNS[:-2]  # the bounds as numbers are for downloads
+
+
+def interval_text(interval: list[float] | None) -> str:
+    """A perplexity's 95% interval as a table cell: '[41.90, 43.57]', or 'no interval' for none."""
+    return NO_INTERVAL if interval is None else f"[{number(interval[0])}, {number(interval[1])}]"
 
 
 def saved_run_folder(name: str) -> Path | None:

@@ -147,10 +147,12 @@ def test_run_completes_and_shows_results_downloads_and_share_link(ran_app):
     assert float(metrics["Perplexity, dense"]) > 0 and float(metrics["Perplexity, pruned"]) > 0
     assert "M" in metrics["Parameters"]
     assert {b.label for b in at.get("download_button")} == {
-        "Pruned model (.zip)", "Metrics (.json)", "ρ trace (.csv)", "Layers (.csv)"}
+        "Pruned model (.zip)", "Metrics (.json)", "ρ trace (.csv)", "Layers (.csv)", "Saved runs (.csv)"}
     assert "sparsity=0.25" in at.code[0].value and f"K={RUN_ITERATIONS}" in at.code[0].value
-    history = at.dataframe[0].value
+    history = next(frame.value for frame in at.dataframe if "prune s" in frame.value.columns)  # this session's runs
     assert len(history) == 1 and history["sparsity"].iloc[0] == 0.25
+    assert history["ppl pruned, 95% interval"].iloc[0] == interval_words(at.session_state["latest_run"].record[
+        "window_nll"])
     per_layer = titled(at, "Relative reconstruction error per layer")
     assert per_layer["data"][0]["type"] == "bar"
     outcome = at.session_state["latest_run"]
@@ -727,7 +729,8 @@ def test_a_saved_run_that_cannot_be_read_is_skipped_with_its_reason_and_the_othe
                    and str(corrupt.parent) not in c.value for c in ran_app.caption)
         assert ran_app.selectbox(key="saved_run").options == [  # the readable run is still listed
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(outcome.record['finished_at']))} · spap at "
-            f"{outcome.record['sparsity']:.0%} · ppl {outcome.record['ppl']:.2f}"]
+            f"{outcome.record['sparsity']:.0%} · ppl {outcome.record['ppl']:.2f} "
+            f"{interval_words(outcome.record['window_nll'])}"]
     finally:
         import shutil
         shutil.rmtree(corrupt)
@@ -851,7 +854,8 @@ def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(a
     drawn = pd.DataFrame([{"run": trace["name"], "layer": layer, "relative_error": error} for trace in first["data"]
                           for layer, error in zip(array(trace["x"]), array(trace["y"]))])
     assert shown(sentence) == error_reading(drawn) and "has the lowest mean" in sentence
-    metrics, settings = (frame.value for frame in at.dataframe[:2])
+    perplexities, metrics, settings = (frame.value for frame in at.dataframe[:3])
+    assert list(perplexities.columns) == ["run", "perplexity", "ratio to run A", "verdict"]  # with their verdicts
     assert list(metrics.index)[0] == "perplexity, pruned"  # what a comparison is about comes first
     assert any("differ in 2 of" in c.value for c in at.caption)
     assert set(settings.index[:2]) == {"sparsity", "K"}  # the differing settings are listed first
@@ -1359,3 +1363,156 @@ def test_a_scan_over_two_calibration_seeds_compares_every_value_with_the_default
         in shown(sentence)
     alike = table["verdict_vs_default"].iloc[1:].str.startswith("not distinguishable").all()
     assert ("are within the noise of the evaluation and the calibration" in sentence) == alike
+
+
+# Intervals and verdicts on a run's results, the saved runs and Compare runs (issue 35): every number
+# below is recomputed from the record's window losses, not read back from the function that wrote it.
+
+def interval_words(window_nll: list[float]) -> str:
+    """'[41.90, 43.57]': the 95% interval of a perplexity from its window losses, as the pages write it."""
+    from spap_core.evaluation.intervals import perplexity_interval
+    from spap_service.uncertainty import number
+
+    low, high = perplexity_interval(window_nll)
+    return f"[{number(low)}, {number(high)}]"
+
+
+def copied_run(saved, drop: tuple[str, ...] = ()):
+    """Another folder holding the saved run `saved` (as another run of the same browser), its record
+    without the keys `drop` (as runs saved before they kept them); the caller removes it."""
+    copy = saved.with_name(saved.name[:-1] + ("0" if saved.name[-1] != "0" else "1"))
+    shutil.copytree(saved, copy)
+    record = json.loads((copy / "results.json").read_text())
+    for key in drop:
+        del record[key]
+    (copy / "results.json").write_text(json.dumps(record))
+    return copy
+
+
+def test_a_runs_perplexities_show_their_intervals_and_the_pruned_model_its_verdict_against_dense(ran_app):
+    from spap_core.evaluation.intervals import paired_comparison
+
+    at = ran_app
+    open_page(at, "run_spap")
+    record = at.session_state["latest_run"].record
+    assert len(record["window_nll"]) == len(record["window_nll_dense"]) == record["eval_windows"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Perplexity, pruned"] == f"{record['ppl']:.2f}"
+    captions = [shown(caption.value) for caption in at.caption]
+    assert (f"95% intervals over the {record['eval_windows']} evaluation windows: dense {record['ppl_dense']:.2f} "
+            f"{interval_words(record['window_nll_dense'])}, pruned {record['ppl']:.2f} "
+            f"{interval_words(record['window_nll'])}.") in captions
+    comparison = paired_comparison(record["window_nll"], record["window_nll_dense"], record["eval_len"] - 1)
+    low, high = comparison.ci95
+    tokens = record["eval_windows"] * (record["eval_len"] - 1)
+    lower = {"A is lower": "the pruned model's perplexity is lower than the dense model's",
+             "B is lower": "the dense model's perplexity is lower than the pruned model's"}.get(
+        comparison.verdict, f"not distinguishable on these {tokens:,} tokens")
+    assert (f"Pruned against dense, window by window: ratio {comparison.ratio:.3f} [{low:.3f}, {high:.3f}]: {lower}."
+            in [shown(text.value) for text in at.markdown])
+    assert not any(shown(text.value).startswith("Over its calibration seeds") for text in at.markdown)  # one seed
+    table = next(frame.value for frame in at.dataframe if "95% interval" in frame.value.columns)
+    row = table[table["run"] == record_folder(at)].iloc[0]
+    assert row["95% interval"] == interval_words(record["window_nll"]) and row["seeds"] == 1
+    assert row["ppl pruned"] == record["ppl"]  # still a number, to sort by
+    from spap_core.evaluation.intervals import perplexity_interval
+    from spap_service.runs import saved_runs
+
+    downloaded = saved_runs().table.set_index("run").loc[record_folder(at)]  # what "Saved runs (.csv)" writes
+    assert (downloaded["ppl_ci95_low"], downloaded["ppl_ci95_high"]) == pytest.approx(
+        perplexity_interval(record["window_nll"]))
+
+
+def record_folder(at: AppTest) -> str:
+    return at.session_state["latest_run"].saved_to.name
+
+
+def test_a_run_saved_before_intervals_shows_no_interval_and_no_verdict(ran_app):
+    saved = ran_app.session_state["latest_run"].saved_to
+    older = copied_run(saved, drop=("window_nll", "window_nll_dense", "ppl_ci95", "ppl_dense_ci95"))
+    try:
+        at = link_session(older.name)
+        open_page(at, "run_spap")
+        record = at.session_state["latest_run"].record
+        assert record["window_nll"] == [] and record["ppl_ci95"] is None
+        assert (f"95% intervals over the {record['eval_windows']} evaluation windows: dense {record['ppl_dense']:.2f} "
+                f"(no interval), pruned {record['ppl']:.2f} (no interval).") in [shown(c.value) for c in at.caption]
+        assert ("Pruned against dense, window by window: no verdict: the pruned model and the dense model kept no "
+                "window losses.") in [shown(text.value) for text in at.markdown]
+        at.toggle(key="saved_runs_everyone").set_value(True).run()
+        assert_clean(at)
+        table = next(frame.value for frame in at.dataframe if "95% interval" in frame.value.columns)
+        assert table.set_index("run").loc[older.name, "95% interval"] == "no interval"
+    finally:
+        shutil.rmtree(older)
+
+
+def test_a_run_over_two_calibration_seeds_shows_their_range_against_the_window_interval(app_files):
+    from spap_core.evaluation.intervals import perplexity_of
+
+    at = start_app()
+    open_page(at, "run_spap")
+    at.slider(key="sparsity").set_value(0.25)
+    at.slider(key="K").set_value(2)
+    at.number_input(key="seeds").set_value(2)
+    click(at, "Run SPAP")
+    assert_clean(at)
+    assert session_job(at, "run").label == "SPAP run at 25% sparsity over 2 calibration seeds"
+    assert any(caption.value.startswith("This run over 2 calibration seeds (2 times the runs of one seed): ")
+               for caption in at.caption)
+    finish_job(at, "run")
+    record = at.session_state["latest_run"].record
+    assert record["seeds"] == [0, 1] and len(record["window_nll_by_seed"]) == 2
+    assert record["window_nll_by_seed"][0] == record["window_nll"]
+    by_seed = sorted(perplexity_of(float(np.mean(row))) for row in record["window_nll_by_seed"])
+    (sentence,) = [shown(text.value) for text in at.markdown if shown(text.value).startswith("Over its calibration")]
+    assert sentence.startswith(f"Over its calibration seeds: {record['ppl_seeds']:.2f} [")
+    assert f"; 2 seeds {by_seed[0]:.2f} to {by_seed[1]:.2f}, windows and seeds combined. " in sentence
+    window_low, window_high = (float(bound) for bound in interval_words(record["window_nll"]).strip("[]").split(", "))
+    inside = window_low <= round(by_seed[0], 2) and round(by_seed[1], 2) <= window_high
+    reading = "inside" if inside else ("wider than" if by_seed[1] - by_seed[0] > window_high - window_low
+                                       else "reaching past")
+    assert (f"The 2 calibration seeds give {by_seed[0]:.2f} to {by_seed[1]:.2f}, {reading} the evaluation's interval "
+            f"[{window_low:.2f}, {window_high:.2f}]: which calibration tokens were drawn matters") in sentence
+    table = next(frame.value for frame in at.dataframe if "seeds" in frame.value.columns)
+    assert table.set_index("run").loc[record_folder(at), "seeds"] == 2
+
+
+def test_compare_runs_says_a_run_against_itself_is_not_distinguishable_and_other_windows_not_comparable(app_files):
+    at = run_spap(0.25, 2)
+    first = at.session_state["latest_run"]
+    copy = copied_run(first.saved_to)
+    open_page(at, "compare_runs")
+    assert set(at.multiselect(key="compare_runs").value) == {first.saved_to.name, copy.name}
+    record = first.record
+    tokens = record["eval_windows"] * (record["eval_len"] - 1)
+    assert [shown(info.value) for info in at.info][0] == (
+        f"Of 2 runs, in perplexity (lower is better), run B is not distinguishable from run A on these {tokens:,} "
+        "tokens.")
+    table = next(frame.value for frame in at.dataframe if "verdict" in frame.value.columns)
+    assert table["verdict"].tolist() == ["the reference", f"not distinguishable on these {tokens:,} tokens"]
+    assert table["ratio to run A"].tolist() == ["the reference", "1.000 [1.000, 1.000]"]
+    assert table["perplexity"].tolist() == [f"{record['ppl']:.2f} {interval_words(record['window_nll'])}"] * 2
+    chart = titled(at, "Pruned perplexity of each run, with its 95% interval")
+    low, high = (float(bound) for bound in interval_words(record["window_nll"]).strip("[]").split(", "))
+    assert array(chart["data"][0]["error_y"]["array"]) == pytest.approx([high - record["ppl"]] * 2, abs=0.006)
+    assert array(chart["data"][0]["error_y"]["arrayminus"]) == pytest.approx([record["ppl"] - low] * 2, abs=0.006)
+
+    open_page(at, "model_data")
+    at.number_input(key="data_eval_windows").set_value(record["eval_windows"] - 1)
+    click(at, "Use this data")
+    open_page(at, "run_spap")
+    click(at, "Run SPAP")
+    finish_job(at, "run")
+    fewer = at.session_state["latest_run"]
+    assert fewer.record["eval_windows"] == record["eval_windows"] - 1
+    open_page(at, "compare_runs")
+    at.multiselect(key="compare_runs").set_value([first.saved_to.name, fewer.saved_to.name]).run()
+    assert_clean(at)
+    assert [shown(info.value) for info in at.info][0] == (
+        "Of 2 runs, in perplexity (lower is better), run B is not comparable pairwise with run A: different "
+        "evaluation windows (window count).")
+    at.selectbox(key="compare_reference").set_value(1).run()  # the reference the user picks
+    assert [shown(info.value) for info in at.info][0] == (
+        "Of 2 runs, in perplexity (lower is better), run A is not comparable pairwise with run B: different "
+        "evaluation windows (window count).")

@@ -88,3 +88,94 @@ def test_the_error_reading_names_the_closest_run_and_follows_the_data():
                                           "in 3 of 3 layers.")
     assert "only one drawn" in error_reading(errors[errors["run"] == "A"])
     assert "no error to draw" in error_reading(errors.iloc[0:0])
+
+
+# Intervals and verdicts: each run's perplexity with its interval, its verdict against a reference run
+# and against its dense model, and what its calibration seeds' spread says.
+
+WINDOWS = [3.70, 3.80, 3.60, 3.75]
+DENSE_WINDOWS = [3.50, 3.60, 3.45, 3.55]
+
+
+def interval_record(window_nll: list[float] = WINDOWS, **fields) -> dict:
+    """A run record as read_record gives it: its perplexity with its interval from its window losses."""
+    from spap_core.evaluation.intervals import perplexity_interval, perplexity_of
+
+    return {"ppl": perplexity_of(np.mean(window_nll)), "ppl_ci95": list(perplexity_interval(window_nll)),
+            "window_nll": list(window_nll), "window_nll_dense": list(DENSE_WINDOWS), "eval_len": 128,
+            "eval_windows": len(window_nll), "eval_source": "x.txt", "model": "tiny", "seed": 0, **fields}
+
+
+def test_the_pruned_model_is_compared_with_its_dense_model_window_by_window_and_named():
+    from spap_core.evaluation.intervals import paired_comparison
+    from spap_service.compare import dense_verdict_line
+
+    record = interval_record()
+    comparison = paired_comparison(WINDOWS, DENSE_WINDOWS, 127)
+    low, high = comparison.ci95
+    assert low > 1  # every window is harder for the pruned model: the dense one is lower
+    assert dense_verdict_line(record) == (f"Pruned against dense, window by window: ratio {comparison.ratio:.3f} "
+                                          f"[{low:.3f}, {high:.3f}]: the dense model's perplexity is lower than the "
+                                          "pruned model's.")
+    same = interval_record(DENSE_WINDOWS)
+    assert dense_verdict_line(same) == ("Pruned against dense, window by window: ratio 1.000 [1.000, 1.000]: "
+                                        "not distinguishable on these 508 tokens.")
+    saved_before = {**record, "window_nll": [], "window_nll_dense": [], "ppl_ci95": None}
+    assert dense_verdict_line(saved_before) == ("Pruned against dense, window by window: no verdict: the pruned "
+                                                "model and the dense model kept no window losses.")
+
+
+def test_the_seeds_spread_is_read_against_the_window_interval_and_follows_the_data():
+    from spap_core.evaluation.intervals import seed_fields
+    from spap_service.compare import record_perplexity, record_perplexity_text, seeds_reading
+
+    def seeded(*shifts: float) -> dict:
+        rows = [[loss + shift for loss in WINDOWS] for shift in (0.0, *shifts)]
+        return interval_record(**seed_fields(list(range(len(rows))), rows))
+
+    assert seeds_reading(interval_record()) is None  # one seed: nothing to weigh
+    close = seeded(0.01, -0.005)
+    low, high = close["ppl_seed_range"]
+    window_low, window_high = close["ppl_ci95"]
+    assert window_low < low < high < window_high
+    assert seeds_reading(close) == (f"The 3 calibration seeds give {low:.2f} to {high:.2f}, inside the evaluation's "
+                                    f"interval [{window_low:.2f}, {window_high:.2f}]: which calibration tokens were "
+                                    "drawn matters less than which windows were read.")
+    combined = record_perplexity(close)
+    assert combined.perplexity == close["ppl_seeds"] and combined.seeds == 3
+    assert record_perplexity_text(close) == (f"{close['ppl_seeds']:.2f} [{close['ppl_seeds_ci95'][0]:.2f}, "
+                                             f"{close['ppl_seeds_ci95'][1]:.2f}]; 3 seeds {low:.2f} to {high:.2f}")
+    assert ", wider than the evaluation's interval" in seeds_reading(seeded(0.3, -0.2))
+    assert ", reaching past the evaluation's interval" in seeds_reading(seeded(0.22))
+    assert seeds_reading({**close, "ppl_ci95": None}).endswith("so there is no interval to weigh them against.")
+
+
+def test_every_run_is_compared_with_the_reference_and_the_sentence_follows_the_verdicts():
+    from spap_service.compare import perplexity_table, reference_comparisons, run_names, verdict_sentence
+
+    runs = [saved_run(0.2, [set()]) for _ in range(4)]
+    runs[0].record.update(interval_record())
+    runs[1].record.update(interval_record())  # the same losses: not distinguishable
+    runs[2].record.update(interval_record([loss - 0.3 for loss in WINDOWS]))  # clearly lower
+    runs[3].record.update(interval_record(WINDOWS * 2))  # eight windows: not the same ones
+    names = run_names(runs)
+    comparisons = reference_comparisons(runs)
+    assert [comparisons[index].verdict for index in (1, 2)] == ["not distinguishable on these 508 tokens",
+                                                               "A is lower"]
+    assert verdict_sentence(names, comparisons) == (
+        "Of 4 runs, in perplexity (lower is better), run B is not distinguishable from run A on these 508 tokens; "
+        "run C is lower than run A; run D is not comparable pairwise with run A: different evaluation windows "
+        "(window count).")
+    table = perplexity_table(runs)
+    assert table["verdict"].tolist() == ["the reference", "not distinguishable on these 508 tokens",
+                                         "run C's perplexity is lower than run A's",
+                                         "not comparable pairwise: different evaluation windows (window count)"]
+    assert table["ratio"].iloc[1] == 1.0 and table["against"].iloc[1] == "1.000 [1.000, 1.000]"
+    assert table[["ppl_ci95_low", "ppl_ci95_high"]].iloc[0].tolist() == runs[0].record["ppl_ci95"]
+    against_c = verdict_sentence(names, reference_comparisons(runs, reference=2), reference=2)
+    assert against_c.startswith("Of 4 runs, in perplexity (lower is better), run A is higher than run C; "
+                                "run B is higher than run C;")
+    runs[1].record.update(window_nll=[], ppl_ci95=None)  # saved before runs kept their window losses
+    assert "run B has no verdict against run A: run B kept no window losses" in verdict_sentence(
+        names, reference_comparisons(runs))
+    assert perplexity_table(runs)["perplexity"].iloc[1].endswith("(no interval)")

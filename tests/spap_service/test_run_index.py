@@ -61,6 +61,22 @@ def test_the_list_reads_a_record_only_when_it_is_new_or_changed(tmp_path, reads)
     assert "run4" not in names(tmp_path)
 
 
+def test_an_index_that_summarised_other_fields_reads_the_records_again(tmp_path, reads):
+    """An index written when the summary held fewer fields (before the interval and seeds) would list
+    every run without them, as if saved without an interval: its entries are read again."""
+    folder = save(tmp_path, "run0", "a", finished_at=0)
+    record = json.loads((folder / "results.json").read_text())
+    (folder / "results.json").write_text(json.dumps({**record, "ppl_ci95": [19.0, 21.0]}))
+    indexed_runs(tmp_path)
+    index_file = tmp_path / run_index.INDEX_FILE
+    stored = json.loads(index_file.read_text())
+    del stored["run0"]["summary"]["ppl_ci95"]
+    index_file.write_text(json.dumps(stored))
+    reads.clear()
+    (run,) = indexed_runs(tmp_path)[0]
+    assert reads == ["run0"] and run.summary["ppl_ci95"] == [19.0, 21.0]
+
+
 def test_a_damaged_index_is_rebuilt_from_the_folder(tmp_path):
     save(tmp_path, "run0", "a", finished_at=0)
     names(tmp_path)
