@@ -26,7 +26,7 @@ from spap_core.pipeline.parameters import BY_KEY, settings_values
 from spap_core.pipeline.walk import LayerRecord
 from spap_service.analysis import pruned_channels, span
 from spap_service.runs import RunOutcome
-from spap_service.uncertainty import NO_INTERVAL, number, perplexity_text, ratio_text
+from spap_service.uncertainty import NO_INTERVAL, number, perplexity_text, ratio_interval, ratio_text
 
 METRICS = ("perplexity, pruned", "perplexity, dense", "mean layer error", "parameters (M)", "pruning time (s)")
 CHANNELS, HEADS = "MLP channels", "attention heads"
@@ -229,20 +229,11 @@ def perplexity_table(outcomes: Sequence[RunOutcome], reference: int = 0) -> pd.D
         else:
             ratio_low, ratio_high = comparison.ci95 or (np.nan, np.nan)
             named = replace(comparison, verdict=named_verdict(comparison, letter[index], letter[reference]))
-            row.update(against=_ratio_words(comparison),
+            row.update(against=ratio_interval(comparison.ratio, comparison.ci95),
                        ratio=np.nan if comparison.ratio is None else comparison.ratio, ratio_ci95_low=ratio_low,
                        ratio_ci95_high=ratio_high, verdict=named.verdict)
         rows.append(row)
     return pd.DataFrame(rows, columns=PERPLEXITY_COLUMNS)
-
-
-def _ratio_words(comparison: PairedComparison) -> str:
-    """The ratio with its interval as a table cell: '0.946 [0.833, 1.074]', '0.946 (no interval)', '–'."""
-    if comparison.ratio is None:
-        return "–"
-    if comparison.ci95 is None:
-        return f"{comparison.ratio:.3f} ({NO_INTERVAL})"
-    return f"{comparison.ratio:.3f} [{comparison.ci95[0]:.3f}, {comparison.ci95[1]:.3f}]"
 
 
 def verdict_sentence(names: Sequence[str], comparisons: Mapping[int, PairedComparison], reference: int = 0) -> str:

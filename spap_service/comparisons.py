@@ -32,7 +32,7 @@ from spap_service.data import model_key
 from spap_service.executors import PointResult, point_executor
 from spap_service.jobs import ProgressReporter
 from spap_service.runs import RunOutcome, RunRequest
-from spap_service.uncertainty import perplexity_text
+from spap_service.uncertainty import perplexity_text, ratio_interval
 
 
 def method_settings(base: PruneSettings, method: str, values: dict[str, Any]) -> PruneSettings:
@@ -178,13 +178,12 @@ def perplexity_cell(row: pd.Series) -> str:
 
 def ratio_cell(row: pd.Series, name: str) -> str:
     """A row's comparison with its reference (verdict_columns' `name`) as a table on screen shows it:
-    '1.084 [1.020, 1.150]: higher than spap', or its verdict alone without a ratio."""
+    '1.084 [1.020, 1.150]: higher than spap' ('(no interval)' in place of the brackets without one), or
+    its verdict alone without a ratio."""
     ratio, verdict = row[f"ratio_vs_{name}"], row[f"verdict_vs_{name}"]
     if pd.isna(ratio):
         return verdict
-    low, high = row[f"ratio_vs_{name}_ci95_low"], row[f"ratio_vs_{name}_ci95_high"]
-    interval = "" if pd.isna(low) else f" [{low:.3f}, {high:.3f}]"
-    return f"{ratio:.3f}{interval}: {verdict}"
+    return f"{ratio_interval(ratio, (row[f'ratio_vs_{name}_ci95_low'], row[f'ratio_vs_{name}_ci95_high']))}: {verdict}"
 
 
 def table_csv(table: pd.DataFrame) -> str:
@@ -278,7 +277,7 @@ def lowest_two(best: pd.Series, runner_up: pd.Series, comparison: PairedComparis
         return f"{lowest}: {gap} (no interval: these perplexities were kept without their window losses)."
     if comparison.ci95 is None:
         return f"{lowest}: {gap} ({comparison.verdict})."
-    ratio = f"{comparison.ratio:.3f} [{comparison.ci95[0]:.3f}, {comparison.ci95[1]:.3f}]"
+    ratio = ratio_interval(comparison.ratio, comparison.ci95)
     if comparison.distinguishable:
         return f"{lowest}: {gap}, a difference beyond the noise (their ratio, {ratio}, excludes 1 at 95%)."
     on_what = comparison.verdict.removeprefix("not distinguishable ")

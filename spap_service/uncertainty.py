@@ -30,10 +30,19 @@ def perplexity_text(perplexity: float, ci95: Sequence[float] | None, seed_range:
     return text
 
 
+def ratio_interval(ratio: float | None, ci95: Sequence[float] | None) -> str:
+    """A ratio of perplexities with its 95% interval as a table cell: '0.946 [0.833, 1.074]',
+    '0.946 (no interval)', or '–' without a ratio (None or NaN)."""
+    if ratio is None or math.isnan(ratio):
+        return "–"
+    if ci95 is None or math.isnan(ci95[0]):
+        return f"{ratio:.3f} ({NO_INTERVAL})"
+    return f"{ratio:.3f} [{ci95[0]:.3f}, {ci95[1]:.3f}]"
+
+
 def ratio_text(comparison: PairedComparison) -> str:
     """A comparison in one line: 'ratio 0.946 [0.833, 1.074]: not distinguishable on these 2,040 tokens',
     or its verdict alone when it has no ratio."""
     if comparison.ratio is None:
         return comparison.verdict
-    interval = "" if comparison.ci95 is None else f" [{comparison.ci95[0]:.3f}, {comparison.ci95[1]:.3f}]"
-    return f"ratio {comparison.ratio:.3f}{interval}: {comparison.verdict}"
+    return f"ratio {ratio_interval(comparison.ratio, comparison.ci95)}: {comparison.verdict}"

@@ -3,7 +3,7 @@
 import math
 
 from spap_core.evaluation.intervals import paired_comparison
-from spap_service.uncertainty import number, perplexity_text, ratio_text
+from spap_service.uncertainty import number, perplexity_text, ratio_interval, ratio_text
 
 
 def test_a_perplexity_reads_with_its_interval_or_says_it_has_none():
@@ -25,3 +25,10 @@ def test_a_ratio_reads_with_its_interval_and_the_verdict_of_the_data():
         ": B is lower")
     assert ratio_text(paired_comparison([], [2.0], 255)) == "no verdict: A kept no window losses"
     assert number(math.inf) == "inf"
+
+
+def test_a_ratio_cell_says_when_there_is_no_ratio_or_no_interval():
+    assert ratio_interval(0.9461, (0.8332, 1.0744)) == "0.946 [0.833, 1.074]"
+    assert ratio_interval(0.9461, None) == "0.946 (no interval)"
+    assert ratio_interval(0.9461, (math.nan, math.nan)) == "0.946 (no interval)"
+    assert ratio_interval(None, None) == ratio_interval(math.nan, None) == "–"
