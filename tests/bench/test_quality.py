@@ -93,6 +93,16 @@ def test_seeds_measured_in_any_order_make_one_row_in_seed_order(quality):
     assert row["relative_error"] == 0  # the first seed's
 
 
+def test_a_cut_or_narrower_run_keeps_the_earlier_rows_it_did_not_replace_in_table_order(quality):
+    kept = [{"method": "flap", "sparsity": 0.1}, {"method": "fasp", "sparsity": 0.5},
+            {"method": "spap", "sparsity": 0.5}]
+    measured = {("flap", 0.1): {"method": "flap", "sparsity": 0.1, "seeds": [0]},
+                ("spap", 0.1): {"method": "spap", "sparsity": 0.1, "seeds": [0]}}
+    assert quality.table_rows(measured, kept) == [measured[("spap", 0.1)], measured[("flap", 0.1)],
+                                                  {"method": "spap", "sparsity": 0.5},
+                                                  {"method": "fasp", "sparsity": 0.5}]
+
+
 def test_the_bench_says_its_flags():
     shown = subprocess.run([sys.executable, str(REPO / "bench" / "quality.py"), "--help"], capture_output=True,
                            text=True, check=True, env={"PYTHONPATH": str(REPO), "PATH": ""}).stdout
