@@ -199,6 +199,9 @@ def verdict_summary(rows: list[dict], names: list[str], tokens_per_window: dict[
         baselines = [row for row in at if row["method"] != "spap"]
         if not spap or not baselines:
             continue
+        if not spap[0].get("window_nll_by_seed"):
+            sentences.append(f"At sparsity {sparsity:.2f}: no verdict (SPAP's row kept no window losses).")
+            continue
         parts = []
         for name in names:
             groups: dict[str, list[str]] = {"lower": [], "not distinguishable": [], "higher": [], "none": []}
@@ -218,16 +221,13 @@ def text_verdict(name: str, groups: dict[str, list[str]], baselines: int) -> str
     """One text's clause of verdict_summary."""
     if len(groups["lower"]) == baselines:
         return f"on {name} SPAP is lower than every baseline ({', '.join(groups['lower'])})"
-    clauses = []
-    if groups["lower"]:
-        clauses.append("lower than " + ", ".join(groups["lower"]))
-    if groups["not distinguishable"]:
-        clauses.append("not distinguishable from " + ", ".join(groups["not distinguishable"]))
-    if groups["higher"]:
-        clauses.append("higher than " + ", ".join(groups["higher"]))
-    if groups["none"]:
-        clauses.append("without a verdict against " + ", ".join(groups["none"]) + " (no window losses kept)")
-    return f"on {name} SPAP is " + ", ".join(clauses)
+    clauses = [f"{words} {', '.join(groups[group])}" for group, words in
+               (("lower", "lower than"), ("not distinguishable", "not distinguishable from"), ("higher", "higher than"))
+               if groups[group]]
+    missing = f"no verdict against {', '.join(groups['none'])} (rows without window losses)" if groups["none"] else ""
+    if not clauses:
+        return f"on {name} {missing}"
+    return f"on {name} SPAP is " + ", ".join(clauses) + (f", with {missing}" if missing else "")
 
 
 def table_lines(payload: dict) -> list[str]:

@@ -73,11 +73,15 @@ def test_the_paragraph_names_where_spap_is_lower_than_every_baseline_and_where_n
     summary = [line for line in quality.table_lines(payload(ROWS)) if line.startswith("At sparsity")]
     assert summary[0].startswith("At sparsity 0.30: on wikitext2 SPAP is lower than flap (0.905 [")
     assert "not distinguishable from wanda-sp (1.000 [" in summary[0]
-    assert summary[0].endswith("without a verdict against fasp (no window losses kept).")
+    assert summary[0].endswith("with no verdict against fasp (rows without window losses).")
     assert summary[1].startswith("At sparsity 0.50: on wikitext2 SPAP is lower than every baseline (flap (0.819 [")
     # a baseline lower than SPAP is named as such
     higher = [seeded_row("spap", 0.5, 0.2), seeded_row("flap", 0.5, 0.0)]
     assert "SPAP is higher than flap (1.221 [" in quality.verdict_summary(higher, ["wikitext2"], {"wikitext2": 511})[0]
+    # a SPAP row kept from before window losses were recorded gives no verdict at its sparsity
+    assert quality.verdict_summary(ROWS[3:4] + [{"method": "spap", "sparsity": 0.3, "ppl": {"wikitext2": 9.0}}],
+                                   ["wikitext2"], {"wikitext2": 511}) == \
+        ["At sparsity 0.30: no verdict (SPAP's row kept no window losses)."]
 
 
 def test_seeds_measured_in_any_order_make_one_row_in_seed_order(quality):
