@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -57,6 +57,17 @@ class Protocol:
     eval_sets: dict[str, torch.Tensor]
     dense: dict[str, PerplexityResult]
     description: str
+    calibration_seed: int
+
+    def with_calibration_seed(self, seed: int) -> Protocol:
+        """The same protocol calibrated on the windows that `seed` draws (the text, count and length
+        unchanged): a bench repeated over calibration seeds prunes once per seed; the protocol's own
+        seed gives the protocol itself."""
+        if seed == self.calibration_seed:
+            return self
+        nsamples, seqlen = self.calibration.shape
+        windows = calibration_windows(self.loaded.tokenizer, self.calibration_source, nsamples, seqlen, seed)
+        return replace(self, calibration=windows, calibration_seed=seed)
 
     @property
     def dense_ppl(self) -> dict[str, float]:
@@ -75,14 +86,18 @@ class Protocol:
                        calibration=calibration, evaluation=evaluation)
         return run(self.loaded, spec, data, dense=MeasuredDense(self.dense[name], cached=True))
 
-    def perplexities(self, result: RunResult) -> dict[str, float]:
-        """The pruned model's perplexity on every evaluation set: the run's own on the first."""
+    def evaluations(self, result: RunResult) -> dict[str, PerplexityResult]:
+        """The pruned model's evaluation on every evaluation set (perplexity and window losses): the
+        run's own on the first."""
         names = list(self.eval_sets)
         experiment = result.experiment
-        ppl = {names[0]: experiment.pruned.perplexity}
-        ppl.update({name: perplexity(experiment.result.model, self.eval_sets[name]).perplexity
-                    for name in names[1:]})
-        return ppl
+        evaluated = {names[0]: experiment.pruned}
+        evaluated.update({name: perplexity(experiment.result.model, self.eval_sets[name]) for name in names[1:]})
+        return evaluated
+
+    def perplexities(self, result: RunResult) -> dict[str, float]:
+        """The pruned model's perplexity on every evaluation set: the run's own on the first."""
+        return {name: evaluated.perplexity for name, evaluated in self.evaluations(result).items()}
 
 
 def add_protocol_args(parser, sparsities: list[float], texts: list[str]) -> None:
@@ -126,14 +141,16 @@ class ProtocolWorker:
         return measure(self.protocol, settings, seed)
 
 
-def measure_each(protocol: Protocol, arguments: tuple, settings: list[PruneSettings], seed: int,
+def measure_each(protocol: Protocol, arguments: tuple, settings: list[PruneSettings], seed: int | Sequence[int],
                  ray_address: str | None) -> Iterator[tuple[int, dict]]:
-    """(index, measure(...)) for every settings, in order in this process, or as they finish on Ray.
+    """(index, measure(...)) for every settings, in order in this process, or as they finish on Ray;
+    `seed` is every point's seed, or one seed per point (a bench repeated over calibration seeds).
     A point that fails on Ray stops the bench with its reason (the rows written so far stay, and
     --resume continues), and a Ray that cannot be reached with connect_ray's one line."""
+    seeds = [seed] * len(settings) if isinstance(seed, int) else list(seed)
     if ray_address is None:
-        for index, one in enumerate(settings):
-            yield index, measure(protocol, one, seed)
+        for index, (one, its_seed) in enumerate(zip(settings, seeds, strict=True)):
+            yield index, measure(protocol, one, its_seed)
         return
     from spap_service.ray_pool import connect_ray, pool_map, worker_pool
 
@@ -142,7 +159,7 @@ def measure_each(protocol: Protocol, arguments: tuple, settings: list[PruneSetti
     except (SourceUnavailableError, SpapInputError) as exc:  # one line, as the CLI says its errors
         raise SystemExit(str(exc)) from None
     workers = worker_pool(ray, ProtocolWorker, (arguments,))
-    for index, result, error in pool_map(ray, workers, "measure", [(one, seed) for one in settings]):
+    for index, result, error in pool_map(ray, workers, "measure", list(zip(settings, seeds, strict=True))):
         if error is not None:
             raise SystemExit(f"point {index} ({settings[index].method} at {settings[index].sparsity}) failed on Ray: "
                              f"{error}")
@@ -166,7 +183,7 @@ def load_protocol(model: str, nsamples: int, seqlen: int, eval_windows: int, see
         + f". Machine: {platform.machine()} CPU, {torch.get_num_threads()} torch threads, device {loaded.device}, "
         f"weights in {next(loaded.model.parameters()).dtype}, {adam_products(loaded.device)}."
     )
-    return Protocol(loaded, calibration_source, calibration, sources, eval_sets, dense, description)
+    return Protocol(loaded, calibration_source, calibration, sources, eval_sets, dense, description, seed)
 
 
 def recovery_record(settings: PruneSettings) -> dict | None:
@@ -232,10 +249,14 @@ def variant_settings(variant: str, sparsity: float) -> tuple[str, str, PruneSett
 
 
 def measure(protocol: Protocol, settings: PruneSettings, seed: int) -> dict:
-    """Prune through the run API the CLI and the app use (Protocol.run), then perplexity on every
-    other evaluation set; the layer error relative to the dense output energy, and the time split."""
-    result = protocol.run(settings, seed)
+    """Prune through the run API the CLI and the app use (Protocol.run) on the calibration windows
+    that `seed` draws, then perplexity on every other evaluation set, with each set's window losses
+    (the intervals' input); the layer error relative to the dense output energy, and the time split."""
+    result = protocol.with_calibration_seed(seed).run(settings, seed)
     experiment = result.experiment
-    return {"ppl": protocol.perplexities(result), "relative_error": experiment.result.relative_error,
+    evaluated = protocol.evaluations(result)
+    return {"ppl": {name: one.perplexity for name, one in evaluated.items()},
+            "window_nll": {name: list(one.window_nll) for name, one in evaluated.items()},
+            "relative_error": experiment.result.relative_error,
             "prune_seconds": experiment.prune_seconds, "timings": experiment.result.timings,
             "params_after": experiment.result.params_after}

@@ -1,6 +1,8 @@
 """Pruning time against one dense forward pass over the same calibration tokens, split into
 capture / solve (penalty path and refit) / alternating minimization / propagate, plus the time of
-one perplexity pass of the pruned model over those tokens, for SPAP and a baseline.
+one perplexity pass of the pruned model over those tokens, for SPAP and a baseline, and what the
+95% intervals add to that: the interval on the pass's window losses, and the interval and paired
+comparison of a run repeated over calibration seeds, computed from them.
 
     SPAP_DATA_DIR=../shared/data python bench/speed.py --out docs/results/speed.md
 
@@ -24,6 +26,12 @@ import torch
 from common import adam_products, calibration_text, variant_settings
 
 from spap_core.data.texts import calibration_windows
+from spap_core.evaluation.intervals import (
+    perplexity_interval,
+    seeded_comparison,
+    seeded_perplexity,
+    t_quantile_975,
+)
 from spap_core.evaluation.perplexity import perplexity
 from spap_core.models.loading import load_model
 from spap_core.pipeline.walk import prune_model
@@ -33,6 +41,21 @@ VARIANTS = ["SPAP without alternating minimization:am_rounds=0", "SPAP (defaults
             "SPAP, the recovery's floor (1 Adam step, its exact refit):am_steps=1",
             "FLAP:method=flap"]
 PHASES = ("capture", "solve", "altmin", "propagate")
+INTERVAL_SEEDS = 3  # the seeds of the quality table's rows
+
+
+def interval_seconds(window_nll: tuple[float, ...]) -> float:
+    """The time of every interval a run over INTERVAL_SEEDS calibration seeds computes from window losses
+    like these: the one-seed interval, the seeded interval and seeds' range, and a paired comparison of
+    two such runs. The t quantiles' cache is emptied first, so the time includes computing them."""
+    by_seed = [[loss + 0.01 * seed for loss in window_nll] for seed in range(INTERVAL_SEEDS)]
+    other = [[loss * 1.01 for loss in row] for row in by_seed]
+    t_quantile_975.cache_clear()
+    started = time.perf_counter()
+    perplexity_interval(window_nll)
+    seeded_perplexity(by_seed)
+    seeded_comparison(by_seed, other, 1, seeds_pair=True)
+    return time.perf_counter() - started
 
 
 def dense_forward_seconds(loaded, calibration: torch.Tensor, batch_size: int) -> float:
@@ -50,7 +73,10 @@ def median_row(label: str, spec: str, runs: list[dict], forwards: list[float]) -
     return {"label": label, "overrides": spec, "seconds": statistics.median(r["seconds"] for r in runs),
             "ratio": statistics.median(ratios), "ratio_low": min(ratios), "ratio_high": max(ratios),
             "timings": {phase: statistics.median(r["timings"][phase] for r in runs) for phase in PHASES},
-            "eval_seconds": statistics.median(r["eval_seconds"] for r in runs), "runs": runs}
+            "eval_seconds": statistics.median(r["eval_seconds"] for r in runs),
+            "interval_seconds": statistics.median(r["interval_seconds"] for r in runs),
+            "interval_share": max(r["interval_seconds"] / (r["seconds"] + r["eval_seconds"]) for r in runs),
+            "runs": runs}
 
 
 def main() -> None:
@@ -78,9 +104,10 @@ def main() -> None:
             result = prune_model(loaded, calibration, settings, batch_size=args.batch_size)
             seconds = time.perf_counter() - started
             started = time.perf_counter()
-            perplexity(result.model, calibration, batch_size=args.batch_size)
+            evaluated = perplexity(result.model, calibration, batch_size=args.batch_size)
             runs[label].append({"seconds": seconds, "timings": result.timings,
-                                "eval_seconds": time.perf_counter() - started})
+                                "eval_seconds": time.perf_counter() - started,
+                                "interval_seconds": interval_seconds(evaluated.window_nll)})
             print(json.dumps({"round": round_index, "label": label, "forward": forwards[-1], **runs[label][-1]}),
                   flush=True)
             del result
@@ -95,14 +122,21 @@ def main() -> None:
              f"(full model, logits included) and then every variant once; medians over the rounds (dense forward "
              f"{forward:.1f} s, {min(forwards):.1f}–{max(forwards):.1f}), the ratio is taken within each round. "
              "Solve includes the final refit; eval is one perplexity pass of the pruned model over the same tokens. "
-             f"{adam_products(loaded.device)}.", "",
-             "| variant | prune s | ÷ dense forward (range) | capture s | solve s | altmin s | propagate s | eval s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"{adam_products(loaded.device)}. Intervals: the 95% intervals of a run over {INTERVAL_SEEDS} calibration "
+             "seeds computed from the eval pass's window losses (interval_seconds), and their largest share of "
+             "one round's prune + eval time.", "",
+             "| variant | prune s | ÷ dense forward (range) | capture s | solve s | altmin s | propagate s | eval s "
+             "| intervals ms | intervals ÷ (prune + eval), largest |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         t = row["timings"]
         lines.append(f"| {row['label']} | {row['seconds']:.1f} | {row['ratio']:.2f} ({row['ratio_low']:.2f}–"
                      f"{row['ratio_high']:.2f}) | {t['capture']:.1f} | {t['solve']:.1f} | {t['altmin']:.1f} | "
-                     f"{t['propagate']:.1f} | {row['eval_seconds']:.1f} |")
+                     f"{t['propagate']:.1f} | {row['eval_seconds']:.1f} | {1000 * row['interval_seconds']:.2f} | "
+                     f"{100 * row['interval_share']:.4f}% |")
+    largest = max(rows, key=lambda row: row["interval_share"])
+    lines += ["", f"The intervals take at most {100 * largest['interval_share']:.4f}% of a round's prune + eval time "
+                  f"({largest['label']})."]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

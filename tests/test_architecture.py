@@ -314,15 +314,6 @@ def test_benchmark_resume_measures_again_the_rows_of_another_recovery(monkeypatc
     assert recovery_description([{"method": "flap", "altmin": None}]) == "none in these rows"
 
 
-def test_a_cut_or_narrower_quality_run_keeps_the_earlier_rows_it_did_not_reach(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    from quality import unreached
-
-    kept = [{"method": "flap", "sparsity": 0.1}, {"method": "fasp", "sparsity": 0.5}]
-    rows = [{"method": "flap", "sparsity": 0.1, "new": True}]
-    assert unreached(kept, rows) == [{"method": "fasp", "sparsity": 0.5}]
-
-
 PROJECTION_NAMES = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "c_fc", "c_proj",
                     "dense_h_to_4h", "dense_4h_to_h", "mlp", "act_fn", "activation_fn"}
 
