@@ -30,7 +30,7 @@ from common import (
 )
 from plotly.subplots import make_subplots
 
-from spap_core.evaluation.intervals import PairedComparison, seeded_comparison, seeded_perplexity
+from spap_core.evaluation.intervals import PairedComparison, named_verdict, seeded_comparison, seeded_perplexity
 from spap_core.methods.registry import METHODS, PruneSettings
 
 
@@ -170,12 +170,6 @@ def spap_comparison(spap: dict, row: dict, name: str, tokens_per_window: int) ->
                              seeds_pair=spap.get("seeds") == row.get("seeds"))
 
 
-def verdict_words(comparison: PairedComparison, method: str) -> str:
-    """The comparison's verdict with its sides named: A is SPAP, B the row's method."""
-    return (comparison.verdict.replace("A is lower", "SPAP lower").replace("B is lower", f"{method} lower")
-            .replace("A kept", "SPAP kept").replace("B kept", f"{method} kept"))
-
-
 def verdict_cell(rows: list[dict], row: dict, name: str, tokens_per_window: int) -> str:
     """'ratio [low, high] verdict' of SPAP against the row's method at the row's sparsity."""
     if row["method"] == "spap":
@@ -186,7 +180,7 @@ def verdict_cell(rows: list[dict], row: dict, name: str, tokens_per_window: int)
     comparison = spap_comparison(spap[0], row, name, tokens_per_window)
     ratio = "" if comparison.ratio is None else f"{comparison.ratio:.3f} "
     interval = "" if comparison.ci95 is None else f"[{comparison.ci95[0]:.3f}, {comparison.ci95[1]:.3f}] "
-    return f"{ratio}{interval}{verdict_words(comparison, row['method'])}"
+    return f"{ratio}{interval}{named_verdict(comparison, 'SPAP', row['method'])}"
 
 
 def verdict_summary(rows: list[dict], names: list[str], tokens_per_window: dict[str, int]) -> list[str]:

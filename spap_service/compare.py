@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spap_core.evaluation.intervals import PairedComparison, SeededPerplexity, compare_runs, paired_comparison
+from spap_core.evaluation.intervals import (
+    PairedComparison,
+    SeededPerplexity,
+    compare_runs,
+    named_verdict,
+    paired_comparison,
+)
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.pipeline.parameters import BY_KEY, settings_values
 from spap_core.pipeline.walk import LayerRecord
@@ -146,17 +151,6 @@ def record_perplexity_text(record: Mapping[str, Any]) -> str:
 
 def _bounds(value: Any) -> tuple[float, float] | None:
     return None if value is None else (float(value[0]), float(value[1]))
-
-
-def named_verdict(comparison: PairedComparison, name_a: str, name_b: str) -> str:
-    """The comparison's verdict with its sides named ('the pruned model', 'run B'): "A is lower" reads
-    "the pruned model's perplexity is lower than the dense model's", and every other verdict names
-    A and B where it mentions them."""
-    if comparison.verdict == "A is lower":
-        return f"{name_a}'s perplexity is lower than {name_b}'s"
-    if comparison.verdict == "B is lower":
-        return f"{name_b}'s perplexity is lower than {name_a}'s"
-    return re.sub(r"\b[AB]\b", lambda side: name_a if side.group() == "A" else name_b, comparison.verdict)
 
 
 def dense_comparison(record: Mapping[str, Any]) -> PairedComparison:

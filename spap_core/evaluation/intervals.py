@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -152,6 +153,17 @@ def seeded_comparison(window_nll_by_seed_a: Sequence[Sequence[float]], window_nl
     else:
         verdict = f"not distinguishable on these {tokens:,} tokens" + _seed_words(seeds)
     return PairedComparison(ratio, (low, high), verdict, tokens, seeds, spread)
+
+
+def named_verdict(comparison: PairedComparison, name_a: str, name_b: str) -> str:
+    """The comparison's verdict with its sides named ('the pruned model', 'run B'): "A is lower" reads
+    "the pruned model's perplexity is lower than the dense model's", and every other verdict names
+    A and B where it mentions them."""
+    if comparison.verdict == "A is lower":
+        return f"{name_a}'s perplexity is lower than {name_b}'s"
+    if comparison.verdict == "B is lower":
+        return f"{name_b}'s perplexity is lower than {name_a}'s"
+    return re.sub(r"\b[AB]\b", lambda side: name_a if side.group() == "A" else name_b, comparison.verdict)
 
 
 def _seed_words(seeds: tuple[int, int]) -> str:

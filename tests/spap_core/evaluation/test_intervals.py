@@ -10,6 +10,7 @@ import pytest
 
 from spap_core.evaluation.intervals import (
     compare_runs,
+    named_verdict,
     paired_comparison,
     perplexity_interval,
     seed_fields,
@@ -290,3 +291,13 @@ def test_a_record_repeated_over_seeds_is_compared_over_all_of_them():
     assert comparison.ratio == pytest.approx(math.exp(-0.3))
     one_seed = dict(records[1], seeds=None, window_nll_by_seed=None)
     assert compare_runs(records[0], one_seed).seeds == (3, 1)
+
+
+def test_a_verdict_names_its_sides_wherever_it_mentions_them():
+    worse = paired_comparison([2.5, 3.0, 3.6], [2.0, 2.5, 3.0], 255)
+    assert named_verdict(worse, "SPAP", "flap") == "flap's perplexity is lower than SPAP's"
+    assert named_verdict(paired_comparison([], [], 255), "SPAP", "magnitude") == \
+        "no verdict: SPAP and magnitude kept no window losses"
+    unpaired = paired_comparison([2.0, 2.1], [2.0], 255)
+    assert named_verdict(unpaired, "run A", "run B") == \
+        "not comparable pairwise: run A was evaluated on 2 windows, run B on 1 window"
