@@ -17,7 +17,8 @@ from spap_core.models.loading import LoadedModel
 from spap_core.pipeline.parameters import parameter, settings_values
 from spap_service.comparisons import RESULT_TABLES, LatencyComparison
 from spap_service.data import model_key
-from spap_service.runs import RunOutcome, interval_text
+from spap_service.runs import RunOutcome
+from spap_service.uncertainty import interval_text
 
 
 def latest_outcome() -> RunOutcome | None:

@@ -52,7 +52,7 @@ from spap_service.data import DataSpec, batch_reporter, dense_perplexity, model_
 from spap_service.jobs import ProgressReporter
 from spap_service.limits import server_limits
 from spap_service.run_index import WEIGHTS_RECORD_KEY, enforce_caps, folder_bytes, indexed_runs
-from spap_service.uncertainty import NO_INTERVAL, number
+from spap_service.uncertainty import interval_text
 
 MAX_SEEDS = 5  # calibration seeds a run of the app repeats over, at most (each one a whole run)
 
@@ -355,11 +355,6 @@ def saved_runs(owner: str | None = None) -> SavedRuns:
 SAVED_RUN_COLUMNS = ["finished", "method", "sparsity", "ppl dense", "ppl pruned", "95% interval", "seeds", "model",
                      "run", "ppl_ci95_low", "ppl_ci95_high"]
 SHOWN_SAVED_RUN_COLUMNS = SAVED_RUN_COLUMNS[:-2]  # the bounds as numbers are for downloads
-
-
-def interval_text(interval: list[float] | None) -> str:
-    """A perplexity's 95% interval as a table cell: '[41.90, 43.57]', or 'no interval' for none."""
-    return NO_INTERVAL if interval is None else f"[{number(interval[0])}, {number(interval[1])}]"
 
 
 def saved_run_folder(name: str) -> Path | None:

@@ -19,12 +19,16 @@ def number(value: float, digits: int = 2) -> str:
     return f"{value:,.0f}" if value >= 10_000 else f"{value:,.{digits}f}"
 
 
+def interval_text(interval: Sequence[float] | None) -> str:
+    """A perplexity's 95% interval as a table cell: '[41.90, 43.57]', or 'no interval' for none."""
+    return NO_INTERVAL if interval is None else f"[{number(interval[0])}, {number(interval[1])}]"
+
+
 def perplexity_text(perplexity: float, ci95: Sequence[float] | None, seed_range: Sequence[float] | None = None,
                     seeds: int = 1) -> str:
     """'42.72 [41.90, 43.57]' (the 95% interval), '42.72 (no interval)' without one, and with more than
     one calibration seed the seeds' range after it: '42.72 [41.10, 44.40]; 3 seeds 42.10 to 43.30'."""
-    text = f"{number(perplexity)} " + (f"[{number(ci95[0])}, {number(ci95[1])}]" if ci95 is not None
-                                       else f"({NO_INTERVAL})")
+    text = f"{number(perplexity)} " + (interval_text(ci95) if ci95 is not None else f"({NO_INTERVAL})")
     if seed_range is not None and seeds > 1:
         text += f"; {seeds} seeds {number(seed_range[0])} to {number(seed_range[1])}"
     return text

@@ -3,7 +3,7 @@
 import math
 
 from spap_core.evaluation.intervals import paired_comparison
-from spap_service.uncertainty import number, perplexity_text, ratio_interval, ratio_text
+from spap_service.uncertainty import interval_text, number, perplexity_text, ratio_interval, ratio_text
 
 
 def test_a_perplexity_reads_with_its_interval_or_says_it_has_none():
@@ -32,3 +32,8 @@ def test_a_ratio_cell_says_when_there_is_no_ratio_or_no_interval():
     assert ratio_interval(0.9461, None) == "0.946 (no interval)"
     assert ratio_interval(0.9461, (math.nan, math.nan)) == "0.946 (no interval)"
     assert ratio_interval(None, None) == ratio_interval(math.nan, None) == "–"
+
+
+def test_an_interval_cell_says_when_there_is_none():
+    assert interval_text([41.9, 43.571]) == "[41.90, 43.57]"
+    assert interval_text(None) == "no interval"
