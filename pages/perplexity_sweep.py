@@ -142,11 +142,11 @@ def perplexity_figure(table: pd.DataFrame, title: str, dense: dict[str, float], 
     panel (`dense`, by panel value; the key "" without panels) as the dashed neutral line, and the
     methods far above the others (spap_service.comparisons.split_off_scale) left off the axis and
     written, with their values, in each panel's corner. Sparsity reads as a percentage on every axis.
-    A live sweep's points carry their 95% interval (windows and calibration seeds) as error bars."""
+    Every point with a 95% interval (windows and calibration seeds) carries it as an error bar."""
     split = split_off_scale(table, panel)
     methods = list(dict.fromkeys(split.shown["method"]))
     measured, bars = split.shown, {}
-    if "ppl_ci95_low" in measured:  # a live sweep's 95% intervals (the reference curves keep none)
+    if "ppl_ci95_low" in measured:  # the 95% intervals (NaN, so no bar, for a reference row measured without them)
         measured = measured.assign(ci95_above=measured["ppl_ci95_high"] - measured["perplexity"],
                                    ci95_below=measured["perplexity"] - measured["ppl_ci95_low"])
         bars = {"error_y": "ci95_above", "error_y_minus": "ci95_below"}

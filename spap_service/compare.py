@@ -25,11 +25,13 @@ from spap_core.evaluation.intervals import (
     compare_runs,
     named_verdict,
     paired_comparison,
+    seeded_perplexity,
 )
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.pipeline.parameters import BY_KEY, settings_values
 from spap_core.pipeline.walk import LayerRecord
 from spap_service.analysis import pruned_channels, span
+from spap_service.comparisons import WINDOW_LOSSES
 from spap_service.runs import RunOutcome
 from spap_service.uncertainty import NO_INTERVAL, number, perplexity_text, ratio_interval, ratio_text
 
@@ -362,9 +364,23 @@ class ReferenceCurves:
     """Perplexity against sparsity of every method, measured by bench/quality.py on a fixed protocol
     (far larger than an interactive run), with that protocol in words."""
 
-    table: pd.DataFrame  # method, sparsity, text, perplexity
+    # method, sparsity, text, perplexity, its 95% interval and seeds, and each seed's window losses with the
+    # tokens they predicted (a sweep's columns, so its chart and sentence read it the same way); the rows
+    # measured before the benchmark kept window losses have NaN bounds, no losses and 0 tokens
+    table: pd.DataFrame
     dense: dict[str, float]
     protocol: str
+
+
+def reference_row(row: Mapping[str, Any], text: str, tokens_per_window: int) -> dict[str, Any]:
+    """One benchmark row's perplexity on `text` as a sweep's table holds it: with its interval over the
+    windows and calibration seeds (seeded_perplexity) when the row kept each seed's window losses."""
+    losses = (row.get("window_nll_by_seed") or {}).get(text) or []
+    interval = seeded_perplexity(losses).ci95 if losses else None
+    low, high = interval if interval is not None else (np.nan, np.nan)
+    return {"method": row["method"], "sparsity": row["sparsity"], "text": text, "perplexity": row["ppl"][text],
+            "ppl_ci95_low": low, "ppl_ci95_high": high, "seeds": len(losses) or 1, WINDOW_LOSSES: losses,
+            "eval_tokens": tokens_per_window * len(losses[0]) if losses else 0}
 
 
 def reference_curves(model_source: str, path: Path = REFERENCE_TABLE) -> ReferenceCurves | None:
@@ -376,8 +392,8 @@ def reference_curves(model_source: str, path: Path = REFERENCE_TABLE) -> Referen
     args = stored["args"]
     if args.get("model") != model_source:
         return None
-    rows = [{"method": row["method"], "sparsity": row["sparsity"], "text": text, "perplexity": value}
-            for row in stored["rows"] for text, value in row["ppl"].items()]
+    rows = [reference_row(row, text, stored.get("tokens_per_window", {}).get(text, 0)) for row in stored["rows"]
+            for text in row["ppl"]]
     measured = sorted(row["measured_at"] for row in stored["rows"] if row.get("measured_at"))
     when = f", measured {measured[0][:10]} to {measured[-1][:10]}" if measured else ""
     protocol = (f"precomputed by bench/quality.py (docs/results/quality.md): {args['nsamples']} × {args['seqlen']} "

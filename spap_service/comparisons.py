@@ -297,7 +297,8 @@ def sweep_reading(split: ScaleSplit, dense: float | None = None, where: str = ""
         at = compared[compared >= 2].index.max()
         ranked = measured[measured["sparsity"] == at].sort_values("perplexity")
         best, runner_up = ranked.iloc[0], ranked.iloc[1]
-        comparison = compare_points(best, runner_up, seeds_pair=True) if WINDOW_LOSSES in ranked else None
+        kept = WINDOW_LOSSES in ranked and all(len(row[WINDOW_LOSSES]) for row in (best, runner_up))
+        comparison = compare_points(best, runner_up, seeds_pair=True) if kept else None
         reading = f"{where}at {at:.0%} sparsity, {lowest_two(best, runner_up, comparison)}"
     elif not measured.empty:
         method, points = measured["method"].iloc[0], measured.sort_values("sparsity")

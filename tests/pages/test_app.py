@@ -41,6 +41,7 @@ from conftest import tiny_llama
 from streamlit.testing.v1 import AppTest
 
 from pages._palette import DENSE, method_style
+from spap_core.evaluation.intervals import seeded_comparison
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.methods.spap import PenaltySettings
 from spap_core.pipeline.parameters import BY_KEY
@@ -56,6 +57,7 @@ from spap_service.analysis import (
 )
 from spap_service.estimates import duration
 from spap_service.jobs import JobStatus, shared_queue
+from spap_service.uncertainty import ratio_interval
 
 RUN_ITERATIONS = 6
 
@@ -930,8 +932,20 @@ def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labe
         assert trace["line"]["color"] == style.colour and trace["line"].get("dash", "solid") == style.dash
         assert trace["name"].startswith("dense") or trace["marker"]["symbol"] == style.marker
     reading = shown(next(m.value for m in at.markdown if "has the lowest perplexity" in m.value))
-    assert reading.startswith("On wikitext2, at 50% sparsity, spap has the lowest perplexity, 65.0: 6.1 below fasp")
+    benchmark = json.loads(compare.REFERENCE_TABLE.read_text())
+    stored = {row["method"]: row for row in benchmark["rows"] if row["sparsity"] == 0.5}
+    spap, fasp = (stored[method]["ppl"]["wikitext2"] for method in ("spap", "fasp"))
+    assert reading.startswith(f"On wikitext2, at 50% sparsity, spap has the lowest perplexity, {spap:.1f}: "
+                              f"{fasp - spap:.1f} below fasp")
     assert "Off the axis, far above the others: magnitude (17,690 to " in reading
+    # SPAP and FASP at 50% kept every calibration seed's window losses: the sentence carries their verdict, and
+    # their points their intervals as error bars
+    losses = [stored[method]["window_nll_by_seed"]["wikitext2"] for method in ("spap", "fasp")]
+    verdict = seeded_comparison(*losses, benchmark["tokens_per_window"]["wikitext2"], seeds_pair=True)
+    assert verdict.distinguishable == ("a difference beyond the noise" in reading)
+    assert f"(their ratio, {ratio_interval(verdict.ratio, verdict.ci95)}, " in reading
+    spap_trace = next(trace for trace in chart["data"] if trace["name"] == "spap")
+    assert array(spap_trace["error_y"]["array"])[-1] > 0
     assert any(c.value.startswith("Protocol: precomputed by bench/quality.py") for c in at.caption)
 
 
