@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -123,15 +124,21 @@ def earlier_rows(path: Path, args: dict, dense_ppl: dict[str, float]) -> list[di
     return earlier["rows"]
 
 
-def gain_lines(rows: list[dict], names: list[str]) -> list[str]:
-    """Per sparsity and text: SPAP against the best baseline (negative % = SPAP lower, i.e. better)."""
-    lines = ["| sparsity | text | SPAP | best baseline | SPAP vs best baseline |", "| --- | --- | --- | --- | --- |"]
+def spap_and_baselines(rows: list[dict]) -> Iterator[tuple[float, list[dict], list[dict]]]:
+    """Each sparsity that has a SPAP row and a baseline row, in increasing order: the sparsity, SPAP's
+    rows and the baselines' rows there."""
     for sparsity in sorted({row["sparsity"] for row in rows}):
         at = [row for row in rows if row["sparsity"] == sparsity]
         spap = [row for row in at if row["method"] == "spap"]
         baselines = [row for row in at if row["method"] != "spap"]
-        if not spap or not baselines:
-            continue
+        if spap and baselines:
+            yield sparsity, spap, baselines
+
+
+def gain_lines(rows: list[dict], names: list[str]) -> list[str]:
+    """Per sparsity and text: SPAP against the best baseline (negative % = SPAP lower, i.e. better)."""
+    lines = ["| sparsity | text | SPAP | best baseline | SPAP vs best baseline |", "| --- | --- | --- | --- | --- |"]
+    for sparsity, spap, baselines in spap_and_baselines(rows):
         for name in names:
             best = min(baselines, key=lambda row: row["ppl"][name])
             ours = spap[0]["ppl"][name]
@@ -187,12 +194,7 @@ def verdict_summary(rows: list[dict], names: list[str], tokens_per_window: dict[
     """Per sparsity and text, from the verdicts: whether SPAP is lower than every baseline, and which
     baselines it is not distinguishable from, is higher than, or has no verdict against."""
     sentences = []
-    for sparsity in sorted({row["sparsity"] for row in rows}):
-        at = [row for row in rows if row["sparsity"] == sparsity]
-        spap = [row for row in at if row["method"] == "spap"]
-        baselines = [row for row in at if row["method"] != "spap"]
-        if not spap or not baselines:
-            continue
+    for sparsity, spap, baselines in spap_and_baselines(rows):
         if not spap[0].get("window_nll_by_seed"):
             sentences.append(f"At sparsity {sparsity:.2f}: no verdict (SPAP's row kept no window losses).")
             continue
