@@ -11,8 +11,6 @@ import sys
 import pytest
 from conftest import REPO
 
-from spap_core.methods.registry import PruneSettings
-
 WINDOWS = 8
 # hard and easy windows, far apart: a per-model interval is wide, a paired difference is not
 BASE = [2.0 + 0.5 * (index % 3) for index in range(WINDOWS)]
@@ -82,19 +80,6 @@ def test_the_paragraph_names_where_spap_is_lower_than_every_baseline_and_where_n
     assert quality.verdict_summary(ROWS[3:4] + [{"method": "spap", "sparsity": 0.3, "ppl": {"wikitext2": 9.0}}],
                                    ["wikitext2"], {"wikitext2": 511}) == \
         ["At sparsity 0.30: no verdict (SPAP's row kept no window losses)."]
-
-
-def test_seeds_measured_in_any_order_make_one_row_in_seed_order(quality):
-    settings = PruneSettings(method="flap", sparsity=0.3)
-    measured = {seed: {"ppl": {"wikitext2": math.exp(2.0 + seed)}, "window_nll": {"wikitext2": [2.0 + seed] * 2},
-                       "prune_seconds": 1.0 + seed, "relative_error": seed, "timings": {}, "params_after": 100}
-                for seed in (0, 2)}
-    row = quality.with_seed(quality.with_seed(None, settings, 2, measured[2]), settings, 0, measured[0])
-    assert row["seeds"] == [0, 2]
-    assert row["window_nll_by_seed"]["wikitext2"] == [[2.0, 2.0], [4.0, 4.0]]
-    assert row["ppl"]["wikitext2"] == pytest.approx(math.exp(3.0))
-    assert row["prune_seconds_by_seed"] == [1.0, 3.0]
-    assert row["relative_error"] == 0  # the first seed's
 
 
 def test_a_cut_or_narrower_run_keeps_the_earlier_rows_it_did_not_replace_in_table_order(quality):
