@@ -100,9 +100,10 @@ class Protocol:
         return {name: evaluated.perplexity for name, evaluated in self.evaluations(result).items()}
 
 
-def add_protocol_args(parser, sparsities: list[float], texts: list[str]) -> None:
+def add_protocol_args(parser, sparsities: list[float], texts: list[str], resumable: bool = True) -> None:
     """The flags of a perplexity table's protocol (the issue protocol by default), and its output
-    with --resume: quality.py and matched.py write tables over the same protocol."""
+    with --resume and --ray where the bench is `resumable` (its points are independent runs):
+    quality.py and matched.py write tables over the same protocol."""
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--sparsities", nargs="+", type=float, default=sparsities)
     parser.add_argument("--eval", nargs="+", default=texts, choices=["wikitext2", "shakespeare"])
@@ -111,8 +112,9 @@ def add_protocol_args(parser, sparsities: list[float], texts: list[str]) -> None
     parser.add_argument("--eval-windows", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="Markdown file; a .json with the raw rows is written beside it")
-    parser.add_argument("--resume", action="store_true", help="keep the matching rows of --out's JSON")
-    add_ray_arg(parser)
+    if resumable:
+        parser.add_argument("--resume", action="store_true", help="keep the matching rows of --out's JSON")
+        add_ray_arg(parser)
 
 
 def add_ray_arg(parser) -> None:
@@ -250,9 +252,13 @@ def variant_settings(variant: str, sparsity: float) -> tuple[str, str, PruneSett
 
 def measure(protocol: Protocol, settings: PruneSettings, seed: int) -> dict:
     """Prune through the run API the CLI and the app use (Protocol.run) on the calibration windows
-    that `seed` draws, then perplexity on every other evaluation set, with each set's window losses
-    (the intervals' input); the layer error relative to the dense output energy, and the time split."""
-    result = protocol.with_calibration_seed(seed).run(settings, seed)
+    that `seed` draws, and measure the result (measured)."""
+    return measured(protocol, protocol.with_calibration_seed(seed).run(settings, seed))
+
+
+def measured(protocol: Protocol, result: RunResult) -> dict:
+    """A run's perplexity on every evaluation set, with each set's window losses (the intervals'
+    input); the layer error relative to the dense output energy, and the time split."""
     experiment = result.experiment
     evaluated = protocol.evaluations(result)
     return {"ppl": {name: one.perplexity for name, one in evaluated.items()},
