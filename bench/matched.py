@@ -76,8 +76,11 @@ def main() -> None:
     payload = {"description": protocol.description, "dense": protocol.dense_ppl,
                "tokens_per_window": tokens_per_window(protocol.dense), "args": vars(args)}
 
-    def written(rows: dict) -> None:
-        write_outputs(out, {**payload, "rows": [rows[point] for point in points if point in rows]})
+    def written(rows: dict) -> None:  # with the kept rows not measured again yet, which show no interval
+        shown = {**{key(row): row for row in kept}, **rows}
+        order = [*points, *(point for point in shown if point not in points)]
+        write_outputs(out, {**payload, "rows": sorted((shown[point] for point in order if point in shown),
+                                                      key=lambda row: row["sparsity"])})
 
     measure_rows(points, rows, seed_list(args),
                  lambda settings, seeds: measure_each(protocol, protocol_arguments(args), settings, seeds, args.ray),

@@ -65,3 +65,7 @@ def test_the_bench_measures_every_pair_once_per_seed_and_resume_adds_the_missing
     assert len(second) == 15 and {one["seed"] for one in second} == {1}
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert all(row["seeds"] == [0, 1] for row in rows)
+    narrower = run("--sparsities", "0.25", "--resume")
+    assert len(narrower) == 15 and {one["sparsity"] for one in narrower} == {0.25}
+    kept = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [row["sparsity"] for row in kept] == [0.25] * 15 + [0.5] * 15  # the 0.5 rows stay, after
