@@ -95,10 +95,6 @@ class Protocol:
         evaluated.update({name: perplexity(experiment.result.model, self.eval_sets[name]) for name in names[1:]})
         return evaluated
 
-    def perplexities(self, result: RunResult) -> dict[str, float]:
-        """The pruned model's perplexity on every evaluation set: the run's own on the first."""
-        return {name: evaluated.perplexity for name, evaluated in self.evaluations(result).items()}
-
 
 def add_protocol_args(parser, sparsities: list[float], texts: list[str], resumable: bool = True) -> None:
     """The flags of a perplexity table's protocol (the issue protocol by default), and its output
