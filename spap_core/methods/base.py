@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import torch
+from torch import nn
 
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.problem.objective import LayerDecision, LayerProblem, RefitSettings
 from spap_core.schema import Parameter
+
+if TYPE_CHECKING:
+    from spap_core.models.adapters import PrunablePart
 
 
 @dataclass
@@ -87,6 +92,11 @@ class PruningMethod(ABC):
     # What its per-layer solves cost, in factorisations (Cholesky and inverse) of the layer's
     # width: the time estimates before a run count its solves in these (spap_service.estimates).
     solve_factorisations: ClassVar[float]
+    # It measures every unit on the dense model before the walk (`unit_importances`), backpropagating
+    # through the whole model: the memory check counts a backward pass of one calibration window
+    # and the gradients of the decoder layers, and a model offloaded with a device map, which cannot
+    # hold them, is refused before any work.
+    backpropagates: ClassVar[bool] = False
 
     def default_settings(self) -> Any:
         return self.settings_type()
@@ -115,6 +125,14 @@ class PruningMethod(ABC):
     def recovery(self, settings: Any) -> Recovery | None:
         """The weight update after the decision, if any."""
         return None
+
+    def unit_importances(self, model: nn.Module, layers: nn.ModuleList, parts: Sequence[PrunablePart],
+                         calibration: torch.Tensor, settings: Any,
+                         cancel: threading.Event | None = None) -> list[list[torch.Tensor]]:
+        """Per part, per layer, every unit's importance on the dense `model` (before any layer is
+        pruned), from the calibration windows [N, L]; only called when `backpropagates`. The walk
+        hands each layer's to `decide` as `LayerProblem.dense_importance`."""
+        raise NotImplementedError(f"{self.name} measures nothing on the dense model")
 
     @abstractmethod
     def decide(self, problem: LayerProblem, settings: Any, layer: int,

@@ -45,8 +45,10 @@ def flap_scores(problem: LayerProblem) -> torch.Tensor:
     return problem.unit_sums(variance * problem.dense_output.double().pow(2).sum(dim=0))
 
 
-def _keep_dense_columns(problem: LayerProblem, scores: torch.Tensor, name: str,
-                        bias: torch.Tensor | None = None) -> LayerDecision:
+def keep_dense_columns(problem: LayerProblem, scores: torch.Tensor, name: str,
+                       bias: torch.Tensor | None = None) -> LayerDecision:
+    """The units of lowest `scores` pruned, the kept columns as they are (plus `bias`), the scores
+    recorded under `name`: the decision of every rule that only selects."""
     keep = problem.keep_columns(lowest(problem, scores))
     down = problem.dense_output[:, keep.to(problem.dense_output.device)]
     weights = torch.cat([down.double(),
@@ -60,21 +62,21 @@ def _keep_dense_columns(problem: LayerProblem, scores: torch.Tensor, name: str,
 
 
 def magnitude(problem: LayerProblem) -> LayerDecision:
-    return _keep_dense_columns(problem, magnitude_scores(problem), "magnitude")
+    return keep_dense_columns(problem, magnitude_scores(problem), "magnitude")
 
 
 def wanda_sp(problem: LayerProblem) -> LayerDecision:
-    return _keep_dense_columns(problem, wanda_scores(problem), "wanda-sp")
+    return keep_dense_columns(problem, wanda_scores(problem), "wanda-sp")
 
 
 def flap(problem: LayerProblem, bias: bool = True) -> LayerDecision:
     """FLAP's selection; with `bias`, the down_proj bias that restores the pruned channels' mean."""
     scores = flap_scores(problem)
     if not bias:
-        return _keep_dense_columns(problem, scores, "flap")
+        return keep_dense_columns(problem, scores, "flap")
     pruned = problem.columns(lowest(problem, scores)).to(problem.dense_output.device)
     mean_output = problem.dense_output[:, pruned].double() @ problem.activation_means.double()[pruned]
-    return _keep_dense_columns(problem, scores, "flap", bias=mean_output.to(problem.dense_output.dtype))
+    return keep_dense_columns(problem, scores, "flap", bias=mean_output.to(problem.dense_output.dtype))
 
 
 FASP_REFIT = RefitSettings(ridge=0.01, prior="zero", bias=False)

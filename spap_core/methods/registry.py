@@ -15,6 +15,7 @@ from spap_core.methods.baselines import Fasp, Flap, Magnitude, WandaSp
 from spap_core.methods.obs import StructuredObs
 from spap_core.methods.reconstruction import Reconstruction
 from spap_core.methods.spap import Spap
+from spap_core.methods.taylor import Taylor
 from spap_core.models.adapters import ModelAdapter
 
 METHODS: dict[str, PruningMethod] = {method.name: method for method in (
@@ -24,6 +25,7 @@ METHODS: dict[str, PruningMethod] = {method.name: method for method in (
     Flap(),
     Fasp(),
     StructuredObs(),
+    Taylor(),
 )}
 
 

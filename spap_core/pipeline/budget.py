@@ -18,13 +18,15 @@ FREE_SHARE = 0.8  # leave room for the allocator, the interpreter and the rest o
 
 
 def run_bytes(loaded: LoadedModel, calibration_tokens: int, batch_size: int, eval_len: int, explicit_targets: bool,
-              copies_model: bool, fisher_window: int = 0) -> int:
+              copies_model: bool, backward_window: int = 0, weight_gradients: bool = False) -> int:
     """The walk keeps, for every calibration token, the layer's input, the residual base and the MLP
     intermediate (and the MLP input and target when a recovery step or corrected targets need them),
     plus one layer's Gram matrix in float64 and float32; the evaluation holds one chunk of logits
     and its log-softmax (spap_core.evaluation.perplexity computes the loss a chunk of tokens at a time).
-    A Fisher allocation first backpropagates one window of `fisher_window` tokens through the whole
-    model while the calibration inputs are held (_fisher_bytes)."""
+    A Fisher allocation or a method that measures on the dense model (Taylor) first backpropagates
+    one window of `backward_window` tokens through the whole model while the calibration inputs are
+    held (_backward_bytes); with `weight_gradients`, it also keeps the decoder layers' summed
+    gradients in float32 beside one window's own."""
     config = text_config(loaded.model)
     family = loaded.family
     width = max(family.mlp_channels.width(layer) for layer in family.decoder_layers(loaded.model))
@@ -33,10 +35,13 @@ def run_bytes(loaded: LoadedModel, calibration_tokens: int, batch_size: int, eva
     gram = (width + 1) ** 2 * (8 + 4)
     logits = 2 * min(batch_size * eval_len, chunk_tokens_for(vocab)) * vocab * FLOAT_BYTES
     model = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) if copies_model else 0
-    return calibration_tokens * per_token + gram + logits + model + _fisher_bytes(loaded, width, fisher_window)
+    gradients = (2 * FLOAT_BYTES * sum(p.numel() for layer in family.decoder_layers(loaded.model)
+                                       for p in layer.parameters()) if weight_gradients else 0)
+    return (calibration_tokens * per_token + gram + logits + model + gradients
+            + _backward_bytes(loaded, width, backward_window))
 
 
-def _fisher_bytes(loaded: LoadedModel, width: int, window: int) -> int:
+def _backward_bytes(loaded: LoadedModel, width: int, window: int) -> int:
     """What autograd keeps for one window's backward pass: per token and layer about 16 hidden-size
     vectors, 4 of the MLP width and one attention row per head, plus five copies of the logits.
     On SmolLM2 at 512 tokens this gives 1650 MiB; the measured peak was 1615 MiB."""
@@ -57,8 +62,9 @@ def free_bytes(device: torch.device) -> int | None:
 
 
 def check_fits(loaded: LoadedModel, calibration_tokens: int, batch_size: int, eval_len: int, explicit_targets: bool,
-               copies_model: bool, fisher_window: int = 0) -> None:
-    needed = run_bytes(loaded, calibration_tokens, batch_size, eval_len, explicit_targets, copies_model, fisher_window)
+               copies_model: bool, backward_window: int = 0, weight_gradients: bool = False) -> None:
+    needed = run_bytes(loaded, calibration_tokens, batch_size, eval_len, explicit_targets, copies_model,
+                       backward_window, weight_gradients)
     free = free_bytes(loaded.device)
     if free is not None and needed > FREE_SHARE * free:
         raise SpapInputError(

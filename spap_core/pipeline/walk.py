@@ -109,7 +109,8 @@ class PruneResult:
 def check_prunable(loaded: LoadedModel, settings: PruneSettings) -> None:
     """The refusals that the model's config decides for these settings (a bias the family cannot
     store, corrected targets it cannot take, a sparsity that prunes nothing or everything of a
-    layer, an allocation that backpropagates through a model offloaded with a device map): the walk
+    layer, a method or an allocation that backpropagates through a model offloaded with a device
+    map): the walk
     and plan_run share them, before any forward pass."""
     family, method, options = loaded.family, settings.implementation, settings.options
     layers = family.decoder_layers(loaded.model)
@@ -128,6 +129,9 @@ def check_prunable(loaded: LoadedModel, settings: PruneSettings) -> None:
         raise SpapInputError(f"The {settings.allocation.capitalize()} allocation backpropagates through the whole "
                              "model, which an offloaded model cannot hold; choose the 'global' allocation (or "
                              "'uniform') for it.")
+    if method.backpropagates and is_dispatched(loaded.model):
+        raise SpapInputError(f"Method '{settings.method}' backpropagates through the whole model, which an offloaded "
+                             "model cannot hold; load it without --device-map, or choose another method.")
     head_layout(loaded, settings)
     for layer in layers:
         prune_count(family.mlp_channels.width(layer), settings.sparsity)
@@ -253,6 +257,8 @@ class _PartStep:
     recovery: Recovery | None = None
     layout: HeadLayout | None = None
     propagates: bool = False
+    # Per layer, the units' importances the method measured on the dense model (None: it measures none).
+    importances: list[torch.Tensor] | None = None
     timing: str | None = None
     activations: str = "calibration"  # how a refusal of non-finite statistics names them
 
@@ -296,13 +302,20 @@ class _Walk:
 
     def start(self, model: nn.Module, layers: nn.ModuleList, calibration: torch.Tensor, batch_size: int,
               device: torch.device) -> tuple[_Streams, list[int]]:
-        """The inputs of layer 0, and λ per layer once the allocation has spread the budget."""
+        """The inputs of layer 0, λ per layer once the allocation has spread the budget, and the
+        units' importances of a method that measures them on the dense model."""
         with self._timed("capture"):
             chunks = [c.to(device) for c in calibration.split(batch_size)]
             hidden, arguments = _layer_inputs_and_arguments(self.family.decoder(model), layers, chunks)
             dense = _DenseModel(model, self.family, layers, hidden, arguments, calibration, self.cancel)
             n_prune = self.allocation.counts([self.family.mlp_channels.width(layer) for layer in layers],
                                              self.settings.sparsity, dense, self.settings.allocation_options)
+            method = self.settings.implementation
+            if method.backpropagates:  # before any layer is pruned: what the method measures is the dense model's
+                measured = method.unit_importances(model, layers, [step.part for step in self.steps], calibration,
+                                                   self.settings.options, self.cancel)
+                for step, importances in zip(self.steps, measured):
+                    step.importances = importances
         return _Streams(hidden, list(hidden) if self.correction > 0 else [], arguments), n_prune
 
     def layer(self, index: int, layer: nn.Module, streams: _Streams, n_prune: int) -> _Streams:
@@ -390,6 +403,8 @@ class _Walk:
                 f"Pruning stopped: the {step.activations} activations of layer {index} contain NaN or inf "
                 "(the model itself overflows on this text; try float32 or another calibration text).")
         capture.stats = None  # the Gram lives on in the problem; the accumulator's copy can go
+        if step.importances is not None:
+            problem.dense_importance = step.importances[index]
         return problem
 
     def _recover(self, index: int, layer: nn.Module, capture: _Capture, decision: LayerDecision,

@@ -39,6 +39,9 @@ class LayerProblem:
     # them, and for heads the layout the kept ones must form (None: any set of units).
     group_size: int = 1
     layout: HeadLayout | None = None
+    # Each unit's importance as the method measured it on the dense model before the walk
+    # (PruningMethod.unit_importances, float64, on the CPU); None for a method that measures none.
+    dense_importance: torch.Tensor | None = None
     _gram_copies: dict[torch.dtype, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def gram_in(self, dtype: torch.dtype) -> torch.Tensor:

@@ -189,7 +189,7 @@ def test_a_fisher_allocation_counts_its_backward_pass_in_the_memory_check(tiny, 
     from spap_core.pipeline.experiment import plan_run
 
     walk = budget.run_bytes(tiny, 8 * 64, 4, 64, explicit_targets=True, copies_model=True)
-    with_backward = budget.run_bytes(tiny, 8 * 64, 4, 64, explicit_targets=True, copies_model=True, fisher_window=64)
+    with_backward = budget.run_bytes(tiny, 8 * 64, 4, 64, explicit_targets=True, copies_model=True, backward_window=64)
     assert with_backward > 1.1 * walk
     monkeypatch.setattr(budget, "free_bytes", lambda device: 1.3 * walk)  # the walk fits with its headroom
     plan_run(tiny, PruneSettings(), (64, 64), calibration_tokens=8 * 64)

@@ -52,6 +52,12 @@ class PartWeights(Protocol):
         """Only the units `units` (sorted indices)."""
         ...
 
+    def unit_totals(self) -> torch.Tensor:
+        """Per unit, the sum (float64) of the entries of the weights removing it removes, biases
+        left out: on weights that hold a per-entry quantity instead (a first-order Taylor term),
+        that quantity over each unit's coupled group."""
+        ...
+
 
 @dataclass(frozen=True)
 class MlpWeights:
@@ -72,6 +78,13 @@ class MlpWeights:
         return replace(self, inputs=tuple(w[keep] for w in self.inputs),
                        input_biases=tuple(None if b is None else b[keep] for b in self.input_biases),
                        output=self.output[:, keep])
+
+    def unit_totals(self) -> torch.Tensor:
+        """Channel i: row i of every input projection and column i of the output projection."""
+        totals = self.output.sum(dim=0, dtype=torch.float64)
+        for weight in self.inputs:
+            totals = totals + weight.sum(dim=1, dtype=torch.float64)
+        return totals
 
     def padded(self, width: int) -> MlpWeights:
         """Zero channels appended up to `width`: a zero output column adds exactly nothing."""
@@ -119,6 +132,20 @@ class AttentionWeights:
                        biases=(None if query_bias is None else query_bias[query_rows],
                                None if key_bias is None else key_bias[kv_rows],
                                None if value_bias is None else value_bias[kv_rows]))
+
+    def unit_totals(self) -> torch.Tensor:
+        """Head h: its query rows and its block of output columns, plus an equal share (1 ÷ the
+        heads per KV group) of its KV group's key and value rows. `kept` removes a group's key and
+        value rows with its last head, which a priority over single heads cannot charge to any one
+        of them; the equal share keeps the heads of one group comparable by what is theirs alone,
+        and a group's heads together carry the whole of its key and value rows."""
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        query = self.query.reshape(heads, -1).sum(dim=1, dtype=torch.float64)
+        output = self.output.reshape(self.output.shape[0], heads, head_dim).sum(dim=(0, 2), dtype=torch.float64)
+        shared = (self.key.reshape(kv_heads, -1).sum(dim=1, dtype=torch.float64)
+                  + self.value.reshape(kv_heads, -1).sum(dim=1, dtype=torch.float64))
+        group = heads // kv_heads
+        return query + output + (shared / group).repeat_interleave(group)
 
 
 @dataclass(frozen=True)
