@@ -14,9 +14,9 @@ from spap_core.methods.registry import METHODS
 
 # Okabe & Ito (2008), without black and yellow (too heavy and too faint beside the others), in the
 # registry's order: spap blue, magnitude vermillion, wanda-sp bluish green, flap orange, fasp
-# reddish purple, obs sky blue.
-METHOD_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9")
-METHOD_MARKERS = ("circle", "square", "diamond", "triangle-up", "x", "cross")
+# reddish purple, obs sky blue; then Tol's dark red for taylor, where Okabe–Ito has no more.
+METHOD_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#661100")
+METHOD_MARKERS = ("circle", "square", "diamond", "triangle-up", "x", "cross", "hexagram")
 # For a name the palette has no place for: still readable on white, still colour-blind-safe.
 FALLBACK_COLOURS = ("#332288", "#882255", "#117733", "#999933", "#44AA99", "#AA4499")
 FALLBACK_MARKERS = ("star", "hexagon", "pentagon", "triangle-down", "hourglass", "bowtie")

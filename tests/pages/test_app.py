@@ -908,7 +908,10 @@ def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labe
 
     committed = compare.reference_curves("smollm2")
     assert committed is not None and compare.reference_curves(str(app_files["model"])) is None  # that model's only
-    assert set(committed.table["method"]) == set(METHODS) and "32 × 512" in committed.protocol
+    # every method the committed table holds is a registered one (a method newer than the table,
+    # taylor, is not in it until bench/quality.py runs again)
+    drawn = set(committed.table["method"])
+    assert drawn <= set(METHODS) and {"spap", "flap", "obs"} <= drawn and "32 × 512" in committed.protocol
     monkeypatch.setattr(compare, "reference_curves", lambda source: committed)  # as if the app ran SmolLM2
     at = start_app()
     open_page(at, "perplexity_sweep")
@@ -917,7 +920,7 @@ def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labe
     kinds = element_kinds(at.main)
     assert kinds.index("plotly_chart") < kinds.index("multiselect")  # the page opens with its picture, then the form
     methods = {trace["name"] for trace in chart["data"] if not trace["name"].startswith("dense")}
-    assert methods == set(METHODS) - {"magnitude"}  # its 10⁴–10⁷ would squeeze the others into one band
+    assert methods == drawn - {"magnitude"}  # its 10⁴–10⁷ would squeeze the others into one band
     corner = [a["text"] for a in chart["layout"]["annotations"] if a["text"].startswith("off the axis")]
     wikitext = committed.table[(committed.table["method"] == "magnitude") & (committed.table["text"] == "wikitext2")]
     assert len(corner) == 2 and f"magnitude ({wikitext['perplexity'].min():,.0f} to " in corner[0]

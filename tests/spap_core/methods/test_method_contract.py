@@ -214,7 +214,7 @@ def test_the_estimate_counts_the_solves_the_method_declares(toy_method):
         return run_seconds(speed, request) - run_seconds(ModelSpeed(1000.0, 0.01, 0.0, 10), request)
 
     assert solves(toy_method.name) == pytest.approx(7.5 * 10 * 0.05)
-    for baseline in ("magnitude", "wanda-sp", "flap", "fasp", "obs"):  # FLAP's measured cost, for every baseline
+    for baseline in ("magnitude", "wanda-sp", "flap", "fasp", "obs", "taylor"):  # FLAP's measured cost, for each
         assert solves(baseline) == pytest.approx(1.05 * 10 * 0.05)
 
 
@@ -227,7 +227,7 @@ def test_every_registered_method_declares_its_solve_cost_and_step_type():
 
 
 def test_the_parameter_groups_are_the_runs_then_each_methods_own_then_the_allocations_then_the_datas():
-    assert list(GROUPS) == ["run", "penalty", "selection", "refit", "altmin", "flap", "obs", "allocation",
+    assert list(GROUPS) == ["run", "penalty", "selection", "refit", "altmin", "flap", "obs", "taylor", "allocation",
                             "calibration", "evaluation", "latency"]
     with_toy = parameter_groups([*METHODS.values(), ShareMethod()])
     assert list(with_toy)[-5:] == ["share", "allocation", "calibration", "evaluation", "latency"]
@@ -263,8 +263,9 @@ def test_the_walk_prunes_each_layer_as_many_units_as_the_allocation_says_with_it
     assert [layer.width - len(layer.keep) for layer in prune_model(tiny, CALIBRATION, thrice).layers] == [96, 32]
 
 
-def test_each_allocation_declares_what_it_needs():
+def test_each_allocation_and_method_declares_whether_it_backpropagates():
     assert [name for name, strategy in ALLOCATION_STRATEGIES.items() if strategy.backpropagates] == ["fisher"]
+    assert [name for name, method in METHODS.items() if method.backpropagates] == ["taylor"]
     with pytest.raises(SpapInputError, match="Unknown allocation 'owl'"):
         allocation_strategy("owl")
     with pytest.raises(SpapInputError, match="at least 10%"):

@@ -149,7 +149,7 @@ def layer0_attention_error(loaded: LoadedModel, pruned: torch.nn.Module) -> floa
 
 
 @pytest.mark.parametrize("model_type", HEAD_FAMILIES)
-@pytest.mark.parametrize("method", ["spap", "flap", "obs"])
+@pytest.mark.parametrize("method", ["spap", "flap", "obs", "taylor"])
 def test_the_shrunk_attention_has_the_error_the_method_reported(model_type, method):
     """If a query head were matched with the wrong KV head, or a block of o_proj with the wrong
     head, the pruned attention would not reproduce the objective computed on the statistics."""
@@ -163,9 +163,10 @@ def test_the_shrunk_attention_has_the_error_the_method_reported(model_type, meth
 
 @pytest.mark.parametrize("model_type", HEAD_FAMILIES)
 @pytest.mark.parametrize("kv_heads", [2, 4])  # grouped (2 query heads per KV head) and ungrouped attention
-def test_pruned_heads_save_and_reload_with_the_same_logits(model_type, kv_heads, tmp_path):
+@pytest.mark.parametrize("method", ["spap", "taylor"])  # a solver's and a dense-model measurement's selection
+def test_pruned_heads_save_and_reload_with_the_same_logits(model_type, kv_heads, method, tmp_path):
     loaded = loaded_family(model_type, num_key_value_heads=kv_heads)
-    settings, _ = settings_for_family(PruneSettings(method="spap", sparsity=0.25, head_sparsity=0.5), loaded.family)
+    settings, _ = settings_for_family(PruneSettings(method=method, sparsity=0.25, head_sparsity=0.5), loaded.family)
     result = prune_model(loaded, CALIBRATION, settings, batch_size=4)
     path = save_pruned(result.model, TOKENIZER, tmp_path / "pruned")
     reloaded = AutoModelForCausalLM.from_pretrained(path).eval()
