@@ -110,8 +110,7 @@ def check_prunable(loaded: LoadedModel, settings: PruneSettings) -> None:
     """The refusals that the model's config decides for these settings (a bias the family cannot
     store, corrected targets it cannot take, a sparsity that prunes nothing or everything of a
     layer, a method or an allocation that backpropagates through a model offloaded with a device
-    map): the walk
-    and plan_run share them, before any forward pass."""
+    map): the walk and plan_run share them, before any forward pass."""
     family, method, options = loaded.family, settings.implementation, settings.options
     layers = family.decoder_layers(loaded.model)
     if settings.adds_output_bias and not family.mlp_channels.stores_output_bias:
@@ -302,8 +301,8 @@ class _Walk:
 
     def start(self, model: nn.Module, layers: nn.ModuleList, calibration: torch.Tensor, batch_size: int,
               device: torch.device) -> tuple[_Streams, list[int]]:
-        """The inputs of layer 0, λ per layer once the allocation has spread the budget, and the
-        units' importances of a method that measures them on the dense model."""
+        """The inputs of layer 0 and λ per layer once the allocation has spread the budget; a
+        method that measures its units on the dense model measures them here, into each part step."""
         with self._timed("capture"):
             chunks = [c.to(device) for c in calibration.split(batch_size)]
             hidden, arguments = _layer_inputs_and_arguments(self.family.decoder(model), layers, chunks)
