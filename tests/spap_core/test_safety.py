@@ -197,6 +197,21 @@ def test_a_fisher_allocation_counts_its_backward_pass_in_the_memory_check(tiny, 
         plan_run(tiny, PruneSettings(allocation="fisher"), (64, 64), calibration_tokens=8 * 64)
 
 
+def test_a_method_that_backpropagates_counts_its_backward_pass_and_the_layers_gradients(tiny, monkeypatch):
+    import spap_core.pipeline.budget as budget
+    from spap_core.pipeline.experiment import plan_run
+
+    backward = budget.run_bytes(tiny, 8 * 64, 4, 64, explicit_targets=False, copies_model=True, backward_window=64)
+    with_gradients = budget.run_bytes(tiny, 8 * 64, 4, 64, explicit_targets=False, copies_model=True,
+                                      backward_window=64, weight_gradients=True)
+    layer_weights = sum(p.numel() for layer in tiny.model.model.layers for p in layer.parameters())
+    assert with_gradients - backward == 2 * 4 * layer_weights  # summed and one window's, in float32
+    monkeypatch.setattr(budget, "free_bytes", lambda device: 1.01 * backward / budget.FREE_SHARE)
+    plan_run(tiny, PruneSettings(method="magnitude"), (64, 64), calibration_tokens=8 * 64)  # no backward: fits
+    with pytest.raises(SpapInputError, match="needs about"):  # its backward pass fits, its gradients do not
+        plan_run(tiny, PruneSettings(method="taylor"), (64, 64), calibration_tokens=8 * 64)
+
+
 # Every path flag of the CLI, and how to point it at `path`.
 PATH_FLAG_ARGUMENTS = {
     "--model": lambda path: ["--model", path],
