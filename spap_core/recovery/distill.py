@@ -15,6 +15,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from torch import nn
 
 from spap_core.errors import PruningCancelled
 from spap_core.models.offload import execution_device
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Logits (vocabulary × calibration tokens × 4 bytes) above this go to a file; 256 MiB keeps them in
 # memory for the tiny and test models and a short SmolLM2 calibration (4 × 256 tokens: 201 MB),
@@ -66,7 +70,7 @@ def dense_logits(model: nn.Module, calibration: torch.Tensor, batch_size: int,
                  cancel: threading.Event | None = None) -> Iterator[DenseLogits]:
     """The dense model's logits on every calibration window [N, L], kept for the block: in memory,
     or above DENSE_LOGITS_IN_MEMORY_BYTES in a temporary folder removed when the block ends."""
-    vocabulary = int(model.get_output_embeddings().weight.shape[0])
+    vocabulary = int(cast("PreTrainedModel", model).get_output_embeddings().weight.shape[0])
     shape = (int(calibration.shape[0]), int(calibration.shape[1]), vocabulary)
     on_disk = logits_bytes(*shape) > DENSE_LOGITS_IN_MEMORY_BYTES
     folder = Path(tempfile.mkdtemp(prefix="spap-dense-logits-")) if on_disk else None

@@ -27,16 +27,23 @@ from spap_core.recovery.distill import DenseLogits, distillation_loss
 from spap_core.recovery.lora import lora_adapters, merge_adapters
 from spap_core.recovery.settings import RecoverySettings
 
+# The held-out perplexity measured during a recovery: the first evaluation windows, never trained on.
+# Four windows cost four forward passes every `heldout_every` steps, a fraction of the steps' own
+# (each a forward and a backward pass over `batch` windows); the final perplexity is the whole
+# evaluation's.
+HELDOUT_WINDOWS = 4
+
 
 @dataclass(frozen=True)
 class RecoveryStep:
     """One finished step: its number (1-based), its training loss, the held-out perplexity when
-    measured after it (else None) and the seconds since the recovery started."""
+    measured after it (else None), the seconds since the recovery started and the steps asked."""
 
     step: int
     loss: float
     heldout_ppl: float | None
     elapsed: float
+    steps: int
 
 
 @dataclass
@@ -64,14 +71,17 @@ class RecoveryResult:
 def check_recoverable(model: nn.Module, settings: RecoverySettings, calibration_synthetic: bool) -> None:
     """Refuse, before any work, a recovery the run cannot do: one on a model placed with a device map
     (its offloaded weights are loaded for each forward call and cannot hold adapters or take
-    gradients), or one without calibration text (a text sampled from the model itself would
-    teach it nothing it does not already say)."""
-    if not settings.enabled:
-        return
-    if is_dispatched(model):
+    gradients), or one without calibration text (check_calibration_text)."""
+    check_calibration_text(settings, calibration_synthetic)
+    if settings.enabled and is_dispatched(model):
         raise SpapInputError("Recovery trains adapters on the whole model, which an offloaded model (a device map, "
                              "--low-memory) cannot hold: load it without a device map, or drop --recover.")
-    if calibration_synthetic:
+
+
+def check_calibration_text(settings: RecoverySettings, calibration_synthetic: bool) -> None:
+    """Refuse a recovery whose calibration text would be sampled from the model itself: it would
+    teach the model nothing it does not already say (the CLI asks before the model loads)."""
+    if settings.enabled and calibration_synthetic:
         raise SpapInputError("Recovery trains on the calibration text, and this run has none (it would be sampled "
                              "from the model itself): give a calibration text (--calib-file), or drop --recover.")
 
@@ -111,7 +121,8 @@ def recover(model: nn.Module, family: ModelAdapter, calibration: torch.Tensor, s
                 heldout_ppl = _heldout_perplexity(model, heldout.to(device))
                 result.heldout.append((step, heldout_ppl))
             if on_step is not None:
-                on_step(RecoveryStep(step, result.losses[-1], heldout_ppl, time.perf_counter() - started))
+                on_step(RecoveryStep(step, result.losses[-1], heldout_ppl, time.perf_counter() - started,
+                                     settings.steps))
         del optimizer, trainable
         merge_adapters(wrapped)
     result.seconds = time.perf_counter() - started

@@ -34,7 +34,7 @@ class RecoverySettings:
     steps: int = 100
     batch: int = 4  # calibration windows per step
     rank: int = 8
-    alpha: float = 16.0
+    alpha: int = 16
     lr: float = 1e-4
     targets: str = ALL
     temperature: float = 2.0
@@ -86,7 +86,7 @@ RECOVERY_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("recover_rank", "LoRA rank", "LoRA rank", "Rank of every LoRA adapter.",
               int, _GROUP, ("--recover-rank",), path="rank", low=1, high=1024, step=1),
     Parameter("recover_alpha", "LoRA α", "LoRA alpha", "LoRA scaling numerator: adapters are scaled by α / rank.",
-              float, _GROUP, ("--recover-alpha",), path="alpha", low=0.01, high=4096.0, step=1.0),
+              int, _GROUP, ("--recover-alpha",), path="alpha", low=1, high=4096, step=1),
     Parameter("recover_lr", "learning rate", "Recovery learning rate", "AdamW's step size for the adapters.",
               float, _GROUP, ("--recover-lr",), path="lr", low=1e-7, high=1.0, step=1e-5, log_scale=True),
     Parameter("recover_targets", "adapted projections", "Projections with adapters",
