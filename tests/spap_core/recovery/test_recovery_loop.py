@@ -20,8 +20,8 @@ from spap_core.methods.registry import PruneSettings
 from spap_core.models.shrink import save_pruned
 from spap_core.pipeline.walk import prune_model
 from spap_core.recovery.distill import dense_logits
-from spap_core.recovery.lora import adapted_modules
 from spap_core.recovery.loop import check_recoverable, recover
+from spap_core.recovery.lora import adapted_modules
 from spap_core.recovery.settings import DISTILL, LORA, LORA_DISTILL, MLP, RecoverySettings
 
 STEPS = 6
