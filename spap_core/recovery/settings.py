@@ -18,8 +18,9 @@ from spap_core.schema import Parameter
 
 NONE, LORA, DISTILL, LORA_DISTILL = "none", "lora", "distill", "lora+distill"
 MODES = (NONE, LORA, DISTILL, LORA_DISTILL)
-# Which projections of each decoder layer receive adapters (found through the family's adapter)
-MLP, ATTENTION, ALL = "mlp", "attention", "all"
+# Which projections of each decoder layer receive adapters, named after the family adapter's parts
+# they are found through (spap_core.models.adapters: `mlp_channels`, `attention_heads`)
+MLP, ATTENTION, ALL = "mlp_channels", "attention_heads", "all"
 TARGETS = (MLP, ATTENTION, ALL)
 
 
@@ -90,7 +91,7 @@ RECOVERY_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("recover_lr", "learning rate", "Recovery learning rate", "AdamW's step size for the adapters.",
               float, _GROUP, ("--recover-lr",), path="lr", low=1e-7, high=1.0, step=1e-5, log_scale=True),
     Parameter("recover_targets", "adapted projections", "Projections with adapters",
-              "Which projections of every decoder layer get adapters: the MLP's, the attention's, or all.",
+              "Which projections of every decoder layer get adapters: the MLP's, the attention's, or both.",
               str, _GROUP, ("--recover-targets",), path="targets", choices=TARGETS),
     Parameter("recover_temperature", "T", "Distillation temperature",
               "Temperature of both models' softmax in the distillation loss (distill modes).",

@@ -82,8 +82,9 @@ def run(loaded: LoadedModel, spec: RunSpec, inputs: RunTexts | RunData, *, dense
     settings = spec.settings
     # every refusal that the model's config decides, before any text is sampled or forward pass run
     _, adjustments = _plan(loaded, spec, settings)
-    check_recoverable(loaded.model, spec.recovery, calibration_synthetic=(
-        inputs.calibration is None if isinstance(inputs, RunTexts) else inputs.calibration_source.synthetic))
+    if spec.recovery.enabled:
+        check_recoverable(loaded.model, spec.recovery, calibration_synthetic=(
+            inputs.calibration is None if isinstance(inputs, RunTexts) else inputs.calibration_source.synthetic))
     if spec.budget is not None:
         budget_candidates(loaded, spec.budget.share, spec.budget.head_sparsity)  # a budget the shapes cannot meet
     for note in adjustments:

@@ -41,7 +41,7 @@ def test_the_description_names_the_distillation_settings_only_when_it_distils():
 
 
 def test_share_link_values_round_trip_and_are_checked_by_the_declaration():
-    settings = RecoverySettings(mode=LORA_DISTILL, steps=30, rank=4, lr=3e-4, targets="mlp")
+    settings = RecoverySettings(mode=LORA_DISTILL, steps=30, rank=4, lr=3e-4, targets="mlp_channels")
     values = recovery_values(settings)
     assert set(values) == {p.key for p in RECOVERY_PARAMETERS}
     assert recovery_with_values({key: str(value) for key, value in values.items()}) == settings
