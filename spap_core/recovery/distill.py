@@ -81,7 +81,8 @@ def dense_logits(model: nn.Module, calibration: torch.Tensor, batch_size: int,
             for start in range(0, shape[0], batch_size):
                 if cancel is not None and cancel.is_set():
                     raise PruningCancelled("Cancelled while the dense model's logits were computed.")
-                stored.write(start, model(input_ids=calibration[start:start + batch_size].to(device)).logits)
+                ids = calibration[start:start + batch_size].to(device)
+                stored.write(start, model(input_ids=ids, use_cache=False).logits)
         stored.flush()
         yield stored
     finally:

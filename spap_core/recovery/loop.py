@@ -131,8 +131,8 @@ def recover(model: nn.Module, family: ModelAdapter, calibration: torch.Tensor, s
 
 def _batches(windows: int, settings: RecoverySettings, seed: int) -> Iterator[torch.Tensor]:
     """`settings.steps` batches of `settings.batch` window indices: the windows in a seeded random
-    order, a new order each pass over them, whose windows too few for a whole batch wait for the
-    next pass (no batch takes a window twice; one wider than the windows takes each once)."""
+    order, a new order each pass over them; a pass's last windows, too few for a whole batch, sit
+    that pass out (no batch takes a window twice; one wider than the windows takes each once)."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.empty(0, dtype=torch.long)
     width = min(settings.batch, windows)
@@ -146,7 +146,7 @@ def _batches(windows: int, settings: RecoverySettings, seed: int) -> Iterator[to
 def _loss(model: nn.Module, ids: torch.Tensor, settings: RecoverySettings,
           teacher: torch.Tensor | None) -> torch.Tensor:
     """The step's training loss: the next-token cross-entropy and the distillation KL, by the mode's weights."""
-    logits = model(input_ids=ids).logits
+    logits = model(input_ids=ids, use_cache=False).logits
     loss = logits.new_zeros((), dtype=torch.float32)
     if settings.label_weight > 0:
         predicted = logits[:, :-1].float().reshape(-1, logits.shape[-1])
@@ -162,6 +162,6 @@ def _heldout_perplexity(model: nn.Module, windows: torch.Tensor) -> float:
     total = 0.0
     with torch.no_grad():
         for window in windows.split(1):
-            logits = model(input_ids=window).logits[:, :-1].float()
+            logits = model(input_ids=window, use_cache=False).logits[:, :-1].float()
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1)).item()
     return perplexity_of(total / windows.shape[0])
