@@ -78,7 +78,7 @@ RECOVERY_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("recover", "recovery", "Recovery after pruning",
               "Train LoRA adapters on the calibration windows after pruning, then merge them: 'lora' with the "
               "next-token loss, 'distill' with the KL from the dense model's logits, 'lora+distill' with both.",
-              str, _GROUP, ("--recover",), path="mode", choices=MODES, lead=True),
+              str, _GROUP, ("--recover",), path="mode", choices=MODES),
     Parameter("recover_steps", "recovery steps", "Recovery steps", "AdamW steps of the recovery.",
               int, _GROUP, ("--recover-steps",), path="steps", low=1, high=100_000, step=1),
     Parameter("recover_batch", "windows per step", "Windows per recovery step",
