@@ -39,6 +39,8 @@ _MODULES = {
     "spap_core.evaluation.perplexity": ("perplexity", "PerplexityResult"),
     "spap_core.models.shrink": ("save_pruned", "load_pruned"),
     "spap_core.storage.runs": ("write_run", "read_run"),
+    "spap_core.recovery.settings": ("RecoverySettings",),
+    "spap_core.recovery.loop": ("recover", "RecoveryStep", "RecoveryResult"),
     "spap_core.evaluation.latency": ("measure_latencies", "latency_ratios"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}

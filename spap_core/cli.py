@@ -39,9 +39,13 @@ from spap_core.pipeline.parameters import (
     GROUPS,
     LATENCY_PARAMETERS,
     PARAMETERS,
+    RECOVERY_PARAMETERS,
     Parameter,
+    recovery_with_values,
     with_values,
 )
+from spap_core.recovery.loop import RecoveryStep, check_calibration_text
+from spap_core.recovery.settings import NONE, RecoverySettings
 from spap_core.runner.execute import run
 from spap_core.runner.progress import RunProgress
 from spap_core.runner.spec import ParameterBudget, RunOutput, RunSpec, RunTexts, ZeroShotRequest
@@ -133,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 # size (the app's is smaller), its evaluation and its latency measurement.
 CLI_DEFAULTS = {"nsamples": 16, "seqlen": 512, "seed": 0, "eval_len": 512, "eval_windows": 8, "batch_size": 4,
                 "prefill_tokens": 512, "decode_tokens": 32, "repeats": 5, "warmup": 2}
-COMMAND_PARAMETERS = {"prune": PARAMETERS + DATA_PARAMETERS, "latency": LATENCY_PARAMETERS, "compare": ()}
+COMMAND_PARAMETERS = {"prune": PARAMETERS + RECOVERY_PARAMETERS + DATA_PARAMETERS, "latency": LATENCY_PARAMETERS,
+                      "compare": ()}
 
 
 def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Parameter, ...]) -> None:
@@ -150,6 +155,8 @@ def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Param
         if parameter.group == "run":  # None = not given (prune_settings fills the default), so
             options["default"] = None  # --param-sparsity can tell a given sparsity from the default
             options["help"] += literal(f" Default: {parameter.format(parameter.read(PruneSettings()))}.")
+        elif parameter in RECOVERY_PARAMETERS:
+            options["default"] = parameter.read(RecoverySettings())
         elif parameter.method is None and parameter.allocation is None:
             options["default"] = parameter.read(PruneSettings()) if parameter.path else CLI_DEFAULTS[parameter.key]
         else:  # a method's or an allocation strategy's own
@@ -255,6 +262,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.command == "prune":
         _check_zeroshot(args)
         placement(args)
+        if args.recover != NONE and (args.low_memory or args.device_map is not None):
+            raise SpapInputError("--recover trains adapters on the whole model, which an offloaded model cannot hold: "
+                                 "drop --low-memory/--device-map, or drop --recover.")
 
 
 def _check_zeroshot(args: argparse.Namespace) -> None:
@@ -362,8 +372,10 @@ def run_prune(args: argparse.Namespace) -> dict:
     # a text file that is missing, no regular file, too big or not UTF-8 is refused before the load
     texts = RunTexts(calibration=text_without_model(args.calib_file, "calibration"),
                      evaluation=text_without_model(args.eval_file, "evaluation"))
+    spec = run_spec(args, settings)
+    check_calibration_text(spec.recovery, calibration_synthetic=texts.calibration is None)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement(args))
-    outcome = run(loaded, run_spec(args, settings), texts, progress=CliProgress(args.method))
+    outcome = run(loaded, spec, texts, progress=CliProgress(args.method))
     record = outcome.record()
     if outcome.save_error is not None:
         record["save_error"] = outcome.save_error
@@ -376,15 +388,16 @@ def run_spec(args: argparse.Namespace, settings: PruneSettings) -> RunSpec:
     zeroshot = None if args.zeroshot is None else ZeroShotRequest(parse_tasks(args.zeroshot), args.zeroshot_limit,
                                                                   tuple(_zeroshot_paths(args)))
     output = None if args.out is None else RunOutput(_out_path(args), args.overwrite)
+    recovery = recovery_with_values({p.key: getattr(args, p.key) for p in RECOVERY_PARAMETERS})
     return RunSpec(settings=settings, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
                    eval_len=args.eval_len, eval_windows=args.eval_windows or None, batch_size=args.batch_size,
-                   budget=budget, zeroshot=zeroshot, inplace=True, output=output)
+                   budget=budget, zeroshot=zeroshot, inplace=True, output=output, recovery=recovery)
 
 
 class CliProgress(RunProgress):
     """A run's progress on stderr: its notes, the zero-shot tasks and their comparison table, and
     one progress bar each for the dense perplexity, the layers of `method` and the pruned
-    perplexity."""
+    perplexity (measured again after a recovery), and one for a recovery's steps with its loss."""
 
     def __init__(self, method: str) -> None:
         self.method = method
@@ -415,7 +428,19 @@ class CliProgress(RunProgress):
         self.bars["dense"].update(done - self.bars["dense"].n)
 
     def pruned_batch(self, done: int, total: int) -> None:
+        if done < self.bars["pruned"].n:  # the perplexity after the recovery starts over
+            self.bars["pruned"].reset(total=total)
         self.bars["pruned"].update(done - self.bars["pruned"].n)
+
+    def recovery_step(self, step: RecoveryStep) -> None:
+        bar = self.bars.get("recovery")
+        if bar is None:
+            bar = self.bars["recovery"] = tqdm(total=step.steps, desc="recovery", file=sys.stderr, unit="step")
+        bar.set_postfix(loss=f"{step.loss:.4f}", **({} if step.heldout_ppl is None
+                                                     else {"held_out_ppl": f"{step.heldout_ppl:.2f}"}))
+        bar.update(step.step - bar.n)
+        if step.step == step.steps:
+            bar.close()
 
 
 def run_latency(args: argparse.Namespace) -> dict:

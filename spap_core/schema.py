@@ -27,6 +27,9 @@ RUN_GROUPS = {"run": "Run"}
 # The group of the layer allocation strategies' own parameters (Allocation.parameters), shown after
 # the methods'.
 ALLOCATION_GROUPS = {"allocation": "Layer allocation"}
+# The group of the recovery after pruning (spap_core.recovery.settings.RECOVERY_PARAMETERS), shown
+# after the allocation's: it runs after the pruning they decide.
+RECOVERY_GROUPS = {"recovery": "Recovery after pruning"}
 DATA_GROUPS = {
     "calibration": "Calibration",
     "evaluation": "Evaluation",

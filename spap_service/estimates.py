@@ -14,6 +14,8 @@ from typing import cast
 import torch
 
 from spap_core.models.loading import LoadedModel
+from spap_core.recovery.loop import HELDOUT_WINDOWS
+from spap_core.recovery.settings import RecoverySettings
 from spap_service.cache import BoundedCache
 from spap_service.data import model_key
 from spap_service.runs import RunRequest
@@ -42,6 +44,12 @@ HEAD_PASSES = 0.54
 # captured (counted as the run's own capture, CAPTURE_PASSES; not measured on its own), and then a
 # run that may prune heads (counted as one that does).
 FORWARD_TOKENS_PER_ADAM_TOKEN = 0.6
+# A recovery step after pruning (spap_core.recovery) is a forward and a backward pass over its
+# windows. Not measured yet, so derived from the usual cost model of training: a backward pass costs
+# two forwards (the gradients of the activations, then of the weights), and LoRA computes the
+# second only for its small adapters, the base weights being frozen: about 2 forward passes per
+# token. The pages show the measured time beside the estimate, so a wrong constant is seen.
+FORWARD_TOKENS_PER_RECOVERY_TOKEN = 2.0
 OVERHEAD_S = 1.0  # tokenizing the texts and cutting the windows
 PROBE_TOKENS = 128
 FACTORISATION_PROBE_WIDTH = 4096
@@ -125,7 +133,24 @@ def run_seconds(speed: ModelSpeed, request: RunRequest, dense_cached: bool = Fal
                                                     + FORWARD_TOKENS_PER_ADAM_TOKEN * adam_tokens)
     evaluated = eval_tokens if data.eval_windows == 0 and eval_tokens else data.eval_windows * data.eval_len
     forward_tokens += (1 if dense_cached else 2) * evaluated
+    forward_tokens += recovery_forward_tokens(request.recovery, data.nsamples, data.seqlen, data.eval_len, evaluated)
     return OVERHEAD_S + forward_tokens / speed.tokens_per_s + factorisations * speed.factorisation_s
+
+
+def recovery_forward_tokens(recovery: RecoverySettings, windows: int, seqlen: int, eval_len: int,
+                            evaluated: int) -> float:
+    """A recovery's work in dense forward tokens: its steps (FORWARD_TOKENS_PER_RECOVERY_TOKEN per
+    token of `batch` windows of `seqlen`, at most the calibration's `windows`), the dense logits
+    once over the calibration when it distils, the held-out perplexity (HELDOUT_WINDOWS windows
+    every `heldout_every` steps and after the last) and the pruned perplexity measured again
+    after it; 0 without one."""
+    if not recovery.enabled:
+        return 0.0
+    step_tokens = min(recovery.batch, windows) * seqlen
+    heldout_measures = recovery.steps // recovery.heldout_every + (recovery.steps % recovery.heldout_every != 0)
+    return (recovery.steps * step_tokens * FORWARD_TOKENS_PER_RECOVERY_TOKEN
+            + (windows * seqlen if recovery.distills else 0)
+            + heldout_measures * HELDOUT_WINDOWS * eval_len + evaluated)
 
 
 def many_runs_seconds(speed: ModelSpeed, requests: list[RunRequest], dense_cached: bool = False) -> float:

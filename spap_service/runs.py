@@ -32,6 +32,7 @@ from spap_core.models.loading import LoadedModel, model_files, model_source
 from spap_core.models.offload import is_dispatched
 from spap_core.models.shrink import load_pruned, save_pruned
 from spap_core.pipeline.walk import PruneResult
+from spap_core.recovery.settings import RecoverySettings
 from spap_core.runner.execute import RunResult, run
 from spap_core.runner.progress import RunProgress
 from spap_core.runner.spec import MeasuredDense, ParameterBudget, RunSpec
@@ -59,8 +60,9 @@ MAX_SEEDS = 5  # calibration seeds a run of the app repeats over, at most (each 
 
 @dataclass(frozen=True)
 class RunRequest:
-    """One pruning run: method and hyperparameters, calibration seed and data, and optionally one
-    parameter budget whose split between MLP channels and heads replaces the settings' sparsities.
+    """One pruning run: method and hyperparameters, calibration seed and data, optionally one
+    parameter budget whose split between MLP channels and heads replaces the settings' sparsities,
+    and the recovery after pruning (none by default).
     `seeds` > 1 repeats it over the calibration seeds seed, seed + 1, …, each on the same evaluation
     windows (seed_requests), so its perplexity carries the seeds' spread besides the windows'."""
 
@@ -69,6 +71,7 @@ class RunRequest:
     data: DataSpec
     budget: ParameterBudget | None = None
     seeds: int = 1
+    recovery: RecoverySettings = RecoverySettings()
 
     def __post_init__(self) -> None:
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= MAX_SEEDS:
@@ -78,7 +81,9 @@ class RunRequest:
     @property
     def cache_key(self) -> str:
         repeats = f"|seeds={self.seeds}" if self.seeds > 1 else ""
-        return f"{asdict(self.settings)}|seed={self.seed}|budget={self.budget}|{self.data.cache_key}{repeats}"
+        recovery = f"|recovery={asdict(self.recovery)}" if self.recovery.enabled else ""
+        return (f"{asdict(self.settings)}|seed={self.seed}|budget={self.budget}|{self.data.cache_key}{repeats}"
+                f"{recovery}")
 
     def seed_requests(self) -> list[RunRequest]:
         """The one-seed runs this request repeats: its own seed first, then the next ones."""
@@ -92,7 +97,7 @@ class RunRequest:
         data = self.data
         return RunSpec(settings=self.settings, nsamples=data.nsamples, seqlen=data.seqlen, seed=self.seed,
                        eval_len=data.eval_len, eval_windows=data.eval_windows or None, batch_size=data.batch_size,
-                       budget=self.budget)
+                       budget=self.budget, recovery=self.recovery)
 
 
 _weights_lock = threading.RLock()  # a session's weights go to disk while its page may be loading them back

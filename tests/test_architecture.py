@@ -208,7 +208,7 @@ def test_the_benchmarks_parse_overrides_with_the_same_keys(monkeypatch):
 PRODUCT = ("spap_core", "spap_service", "pages", "app.py", "serve.py")
 # spap_core's packages from the bottom up: a package imports only from lower layers (and from itself)
 CORE_LAYERS = (("errors",), ("schema", "system"), ("data", "problem"), ("models",), ("methods", "evaluation"),
-               ("pipeline",), ("storage",), ("runner",), ("cli",), ("__main__",))
+               ("recovery",), ("pipeline",), ("storage",), ("runner",), ("cli",), ("__main__",))
 
 
 def _module_name(path):

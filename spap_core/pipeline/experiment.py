@@ -1,4 +1,5 @@
-"""One pruning experiment: prune, then measure dense and pruned perplexity on the same windows.
+"""One pruning experiment: prune, then measure dense and pruned perplexity on the same windows; with a
+recovery, the pruned perplexity is measured before it (`before_recovery`) and after it (`pruned`).
 
 The run API (spap_core.runner.execute), which the CLI, the app's run and sweep jobs and the benchmarks
 all call, goes through here, so a number shown in the browser and one printed by
@@ -7,9 +8,10 @@ all call, goes through here, so a number shown in the browser and one printed by
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -22,6 +24,9 @@ from spap_core.methods.registry import PruneSettings, settings_for_family
 from spap_core.models.loading import LoadedModel, context_length
 from spap_core.pipeline.budget import check_fits
 from spap_core.pipeline.walk import LayerCallback, PruneResult, check_prunable, head_layout, prune_model
+from spap_core.recovery.distill import DenseLogits, dense_logits
+from spap_core.recovery.loop import HELDOUT_WINDOWS, RecoveryResult, RecoveryStep, check_recoverable, recover
+from spap_core.recovery.settings import RecoverySettings
 
 BatchCallback = Callable[[int, int], None]
 
@@ -35,10 +40,16 @@ class Experiment:
     eval_seconds: float
     dense_seconds: float  # 0 when the dense perplexity was passed in (cached)
     adjustments: list[str] = field(default_factory=list)  # what plan_run changed, in words
+    # the pruned model's perplexity before its recovery (`pruned` is after it) and the recovery; None without one
+    before_recovery: PerplexityResult | None = None
+    recovery: RecoveryResult | None = None
 
     def record(self, loaded: LoadedModel, **context: object) -> dict:
-        """The JSON-able summary written with every run; `context` adds where the data came from."""
+        """The JSON-able summary written with every run; `context` adds where the data came from.
+        `ppl` is the final model's; with a recovery, `ppl_before_recovery` (its interval and window
+        losses beside it, as `ppl` has them) is the pruned model's before it, and `recovery` what it did."""
         result = self.result
+        before = self.before_recovery
         return {
             "method": result.settings.method, "sparsity": result.settings.sparsity,
             "reconstruction": reconstruction_name(result.settings.reconstruction),
@@ -61,6 +72,10 @@ class Experiment:
                 "layout": asdict(result.heads.layout), "head_dim": result.heads.head_dim,
                 "layer_objectives": [layer.objective for layer in result.heads.layers]},
             "adjustments": self.adjustments,
+            "ppl_before_recovery": None if before is None else before.perplexity,
+            "ppl_before_recovery_ci95": None if before is None else before.ci95,
+            "window_nll_before_recovery": [] if before is None else list(before.window_nll),
+            "recovery": None if self.recovery is None else self.recovery.record(),
             **context,
         }
 
@@ -112,13 +127,59 @@ def run_experiment(
     on_dense_batch: BatchCallback | None = None,
     on_pruned_batch: BatchCallback | None = None,
     cancel: threading.Event | None = None,
+    recovery: RecoverySettings | None = None,
+    on_recovery_step: Callable[[RecoveryStep], None] | None = None,
 ) -> Experiment:
     """Dense perplexity (unless given), pruning, pruned perplexity, each timed on its own; every
     forward pass (calibration and evaluation) takes `batch_size` windows at a time. The settings
-    first go through plan_run, so a refusal comes before any forward pass."""
+    first go through plan_run, so a refusal comes before any forward pass. With an enabled
+    `recovery`, the pruned model is then recovered on the calibration windows (the dense model's
+    logits taken before the pruning when it distils; a held-out perplexity on the first
+    HELDOUT_WINDOWS evaluation windows) and measured again."""
     settings, adjustments = plan_run(loaded, settings, (calibration.shape[-1], evaluation.shape[-1]),
                                      calibration_tokens=calibration.numel(), batch_size=batch_size,
                                      copies_model=not inplace)
+    recovery = recovery if recovery is not None and recovery.enabled else None
+    if recovery is not None:
+        check_recoverable(loaded.model, recovery, calibration_synthetic=False)
+    with _teacher(loaded, calibration, recovery, batch_size, cancel) as teacher:
+        experiment = _prune_and_measure(loaded, calibration, evaluation, settings, adjustments, seed=seed,
+                                        batch_size=batch_size, dense=dense, inplace=inplace, on_layer=on_layer,
+                                        on_step=on_step, on_dense_batch=on_dense_batch,
+                                        on_pruned_batch=on_pruned_batch, cancel=cancel)
+        if recovery is None:
+            return experiment
+        model = experiment.result.model
+        assert model is not None  # prune_model returns its model
+        experiment.recovery = recover(model, loaded.family, calibration, recovery, seed=seed, teacher=teacher,
+                                      heldout=evaluation[:HELDOUT_WINDOWS], on_step=on_recovery_step,
+                                      cancel=cancel)
+    started = time.perf_counter()
+    experiment.before_recovery = experiment.pruned
+    experiment.pruned = perplexity(model, evaluation, batch_size=batch_size, on_batch=on_pruned_batch,
+                                   cancel=cancel)
+    experiment.eval_seconds += time.perf_counter() - started
+    return experiment
+
+
+@contextlib.contextmanager
+def _teacher(loaded: LoadedModel, calibration: torch.Tensor, recovery: RecoverySettings | None, batch_size: int,
+             cancel: threading.Event | None) -> Iterator[DenseLogits | None]:
+    """The dense model's logits on the calibration windows, taken before any layer is pruned, for a
+    recovery that distils (None for any other run), kept until the block ends."""
+    if recovery is None or not recovery.distills:
+        yield None
+        return
+    with dense_logits(loaded.model, calibration, batch_size, cancel) as logits:
+        yield logits
+
+
+def _prune_and_measure(loaded: LoadedModel, calibration: torch.Tensor, evaluation: torch.Tensor,
+                       settings: PruneSettings, adjustments: list[str], *, seed: int, batch_size: int,
+                       dense: PerplexityResult | None, inplace: bool, on_layer: LayerCallback | None,
+                       on_step: Callable[[MethodStep], None] | None, on_dense_batch: BatchCallback | None,
+                       on_pruned_batch: BatchCallback | None, cancel: threading.Event | None) -> Experiment:
+    """Dense perplexity (unless given), pruning and pruned perplexity of planned `settings`."""
     dense_seconds = 0.0
     if dense is None:
         started = time.perf_counter()

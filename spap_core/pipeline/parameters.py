@@ -1,7 +1,8 @@
 """Every parameter of a pruning run, collected in one schema: the run's own (the sparsity), each
 method's own (declared on its class: SPAP's penalty path and recovery, OBS's block and damping,
 FLAP's bias), each layer allocation strategy's own (declared on its class: the global strategy's
-maximum deviation and outlier factor) and the calibration size, then the sizes of the evaluation and of a latency
+maximum deviation and outlier factor) and the calibration size; then the recovery after pruning
+(its own settings type, spap_core.recovery.settings), the sizes of the evaluation and of a latency
 measurement, and the groups the forms and the CLI's help show them in. The CLI's flags, the
 app's forms and share links, the settings summary, the sensitivity scan and the benchmarks'
 override parser are all generated from here (spap_core.schema.Parameter is one declaration).
@@ -18,11 +19,13 @@ from spap_core.methods.allocation import ALLOCATION_STRATEGIES
 from spap_core.methods.base import PruningMethod
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import METHODS, PruneSettings
-from spap_core.schema import ALLOCATION_GROUPS, DATA_GROUPS, RUN_GROUPS, Parameter
+from spap_core.recovery.settings import RECOVERY_PARAMETERS, RecoverySettings
+from spap_core.schema import ALLOCATION_GROUPS, DATA_GROUPS, RECOVERY_GROUPS, RUN_GROUPS, Parameter
 
 __all__ = ["BY_KEY", "CALIBRATION_PARAMETERS", "DATA_PARAMETERS", "GROUPS", "LATENCY_PARAMETERS", "PARAMETERS",
-           "SCANNED", "SETTINGS_PARAMETERS", "Parameter", "allocation_parameters", "changed", "describe",
-           "method_parameters", "parameter", "settings_values", "with_values"]
+           "RECOVERY_PARAMETERS", "SCANNED", "SETTINGS_PARAMETERS", "Parameter", "allocation_parameters", "changed",
+           "describe", "method_parameters", "parameter", "recovery_values", "recovery_with_values",
+           "settings_values", "with_values"]
 
 SPARSITY = Parameter("sparsity", "sparsity", "Sparsity",
                      "Fraction λ/n of MLP channels removed from every layer (uniform).",
@@ -80,14 +83,15 @@ def parameter_groups(methods: Iterable[PruningMethod]) -> dict[str, str]:
     run's own, each method's own (PruningMethod.groups, in the methods' order), the layer
     allocation strategies', then the data's and the measurements'."""
     return {**RUN_GROUPS, **{key: title for method in methods for key, title in method.groups.items()},
-            **ALLOCATION_GROUPS, **DATA_GROUPS}
+            **ALLOCATION_GROUPS, **RECOVERY_GROUPS, **DATA_GROUPS}
 
 
 GROUPS = parameter_groups(METHODS.values())
-if undeclared := {p.group for p in PARAMETERS + DATA_PARAMETERS + LATENCY_PARAMETERS} - GROUPS.keys():
+if undeclared := ({p.group for p in PARAMETERS + RECOVERY_PARAMETERS + DATA_PARAMETERS + LATENCY_PARAMETERS}
+                  - GROUPS.keys()):
     raise RuntimeError(f"parameters name groups no method declares: {', '.join(sorted(undeclared))}")
 BY_KEY = {parameter.key: parameter for parameter in PARAMETERS}
-if len(BY_KEY) != len(PARAMETERS):
+if len({p.key for p in PARAMETERS + RECOVERY_PARAMETERS}) != len(PARAMETERS + RECOVERY_PARAMETERS):
     raise RuntimeError("two parameters declare the same key; a share link or bench override would be ambiguous")
 SETTINGS_PARAMETERS = tuple(p for p in PARAMETERS if p.path)
 SCANNED = tuple(p for p in PARAMETERS if p.sweep is not None)
@@ -115,6 +119,23 @@ def with_values(settings: PruneSettings, values: dict[str, Any]) -> PruneSetting
     another method than settings.method, or of another strategy than settings.allocation, is refused)."""
     for key, value in values.items():
         settings = parameter(key).apply(settings, value)
+    return settings
+
+
+def recovery_values(settings: RecoverySettings) -> dict[str, Any]:
+    """Every recovery parameter's value in `settings` by its key (a share link's content)."""
+    return {p.key: p.read(settings) for p in RECOVERY_PARAMETERS}
+
+
+def recovery_with_values(values: dict[str, Any], settings: RecoverySettings | None = None) -> RecoverySettings:
+    """`settings` (the defaults when None) with every recovery `key: value` applied, each checked by
+    its declaration (a key that is no recovery parameter's is refused)."""
+    by_key = {p.key: p for p in RECOVERY_PARAMETERS}
+    settings = settings or RecoverySettings()
+    for key, value in values.items():
+        if key not in by_key:
+            raise SpapInputError(f"Unknown recovery setting '{key}': choose one of {', '.join(by_key)}.")
+        settings = by_key[key].apply(settings, value)
     return settings
 
 

@@ -1,8 +1,10 @@
 """The run itself, in the order that makes every refusal come before heavy work: plan (a setting the
-model cannot take, a run that does not fit, refused before any text is sampled or forward pass
-run), the token windows, the parameter budget's split, the dense model's zero-shot accuracy (before
-an in-place walk changes the model), the experiment (dense perplexity, pruning, pruned perplexity),
-the pruned model's zero-shot accuracy, then the save.
+model cannot take, a run that does not fit, a recovery the model or the texts cannot have, refused
+before any text is sampled or forward pass run), the token windows, the parameter budget's split,
+the dense model's zero-shot accuracy (before an in-place walk changes the model), the experiment
+(dense perplexity, pruning, pruned perplexity, and with a recovery the recovery and the perplexity
+after it), the final model's zero-shot accuracy, then the save (a recovered model merged: plain
+weights of the pruned shapes).
 
 Cancelling (`cancel`) stops the run at its next layer or batch (PruningCancelled)."""
 
@@ -22,6 +24,7 @@ from spap_core.models.shrink import save_pruned
 from spap_core.pipeline.experiment import Experiment, plan_run, run_experiment
 from spap_core.pipeline.split import BudgetSplit, budget_candidates, split_budget
 from spap_core.pipeline.walk import PruneResult
+from spap_core.recovery.loop import check_recoverable
 from spap_core.runner.progress import RunProgress
 from spap_core.runner.spec import MeasuredDense, RunData, RunOutput, RunSpec, RunTexts
 from spap_core.storage.runs import staged_directory, write_run
@@ -79,6 +82,9 @@ def run(loaded: LoadedModel, spec: RunSpec, inputs: RunTexts | RunData, *, dense
     settings = spec.settings
     # every refusal that the model's config decides, before any text is sampled or forward pass run
     _, adjustments = _plan(loaded, spec, settings)
+    if spec.recovery.enabled:
+        check_recoverable(loaded.model, spec.recovery, calibration_synthetic=(
+            inputs.calibration is None if isinstance(inputs, RunTexts) else inputs.calibration_source.synthetic))
     if spec.budget is not None:
         budget_candidates(loaded, spec.budget.share, spec.budget.head_sparsity)  # a budget the shapes cannot meet
     for note in adjustments:
@@ -96,7 +102,7 @@ def run(loaded: LoadedModel, spec: RunSpec, inputs: RunTexts | RunData, *, dense
             loaded, data.calibration, data.evaluation, settings, seed=spec.seed, batch_size=spec.batch_size,
             dense=None if dense is None else dense.result, inplace=spec.inplace, on_layer=progress.layer,
             on_step=progress.step, on_dense_batch=progress.dense_batch, on_pruned_batch=progress.pruned_batch,
-            cancel=cancel)
+            cancel=cancel, recovery=spec.recovery, on_recovery_step=progress.recovery_step)
     result = RunResult(loaded=loaded, spec=spec, experiment=experiment, data=data,
                        texts_given=isinstance(inputs, RunTexts), dense=dense, split=split)
     if zeroshot_dense is not None:

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 from spap_core.methods.base import MethodStep
+from spap_core.recovery.loop import RecoveryStep
 
 
 class RunProgress:
@@ -38,4 +39,9 @@ class RunProgress:
         """`done` of `total` batches of the dense perplexity are evaluated."""
 
     def pruned_batch(self, done: int, total: int) -> None:
-        """`done` of `total` batches of the pruned perplexity are evaluated."""
+        """`done` of `total` batches of the pruned perplexity are evaluated (with a recovery: before
+        it, then again from 1 after it)."""
+
+    def recovery_step(self, step: RecoveryStep) -> None:
+        """A step of the recovery after pruning is done: its loss, the held-out perplexity every
+        few steps, the time so far and the steps asked."""

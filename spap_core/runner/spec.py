@@ -1,6 +1,6 @@
 """What one run is asked to do: its settings and sizes (RunSpec), where its token windows come from
 (RunTexts, or RunData when the caller already holds the windows), an optional parameter budget, an
-optional zero-shot comparison, and an optional output folder."""
+optional recovery after pruning, an optional zero-shot comparison, and an optional output folder."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from spap_core.data.texts import TextSource
 from spap_core.evaluation.perplexity import PerplexityResult
 from spap_core.methods.registry import PruneSettings
+from spap_core.recovery.settings import RecoverySettings
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class RunSpec:
     evaluation text), the seed of the calibration windows and of the method, and the batch of
     windows each forward pass takes. `inplace` prunes the loaded model itself (the CLI, which
     needs no dense copy) instead of a copy (the app and the benchmarks, which prune one model
-    many times)."""
+    many times). `recovery` trains the pruned model on the calibration windows before it is
+    evaluated (none by default)."""
 
     settings: PruneSettings
     nsamples: int
@@ -62,6 +64,7 @@ class RunSpec:
     zeroshot: ZeroShotRequest | None = None
     inplace: bool = False
     output: RunOutput | None = None
+    recovery: RecoverySettings = RecoverySettings()
 
 
 @dataclass(frozen=True)

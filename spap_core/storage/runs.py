@@ -18,7 +18,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeGuard
+from typing import TypeGuard, cast
 
 import numpy as np
 
@@ -164,8 +164,12 @@ RECORD_FIELDS: dict[str, type] = {
 MAX_RECORD_BYTES = 16 * 2**20
 # Each perplexity's per-window mean losses and 95% interval (spap_core.evaluation.intervals). A record
 # saved before they were kept has neither: read_record gives it no windows and no interval (None).
-WINDOW_NLL_KEYS = {"ppl": "window_nll", "ppl_dense": "window_nll_dense"}
-INTERVAL_KEYS = {"ppl": "ppl_ci95", "ppl_dense": "ppl_dense_ci95"}
+WINDOW_NLL_KEYS = {"ppl": "window_nll", "ppl_dense": "window_nll_dense",
+                   "ppl_before_recovery": "window_nll_before_recovery"}
+INTERVAL_KEYS = {"ppl": "ppl_ci95", "ppl_dense": "ppl_dense_ci95", "ppl_before_recovery": "ppl_before_recovery_ci95"}
+# A recovered run's `recovery` (spap_core.recovery.loop.RecoveryResult.record): its fields and JSON types.
+RECOVERY_FIELDS: dict[str, type] = {"settings": dict, "steps_done": int, "final_loss": float, "seconds": float,
+                                    "losses": list, "heldout_ppl": list}
 
 
 def read_record(directory: str | Path) -> dict:
@@ -191,8 +195,35 @@ def read_record(directory: str | Path) -> dict:
         if record[key] < 1:
             raise UnreadableRunError(file, f"'{key}' is {record[key]:g}; a perplexity is at least 1.")
         _check_windows(file, record, WINDOW_NLL_KEYS[key], INTERVAL_KEYS[key])
+    _check_recovery(file, record)
     _check_seeds(file, record)
     return record
+
+
+def _check_recovery(file: Path, record: dict) -> None:
+    """A recovered run's perplexity before its recovery (a finite number ≥ 1, with its window losses
+    and interval as `ppl` has them) and its `recovery` (RECOVERY_FIELDS, every loss finite); both
+    null, and set so, in a run without one, a record saved before recoveries existed included."""
+    before = record.setdefault("ppl_before_recovery", None)
+    recovery = record.setdefault("recovery", None)
+    if before is None and recovery is None:
+        record.setdefault(WINDOW_NLL_KEYS["ppl_before_recovery"], [])
+        record.setdefault(INTERVAL_KEYS["ppl_before_recovery"], None)
+        return
+    if not _is_finite_number(before) or cast(float, before) < 1:
+        raise UnreadableRunError(file, f"'ppl_before_recovery' is {json.dumps(before)[:40]}, not a perplexity.")
+    _check_windows(file, record, WINDOW_NLL_KEYS["ppl_before_recovery"], INTERVAL_KEYS["ppl_before_recovery"])
+    if not isinstance(recovery, dict):
+        raise UnreadableRunError(file, f"'recovery' is {json.dumps(recovery)[:40]}, not a JSON object.")
+    for key, kind in RECOVERY_FIELDS.items():
+        value = recovery.get(key)
+        valid = (_is_finite_number(value) if kind is float
+                 else isinstance(value, kind) and not isinstance(value, bool))
+        if not valid:
+            raise UnreadableRunError(file, f"recovery's '{key}' is {json.dumps(value)[:40]}, not a "
+                                           f"{'finite number' if kind is float else 'JSON ' + kind.__name__}.")
+    if not all(_is_finite_number(loss) for loss in recovery["losses"]):
+        raise UnreadableRunError(file, "recovery's 'losses' are not all finite numbers.")
 
 
 def _check_seeds(file: Path, record: dict) -> None:

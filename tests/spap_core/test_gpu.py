@@ -76,3 +76,21 @@ def test_layers_offloaded_to_cpu_and_disk_are_pruned_on_the_gpu_like_a_model_on_
     save_pruned(placed.model, placed.tokenizer, tmp_path / "pruned")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
     assert sum(p.numel() for p in reloaded.parameters()) == offloaded.result.params_after
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_recovery_trains_on_the_gpu_and_merges_in_the_models_precision(dtype, tmp_path):
+    from spap_core.recovery.settings import RecoverySettings
+
+    loaded = loaded_on("cuda", dtype)
+    recovery = RecoverySettings(mode="lora+distill", steps=6, lr=1e-2, heldout_every=3)
+    experiment = run_experiment(loaded, CALIBRATION, EVALUATION, PruneSettings(method="magnitude", sparsity=0.5),
+                                batch_size=4, recovery=recovery)
+    model = experiment.result.model
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {("cuda", dtype)}
+    assert experiment.recovery is not None and experiment.recovery.steps == 6
+    before = experiment.before_recovery
+    assert before is not None and experiment.pruned.perplexity != before.perplexity
+    save_pruned(model, tiny_tokenizer(), tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=dtype).cuda()
+    assert sum(p.numel() for p in reloaded.parameters()) == experiment.result.params_after

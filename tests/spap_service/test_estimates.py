@@ -67,3 +67,21 @@ def test_the_speed_is_measured_once_per_model(tiny, monkeypatch):
     assert first.layers == len(tiny.family.decoder_layers(tiny.model))
     monkeypatch.setattr(tiny.model, "forward", lambda *a, **k: pytest.fail("measured again"))
     assert model_speed(tiny) is first
+
+
+def test_a_recovery_costs_its_steps_its_held_out_checks_and_a_second_evaluation():
+    from spap_core.recovery.settings import RecoverySettings
+
+    plain = request(PruneSettings(method="flap"))
+    seconds = run_seconds(SPEED, plain)
+    lora = RecoverySettings(mode="lora", steps=100, batch=4, heldout_every=10)
+    # 100 steps × 4 windows × 250 tokens at 2 forward passes a token, 10 held-out checks of 4 × 250
+    # tokens, the 4 × 250 evaluation tokens again
+    assert run_seconds(SPEED, replace(plain, recovery=lora)) == pytest.approx(
+        seconds + (100 * 1000 * 2.0 + 10 * 4 * 250 + 1000) / 1000)
+    distill = replace(lora, mode="distill", heldout_every=30)  # the dense logits once; checks at 30, 60, 90, 100
+    assert run_seconds(SPEED, replace(plain, recovery=distill)) == pytest.approx(
+        seconds + (100 * 1000 * 2.0 + 2000 + 4 * 4 * 250 + 1000) / 1000)
+    wide = replace(lora, batch=64)  # a batch wider than the 8 calibration windows takes each once
+    assert run_seconds(SPEED, replace(plain, recovery=wide)) == pytest.approx(
+        seconds + (100 * 2000 * 2.0 + 10 * 4 * 250 + 1000) / 1000)

@@ -228,9 +228,9 @@ def test_every_registered_method_declares_its_solve_cost_and_step_type():
 
 def test_the_parameter_groups_are_the_runs_then_each_methods_own_then_the_allocations_then_the_datas():
     assert list(GROUPS) == ["run", "penalty", "selection", "refit", "altmin", "flap", "obs", "taylor", "allocation",
-                            "calibration", "evaluation", "latency"]
+                            "recovery", "calibration", "evaluation", "latency"]
     with_toy = parameter_groups([*METHODS.values(), ShareMethod()])
-    assert list(with_toy)[-5:] == ["share", "allocation", "calibration", "evaluation", "latency"]
+    assert list(with_toy)[-6:] == ["share", "allocation", "recovery", "calibration", "evaluation", "latency"]
     assert with_toy["share"] == "Share looks"
 
 
