@@ -45,7 +45,7 @@ from spap_core.pipeline.parameters import (
     with_values,
 )
 from spap_core.recovery.loop import RecoveryStep, check_calibration_text
-from spap_core.recovery.settings import NONE, RecoverySettings
+from spap_core.recovery.settings import DISTILL_KEYS, NONE, RECOVERY_MODE, RecoverySettings
 from spap_core.runner.execute import run
 from spap_core.runner.progress import RunProgress
 from spap_core.runner.spec import ParameterBudget, RunOutput, RunSpec, RunTexts, ZeroShotRequest
@@ -155,8 +155,13 @@ def _add_parameter_args(parser: argparse.ArgumentParser, parameters: tuple[Param
         if parameter.group == "run":  # None = not given (prune_settings fills the default), so
             options["default"] = None  # --param-sparsity can tell a given sparsity from the default
             options["help"] += literal(f" Default: {parameter.format(parameter.read(PruneSettings()))}.")
-        elif parameter in RECOVERY_PARAMETERS:
-            options["default"] = parameter.read(RecoverySettings())
+        elif parameter in RECOVERY_PARAMETERS:  # --recover's own default; the others absent unless given
+            default = parameter.read(RecoverySettings())
+            if parameter.key == RECOVERY_MODE:
+                options["default"] = default
+            else:
+                options.update(default=argparse.SUPPRESS,
+                               help=options["help"] + literal(f" Default: {parameter.format(default)}."))
         elif parameter.method is None and parameter.allocation is None:
             options["default"] = parameter.read(PruneSettings()) if parameter.path else CLI_DEFAULTS[parameter.key]
         else:  # a method's or an allocation strategy's own
@@ -262,9 +267,27 @@ def check_args(args: argparse.Namespace) -> None:
     if args.command == "prune":
         _check_zeroshot(args)
         placement(args)
+        _check_recovery_flags(args)
         if args.recover != NONE and (args.low_memory or args.device_map is not None):
             raise SpapInputError("--recover trains adapters on the whole model, which an offloaded model cannot hold: "
                                  "drop --low-memory/--device-map, or drop --recover.")
+
+
+def _given_recovery_flags(args: argparse.Namespace) -> list[Parameter]:
+    return [p for p in RECOVERY_PARAMETERS if p.key != RECOVERY_MODE and hasattr(args, p.key)]
+
+
+def _check_recovery_flags(args: argparse.Namespace) -> None:
+    """Refuse a recovery flag the run would not use: any of them without a recovery, and the
+    distillation's with a recovery that does not distil."""
+    mode = RecoverySettings(mode=args.recover)
+    for declared in _given_recovery_flags(args):
+        if not mode.enabled:
+            raise SpapInputError(f"{declared.flag_name} sets the recovery after pruning, and --recover is {NONE}: "
+                                 "drop it, or choose --recover lora, distill or lora+distill.")
+        if declared.key in DISTILL_KEYS and not mode.distills:
+            raise SpapInputError(f"{declared.flag_name} sets the distillation, which --recover {args.recover} does "
+                                 "not do: drop it, or choose --recover distill or lora+distill.")
 
 
 def _check_zeroshot(args: argparse.Namespace) -> None:
@@ -388,7 +411,8 @@ def run_spec(args: argparse.Namespace, settings: PruneSettings) -> RunSpec:
     zeroshot = None if args.zeroshot is None else ZeroShotRequest(parse_tasks(args.zeroshot), args.zeroshot_limit,
                                                                   tuple(_zeroshot_paths(args)))
     output = None if args.out is None else RunOutput(_out_path(args), args.overwrite)
-    recovery = recovery_with_values({p.key: getattr(args, p.key) for p in RECOVERY_PARAMETERS})
+    recovery = recovery_with_values({RECOVERY_MODE: args.recover,
+                                     **{p.key: getattr(args, p.key) for p in _given_recovery_flags(args)}})
     return RunSpec(settings=settings, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
                    eval_len=args.eval_len, eval_windows=args.eval_windows or None, batch_size=args.batch_size,
                    budget=budget, zeroshot=zeroshot, inplace=True, output=output, recovery=recovery)

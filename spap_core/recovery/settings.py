@@ -68,14 +68,15 @@ class RecoverySettings:
         """'lora recovery: 100 steps × 4 windows, rank 8, …' (the declared phrases), or 'no recovery'."""
         if not self.enabled:
             return "no recovery"
-        shown = [p.phrase(p.read(self)) for p in RECOVERY_PARAMETERS if p.key != "recover"
+        shown = [p.phrase(p.read(self)) for p in RECOVERY_PARAMETERS if p.key != RECOVERY_MODE
                  and (self.distills or p.key not in DISTILL_KEYS)]
         return f"{self.mode} recovery: " + ", ".join(shown)
 
 
 _GROUP = "recovery"
+RECOVERY_MODE = "recover"  # the key of the mode's parameter: the others only act with a mode other than none
 RECOVERY_PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("recover", "recovery", "Recovery after pruning",
+    Parameter(RECOVERY_MODE, "recovery", "Recovery after pruning",
               "Train LoRA adapters on the calibration windows after pruning, then merge them: 'lora' with the "
               "next-token loss, 'distill' with the KL from the dense model's logits, 'lora+distill' with both.",
               str, _GROUP, ("--recover",), path="mode", choices=MODES),

@@ -100,6 +100,18 @@ def test_bad_recovery_input_is_refused_in_one_line_before_the_model_loads(no_mod
     assert expected in only_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (("--recover-steps", "5"), "--recover-steps sets the recovery after pruning, and --recover is none"),
+    (("--recover", "none", "--recover-rank", "4"), "--recover-rank sets the recovery after pruning"),
+    (("--recover", "lora", "--recover-temperature", "3"), "--recover-temperature sets the distillation, which "
+                                                          "--recover lora does not do"),
+])
+def test_a_recovery_flag_the_run_would_not_use_is_refused_not_dropped(no_model_load, tiny_dir, text_files, capsys,
+                                                                     flags, expected):
+    assert run(prune_args(tiny_dir, text_files, *flags)) == 2
+    assert expected in only_error_line(capsys.readouterr().err)
+
+
 def test_recovery_without_calibration_text_is_refused_before_the_model_loads(no_model_load, offline_hub, tiny_dir,
                                                                              text_files, monkeypatch, capsys):
     for variable in ("SPAP_DATA_DIR", "SPAP_CALIB_FILE"):
