@@ -124,11 +124,12 @@ figure = px.scatter(perplexities, x="run", y="ppl", title="Pruned perplexity of 
                     error_y_minus=perplexities["ppl"] - perplexities["ppl_ci95_low"])
 figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10))
 show_chart(figure)
-st.dataframe(perplexities[["run", "perplexity", "against", "verdict"]].rename(
+st.dataframe(perplexities[["run", "perplexity", "before recovery", "against", "verdict"]].rename(
     columns={"against": f"ratio to run {names[reference][0]}"}), hide_index=True, width="stretch")
 st.caption("A run's perplexity is over all its calibration seeds when it was repeated over several (the seeds' range "
-           "after it). The ratio is its perplexity over the reference's, its interval from the two runs' losses "
-           "window by window; runs evaluated on other windows are not comparable pairwise.")
+           "after it); a recovered run's is after its recovery, its perplexity before recovery beside it (– for a "
+           "run without one). The ratio is its perplexity over the reference's, its interval from the two runs' "
+           "losses window by window; runs evaluated on other windows are not comparable pairwise.")
 st.download_button("Perplexities and verdicts (.csv)", data=perplexities.to_csv(index=False),
                    file_name="spap-compare-perplexities.csv", mime="text/csv", on_click="ignore")
 

@@ -170,6 +170,38 @@ def dense_verdict_line(record: Mapping[str, Any]) -> str:
     return f"Pruned against dense, window by window: {ratio_text(named)}."
 
 
+NOT_RECOVERED = "–"  # a table's cell for a run without a recovery (an old run's record included)
+
+
+def before_recovery_text(record: Mapping[str, Any]) -> str:
+    """A recovered run's perplexity before its recovery with its 95% interval, '58.10 [56.90, 59.40]',
+    or NOT_RECOVERED for a run without one."""
+    before = record.get("ppl_before_recovery")
+    if before is None:
+        return NOT_RECOVERED
+    return perplexity_text(float(before), _bounds(record.get("ppl_before_recovery_ci95")))
+
+
+def recovery_comparison(record: Mapping[str, Any]) -> PairedComparison | None:
+    """A recovered run's perplexity after its recovery (A) against before it (B), window by window on
+    the same evaluation windows; None for a run without a recovery."""
+    if record.get("ppl_before_recovery") is None:
+        return None
+    return paired_comparison(record.get("window_nll") or [], record.get("window_nll_before_recovery") or [],
+                             record["eval_len"] - 1)
+
+
+def recovery_verdict_line(record: Mapping[str, Any]) -> str | None:
+    """recovery_comparison in one line: 'After recovery against before, window by window: ratio 0.812
+    [0.790, 0.835]: the recovered model's perplexity is lower than the unrecovered model's'; None
+    without a recovery."""
+    comparison = recovery_comparison(record)
+    if comparison is None:
+        return None
+    named = replace(comparison, verdict=named_verdict(comparison, "the recovered model", "the unrecovered model"))
+    return f"After recovery against before, window by window: {ratio_text(named)}."
+
+
 def seeds_reading(record: Mapping[str, Any]) -> str | None:
     """For a run repeated over calibration seeds, one sentence on whether the seeds' spread is small or
     large against the evaluation windows' interval (the run's own seed's): the seeds' range inside that
@@ -194,8 +226,8 @@ def seeds_reading(record: Mapping[str, Any]) -> str | None:
             "matters about as much as which windows were read.")
 
 
-PERPLEXITY_COLUMNS = ["run", "perplexity", "ppl", "ppl_ci95_low", "ppl_ci95_high", "seeds", "against", "ratio",
-                      "ratio_ci95_low", "ratio_ci95_high", "verdict"]
+PERPLEXITY_COLUMNS = ["run", "perplexity", "before recovery", "ppl", "ppl_ci95_low", "ppl_ci95_high", "seeds",
+                      "against", "ratio", "ratio_ci95_low", "ratio_ci95_high", "verdict"]
 
 
 def reference_comparisons(outcomes: Sequence[RunOutcome], reference: int = 0) -> dict[int, PairedComparison]:
@@ -206,9 +238,10 @@ def reference_comparisons(outcomes: Sequence[RunOutcome], reference: int = 0) ->
 
 
 def perplexity_table(outcomes: Sequence[RunOutcome], reference: int = 0) -> pd.DataFrame:
-    """One row per run: its perplexity with its 95% interval (record_perplexity; NaN bounds without one)
-    and calibration seeds, then the ratio of its perplexity to the reference run's with the ratio's
-    interval and the verdict (reference_comparisons); the reference's own row says it is the reference."""
+    """One row per run: its perplexity with its 95% interval (record_perplexity; NaN bounds without one),
+    before its recovery (before_recovery_text: '–' for a run without one) and calibration seeds, then
+    the ratio of its perplexity to the reference run's with the ratio's interval and the verdict
+    (reference_comparisons); the reference's own row says it is the reference."""
     names = run_names(list(outcomes))
     letter = [f"run {name[0]}" for name in names]
     comparisons = reference_comparisons(outcomes, reference)
@@ -216,7 +249,8 @@ def perplexity_table(outcomes: Sequence[RunOutcome], reference: int = 0) -> pd.D
     for index, (name, outcome) in enumerate(zip(names, outcomes)):
         perplexity = record_perplexity(outcome.record)
         low, high = perplexity.ci95 or (np.nan, np.nan)
-        row = {"run": name, "perplexity": record_perplexity_text(outcome.record), "ppl": perplexity.perplexity,
+        row = {"run": name, "perplexity": record_perplexity_text(outcome.record),
+               "before recovery": before_recovery_text(outcome.record), "ppl": perplexity.perplexity,
                "ppl_ci95_low": low, "ppl_ci95_high": high, "seeds": perplexity.seeds}
         comparison = comparisons.get(index)
         if comparison is None:

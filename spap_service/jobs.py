@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from spap_core.errors import NumericalError, PruningCancelled, SourceUnavailableError, SpapInputError
+from spap_core.recovery.loop import RecoveryStep
 from spap_service.limits import server_limits
 
 LOG = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class JobProgress:
     # Batches of the pruned model's perplexity evaluated so far, once pruning is done (n_batches 0 before).
     batch: int = 0
     n_batches: int = 0
+    # The steps of the recovery after pruning done so far, while the run recovers and after (empty without one)
+    recovery: tuple[RecoveryStep, ...] = ()
 
 
 class ProgressReporter:

@@ -38,7 +38,8 @@ from spap_core.storage.weights import WEIGHTS_FILE
 
 INDEX_FILE = ".run-index.json"
 LOCK_FILE = ".run-index.lock"
-SUMMARY_FIELDS = ("method", "sparsity", "ppl_dense", "ppl", "ppl_ci95", "seeds", "model", "owner", "finished_at")
+SUMMARY_FIELDS = ("method", "sparsity", "ppl_dense", "ppl", "ppl_ci95", "ppl_before_recovery", "seeds", "model",
+                  "owner", "finished_at")
 WEIGHTS_RECORD_KEY = "pruned_weights"  # the record's note of the weights kept with it: their file, or why not
 
 

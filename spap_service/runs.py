@@ -32,6 +32,7 @@ from spap_core.models.loading import LoadedModel, model_files, model_source
 from spap_core.models.offload import is_dispatched
 from spap_core.models.shrink import load_pruned, save_pruned
 from spap_core.pipeline.walk import PruneResult
+from spap_core.recovery.loop import RecoveryStep
 from spap_core.recovery.settings import RecoverySettings
 from spap_core.runner.execute import RunResult, run
 from spap_core.runner.progress import RunProgress
@@ -198,7 +199,7 @@ class RunOutcome:
 
 class JobRunProgress(RunProgress):
     """A run's progress in its job's snapshot: layer i of L and ρ iteration k of K while it
-    prunes, then the batches of the pruned perplexity."""
+    prunes, then the batches of the pruned perplexity and, with a recovery, its steps."""
 
     def __init__(self, loaded: LoadedModel, settings: PruneSettings, progress: ProgressReporter) -> None:
         self.method = settings.method
@@ -223,6 +224,12 @@ class JobRunProgress(RunProgress):
     def pruned_batch(self, done: int, total: int) -> None:
         self._report_pruned_batch(done, total)
         self.progress.update(batch=done, n_batches=total)
+
+    def recovery_step(self, step: RecoveryStep) -> None:
+        """Every step so far in the snapshot, so the page draws the whole curve; a recovery's first
+        step starts a new one (each calibration seed's run recovers on its own)."""
+        done = self.progress.current.recovery if step.step > 1 else ()
+        self.progress.update(phase="recovery after pruning", recovery=(*done, step))
 
 
 def run_request(loaded: LoadedModel, request: RunRequest, progress: ProgressReporter,
@@ -339,26 +346,30 @@ def saved_runs(owner: str | None = None) -> SavedRuns:
     """The finished runs in the results folder, newest first, one row each with its folder name
     (`run`); only those `owner` made when given. The pruned perplexity (its own seed's) is a number,
     to sort by, with its 95% interval beside it as text ("[41.90, 43.57]", "no interval" for a run
-    saved without one) and as numbers for a download, and the calibration seeds the run was repeated
-    over. Read from the folder's index, which re-reads only the records that changed."""
+    saved without one) and as numbers for a download, the pruned perplexity before its recovery (NaN
+    for a run without one), and the calibration seeds the run was repeated over. Read from the
+    folder's index, which re-reads only the records that changed."""
     runs, unreadable = indexed_runs(results_root())
     rows = []
     for saved in runs:
         if owner is not None and saved.owner != owner:
             continue
         interval, seeds = saved.summary.get("ppl_ci95"), saved.summary.get("seeds")
+        before = saved.summary.get("ppl_before_recovery")
         rows.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved.finished_at)),
                      "method": saved.summary["method"], "sparsity": saved.summary["sparsity"],
                      "ppl dense": saved.summary["ppl_dense"], "ppl pruned": saved.summary["ppl"],
-                     "95% interval": interval_text(interval), "seeds": len(seeds) if isinstance(seeds, list) else 1,
+                     "95% interval": interval_text(interval),
+                     "ppl before recovery": math.nan if before is None else float(before),
+                     "seeds": len(seeds) if isinstance(seeds, list) else 1,
                      "model": str(saved.summary.get("model") or ""), "run": saved.name,
                      "ppl_ci95_low": interval[0] if interval else math.nan,
                      "ppl_ci95_high": interval[1] if interval else math.nan})
     return SavedRuns(pd.DataFrame(rows, columns=SAVED_RUN_COLUMNS), unreadable)
 
 
-SAVED_RUN_COLUMNS = ["finished", "method", "sparsity", "ppl dense", "ppl pruned", "95% interval", "seeds", "model",
-                     "run", "ppl_ci95_low", "ppl_ci95_high"]
+SAVED_RUN_COLUMNS = ["finished", "method", "sparsity", "ppl dense", "ppl pruned", "95% interval", "ppl before recovery",
+                     "seeds", "model", "run", "ppl_ci95_low", "ppl_ci95_high"]
 SHOWN_SAVED_RUN_COLUMNS = SAVED_RUN_COLUMNS[:-2]  # the bounds as numbers are for downloads
 
 
@@ -378,7 +389,9 @@ def load_saved_run(folder: str | Path) -> RunOutcome:
         seeds = record.get("seeds")
         request = RunRequest(settings=result.settings, seed=int(record["seed"]),
                              data=DataSpec.from_dict(record["data"]),
-                             seeds=len(seeds) if isinstance(seeds, list) and 1 <= len(seeds) <= MAX_SEEDS else 1)
+                             seeds=len(seeds) if isinstance(seeds, list) and 1 <= len(seeds) <= MAX_SEEDS else 1,
+                             recovery=RecoverySettings(**record["recovery"]["settings"]) if record["recovery"]
+                             else RecoverySettings())
         return RunOutcome(request=request, model_key=str(record["model_key"]), tokenizer=None, result=result,
                           dense=_stored_perplexity(record, "ppl_dense"), pruned=_stored_perplexity(record, "ppl"),
                           record=record, finished_at=float(record["finished_at"]), saved_to=Path(folder),
