@@ -6,7 +6,7 @@ from __future__ import annotations
 from pages._requests import form_request, preset_values
 from spap_core.models.loading import LoadedModel
 from spap_service.data import dense_perplexity_known
-from spap_service.estimates import duration, many_runs_seconds, model_speed
+from spap_service.estimates import duration, many_runs_seconds, model_speed, recovery_seconds
 from spap_service.executors import RayExecutor, point_executor
 from spap_service.presets import DemoPreset
 from spap_service.runs import RunRequest
@@ -25,15 +25,28 @@ def time_estimate(loaded: LoadedModel, requests: list[RunRequest]) -> float | No
     return many_runs_seconds(speed, runs, dense_perplexity_known(loaded, requests[0].data))
 
 
-def estimate_caption(what: str, seconds: float | None, seeds: int = 1) -> str:
+def recovery_estimate(loaded: LoadedModel, request: RunRequest) -> float | None:
+    """Seconds of time_estimate([request]) that its recovery after pruning takes, over every
+    calibration seed; None when the model cannot be timed."""
+    try:
+        speed = model_speed(loaded)
+    except (RuntimeError, ValueError):
+        return None
+    return request.seeds * recovery_seconds(speed, request)
+
+
+def estimate_caption(what: str, seconds: float | None, seeds: int = 1, recovery: str | None = None,
+                     recovery_s: float | None = None) -> str:
     """"This run: about 2 min on this machine, …", or that no estimate is claimed when `seconds` is None;
-    with more than one calibration seed it says that each seed is a run of its own."""
+    with more than one calibration seed it says that each seed is a run of its own, and with a
+    recovery (`recovery`, its settings in words) how much of the time it takes."""
     if seeds > 1:
         what += f" over {seeds} calibration seeds ({seeds} times the runs of one seed)"
     if seconds is None:
         return f"{what}: no time estimate for this model."
-    return (f"{what}: {duration(seconds)} on this machine, estimated from this model's measured speed; the time it "
-            "took is shown next to the result.")
+    of_which = "" if recovery is None or recovery_s is None else f", of which the {recovery} {duration(recovery_s)}"
+    return (f"{what}: {duration(seconds)} on this machine{of_which}, estimated from this model's measured speed; the "
+            "time it took is shown next to the result.")
 
 
 def preset_estimate_caption(loaded: LoadedModel | None, preset: DemoPreset) -> str:

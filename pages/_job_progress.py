@@ -7,6 +7,7 @@ import streamlit as st
 
 from pages._errors import guarded
 from pages._jobs import latest_job
+from pages._recovery import live_recovery
 from pages._text import plain
 from spap_service.estimates import duration
 from spap_service.jobs import Job, JobProgress, JobStatus, shared_queue
@@ -62,6 +63,17 @@ def _run_parts(progress: JobProgress) -> list[str]:
     return parts
 
 
+def cancelled_text(job: Job) -> str:
+    """What a cancelled job left. A run cancelled while it recovered drops its adapters, but the run
+    API returns nothing for a cancelled run, so the page says that nothing of the run was kept."""
+    steps = job.progress.recovery
+    if steps and steps[-1].step < steps[-1].steps and not job.progress.running:
+        return (f"{plain(job.label)} was cancelled during its recovery, after {steps[-1].step} of {steps[-1].steps} "
+                "steps: a cancelled run keeps no result, so neither the pruned model nor its perplexity was kept; "
+                "run it again without recovery (or with fewer steps) to see them.")
+    return f"{plain(job.label)} was cancelled ({plain(job.error)})."
+
+
 def queue_position_text(job: Job) -> str:
     """"Queued, 2 ahead (sessions take turns), starts in about 3 min": the wait from the estimates
     of what runs before it (none said when one of those has no estimate)."""
@@ -81,6 +93,8 @@ def _live_job_progress(job: Job) -> None:
                 icon=":material/hourglass_top:")
     else:
         st.progress(progress_fraction(job.progress), text=f"{job.label}: {progress_text(job)}")
+        if job.progress.recovery and not job.progress.running:  # one run's recovery, under way or just done
+            live_recovery(job.progress.recovery)
     st.button("Cancel", key=f"cancel-{job.id}", on_click=shared_queue().cancel, args=(job,),
               icon=":material/stop_circle:")
 
@@ -96,7 +110,7 @@ def job_panel(kind: str) -> Job | None:
     elif job.status is JobStatus.FAILED:
         st.error(plain(job.error), icon=":material/error:")
     elif job.status is JobStatus.CANCELLED:
-        st.warning(f"{job.label} was cancelled ({plain(job.error)}).", icon=":material/cancel:")
+        st.warning(cancelled_text(job), icon=":material/cancel:")
     elif job.estimate_s is not None:
         st.caption(f"{job.label} took {job.elapsed_s:.0f} s; estimated beforehand: {duration(job.estimate_s)}.")
     return job

@@ -12,7 +12,16 @@ from pages._model import target_device
 from pages._state import session
 from spap_core.data.texts import HUB_SPEC, default_text_spec
 from spap_core.methods.registry import PruneSettings
-from spap_core.pipeline.parameters import Parameter, method_parameters, settings_values, with_values
+from spap_core.pipeline.parameters import (
+    RECOVERY_PARAMETERS,
+    Parameter,
+    method_parameters,
+    recovery_values,
+    recovery_with_values,
+    settings_values,
+    with_values,
+)
+from spap_core.recovery.settings import DISTILL_KEYS, NONE, RECOVERY_MODE, RecoverySettings
 from spap_core.runner.spec import ParameterBudget
 from spap_service.data import DataSpec, TextChoice
 from spap_service.presets import DemoPreset, interactive_run_size, interactive_settings
@@ -35,9 +44,19 @@ CALIBRATION_SEEDS = Parameter(
     "drawn. Each seed takes as long as one run.",
     int, "calibration", ("--seeds",), low=1, high=MAX_SEEDS, step=1)
 _SPAP_FIELDS = method_parameters("spap")
-# Run SPAP's fields: the run's own settings and the budget, SPAP's, the calibration's and its seeds
+# Run SPAP's fields: the run's own settings and the budget, SPAP's, the calibration's and its seeds, then
+# the recovery after pruning's (RunRequest.recovery, not PruneSettings: their paths are RecoverySettings')
 RUN_FORM = (*(p for p in _SPAP_FIELDS if p.lead), PARAMETER_BUDGET, *(p for p in _SPAP_FIELDS if not p.lead),
-            CALIBRATION_SEEDS)
+            CALIBRATION_SEEDS, *RECOVERY_PARAMETERS)
+_SETTINGS_FIELDS = tuple(p for p in RUN_FORM if p.path and p not in RECOVERY_PARAMETERS)
+
+
+def shown_recovery_parameters(mode: str) -> tuple[Parameter, ...]:
+    """The recovery parameters a recovery of `mode` uses, as the form shows them and a share link
+    carries them: the mode alone without a recovery, the distillation's only for a mode that distils."""
+    distills = RecoverySettings(mode=mode).distills
+    return tuple(p for p in RECOVERY_PARAMETERS if p.key == RECOVERY_MODE or (
+        mode != NONE and (distills or p.key not in DISTILL_KEYS)))
 
 
 def _default_text_choice(purpose: str) -> TextChoice:
@@ -68,17 +87,20 @@ def form_defaults() -> dict[str, Any]:
     spec = data_spec()
     others = {"nsamples": spec.nsamples, "seqlen": spec.seqlen, "seed": 0, PARAMETER_BUDGET.key: 0.0,
               CALIBRATION_SEEDS.key: 1}
-    return {declared.key: defaults[declared.key] if declared.path else others[declared.key] for declared in RUN_FORM}
+    others.update(recovery_values(RecoverySettings()))
+    return {declared.key: defaults[declared.key] if declared in _SETTINGS_FIELDS else others[declared.key]
+            for declared in RUN_FORM}
 
 
 def form_request(values: dict[str, Any]) -> RunRequest:
     """The run that the Run form's `values` (every field, by key) make on the session's data.
     Raises SpapInputError for settings SPAP cannot take."""
-    settings = with_values(PruneSettings(method="spap"), {p.key: values[p.key] for p in RUN_FORM if p.path})
+    settings = with_values(PruneSettings(method="spap"), {p.key: values[p.key] for p in _SETTINGS_FIELDS})
     share = float(values[PARAMETER_BUDGET.key])
     return RunRequest(settings=settings, seed=int(values["seed"]),
                       data=replace(data_spec(), nsamples=int(values["nsamples"]), seqlen=int(values["seqlen"])),
-                      budget=ParameterBudget(share) if share > 0 else None, seeds=int(values[CALIBRATION_SEEDS.key]))
+                      budget=ParameterBudget(share) if share > 0 else None, seeds=int(values[CALIBRATION_SEEDS.key]),
+                      recovery=recovery_with_values({p.key: values[p.key] for p in RECOVERY_PARAMETERS}))
 
 
 def preset_values(preset: DemoPreset) -> dict[str, Any]:
@@ -130,7 +152,7 @@ def reference_request() -> RunRequest:
 
 def form_values(request: RunRequest) -> dict:
     """The Run form's values of a run: its settings, parameter budget (0: none), calibration size,
-    seed and calibration seeds, by key."""
+    seed, calibration seeds and recovery, by key."""
     return {**settings_values(request.settings), PARAMETER_BUDGET.key: 0.0 if request.budget is None
             else request.budget.share, "nsamples": request.data.nsamples, "seqlen": request.data.seqlen,
-            "seed": request.seed, CALIBRATION_SEEDS.key: request.seeds}
+            "seed": request.seed, CALIBRATION_SEEDS.key: request.seeds, **recovery_values(request.recovery)}

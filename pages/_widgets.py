@@ -12,7 +12,7 @@ import streamlit as st
 from pages._text import plain
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
-from spap_core.pipeline.parameters import BY_KEY, Parameter
+from spap_core.pipeline.parameters import BY_KEY, RECOVERY_PARAMETERS, Parameter, recovery_with_values
 
 URL: Final = "query-params"  # a widget bound to the query parameter named by its key makes a setting shareable
 
@@ -114,7 +114,9 @@ def ignored_url_parameters(params: Mapping[str, list[str]], known: set[str], for
         declared, raw = on_form[key], values[0]
         try:
             value = declared.coerce(raw)  # with the declared range
-            if declared.path:
+            if declared in RECOVERY_PARAMETERS:
+                recovery_with_values({key: value})
+            elif declared.path:
                 declared.apply(PruneSettings(method=declared.method or "spap"), value)
         except SpapInputError as exc:
             problems.append(f"{shown} = {plain(raw[:40])}: {plain(str(exc).rstrip('.'))}")

@@ -11,11 +11,21 @@ import plotly.express as px
 import streamlit as st
 
 from pages._charts import show_chart
-from pages._estimates import estimate_caption, time_estimate
+from pages._estimates import estimate_caption, recovery_estimate, time_estimate
 from pages._job_progress import job_panel
 from pages._jobs import refused_before_queueing, submit_job
 from pages._model import require_model
-from pages._requests import RUN_FORM, data_spec, form_defaults, form_request, form_values, preset_values, run_size_note
+from pages._recovery import recovery_figure, recovery_section
+from pages._requests import (
+    RUN_FORM,
+    data_spec,
+    form_defaults,
+    form_request,
+    form_values,
+    preset_values,
+    run_size_note,
+    shown_recovery_parameters,
+)
 from pages._results import latest_outcome, mean_layer_error, pruned_model_at_hand
 from pages._routing import ensure_routed
 from pages._saved_runs import SHARED_RUN_PARAM, saved_runs_panel
@@ -24,12 +34,19 @@ from pages._summaries import evaluation_caption, perplexity_intervals, result_la
 from pages._text import plain
 from pages._widgets import fill_form, form_is_fresh, ignored_url_parameters, link_parameters, parameter_widget
 from spap_core.errors import SpapInputError
-from spap_core.pipeline.parameters import GROUPS, parameter
+from spap_core.pipeline.parameters import GROUPS, RECOVERY_PARAMETERS, parameter
 from spap_service.analysis import layer_table, time_breakdown, trace_table
-from spap_service.compare import dense_verdict_line, record_perplexity_text, seeds_reading
+from spap_service.compare import (
+    dense_verdict_line,
+    record_perplexity_text,
+    recovery_summary,
+    recovery_verdict_line,
+    seeds_reading,
+)
 from spap_service.executors import point_executor
 from spap_service.limits import server_limits
 from spap_service.presets import CLASS_DEMO
+from spap_service.recovery import curve_from_record
 from spap_service.runs import RunRequest, pruned_model_zip
 
 ensure_routed()
@@ -66,19 +83,21 @@ if ignored:
     st.warning("This link's settings were partly ignored; the form shows the defaults for these: "
                + "; ".join(ignored) + ".", icon=":material/link_off:")
 
+# outside the form: choosing a recovery mode shows the settings it uses at once
+values = recovery_section(defaults)
 with st.form("spap_settings", enter_to_submit=False):  # Enter in a number box must not start a job
-    values = {}
     # What a class varies first; everything else waits in the expander below.
     lead = [p for p in RUN_FORM if p.lead]
     for column, declared in zip(st.columns(len(lead), gap="medium"), lead):
         with column:
             values[declared.key] = parameter_widget(declared, defaults[declared.key])
-    rest = [group for group in GROUPS if any(p.group == group and not p.lead for p in RUN_FORM)]
+    in_form = [p for p in RUN_FORM if p not in RECOVERY_PARAMETERS]
+    rest = [group for group in GROUPS if any(p.group == group and not p.lead for p in in_form)]
     with st.expander("More settings: " + ", ".join(GROUPS[group].lower() for group in rest)):
         for column, group in zip(st.columns(len(rest), gap="medium"), rest):
             with column:
                 st.markdown(f"**{GROUPS[group]}**")
-                for declared in RUN_FORM:
+                for declared in in_form:
                     if declared.group == group and not declared.lead:
                         values[declared.key] = parameter_widget(declared, defaults[declared.key])
     submitted = st.form_submit_button("Run SPAP", type="primary", icon=":material/play_arrow:")
@@ -92,7 +111,10 @@ except SpapInputError as exc:
 if request is not None:
     estimate = time_estimate(loaded, [request])
     # a form's values change when it is submitted: the estimate is for the settings shown as last submitted
-    st.caption(estimate_caption("This run", estimate, seeds=request.seeds))
+    recovery = request.recovery
+    st.caption(estimate_caption("This run", estimate, seeds=request.seeds,
+                                recovery=recovery.describe() if recovery.enabled else None,
+                                recovery_s=recovery_estimate(loaded, request) if recovery.enabled else None))
     if submitted:
         state.submitted_run = request
         if not refused_before_queueing(loaded, [request]):
@@ -101,7 +123,8 @@ if request is not None:
             asked = (f"a parameter budget of {request.budget.share:.0%}" if request.budget is not None
                      else f"{settings.sparsity:.0%} sparsity{head_note}")
             over_seeds = f" over {request.seeds} calibration seeds" if request.seeds > 1 else ""
-            submit_job("run", f"SPAP run at {asked}{over_seeds}",
+            recovered = f", then {request.recovery.mode} recovery" if request.recovery.enabled else ""
+            submit_job("run", f"SPAP run at {asked}{over_seeds}{recovered}",
                        partial(point_executor().run, loaded, request, owner=state.owner), estimate)
 
 job_panel("run")
@@ -128,6 +151,11 @@ metrics[3].metric("Mean layer error", f"{layer_error:.4f}",
 metrics[4].metric("Pruning time", f"{record['prune_seconds']:.1f} s")
 st.caption(plain(perplexity_intervals(record)))
 st.markdown(plain(dense_verdict_line(record)))
+if (before_and_after := recovery_summary(record)) is not None:
+    st.markdown(plain(before_and_after))
+    st.markdown(plain(recovery_verdict_line(record)))
+    if (curve := curve_from_record(record)) is not None:
+        show_chart(recovery_figure(curve, len(curve)), subtitle=label)
 if (seeds_note := seeds_reading(record)) is not None:
     st.markdown(plain(f"Over its calibration seeds: {record_perplexity_text(record)}, windows and seeds combined. "
                       f"{seeds_note}"))
@@ -185,8 +213,10 @@ download_columns[3].download_button("Layers (.csv)", data=layers.to_csv(index=Fa
                                     file_name=f"{outcome.file_stem}-layers.csv",
                                     mime="text/csv", on_click="ignore")
 
+unused_recovery = {p.key for p in RECOVERY_PARAMETERS} - {
+    p.key for p in shown_recovery_parameters(outcome.request.recovery.mode)}  # the form's defaults stand for them
 shared = {key: parameter(key).format(value) if isinstance(value, bool) else value
-          for key, value in form_values(outcome.request).items()}
+          for key, value in form_values(outcome.request).items() if key not in unused_recovery}
 st.markdown("**Share these settings**: this link opens this page with the form filled in as for this run.")
 st.code(f"{st.context.url or ''}?{urlencode(shared)}", language=None, wrap_lines=True)
 if outcome.saved_to is not None:

@@ -30,6 +30,7 @@ from spap_core.evaluation.intervals import (
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.pipeline.parameters import BY_KEY, settings_values
 from spap_core.pipeline.walk import LayerRecord
+from spap_core.recovery.settings import RecoverySettings
 from spap_service.analysis import pruned_channels, span
 from spap_service.comparisons import WINDOW_LOSSES
 from spap_service.runs import RunOutcome
@@ -180,6 +181,20 @@ def before_recovery_text(record: Mapping[str, Any]) -> str:
     if before is None:
         return NOT_RECOVERED
     return perplexity_text(float(before), _bounds(record.get("ppl_before_recovery_ci95")))
+
+
+def recovery_summary(record: Mapping[str, Any]) -> str | None:
+    """A recovered run before and after its recovery in one line: 'Pruned (before recovery): 58.10
+    [56.90, 59.40]; after recovery: 52.31 [51.20, 53.40] (lora recovery: 100 steps, …; 100 steps in
+    61.2 s, final training loss 3.214).' (its own seed's perplexities); None without a recovery."""
+    recovery = record.get("recovery")
+    if record.get("ppl_before_recovery") is None or not recovery:
+        return None
+    settings = RecoverySettings(**recovery["settings"])
+    after = perplexity_text(float(record["ppl"]), _bounds(record.get("ppl_ci95")))
+    return (f"Pruned (before recovery): {before_recovery_text(record)}; after recovery: {after} "
+            f"({settings.describe()}; {recovery['steps_done']} steps in {recovery['seconds']:.1f} s, final training "
+            f"loss {recovery['final_loss']:.3f}).")
 
 
 def recovery_comparison(record: Mapping[str, Any]) -> PairedComparison | None:

@@ -131,10 +131,23 @@ def run_seconds(speed: ModelSpeed, request: RunRequest, dense_cached: bool = Fal
         factorisations += recovery.altmin.rounds * REFIT_FACTORISATIONS * speed.layers
         forward_tokens += recovery.altmin.rounds * (REFIT_PASSES * calibration
                                                     + FORWARD_TOKENS_PER_ADAM_TOKEN * adam_tokens)
-    evaluated = eval_tokens if data.eval_windows == 0 and eval_tokens else data.eval_windows * data.eval_len
+    evaluated = _evaluated_tokens(request, eval_tokens)
     forward_tokens += (1 if dense_cached else 2) * evaluated
     forward_tokens += recovery_forward_tokens(request.recovery, data.nsamples, data.seqlen, data.eval_len, evaluated)
     return OVERHEAD_S + forward_tokens / speed.tokens_per_s + factorisations * speed.factorisation_s
+
+
+def _evaluated_tokens(request: RunRequest, eval_tokens: int | None) -> int:
+    """The tokens one perplexity of the run reads: `eval_tokens` when the evaluation is the whole text."""
+    data = request.data
+    return eval_tokens if data.eval_windows == 0 and eval_tokens else data.eval_windows * data.eval_len
+
+
+def recovery_seconds(speed: ModelSpeed, request: RunRequest, eval_tokens: int | None = None) -> float:
+    """The part of run_seconds that the request's recovery after pruning takes (0 without one)."""
+    data = request.data
+    return recovery_forward_tokens(request.recovery, data.nsamples, data.seqlen, data.eval_len,
+                                   _evaluated_tokens(request, eval_tokens)) / speed.tokens_per_s
 
 
 def recovery_forward_tokens(recovery: RecoverySettings, windows: int, seqlen: int, eval_len: int,
