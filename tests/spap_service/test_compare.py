@@ -179,3 +179,54 @@ def test_every_run_is_compared_with_the_reference_and_the_sentence_follows_the_v
     assert "run B has no verdict against run A: run B kept no window losses" in verdict_sentence(
         names, reference_comparisons(runs))
     assert perplexity_table(runs)["perplexity"].iloc[1].endswith("(no interval)")
+
+
+def recovered_record(after: list[float] = DENSE_WINDOWS, before: list[float] = WINDOWS) -> dict:
+    """A run record with a recovery: `before` its window losses before it, `after` after it."""
+    from dataclasses import asdict
+
+    from spap_core.evaluation.intervals import perplexity_interval, perplexity_of
+    from spap_core.recovery.settings import RecoverySettings
+
+    recovery = {"settings": asdict(RecoverySettings(mode="lora", steps=3, heldout_every=2)), "steps_done": 3,
+                "final_loss": 3.25, "seconds": 1.5, "losses": [3.5, 3.4, 3.25], "heldout_ppl": [[2, 40.0], [3, 38.5]]}
+    return interval_record(after, ppl_before_recovery=perplexity_of(np.mean(before)),
+                           ppl_before_recovery_ci95=list(perplexity_interval(before)),
+                           window_nll_before_recovery=list(before), recovery=recovery)
+
+
+def test_a_recovered_run_is_read_before_and_after_its_recovery_with_the_paired_verdict():
+    from spap_core.evaluation.intervals import paired_comparison
+    from spap_core.recovery.settings import RecoverySettings
+    from spap_service.compare import before_recovery_text, recovery_summary, recovery_verdict_line
+    from spap_service.uncertainty import perplexity_text
+
+    record = recovered_record()
+    before = perplexity_text(record["ppl_before_recovery"], record["ppl_before_recovery_ci95"])
+    assert before_recovery_text(record) == before
+    assert recovery_summary(record) == (
+        f"Pruned (before recovery): {before}; after recovery: {perplexity_text(record['ppl'], record['ppl_ci95'])} "
+        f"({RecoverySettings(mode='lora', steps=3, heldout_every=2).describe()}; 3 steps in 1.5 s, final training "
+        "loss 3.250).")
+    comparison = paired_comparison(DENSE_WINDOWS, WINDOWS, 127)
+    low, high = comparison.ci95
+    assert high < 1  # every window is easier after the recovery
+    assert recovery_verdict_line(record) == (
+        f"After recovery against before, window by window: ratio {comparison.ratio:.3f} [{low:.3f}, {high:.3f}]: "
+        "the recovered model's perplexity is lower than the unrecovered model's.")
+    worse = recovered_record(after=WINDOWS, before=DENSE_WINDOWS)
+    assert recovery_verdict_line(worse).endswith("the unrecovered model's perplexity is lower than the recovered "
+                                                 "model's.")
+    old = interval_record()  # saved before recoveries existed: the fields are absent
+    assert before_recovery_text(old) == "–"
+    assert recovery_summary(old) is None and recovery_verdict_line(old) is None
+    assert recovery_summary({**old, "ppl_before_recovery": None, "recovery": None}) is None
+
+
+def test_compare_runs_gives_a_recovered_run_its_perplexity_before_recovery_and_others_a_dash():
+    from spap_service.compare import before_recovery_text, perplexity_table
+
+    runs = [saved_run(0.2, [set()]) for _ in range(2)]
+    runs[0].record.update(interval_record())
+    runs[1].record.update(recovered_record())
+    assert perplexity_table(runs)["before recovery"].tolist() == ["–", before_recovery_text(runs[1].record)]

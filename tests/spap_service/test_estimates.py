@@ -85,3 +85,14 @@ def test_a_recovery_costs_its_steps_its_held_out_checks_and_a_second_evaluation(
     wide = replace(lora, batch=64)  # a batch wider than the 8 calibration windows takes each once
     assert run_seconds(SPEED, replace(plain, recovery=wide)) == pytest.approx(
         seconds + (100 * 2000 * 2.0 + 10 * 4 * 250 + 1000) / 1000)
+
+
+def test_the_recoverys_share_of_a_run_is_what_it_adds_to_the_run():
+    from spap_core.recovery.settings import RecoverySettings
+    from spap_service.estimates import recovery_seconds
+
+    plain = request(PruneSettings(method="flap"))
+    assert recovery_seconds(SPEED, plain) == 0.0
+    recovered = replace(plain, recovery=RecoverySettings(mode="lora+distill", steps=40, batch=2, heldout_every=7))
+    assert recovery_seconds(SPEED, recovered) > 0
+    assert recovery_seconds(SPEED, recovered) == pytest.approx(run_seconds(SPEED, recovered) - run_seconds(SPEED, plain))
