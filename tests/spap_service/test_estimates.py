@@ -95,4 +95,5 @@ def test_the_recoverys_share_of_a_run_is_what_it_adds_to_the_run():
     assert recovery_seconds(SPEED, plain) == 0.0
     recovered = replace(plain, recovery=RecoverySettings(mode="lora+distill", steps=40, batch=2, heldout_every=7))
     assert recovery_seconds(SPEED, recovered) > 0
-    assert recovery_seconds(SPEED, recovered) == pytest.approx(run_seconds(SPEED, recovered) - run_seconds(SPEED, plain))
+    added = run_seconds(SPEED, recovered) - run_seconds(SPEED, plain)
+    assert recovery_seconds(SPEED, recovered) == pytest.approx(added)
