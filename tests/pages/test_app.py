@@ -857,7 +857,8 @@ def test_compare_runs_puts_two_runs_side_by_side_with_their_differences_marked(a
                           for layer, error in zip(array(trace["x"]), array(trace["y"]))])
     assert shown(sentence) == error_reading(drawn) and "has the lowest mean" in sentence
     perplexities, metrics, settings = (frame.value for frame in at.dataframe[:3])
-    assert list(perplexities.columns) == ["run", "perplexity", "ratio to run A", "verdict"]  # with their verdicts
+    assert list(perplexities.columns) == ["run", "perplexity", "before recovery", "ratio to run A", "verdict"]
+    assert perplexities["before recovery"].tolist() == ["–", "–"]  # neither run recovered
     assert list(metrics.index)[0] == "perplexity, pruned"  # what a comparison is about comes first
     assert any("differ in 2 of" in c.value for c in at.caption)
     assert set(settings.index[:2]) == {"sparsity", "K"}  # the differing settings are listed first
@@ -972,10 +973,13 @@ def test_every_job_says_how_long_it_should_take_and_then_how_long_it_took(app_fi
 
 
 def run_form(at: AppTest) -> dict:
-    """Every field of Run SPAP's form as its widget shows it, by key."""
-    from pages._requests import RUN_FORM
+    """Every field of Run SPAP's form as its widget shows it, by key (the recovery's where its mode uses them)."""
+    from pages._requests import RUN_FORM, shown_recovery_parameters
+    from spap_core.pipeline.parameters import RECOVERY_PARAMETERS
+    from spap_core.recovery.settings import RECOVERY_MODE
 
-    keys = {declared.key for declared in RUN_FORM}
+    keys = {declared.key for declared in RUN_FORM if declared not in RECOVERY_PARAMETERS}
+    keys |= {declared.key for declared in shown_recovery_parameters(at.selectbox(key=RECOVERY_MODE).value)}
     shown = {w.key: w.value for kind in ("slider", "number_input", "selectbox", "checkbox") for w in at.get(kind)
              if w.key in keys}
     assert set(shown) == keys
@@ -983,20 +987,26 @@ def run_form(at: AppTest) -> dict:
 
 
 def assert_form_shows(at: AppTest, expected: dict) -> None:
+    from spap_core.pipeline.parameters import RECOVERY_PARAMETERS
+
     shown = run_form(at)
+    hidden = {declared.key for declared in RECOVERY_PARAMETERS} - shown.keys()  # settings the mode does not use
     for key, value in expected.items():
+        if key in hidden:
+            continue
         assert shown[key] == (pytest.approx(value) if isinstance(value, float) else value), key
 
 
 def form_defaults_on_cpu() -> dict:
     from pages._requests import CALIBRATION_SEEDS, PARAMETER_BUDGET, RUN_FORM
-    from spap_core.pipeline.parameters import settings_values
+    from spap_core.pipeline.parameters import recovery_values, settings_values
+    from spap_core.recovery.settings import RecoverySettings
     from spap_service.presets import CPU_RUN, interactive_settings
 
     defaults = settings_values(interactive_settings(torch.device("cpu")))
     others = {"nsamples": CPU_RUN.nsamples, "seqlen": CPU_RUN.seqlen, "seed": 0, PARAMETER_BUDGET.key: 0.0,
-              CALIBRATION_SEEDS.key: 1}
-    return {p.key: defaults[p.key] if p.path else others[p.key] for p in RUN_FORM}
+              CALIBRATION_SEEDS.key: 1, **recovery_values(RecoverySettings())}
+    return {p.key: defaults[p.key] if p.key in defaults else others[p.key] for p in RUN_FORM}
 
 
 def test_the_class_demo_preset_fills_every_field_and_says_which_it_sets(app_files):
