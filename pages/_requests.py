@@ -132,8 +132,9 @@ def comparison_request() -> RunRequest:
 
 def take_submitted_settings() -> None:
     """Make the run last submitted on Run SPAP what sweeps and scans keep fixed (the user's action);
-    without its parameter budget, which would override the sparsity a sweep varies."""
-    session().comparison_base = replace(submitted_request(), budget=None)
+    without its parameter budget, which would override the sparsity a sweep varies, and without its
+    recovery, which sweeps and scans do not make (their tables have no perplexity before recovery)."""
+    session().comparison_base = replace(submitted_request(), budget=None, recovery=RecoverySettings())
 
 
 def run_size_note() -> str:

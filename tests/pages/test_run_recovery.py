@@ -187,3 +187,11 @@ def test_a_recovering_run_draws_its_curve_as_it_grows_and_a_cancel_says_nothing_
     said = shown(cancelled_text(job))  # Markdown that shows the label verbatim
     assert said.startswith(f"{job.label} was cancelled during its recovery, after 2 of 5 steps")
     assert said in [shown(w.value) for w in at.warning]
+
+
+def test_sweeps_and_scans_take_the_submitted_settings_without_the_recovery(recovered_app):
+    at = recovered_app
+    assert at.session_state["submitted_run"].recovery.mode == "lora"
+    open_page(at, "perplexity_sweep")
+    base = at.session_state["comparison_base"]
+    assert not base.recovery.enabled and base.settings == at.session_state["submitted_run"].settings
