@@ -28,14 +28,21 @@ def progress_fraction(progress: JobProgress) -> float:
 
 def _within_run(progress: JobProgress) -> float:
     """Share of one run done, from its layer and ρ iteration, then the batches of its pruned
-    perplexity, which count as one layer more: the bar reaches 1 when the run has finished, not
-    when its last layer is pruned."""
+    perplexity, which count as one layer more, and with a recovery its steps and the perplexity
+    after it, one layer more each: the bar reaches 1 when the run has finished, not when its last
+    layer is pruned."""
     if not progress.n_layers:
         return 0.0
+    units = progress.n_layers + 1 + (2 if progress.recovery_steps else 0)
+    evaluated = progress.batch / progress.n_batches if progress.n_batches else 0.0
+    if progress.recovery:
+        latest = progress.recovery[-1]
+        done = 1 + latest.step / latest.steps + (evaluated if latest.step == latest.steps else 0.0)
+        return min(1.0, (progress.n_layers + done) / units)
     if progress.n_batches:
-        return min(1.0, (progress.n_layers + progress.batch / progress.n_batches) / (progress.n_layers + 1))
+        return min(1.0, (progress.n_layers + evaluated) / units)
     iteration = progress.iteration / progress.n_iterations if progress.n_iterations else 0.0
-    return min(1.0, (max(progress.layer - 1, 0) + iteration) / (progress.n_layers + 1))
+    return min(1.0, (max(progress.layer - 1, 0) + iteration) / units)
 
 
 def progress_text(job: Job) -> str:

@@ -74,7 +74,8 @@ class JobProgress:
     # Batches of the pruned model's perplexity evaluated so far, once pruning is done (n_batches 0 before).
     batch: int = 0
     n_batches: int = 0
-    # The steps of the recovery after pruning done so far, while the run recovers and after (empty without one)
+    # The steps of the recovery after pruning: those asked (0 without one) and those done so far
+    recovery_steps: int = 0
     recovery: tuple[RecoveryStep, ...] = ()
 
 

@@ -201,8 +201,10 @@ class JobRunProgress(RunProgress):
     """A run's progress in its job's snapshot: layer i of L and ρ iteration k of K while it
     prunes, then the batches of the pruned perplexity and, with a recovery, its steps."""
 
-    def __init__(self, loaded: LoadedModel, settings: PruneSettings, progress: ProgressReporter) -> None:
+    def __init__(self, loaded: LoadedModel, settings: PruneSettings, recovery: RecoverySettings,
+                 progress: ProgressReporter) -> None:
         self.method = settings.method
+        self.recovery_steps = recovery.steps if recovery.enabled else 0
         self.iterations = settings.implementation.trace_length(settings.options)
         self.n_layers = len(loaded.family.decoder_layers(loaded.model))
         self.progress = progress
@@ -211,7 +213,8 @@ class JobRunProgress(RunProgress):
     @contextmanager
     def experiment(self, windows: int) -> Iterator[None]:
         self.progress.update(phase=f"pruning ({self.method})", layer=1, n_layers=self.n_layers,
-                             iteration=0, n_iterations=self.iterations, batch=0, n_batches=0)
+                             iteration=0, n_iterations=self.iterations, batch=0, n_batches=0,
+                             recovery=(), recovery_steps=self.recovery_steps)
         yield
 
     def layer(self, done: int, total: int) -> None:
@@ -229,7 +232,8 @@ class JobRunProgress(RunProgress):
         """Every step so far in the snapshot, so the page draws the whole curve; a recovery's first
         step starts a new one (each calibration seed's run recovers on its own)."""
         done = self.progress.current.recovery if step.step > 1 else ()
-        self.progress.update(phase="recovery after pruning", recovery=(*done, step))
+        # the batches counted from here on are the perplexity's after the recovery
+        self.progress.update(phase="recovery after pruning", recovery=(*done, step), batch=0)
 
 
 def run_request(loaded: LoadedModel, request: RunRequest, progress: ProgressReporter,
@@ -241,7 +245,8 @@ def run_request(loaded: LoadedModel, request: RunRequest, progress: ProgressRepo
     dense, dense_cached = dense_perplexity(loaded, request.data, data.evaluation, progress, cancel)
     measured = MeasuredDense(dense, seconds=0.0 if dense_cached else time.perf_counter() - started,
                              cached=dense_cached)
-    return run(loaded, request.spec, data, dense=measured, progress=JobRunProgress(loaded, request.settings, progress),
+    return run(loaded, request.spec, data, dense=measured,
+               progress=JobRunProgress(loaded, request.settings, request.recovery, progress),
                cancel=cancel)
 
 

@@ -195,3 +195,22 @@ def test_sweeps_and_scans_take_the_submitted_settings_without_the_recovery(recov
     open_page(at, "perplexity_sweep")
     base = at.session_state["comparison_base"]
     assert not base.recovery.enabled and base.settings == at.session_state["submitted_run"].settings
+
+
+def test_the_progress_bar_counts_the_recovery_and_the_perplexity_after_it():
+    from pages._job_progress import progress_fraction
+    from spap_core.recovery.loop import RecoveryStep
+    from spap_service.jobs import JobProgress
+
+    def step(number: int) -> RecoveryStep:
+        return RecoveryStep(number, 3.0, None, float(number), 10)
+
+    # 4 layers, the perplexity before the recovery, the recovery, the perplexity after it: 7 parts
+    pruned = JobProgress(layer=4, n_layers=4, batch=8, n_batches=8, recovery_steps=10)
+    assert progress_fraction(pruned) == pytest.approx(5 / 7)
+    recovering = JobProgress(**{**vars(pruned), "batch": 0, "recovery": (step(1), step(2), step(3))})
+    assert progress_fraction(recovering) == pytest.approx((5 + 3 / 10) / 7)
+    evaluating_after = JobProgress(**{**vars(recovering), "batch": 2, "recovery": tuple(map(step, range(1, 11)))})
+    assert progress_fraction(evaluating_after) == pytest.approx((6 + 2 / 8) / 7)
+    without = JobProgress(layer=4, n_layers=4, batch=8, n_batches=8)
+    assert progress_fraction(without) == 1.0
