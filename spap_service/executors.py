@@ -45,7 +45,8 @@ from spap_service.ray_pool import (
 from spap_service.runs import RunOutcome, RunRequest, pruned_model_zip, run_pruning, run_request, save_outcome
 
 BETWEEN_POINTS = JobProgress(phase="starting")  # what a worker reports before its point has begun
-PER_RUN_FIELDS = ("layer", "n_layers", "iteration", "n_iterations")  # what a worker's run reports besides its phase
+# what a worker's run reports besides its phase (a recovery's steps too, for its live chart)
+PER_RUN_FIELDS = ("layer", "n_layers", "iteration", "n_iterations", "recovery_steps", "recovery")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from spap_core.errors import PruningCancelled
+from spap_core.recovery.loop import RecoveryStep
 from spap_service.executors import PointResult, PointWorker
 from spap_service.ray_pool import RayCancelFlag
 
@@ -26,7 +27,8 @@ class GatedWorker(PointWorker):
     def _gated(self):
         cancel, deadline = RayCancelFlag(), time.monotonic() + GATE_S
         with self._point() as progress:
-            progress.update(phase="pruning (spap)", layer=2, n_layers=2, iteration=3, n_iterations=5)
+            progress.update(phase="pruning (spap)", layer=2, n_layers=2, iteration=3, n_iterations=5,
+                            recovery_steps=4, recovery=(RecoveryStep(1, 3.5, None, 0.25, 4),))
             while not cancel.is_set():
                 if time.monotonic() > deadline:
                     return PointResult(error="the test never cancelled")

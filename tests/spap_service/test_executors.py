@@ -18,6 +18,7 @@ from spap_core.errors import PruningCancelled
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import PruneSettings, with_options
 from spap_core.models.loading import load_model
+from spap_core.recovery.loop import RecoveryStep
 from spap_service import comparisons, executors, ray_pool
 from spap_service.data import DataSpec, TextChoice, model_key
 from spap_service.executors import InProcessExecutor, RayExecutor
@@ -237,6 +238,7 @@ def test_a_run_on_ray_shows_its_layer_and_rho_iteration_as_in_process(local_ray,
     shown = progress.current
     assert (shown.phase, shown.layer, shown.n_layers, shown.iteration, shown.n_iterations) \
         == ("pruning (spap) on a Ray worker", 2, 2, 3, 5)
+    assert shown.recovery_steps == 4 and shown.recovery == (RecoveryStep(1, 3.5, None, 0.25, 4),)  # the live chart's
     cancel.set()
     outcome[0].join(WAIT_S)
     assert isinstance(outcome[-1], PruningCancelled)
