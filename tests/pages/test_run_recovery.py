@@ -214,3 +214,15 @@ def test_the_progress_bar_counts_the_recovery_and_the_perplexity_after_it():
     assert progress_fraction(evaluating_after) == pytest.approx((6 + 2 / 8) / 7)
     without = JobProgress(layer=4, n_layers=4, batch=8, n_batches=8)
     assert progress_fraction(without) == 1.0
+
+
+def test_a_link_with_a_recovery_setting_out_of_its_range_says_it_was_ignored(app_files):
+    at = AppTest.from_file(str(APP), default_timeout=SCRIPT_TIMEOUT_S)
+    at.switch_page("pages/run_spap.py")
+    at.query_params.update({RECOVERY_MODE: "lora", "recover_lr": "nan", "recover_steps": "0", "recover_rank": "4"})
+    at.run()
+    assert not at.exception
+    warning = shown(next(w.value for w in at.warning if "partly ignored" in w.value))
+    assert "recover_lr = nan:" in warning and "recover_steps = 0:" in warning
+    assert "recover_rank" not in warning and "recover =" not in warning  # valid ones are taken
+    assert at.number_input(key="recover_rank").value == 4 and at.selectbox(key=RECOVERY_MODE).value == "lora"
