@@ -132,7 +132,7 @@ def write_outputs(out: Path, payload: dict) -> None:
     other selection with the paired verdict) and the payload as JSON; the table rewrites from its
     JSON alone."""
     rows, texts, tokens = payload["rows"], list(payload["dense"]), payload["tokens_per_window"]
-    seeds = sorted({len(row.get("seeds", [])) for row in rows})
+    seeds = sorted({len(row["seeds"]) for row in rows if row.get("seeds")}) or [1]
     lines = ["# Selection against selection, with the same reconstruction", "", payload["description"], "",
              f"Reconstructions: `{OWN}` = the method's own update (SPAP's own is its refit + alternating minimization, "
              f"FASP's a plain least-squares refit, FLAP's a mean bias, magnitude's and Wanda-sp's none); `{REFIT}` = "
@@ -142,7 +142,8 @@ def write_outputs(out: Path, payload: dict) -> None:
              + " or ".join(str(count) for count in seeds) + " calibration seed(s) with its 95% interval, the "
              "windows' and the seeds' noise combined; SPAP against another selection is paired window by window "
              "with the seeds paired (spap_core.evaluation.intervals), and a verdict names the lower side only "
-             "when its interval excludes 1.", ""]
+             "when its interval excludes 1. Rows kept by --resume from before window losses were recorded show "
+             "their perplexity with '(no interval)' and have no verdict.", ""]
     for sparsity in sorted({row["sparsity"] for row in rows}):
         for text in texts:
             lines += [f"## Sparsity {sparsity:.2f}, {text} (dense {payload['dense'][text]:.2f})", "",
