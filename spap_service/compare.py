@@ -156,19 +156,28 @@ def _bounds(value: Any) -> tuple[float, float] | None:
     return None if value is None else (float(value[0]), float(value[1]))
 
 
+def _window_comparison(record: Mapping[str, Any], losses_a: str, losses_b: str) -> PairedComparison:
+    """Two of a record's window-loss lists compared window by window (each window predicts eval_len − 1
+    tokens); a missing list gives the comparison's 'no verdict'."""
+    return paired_comparison(record.get(losses_a) or [], record.get(losses_b) or [], record["eval_len"] - 1)
+
+
+def _verdict_line(what: str, comparison: PairedComparison, name_a: str, name_b: str) -> str:
+    """'<what>, window by window: ratio r [low, high]: <verdict naming A and B>.'"""
+    named = replace(comparison, verdict=named_verdict(comparison, name_a, name_b))
+    return f"{what}, window by window: {ratio_text(named)}."
+
+
 def dense_comparison(record: Mapping[str, Any]) -> PairedComparison:
     """A run's pruned perplexity (A) against its dense model's (B), window by window on the windows both
-    were evaluated on (each predicts eval_len − 1 tokens)."""
-    return paired_comparison(record.get("window_nll") or [], record.get("window_nll_dense") or [],
-                             record["eval_len"] - 1)
+    were evaluated on."""
+    return _window_comparison(record, "window_nll", "window_nll_dense")
 
 
 def dense_verdict_line(record: Mapping[str, Any]) -> str:
     """dense_comparison in one line: 'Pruned against dense, window by window: ratio 1.084 [1.052, 1.117]:
     the dense model's perplexity is lower than the pruned model's'."""
-    comparison = dense_comparison(record)
-    named = replace(comparison, verdict=named_verdict(comparison, "the pruned model", "the dense model"))
-    return f"Pruned against dense, window by window: {ratio_text(named)}."
+    return _verdict_line("Pruned against dense", dense_comparison(record), "the pruned model", "the dense model")
 
 
 NOT_RECOVERED = "–"  # a table's cell for a run without a recovery (an old run's record included)
@@ -202,8 +211,7 @@ def recovery_comparison(record: Mapping[str, Any]) -> PairedComparison | None:
     the same evaluation windows; None for a run without a recovery."""
     if record.get("ppl_before_recovery") is None:
         return None
-    return paired_comparison(record.get("window_nll") or [], record.get("window_nll_before_recovery") or [],
-                             record["eval_len"] - 1)
+    return _window_comparison(record, "window_nll", "window_nll_before_recovery")
 
 
 def recovery_verdict_line(record: Mapping[str, Any]) -> str | None:
@@ -213,8 +221,7 @@ def recovery_verdict_line(record: Mapping[str, Any]) -> str | None:
     comparison = recovery_comparison(record)
     if comparison is None:
         return None
-    named = replace(comparison, verdict=named_verdict(comparison, "the recovered model", "the unrecovered model"))
-    return f"After recovery against before, window by window: {ratio_text(named)}."
+    return _verdict_line("After recovery against before", comparison, "the recovered model", "the unrecovered model")
 
 
 def seeds_reading(record: Mapping[str, Any]) -> str | None:
