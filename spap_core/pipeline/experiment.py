@@ -1,5 +1,7 @@
 """One pruning experiment: prune, then measure dense and pruned perplexity on the same windows; with a
 recovery, the pruned perplexity is measured before it (`before_recovery`) and after it (`pruned`).
+A cancel during the recovery keeps the pruned model as it was before it, measured once (`pruned`),
+and says so (`recovery_cancelled`); a cancel anywhere else discards the experiment (PruningCancelled).
 
 The run API (spap_core.runner.execute), which the CLI, the app's run and sweep jobs and the benchmarks
 all call, goes through here, so a number shown in the browser and one printed by
@@ -25,7 +27,14 @@ from spap_core.models.loading import LoadedModel, context_length
 from spap_core.pipeline.budget import check_fits
 from spap_core.pipeline.walk import LayerCallback, PruneResult, check_prunable, head_layout, prune_model
 from spap_core.recovery.distill import DenseLogits, dense_logits
-from spap_core.recovery.loop import HELDOUT_WINDOWS, RecoveryResult, RecoveryStep, check_recoverable, recover
+from spap_core.recovery.loop import (
+    HELDOUT_WINDOWS,
+    RecoveryCancelled,
+    RecoveryResult,
+    RecoveryStep,
+    check_recoverable,
+    recover,
+)
 from spap_core.recovery.settings import RecoverySettings
 
 BatchCallback = Callable[[int, int], None]
@@ -43,11 +52,15 @@ class Experiment:
     # the pruned model's perplexity before its recovery (`pruned` is after it) and the recovery; None without one
     before_recovery: PerplexityResult | None = None
     recovery: RecoveryResult | None = None
+    # a recovery stopped by the cancel: `pruned` is then the model as it was before it, and there is no `recovery`
+    recovery_cancelled: RecoveryCancelled | None = None
 
     def record(self, loaded: LoadedModel, **context: object) -> dict:
         """The JSON-able summary written with every run; `context` adds where the data came from.
         `ppl` is the final model's; with a recovery, `ppl_before_recovery` (its interval and window
-        losses beside it, as `ppl` has them) is the pruned model's before it, and `recovery` what it did."""
+        losses beside it, as `ppl` has them) is the pruned model's before it, and `recovery` what it did.
+        A cancelled recovery leaves both None (the model was not recovered) and `recovery_cancelled`
+        says how far it went (RecoveryCancelled.record)."""
         result = self.result
         before = self.before_recovery
         return {
@@ -76,6 +89,7 @@ class Experiment:
             "ppl_before_recovery_ci95": None if before is None else before.ci95,
             "window_nll_before_recovery": [] if before is None else list(before.window_nll),
             "recovery": None if self.recovery is None else self.recovery.record(),
+            "recovery_cancelled": None if self.recovery_cancelled is None else self.recovery_cancelled.record(),
             **context,
         }
 
@@ -135,7 +149,12 @@ def run_experiment(
     first go through plan_run, so a refusal comes before any forward pass. With an enabled
     `recovery`, the pruned model is then recovered on the calibration windows (the dense model's
     logits taken before the pruning when it distils; a held-out perplexity on the first
-    HELDOUT_WINDOWS evaluation windows) and measured again."""
+    HELDOUT_WINDOWS evaluation windows) and measured again.
+
+    `cancel` discards the run (PruningCancelled) before and during the dense logits, the pruning and
+    the pruned perplexity. During the recovery it stops the recovery only: the experiment returns
+    the pruned model as it was before it, with the perplexity already measured, and
+    `recovery_cancelled`; the perplexity after a recovery is not measured (the cancel stays set)."""
     settings, adjustments = plan_run(loaded, settings, (calibration.shape[-1], evaluation.shape[-1]),
                                      calibration_tokens=calibration.numel(), batch_size=batch_size,
                                      copies_model=not inplace)
@@ -151,9 +170,14 @@ def run_experiment(
             return experiment
         model = experiment.result.model
         assert model is not None  # prune_model returns its model
-        experiment.recovery = recover(model, loaded.family, calibration, recovery, seed=seed, teacher=teacher,
-                                      heldout=evaluation[:HELDOUT_WINDOWS], on_step=on_recovery_step,
-                                      cancel=cancel)
+        try:
+            experiment.recovery = recover(model, loaded.family, calibration, recovery, seed=seed, teacher=teacher,
+                                          heldout=evaluation[:HELDOUT_WINDOWS], on_step=on_recovery_step,
+                                          cancel=cancel)
+        except RecoveryCancelled as stopped:
+            # without its traceback, whose frames would keep the recovery's optimizer and adapters alive
+            experiment.recovery_cancelled = stopped.with_traceback(None)
+            return experiment
     started = time.perf_counter()
     experiment.before_recovery = experiment.pruned
     experiment.pruned = perplexity(model, evaluation, batch_size=batch_size, on_batch=on_pruned_batch,

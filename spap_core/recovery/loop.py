@@ -3,7 +3,8 @@ model runs on (CUDA when the run has it), each step a batch of calibration windo
 next-token loss, the distillation loss or both (RecoverySettings.mode). Each step is reported
 (`on_step`: its loss, the held-out perplexity every `heldout_every` steps and after the last, the
 seconds since the start), so a page can draw the loss as it falls; `cancel` stops it at the next
-step, and a cancelled recovery drops its adapters, leaving the pruned model bit for bit as it was.
+step, and a cancelled recovery drops its adapters, leaving the pruned model bit for bit as it was
+(RecoveryCancelled, which the run API catches to keep that model).
 
 The model stays in eval mode while it trains: no dropout (the adapters' dropout is 0 too), so a
 step's loss depends on the seed and the data alone."""
@@ -32,6 +33,22 @@ from spap_core.recovery.settings import RecoverySettings
 # (each a forward and a backward pass over `batch` windows); the final perplexity is the whole
 # evaluation's.
 HELDOUT_WINDOWS = 4
+
+
+class RecoveryCancelled(PruningCancelled):
+    """A recovery stopped by its cancel after `steps_done` of its steps: its adapters are dropped and
+    the pruned model is bit for bit as it was before it, so a caller may keep that model, where any
+    other cancel leaves nothing worth keeping."""
+
+    def __init__(self, settings: RecoverySettings, steps_done: int) -> None:
+        super().__init__(f"Recovery cancelled after {steps_done} of {settings.steps} steps: its adapters were "
+                         "dropped, and the pruned model is as it was before recovery.")
+        self.settings = settings
+        self.steps_done = steps_done
+
+    def record(self) -> dict:
+        """The run record's `recovery_cancelled` field: the settings, the steps done and the message."""
+        return {"settings": asdict(self.settings), "steps_done": self.steps_done, "message": str(self)}
 
 
 @dataclass(frozen=True)
@@ -93,7 +110,7 @@ def recover(model: nn.Module, family: ModelAdapter, calibration: torch.Tensor, s
     """Train LoRA adapters of `model` on the calibration windows [N, L] for `settings.steps` steps,
     then merge them into its weights (in place). `teacher`: the dense model's logits on those
     windows (needed when the mode distils). `heldout`: windows whose perplexity is measured every
-    `heldout_every` steps. Raises PruningCancelled, with the model as it was, when `cancel` is set."""
+    `heldout_every` steps. Raises RecoveryCancelled, with the model as it was, when `cancel` is set."""
     if settings.distills and teacher is None:
         raise ValueError("a distilling recovery needs the dense model's logits")
     device = execution_device(model)
@@ -104,8 +121,7 @@ def recover(model: nn.Module, family: ModelAdapter, calibration: torch.Tensor, s
         optimizer = torch.optim.AdamW(trainable, lr=settings.lr)
         for step, indices in enumerate(_batches(calibration.shape[0], settings, seed), start=1):
             if cancel is not None and cancel.is_set():
-                raise PruningCancelled(f"Recovery cancelled after {step - 1} of {settings.steps} steps: its adapters "
-                                       "were dropped, and the pruned model is as it was before recovery.")
+                raise RecoveryCancelled(settings, steps_done=step - 1)
             loss = _loss(model, calibration[indices].to(device), settings,
                          None if teacher is None else teacher.rows(indices, device))
             if not torch.isfinite(loss):

@@ -6,7 +6,11 @@ the dense model's zero-shot accuracy (before an in-place walk changes the model)
 after it), the final model's zero-shot accuracy, then the save (a recovered model merged: plain
 weights of the pruned shapes).
 
-Cancelling (`cancel`) stops the run at its next layer or batch (PruningCancelled)."""
+Cancelling (`cancel`) stops the run at its next layer or batch (PruningCancelled), except during the
+recovery: the user asked to stop a run whose pruned model is already made and measured, so the
+recovery stops, its adapters dropped, and the run ends with the pruned model as it was before it
+(the record's `recovery_cancelled`), skips that model's zero-shot accuracy (a note says so), and
+still saves it to `spec.output`."""
 
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ class RunResult:
     texts_given: bool  # the run resolved its own texts (RunTexts), so the calibration may be sampled
     dense: MeasuredDense | None
     split: BudgetSplit | None = None
-    zeroshot: dict[str, dict[str, dict]] | None = None
+    zeroshot: dict[str, dict[str, dict] | None] | None = None  # "pruned" None: skipped after a cancelled recovery
     save_error: str | None = None
 
     def record(self, **context: object) -> dict:
@@ -77,7 +81,8 @@ def run(loaded: LoadedModel, spec: RunSpec, inputs: RunTexts | RunData, *, dense
     `inputs`: the texts (the windows are cut here, a missing text is sampled from the model) or
     the windows themselves. `dense`: the dense perplexity on those windows, when the caller has
     it; else it is measured. A failed save does not lose the run: its reason is the result's
-    save_error."""
+    save_error. A cancel during the recovery ends the run with the unrecovered pruned model (the
+    module's note); any other cancel raises PruningCancelled."""
     progress = progress or RunProgress()
     settings = spec.settings
     # every refusal that the model's config decides, before any text is sampled or forward pass run
@@ -105,7 +110,12 @@ def run(loaded: LoadedModel, spec: RunSpec, inputs: RunTexts | RunData, *, dense
             cancel=cancel, recovery=spec.recovery, on_recovery_step=progress.recovery_step)
     result = RunResult(loaded=loaded, spec=spec, experiment=experiment, data=data,
                        texts_given=isinstance(inputs, RunTexts), dense=dense, split=split)
-    if zeroshot_dense is not None:
+    if experiment.recovery_cancelled is not None:
+        progress.note(str(experiment.recovery_cancelled))
+    if zeroshot_dense is not None and experiment.recovery_cancelled is not None:
+        progress.note("The pruned model's zero-shot accuracy was not measured: the run was asked to stop.")
+        result.zeroshot = {"dense": zeroshot_dense, "pruned": None}
+    elif zeroshot_dense is not None:
         zeroshot_pruned = _zeroshot(loaded, spec, "pruned", progress, cancel, experiment.result)
         result.zeroshot = {"dense": zeroshot_dense, "pruned": zeroshot_pruned}
         progress.zeroshot_compared(zeroshot_dense, zeroshot_pruned)

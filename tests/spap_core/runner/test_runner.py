@@ -1,27 +1,42 @@
 """The run API (spap_core.runner): one call prunes, evaluates, saves a record that read_run reads back,
 and gives the CLI's result for the CLI's settings; a caller's windows and dense perplexity are used
-as given, the progress hooks fire in order, and a cancel stops the run before anything is saved."""
+as given, the progress hooks fire in order, and a cancel stops the run before anything is saved, except
+one during the recovery, which ends the run with the pruned model as it was before recovery."""
 
 from __future__ import annotations
 
 import json
 import math
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli_helpers import last_json_line
 
 from spap_core.cli import main
 from spap_core.data.texts import calibration_windows, evaluation_windows, text_from_file
+import spap_core.runner.execute as execute
 from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.evaluation.perplexity import perplexity
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import load_model
+from spap_core.models.shrink import load_pruned
 from spap_core.runner.execute import run
 from spap_core.runner.progress import RunProgress
-from spap_core.runner.spec import MeasuredDense, ParameterBudget, RunData, RunOutput, RunSpec, RunTexts
+from spap_core.recovery.loop import RecoveryCancelled, RecoveryStep
+from spap_core.recovery.settings import RecoverySettings
+from spap_core.runner.spec import (
+    MeasuredDense,
+    ParameterBudget,
+    RunData,
+    RunOutput,
+    RunSpec,
+    RunTexts,
+    ZeroShotRequest,
+)
 from spap_core.storage.runs import read_run
 
 # fields that time the run, which differ between any two runs
@@ -151,6 +166,71 @@ def test_a_cancel_stops_the_run_and_nothing_is_saved(tiny_dir, text_files, tmp_p
         run(load_model(str(tiny_dir), device="cpu"), spec(output=RunOutput(out)), texts(text_files),
             progress=Recorded(cancel_after_layer=cancel), cancel=cancel)
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+LORA = RecoverySettings(mode="lora", steps=5, lr=1e-2, heldout_every=2)
+
+
+class CancelledInRecovery(Recorded):
+    """Sets the cancel once the recovery has done `at_step` steps."""
+
+    def __init__(self, cancel: threading.Event, at_step: int) -> None:
+        super().__init__()
+        self.cancel, self.at_step = cancel, at_step
+
+    def recovery_step(self, step: RecoveryStep) -> None:
+        self.calls.append("recovery_step")
+        if step.step == self.at_step:
+            self.cancel.set()
+
+
+def test_a_cancel_during_the_recovery_ends_the_run_with_the_pruned_model_as_it_was_before_it(tiny_dir, text_files,
+                                                                                          tmp_path, monkeypatch):
+    measured = []  # which model's zero-shot accuracy was asked for
+    monkeypatch.setattr(execute, "zeroshot_accuracy", lambda model, *args, **kwargs: measured.append(model) or {
+        "task": {"acc": 0.5}})
+    loaded = load_model(str(tiny_dir), device="cpu")
+    unrecovered = run(loaded, spec(inplace=False), texts(text_files))
+    out, cancel = tmp_path / "pruned", threading.Event()
+    progress = CancelledInRecovery(cancel, at_step=2)
+    result = run(loaded, spec(inplace=False, recovery=LORA, output=RunOutput(out),
+                              zeroshot=ZeroShotRequest(("task",))),
+                 texts(text_files), progress=progress, cancel=cancel)
+    model, expected = result.experiment.result.model.state_dict(), unrecovered.experiment.result.model.state_dict()
+    assert model.keys() == expected.keys() and all(torch.equal(model[name], expected[name]) for name in expected)
+    record = result.record()
+    assert record["ppl"] == unrecovered.record()["ppl"] and record["window_nll"] == unrecovered.record()["window_nll"]
+    message = ("Recovery cancelled after 2 of 5 steps: its adapters were dropped, and the pruned model is as it was "
+               "before recovery.")
+    assert (record["ppl_before_recovery"], record["recovery"]) == (None, None)
+    assert record["recovery_cancelled"] == {"settings": asdict(LORA), "steps_done": 2, "message": message}
+    # no perplexity after the recovery: the pruned model's batches ran once, before it
+    assert progress.calls.count("pruned_batch") == 1 and progress.calls[-1] == "note"
+    assert progress.calls.count("recovery_step") == 2
+    # the pruned model's zero-shot accuracy is skipped, the dense model's kept
+    assert measured == [loaded.model] and record["zeroshot"] == {"dense": {"task": {"acc": 0.5}}, "pruned": None}
+    assert progress.notes[-2:] == [message, "The pruned model's zero-shot accuracy was not measured: the run was "
+                                            "asked to stop."]
+    assert result.save_error is None  # the unrecovered pruned model is saved
+    saved, _ = read_run(out)
+    assert saved == as_json(record)
+    reloaded = load_pruned(out, torch.float32, torch.device("cpu")).state_dict()
+    assert all(torch.equal(reloaded[name], expected[name]) for name in expected)
+
+
+@pytest.mark.parametrize("mode", ["lora", "distill"])
+def test_a_cancel_before_the_recovery_of_a_recovering_run_still_discards_it(tiny_dir, text_files, tmp_path, mode):
+    """A cancel during the pruning, or during the dense logits a distilling recovery takes before
+    it (the cancel set before the run: the first thing that reads it is the dense logits)."""
+    out, cancel = tmp_path / "pruned", threading.Event()
+    progress = Recorded(cancel_after_layer=cancel)
+    if mode == "distill":
+        cancel.set()
+    with pytest.raises(PruningCancelled) as raised:
+        run(load_model(str(tiny_dir), device="cpu"), spec(output=RunOutput(out), recovery=RecoverySettings(
+            mode=mode, steps=5)), texts(text_files), progress=progress, cancel=cancel)
+    assert not isinstance(raised.value, RecoveryCancelled) and not out.exists()
+    assert ("layer" in progress.calls) == (mode == "lora")
 
 
 def test_a_save_that_fails_keeps_the_result_and_says_why(tiny_dir, text_files, tmp_path):
