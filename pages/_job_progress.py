@@ -71,8 +71,9 @@ def _run_parts(progress: JobProgress) -> list[str]:
 
 
 def cancelled_text(job: Job) -> str:
-    """What a cancelled job left. A run cancelled while it recovered drops its adapters, but the run
-    API returns nothing for a cancelled run, so the page says that nothing of the run was kept."""
+    """What a cancelled job left. A run of one calibration seed cancelled while it recovers finishes
+    with its pruned model (spap_service.runs.run_pruning); one that is cancelled in a recovery all
+    the same (over several seeds, or on Ray) keeps nothing, and the page says so."""
     steps = job.progress.recovery
     if steps and steps[-1].step < steps[-1].steps and not job.progress.running:
         return (f"{plain(job.label)} was cancelled during its recovery, after {steps[-1].step} of {steps[-1].steps} "

@@ -39,6 +39,7 @@ from spap_service.analysis import layer_table, time_breakdown, trace_table
 from spap_service.compare import (
     dense_verdict_line,
     record_perplexity_text,
+    recovery_cancelled_line,
     recovery_summary,
     recovery_verdict_line,
     seeds_reading,
@@ -156,6 +157,8 @@ if (before_and_after := recovery_summary(record)) is not None:
     st.markdown(plain(recovery_verdict_line(record)))
     if (curve := curve_from_record(record)) is not None:
         show_chart(recovery_figure(curve, len(curve)), subtitle=label)
+if (cancelled := recovery_cancelled_line(record)) is not None:
+    st.info(plain(cancelled), icon=":material/cancel:")
 if (seeds_note := seeds_reading(record)) is not None:
     st.markdown(plain(f"Over its calibration seeds: {record_perplexity_text(record)}, windows and seeds combined. "
                       f"{seeds_note}"))

@@ -224,6 +224,17 @@ def recovery_verdict_line(record: Mapping[str, Any]) -> str | None:
     return _verdict_line("After recovery against before", comparison, "the recovered model", "the unrecovered model")
 
 
+def recovery_cancelled_line(record: Mapping[str, Any]) -> str | None:
+    """For a run whose recovery was cancelled, what its result shows: 'Recovery cancelled after 12 of
+    100 steps: the pruned model is shown as it was before recovery.'; None for any other run (an
+    old record, saved before cancelled recoveries were kept, included)."""
+    cancelled = record.get("recovery_cancelled")
+    if not cancelled:
+        return None
+    return (f"Recovery cancelled after {cancelled['steps_done']} of {cancelled['settings']['steps']} steps: the "
+            "pruned model is shown as it was before recovery.")
+
+
 def seeds_reading(record: Mapping[str, Any]) -> str | None:
     """For a run repeated over calibration seeds, one sentence on whether the seeds' spread is small or
     large against the evaluation windows' interval (the run's own seed's): the seeds' range inside that

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from spap_core.errors import SpapInputError, UnreadableRunError
+from spap_core.errors import PruningCancelled, SpapInputError, UnreadableRunError
 from spap_core.evaluation.intervals import seed_fields
 from spap_core.evaluation.perplexity import PerplexityResult
 from spap_core.methods.base import MethodStep
@@ -237,27 +237,43 @@ class JobRunProgress(RunProgress):
 
 
 def run_request(loaded: LoadedModel, request: RunRequest, progress: ProgressReporter,
-                cancel: threading.Event) -> RunResult:
+                cancel: threading.Event, keep_cancelled_recovery: bool = False) -> RunResult:
     """The request through the run API on a copy of the model, with the token windows and the dense
-    perplexity this process keeps per model and text (spap_service.data)."""
+    perplexity this process keeps per model and text (spap_service.data).
+
+    A cancel during the recovery ends the run API's run with the pruned model as it was before it.
+    Only a caller that shows that outcome as such keeps it (`keep_cancelled_recovery`); for any other
+    (a sweep's point, one of several calibration seeds) the cancel discards the run
+    (PruningCancelled), as it does anywhere else, so no table mixes recovered and unrecovered models."""
     data = prepare_data(loaded, request.data, request.seed)
     started = time.perf_counter()
     dense, dense_cached = dense_perplexity(loaded, request.data, data.evaluation, progress, cancel)
     measured = MeasuredDense(dense, seconds=0.0 if dense_cached else time.perf_counter() - started,
                              cached=dense_cached)
-    return run(loaded, request.spec, data, dense=measured,
-               progress=JobRunProgress(loaded, request.settings, request.recovery, progress),
-               cancel=cancel)
+    result = run(loaded, request.spec, data, dense=measured,
+                 progress=JobRunProgress(loaded, request.settings, request.recovery, progress),
+                 cancel=cancel)
+    stopped = result.experiment.recovery_cancelled
+    if stopped is not None and not keep_cancelled_recovery:
+        raise PruningCancelled(f"Cancelled during the recovery after pruning, after {stopped.steps_done} of "
+                               f"{stopped.settings.steps} steps.")
+    return result
 
 
 def run_pruning(loaded: LoadedModel, request: RunRequest, progress: ProgressReporter,
                 cancel: threading.Event, owner: str = "", save: bool = True) -> RunOutcome:
     """Prune a copy of the model and evaluate dense and pruned perplexity on the same windows.
     `owner` (the browser session) is saved with the run, so each session lists its own runs; a
-    Ray worker runs it with `save` off and the app saves what it sends back (save_outcome)."""
+    Ray worker runs it with `save` off and the app saves what it sends back (save_outcome).
+
+    A cancel during the recovery of a run of one calibration seed finishes it with the pruned model
+    as it was before recovery (its record's `recovery_cancelled`). Over several seeds such a
+    cancel, in any seed's recovery, cancels the whole run (PruningCancelled), as a cancel anywhere
+    else does: a perplexity over seeds of which some were recovered and one was not would describe
+    no model."""
     progress.update(phase="tokenizing calibration and evaluation text")
     own, *repeats = request.seed_requests()
-    result = run_request(loaded, own, progress, cancel)
+    result = run_request(loaded, own, progress, cancel, keep_cancelled_recovery=not repeats)
     experiment = result.experiment
     window_nll_by_seed = [experiment.pruned.window_nll]
     for index, repeat in enumerate(repeats, start=2):  # the other seeds keep their perplexity only
@@ -395,12 +411,18 @@ def load_saved_run(folder: str | Path) -> RunOutcome:
         request = RunRequest(settings=result.settings, seed=int(record["seed"]),
                              data=DataSpec.from_dict(record["data"]),
                              seeds=len(seeds) if isinstance(seeds, list) and 1 <= len(seeds) <= MAX_SEEDS else 1,
-                             recovery=RecoverySettings(**record["recovery"]["settings"]) if record["recovery"]
-                             else RecoverySettings())
+                             recovery=_recovery_settings(record))
         return RunOutcome(request=request, model_key=str(record["model_key"]), tokenizer=None, result=result,
                           dense=_stored_perplexity(record, "ppl_dense"), pruned=_stored_perplexity(record, "ppl"),
                           record=record, finished_at=float(record["finished_at"]), saved_to=Path(folder),
                           stored_weights=weights if weights.is_file() else None)
+
+
+def _recovery_settings(record: dict) -> RecoverySettings:
+    """The recovery a saved run asked for: the one it did, or the one it was cancelled in (the run
+    then shows its model unrecovered, and its form asks for that recovery again); none without either."""
+    asked = record["recovery"] or record.get("recovery_cancelled")
+    return RecoverySettings(**asked["settings"]) if asked else RecoverySettings()
 
 
 def pruned_model_zip(outcome: RunOutcome) -> bytes:

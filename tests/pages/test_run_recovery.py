@@ -1,7 +1,7 @@
 """Run SPAP's recovery after pruning through streamlit's AppTest on the tiny model: its widgets
 come from RECOVERY_PARAMETERS, a LoRA run shows the perplexity before and after it with their
-verdict and its loss curve, its share link fills the form again, and a run saved before
-recoveries existed still opens."""
+verdict and its loss curve, a cancel during it keeps the pruned model as it was before it, its share
+link fills the form again, and a run saved before recoveries existed still opens."""
 
 from __future__ import annotations
 
@@ -144,12 +144,12 @@ def test_a_run_saved_before_recoveries_existed_still_opens_with_a_dash_before_re
         shutil.rmtree(older)
 
 
-def test_a_recovering_run_draws_its_curve_as_it_grows_and_a_cancel_says_nothing_was_kept(app_files):
+def test_a_recovering_run_draws_its_curve_as_it_grows_and_a_cancel_keeps_the_model_before_recovery(app_files):
     """The run waits after its second recovery step until the page has been drawn and Cancel
-    clicked, so the page always sees a recovery under way, and the run must end cancelled."""
+    clicked, so the page always sees a recovery under way; the run then finishes with the pruned
+    model as it was before recovery, and the page says so."""
     import threading
 
-    from pages._job_progress import cancelled_text
     from spap_service.jobs import JobStatus, shared_queue
     from spap_service.runs import JobRunProgress
 
@@ -183,10 +183,28 @@ def test_a_recovering_run_draws_its_curve_as_it_grows_and_a_cancel_says_nothing_
         clicked.set()
         patch.undo()
     at.run()
-    assert job.status is JobStatus.CANCELLED, job.status
-    said = shown(cancelled_text(job))  # Markdown that shows the label verbatim
-    assert said.startswith(f"{job.label} was cancelled during its recovery, after 2 of 5 steps")
-    assert said in [shown(w.value) for w in at.warning]
+    assert_clean(at)
+    assert job.status is JobStatus.DONE, job.status
+    record = at.session_state["latest_run"].record
+    assert record["recovery_cancelled"]["steps_done"] == 2 and record["ppl_before_recovery"] is None
+    assert [shown(i.value) for i in at.info if i.value.startswith("Recovery cancelled")] == [
+        "Recovery cancelled after 2 of 5 steps: the pruned model is shown as it was before recovery."]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Perplexity, pruned"] == f"{record['ppl']:.2f}"  # measured before the recovery
+    assert not any(shown(m.value).startswith("Pruned (before recovery)") for m in at.markdown)
+
+
+def test_a_job_cancelled_in_a_recovery_says_nothing_of_it_was_kept():
+    """A run over several calibration seeds is cancelled whole by a cancel in any seed's recovery."""
+    from pages._job_progress import cancelled_text
+    from spap_core.recovery.loop import RecoveryStep
+    from spap_service.jobs import Job, JobStatus
+
+    job = Job(id="1", owner="me", label="SPAP run over 2 calibration seeds", kind="run", function=lambda *_: None,
+              status=JobStatus.CANCELLED, error="Cancelled during the recovery after pruning, after 2 of 5 steps.")
+    job.reporter.update(recovery=tuple(RecoveryStep(step, 3.0, None, 1.0, 5) for step in (1, 2)))
+    assert cancelled_text(job).startswith("SPAP run over 2 calibration seeds was cancelled during its recovery, "
+                                          "after 2 of 5 steps: a cancelled run keeps no result")
 
 
 def test_sweeps_and_scans_take_the_submitted_settings_without_the_recovery(recovered_app):

@@ -16,18 +16,18 @@ import pytest
 import torch
 from cli_helpers import last_json_line
 
+import spap_core.runner.execute as execute
 from spap_core.cli import main
 from spap_core.data.texts import calibration_windows, evaluation_windows, text_from_file
-import spap_core.runner.execute as execute
 from spap_core.errors import PruningCancelled, SpapInputError
 from spap_core.evaluation.perplexity import perplexity
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import load_model
 from spap_core.models.shrink import load_pruned
-from spap_core.runner.execute import run
-from spap_core.runner.progress import RunProgress
 from spap_core.recovery.loop import RecoveryCancelled, RecoveryStep
 from spap_core.recovery.settings import RecoverySettings
+from spap_core.runner.execute import run
+from spap_core.runner.progress import RunProgress
 from spap_core.runner.spec import (
     MeasuredDense,
     ParameterBudget,
