@@ -129,7 +129,9 @@ key = sweep_key(loaded, base, settings, sparsities)
 points = [replace(base, settings=replace(settings[method], sparsity=sparsity))
           for method in methods for sparsity in sparsities]
 estimate = time_estimate(loaded, points)
-recovery_s = [second for point in points if (second := recovery_estimate(loaded, point)) is not None]
+# the recovery's share of the estimate: every point's, or none claimed when the model cannot be timed
+recovery_s = [seconds for point in points if (seconds := recovery_estimate(loaded, point)) is not None] \
+    if recovers else []
 run_column.caption(estimate_caption(
     f"{len(points)} runs (methods × sparsities)", estimate, base.seeds,
     recovery=base.recovery.describe() if recovers else None,

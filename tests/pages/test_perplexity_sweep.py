@@ -27,6 +27,8 @@ def test_a_sweep_from_a_recovered_run_recovers_every_point_and_shows_before_and_
     keep(at, "comparison_base", replace(at.session_state["comparison_base"], recovery=RECOVERY))
     open_page(at, "perplexity_sweep")
     offered = at.checkbox(key="sweep_recovery")
+    differs = next(c.value for c in at.caption if "differs from the settings this page keeps fixed" in c.value)
+    assert differs.endswith(": no recovery.")  # the run last submitted (the defaults) has none
     assert offered.value and offered.label == f"Recover every point after pruning ({RECOVERY.describe()})"
     assert f"of which the {RECOVERY.describe()} about" in estimate_caption(at)
     offered.uncheck().run()
