@@ -8,7 +8,9 @@ its perplexity is the seeds' combined one, with a 95% interval that holds both t
 windows' and the seeds' noise (spap_core.evaluation.intervals.seeded_perplexity), the seeds' range
 beside it, and each seed's window losses kept in the row. Each point is then compared window by
 window with its reference (SPAP at the same sparsity; the scanned parameter's default value), so a
-table and its sentence say whether a difference is beyond that noise (verdict_columns)."""
+table and its sentence say whether a difference is beyond that noise (verdict_columns). A sweep whose
+base request recovers after pruning runs that recovery at every point: each row then also keeps the
+perplexity before the recovery (BEFORE_RECOVERY's columns), and the verdicts compare the final ones."""
 
 from __future__ import annotations
 
