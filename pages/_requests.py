@@ -123,7 +123,19 @@ def submitted_request() -> RunRequest:
 def comparison_request() -> RunRequest:
     """What every point of a sweep or scan keeps fixed: the comparison pages' own copy of Run SPAP's
     settings, taken when one of them is first shown and then only when the user asks
-    (`take_submitted_settings`), so a run submitted meanwhile never changes a sweep's settings."""
+    (`take_submitted_settings`), so a run submitted meanwhile never changes a sweep's settings. It
+    holds no recovery: a scan never recovers, and a sweep adds the kept one (comparison_recovery)
+    only when the user keeps it on."""
+    return replace(_kept_comparison_request(), recovery=RecoverySettings())
+
+
+def comparison_recovery() -> RecoverySettings:
+    """The recovery after pruning of the run whose settings the comparison pages keep (none when that
+    run had none): what the sweep offers to run after every point."""
+    return _kept_comparison_request().recovery
+
+
+def _kept_comparison_request() -> RunRequest:
     state = session()
     if state.comparison_base is None:
         take_submitted_settings()
@@ -131,10 +143,10 @@ def comparison_request() -> RunRequest:
 
 
 def take_submitted_settings() -> None:
-    """Make the run last submitted on Run SPAP what sweeps and scans keep fixed (the user's action);
-    without its parameter budget, which would override the sparsity a sweep varies, and without its
-    recovery, which sweeps and scans do not make (their tables have no perplexity before recovery)."""
-    session().comparison_base = replace(submitted_request(), budget=None, recovery=RecoverySettings())
+    """Make the run last submitted on Run SPAP what sweeps and scans keep fixed (the user's action),
+    its recovery included; without its parameter budget, which would override the sparsity a sweep
+    varies."""
+    session().comparison_base = replace(submitted_request(), budget=None)
 
 
 def run_size_note() -> str:

@@ -13,7 +13,7 @@ import streamlit as st
 
 from pages._jobs import still_busy, submit_job
 from pages._model import require_model
-from pages._requests import comparison_request, submitted_request, take_submitted_settings
+from pages._requests import comparison_recovery, comparison_request, submitted_request, take_submitted_settings
 from pages._state import TableRequest, session
 from pages._summaries import evaluation_budget, settings_summary
 from pages._text import plain
@@ -24,14 +24,17 @@ from spap_service.jobs import ProgressReporter
 from spap_service.runs import RunRequest
 
 
-def comparison_header(title: str) -> tuple[LoadedModel, RunRequest]:
+def comparison_header(title: str, offers_recovery: bool = False) -> tuple[LoadedModel, RunRequest]:
     """Title, model and the run request a sweep or scan starts from: the comparison pages' own copy
-    of Run SPAP's settings. When the run last submitted there differs, the header says in what and
-    offers to take its settings; nothing else changes them."""
+    of Run SPAP's settings. When the run last submitted there differs (in its recovery too, on a page
+    that `offers_recovery`), the header says in what and offers to take its settings; nothing else
+    changes them."""
     st.title(title)
     loaded = require_model()
     submitted, base = submitted_request(), comparison_request()
     differences = request_changes(submitted, base)
+    if offers_recovery and submitted.recovery != comparison_recovery():
+        differences.append(submitted.recovery.describe())
     if differences:
         note_column, button_column = st.columns([3, 1], vertical_alignment="center")
         note_column.caption("Run SPAP's last submitted run differs from the settings this page keeps fixed: "

@@ -14,11 +14,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._charts import show_chart
-from pages._estimates import estimate_caption, executor_note, time_estimate
+from pages._estimates import estimate_caption, executor_note, recovery_estimate, time_estimate
 from pages._job_progress import job_panel
 from pages._jobs import refused_before_queueing
 from pages._palette import DENSE, method_colours, method_markers, method_style
-from pages._requests import CALIBRATION_SEEDS
+from pages._requests import CALIBRATION_SEEDS, comparison_recovery
 from pages._results import latest_table
 from pages._routing import ensure_routed
 from pages._summaries import evaluation_budget
@@ -39,14 +39,18 @@ from spap_core.methods.allocation import DESCRIPTIONS as ALLOCATION_DESCRIPTIONS
 from spap_core.methods.reconstruction import OWN, RECONSTRUCTIONS, REFIT, REFIT_ALTMIN, Reconstruction
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.pipeline.parameters import allocation_parameters, method_parameters, with_values
+from spap_core.recovery.settings import RecoverySettings
 from spap_service.analysis import weight_update_note
 from spap_service.compare import ReferenceCurves, reference_curves
 from spap_service.comparisons import (
+    BEFORE_RECOVERY,
     SWEEP_REFERENCE,
     ScaleSplit,
+    by_sparsity,
     method_settings,
-    perplexity_cell,
+    perplexity_by_sparsity,
     ratio_cell,
+    recovered,
     split_off_scale,
     sweep_key,
     sweep_reading,
@@ -60,7 +64,7 @@ ensure_routed()
 
 STEPS = [0.05, 0.1, 0.2]
 
-loaded, base = comparison_header("Perplexity vs sparsity")
+loaded, base = comparison_header("Perplexity vs sparsity", offers_recovery=True)
 restore_form("sweep")  # the choices of the sweep shown, when the page is opened again
 picture = st.container()  # the chart comes first; it is drawn once the form below has said which sweep it is
 
@@ -112,13 +116,27 @@ seeds_column, run_column = st.columns([1, 3])
 seeds = seeds_column.number_input(CALIBRATION_SEEDS.label, 1, MAX_SEEDS,
                                   unless_preset("sweep_seeds", base.seeds, "min"), key="sweep_seeds",
                                   help=CALIBRATION_SEEDS.help)
-base = replace(base, seeds=int(seeds))
+# Offered only when the kept Run SPAP settings recover: the same recovery after every point.
+kept_recovery = comparison_recovery()
+recovers = kept_recovery.enabled and run_column.checkbox(
+    f"Recover every point after pruning ({kept_recovery.describe()})", value=True, key="sweep_recovery",
+    help="The recovery of the Run SPAP settings this page keeps, after every point (every method, sparsity and "
+         "calibration seed): the chart and the table then show each point before and after it. Each point trains "
+         "its adapters and measures its perplexity a second time, which multiplies the sweep's time (the estimate "
+         "below counts it).")
+base = replace(base, seeds=int(seeds), recovery=kept_recovery if recovers else RecoverySettings())
 key = sweep_key(loaded, base, settings, sparsities)
 points = [replace(base, settings=replace(settings[method], sparsity=sparsity))
           for method in methods for sparsity in sparsities]
 estimate = time_estimate(loaded, points)
-run_column.caption(estimate_caption(f"{len(points)} runs (methods × sparsities)", estimate, base.seeds) + " "
-                   + executor_note() if points else "Nothing to run: choose at least one method.")
+# the recovery's share of the estimate: every point's, or none claimed when the model cannot be timed
+recovery_s = [seconds for point in points if (seconds := recovery_estimate(loaded, point)) is not None] \
+    if recovers else []
+run_column.caption(estimate_caption(
+    f"{len(points)} runs (methods × sparsities)", estimate, base.seeds,
+    recovery=base.recovery.describe() if recovers else None,
+    recovery_s=sum(recovery_s) if recovers and len(recovery_s) == len(points) else None)
+    + " " + executor_note() if points else "Nothing to run: choose at least one method.")
 if run_column.button("Run sweep", type="primary", icon=":material/play_arrow:"):
     if not methods:
         st.error("Choose at least one method.")
@@ -126,7 +144,7 @@ if run_column.button("Run sweep", type="primary", icon=":material/play_arrow:"):
         label = f"Sweep: {len(methods)} methods × {len(sparsities)} sparsities" + (
             f" × {base.seeds} calibration seeds" if base.seeds > 1 else "")
         form = form_state(["sweep_methods", "sweep_range", "sweep_step", "sweep_reconstruction", "sweep_allocation",
-                           "sweep_seeds", *spread, *values])
+                           "sweep_seeds", "sweep_recovery", *spread, *values])
         request_table("sweep", key, label, {"budget": evaluation_budget(base.data), "form": form},
                       partial(sweep_sparsities, loaded, base, settings, sparsities), estimate)
 
@@ -142,7 +160,9 @@ def perplexity_figure(table: pd.DataFrame, title: str, dense: dict[str, float], 
     panel (`dense`, by panel value; the key "" without panels) as the dashed neutral line, and the
     methods far above the others (spap_service.comparisons.split_off_scale) left off the axis and
     written, with their values, in each panel's corner. Sparsity reads as a percentage on every axis.
-    Every point with a 95% interval (windows and calibration seeds) carries it as an error bar."""
+    Every point with a 95% interval (windows and calibration seeds) carries it as an error bar. When
+    the points recovered after pruning, the solid curves are the perplexities after recovery and each
+    method's perplexities before it are a dashed curve in its colour, the legend naming each."""
     split = split_off_scale(table, panel)
     methods = list(dict.fromkeys(split.shown["method"]))
     measured, bars = split.shown, {}
@@ -153,6 +173,8 @@ def perplexity_figure(table: pd.DataFrame, title: str, dense: dict[str, float], 
     figure = px.line(measured, x="sparsity", y="perplexity", color="method", symbol="method", facet_col=panel,
                      markers=True, log_y=True, title=title, color_discrete_map=method_colours(methods),
                      symbol_map=method_markers(methods), **bars)
+    if before_too := recovered(table):
+        figure.for_each_trace(lambda trace: trace.update(name=f"{trace.name}, after recovery"))
     span = [table["sparsity"].min(), table["sparsity"].max()]
     panels = list(dict.fromkeys(table[panel])) if panel else [""]
     # one legend entry for the dense lines of every panel: the grey dashes mean one thing
@@ -161,6 +183,13 @@ def perplexity_figure(table: pd.DataFrame, title: str, dense: dict[str, float], 
         # a trace, not add_hline: shapes on a log axis take log10 coordinates
         figure.add_scatter(x=span, y=[dense[name]] * 2, mode="lines", row=1, col=column, line=DENSE.line(),
                            name=dense_name, legendgroup="dense", showlegend=column == 1)
+        in_panel = measured[measured[panel] == name] if panel else measured
+        for method in methods if before_too else ():
+            rows, style = in_panel[in_panel["method"] == method], method_style(method)
+            figure.add_scatter(x=rows["sparsity"], y=rows[BEFORE_RECOVERY.perplexity], mode="lines+markers",
+                               row=1, col=column, line=replace(style, dash="dash").line(),
+                               marker_symbol=style.marker, name=f"{method}, before recovery",
+                               legendgroup=f"{method} before", showlegend=column == 1)
         off = split.panel(panel, name).off_scale if panel else split.off_scale
         if not off.empty:
             axis = "" if column == 1 else str(column)
@@ -189,17 +218,10 @@ def protocol_caption(curves: ReferenceCurves) -> None:
                "are higher; the order of the methods is what to compare.")
 
 
-def by_sparsity(table: pd.DataFrame) -> pd.DataFrame:
-    """The table's text `cell` of each method at each sparsity: a row per sparsity, a column per method."""
-    pivot = table.pivot(index="sparsity", columns="method", values="cell")
-    pivot.index = [f"{sparsity:.0%}" for sparsity in pivot.index]
-    return pivot[list(dict.fromkeys(table["method"]))]
-
-
 def sweep_section(table: pd.DataFrame, context: dict) -> None:
     """The latest sweep: its chart with the intervals, what it shows in one sentence, its numbers
-    ("ppl [low, high]" and each method's verdict against spap) and its CSV (numbers, with each seed's
-    window losses JSON-encoded)."""
+    ("ppl [low, high]", before and after the recovery when its points recovered, and each method's
+    verdict against spap) and its CSV (numbers, with each seed's window losses JSON-encoded)."""
     failed_points_warning(table, lambda row: f"{row['method']} at {row['sparsity']:.0%}")
     if shown_table_differs("sweep", key):
         st.caption(":material/info: The chart shows the sweep last run, made with other choices than the ones "
@@ -213,19 +235,23 @@ def sweep_section(table: pd.DataFrame, context: dict) -> None:
     show_chart(figure)
     st.markdown(plain(sweep_reading(split, dense)))
     seeds = int(table["seeds"].iloc[0])
-    st.caption(f"Error bars: 95% intervals over the evaluation windows{' and the calibration seeds' * (seeds > 1)} "
-               f"({seeds} seed{'s' * (seeds > 1)}).")
+    after = " after recovery" if recovered(table) else ""
+    st.caption(f"Error bars{' (solid lines, after recovery)' * bool(after)}: 95% intervals over the evaluation "
+               f"windows{' and the calibration seeds' * (seeds > 1)} ({seeds} seed{'s' * (seeds > 1)})."
+               + (" The dashed lines are the same points before recovery; their intervals are in the table below."
+                  * bool(after)))
     with st.expander("The numbers, and each curve's settings"):
-        st.markdown(f"**Perplexity [95% interval]** (dense: {dense:.2f})" + (
-            f"; with {seeds} calibration seeds, their lowest and highest one-seed perplexity after it" if seeds > 1
-            else ""))
-        st.dataframe(by_sparsity(table.assign(cell=table.apply(perplexity_cell, axis=1))), width="stretch")
+        st.markdown(f"**Perplexity [95% interval]**{', after recovery and before it' * bool(after)} "
+                    f"(dense: {dense:.2f})" + (
+                        f"; with {seeds} calibration seeds, their lowest and highest one-seed perplexity after it"
+                        if seeds > 1 else ""))
+        st.dataframe(perplexity_by_sparsity(table), width="stretch")
         baselines = table[table["method"] != SWEEP_REFERENCE]
         if "verdict_vs_spap" in table and not baselines.empty:
-            st.markdown("**Against spap at the same sparsity**: each method's perplexity ÷ spap's, its 95% interval "
-                        "from the windows' paired differences, and the verdict")
-            st.dataframe(by_sparsity(baselines.assign(cell=baselines.apply(ratio_cell, axis=1,
-                                                                           name=SWEEP_REFERENCE))), width="stretch")
+            st.markdown(f"**Against spap at the same sparsity{after}**: each method's perplexity ÷ spap's, its 95% "
+                        "interval from the windows' paired differences, and the verdict")
+            st.dataframe(by_sparsity(baselines, baselines.apply(ratio_cell, axis=1, name=SWEEP_REFERENCE)),
+                         width="stretch")
         shown = sorted(table["sparsity"].unique())
         st.download_button("Sweep (.csv)", data=table_csv(table), mime="text/csv", on_click="ignore",
                            file_name=f"spap-sweep-{'-'.join(dict.fromkeys(table['method']))}-"

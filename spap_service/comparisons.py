@@ -8,7 +8,9 @@ its perplexity is the seeds' combined one, with a 95% interval that holds both t
 windows' and the seeds' noise (spap_core.evaluation.intervals.seeded_perplexity), the seeds' range
 beside it, and each seed's window losses kept in the row. Each point is then compared window by
 window with its reference (SPAP at the same sparsity; the scanned parameter's default value), so a
-table and its sentence say whether a difference is beyond that noise (verdict_columns)."""
+table and its sentence say whether a difference is beyond that noise (verdict_columns). A sweep whose
+base request recovers after pruning runs that recovery at every point: each row then also keeps the
+perplexity before the recovery (BEFORE_RECOVERY's columns), and the verdicts compare the final ones."""
 
 from __future__ import annotations
 
@@ -93,39 +95,79 @@ def measure_seeded(loaded: LoadedModel, requests: list[RunRequest], progress: Pr
     return [seeded_columns([next(results) for _ in seeds], [one.seed for one in seeds]) for seeds in by_request]
 
 
+@dataclass(frozen=True)
+class PerplexityColumns:
+    """The columns that hold one perplexity of a sweep's or scan's row: the perplexity over every
+    seed and window, its 95% interval (windows and seeds combined), the lowest and highest one-seed
+    perplexity, and each seed's window losses (a list of lists)."""
+
+    perplexity: str
+    ci95_low: str
+    ci95_high: str
+    seed_low: str
+    seed_high: str
+    window_losses: str
+
+    def numbers(self, window_nll_by_seed: list[list[float]]) -> dict[str, float]:
+        """The perplexity, interval and seed-range columns of these seeds' window losses (NaN where
+        there is none: no losses, fewer than 2 windows, one seed)."""
+        combined = seeded_perplexity(window_nll_by_seed) if window_nll_by_seed else None
+        low, high = combined.ci95 if combined is not None and combined.ci95 is not None else (math.nan, math.nan)
+        seed_low, seed_high = combined.seed_range if combined is not None and combined.seed_range is not None \
+            else (math.nan, math.nan)
+        return {self.perplexity: math.nan if combined is None else combined.perplexity, self.ci95_low: low,
+                self.ci95_high: high, self.seed_low: seed_low, self.seed_high: seed_high}
+
+
+# The column of a sweep's or scan's table that keeps each seed's window losses (a list of lists).
+WINDOW_LOSSES = "window_nll_by_seed"
+# The final model's perplexity (after its recovery, when the points recovered), which every verdict compares.
+FINAL = PerplexityColumns("perplexity", "ppl_ci95_low", "ppl_ci95_high", "ppl_seed_low", "ppl_seed_high",
+                          WINDOW_LOSSES)
+# The pruned model's perplexity before its recovery: columns only a sweep whose points recovered has.
+BEFORE_RECOVERY = PerplexityColumns("ppl_before_recovery", "ppl_before_recovery_ci95_low",
+                                    "ppl_before_recovery_ci95_high", "ppl_before_recovery_seed_low",
+                                    "ppl_before_recovery_seed_high", "window_nll_before_recovery_by_seed")
+
+
+def recovered(table: pd.DataFrame) -> bool:
+    """Whether a sweep's points recovered after pruning (its table has the before-recovery columns)."""
+    return BEFORE_RECOVERY.perplexity in table
+
+
 def seeded_columns(results: list[PointResult], seeds: list[int]) -> SeededPoint:
     """One point's row from its seeds' results (`seeds[i]` gave `results[i]`): `perplexity` over every
     seed and window, `ppl_ci95_low`/`ppl_ci95_high` its 95% interval (windows and seeds combined),
     `seeds`, `ppl_seed_low`/`ppl_seed_high` the lowest and highest one-seed perplexity (NaN with one
     seed), the mean layer error averaged over the seeds, and `window_nll_by_seed` (each seed's
-    window losses). A seed that failed fails the point: no numbers, and `error` says which seed and
-    why (the reason alone with one seed)."""
+    window losses). When the runs recovered after pruning, the same numbers of the perplexity before
+    the recovery follow (BEFORE_RECOVERY's columns); a point without a recovery has none of them. A
+    seed that failed fails the point: no numbers, and `error` says which seed and why (the reason
+    alone with one seed)."""
     failed = [(seed, result.error) for seed, result in zip(seeds, results) if result.error is not None]
     if failed:
         reason = failed[0][1] if len(seeds) == 1 else "; ".join(f"calibration seed {seed}: {error}"
                                                                   for seed, error in failed)
-        return _point(PointResult(error=reason), len(seeds), None, None, [])
-    own = results[0]
-    combined = seeded_perplexity([result.window_nll for result in results])
+        return _point(PointResult(error=reason), len(seeds), [], [])
     layer_error = float(np.mean([result.mean_layer_error for result in results]))
-    return _point(replace(own, perplexity=combined.perplexity, mean_layer_error=layer_error), len(seeds),
-                  combined.ci95, combined.seed_range, [list(result.window_nll) for result in results])
+    before = [list(result.window_nll_before_recovery) for result in results]
+    return _point(replace(results[0], mean_layer_error=layer_error), len(seeds),
+                  [list(result.window_nll) for result in results], before if all(before) else [])
 
 
-def _point(result: PointResult, seeds: int, ci95: tuple[float, float] | None,
-           seed_range: tuple[float, float] | None, window_nll_by_seed: list[list[float]]) -> SeededPoint:
-    low, high = ci95 if ci95 is not None else (math.nan, math.nan)
-    seed_low, seed_high = seed_range if seed_range is not None else (math.nan, math.nan)
+def _point(result: PointResult, seeds: int, window_nll_by_seed: list[list[float]],
+           before_recovery_by_seed: list[list[float]]) -> SeededPoint:
+    final = FINAL.numbers(window_nll_by_seed)
+    before = BEFORE_RECOVERY.numbers(before_recovery_by_seed) if before_recovery_by_seed else {}
     return SeededPoint(
-        leading={"perplexity": result.perplexity, "ppl_ci95_low": low, "ppl_ci95_high": high, "seeds": seeds,
-                 "ppl_seed_low": seed_low, "ppl_seed_high": seed_high},
+        leading={FINAL.perplexity: final[FINAL.perplexity], FINAL.ci95_low: final[FINAL.ci95_low],
+                 FINAL.ci95_high: final[FINAL.ci95_high], "seeds": seeds, FINAL.seed_low: final[FINAL.seed_low],
+                 FINAL.seed_high: final[FINAL.seed_high], **before},
         trailing={"dense_perplexity": result.dense_perplexity, "mean_layer_error": result.mean_layer_error,
                   "params_after": result.params_after, "eval_tokens": result.eval_tokens,
-                  WINDOW_LOSSES: window_nll_by_seed, **({"error": result.error} if result.error else {})})
-
-
-# The column of a sweep's or scan's table that keeps each seed's window losses (a list of lists).
-WINDOW_LOSSES = "window_nll_by_seed"
+                  WINDOW_LOSSES: window_nll_by_seed,
+                  **({BEFORE_RECOVERY.window_losses: before_recovery_by_seed} if before else {}),
+                  **({"error": result.error} if result.error else {})})
 
 
 def compare_points(row: pd.Series, reference: pd.Series, seeds_pair: bool) -> PairedComparison:
@@ -167,13 +209,13 @@ def verdict_columns(table: pd.DataFrame, is_reference: pd.Series, name: str, cal
     return table.assign(**{column: [values[position] for values in columns] for position, column in enumerate(names)})
 
 
-def perplexity_cell(row: pd.Series) -> str:
-    """A row's perplexity as a table on screen shows it: '42.72 [41.90, 43.57]', with its seeds'
-    range after it when it ran over more than one ('; 3 seeds 42.10 to 43.30'), '(no interval)'
-    without one; a failed point's is 'nan (no interval)'."""
-    interval = None if pd.isna(row["ppl_ci95_low"]) else (row["ppl_ci95_low"], row["ppl_ci95_high"])
-    seed_range = None if pd.isna(row["ppl_seed_low"]) else (row["ppl_seed_low"], row["ppl_seed_high"])
-    return perplexity_text(row["perplexity"], interval, seed_range, int(row["seeds"]))
+def perplexity_cell(row: pd.Series, columns: PerplexityColumns = FINAL) -> str:
+    """A row's perplexity (`columns` says which: the final one, or BEFORE_RECOVERY's) as a table on
+    screen shows it: '42.72 [41.90, 43.57]', with its seeds' range after it when it ran over more than
+    one ('; 3 seeds 42.10 to 43.30'), '(no interval)' without one; a failed point's is 'nan (no interval)'."""
+    interval = None if pd.isna(row[columns.ci95_low]) else (row[columns.ci95_low], row[columns.ci95_high])
+    seed_range = None if pd.isna(row[columns.seed_low]) else (row[columns.seed_low], row[columns.seed_high])
+    return perplexity_text(row[columns.perplexity], interval, seed_range, int(row["seeds"]))
 
 
 def ratio_cell(row: pd.Series, name: str) -> str:
@@ -187,9 +229,31 @@ def ratio_cell(row: pd.Series, name: str) -> str:
 
 
 def table_csv(table: pd.DataFrame) -> str:
-    """A sweep's or scan's table as its download: every number as measured, and each seed's window
-    losses JSON-encoded in their column (a list of lists), so the file can be compared again."""
-    return table.assign(**{WINDOW_LOSSES: table[WINDOW_LOSSES].map(json.dumps)}).to_csv(index=False)
+    """A sweep's or scan's table as its download: every number as measured (before and after the
+    recovery, when its points recovered), and each seed's window losses JSON-encoded in their columns
+    (a list of lists), so the file can be compared again."""
+    losses = [columns.window_losses for columns in (FINAL, BEFORE_RECOVERY) if columns.window_losses in table]
+    return table.assign(**{column: table[column].map(json.dumps) for column in losses}).to_csv(index=False)
+
+
+def by_sparsity(table: pd.DataFrame, cells: pd.Series) -> pd.DataFrame:
+    """`cells` (one text per row of `table`) laid out as a sweep's table on screen: a row per sparsity
+    ('30%'), a column per method in the table's order."""
+    pivot = table.assign(cell=cells).pivot(index="sparsity", columns="method", values="cell")
+    pivot.index = [f"{sparsity:.0%}" for sparsity in pivot.index]
+    return pivot[list(dict.fromkeys(table["method"]))]
+
+
+def perplexity_by_sparsity(table: pd.DataFrame) -> pd.DataFrame:
+    """A sweep's perplexities as its table on screen shows them (by_sparsity of perplexity_cell); when
+    its points recovered, each method has two columns side by side, '{method}, after recovery' and
+    '{method}, before recovery'."""
+    final = by_sparsity(table, table.apply(perplexity_cell, axis=1))
+    if not recovered(table):
+        return final
+    before = by_sparsity(table, table.apply(perplexity_cell, axis=1, columns=BEFORE_RECOVERY))
+    return pd.DataFrame({f"{method}, {when} recovery": cells[method] for method in final.columns
+                         for when, cells in (("after", final), ("before", before))})
 
 
 def provenance_columns(loaded: LoadedModel, request: RunRequest) -> dict[str, str]:
@@ -203,11 +267,12 @@ def provenance_columns(loaded: LoadedModel, request: RunRequest) -> dict[str, st
 
 
 def sweep_key(loaded: LoadedModel, base: RunRequest, methods: dict[str, PruneSettings], sparsities: list[float]) -> str:
-    """Identifies a sweep's table: model, data, seed and calibration seeds, and every method's settings
-    but the swept sparsity."""
+    """Identifies a sweep's table: model, data, seed and calibration seeds, every method's settings
+    but the swept sparsity, and the recovery every point runs after pruning (when it runs one)."""
     settings = sorted(f"{method}:{asdict(replace(options, sparsity=0.5))}" for method, options in methods.items())
+    recovery = f"|recovery={asdict(base.recovery)}" if base.recovery.enabled else ""
     return (f"sweep|{model_key(loaded)}|{base.data.cache_key}|seed={base.seed}|seeds={base.seeds}|{settings}|"
-            f"{sorted(sparsities)}")
+            f"{sorted(sparsities)}{recovery}")
 
 
 # A method is off the scale when its lowest value is more than this many times the highest median
@@ -287,10 +352,14 @@ def lowest_two(best: pd.Series, runner_up: pd.Series, comparison: PairedComparis
 
 
 def sweep_reading(split: ScaleSplit, dense: float | None = None, where: str = "") -> str:
-    """What a perplexity-vs-sparsity chart shows, in one sentence computed from its table (one panel's
-    rows, `where` naming the panel): at the highest sparsity measured for two or more methods, which
-    is lowest and by how much, or that the two lowest are not distinguishable (lowest_two); the dense
-    model's perplexity; and which methods are off the chart's scale, with their values."""
+    """What a perplexity-vs-sparsity chart shows, computed from its table (one panel's rows, `where`
+    naming the panel): at the highest sparsity measured for two or more methods, which is lowest and
+    by how much, or that the two lowest are not distinguishable (lowest_two); the dense model's
+    perplexity; and which methods are off the chart's scale, with their values. When the points
+    recovered after pruning, that reading is of the perplexities after the recovery (the solid
+    lines, which the verdicts compare), and one more sentence says whether the methods rank in the
+    same order before the recovery (recovery_order)."""
+    after = " after recovery" if recovered(split.shown) else ""
     measured = split.shown.dropna(subset=["perplexity"])
     compared = measured.groupby("sparsity")["method"].nunique()
     if (compared >= 2).any():
@@ -299,20 +368,57 @@ def sweep_reading(split: ScaleSplit, dense: float | None = None, where: str = ""
         best, runner_up = ranked.iloc[0], ranked.iloc[1]
         kept = WINDOW_LOSSES in ranked and all(len(row[WINDOW_LOSSES]) for row in (best, runner_up))
         comparison = compare_points(best, runner_up, seeds_pair=True) if kept else None
-        reading = f"{where}at {at:.0%} sparsity, {lowest_two(best, runner_up, comparison)}"
+        reading = f"{where}at {at:.0%} sparsity{after}, {lowest_two(best, runner_up, comparison)}"
     elif not measured.empty:
         method, points = measured["method"].iloc[0], measured.sort_values("sparsity")
         first, last = points.iloc[0], points.iloc[-1]
         later = f" and {readable(last['perplexity'])} at {last['sparsity']:.0%}" if len(points) > 1 else ""
-        reading = (f"{where}the perplexity of {method} is {readable(first['perplexity'])} at {first['sparsity']:.0%} "
-                   f"sparsity{later}.")
+        reading = (f"{where}the perplexity of {method}{after} is {readable(first['perplexity'])} at "
+                   f"{first['sparsity']:.0%} sparsity{later}.")
     else:
         reading = f"{where}no method has a perplexity on this chart's scale."
     if dense is not None and np.isfinite(dense):
-        reading += f" The dense model's is {readable(dense)} (dashed)."
+        reading += f" The dense model's is {readable(dense)} ({'the grey dashes' if after else 'dashed'})."
     if not split.off_scale.empty:
         reading += f" Off the axis, far above the others: {value_ranges(split.off_scale)}."
+    if after and (order := recovery_order(pd.concat([split.shown, split.off_scale]))) is not None:
+        reading += f" {order}"
     return reading[:1].upper() + reading[1:]
+
+
+def recovery_order(table: pd.DataFrame) -> str | None:
+    """Whether a recovered sweep's methods rank in the same order before the recovery as after it,
+    in one sentence: at each sparsity where two or more methods have both perplexities, the methods
+    ordered by each (the measured values: the verdicts compare only the perplexities after
+    recovery). 'By their perplexities, recovery keeps the methods' order at every sparsity: spap is
+    lowest at each, before recovery and after it.', or where it changes the order and how ('… at
+    40%, flap is lowest after recovery and spap before it (spap < flap before, flap < spap after)').
+    None where no sparsity has two such methods."""
+    measured = table.dropna(subset=[FINAL.perplexity, BEFORE_RECOVERY.perplexity])
+    orders = {sparsity: (list(rows.sort_values(BEFORE_RECOVERY.perplexity, kind="stable")["method"]),
+                         list(rows.sort_values(FINAL.perplexity, kind="stable")["method"]))
+              for sparsity, rows in measured.groupby("sparsity") if len(rows) >= 2}
+    if not orders:
+        return None
+    changed = {sparsity: order for sparsity, order in orders.items() if order[0] != order[1]}
+    if not changed:
+        every = "every sparsity" if len(orders) > 1 else f"{next(iter(orders)):.0%}"
+        lowest = {before[0] for before, _ in orders.values()}
+        at_each = f": {lowest.pop()} is lowest{' at each' * (len(orders) > 1)}, before recovery and after it" \
+            if len(lowest) == 1 else " (lowest: " + ", ".join(
+                f"{before[0]} at {sparsity:.0%}" for sparsity, (before, _) in orders.items()) + ")"
+        return f"By their perplexities, recovery keeps the methods' order at {every}{at_each}."
+
+    def change(sparsity: float, before: list[str], after: list[str]) -> str:
+        both = f"({' < '.join(before)} before, {' < '.join(after)} after)"
+        if before[0] != after[0]:
+            return f"at {sparsity:.0%}, {after[0]} is lowest after recovery and {before[0]} before it {both}"
+        return f"at {sparsity:.0%}, {before[0]} is lowest before and after recovery, the others reorder {both}"
+
+    kept = [f"{sparsity:.0%}" for sparsity in orders if sparsity not in changed]
+    keeps = f"; it keeps it at {', '.join(kept)}" if kept else ""
+    return ("By their perplexities, recovery changes the methods' order: "
+            + "; ".join(change(sparsity, *order) for sparsity, order in changed.items()) + f"{keeps}.")
 
 
 # Finished sweep and scan tables by their key (model, data, every setting): coming back to the same

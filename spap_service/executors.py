@@ -59,6 +59,9 @@ class PointResult:
     params_after: int = 0
     eval_tokens: int = 0
     window_nll: tuple[float, ...] = ()  # the pruned model's mean loss on each evaluation window
+    # with a recovery after pruning, `perplexity` and `window_nll` are the recovered model's and these
+    # the pruned model's before it, on the same windows; empty without a recovery
+    window_nll_before_recovery: tuple[float, ...] = ()
     error: str | None = None
 
 
@@ -66,10 +69,12 @@ def measure_point(loaded: LoadedModel, request: RunRequest, progress: ProgressRe
                   cancel: threading.Event) -> PointResult:
     """One point: prune a copy of the model with the request's settings and evaluate it."""
     experiment = run_request(loaded, request, progress, cancel).experiment
+    before = experiment.before_recovery
     return PointResult(perplexity=experiment.pruned.perplexity, dense_perplexity=experiment.dense.perplexity,
                        mean_layer_error=experiment.result.mean_layer_error,
                        params_after=experiment.result.params_after, eval_tokens=experiment.pruned.tokens,
-                       window_nll=experiment.pruned.window_nll)
+                       window_nll=experiment.pruned.window_nll,
+                       window_nll_before_recovery=() if before is None else before.window_nll)
 
 
 class PointExecutor(ABC):

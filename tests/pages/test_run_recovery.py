@@ -207,12 +207,14 @@ def test_a_job_cancelled_in_a_recovery_says_nothing_of_it_was_kept():
                                           "after 2 of 5 steps: a cancelled run keeps no result")
 
 
-def test_sweeps_and_scans_take_the_submitted_settings_without_the_recovery(recovered_app):
+def test_the_sweep_takes_the_submitted_settings_with_the_recovery_and_offers_it(recovered_app):
     at = recovered_app
-    assert at.session_state["submitted_run"].recovery.mode == "lora"
+    submitted = at.session_state["submitted_run"]
+    assert submitted.recovery.mode == "lora"
     open_page(at, "perplexity_sweep")
     base = at.session_state["comparison_base"]
-    assert not base.recovery.enabled and base.settings == at.session_state["submitted_run"].settings
+    assert base.recovery == submitted.recovery and base.settings == submitted.settings
+    assert submitted.recovery.describe() in at.checkbox(key="sweep_recovery").label
 
 
 def test_the_progress_bar_counts_the_recovery_and_the_perplexity_after_it():

@@ -15,12 +15,16 @@ import pytest
 from spap_core.evaluation.intervals import seeded_perplexity
 from spap_core.methods.altmin import AltMinSettings
 from spap_core.methods.registry import PruneSettings, with_options
+from spap_core.recovery.settings import RecoverySettings
 from spap_service.comparisons import (
+    BEFORE_RECOVERY,
     WINDOW_LOSSES,
+    perplexity_by_sparsity,
     perplexity_cell,
     provenance_columns,
     ratio_cell,
     readable,
+    recovery_order,
     scan_key,
     seeded_columns,
     sensitivity_scan,
@@ -114,10 +118,15 @@ def _losses(seeds: int, shift: float = 0.0, seed: int = 0) -> list[list[float]]:
     return [list(difficulty + rng.normal(0, 0.01, WINDOWS) + shift) for _ in range(seeds)]
 
 
-def _row(method: str, sparsity: float, losses: list[list[float]], error: str | None = None) -> dict:
+def _row(method: str, sparsity: float, losses: list[list[float]], error: str | None = None,
+         before_recovery: list[list[float]] | None = None) -> dict:
+    """A sweep's row from its seeds' window losses (after recovery, when `before_recovery` gives the
+    losses before it)."""
+    before = before_recovery or [[] for _ in losses]
     results = [PointResult(perplexity=math.exp(float(np.mean(row))), dense_perplexity=15.0, mean_layer_error=0.1,
                            params_after=100, eval_tokens=WINDOWS * TOKENS_PER_WINDOW, window_nll=tuple(row),
-                           error=error if index == 0 else None) for index, row in enumerate(losses)]
+                           window_nll_before_recovery=tuple(before_row), error=error if index == 0 else None)
+               for index, (row, before_row) in enumerate(zip(losses, before))]
     point = seeded_columns(results, list(range(len(losses))))
     return {"method": method, "sparsity": sparsity, **point.leading, **point.trailing}
 
@@ -234,3 +243,85 @@ def test_a_tiny_sweep_and_scan_over_two_seeds_give_seed_columns_intervals_and_ve
     assert scan["verdict_vs_default"].iloc[0] == "reference" and scan["ratio_vs_default"].iloc[1] > 0
     loaded_back = pd.read_csv(io.StringIO(table_csv(scan)))
     assert json.loads(loaded_back[WINDOW_LOSSES].iloc[1]) == scan[WINDOW_LOSSES].iloc[1]
+
+
+# ------------------------------------------------------------------ recovery after every point
+
+
+def _recovered(points: dict[tuple[str, float], tuple[float, float]]) -> pd.DataFrame:
+    """A recovered sweep whose (method, sparsity) point has its mean loss (after recovery, before it)
+    shifted by these nats on the same windows."""
+    return _sweep([_row(method, sparsity, _losses(1, shift=after), before_recovery=_losses(1, shift=before))
+                   for (method, sparsity), (after, before) in points.items()])
+
+
+def test_a_sweeps_key_holds_the_recovery_its_points_run(tiny):
+    text = TextChoice(kind="file", path="x.txt")
+    data = DataSpec(calibration=text, evaluation=text, nsamples=8, seqlen=32, eval_windows=4, eval_len=32,
+                    batch_size=4)
+    base = RunRequest(settings=PruneSettings(sparsity=0.3), seed=0, data=data)
+    methods = {"spap": base.settings}
+    keys = [sweep_key(tiny, replace(base, recovery=recovery), methods, [0.3])
+            for recovery in (RecoverySettings(), RecoverySettings(mode="lora", steps=2),
+                             RecoverySettings(mode="lora", steps=3))]
+    assert len(set(keys)) == 3
+    assert keys[0] == sweep_key(tiny, base, methods, [0.3])  # no recovery: the key a sweep had without one
+
+
+def test_a_recovered_point_keeps_its_perplexity_before_recovery_and_its_table_shows_both():
+    after, before = _losses(2), _losses(2, shift=0.4)
+    row = _row("spap", 0.3, after, before_recovery=before)
+    combined = seeded_perplexity(before)
+    assert (row[BEFORE_RECOVERY.perplexity], row[BEFORE_RECOVERY.ci95_low], row[BEFORE_RECOVERY.ci95_high],
+            row[BEFORE_RECOVERY.seed_low], row[BEFORE_RECOVERY.seed_high]) == (
+        combined.perplexity, *combined.ci95, *combined.seed_range)
+    assert row[BEFORE_RECOVERY.window_losses] == before and row["perplexity"] == seeded_perplexity(after).perplexity
+    unrecovered = _row("spap", 0.3, after)
+    assert not {column for column in unrecovered if "before_recovery" in column}  # no empty columns without one
+
+    table = _sweep([row, _row("flap", 0.3, _losses(2, shift=0.2), before_recovery=_losses(2, shift=0.9))])
+    shown = perplexity_by_sparsity(table)
+    assert shown.columns.tolist() == ["spap, after recovery", "spap, before recovery", "flap, after recovery",
+                                      "flap, before recovery"]
+    spap = table.iloc[0]
+    assert shown.loc["30%", "spap, before recovery"] == perplexity_text(
+        combined.perplexity, combined.ci95, combined.seed_range, 2) == perplexity_cell(spap, BEFORE_RECOVERY)
+    assert shown.loc["30%", "spap, after recovery"] == perplexity_cell(spap)
+    without = _sweep([unrecovered, _row("flap", 0.3, _losses(2, shift=0.2))])
+    assert perplexity_by_sparsity(without).columns.tolist() == ["spap", "flap"]
+    loaded_back = pd.read_csv(io.StringIO(table_csv(table)))
+    assert json.loads(loaded_back[BEFORE_RECOVERY.window_losses].iloc[0]) == before
+    assert loaded_back[BEFORE_RECOVERY.perplexity].iloc[1] == pytest.approx(table[BEFORE_RECOVERY.perplexity].iloc[1])
+    assert "before_recovery" not in table_csv(without)
+
+
+def test_the_reading_of_a_recovered_sweep_reads_after_recovery_and_says_the_order_holds_before_it():
+    table = _recovered({("spap", 0.3): (0.0, 0.3), ("flap", 0.3): (0.5, 0.9),
+                        ("spap", 0.5): (1.0, 1.5), ("flap", 0.5): (1.6, 2.2)})
+    order = ("By their perplexities, recovery keeps the methods' order at every sparsity: spap is lowest at each, "
+             "before recovery and after it.")
+    assert recovery_order(table) == order
+    reading = sweep_reading(split_off_scale(table), dense=15.0)
+    assert reading.startswith("At 50% sparsity after recovery, spap has the lowest perplexity, ")
+    assert reading.endswith(f"The dense model's is 15.0 (the grey dashes). {order}")
+
+
+def test_the_reading_of_a_recovered_sweep_says_where_recovery_changes_the_order():
+    # flap is above spap before recovery at both sparsities, and below it after recovery at 50%
+    table = _recovered({("spap", 0.3): (0.0, 0.3), ("flap", 0.3): (0.5, 0.9),
+                        ("spap", 0.5): (1.6, 1.8), ("flap", 0.5): (1.0, 2.4), ("obs", 0.5): (1.8, 2.0)})
+    assert recovery_order(table) == (
+        "By their perplexities, recovery changes the methods' order: at 50%, flap is lowest after recovery and spap "
+        "before it (spap < obs < flap before, flap < spap < obs after); it keeps it at 30%.")
+    assert sweep_reading(split_off_scale(table)).endswith(recovery_order(table))
+    # the lowest stays, the others swap
+    swapped = _recovered({("spap", 0.3): (0.0, 0.1), ("flap", 0.3): (0.5, 0.9), ("obs", 0.3): (0.4, 1.0)})
+    assert recovery_order(swapped) == (
+        "By their perplexities, recovery changes the methods' order: at 30%, spap is lowest before and after "
+        "recovery, the others reorder (spap < flap < obs before, spap < obs < flap after).")
+
+
+def test_a_sweep_without_recovery_reads_as_before():
+    table = _sweep([_row("spap", 0.5, _losses(1)), _row("flap", 0.5, _losses(1, shift=0.3))])
+    reading = sweep_reading(split_off_scale(table), dense=15.0)
+    assert "recovery" not in reading and reading.endswith("The dense model's is 15.0 (dashed).")
