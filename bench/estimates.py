@@ -1,5 +1,6 @@
 """The app's time estimates against the time the jobs take: the runs a class and a user start
-(the CPU preset, the class demo preset, FLAP, SPAP with heads) and a perplexity sweep, each
+(the CPU preset, the class demo preset, FLAP, SPAP with heads, the runs that backpropagate before
+pruning or recover after it) and a perplexity sweep, each
 estimated by spap_service.estimates as the pages do and then run as the job queue runs it.
 
     SPAP_DATA_DIR=../shared/data python bench/estimates.py --out docs/results/estimates.md
@@ -24,6 +25,7 @@ import torch
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import load_model
 from spap_core.pipeline.parameters import with_values
+from spap_core.recovery.settings import RecoverySettings
 from spap_service import comparisons
 from spap_service.data import DataSpec, TextChoice, dense_perplexity_known
 from spap_service.estimates import many_runs_seconds, model_speed, run_seconds
@@ -50,7 +52,13 @@ def main() -> None:
     runs = {f"CPU preset, {preset.sparsity:.0%}, dense perplexity included": RunRequest(preset, 0, data),
             f"{CLASS_DEMO.name} preset": RunRequest(demo_settings, 0, demo_data),
             "FLAP 30%": RunRequest(PruneSettings(method="flap", sparsity=0.3), 0, data),
-            "SPAP 30% + ⅓ of heads": RunRequest(replace(preset, head_sparsity=1 / 3), 0, data)}
+            "SPAP 30% + ⅓ of heads": RunRequest(replace(preset, head_sparsity=1 / 3), 0, data),
+            # the backward passes before the walk, and a recovery's steps
+            "Taylor 30% (8 gradient windows)": RunRequest(PruneSettings(method="taylor", sparsity=0.3), 0, data),
+            "FLAP 30%, Fisher allocation": RunRequest(PruneSettings(method="flap", sparsity=0.3, allocation="fisher"),
+                                                      0, data),
+            "FLAP 30% + LoRA recovery, 20 steps of 4 windows": RunRequest(
+                PruneSettings(method="flap", sparsity=0.3), 0, data, recovery=RecoverySettings(mode="lora", steps=20))}
     rows = []
     for name, request in runs.items():
         estimate = run_seconds(speed, request, dense_perplexity_known(loaded, request.data))

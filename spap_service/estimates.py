@@ -44,12 +44,13 @@ HEAD_PASSES = 0.54
 # captured (counted as the run's own capture, CAPTURE_PASSES; not measured on its own), and then a
 # run that may prune heads (counted as one that does).
 FORWARD_TOKENS_PER_ADAM_TOKEN = 0.6
-# A recovery step after pruning (spap_core.recovery) is a forward and a backward pass over its
-# windows. Not measured yet, so derived from the usual cost model of training: a backward pass costs
-# two forwards (the gradients of the activations, then of the weights), and LoRA computes the
-# second only for its small adapters, the base weights being frozen: about 2 forward passes per
-# token. The pages show the measured time beside the estimate, so a wrong constant is seen.
-FORWARD_TOKENS_PER_RECOVERY_TOKEN = 2.0
+# A token that is backpropagated costs about 2 forward tokens: a recovery step after pruning
+# (spap_core.recovery, its LoRA adapters' gradients only, the base weights frozen), the Fisher
+# allocation's sensitivities and Taylor's importances before the walk (PruningMethod.gradient_windows,
+# Allocation.gradient_windows). Measured for the last two on SmolLM2 (2 windows of 512 tokens on the
+# 2-core VM, which a benchmark shared): Fisher 2.2 and Taylor 1.9 dense forward passes
+# (docs/spap-design.md). The pages show the measured time beside the estimate, so a wrong constant is seen.
+FORWARD_TOKENS_PER_BACKWARD_TOKEN = 2.0
 OVERHEAD_S = 1.0  # tokenizing the texts and cutting the windows
 PROBE_TOKENS = 128
 FACTORISATION_PROBE_WIDTH = 4096
@@ -114,8 +115,9 @@ def _factorisation_seconds(width: int, device: torch.device) -> float:
 
 def run_seconds(speed: ModelSpeed, request: RunRequest, dense_cached: bool = False,
                 eval_tokens: int | None = None) -> float:
-    """One run: pruning (its calibration forward in dense passes over its calibration tokens, its
-    solves in factorisations per layer) plus the pruned model's perplexity and, unless cached, the
+    """One run: pruning (its calibration forward in dense passes over its calibration tokens, the
+    backward passes of a method or allocation that measures the dense model first, its solves in
+    factorisations per layer) plus the pruned model's perplexity and, unless cached, the
     dense model's. `eval_tokens` when the evaluation is the whole text (eval_windows 0), whose
     length the request does not say."""
     settings, data = request.settings, request.data
@@ -126,6 +128,9 @@ def run_seconds(speed: ModelSpeed, request: RunRequest, dense_cached: bool = Fal
         forward_tokens += CAPTURE_PASSES * calibration
     if settings.head_sparsity > 0 or request.budget is not None:
         forward_tokens += HEAD_PASSES * calibration
+    gradient_windows = (settings.implementation.gradient_windows(settings.options)
+                        + settings.allocation_strategy.gradient_windows(settings.allocation_options))
+    forward_tokens += min(gradient_windows, data.nsamples) * data.seqlen * FORWARD_TOKENS_PER_BACKWARD_TOKEN
     if (recovery := settings.recovery) is not None:
         adam_tokens = recovery.altmin.steps * recovery.altmin.batch_tokens
         factorisations += recovery.altmin.rounds * REFIT_FACTORISATIONS * speed.layers
@@ -152,7 +157,7 @@ def recovery_seconds(speed: ModelSpeed, request: RunRequest, eval_tokens: int | 
 
 def recovery_forward_tokens(recovery: RecoverySettings, windows: int, seqlen: int, eval_len: int,
                             evaluated: int) -> float:
-    """A recovery's work in dense forward tokens: its steps (FORWARD_TOKENS_PER_RECOVERY_TOKEN per
+    """A recovery's work in dense forward tokens: its steps (FORWARD_TOKENS_PER_BACKWARD_TOKEN per
     token of `batch` windows of `seqlen`, at most the calibration's `windows`), the dense logits
     once over the calibration when it distils, the held-out perplexity (HELDOUT_WINDOWS windows
     every `heldout_every` steps and after the last) and the pruned perplexity measured again
@@ -161,7 +166,7 @@ def recovery_forward_tokens(recovery: RecoverySettings, windows: int, seqlen: in
         return 0.0
     step_tokens = min(recovery.batch, windows) * seqlen
     heldout_measures = recovery.steps // recovery.heldout_every + (recovery.steps % recovery.heldout_every != 0)
-    return (recovery.steps * step_tokens * FORWARD_TOKENS_PER_RECOVERY_TOKEN
+    return (recovery.steps * step_tokens * FORWARD_TOKENS_PER_BACKWARD_TOKEN
             + (windows * seqlen if recovery.distills else 0)
             + heldout_measures * HELDOUT_WINDOWS * eval_len + evaluated)
 

@@ -87,15 +87,18 @@ class Allocation(ABC):
     # flags, the app's widgets and the summary's phrases are generated from them
     # (spap_core.pipeline.parameters collects them under PruneSettings.allocation_options).
     parameters: ClassVar[tuple[Parameter, ...]] = ()
-    # It backpropagates through the whole dense model: the memory check counts a backward pass of
-    # one calibration window, and a model offloaded with a device map, which cannot hold one, is refused.
-    backpropagates: ClassVar[bool] = False
 
     def check(self, sparsity: float) -> None:  # noqa: B027 - most strategies refuse no sparsity
         """Raise SpapInputError for a sparsity it cannot spread."""
 
     def default_settings(self) -> Any:
         return self.settings_type()
+
+    def gradient_windows(self, settings: Any) -> int:
+        """The calibration windows it backpropagates through the whole dense model (0: none, the
+        default). One that does is refused on a model offloaded with a device map, which cannot hold a
+        backward pass; the memory check counts one window's, the time estimate every window's."""
+        return 0
 
     @abstractmethod
     def counts(self, widths: list[int], sparsity: float, dense: DenseMeasurements, settings: Any) -> list[int]:
@@ -137,7 +140,8 @@ class FisherAllocation(Allocation):
                    "raises the dense model's calibration loss least (empirical Fisher of a channel mask, from a "
                    f"backward pass per calibration window, at most {FISHER_WINDOWS}); each layer keeps at least "
                    f"{1 - MAX_LAYER_SPARSITY:.0%} of its channels")
-    backpropagates = True
+    def gradient_windows(self, settings: Any) -> int:
+        return FISHER_WINDOWS
 
     def check(self, sparsity: float) -> None:
         if sparsity > MAX_LAYER_SPARSITY:

@@ -92,11 +92,6 @@ class PruningMethod(ABC):
     # What its per-layer solves cost, in factorisations (Cholesky and inverse) of the layer's
     # width: the time estimates before a run count its solves in these (spap_service.estimates).
     solve_factorisations: ClassVar[float]
-    # It measures every unit on the dense model before the walk (`unit_importances`), backpropagating
-    # through the whole model: the memory check counts a backward pass of one calibration window
-    # and the gradients of the decoder layers, and a model offloaded with a device map, which cannot
-    # hold them, is refused before any work.
-    backpropagates: ClassVar[bool] = False
 
     def default_settings(self) -> Any:
         return self.settings_type()
@@ -126,11 +121,19 @@ class PruningMethod(ABC):
         """The weight update after the decision, if any."""
         return None
 
+    def gradient_windows(self, settings: Any) -> int:
+        """The calibration windows it backpropagates through the whole dense model before the walk, to
+        measure every unit there (`unit_importances`; 0: it measures nothing so, the default). A method
+        that does is refused on a model offloaded with a device map, which cannot hold the gradients;
+        the memory check counts one window's backward pass and the decoder layers' gradients, and the
+        time estimate the backward passes (at most the calibration's windows)."""
+        return 0
+
     def unit_importances(self, model: nn.Module, layers: nn.ModuleList, parts: Sequence[PrunablePart],
                          calibration: torch.Tensor, settings: Any,
                          cancel: threading.Event | None = None) -> list[list[torch.Tensor]]:
         """Per part, per layer, every unit's importance on the dense `model` (before any layer is
-        pruned), from the calibration windows [N, L]; only called when `backpropagates`. The walk
+        pruned), from the calibration windows [N, L]; only called when `gradient_windows` is not 0. The walk
         hands each layer's to `decide` as `LayerProblem.dense_importance`."""
         raise NotImplementedError(f"{self.name} measures nothing on the dense model")
 

@@ -118,7 +118,6 @@ class Taylor(PruningMethod):
     # Per layer it only selects and keeps the dense columns, as magnitude does; the backward passes
     # before the walk are not per-layer solves.
     solve_factorisations = BASELINE_FACTORISATIONS
-    backpropagates = True
     groups = {"taylor": "Taylor (LLM-Pruner)"}
     parameters = (
         Parameter("taylor_windows", "windows", "Gradient windows",
@@ -126,6 +125,9 @@ class Taylor(PruningMethod):
                   "whole model each (all the calibration has, when it has fewer).",
                   int, "taylor", ("--taylor-windows",), path="windows", low=1, high=1024, step=1),
     )
+
+    def gradient_windows(self, settings: TaylorSettings) -> int:
+        return settings.windows
 
     def unit_importances(self, model: nn.Module, layers: nn.ModuleList, parts: Sequence[PrunablePart],
                          calibration: torch.Tensor, settings: TaylorSettings,

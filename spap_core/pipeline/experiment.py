@@ -119,8 +119,9 @@ def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Itera
     if calibration_tokens is not None:
         explicit = settings.recovery is not None or settings.implementation.target_correction(settings.options) > 0
         longest = max(window_lengths, default=0)
-        measures = settings.implementation.backpropagates
-        backward_window = longest if settings.allocation_strategy.backpropagates or measures else 0
+        measures = settings.implementation.gradient_windows(settings.options) > 0
+        allocates = settings.allocation_strategy.gradient_windows(settings.allocation_options) > 0
+        backward_window = longest if allocates or measures else 0
         check_fits(loaded, calibration_tokens, batch_size, longest, explicit, copies_model, backward_window,
                    weight_gradients=measures)
     return settings, adjustments

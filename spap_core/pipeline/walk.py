@@ -124,11 +124,11 @@ def check_prunable(loaded: LoadedModel, settings: PruneSettings) -> None:
             f"Error-correcting targets need the MLP output to enter the residual stream directly, which "
             f"is not the case for model type '{family.model_type}'; set the target correction to 0."
         )
-    if settings.allocation_strategy.backpropagates and is_dispatched(loaded.model):
+    if settings.allocation_strategy.gradient_windows(settings.allocation_options) and is_dispatched(loaded.model):
         raise SpapInputError(f"The {settings.allocation.capitalize()} allocation backpropagates through the whole "
                              "model, which an offloaded model cannot hold; choose the 'global' allocation (or "
                              "'uniform') for it.")
-    if method.backpropagates and is_dispatched(loaded.model):
+    if method.gradient_windows(options) and is_dispatched(loaded.model):
         raise SpapInputError(f"Method '{settings.method}' backpropagates through the whole model, which an offloaded "
                              "model cannot hold; load it without --device-map, or choose another method.")
     head_layout(loaded, settings)
@@ -310,7 +310,8 @@ class _Walk:
             n_prune = self.allocation.counts([self.family.mlp_channels.width(layer) for layer in layers],
                                              self.settings.sparsity, dense, self.settings.allocation_options)
             method = self.settings.implementation
-            if method.backpropagates:  # before any layer is pruned: what the method measures is the dense model's
+            # before any layer is pruned: what the method measures is the dense model's
+            if method.gradient_windows(self.settings.options):
                 measured = method.unit_importances(model, layers, [step.part for step in self.steps], calibration,
                                                    self.settings.options, self.cancel)
                 for step, importances in zip(self.steps, measured):

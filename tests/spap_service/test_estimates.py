@@ -97,3 +97,20 @@ def test_the_recoverys_share_of_a_run_is_what_it_adds_to_the_run():
     assert recovery_seconds(SPEED, recovered) > 0
     added = run_seconds(SPEED, recovered) - run_seconds(SPEED, plain)
     assert recovery_seconds(SPEED, recovered) == pytest.approx(added)
+
+
+def test_a_method_or_allocation_that_measures_the_dense_model_first_costs_its_backward_passes():
+    from spap_core.methods.taylor import TaylorSettings
+
+    magnitude = run_seconds(SPEED, request(PruneSettings(method="magnitude")))
+    # Taylor: its 8 default windows (all 8 calibration windows here) of 250 tokens, 2 forward passes a token
+    assert run_seconds(SPEED, request(PruneSettings(method="taylor"))) == pytest.approx(magnitude + 8 * 250 * 2 / 1000)
+    fewer = replace(PruneSettings(method="taylor"), options=TaylorSettings(windows=3))
+    assert run_seconds(SPEED, request(fewer)) == pytest.approx(magnitude + 3 * 250 * 2 / 1000)
+    # no more windows than the calibration has
+    assert run_seconds(SPEED, request(PruneSettings(method="taylor"), replace(DATA, nsamples=2))) \
+        == pytest.approx(run_seconds(SPEED, request(PruneSettings(method="magnitude"), replace(DATA, nsamples=2)))
+                         + 2 * 250 * 2 / 1000)
+    flap = run_seconds(SPEED, request(PruneSettings(method="flap")))
+    fisher = request(PruneSettings(method="flap", allocation="fisher"))
+    assert run_seconds(SPEED, fisher) == pytest.approx(flap + 8 * 250 * 2 / 1000)

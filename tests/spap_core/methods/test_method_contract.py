@@ -26,6 +26,8 @@ from spap_core.methods.allocation import ALLOCATION_STRATEGIES, Allocation, Dens
 from spap_core.methods.base import MethodStep, PruningMethod
 from spap_core.methods.baselines import magnitude, magnitude_scores
 from spap_core.methods.registry import METHODS, PruneSettings
+from spap_core.methods.sensitivity import FISHER_WINDOWS
+from spap_core.methods.taylor import TaylorSettings
 from spap_core.models import adapters
 from spap_core.models.adapters import LlamaAdapter, model_adapter
 from spap_core.models.loading import LoadedModel
@@ -263,9 +265,13 @@ def test_the_walk_prunes_each_layer_as_many_units_as_the_allocation_says_with_it
     assert [layer.width - len(layer.keep) for layer in prune_model(tiny, CALIBRATION, thrice).layers] == [96, 32]
 
 
-def test_each_allocation_and_method_declares_whether_it_backpropagates():
-    assert [name for name, strategy in ALLOCATION_STRATEGIES.items() if strategy.backpropagates] == ["fisher"]
-    assert [name for name, method in METHODS.items() if method.backpropagates] == ["taylor"]
+def test_each_allocation_and_method_declares_the_windows_it_backpropagates_through():
+    backward = {name: strategy.gradient_windows(strategy.default_settings())
+                for name, strategy in ALLOCATION_STRATEGIES.items()}
+    assert {name: windows for name, windows in backward.items() if windows} == {"fisher": FISHER_WINDOWS}
+    measuring = {name: method.gradient_windows(method.default_settings()) for name, method in METHODS.items()}
+    assert {name: windows for name, windows in measuring.items() if windows} == {"taylor": FISHER_WINDOWS}
+    assert METHODS["taylor"].gradient_windows(TaylorSettings(windows=3)) == 3
     with pytest.raises(SpapInputError, match="Unknown allocation 'owl'"):
         allocation_strategy("owl")
     with pytest.raises(SpapInputError, match="at least 10%"):
