@@ -39,7 +39,7 @@ def refused_before_queueing(loaded: LoadedModel, requests: list[RunRequest]) -> 
                 budget_candidates(loaded, request.budget.share, request.budget.head_sparsity)
             _, adjusted = plan_run(loaded, request.settings, (request.data.seqlen, request.data.eval_len),
                                    calibration_tokens=request.data.nsamples * request.data.seqlen,
-                                   batch_size=request.data.batch_size)
+                                   batch_size=request.data.batch_size, recovery=request.recovery)
         except SpapInputError as exc:
             st.error(plain(exc), icon=":material/block:")
             return True

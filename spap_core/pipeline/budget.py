@@ -12,6 +12,8 @@ from spap_core.errors import SpapInputError
 from spap_core.evaluation.perplexity import chunk_tokens_for
 from spap_core.models.adapters import text_config
 from spap_core.models.loading import LoadedModel
+from spap_core.recovery.distill import DENSE_LOGITS_IN_MEMORY_BYTES
+from spap_core.recovery.settings import RecoverySettings
 
 FLOAT_BYTES = 4
 FREE_SHARE = 0.8  # leave room for the allocator, the interpreter and the rest of the machine
@@ -49,6 +51,41 @@ def _backward_bytes(loaded: LoadedModel, width: int, window: int) -> int:
     per_token_and_layer = 16 * config.hidden_size + 4 * width + config.num_attention_heads * window
     layers = len(loaded.family.decoder_layers(loaded.model))
     return window * (layers * per_token_and_layer + 5 * config.vocab_size) * FLOAT_BYTES
+
+
+def recovery_bytes(loaded: LoadedModel, recovery: RecoverySettings, windows: int, seqlen: int,
+                   copies_model: bool) -> int:
+    """A recovery's peak, after the walk has let its buffers go: the pruned copy (counted at the dense
+    size), one step's backward pass over its `min(batch, windows)` windows of `seqlen` tokens
+    (_backward_bytes for each), the adapters' weights, gradients and AdamW's two moments (rank × (rows +
+    columns) of every decoder-layer matrix, in float32: an upper bound, whichever projections they
+    wrap), and when it distils the step's teacher logits and their softened copies (three more
+    float32 logits per token) and the dense logits when they stay in memory (DenseLogits)."""
+    config = text_config(loaded.model)
+    family = loaded.family
+    width = max(family.mlp_channels.width(layer) for layer in family.decoder_layers(loaded.model))
+    batch = min(recovery.batch, windows)
+    model = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) if copies_model else 0
+    adapters = 4 * FLOAT_BYTES * recovery.rank * sum(
+        sum(p.shape) for layer in family.decoder_layers(loaded.model) for p in layer.parameters() if p.dim() == 2)
+    teacher = 0
+    if recovery.distills:
+        logits_bytes = windows * seqlen * config.vocab_size * FLOAT_BYTES
+        teacher = (3 * batch * seqlen * config.vocab_size * FLOAT_BYTES
+                   + (logits_bytes if logits_bytes <= DENSE_LOGITS_IN_MEMORY_BYTES else 0))
+    return model + batch * _backward_bytes(loaded, width, seqlen) + adapters + teacher
+
+
+def check_recovery_fits(loaded: LoadedModel, recovery: RecoverySettings, windows: int, seqlen: int,
+                        copies_model: bool) -> None:
+    """Refuse a recovery whose peak (recovery_bytes) the device's free memory cannot hold."""
+    needed = recovery_bytes(loaded, recovery, windows, seqlen, copies_model)
+    free = free_bytes(loaded.device)
+    if free is not None and needed > FREE_SHARE * free:
+        raise SpapInputError(
+            f"The recovery after pruning needs about {needed / 2**30:.1f} GiB on {loaded.device} for a step of "
+            f"{min(recovery.batch, windows)} windows of {seqlen} tokens, and {free / 2**30:.1f} GiB is free: use "
+            "fewer windows per step (--recover-batch), shorter windows or a lower rank.")
 
 
 def free_bytes(device: torch.device) -> int | None:

@@ -24,7 +24,7 @@ from spap_core.methods.base import MethodStep
 from spap_core.methods.reconstruction import reconstruction_name
 from spap_core.methods.registry import PruneSettings, settings_for_family
 from spap_core.models.loading import LoadedModel, context_length
-from spap_core.pipeline.budget import check_fits
+from spap_core.pipeline.budget import check_fits, check_recovery_fits
 from spap_core.pipeline.walk import LayerCallback, PruneResult, check_prunable, head_layout, prune_model
 from spap_core.recovery.distill import DenseLogits, dense_logits
 from spap_core.recovery.loop import (
@@ -96,12 +96,13 @@ class Experiment:
 
 def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Iterable[int],
              calibration_tokens: int | None = None, batch_size: int = 4,
-             copies_model: bool = True) -> tuple[PruneSettings, list[str]]:
+             copies_model: bool = True, recovery: RecoverySettings | None = None) -> tuple[PruneSettings, list[str]]:
     """Every refusal that depends only on the arguments, the model's config and the method, and
     the settings the run will use (with a note for each change), before any forward pass: the run
     API (spap_core.runner.execute) calls it before it cuts any window, the app before it queues a job,
     run_experiment first.
-    With `calibration_tokens`, a run that cannot fit in the device's free memory is refused too."""
+    With `calibration_tokens`, a run that cannot fit in the device's free memory is refused too, its
+    `recovery` after pruning included (the calibration's first window length is the recovery's)."""
     window_lengths = tuple(window_lengths)
     positions = context_length(loaded.model)
     for length in window_lengths:
@@ -124,6 +125,9 @@ def plan_run(loaded: LoadedModel, settings: PruneSettings, window_lengths: Itera
         backward_window = longest if allocates or measures else 0
         check_fits(loaded, calibration_tokens, batch_size, longest, explicit, copies_model, backward_window,
                    weight_gradients=measures)
+        if recovery is not None and recovery.enabled and window_lengths:
+            seqlen = window_lengths[0]
+            check_recovery_fits(loaded, recovery, max(1, calibration_tokens // seqlen), seqlen, copies_model)
     return settings, adjustments
 
 
@@ -158,7 +162,7 @@ def run_experiment(
     `recovery_cancelled`; the perplexity after a recovery is not measured (the cancel stays set)."""
     settings, adjustments = plan_run(loaded, settings, (calibration.shape[-1], evaluation.shape[-1]),
                                      calibration_tokens=calibration.numel(), batch_size=batch_size,
-                                     copies_model=not inplace)
+                                     copies_model=not inplace, recovery=recovery)
     recovery = recovery if recovery is not None and recovery.enabled else None
     if recovery is not None:
         check_recoverable(loaded.model, recovery, calibration_synthetic=False)

@@ -128,7 +128,7 @@ def _plan(loaded: LoadedModel, spec: RunSpec, settings: PruneSettings) -> tuple[
     """plan_run at the spec's window sizes and calibration tokens, with the model copied unless the
     run is in place."""
     return plan_run(loaded, settings, (spec.seqlen, spec.eval_len), calibration_tokens=spec.nsamples * spec.seqlen,
-                    batch_size=spec.batch_size, copies_model=not spec.inplace)
+                    batch_size=spec.batch_size, copies_model=not spec.inplace, recovery=spec.recovery)
 
 
 def _windows(loaded: LoadedModel, spec: RunSpec, texts: RunTexts) -> RunData:

@@ -2,6 +2,7 @@
 that meets NaN stops with a message saying where, instead of returning a broken model."""
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -210,6 +211,27 @@ def test_a_method_that_backpropagates_counts_its_backward_pass_and_the_layers_gr
     plan_run(tiny, PruneSettings(method="magnitude"), (64, 64), calibration_tokens=8 * 64)  # no backward: fits
     with pytest.raises(SpapInputError, match="needs about"):  # its backward pass fits, its gradients do not
         plan_run(tiny, PruneSettings(method="taylor"), (64, 64), calibration_tokens=8 * 64)
+
+
+def test_a_recovery_that_cannot_fit_is_refused_before_any_work(tiny, monkeypatch):
+    import spap_core.pipeline.budget as budget
+    from spap_core.pipeline.experiment import plan_run
+    from spap_core.recovery.settings import RecoverySettings
+
+    lora = RecoverySettings(mode="lora", steps=10, batch=4)
+    one_step = budget.recovery_bytes(tiny, lora, windows=8, seqlen=64, copies_model=True)
+    assert budget.recovery_bytes(tiny, replace(lora, batch=8), 8, 64, copies_model=True) > one_step
+    # a batch wider than the calibration backpropagates every window once, no more
+    assert budget.recovery_bytes(tiny, replace(lora, batch=64), 8, 64, True) \
+        == budget.recovery_bytes(tiny, replace(lora, batch=8), 8, 64, True)
+    assert budget.recovery_bytes(tiny, replace(lora, mode="distill"), 8, 64, True) > one_step  # the teacher's logits
+    assert budget.recovery_bytes(tiny, replace(lora, rank=64), 8, 64, True) > one_step  # larger adapters
+    walk = budget.run_bytes(tiny, 8 * 64, 4, 64, explicit_targets=False, copies_model=True)
+    monkeypatch.setattr(budget, "free_bytes", lambda device: 1.01 * max(walk, one_step) / budget.FREE_SHARE)
+    plan_run(tiny, PruneSettings(method="flap"), (64, 64), calibration_tokens=8 * 64, recovery=lora)
+    with pytest.raises(SpapInputError, match="recovery after pruning needs about .*--recover-batch"):
+        plan_run(tiny, PruneSettings(method="flap"), (64, 64), calibration_tokens=8 * 64,
+                 recovery=replace(lora, batch=8))
 
 
 # Every path flag of the CLI, and how to point it at `path`.
