@@ -22,11 +22,13 @@ from spap_core.data.texts import (
     text_from_file,
 )
 from spap_core.errors import SourceUnavailableError, SpapInputError
+from spap_core.evaluation.intervals import perplexity_of
 from spap_core.evaluation.perplexity import PerplexityResult, perplexity
 from spap_core.methods.altmin import AltMinSettings, adam_step_dtype
 from spap_core.methods.registry import PruneSettings
 from spap_core.models.loading import LoadedModel, load_model
 from spap_core.pipeline.parameters import with_values
+from spap_core.recovery.settings import RecoverySettings
 from spap_core.runner.execute import RunResult, run
 from spap_core.runner.spec import MeasuredDense, ParameterBudget, RunData, RunSpec
 
@@ -45,6 +47,7 @@ def evaluation_text(name: str) -> TextSource:
     return resolve_text(None, "evaluation") if name == "wikitext2" else text_from_file(SHAKESPEARE_FILE)
 
 
+NO_RECOVERY = RecoverySettings()  # a run that stops after pruning, every bench's but recovery.py's
 BATCH_SIZE = 4  # windows per forward pass of every benchmark run (the committed tables were measured so)
 
 
@@ -73,27 +76,42 @@ class Protocol:
     def dense_ppl(self) -> dict[str, float]:
         return {name: result.perplexity for name, result in self.dense.items()}
 
-    def run(self, settings: PruneSettings, seed: int, budget: ParameterBudget | None = None) -> RunResult:
+    def run(self, settings: PruneSettings, seed: int, budget: ParameterBudget | None = None,
+            recovery: RecoverySettings = NO_RECOVERY) -> RunResult:
         """One run through the run API of the CLI and the app, on a copy of the model: the
-        protocol's calibration windows and its first evaluation set, whose dense perplexity it
-        holds."""
-        name = next(iter(self.eval_sets))
-        calibration, evaluation = self.calibration, self.eval_sets[name]
+        protocol's calibration windows, and every evaluation set's windows one after the other as
+        the run's evaluation, so that the run measures each set, before and after a `recovery` too
+        (the model it recovers in place is not measured before it otherwise). A recovery's held-out
+        windows, the evaluation's first HELDOUT_WINDOWS, are then the first set's first windows."""
+        first = next(iter(self.eval_sets))
+        calibration, evaluation = self.calibration, torch.cat(list(self.eval_sets.values()))
         spec = RunSpec(settings=settings, nsamples=calibration.shape[0], seqlen=calibration.shape[1], seed=seed,
                        eval_len=evaluation.shape[1], eval_windows=evaluation.shape[0], batch_size=BATCH_SIZE,
-                       budget=budget)
-        data = RunData(calibration_source=self.calibration_source, evaluation_source=self.eval_sources[name],
+                       budget=budget, recovery=recovery)
+        data = RunData(calibration_source=self.calibration_source, evaluation_source=self.eval_sources[first],
                        calibration=calibration, evaluation=evaluation)
-        return run(self.loaded, spec, data, dense=MeasuredDense(self.dense[name], cached=True))
+        return run(self.loaded, spec, data, dense=MeasuredDense(joined(list(self.dense.values())), cached=True))
 
-    def evaluations(self, result: RunResult) -> dict[str, PerplexityResult]:
-        """The pruned model's evaluation on every evaluation set (perplexity and window losses): the
-        run's own on the first."""
-        names = list(self.eval_sets)
-        experiment = result.experiment
-        evaluated = {names[0]: experiment.pruned}
-        evaluated.update({name: perplexity(experiment.result.model, self.eval_sets[name]) for name in names[1:]})
+    def evaluations(self, joined_result: PerplexityResult) -> dict[str, PerplexityResult]:
+        """A run's perplexity over the joined evaluation sets (Protocol.run), set by set."""
+        evaluated, start = {}, 0
+        for name, windows in self.eval_sets.items():
+            window_nll = joined_result.window_nll[start:start + windows.shape[0]]
+            predicted = windows.shape[0] * (windows.shape[1] - 1)
+            nll = sum(window_nll) * (windows.shape[1] - 1)
+            evaluated[name] = PerplexityResult(perplexity=perplexity_of(nll / predicted), nll=nll, tokens=predicted,
+                                               windows=windows.shape[0], seqlen=windows.shape[1],
+                                               window_nll=window_nll)
+            start += windows.shape[0]
         return evaluated
+
+
+def joined(results: list[PerplexityResult]) -> PerplexityResult:
+    """One perplexity over the windows of `results` one after the other (each as long as the others)."""
+    nll, tokens = sum(result.nll for result in results), sum(result.tokens for result in results)
+    return PerplexityResult(perplexity=perplexity_of(nll / tokens), nll=nll, tokens=tokens,
+                            windows=sum(result.windows for result in results), seqlen=results[0].seqlen,
+                            window_nll=tuple(loss for result in results for loss in result.window_nll))
 
 
 def add_protocol_args(parser, sparsities: list[float], texts: list[str], resumable: bool = True) -> None:
@@ -135,20 +153,22 @@ class ProtocolWorker:
         worker_device()  # the CPU threads or the GPU Ray gave it
         self.protocol = load_protocol(*arguments)
 
-    def measure(self, settings: PruneSettings, seed: int) -> dict:
-        return measure(self.protocol, settings, seed)
+    def measure(self, settings: PruneSettings, seed: int, recovery: RecoverySettings) -> dict:
+        return measure(self.protocol, settings, seed, recovery)
 
 
 def measure_each(protocol: Protocol, arguments: tuple, settings: list[PruneSettings], seed: int | Sequence[int],
-                 ray_address: str | None) -> Iterator[tuple[int, dict]]:
+                 ray_address: str | None, recovery: RecoverySettings = NO_RECOVERY
+                 ) -> Iterator[tuple[int, dict]]:
     """(index, measure(...)) for every settings, in order in this process, or as they finish on Ray;
-    `seed` is every point's seed, or one seed per point (a bench repeated over calibration seeds).
+    `seed` is every point's seed, or one seed per point (a bench repeated over calibration seeds);
+    every point runs `recovery` after pruning.
     A point that fails on Ray stops the bench with its reason (the rows written so far stay, and
     --resume continues), and a Ray that cannot be reached with connect_ray's one line."""
     seeds = [seed] * len(settings) if isinstance(seed, int) else list(seed)
     if ray_address is None:
         for index, (one, its_seed) in enumerate(zip(settings, seeds, strict=True)):
-            yield index, measure(protocol, one, its_seed)
+            yield index, measure(protocol, one, its_seed, recovery)
         return
     from spap_service.ray_pool import connect_ray, pool_map, worker_pool
 
@@ -157,7 +177,8 @@ def measure_each(protocol: Protocol, arguments: tuple, settings: list[PruneSetti
     except (SourceUnavailableError, SpapInputError) as exc:  # one line, as the CLI says its errors
         raise SystemExit(str(exc)) from None
     workers = worker_pool(ray, ProtocolWorker, (arguments,))
-    for index, result, error in pool_map(ray, workers, "measure", list(zip(settings, seeds, strict=True))):
+    calls = [(one, its_seed, recovery) for one, its_seed in zip(settings, seeds, strict=True)]
+    for index, result, error in pool_map(ray, workers, "measure", calls):
         if error is not None:
             raise SystemExit(f"point {index} ({settings[index].method} at {settings[index].sparsity}) failed on Ray: "
                              f"{error}")
@@ -246,19 +267,29 @@ def variant_settings(variant: str, sparsity: float) -> tuple[str, str, PruneSett
     return label, spec, settings_with(parse_overrides(spec), sparsity)
 
 
-def measure(protocol: Protocol, settings: PruneSettings, seed: int) -> dict:
+def measure(protocol: Protocol, settings: PruneSettings, seed: int,
+            recovery: RecoverySettings = NO_RECOVERY) -> dict:
     """Prune through the run API the CLI and the app use (Protocol.run) on the calibration windows
-    that `seed` draws, and measure the result (measured)."""
-    return measured(protocol, protocol.with_calibration_seed(seed).run(settings, seed))
+    that `seed` draws, recover as `recovery` asks, and measure the result (measured)."""
+    return measured(protocol, protocol.with_calibration_seed(seed).run(settings, seed, recovery=recovery))
 
 
 def measured(protocol: Protocol, result: RunResult) -> dict:
     """A run's perplexity on every evaluation set, with each set's window losses (the intervals'
-    input); the layer error relative to the dense output energy, and the time split."""
+    input); the layer error relative to the dense output energy, and the time split. A recovered
+    run's perplexity is after the recovery, and it adds the same before it
+    (`ppl_before_recovery`, `window_nll_before_recovery`) and the recovery's record (`recovery`:
+    losses, held-out perplexities, seconds)."""
     experiment = result.experiment
-    evaluated = protocol.evaluations(result)
-    return {"ppl": {name: one.perplexity for name, one in evaluated.items()},
-            "window_nll": {name: list(one.window_nll) for name, one in evaluated.items()},
-            "relative_error": experiment.result.relative_error,
-            "prune_seconds": experiment.prune_seconds, "timings": experiment.result.timings,
-            "params_after": experiment.result.params_after}
+    evaluated = protocol.evaluations(experiment.pruned)
+    fields = {"ppl": {name: one.perplexity for name, one in evaluated.items()},
+              "window_nll": {name: list(one.window_nll) for name, one in evaluated.items()},
+              "relative_error": experiment.result.relative_error,
+              "prune_seconds": experiment.prune_seconds, "timings": experiment.result.timings,
+              "params_after": experiment.result.params_after}
+    if experiment.before_recovery is not None and experiment.recovery is not None:
+        before = protocol.evaluations(experiment.before_recovery)
+        fields.update(ppl_before_recovery={name: one.perplexity for name, one in before.items()},
+                      window_nll_before_recovery={name: list(one.window_nll) for name, one in before.items()},
+                      recovery=experiment.recovery.record())
+    return fields

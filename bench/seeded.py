@@ -37,17 +37,20 @@ def with_seed(row: dict | None, identity: dict, seed: int, measured: dict) -> di
     """A table row with one more calibration seed's measurement (common.measure's dict): its
     `identity` fields, every seed's perplexities, window losses and prune time in seed order, the
     perplexity over all seeds (exp of the mean loss) as the row's `ppl`, and the layer error, time
-    split and parameters of its lowest seed."""
+    split and parameters of its lowest seed. A recovered run's measurement (common.measured) adds,
+    seed by seed, its window losses before the recovery (`window_nll_before_recovery_by_seed`, as
+    `window_nll_by_seed` is after it) and the recovery's record (`recovery_by_seed`)."""
     by_seed = {} if row is None else {seed_of: index for index, seed_of in enumerate(row["seeds"])}
     first = row if row is not None and min(by_seed) < seed else measured
-    entries = [] if row is None else [
-        {"ppl": {name: values[index] for name, values in row["ppl_by_seed"].items()},
-         "window_nll": {name: values[index] for name, values in row["window_nll_by_seed"].items()},
-         "prune_seconds": row["prune_seconds_by_seed"][index], "seed": seed_of} for seed_of, index in by_seed.items()]
+    entries = [] if row is None else [_seed_entry(row, index, seed_of) for seed_of, index in by_seed.items()]
     entries = sorted([*entries, {**measured, "seed": seed}], key=lambda entry: entry["seed"])
     names = list(measured["ppl"])
     window_nll_by_seed = {name: [entry["window_nll"][name] for entry in entries] for name in names}
-    return {**identity, "seeds": [entry["seed"] for entry in entries],
+    recovered = {} if "recovery" not in measured else {
+        "window_nll_before_recovery_by_seed": {name: [entry["window_nll_before_recovery"][name] for entry in entries]
+                                               for name in names},
+        "recovery_by_seed": [entry["recovery"] for entry in entries]}
+    return {**identity, **recovered, "seeds": [entry["seed"] for entry in entries],
             "ppl": {name: seeded_perplexity(window_nll_by_seed[name]).perplexity for name in names},
             "ppl_by_seed": {name: [entry["ppl"][name] for entry in entries] for name in names},
             "window_nll_by_seed": window_nll_by_seed,
@@ -55,6 +58,18 @@ def with_seed(row: dict | None, identity: dict, seed: int, measured: dict) -> di
             "prune_seconds_by_seed": [entry["prune_seconds"] for entry in entries],
             "relative_error": first["relative_error"], "timings": first["timings"],
             "params_after": first["params_after"], "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def _seed_entry(row: dict, index: int, seed: int) -> dict:
+    """The measurement of the row's `index`-th seed, as with_seed takes it."""
+    entry = {"ppl": {name: values[index] for name, values in row["ppl_by_seed"].items()},
+             "window_nll": {name: values[index] for name, values in row["window_nll_by_seed"].items()},
+             "prune_seconds": row["prune_seconds_by_seed"][index], "seed": seed}
+    if "recovery_by_seed" in row:
+        entry["window_nll_before_recovery"] = {name: values[index] for name, values
+                                               in row["window_nll_before_recovery_by_seed"].items()}
+        entry["recovery"] = row["recovery_by_seed"][index]
+    return entry
 
 
 def tokens_per_window(dense: dict) -> dict[str, int]:
