@@ -59,7 +59,14 @@ from spap_core.evaluation.intervals import perplexity_of, seeded_perplexity
 from spap_core.methods.registry import METHODS, PruneSettings
 from spap_core.pipeline.parameters import recovery_with_values
 from spap_core.recovery.loop import HELDOUT_WINDOWS
-from spap_core.recovery.settings import LORA, NONE, RECOVERY_MODE, RECOVERY_PARAMETERS, RecoverySettings
+from spap_core.recovery.settings import (
+    DISTILL,
+    LORA,
+    LORA_DISTILL,
+    RECOVERY_MODE,
+    RECOVERY_PARAMETERS,
+    RecoverySettings,
+)
 
 BENCH_METHODS = ["spap", "taylor", "flap", "fasp", "wanda-sp", "obs"]
 BENCH_RECOVERY = RecoverySettings(mode=LORA, steps=50, batch=2, heldout_every=5)  # the module says why
@@ -73,7 +80,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=BENCH_METHODS, choices=list(METHODS))
     add_seeds_arg(parser)
     add_protocol_args(parser, sparsities=[0.2, 0.3, 0.4], texts=["wikitext2", "shakespeare"])
-    add_recovery_args(parser)
+    add_recovery_args(parser, BENCH_RECOVERY)
     args = parser.parse_args()
     recovery = recovery_of(parser, args)
 
@@ -105,14 +112,14 @@ def main() -> None:
     print(out.read_text())
 
 
-def add_recovery_args(parser: argparse.ArgumentParser) -> None:
-    """One flag per declared recovery parameter, with BENCH_RECOVERY's value as its default; the
-    mode cannot be none (the bench compares before and after a recovery)."""
+def add_recovery_args(parser: argparse.ArgumentParser, defaults: RecoverySettings,
+                      modes: Sequence[str] = (LORA, DISTILL, LORA_DISTILL)) -> None:
+    """One flag per declared recovery parameter, with `defaults`' value as its default, and the
+    recovery `modes` the bench can run (never none: a recovery bench measures one)."""
     group = parser.add_argument_group("recovery after pruning, the same for every run")
     for declared in RECOVERY_PARAMETERS:
-        default = declared.read(BENCH_RECOVERY)
-        choices = [mode for mode in declared.choices if mode != NONE] if declared.key == RECOVERY_MODE \
-            else list(declared.choices) or None
+        default = declared.read(defaults)
+        choices = list(modes) if declared.key == RECOVERY_MODE else list(declared.choices) or None
         group.add_argument(*declared.flags, dest=declared.key, type=declared.kind, default=default, choices=choices,
                            help=f"{declared.help} Default: {declared.format(default)}.")
 
