@@ -12,12 +12,13 @@ perplexity, measured every few steps, is on the first HELDOUT_WINDOWS evaluation
 first text (--eval-windows must leave it that many).
 
 The default budget, LoRA for 50 steps of 2 calibration windows with the held-out perplexity every 5
-steps, is sized for 2 CPU cores: a step is a forward and a backward pass over its windows, about 3
-forward passes of them, so at the issue protocol (32 × 512 calibration tokens) the 50 steps cost
-about 10 forward passes over the calibration windows per run (spap_service.estimates counts a
-recovery so), a cost of the pruning's own order rather than a multiple of it. A held-out check every 5 steps
-gives the steps-to-reach answer 10 points for 4 windows' forward passes each. The recovery flags
-(--recover, --recover-steps, ...) are spap_core.recovery.settings' declarations with this default.
+steps, is sized for 2 CPU cores: a step costs about 2 forward passes of its windows (its backward
+pass takes only the adapters' gradients; spap_service.estimates counts it so), so at the issue
+protocol (32 × 512 calibration tokens) the 50 steps cost about 6 forward passes over the
+calibration windows per run and the held-out checks (4 windows every 5 steps) about 1 more: about
+130 passes for the grid's 18 runs, besides each run's second evaluation of both texts. The
+recovery flags (--recover, --recover-steps, ...) are spap_core.recovery.settings' declarations
+with this default.
 
 Rows are written after each run; `--resume` keeps those of an earlier JSON of the same protocol and
 recovery budget (another is refused) and measures the (method, sparsity, seed) it lacks.
