@@ -78,6 +78,19 @@ def text_files(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+@pytest.fixture()
+def saved_run_data(text_files, tmp_path, monkeypatch):
+    """Small data of the tiny texts (4 × 32 calibration tokens, 2 × 32 evaluation tokens) for runs of
+    the service, whose saved runs go to this test's own results folder."""
+    from spap_core.storage.runs import RESULTS_DIR_ENV
+    from spap_service.data import DataSpec, TextChoice
+
+    monkeypatch.setenv(RESULTS_DIR_ENV, str(tmp_path))
+    return DataSpec(calibration=TextChoice(kind="file", path=str(text_files["calib"])),
+                    evaluation=TextChoice(kind="file", path=str(text_files["eval"])), nsamples=4, seqlen=32,
+                    eval_windows=2, eval_len=32, batch_size=2)
+
+
 @pytest.fixture(scope="module")
 def app_files(tmp_path_factory):
     """A tiny model directory and calibration/evaluation texts, wired in through the app's

@@ -15,9 +15,7 @@ from spap_core.errors import PruningCancelled
 from spap_core.methods.registry import PruneSettings
 from spap_core.recovery.loop import RecoveryStep
 from spap_core.recovery.settings import RecoverySettings
-from spap_core.storage.runs import RESULTS_DIR_ENV
 from spap_service.compare import NOT_RECOVERED, perplexity_table, recovery_cancelled_line
-from spap_service.data import DataSpec, TextChoice
 from spap_service.jobs import Job, JobQueue, JobStatus, ProgressReporter
 from spap_service.runs import JobRunProgress, RunRequest, load_saved_run, run_pruning, run_request, saved_runs
 
@@ -26,12 +24,8 @@ LORA = RecoverySettings(mode="lora", steps=5, lr=1e-2, heldout_every=2)
 
 
 @pytest.fixture()
-def request_(text_files, tmp_path, monkeypatch) -> RunRequest:
-    monkeypatch.setenv(RESULTS_DIR_ENV, str(tmp_path))
-    data = DataSpec(calibration=TextChoice(kind="file", path=str(text_files["calib"])),
-                    evaluation=TextChoice(kind="file", path=str(text_files["eval"])), nsamples=4, seqlen=32,
-                    eval_windows=2, eval_len=32, batch_size=2)
-    return RunRequest(PruneSettings(method="magnitude", sparsity=0.25), 0, data, recovery=LORA)
+def request_(saved_run_data) -> RunRequest:
+    return RunRequest(PruneSettings(method="magnitude", sparsity=0.25), 0, saved_run_data, recovery=LORA)
 
 
 @pytest.fixture()

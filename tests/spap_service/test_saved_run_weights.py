@@ -14,9 +14,7 @@ from conftest import tiny_llama
 import spap_service.runs as runs
 from spap_core.errors import SpapInputError
 from spap_core.methods.registry import PruneSettings
-from spap_core.storage.runs import RESULTS_DIR_ENV
 from spap_core.storage.weights import WEIGHTS_FILE
-from spap_service.data import DataSpec, TextChoice
 from spap_service.jobs import ProgressReporter
 from spap_service.limits import server_limits
 from spap_service.run_index import RunCaps, indexed_runs
@@ -26,12 +24,8 @@ IDS = torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture()
-def request_(text_files, tmp_path, monkeypatch) -> RunRequest:
-    monkeypatch.setenv(RESULTS_DIR_ENV, str(tmp_path))
-    data = DataSpec(calibration=TextChoice(kind="file", path=str(text_files["calib"])),
-                    evaluation=TextChoice(kind="file", path=str(text_files["eval"])), nsamples=4, seqlen=32,
-                    eval_windows=2, eval_len=32, batch_size=2)
-    return RunRequest(PruneSettings(method="flap", sparsity=0.25), 0, data)
+def request_(saved_run_data) -> RunRequest:
+    return RunRequest(PruneSettings(method="flap", sparsity=0.25), 0, saved_run_data)
 
 
 def finished_run(tiny, request: RunRequest) -> runs.RunOutcome:
