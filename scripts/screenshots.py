@@ -3,6 +3,7 @@ serve.py` on the default model, clicks through the app in Debian's Chromium and 
 page into docs/screenshots/.
 
     SPAP_DATA_DIR=../shared/data python scripts/screenshots.py [--out docs/screenshots] [--presentation]
+        [--run-only | --recovery]
 
 With --presentation the pages are opened as a projector shows them in presentation mode: 1280 × 720
 at 150% zoom (an 853 × 480 CSS-pixel viewport at device scale 1.5), from links with presentation=1.
@@ -109,12 +110,33 @@ def run_job(page: Page, button: str, finished_text: str) -> None:
     settle(page)
 
 
+# Run SPAP's form filled from a link: the default run with a short LoRA recovery after pruning.
+RECOVERY_LINK = "recover=lora&recover_steps=10"
+
+
+def recovery_pages(page: Page, screen: Screen, base: str, out: Path) -> None:
+    """Run SPAP with RECOVERY_LINK's recovery (its live chart, then before and after), and the sweep,
+    which keeps that run's settings and recovers every point (dashed before, solid after)."""
+    query = f"{screen.query}&{RECOVERY_LINK}" if screen.query else f"?{RECOVERY_LINK}"
+    page.goto(f"{base}/run_spap{query}")
+    page.locator("h1", has_text="Run SPAP").wait_for()
+    settle(page)
+    run_job(page, "Run SPAP", "Latest result")
+    shoot(page, screen, out, "12_run_spap_recovery")
+    go_to(page, screen, base, "Perplexity vs sparsity", "06_perplexity_sweep")
+    run_job(page, "Run sweep", "Perplexity vs sparsity (")
+    shoot(page, screen, out, "13_sweep_recovery")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     parser.add_argument("--run-only", action="store_true", help="only the default run on Run SPAP (the GPU check)")
     parser.add_argument("--presentation", action="store_true",
                         help="presentation mode on a 1280 × 720 projector at 150%% zoom")
+    parser.add_argument("--recovery", action="store_true",
+                        help="only the recovery after pruning: Run SPAP with a short LoRA recovery, then the sweep "
+                             "recovering every point")
     args = parser.parse_args()
     screen = PROJECTOR if args.presentation else DESKTOP
     args.out.mkdir(parents=True, exist_ok=True)
@@ -132,6 +154,9 @@ def main() -> None:
             settle(page)
             page.get_by_text("SPAP Explorer").first.wait_for()
             shoot(page, screen, args.out, "00_start_here")
+            if args.recovery:
+                recovery_pages(page, screen, base, args.out)
+                return
             if not args.run_only:  # another browser's class demo run, for Compare runs to set beside the default
                 other = browser.new_context(viewport=DESKTOP.viewport).new_page()
                 other.set_default_timeout(300_000)
