@@ -909,10 +909,9 @@ def test_the_sweep_page_shows_the_precomputed_reference_curves_of_the_model_labe
 
     committed = compare.reference_curves("smollm2")
     assert committed is not None and compare.reference_curves(str(app_files["model"])) is None  # that model's only
-    # every method the committed table holds is a registered one (a method newer than the table,
-    # taylor, is not in it until bench/quality.py runs again)
+    # the committed table holds every registered method
     drawn = set(committed.table["method"])
-    assert drawn <= set(METHODS) and {"spap", "flap", "obs"} <= drawn and "32 × 512" in committed.protocol
+    assert drawn == set(METHODS) and "32 × 512" in committed.protocol
     monkeypatch.setattr(compare, "reference_curves", lambda source: committed)  # as if the app ran SmolLM2
     at = start_app()
     open_page(at, "perplexity_sweep")
