@@ -31,16 +31,27 @@ def run_bytes(loaded: LoadedModel, calibration_tokens: int, batch_size: int, eva
     gradients in float32 beside one window's own."""
     config = text_config(loaded.model)
     family = loaded.family
-    width = max(family.mlp_channels.width(layer) for layer in family.decoder_layers(loaded.model))
+    width = _widest_mlp(loaded)
     hidden, vocab = config.hidden_size, config.vocab_size
     per_token = (2 * hidden + width + (2 * hidden if explicit_targets else 0)) * FLOAT_BYTES
     gram = (width + 1) ** 2 * (8 + 4)
     logits = 2 * min(batch_size * eval_len, chunk_tokens_for(vocab)) * vocab * FLOAT_BYTES
-    model = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) if copies_model else 0
+    model = _model_bytes(loaded) if copies_model else 0
     gradients = (2 * FLOAT_BYTES * sum(p.numel() for layer in family.decoder_layers(loaded.model)
                                        for p in layer.parameters()) if weight_gradients else 0)
     return (calibration_tokens * per_token + gram + logits + model + gradients
             + _backward_bytes(loaded, width, backward_window))
+
+
+def _widest_mlp(loaded: LoadedModel) -> int:
+    """The widest MLP of the decoder layers, in channels."""
+    family = loaded.family
+    return max(family.mlp_channels.width(layer) for layer in family.decoder_layers(loaded.model))
+
+
+def _model_bytes(loaded: LoadedModel) -> int:
+    """The model's weights in their own dtypes: what a copy of it holds."""
+    return sum(p.numel() * p.element_size() for p in loaded.model.parameters())
 
 
 def _backward_bytes(loaded: LoadedModel, width: int, window: int) -> int:
@@ -63,9 +74,9 @@ def recovery_bytes(loaded: LoadedModel, recovery: RecoverySettings, windows: int
     float32 logits per token) and the dense logits when they stay in memory (DenseLogits)."""
     config = text_config(loaded.model)
     family = loaded.family
-    width = max(family.mlp_channels.width(layer) for layer in family.decoder_layers(loaded.model))
+    width = _widest_mlp(loaded)
     batch = min(recovery.batch, windows)
-    model = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) if copies_model else 0
+    model = _model_bytes(loaded) if copies_model else 0
     adapters = 4 * FLOAT_BYTES * recovery.rank * sum(
         sum(p.shape) for layer in family.decoder_layers(loaded.model) for p in layer.parameters() if p.dim() == 2)
     teacher = 0
