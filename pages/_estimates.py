@@ -44,7 +44,8 @@ def estimate_caption(what: str, seconds: float | None, seeds: int = 1, recovery:
         what += f" over {seeds} calibration seeds ({seeds} times the runs of one seed)"
     if seconds is None:
         return f"{what}: no time estimate for this model."
-    of_which = "" if recovery is None or recovery_s is None else f", of which the {recovery} {duration(recovery_s)}"
+    of_which = "" if recovery is None or recovery_s is None else \
+        f", of which {duration(recovery_s)} for the recovery ({recovery})"
     return (f"{what}: {duration(seconds)} on this machine{of_which}, estimated from this model's measured speed; the "
             "time it took is shown next to the result.")
 

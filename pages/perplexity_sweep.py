@@ -119,11 +119,12 @@ seeds = seeds_column.number_input(CALIBRATION_SEEDS.label, 1, MAX_SEEDS,
 # Offered only when the kept Run SPAP settings recover: the same recovery after every point.
 kept_recovery = comparison_recovery()
 recovers = kept_recovery.enabled and run_column.checkbox(
-    f"Recover every point after pruning ({kept_recovery.describe()})", value=True, key="sweep_recovery",
-    help="The recovery of the Run SPAP settings this page keeps, after every point (every method, sparsity and "
-         "calibration seed): the chart and the table then show each point before and after it. Each point trains "
-         "its adapters and measures its perplexity a second time, which multiplies the sweep's time (the estimate "
-         "below counts it).")
+    f"Recover every point after pruning ({kept_recovery.mode}, {kept_recovery.steps} steps)", value=True,
+    key="sweep_recovery",
+    help=f"The recovery of the Run SPAP settings this page keeps ({kept_recovery.describe()}), after every point "
+         "(every method, sparsity and calibration seed): the chart and the table then show each point before and "
+         "after it. Each point trains its adapters and measures its perplexity a second time, which multiplies the "
+         "sweep's time (the estimate below counts it).")
 base = replace(base, seeds=int(seeds), recovery=kept_recovery if recovers else RecoverySettings())
 key = sweep_key(loaded, base, settings, sparsities)
 points = [replace(base, settings=replace(settings[method], sparsity=sparsity))

@@ -29,8 +29,11 @@ def test_a_sweep_from_a_recovered_run_recovers_every_point_and_shows_before_and_
     offered = at.checkbox(key="sweep_recovery")
     differs = next(c.value for c in at.caption if "differs from the settings this page keeps fixed" in c.value)
     assert differs.endswith(": no recovery.")  # the run last submitted (the defaults) has none
-    assert offered.value and offered.label == f"Recover every point after pruning ({RECOVERY.describe()})"
-    assert f"of which the {RECOVERY.describe()} about" in estimate_caption(at)
+    assert offered.value
+    assert offered.label == f"Recover every point after pruning ({RECOVERY.mode}, {RECOVERY.steps} steps)"
+    assert RECOVERY.describe() in offered.help
+    caption = estimate_caption(at)
+    assert f"for the recovery ({RECOVERY.describe()})" in caption and ", of which about" in caption
     offered.uncheck().run()
     assert "of which" not in estimate_caption(at)
     at.checkbox(key="sweep_recovery").check()

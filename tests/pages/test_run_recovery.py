@@ -77,7 +77,7 @@ def test_every_recovery_setting_has_a_widget_with_its_default_where_its_mode_use
     captions = {c.value for c in at.caption}
     assert all(declared.help in captions for declared in RECOVERY_PARAMETERS)
     estimate = next(c.value for c in at.caption if c.value.startswith("This run:"))
-    assert f"of which the {RecoverySettings(mode='lora+distill').describe()} about" in estimate
+    assert f"for the recovery ({RecoverySettings(mode='lora+distill').describe()})" in estimate
 
 
 def test_a_lora_run_shows_its_perplexity_before_and_after_recovery_the_verdict_and_the_curve(recovered_app):
@@ -214,7 +214,7 @@ def test_the_sweep_takes_the_submitted_settings_with_the_recovery_and_offers_it(
     open_page(at, "perplexity_sweep")
     base = at.session_state["comparison_base"]
     assert base.recovery == submitted.recovery and base.settings == submitted.settings
-    assert submitted.recovery.describe() in at.checkbox(key="sweep_recovery").label
+    assert submitted.recovery.describe() in at.checkbox(key="sweep_recovery").help
 
 
 def test_the_progress_bar_counts_the_recovery_and_the_perplexity_after_it():
